@@ -1,0 +1,12 @@
+//! merkmail keeps replicated mail stores identical.
+//!
+//! Code map (see docs/ARCHITECTURE.md for the boundaries):
+//! - [`model`]: users, mailboxes, messages, flags, stamps; pure.
+//! - [`merkle`]: the tree's layout, hashing and incremental update; pure.
+//! - [`store`]: the redb store, the only module that touches redb.
+//! - [`maildir`]: Maildir++ import and export.
+
+pub mod maildir;
+pub mod merkle;
+pub mod model;
+pub mod store;

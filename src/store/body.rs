@@ -1,0 +1,89 @@
+//! Where message bodies live. Behind a small trait so that a later backend can leave bodies
+//! in a live Dovecot Maildir and keep only the index and the tree in redb.
+
+use super::error::StoreError;
+use super::tables::{BODIES, BODY_REFS};
+use crate::model::Digest;
+use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
+
+/// Single-instance body storage with reference counts.
+///
+/// Calls happen inside the store's write transaction, so a body and the message that refers
+/// to it are committed (or lost) together.
+pub trait BodyStore: Send + Sync {
+    /// Adds a reference to the body with `digest`, storing `bytes` if it is not held yet.
+    /// Returns true when the body was new. The caller has checked that `digest` matches.
+    fn acquire(&self, txn: &WriteTransaction, digest: &Digest, bytes: &[u8]) -> Result<bool, StoreError>;
+    /// Adds a reference to a body that is already held (a copy within the store).
+    fn add_ref(&self, txn: &WriteTransaction, digest: &Digest) -> Result<(), StoreError>;
+    /// Drops a reference; frees the body when none remain. Returns the freed size, if freed.
+    fn release(&self, txn: &WriteTransaction, digest: &Digest) -> Result<Option<u64>, StoreError>;
+    fn read(&self, txn: &ReadTransaction, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Every held body's digest and reference count (for `verify`).
+    fn references(&self, txn: &ReadTransaction) -> Result<Vec<(Digest, u64)>, StoreError>;
+}
+
+/// Bodies inside the redb file itself: the default.
+pub struct RedbBodies;
+
+impl BodyStore for RedbBodies {
+    fn acquire(&self, txn: &WriteTransaction, digest: &Digest, bytes: &[u8]) -> Result<bool, StoreError> {
+        let mut refs = txn.open_table(BODY_REFS)?;
+        let current = refs.get(digest.0.as_slice())?.map(|v| v.value()).unwrap_or(0);
+        refs.insert(digest.0.as_slice(), current + 1)?;
+        if current == 0 {
+            txn.open_table(BODIES)?.insert(digest.0.as_slice(), bytes)?;
+        }
+        Ok(current == 0)
+    }
+
+    fn add_ref(&self, txn: &WriteTransaction, digest: &Digest) -> Result<(), StoreError> {
+        let mut refs = txn.open_table(BODY_REFS)?;
+        let current = refs.get(digest.0.as_slice())?.map(|v| v.value()).unwrap_or(0);
+        if current == 0 {
+            return Err(StoreError::Corrupt(format!("body {digest} is referenced but not stored")));
+        }
+        refs.insert(digest.0.as_slice(), current + 1)?;
+        Ok(())
+    }
+
+    fn release(&self, txn: &WriteTransaction, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        let mut refs = txn.open_table(BODY_REFS)?;
+        let current = refs.get(digest.0.as_slice())?.map(|v| v.value()).unwrap_or(0);
+        if current > 1 {
+            refs.insert(digest.0.as_slice(), current - 1)?;
+            return Ok(None);
+        }
+        refs.remove(digest.0.as_slice())?;
+        let mut bodies = txn.open_table(BODIES)?;
+        let freed = bodies.remove(digest.0.as_slice())?.map(|v| v.value().len() as u64);
+        Ok(freed)
+    }
+
+    fn read(&self, txn: &ReadTransaction, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
+        let bodies = txn.open_table(BODIES)?;
+        Ok(bodies.get(digest.0.as_slice())?.map(|v| v.value().to_vec()))
+    }
+
+    fn references(&self, txn: &ReadTransaction) -> Result<Vec<(Digest, u64)>, StoreError> {
+        let refs = txn.open_table(BODY_REFS)?;
+        let bodies = txn.open_table(BODIES)?;
+        let mut out = Vec::new();
+        for item in refs.iter()? {
+            let (k, v) = item?;
+            let digest: [u8; 32] = k.value().try_into().map_err(|_| StoreError::Corrupt("malformed body key".into()))?;
+            if bodies.get(k.value())?.is_none() {
+                return Err(StoreError::Corrupt(format!("body {} has references but no bytes", Digest(digest))));
+            }
+            out.push((Digest(digest), v.value()));
+        }
+        if bodies.len()? != out.len() as u64 {
+            return Err(StoreError::Corrupt(format!(
+                "{} bodies stored but {} have reference counts",
+                bodies.len()?,
+                out.len()
+            )));
+        }
+        Ok(out)
+    }
+}

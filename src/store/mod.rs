@@ -1,0 +1,219 @@
+//! The mail store on redb: the only module that imports redb.
+//!
+//! Every mutation is one write transaction that changes the records and the Merkle tree
+//! together (see [`Store::write`]), so a crash between operations never leaves them apart.
+
+mod body;
+mod error;
+mod keys;
+mod ops;
+mod tables;
+mod tx;
+mod verify;
+
+pub use body::{BodyStore, RedbBodies};
+pub use error::StoreError;
+pub use ops::{AppendOutcome, Counters, MailboxInfo, MessageInfo, NewMessage, PreparedMailbox};
+pub use verify::VerifyReport;
+
+use crate::merkle::{NodeKey, NodeValue};
+use crate::model::{Hlc, Stamp};
+use redb::{Database, ReadableDatabase};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tables::{META, TREE};
+use tx::Tx;
+
+/// The file inside the data directory that holds everything.
+pub const DB_FILE: &str = "merkmail.redb";
+/// Bumped whenever the on-disk layout changes incompatibly.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// An open store. One process at a time may hold a store open (redb locks the file).
+pub struct Store {
+    db: Database,
+    dir: PathBuf,
+    node_id: String,
+    hlc: Mutex<Hlc>,
+    bodies: Box<dyn BodyStore>,
+    tree_enabled: bool,
+}
+
+/// A node id names a server in logs and status pages, and seeds its stamps' node tag.
+pub fn validate_node_id(id: &str) -> Result<(), StoreError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "node id {id:?} is invalid: use 1 to 64 characters from A-Z a-z 0-9 . _ -"
+        )))
+    }
+}
+
+/// The 32-bit tag a node's stamps carry: derived from its id, so it survives reinstalls.
+pub fn node_tag(node_id: &str) -> u32 {
+    let h = blake3::hash(node_id.as_bytes());
+    let b = h.as_bytes();
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Store {
+    /// Creates a new, empty store in `dir` (created if missing).
+    pub fn init(dir: &Path, node_id: &str) -> Result<Store, StoreError> {
+        validate_node_id(node_id)?;
+        let file = dir.join(DB_FILE);
+        if file.exists() {
+            return Err(StoreError::AlreadyInitialised(dir.to_path_buf()));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(format!("cannot create {}", dir.display()), e))?;
+        let db = Database::create(&file).map_err(|e| StoreError::from_open(e, dir))?;
+        let txn = db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert("format", FORMAT_VERSION.to_be_bytes().as_slice())?;
+            meta.insert("node_id", node_id.as_bytes())?;
+            tables::create_all(&txn)?;
+        }
+        txn.commit()?;
+        Self::from_db(db, dir)
+    }
+
+    /// Opens an existing store. Fails with a clear error when `dir` holds no store, when the
+    /// format is not ours, or when another process has it open.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let file = dir.join(DB_FILE);
+        if !file.is_file() {
+            return Err(StoreError::NotAStore(dir.to_path_buf()));
+        }
+        let db = Database::open(&file).map_err(|e| StoreError::from_open(e, dir))?;
+        Self::from_db(db, dir)
+    }
+
+    /// A store held entirely in memory (tests and benchmarks).
+    pub fn in_memory(node_id: &str) -> Result<Store, StoreError> {
+        validate_node_id(node_id)?;
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| StoreError::from_open(e, Path::new(":memory:")))?;
+        let txn = db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert("format", FORMAT_VERSION.to_be_bytes().as_slice())?;
+            meta.insert("node_id", node_id.as_bytes())?;
+            tables::create_all(&txn)?;
+        }
+        txn.commit()?;
+        Self::from_db(db, Path::new(":memory:"))
+    }
+
+    fn from_db(db: Database, dir: &Path) -> Result<Store, StoreError> {
+        let (node_id, last) = {
+            let txn = db.begin_read()?;
+            let meta = txn.open_table(META).map_err(|_| StoreError::NotAStore(dir.to_path_buf()))?;
+            let format = meta
+                .get("format")?
+                .and_then(|v| <[u8; 4]>::try_from(v.value()).ok())
+                .map(u32::from_be_bytes)
+                .ok_or_else(|| StoreError::NotAStore(dir.to_path_buf()))?;
+            if format != FORMAT_VERSION {
+                return Err(StoreError::Format { dir: dir.to_path_buf(), found: format });
+            }
+            let node_id = meta
+                .get("node_id")?
+                .and_then(|v| String::from_utf8(v.value().to_vec()).ok())
+                .ok_or_else(|| StoreError::Corrupt("the store has no node id".into()))?;
+            let last = meta
+                .get("hlc")?
+                .and_then(|v| <[u8; 12]>::try_from(v.value()).ok())
+                .map(Stamp::from_bytes)
+                .unwrap_or(Stamp::ZERO);
+            (node_id, last)
+        };
+        let tag = node_tag(&node_id);
+        Ok(Store {
+            db,
+            dir: dir.to_path_buf(),
+            hlc: Mutex::new(Hlc::new(tag, last)),
+            node_id,
+            bodies: Box::new(RedbBodies),
+            tree_enabled: true,
+        })
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Benchmarks only: switch tree maintenance off to measure what it costs. A store
+    /// written with it off has a stale tree (`verify` says so); never use it otherwise.
+    #[doc(hidden)]
+    pub fn set_tree_maintenance_for_bench(&mut self, enabled: bool) {
+        self.tree_enabled = enabled;
+    }
+
+    /// Runs `f` in one write transaction, then brings the tree up to date in the same
+    /// transaction and commits. If `f` or the tree update fails nothing is committed.
+    pub(crate) fn write<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        // Writers are serialised by redb anyway; holding the clock for the whole transaction
+        // keeps stamps in commit order.
+        let mut hlc = self.hlc.lock().map_err(|_| StoreError::Corrupt("clock lock poisoned".into()))?;
+        let txn = self.db.begin_write()?;
+        let (out, new_hlc) = {
+            let mut tx = Tx::open(&txn, *hlc, now_ms(), self.bodies.as_ref())?;
+            let out = f(&mut tx)?;
+            if self.tree_enabled {
+                let mut dirty = std::mem::take(&mut tx.dirty);
+                dirty.flush(&mut tx)?;
+            }
+            let new_hlc = tx.finish()?;
+            (out, new_hlc)
+        };
+        txn.commit()?;
+        *hlc = new_hlc;
+        Ok(out)
+    }
+
+    pub(crate) fn read_txn(&self) -> Result<redb::ReadTransaction, StoreError> {
+        Ok(self.db.begin_read()?)
+    }
+
+    /// The server root: the hash that two equal stores share.
+    pub fn root(&self) -> Result<NodeValue, StoreError> {
+        Ok(self.node(&NodeKey::root())?.unwrap_or(NodeValue { hash: crate::merkle::NodeHash::EMPTY, count: 0 }))
+    }
+
+    /// One stored node, if it is not empty.
+    pub fn node(&self, key: &NodeKey) -> Result<Option<NodeValue>, StoreError> {
+        let txn = self.read_txn()?;
+        let tree = txn.open_table(TREE)?;
+        let value = tree.get(key.encode().as_slice())?;
+        value.map(|v| NodeValue::decode(v.value()).ok_or_else(|| StoreError::Corrupt(format!("tree node {key} is malformed")))).transpose()
+    }
+
+    /// The stored children of a node, in key order.
+    pub fn children(&self, key: &NodeKey) -> Result<Vec<(NodeKey, NodeValue)>, StoreError> {
+        let Some((start, end)) = key.children_range() else { return Ok(Vec::new()) };
+        let txn = self.read_txn()?;
+        let tree = txn.open_table(TREE)?;
+        let mut out = Vec::new();
+        for item in tree.range(start.as_slice()..=end.as_slice())? {
+            let (k, v) = item?;
+            let key = NodeKey::decode(k.value()).ok_or_else(|| StoreError::Corrupt("malformed tree key".into()))?;
+            let value = NodeValue::decode(v.value()).ok_or_else(|| StoreError::Corrupt(format!("tree node {key} is malformed")))?;
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,576 @@
+//! The mail operations: each one validates, then runs as one write transaction.
+
+use super::error::StoreError;
+use super::keys;
+use super::tables::{MAILBOXES, MESSAGES, META, USERS};
+use super::tx::{decode, decode_message, encode, Tx};
+use super::Store;
+use crate::merkle::NodeKey;
+use crate::model::{
+    inbox_guid, validate_user, Digest, FlagName, FlagOp, FlagSet, MailboxGuid, MailboxName,
+    MailboxRecord, MailboxTombstone, Md5, MessageRecord, Tombstone, UserRecord,
+};
+use redb::ReadableTable;
+use serde::{Deserialize, Serialize};
+
+/// Running totals kept in the meta table, updated in every transaction, so `stats` is O(1).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub users: u64,
+    pub mailboxes: u64,
+    pub messages: u64,
+    /// Sum of live messages' sizes (a body shared by two messages counts twice).
+    pub message_bytes: u64,
+    /// Distinct bodies held, and their bytes (single-instance storage).
+    pub bodies: u64,
+    pub body_bytes: u64,
+    pub tombstones: u64,
+    pub mailbox_tombstones: u64,
+}
+
+/// A message to append.
+#[derive(Clone, Debug, Default)]
+pub struct NewMessage {
+    pub bytes: Vec<u8>,
+    pub flags: Vec<FlagName>,
+    /// Seconds since the Unix epoch.
+    pub internal_date: i64,
+    /// A UID to keep (from a Dovecot uidlist); used only if it is not below UIDNEXT.
+    pub uid: Option<u32>,
+    /// Where the message came from (a Maildir file's base name); a source already imported
+    /// into the mailbox is skipped, which makes re-running an import harmless.
+    pub source: Option<String>,
+}
+
+/// What happened to one appended message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub uid: u32,
+    /// The source had been imported before; nothing was added.
+    pub skipped: bool,
+    /// The UID asked for could not be kept (it was below UIDNEXT); `uid` is a new one.
+    pub renumbered: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MailboxInfo {
+    pub guid: MailboxGuid,
+    pub name: String,
+    pub uidvalidity: u32,
+    pub uidnext: u32,
+    pub subscribed: bool,
+    pub messages: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageInfo {
+    pub mailbox: String,
+    pub guid: MailboxGuid,
+    pub uid: u32,
+    pub record: MessageRecord,
+}
+
+/// The mailbox an import writes into, and whether the source's UIDs can be kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreparedMailbox {
+    pub guid: MailboxGuid,
+    pub keep_uids: bool,
+}
+
+fn mailboxes_of(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    user: &str,
+) -> Result<Vec<MailboxRecord>, StoreError> {
+    let (start, end) = keys::user_range(user);
+    let mut out = Vec::new();
+    for item in table.range(start.as_slice()..=end.as_slice())? {
+        let (_, v) = item?;
+        out.push(decode(v.value(), "a mailbox")?);
+    }
+    Ok(out)
+}
+
+fn unknown_mailbox(user: &str, name: &MailboxName) -> StoreError {
+    StoreError::UnknownMailbox { user: user.to_string(), mailbox: name.to_string() }
+}
+
+impl Tx<'_> {
+    fn user_exists(&self, user: &str) -> Result<bool, StoreError> {
+        Ok(self.users.get(user)?.is_some())
+    }
+
+    /// Brings a user into being with its INBOX, if it does not exist yet.
+    fn ensure_user(&mut self, user: &str) -> Result<(), StoreError> {
+        validate_user(user)?;
+        if self.user_exists(user)? {
+            return Ok(());
+        }
+        let stamp = self.stamp();
+        self.users.insert(user, encode(&UserRecord { created: stamp })?.as_slice())?;
+        self.counters.users += 1;
+        let inbox = MailboxRecord {
+            guid: inbox_guid(user),
+            name: MailboxName::inbox().to_string(),
+            uidvalidity: self.new_uidvalidity(),
+            uidnext: 1,
+            subscribed: true,
+            name_stamp: stamp,
+            subscribed_stamp: stamp,
+            last_change: stamp,
+        };
+        self.put_mailbox(user, &inbox)?;
+        self.counters.mailboxes += 1;
+        Ok(())
+    }
+
+    /// UIDVALIDITY for a new mailbox: the time in seconds, as Dovecot does.
+    fn new_uidvalidity(&self) -> u32 {
+        u32::try_from(self.now_ms() / 1000).unwrap_or(u32::MAX).max(1)
+    }
+
+    fn find_mailbox(&self, user: &str, name: &MailboxName) -> Result<Option<MailboxRecord>, StoreError> {
+        if name.is_inbox() {
+            return self.get_mailbox(user, inbox_guid(user));
+        }
+        Ok(self.user_mailboxes(user)?.into_iter().find(|m| m.name == name.as_str()))
+    }
+
+    /// Finds a mailbox by name; an INBOX is created on demand when `create_inbox` is set.
+    fn resolve(&mut self, user: &str, name: &MailboxName, create_inbox: bool) -> Result<MailboxRecord, StoreError> {
+        validate_user(user)?;
+        if name.is_inbox() && create_inbox {
+            self.ensure_user(user)?;
+        } else if !self.user_exists(user)? {
+            return Err(StoreError::UnknownUser(user.to_string()));
+        }
+        self.find_mailbox(user, name)?.ok_or_else(|| unknown_mailbox(user, name))
+    }
+
+    fn remove_message(&mut self, user: &str, guid: MailboxGuid, uid: u32) -> Result<Option<MessageRecord>, StoreError> {
+        let Some(old) = self.messages.remove(keys::message(user, guid, uid).as_slice())? else {
+            return Ok(None);
+        };
+        let (_, record) = decode_message(old.value())?;
+        drop(old);
+        self.dirty.mark_message(user, guid, uid);
+        self.counters.messages -= 1;
+        self.counters.message_bytes = self.counters.message_bytes.saturating_sub(record.size);
+        if let Some(freed) = self.bodies.release(self.txn, &record.digest)? {
+            self.counters.bodies = self.counters.bodies.saturating_sub(1);
+            self.counters.body_bytes = self.counters.body_bytes.saturating_sub(freed);
+        }
+        Ok(Some(record))
+    }
+}
+
+impl Store {
+    /// Creates a mailbox (and the user, with its INBOX, if it is new). Returns its GUID.
+    pub fn create_mailbox(&self, user: &str, name: &str) -> Result<MailboxGuid, StoreError> {
+        let name = MailboxName::parse(name)?;
+        validate_user(user)?;
+        self.write(|tx| {
+            let existed = tx.user_exists(user)?;
+            tx.ensure_user(user)?;
+            if name.is_inbox() {
+                return if existed {
+                    Err(StoreError::MailboxExists { user: user.to_string(), mailbox: name.to_string() })
+                } else {
+                    Ok(inbox_guid(user))
+                };
+            }
+            if tx.find_mailbox(user, &name)?.is_some() {
+                return Err(StoreError::MailboxExists { user: user.to_string(), mailbox: name.to_string() });
+            }
+            let stamp = tx.stamp();
+            let record = MailboxRecord {
+                guid: MailboxGuid(rand::random()),
+                name: name.to_string(),
+                uidvalidity: tx.new_uidvalidity(),
+                uidnext: 1,
+                subscribed: false,
+                name_stamp: stamp,
+                subscribed_stamp: stamp,
+                last_change: stamp,
+            };
+            tx.put_mailbox(user, &record)?;
+            tx.counters.mailboxes += 1;
+            Ok(record.guid)
+        })
+    }
+
+    /// Renames a mailbox and every mailbox below it (`a` → `b` also moves `a/x` to `b/x`).
+    pub fn rename_mailbox(&self, user: &str, old: &str, new: &str) -> Result<(), StoreError> {
+        let old = MailboxName::parse(old)?;
+        let new = MailboxName::parse(new)?;
+        if old.is_inbox() || new.is_inbox() {
+            return Err(StoreError::Invalid("INBOX cannot be renamed, and no mailbox can be renamed to INBOX".into()));
+        }
+        if new.is_below(&old) {
+            return Err(StoreError::Invalid(format!("cannot rename {old:?} to {new:?}, which lies below it")));
+        }
+        self.write(|tx| {
+            let target = tx.resolve(user, &old, false)?;
+            let all = tx.user_mailboxes(user)?;
+            let moving: Vec<MailboxRecord> = all
+                .iter()
+                .filter(|m| m.guid == target.guid || MailboxName::parse(&m.name).is_ok_and(|n| n.is_below(&old)))
+                .cloned()
+                .collect();
+            let stamp = tx.stamp();
+            for mut mailbox in moving {
+                let renamed = format!("{new}{}", &mailbox.name[old.as_str().len()..]);
+                let renamed = MailboxName::parse(&renamed)?;
+                if all.iter().any(|m| m.name == renamed.as_str()) {
+                    return Err(StoreError::MailboxExists { user: user.to_string(), mailbox: renamed.to_string() });
+                }
+                mailbox.name = renamed.to_string();
+                mailbox.name_stamp = stamp;
+                mailbox.last_change = stamp;
+                tx.put_mailbox(user, &mailbox)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Deletes a mailbox and its messages, leaving a mailbox tombstone. INBOX cannot be deleted.
+    pub fn delete_mailbox(&self, user: &str, name: &str) -> Result<(), StoreError> {
+        let name = MailboxName::parse(name)?;
+        if name.is_inbox() {
+            return Err(StoreError::Invalid("INBOX cannot be deleted".into()));
+        }
+        self.write(|tx| {
+            let mailbox = tx.resolve(user, &name, false)?;
+            let guid = mailbox.guid;
+            let (start, end) = keys::uid_range(user, guid, 0, u32::MAX);
+            let uids: Vec<u32> = tx
+                .messages
+                .range(start.as_slice()..=end.as_slice())?
+                .map(|item| item.map(|(k, _)| keys::split_message(k.value()).map(|(_, _, uid)| uid)))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
+            for uid in uids {
+                tx.remove_message(user, guid, uid)?;
+            }
+            // The mailbox tombstone stands for its messages' tombstones from now on.
+            let removed = tx.tombstones.extract_from_if(start.as_slice()..=end.as_slice(), |_, _| true)?.count() as u64;
+            tx.counters.tombstones = tx.counters.tombstones.saturating_sub(removed);
+            let (sstart, mut send) = (keys::mailbox(user, guid), keys::mailbox(user, guid));
+            send.push(0xff);
+            tx.sources.retain_in(sstart.as_slice()..=send.as_slice(), |_, _| false)?;
+            let (nstart, nend) = NodeKey::mailbox_uid_range(user, guid);
+            tx.tree.retain_in(nstart.as_slice()..=nend.as_slice(), |_, _| false)?;
+            tx.mailboxes.remove(keys::mailbox(user, guid).as_slice())?;
+            tx.dirty.mark_mailbox(user, guid);
+            let stamp = tx.stamp();
+            let tomb = MailboxTombstone { guid, name: mailbox.name.clone(), stamp };
+            tx.mailbox_tombstones.insert(keys::mailbox(user, guid).as_slice(), encode(&tomb)?.as_slice())?;
+            tx.counters.mailboxes -= 1;
+            tx.counters.mailbox_tombstones += 1;
+            Ok(())
+        })
+    }
+
+    /// Subscribes or unsubscribes a mailbox.
+    pub fn subscribe(&self, user: &str, name: &str, subscribed: bool) -> Result<(), StoreError> {
+        let name = MailboxName::parse(name)?;
+        self.write(|tx| {
+            let mut mailbox = tx.resolve(user, &name, true)?;
+            if mailbox.subscribed != subscribed {
+                let stamp = tx.stamp();
+                mailbox.subscribed = subscribed;
+                mailbox.subscribed_stamp = stamp;
+                mailbox.last_change = stamp;
+                tx.put_mailbox(user, &mailbox)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Appends messages in one transaction and returns what happened to each, in order.
+    /// Appending to INBOX brings a new user into being; other mailboxes must exist.
+    pub fn append(&self, user: &str, mailbox: &str, messages: Vec<NewMessage>) -> Result<Vec<AppendOutcome>, StoreError> {
+        let name = MailboxName::parse(mailbox)?;
+        self.write(|tx| {
+            let mut record = tx.resolve(user, &name, true)?;
+            let guid = record.guid;
+            let mut outcomes = Vec::with_capacity(messages.len());
+            for message in messages {
+                if let Some(source) = &message.source {
+                    if let Some(uid) = tx.sources.get(keys::source(user, guid, source).as_slice())? {
+                        outcomes.push(AppendOutcome { uid: uid.value(), skipped: true, renumbered: false });
+                        continue;
+                    }
+                }
+                let (uid, renumbered) = match message.uid {
+                    Some(wanted) if wanted >= record.uidnext && wanted < u32::MAX => (wanted, false),
+                    Some(_) => (record.uidnext, true),
+                    None => (record.uidnext, false),
+                };
+                if uid == u32::MAX {
+                    return Err(StoreError::UidsExhausted { user: user.to_string(), mailbox: name.to_string() });
+                }
+                let stamp = tx.stamp();
+                let digest = Digest::of(&message.bytes);
+                let entry = MessageRecord {
+                    md5: Md5::of(&message.bytes),
+                    digest,
+                    size: message.bytes.len() as u64,
+                    internal_date: message.internal_date,
+                    flags: FlagSet::initial(&message.flags, stamp),
+                    appended: stamp,
+                };
+                if tx.bodies.acquire(tx.txn, &digest, &message.bytes)? {
+                    tx.counters.bodies += 1;
+                    tx.counters.body_bytes += entry.size;
+                }
+                tx.put_message(user, guid, uid, &entry)?;
+                if let Some(source) = &message.source {
+                    tx.sources.insert(keys::source(user, guid, source).as_slice(), uid)?;
+                }
+                tx.counters.messages += 1;
+                tx.counters.message_bytes += entry.size;
+                record.uidnext = uid + 1;
+                record.last_change = stamp;
+                outcomes.push(AppendOutcome { uid, skipped: false, renumbered });
+            }
+            if outcomes.iter().any(|o| !o.skipped) {
+                tx.put_mailbox(user, &record)?;
+            }
+            Ok(outcomes)
+        })
+    }
+
+    /// Changes one message's flags. Returns the flags set afterwards.
+    pub fn set_flags(&self, user: &str, mailbox: &str, uid: u32, op: FlagOp, flags: &[FlagName]) -> Result<Vec<FlagName>, StoreError> {
+        let name = MailboxName::parse(mailbox)?;
+        self.write(|tx| {
+            let mut record = tx.resolve(user, &name, false)?;
+            let guid = record.guid;
+            let mut message = tx.get_message(user, guid, uid)?.ok_or_else(|| StoreError::UnknownUid {
+                user: user.to_string(),
+                mailbox: name.to_string(),
+                uid,
+            })?;
+            let stamp = tx.stamp();
+            if message.flags.apply(op, flags, stamp) {
+                tx.put_message(user, guid, uid, &message)?;
+                record.last_change = stamp;
+                // last_change is not hashed: writing the record does not move the tree.
+                let value = encode(&record)?;
+                tx.mailboxes.insert(keys::mailbox(user, guid).as_slice(), value.as_slice())?;
+            }
+            Ok(message.flags.live().cloned().collect())
+        })
+    }
+
+    /// Expunges messages, leaving a tombstone for each. Any unknown UID fails the whole call.
+    pub fn expunge(&self, user: &str, mailbox: &str, uids: &[u32]) -> Result<usize, StoreError> {
+        let name = MailboxName::parse(mailbox)?;
+        self.write(|tx| {
+            let mut record = tx.resolve(user, &name, false)?;
+            let guid = record.guid;
+            let stamp = tx.stamp();
+            let mut count = 0;
+            for &uid in uids {
+                let removed = tx.remove_message(user, guid, uid)?;
+                let Some(removed) = removed else {
+                    return Err(StoreError::UnknownUid { user: user.to_string(), mailbox: name.to_string(), uid });
+                };
+                let tomb = Tombstone { digest: removed.digest, stamp };
+                tx.tombstones.insert(keys::message(user, guid, uid).as_slice(), encode(&tomb)?.as_slice())?;
+                tx.counters.tombstones += 1;
+                count += 1;
+            }
+            record.last_change = stamp;
+            let value = encode(&record)?;
+            tx.mailboxes.insert(keys::mailbox(user, guid).as_slice(), value.as_slice())?;
+            Ok(count)
+        })
+    }
+
+    /// Gets a mailbox ready for an import: creates it if missing (with the source's
+    /// UIDVALIDITY when one is given), and says whether the source's UIDs can be kept. A
+    /// pristine mailbox (no UID ever assigned) adopts the source's UIDVALIDITY.
+    pub fn prepare_import(&self, user: &str, mailbox: &str, uidvalidity: Option<u32>, subscribed: bool) -> Result<PreparedMailbox, StoreError> {
+        let name = MailboxName::parse(mailbox)?;
+        validate_user(user)?;
+        self.write(|tx| {
+            tx.ensure_user(user)?;
+            let mut record = match tx.find_mailbox(user, &name)? {
+                Some(record) => record,
+                None => {
+                    let stamp = tx.stamp();
+                    let record = MailboxRecord {
+                        guid: MailboxGuid(rand::random()),
+                        name: name.to_string(),
+                        uidvalidity: tx.new_uidvalidity(),
+                        uidnext: 1,
+                        subscribed,
+                        name_stamp: stamp,
+                        subscribed_stamp: stamp,
+                        last_change: stamp,
+                    };
+                    tx.counters.mailboxes += 1;
+                    record
+                }
+            };
+            let mut keep_uids = false;
+            if let Some(v) = uidvalidity.filter(|v| *v != 0) {
+                if record.uidvalidity == v {
+                    keep_uids = true;
+                } else if record.uidnext == 1 {
+                    record.uidvalidity = v;
+                    keep_uids = true;
+                }
+            }
+            if record.subscribed != subscribed && subscribed {
+                record.subscribed = true;
+                record.subscribed_stamp = tx.stamp();
+            }
+            tx.put_mailbox(user, &record)?;
+            Ok(PreparedMailbox { guid: record.guid, keep_uids })
+        })
+    }
+
+    /// Raises a mailbox's UIDNEXT (it never goes down), e.g. to a Dovecot uidlist's next UID.
+    pub fn raise_uidnext(&self, user: &str, mailbox: &str, uidnext: u32) -> Result<(), StoreError> {
+        let name = MailboxName::parse(mailbox)?;
+        self.write(|tx| {
+            let mut record = tx.resolve(user, &name, false)?;
+            if uidnext > record.uidnext {
+                record.uidnext = uidnext;
+                record.last_change = tx.stamp();
+                tx.put_mailbox(user, &record)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Every user, in name order.
+    pub fn users(&self) -> Result<Vec<String>, StoreError> {
+        let txn = self.read_txn()?;
+        let users = txn.open_table(USERS)?;
+        let mut out = Vec::new();
+        for item in users.iter()? {
+            out.push(item?.0.value().to_string());
+        }
+        Ok(out)
+    }
+
+    /// A user's mailboxes, in name order.
+    pub fn list_mailboxes(&self, user: &str) -> Result<Vec<MailboxInfo>, StoreError> {
+        validate_user(user)?;
+        let txn = self.read_txn()?;
+        if txn.open_table(USERS)?.get(user)?.is_none() {
+            return Err(StoreError::UnknownUser(user.to_string()));
+        }
+        let table = txn.open_table(MAILBOXES)?;
+        let tree = txn.open_table(super::tables::TREE)?;
+        let mut out = Vec::new();
+        for m in mailboxes_of(&table, user)? {
+            let node = NodeKey::Mailbox { user: user.to_string(), guid: m.guid }.encode();
+            let messages = tree
+                .get(node.as_slice())?
+                .and_then(|v| crate::merkle::NodeValue::decode(v.value()))
+                .map_or(0, |v| v.count);
+            out.push(MailboxInfo {
+                guid: m.guid,
+                name: m.name,
+                uidvalidity: m.uidvalidity,
+                uidnext: m.uidnext,
+                subscribed: m.subscribed,
+                messages,
+            });
+        }
+        out.sort_by(|a, b| (a.name != "INBOX", &a.name).cmp(&(b.name != "INBOX", &b.name)));
+        Ok(out)
+    }
+
+    /// One mailbox's record, by name.
+    pub fn mailbox(&self, user: &str, name: &str) -> Result<MailboxRecord, StoreError> {
+        let name = MailboxName::parse(name)?;
+        validate_user(user)?;
+        let txn = self.read_txn()?;
+        if txn.open_table(USERS)?.get(user)?.is_none() {
+            return Err(StoreError::UnknownUser(user.to_string()));
+        }
+        let table = txn.open_table(MAILBOXES)?;
+        let found = if name.is_inbox() {
+            table.get(keys::mailbox(user, inbox_guid(user)).as_slice())?.map(|v| decode(v.value(), "a mailbox")).transpose()?
+        } else {
+            mailboxes_of(&table, user)?.into_iter().find(|m| m.name == name.as_str())
+        };
+        found.ok_or_else(|| unknown_mailbox(user, &name))
+    }
+
+    /// A user's messages, in one mailbox or in all of them (mailboxes in name order, then UID).
+    pub fn list_messages(&self, user: &str, mailbox: Option<&str>) -> Result<Vec<MessageInfo>, StoreError> {
+        let mailboxes: Vec<MailboxRecord> = match mailbox {
+            Some(name) => vec![self.mailbox(user, name)?],
+            None => {
+                let mut all: Vec<MailboxRecord> = {
+                    let txn = self.read_txn()?;
+                    let table = txn.open_table(MAILBOXES)?;
+                    mailboxes_of(&table, user)?
+                };
+                if all.is_empty() {
+                    return Err(StoreError::UnknownUser(user.to_string()));
+                }
+                all.sort_by(|a, b| (a.name != "INBOX", &a.name).cmp(&(b.name != "INBOX", &b.name)));
+                all
+            }
+        };
+        let txn = self.read_txn()?;
+        let messages = txn.open_table(MESSAGES)?;
+        let mut out = Vec::new();
+        for m in mailboxes {
+            let (start, end) = keys::uid_range(user, m.guid, 0, u32::MAX);
+            for item in messages.range(start.as_slice()..=end.as_slice())? {
+                let (k, v) = item?;
+                let (_, _, uid) = keys::split_message(k.value()).ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
+                let (_, record) = decode_message(v.value())?;
+                out.push(MessageInfo { mailbox: m.name.clone(), guid: m.guid, uid, record });
+            }
+        }
+        Ok(out)
+    }
+
+    /// One message's record.
+    pub fn message(&self, user: &str, mailbox: &str, uid: u32) -> Result<MessageInfo, StoreError> {
+        let m = self.mailbox(user, mailbox)?;
+        let txn = self.read_txn()?;
+        let messages = txn.open_table(MESSAGES)?;
+        let value = messages.get(keys::message(user, m.guid, uid).as_slice())?;
+        let Some(value) = value else {
+            return Err(StoreError::UnknownUid { user: user.to_string(), mailbox: m.name, uid });
+        };
+        let (_, record) = decode_message(value.value())?;
+        Ok(MessageInfo { mailbox: m.name, guid: m.guid, uid, record })
+    }
+
+    /// A message's raw bytes, exactly as appended.
+    pub fn fetch(&self, user: &str, mailbox: &str, uid: u32) -> Result<Vec<u8>, StoreError> {
+        let info = self.message(user, mailbox, uid)?;
+        self.body(&info.record.digest)
+    }
+
+    /// A body by digest.
+    pub fn body(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
+        let txn = self.read_txn()?;
+        self.bodies
+            .read(&txn, digest)?
+            .ok_or_else(|| StoreError::Corrupt(format!("body {digest} is referenced but not stored")))
+    }
+
+    /// The running totals.
+    pub fn counters(&self) -> Result<Counters, StoreError> {
+        let txn = self.read_txn()?;
+        let meta = txn.open_table(META)?;
+        match meta.get("counters")? {
+            Some(v) => decode(v.value(), "the counters"),
+            None => Ok(Counters::default()),
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! The redb tables and what their keys and values hold (keys are built in keys.rs).
+
+use redb::{TableDefinition, WriteTransaction};
+
+/// "format" → u32, "node_id" → UTF-8, "hlc" → last stamp (12 bytes), "counters" → postcard.
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// user → postcard(UserRecord)
+pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+/// user 00 guid → postcard(MailboxRecord)
+pub const MAILBOXES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mailboxes");
+/// user 00 guid uid:u32be → entry hash (32 bytes) ‖ postcard(MessageRecord). The entry hash
+/// sits in front so that rehashing a bucket reads 32 bytes per message and decodes nothing.
+pub const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
+/// user 00 guid uid:u32be → postcard(Tombstone)
+pub const TOMBSTONES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tombstones");
+/// user 00 guid → postcard(MailboxTombstone)
+pub const MAILBOX_TOMBSTONES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mailbox_tombstones");
+/// digest → raw message bytes (single-instance storage)
+pub const BODIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bodies");
+/// digest → number of live messages that use the body
+pub const BODY_REFS: TableDefinition<&[u8], u64> = TableDefinition::new("body_refs");
+/// NodeKey encoding → NodeValue encoding (40 bytes)
+pub const TREE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tree");
+/// user 00 guid source-name → uid: which Maildir files were imported where (local only,
+/// not replicated), so that importing the same Maildir again adds nothing.
+pub const SOURCES: TableDefinition<&[u8], u32> = TableDefinition::new("sources");
+
+/// Creates every table, so that read transactions on a new store find them all.
+pub fn create_all(txn: &WriteTransaction) -> Result<(), redb::TableError> {
+    txn.open_table(USERS)?;
+    txn.open_table(MAILBOXES)?;
+    txn.open_table(MESSAGES)?;
+    txn.open_table(TOMBSTONES)?;
+    txn.open_table(MAILBOX_TOMBSTONES)?;
+    txn.open_table(BODIES)?;
+    txn.open_table(BODY_REFS)?;
+    txn.open_table(TREE)?;
+    txn.open_table(SOURCES)?;
+    Ok(())
+}

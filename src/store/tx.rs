@@ -1,0 +1,174 @@
+//! One write transaction's view of the store: open tables, the clock, counters, dirty nodes.
+
+use super::body::BodyStore;
+use super::error::StoreError;
+use super::keys;
+use super::ops::Counters;
+use super::tables::*;
+use crate::merkle::{Dirty, NodeHash, NodeValue, TreeAccess, BUCKET_SHIFT};
+use crate::model::{Hlc, MailboxGuid, MailboxRecord, MessageRecord, Stamp};
+use redb::{ReadableTable, Table, WriteTransaction};
+
+pub(crate) struct Tx<'t> {
+    pub txn: &'t WriteTransaction,
+    pub meta: Table<'t, &'static str, &'static [u8]>,
+    pub users: Table<'t, &'static str, &'static [u8]>,
+    pub mailboxes: Table<'t, &'static [u8], &'static [u8]>,
+    pub messages: Table<'t, &'static [u8], &'static [u8]>,
+    pub tombstones: Table<'t, &'static [u8], &'static [u8]>,
+    pub mailbox_tombstones: Table<'t, &'static [u8], &'static [u8]>,
+    pub tree: Table<'t, &'static [u8], &'static [u8]>,
+    pub sources: Table<'t, &'static [u8], u32>,
+    pub bodies: &'t dyn BodyStore,
+    pub dirty: Dirty,
+    pub counters: Counters,
+    hlc: Hlc,
+    now_ms: u64,
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("cannot decode {what}: {e}")))
+}
+
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(value).map_err(|e| StoreError::Corrupt(format!("cannot encode a record: {e}")))
+}
+
+/// Splits a message value into its entry hash and record.
+pub(crate) fn decode_message(value: &[u8]) -> Result<(NodeHash, MessageRecord), StoreError> {
+    let hash: [u8; 32] = value
+        .get(..32)
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(|| StoreError::Corrupt("message value too short".into()))?;
+    Ok((NodeHash(hash), decode(&value[32..], "a message")?))
+}
+
+impl<'t> Tx<'t> {
+    pub fn open(txn: &'t WriteTransaction, hlc: Hlc, now_ms: u64, bodies: &'t dyn BodyStore) -> Result<Tx<'t>, StoreError> {
+        let meta = txn.open_table(META)?;
+        let counters = match meta.get("counters")? {
+            Some(v) => decode(v.value(), "the counters")?,
+            None => Counters::default(),
+        };
+        Ok(Tx {
+            txn,
+            meta,
+            users: txn.open_table(USERS)?,
+            mailboxes: txn.open_table(MAILBOXES)?,
+            messages: txn.open_table(MESSAGES)?,
+            tombstones: txn.open_table(TOMBSTONES)?,
+            mailbox_tombstones: txn.open_table(MAILBOX_TOMBSTONES)?,
+            tree: txn.open_table(TREE)?,
+            sources: txn.open_table(SOURCES)?,
+            bodies,
+            dirty: Dirty::default(),
+            counters,
+            hlc,
+            now_ms,
+        })
+    }
+
+    /// A fresh stamp for a change made in this transaction.
+    pub fn stamp(&mut self) -> Stamp {
+        self.hlc.tick(self.now_ms)
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// Persists the clock and the counters; returns the clock to keep in memory after commit.
+    pub fn finish(mut self) -> Result<Hlc, StoreError> {
+        let last = self.hlc.last().to_bytes();
+        self.meta.insert("hlc", last.as_slice())?;
+        let counters = encode(&self.counters)?;
+        self.meta.insert("counters", counters.as_slice())?;
+        Ok(self.hlc)
+    }
+
+    pub fn get_mailbox(&self, user: &str, guid: MailboxGuid) -> Result<Option<MailboxRecord>, StoreError> {
+        match self.mailboxes.get(keys::mailbox(user, guid).as_slice())? {
+            Some(v) => Ok(Some(decode(v.value(), "a mailbox")?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put_mailbox(&mut self, user: &str, record: &MailboxRecord) -> Result<(), StoreError> {
+        let value = encode(record)?;
+        self.mailboxes.insert(keys::mailbox(user, record.guid).as_slice(), value.as_slice())?;
+        self.dirty.mark_mailbox(user, record.guid);
+        Ok(())
+    }
+
+    /// Every mailbox of a user, in GUID order.
+    pub fn user_mailboxes(&self, user: &str) -> Result<Vec<MailboxRecord>, StoreError> {
+        let (start, end) = keys::user_range(user);
+        let mut out = Vec::new();
+        for item in self.mailboxes.range(start.as_slice()..=end.as_slice())? {
+            let (_, v) = item?;
+            out.push(decode(v.value(), "a mailbox")?);
+        }
+        Ok(out)
+    }
+
+    pub fn get_message(&self, user: &str, guid: MailboxGuid, uid: u32) -> Result<Option<MessageRecord>, StoreError> {
+        match self.messages.get(keys::message(user, guid, uid).as_slice())? {
+            Some(v) => Ok(Some(decode_message(v.value())?.1)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a message record (with its entry hash in front) and marks its bucket dirty.
+    pub fn put_message(&mut self, user: &str, guid: MailboxGuid, uid: u32, record: &MessageRecord) -> Result<(), StoreError> {
+        let hash = crate::merkle::entry_hash(uid, &record.digest, &record.flags);
+        let mut value = hash.0.to_vec();
+        value.extend_from_slice(&encode(record)?);
+        self.messages.insert(keys::message(user, guid, uid).as_slice(), value.as_slice())?;
+        self.dirty.mark_message(user, guid, uid);
+        Ok(())
+    }
+}
+
+impl TreeAccess for Tx<'_> {
+    type Error = StoreError;
+
+    fn bucket_entries(&mut self, user: &str, guid: MailboxGuid, bucket: u32) -> Result<Vec<NodeHash>, StoreError> {
+        let first = bucket << BUCKET_SHIFT;
+        let (start, end) = keys::uid_range(user, guid, first, first | ((1 << BUCKET_SHIFT) - 1));
+        let mut out = Vec::new();
+        for item in self.messages.range(start.as_slice()..=end.as_slice())? {
+            let (_, v) = item?;
+            let hash: [u8; 32] = v
+                .value()
+                .get(..32)
+                .and_then(|h| h.try_into().ok())
+                .ok_or_else(|| StoreError::Corrupt("message value too short".into()))?;
+            out.push(NodeHash(hash));
+        }
+        Ok(out)
+    }
+
+    fn mailbox(&mut self, user: &str, guid: MailboxGuid) -> Result<Option<MailboxRecord>, StoreError> {
+        self.get_mailbox(user, guid)
+    }
+
+    fn nodes_in(&mut self, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, NodeValue)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.range(start..=end)? {
+            let (k, v) = item?;
+            let value = NodeValue::decode(v.value()).ok_or_else(|| StoreError::Corrupt("malformed tree node".into()))?;
+            out.push((k.value().to_vec(), value));
+        }
+        Ok(out)
+    }
+
+    fn put_node(&mut self, key: &[u8], value: NodeValue) -> Result<(), StoreError> {
+        self.tree.insert(key, value.encode().as_slice())?;
+        Ok(())
+    }
+
+    fn remove_node(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        self.tree.remove(key)?;
+        Ok(())
+    }
+}
