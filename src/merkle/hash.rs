@@ -43,7 +43,10 @@ impl NodeValue {
     pub fn decode(bytes: &[u8]) -> Option<NodeValue> {
         let hash: [u8; 32] = bytes.get(..32)?.try_into().ok()?;
         let count: [u8; 8] = bytes.get(32..40)?.try_into().ok()?;
-        (bytes.len() == 40).then_some(NodeValue { hash: NodeHash(hash), count: u64::from_be_bytes(count) })
+        (bytes.len() == 40).then_some(NodeValue {
+            hash: NodeHash(hash),
+            count: u64::from_be_bytes(count),
+        })
     }
 }
 
@@ -80,7 +83,10 @@ pub fn bucket_hash<'a>(entries: impl IntoIterator<Item = &'a NodeHash>) -> NodeH
 }
 
 /// An interior node of a mailbox's UID-range tree: its non-empty children with their slots.
-pub fn uid_interior_hash<'a>(level: u8, children: impl IntoIterator<Item = (u8, &'a NodeHash)>) -> NodeHash {
+pub fn uid_interior_hash<'a>(
+    level: u8,
+    children: impl IntoIterator<Item = (u8, &'a NodeHash)>,
+) -> NodeHash {
     interior(b'I', level, children)
 }
 
@@ -89,7 +95,11 @@ pub fn top_hash<'a>(level: u8, children: impl IntoIterator<Item = (u8, &'a NodeH
     interior(b'T', level, children)
 }
 
-fn interior<'a>(tag: u8, level: u8, children: impl IntoIterator<Item = (u8, &'a NodeHash)>) -> NodeHash {
+fn interior<'a>(
+    tag: u8,
+    level: u8,
+    children: impl IntoIterator<Item = (u8, &'a NodeHash)>,
+) -> NodeHash {
     let mut h = blake3::Hasher::new();
     h.update(&[tag, level]);
     for (slot, child) in children {
@@ -116,7 +126,10 @@ pub fn mailbox_hash(mailbox: &MailboxRecord, uid_root: &NodeHash) -> NodeHash {
 }
 
 /// A user node: the user's name and its mailbox nodes in GUID order.
-pub fn user_hash<'a>(user: &str, mailboxes: impl IntoIterator<Item = (&'a MailboxGuid, &'a NodeHash)>) -> NodeHash {
+pub fn user_hash<'a>(
+    user: &str,
+    mailboxes: impl IntoIterator<Item = (&'a MailboxGuid, &'a NodeHash)>,
+) -> NodeHash {
     let mut h = blake3::Hasher::new();
     h.update(b"U");
     h.update(&(user.len() as u32).to_be_bytes());

@@ -40,10 +40,24 @@ pub fn user_bucket_of(user: &str) -> u16 {
 /// A node of the tree.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum NodeKey {
-    Top { level: u8, index: u16 },
-    User { bucket: u16, user: String },
-    Mailbox { user: String, guid: MailboxGuid },
-    Uid { user: String, guid: MailboxGuid, level: u8, index: u32 },
+    Top {
+        level: u8,
+        index: u16,
+    },
+    User {
+        bucket: u16,
+        user: String,
+    },
+    Mailbox {
+        user: String,
+        guid: MailboxGuid,
+    },
+    Uid {
+        user: String,
+        guid: MailboxGuid,
+        level: u8,
+        index: u32,
+    },
 }
 
 const TOP: u8 = 0;
@@ -57,11 +71,19 @@ impl NodeKey {
     }
 
     pub fn user(user: &str) -> NodeKey {
-        NodeKey::User { bucket: user_bucket_of(user), user: user.to_string() }
+        NodeKey::User {
+            bucket: user_bucket_of(user),
+            user: user.to_string(),
+        }
     }
 
     pub fn uid_root(user: &str, guid: MailboxGuid) -> NodeKey {
-        NodeKey::Uid { user: user.to_string(), guid, level: UID_ROOT_LEVEL, index: 0 }
+        NodeKey::Uid {
+            user: user.to_string(),
+            guid,
+            level: UID_ROOT_LEVEL,
+            index: 0,
+        }
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -82,7 +104,12 @@ impl NodeKey {
                 out.push(0);
                 out.extend_from_slice(&guid.0);
             }
-            NodeKey::Uid { user, guid, level, index } => {
+            NodeKey::Uid {
+                user,
+                guid,
+                level,
+                index,
+            } => {
                 out.push(UID);
                 out.extend_from_slice(user.as_bytes());
                 out.push(0);
@@ -99,7 +126,10 @@ impl NodeKey {
         let (&kind, rest) = bytes.split_first()?;
         match kind {
             TOP => match rest {
-                [level, hi, lo] => Some(NodeKey::Top { level: *level, index: u16::from_be_bytes([*hi, *lo]) }),
+                [level, hi, lo] => Some(NodeKey::Top {
+                    level: *level,
+                    index: u16::from_be_bytes([*hi, *lo]),
+                }),
                 _ => None,
             },
             USER => {
@@ -111,7 +141,10 @@ impl NodeKey {
                 let nul = rest.iter().position(|&b| b == 0)?;
                 let user = String::from_utf8(rest[..nul].to_vec()).ok()?;
                 let guid: [u8; 16] = rest.get(nul + 1..)?.try_into().ok()?;
-                Some(NodeKey::Mailbox { user, guid: MailboxGuid(guid) })
+                Some(NodeKey::Mailbox {
+                    user,
+                    guid: MailboxGuid(guid),
+                })
             }
             UID => {
                 let nul = rest.iter().position(|&b| b == 0)?;
@@ -122,7 +155,12 @@ impl NodeKey {
                 }
                 let guid: [u8; 16] = tail[..16].try_into().ok()?;
                 let index = u32::from_be_bytes(tail[17..21].try_into().ok()?);
-                Some(NodeKey::Uid { user, guid: MailboxGuid(guid), level: tail[16], index })
+                Some(NodeKey::Uid {
+                    user,
+                    guid: MailboxGuid(guid),
+                    level: tail[16],
+                    index,
+                })
             }
             _ => None,
         }
@@ -136,8 +174,16 @@ impl NodeKey {
                 let first = (*index as u32 * FANOUT) as u16;
                 let last = first + (FANOUT as u16 - 1);
                 Some((
-                    NodeKey::Top { level: level + 1, index: first }.encode(),
-                    NodeKey::Top { level: level + 1, index: last }.encode(),
+                    NodeKey::Top {
+                        level: level + 1,
+                        index: first,
+                    }
+                    .encode(),
+                    NodeKey::Top {
+                        level: level + 1,
+                        index: last,
+                    }
+                    .encode(),
                 ))
             }
             NodeKey::Top { index, .. } => {
@@ -159,10 +205,23 @@ impl NodeKey {
                 let root = NodeKey::uid_root(user, *guid).encode();
                 Some((root.clone(), root))
             }
-            NodeKey::Uid { user, guid, level, index } if *level > 0 => {
+            NodeKey::Uid {
+                user,
+                guid,
+                level,
+                index,
+            } if *level > 0 => {
                 let first = index.checked_mul(FANOUT).unwrap_or(u32::MAX);
                 let last = first.saturating_add(FANOUT - 1);
-                let child = |index| NodeKey::Uid { user: user.clone(), guid: *guid, level: level - 1, index }.encode();
+                let child = |index| {
+                    NodeKey::Uid {
+                        user: user.clone(),
+                        guid: *guid,
+                        level: level - 1,
+                        index,
+                    }
+                    .encode()
+                };
                 Some((child(first), child(last)))
             }
             NodeKey::Uid { .. } => None,
@@ -173,13 +232,27 @@ impl NodeKey {
     pub fn parent(&self) -> Option<NodeKey> {
         match self {
             NodeKey::Top { level: 0, .. } => None,
-            NodeKey::Top { level, index } => Some(NodeKey::Top { level: level - 1, index: index >> FANOUT_SHIFT }),
-            NodeKey::User { bucket, .. } => Some(NodeKey::Top { level: TOP_LEAF_LEVEL, index: *bucket }),
+            NodeKey::Top { level, index } => Some(NodeKey::Top {
+                level: level - 1,
+                index: index >> FANOUT_SHIFT,
+            }),
+            NodeKey::User { bucket, .. } => Some(NodeKey::Top {
+                level: TOP_LEAF_LEVEL,
+                index: *bucket,
+            }),
             NodeKey::Mailbox { user, .. } => Some(NodeKey::user(user)),
-            NodeKey::Uid { user, guid, level, .. } if *level == UID_ROOT_LEVEL => {
-                Some(NodeKey::Mailbox { user: user.clone(), guid: *guid })
-            }
-            NodeKey::Uid { user, guid, level, index } => Some(NodeKey::Uid {
+            NodeKey::Uid {
+                user, guid, level, ..
+            } if *level == UID_ROOT_LEVEL => Some(NodeKey::Mailbox {
+                user: user.clone(),
+                guid: *guid,
+            }),
+            NodeKey::Uid {
+                user,
+                guid,
+                level,
+                index,
+            } => Some(NodeKey::Uid {
                 user: user.clone(),
                 guid: *guid,
                 level: level + 1,
@@ -199,7 +272,15 @@ impl NodeKey {
 
     /// The key range holding every UID-range node of one mailbox (to drop them on delete).
     pub fn mailbox_uid_range(user: &str, guid: MailboxGuid) -> (Vec<u8>, Vec<u8>) {
-        let node = |level, index| NodeKey::Uid { user: user.to_string(), guid, level, index }.encode();
+        let node = |level, index| {
+            NodeKey::Uid {
+                user: user.to_string(),
+                guid,
+                level,
+                index,
+            }
+            .encode()
+        };
         (node(0, 0), node(UID_ROOT_LEVEL, u32::MAX))
     }
 }
@@ -208,16 +289,35 @@ impl std::fmt::Display for NodeKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             NodeKey::Top { level: 0, .. } => write!(f, "root"),
-            NodeKey::Top { level, index } if *level == TOP_LEAF_LEVEL => write!(f, "user bucket {index:03x}"),
+            NodeKey::Top { level, index } if *level == TOP_LEAF_LEVEL => {
+                write!(f, "user bucket {index:03x}")
+            }
             NodeKey::Top { level, index } => write!(f, "top level {level} node {index:x}"),
             NodeKey::User { user, .. } => write!(f, "user {user:?}"),
             NodeKey::Mailbox { user, guid } => write!(f, "user {user:?} mailbox {guid}"),
-            NodeKey::Uid { user, guid, level: 0, index } => {
+            NodeKey::Uid {
+                user,
+                guid,
+                level: 0,
+                index,
+            } => {
                 let first = index << BUCKET_SHIFT;
-                write!(f, "user {user:?} mailbox {guid} UIDs {first}..={}", first + 63)
+                write!(
+                    f,
+                    "user {user:?} mailbox {guid} UIDs {first}..={}",
+                    first + 63
+                )
             }
-            NodeKey::Uid { user, guid, level, index } => {
-                write!(f, "user {user:?} mailbox {guid} UID level {level} node {index:x}")
+            NodeKey::Uid {
+                user,
+                guid,
+                level,
+                index,
+            } => {
+                write!(
+                    f,
+                    "user {user:?} mailbox {guid} UID level {level} node {index:x}"
+                )
             }
         }
     }
@@ -231,11 +331,22 @@ mod tests {
     fn arb_key() -> impl Strategy<Value = NodeKey> {
         let user = "[a-zé]{1,6}";
         prop_oneof![
-            (0u8..=3, 0u16..4096).prop_map(|(level, index)| NodeKey::Top { level, index: index % (1 << (4 * level as u32)).max(1) }),
+            (0u8..=3, 0u16..4096).prop_map(|(level, index)| NodeKey::Top {
+                level,
+                index: index % (1 << (4 * level as u32)).max(1)
+            }),
             user.prop_map(|u| NodeKey::user(&u)),
-            (user, any::<[u8; 16]>()).prop_map(|(user, g)| NodeKey::Mailbox { user, guid: MailboxGuid(g) }),
-            (user, any::<[u8; 16]>(), 0u8..=7, any::<u32>()).prop_map(|(user, g, level, index)| NodeKey::Uid {
-                user, guid: MailboxGuid(g), level, index: index >> (6 + 4 * level as u32).min(31)
+            (user, any::<[u8; 16]>()).prop_map(|(user, g)| NodeKey::Mailbox {
+                user,
+                guid: MailboxGuid(g)
+            }),
+            (user, any::<[u8; 16]>(), 0u8..=7, any::<u32>()).prop_map(|(user, g, level, index)| {
+                NodeKey::Uid {
+                    user,
+                    guid: MailboxGuid(g),
+                    level,
+                    index: index >> (6 + 4 * level as u32).min(31),
+                }
             }),
         ]
     }
@@ -263,7 +374,12 @@ mod tests {
 
     #[test]
     fn uid_levels_cover_all_uids() {
-        let mut key = NodeKey::Uid { user: "u".into(), guid: MailboxGuid([0; 16]), level: 0, index: bucket_of(u32::MAX) };
+        let mut key = NodeKey::Uid {
+            user: "u".into(),
+            guid: MailboxGuid([0; 16]),
+            level: 0,
+            index: bucket_of(u32::MAX),
+        };
         for _ in 0..UID_ROOT_LEVEL {
             key = key.parent().unwrap();
         }

@@ -14,10 +14,23 @@ use std::convert::Infallible;
 pub trait TreeAccess {
     type Error;
     /// The entry hashes of one bucket's live messages, in UID order.
-    fn bucket_entries(&mut self, user: &str, guid: MailboxGuid, bucket: u32) -> Result<Vec<NodeHash>, Self::Error>;
-    fn mailbox(&mut self, user: &str, guid: MailboxGuid) -> Result<Option<MailboxRecord>, Self::Error>;
+    fn bucket_entries(
+        &mut self,
+        user: &str,
+        guid: MailboxGuid,
+        bucket: u32,
+    ) -> Result<Vec<NodeHash>, Self::Error>;
+    fn mailbox(
+        &mut self,
+        user: &str,
+        guid: MailboxGuid,
+    ) -> Result<Option<MailboxRecord>, Self::Error>;
     /// Stored nodes whose keys lie in `start..=end`, in key order.
-    fn nodes_in(&mut self, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, NodeValue)>, Self::Error>;
+    fn nodes_in(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<Vec<(Vec<u8>, NodeValue)>, Self::Error>;
     fn put_node(&mut self, key: &[u8], value: NodeValue) -> Result<(), Self::Error>;
     fn remove_node(&mut self, key: &[u8]) -> Result<(), Self::Error>;
 }
@@ -55,12 +68,20 @@ impl Dirty {
 
     /// A message with this UID appeared, vanished or changed.
     pub fn mark_message(&mut self, user: &str, guid: MailboxGuid, uid: u32) {
-        self.mark_node(NodeKey::Uid { user: user.to_string(), guid, level: 0, index: bucket_of(uid) });
+        self.mark_node(NodeKey::Uid {
+            user: user.to_string(),
+            guid,
+            level: 0,
+            index: bucket_of(uid),
+        });
     }
 
     /// A mailbox's own fields changed, or it was created or deleted.
     pub fn mark_mailbox(&mut self, user: &str, guid: MailboxGuid) {
-        self.mark_node(NodeKey::Mailbox { user: user.to_string(), guid });
+        self.mark_node(NodeKey::Mailbox {
+            user: user.to_string(),
+            guid,
+        });
     }
 
     /// Recomputes every dirty node and its ancestors.
@@ -69,8 +90,16 @@ impl Dirty {
     }
 
     /// Recomputes dirty nodes up to `max_rank`, leaving their higher ancestors marked.
-    pub fn flush_through<A: TreeAccess>(&mut self, access: &mut A, max_rank: u8) -> Result<(), A::Error> {
-        while let Some((&r, _)) = self.by_rank.iter().find(|(r, keys)| **r <= max_rank && !keys.is_empty()) {
+    pub fn flush_through<A: TreeAccess>(
+        &mut self,
+        access: &mut A,
+        max_rank: u8,
+    ) -> Result<(), A::Error> {
+        while let Some((&r, _)) = self
+            .by_rank
+            .iter()
+            .find(|(r, keys)| **r <= max_rank && !keys.is_empty())
+        {
             let keys = std::mem::take(self.by_rank.entry(r).or_default());
             for key in keys {
                 let encoded = key.encode();
@@ -101,16 +130,28 @@ fn recompute<A: TreeAccess>(access: &mut A, key: &NodeKey) -> Result<Option<Node
             None => Ok(Vec::new()),
         }
     };
-    let sum = |children: &[(Vec<u8>, NodeValue)]| children.iter().map(|(_, v)| v.count).sum::<u64>();
+    let sum =
+        |children: &[(Vec<u8>, NodeValue)]| children.iter().map(|(_, v)| v.count).sum::<u64>();
     Ok(match key {
-        NodeKey::Uid { user, guid, level: 0, index } => {
+        NodeKey::Uid {
+            user,
+            guid,
+            level: 0,
+            index,
+        } => {
             let entries = access.bucket_entries(user, *guid, *index)?;
-            (!entries.is_empty()).then(|| NodeValue { hash: bucket_hash(&entries), count: entries.len() as u64 })
+            (!entries.is_empty()).then(|| NodeValue {
+                hash: bucket_hash(&entries),
+                count: entries.len() as u64,
+            })
         }
         NodeKey::Uid { level, .. } => {
             let children = children(access)?;
             (!children.is_empty()).then(|| NodeValue {
-                hash: uid_interior_hash(*level, children.iter().map(|(k, v)| (slot_of(k), &v.hash))),
+                hash: uid_interior_hash(
+                    *level,
+                    children.iter().map(|(k, v)| (slot_of(k), &v.hash)),
+                ),
                 count: sum(&children),
             })
         }
@@ -118,8 +159,14 @@ fn recompute<A: TreeAccess>(access: &mut A, key: &NodeKey) -> Result<Option<Node
             None => None,
             Some(record) => {
                 let root = children(access)?.into_iter().next().map(|(_, v)| v);
-                let root = root.unwrap_or(NodeValue { hash: NodeHash::EMPTY, count: 0 });
-                Some(NodeValue { hash: mailbox_hash(&record, &root.hash), count: root.count })
+                let root = root.unwrap_or(NodeValue {
+                    hash: NodeHash::EMPTY,
+                    count: 0,
+                });
+                Some(NodeValue {
+                    hash: mailbox_hash(&record, &root.hash),
+                    count: root.count,
+                })
             }
         },
         NodeKey::User { user, .. } => {
@@ -167,19 +214,36 @@ pub struct MemoryTree {
 impl TreeAccess for MemoryTree {
     type Error = Infallible;
 
-    fn bucket_entries(&mut self, user: &str, guid: MailboxGuid, bucket: u32) -> Result<Vec<NodeHash>, Infallible> {
+    fn bucket_entries(
+        &mut self,
+        user: &str,
+        guid: MailboxGuid,
+        bucket: u32,
+    ) -> Result<Vec<NodeHash>, Infallible> {
         let first = bucket << super::layout::BUCKET_SHIFT;
         let last = first | ((1 << super::layout::BUCKET_SHIFT) - 1);
         let range = (user.to_string(), guid, first)..=(user.to_string(), guid, last);
         Ok(self.entries.range(range).map(|(_, h)| *h).collect())
     }
 
-    fn mailbox(&mut self, user: &str, guid: MailboxGuid) -> Result<Option<MailboxRecord>, Infallible> {
+    fn mailbox(
+        &mut self,
+        user: &str,
+        guid: MailboxGuid,
+    ) -> Result<Option<MailboxRecord>, Infallible> {
         Ok(self.mailboxes.get(&(user.to_string(), guid)).cloned())
     }
 
-    fn nodes_in(&mut self, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, NodeValue)>, Infallible> {
-        Ok(self.nodes.range(start.to_vec()..=end.to_vec()).map(|(k, v)| (k.clone(), *v)).collect())
+    fn nodes_in(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<Vec<(Vec<u8>, NodeValue)>, Infallible> {
+        Ok(self
+            .nodes
+            .range(start.to_vec()..=end.to_vec())
+            .map(|(k, v)| (k.clone(), *v))
+            .collect())
     }
 
     fn put_node(&mut self, key: &[u8], value: NodeValue) -> Result<(), Infallible> {

@@ -34,7 +34,10 @@ impl FlagName {
             return bad("keywords must be 1 to 255 bytes");
         }
         // IMAP atom characters: printable ASCII without atom-specials.
-        if !raw.bytes().all(|b| (0x21..0x7f).contains(&b) && !b"(){%*\"]".contains(&b)) {
+        if !raw
+            .bytes()
+            .all(|b| (0x21..0x7f).contains(&b) && !b"(){%*\"]".contains(&b))
+        {
             return bad("keywords must be printable ASCII without spaces or any of (){%*\"]");
         }
         Ok(FlagName(raw.to_string()))
@@ -92,7 +95,12 @@ pub struct FlagSet(BTreeMap<FlagName, FlagState>);
 impl FlagSet {
     /// Flags given at append time, all stamped with the append's stamp.
     pub fn initial(flags: &[FlagName], stamp: Stamp) -> FlagSet {
-        FlagSet(flags.iter().map(|f| (f.clone(), FlagState { set: true, stamp })).collect())
+        FlagSet(
+            flags
+                .iter()
+                .map(|f| (f.clone(), FlagState { set: true, stamp }))
+                .collect(),
+        )
     }
 
     /// Every entry, set or cleared, in name order.
@@ -157,13 +165,19 @@ mod tests {
     use proptest::prelude::*;
 
     fn st(ms: u64) -> Stamp {
-        Stamp { ms, counter: 0, node: 1 }
+        Stamp {
+            ms,
+            counter: 0,
+            node: 1,
+        }
     }
 
     #[test]
     fn parsing() {
         let check = |input: &str, expected: Result<&str, ()>| {
-            let got = FlagName::parse(input).map(|f| f.as_str().to_string()).map_err(|_| ());
+            let got = FlagName::parse(input)
+                .map(|f| f.as_str().to_string())
+                .map_err(|_| ());
             assert_eq!(got, expected.map(str::to_string), "{input:?}");
         };
         check("\\seen", Ok("\\Seen"));
@@ -187,8 +201,17 @@ mod tests {
         assert!(set.apply(FlagOp::Set, std::slice::from_ref(&seen), st(2)));
         assert_eq!(set.live().collect::<Vec<_>>(), vec![&seen]);
         assert_eq!(set.0[&seen].stamp, st(1));
-        assert_eq!(set.0[&flagged], FlagState { set: false, stamp: st(2) });
-        assert!(!set.apply(FlagOp::Add, &[seen], st(3)), "adding a set flag is a no-op");
+        assert_eq!(
+            set.0[&flagged],
+            FlagState {
+                set: false,
+                stamp: st(2)
+            }
+        );
+        assert!(
+            !set.apply(FlagOp::Add, &[seen], st(3)),
+            "adding a set flag is a no-op"
+        );
     }
 
     fn arb_flagset() -> impl Strategy<Value = FlagSet> {
@@ -201,7 +224,17 @@ mod tests {
             FlagSet(
                 m.into_iter()
                     .map(|(k, (set, ms, node))| {
-                        (FlagName::parse(k).unwrap(), FlagState { set, stamp: Stamp { ms, counter: 0, node } })
+                        (
+                            FlagName::parse(k).unwrap(),
+                            FlagState {
+                                set,
+                                stamp: Stamp {
+                                    ms,
+                                    counter: 0,
+                                    node,
+                                },
+                            },
+                        )
                     })
                     .collect(),
             )

@@ -48,7 +48,9 @@ impl MailboxName {
             return bad("control characters are not allowed");
         }
         if name.split('/').any(|part| part.is_empty()) {
-            return bad("empty hierarchy components (leading, trailing or doubled '/') are not allowed");
+            return bad(
+                "empty hierarchy components (leading, trailing or doubled '/') are not allowed",
+            );
         }
         if name.split('/').any(|part| part == "." || part == "..") {
             return bad("'.' and '..' are not mailbox names");

@@ -7,7 +7,9 @@ use std::fmt;
 ///
 /// The node tag breaks ties between stamps minted on different servers in the same
 /// millisecond, so every replica picks the same winner without talking to the others.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Stamp {
     /// Milliseconds since the Unix epoch; only the low 48 bits are meaningful.
     pub ms: u64,
@@ -18,7 +20,11 @@ pub struct Stamp {
 impl Stamp {
     /// The largest millisecond value a stamp can carry (48 bits).
     pub const MAX_MS: u64 = (1 << 48) - 1;
-    pub const ZERO: Stamp = Stamp { ms: 0, counter: 0, node: 0 };
+    pub const ZERO: Stamp = Stamp {
+        ms: 0,
+        counter: 0,
+        node: 0,
+    };
 
     /// The 12-byte big-endian encoding used inside hashes and on the wire; byte order equals stamp order.
     pub fn to_bytes(self) -> [u8; 12] {
@@ -79,14 +85,22 @@ impl Hlc {
         } else {
             (self.last.ms, self.last.counter + 1)
         };
-        self.last = Stamp { ms, counter, node: self.node };
+        self.last = Stamp {
+            ms,
+            counter,
+            node: self.node,
+        };
         self.last
     }
 
     /// Moves the clock past a stamp received from a peer, so later local changes win over it.
     pub fn observe(&mut self, seen: Stamp) {
         if (seen.ms, seen.counter) > (self.last.ms, self.last.counter) {
-            self.last = Stamp { ms: seen.ms.min(Stamp::MAX_MS), counter: seen.counter, node: self.node };
+            self.last = Stamp {
+                ms: seen.ms.min(Stamp::MAX_MS),
+                counter: seen.counter,
+                node: self.node,
+            };
         }
     }
 }
@@ -104,21 +118,52 @@ mod tests {
         let c = hlc.tick(500);
         let d = hlc.tick(2000);
         assert!(a < b && b < c && c < d);
-        assert_eq!(d, Stamp { ms: 2000, counter: 0, node: 7 });
+        assert_eq!(
+            d,
+            Stamp {
+                ms: 2000,
+                counter: 0,
+                node: 7
+            }
+        );
     }
 
     #[test]
     fn observe_moves_past_a_remote_stamp() {
         let mut hlc = Hlc::new(1, Stamp::ZERO);
-        hlc.observe(Stamp { ms: 5000, counter: 3, node: 9 });
+        hlc.observe(Stamp {
+            ms: 5000,
+            counter: 3,
+            node: 9,
+        });
         let next = hlc.tick(10);
-        assert!(next > Stamp { ms: 5000, counter: 3, node: 9 });
+        assert!(
+            next > Stamp {
+                ms: 5000,
+                counter: 3,
+                node: 9
+            }
+        );
     }
 
     #[test]
     fn counter_overflow_borrows_the_next_millisecond() {
-        let mut hlc = Hlc::new(1, Stamp { ms: 10, counter: u16::MAX, node: 1 });
-        assert_eq!(hlc.tick(10), Stamp { ms: 11, counter: 0, node: 1 });
+        let mut hlc = Hlc::new(
+            1,
+            Stamp {
+                ms: 10,
+                counter: u16::MAX,
+                node: 1,
+            },
+        );
+        assert_eq!(
+            hlc.tick(10),
+            Stamp {
+                ms: 11,
+                counter: 0,
+                node: 1
+            }
+        );
     }
 
     proptest! {

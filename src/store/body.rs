@@ -13,7 +13,12 @@ use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransacti
 pub trait BodyStore: Send + Sync {
     /// Adds a reference to the body with `digest`, storing `bytes` if it is not held yet.
     /// Returns true when the body was new. The caller has checked that `digest` matches.
-    fn acquire(&self, txn: &WriteTransaction, digest: &Digest, bytes: &[u8]) -> Result<bool, StoreError>;
+    fn acquire(
+        &self,
+        txn: &WriteTransaction,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> Result<bool, StoreError>;
     /// Adds a reference to a body that is already held (a copy within the store).
     fn add_ref(&self, txn: &WriteTransaction, digest: &Digest) -> Result<(), StoreError>;
     /// Drops a reference; frees the body when none remain. Returns the freed size, if freed.
@@ -27,9 +32,17 @@ pub trait BodyStore: Send + Sync {
 pub struct RedbBodies;
 
 impl BodyStore for RedbBodies {
-    fn acquire(&self, txn: &WriteTransaction, digest: &Digest, bytes: &[u8]) -> Result<bool, StoreError> {
+    fn acquire(
+        &self,
+        txn: &WriteTransaction,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> Result<bool, StoreError> {
         let mut refs = txn.open_table(BODY_REFS)?;
-        let current = refs.get(digest.0.as_slice())?.map(|v| v.value()).unwrap_or(0);
+        let current = refs
+            .get(digest.0.as_slice())?
+            .map(|v| v.value())
+            .unwrap_or(0);
         refs.insert(digest.0.as_slice(), current + 1)?;
         if current == 0 {
             txn.open_table(BODIES)?.insert(digest.0.as_slice(), bytes)?;
@@ -39,9 +52,14 @@ impl BodyStore for RedbBodies {
 
     fn add_ref(&self, txn: &WriteTransaction, digest: &Digest) -> Result<(), StoreError> {
         let mut refs = txn.open_table(BODY_REFS)?;
-        let current = refs.get(digest.0.as_slice())?.map(|v| v.value()).unwrap_or(0);
+        let current = refs
+            .get(digest.0.as_slice())?
+            .map(|v| v.value())
+            .unwrap_or(0);
         if current == 0 {
-            return Err(StoreError::Corrupt(format!("body {digest} is referenced but not stored")));
+            return Err(StoreError::Corrupt(format!(
+                "body {digest} is referenced but not stored"
+            )));
         }
         refs.insert(digest.0.as_slice(), current + 1)?;
         Ok(())
@@ -49,14 +67,19 @@ impl BodyStore for RedbBodies {
 
     fn release(&self, txn: &WriteTransaction, digest: &Digest) -> Result<Option<u64>, StoreError> {
         let mut refs = txn.open_table(BODY_REFS)?;
-        let current = refs.get(digest.0.as_slice())?.map(|v| v.value()).unwrap_or(0);
+        let current = refs
+            .get(digest.0.as_slice())?
+            .map(|v| v.value())
+            .unwrap_or(0);
         if current > 1 {
             refs.insert(digest.0.as_slice(), current - 1)?;
             return Ok(None);
         }
         refs.remove(digest.0.as_slice())?;
         let mut bodies = txn.open_table(BODIES)?;
-        let freed = bodies.remove(digest.0.as_slice())?.map(|v| v.value().len() as u64);
+        let freed = bodies
+            .remove(digest.0.as_slice())?
+            .map(|v| v.value().len() as u64);
         Ok(freed)
     }
 
@@ -71,9 +94,15 @@ impl BodyStore for RedbBodies {
         let mut out = Vec::new();
         for item in refs.iter()? {
             let (k, v) = item?;
-            let digest: [u8; 32] = k.value().try_into().map_err(|_| StoreError::Corrupt("malformed body key".into()))?;
+            let digest: [u8; 32] = k
+                .value()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("malformed body key".into()))?;
             if bodies.get(k.value())?.is_none() {
-                return Err(StoreError::Corrupt(format!("body {} has references but no bytes", Digest(digest))));
+                return Err(StoreError::Corrupt(format!(
+                    "body {} has references but no bytes",
+                    Digest(digest)
+                )));
             }
             out.push((Digest(digest), v.value()));
         }

@@ -19,7 +19,11 @@ pub enum StoreError {
     #[error("user {user:?} has no mailbox {mailbox:?}")]
     UnknownMailbox { user: String, mailbox: String },
     #[error("mailbox {mailbox:?} of user {user:?} has no message with UID {uid}")]
-    UnknownUid { user: String, mailbox: String, uid: u32 },
+    UnknownUid {
+        user: String,
+        mailbox: String,
+        uid: u32,
+    },
     #[error("user {user:?} already has a mailbox {mailbox:?}")]
     MailboxExists { user: String, mailbox: String },
     #[error(transparent)]
@@ -36,12 +40,18 @@ pub enum StoreError {
     #[error("storage error: {0}")]
     Db(String),
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
 }
 
 impl StoreError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> StoreError {
-        StoreError::Io { context: context.into(), source }
+        StoreError::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     pub(crate) fn from_open(e: redb::DatabaseError, dir: &std::path::Path) -> StoreError {
@@ -50,7 +60,10 @@ impl StoreError {
             redb::DatabaseError::Storage(redb::StorageError::Io(io)) => {
                 StoreError::io(format!("cannot open the store in {}", dir.display()), io)
             }
-            other => StoreError::Db(format!("cannot open the store in {}: {other}", dir.display())),
+            other => StoreError::Db(format!(
+                "cannot open the store in {}: {other}",
+                dir.display()
+            )),
         }
     }
 
@@ -80,4 +93,10 @@ macro_rules! from_redb {
         }
     )*};
 }
-from_redb!(redb::Error, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+from_redb!(
+    redb::Error,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);

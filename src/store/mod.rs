@@ -44,7 +44,9 @@ pub struct Store {
 pub fn validate_node_id(id: &str) -> Result<(), StoreError> {
     let ok = !id.is_empty()
         && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -62,7 +64,10 @@ pub fn node_tag(node_id: &str) -> u32 {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Store {
@@ -73,7 +78,8 @@ impl Store {
         if file.exists() {
             return Err(StoreError::AlreadyInitialised(dir.to_path_buf()));
         }
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(format!("cannot create {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::io(format!("cannot create {}", dir.display()), e))?;
         let db = Database::create(&file).map_err(|e| StoreError::from_open(e, dir))?;
         let txn = db.begin_write()?;
         {
@@ -117,14 +123,19 @@ impl Store {
     fn from_db(db: Database, dir: &Path) -> Result<Store, StoreError> {
         let (node_id, last) = {
             let txn = db.begin_read()?;
-            let meta = txn.open_table(META).map_err(|_| StoreError::NotAStore(dir.to_path_buf()))?;
+            let meta = txn
+                .open_table(META)
+                .map_err(|_| StoreError::NotAStore(dir.to_path_buf()))?;
             let format = meta
                 .get("format")?
                 .and_then(|v| <[u8; 4]>::try_from(v.value()).ok())
                 .map(u32::from_be_bytes)
                 .ok_or_else(|| StoreError::NotAStore(dir.to_path_buf()))?;
             if format != FORMAT_VERSION {
-                return Err(StoreError::Format { dir: dir.to_path_buf(), found: format });
+                return Err(StoreError::Format {
+                    dir: dir.to_path_buf(),
+                    found: format,
+                });
             }
             let node_id = meta
                 .get("node_id")?
@@ -165,10 +176,16 @@ impl Store {
 
     /// Runs `f` in one write transaction, then brings the tree up to date in the same
     /// transaction and commits. If `f` or the tree update fails nothing is committed.
-    pub(crate) fn write<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    pub(crate) fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         // Writers are serialised by redb anyway; holding the clock for the whole transaction
         // keeps stamps in commit order.
-        let mut hlc = self.hlc.lock().map_err(|_| StoreError::Corrupt("clock lock poisoned".into()))?;
+        let mut hlc = self
+            .hlc
+            .lock()
+            .map_err(|_| StoreError::Corrupt("clock lock poisoned".into()))?;
         let txn = self.db.begin_write()?;
         let (out, new_hlc) = {
             let mut tx = Tx::open(&txn, *hlc, now_ms(), self.bodies.as_ref())?;
@@ -191,7 +208,10 @@ impl Store {
 
     /// The server root: the hash that two equal stores share.
     pub fn root(&self) -> Result<NodeValue, StoreError> {
-        Ok(self.node(&NodeKey::root())?.unwrap_or(NodeValue { hash: crate::merkle::NodeHash::EMPTY, count: 0 }))
+        Ok(self.node(&NodeKey::root())?.unwrap_or(NodeValue {
+            hash: crate::merkle::NodeHash::EMPTY,
+            count: 0,
+        }))
     }
 
     /// One stored node, if it is not empty.
@@ -199,19 +219,28 @@ impl Store {
         let txn = self.read_txn()?;
         let tree = txn.open_table(TREE)?;
         let value = tree.get(key.encode().as_slice())?;
-        value.map(|v| NodeValue::decode(v.value()).ok_or_else(|| StoreError::Corrupt(format!("tree node {key} is malformed")))).transpose()
+        value
+            .map(|v| {
+                NodeValue::decode(v.value())
+                    .ok_or_else(|| StoreError::Corrupt(format!("tree node {key} is malformed")))
+            })
+            .transpose()
     }
 
     /// The stored children of a node, in key order.
     pub fn children(&self, key: &NodeKey) -> Result<Vec<(NodeKey, NodeValue)>, StoreError> {
-        let Some((start, end)) = key.children_range() else { return Ok(Vec::new()) };
+        let Some((start, end)) = key.children_range() else {
+            return Ok(Vec::new());
+        };
         let txn = self.read_txn()?;
         let tree = txn.open_table(TREE)?;
         let mut out = Vec::new();
         for item in tree.range(start.as_slice()..=end.as_slice())? {
             let (k, v) = item?;
-            let key = NodeKey::decode(k.value()).ok_or_else(|| StoreError::Corrupt("malformed tree key".into()))?;
-            let value = NodeValue::decode(v.value()).ok_or_else(|| StoreError::Corrupt(format!("tree node {key} is malformed")))?;
+            let key = NodeKey::decode(k.value())
+                .ok_or_else(|| StoreError::Corrupt("malformed tree key".into()))?;
+            let value = NodeValue::decode(v.value())
+                .ok_or_else(|| StoreError::Corrupt(format!("tree node {key} is malformed")))?;
             out.push((key, value));
         }
         Ok(out)

@@ -91,7 +91,10 @@ fn mailboxes_of(
 }
 
 fn unknown_mailbox(user: &str, name: &MailboxName) -> StoreError {
-    StoreError::UnknownMailbox { user: user.to_string(), mailbox: name.to_string() }
+    StoreError::UnknownMailbox {
+        user: user.to_string(),
+        mailbox: name.to_string(),
+    }
 }
 
 impl Tx<'_> {
@@ -106,7 +109,8 @@ impl Tx<'_> {
             return Ok(());
         }
         let stamp = self.stamp();
-        self.users.insert(user, encode(&UserRecord { created: stamp })?.as_slice())?;
+        self.users
+            .insert(user, encode(&UserRecord { created: stamp })?.as_slice())?;
         self.counters.users += 1;
         let inbox = MailboxRecord {
             guid: inbox_guid(user),
@@ -125,29 +129,52 @@ impl Tx<'_> {
 
     /// UIDVALIDITY for a new mailbox: the time in seconds, as Dovecot does.
     fn new_uidvalidity(&self) -> u32 {
-        u32::try_from(self.now_ms() / 1000).unwrap_or(u32::MAX).max(1)
+        u32::try_from(self.now_ms() / 1000)
+            .unwrap_or(u32::MAX)
+            .max(1)
     }
 
-    fn find_mailbox(&self, user: &str, name: &MailboxName) -> Result<Option<MailboxRecord>, StoreError> {
+    fn find_mailbox(
+        &self,
+        user: &str,
+        name: &MailboxName,
+    ) -> Result<Option<MailboxRecord>, StoreError> {
         if name.is_inbox() {
             return self.get_mailbox(user, inbox_guid(user));
         }
-        Ok(self.user_mailboxes(user)?.into_iter().find(|m| m.name == name.as_str()))
+        Ok(self
+            .user_mailboxes(user)?
+            .into_iter()
+            .find(|m| m.name == name.as_str()))
     }
 
     /// Finds a mailbox by name; an INBOX is created on demand when `create_inbox` is set.
-    fn resolve(&mut self, user: &str, name: &MailboxName, create_inbox: bool) -> Result<MailboxRecord, StoreError> {
+    fn resolve(
+        &mut self,
+        user: &str,
+        name: &MailboxName,
+        create_inbox: bool,
+    ) -> Result<MailboxRecord, StoreError> {
         validate_user(user)?;
         if name.is_inbox() && create_inbox {
             self.ensure_user(user)?;
         } else if !self.user_exists(user)? {
             return Err(StoreError::UnknownUser(user.to_string()));
         }
-        self.find_mailbox(user, name)?.ok_or_else(|| unknown_mailbox(user, name))
+        self.find_mailbox(user, name)?
+            .ok_or_else(|| unknown_mailbox(user, name))
     }
 
-    fn remove_message(&mut self, user: &str, guid: MailboxGuid, uid: u32) -> Result<Option<MessageRecord>, StoreError> {
-        let Some(old) = self.messages.remove(keys::message(user, guid, uid).as_slice())? else {
+    fn remove_message(
+        &mut self,
+        user: &str,
+        guid: MailboxGuid,
+        uid: u32,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        let Some(old) = self
+            .messages
+            .remove(keys::message(user, guid, uid).as_slice())?
+        else {
             return Ok(None);
         };
         let (_, record) = decode_message(old.value())?;
@@ -173,13 +200,19 @@ impl Store {
             tx.ensure_user(user)?;
             if name.is_inbox() {
                 return if existed {
-                    Err(StoreError::MailboxExists { user: user.to_string(), mailbox: name.to_string() })
+                    Err(StoreError::MailboxExists {
+                        user: user.to_string(),
+                        mailbox: name.to_string(),
+                    })
                 } else {
                     Ok(inbox_guid(user))
                 };
             }
             if tx.find_mailbox(user, &name)?.is_some() {
-                return Err(StoreError::MailboxExists { user: user.to_string(), mailbox: name.to_string() });
+                return Err(StoreError::MailboxExists {
+                    user: user.to_string(),
+                    mailbox: name.to_string(),
+                });
             }
             let stamp = tx.stamp();
             let record = MailboxRecord {
@@ -203,17 +236,24 @@ impl Store {
         let old = MailboxName::parse(old)?;
         let new = MailboxName::parse(new)?;
         if old.is_inbox() || new.is_inbox() {
-            return Err(StoreError::Invalid("INBOX cannot be renamed, and no mailbox can be renamed to INBOX".into()));
+            return Err(StoreError::Invalid(
+                "INBOX cannot be renamed, and no mailbox can be renamed to INBOX".into(),
+            ));
         }
         if new.is_below(&old) {
-            return Err(StoreError::Invalid(format!("cannot rename {old:?} to {new:?}, which lies below it")));
+            return Err(StoreError::Invalid(format!(
+                "cannot rename {old:?} to {new:?}, which lies below it"
+            )));
         }
         self.write(|tx| {
             let target = tx.resolve(user, &old, false)?;
             let all = tx.user_mailboxes(user)?;
             let moving: Vec<MailboxRecord> = all
                 .iter()
-                .filter(|m| m.guid == target.guid || MailboxName::parse(&m.name).is_ok_and(|n| n.is_below(&old)))
+                .filter(|m| {
+                    m.guid == target.guid
+                        || MailboxName::parse(&m.name).is_ok_and(|n| n.is_below(&old))
+                })
                 .cloned()
                 .collect();
             let stamp = tx.stamp();
@@ -221,7 +261,10 @@ impl Store {
                 let renamed = format!("{new}{}", &mailbox.name[old.as_str().len()..]);
                 let renamed = MailboxName::parse(&renamed)?;
                 if all.iter().any(|m| m.name == renamed.as_str()) {
-                    return Err(StoreError::MailboxExists { user: user.to_string(), mailbox: renamed.to_string() });
+                    return Err(StoreError::MailboxExists {
+                        user: user.to_string(),
+                        mailbox: renamed.to_string(),
+                    });
                 }
                 mailbox.name = renamed.to_string();
                 mailbox.name_stamp = stamp;
@@ -245,7 +288,9 @@ impl Store {
             let uids: Vec<u32> = tx
                 .messages
                 .range(start.as_slice()..=end.as_slice())?
-                .map(|item| item.map(|(k, _)| keys::split_message(k.value()).map(|(_, _, uid)| uid)))
+                .map(|item| {
+                    item.map(|(k, _)| keys::split_message(k.value()).map(|(_, _, uid)| uid))
+                })
                 .collect::<Result<Vec<_>, _>>()?
                 .into_iter()
                 .collect::<Option<Vec<_>>>()
@@ -254,18 +299,30 @@ impl Store {
                 tx.remove_message(user, guid, uid)?;
             }
             // The mailbox tombstone stands for its messages' tombstones from now on.
-            let removed = tx.tombstones.extract_from_if(start.as_slice()..=end.as_slice(), |_, _| true)?.count() as u64;
+            let removed = tx
+                .tombstones
+                .extract_from_if(start.as_slice()..=end.as_slice(), |_, _| true)?
+                .count() as u64;
             tx.counters.tombstones = tx.counters.tombstones.saturating_sub(removed);
             let (sstart, mut send) = (keys::mailbox(user, guid), keys::mailbox(user, guid));
             send.push(0xff);
-            tx.sources.retain_in(sstart.as_slice()..=send.as_slice(), |_, _| false)?;
+            tx.sources
+                .retain_in(sstart.as_slice()..=send.as_slice(), |_, _| false)?;
             let (nstart, nend) = NodeKey::mailbox_uid_range(user, guid);
-            tx.tree.retain_in(nstart.as_slice()..=nend.as_slice(), |_, _| false)?;
+            tx.tree
+                .retain_in(nstart.as_slice()..=nend.as_slice(), |_, _| false)?;
             tx.mailboxes.remove(keys::mailbox(user, guid).as_slice())?;
             tx.dirty.mark_mailbox(user, guid);
             let stamp = tx.stamp();
-            let tomb = MailboxTombstone { guid, name: mailbox.name.clone(), stamp };
-            tx.mailbox_tombstones.insert(keys::mailbox(user, guid).as_slice(), encode(&tomb)?.as_slice())?;
+            let tomb = MailboxTombstone {
+                guid,
+                name: mailbox.name.clone(),
+                stamp,
+            };
+            tx.mailbox_tombstones.insert(
+                keys::mailbox(user, guid).as_slice(),
+                encode(&tomb)?.as_slice(),
+            )?;
             tx.counters.mailboxes -= 1;
             tx.counters.mailbox_tombstones += 1;
             Ok(())
@@ -290,7 +347,12 @@ impl Store {
 
     /// Appends messages in one transaction and returns what happened to each, in order.
     /// Appending to INBOX brings a new user into being; other mailboxes must exist.
-    pub fn append(&self, user: &str, mailbox: &str, messages: Vec<NewMessage>) -> Result<Vec<AppendOutcome>, StoreError> {
+    pub fn append(
+        &self,
+        user: &str,
+        mailbox: &str,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
         let name = MailboxName::parse(mailbox)?;
         self.write(|tx| {
             let mut record = tx.resolve(user, &name, true)?;
@@ -298,18 +360,30 @@ impl Store {
             let mut outcomes = Vec::with_capacity(messages.len());
             for message in messages {
                 if let Some(source) = &message.source {
-                    if let Some(uid) = tx.sources.get(keys::source(user, guid, source).as_slice())? {
-                        outcomes.push(AppendOutcome { uid: uid.value(), skipped: true, renumbered: false });
+                    if let Some(uid) = tx
+                        .sources
+                        .get(keys::source(user, guid, source).as_slice())?
+                    {
+                        outcomes.push(AppendOutcome {
+                            uid: uid.value(),
+                            skipped: true,
+                            renumbered: false,
+                        });
                         continue;
                     }
                 }
                 let (uid, renumbered) = match message.uid {
-                    Some(wanted) if wanted >= record.uidnext && wanted < u32::MAX => (wanted, false),
+                    Some(wanted) if wanted >= record.uidnext && wanted < u32::MAX => {
+                        (wanted, false)
+                    }
                     Some(_) => (record.uidnext, true),
                     None => (record.uidnext, false),
                 };
                 if uid == u32::MAX {
-                    return Err(StoreError::UidsExhausted { user: user.to_string(), mailbox: name.to_string() });
+                    return Err(StoreError::UidsExhausted {
+                        user: user.to_string(),
+                        mailbox: name.to_string(),
+                    });
                 }
                 let stamp = tx.stamp();
                 let digest = Digest::of(&message.bytes);
@@ -327,13 +401,18 @@ impl Store {
                 }
                 tx.put_message(user, guid, uid, &entry)?;
                 if let Some(source) = &message.source {
-                    tx.sources.insert(keys::source(user, guid, source).as_slice(), uid)?;
+                    tx.sources
+                        .insert(keys::source(user, guid, source).as_slice(), uid)?;
                 }
                 tx.counters.messages += 1;
                 tx.counters.message_bytes += entry.size;
                 record.uidnext = uid + 1;
                 record.last_change = stamp;
-                outcomes.push(AppendOutcome { uid, skipped: false, renumbered });
+                outcomes.push(AppendOutcome {
+                    uid,
+                    skipped: false,
+                    renumbered,
+                });
             }
             if outcomes.iter().any(|o| !o.skipped) {
                 tx.put_mailbox(user, &record)?;
@@ -343,23 +422,33 @@ impl Store {
     }
 
     /// Changes one message's flags. Returns the flags set afterwards.
-    pub fn set_flags(&self, user: &str, mailbox: &str, uid: u32, op: FlagOp, flags: &[FlagName]) -> Result<Vec<FlagName>, StoreError> {
+    pub fn set_flags(
+        &self,
+        user: &str,
+        mailbox: &str,
+        uid: u32,
+        op: FlagOp,
+        flags: &[FlagName],
+    ) -> Result<Vec<FlagName>, StoreError> {
         let name = MailboxName::parse(mailbox)?;
         self.write(|tx| {
             let mut record = tx.resolve(user, &name, false)?;
             let guid = record.guid;
-            let mut message = tx.get_message(user, guid, uid)?.ok_or_else(|| StoreError::UnknownUid {
-                user: user.to_string(),
-                mailbox: name.to_string(),
-                uid,
-            })?;
+            let mut message =
+                tx.get_message(user, guid, uid)?
+                    .ok_or_else(|| StoreError::UnknownUid {
+                        user: user.to_string(),
+                        mailbox: name.to_string(),
+                        uid,
+                    })?;
             let stamp = tx.stamp();
             if message.flags.apply(op, flags, stamp) {
                 tx.put_message(user, guid, uid, &message)?;
                 record.last_change = stamp;
                 // last_change is not hashed: writing the record does not move the tree.
                 let value = encode(&record)?;
-                tx.mailboxes.insert(keys::mailbox(user, guid).as_slice(), value.as_slice())?;
+                tx.mailboxes
+                    .insert(keys::mailbox(user, guid).as_slice(), value.as_slice())?;
             }
             Ok(message.flags.live().cloned().collect())
         })
@@ -376,16 +465,27 @@ impl Store {
             for &uid in uids {
                 let removed = tx.remove_message(user, guid, uid)?;
                 let Some(removed) = removed else {
-                    return Err(StoreError::UnknownUid { user: user.to_string(), mailbox: name.to_string(), uid });
+                    return Err(StoreError::UnknownUid {
+                        user: user.to_string(),
+                        mailbox: name.to_string(),
+                        uid,
+                    });
                 };
-                let tomb = Tombstone { digest: removed.digest, stamp };
-                tx.tombstones.insert(keys::message(user, guid, uid).as_slice(), encode(&tomb)?.as_slice())?;
+                let tomb = Tombstone {
+                    digest: removed.digest,
+                    stamp,
+                };
+                tx.tombstones.insert(
+                    keys::message(user, guid, uid).as_slice(),
+                    encode(&tomb)?.as_slice(),
+                )?;
                 tx.counters.tombstones += 1;
                 count += 1;
             }
             record.last_change = stamp;
             let value = encode(&record)?;
-            tx.mailboxes.insert(keys::mailbox(user, guid).as_slice(), value.as_slice())?;
+            tx.mailboxes
+                .insert(keys::mailbox(user, guid).as_slice(), value.as_slice())?;
             Ok(count)
         })
     }
@@ -393,7 +493,13 @@ impl Store {
     /// Gets a mailbox ready for an import: creates it if missing (with the source's
     /// UIDVALIDITY when one is given), and says whether the source's UIDs can be kept. A
     /// pristine mailbox (no UID ever assigned) adopts the source's UIDVALIDITY.
-    pub fn prepare_import(&self, user: &str, mailbox: &str, uidvalidity: Option<u32>, subscribed: bool) -> Result<PreparedMailbox, StoreError> {
+    pub fn prepare_import(
+        &self,
+        user: &str,
+        mailbox: &str,
+        uidvalidity: Option<u32>,
+        subscribed: bool,
+    ) -> Result<PreparedMailbox, StoreError> {
         let name = MailboxName::parse(mailbox)?;
         validate_user(user)?;
         self.write(|tx| {
@@ -430,7 +536,10 @@ impl Store {
                 record.subscribed_stamp = tx.stamp();
             }
             tx.put_mailbox(user, &record)?;
-            Ok(PreparedMailbox { guid: record.guid, keep_uids })
+            Ok(PreparedMailbox {
+                guid: record.guid,
+                keep_uids,
+            })
         })
     }
 
@@ -470,7 +579,11 @@ impl Store {
         let tree = txn.open_table(super::tables::TREE)?;
         let mut out = Vec::new();
         for m in mailboxes_of(&table, user)? {
-            let node = NodeKey::Mailbox { user: user.to_string(), guid: m.guid }.encode();
+            let node = NodeKey::Mailbox {
+                user: user.to_string(),
+                guid: m.guid,
+            }
+            .encode();
             let messages = tree
                 .get(node.as_slice())?
                 .and_then(|v| crate::merkle::NodeValue::decode(v.value()))
@@ -498,15 +611,24 @@ impl Store {
         }
         let table = txn.open_table(MAILBOXES)?;
         let found = if name.is_inbox() {
-            table.get(keys::mailbox(user, inbox_guid(user)).as_slice())?.map(|v| decode(v.value(), "a mailbox")).transpose()?
+            table
+                .get(keys::mailbox(user, inbox_guid(user)).as_slice())?
+                .map(|v| decode(v.value(), "a mailbox"))
+                .transpose()?
         } else {
-            mailboxes_of(&table, user)?.into_iter().find(|m| m.name == name.as_str())
+            mailboxes_of(&table, user)?
+                .into_iter()
+                .find(|m| m.name == name.as_str())
         };
         found.ok_or_else(|| unknown_mailbox(user, &name))
     }
 
     /// A user's messages, in one mailbox or in all of them (mailboxes in name order, then UID).
-    pub fn list_messages(&self, user: &str, mailbox: Option<&str>) -> Result<Vec<MessageInfo>, StoreError> {
+    pub fn list_messages(
+        &self,
+        user: &str,
+        mailbox: Option<&str>,
+    ) -> Result<Vec<MessageInfo>, StoreError> {
         let mailboxes: Vec<MailboxRecord> = match mailbox {
             Some(name) => vec![self.mailbox(user, name)?],
             None => {
@@ -529,9 +651,15 @@ impl Store {
             let (start, end) = keys::uid_range(user, m.guid, 0, u32::MAX);
             for item in messages.range(start.as_slice()..=end.as_slice())? {
                 let (k, v) = item?;
-                let (_, _, uid) = keys::split_message(k.value()).ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
+                let (_, _, uid) = keys::split_message(k.value())
+                    .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
                 let (_, record) = decode_message(v.value())?;
-                out.push(MessageInfo { mailbox: m.name.clone(), guid: m.guid, uid, record });
+                out.push(MessageInfo {
+                    mailbox: m.name.clone(),
+                    guid: m.guid,
+                    uid,
+                    record,
+                });
             }
         }
         Ok(out)
@@ -544,10 +672,19 @@ impl Store {
         let messages = txn.open_table(MESSAGES)?;
         let value = messages.get(keys::message(user, m.guid, uid).as_slice())?;
         let Some(value) = value else {
-            return Err(StoreError::UnknownUid { user: user.to_string(), mailbox: m.name, uid });
+            return Err(StoreError::UnknownUid {
+                user: user.to_string(),
+                mailbox: m.name,
+                uid,
+            });
         };
         let (_, record) = decode_message(value.value())?;
-        Ok(MessageInfo { mailbox: m.name, guid: m.guid, uid, record })
+        Ok(MessageInfo {
+            mailbox: m.name,
+            guid: m.guid,
+            uid,
+            record,
+        })
     }
 
     /// A message's raw bytes, exactly as appended.
@@ -559,9 +696,9 @@ impl Store {
     /// A body by digest.
     pub fn body(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
         let txn = self.read_txn()?;
-        self.bodies
-            .read(&txn, digest)?
-            .ok_or_else(|| StoreError::Corrupt(format!("body {digest} is referenced but not stored")))
+        self.bodies.read(&txn, digest)?.ok_or_else(|| {
+            StoreError::Corrupt(format!("body {digest} is referenced but not stored"))
+        })
     }
 
     /// The running totals.

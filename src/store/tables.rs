@@ -14,7 +14,8 @@ pub const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messag
 /// user 00 guid uid:u32be → postcard(Tombstone)
 pub const TOMBSTONES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tombstones");
 /// user 00 guid → postcard(MailboxTombstone)
-pub const MAILBOX_TOMBSTONES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mailbox_tombstones");
+pub const MAILBOX_TOMBSTONES: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("mailbox_tombstones");
 /// digest → raw message bytes (single-instance storage)
 pub const BODIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bodies");
 /// digest → number of live messages that use the body

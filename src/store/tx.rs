@@ -26,12 +26,17 @@ pub(crate) struct Tx<'t> {
     now_ms: u64,
 }
 
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("cannot decode {what}: {e}")))
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("cannot decode {what}: {e}")))
 }
 
 pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    postcard::to_allocvec(value).map_err(|e| StoreError::Corrupt(format!("cannot encode a record: {e}")))
+    postcard::to_allocvec(value)
+        .map_err(|e| StoreError::Corrupt(format!("cannot encode a record: {e}")))
 }
 
 /// Splits a message value into its entry hash and record.
@@ -44,7 +49,12 @@ pub(crate) fn decode_message(value: &[u8]) -> Result<(NodeHash, MessageRecord), 
 }
 
 impl<'t> Tx<'t> {
-    pub fn open(txn: &'t WriteTransaction, hlc: Hlc, now_ms: u64, bodies: &'t dyn BodyStore) -> Result<Tx<'t>, StoreError> {
+    pub fn open(
+        txn: &'t WriteTransaction,
+        hlc: Hlc,
+        now_ms: u64,
+        bodies: &'t dyn BodyStore,
+    ) -> Result<Tx<'t>, StoreError> {
         let meta = txn.open_table(META)?;
         let counters = match meta.get("counters")? {
             Some(v) => decode(v.value(), "the counters")?,
@@ -86,7 +96,11 @@ impl<'t> Tx<'t> {
         Ok(self.hlc)
     }
 
-    pub fn get_mailbox(&self, user: &str, guid: MailboxGuid) -> Result<Option<MailboxRecord>, StoreError> {
+    pub fn get_mailbox(
+        &self,
+        user: &str,
+        guid: MailboxGuid,
+    ) -> Result<Option<MailboxRecord>, StoreError> {
         match self.mailboxes.get(keys::mailbox(user, guid).as_slice())? {
             Some(v) => Ok(Some(decode(v.value(), "a mailbox")?)),
             None => Ok(None),
@@ -95,7 +109,10 @@ impl<'t> Tx<'t> {
 
     pub fn put_mailbox(&mut self, user: &str, record: &MailboxRecord) -> Result<(), StoreError> {
         let value = encode(record)?;
-        self.mailboxes.insert(keys::mailbox(user, record.guid).as_slice(), value.as_slice())?;
+        self.mailboxes.insert(
+            keys::mailbox(user, record.guid).as_slice(),
+            value.as_slice(),
+        )?;
         self.dirty.mark_mailbox(user, record.guid);
         Ok(())
     }
@@ -111,19 +128,34 @@ impl<'t> Tx<'t> {
         Ok(out)
     }
 
-    pub fn get_message(&self, user: &str, guid: MailboxGuid, uid: u32) -> Result<Option<MessageRecord>, StoreError> {
-        match self.messages.get(keys::message(user, guid, uid).as_slice())? {
+    pub fn get_message(
+        &self,
+        user: &str,
+        guid: MailboxGuid,
+        uid: u32,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        match self
+            .messages
+            .get(keys::message(user, guid, uid).as_slice())?
+        {
             Some(v) => Ok(Some(decode_message(v.value())?.1)),
             None => Ok(None),
         }
     }
 
     /// Writes a message record (with its entry hash in front) and marks its bucket dirty.
-    pub fn put_message(&mut self, user: &str, guid: MailboxGuid, uid: u32, record: &MessageRecord) -> Result<(), StoreError> {
+    pub fn put_message(
+        &mut self,
+        user: &str,
+        guid: MailboxGuid,
+        uid: u32,
+        record: &MessageRecord,
+    ) -> Result<(), StoreError> {
         let hash = crate::merkle::entry_hash(uid, &record.digest, &record.flags);
         let mut value = hash.0.to_vec();
         value.extend_from_slice(&encode(record)?);
-        self.messages.insert(keys::message(user, guid, uid).as_slice(), value.as_slice())?;
+        self.messages
+            .insert(keys::message(user, guid, uid).as_slice(), value.as_slice())?;
         self.dirty.mark_message(user, guid, uid);
         Ok(())
     }
@@ -132,7 +164,12 @@ impl<'t> Tx<'t> {
 impl TreeAccess for Tx<'_> {
     type Error = StoreError;
 
-    fn bucket_entries(&mut self, user: &str, guid: MailboxGuid, bucket: u32) -> Result<Vec<NodeHash>, StoreError> {
+    fn bucket_entries(
+        &mut self,
+        user: &str,
+        guid: MailboxGuid,
+        bucket: u32,
+    ) -> Result<Vec<NodeHash>, StoreError> {
         let first = bucket << BUCKET_SHIFT;
         let (start, end) = keys::uid_range(user, guid, first, first | ((1 << BUCKET_SHIFT) - 1));
         let mut out = Vec::new();
@@ -148,15 +185,24 @@ impl TreeAccess for Tx<'_> {
         Ok(out)
     }
 
-    fn mailbox(&mut self, user: &str, guid: MailboxGuid) -> Result<Option<MailboxRecord>, StoreError> {
+    fn mailbox(
+        &mut self,
+        user: &str,
+        guid: MailboxGuid,
+    ) -> Result<Option<MailboxRecord>, StoreError> {
         self.get_mailbox(user, guid)
     }
 
-    fn nodes_in(&mut self, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, NodeValue)>, StoreError> {
+    fn nodes_in(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<Vec<(Vec<u8>, NodeValue)>, StoreError> {
         let mut out = Vec::new();
         for item in self.tree.range(start..=end)? {
             let (k, v) = item?;
-            let value = NodeValue::decode(v.value()).ok_or_else(|| StoreError::Corrupt("malformed tree node".into()))?;
+            let value = NodeValue::decode(v.value())
+                .ok_or_else(|| StoreError::Corrupt("malformed tree node".into()))?;
             out.push((k.value().to_vec(), value));
         }
         Ok(out)

@@ -27,7 +27,10 @@ impl VerifyReport {
 }
 
 fn describe(key: &[u8]) -> String {
-    NodeKey::decode(key).map_or_else(|| format!("undecodable key {}", hex::encode(key)), |k| k.to_string())
+    NodeKey::decode(key).map_or_else(
+        || format!("undecodable key {}", hex::encode(key)),
+        |k| k.to_string(),
+    )
 }
 
 impl Store {
@@ -43,10 +46,14 @@ impl Store {
         let mut items = Vec::new();
         for item in mailboxes.iter()? {
             let (k, v) = item?;
-            let (user, guid) = keys::split_mailbox(k.value()).ok_or_else(|| StoreError::Corrupt("malformed mailbox key".into()))?;
+            let (user, guid) = keys::split_mailbox(k.value())
+                .ok_or_else(|| StoreError::Corrupt("malformed mailbox key".into()))?;
             let record: MailboxRecord = decode(v.value(), "a mailbox")?;
             if record.guid != guid {
-                report.problems.push(format!("mailbox {guid} of {user:?} holds a record for {}", record.guid));
+                report.problems.push(format!(
+                    "mailbox {guid} of {user:?} holds a record for {}",
+                    record.guid
+                ));
             }
             recount.mailboxes += 1;
             items.push((user, record));
@@ -57,14 +64,21 @@ impl Store {
             let mut entries = Vec::new();
             for item in messages.range(start.as_slice()..=end.as_slice())? {
                 let (k, v) = item?;
-                let (_, _, uid) = keys::split_message(k.value()).ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
+                let (_, _, uid) = keys::split_message(k.value())
+                    .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
                 let (stored, message) = decode_message(v.value())?;
                 let hash = entry_hash(uid, &message.digest, &message.flags);
                 if stored != hash {
-                    report.problems.push(format!("user {user:?} mailbox {} UID {uid}: stored entry hash is stale", record.name));
+                    report.problems.push(format!(
+                        "user {user:?} mailbox {} UID {uid}: stored entry hash is stale",
+                        record.name
+                    ));
                 }
                 if uid >= record.uidnext {
-                    report.problems.push(format!("user {user:?} mailbox {} UID {uid} is not below UIDNEXT {}", record.name, record.uidnext));
+                    report.problems.push(format!(
+                        "user {user:?} mailbox {} UID {uid} is not below UIDNEXT {}",
+                        record.name, record.uidnext
+                    ));
                 }
                 recount.messages += 1;
                 recount.message_bytes += message.size;
@@ -78,7 +92,10 @@ impl Store {
 
         let stored_count = messages.len()?;
         if stored_count != recount.messages {
-            report.problems.push(format!("{} message records belong to no mailbox", stored_count - recount.messages));
+            report.problems.push(format!(
+                "{} message records belong to no mailbox",
+                stored_count - recount.messages
+            ));
         }
 
         // Merge-join the stored tree with the rebuilt one.
@@ -90,13 +107,17 @@ impl Store {
                 Some(value) => {
                     stored.insert(k.value().to_vec(), value);
                 }
-                None => report.problems.push(format!("{}: malformed stored node", describe(k.value()))),
+                None => report
+                    .problems
+                    .push(format!("{}: malformed stored node", describe(k.value()))),
             }
         }
         for (key, want) in &rebuilt {
             report.nodes_checked += 1;
             match stored.remove(key) {
-                None => report.problems.push(format!("{}: missing from the stored tree", describe(key))),
+                None => report
+                    .problems
+                    .push(format!("{}: missing from the stored tree", describe(key))),
                 Some(got) if got != *want => report.problems.push(format!(
                     "{}: stored hash {} count {}, rebuilt hash {} count {}",
                     describe(key),
@@ -109,7 +130,9 @@ impl Store {
             }
         }
         for key in stored.keys() {
-            report.problems.push(format!("{}: stored but should not exist", describe(key)));
+            report
+                .problems
+                .push(format!("{}: stored but should not exist", describe(key)));
         }
 
         // Bodies: every referenced body is held, with the right count, and nothing else is.
@@ -117,7 +140,10 @@ impl Store {
         if held != refs {
             let missing = refs.keys().filter(|d| !held.contains_key(*d)).count();
             let orphaned = held.keys().filter(|d| !refs.contains_key(*d)).count();
-            let wrong = refs.iter().filter(|(d, n)| held.get(*d).is_some_and(|h| h != *n)).count();
+            let wrong = refs
+                .iter()
+                .filter(|(d, n)| held.get(*d).is_some_and(|h| h != *n))
+                .count();
             report.problems.push(format!(
                 "bodies: {missing} referenced but missing, {orphaned} held but unreferenced, {wrong} with a wrong reference count"
             ));
@@ -134,7 +160,9 @@ impl Store {
         recount.mailbox_tombstones = txn.open_table(MAILBOX_TOMBSTONES)?.len()?;
         let counters = self.counters()?;
         if counters != recount {
-            report.problems.push(format!("counters say {counters:?} but the records hold {recount:?}"));
+            report.problems.push(format!(
+                "counters say {counters:?} but the records hold {recount:?}"
+            ));
         }
         Ok(report)
     }
