@@ -345,7 +345,7 @@ mod tests {
                     user,
                     guid: MailboxGuid(g),
                     level,
-                    index: index >> (6 + 4 * level as u32).min(31),
+                    index: index.checked_shr(6 + 4 * level as u32).unwrap_or(0),
                 }
             }),
         ]

@@ -98,6 +98,47 @@ fn unknown_mailbox(user: &str, name: &MailboxName) -> StoreError {
 }
 
 impl Tx<'_> {
+    /// Removes a mailbox with its messages, their tombstones, its import sources and its
+    /// UID-range nodes. The caller records the mailbox tombstone.
+    pub(crate) fn delete_mailbox_records(
+        &mut self,
+        user: &str,
+        guid: MailboxGuid,
+    ) -> Result<(), StoreError> {
+        if self.get_mailbox(user, guid)?.is_none() {
+            return Ok(());
+        }
+        let (start, end) = keys::uid_range(user, guid, 0, u32::MAX);
+        let mut uids = Vec::new();
+        for item in self.messages.range(start.as_slice()..=end.as_slice())? {
+            let (k, _) = item?;
+            let (_, _, uid) = keys::split_message(k.value())
+                .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
+            uids.push(uid);
+        }
+        for uid in uids {
+            self.remove_message(user, guid, uid)?;
+        }
+        // The mailbox tombstone stands for its messages' tombstones from now on.
+        let removed = self
+            .tombstones
+            .extract_from_if(start.as_slice()..=end.as_slice(), |_, _| true)?
+            .count() as u64;
+        self.counters.tombstones = self.counters.tombstones.saturating_sub(removed);
+        let sstart = keys::mailbox(user, guid);
+        let mut send = sstart.clone();
+        send.push(0xff);
+        self.sources
+            .retain_in(sstart.as_slice()..=send.as_slice(), |_, _| false)?;
+        let (nstart, nend) = NodeKey::mailbox_uid_range(user, guid);
+        self.tree
+            .retain_in(nstart.as_slice()..=nend.as_slice(), |_, _| false)?;
+        self.mailboxes
+            .remove(keys::mailbox(user, guid).as_slice())?;
+        self.dirty.mark_mailbox(user, guid);
+        self.counters.mailboxes -= 1;
+        Ok(())
+    }
     fn user_exists(&self, user: &str) -> Result<bool, StoreError> {
         Ok(self.users.get(user)?.is_some())
     }
@@ -165,7 +206,7 @@ impl Tx<'_> {
             .ok_or_else(|| unknown_mailbox(user, name))
     }
 
-    fn remove_message(
+    pub(crate) fn remove_message(
         &mut self,
         user: &str,
         guid: MailboxGuid,
@@ -284,35 +325,7 @@ impl Store {
         self.write(|tx| {
             let mailbox = tx.resolve(user, &name, false)?;
             let guid = mailbox.guid;
-            let (start, end) = keys::uid_range(user, guid, 0, u32::MAX);
-            let uids: Vec<u32> = tx
-                .messages
-                .range(start.as_slice()..=end.as_slice())?
-                .map(|item| {
-                    item.map(|(k, _)| keys::split_message(k.value()).map(|(_, _, uid)| uid))
-                })
-                .collect::<Result<Vec<_>, _>>()?
-                .into_iter()
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
-            for uid in uids {
-                tx.remove_message(user, guid, uid)?;
-            }
-            // The mailbox tombstone stands for its messages' tombstones from now on.
-            let removed = tx
-                .tombstones
-                .extract_from_if(start.as_slice()..=end.as_slice(), |_, _| true)?
-                .count() as u64;
-            tx.counters.tombstones = tx.counters.tombstones.saturating_sub(removed);
-            let (sstart, mut send) = (keys::mailbox(user, guid), keys::mailbox(user, guid));
-            send.push(0xff);
-            tx.sources
-                .retain_in(sstart.as_slice()..=send.as_slice(), |_, _| false)?;
-            let (nstart, nend) = NodeKey::mailbox_uid_range(user, guid);
-            tx.tree
-                .retain_in(nstart.as_slice()..=nend.as_slice(), |_, _| false)?;
-            tx.mailboxes.remove(keys::mailbox(user, guid).as_slice())?;
-            tx.dirty.mark_mailbox(user, guid);
+            tx.delete_mailbox_records(user, guid)?;
             let stamp = tx.stamp();
             let tomb = MailboxTombstone {
                 guid,
@@ -323,7 +336,6 @@ impl Store {
                 keys::mailbox(user, guid).as_slice(),
                 encode(&tomb)?.as_slice(),
             )?;
-            tx.counters.mailboxes -= 1;
             tx.counters.mailbox_tombstones += 1;
             Ok(())
         })

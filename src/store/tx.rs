@@ -83,6 +83,11 @@ impl<'t> Tx<'t> {
         self.hlc.tick(self.now_ms)
     }
 
+    /// Moves the clock past a stamp that came from elsewhere.
+    pub fn observe(&mut self, stamp: Stamp) {
+        self.hlc.observe(stamp);
+    }
+
     pub fn now_ms(&self) -> u64 {
         self.now_ms
     }

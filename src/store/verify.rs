@@ -167,3 +167,79 @@ impl Store {
         Ok(report)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{FlagName, FlagOp};
+    use crate::store::NewMessage;
+
+    fn store_with_mail() -> Store {
+        let store = Store::in_memory("t").expect("store");
+        let msgs = (0..100)
+            .map(|i| NewMessage {
+                bytes: format!("Subject: {i}\r\n\r\nx\r\n").into_bytes(),
+                ..Default::default()
+            })
+            .collect();
+        store.append("alice", "INBOX", msgs).expect("append");
+        store
+    }
+
+    #[test]
+    fn a_sound_store_verifies() {
+        let report = store_with_mail().verify().expect("verify");
+        assert!(report.is_ok(), "{:?}", report.problems);
+        assert_eq!(report.messages_checked, 100);
+    }
+
+    #[test]
+    fn a_change_that_skipped_the_tree_is_found() {
+        let mut store = store_with_mail();
+        store.set_tree_maintenance_for_bench(false);
+        let seen = FlagName::parse("\\Seen").expect("flag");
+        store
+            .set_flags("alice", "INBOX", 70, FlagOp::Add, &[seen])
+            .expect("flags");
+        let report = store.verify().expect("verify");
+        assert!(!report.is_ok());
+        assert!(
+            report.problems.iter().any(|p| p.contains("UIDs 64..=127")),
+            "{:?}",
+            report.problems
+        );
+        assert!(
+            report.problems.iter().any(|p| p.starts_with("root")),
+            "{:?}",
+            report.problems
+        );
+    }
+
+    #[test]
+    fn a_missing_or_extra_node_is_found() {
+        let store = store_with_mail();
+        let txn = store.db.begin_write().expect("txn");
+        {
+            let mut tree = txn.open_table(TREE).expect("tree");
+            tree.remove(NodeKey::root().encode().as_slice())
+                .expect("remove");
+            let stray = NodeKey::Top { level: 3, index: 5 }.encode();
+            tree.insert(stray.as_slice(), [0u8; 40].as_slice())
+                .expect("insert");
+        }
+        txn.commit().expect("commit");
+        let problems = store.verify().expect("verify").problems;
+        assert!(
+            problems
+                .iter()
+                .any(|p| p == "root: missing from the stored tree"),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p == "user bucket 005: stored but should not exist"),
+            "{problems:?}"
+        );
+    }
+}

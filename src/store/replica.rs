@@ -1,0 +1,169 @@
+//! Applying records as they are, stamps included: what reconciliation and the replication
+//! journal do with a peer's state once the clash rules have decided, and what the tree's
+//! order-independence tests use to build equal stores through different histories.
+
+use super::error::StoreError;
+use super::keys;
+use super::tx::{encode, Tx};
+use super::Store;
+use crate::model::{
+    validate_user, Digest, MailboxGuid, MailboxName, MailboxRecord, MailboxTombstone,
+    MessageRecord, Tombstone, UserRecord,
+};
+use redb::ReadableTable;
+
+/// One replicated change, to be applied verbatim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Create or overwrite a mailbox record.
+    Mailbox { user: String, record: MailboxRecord },
+    /// Create or overwrite a message. `body` is needed when the store does not hold the
+    /// digest yet; it is checked against the digest before anything is stored.
+    Message {
+        user: String,
+        guid: MailboxGuid,
+        uid: u32,
+        record: MessageRecord,
+        body: Option<Vec<u8>>,
+    },
+    /// Remove a message (if present) and keep its tombstone.
+    Expunge {
+        user: String,
+        guid: MailboxGuid,
+        uid: u32,
+        tombstone: Tombstone,
+    },
+    /// Remove a mailbox with its messages and keep its tombstone.
+    DeleteMailbox {
+        user: String,
+        tombstone: MailboxTombstone,
+    },
+}
+
+impl Tx<'_> {
+    fn ensure_user_record(
+        &mut self,
+        user: &str,
+        stamp: crate::model::Stamp,
+    ) -> Result<(), StoreError> {
+        validate_user(user)?;
+        if self.users.get(user)?.is_none() {
+            self.users
+                .insert(user, encode(&UserRecord { created: stamp })?.as_slice())?;
+            self.counters.users += 1;
+        }
+        Ok(())
+    }
+
+    fn apply_change(&mut self, change: &Change) -> Result<(), StoreError> {
+        match change {
+            Change::Mailbox { user, record } => {
+                MailboxName::parse(&record.name)?;
+                self.observe(record.name_stamp);
+                self.observe(record.subscribed_stamp);
+                self.ensure_user_record(user, record.name_stamp)?;
+                if self.get_mailbox(user, record.guid)?.is_none() {
+                    self.counters.mailboxes += 1;
+                }
+                self.put_mailbox(user, record)?;
+            }
+            Change::Message {
+                user,
+                guid,
+                uid,
+                record,
+                body,
+            } => {
+                if self.get_mailbox(user, *guid)?.is_none() {
+                    return Err(StoreError::Invalid(format!(
+                        "message {uid} for unknown mailbox {guid} of {user:?}"
+                    )));
+                }
+                for (_, state) in record.flags.entries() {
+                    self.observe(state.stamp);
+                }
+                self.observe(record.appended);
+                let old = self.get_message(user, *guid, *uid)?;
+                if old.as_ref().map(|m| m.digest) != Some(record.digest) {
+                    match body {
+                        Some(bytes) => {
+                            if Digest::of(bytes) != record.digest
+                                || bytes.len() as u64 != record.size
+                            {
+                                return Err(StoreError::Invalid(format!(
+                                    "body for UID {uid} of mailbox {guid} does not match its digest {}",
+                                    record.digest
+                                )));
+                            }
+                            if self.bodies.acquire(self.txn, &record.digest, bytes)? {
+                                self.counters.bodies += 1;
+                                self.counters.body_bytes += record.size;
+                            }
+                        }
+                        None => self.bodies.add_ref(self.txn, &record.digest)?,
+                    }
+                    if let Some(old) = &old {
+                        if let Some(freed) = self.bodies.release(self.txn, &old.digest)? {
+                            self.counters.bodies -= 1;
+                            self.counters.body_bytes =
+                                self.counters.body_bytes.saturating_sub(freed);
+                        }
+                    }
+                }
+                match &old {
+                    Some(old) => {
+                        self.counters.message_bytes =
+                            self.counters.message_bytes.saturating_sub(old.size) + record.size;
+                    }
+                    None => {
+                        self.counters.messages += 1;
+                        self.counters.message_bytes += record.size;
+                    }
+                }
+                self.put_message(user, *guid, *uid, record)?;
+            }
+            Change::Expunge {
+                user,
+                guid,
+                uid,
+                tombstone,
+            } => {
+                self.observe(tombstone.stamp);
+                self.remove_message(user, *guid, *uid)?;
+                let key = keys::message(user, *guid, *uid);
+                if self
+                    .tombstones
+                    .insert(key.as_slice(), encode(tombstone)?.as_slice())?
+                    .is_none()
+                {
+                    self.counters.tombstones += 1;
+                }
+            }
+            Change::DeleteMailbox { user, tombstone } => {
+                self.observe(tombstone.stamp);
+                self.delete_mailbox_records(user, tombstone.guid)?;
+                let key = keys::mailbox(user, tombstone.guid);
+                if self
+                    .mailbox_tombstones
+                    .insert(key.as_slice(), encode(tombstone)?.as_slice())?
+                    .is_none()
+                {
+                    self.counters.mailbox_tombstones += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Applies changes verbatim, all in one transaction: all of them or none.
+    pub fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            for change in changes {
+                tx.apply_change(change)?;
+            }
+            Ok(())
+        })
+    }
+}
