@@ -505,12 +505,16 @@ impl Store {
     /// Gets a mailbox ready for an import: creates it if missing (with the source's
     /// UIDVALIDITY when one is given), and says whether the source's UIDs can be kept. A
     /// pristine mailbox (no UID ever assigned) adopts the source's UIDVALIDITY.
+    ///
+    /// A new mailbox takes `guid` (a Dovecot mailbox GUID from the source) when the user has no
+    /// mailbox or tombstone with it, so servers importing the same Maildir agree on the GUID.
     pub fn prepare_import(
         &self,
         user: &str,
         mailbox: &str,
         uidvalidity: Option<u32>,
         subscribed: bool,
+        guid: Option<MailboxGuid>,
     ) -> Result<PreparedMailbox, StoreError> {
         let name = MailboxName::parse(mailbox)?;
         validate_user(user)?;
@@ -520,8 +524,21 @@ impl Store {
                 Some(record) => record,
                 None => {
                     let stamp = tx.stamp();
+                    let guid = match guid {
+                        Some(g)
+                            if g != inbox_guid(user)
+                                && tx.get_mailbox(user, g)?.is_none()
+                                && tx
+                                    .mailbox_tombstones
+                                    .get(keys::mailbox(user, g).as_slice())?
+                                    .is_none() =>
+                        {
+                            g
+                        }
+                        _ => MailboxGuid(rand::random()),
+                    };
                     let record = MailboxRecord {
-                        guid: MailboxGuid(rand::random()),
+                        guid,
                         name: name.to_string(),
                         uidvalidity: tx.new_uidvalidity(),
                         uidnext: 1,

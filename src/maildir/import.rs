@@ -1,0 +1,217 @@
+//! `import-maildir`: scan a Maildir++ tree and append its mail to the store in batches.
+//!
+//! Each batch is one store transaction and records which files it imported, so a kill at any
+//! moment leaves whole messages only, and running the import again adds only what is missing.
+
+use super::{scan, MaildirError};
+use crate::model::{FlagName, MailboxGuid};
+use crate::store::{NewMessage, Store, StoreError};
+use std::fmt;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// A batch is committed when it holds this many messages or this many bytes.
+const BATCH_MESSAGES: usize = 500;
+const BATCH_BYTES: usize = 32 << 20;
+
+#[derive(Debug, Error)]
+pub enum ImportError {
+    #[error(transparent)]
+    Maildir(#[from] MaildirError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What an import did.
+#[derive(Debug, Default, Clone)]
+pub struct ImportReport {
+    pub folders: usize,
+    pub imported: usize,
+    /// Files imported by an earlier run, left alone.
+    pub already_present: usize,
+    /// Messages whose Dovecot UID could not be kept (the mailbox already used it).
+    pub renumbered: usize,
+    pub bytes: u64,
+    /// Files or flags left out, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+impl fmt::Display for ImportReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "imported {} messages ({} bytes) in {} folders; {} already present; {} renumbered; {} skipped",
+            self.imported,
+            self.bytes,
+            self.folders,
+            self.already_present,
+            self.renumbered,
+            self.skipped.len()
+        )?;
+        for (path, why) in self.skipped.iter().take(20) {
+            write!(f, "\n  skipped {}: {why}", path.display())?;
+        }
+        if self.skipped.len() > 20 {
+            write!(f, "\n  … and {} more", self.skipped.len() - 20)?;
+        }
+        Ok(())
+    }
+}
+
+/// Progress on stderr: a rewritten line on a terminal, a line every few seconds otherwise.
+struct Progress {
+    enabled: bool,
+    tty: bool,
+    total: usize,
+    done: usize,
+    last: Instant,
+}
+
+impl Progress {
+    fn tick(&mut self, done: usize, folder: &str) {
+        self.done = done;
+        let every = if self.tty {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(5)
+        };
+        if !self.enabled || self.last.elapsed() < every {
+            return;
+        }
+        self.last = Instant::now();
+        let pct = if self.total == 0 {
+            100
+        } else {
+            self.done * 100 / self.total
+        };
+        if self.tty {
+            eprint!(
+                "\rimporting: {}/{} messages ({pct}%) — {folder}\x1b[K",
+                self.done, self.total
+            );
+        } else {
+            eprintln!(
+                "importing: {}/{} messages ({pct}%) — {folder}",
+                self.done, self.total
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if self.enabled && self.tty {
+            eprintln!(
+                "\rimporting: {}/{} messages (100%)\x1b[K",
+                self.done, self.total
+            );
+        }
+    }
+}
+
+/// Imports a Maildir++ tree into `user`'s mailboxes.
+pub fn import(
+    store: &Store,
+    user: &str,
+    root: &Path,
+    progress: bool,
+) -> Result<ImportReport, ImportError> {
+    crate::model::validate_user(user).map_err(StoreError::from)?;
+    let folders = scan(root)?;
+    let mut report = ImportReport::default();
+    let mut progress = Progress {
+        enabled: progress,
+        tty: std::io::stderr().is_terminal(),
+        total: folders.iter().map(|f| f.messages.len()).sum(),
+        done: 0,
+        last: Instant::now(),
+    };
+    let mut done = 0;
+    for folder in folders {
+        report.folders += 1;
+        report.skipped.extend(folder.skipped.iter().cloned());
+        let uidvalidity = folder.uidlist.as_ref().map(|u| u.uidvalidity);
+        let guid = folder
+            .uidlist
+            .as_ref()
+            .and_then(|u| u.guid.as_deref())
+            .and_then(|g| g.parse::<MailboxGuid>().ok());
+        let prepared =
+            store.prepare_import(user, &folder.mailbox, uidvalidity, folder.subscribed, guid)?;
+        let mut batch: Vec<NewMessage> = Vec::new();
+        let mut batch_bytes = 0;
+        for message in &folder.messages {
+            let bytes = match std::fs::read(&message.path) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    // A file that vanished or cannot be read is reported, not fatal: the rest
+                    // of the mail still comes in, and a re-run picks the file up.
+                    report
+                        .skipped
+                        .push((message.path.clone(), format!("cannot read: {e}")));
+                    continue;
+                }
+            };
+            let mut flags = Vec::new();
+            for flag in &message.flags {
+                match FlagName::parse(flag) {
+                    Ok(f) => flags.push(f),
+                    Err(e) => report
+                        .skipped
+                        .push((message.path.clone(), format!("flag left out: {e}"))),
+                }
+            }
+            batch_bytes += bytes.len();
+            batch.push(NewMessage {
+                bytes,
+                flags,
+                internal_date: message.internal_date,
+                uid: message.uid.filter(|_| prepared.keep_uids),
+                source: Some(message.basename.clone()),
+            });
+            if batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_BYTES {
+                done += batch.len();
+                commit(
+                    store,
+                    user,
+                    &folder.mailbox,
+                    std::mem::take(&mut batch),
+                    &mut report,
+                )?;
+                batch_bytes = 0;
+                progress.tick(done, &folder.mailbox);
+            }
+        }
+        done += batch.len();
+        commit(store, user, &folder.mailbox, batch, &mut report)?;
+        progress.tick(done, &folder.mailbox);
+        if let (true, Some(uidlist)) = (prepared.keep_uids, &folder.uidlist) {
+            store.raise_uidnext(user, &folder.mailbox, uidlist.effective_next_uid())?;
+        }
+    }
+    progress.finish();
+    Ok(report)
+}
+
+fn commit(
+    store: &Store,
+    user: &str,
+    mailbox: &str,
+    batch: Vec<NewMessage>,
+    report: &mut ImportReport,
+) -> Result<(), ImportError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let sizes: Vec<u64> = batch.iter().map(|m| m.bytes.len() as u64).collect();
+    for (outcome, size) in store.append(user, mailbox, batch)?.into_iter().zip(sizes) {
+        if outcome.skipped {
+            report.already_present += 1;
+        } else {
+            report.imported += 1;
+            report.bytes += size;
+            report.renumbered += usize::from(outcome.renumbered);
+        }
+    }
+    Ok(())
+}

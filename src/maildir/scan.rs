@@ -1,0 +1,472 @@
+//! Import side: walks a Maildir++ root and lists its folders and messages, without reading any
+//! message body (the caller reads them one at a time, so memory stays bounded).
+//!
+//! What counts: INBOX is root/{cur,new}; each `.Name` directory with cur/ or new/ is a folder;
+//! root/subscriptions says which are subscribed. tmp/, dot-files that are not folders, Dovecot's
+//! index and lock files, `maildirfolder` and `subscriptions` are ignored without comment. Anything
+//! else odd (a non-UTF-8 name, a symlink, a corrupt uidlist, an unknown keyword letter) is left
+//! out and reported in [`ScannedFolder::skipped`] with the reason.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::maildir::folder::{mailbox_name_from_dir, parse_subscriptions};
+use crate::maildir::name::{parse_filename, parse_keywords_file};
+use crate::maildir::uidlist::{parse_uidlist, UidList};
+use crate::maildir::{MaildirError, INBOX};
+
+/// One folder found by [`scan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScannedFolder {
+    /// merkmail's name for it: UTF-8, '/' between levels, "INBOX" for the root.
+    pub mailbox: String,
+    /// The folder's directory (the root itself for INBOX).
+    pub dir: PathBuf,
+    /// The folder's dovecot-uidlist, if it has a readable one.
+    pub uidlist: Option<UidList>,
+    pub subscribed: bool,
+    /// Sorted: messages with a UID by UID, then the others by base name, then by path.
+    pub messages: Vec<ScannedMessage>,
+    /// Entries left out, or only partly understood, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// One message file found by [`scan`]; the body is at `path`, unread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScannedMessage {
+    pub path: PathBuf,
+    /// The file name up to its first ':', the key of dovecot-uidlist.
+    pub basename: String,
+    /// From dovecot-uidlist when it lists this base name. `None` for mail Dovecot has not seen
+    /// yet, and for the second of two files with the same base name.
+    pub uid: Option<u32>,
+    /// System flags and keywords from the file name, in new/ as in cur/: Dovecot itself leaves
+    /// saved mail in new/ with a flag suffix (`new/<base>:2,Sab`) and honours it when reading.
+    pub flags: Vec<String>,
+    /// Unix seconds from the file's mtime, which is where Dovecot keeps the INTERNALDATE.
+    pub internal_date: i64,
+    /// File size in bytes.
+    pub size: u64,
+}
+
+/// Root entries that belong to Dovecot or to Maildir++ itself and mean nothing to an import.
+fn is_ignored_root_file(name: &str) -> bool {
+    name.starts_with("dovecot")
+        || name == "maildirfolder"
+        || name == "subscriptions"
+        || name == "tmp"
+        || name.starts_with("courierimap")
+}
+
+/// Lists every folder of the Maildir++ tree at `root`. INBOX comes first (always present, as in
+/// IMAP, even when the root has no cur/ of its own), then the folders by name. Fails if `root` is
+/// missing, unreadable, or does not look like a Maildir (no cur/ or new/, and no `.Folder` that
+/// has one); unreadable directories inside fail the scan too, rather than import part of a
+/// folder. Other problems are reported per entry in `skipped`, root-level ones under INBOX.
+pub fn scan(root: &Path) -> Result<Vec<ScannedFolder>, MaildirError> {
+    let meta = fs::metadata(root).map_err(|e| MaildirError::NotMaildir {
+        path: root.to_path_buf(),
+        problem: format!("cannot stat: {e}"),
+    })?;
+    if !meta.is_dir() {
+        return Err(MaildirError::NotMaildir {
+            path: root.to_path_buf(),
+            problem: "not a directory".into(),
+        });
+    }
+
+    let mut root_skipped: Vec<(PathBuf, String)> = Vec::new();
+    let mut has_inbox = false;
+    let mut folder_dirs: Vec<(String, PathBuf)> = Vec::new();
+    for entry in read_dir_sorted(root)? {
+        let path = root.join(&entry);
+        let Some(name) = entry.to_str() else {
+            root_skipped.push((path, "name is not UTF-8".into()));
+            continue;
+        };
+        let kind = fs::symlink_metadata(&path).map_err(MaildirError::io(&path, "stat"))?;
+        if name == "cur" || name == "new" {
+            if kind.is_dir() {
+                has_inbox = true;
+            } else {
+                root_skipped.push((path, "cur/ or new/ is not a directory".into()));
+            }
+        } else if name.starts_with('.') {
+            if kind.file_type().is_symlink() {
+                // Following it could read mail from outside the tree being imported.
+                root_skipped.push((path, "folder is a symbolic link; not followed".into()));
+            } else if kind.is_dir() {
+                folder_dirs.push((name.to_string(), path));
+            }
+            // Other dot-files (.customflags, editor droppings) are not folders: ignored.
+        } else if !is_ignored_root_file(name) {
+            root_skipped.push((path, "not part of a Maildir++ tree; ignored".into()));
+        }
+    }
+    let is_mailbox_dir = |p: &Path| p.join("cur").is_dir() || p.join("new").is_dir();
+    if !has_inbox && !folder_dirs.iter().any(|(_, p)| is_mailbox_dir(p)) {
+        return Err(MaildirError::NotMaildir {
+            path: root.to_path_buf(),
+            problem: "has no cur/, new/ or .Folder directory".into(),
+        });
+    }
+
+    let subscriptions = read_subscriptions(root, &mut root_skipped)?;
+
+    let mut folders = Vec::new();
+    let mut inbox = scan_folder(INBOX.to_string(), root.to_path_buf())?;
+    inbox.skipped.append(&mut root_skipped);
+    let mut other: Vec<ScannedFolder> = Vec::new();
+    for (name, path) in folder_dirs {
+        let mailbox = match mailbox_name_from_dir(&name) {
+            Ok(m) => m,
+            Err(e) => {
+                inbox.skipped.push((path, e.to_string()));
+                continue;
+            }
+        };
+        if !is_mailbox_dir(&path) {
+            inbox.skipped.push((
+                path,
+                format!("folder {mailbox:?} has neither cur/ nor new/; not a mailbox"),
+            ));
+            continue;
+        }
+        other.push(scan_folder(mailbox, path)?);
+    }
+    other.sort_by(|a, b| a.mailbox.cmp(&b.mailbox));
+    folders.push(inbox);
+    folders.extend(other);
+    for folder in &mut folders {
+        folder.subscribed = subscriptions.contains(&folder.mailbox);
+    }
+    Ok(folders)
+}
+
+/// Directory entries sorted by name, so every scan sees them in the same order.
+fn read_dir_sorted(dir: &Path) -> Result<Vec<std::ffi::OsString>, MaildirError> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).map_err(MaildirError::io(dir, "read directory"))? {
+        let entry = entry.map_err(MaildirError::io(dir, "read directory"))?;
+        names.push(entry.file_name());
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Reads a small text file that may be absent; `Ok(None)` when it is.
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, MaildirError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(MaildirError::Io {
+            path: path.to_path_buf(),
+            op: "read",
+            source: e,
+        }),
+    }
+}
+
+fn read_subscriptions(
+    root: &Path,
+    skipped: &mut Vec<(PathBuf, String)>,
+) -> Result<BTreeSet<String>, MaildirError> {
+    let path = root.join("subscriptions");
+    let Some(bytes) = read_optional(&path)? else {
+        return Ok(BTreeSet::new());
+    };
+    let Ok(text) = String::from_utf8(bytes) else {
+        skipped.push((
+            path,
+            "subscriptions file is not UTF-8; no folder marked subscribed".into(),
+        ));
+        return Ok(BTreeSet::new());
+    };
+    let (names, errors) = parse_subscriptions(&text);
+    for e in errors {
+        skipped.push((path.clone(), e));
+    }
+    Ok(names.into_iter().collect())
+}
+
+/// Unix seconds of a file time, rounded down also before 1970.
+fn unix_seconds(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+        Err(before) => {
+            let d = before.duration();
+            let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+            if d.subsec_nanos() > 0 {
+                secs.saturating_neg().saturating_sub(1)
+            } else {
+                secs.saturating_neg()
+            }
+        }
+    }
+}
+
+/// Scans one folder directory (cur/ and new/, its uidlist and keywords).
+fn scan_folder(mailbox: String, dir: PathBuf) -> Result<ScannedFolder, MaildirError> {
+    let mut skipped = Vec::new();
+
+    let uidlist_path = dir.join("dovecot-uidlist");
+    let uidlist = match read_optional(&uidlist_path)? {
+        None => None,
+        Some(bytes) => match String::from_utf8(bytes) {
+            Err(_) => {
+                skipped.push((
+                    uidlist_path,
+                    "dovecot-uidlist is not UTF-8; UIDs will be reassigned".into(),
+                ));
+                None
+            }
+            Ok(text) => match parse_uidlist(&text) {
+                Ok(list) => Some(list),
+                Err(e) => {
+                    skipped.push((uidlist_path, format!("{e}; UIDs will be reassigned")));
+                    None
+                }
+            },
+        },
+    };
+    let uid_of: HashMap<&str, u32> = uidlist
+        .iter()
+        .flat_map(|l| l.entries.iter().map(|(uid, base)| (base.as_str(), *uid)))
+        .collect();
+
+    let keywords_path = dir.join("dovecot-keywords");
+    let keywords = match read_optional(&keywords_path)? {
+        None => Vec::new(),
+        Some(bytes) => match String::from_utf8(bytes) {
+            Ok(text) => parse_keywords_file(&text),
+            Err(_) => {
+                skipped.push((
+                    keywords_path,
+                    "dovecot-keywords is not UTF-8; keywords lost".into(),
+                ));
+                Vec::new()
+            }
+        },
+    };
+
+    // cur/ first: when a base name is in both, the cur/ file is the one Dovecot already knows.
+    let mut messages: Vec<ScannedMessage> = Vec::new();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    for sub in ["cur", "new"] {
+        let sub_dir = dir.join(sub);
+        if !sub_dir.is_dir() {
+            continue;
+        }
+        for entry in read_dir_sorted(&sub_dir)? {
+            let path = sub_dir.join(&entry);
+            let Some(file_name) = entry.to_str() else {
+                skipped.push((path, "file name is not UTF-8".into()));
+                continue;
+            };
+            // Maildir readers skip dot-files: they are not messages (often half-written ones).
+            if file_name.starts_with('.') {
+                continue;
+            }
+            let meta = fs::symlink_metadata(&path).map_err(MaildirError::io(&path, "stat"))?;
+            if !meta.file_type().is_file() {
+                skipped.push((
+                    path,
+                    "not a regular file (directory or symbolic link)".into(),
+                ));
+                continue;
+            }
+            let parsed = parse_filename(file_name, &keywords);
+            if parsed.basename.is_empty() {
+                skipped.push((path, "empty base name".into()));
+                continue;
+            }
+            for c in &parsed.unknown_keyword_letters {
+                skipped.push((
+                    path.clone(),
+                    format!(
+                        "keyword letter {c:?} is not in dovecot-keywords; that keyword is dropped"
+                    ),
+                ));
+            }
+            let mut uid = uid_of.get(parsed.basename.as_str()).copied();
+            if !seen.insert(parsed.basename.clone()) {
+                skipped.push((
+                    path.clone(),
+                    "base name already seen in this folder; listed without a UID".into(),
+                ));
+                uid = None;
+            }
+            let modified = meta
+                .modified()
+                .map_err(MaildirError::io(&path, "read mtime"))?;
+            messages.push(ScannedMessage {
+                path,
+                basename: parsed.basename,
+                uid,
+                flags: parsed.flags,
+                internal_date: unix_seconds(modified),
+                size: meta.len(),
+            });
+        }
+    }
+    // Known UIDs first in UID order (`None` sorts before `Some`, hence the key), then the new
+    // mail in a stable order.
+    messages.sort_by(|a, b| {
+        (a.uid.is_none(), a.uid, &a.basename, &a.path).cmp(&(
+            b.uid.is_none(),
+            b.uid,
+            &b.basename,
+            &b.path,
+        ))
+    });
+
+    Ok(ScannedFolder {
+        mailbox,
+        dir,
+        uidlist,
+        subscribed: false,
+        messages,
+        skipped,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, text: &str) {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).unwrap();
+        }
+        fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn missing_or_empty_root_is_a_clear_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("nope");
+        assert!(matches!(
+            scan(&missing),
+            Err(MaildirError::NotMaildir { .. })
+        ));
+        assert!(matches!(
+            scan(tmp.path()),
+            Err(MaildirError::NotMaildir { .. })
+        ));
+        let file = tmp.path().join("file");
+        write(&file, "x");
+        assert!(matches!(scan(&file), Err(MaildirError::NotMaildir { .. })));
+        // A dot-directory that is not a mailbox (.git) does not make a Maildir.
+        write(&tmp.path().join(".git/config"), "x");
+        assert!(matches!(
+            scan(tmp.path()),
+            Err(MaildirError::NotMaildir { .. })
+        ));
+    }
+
+    #[test]
+    fn scan_reads_a_hand_made_maildir_and_reports_oddities() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tmp.path();
+        write(
+            &r.join("dovecot-uidlist"),
+            "3 V42 N10 G3085f01b7f11094c501100008c4a11c1\n2 :b\n5 W9 :a\n",
+        );
+        write(&r.join("dovecot-keywords"), "0 $Label1\n1 Junk\n");
+        write(&r.join("cur/a:2,Sa"), "A");
+        write(&r.join("cur/b:2,FRc"), "BB");
+        write(&r.join("cur/.hidden"), "x");
+        write(&r.join("new/c:2,S"), "CCC");
+        write(&r.join("new/b"), "dup");
+        write(&r.join("tmp/partial"), "x");
+        write(&r.join("dovecot.index.log"), "x");
+        write(&r.join("subscriptions"), "V\t2\n\nSent\t2024\n");
+        write(&r.join("stray"), "x");
+        write(&r.join(".Sent.2024/cur/m:2,S"), "M");
+        write(&r.join(".Sent.2024/maildirfolder"), "");
+        write(&r.join(".Sent.2024/dovecot-uidlist"), "garbage\n");
+        write(&r.join(".bad..name/cur/x"), "x");
+        write(&r.join(".NoCur/tmp/x"), "x");
+        write(&r.join(".customflags"), "x");
+
+        let folders = scan(r).unwrap();
+        let names: Vec<&str> = folders.iter().map(|f| f.mailbox.as_str()).collect();
+        assert_eq!(names, ["INBOX", "Sent/2024"]);
+
+        let inbox = &folders[0];
+        assert!(!inbox.subscribed);
+        assert_eq!(inbox.uidlist.as_ref().map(|l| l.uidvalidity), Some(42));
+        let got: Vec<(Option<u32>, &str, Vec<&str>, u64)> = inbox
+            .messages
+            .iter()
+            .map(|m| {
+                (
+                    m.uid,
+                    m.basename.as_str(),
+                    m.flags.iter().map(String::as_str).collect(),
+                    m.size,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some(2), "b", vec!["\\Flagged", "\\Answered"], 2),
+                (Some(5), "a", vec!["\\Seen", "$Label1"], 1),
+                (None, "b", vec![], 3),
+                (None, "c", vec!["\\Seen"], 3),
+            ]
+        );
+        let reasons: Vec<String> = inbox
+            .skipped
+            .iter()
+            .map(|(p, r)| {
+                format!(
+                    "{} {r}",
+                    p.file_name().and_then(|n| n.to_str()).unwrap_or("")
+                )
+            })
+            .collect();
+        let has = |needle: &str| reasons.iter().any(|r| r.contains(needle));
+        assert!(has("b:2,FRc keyword letter 'c'"), "{reasons:?}");
+        assert!(has("b base name already seen"), "{reasons:?}");
+        assert!(has("stray not part"), "{reasons:?}");
+        assert!(has(".bad..name"), "{reasons:?}");
+        assert!(has(".NoCur folder"), "{reasons:?}");
+        assert_eq!(reasons.len(), 5, "{reasons:?}");
+
+        let sent = &folders[1];
+        assert!(sent.subscribed);
+        assert!(sent.uidlist.is_none());
+        assert_eq!(sent.messages.len(), 1);
+        assert_eq!(sent.messages[0].flags, ["\\Seen"]);
+        assert_eq!(sent.skipped.len(), 1);
+        assert!(sent.skipped[0].1.contains("UIDs will be reassigned"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlinks_are_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tmp.path().join("m");
+        write(&r.join("cur/ok"), "x");
+        write(&tmp.path().join("secret"), "s");
+        std::os::unix::fs::symlink(tmp.path().join("secret"), r.join("cur/link")).unwrap();
+        std::os::unix::fs::symlink(tmp.path(), r.join(".Evil")).unwrap();
+        let folders = scan(&r).unwrap();
+        assert_eq!(folders.len(), 1);
+        assert_eq!(folders[0].messages.len(), 1);
+        assert_eq!(folders[0].skipped.len(), 2, "{:?}", folders[0].skipped);
+    }
+
+    #[test]
+    fn times_round_down() {
+        use std::time::Duration;
+        assert_eq!(unix_seconds(UNIX_EPOCH + Duration::from_millis(1500)), 1);
+        assert_eq!(unix_seconds(UNIX_EPOCH - Duration::from_millis(1500)), -2);
+        assert_eq!(unix_seconds(UNIX_EPOCH - Duration::from_secs(3)), -3);
+    }
+}

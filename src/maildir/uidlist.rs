@@ -1,0 +1,327 @@
+//! The `dovecot-uidlist` file: UIDVALIDITY, the next UID, the mailbox GUID, and which UID each
+//! message base name has.
+//!
+//! Version 3 (Dovecot 1.1 and later):
+//! ```text
+//! 3 V<uidvalidity> N<nextuid> [G<guid, 32 hex>] [<other key><value> ...]
+//! <uid> [<key><value> ...] :<base name>
+//! ```
+//! Version 1 (Dovecot 1.0, Courier's courierimapuiddb): header `1 <uidvalidity> <nextuid>`,
+//! entries `<uid> <file name>`. We read both and write version 3. The checks mirror the ones
+//! that make Dovecot call a uidlist corrupted, so a file we accept is one Dovecot accepts.
+
+use std::collections::HashMap;
+
+use crate::maildir::MaildirError;
+
+/// A parsed dovecot-uidlist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UidList {
+    pub uidvalidity: u32,
+    pub next_uid: u32,
+    /// The mailbox GUID as 32 hex digits, when the header has one.
+    pub guid: Option<String>,
+    /// (uid, base name) in file order; UIDs strictly increase. Base names stop before any ':'.
+    pub entries: Vec<(u32, String)>,
+}
+
+impl UidList {
+    /// The UIDNEXT to believe: the header's, or one past the highest listed UID if that is
+    /// larger. Dovecot appends entries without rewriting the header (its live UIDNEXT is in
+    /// dovecot.index, which we do not read), so `3 V.. N1` followed by `1 :a` is normal.
+    pub fn effective_next_uid(&self) -> u32 {
+        let past_last = self
+            .entries
+            .iter()
+            .map(|(uid, _)| uid.saturating_add(1))
+            .max()
+            .unwrap_or(0);
+        self.next_uid.max(past_last)
+    }
+}
+
+fn err(line: usize, problem: impl Into<String>) -> MaildirError {
+    MaildirError::Uidlist {
+        line,
+        problem: problem.into(),
+    }
+}
+
+/// Parses a decimal u32 made of digits only (no sign, no spaces), as Dovecot's str_to_uint.
+fn number(text: &str, what: &str, line: usize) -> Result<u32, MaildirError> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(err(line, format!("{what} {text:?} is not a number")));
+    }
+    text.parse::<u32>()
+        .map_err(|_| err(line, format!("{what} {text:?} does not fit in 32 bits")))
+}
+
+/// Parses the text of a dovecot-uidlist (version 3, or version 1).
+pub fn parse_uidlist(text: &str) -> Result<UidList, MaildirError> {
+    let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
+    let Some((_, header)) = lines.next() else {
+        return Err(err(1, "missing header (empty file)"));
+    };
+    let (version, fields) = header.split_once(' ').unwrap_or((header, ""));
+    let mut list = UidList {
+        uidvalidity: 0,
+        next_uid: 0,
+        guid: None,
+        entries: Vec::new(),
+    };
+    match version {
+        "1" => {
+            let parts: Vec<&str> = fields.split_whitespace().collect();
+            let [v, n] = parts.as_slice() else {
+                return Err(err(
+                    1,
+                    "version 1 header must be \"1 <uidvalidity> <nextuid>\"",
+                ));
+            };
+            list.uidvalidity = number(v, "UIDVALIDITY", 1)?;
+            list.next_uid = number(n, "next UID", 1)?;
+        }
+        "3" => {
+            for field in fields.split(' ').filter(|f| !f.is_empty()) {
+                let mut chars = field.chars();
+                let key = chars.next();
+                let value = chars.as_str();
+                match key {
+                    Some('V') => list.uidvalidity = number(value, "UIDVALIDITY", 1)?,
+                    Some('N') => list.next_uid = number(value, "next UID", 1)?,
+                    Some('G') => {
+                        if value.len() != 32 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+                            return Err(err(
+                                1,
+                                format!("mailbox GUID {value:?} is not 32 hex digits"),
+                            ));
+                        }
+                        list.guid = Some(value.to_ascii_lowercase());
+                    }
+                    // Other header extensions are Dovecot's business; it keeps them as opaque
+                    // text, and so may we by ignoring them.
+                    _ => {}
+                }
+            }
+        }
+        "" => return Err(err(1, "missing header")),
+        other => {
+            let shown: String = other.chars().take(20).collect();
+            return Err(err(
+                1,
+                format!("unsupported uidlist version {shown:?} (want 1 or 3)"),
+            ));
+        }
+    }
+    if list.uidvalidity == 0 || list.next_uid == 0 {
+        return Err(err(
+            1,
+            format!(
+                "header lacks a non-zero UIDVALIDITY or next UID (uidvalidity={}, next_uid={})",
+                list.uidvalidity, list.next_uid
+            ),
+        ));
+    }
+
+    let v3 = version == "3";
+    let mut prev_uid = 0u32;
+    let mut by_name: HashMap<String, usize> = HashMap::new();
+    for (n, line) in lines {
+        let (uid_text, rest) = line
+            .split_once(' ')
+            .ok_or_else(|| err(n, format!("entry {line:?} is not \"<uid> ...\"")))?;
+        let uid = number(uid_text, "UID", n)?;
+        if uid == 0 || uid == u32::MAX {
+            return Err(err(n, format!("UID {uid} is out of range")));
+        }
+        if uid <= prev_uid {
+            return Err(err(
+                n,
+                format!("UIDs not ascending ({uid} after {prev_uid})"),
+            ));
+        }
+        prev_uid = uid;
+        let file_name = if v3 {
+            let (exts, name) = rest
+                .split_once(':')
+                .ok_or_else(|| err(n, "entry has no ':' before the file name"))?;
+            if let Some(bad) = exts
+                .split(' ')
+                .find(|e| !e.is_empty() && !e.starts_with(|c: char| c.is_ascii_uppercase()))
+            {
+                return Err(err(n, format!("invalid extension field {bad:?}")));
+            }
+            name
+        } else {
+            if uid >= list.next_uid {
+                return Err(err(
+                    n,
+                    format!("UID {uid} is not below next UID {}", list.next_uid),
+                ));
+            }
+            rest.trim_start_matches(' ')
+        };
+        // Dovecot keys entries by the part before ':' and never trusts a '/' in them.
+        let base = file_name.split(':').next().unwrap_or("");
+        if base.is_empty() {
+            return Err(err(n, "empty file name"));
+        }
+        if base.contains('/') {
+            return Err(err(n, format!("file name {base:?} contains '/'")));
+        }
+        // A base name listed twice: Dovecot keeps the later UID (the file came back after an
+        // expunge), and so do we.
+        if let Some(old) = by_name.get(base).copied() {
+            list.entries.remove(old);
+            for idx in by_name.values_mut() {
+                if *idx > old {
+                    *idx -= 1;
+                }
+            }
+        }
+        by_name.insert(base.to_string(), list.entries.len());
+        list.entries.push((uid, base.to_string()));
+    }
+    Ok(list)
+}
+
+/// Writes a version 3 uidlist that Dovecot reads. Entries are written in the order given;
+/// Dovecot requires ascending UIDs, which [`crate::maildir::MaildirWriter`] guarantees.
+pub fn format_uidlist(list: &UidList) -> String {
+    let mut out = format!("3 V{} N{}", list.uidvalidity, list.next_uid);
+    if let Some(guid) = &list.guid {
+        out.push_str(" G");
+        out.push_str(guid);
+    }
+    out.push('\n');
+    for (uid, base) in &list.entries {
+        out.push_str(&format!("{uid} :{base}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ok(text: &str) -> UidList {
+        match parse_uidlist(text) {
+            Ok(l) => l,
+            Err(e) => panic!("{text:?}: {e}"),
+        }
+    }
+
+    #[test]
+    fn good_uidlists_parse() {
+        let l = ok("3 V1275660208 N25022 G3085f01b7f11094c501100008c4a11c1\n\
+                    25006 :1276528487.M364837P9451.kurkku,S=1355,W=1394\n\
+                    25017 W2481 :1276533073.M242911P3632.kurkku:2,F\n\
+                    25018 S1 W2 :1276533074.x\n");
+        assert_eq!(l.uidvalidity, 1275660208);
+        assert_eq!(l.next_uid, 25022);
+        assert_eq!(l.guid.as_deref(), Some("3085f01b7f11094c501100008c4a11c1"));
+        assert_eq!(
+            l.entries,
+            vec![
+                (
+                    25006,
+                    "1276528487.M364837P9451.kurkku,S=1355,W=1394".to_string()
+                ),
+                (25017, "1276533073.M242911P3632.kurkku".to_string()),
+                (25018, "1276533074.x".to_string()),
+            ]
+        );
+        let v1 = ok("1 1000 5\n1 a:2,S\n3 b\n");
+        assert_eq!((v1.uidvalidity, v1.next_uid, v1.guid), (1000, 5, None));
+        assert_eq!(v1.entries, vec![(1, "a".to_string()), (3, "b".to_string())]);
+        // Unknown header fields are ignored; field order does not matter.
+        let l = ok("3 N7 X123 V9\n");
+        assert_eq!((l.uidvalidity, l.next_uid), (9, 7));
+        // A file listed twice keeps its later UID.
+        let l = ok("3 V1 N9\n1 :a\n2 :b\n5 :a\n");
+        assert_eq!(l.entries, vec![(2, "b".to_string()), (5, "a".to_string())]);
+        // Dovecot appends entries without rewriting N; the effective UIDNEXT follows them.
+        let l = ok("3 V1 N1 G6823c909cdd00a6ba92e000083ecc375\n1 :a\n2 :b\n");
+        assert_eq!((l.next_uid, l.effective_next_uid()), (1, 3));
+        assert_eq!(ok("3 V1 N9\n1 :a\n").effective_next_uid(), 9);
+        // Windows line ends are tolerated.
+        assert_eq!(
+            ok("3 V1 N2\r\n1 :a\r\n").entries,
+            vec![(1, "a".to_string())]
+        );
+    }
+
+    #[test]
+    fn malformed_uidlists_are_errors() {
+        let bad = [
+            ("", "missing header"),
+            ("\n1 :a\n", "missing header"),
+            ("2 V1 N1\n", "version"),
+            ("x V1 N1\n", "version"),
+            ("3 V0 N1\n", "non-zero"),
+            ("3 N5\n", "non-zero"),
+            ("3 V1\n", "non-zero"),
+            ("3 Vabc N1\n", "not a number"),
+            ("3 V-1 N1\n", "not a number"),
+            ("3 V99999999999 N1\n", "32 bits"),
+            ("3 V1 N2 Gxyz\n", "GUID"),
+            ("1 5\n", "version 1 header"),
+            ("1 a b\n", "not a number"),
+            ("3 V1 N5\ngarbage\n", "entry"),
+            ("3 V1 N5\n\n", "entry"),
+            ("3 V1 N5\n1 a\n", "':'"),
+            ("3 V1 N5\n0 :a\n", "out of range"),
+            ("3 V1 N5\n4294967295 :a\n", "out of range"),
+            ("3 V1 N5\n2 :a\n2 :b\n", "ascending"),
+            ("3 V1 N5\n3 :a\n2 :b\n", "ascending"),
+            ("3 V1 N5\nx1 :a\n", "not a number"),
+            ("3 V1 N5\n1 :\n", "empty"),
+            ("3 V1 N5\n1 :../x\n", "'/'"),
+            ("3 V1 N5\n1 w1 :a\n", "extension"),
+            ("1 1 5\n5 a\n", "next UID"),
+        ];
+        for (text, want) in bad {
+            match parse_uidlist(text) {
+                Err(e @ MaildirError::Uidlist { .. }) => {
+                    assert!(e.to_string().contains(want), "{text:?}: {e} lacks {want:?}")
+                }
+                other => panic!("{text:?} gave {other:?}"),
+            }
+        }
+    }
+
+    fn uidlist_strategy() -> impl Strategy<Value = UidList> {
+        (
+            1u32..,
+            prop::option::of("[0-9a-f]{32}"),
+            prop::collection::btree_map(1u32..1_000_000, "[0-9A-Za-z.,=_-]{1,40}", 0..20),
+        )
+            .prop_map(|(uidvalidity, guid, map)| {
+                let mut seen = std::collections::HashSet::new();
+                let entries: Vec<(u32, String)> = map
+                    .into_iter()
+                    .filter(|(_, b)| seen.insert(b.clone()))
+                    .collect();
+                let next_uid = entries.last().map_or(1, |(u, _)| u + 1);
+                UidList {
+                    uidvalidity,
+                    next_uid,
+                    guid,
+                    entries,
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn format_then_parse_is_identity(list in uidlist_strategy()) {
+            prop_assert_eq!(parse_uidlist(&format_uidlist(&list)).ok(), Some(list));
+        }
+
+        #[test]
+        fn parse_never_panics(text in "[0-9 VNGa-z:/\\n]{0,80}") {
+            let _ = parse_uidlist(&text);
+        }
+    }
+}
