@@ -539,6 +539,14 @@ fn tree(
                 || key.to_string(),
                 |(_, n)| format!("mailbox {n:?} ({guid})"),
             ),
+            // Below a mailbox, the user and GUID are already on the lines above.
+            NodeKey::Uid {
+                level: 0, index, ..
+            } => {
+                let first = index << merkmail::merkle::BUCKET_SHIFT;
+                format!("UIDs {first}..={}", first + 63)
+            }
+            NodeKey::Uid { level, index, .. } => format!("UID level {level} node {index:x}"),
             _ => key.to_string(),
         };
         writeln!(
