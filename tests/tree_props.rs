@@ -209,7 +209,7 @@ fn mailbox_record(user: usize, mailbox: usize, name: &str, uidnext: u32, at: u64
         name: name.to_string(),
         uidvalidity: 1000 + mailbox as u32,
         uidnext,
-        subscribed: mailbox % 2 == 0,
+        subscribed: mailbox.is_multiple_of(2),
         name_stamp: stamp(at, 1),
         subscribed_stamp: stamp(at, 1),
         last_change: stamp(at, 1),
@@ -279,11 +279,11 @@ fn arb_messages() -> impl Strategy<Value = Vec<FinalMessage>> {
 
 fn final_changes(messages: &[FinalMessage]) -> (Vec<Change>, Vec<Change>) {
     let mut mailboxes = Vec::new();
-    for user in 0..USERS.len() {
-        for mailbox in 0..3 {
+    for (user, user_name) in USERS.iter().enumerate() {
+        for (mailbox, name) in NAMES.iter().enumerate().take(3) {
             mailboxes.push(Change::Mailbox {
-                user: USERS[user].to_string(),
-                record: mailbox_record(user, mailbox, NAMES[mailbox], 300, 5),
+                user: user_name.to_string(),
+                record: mailbox_record(user, mailbox, name, 300, 5),
             });
         }
     }

@@ -81,11 +81,7 @@ impl Progress {
             return;
         }
         self.last = Instant::now();
-        let pct = if self.total == 0 {
-            100
-        } else {
-            self.done * 100 / self.total
-        };
+        let pct = (self.done * 100).checked_div(self.total).unwrap_or(100);
         if self.tty {
             eprint!(
                 "\rimporting: {}/{} messages ({pct}%) — {folder}\x1b[K",

@@ -148,7 +148,7 @@ impl Store {
                 "bodies: {missing} referenced but missing, {orphaned} held but unreferenced, {wrong} with a wrong reference count"
             ));
         }
-        for (digest, _) in &held {
+        for digest in held.keys() {
             if let Some(bytes) = self.bodies.read(&txn, digest)? {
                 recount.bodies += 1;
                 recount.body_bytes += bytes.len() as u64;
