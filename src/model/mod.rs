@@ -3,12 +3,14 @@
 //! Pure: no I/O, no clock, no randomness. The store feeds it times and GUIDs; the
 //! merkle module hashes what it defines; the clash rules (a later issue) live here too.
 
+mod clash;
 mod flags;
 mod ids;
 mod names;
 mod record;
 mod stamp;
 
+pub use clash::{merge_into, merge_mailbox, ClashStats, MailboxOutcome, MailboxSide};
 pub use flags::{parse_flag_list, FlagError, FlagName, FlagOp, FlagSet, FlagState, SYSTEM_FLAGS};
 pub use ids::{inbox_guid, Digest, MailboxGuid, Md5};
 pub use names::{validate_user, MailboxName, NameError, INBOX};

@@ -17,6 +17,25 @@ pub fn message(user: &str, guid: MailboxGuid, uid: u32) -> Vec<u8> {
     k
 }
 
+/// Tombstones are keyed by UID and digest: a UID clash leaves two tombstones on one UID.
+pub fn tombstone(
+    user: &str,
+    guid: MailboxGuid,
+    uid: u32,
+    digest: &crate::model::Digest,
+) -> Vec<u8> {
+    let mut k = message(user, guid, uid);
+    k.extend_from_slice(&digest.0);
+    k
+}
+
+/// The inclusive range of tombstone keys of a mailbox with UIDs in `first..=last`.
+pub fn tombstone_range(user: &str, guid: MailboxGuid, first: u32, last: u32) -> (Vec<u8>, Vec<u8>) {
+    let mut end = message(user, guid, last);
+    end.extend_from_slice(&[0xff; 32]);
+    (message(user, guid, first), end)
+}
+
 pub fn source(user: &str, guid: MailboxGuid, name: &str) -> Vec<u8> {
     let mut k = mailbox(user, guid);
     k.extend_from_slice(name.as_bytes());

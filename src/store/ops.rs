@@ -120,6 +120,7 @@ impl Tx<'_> {
             self.remove_message(user, guid, uid)?;
         }
         // The mailbox tombstone stands for its messages' tombstones from now on.
+        let (start, end) = keys::tombstone_range(user, guid, 0, u32::MAX);
         let removed = self
             .tombstones
             .extract_from_if(start.as_slice()..=end.as_slice(), |_, _| true)?
@@ -487,11 +488,14 @@ impl Store {
                     digest: removed.digest,
                     stamp,
                 };
-                tx.tombstones.insert(
-                    keys::message(user, guid, uid).as_slice(),
-                    encode(&tomb)?.as_slice(),
-                )?;
-                tx.counters.tombstones += 1;
+                let key = keys::tombstone(user, guid, uid, &tomb.digest);
+                if tx
+                    .tombstones
+                    .insert(key.as_slice(), encode(&tomb)?.as_slice())?
+                    .is_none()
+                {
+                    tx.counters.tombstones += 1;
+                }
                 count += 1;
             }
             record.last_change = stamp;

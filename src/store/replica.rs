@@ -130,7 +130,7 @@ impl Tx<'_> {
             } => {
                 self.observe(tombstone.stamp);
                 self.remove_message(user, *guid, *uid)?;
-                let key = keys::message(user, *guid, *uid);
+                let key = keys::tombstone(user, *guid, *uid, &tombstone.digest);
                 if self
                     .tombstones
                     .insert(key.as_slice(), encode(tombstone)?.as_slice())?

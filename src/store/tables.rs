@@ -11,7 +11,7 @@ pub const MAILBOXES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mailb
 /// user 00 guid uid:u32be → entry hash (32 bytes) ‖ postcard(MessageRecord). The entry hash
 /// sits in front so that rehashing a bucket reads 32 bytes per message and decodes nothing.
 pub const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
-/// user 00 guid uid:u32be → postcard(Tombstone)
+/// user 00 guid uid:u32be digest:32 → postcard(Tombstone)
 pub const TOMBSTONES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tombstones");
 /// user 00 guid → postcard(MailboxTombstone)
 pub const MAILBOX_TOMBSTONES: TableDefinition<&[u8], &[u8]> =

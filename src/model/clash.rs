@@ -1,0 +1,604 @@
+//! The clash rules (DESIGN §5) as pure functions: given what two replicas hold of a mailbox,
+//! the state both must end in. The session computes it once and applies it to both sides, so
+//! replicas converge; the functions are commutative (swapping the sides gives the same
+//! outcome) and never drop a live message that no tombstone names.
+
+use super::flags::FlagSet;
+use super::ids::{Digest, MailboxGuid};
+use super::record::{MailboxRecord, MailboxTombstone, MessageRecord, Tombstone};
+use super::stamp::Stamp;
+use std::collections::BTreeMap;
+
+/// What one replica holds of a mailbox, restricted to the UIDs being compared (or all of
+/// them, when the session fetched the whole mailbox).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MailboxSide {
+    pub record: Option<MailboxRecord>,
+    pub tombstone: Option<MailboxTombstone>,
+    pub messages: BTreeMap<u32, MessageRecord>,
+    pub expunged: BTreeMap<u32, Vec<Tombstone>>,
+}
+
+/// Counts of what a merge decided, for reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClashStats {
+    /// UIDs that held different messages on the two sides.
+    pub uid_clashes: u64,
+    /// Messages given a new UID (clash, new mail over a tombstone, UIDVALIDITY or GUID merge).
+    pub renumbered: u64,
+    /// Messages live below the other side's UIDNEXT with no tombstone there: copied, and worth a log line.
+    pub late_copies: u64,
+}
+
+/// The state both replicas must end in, for the compared UIDs and any new ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MailboxOutcome {
+    /// The final record; `None` when the mailbox ends deleted.
+    pub record: Option<MailboxRecord>,
+    pub tombstone: Option<MailboxTombstone>,
+    /// Final live messages at the compared UIDs and at new UIDs.
+    pub messages: BTreeMap<u32, MessageRecord>,
+    /// Final expunge tombstones at the compared UIDs.
+    pub expunged: BTreeMap<u32, Vec<Tombstone>>,
+    /// When the UIDVALIDITY changed, every message of the losing side not kept here is removed
+    /// without a tombstone: its UID meant nothing under the new UIDVALIDITY.
+    pub reset: bool,
+    pub stats: ClashStats,
+}
+
+/// Merges two flag sets and picks the record both sides keep for the same message.
+fn merge_same(a: &MessageRecord, b: &MessageRecord) -> MessageRecord {
+    let mut flags: FlagSet = a.flags.clone();
+    flags.merge(&b.flags);
+    // Unhashed metadata is chosen symmetrically so the outcome does not depend on the side.
+    let base = if (a.appended, a.internal_date) <= (b.appended, b.internal_date) {
+        a
+    } else {
+        b
+    };
+    MessageRecord {
+        flags,
+        ..base.clone()
+    }
+}
+
+fn sort_key(m: &MessageRecord, old_uid: u32) -> (Digest, Stamp, u32) {
+    (m.digest, m.appended, old_uid)
+}
+
+/// Gives messages new UIDs from `next` on, in digest order (then append stamp, then old UID),
+/// the order both sides compute alike. Returns the UIDNEXT after them.
+fn renumber(
+    pending: &mut Vec<(u32, MessageRecord)>,
+    next: u32,
+    into: &mut BTreeMap<u32, MessageRecord>,
+) -> u32 {
+    pending.sort_by_key(|(old, m)| sort_key(m, *old));
+    let mut uid = next;
+    for (_, m) in pending.drain(..) {
+        into.insert(uid, m);
+        uid = uid.saturating_add(1);
+    }
+    uid
+}
+
+fn push_tomb(map: &mut BTreeMap<u32, Vec<Tombstone>>, uid: u32, t: Tombstone) {
+    let list = map.entry(uid).or_default();
+    match list.iter_mut().find(|x| x.digest == t.digest) {
+        Some(x) => x.stamp = x.stamp.max(t.stamp),
+        None => {
+            list.push(t);
+            list.sort_by_key(|x| x.digest);
+        }
+    }
+}
+
+fn max_tombstone(
+    a: &Option<MailboxTombstone>,
+    b: &Option<MailboxTombstone>,
+) -> Option<MailboxTombstone> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(if (x.stamp, &x.name) >= (y.stamp, &y.name) {
+            x.clone()
+        } else {
+            y.clone()
+        }),
+        (x, y) => x.clone().or_else(|| y.clone()),
+    }
+}
+
+/// The mailbox record both sides keep: name and subscription by their stamps, the larger
+/// UIDVALIDITY and UIDNEXT, the latest change.
+fn merge_records(a: &MailboxRecord, b: &MailboxRecord) -> MailboxRecord {
+    let (name, name_stamp) = if (a.name_stamp, &a.name) >= (b.name_stamp, &b.name) {
+        (a.name.clone(), a.name_stamp)
+    } else {
+        (b.name.clone(), b.name_stamp)
+    };
+    let (subscribed, subscribed_stamp) =
+        if (a.subscribed_stamp, a.subscribed) >= (b.subscribed_stamp, b.subscribed) {
+            (a.subscribed, a.subscribed_stamp)
+        } else {
+            (b.subscribed, b.subscribed_stamp)
+        };
+    MailboxRecord {
+        guid: a.guid,
+        name,
+        uidvalidity: a.uidvalidity.max(b.uidvalidity),
+        uidnext: a.uidnext.max(b.uidnext),
+        subscribed,
+        name_stamp,
+        subscribed_stamp,
+        last_change: a.last_change.max(b.last_change),
+    }
+}
+
+/// Merges what two replicas hold of one mailbox (the same GUID).
+///
+/// The caller must pass whole mailboxes (every message and tombstone) when the mailbox is
+/// missing on one side or the UIDVALIDITYs differ; otherwise the compared UIDs suffice.
+pub fn merge_mailbox(a: &MailboxSide, b: &MailboxSide) -> MailboxOutcome {
+    let tombstone = max_tombstone(&a.tombstone, &b.tombstone);
+    match (&a.record, &b.record) {
+        (None, None) => MailboxOutcome {
+            tombstone,
+            ..Default::default()
+        },
+        (Some(ra), None) => one_sided(a, ra, tombstone),
+        (None, Some(rb)) => one_sided(b, rb, tombstone),
+        (Some(ra), Some(rb)) if ra.uidvalidity != rb.uidvalidity => {
+            let (winner, loser) = if ra.uidvalidity > rb.uidvalidity {
+                (a, b)
+            } else {
+                (b, a)
+            };
+            reset_merge(winner, loser, merge_records(ra, rb))
+        }
+        (Some(ra), Some(rb)) => merge_messages(a, b, merge_records(ra, rb)),
+    }
+}
+
+/// The mailbox exists on one side only. A mailbox tombstone on the other side wins unless the
+/// mailbox changed after the delete (then it survives with its messages: no mail is lost).
+fn one_sided(
+    side: &MailboxSide,
+    record: &MailboxRecord,
+    tombstone: Option<MailboxTombstone>,
+) -> MailboxOutcome {
+    match tombstone {
+        Some(t) if record.last_change <= t.stamp => MailboxOutcome {
+            tombstone: Some(t),
+            ..Default::default()
+        },
+        _ => MailboxOutcome {
+            record: Some(record.clone()),
+            tombstone: None,
+            messages: side.messages.clone(),
+            expunged: side.expunged.clone(),
+            ..Default::default()
+        },
+    }
+}
+
+/// Same GUID, same UIDVALIDITY: per UID, per flag.
+fn merge_messages(a: &MailboxSide, b: &MailboxSide, mut record: MailboxRecord) -> MailboxOutcome {
+    let mut out = MailboxOutcome::default();
+    let mut expunged: BTreeMap<u32, Vec<Tombstone>> = BTreeMap::new();
+    for (uid, list) in a.expunged.iter().chain(b.expunged.iter()) {
+        for t in list {
+            push_tomb(&mut expunged, *uid, *t);
+        }
+    }
+    let mut pending: Vec<(u32, MessageRecord)> = Vec::new();
+    let uids: std::collections::BTreeSet<u32> = a
+        .messages
+        .keys()
+        .chain(b.messages.keys())
+        .copied()
+        .collect();
+    for uid in uids {
+        match (a.messages.get(&uid), b.messages.get(&uid)) {
+            (Some(ma), Some(mb)) if ma.digest == mb.digest => {
+                out.messages.insert(uid, merge_same(ma, mb));
+            }
+            (Some(ma), Some(mb)) => {
+                // A UID clash: both took mail under this UID during a split. Keep both under
+                // new UIDs and expunge the old one everywhere (clients cached it).
+                out.stats.uid_clashes += 1;
+                let stamp = ma.appended.max(mb.appended);
+                push_tomb(
+                    &mut expunged,
+                    uid,
+                    Tombstone {
+                        digest: ma.digest,
+                        stamp,
+                    },
+                );
+                push_tomb(
+                    &mut expunged,
+                    uid,
+                    Tombstone {
+                        digest: mb.digest,
+                        stamp,
+                    },
+                );
+                pending.push((uid, ma.clone()));
+                pending.push((uid, mb.clone()));
+            }
+            (Some(m), None) | (None, Some(m)) => {
+                let other = if a.messages.contains_key(&uid) { b } else { a };
+                let tombs = other.expunged.get(&uid).map(Vec::as_slice).unwrap_or(&[]);
+                if tombs.iter().any(|t| t.digest == m.digest) {
+                    // Expunged on the other side: the expunge wins.
+                } else if let Some(latest) = tombs.iter().map(|t| t.stamp).max() {
+                    // The other side expunged a different message under this UID: this one is
+                    // new mail and needs a UID the other side never used.
+                    push_tomb(
+                        &mut expunged,
+                        uid,
+                        Tombstone {
+                            digest: m.digest,
+                            stamp: latest.max(m.appended),
+                        },
+                    );
+                    pending.push((uid, m.clone()));
+                } else {
+                    if other.record.as_ref().is_some_and(|r| uid < r.uidnext) {
+                        out.stats.late_copies += 1;
+                    }
+                    out.messages.insert(uid, m.clone());
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    out.stats.renumbered = pending.len() as u64;
+    record.uidnext = renumber(&mut pending, record.uidnext, &mut out.messages);
+    // A live message and a tombstone never share a UID in the outcome.
+    expunged.retain(|uid, _| !out.messages.contains_key(uid));
+    out.expunged = expunged;
+    out.record = Some(record);
+    out
+}
+
+/// Different UIDVALIDITY: the larger wins. The loser's messages are matched to the winner's by
+/// digest (flags merged); the rest are new mail with fresh UIDs. Needs whole mailboxes.
+fn reset_merge(
+    winner: &MailboxSide,
+    loser: &MailboxSide,
+    mut record: MailboxRecord,
+) -> MailboxOutcome {
+    let mut out = MailboxOutcome {
+        reset: true,
+        expunged: winner.expunged.clone(),
+        ..Default::default()
+    };
+    out.messages = winner.messages.clone();
+    // Match one to one, in UID order, so duplicates of one digest pair up deterministically.
+    let mut by_digest: BTreeMap<Digest, Vec<u32>> = BTreeMap::new();
+    for (uid, m) in &winner.messages {
+        by_digest.entry(m.digest).or_default().push(*uid);
+    }
+    let mut pending = Vec::new();
+    for (uid, m) in &loser.messages {
+        match by_digest
+            .get_mut(&m.digest)
+            .and_then(|uids| (!uids.is_empty()).then(|| uids.remove(0)))
+        {
+            Some(wuid) => {
+                if let Some(w) = out.messages.get(&wuid) {
+                    let merged = merge_same(w, m);
+                    out.messages.insert(wuid, merged);
+                }
+            }
+            None => pending.push((*uid, m.clone())),
+        }
+    }
+    out.stats.renumbered = pending.len() as u64;
+    record.uidnext = renumber(&mut pending, record.uidnext, &mut out.messages);
+    out.record = Some(record);
+    out
+}
+
+/// Two mailboxes of one user ended with the same name under different GUIDs (both created
+/// "Archive" during a split). The larger GUID wins; the other's messages move into it as new
+/// mail with fresh UIDs, and its GUID is tombstoned. `loser` must hold the whole mailbox.
+pub fn merge_into(
+    winner: &mut MailboxOutcome,
+    loser: &mut MailboxOutcome,
+    loser_guid: MailboxGuid,
+) {
+    let (Some(w), Some(l)) = (winner.record.as_mut(), loser.record.take()) else {
+        return;
+    };
+    let mut pending: Vec<(u32, MessageRecord)> =
+        std::mem::take(&mut loser.messages).into_iter().collect();
+    winner.stats.renumbered += pending.len() as u64;
+    w.uidnext = renumber(&mut pending, w.uidnext, &mut winner.messages);
+    w.last_change = w.last_change.max(l.last_change);
+    loser.expunged.clear();
+    loser.tombstone = Some(MailboxTombstone {
+        guid: loser_guid,
+        name: l.name,
+        stamp: w.name_stamp.max(l.name_stamp),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{FlagName, FlagOp};
+    use proptest::prelude::*;
+
+    fn st(ms: u64, node: u32) -> Stamp {
+        Stamp {
+            ms,
+            counter: 0,
+            node,
+        }
+    }
+
+    fn msg(d: u8, appended: u64, flags: &[(&str, bool, u64)]) -> MessageRecord {
+        let mut set = FlagSet::default();
+        for (f, on, ms) in flags {
+            let name = FlagName::parse(f).expect("flag");
+            let mut one = FlagSet::initial(std::slice::from_ref(&name), st(*ms, 1));
+            if !on {
+                one.apply(FlagOp::Remove, &[name], st(*ms, 2));
+            }
+            set.merge(&one);
+        }
+        MessageRecord {
+            md5: crate::model::Md5([d; 16]),
+            digest: Digest([d; 32]),
+            size: 10,
+            internal_date: 0,
+            flags: set,
+            appended: st(appended, u32::from(d)),
+        }
+    }
+
+    fn record(uidnext: u32, uidvalidity: u32, name: &str, stamp: u64) -> MailboxRecord {
+        MailboxRecord {
+            guid: MailboxGuid([1; 16]),
+            name: name.into(),
+            uidvalidity,
+            uidnext,
+            subscribed: false,
+            name_stamp: st(stamp, 1),
+            subscribed_stamp: st(stamp, 1),
+            last_change: st(stamp, 1),
+        }
+    }
+
+    fn side(
+        uidnext: u32,
+        messages: Vec<(u32, MessageRecord)>,
+        expunged: Vec<(u32, u8, u64)>,
+    ) -> MailboxSide {
+        let mut s = MailboxSide {
+            record: Some(record(uidnext, 1, "Box", 1)),
+            messages: messages.into_iter().collect(),
+            ..Default::default()
+        };
+        for (uid, d, ms) in expunged {
+            push_tomb(
+                &mut s.expunged,
+                uid,
+                Tombstone {
+                    digest: Digest([d; 32]),
+                    stamp: st(ms, 9),
+                },
+            );
+        }
+        s
+    }
+
+    #[test]
+    fn same_uid_same_digest_merges_flags_by_stamp() {
+        let a = side(
+            2,
+            vec![(1, msg(7, 1, &[("\\Seen", true, 5), ("\\Flagged", true, 3)]))],
+            vec![],
+        );
+        let b = side(
+            2,
+            vec![(
+                1,
+                msg(7, 1, &[("\\Seen", false, 9), ("\\Flagged", false, 2)]),
+            )],
+            vec![],
+        );
+        let out = merge_mailbox(&a, &b);
+        let live: Vec<&str> = out.messages[&1]
+            .flags
+            .live()
+            .map(FlagName::as_str)
+            .collect();
+        assert_eq!(
+            live,
+            vec!["\\Flagged"],
+            "\\Seen cleared later wins; \\Flagged set later wins"
+        );
+    }
+
+    #[test]
+    fn uid_clash_keeps_both_messages() {
+        let a = side(6, vec![(5, msg(0xaa, 10, &[]))], vec![]);
+        let b = side(8, vec![(5, msg(0x11, 11, &[]))], vec![]);
+        let out = merge_mailbox(&a, &b);
+        assert_eq!(out.stats.uid_clashes, 1);
+        // New UIDs above both UIDNEXTs, ordered by digest.
+        assert_eq!(out.messages[&8].digest, Digest([0x11; 32]));
+        assert_eq!(out.messages[&9].digest, Digest([0xaa; 32]));
+        assert!(!out.messages.contains_key(&5));
+        assert_eq!(
+            out.expunged[&5].len(),
+            2,
+            "the old UID is expunged for both digests"
+        );
+        assert_eq!(out.record.as_ref().map(|r| r.uidnext), Some(10));
+    }
+
+    #[test]
+    fn expunge_beats_never_received() {
+        let a = side(3, vec![(2, msg(5, 1, &[]))], vec![]);
+        let b = side(3, vec![], vec![(2, 5, 4)]);
+        let out = merge_mailbox(&a, &b);
+        assert!(out.messages.is_empty());
+        assert_eq!(out.expunged[&2][0].digest, Digest([5; 32]));
+    }
+
+    #[test]
+    fn a_message_over_another_digests_tombstone_is_new_mail() {
+        let a = side(3, vec![(2, msg(5, 1, &[]))], vec![]);
+        let b = side(3, vec![], vec![(2, 6, 4)]);
+        let out = merge_mailbox(&a, &b);
+        assert_eq!(out.messages.keys().copied().collect::<Vec<_>>(), vec![3]);
+        assert_eq!(out.stats.renumbered, 1);
+    }
+
+    #[test]
+    fn missing_mail_is_copied_and_late_copies_are_counted() {
+        let a = side(10, vec![(3, msg(5, 1, &[])), (9, msg(6, 1, &[]))], vec![]);
+        let b = side(5, vec![], vec![]);
+        let out = merge_mailbox(&a, &b);
+        assert_eq!(out.messages.keys().copied().collect::<Vec<_>>(), vec![3, 9]);
+        assert_eq!(out.stats.late_copies, 1, "UID 3 is below B's UIDNEXT 5");
+        assert_eq!(out.record.map(|r| r.uidnext), Some(10));
+    }
+
+    #[test]
+    fn a_mailbox_changed_after_its_delete_survives() {
+        let mut a = side(3, vec![(1, msg(5, 1, &[]))], vec![]);
+        let tomb = MailboxTombstone {
+            guid: MailboxGuid([1; 16]),
+            name: "Box".into(),
+            stamp: st(50, 2),
+        };
+        let b = MailboxSide {
+            tombstone: Some(tomb.clone()),
+            ..Default::default()
+        };
+        if let Some(r) = a.record.as_mut() {
+            r.last_change = st(60, 1);
+        }
+        let out = merge_mailbox(&a, &b);
+        assert!(out.record.is_some() && out.messages.len() == 1 && out.tombstone.is_none());
+        if let Some(r) = a.record.as_mut() {
+            r.last_change = st(40, 1);
+        }
+        let out = merge_mailbox(&a, &b);
+        assert_eq!((out.record, out.tombstone), (None, Some(tomb)));
+    }
+
+    #[test]
+    fn larger_uidvalidity_wins_and_nothing_is_lost() {
+        let mut a = side(
+            3,
+            vec![(1, msg(5, 1, &[("\\Seen", true, 3)])), (2, msg(6, 1, &[]))],
+            vec![],
+        );
+        let mut b = side(2, vec![(1, msg(6, 1, &[("\\Flagged", true, 3)]))], vec![]);
+        if let Some(r) = a.record.as_mut() {
+            r.uidvalidity = 100;
+        }
+        if let Some(r) = b.record.as_mut() {
+            r.uidvalidity = 200;
+        }
+        let out = merge_mailbox(&a, &b);
+        assert!(out.reset);
+        assert_eq!(
+            out.record.as_ref().map(|r| (r.uidvalidity, r.uidnext)),
+            Some((200, 4))
+        );
+        assert_eq!(out.messages[&1].digest, Digest([6; 32]));
+        assert!(out.messages[&1].flags.is_set("\\Flagged"));
+        assert_eq!(
+            out.messages[&3].digest,
+            Digest([5; 32]),
+            "A's other message is new mail"
+        );
+    }
+
+    #[test]
+    fn same_name_other_guid_merges_into_the_larger_guid() {
+        let mut w = merge_mailbox(
+            &side(3, vec![(1, msg(1, 1, &[])), (2, msg(2, 1, &[]))], vec![]),
+            &MailboxSide::default(),
+        );
+        let mut l = merge_mailbox(
+            &side(2, vec![(1, msg(3, 1, &[]))], vec![]),
+            &MailboxSide::default(),
+        );
+        merge_into(&mut w, &mut l, MailboxGuid([0; 16]));
+        assert_eq!(w.messages.len(), 3);
+        assert_eq!(w.messages[&3].digest, Digest([3; 32]));
+        assert!(l.record.is_none() && l.tombstone.is_some());
+    }
+
+    fn arb_side() -> impl Strategy<Value = MailboxSide> {
+        (
+            1u32..12,
+            prop::collection::btree_map(
+                1u32..10,
+                (
+                    0u8..4,
+                    0u64..5,
+                    prop::collection::vec((0usize..2, any::<bool>(), 0u64..6), 0..2),
+                ),
+                0..6,
+            ),
+            prop::collection::vec((1u32..10, 0u8..4, 0u64..5), 0..3),
+        )
+            .prop_map(|(next, msgs, tombs)| {
+                let flags = ["\\Seen", "$X"];
+                let messages: Vec<(u32, MessageRecord)> = msgs
+                    .into_iter()
+                    .map(|(uid, (d, app, fl))| {
+                        let fl: Vec<(&str, bool, u64)> = fl
+                            .into_iter()
+                            .map(|(f, on, ms)| (flags[f], on, ms))
+                            .collect();
+                        (uid, msg(d, app, &fl))
+                    })
+                    .collect();
+                let top = messages.iter().map(|(u, _)| u + 1).max().unwrap_or(1);
+                side(next.max(top), messages, tombs)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn merge_is_commutative(a in arb_side(), b in arb_side()) {
+            prop_assert_eq!(merge_mailbox(&a, &b), merge_mailbox(&b, &a));
+        }
+
+        #[test]
+        fn no_mail_is_lost(a in arb_side(), b in arb_side()) {
+            let out = merge_mailbox(&a, &b);
+            for s in [&a, &b] {
+                let other = if std::ptr::eq(s, &a) { &b } else { &a };
+                for (uid, m) in &s.messages {
+                    let killed = other.expunged.get(uid).is_some_and(|ts| ts.iter().any(|t| t.digest == m.digest));
+                    if !killed {
+                        prop_assert!(out.messages.values().any(|x| x.digest == m.digest), "lost {:?} at {}", m.digest, uid);
+                    }
+                }
+            }
+            // Every final UID is below UIDNEXT, and no UID is both live and tombstoned.
+            let next = out.record.as_ref().map_or(0, |r| r.uidnext);
+            prop_assert!(out.messages.keys().all(|u| *u < next));
+            prop_assert!(out.expunged.keys().all(|u| !out.messages.contains_key(u)));
+        }
+
+        #[test]
+        fn merging_the_outcome_again_changes_nothing(a in arb_side(), b in arb_side()) {
+            let out = merge_mailbox(&a, &b);
+            let side = MailboxSide { record: out.record.clone(), tombstone: out.tombstone.clone(), messages: out.messages.clone(), expunged: out.expunged.clone() };
+            let again = merge_mailbox(&side, &side);
+            prop_assert_eq!(again.messages, out.messages);
+            prop_assert_eq!(again.record, out.record);
+        }
+    }
+}
