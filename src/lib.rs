@@ -5,8 +5,10 @@
 //! - [`merkle`]: the tree's layout, hashing and incremental update; pure.
 //! - [`store`]: the redb store, the only module that touches redb.
 //! - [`maildir`]: Maildir++ import and export.
+//! - [`net`]: HTTP, the only module that knows it: the server, the mail API, the client.
 
 pub mod maildir;
 pub mod merkle;
 pub mod model;
+pub mod net;
 pub mod store;

@@ -1,0 +1,171 @@
+//! The accept loop: one task per connection (HTTP/1.1, hyper), a cap on connections, and a
+//! graceful shutdown that stops accepting, lets requests in flight finish within a drain
+//! deadline, then closes whatever is left.
+
+use super::request::Token;
+use super::router;
+use super::ApiError;
+use crate::store::{Store, StoreError};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+/// What one request may cost. The defaults suit a mail server; tests shrink them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Body limit of an append (raw message bytes): 64 MiB.
+    pub max_append_body: usize,
+    /// Body limit of the peer routes under `/v1/sync/` (they carry message bodies): 64 MiB.
+    pub max_sync_body: usize,
+    /// Body limit of every other route: 1 MiB.
+    pub max_body: usize,
+    /// Items in one list-holding body (UIDs in an expunge, messages in a batch append): 10 000.
+    pub max_items: usize,
+    /// Time a client has to send a request's headers: 10 s.
+    pub header_read_timeout: Duration,
+    /// Time from a request's headers to its answer, body included: 60 s. Reading the body
+    /// past it answers 408; the work past it answers 503.
+    pub request_timeout: Duration,
+    /// Time requests in flight get to finish after shutdown begins: 10 s.
+    pub drain_timeout: Duration,
+    /// Connections served at once; more wait in the listen queue: 512.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_append_body: 64 << 20,
+            max_sync_body: 64 << 20,
+            max_body: 1 << 20,
+            max_items: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(10),
+            max_connections: 512,
+        }
+    }
+}
+
+/// Everything a request handler can reach: the store, the limits, the token.
+pub struct ServerState {
+    /// The store is synchronous (redb): call it through [`ServerState::with_store`], which runs
+    /// it on tokio's blocking pool.
+    pub store: Arc<Store>,
+    pub limits: Limits,
+    /// `None`: no token configured, `/v1/` is open (fine on loopback, nowhere else).
+    token: Option<Token>,
+}
+
+impl ServerState {
+    /// `token`: what `Authorization: Bearer …` must carry on every `/v1/` route, if anything.
+    pub fn new(store: Arc<Store>, token: Option<&str>, limits: Limits) -> ServerState {
+        ServerState {
+            store,
+            limits,
+            token: token.map(Token::new),
+        }
+    }
+
+    pub(crate) fn token(&self) -> Option<&Token> {
+        self.token.as_ref()
+    }
+
+    /// Runs `f` on the store in tokio's blocking pool (a redb transaction must not block the
+    /// async workers) and maps its error to an HTTP answer (see `From<StoreError>`).
+    pub async fn with_store<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| ApiError::internal(format!("the store task failed: {e}")))?
+            .map_err(ApiError::from)
+    }
+}
+
+/// Serves `listener` until `shutdown` completes, then drains: no new connections, requests in
+/// flight get `limits.drain_timeout` to finish, idle keep-alive connections close at once.
+/// Returns when every connection is closed.
+pub async fn run(listener: TcpListener, state: Arc<ServerState>, shutdown: impl Future) {
+    match listener.local_addr() {
+        Ok(addr) => info!(%addr, auth = state.token.is_some(), "listening"),
+        Err(e) => warn!(error = %e, "listening on an address the system will not tell"),
+    }
+    let limits = state.limits.clone();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+
+    loop {
+        // Take a slot before accepting, so that at the cap new clients wait in the kernel's
+        // listen queue instead of holding a socket we will not serve.
+        let slot = tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break, // never closed; nothing sensible to do but stop
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: transient; do not spin.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let state = Arc::clone(&state);
+        let service = service_fn(move |req| {
+            let state = Arc::clone(&state);
+            async move { Ok::<_, std::convert::Infallible>(router::handle(state, req).await) }
+        });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        connections.spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+
+    drop(listener);
+    info!(
+        connections = connections.len(),
+        "shutting down: draining requests in flight"
+    );
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(
+            connections = connections.len(),
+            deadline = ?limits.drain_timeout,
+            "requests still in flight at the drain deadline; closing their connections"
+        );
+        connections.abort_all();
+    }
+    while connections.join_next().await.is_some() {}
+    info!("stopped");
+}
