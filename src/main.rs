@@ -3,7 +3,9 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use merkmail::merkle::{NodeKey, NodeValue, DEPTH};
-use merkmail::model::{parse_flag_list, FlagOp, MailboxGuid};
+use merkmail::model::{parse_flag_list, FlagName, FlagOp, MailboxGuid};
+use merkmail::net::json::{MailboxView, MessageView, StatsView};
+use merkmail::net::remote::MailClient;
 use merkmail::store::{NewMessage, Store};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -27,6 +29,33 @@ struct Data {
     data: PathBuf,
 }
 
+/// Where the mail is: a store's data directory, or a running `merkmail serve`.
+#[derive(Args, Clone)]
+struct Target {
+    #[command(flatten)]
+    place: Place,
+    /// The server's bearer token (with --url).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "MERKMAIL_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+}
+
+/// Exactly one of --data and --url.
+#[derive(Args, Clone)]
+#[group(required = true, multiple = false)]
+struct Place {
+    /// The store's data directory (holds merkmail.redb).
+    #[arg(long, value_name = "DIR", env = "MERKMAIL_DATA")]
+    data: Option<PathBuf>,
+    /// A running `merkmail serve` to ask instead, e.g. http://127.0.0.1:8025.
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Create a new, empty store.
@@ -45,7 +74,7 @@ enum Command {
     /// Appending to INBOX brings a new user into being; other mailboxes must be created first.
     Append {
         #[command(flatten)]
-        data: Data,
+        target: Target,
         user: String,
         mailbox: String,
         #[arg(required = true, value_name = "FILE")]
@@ -66,7 +95,7 @@ enum Command {
     #[command(group(clap::ArgGroup::new("op").required(true).args(["add", "remove", "set"])))]
     Flags {
         #[command(flatten)]
-        data: Data,
+        target: Target,
         user: String,
         mailbox: String,
         uid: u32,
@@ -83,7 +112,7 @@ enum Command {
     /// Expunge messages by UID (each leaves a tombstone so peers learn of the expunge).
     Expunge {
         #[command(flatten)]
-        data: Data,
+        target: Target,
         user: String,
         mailbox: String,
         #[arg(required = true)]
@@ -92,7 +121,7 @@ enum Command {
     /// List a user's messages, in one mailbox or in all.
     List {
         #[command(flatten)]
-        data: Data,
+        target: Target,
         user: String,
         mailbox: Option<String>,
         /// Print a JSON array instead of a table.
@@ -102,7 +131,7 @@ enum Command {
     /// Write one message's raw bytes, unchanged, to stdout.
     Fetch {
         #[command(flatten)]
-        data: Data,
+        target: Target,
         user: String,
         mailbox: String,
         uid: u32,
@@ -110,7 +139,7 @@ enum Command {
     /// Print the server root hash (equal roots mean equal stores).
     Root {
         #[command(flatten)]
-        data: Data,
+        target: Target,
     },
     /// Show the tree's nodes below a point: the top, a user, or a mailbox.
     Tree {
@@ -130,7 +159,7 @@ enum Command {
     /// Print counts: users, mailboxes, messages, bytes, tombstones, tree depth.
     Stats {
         #[command(flatten)]
-        data: Data,
+        target: Target,
         #[arg(long)]
         json: bool,
     },
@@ -161,14 +190,14 @@ enum MailboxCommand {
     /// Create a mailbox (a new user is brought into being with its INBOX).
     Create {
         #[command(flatten)]
-        data: Data,
+        target: Target,
         user: String,
         name: String,
     },
     /// Rename a mailbox and the mailboxes below it.
     Rename {
         #[command(flatten)]
-        data: Data,
+        target: Target,
         user: String,
         name: String,
         new_name: String,
@@ -176,14 +205,14 @@ enum MailboxCommand {
     /// Delete a mailbox and its messages (INBOX cannot be deleted).
     Delete {
         #[command(flatten)]
-        data: Data,
+        target: Target,
         user: String,
         name: String,
     },
     /// List a user's mailboxes.
     List {
         #[command(flatten)]
-        data: Data,
+        target: Target,
         user: String,
         #[arg(long)]
         json: bool,

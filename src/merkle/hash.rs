@@ -14,6 +14,13 @@ impl NodeHash {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
+
+    /// Four bytes of the hash starting at `window` (wrapping). Peers compare truncated hashes
+    /// to save bytes; the window rotates per session so a rare false match is not repeated.
+    pub fn truncated(&self, window: u8) -> [u8; 4] {
+        let w = usize::from(window) % 32;
+        std::array::from_fn(|i| self.0[(w + i) % 32])
+    }
 }
 
 impl fmt::Debug for NodeHash {

@@ -24,6 +24,8 @@ pub trait BodyStore: Send + Sync {
     /// Drops a reference; frees the body when none remain. Returns the freed size, if freed.
     fn release(&self, txn: &WriteTransaction, digest: &Digest) -> Result<Option<u64>, StoreError>;
     fn read(&self, txn: &ReadTransaction, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Whether the body is held (without reading it).
+    fn holds(&self, txn: &ReadTransaction, digest: &Digest) -> Result<bool, StoreError>;
     /// Every held body's digest and reference count (for `verify`).
     fn references(&self, txn: &ReadTransaction) -> Result<Vec<(Digest, u64)>, StoreError>;
 }
@@ -86,6 +88,13 @@ impl BodyStore for RedbBodies {
     fn read(&self, txn: &ReadTransaction, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
         let bodies = txn.open_table(BODIES)?;
         Ok(bodies.get(digest.0.as_slice())?.map(|v| v.value().to_vec()))
+    }
+
+    fn holds(&self, txn: &ReadTransaction, digest: &Digest) -> Result<bool, StoreError> {
+        Ok(txn
+            .open_table(BODY_REFS)?
+            .get(digest.0.as_slice())?
+            .is_some())
     }
 
     fn references(&self, txn: &ReadTransaction) -> Result<Vec<(Digest, u64)>, StoreError> {

@@ -7,6 +7,7 @@ mod body;
 mod error;
 mod keys;
 mod ops;
+mod read;
 mod replica;
 mod tables;
 mod tx;
@@ -15,7 +16,7 @@ mod verify;
 pub use body::{BodyStore, RedbBodies};
 pub use error::StoreError;
 pub use ops::{AppendOutcome, Counters, MailboxInfo, MessageInfo, NewMessage, PreparedMailbox};
-pub use replica::Change;
+pub use replica::{Change, ChangeGroup};
 pub use verify::VerifyReport;
 
 use crate::merkle::{NodeKey, NodeValue};

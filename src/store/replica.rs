@@ -13,7 +13,7 @@ use crate::model::{
 use redb::ReadableTable;
 
 /// One replicated change, to be applied verbatim.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Change {
     /// Create or overwrite a mailbox record.
     Mailbox { user: String, record: MailboxRecord },
@@ -38,6 +38,45 @@ pub enum Change {
         user: String,
         tombstone: MailboxTombstone,
     },
+    /// Remove a message without a tombstone (its UID lost its meaning: UIDVALIDITY changed).
+    Remove {
+        user: String,
+        guid: MailboxGuid,
+        uid: u32,
+    },
+}
+
+impl Change {
+    /// The user and mailbox the change touches.
+    pub fn mailbox(&self) -> (&str, MailboxGuid) {
+        match self {
+            Change::Mailbox { user, record } => (user, record.guid),
+            Change::Message { user, guid, .. }
+            | Change::Expunge { user, guid, .. }
+            | Change::Remove { user, guid, .. } => (user, *guid),
+            Change::DeleteMailbox { user, tombstone } => (user, tombstone.guid),
+        }
+    }
+
+    /// Body bytes carried by the change (reported apart from metadata).
+    pub fn body_len(&self) -> u64 {
+        match self {
+            Change::Message { body: Some(b), .. } => b.len() as u64,
+            _ => 0,
+        }
+    }
+}
+
+/// Changes to one mailbox, applied only if the mailbox is still as the session saw it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChangeGroup {
+    pub user: String,
+    pub guid: MailboxGuid,
+    /// The mailbox node's hash as the session saw it, truncated with `window`
+    /// (`NodeHash::EMPTY` truncated when the mailbox was absent).
+    pub window: u8,
+    pub expect: [u8; 4],
+    pub changes: Vec<Change>,
 }
 
 impl Tx<'_> {
@@ -64,6 +103,14 @@ impl Tx<'_> {
                 self.ensure_user_record(user, record.name_stamp)?;
                 if self.get_mailbox(user, record.guid)?.is_none() {
                     self.counters.mailboxes += 1;
+                }
+                // A mailbox brought back (changed after a delete elsewhere) sheds its tombstone.
+                if self
+                    .mailbox_tombstones
+                    .remove(keys::mailbox(user, record.guid).as_slice())?
+                    .is_some()
+                {
+                    self.counters.mailbox_tombstones -= 1;
                 }
                 self.put_mailbox(user, record)?;
             }
@@ -139,6 +186,9 @@ impl Tx<'_> {
                     self.counters.tombstones += 1;
                 }
             }
+            Change::Remove { user, guid, uid } => {
+                self.remove_message(user, *guid, *uid)?;
+            }
             Change::DeleteMailbox { user, tombstone } => {
                 self.observe(tombstone.stamp);
                 self.delete_mailbox_records(user, tombstone.guid)?;
@@ -157,6 +207,39 @@ impl Tx<'_> {
 }
 
 impl Store {
+    /// Applies groups of changes in one transaction. A group whose mailbox no longer has the
+    /// expected hash is skipped (a stale plan is never half-applied; the next session picks
+    /// it up). Returns which groups were applied.
+    pub fn apply_groups(&self, groups: &[ChangeGroup]) -> Result<Vec<bool>, StoreError> {
+        self.write(|tx| {
+            let mut applied = Vec::with_capacity(groups.len());
+            for group in groups {
+                let key = crate::merkle::NodeKey::Mailbox {
+                    user: group.user.clone(),
+                    guid: group.guid,
+                }
+                .encode();
+                let current = match tx.tree.get(key.as_slice())? {
+                    Some(v) => {
+                        crate::merkle::NodeValue::decode(v.value())
+                            .ok_or_else(|| StoreError::Corrupt("malformed tree node".into()))?
+                            .hash
+                    }
+                    None => crate::merkle::NodeHash::EMPTY,
+                };
+                if current.truncated(group.window) != group.expect {
+                    applied.push(false);
+                    continue;
+                }
+                for change in &group.changes {
+                    tx.apply_change(change)?;
+                }
+                applied.push(true);
+            }
+            Ok(applied)
+        })
+    }
+
     /// Applies changes verbatim, all in one transaction: all of them or none.
     pub fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
         self.write(|tx| {

@@ -1,0 +1,131 @@
+//! Reads that reconciliation needs: a mailbox's state restricted to some UIDs, the non-empty
+//! nodes of one UID-tree level, a bucket's entry hashes, whether a body is held.
+
+use super::error::StoreError;
+use super::keys;
+use super::tables::{MAILBOXES, MAILBOX_TOMBSTONES, MESSAGES, TOMBSTONES, TREE};
+use super::tx::{decode, decode_message};
+use super::Store;
+use crate::merkle::{NodeHash, NodeKey, NodeValue, BUCKET_SHIFT};
+use crate::model::{Digest, MailboxGuid, MailboxSide, MailboxTombstone, Tombstone};
+use std::collections::BTreeSet;
+
+impl Store {
+    /// A mailbox as this replica holds it: the record or the tombstone, and its messages and
+    /// expunge tombstones at `uids` (every UID when `uids` is `None`).
+    pub fn mailbox_side(
+        &self,
+        user: &str,
+        guid: MailboxGuid,
+        uids: Option<&BTreeSet<u32>>,
+    ) -> Result<MailboxSide, StoreError> {
+        let txn = self.read_txn()?;
+        let key = keys::mailbox(user, guid);
+        let mut side = MailboxSide::default();
+        if let Some(v) = txn.open_table(MAILBOXES)?.get(key.as_slice())? {
+            side.record = Some(decode(v.value(), "a mailbox")?);
+        }
+        if let Some(v) = txn.open_table(MAILBOX_TOMBSTONES)?.get(key.as_slice())? {
+            side.tombstone = Some(decode::<MailboxTombstone>(
+                v.value(),
+                "a mailbox tombstone",
+            )?);
+        }
+        let messages = txn.open_table(MESSAGES)?;
+        let tombstones = txn.open_table(TOMBSTONES)?;
+        let ranges: Vec<(u32, u32)> = match uids {
+            None => vec![(0, u32::MAX)],
+            Some(set) => set.iter().map(|u| (*u, *u)).collect(),
+        };
+        for (first, last) in ranges {
+            let (start, end) = keys::uid_range(user, guid, first, last);
+            for item in messages.range(start.as_slice()..=end.as_slice())? {
+                let (k, v) = item?;
+                let (_, _, uid) = keys::split_message(k.value())
+                    .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
+                side.messages.insert(uid, decode_message(v.value())?.1);
+            }
+            let (start, end) = keys::tombstone_range(user, guid, first, last);
+            for item in tombstones.range(start.as_slice()..=end.as_slice())? {
+                let (k, v) = item?;
+                let head = k
+                    .value()
+                    .get(..k.value().len().saturating_sub(32))
+                    .unwrap_or_default();
+                let (_, _, uid) = keys::split_message(head)
+                    .ok_or_else(|| StoreError::Corrupt("malformed tombstone key".into()))?;
+                let t: Tombstone = decode(v.value(), "a tombstone")?;
+                side.expunged.entry(uid).or_default().push(t);
+            }
+        }
+        Ok(side)
+    }
+
+    /// The non-empty nodes of one level of a mailbox's UID tree, as (index, value).
+    pub fn uid_level(
+        &self,
+        user: &str,
+        guid: MailboxGuid,
+        level: u8,
+    ) -> Result<Vec<(u32, NodeValue)>, StoreError> {
+        let node = |index| {
+            NodeKey::Uid {
+                user: user.to_string(),
+                guid,
+                level,
+                index,
+            }
+            .encode()
+        };
+        let (start, end) = (node(0), node(u32::MAX));
+        let txn = self.read_txn()?;
+        let tree = txn.open_table(TREE)?;
+        let mut out = Vec::new();
+        for item in tree.range(start.as_slice()..=end.as_slice())? {
+            let (k, v) = item?;
+            let index = k
+                .value()
+                .get(k.value().len().saturating_sub(4)..)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_be_bytes);
+            let value = NodeValue::decode(v.value());
+            match (index, value) {
+                (Some(index), Some(value)) => out.push((index, value)),
+                _ => return Err(StoreError::Corrupt("malformed tree node".into())),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The entry hashes of one bucket's live messages, in UID order.
+    pub fn bucket_entries(
+        &self,
+        user: &str,
+        guid: MailboxGuid,
+        bucket: u32,
+    ) -> Result<Vec<(u32, NodeHash)>, StoreError> {
+        let first = bucket << BUCKET_SHIFT;
+        let (start, end) = keys::uid_range(user, guid, first, first | ((1 << BUCKET_SHIFT) - 1));
+        let txn = self.read_txn()?;
+        let messages = txn.open_table(MESSAGES)?;
+        let mut out = Vec::new();
+        for item in messages.range(start.as_slice()..=end.as_slice())? {
+            let (k, v) = item?;
+            let (_, _, uid) = keys::split_message(k.value())
+                .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
+            let hash: [u8; 32] = v
+                .value()
+                .get(..32)
+                .and_then(|h| h.try_into().ok())
+                .ok_or_else(|| StoreError::Corrupt("message value too short".into()))?;
+            out.push((uid, NodeHash(hash)));
+        }
+        Ok(out)
+    }
+
+    /// Whether the store holds the body with this digest.
+    pub fn has_body(&self, digest: &Digest) -> Result<bool, StoreError> {
+        let txn = self.read_txn()?;
+        self.bodies.holds(&txn, digest)
+    }
+}
