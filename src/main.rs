@@ -1,8 +1,8 @@
 //! The `merkmail` command: argument parsing, logging set-up, and errors turned into exit codes.
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
-use merkmail::merkle::{NodeKey, NodeValue, DEPTH};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use merkmail::merkle::{NodeKey, NodeValue};
 use merkmail::model::{parse_flag_list, FlagName, FlagOp, MailboxGuid};
 use merkmail::net::json::{MailboxView, MessageView, StatsView};
 use merkmail::net::remote::MailClient;
@@ -44,16 +44,38 @@ struct Target {
     token: Option<String>,
 }
 
-/// Exactly one of --data and --url.
+/// At most one of --data and --url; [`Target::resolve`] requires one. MERKMAIL_DATA is read
+/// there rather than by clap, because clap counts an environment value as given, and a
+/// MERKMAIL_DATA in the environment must not forbid --url.
 #[derive(Args, Clone)]
-#[group(required = true, multiple = false)]
+#[group(required = false, multiple = false)]
 struct Place {
-    /// The store's data directory (holds merkmail.redb).
-    #[arg(long, value_name = "DIR", env = "MERKMAIL_DATA")]
+    /// The store's data directory (holds merkmail.redb) [env: MERKMAIL_DATA=].
+    #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
     /// A running `merkmail serve` to ask instead, e.g. http://127.0.0.1:8025.
     #[arg(long, value_name = "URL")]
     url: Option<String>,
+}
+
+impl Target {
+    /// Fills in --data from MERKMAIL_DATA when neither --data nor --url is given; a usage
+    /// error (exit 2, like clap's own) when there is still nothing.
+    fn resolve(&mut self) {
+        if self.place.data.is_none() && self.place.url.is_none() {
+            self.place.data = std::env::var_os("MERKMAIL_DATA")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from);
+        }
+        if self.place.data.is_none() && self.place.url.is_none() {
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "give --data DIR (or MERKMAIL_DATA) for a local store, or --url URL for a server",
+                )
+                .exit();
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -135,6 +157,25 @@ enum Command {
         user: String,
         mailbox: String,
         uid: u32,
+    },
+    /// Serve the mail API and the peer API over HTTP until SIGTERM or SIGINT.
+    ///
+    /// Prints `listening on ADDR` on stdout once it accepts connections (the real port when
+    /// ADDR ends in :0); logs go to stderr. docs/HTTP.md describes the routes.
+    Serve {
+        #[command(flatten)]
+        data: Data,
+        /// The address to listen on, e.g. 127.0.0.1:8025 (port 0 picks a free one).
+        #[arg(long, value_name = "ADDR")]
+        listen: String,
+        /// Require `Authorization: Bearer TOKEN` on every /v1/ route.
+        #[arg(
+            long,
+            value_name = "TOKEN",
+            env = "MERKMAIL_TOKEN",
+            hide_env_values = true
+        )]
+        token: Option<String>,
     },
     /// Print the server root hash (equal roots mean equal stores).
     Root {
@@ -220,14 +261,24 @@ enum MailboxCommand {
 }
 
 fn main() -> ExitCode {
+    let mut cli = Cli::parse();
+    if let Some(target) = cli.command.target() {
+        target.resolve();
+    }
+    // A server says where it listens and when it stops; the other commands speak only of
+    // trouble.
+    let default_level = match cli.command {
+        Command::Serve { .. } => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MERKMAIL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -248,6 +299,170 @@ fn now_secs() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+impl Command {
+    /// The mail commands' --data/--url.
+    fn target(&mut self) -> Option<&mut Target> {
+        match self {
+            Command::Append { target, .. }
+            | Command::Flags { target, .. }
+            | Command::Expunge { target, .. }
+            | Command::List { target, .. }
+            | Command::Fetch { target, .. }
+            | Command::Root { target }
+            | Command::Stats { target, .. } => Some(target),
+            Command::Mailbox(
+                MailboxCommand::Create { target, .. }
+                | MailboxCommand::Rename { target, .. }
+                | MailboxCommand::Delete { target, .. }
+                | MailboxCommand::List { target, .. },
+            ) => Some(target),
+            Command::Init { .. }
+            | Command::Serve { .. }
+            | Command::Tree { .. }
+            | Command::Verify { .. }
+            | Command::ImportMaildir { .. }
+            | Command::ExportMaildir { .. } => None,
+        }
+    }
+}
+
+/// The mail commands' two back ends: a store opened in this process, or a server's mail
+/// API. Both answer with the same views, and the commands print from those alone, so the
+/// output is the same byte for byte.
+enum Mail {
+    Local(Store),
+    Remote(MailClient),
+}
+
+impl Mail {
+    fn open(target: &Target) -> Result<Mail> {
+        match (&target.place.url, &target.place.data) {
+            (Some(url), _) => Ok(Mail::Remote(MailClient::new(url, target.token.as_deref())?)),
+            (None, Some(dir)) => Ok(Mail::Local(Store::open(dir)?)),
+            (None, None) => bail!("give --data DIR or --url URL"),
+        }
+    }
+
+    fn create_mailbox(&self, user: &str, name: &str) -> Result<MailboxGuid> {
+        Ok(match self {
+            Mail::Local(s) => s.create_mailbox(user, name)?,
+            Mail::Remote(c) => c.create_mailbox(user, name)?,
+        })
+    }
+
+    fn rename_mailbox(&self, user: &str, name: &str, new: &str) -> Result<()> {
+        match self {
+            Mail::Local(s) => s.rename_mailbox(user, name, new)?,
+            Mail::Remote(c) => c.rename_mailbox(user, name, new)?,
+        }
+        Ok(())
+    }
+
+    fn delete_mailbox(&self, user: &str, name: &str) -> Result<()> {
+        match self {
+            Mail::Local(s) => s.delete_mailbox(user, name)?,
+            Mail::Remote(c) => c.delete_mailbox(user, name)?,
+        }
+        Ok(())
+    }
+
+    fn list_mailboxes(&self, user: &str) -> Result<Vec<MailboxView>> {
+        Ok(match self {
+            Mail::Local(s) => s
+                .list_mailboxes(user)?
+                .into_iter()
+                .map(MailboxView::from)
+                .collect(),
+            Mail::Remote(c) => c.list_mailboxes(user)?,
+        })
+    }
+
+    fn append(
+        &self,
+        user: &str,
+        mailbox: &str,
+        messages: Vec<Vec<u8>>,
+        flags: &[FlagName],
+        internal_date: i64,
+    ) -> Result<Vec<u32>> {
+        Ok(match self {
+            Mail::Local(s) => {
+                let messages = messages
+                    .into_iter()
+                    .map(|bytes| NewMessage {
+                        bytes,
+                        flags: flags.to_vec(),
+                        internal_date,
+                        ..NewMessage::default()
+                    })
+                    .collect();
+                s.append(user, mailbox, messages)?
+                    .iter()
+                    .map(|o| o.uid)
+                    .collect()
+            }
+            Mail::Remote(c) => c.append(user, mailbox, messages, flags, internal_date)?,
+        })
+    }
+
+    fn set_flags(
+        &self,
+        user: &str,
+        mailbox: &str,
+        uid: u32,
+        op: FlagOp,
+        flags: &[FlagName],
+    ) -> Result<Vec<String>> {
+        Ok(match self {
+            Mail::Local(s) => s
+                .set_flags(user, mailbox, uid, op, flags)?
+                .iter()
+                .map(|f| f.as_str().to_string())
+                .collect(),
+            Mail::Remote(c) => c.set_flags(user, mailbox, uid, op, flags)?,
+        })
+    }
+
+    fn expunge(&self, user: &str, mailbox: &str, uids: &[u32]) -> Result<usize> {
+        Ok(match self {
+            Mail::Local(s) => s.expunge(user, mailbox, uids)?,
+            Mail::Remote(c) => c.expunge(user, mailbox, uids)?,
+        })
+    }
+
+    fn list_messages(&self, user: &str, mailbox: Option<&str>) -> Result<Vec<MessageView>> {
+        Ok(match self {
+            Mail::Local(s) => s
+                .list_messages(user, mailbox)?
+                .iter()
+                .map(MessageView::of)
+                .collect(),
+            Mail::Remote(c) => c.list_messages(user, mailbox)?,
+        })
+    }
+
+    fn fetch(&self, user: &str, mailbox: &str, uid: u32) -> Result<Vec<u8>> {
+        Ok(match self {
+            Mail::Local(s) => s.fetch(user, mailbox, uid)?,
+            Mail::Remote(c) => c.fetch(user, mailbox, uid)?.into(),
+        })
+    }
+
+    fn root(&self) -> Result<String> {
+        Ok(match self {
+            Mail::Local(s) => s.root()?.hash.to_hex(),
+            Mail::Remote(c) => c.root()?.root,
+        })
+    }
+
+    fn stats(&self) -> Result<StatsView> {
+        Ok(match self {
+            Mail::Local(s) => StatsView::of(s)?,
+            Mail::Remote(c) => c.stats()?,
+        })
+    }
+}
+
 fn run(command: Command) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match command {
@@ -259,9 +474,17 @@ fn run(command: Command) -> Result<ExitCode> {
                 data.data.display()
             )?;
         }
+        Command::Serve {
+            data,
+            listen,
+            token,
+        } => {
+            drop(out);
+            return serve(&data, &listen, token.as_deref());
+        }
         Command::Mailbox(cmd) => mailbox(cmd, &mut out)?,
         Command::Append {
-            data,
+            target,
             user,
             mailbox,
             files,
@@ -273,21 +496,15 @@ fn run(command: Command) -> Result<ExitCode> {
             // Read every file before touching the store, so a bad path changes nothing.
             let mut messages = Vec::with_capacity(files.len());
             for file in &files {
-                let bytes = read_input(file)?;
-                messages.push(NewMessage {
-                    bytes,
-                    flags: flags.clone(),
-                    internal_date,
-                    ..NewMessage::default()
-                });
+                messages.push(read_input(file)?);
             }
-            let store = open(&data)?;
-            for outcome in store.append(&user, &mailbox, messages)? {
-                writeln!(out, "{}", outcome.uid)?;
+            let mail = Mail::open(&target)?;
+            for uid in mail.append(&user, &mailbox, messages, &flags, internal_date)? {
+                writeln!(out, "{uid}")?;
             }
         }
         Command::Flags {
-            data,
+            target,
             user,
             mailbox,
             uid,
@@ -302,34 +519,27 @@ fn run(command: Command) -> Result<ExitCode> {
                 _ => bail!("give exactly one of --add, --remove or --set"),
             };
             let flags = parse_flag_list(&list)?;
-            let store = open(&data)?;
-            let now = store.set_flags(&user, &mailbox, uid, op, &flags)?;
-            writeln!(
-                out,
-                "{}",
-                now.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(",")
-            )?;
+            let now = Mail::open(&target)?.set_flags(&user, &mailbox, uid, op, &flags)?;
+            writeln!(out, "{}", now.join(","))?;
         }
         Command::Expunge {
-            data,
+            target,
             user,
             mailbox,
             uids,
         } => {
-            let n = open(&data)?.expunge(&user, &mailbox, &uids)?;
+            let n = Mail::open(&target)?.expunge(&user, &mailbox, &uids)?;
             writeln!(out, "expunged {n} message{}", if n == 1 { "" } else { "s" })?;
         }
         Command::List {
-            data,
+            target,
             user,
             mailbox,
             json,
         } => {
-            let store = open(&data)?;
-            let messages = store.list_messages(&user, mailbox.as_deref())?;
+            let messages = Mail::open(&target)?.list_messages(&user, mailbox.as_deref())?;
             if json {
-                let rows: Vec<_> = messages.iter().map(message_json).collect();
-                writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+                writeln!(out, "{}", serde_json::to_string_pretty(&messages)?)?;
             } else {
                 writeln!(
                     out,
@@ -337,30 +547,29 @@ fn run(command: Command) -> Result<ExitCode> {
                     "MAILBOX", "UID", "SIZE", "MD5"
                 )?;
                 for m in &messages {
-                    let flags: Vec<&str> = m.record.flags.live().map(|f| f.as_str()).collect();
                     writeln!(
                         out,
                         "{:<24} {:>8} {:>9}  {}  {}",
                         m.mailbox,
                         m.uid,
-                        m.record.size,
-                        m.record.md5,
-                        flags.join(" ")
+                        m.size,
+                        m.md5,
+                        m.all_flags().join(" ")
                     )?;
                 }
             }
         }
         Command::Fetch {
-            data,
+            target,
             user,
             mailbox,
             uid,
         } => {
-            let bytes = open(&data)?.fetch(&user, &mailbox, uid)?;
+            let bytes = Mail::open(&target)?.fetch(&user, &mailbox, uid)?;
             out.write_all(&bytes)?;
         }
-        Command::Root { data } => {
-            writeln!(out, "{}", open(&data)?.root()?.hash.to_hex())?;
+        Command::Root { target } => {
+            writeln!(out, "{}", Mail::open(&target)?.root()?)?;
         }
         Command::Tree {
             data,
@@ -393,43 +602,28 @@ fn run(command: Command) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Stats { data, json } => {
-            let store = open(&data)?;
-            let c = store.counters()?;
-            let root = store.root()?.hash.to_hex();
+        Command::Stats { target, json } => {
+            let s = Mail::open(&target)?.stats()?;
             if json {
-                let v = serde_json::json!({
-                    "node_id": store.node_id(),
-                    "users": c.users,
-                    "mailboxes": c.mailboxes,
-                    "messages": c.messages,
-                    "bytes": c.message_bytes,
-                    "bodies": c.bodies,
-                    "body_bytes": c.body_bytes,
-                    "tombstones": c.tombstones,
-                    "mailbox_tombstones": c.mailbox_tombstones,
-                    "depth": DEPTH,
-                    "root": root,
-                });
-                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+                writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?;
             } else {
-                writeln!(out, "node               {}", store.node_id())?;
-                writeln!(out, "users              {}", c.users)?;
-                writeln!(out, "mailboxes          {}", c.mailboxes)?;
-                writeln!(out, "messages           {}", c.messages)?;
-                writeln!(out, "bytes              {}", c.message_bytes)?;
+                writeln!(out, "node               {}", s.node_id)?;
+                writeln!(out, "users              {}", s.users)?;
+                writeln!(out, "mailboxes          {}", s.mailboxes)?;
+                writeln!(out, "messages           {}", s.messages)?;
+                writeln!(out, "bytes              {}", s.bytes)?;
                 writeln!(
                     out,
                     "bodies (distinct)  {} ({} bytes)",
-                    c.bodies, c.body_bytes
+                    s.bodies, s.body_bytes
                 )?;
                 writeln!(
                     out,
                     "tombstones         {} messages, {} mailboxes",
-                    c.tombstones, c.mailbox_tombstones
+                    s.tombstones, s.mailbox_tombstones
                 )?;
-                writeln!(out, "tree depth         {DEPTH} levels")?;
-                writeln!(out, "root               {root}")?;
+                writeln!(out, "tree depth         {} levels", s.depth)?;
+                writeln!(out, "root               {}", s.root)?;
             }
         }
         Command::ImportMaildir {
@@ -454,6 +648,69 @@ fn run(command: Command) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `merkmail serve`: opens the store, binds, prints `listening on ADDR` on stdout (the one
+/// line scripts wait for, with the real port when ADDR asked for port 0), and serves until
+/// SIGTERM or SIGINT; then drains and exits 0.
+fn serve(data: &Data, listen: &str, token: Option<&str>) -> Result<ExitCode> {
+    if token.is_some_and(str::is_empty) {
+        bail!("--token must not be empty");
+    }
+    let store = open(data)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = shutdown_signal()?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener
+            .local_addr()
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        if token.is_none() && !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "no --token: anyone who can reach this address can read and change the mail");
+        }
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "listening on {addr}")?;
+            out.flush()?;
+        }
+        let state = std::sync::Arc::new(merkmail::net::ServerState::new(
+            std::sync::Arc::new(store),
+            token,
+            merkmail::net::Limits::default(),
+        ));
+        merkmail::net::server::run(listener, state, shutdown).await;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on the first SIGTERM or SIGINT. The handlers are installed before this returns,
+/// so a signal that arrives while the server starts is not lost.
+#[cfg(unix)]
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutting down");
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+    })
+}
+
 fn read_input(file: &Path) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     if file == Path::new("-") {
@@ -466,42 +723,27 @@ fn read_input(file: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn message_json(m: &merkmail::store::MessageInfo) -> serde_json::Value {
-    let (flags, keywords): (Vec<_>, Vec<_>) = m.record.flags.live().partition(|f| f.is_system());
-    serde_json::json!({
-        "mailbox": m.mailbox,
-        "mailbox_guid": m.guid.to_hex(),
-        "uid": m.uid,
-        "md5": m.record.md5.to_hex(),
-        "digest": m.record.digest.to_hex(),
-        "size": m.record.size,
-        "internal_date": m.record.internal_date,
-        "flags": flags.iter().map(|f| f.as_str()).collect::<Vec<_>>(),
-        "keywords": keywords.iter().map(|f| f.as_str()).collect::<Vec<_>>(),
-    })
-}
-
 fn mailbox(cmd: MailboxCommand, out: &mut impl Write) -> Result<()> {
     match cmd {
-        MailboxCommand::Create { data, user, name } => {
-            let guid = open(&data)?.create_mailbox(&user, &name)?;
+        MailboxCommand::Create { target, user, name } => {
+            let guid = Mail::open(&target)?.create_mailbox(&user, &name)?;
             writeln!(out, "created {name} ({guid})")?;
         }
         MailboxCommand::Rename {
-            data,
+            target,
             user,
             name,
             new_name,
         } => {
-            open(&data)?.rename_mailbox(&user, &name, &new_name)?;
+            Mail::open(&target)?.rename_mailbox(&user, &name, &new_name)?;
             writeln!(out, "renamed {name} to {new_name}")?;
         }
-        MailboxCommand::Delete { data, user, name } => {
-            open(&data)?.delete_mailbox(&user, &name)?;
+        MailboxCommand::Delete { target, user, name } => {
+            Mail::open(&target)?.delete_mailbox(&user, &name)?;
             writeln!(out, "deleted {name}")?;
         }
-        MailboxCommand::List { data, user, json } => {
-            let list = open(&data)?.list_mailboxes(&user)?;
+        MailboxCommand::List { target, user, json } => {
+            let list = Mail::open(&target)?.list_mailboxes(&user)?;
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
             } else {
