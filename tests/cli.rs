@@ -1,0 +1,954 @@
+//! The command-line contract, tested against the real binary in fresh temporary directories:
+//! the spellings scripts rely on, what each command prints, that the root moves exactly when
+//! replicated state does, and that every error is one clear line that changes nothing.
+
+mod common;
+
+use common::{md5_hex, run, str_field, strings_field, u64_field, Store};
+use std::collections::BTreeSet;
+
+/// A small, distinct RFC 5322 message.
+fn message(n: u32) -> Vec<u8> {
+    format!("From: a@example.org\r\nTo: b@example.org\r\nSubject: message {n}\r\n\r\nbody {n}\r\n")
+        .into_bytes()
+}
+
+/// A store with user `alice` holding two messages in INBOX (UIDs 1 and 2, the first \Seen)
+/// and one in `Work` (UID 1), and user `bob` holding one message in INBOX.
+fn populated() -> Store {
+    let s = Store::init();
+    let m1 = s.file("m1", &message(1));
+    let m2 = s.file("m2", &message(2));
+    let m3 = s.file("m3", &message(3));
+    assert_eq!(s.append("alice", "INBOX", &[&m1], Some("\\Seen")), [1]);
+    assert_eq!(s.append("alice", "INBOX", &[&m2], None), [2]);
+    s.run(&["mailbox", "create"], &["alice", "Work"]).ok();
+    assert_eq!(s.append("alice", "Work", &[&m3], None), [1]);
+    assert_eq!(s.append("bob", "INBOX", &[&m1], None), [1]);
+    s
+}
+
+/// The messages of one user as (mailbox, uid) pairs.
+fn uids(s: &Store, user: &str) -> Vec<(String, u64)> {
+    s.list(user)
+        .iter()
+        .map(|m| (str_field(m, "mailbox").to_string(), u64_field(m, "uid")))
+        .collect()
+}
+
+fn mailbox_names(s: &Store, user: &str) -> Vec<String> {
+    s.mailboxes(user)
+        .iter()
+        .map(|m| str_field(m, "name").to_string())
+        .collect()
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The spellings and their output.
+
+#[test]
+fn init_makes_an_empty_store_that_verifies() {
+    let s = Store::uninitialised();
+    let out = run(
+        &["init", "--data", s.data(), "--node-id", "mx1.example-org_2"],
+        None,
+    )
+    .ok();
+    assert!(out.stdout_str().contains("mx1.example-org_2"));
+    assert!(s.data.join("merkmail.redb").is_file());
+    s.root();
+    s.verify();
+    let stats = s.stats();
+    for field in ["users", "mailboxes", "messages", "bytes", "tombstones"] {
+        assert_eq!(u64_field(&stats, field), 0, "{field} in {stats}");
+    }
+    assert!(u64_field(&stats, "depth") > 0, "{stats}");
+}
+
+#[test]
+fn append_to_a_new_users_inbox_creates_the_user_and_prints_one_uid_per_line() {
+    let s = Store::init();
+    let files: Vec<String> = (1..=3)
+        .map(|n| s.file(&format!("m{n}"), &message(n)))
+        .collect();
+    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+    let out = s
+        .run(
+            &["append"],
+            &["alice", "INBOX", files[0], files[1], files[2]],
+        )
+        .ok();
+    assert_eq!(out.stdout_str(), "1\n2\n3\n");
+    assert_eq!(s.append("alice", "INBOX", &files[..1], None), [4]);
+    assert_eq!(mailbox_names(&s, "alice"), ["INBOX"]);
+    let stats = s.stats();
+    assert_eq!(u64_field(&stats, "users"), 1);
+    assert_eq!(u64_field(&stats, "mailboxes"), 1);
+    assert_eq!(u64_field(&stats, "messages"), 4);
+    let bytes: usize = (1..=3).map(|n| message(n).len()).sum::<usize>() + message(1).len();
+    assert_eq!(u64_field(&stats, "bytes"), bytes as u64);
+    s.verify();
+}
+
+#[test]
+fn inbox_is_matched_case_insensitively() {
+    let s = Store::init();
+    let m = s.file("m", &message(1));
+    assert_eq!(s.append("alice", "inbox", &[&m], None), [1]);
+    assert_eq!(s.append("alice", "Inbox", &[&m], None), [2]);
+    assert_eq!(mailbox_names(&s, "alice"), ["INBOX"]);
+}
+
+#[test]
+fn fetch_returns_the_raw_bytes_unchanged() {
+    let s = Store::init();
+    let awkward: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "crlf",
+            b"Subject: x\r\n\r\nline one\r\nline two\r\n".to_vec(),
+        ),
+        (
+            "nul-and-8bit",
+            b"Subject: \xff\xfe\r\n\r\n\x00\x01\x02 caf\xe9 \x80\r\n".to_vec(),
+        ),
+        (
+            "bare-lf-no-final-newline",
+            b"Subject: y\n\nno newline at the end".to_vec(),
+        ),
+        ("lone-cr", b"a\rb\r\r\n\n\r".to_vec()),
+        ("every-byte", (0..=255u8).cycle().take(4096).collect()),
+    ];
+    for (name, bytes) in &awkward {
+        let file = s.file(name, bytes);
+        let uid = s.append("alice", "INBOX", &[&file], None)[0];
+        let fetched = s
+            .run(&["fetch"], &["alice", "INBOX", &uid.to_string()])
+            .ok();
+        assert_eq!(&fetched.stdout, bytes, "{name} came back changed");
+    }
+}
+
+#[test]
+fn append_dash_reads_the_message_from_stdin() {
+    let s = Store::init();
+    let bytes = b"Subject: stdin\r\n\r\n\x00\xff\xc3\x28 binary\r\n".to_vec();
+    let out = s
+        .run_stdin(&["append"], &["alice", "INBOX", "-"], Some(&bytes))
+        .ok();
+    assert_eq!(out.stdout_str(), "1\n");
+    let fetched = s.run(&["fetch"], &["alice", "INBOX", "1"]).ok();
+    assert_eq!(fetched.stdout, bytes);
+    let listed = s.list("alice");
+    assert_eq!(str_field(&listed[0], "md5"), md5_hex(&bytes));
+
+    // A file and stdin in one call.
+    let file = s.file("m", &message(7));
+    let out = s
+        .run_stdin(
+            &["append"],
+            &["alice", "INBOX", &file, "-"],
+            Some(b"second"),
+        )
+        .ok();
+    assert_eq!(out.stdout_str(), "2\n3\n");
+    assert_eq!(
+        s.run(&["fetch"], &["alice", "INBOX", "3"]).ok().stdout,
+        b"second"
+    );
+}
+
+#[test]
+fn list_json_describes_each_message_and_its_md5_is_the_files() {
+    let s = Store::init();
+    let bytes = message(42);
+    let file = s.file("m", &bytes);
+    s.append("alice", "INBOX", &[&file], Some("\\Seen,\\Flagged,$Label1"));
+    s.run(&["mailbox", "create"], &["alice", "Archive/2024"])
+        .ok();
+    let other = b"Subject: other\r\n\r\n\x00".to_vec();
+    let other_file = s.file("other", &other);
+    s.append("alice", "Archive/2024", &[&other_file], None);
+
+    let rows = s.list("alice");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let inbox = rows
+        .iter()
+        .find(|r| str_field(r, "mailbox") == "INBOX")
+        .expect("INBOX message listed");
+    assert_eq!(u64_field(inbox, "uid"), 1);
+    assert_eq!(str_field(inbox, "md5"), md5_hex(&bytes));
+    assert_eq!(u64_field(inbox, "size"), bytes.len() as u64);
+    assert!(is_hex(str_field(inbox, "mailbox_guid"), 32), "{inbox}");
+    let flags: BTreeSet<String> = strings_field(inbox, "flags").into_iter().collect();
+    assert_eq!(flags, BTreeSet::from(["\\Seen".into(), "\\Flagged".into()]));
+    assert_eq!(strings_field(inbox, "keywords"), ["$Label1"]);
+
+    let archived = rows
+        .iter()
+        .find(|r| str_field(r, "mailbox") == "Archive/2024")
+        .expect("Archive/2024 message listed");
+    assert_eq!(str_field(archived, "md5"), md5_hex(&other));
+    assert_eq!(u64_field(archived, "size"), other.len() as u64);
+    assert!(strings_field(archived, "flags").is_empty());
+    assert!(strings_field(archived, "keywords").is_empty());
+    assert_ne!(
+        str_field(archived, "mailbox_guid"),
+        str_field(inbox, "mailbox_guid")
+    );
+
+    // One mailbox only.
+    let only = s
+        .run(&["list"], &["alice", "Archive/2024", "--json"])
+        .ok()
+        .json();
+    assert_eq!(only.as_array().map(Vec::len), Some(1), "{only}");
+    // The table form names the message too.
+    let table = s.run(&["list"], &["alice"]).ok().stdout_str();
+    assert!(table.contains(&md5_hex(&bytes)), "{table}");
+}
+
+#[test]
+fn system_flags_are_canonical_whatever_their_case() {
+    let s = Store::init();
+    let file = s.file("m", &message(1));
+    s.append("alice", "INBOX", &[&file], Some("\\seen, \\FLAGGED,Junk"));
+    let rows = s.list("alice");
+    let flags: BTreeSet<String> = strings_field(&rows[0], "flags").into_iter().collect();
+    assert_eq!(flags, BTreeSet::from(["\\Seen".into(), "\\Flagged".into()]));
+    assert_eq!(strings_field(&rows[0], "keywords"), ["Junk"]);
+}
+
+#[test]
+fn flags_add_remove_and_set() {
+    let s = populated();
+    let flags_of = |uid: u64| -> BTreeSet<String> {
+        let rows = s.list("alice");
+        let row = rows
+            .iter()
+            .find(|r| str_field(r, "mailbox") == "INBOX" && u64_field(r, "uid") == uid)
+            .expect("message listed");
+        strings_field(row, "flags")
+            .into_iter()
+            .chain(strings_field(row, "keywords"))
+            .collect()
+    };
+    let set = |v: &[&str]| -> BTreeSet<String> { v.iter().map(|s| s.to_string()).collect() };
+
+    s.run(
+        &["flags"],
+        &["alice", "INBOX", "2", "--add", "\\Answered,$Work"],
+    )
+    .ok();
+    assert_eq!(flags_of(2), set(&["\\Answered", "$Work"]));
+    s.run(
+        &["flags"],
+        &["alice", "INBOX", "2", "--remove", "\\Answered"],
+    )
+    .ok();
+    assert_eq!(flags_of(2), set(&["$Work"]));
+    s.run(
+        &["flags"],
+        &["alice", "INBOX", "2", "--set", "\\Draft,\\Deleted"],
+    )
+    .ok();
+    assert_eq!(flags_of(2), set(&["\\Draft", "\\Deleted"]));
+    s.run(&["flags"], &["alice", "INBOX", "2", "--set", ""])
+        .ok();
+    assert_eq!(flags_of(2), set(&[]));
+    // The other message was not touched.
+    assert_eq!(flags_of(1), set(&["\\Seen"]));
+    s.verify();
+}
+
+#[test]
+fn expunge_removes_the_messages_and_counts_tombstones() {
+    let s = Store::init();
+    let files: Vec<String> = (1..=4)
+        .map(|n| s.file(&format!("m{n}"), &message(n)))
+        .collect();
+    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+    assert_eq!(s.append("alice", "INBOX", &files, None), [1, 2, 3, 4]);
+    s.run(&["expunge"], &["alice", "INBOX", "2", "4"]).ok();
+    assert_eq!(
+        uids(&s, "alice"),
+        [("INBOX".to_string(), 1), ("INBOX".to_string(), 3)]
+    );
+    let stats = s.stats();
+    assert_eq!(u64_field(&stats, "messages"), 2);
+    assert_eq!(u64_field(&stats, "tombstones"), 2);
+    s.run(&["fetch"], &["alice", "INBOX", "2"])
+        .error(&["UID 2"]);
+    // UIDs are never reused.
+    assert_eq!(s.append("alice", "INBOX", &files[..1], None), [5]);
+    s.verify();
+}
+
+#[test]
+fn mailbox_create_list_rename_and_delete() {
+    let s = Store::init();
+    s.run(&["mailbox", "create"], &["alice", "Sent"]).ok();
+    assert_eq!(mailbox_names(&s, "alice"), ["INBOX", "Sent"]);
+    let table = s.run(&["mailbox", "list"], &["alice"]).ok().stdout_str();
+    assert!(table.contains("Sent") && table.contains("INBOX"), "{table}");
+    let m = s.file("m", &message(1));
+    s.append("alice", "Sent", &[&m], None);
+    s.run(&["mailbox", "rename"], &["alice", "Sent", "Sent Items"])
+        .ok();
+    assert_eq!(mailbox_names(&s, "alice"), ["INBOX", "Sent Items"]);
+    assert_eq!(uids(&s, "alice"), [("Sent Items".to_string(), 1)]);
+    s.run(&["mailbox", "delete"], &["alice", "Sent Items"]).ok();
+    assert_eq!(mailbox_names(&s, "alice"), ["INBOX"]);
+    assert!(s.list("alice").is_empty());
+    let stats = s.stats();
+    assert_eq!(u64_field(&stats, "messages"), 0);
+    assert_eq!(u64_field(&stats, "mailboxes"), 1);
+    s.verify();
+}
+
+#[test]
+fn rename_moves_child_mailboxes_and_their_messages() {
+    let s = Store::init();
+    for name in ["A", "A/B", "A/B/C", "AB", "Other"] {
+        s.run(&["mailbox", "create"], &["alice", name]).ok();
+    }
+    let m = s.file("m", &message(1));
+    s.append("alice", "A/B/C", &[&m], None);
+    let guid_before = str_field(&s.list("alice")[0], "mailbox_guid").to_string();
+
+    s.run(&["mailbox", "rename"], &["alice", "A", "Z/Y"]).ok();
+    let names: BTreeSet<String> = mailbox_names(&s, "alice").into_iter().collect();
+    let expected: BTreeSet<String> = ["INBOX", "Z/Y", "Z/Y/B", "Z/Y/B/C", "AB", "Other"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(names, expected, "AB is a sibling, not a child, and stays");
+    let rows = s.list("alice");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(str_field(&rows[0], "mailbox"), "Z/Y/B/C");
+    assert_eq!(str_field(&rows[0], "mailbox_guid"), guid_before);
+    assert_eq!(
+        s.run(&["fetch"], &["alice", "Z/Y/B/C", "1"]).ok().stdout,
+        message(1)
+    );
+    s.run(&["list"], &["alice", "A/B/C"]).error(&["A/B/C"]);
+    s.verify();
+}
+
+#[test]
+fn root_tree_and_stats_describe_the_store() {
+    let s = populated();
+    let root = s.root();
+    let tree = s.run(&["tree"], &[]).ok().stdout_str();
+    assert!(
+        tree.contains(&root[..16]),
+        "tree does not show the root {root}:\n{tree}"
+    );
+    s.run(&["tree"], &["alice"]).ok();
+    let mailbox_tree = s
+        .run(&["tree"], &["alice", "Work", "--depth", "5"])
+        .ok()
+        .stdout_str();
+    assert!(mailbox_tree.contains("Work"), "{mailbox_tree}");
+
+    let stats = s.stats();
+    assert_eq!(u64_field(&stats, "users"), 2);
+    assert_eq!(u64_field(&stats, "mailboxes"), 3);
+    assert_eq!(u64_field(&stats, "messages"), 4);
+    let listed: u64 = ["alice", "bob"]
+        .iter()
+        .flat_map(|u| s.list(u))
+        .map(|m| u64_field(&m, "size"))
+        .sum();
+    assert_eq!(u64_field(&stats, "bytes"), listed);
+    assert_eq!(u64_field(&stats, "tombstones"), 0);
+    assert!(u64_field(&stats, "depth") > 0);
+    let plain = s.run(&["stats"], &[]).ok().stdout_str();
+    assert!(
+        plain.contains("messages") && plain.contains(&root),
+        "{plain}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The root moves exactly when replicated state does.
+
+#[test]
+fn root_changes_on_every_change_and_verify_passes_after_each() {
+    let s = Store::init();
+    let m1 = s.file("m1", &message(1));
+    let m2 = s.file("m2", &message(2));
+    let mut root = s.root();
+    let steps: Vec<(&str, Vec<&str>, Vec<&str>)> = vec![
+        (
+            "append to a new user",
+            vec!["append"],
+            vec!["alice", "INBOX", &m1],
+        ),
+        (
+            "append",
+            vec!["append"],
+            vec!["alice", "INBOX", &m2, "--flags", "$Junk"],
+        ),
+        (
+            "append the same bytes again",
+            vec!["append"],
+            vec!["alice", "INBOX", &m1],
+        ),
+        (
+            "add a flag",
+            vec!["flags"],
+            vec!["alice", "INBOX", "1", "--add", "\\Seen"],
+        ),
+        (
+            "add a keyword",
+            vec!["flags"],
+            vec!["alice", "INBOX", "1", "--add", "$Label1"],
+        ),
+        (
+            "remove a flag",
+            vec!["flags"],
+            vec!["alice", "INBOX", "1", "--remove", "\\Seen"],
+        ),
+        (
+            "set flags",
+            vec!["flags"],
+            vec!["alice", "INBOX", "2", "--set", "\\Answered"],
+        ),
+        (
+            "clear flags",
+            vec!["flags"],
+            vec!["alice", "INBOX", "2", "--set", ""],
+        ),
+        ("expunge", vec!["expunge"], vec!["alice", "INBOX", "3"]),
+        (
+            "create a mailbox",
+            vec!["mailbox", "create"],
+            vec!["alice", "Work"],
+        ),
+        (
+            "create a child mailbox",
+            vec!["mailbox", "create"],
+            vec!["alice", "Work/2024"],
+        ),
+        (
+            "append to it",
+            vec!["append"],
+            vec!["alice", "Work/2024", &m1],
+        ),
+        (
+            "rename",
+            vec!["mailbox", "rename"],
+            vec!["alice", "Work", "Job"],
+        ),
+        (
+            "rename back",
+            vec!["mailbox", "rename"],
+            vec!["alice", "Job", "Work"],
+        ),
+        (
+            "second user",
+            vec!["mailbox", "create"],
+            vec!["bob", "Drafts"],
+        ),
+        (
+            "delete a mailbox with mail",
+            vec!["mailbox", "delete"],
+            vec!["alice", "Work/2024"],
+        ),
+        (
+            "delete an empty mailbox",
+            vec!["mailbox", "delete"],
+            vec!["alice", "Work"],
+        ),
+        (
+            "expunge the last",
+            vec!["expunge"],
+            vec!["alice", "INBOX", "1", "2"],
+        ),
+    ];
+    for (what, sub, rest) in steps {
+        s.run(&sub, &rest).ok();
+        let now = s.root();
+        assert_ne!(now, root, "the root did not change after: {what}");
+        s.verify();
+        root = now;
+    }
+}
+
+#[test]
+fn no_op_flag_changes_leave_the_root_alone() {
+    let s = populated();
+    let root = s.root();
+    let noops: [&[&str]; 6] = [
+        &["alice", "INBOX", "1", "--add", "\\Seen"],
+        &["alice", "INBOX", "1", "--add", "\\seen"],
+        &["alice", "INBOX", "1", "--remove", "\\Draft,$Nope"],
+        &["alice", "INBOX", "1", "--set", "\\Seen"],
+        &["alice", "INBOX", "2", "--remove", "\\Seen"],
+        &["alice", "INBOX", "2", "--add", ""],
+    ];
+    for rest in noops {
+        s.run(&["flags"], rest).ok();
+        assert_eq!(
+            s.root(),
+            root,
+            "the root changed after no-op `flags {}`",
+            rest.join(" ")
+        );
+    }
+    s.verify();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors: one line on stderr that names the problem, a non-zero exit, and nothing changed.
+
+/// Runs every case against `s` and checks that each fails as described and changes nothing.
+#[track_caller]
+fn check_errors(s: &Store, cases: &[(&[&str], &[&str], &[&str])]) {
+    let users = ["alice", "bob"];
+    let before = s.snapshot(&users);
+    for (sub, rest, needles) in cases {
+        s.run(sub, rest).error(needles);
+        assert_eq!(
+            s.snapshot(&users),
+            before,
+            "`merkmail {} {}` failed but changed the store",
+            sub.join(" "),
+            rest.join(" ")
+        );
+    }
+    s.verify();
+}
+
+#[test]
+fn unknown_users_mailboxes_and_uids_are_errors_that_change_nothing() {
+    let s = populated();
+    let m = s.file("new", &message(99));
+    check_errors(
+        &s,
+        &[
+            (&["list"], &["carol"], &["unknown user", "carol"]),
+            (
+                &["list"],
+                &["carol", "INBOX", "--json"],
+                &["unknown user", "carol"],
+            ),
+            (&["mailbox", "list"], &["carol"], &["unknown user", "carol"]),
+            (
+                &["fetch"],
+                &["carol", "INBOX", "1"],
+                &["unknown user", "carol"],
+            ),
+            (
+                &["append"],
+                &["carol", "Work", &m],
+                &["unknown user", "carol"],
+            ),
+            (&["append"], &["alice", "Play", &m], &["no mailbox", "Play"]),
+            (&["append"], &["alice", "work", &m], &["no mailbox", "work"]),
+            (&["list"], &["alice", "Play"], &["no mailbox", "Play"]),
+            (&["fetch"], &["alice", "Play", "1"], &["no mailbox", "Play"]),
+            (&["fetch"], &["alice", "INBOX", "3"], &["UID 3"]),
+            (&["fetch"], &["alice", "INBOX", "0"], &["UID 0"]),
+            (
+                &["flags"],
+                &["alice", "INBOX", "9", "--add", "\\Seen"],
+                &["UID 9"],
+            ),
+            (
+                &["flags"],
+                &["alice", "Play", "1", "--add", "\\Seen"],
+                &["no mailbox", "Play"],
+            ),
+            (
+                &["flags"],
+                &["carol", "INBOX", "1", "--add", "\\Seen"],
+                &["unknown user"],
+            ),
+            (&["expunge"], &["alice", "INBOX", "7"], &["UID 7"]),
+            (
+                &["expunge"],
+                &["alice", "Play", "1"],
+                &["no mailbox", "Play"],
+            ),
+            (
+                &["expunge"],
+                &["carol", "INBOX", "1"],
+                &["unknown user", "carol"],
+            ),
+            (
+                &["mailbox", "delete"],
+                &["alice", "Play"],
+                &["no mailbox", "Play"],
+            ),
+            (
+                &["mailbox", "rename"],
+                &["alice", "Play", "Games"],
+                &["no mailbox", "Play"],
+            ),
+            (
+                &["mailbox", "rename"],
+                &["carol", "Play", "Games"],
+                &["unknown user"],
+            ),
+            (&["tree"], &["alice", "Play"], &["no mailbox", "Play"]),
+        ],
+    );
+}
+
+#[test]
+fn expunge_with_one_unknown_uid_expunges_none() {
+    let s = populated();
+    check_errors(
+        &s,
+        &[
+            (&["expunge"], &["alice", "INBOX", "1", "5", "2"], &["UID 5"]),
+            (&["expunge"], &["alice", "INBOX", "1", "2", "3"], &["UID 3"]),
+        ],
+    );
+    assert_eq!(uids(&s, "alice").len(), 3);
+}
+
+#[test]
+fn malformed_flags_are_errors_that_change_nothing() {
+    let s = populated();
+    let m = s.file("new", &message(99));
+    check_errors(
+        &s,
+        &[
+            (
+                &["flags"],
+                &["alice", "INBOX", "1", "--add", "bad flag"],
+                &["bad flag"],
+            ),
+            (
+                &["flags"],
+                &["alice", "INBOX", "1", "--add", "\\Recent"],
+                &["\\\\Recent"],
+            ),
+            (
+                &["flags"],
+                &["alice", "INBOX", "1", "--set", "\\Seen,\\Bogus"],
+                &["\\\\Bogus"],
+            ),
+            (
+                &["flags"],
+                &["alice", "INBOX", "1", "--remove", "a(b"],
+                &["a(b"],
+            ),
+            (
+                &["append"],
+                &["alice", "INBOX", &m, "--flags", "\\Recent"],
+                &["\\\\Recent"],
+            ),
+            (
+                &["append"],
+                &["alice", "INBOX", &m, "--flags", "\\Seen,bad flag"],
+                &["bad flag"],
+            ),
+            (
+                &["append"],
+                &["dave", "INBOX", &m, "--flags", "x\"y"],
+                &["flag"],
+            ),
+        ],
+    );
+    s.run(&["list"], &["dave"]).error(&["unknown user"]);
+}
+
+#[test]
+fn bad_user_and_mailbox_names_are_errors_that_change_nothing() {
+    let s = populated();
+    let m = s.file("new", &message(99));
+    let long = "x".repeat(256);
+    check_errors(
+        &s,
+        &[
+            (&["append"], &["a/b", "INBOX", &m], &["user name", "a/b"]),
+            (
+                &["append"],
+                &["a\nb", "INBOX", &m],
+                &["user name", "control"],
+            ),
+            (
+                &["append"],
+                &["a\tb", "INBOX", &m],
+                &["user name", "control"],
+            ),
+            (
+                &["append"],
+                &["a\u{1}b", "INBOX", &m],
+                &["user name", "control"],
+            ),
+            (&["append"], &["", "INBOX", &m], &["user name"]),
+            (&["append"], &[&long, "INBOX", &m], &["user name"]),
+            (
+                &["mailbox", "create"],
+                &["a/b", "Work"],
+                &["user name", "a/b"],
+            ),
+            (
+                &["mailbox", "create"],
+                &["a\nb", "Work"],
+                &["user name", "control"],
+            ),
+            (
+                &["mailbox", "create"],
+                &["alice", "a//b"],
+                &["mailbox name"],
+            ),
+            (
+                &["mailbox", "create"],
+                &["alice", "/abs"],
+                &["mailbox name"],
+            ),
+            (
+                &["mailbox", "create"],
+                &["alice", "x\ty"],
+                &["mailbox name"],
+            ),
+            (
+                &["mailbox", "create"],
+                &["alice", "Work"],
+                &["already", "Work"],
+            ),
+            (
+                &["mailbox", "create"],
+                &["alice", "inbox"],
+                &["already", "INBOX"],
+            ),
+        ],
+    );
+}
+
+#[test]
+fn inbox_cannot_be_deleted_or_renamed() {
+    let s = populated();
+    check_errors(
+        &s,
+        &[
+            (&["mailbox", "delete"], &["alice", "INBOX"], &["INBOX"]),
+            (&["mailbox", "delete"], &["alice", "inbox"], &["INBOX"]),
+            (
+                &["mailbox", "rename"],
+                &["alice", "INBOX", "Old"],
+                &["INBOX"],
+            ),
+            (
+                &["mailbox", "rename"],
+                &["alice", "Work", "INBOX"],
+                &["INBOX"],
+            ),
+            (
+                &["mailbox", "rename"],
+                &["alice", "Work", "Work/Sub"],
+                &["below"],
+            ),
+        ],
+    );
+    assert_eq!(mailbox_names(&s, "alice"), ["INBOX", "Work"]);
+}
+
+#[test]
+fn rename_onto_an_existing_mailbox_changes_nothing() {
+    let s = populated();
+    s.run(&["mailbox", "create"], &["alice", "Play"]).ok();
+    s.run(&["mailbox", "create"], &["alice", "Play/Sub"]).ok();
+    s.run(&["mailbox", "create"], &["alice", "Games/Sub"]).ok();
+    check_errors(
+        &s,
+        &[
+            (
+                &["mailbox", "rename"],
+                &["alice", "Play", "Work"],
+                &["already", "Work"],
+            ),
+            // The parent is free but a child's new name is taken: nothing moves.
+            (
+                &["mailbox", "rename"],
+                &["alice", "Play", "Games"],
+                &["already", "Games/Sub"],
+            ),
+        ],
+    );
+}
+
+#[test]
+fn a_missing_input_file_appends_nothing() {
+    let s = populated();
+    let good = s.file("good", &message(50));
+    let missing = s.tmp.path().join("no-such-file");
+    let missing = missing.to_str().expect("UTF-8 path");
+    check_errors(
+        &s,
+        &[
+            (&["append"], &["alice", "INBOX", missing], &["no-such-file"]),
+            (
+                &["append"],
+                &["alice", "INBOX", &good, missing, &good],
+                &["no-such-file"],
+            ),
+            (
+                &["append"],
+                &["erin", "INBOX", &good, missing],
+                &["no-such-file"],
+            ),
+        ],
+    );
+    s.run(&["list"], &["erin"]).error(&["unknown user"]);
+}
+
+#[test]
+fn a_directory_that_is_not_a_store_is_an_error_that_creates_nothing() {
+    let s = Store::uninitialised();
+    let dir = s.data();
+    for (sub, rest) in [
+        (vec!["root"], vec![]),
+        (vec!["verify"], vec![]),
+        (vec!["stats"], vec!["--json"]),
+        (vec!["list"], vec!["alice"]),
+        (vec!["mailbox", "create"], vec!["alice", "Work"]),
+    ] {
+        s.run(&sub, &rest).error(&["not a merkmail store", dir]);
+        assert!(!s.data.exists(), "`{}` created {dir}", sub.join(" "));
+    }
+    let m = s.file("m", &message(1));
+    s.run(&["append"], &["alice", "INBOX", &m])
+        .error(&["not a merkmail store"]);
+    assert!(!s.data.exists());
+
+    // An empty directory is not a store either, and stays empty.
+    std::fs::create_dir(&s.data).expect("mkdir");
+    s.run(&["root"], &[]).error(&["not a merkmail store"]);
+    s.run(&["append"], &["alice", "INBOX", &m])
+        .error(&["not a merkmail store"]);
+    let left: Vec<_> = std::fs::read_dir(&s.data).expect("readdir").collect();
+    assert!(
+        left.is_empty(),
+        "files appeared in an empty data dir: {left:?}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_redb_database_is_an_error_and_is_left_alone() {
+    let s = Store::uninitialised();
+    std::fs::create_dir(&s.data).expect("mkdir");
+    let db = s.data.join("merkmail.redb");
+    let junk = b"this is not a redb file\n".repeat(200);
+    std::fs::write(&db, &junk).expect("write junk");
+    s.run(&["root"], &[]).error(&[s.data()]);
+    let m = s.file("m", &message(1));
+    s.run(&["append"], &["alice", "INBOX", &m])
+        .error(&[s.data()]);
+    assert_eq!(std::fs::read(&db).expect("read back"), junk);
+}
+
+#[test]
+fn init_refuses_an_existing_store_and_a_bad_node_id() {
+    let s = populated();
+    check_errors(
+        &s,
+        &[
+            (
+                &["init"],
+                &["--node-id", "test-node"],
+                &["already holds a merkmail store"],
+            ),
+            (
+                &["init"],
+                &["--node-id", "other"],
+                &["already holds a merkmail store"],
+            ),
+            (&["init"], &["--node-id", "bad id"], &["node id", "bad id"]),
+        ],
+    );
+    let fresh = Store::uninitialised();
+    let long = "n".repeat(65);
+    for bad in ["bad id", "", "a/b", "é", &long] {
+        run(&["init", "--data", fresh.data(), "--node-id", bad], None).error(&["node id"]);
+        assert!(
+            !fresh.data.exists(),
+            "init with node id {bad:?} created the directory"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One process at a time.
+
+#[test]
+fn a_second_process_gets_a_clear_error_while_the_store_is_open() {
+    let s = populated();
+    let before = s.snapshot(&["alice", "bob"]);
+    let m = s.file("new", &message(77));
+    {
+        // No command holds the store open for long (the append reads its input before it
+        // opens the store), so this test process holds it, as a running daemon would.
+        let _held = merkmail::store::Store::open(&s.data).expect("open the store in-process");
+        for (sub, rest) in [
+            (vec!["root"], vec![]),
+            (vec!["verify"], vec![]),
+            (vec!["list"], vec!["alice", "--json"]),
+            (vec!["append"], vec!["alice", "INBOX", m.as_str()]),
+            (vec!["expunge"], vec!["alice", "INBOX", "1"]),
+            (vec!["mailbox", "create"], vec!["alice", "Play"]),
+        ] {
+            s.run(&sub, &rest)
+                .error(&["in use by another process", s.data()]);
+        }
+        run(&["init", "--data", s.data(), "--node-id", "x"], None).error(&["already"]);
+    }
+    // Released: everything works again, and the refused commands left no trace.
+    assert_eq!(s.snapshot(&["alice", "bob"]), before);
+    s.verify();
+    assert_eq!(s.append("alice", "INBOX", &[&m], None), [3]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Known bugs in src/, each with the input that shows it. Ignored so the suite stays green;
+// run them with `cargo test --test cli -- --ignored`, and drop the `ignore` once fixed.
+
+#[test]
+#[ignore = "bug: StoreError::Io prints its source in its message and also returns it from \
+            source(), so main's `{e:#}` shows the OS error twice"]
+fn an_io_error_names_its_cause_once() {
+    let s = Store::uninitialised();
+    let file = s.file("plain-file", b"not a directory");
+    let data = format!("{file}/data");
+    let line = run(&["init", "--data", &data, "--node-id", "n1"], None).error(&[&data]);
+    // Today: "cannot create …/plain-file/data: Not a directory (os error 20): Not a directory
+    // (os error 20)".
+    assert_eq!(line.matches("(os error").count(), 1, "{line}");
+}
+
+#[test]
+#[ignore = "bug: Store::expunge removes each listed UID in turn, so a UID given twice is \
+            'unknown' the second time and the whole expunge fails"]
+fn expunge_of_a_uid_given_twice_expunges_it_once() {
+    let s = populated();
+    // Today: "mailbox \"INBOX\" of user \"alice\" has no message with UID 1", though it has.
+    s.run(&["expunge"], &["alice", "INBOX", "1", "1"]).ok();
+    assert_eq!(
+        uids(&s, "alice"),
+        [("INBOX".to_string(), 2), ("Work".to_string(), 1)]
+    );
+    assert_eq!(u64_field(&s.stats(), "tombstones"), 1);
+}
+
+#[test]
+#[ignore = "bug: Store::rename_mailbox checks each new name against the old names of the \
+            mailboxes being moved too, so moving P/Q up to P fails on its child P/Q/Q"]
+fn rename_one_level_up_over_its_own_childs_name() {
+    let s = Store::init();
+    s.run(&["mailbox", "create"], &["alice", "P/Q"]).ok();
+    s.run(&["mailbox", "create"], &["alice", "P/Q/Q"]).ok();
+    // P does not exist, and P/Q is free once P/Q itself has moved. Today: "user \"alice\"
+    // already has a mailbox \"P/Q\"".
+    s.run(&["mailbox", "rename"], &["alice", "P/Q", "P"]).ok();
+    assert_eq!(mailbox_names(&s, "alice"), ["INBOX", "P", "P/Q"]);
+    s.verify();
+}
