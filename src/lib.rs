@@ -5,6 +5,7 @@
 //! - [`merkle`]: the tree's layout, hashing and incremental update; pure.
 //! - [`store`]: the redb store, the only module that touches redb.
 //! - [`maildir`]: Maildir++ import and export.
+//! - [`sync`]: reconciliation: wire format, responder, the initiator's session, driver.
 //! - [`net`]: HTTP, the only module that knows it: the server, the mail API, the client.
 
 pub mod maildir;
@@ -12,3 +13,4 @@ pub mod merkle;
 pub mod model;
 pub mod net;
 pub mod store;
+pub mod sync;

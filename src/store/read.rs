@@ -129,3 +129,26 @@ impl Store {
         self.bodies.holds(&txn, digest)
     }
 }
+
+impl Store {
+    /// The UIDs of live messages in `first..=last`.
+    pub fn uids_in(
+        &self,
+        user: &str,
+        guid: MailboxGuid,
+        first: u32,
+        last: u32,
+    ) -> Result<Vec<u32>, StoreError> {
+        let (start, end) = keys::uid_range(user, guid, first, last);
+        let txn = self.read_txn()?;
+        let messages = txn.open_table(MESSAGES)?;
+        let mut out = Vec::new();
+        for item in messages.range(start.as_slice()..=end.as_slice())? {
+            let (k, _) = item?;
+            let (_, _, uid) = keys::split_message(k.value())
+                .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
+            out.push(uid);
+        }
+        Ok(out)
+    }
+}

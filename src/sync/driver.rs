@@ -1,0 +1,86 @@
+//! Runs a session over any transport: a function that takes one encoded round and returns
+//! the peer's encoded answer (HTTP in `net`, a direct call in tests). Counts round trips and
+//! bytes, keeping message bodies apart from metadata.
+
+use super::session::{Session, SessionError, SyncReport};
+use super::wire::{decode_reply, encode, Reply, Request};
+use crate::store::{Change, Store};
+use std::time::Instant;
+use thiserror::Error;
+
+/// A session never needs more rounds than this (the tree is 14 levels deep); more means a
+/// peer that keeps the session going, and it is cut off.
+pub const MAX_ROUNDS: u64 = 64;
+
+#[derive(Debug, Error)]
+pub enum DriveError {
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error("the peer's answer could not be read: {0}")]
+    Decode(#[from] super::wire::WireError),
+    #[error("transport: {0}")]
+    Transport(String),
+    #[error("the session did not finish within {MAX_ROUNDS} rounds")]
+    TooManyRounds,
+}
+
+/// Reconciles `local` with a peer reached through `send`. `window` picks which 4 bytes of
+/// each hash are compared (choose it at random per session).
+pub fn run<E: std::fmt::Display>(
+    local: &Store,
+    window: u8,
+    dry_run: bool,
+    mut send: impl FnMut(Vec<u8>) -> Result<Vec<u8>, E>,
+) -> Result<SyncReport, DriveError> {
+    let started = Instant::now();
+    let mut session = Session::new(local, window, dry_run)?;
+    let mut rounds = 0u64;
+    let (mut sent, mut received) = (0u64, 0u64);
+    while let Some(round) = session.next_round()? {
+        rounds += 1;
+        if rounds > MAX_ROUNDS {
+            return Err(DriveError::TooManyRounds);
+        }
+        let body_out: u64 = round
+            .requests
+            .iter()
+            .map(|r| match r {
+                Request::Apply { groups } => groups
+                    .iter()
+                    .flat_map(|g| &g.changes)
+                    .map(Change::body_len)
+                    .sum(),
+                _ => 0,
+            })
+            .sum();
+        let bytes = encode(&round);
+        sent += (bytes.len() as u64).saturating_sub(body_out);
+        let answer = send(bytes).map_err(|e| DriveError::Transport(e.to_string()))?;
+        let reply = decode_reply(&answer)?;
+        let body_in: u64 = reply
+            .replies
+            .iter()
+            .map(|r| match r {
+                Reply::Bodies { bodies } => bodies.iter().flatten().map(|b| b.len() as u64).sum(),
+                _ => 0,
+            })
+            .sum();
+        received += (answer.len() as u64).saturating_sub(body_in);
+        session.receive(reply)?;
+    }
+    let mut report = session.report;
+    report.rounds = rounds;
+    report.bytes_sent = sent;
+    report.bytes_received = received;
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// A transport that answers from another store in the same process (tests, benchmarks).
+pub fn in_process(peer: &Store) -> impl FnMut(Vec<u8>) -> Result<Vec<u8>, String> + '_ {
+    move |bytes| {
+        let round = super::wire::decode_request(&bytes).map_err(|e| e.to_string())?;
+        let reply = super::responder::answer(peer, &round).map_err(|e| e.to_string())?;
+        Ok(encode(&reply))
+    }
+}

@@ -1,0 +1,381 @@
+//! The reconciliation session, run in-process between two stores: scenarios for every clash
+//! rule, exact round-trip and byte counts, and a property test over random split histories.
+
+use merkmail::model::{FlagName, FlagOp};
+use merkmail::store::{NewMessage, Store};
+use merkmail::sync::{in_process, run, SyncReport};
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+fn msg(text: &str) -> NewMessage {
+    NewMessage {
+        bytes: format!("Subject: {text}\r\n\r\n{text}\r\n").into_bytes(),
+        internal_date: 1_700_000_000,
+        ..Default::default()
+    }
+}
+
+fn sync(a: &Store, b: &Store) -> SyncReport {
+    run(a, 7, false, in_process(b)).expect("session")
+}
+
+/// (mailbox name, uid) → (md5, flags): what `list --json` shows, minus GUIDs.
+fn view(s: &Store, user: &str) -> BTreeMap<(String, u32), (String, Vec<String>)> {
+    s.list_messages(user, None)
+        .map(|l| {
+            l.into_iter()
+                .map(|m| {
+                    (
+                        (m.mailbox, m.uid),
+                        (
+                            m.record.md5.to_hex(),
+                            m.record.flags.live().map(|f| f.to_string()).collect(),
+                        ),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn assert_converged(a: &Store, b: &Store, users: &[&str]) {
+    assert_eq!(
+        a.root().expect("root"),
+        b.root().expect("root"),
+        "roots differ"
+    );
+    for u in users {
+        assert_eq!(view(a, u), view(b, u), "user {u}");
+    }
+    assert!(
+        a.verify().expect("verify").is_ok(),
+        "{:?}",
+        a.verify().expect("verify").problems
+    );
+    assert!(
+        b.verify().expect("verify").is_ok(),
+        "{:?}",
+        b.verify().expect("verify").problems
+    );
+}
+
+fn seen() -> Vec<FlagName> {
+    vec![FlagName::parse("\\Seen").expect("flag")]
+}
+
+#[test]
+fn equal_stores_take_one_round_trip_and_few_bytes() {
+    let a = Store::in_memory("a").expect("store");
+    let b = Store::in_memory("b").expect("store");
+    a.append("u", "INBOX", vec![msg("1")]).expect("append");
+    sync(&a, &b);
+    let r = sync(&a, &b);
+    assert_eq!(r.rounds, 1);
+    assert!(r.bytes_sent + r.bytes_received < 200, "{r:?}");
+    assert!(r.equal_after);
+}
+
+#[test]
+fn every_clash_kind_converges() {
+    let a = Store::in_memory("a").expect("store");
+    let b = Store::in_memory("b").expect("store");
+    for i in 0..5 {
+        a.append("alice", "INBOX", vec![msg(&format!("base {i}"))])
+            .expect("append");
+    }
+    a.create_mailbox("alice", "Old").expect("create");
+    a.append("alice", "Old", vec![msg("old")]).expect("append");
+    let first = sync(&a, &b);
+    assert!(first.equal_after, "{first:?}");
+    assert_converged(&a, &b, &["alice"]);
+
+    // Split: both sides take writes.
+    a.append("alice", "INBOX", vec![msg("only on a")])
+        .expect("append"); // UID 6 on A
+    b.append("alice", "INBOX", vec![msg("only on b")])
+        .expect("append"); // UID 6 on B: a clash
+    a.expunge("alice", "INBOX", &[1]).expect("expunge");
+    b.set_flags("alice", "INBOX", 2, FlagOp::Add, &seen())
+        .expect("flags");
+    a.set_flags("alice", "INBOX", 3, FlagOp::Add, &seen())
+        .expect("flags");
+    b.set_flags(
+        "alice",
+        "INBOX",
+        3,
+        FlagOp::Add,
+        &[FlagName::parse("\\Flagged").expect("flag")],
+    )
+    .expect("flags");
+    a.rename_mailbox("alice", "Old", "Renamed").expect("rename");
+    a.create_mailbox("alice", "Archive").expect("create");
+    a.append("alice", "Archive", vec![msg("archived on a")])
+        .expect("append");
+    b.create_mailbox("alice", "Archive").expect("create");
+    b.append("alice", "Archive", vec![msg("archived on b")])
+        .expect("append");
+    b.append("bob", "INBOX", vec![msg("for bob")])
+        .expect("append");
+
+    let r = sync(&a, &b);
+    assert!(r.equal_after, "{r:?}");
+    assert_eq!(r.uid_clashes_renumbered, 1);
+    assert_converged(&a, &b, &["alice", "bob"]);
+    let inbox = view(&a, "alice");
+    // Both clashing messages survive, UID 6 is gone, UID 1 stays expunged.
+    assert!(!inbox.contains_key(&("INBOX".into(), 6)) && !inbox.contains_key(&("INBOX".into(), 1)));
+    assert_eq!(
+        inbox.keys().filter(|(m, _)| m == "INBOX").count(),
+        6,
+        "{inbox:?}"
+    );
+    assert_eq!(
+        inbox[&("INBOX".into(), 3)].1,
+        vec!["\\Flagged".to_string(), "\\Seen".to_string()]
+    );
+    // The two Archives merged into one mailbox with both messages.
+    let archive: Vec<_> = inbox.keys().filter(|(m, _)| m == "Archive").collect();
+    assert_eq!(archive.len(), 2, "{inbox:?}");
+    assert!(inbox.keys().any(|(m, _)| m == "Renamed"));
+    assert_eq!(a.list_mailboxes("alice").expect("list").len(), 3);
+    // Nothing left to do.
+    assert_eq!(sync(&b, &a).rounds, 1);
+}
+
+#[test]
+fn a_deleted_mailbox_stays_deleted_unless_changed_after() {
+    let a = Store::in_memory("a").expect("store");
+    let b = Store::in_memory("b").expect("store");
+    a.create_mailbox("u", "Gone").expect("create");
+    a.create_mailbox("u", "Kept").expect("create");
+    a.append("u", "Gone", vec![msg("g")]).expect("append");
+    a.append("u", "Kept", vec![msg("k")]).expect("append");
+    sync(&a, &b);
+    a.delete_mailbox("u", "Gone").expect("delete");
+    a.delete_mailbox("u", "Kept").expect("delete");
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    b.append("u", "Kept", vec![msg("late mail")])
+        .expect("append");
+    let r = sync(&b, &a);
+    assert!(r.equal_after, "{r:?}");
+    assert_converged(&a, &b, &["u"]);
+    let names: Vec<String> = a
+        .list_mailboxes("u")
+        .expect("list")
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, vec!["INBOX".to_string(), "Kept".to_string()]);
+}
+
+#[test]
+fn a_single_difference_among_many_messages_takes_few_round_trips() {
+    let a = Store::in_memory("a").expect("store");
+    let b = Store::in_memory("b").expect("store");
+    for user in 0..20 {
+        let batch = (0..50).map(|i| msg(&format!("{user}-{i}"))).collect();
+        a.append(&format!("user{user}"), "INBOX", batch)
+            .expect("append");
+    }
+    sync(&a, &b);
+    b.set_flags("user7", "INBOX", 33, FlagOp::Add, &seen())
+        .expect("flags");
+    let r = sync(&a, &b);
+    assert!(r.equal_after, "{r:?}");
+    assert_eq!(r.flag_updates, 1);
+    assert!(r.rounds <= u64::from(merkmail::merkle::DEPTH) + 2, "{r:?}");
+    assert_converged(&a, &b, &["user7"]);
+}
+
+#[test]
+fn dry_run_changes_nothing() {
+    let a = Store::in_memory("a").expect("store");
+    let b = Store::in_memory("b").expect("store");
+    a.append("u", "INBOX", vec![msg("x")]).expect("append");
+    let (ra, rb) = (a.root().expect("root"), b.root().expect("root"));
+    let r = run(&a, 3, true, in_process(&b)).expect("dry run");
+    assert!(r.dry_run && !r.equal_after);
+    assert_eq!(r.copied_to_peer, 1);
+    assert_eq!((a.root().expect("root"), b.root().expect("root")), (ra, rb));
+}
+
+// ---- random split histories ----
+
+#[derive(Clone, Debug)]
+enum Op {
+    Append(usize, usize, u8),
+    Flag(usize, usize, usize, bool),
+    Expunge(usize, usize, usize),
+    Create(usize, usize),
+    Rename(usize, usize, usize),
+    Delete(usize, usize),
+    Sync,
+}
+
+const USERS: [&str; 2] = ["ann", "ben"];
+const BOXES: [&str; 4] = ["INBOX", "Work", "Lists", "Trips"];
+
+fn arb_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => (0..2usize, 0..4usize, any::<u8>()).prop_map(|(u, b, x)| Op::Append(u, b, x)),
+        3 => (0..2usize, 0..4usize, any::<usize>(), any::<bool>()).prop_map(|(u, b, p, on)| Op::Flag(u, b, p, on)),
+        2 => (0..2usize, 0..4usize, any::<usize>()).prop_map(|(u, b, p)| Op::Expunge(u, b, p)),
+        2 => (0..2usize, 1..4usize).prop_map(|(u, b)| Op::Create(u, b)),
+        1 => (0..2usize, 1..4usize, 1..4usize).prop_map(|(u, b, c)| Op::Rename(u, b, c)),
+        1 => (0..2usize, 1..4usize).prop_map(|(u, b)| Op::Delete(u, b)),
+        1 => Just(Op::Sync),
+    ]
+}
+
+fn apply(s: &Store, op: &Op) {
+    // Refused operations (unknown mailbox, name taken…) are part of the random walk.
+    let _ = match op {
+        Op::Append(u, b, x) => s
+            .append(USERS[*u], BOXES[*b], vec![msg(&format!("m{x}"))])
+            .map(|_| ()),
+        Op::Flag(u, b, p, on) => match s.list_messages(USERS[*u], Some(BOXES[*b])) {
+            Ok(l) if !l.is_empty() => {
+                let op = if *on { FlagOp::Add } else { FlagOp::Remove };
+                s.set_flags(USERS[*u], BOXES[*b], l[p % l.len()].uid, op, &seen())
+                    .map(|_| ())
+            }
+            _ => Ok(()),
+        },
+        Op::Expunge(u, b, p) => match s.list_messages(USERS[*u], Some(BOXES[*b])) {
+            Ok(l) if !l.is_empty() => s
+                .expunge(USERS[*u], BOXES[*b], &[l[p % l.len()].uid])
+                .map(|_| ()),
+            _ => Ok(()),
+        },
+        Op::Create(u, b) => s.create_mailbox(USERS[*u], BOXES[*b]).map(|_| ()),
+        Op::Rename(u, b, c) => s.rename_mailbox(USERS[*u], BOXES[*b], BOXES[*c]),
+        Op::Delete(u, b) => s.delete_mailbox(USERS[*u], BOXES[*b]),
+        Op::Sync => Ok(()),
+    };
+}
+
+/// Every live message as (user, mailbox GUID, digest) with multiplicity.
+fn live(s: &Store) -> BTreeMap<(String, String), Vec<String>> {
+    let mut out: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for u in USERS {
+        for m in s.list_messages(u, None).unwrap_or_default() {
+            out.entry((u.to_string(), m.mailbox.clone()))
+                .or_default()
+                .push(m.record.digest.to_hex());
+        }
+    }
+    for v in out.values_mut() {
+        v.sort();
+    }
+    out
+}
+
+type Pre = BTreeMap<
+    (String, merkmail::model::MailboxGuid),
+    (merkmail::model::MailboxRecord, Vec<(u32, String)>),
+>;
+type Sides = BTreeMap<(String, merkmail::model::MailboxGuid), merkmail::model::MailboxSide>;
+
+fn guids(s: &Store) -> std::collections::BTreeSet<(String, merkmail::model::MailboxGuid)> {
+    USERS
+        .iter()
+        .flat_map(|u| {
+            s.list_mailboxes(u)
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |m| (u.to_string(), m.guid))
+        })
+        .collect()
+}
+
+/// For every GUID either store knows: this store's full side (records, messages, tombstones),
+/// and its live mailboxes with their messages.
+fn mailboxes(
+    s: &Store,
+    all: &std::collections::BTreeSet<(String, merkmail::model::MailboxGuid)>,
+) -> (Pre, Sides) {
+    let mut pre = Pre::new();
+    let mut sides = Sides::new();
+    for (u, g) in all {
+        let side = s.mailbox_side(u, *g, None).expect("side");
+        if let Some(r) = &side.record {
+            let msgs = side
+                .messages
+                .iter()
+                .map(|(uid, m)| (*uid, m.digest.to_hex()))
+                .collect();
+            pre.insert((u.clone(), *g), (r.clone(), msgs));
+        }
+        sides.insert((u.clone(), *g), side);
+    }
+    (pre, sides)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: std::env::var("SYNC_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48), ..ProptestConfig::default() })]
+
+    #[test]
+    fn divergent_histories_converge_without_losing_mail(
+        common in prop::collection::vec(arb_op(), 0..12),
+        on_a in prop::collection::vec(arb_op(), 0..15),
+        on_b in prop::collection::vec(arb_op(), 0..15),
+        a_starts in any::<bool>(),
+        window in any::<u8>(),
+    ) {
+        let a = Store::in_memory("a").expect("store");
+        let b = Store::in_memory("b").expect("store");
+        for op in &common {
+            apply(&a, op);
+        }
+        run(&a, window, false, in_process(&b)).expect("initial sync");
+        // The split: each side takes its own writes; Sync ops inside a history are ignored.
+        for op in &on_a { apply(&a, op); }
+        for op in &on_b { apply(&b, op); }
+        // Every message that is live on either side and was not expunged elsewhere must survive.
+        let before_a = live(&a);
+        let before_b = live(&b);
+        let all: std::collections::BTreeSet<_> = guids(&a).union(&guids(&b)).cloned().collect();
+        let (pre_a, sides_a) = mailboxes(&a, &all);
+        let (pre_b, sides_b) = mailboxes(&b, &all);
+        let (x, y) = if a_starts { (&a, &b) } else { (&b, &a) };
+        let r = run(x, window, false, in_process(y)).expect("sync");
+        let r = if r.equal_after { r } else { run(x, window.wrapping_add(1), false, in_process(y)).expect("second sync") };
+        prop_assert!(r.equal_after, "not equal after: {:?}", r);
+        prop_assert_eq!(a.root().expect("root"), b.root().expect("root"));
+        prop_assert!(a.verify().expect("verify").is_ok());
+        prop_assert!(b.verify().expect("verify").is_ok());
+        let after = live(&a);
+        prop_assert_eq!(&after, &live(&b));
+        // No mail lost: every message live on a side before the sync is live afterwards (in
+        // some mailbox of its user: a GUID merge may move it), unless the other side expunged
+        // it (a tombstone for that UID and digest) or deleted its mailbox after its last change.
+        let after_digests: BTreeMap<String, Vec<String>> = after.iter().fold(BTreeMap::new(), |mut acc, ((u, _), ds)| {
+            acc.entry(u.clone()).or_insert_with(Vec::new).extend(ds.iter().cloned());
+            acc
+        });
+        for side in [&pre_a, &pre_b] {
+            for ((user, guid), (record, messages)) in side {
+                let other_side = if std::ptr::eq(side, &pre_a) { &sides_b } else { &sides_a };
+                let theirs = other_side.get(&(user.clone(), *guid));
+                for (uid, digest) in messages {
+                    let expunged = theirs.is_some_and(|t| t.expunged.get(uid).is_some_and(|ts| ts.iter().any(|x| x.digest.to_hex() == *digest)));
+                    let deleted = theirs.and_then(|t| t.tombstone.as_ref()).is_some_and(|t| record.last_change <= t.stamp);
+                    if !expunged && !deleted {
+                        prop_assert!(
+                            after_digests.get(user).is_some_and(|ds| ds.contains(digest)),
+                            "lost {} (user {}, mailbox {}, uid {})", digest, user, guid, uid
+                        );
+                    }
+                }
+            }
+        }
+        // Nothing is duplicated: no digest is live more often afterwards than on both sides together.
+        for (user, ds) in &after_digests {
+            for d in ds {
+                let n_after = ds.iter().filter(|x| *x == d).count();
+                let n_before = [&before_a, &before_b].iter().flat_map(|m| m.iter()).filter(|((u, _), _)| u == user).flat_map(|(_, v)| v).filter(|x| *x == d).count();
+                prop_assert!(n_after <= n_before, "{} copies of {} after, {} before", n_after, d, n_before);
+            }
+        }
+    }
+}
