@@ -68,10 +68,19 @@ pub(crate) async fn read_body(
     let mut body = body;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
-            if e.is_incomplete_message() {
-                ApiError::bad_request("the request body ended before its Content-Length")
+            // hyper reports a body cut short as an io::Error of kind UnexpectedEof below
+            // its own "error reading a body from connection".
+            let mut cause: &(dyn std::error::Error + 'static) = &e;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            let eof = cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof);
+            if e.is_incomplete_message() || eof {
+                ApiError::bad_request("the request body ended before its declared length")
             } else {
-                ApiError::bad_request(format!("cannot read the request body: {e}"))
+                ApiError::bad_request(format!("cannot read the request body: {e}: {cause}"))
             }
         })?;
         if let Ok(data) = frame.into_data() {
