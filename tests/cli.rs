@@ -913,8 +913,6 @@ fn a_second_process_gets_a_clear_error_while_the_store_is_open() {
 // run them with `cargo test --test cli -- --ignored`, and drop the `ignore` once fixed.
 
 #[test]
-#[ignore = "bug: StoreError::Io prints its source in its message and also returns it from \
-            source(), so main's `{e:#}` shows the OS error twice"]
 fn an_io_error_names_its_cause_once() {
     let s = Store::uninitialised();
     let file = s.file("plain-file", b"not a directory");
@@ -926,8 +924,6 @@ fn an_io_error_names_its_cause_once() {
 }
 
 #[test]
-#[ignore = "bug: Store::expunge removes each listed UID in turn, so a UID given twice is \
-            'unknown' the second time and the whole expunge fails"]
 fn expunge_of_a_uid_given_twice_expunges_it_once() {
     let s = populated();
     // Today: "mailbox \"INBOX\" of user \"alice\" has no message with UID 1", though it has.
@@ -940,8 +936,6 @@ fn expunge_of_a_uid_given_twice_expunges_it_once() {
 }
 
 #[test]
-#[ignore = "bug: Store::rename_mailbox checks each new name against the old names of the \
-            mailboxes being moved too, so moving P/Q up to P fails on its child P/Q/Q"]
 fn rename_one_level_up_over_its_own_childs_name() {
     let s = Store::init();
     s.run(&["mailbox", "create"], &["alice", "P/Q"]).ok();

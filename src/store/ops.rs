@@ -299,10 +299,16 @@ impl Store {
                 .cloned()
                 .collect();
             let stamp = tx.stamp();
+            let moving_guids: Vec<MailboxGuid> = moving.iter().map(|m| m.guid).collect();
             for mut mailbox in moving {
                 let renamed = format!("{new}{}", &mailbox.name[old.as_str().len()..]);
                 let renamed = MailboxName::parse(&renamed)?;
-                if all.iter().any(|m| m.name == renamed.as_str()) {
+                // Only mailboxes that stay put can be in the way: the moving ones vacate
+                // their names (renaming P/Q to P may pass over P/Q/Q's old name).
+                if all
+                    .iter()
+                    .any(|m| m.name == renamed.as_str() && !moving_guids.contains(&m.guid))
+                {
                     return Err(StoreError::MailboxExists {
                         user: user.to_string(),
                         mailbox: renamed.to_string(),
@@ -475,7 +481,8 @@ impl Store {
             let guid = record.guid;
             let stamp = tx.stamp();
             let mut count = 0;
-            for &uid in uids {
+            let uids: std::collections::BTreeSet<u32> = uids.iter().copied().collect();
+            for uid in uids {
                 let removed = tx.remove_message(user, guid, uid)?;
                 let Some(removed) = removed else {
                     return Err(StoreError::UnknownUid {
