@@ -21,6 +21,7 @@ pub mod remote;
 mod request;
 mod router;
 pub mod server;
+pub mod sync;
 
 pub use error::{reply, ApiError, Reply};
 pub use server::{Limits, ServerState};

@@ -18,7 +18,7 @@ use crate::model::{
     MailboxSide, MailboxTombstone,
 };
 use crate::store::{Change, ChangeGroup, Store, StoreError};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use thiserror::Error;
 
@@ -37,7 +37,8 @@ fn protocol(msg: impl Into<String>) -> SessionError {
 }
 
 /// What a session found and did.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct SyncReport {
     pub rounds: u64,
     pub bytes_sent: u64,
