@@ -860,6 +860,28 @@ fn client_errors_name_the_url_and_the_problem() {
     }
 }
 
+#[test]
+fn the_blocking_client_works_from_the_blocking_pool_of_a_runtime() {
+    // The sync driver's transport is a blocking function; a server that starts a session
+    // runs it on tokio's blocking pool, where a private current-thread runtime may block.
+    let s = TestServer::open();
+    let url = s.url();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let status = runtime.block_on(async move {
+        tokio::task::spawn_blocking(move || {
+            let c = BlockingClient::new(&url, None, ClientConfig::default()).expect("client");
+            c.get("/healthz").map(|(status, _)| status.as_u16())
+        })
+        .await
+        .expect("join")
+    });
+    assert_eq!(status.expect("answer"), 200);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The real binary: `merkmail serve` and the remote CLI.
 
@@ -959,13 +981,15 @@ fn serve_and_the_remote_cli_print_what_the_local_cli_prints() {
         })
         .collect();
 
+    let log = tmp.path().join("serve.log");
     let mut server = Guard(
         Command::new(BIN)
             .args(["serve", "--data", path(&served), "--listen", "127.0.0.1:0"])
             .env("MERKMAIL_TOKEN", TOKEN)
-            .env_remove("MERKMAIL_LOG")
+            // Every request logged at debug, into a file the test reads at the end.
+            .env("MERKMAIL_LOG", "merkmail=debug")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("spawn serve"),
     );
@@ -1128,6 +1152,20 @@ fn serve_and_the_remote_cli_print_what_the_local_cli_prints() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(code, Some(0));
+    // The log: the address, each request with its status, the shutdown; never the token.
+    let log = std::fs::read_to_string(&log).expect("read the log");
+    assert!(
+        log.contains("listening") && log.contains("SIGTERM"),
+        "{log}"
+    );
+    assert!(
+        log.contains("status=401") && log.contains("status=201"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(TOKEN) && !log.contains("horse"),
+        "the token was logged"
+    );
 
     for (r, remote) in reads.iter().zip(&remote) {
         let (cmd, rest) = split_sub(r);

@@ -164,7 +164,8 @@ pub(crate) async fn handle(
             let messages: Vec<NewMessage> = bodies
                 .into_iter()
                 .map(|bytes| NewMessage {
-                    bytes: bytes.to_vec(),
+                    // No copy when the body is one message (the usual case).
+                    bytes: Vec::from(bytes),
                     flags: flags.clone(),
                     internal_date,
                     ..NewMessage::default()
