@@ -168,23 +168,86 @@ fn a_deleted_mailbox_stays_deleted_unless_changed_after() {
     assert_eq!(names, vec!["INBOX".to_string(), "Kept".to_string()]);
 }
 
-#[test]
-fn a_single_difference_among_many_messages_takes_few_round_trips() {
+/// Two equal stores of `users` × 10 mailboxes × `per` messages, built from the same records.
+fn equal_stores(users: usize, per: u32) -> (Store, Store) {
+    use merkmail::model::{Digest, FlagSet, MailboxGuid, MailboxRecord, Md5, MessageRecord, Stamp};
+    use merkmail::store::Change;
     let a = Store::in_memory("a").expect("store");
     let b = Store::in_memory("b").expect("store");
-    for user in 0..20 {
-        let batch = (0..50).map(|i| msg(&format!("{user}-{i}"))).collect();
-        a.append(&format!("user{user}"), "INBOX", batch)
-            .expect("append");
+    let st = Stamp {
+        ms: 1_000,
+        counter: 0,
+        node: 1,
+    };
+    for u in 0..users {
+        let user = format!("user{u:04}");
+        let mut changes = Vec::new();
+        for m in 0..10u8 {
+            let guid = if m == 0 {
+                merkmail::model::inbox_guid(&user)
+            } else {
+                MailboxGuid([m; 16])
+            };
+            let name = if m == 0 {
+                "INBOX".to_string()
+            } else {
+                format!("Box{m}")
+            };
+            changes.push(Change::Mailbox {
+                user: user.clone(),
+                record: MailboxRecord {
+                    guid,
+                    name,
+                    uidvalidity: 1,
+                    uidnext: per + 1,
+                    subscribed: true,
+                    name_stamp: st,
+                    subscribed_stamp: st,
+                    last_change: st,
+                },
+            });
+            for uid in 1..=per {
+                let body = format!("Subject: {user} {m} {uid}\r\n\r\nx\r\n").into_bytes();
+                let record = MessageRecord {
+                    md5: Md5::of(&body),
+                    digest: Digest::of(&body),
+                    size: body.len() as u64,
+                    internal_date: 0,
+                    flags: FlagSet::default(),
+                    appended: st,
+                };
+                changes.push(Change::Message {
+                    user: user.clone(),
+                    guid,
+                    uid,
+                    record,
+                    body: Some(body),
+                });
+            }
+        }
+        a.apply(&changes).expect("apply");
+        b.apply(&changes).expect("apply");
     }
-    sync(&a, &b);
-    b.set_flags("user7", "INBOX", 33, FlagOp::Add, &seen())
+    assert_eq!(a.root().expect("root"), b.root().expect("root"));
+    (a, b)
+}
+
+#[test]
+fn a_single_difference_among_100_000_messages_takes_at_most_depth_plus_two_round_trips() {
+    let (a, b) = equal_stores(100, 100);
+    assert_eq!(a.counters().expect("counters").messages, 100_000);
+    b.set_flags("user0042", "Box3", 77, FlagOp::Add, &seen())
         .expect("flags");
     let r = sync(&a, &b);
     assert!(r.equal_after, "{r:?}");
-    assert_eq!(r.flag_updates, 1);
+    assert_eq!(
+        (r.flag_updates, r.copied_to_peer, r.copied_from_peer),
+        (1, 0, 0)
+    );
     assert!(r.rounds <= u64::from(merkmail::merkle::DEPTH) + 2, "{r:?}");
-    assert_converged(&a, &b, &["user7"]);
+    assert_eq!(a.root().expect("root"), b.root().expect("root"));
+    // And the equal pair costs one round trip.
+    assert_eq!(sync(&a, &b).rounds, 1);
 }
 
 #[test]
