@@ -649,6 +649,17 @@ fn oversize_bodies_are_413_before_and_while_they_stream() {
         status_of(c.post(append, "message/rfc822", vec![b'y'; 4096])),
         201
     );
+
+    // A body far over the limit: the server answers 413 and closes while the client is still
+    // writing, so the client may see the 413 or a broken connection, which it then explains.
+    match c.post(append, "message/rfc822", vec![b'z'; 4 << 20]) {
+        Ok((status, _)) => assert_eq!(status.as_u16(), 413),
+        Err(e) => assert!(
+            e.to_string().contains("may refuse a body this large"),
+            "{e}"
+        ),
+    }
+    assert_eq!(s.store.list_messages("alice", None).expect("list").len(), 1);
 }
 
 #[test]

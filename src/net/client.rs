@@ -7,6 +7,7 @@
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Body as _;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -229,7 +230,8 @@ impl Client {
             reason: format!("cannot build a request: {e}"),
         })?;
         let after = self.config.request_timeout;
-        tokio::time::timeout(after, self.exchange(&url, req))
+        let sent = req.body().size_hint().exact().unwrap_or(0);
+        tokio::time::timeout(after, self.exchange(&url, req, sent))
             .await
             .map_err(|_| ClientError::Timeout {
                 url: url.clone(),
@@ -241,9 +243,18 @@ impl Client {
         &self,
         url: &str,
         req: Request<Full<Bytes>>,
+        sent: u64,
     ) -> Result<(StatusCode, Bytes), ClientError> {
         let response = self.inner.request(req).await.map_err(|e| {
-            let reason = innermost(&e);
+            let mut reason = innermost(&e);
+            // A server refuses an oversize body with 413 from its Content-Length and closes
+            // the connection; a large body still being written then fails to send, and the
+            // 413 is lost. Say what most likely happened.
+            if !e.is_connect() && sent > 1 << 20 {
+                reason.push_str(&format!(
+                    " (while sending {sent} bytes: the server may refuse a body this large)"
+                ));
+            }
             if e.is_connect() {
                 ClientError::Connect {
                     url: url.to_string(),
