@@ -158,6 +158,33 @@ enum Command {
         mailbox: String,
         uid: u32,
     },
+    /// Reconcile with a peer now: roots first, then only the subtrees that differ.
+    ///
+    /// With --data, this process opens the store and talks to the peer itself; with --url, it
+    /// asks that running server to reconcile with the peer. Both sides end equal; --dry-run
+    /// reports the differences and changes nothing. The report counts round trips, metadata
+    /// and body bytes, what was copied each way, expunges, flag updates, UID clashes.
+    Sync {
+        #[command(flatten)]
+        target: Target,
+        /// The peer to reconcile with, e.g. http://127.0.0.1:8026.
+        #[arg(long, value_name = "URL")]
+        peer: String,
+        /// The token the peer wants (with --url, --token is the asked server's own).
+        #[arg(
+            long,
+            value_name = "TOKEN",
+            env = "MERKMAIL_PEER_TOKEN",
+            hide_env_values = true
+        )]
+        peer_token: Option<String>,
+        /// Report the differences without changing either side.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve the mail API and the peer API over HTTP until SIGTERM or SIGINT.
     ///
     /// Prints `listening on ADDR` on stdout once it accepts connections (the real port when
@@ -282,11 +309,26 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            // One line that names the problem; the cause chain joined with ": ".
-            eprintln!("merkmail: error: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("merkmail: error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// One line that names the problem: the cause chain joined with ": ", leaving out causes
+/// whose text the message already carries (io errors often appear in both).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line.replace('\n', " ")
 }
 
 fn open(data: &Data) -> Result<Store> {
@@ -309,7 +351,8 @@ impl Command {
             | Command::List { target, .. }
             | Command::Fetch { target, .. }
             | Command::Root { target }
-            | Command::Stats { target, .. } => Some(target),
+            | Command::Stats { target, .. }
+            | Command::Sync { target, .. } => Some(target),
             Command::Mailbox(
                 MailboxCommand::Create { target, .. }
                 | MailboxCommand::Rename { target, .. }
@@ -643,6 +686,36 @@ fn run(command: Command) -> Result<ExitCode> {
                 .with_context(|| format!("exporting to {}", path.display()))?;
             writeln!(out, "{report}")?;
         }
+        Command::Sync {
+            target,
+            peer,
+            peer_token,
+            dry_run,
+            json,
+        } => {
+            // In --data mode the peer's token may come from --token too (there is no other server).
+            let report = match (&target.place.url, &target.place.data) {
+                (Some(url), _) => merkmail::net::sync::start_remote(
+                    url,
+                    target.token.as_deref(),
+                    &peer,
+                    peer_token.as_deref(),
+                    dry_run,
+                )?,
+                (None, Some(dir)) => {
+                    let store = Store::open(dir)?;
+                    let token = peer_token.as_deref().or(target.token.as_deref());
+                    merkmail::net::sync::sync_with_peer(&store, &peer, token, dry_run)
+                        .with_context(|| format!("reconciling with {peer}"))?
+                }
+                (None, None) => bail!("give --data DIR or --url URL"),
+            };
+            print_sync_report(&report, json, &mut out)?;
+            if !report.equal_after && !report.dry_run {
+                writeln!(out, "the stores are not equal yet (a side changed during the session); run sync again")?;
+                return Ok(ExitCode::FAILURE);
+            }
+        }
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
@@ -709,6 +782,70 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");
     })
+}
+
+fn print_sync_report(
+    r: &merkmail::sync::SyncReport,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(r)?)?;
+        return Ok(());
+    }
+    let mode = if r.dry_run {
+        " (dry run: nothing changed)"
+    } else {
+        ""
+    };
+    writeln!(
+        out,
+        "reconciled in {} round trips, {} ms{mode}",
+        r.rounds, r.duration_ms
+    )?;
+    writeln!(
+        out,
+        "  metadata        {} bytes sent, {} bytes received",
+        r.bytes_sent, r.bytes_received
+    )?;
+    writeln!(
+        out,
+        "  bodies          {} bytes sent, {} bytes received",
+        r.body_bytes_sent, r.body_bytes_received
+    )?;
+    writeln!(
+        out,
+        "  mailboxes       {} differed, {} changed",
+        r.differing_mailboxes, r.mailboxes_changed
+    )?;
+    writeln!(
+        out,
+        "  messages        {} copied to the peer, {} copied from the peer",
+        r.copied_to_peer, r.copied_from_peer
+    )?;
+    writeln!(out, "  expunged        {}", r.expunged)?;
+    writeln!(out, "  flag updates    {}", r.flag_updates)?;
+    writeln!(
+        out,
+        "  UID clashes     {} (both messages kept under new UIDs)",
+        r.uid_clashes_renumbered
+    )?;
+    if r.late_copies > 0 {
+        writeln!(
+            out,
+            "  late copies     {} (copied below the other side's UIDNEXT)",
+            r.late_copies
+        )?;
+    }
+    if r.stale_mailboxes > 0 || r.body_mismatches > 0 {
+        writeln!(out, "  left for later  {} mailboxes changed meanwhile, {} bodies did not match their digest", r.stale_mailboxes, r.body_mismatches)?;
+    }
+    writeln!(
+        out,
+        "  equal after     {}",
+        if r.equal_after { "yes" } else { "no" }
+    )?;
+    Ok(())
 }
 
 fn read_input(file: &Path) -> Result<Vec<u8>> {
