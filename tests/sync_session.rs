@@ -442,3 +442,100 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn large_transfers_travel_in_bounded_body_batches() {
+    let a = Store::in_memory("a").expect("store");
+    let b = Store::in_memory("b").expect("store");
+    // 24 messages of 1 MiB each way: 3 batches each way of at most 8 MiB.
+    let big = |tag: &str, i: usize| NewMessage {
+        bytes: format!("Subject: {tag}{i}\r\n\r\n{}", "x".repeat(1 << 20)).into_bytes(),
+        ..Default::default()
+    };
+    a.append("u", "INBOX", (0..12).map(|i| big("a", i)).collect())
+        .expect("append");
+    b.create_mailbox("v", "Other").expect("create");
+    b.append("v", "Other", (0..12).map(|i| big("b", i)).collect())
+        .expect("append");
+    let mut largest = 0usize;
+    let mut peer = in_process(&b);
+    let r = run(&a, 5, false, |bytes: Vec<u8>| {
+        largest = largest.max(bytes.len());
+        let answer = peer(bytes)?;
+        largest = largest.max(answer.len());
+        Ok::<_, String>(answer)
+    })
+    .expect("session");
+    assert!(r.equal_after, "{r:?}");
+    assert_eq!((r.copied_to_peer, r.copied_from_peer), (12, 12));
+    assert!(
+        r.body_bytes_sent >= 12 << 20 && r.body_bytes_received >= 12 << 20,
+        "{r:?}"
+    );
+    assert!(largest <= 9 << 20, "a request or answer of {largest} bytes");
+    assert_converged(&a, &b, &["u", "v"]);
+}
+
+#[test]
+fn a_body_that_does_not_match_its_digest_is_never_stored() {
+    let a = Store::in_memory("a").expect("store");
+    let b = Store::in_memory("b").expect("store");
+    b.append("u", "INBOX", vec![msg("the real one")])
+        .expect("append");
+    let root_a = a.root().expect("root");
+    let mut peer = in_process(&b);
+    // A peer that garbles every body it sends.
+    let r = run(&a, 5, false, |bytes: Vec<u8>| {
+        let answer = peer(bytes)?;
+        let mut reply = merkmail::sync::wire::decode_reply(&answer).map_err(|e| e.to_string())?;
+        for r in &mut reply.replies {
+            if let merkmail::sync::wire::Reply::Bodies { bodies } = r {
+                for b in bodies.iter_mut().flatten() {
+                    b.push(b'!');
+                }
+            }
+        }
+        Ok::<_, String>(merkmail::sync::wire::encode(&reply))
+    })
+    .expect("session");
+    assert_eq!(r.body_mismatches, 1);
+    assert!(!r.equal_after);
+    assert_eq!(a.root().expect("root"), root_a, "nothing stored");
+    assert!(a.verify().expect("verify").is_ok());
+    // An honest session afterwards converges.
+    assert!(sync(&a, &b).equal_after);
+    assert_converged(&a, &b, &["u"]);
+}
+
+#[test]
+fn a_mailbox_that_changes_during_the_session_is_left_for_the_next_one() {
+    let a = Store::in_memory("a").expect("store");
+    let b = Store::in_memory("b").expect("store");
+    a.append("u", "INBOX", vec![msg("1")]).expect("append");
+    b.append("u", "INBOX", vec![msg("2")]).expect("append");
+    let mut peer = in_process(&b);
+    let r = run(&a, 9, false, |bytes: Vec<u8>| {
+        let round = merkmail::sync::wire::decode_request(&bytes).map_err(|e| e.to_string())?;
+        if round
+            .requests
+            .iter()
+            .any(|r| matches!(r, merkmail::sync::wire::Request::Apply { .. }))
+        {
+            // A delivery on the peer after the session read it, before it applies.
+            b.append("u", "INBOX", vec![msg("late")])
+                .map_err(|e| e.to_string())?;
+        }
+        peer(bytes)
+    })
+    .expect("session");
+    assert!(r.stale_mailboxes >= 1 && !r.equal_after, "{r:?}");
+    assert!(a.verify().expect("verify").is_ok() && b.verify().expect("verify").is_ok());
+    let r = sync(&a, &b);
+    assert!(r.equal_after, "{r:?}");
+    assert_converged(&a, &b, &["u"]);
+    assert_eq!(
+        view(&a, "u").len(),
+        3,
+        "all three messages live on both sides"
+    );
+}

@@ -15,7 +15,10 @@ mod verify;
 
 pub use body::{BodyStore, RedbBodies};
 pub use error::StoreError;
-pub use ops::{AppendOutcome, Counters, MailboxInfo, MessageInfo, NewMessage, PreparedMailbox};
+pub use ops::{
+    inbox_uidvalidity, AppendOutcome, Counters, MailboxInfo, MessageInfo, NewMessage,
+    PreparedMailbox,
+};
 pub use replica::{Change, ChangeGroup};
 pub use verify::VerifyReport;
 

@@ -90,6 +90,16 @@ fn mailboxes_of(
     Ok(out)
 }
 
+/// INBOX's UIDVALIDITY, derived from the user like its GUID: two servers that each create a
+/// user's INBOX (deliveries on both during a split) then agree, and their mail reconciles by
+/// UID instead of one side being renumbered. INBOX is never deleted, so a UIDVALIDITY is never
+/// reused for other UIDs. An import may still adopt a Maildir's own.
+pub fn inbox_uidvalidity(user: &str) -> u32 {
+    let g = inbox_guid(user).0;
+    // Non-zero and below 2^31, which some IMAP clients treat as signed.
+    (u32::from_be_bytes([g[0], g[1], g[2], g[3]]) & 0x7fff_ffff).max(1)
+}
+
 fn unknown_mailbox(user: &str, name: &MailboxName) -> StoreError {
     StoreError::UnknownMailbox {
         user: user.to_string(),
@@ -157,7 +167,7 @@ impl Tx<'_> {
         let inbox = MailboxRecord {
             guid: inbox_guid(user),
             name: MailboxName::inbox().to_string(),
-            uidvalidity: self.new_uidvalidity(),
+            uidvalidity: inbox_uidvalidity(user),
             uidnext: 1,
             subscribed: true,
             name_stamp: stamp,

@@ -147,7 +147,23 @@ impl Tx<'_> {
                                 self.counters.body_bytes += record.size;
                             }
                         }
-                        None => self.bodies.add_ref(self.txn, &record.digest)?,
+                        None => {
+                            // Sent ahead by the session (staged), or already held here.
+                            let staged = self
+                                .txn
+                                .open_table(super::tables::STAGED)?
+                                .remove(record.digest.0.as_slice())?
+                                .map(|v| v.value().get(8..).unwrap_or_default().to_vec());
+                            match staged {
+                                Some(bytes) if Digest::of(&bytes) == record.digest => {
+                                    if self.bodies.acquire(self.txn, &record.digest, &bytes)? {
+                                        self.counters.bodies += 1;
+                                        self.counters.body_bytes += record.size;
+                                    }
+                                }
+                                _ => self.bodies.add_ref(self.txn, &record.digest)?,
+                            }
+                        }
                     }
                     if let Some(old) = &old {
                         if let Some(freed) = self.bodies.release(self.txn, &old.digest)? {
@@ -237,6 +253,29 @@ impl Store {
                 applied.push(true);
             }
             Ok(applied)
+        })
+    }
+
+    /// Stages bodies that a session sends ahead of the changes that use them, under the digest
+    /// of their bytes; a later change with no body takes its body from here. Staged bodies
+    /// nobody took within an hour are dropped (a session that died half-way).
+    pub fn stage_bodies(&self, bodies: &[Vec<u8>]) -> Result<usize, StoreError> {
+        const KEEP_MS: u64 = 3_600_000;
+        self.write(|tx| {
+            let now = tx.now_ms();
+            let mut staged = tx.txn.open_table(super::tables::STAGED)?;
+            staged.retain(|_, v| {
+                v.get(..8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .is_some_and(|b| u64::from_be_bytes(b) + KEEP_MS > now)
+            })?;
+            for bytes in bodies {
+                let digest = Digest::of(bytes);
+                let mut value = now.to_be_bytes().to_vec();
+                value.extend_from_slice(bytes);
+                staged.insert(digest.0.as_slice(), value.as_slice())?;
+            }
+            Ok(bodies.len())
         })
     }
 

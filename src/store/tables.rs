@@ -20,6 +20,9 @@ pub const MAILBOX_TOMBSTONES: TableDefinition<&[u8], &[u8]> =
 pub const BODIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bodies");
 /// digest → number of live messages that use the body
 pub const BODY_REFS: TableDefinition<&[u8], u64> = TableDefinition::new("body_refs");
+/// digest → staged-at ms (u64be) ‖ raw bytes: bodies a peer sent ahead of the changes that
+/// use them (kept apart from BODIES so they count for nothing until a change takes them)
+pub const STAGED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("staged_bodies");
 /// NodeKey encoding → NodeValue encoding (40 bytes)
 pub const TREE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tree");
 /// user 00 guid source-name → uid: which Maildir files were imported where (local only,
@@ -37,5 +40,6 @@ pub fn create_all(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(BODY_REFS)?;
     txn.open_table(TREE)?;
     txn.open_table(SOURCES)?;
+    txn.open_table(STAGED)?;
     Ok(())
 }

@@ -8,8 +8,9 @@ use crate::store::{Change, Store};
 use std::time::Instant;
 use thiserror::Error;
 
-/// A session never needs more rounds than this (the tree is 14 levels deep); more means a
-/// peer that keeps the session going, and it is cut off.
+/// A session never needs more rounds than this to find and apply its differences (the tree is
+/// 14 levels deep), body batches aside; more means a peer that keeps the session going, and
+/// it is cut off.
 pub const MAX_ROUNDS: u64 = 64;
 
 #[derive(Debug, Error)]
@@ -35,10 +36,20 @@ pub fn run<E: std::fmt::Display>(
     let started = Instant::now();
     let mut session = Session::new(local, window, dry_run)?;
     let mut rounds = 0u64;
+    let mut protocol_rounds = 0u64;
     let (mut sent, mut received) = (0u64, 0u64);
     while let Some(round) = session.next_round()? {
         rounds += 1;
-        if rounds > MAX_ROUNDS {
+        // Body batches are bounded by the plan (they carry what it found); the cap is on the
+        // rounds that find differences.
+        let carries_bodies = round
+            .requests
+            .iter()
+            .all(|r| matches!(r, Request::Bodies { .. } | Request::PutBodies { .. }));
+        if !carries_bodies {
+            protocol_rounds += 1;
+        }
+        if protocol_rounds > MAX_ROUNDS {
             return Err(DriveError::TooManyRounds);
         }
         let body_out: u64 = round
@@ -50,6 +61,7 @@ pub fn run<E: std::fmt::Display>(
                     .flat_map(|g| &g.changes)
                     .map(Change::body_len)
                     .sum(),
+                Request::PutBodies { bodies } => bodies.iter().map(|b| b.len() as u64).sum(),
                 _ => 0,
             })
             .sum();

@@ -192,6 +192,9 @@ pub fn answer(store: &Store, round: &RoundRequest) -> Result<RoundReply, StoreEr
                 }
                 Reply::Bodies { bodies }
             }
+            Request::PutBodies { bodies } => Reply::Staged {
+                count: store.stage_bodies(bodies)? as u64,
+            },
             Request::Apply { groups } => {
                 for g in groups {
                     validate_user(&g.user)?;

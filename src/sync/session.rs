@@ -77,6 +77,7 @@ enum Ask {
     Records(Key),
     Full(Key),
     Bodies(Vec<Digest>),
+    PutBodies,
     Apply,
 }
 
@@ -97,7 +98,10 @@ struct Work {
 #[derive(Debug, PartialEq, Eq)]
 enum Phase {
     Discover,
-    Bodies,
+    /// Fetching the bodies this side lacks, in batches, staging each batch as it comes.
+    Fetch,
+    /// Sending the bodies the peer lacks, in batches, ahead of the changes.
+    Push,
     Apply,
     Done,
 }
@@ -112,9 +116,30 @@ pub struct Session<'a> {
     work: BTreeMap<Key, Work>,
     local_groups: Vec<ChangeGroup>,
     remote_groups: Vec<ChangeGroup>,
-    needed: BTreeMap<Digest, ()>,
-    apply_pending: bool,
+    /// Bodies to fetch from the peer, and to send it, with their sizes (for batching).
+    fetch: BTreeMap<Digest, u64>,
+    push: BTreeMap<Digest, u64>,
+    /// Bodies this side holds in another mailbox: staged before applying, so a group that
+    /// releases them first cannot take them away.
+    restage: BTreeSet<Digest>,
+    /// Fetched bodies that did not match their digest.
+    bad: BTreeSet<Digest>,
     pub report: SyncReport,
+}
+
+/// Takes the next batch of about `BODY_BATCH_BYTES` (at least one body) off the queue.
+fn next_batch(queue: &mut BTreeMap<Digest, u64>) -> Vec<Digest> {
+    let mut batch = Vec::new();
+    let mut bytes = 0u64;
+    while let Some((&d, &size)) = queue.iter().next() {
+        if !batch.is_empty() && bytes + size > super::wire::BODY_BATCH_BYTES {
+            break;
+        }
+        queue.remove(&d);
+        batch.push(d);
+        bytes += size;
+    }
+    batch
 }
 
 /// The UID-tree level to ask for first: the lowest whose non-empty nodes number at most 16,
@@ -154,8 +179,10 @@ impl<'a> Session<'a> {
             work: BTreeMap::new(),
             local_groups: Vec::new(),
             remote_groups: Vec::new(),
-            needed: BTreeMap::new(),
-            apply_pending: false,
+            fetch: BTreeMap::new(),
+            push: BTreeMap::new(),
+            restage: BTreeSet::new(),
+            bad: BTreeSet::new(),
             report: SyncReport {
                 dry_run,
                 ..SyncReport::default()
@@ -390,8 +417,9 @@ impl<'a> Session<'a> {
                 if bodies.len() != digests.len() {
                     return Err(protocol("a different number of bodies than asked for"));
                 }
-                self.fill_bodies(digests, bodies);
+                self.stage_fetched(digests, bodies)?;
             }
+            (Ask::PutBodies, Reply::Staged { .. }) => {}
             (Ask::Apply, Reply::Applied { applied, root }) => {
                 let stale = applied.iter().filter(|ok| !**ok).count() as u64;
                 self.report.stale_mailboxes += stale;
@@ -600,11 +628,36 @@ impl<'a> Session<'a> {
                     self.plan()?;
                 }
             }
-            Phase::Apply if self.apply_pending => {
-                self.apply_pending = false;
-                self.apply()?;
+            Phase::Fetch => {
+                let batch = next_batch(&mut self.fetch);
+                if batch.is_empty() {
+                    self.apply_local()?;
+                    self.phase = Phase::Push;
+                    return self.advance();
+                }
+                self.next.push((
+                    Ask::Bodies(batch.clone()),
+                    Request::Bodies { digests: batch },
+                ));
             }
-            Phase::Bodies | Phase::Apply | Phase::Done => {}
+            Phase::Push => {
+                let batch = next_batch(&mut self.push);
+                if batch.is_empty() {
+                    let groups = std::mem::take(&mut self.remote_groups);
+                    self.phase = Phase::Apply;
+                    self.next.push((Ask::Apply, Request::Apply { groups }));
+                    return Ok(());
+                }
+                let mut bodies = Vec::with_capacity(batch.len());
+                for d in &batch {
+                    let bytes = self.local.body(d)?;
+                    self.report.body_bytes_sent += bytes.len() as u64;
+                    bodies.push(bytes);
+                }
+                self.next
+                    .push((Ask::PutBodies, Request::PutBodies { bodies }));
+            }
+            Phase::Apply | Phase::Done => {}
         }
         Ok(())
     }
@@ -738,31 +791,26 @@ impl<'a> Session<'a> {
             let remote_digests: BTreeSet<Digest> =
                 remote.messages.values().map(|m| m.digest).collect();
             let local_store = self.local;
-            let mut needed = Vec::new();
+            let (mut fetch, mut restage, mut push) = (Vec::new(), Vec::new(), Vec::new());
             let (local_changes, lc) = changes_for(&key.0, local, outcome, |m| {
-                if local_digests.contains(&m.digest) {
-                    return None;
-                }
-                // Ship the body even when the store holds it elsewhere: another group of
-                // this session may release that copy first.
-                match local_store.has_body(&m.digest) {
-                    Ok(true) => local_store.body(&m.digest).ok(),
-                    _ => {
-                        needed.push(m.digest);
-                        None
+                if !local_digests.contains(&m.digest) {
+                    match local_store.has_body(&m.digest) {
+                        Ok(true) => restage.push(m.digest),
+                        _ => fetch.push((m.digest, m.size)),
                     }
                 }
+                // Bodies travel apart from the changes (staged first), in bounded batches.
+                None
             });
-            for d in needed {
-                self.needed.insert(d, ());
-            }
             let (remote_changes, rc) = changes_for(&key.0, remote, outcome, |m| {
-                if remote_digests.contains(&m.digest) {
-                    None
-                } else {
-                    local_store.body(&m.digest).ok()
+                if !remote_digests.contains(&m.digest) {
+                    push.push((m.digest, m.size));
                 }
+                None
             });
+            self.fetch.extend(fetch);
+            self.restage.extend(restage);
+            self.push.extend(push);
             self.count(&lc, &rc, outcome);
             if lc.mailbox_changed || rc.mailbox_changed {
                 counts_changed += 1;
@@ -801,14 +849,8 @@ impl<'a> Session<'a> {
             self.phase = Phase::Done;
             return Ok(());
         }
-        if !self.needed.is_empty() {
-            self.phase = Phase::Bodies;
-            let digests: Vec<Digest> = self.needed.keys().copied().collect();
-            self.next
-                .push((Ask::Bodies(digests.clone()), Request::Bodies { digests }));
-            return Ok(());
-        }
-        self.apply()
+        self.phase = Phase::Fetch;
+        self.advance()
     }
 
     fn count(&mut self, local: &ChangeCounts, remote: &ChangeCounts, outcome: &MailboxOutcome) {
@@ -821,60 +863,50 @@ impl<'a> Session<'a> {
         r.late_copies += outcome.stats.late_copies;
     }
 
-    /// Puts fetched bodies into the local changes; a body that does not match its digest
-    /// drops its whole mailbox group, so the mailbox is left as it was (and reported).
-    fn fill_bodies(&mut self, digests: Vec<Digest>, bodies: Vec<Option<Vec<u8>>>) {
-        let mut got: BTreeMap<Digest, Vec<u8>> = BTreeMap::new();
-        let mut bad: BTreeSet<Digest> = BTreeSet::new();
+    /// Stages a batch of fetched bodies locally; a body that does not match its digest is
+    /// left out, and the mailboxes that needed it are left alone (reported).
+    fn stage_fetched(
+        &mut self,
+        digests: Vec<Digest>,
+        bodies: Vec<Option<Vec<u8>>>,
+    ) -> Result<(), SessionError> {
+        let mut good = Vec::new();
         for (d, b) in digests.into_iter().zip(bodies) {
             match b {
                 Some(bytes) if Digest::of(&bytes) == d => {
                     self.report.body_bytes_received += bytes.len() as u64;
-                    got.insert(d, bytes);
+                    good.push(bytes);
                 }
                 _ => {
-                    bad.insert(d);
+                    self.bad.insert(d);
                 }
             }
         }
-        let mut kept = Vec::new();
-        for mut group in std::mem::take(&mut self.local_groups) {
-            let mut ok = true;
-            for change in &mut group.changes {
-                if let Change::Message { record, body, .. } = change {
-                    if self.needed.contains_key(&record.digest) {
-                        match got.get(&record.digest) {
-                            Some(bytes) => *body = Some(bytes.clone()),
-                            None => ok = false,
-                        }
-                    }
-                }
-            }
-            if ok {
-                kept.push(group);
-            } else {
-                self.report.stale_mailboxes += 1;
-            }
-        }
-        self.local_groups = kept;
-        self.report.body_mismatches = bad.len() as u64;
-        // The next call to `next_round` applies.
-        self.phase = Phase::Apply;
-        self.apply_pending = true;
+        self.local.stage_bodies(&good)?;
+        Ok(())
     }
 
-    /// Applies the local groups, then asks the peer to apply its own.
-    fn apply(&mut self) -> Result<(), SessionError> {
-        self.phase = Phase::Apply;
-        let applied = self.local.apply_groups(&self.local_groups)?;
-        self.report.stale_mailboxes += applied.iter().filter(|ok| !**ok).count() as u64;
-        let groups = std::mem::take(&mut self.remote_groups);
-        self.report.body_bytes_sent += groups
+    /// Applies this side's groups: those that need a body that never came are dropped
+    /// whole, so their mailboxes stay as they were until the next session.
+    fn apply_local(&mut self) -> Result<(), SessionError> {
+        let restage: Vec<Vec<u8>> = self
+            .restage
             .iter()
-            .flat_map(|g| g.changes.iter())
-            .map(Change::body_len)
-            .sum::<u64>();
-        self.next.push((Ask::Apply, Request::Apply { groups }));
+            .map(|d| self.local.body(d))
+            .collect::<Result<_, _>>()?;
+        self.local.stage_bodies(&restage)?;
+        let bad = &self.bad;
+        let groups: Vec<ChangeGroup> = std::mem::take(&mut self.local_groups);
+        let (kept, dropped): (Vec<ChangeGroup>, Vec<ChangeGroup>) =
+            groups.into_iter().partition(|g| {
+                !g.changes.iter().any(
+                    |c| matches!(c, Change::Message { record, .. } if bad.contains(&record.digest)),
+                )
+            });
+        self.report.body_mismatches = self.bad.len() as u64;
+        self.report.stale_mailboxes += dropped.len() as u64;
+        let applied = self.local.apply_groups(&kept)?;
+        self.report.stale_mailboxes += applied.iter().filter(|ok| !**ok).count() as u64;
         Ok(())
     }
 }

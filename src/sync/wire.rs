@@ -13,6 +13,9 @@ use thiserror::Error;
 pub const WIRE_VERSION: u8 = 1;
 /// At most this many questions in one round.
 pub const MAX_REQUESTS: usize = 100_000;
+/// Bodies travel in batches of about this many bytes (at least one body per batch), well
+/// under the peer's 64 MiB request limit.
+pub const BODY_BATCH_BYTES: u64 = 8 << 20;
 /// At most this many UIDs or digests in one question.
 pub const MAX_ITEMS: usize = 100_000;
 
@@ -86,6 +89,8 @@ pub enum Request {
     Bodies { digests: Vec<Digest> },
     /// Apply change groups (each re-checks that its mailbox is as the session saw it).
     Apply { groups: Vec<ChangeGroup> },
+    /// Bodies sent ahead of the Apply that uses them (staged under their digests).
+    PutBodies { bodies: Vec<Vec<u8>> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +128,9 @@ pub enum Reply {
     Applied {
         applied: Vec<bool>,
         root: [u8; 32],
+    },
+    Staged {
+        count: u64,
     },
 }
 
@@ -173,6 +181,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<RoundRequest, WireError> {
         let n = match r {
             Request::Records { uids, .. } => uids.len(),
             Request::Bodies { digests } => digests.len(),
+            Request::PutBodies { bodies } => bodies.len(),
             Request::Apply { groups } => groups.iter().map(|g| g.changes.len()).sum(),
             _ => 0,
         };
