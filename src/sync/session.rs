@@ -66,6 +66,11 @@ pub struct SyncReport {
 
 type Key = (String, MailboxGuid);
 
+/// UIDs asked for in one Records question (the peer accepts up to `wire::MAX_ITEMS`).
+const RECORDS_PER_REQUEST: usize = 50_000;
+/// Change groups travel in Apply rounds of about this many encoded bytes.
+const APPLY_BATCH_BYTES: usize = 16 << 20;
+
 #[derive(Clone, Debug)]
 enum Ask {
     Root,
@@ -124,6 +129,7 @@ pub struct Session<'a> {
     restage: BTreeSet<Digest>,
     /// Fetched bodies that did not match their digest.
     bad: BTreeSet<Digest>,
+    applied_once: bool,
     pub report: SyncReport,
 }
 
@@ -183,6 +189,7 @@ impl<'a> Session<'a> {
             push: BTreeMap::new(),
             restage: BTreeSet::new(),
             bad: BTreeSet::new(),
+            applied_once: false,
             report: SyncReport {
                 dry_run,
                 ..SyncReport::default()
@@ -395,11 +402,12 @@ impl<'a> Session<'a> {
                 },
             ) => {
                 let w = self.done_with(&key)?;
-                let mut side = MailboxSide {
+                // Records may come in several answers (chunks of UIDs): add to what came.
+                let mut side = w.remote_side.take().unwrap_or_else(|| MailboxSide {
                     record: w.remote_record.clone(),
                     tombstone: w.remote_tombstone.clone(),
                     ..Default::default()
-                };
+                });
                 let allowed = |uid: &u32| w.full || w.uids.contains(uid);
                 for (uid, m) in messages {
                     if allowed(&uid) {
@@ -424,7 +432,9 @@ impl<'a> Session<'a> {
                 let stale = applied.iter().filter(|ok| !**ok).count() as u64;
                 self.report.stale_mailboxes += stale;
                 self.report.equal_after = self.local.root()?.hash.0 == root;
-                self.phase = Phase::Done;
+                if self.remote_groups.is_empty() {
+                    self.phase = Phase::Done;
+                }
             }
             (ask, _) => return Err(protocol(format!("an answer of the wrong kind to {ask:?}"))),
         }
@@ -610,15 +620,17 @@ impl<'a> Session<'a> {
                         }
                     } else if !w.uids.is_empty() {
                         w.records_asked = true;
-                        let uids = w.uids.iter().copied().collect();
-                        asks.push((
-                            Ask::Records(key.clone()),
-                            Request::Records {
-                                user: key.0.clone(),
-                                guid: key.1,
-                                uids,
-                            },
-                        ));
+                        let uids: Vec<u32> = w.uids.iter().copied().collect();
+                        for chunk in uids.chunks(RECORDS_PER_REQUEST) {
+                            asks.push((
+                                Ask::Records(key.clone()),
+                                Request::Records {
+                                    user: key.0.clone(),
+                                    guid: key.1,
+                                    uids: chunk.to_vec(),
+                                },
+                            ));
+                        }
                     }
                 }
                 for (ask, request) in asks {
@@ -643,10 +655,8 @@ impl<'a> Session<'a> {
             Phase::Push => {
                 let batch = next_batch(&mut self.push);
                 if batch.is_empty() {
-                    let groups = std::mem::take(&mut self.remote_groups);
                     self.phase = Phase::Apply;
-                    self.next.push((Ask::Apply, Request::Apply { groups }));
-                    return Ok(());
+                    return self.advance();
                 }
                 let mut bodies = Vec::with_capacity(batch.len());
                 for d in &batch {
@@ -657,7 +667,25 @@ impl<'a> Session<'a> {
                 self.next
                     .push((Ask::PutBodies, Request::PutBodies { bodies }));
             }
-            Phase::Apply | Phase::Done => {}
+            Phase::Apply => {
+                // Groups go in rounds of about APPLY_BATCH_BYTES (each group whole: its guard
+                // covers all its changes); the last answer's root decides `equal_after`.
+                let mut groups = Vec::new();
+                let mut bytes = 0usize;
+                while !self.remote_groups.is_empty() {
+                    let size = super::wire::encode(&self.remote_groups[0]).len();
+                    if !groups.is_empty() && bytes + size > APPLY_BATCH_BYTES {
+                        break;
+                    }
+                    bytes += size;
+                    groups.push(self.remote_groups.remove(0));
+                }
+                if !groups.is_empty() || !self.applied_once {
+                    self.applied_once = true;
+                    self.next.push((Ask::Apply, Request::Apply { groups }));
+                }
+            }
+            Phase::Done => {}
         }
         Ok(())
     }

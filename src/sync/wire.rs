@@ -16,8 +16,9 @@ pub const MAX_REQUESTS: usize = 100_000;
 /// Bodies travel in batches of about this many bytes (at least one body per batch), well
 /// under the peer's 64 MiB request limit.
 pub const BODY_BATCH_BYTES: u64 = 8 << 20;
-/// At most this many UIDs or digests in one question.
-pub const MAX_ITEMS: usize = 100_000;
+/// At most this many UIDs, digests or changes in one question (memory is bounded by the
+/// 64 MiB body limit anyway; this stops a tiny body from announcing a huge list).
+pub const MAX_ITEMS: usize = 1_000_000;
 
 /// A tree node, as the wire names it (the same places as `merkle::NodeKey`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
