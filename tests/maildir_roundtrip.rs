@@ -133,7 +133,7 @@ proptest! {
         prop_assert_eq!(&boxes_a, &boxes_b);
         prop_assert_eq!(&boxes_b, &boxes_c);
         // Bytes come back unchanged.
-        for ((mailbox, uid), _) in &ma {
+        for (mailbox, uid) in ma.keys() {
             prop_assert_eq!(a.fetch("u", mailbox, *uid).expect("fetch a"), c.fetch("u", mailbox, *uid).expect("fetch c"));
         }
         prop_assert!(c.verify().expect("verify").is_ok());

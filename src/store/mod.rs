@@ -69,6 +69,22 @@ pub fn node_tag(node_id: &str) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
+/// redb's page cache: 1 GiB by default, which an import fills with the pages it writes
+/// (peak memory grew with the data imported). 128 MiB keeps the tree's hot pages and the
+/// recent records; MERKMAIL_CACHE_MB overrides it.
+const DEFAULT_CACHE_MB: usize = 128;
+
+fn builder() -> redb::Builder {
+    let mb = std::env::var("MERKMAIL_CACHE_MB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|mb| *mb > 0)
+        .unwrap_or(DEFAULT_CACHE_MB);
+    let mut b = Database::builder();
+    b.set_cache_size(mb << 20);
+    b
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -86,7 +102,9 @@ impl Store {
         }
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::io(format!("cannot create {}", dir.display()), e))?;
-        let db = Database::create(&file).map_err(|e| StoreError::from_open(e, dir))?;
+        let db = builder()
+            .create(&file)
+            .map_err(|e| StoreError::from_open(e, dir))?;
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
@@ -105,7 +123,9 @@ impl Store {
         if !file.is_file() {
             return Err(StoreError::NotAStore(dir.to_path_buf()));
         }
-        let db = Database::open(&file).map_err(|e| StoreError::from_open(e, dir))?;
+        let db = builder()
+            .open(&file)
+            .map_err(|e| StoreError::from_open(e, dir))?;
         Self::from_db(db, dir)
     }
 
