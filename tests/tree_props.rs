@@ -315,7 +315,7 @@ proptest! {
         let b = Store::in_memory("b").expect("store");
         let renamed: Vec<Change> = (0..USERS.len()).flat_map(|user| (0..3).map(move |mailbox| Change::Mailbox {
             user: USERS[user].to_string(),
-            record: mailbox_record(user, mailbox, &format!("tmp{mailbox}"), 7, 1),
+            record: mailbox_record(user, mailbox, &format!("tmp{mailbox}"), 300, 1),
         })).collect();
         b.apply(&renamed).expect("apply");
         let mut shuffled: Vec<(usize, Change)> = msgs.iter().cloned().enumerate().collect();

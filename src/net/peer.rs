@@ -43,7 +43,12 @@ pub async fn handle(
             if method != Method::POST {
                 return Err(ApiError::method_not_allowed("POST"));
             }
-            let round = decode_request(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let round = decode_request(&body).map_err(|e| match e {
+                crate::sync::wire::WireError::TooMany(_) => {
+                    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+                }
+                _ => ApiError::bad_request(e.to_string()),
+            })?;
             let answer = state
                 .with_store(move |store| crate::sync::responder::answer(store, &round))
                 .await?;

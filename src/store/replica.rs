@@ -121,9 +121,17 @@ impl Tx<'_> {
                 record,
                 body,
             } => {
-                if self.get_mailbox(user, *guid)?.is_none() {
+                let Some(mailbox) = self.get_mailbox(user, *guid)? else {
                     return Err(StoreError::Invalid(format!(
                         "message {uid} for unknown mailbox {guid} of {user:?}"
+                    )));
+                };
+                // Every UID lies below UIDNEXT: a change that breaks it is refused (a session
+                // always raises UIDNEXT first, in the same group).
+                if *uid >= mailbox.uidnext || *uid == 0 {
+                    return Err(StoreError::Invalid(format!(
+                        "message UID {uid} is not in 1..{} (the UIDNEXT of mailbox {guid} of {user:?})",
+                        mailbox.uidnext
                     )));
                 }
                 for (_, state) in record.flags.entries() {
