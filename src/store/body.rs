@@ -21,8 +21,12 @@ pub trait BodyStore: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Adds a reference to a body that is already held (a copy within the store).
     fn add_ref(&self, txn: &WriteTransaction, digest: &Digest) -> Result<(), StoreError>;
-    /// Drops a reference; frees the body when none remain. Returns the freed size, if freed.
-    fn release(&self, txn: &WriteTransaction, digest: &Digest) -> Result<Option<u64>, StoreError>;
+    /// Drops a reference. A body whose last reference goes is not freed yet: a change later in
+    /// the same transaction may take it again (a message moving to another UID).
+    fn release(&self, txn: &WriteTransaction, digest: &Digest) -> Result<(), StoreError>;
+    /// At the end of a transaction: frees the body if no reference remains. Returns the
+    /// freed size, if freed.
+    fn collect(&self, txn: &WriteTransaction, digest: &Digest) -> Result<Option<u64>, StoreError>;
     fn read(&self, txn: &ReadTransaction, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError>;
     /// Whether the body is held (without reading it).
     fn holds(&self, txn: &ReadTransaction, digest: &Digest) -> Result<bool, StoreError>;
@@ -41,40 +45,40 @@ impl BodyStore for RedbBodies {
         bytes: &[u8],
     ) -> Result<bool, StoreError> {
         let mut refs = txn.open_table(BODY_REFS)?;
-        let current = refs
-            .get(digest.0.as_slice())?
-            .map(|v| v.value())
-            .unwrap_or(0);
-        refs.insert(digest.0.as_slice(), current + 1)?;
-        if current == 0 {
+        let current = refs.get(digest.0.as_slice())?.map(|v| v.value());
+        refs.insert(digest.0.as_slice(), current.unwrap_or(0) + 1)?;
+        // A body released earlier in this transaction (count 0) is still stored.
+        if current.is_none() {
             txn.open_table(BODIES)?.insert(digest.0.as_slice(), bytes)?;
         }
-        Ok(current == 0)
+        Ok(current.is_none())
     }
 
     fn add_ref(&self, txn: &WriteTransaction, digest: &Digest) -> Result<(), StoreError> {
         let mut refs = txn.open_table(BODY_REFS)?;
-        let current = refs
-            .get(digest.0.as_slice())?
-            .map(|v| v.value())
-            .unwrap_or(0);
-        if current == 0 {
+        let Some(current) = refs.get(digest.0.as_slice())?.map(|v| v.value()) else {
             return Err(StoreError::Corrupt(format!(
                 "body {digest} is referenced but not stored"
             )));
-        }
+        };
         refs.insert(digest.0.as_slice(), current + 1)?;
         Ok(())
     }
 
-    fn release(&self, txn: &WriteTransaction, digest: &Digest) -> Result<Option<u64>, StoreError> {
+    fn release(&self, txn: &WriteTransaction, digest: &Digest) -> Result<(), StoreError> {
         let mut refs = txn.open_table(BODY_REFS)?;
         let current = refs
             .get(digest.0.as_slice())?
             .map(|v| v.value())
             .unwrap_or(0);
-        if current > 1 {
-            refs.insert(digest.0.as_slice(), current - 1)?;
+        // At zero the body stays until `collect`, at the end of the transaction.
+        refs.insert(digest.0.as_slice(), current.saturating_sub(1))?;
+        Ok(())
+    }
+
+    fn collect(&self, txn: &WriteTransaction, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        let mut refs = txn.open_table(BODY_REFS)?;
+        if refs.get(digest.0.as_slice())?.map(|v| v.value()) != Some(0) {
             return Ok(None);
         }
         refs.remove(digest.0.as_slice())?;

@@ -234,10 +234,8 @@ impl Tx<'_> {
         self.dirty.mark_message(user, guid, uid);
         self.counters.messages -= 1;
         self.counters.message_bytes = self.counters.message_bytes.saturating_sub(record.size);
-        if let Some(freed) = self.bodies.release(self.txn, &record.digest)? {
-            self.counters.bodies = self.counters.bodies.saturating_sub(1);
-            self.counters.body_bytes = self.counters.body_bytes.saturating_sub(freed);
-        }
+        self.bodies.release(self.txn, &record.digest)?;
+        self.released.insert(record.digest);
         Ok(Some(record))
     }
 }

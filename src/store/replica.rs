@@ -174,11 +174,8 @@ impl Tx<'_> {
                         }
                     }
                     if let Some(old) = &old {
-                        if let Some(freed) = self.bodies.release(self.txn, &old.digest)? {
-                            self.counters.bodies -= 1;
-                            self.counters.body_bytes =
-                                self.counters.body_bytes.saturating_sub(freed);
-                        }
+                        self.bodies.release(self.txn, &old.digest)?;
+                        self.released.insert(old.digest);
                     }
                 }
                 match &old {

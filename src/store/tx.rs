@@ -22,6 +22,8 @@ pub(crate) struct Tx<'t> {
     pub bodies: &'t dyn BodyStore,
     pub dirty: Dirty,
     pub counters: Counters,
+    /// Bodies that lost a reference in this transaction: freed at the end if none remains.
+    pub released: std::collections::BTreeSet<crate::model::Digest>,
     hlc: Hlc,
     now_ms: u64,
 }
@@ -73,6 +75,7 @@ impl<'t> Tx<'t> {
             bodies,
             dirty: Dirty::default(),
             counters,
+            released: Default::default(),
             hlc,
             now_ms,
         })
@@ -94,6 +97,12 @@ impl<'t> Tx<'t> {
 
     /// Persists the clock and the counters; returns the clock to keep in memory after commit.
     pub fn finish(mut self) -> Result<Hlc, StoreError> {
+        for digest in std::mem::take(&mut self.released) {
+            if let Some(freed) = self.bodies.collect(self.txn, &digest)? {
+                self.counters.bodies = self.counters.bodies.saturating_sub(1);
+                self.counters.body_bytes = self.counters.body_bytes.saturating_sub(freed);
+            }
+        }
         let last = self.hlc.last().to_bytes();
         self.meta.insert("hlc", last.as_slice())?;
         let counters = encode(&self.counters)?;

@@ -103,10 +103,9 @@ struct Work {
 #[derive(Debug, PartialEq, Eq)]
 enum Phase {
     Discover,
-    /// Fetching the bodies this side lacks, in batches, staging each batch as it comes.
-    Fetch,
-    /// Sending the bodies the peer lacks, in batches, ahead of the changes.
-    Push,
+    /// Bodies both ways, in batches: fetched ones are staged here as they come, sent ones are
+    /// staged by the peer ahead of the changes that use them.
+    Transfer,
     Apply,
     Done,
 }
@@ -124,12 +123,10 @@ pub struct Session<'a> {
     /// Bodies to fetch from the peer, and to send it, with their sizes (for batching).
     fetch: BTreeMap<Digest, u64>,
     push: BTreeMap<Digest, u64>,
-    /// Bodies this side holds in another mailbox: staged before applying, so a group that
-    /// releases them first cannot take them away.
-    restage: BTreeSet<Digest>,
     /// Fetched bodies that did not match their digest.
     bad: BTreeSet<Digest>,
     applied_once: bool,
+    local_applied: bool,
     pub report: SyncReport,
 }
 
@@ -187,9 +184,9 @@ impl<'a> Session<'a> {
             remote_groups: Vec::new(),
             fetch: BTreeMap::new(),
             push: BTreeMap::new(),
-            restage: BTreeSet::new(),
             bad: BTreeSet::new(),
             applied_once: false,
+            local_applied: false,
             report: SyncReport {
                 dry_run,
                 ..SyncReport::default()
@@ -429,6 +426,11 @@ impl<'a> Session<'a> {
             }
             (Ask::PutBodies, Reply::Staged { .. }) => {}
             (Ask::Apply, Reply::Applied { applied, root }) => {
+                // Every fetched body has been staged by now (Bodies answers come first).
+                if !self.local_applied {
+                    self.local_applied = true;
+                    self.apply_local()?;
+                }
                 let stale = applied.iter().filter(|ok| !**ok).count() as u64;
                 self.report.stale_mailboxes += stale;
                 self.report.equal_after = self.local.root()?.hash.0 == root;
@@ -640,54 +642,56 @@ impl<'a> Session<'a> {
                     self.plan()?;
                 }
             }
-            Phase::Fetch => {
-                let batch = next_batch(&mut self.fetch);
-                if batch.is_empty() {
-                    self.apply_local()?;
-                    self.phase = Phase::Push;
-                    return self.advance();
+            Phase::Transfer => {
+                // Bodies both ways travel in the same rounds; the last round also carries the
+                // first Apply, so a small session pays one round for transfer and apply.
+                let fetch = next_batch(&mut self.fetch);
+                if !fetch.is_empty() {
+                    self.next.push((
+                        Ask::Bodies(fetch.clone()),
+                        Request::Bodies { digests: fetch },
+                    ));
                 }
-                self.next.push((
-                    Ask::Bodies(batch.clone()),
-                    Request::Bodies { digests: batch },
-                ));
-            }
-            Phase::Push => {
-                let batch = next_batch(&mut self.push);
-                if batch.is_empty() {
-                    self.phase = Phase::Apply;
-                    return self.advance();
-                }
-                let mut bodies = Vec::with_capacity(batch.len());
-                for d in &batch {
-                    let bytes = self.local.body(d)?;
-                    self.report.body_bytes_sent += bytes.len() as u64;
-                    bodies.push(bytes);
-                }
-                self.next
-                    .push((Ask::PutBodies, Request::PutBodies { bodies }));
-            }
-            Phase::Apply => {
-                // Groups go in rounds of about APPLY_BATCH_BYTES (each group whole: its guard
-                // covers all its changes); the last answer's root decides `equal_after`.
-                let mut groups = Vec::new();
-                let mut bytes = 0usize;
-                while !self.remote_groups.is_empty() {
-                    let size = super::wire::encode(&self.remote_groups[0]).len();
-                    if !groups.is_empty() && bytes + size > APPLY_BATCH_BYTES {
-                        break;
+                let push = next_batch(&mut self.push);
+                if !push.is_empty() {
+                    let mut bodies = Vec::with_capacity(push.len());
+                    for d in &push {
+                        let bytes = self.local.body(d)?;
+                        self.report.body_bytes_sent += bytes.len() as u64;
+                        bodies.push(bytes);
                     }
-                    bytes += size;
-                    groups.push(self.remote_groups.remove(0));
+                    self.next
+                        .push((Ask::PutBodies, Request::PutBodies { bodies }));
                 }
-                if !groups.is_empty() || !self.applied_once {
-                    self.applied_once = true;
-                    self.next.push((Ask::Apply, Request::Apply { groups }));
+                if self.fetch.is_empty() && self.push.is_empty() {
+                    self.phase = Phase::Apply;
+                    self.queue_apply();
                 }
             }
+            Phase::Apply => self.queue_apply(),
             Phase::Done => {}
         }
         Ok(())
+    }
+
+    /// Queues the next Apply: groups in rounds of about APPLY_BATCH_BYTES (each group whole,
+    /// since its guard covers all its changes); at least one Apply, whose answer carries the
+    /// peer's root.
+    fn queue_apply(&mut self) {
+        let mut groups = Vec::new();
+        let mut bytes = 0usize;
+        while !self.remote_groups.is_empty() {
+            let size = super::wire::encode(&self.remote_groups[0]).len();
+            if !groups.is_empty() && bytes + size > APPLY_BATCH_BYTES {
+                break;
+            }
+            bytes += size;
+            groups.push(self.remote_groups.remove(0));
+        }
+        if !groups.is_empty() || !self.applied_once {
+            self.applied_once = true;
+            self.next.push((Ask::Apply, Request::Apply { groups }));
+        }
     }
 
     /// Merges every differing mailbox, resolves name clashes, and prepares both sides' changes.
@@ -804,6 +808,12 @@ impl<'a> Session<'a> {
         }
 
         let w = self.window;
+        // What the peer holds anywhere in what we fetched: such a body needs no shipping (the
+        // peer frees bodies only at the end of a transaction, and deletions go last).
+        let remote_all: BTreeSet<Digest> = sides
+            .values()
+            .flat_map(|(_, _, r)| r.messages.values().map(|m| m.digest))
+            .collect();
         let mut counts_changed = 0;
         for (key, outcome) in &outcomes {
             let Some((local_hash, local, remote)) = sides.get(key) else {
@@ -816,28 +826,26 @@ impl<'a> Session<'a> {
                 .map_or(NodeHash::EMPTY.truncated(w), |s| s.hash);
             let local_digests: BTreeSet<Digest> =
                 local.messages.values().map(|m| m.digest).collect();
-            let remote_digests: BTreeSet<Digest> =
-                remote.messages.values().map(|m| m.digest).collect();
             let local_store = self.local;
-            let (mut fetch, mut restage, mut push) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut fetch, mut push) = (Vec::new(), Vec::new());
             let (local_changes, lc) = changes_for(&key.0, local, outcome, |m| {
-                if !local_digests.contains(&m.digest) {
-                    match local_store.has_body(&m.digest) {
-                        Ok(true) => restage.push(m.digest),
-                        _ => fetch.push((m.digest, m.size)),
-                    }
+                // A body held anywhere here is enough: the store frees bodies only at the end
+                // of a transaction, so one moving between mailboxes is never lost meanwhile.
+                if !local_digests.contains(&m.digest)
+                    && !local_store.has_body(&m.digest).unwrap_or(false)
+                {
+                    fetch.push((m.digest, m.size));
                 }
                 // Bodies travel apart from the changes (staged first), in bounded batches.
                 None
             });
             let (remote_changes, rc) = changes_for(&key.0, remote, outcome, |m| {
-                if !remote_digests.contains(&m.digest) {
+                if !remote_all.contains(&m.digest) {
                     push.push((m.digest, m.size));
                 }
                 None
             });
             self.fetch.extend(fetch);
-            self.restage.extend(restage);
             self.push.extend(push);
             self.count(&lc, &rc, outcome);
             if lc.mailbox_changed || rc.mailbox_changed {
@@ -877,7 +885,7 @@ impl<'a> Session<'a> {
             self.phase = Phase::Done;
             return Ok(());
         }
-        self.phase = Phase::Fetch;
+        self.phase = Phase::Transfer;
         self.advance()
     }
 
@@ -917,12 +925,6 @@ impl<'a> Session<'a> {
     /// Applies this side's groups: those that need a body that never came are dropped
     /// whole, so their mailboxes stay as they were until the next session.
     fn apply_local(&mut self) -> Result<(), SessionError> {
-        let restage: Vec<Vec<u8>> = self
-            .restage
-            .iter()
-            .map(|d| self.local.body(d))
-            .collect::<Result<_, _>>()?;
-        self.local.stage_bodies(&restage)?;
         let bad = &self.bad;
         let groups: Vec<ChangeGroup> = std::mem::take(&mut self.local_groups);
         let (kept, dropped): (Vec<ChangeGroup>, Vec<ChangeGroup>) =
