@@ -192,6 +192,28 @@ pub fn answer(store: &Store, round: &RoundRequest) -> Result<RoundReply, StoreEr
                 }
                 Reply::Bodies { bodies }
             }
+            Request::Users { bucket } => {
+                let key = node_key(&WireKey::Top {
+                    level: crate::merkle::TOP_LEAF_LEVEL,
+                    index: *bucket,
+                })?;
+                let mut users = Vec::new();
+                for (user_key, value) in store.children(&key)? {
+                    let NodeKey::User { user, .. } = &user_key else {
+                        continue;
+                    };
+                    let mailboxes = store
+                        .children(&user_key)?
+                        .iter()
+                        .filter_map(|(k, v)| match k {
+                            NodeKey::Mailbox { guid, .. } => Some((*guid, summary(v, w))),
+                            _ => None,
+                        })
+                        .collect();
+                    users.push((user.clone(), summary(&value, w), mailboxes));
+                }
+                Reply::Users { users }
+            }
             Request::PutBodies { bodies } => Reply::Staged {
                 count: store.stage_bodies(bodies)? as u64,
             },

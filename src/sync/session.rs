@@ -75,6 +75,7 @@ const APPLY_BATCH_BYTES: usize = 16 << 20;
 enum Ask {
     Root,
     Children(NodeKey),
+    Users(NodeKey),
     Mailbox(Key),
     UidLevel(Key, u8),
     UidChildren(Key, NodeKey),
@@ -127,6 +128,8 @@ pub struct Session<'a> {
     bad: BTreeSet<Digest>,
     applied_once: bool,
     local_applied: bool,
+    /// Mailbox summaries that came with a user bucket's users (one round for two levels).
+    prefetched: BTreeMap<String, Vec<(ChildId, Summary)>>,
     pub report: SyncReport,
 }
 
@@ -187,6 +190,7 @@ impl<'a> Session<'a> {
             bad: BTreeSet::new(),
             applied_once: false,
             local_applied: false,
+            prefetched: BTreeMap::new(),
             report: SyncReport {
                 dry_run,
                 ..SyncReport::default()
@@ -279,6 +283,19 @@ impl<'a> Session<'a> {
             }
             (Ask::Children(node), Reply::Children { children }) => {
                 self.compare_children(&node, children)?
+            }
+            (Ask::Users(bucket), Reply::Users { users }) => {
+                let mut listed = Vec::with_capacity(users.len());
+                for (user, summary, mailboxes) in users {
+                    let children = mailboxes
+                        .into_iter()
+                        .map(|(g, s)| (ChildId::Mailbox(g), s))
+                        .collect();
+                    self.prefetched.insert(user.clone(), children);
+                    listed.push((ChildId::User(user), summary));
+                }
+                self.compare_children(&bucket, listed)?;
+                self.prefetched.clear();
             }
             (
                 Ask::Mailbox(key),
@@ -510,6 +527,16 @@ impl<'a> Session<'a> {
         local_present: bool,
     ) -> Result<(), SessionError> {
         match &key {
+            NodeKey::Top { level, index } if *level == TOP_LEAF_LEVEL && remote.is_some() => {
+                let bucket = *index;
+                self.ask(Ask::Users(key), Request::Users { bucket });
+            }
+            NodeKey::User { user, .. }
+                if remote.is_some() && self.prefetched.contains_key(user) =>
+            {
+                let mailboxes = self.prefetched.remove(user).unwrap_or_default();
+                self.compare_children(&key, mailboxes)?;
+            }
             NodeKey::Top { .. } | NodeKey::User { .. } => {
                 if remote.is_some() {
                     let node = wire_key(&key);

@@ -92,6 +92,9 @@ pub enum Request {
     Apply { groups: Vec<ChangeGroup> },
     /// Bodies sent ahead of the Apply that uses them (staged under their digests).
     PutBodies { bodies: Vec<Vec<u8>> },
+    /// The users of a user bucket, each with its mailboxes' summaries: two levels in one
+    /// round (a differing bucket nearly always means a differing user).
+    Users { bucket: u16 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +135,9 @@ pub enum Reply {
     },
     Staged {
         count: u64,
+    },
+    Users {
+        users: Vec<(String, Summary, Vec<(MailboxGuid, Summary)>)>,
     },
 }
 
