@@ -51,6 +51,9 @@ pub enum ChildId {
     UidRoot,
 }
 
+/// A user with its summary and its mailboxes' summaries (the answer to `Request::Users`).
+pub type UserListing = (String, Summary, Vec<(MailboxGuid, Summary)>);
+
 /// A node's summary: truncated hash and the number of messages below it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
@@ -137,7 +140,7 @@ pub enum Reply {
         count: u64,
     },
     Users {
-        users: Vec<(String, Summary, Vec<(MailboxGuid, Summary)>)>,
+        users: Vec<UserListing>,
     },
 }
 
