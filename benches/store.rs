@@ -13,10 +13,8 @@
 //! it opens with the expected number of messages.
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
-use merkmail::merkle::{Dirty, NodeHash, NodeValue, TreeAccess, BUCKET_SHIFT};
-use merkmail::model::{inbox_guid, FlagName, FlagOp, MailboxGuid, MailboxRecord};
+use merkmail::model::{inbox_guid, FlagName, FlagOp, MailboxGuid};
 use merkmail::store::{NewMessage, Store, DB_FILE, FORMAT_VERSION};
-use redb::{Database, ReadableTable, Table, TableDefinition};
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -385,118 +383,18 @@ fn time_flag_changes(store: &Store, targets: &[Target], next: &mut usize, iters:
     total
 }
 
-// The store's tables, as store/tables.rs defines them (redb checks the types on open).
-const MAILBOXES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mailboxes");
-const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
-const TREE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tree");
-
-fn key(user: &str, guid: MailboxGuid, uid: Option<u32>) -> Vec<u8> {
-    let mut k = user.as_bytes().to_vec();
-    k.push(0);
-    k.extend_from_slice(&guid.0);
-    if let Some(uid) = uid {
-        k.extend_from_slice(&uid.to_be_bytes());
-    }
-    k
-}
-
-/// The tree's view of a redb write transaction, doing what the store's `Tx` does in
-/// store/tx.rs (`impl TreeAccess for Tx`): the same tables, range scans and writes. It lets the
-/// benchmark time `Dirty::flush`, the tree update, on its own inside a real transaction.
-struct RedbTree<'t> {
-    mailboxes: Table<'t, &'static [u8], &'static [u8]>,
-    messages: Table<'t, &'static [u8], &'static [u8]>,
-    tree: Table<'t, &'static [u8], &'static [u8]>,
-}
-
-impl TreeAccess for RedbTree<'_> {
-    type Error = Error;
-
-    fn bucket_entries(
-        &mut self,
-        user: &str,
-        guid: MailboxGuid,
-        bucket: u32,
-    ) -> Result<Vec<NodeHash>, Error> {
-        let first = bucket << BUCKET_SHIFT;
-        let start = key(user, guid, Some(first));
-        let end = key(user, guid, Some(first | ((1 << BUCKET_SHIFT) - 1)));
-        let mut out = Vec::new();
-        for item in self.messages.range(start.as_slice()..=end.as_slice())? {
-            let (_, v) = item?;
-            let hash: [u8; 32] = v
-                .value()
-                .get(..32)
-                .and_then(|h| h.try_into().ok())
-                .ok_or("message value too short")?;
-            out.push(NodeHash(hash));
-        }
-        Ok(out)
-    }
-
-    fn mailbox(&mut self, user: &str, guid: MailboxGuid) -> Result<Option<MailboxRecord>, Error> {
-        match self.mailboxes.get(key(user, guid, None).as_slice())? {
-            Some(v) => Ok(Some(postcard::from_bytes(v.value())?)),
-            None => Ok(None),
-        }
-    }
-
-    fn nodes_in(&mut self, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, NodeValue)>, Error> {
-        let mut out = Vec::new();
-        for item in self.tree.range(start..=end)? {
-            let (k, v) = item?;
-            let value = NodeValue::decode(v.value()).ok_or("malformed tree node")?;
-            out.push((k.value().to_vec(), value));
-        }
-        Ok(out)
-    }
-
-    fn put_node(&mut self, key: &[u8], value: NodeValue) -> Result<(), Error> {
-        self.tree.insert(key, value.encode().as_slice())?;
-        Ok(())
-    }
-
-    fn remove_node(&mut self, key: &[u8]) -> Result<(), Error> {
-        self.tree.remove(key)?;
-        Ok(())
-    }
-}
-
-/// Times `Dirty::flush` for one changed message inside a redb write transaction on the store
-/// file: the work the store does between the record change and the commit. The message's
-/// record is rewritten first (untimed) so its page is dirty as in a real flag change; the
-/// transaction is then aborted, which leaves the fixture as it was.
-fn time_tree_updates(db: &Database, targets: &[Target], next: &mut usize, iters: u64) -> Duration {
+/// Times the tree update for one changed message at a time, through the store's bench hook:
+/// a real write transaction on the store file, the message rewritten untimed, the flush
+/// timed, the transaction aborted (the fixture stays as it was).
+fn time_tree_updates(store: &Store, targets: &[Target], next: &mut usize, iters: u64) -> Duration {
     let mut total = Duration::ZERO;
     for _ in 0..iters {
         let t = &targets[*next % targets.len()];
         *next += 1;
-        let txn = db.begin_write().expect("write transaction");
-        {
-            let mut access = RedbTree {
-                mailboxes: txn.open_table(MAILBOXES).expect("mailboxes"),
-                messages: txn.open_table(MESSAGES).expect("messages"),
-                tree: txn.open_table(TREE).expect("tree"),
-            };
-            let k = key(&t.user, t.guid, Some(t.uid));
-            let value = access
-                .messages
-                .get(k.as_slice())
-                .expect("read")
-                .expect("target exists")
-                .value()
-                .to_vec();
-            access
-                .messages
-                .insert(k.as_slice(), value.as_slice())
-                .expect("rewrite");
-            let mut dirty = Dirty::default();
-            dirty.mark_message(&t.user, t.guid, t.uid);
-            let started = Instant::now();
-            dirty.flush(&mut access).expect("flush");
-            total += started.elapsed();
-        }
-        txn.abort().expect("abort");
+        let times = store
+            .time_tree_update_for_bench(&t.user, t.guid, t.uid, &[u8::MAX])
+            .expect("tree update");
+        total += times.iter().sum::<Duration>();
     }
     total
 }
@@ -519,42 +417,20 @@ const STRETCHES: [(&str, u8); 5] = [
 fn tree_breakdown(rounds: usize) -> Result<(), Error> {
     let shape = SHAPE_1M;
     let dir = fixture(shape)?;
-    let targets = {
-        let store = Store::open(&dir)?;
-        pick_targets(&store, shape, FLAG_TARGETS)?
-    };
-    let db = Database::open(dir.join(DB_FILE))?;
+    let store = Store::open(&dir)?;
+    let targets = pick_targets(&store, shape, FLAG_TARGETS)?;
+    let stops: Vec<u8> = STRETCHES.iter().map(|(_, rank)| *rank).collect();
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); STRETCHES.len() + 1];
     for i in 0..rounds {
         let t = &targets[i % targets.len()];
-        let txn = db.begin_write()?;
-        {
-            let mut access = RedbTree {
-                mailboxes: txn.open_table(MAILBOXES)?,
-                messages: txn.open_table(MESSAGES)?,
-                tree: txn.open_table(TREE)?,
-            };
-            let k = key(&t.user, t.guid, Some(t.uid));
-            let value = access
-                .messages
-                .get(k.as_slice())?
-                .ok_or("target missing")?
-                .value()
-                .to_vec();
-            access.messages.insert(k.as_slice(), value.as_slice())?;
-            let mut dirty = Dirty::default();
-            dirty.mark_message(&t.user, t.guid, t.uid);
-            let mut total = 0.0;
-            for (n, (_, rank)) in STRETCHES.iter().enumerate() {
-                let started = Instant::now();
-                dirty.flush_through(&mut access, *rank)?;
-                let us = started.elapsed().as_secs_f64() * 1e6;
-                times[n].push(us);
-                total += us;
-            }
-            times[STRETCHES.len()].push(total);
+        let stretch = store.time_tree_update_for_bench(&t.user, t.guid, t.uid, &stops)?;
+        let mut total = 0.0;
+        for (n, d) in stretch.iter().enumerate() {
+            let us = d.as_secs_f64() * 1e6;
+            times[n].push(us);
+            total += us;
         }
-        txn.abort()?;
+        times[STRETCHES.len()].push(total);
     }
     let mut line = format!("tree-breakdown rounds={rounds}");
     for (n, (name, _)) in STRETCHES.iter().enumerate() {
@@ -603,18 +479,14 @@ fn bench_flag_change(c: &mut Criterion) {
     });
     drop(state);
 
-    let mut state: Option<(Database, Vec<Target>)> = None;
+    let mut state: Option<(Store, Vec<Target>)> = None;
     group.bench_function("tree_update/flush", |b| {
-        let (db, targets) = state.get_or_insert_with(|| {
-            let dir = fixture(shape).expect("fixture");
-            let targets = {
-                let store = Store::open(&dir).expect("open fixture");
-                pick_targets(&store, shape, FLAG_TARGETS).expect("targets")
-            };
-            let db = Database::open(dir.join(DB_FILE)).expect("open fixture file");
-            (db, targets)
+        let (store, targets) = state.get_or_insert_with(|| {
+            let store = Store::open(&fixture(shape).expect("fixture")).expect("open fixture");
+            let targets = pick_targets(&store, shape, FLAG_TARGETS).expect("targets");
+            (store, targets)
         });
-        b.iter_custom(|iters| time_tree_updates(db, targets, &mut next, iters))
+        b.iter_custom(|iters| time_tree_updates(store, targets, &mut next, iters))
     });
     drop(state);
     group.finish();

@@ -200,6 +200,41 @@ impl Store {
         self.tree_enabled = enabled;
     }
 
+    /// Benchmarks only: inside a write transaction that is then aborted (the store is left as
+    /// it was), rewrites one message so its pages are dirty as in a real flag change, then times
+    /// the tree's update for it in stretches, each ending after a rank of `merkle::Dirty`
+    /// (`u8::MAX`: up to the root). Returns the time of each stretch.
+    #[doc(hidden)]
+    pub fn time_tree_update_for_bench(
+        &self,
+        user: &str,
+        guid: crate::model::MailboxGuid,
+        uid: u32,
+        stops: &[u8],
+    ) -> Result<Vec<std::time::Duration>, StoreError> {
+        let hlc = *self
+            .hlc
+            .lock()
+            .map_err(|_| StoreError::Corrupt("clock lock poisoned".into()))?;
+        let txn = self.db.begin_write()?;
+        let mut times = Vec::with_capacity(stops.len());
+        {
+            let mut tx = Tx::open(&txn, hlc, now_ms(), self.bodies.as_ref())?;
+            let record = tx.get_message(user, guid, uid)?.ok_or_else(|| {
+                StoreError::Invalid(format!("no message {uid} in {guid} of {user:?}"))
+            })?;
+            tx.put_message(user, guid, uid, &record)?;
+            let mut dirty = std::mem::take(&mut tx.dirty);
+            for &stop in stops {
+                let started = std::time::Instant::now();
+                dirty.flush_through(&mut tx, stop)?;
+                times.push(started.elapsed());
+            }
+        }
+        txn.abort()?;
+        Ok(times)
+    }
+
     /// Runs `f` in one write transaction, then brings the tree up to date in the same
     /// transaction and commits. If `f` or the tree update fails nothing is committed.
     pub(crate) fn write<T>(

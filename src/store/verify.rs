@@ -216,6 +216,22 @@ mod tests {
     }
 
     #[test]
+    fn the_bench_hook_times_the_tree_and_changes_nothing() {
+        let store = store_with_mail();
+        let root = store.root().expect("root");
+        let guid = crate::model::inbox_guid("alice");
+        let times = store
+            .time_tree_update_for_bench("alice", guid, 70, &[0, 7, u8::MAX])
+            .expect("timed");
+        assert_eq!(times.len(), 3);
+        assert_eq!(store.root().expect("root"), root);
+        assert!(store.verify().expect("verify").is_ok());
+        assert!(store
+            .time_tree_update_for_bench("alice", guid, 999, &[u8::MAX])
+            .is_err());
+    }
+
+    #[test]
     fn a_missing_or_extra_node_is_found() {
         let store = store_with_mail();
         let txn = store.db.begin_write().expect("txn");
