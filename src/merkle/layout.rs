@@ -261,15 +261,6 @@ impl NodeKey {
         }
     }
 
-    /// This node's slot in its parent (interior parents hash children with their slots).
-    pub fn slot(&self) -> u8 {
-        match self {
-            NodeKey::Top { index, .. } => (*index & 0xf) as u8,
-            NodeKey::Uid { index, .. } => (*index & 0xf) as u8,
-            _ => 0,
-        }
-    }
-
     /// The key range holding every UID-range node of one mailbox (to drop them on delete).
     pub fn mailbox_uid_range(user: &str, guid: MailboxGuid) -> (Vec<u8>, Vec<u8>) {
         let node = |level, index| {

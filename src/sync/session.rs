@@ -201,10 +201,6 @@ impl<'a> Session<'a> {
         Ok(s)
     }
 
-    pub fn is_done(&self) -> bool {
-        self.phase == Phase::Done
-    }
-
     fn trunc(&self, h: &NodeHash) -> [u8; 4] {
         h.truncated(self.window)
     }
