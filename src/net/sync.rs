@@ -29,18 +29,7 @@ pub fn sync_with_peer(
     // Rare: a 4-byte false match hid a difference, or a side changed meanwhile. One more
     // session with another window; its counts are added to the first's.
     let mut second = run(store, (window + 13) % 32, dry_run, send)?;
-    second.rounds += first.rounds;
-    second.bytes_sent += first.bytes_sent;
-    second.bytes_received += first.bytes_received;
-    second.body_bytes_sent += first.body_bytes_sent;
-    second.body_bytes_received += first.body_bytes_received;
-    second.copied_to_peer += first.copied_to_peer;
-    second.copied_from_peer += first.copied_from_peer;
-    second.expunged += first.expunged;
-    second.flag_updates += first.flag_updates;
-    second.uid_clashes_renumbered += first.uid_clashes_renumbered;
-    second.mailboxes_changed += first.mailboxes_changed;
-    second.duration_ms += first.duration_ms;
+    second.add_work_of(&first);
     Ok(second)
 }
 

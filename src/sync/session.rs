@@ -64,6 +64,26 @@ pub struct SyncReport {
     pub dry_run: bool,
 }
 
+impl SyncReport {
+    /// Adds what an earlier session of the same sync moved and cost (round trips, bytes, copies,
+    /// expunges, flag updates, clashes, changed mailboxes, time); the outcome fields
+    /// (`equal_after`, stale mailboxes, mismatches) stay this session's.
+    pub fn add_work_of(&mut self, earlier: &SyncReport) {
+        self.rounds += earlier.rounds;
+        self.bytes_sent += earlier.bytes_sent;
+        self.bytes_received += earlier.bytes_received;
+        self.body_bytes_sent += earlier.body_bytes_sent;
+        self.body_bytes_received += earlier.body_bytes_received;
+        self.copied_to_peer += earlier.copied_to_peer;
+        self.copied_from_peer += earlier.copied_from_peer;
+        self.expunged += earlier.expunged;
+        self.flag_updates += earlier.flag_updates;
+        self.uid_clashes_renumbered += earlier.uid_clashes_renumbered;
+        self.mailboxes_changed += earlier.mailboxes_changed;
+        self.duration_ms += earlier.duration_ms;
+    }
+}
+
 type Key = (String, MailboxGuid);
 
 /// UIDs asked for in one Records question (the peer accepts up to `wire::MAX_ITEMS`).
