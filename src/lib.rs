@@ -8,6 +8,7 @@
 //! - [`sync`]: reconciliation: wire format, responder, the initiator's session, driver.
 //! - [`net`]: HTTP, the only module that knows it: the server, the mail API, the client.
 
+pub mod daemon;
 pub mod maildir;
 pub mod merkle;
 pub mod model;
