@@ -5,5 +5,6 @@
 //! - [`view`]: the status snapshot (`/status`), plain data.
 //! - [`render`]: the snapshot as Prometheus text, an HTML page and a terminal view.
 
+pub mod config;
 pub mod render;
 pub mod view;

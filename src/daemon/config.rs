@@ -1,0 +1,464 @@
+//! `merkmail serve`'s configuration: a TOML file (`--config FILE`, unknown keys rejected) with
+//! command-line flags on top. docs/CONFIG.md documents every key and its default.
+//!
+//! Loading never binds or opens anything: a bad file fails with the file, the key and the
+//! problem before the server touches the network or the store.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+/// A configuration problem; the message names the file (if any), the key and the problem.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{origin}: key `{key}`: {problem}")]
+    Invalid {
+        origin: String,
+        key: String,
+        problem: String,
+    },
+}
+
+/// How a write is acknowledged (DESIGN §6).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Acknowledge the writer at once; the journal ships the change in the background.
+    #[default]
+    Async,
+    /// Hold the writer until at least one peer has stored the change durably, or until
+    /// `sync_timeout_ms` passes (then fall back to async and say so in /status).
+    Sync,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Async => "async",
+            Mode::Sync => "sync",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "async" => Some(Mode::Async),
+            "sync" => Some(Mode::Sync),
+            _ => None,
+        }
+    }
+}
+
+/// One peer: where it listens and the token it wants.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// e.g. `http://10.0.0.2:8025`.
+    pub url: String,
+    /// What this node presents to that peer; defaults to the node's own `peer_token`.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// Request limits, as in `net::Limits`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_body_bytes: usize,
+    pub max_append_bytes: usize,
+    pub max_sync_bytes: usize,
+    pub max_items: usize,
+    pub header_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    pub max_connections: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> LimitsConfig {
+        let d = crate::net::Limits::default();
+        LimitsConfig {
+            max_body_bytes: d.max_body,
+            max_append_bytes: d.max_append_body,
+            max_sync_bytes: d.max_sync_body,
+            max_items: d.max_items,
+            header_timeout_ms: d.header_read_timeout.as_millis() as u64,
+            request_timeout_ms: d.request_timeout.as_millis() as u64,
+            max_connections: d.max_connections,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn to_limits(&self) -> crate::net::Limits {
+        crate::net::Limits {
+            max_append_body: self.max_append_bytes,
+            max_sync_body: self.max_sync_bytes,
+            max_body: self.max_body_bytes,
+            max_items: self.max_items,
+            header_read_timeout: Duration::from_millis(self.header_timeout_ms),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            max_connections: self.max_connections,
+            ..crate::net::Limits::default()
+        }
+    }
+}
+
+/// Everything `merkmail serve` runs with. Field names are the TOML keys.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's name among its peers; used to create the store if `data_dir` holds none.
+    pub node_id: Option<String>,
+    /// The store's directory.
+    pub data_dir: Option<PathBuf>,
+    /// The address to listen on.
+    pub listen: Option<String>,
+    /// What peers must present on the peer API (`/v1/sync/`, `/v1/journal`), and what this
+    /// node presents to peers that have no `token` of their own.
+    pub peer_token: Option<String>,
+    /// What the mail API and the admin routes want; defaults to `peer_token`.
+    pub admin_token: Option<String>,
+    #[serde(rename = "peer")]
+    pub peers: Vec<PeerConfig>,
+    /// Seconds between two background checks of one peer.
+    pub check_interval_s: u64,
+    /// Each wait is `check_interval_s` × (1 ± a random fraction up to this).
+    pub check_jitter: f64,
+    /// The longest wait between attempts while a peer is unreachable (the backoff doubles
+    /// from 1 s up to this).
+    pub backoff_max_s: u64,
+    pub mode: Mode,
+    /// `sync` mode: how long a write waits for a peer to store it.
+    pub sync_timeout_ms: u64,
+    /// Journal entries a peer may lag before its journal is dropped for a Merkle session.
+    pub journal_bound: u64,
+    /// Journal entries shipped in one request (also capped at 8 MiB of bodies).
+    pub journal_batch: usize,
+    /// Days an expunge or delete tombstone is kept (longer than any outage you expect).
+    pub tombstone_retention_days: u64,
+    /// How long a SIGTERM waits for requests and sessions in flight, ms.
+    pub shutdown_timeout_ms: u64,
+    pub limits: LimitsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            node_id: None,
+            data_dir: None,
+            listen: None,
+            peer_token: None,
+            admin_token: None,
+            peers: Vec::new(),
+            check_interval_s: 60,
+            check_jitter: 0.2,
+            backoff_max_s: 300,
+            mode: Mode::Async,
+            sync_timeout_ms: 2_000,
+            journal_bound: 100_000,
+            journal_batch: 1_000,
+            tombstone_retention_days: 30,
+            shutdown_timeout_ms: 10_000,
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// What the command line may set on top of the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub peer_token: Option<String>,
+    pub admin_token: Option<String>,
+    /// `--peer URL` (repeatable): added to the file's peers.
+    pub peers: Vec<String>,
+    pub check_interval_s: Option<u64>,
+    pub mode: Option<Mode>,
+    pub sync_timeout_ms: Option<u64>,
+    pub node_id: Option<String>,
+}
+
+impl Config {
+    /// Reads and parses a TOML file; unknown keys are errors.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses TOML text (the error is toml's, which names the key and the line).
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " | "))
+    }
+
+    /// Applies command-line flags on top of the file.
+    pub fn apply(&mut self, o: Overrides) {
+        if o.data_dir.is_some() {
+            self.data_dir = o.data_dir;
+        }
+        if o.listen.is_some() {
+            self.listen = o.listen;
+        }
+        if o.peer_token.is_some() {
+            self.peer_token = o.peer_token;
+        }
+        if o.admin_token.is_some() {
+            self.admin_token = o.admin_token;
+        }
+        if o.node_id.is_some() {
+            self.node_id = o.node_id;
+        }
+        for url in o.peers {
+            if !self.peers.iter().any(|p| p.url == url) {
+                self.peers.push(PeerConfig { url, token: None });
+            }
+        }
+        if let Some(s) = o.check_interval_s {
+            self.check_interval_s = s;
+        }
+        if let Some(m) = o.mode {
+            self.mode = m;
+        }
+        if let Some(ms) = o.sync_timeout_ms {
+            self.sync_timeout_ms = ms;
+        }
+    }
+
+    /// Checks every key's value; `origin` names where the values came from (the file).
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let bad = |key: &str, problem: String| {
+            Err(ConfigError::Invalid {
+                origin: origin.to_string(),
+                key: key.to_string(),
+                problem,
+            })
+        };
+        if let Some(id) = &self.node_id {
+            if let Err(e) = crate::store::validate_node_id(id) {
+                return bad("node_id", e.to_string());
+            }
+        }
+        if self.data_dir.is_none() {
+            return bad(
+                "data_dir",
+                "is required (in the file, or --data DIR)".to_string(),
+            );
+        }
+        match &self.listen {
+            None => {
+                return bad(
+                    "listen",
+                    "is required (in the file, or --listen ADDR)".to_string(),
+                )
+            }
+            Some(l) if l.parse::<std::net::SocketAddr>().is_err() && !l.contains(':') => {
+                return bad("listen", format!("{l:?} is not HOST:PORT"))
+            }
+            Some(_) => {}
+        }
+        for (key, token) in [
+            ("peer_token", &self.peer_token),
+            ("admin_token", &self.admin_token),
+        ] {
+            if let Some(t) = token {
+                if t.is_empty() || !t.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+                    return bad(key, "must be non-empty printable ASCII without spaces".into());
+                }
+            }
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            let key = format!("peer[{i}].url");
+            if let Err(e) = crate::net::client::Client::new(
+                &p.url,
+                None,
+                crate::net::client::ClientConfig::default(),
+            ) {
+                return bad(&key, e.to_string());
+            }
+            if self.peers[..i].iter().any(|q| q.url == p.url) {
+                return bad(&key, format!("{} is listed twice", p.url));
+            }
+            if let Some(t) = &p.token {
+                if t.is_empty() || !t.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+                    return bad(
+                        &format!("peer[{i}].token"),
+                        "must be non-empty printable ASCII without spaces".into(),
+                    );
+                }
+            }
+        }
+        if self.check_interval_s == 0 {
+            return bad("check_interval_s", "must be at least 1".into());
+        }
+        if !(0.0..=0.9).contains(&self.check_jitter) || self.check_jitter.is_nan() {
+            return bad(
+                "check_jitter",
+                format!("{} is not a fraction in 0.0..=0.9", self.check_jitter),
+            );
+        }
+        if self.backoff_max_s == 0 {
+            return bad("backoff_max_s", "must be at least 1".into());
+        }
+        if self.sync_timeout_ms == 0 {
+            return bad("sync_timeout_ms", "must be at least 1".into());
+        }
+        if self.journal_bound == 0 {
+            return bad("journal_bound", "must be at least 1".into());
+        }
+        if !(1..=100_000).contains(&self.journal_batch) {
+            return bad("journal_batch", "must be in 1..=100000".into());
+        }
+        if self.tombstone_retention_days == 0 {
+            return bad("tombstone_retention_days", "must be at least 1".into());
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.max_body_bytes", l.max_body_bytes as u64),
+            ("limits.max_append_bytes", l.max_append_bytes as u64),
+            ("limits.max_sync_bytes", l.max_sync_bytes as u64),
+            ("limits.max_items", l.max_items as u64),
+            ("limits.header_timeout_ms", l.header_timeout_ms),
+            ("limits.request_timeout_ms", l.request_timeout_ms),
+            ("limits.max_connections", l.max_connections as u64),
+        ] {
+            if v == 0 {
+                return bad(key, "must be at least 1".into());
+            }
+        }
+        if l.max_sync_bytes < 1 << 20 {
+            return bad(
+                "limits.max_sync_bytes",
+                "must be at least 1048576 (sessions and journal batches carry bodies)".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The token this node presents to `peer`.
+    pub fn token_for<'a>(&'a self, peer: &'a PeerConfig) -> Option<&'a str> {
+        peer.token.as_deref().or(self.peer_token.as_deref())
+    }
+
+    /// The token the mail and admin routes want.
+    pub fn admin_token(&self) -> Option<&str> {
+        self.admin_token.as_deref().or(self.peer_token.as_deref())
+    }
+
+    pub fn check_interval(&self) -> Duration {
+        Duration::from_secs(self.check_interval_s)
+    }
+
+    pub fn sync_timeout(&self) -> Duration {
+        Duration::from_millis(self.sync_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid(text: &str) -> Result<Config, String> {
+        let c = Config::from_toml(text)?;
+        c.validate("test.toml").map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    #[test]
+    fn a_full_file_parses_and_defaults_fill_the_rest() {
+        let c = valid(
+            r#"
+            node_id = "a"
+            data_dir = "/tmp/a"
+            listen = "127.0.0.1:8025"
+            peer_token = "p"
+            mode = "sync"
+            sync_timeout_ms = 500
+            [[peer]]
+            url = "http://127.0.0.1:8026"
+            [[peer]]
+            url = "http://127.0.0.1:8027"
+            token = "other"
+            [limits]
+            max_items = 50
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(c.mode, Mode::Sync);
+        assert_eq!(c.peers.len(), 2);
+        assert_eq!(c.token_for(&c.peers[0]), Some("p"));
+        assert_eq!(c.token_for(&c.peers[1]), Some("other"));
+        assert_eq!(c.admin_token(), Some("p"));
+        assert_eq!(c.check_interval_s, 60);
+        assert_eq!(c.limits.max_items, 50);
+        assert_eq!(c.limits.max_body_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("colour = 1\ndata_dir='/d'\nlisten='127.0.0.1:1'", "colour"),
+            ("data_dir='/d'\nlisten='127.0.0.1:1'\nmode='eventually'", "mode"),
+            ("data_dir='/d'\nlisten='127.0.0.1:1'\ncheck_interval_s=0", "check_interval_s"),
+            ("data_dir='/d'\nlisten='127.0.0.1:1'\ncheck_jitter=2.0", "check_jitter"),
+            ("listen='127.0.0.1:1'", "data_dir"),
+            ("data_dir='/d'", "listen"),
+            ("data_dir='/d'\nlisten='127.0.0.1:1'\nnode_id='a b'", "node_id"),
+            (
+                "data_dir='/d'\nlisten='127.0.0.1:1'\n[[peer]]\nurl='ftp://x'",
+                "peer[0].url",
+            ),
+            (
+                "data_dir='/d'\nlisten='127.0.0.1:1'\n[[peer]]\nurl='http://x:1'\n[[peer]]\nurl='http://x:1'",
+                "peer[1].url",
+            ),
+            (
+                "data_dir='/d'\nlisten='127.0.0.1:1'\n[[peer]]\nurl='http://x:1'\nsecret=1",
+                "secret",
+            ),
+            ("data_dir='/d'\nlisten='127.0.0.1:1'\njournal_bound=0", "journal_bound"),
+            (
+                "data_dir='/d'\nlisten='127.0.0.1:1'\n[limits]\nmax_items=0",
+                "limits.max_items",
+            ),
+            ("data_dir='/d'\nlisten='127.0.0.1:1'\npeer_token=''", "peer_token"),
+            ("data_dir='/d'\nlisten='127.0.0.1:1'\nsync_timeout_ms='x'", "sync_timeout_ms"),
+        ];
+        for (text, key) in cases {
+            let e = valid(text).expect_err(text);
+            assert!(e.contains(key), "{text:?}: {e:?} does not name {key}");
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let mut c = Config::from_toml("data_dir='/d'\nlisten='127.0.0.1:1'\ncheck_interval_s=5")
+            .expect("parse");
+        c.apply(Overrides {
+            listen: Some("127.0.0.1:2".into()),
+            peers: vec!["http://127.0.0.1:3".into()],
+            check_interval_s: Some(7),
+            mode: Some(Mode::Sync),
+            admin_token: Some("adm".into()),
+            ..Overrides::default()
+        });
+        c.validate("flags").expect("valid");
+        assert_eq!(c.listen.as_deref(), Some("127.0.0.1:2"));
+        assert_eq!(c.check_interval_s, 7);
+        assert_eq!(c.mode, Mode::Sync);
+        assert_eq!(c.peers[0].url, "http://127.0.0.1:3");
+        assert_eq!(c.admin_token(), Some("adm"));
+    }
+}
