@@ -67,6 +67,13 @@ pub struct PeerView {
     pub journal: JournalView,
     /// The session with this peer in progress, if any.
     pub session: Option<SessionView>,
+    /// Reconciliation metadata bytes sent to this peer since start (every run, not only the
+    /// runs kept in `runs`): the counter behind `merkmail_reconcile_bytes_total`.
+    #[serde(default)]
+    pub bytes_sent_total: u64,
+    /// Reconciliation metadata bytes received from this peer since start.
+    #[serde(default)]
+    pub bytes_received_total: u64,
 }
 
 /// What a run found and did.
