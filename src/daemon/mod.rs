@@ -7,4 +7,5 @@
 
 pub mod config;
 pub mod render;
+pub mod schedule;
 pub mod view;

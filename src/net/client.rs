@@ -114,6 +114,8 @@ impl ClientError {
 pub struct Client {
     base: String,
     token: Option<HeaderValue>,
+    /// Headers sent with every request (e.g. the daemon's node id).
+    extra: Vec<(hyper::header::HeaderName, HeaderValue)>,
     config: ClientConfig,
     inner: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
 }
@@ -177,9 +179,21 @@ impl Client {
         Ok(Client {
             base: base_url.trim_end_matches('/').to_string(),
             token,
+            extra: Vec::new(),
             config,
             inner,
         })
+    }
+
+    /// Sends `name: value` with every request.
+    pub fn with_header(mut self, name: &'static str, value: &str) -> Result<Client, ClientError> {
+        let value = HeaderValue::from_str(value).map_err(|_| ClientError::Url {
+            url: self.base.clone(),
+            reason: format!("header {name} must be printable ASCII"),
+        })?;
+        self.extra
+            .push((hyper::header::HeaderName::from_static(name), value));
+        Ok(self)
     }
 
     /// The full URL of `path_and_query` (which starts with `/`, already percent-encoded).
@@ -224,6 +238,9 @@ impl Client {
         }
         if let Some(ct) = content_type {
             req = req.header(CONTENT_TYPE, ct);
+        }
+        for (name, value) in &self.extra {
+            req = req.header(name, value.clone());
         }
         let req = req.body(Full::new(body)).map_err(|e| ClientError::Url {
             url: url.clone(),

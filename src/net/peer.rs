@@ -5,15 +5,43 @@
 //! (past it the caller gets 503). An `Err` becomes a JSON error answer.
 //!
 //! - `POST /v1/sync/round`: one round of a session (postcard `RoundRequest` → `RoundReply`).
-//! - `POST /v1/sync/start`: reconcile this server with another one now (JSON in and out).
+//! - `POST /v1/sync/start`: reconcile this server with another one now (JSON in and out);
+//!   only with a configured peer when peers are configured. Wants the admin token.
+//! - `GET /v1/sync/hello`: this node's id and version (JSON), how a peer learns who we are.
+//! - `POST /v1/journal`: a batch of a peer's replication journal (postcard), stored durably
+//!   before the answer (the acknowledged sequence number), applied soon after.
 
 use super::error::{reply, ApiError, Reply};
 use super::server::ServerState;
 use super::sync::sync_with_peer;
 use crate::sync::wire::{decode_request, encode};
 use bytes::Bytes;
-use hyper::{Method, StatusCode};
-use serde::Deserialize;
+use hyper::{HeaderMap, Method, StatusCode};
+use serde::{Deserialize, Serialize};
+
+/// The header a daemon's session rounds carry: the initiating node's id.
+pub const NODE_HEADER: &str = "x-merkmail-node";
+
+/// `GET /v1/sync/hello`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Hello {
+    pub node: String,
+    pub version: String,
+}
+
+fn node_header(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(NODE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| crate::store::validate_node_id(v).is_ok())
+        .map(str::to_string)
+}
+
+/// `POST /v1/journal`: stores a peer's batch durably, then answers what it acknowledges.
+async fn journal(state: &ServerState, body: Bytes) -> Result<Reply, ApiError> {
+    let _ = (state, body);
+    Err(ApiError::not_found("no journal here yet"))
+}
 
 /// The content type of session rounds.
 pub const SYNC_CONTENT_TYPE: &str = "application/x-merkmail-sync";
@@ -35,13 +63,41 @@ pub struct StartRequest {
 pub async fn handle(
     state: &ServerState,
     method: &Method,
+    headers: &HeaderMap,
     path: &str,
     body: Bytes,
 ) -> Result<Reply, ApiError> {
     match path {
+        "/v1/sync/hello" => {
+            if method != Method::GET {
+                return Err(ApiError::method_not_allowed("GET"));
+            }
+            let node = match &state.hooks {
+                Some(h) => h.node_id(),
+                None => state.store.node_id().to_string(),
+            };
+            Ok(reply::json(
+                StatusCode::OK,
+                &Hello {
+                    node,
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                },
+            ))
+        }
+        "/v1/journal" => {
+            if method != Method::POST {
+                return Err(ApiError::method_not_allowed("POST"));
+            }
+            journal(state, body).await
+        }
         "/v1/sync/round" => {
             if method != Method::POST {
                 return Err(ApiError::method_not_allowed("POST"));
+            }
+            if let (Some(hooks), Some(from)) = (&state.hooks, node_header(headers)) {
+                hooks
+                    .session_round(&from)
+                    .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))?;
             }
             let round = decode_request(&body).map_err(|e| match e {
                 crate::sync::wire::WireError::TooMany(_) => {
@@ -64,6 +120,14 @@ pub async fn handle(
             }
             let start: StartRequest = serde_json::from_slice(&body)
                 .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
+            if let Some(hooks) = &state.hooks {
+                if hooks.is_peer(&start.peer) == Some(false) {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        format!("{} is not one of this server's configured peers", start.peer),
+                    ));
+                }
+            }
             let store = std::sync::Arc::clone(&state.store);
             // The session is synchronous (store reads, a blocking client): run it off the workers.
             let report = tokio::task::spawn_blocking(move || {

@@ -36,35 +36,100 @@ pub(crate) async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> R
 async fn route(state: &ServerState, req: Request<Incoming>) -> Result<Reply, ApiError> {
     let deadline = Instant::now() + state.limits.request_timeout;
     let path = req.uri().path();
-    if path == "/healthz" {
-        return match *req.method() {
-            Method::GET | Method::HEAD => Ok(reply::text(StatusCode::OK, "ok")),
-            _ => Err(ApiError::method_not_allowed("GET, HEAD")),
-        };
+    match path {
+        "/healthz" | "/status" | "/metrics" | "/" => {
+            if !matches!(*req.method(), Method::GET | Method::HEAD) {
+                return Err(ApiError::method_not_allowed("GET, HEAD"));
+            }
+            let path = path.to_string();
+            return within(deadline, operator(state, path)).await;
+        }
+        _ => {}
     }
     if path != "/v1" && !path.starts_with("/v1/") {
         return Err(ApiError::not_found(format!("no route {path}")));
     }
     // Auth before anything else under /v1/, so a caller without the token learns nothing,
-    // not even which routes exist.
-    if let Some(token) = state.token() {
+    // not even which routes exist. Peers present the peer token on the peer API; the mail
+    // API and `/v1/sync/start` (an operator's action) want the admin token.
+    let peer_route =
+        path.starts_with("/v1/sync/") && path != "/v1/sync/start" || path == "/v1/journal";
+    let token = if peer_route {
+        state.token()
+    } else {
+        state.admin_token()
+    };
+    if let Some(token) = token {
         if !token.admits(req.headers()) {
             return Err(ApiError::unauthorized());
         }
     }
-    if path.starts_with("/v1/sync/") {
+    if path.starts_with("/v1/sync/") || path == "/v1/journal" {
         let (parts, body) = req.into_parts();
         let body = read_within(body, &parts.headers, state.limits.max_sync_body, deadline).await?;
         return within(
             deadline,
-            peer::handle(state, &parts.method, parts.uri.path(), body),
+            peer::handle(state, &parts.method, &parts.headers, parts.uri.path(), body),
         )
         .await;
     }
     if path.starts_with("/v1/mail/") {
-        return mail::handle(state, req, deadline).await;
+        let write = req.method() != Method::GET && req.method() != Method::HEAD;
+        let reply = mail::handle(state, req, deadline).await?;
+        if write && reply.status().is_success() {
+            if let Some(hooks) = &state.hooks {
+                // `sync` mode: the writer hears back once a peer stored the change (or the
+                // sync timeout passed); `async`: this only wakes the journal's shippers.
+                hooks.wrote().await;
+            }
+        }
+        return Ok(reply);
     }
     Err(ApiError::not_found(format!("no route {path}")))
+}
+
+/// The operator's routes: `/healthz`, `/status` (JSON), `/metrics` (Prometheus text) and `/`
+/// (an HTML page). None shows mail or user names, so none needs a token.
+async fn operator(state: &ServerState, path: String) -> Result<Reply, ApiError> {
+    if path == "/healthz" {
+        return Ok(reply::text(StatusCode::OK, "ok"));
+    }
+    let view = match &state.hooks {
+        Some(hooks) => hooks.status(),
+        None => {
+            let store = state.with_store(|s| Ok((s.node_id().to_string(), s.root()?, s.counters()?)));
+            let (node, root, counts) = store.await?;
+            crate::daemon::view::StatusView {
+                node,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                root: root.hash.to_hex(),
+                counts: crate::daemon::view::CountsView {
+                    users: counts.users,
+                    mailboxes: counts.mailboxes,
+                    messages: counts.messages,
+                    message_bytes: counts.message_bytes,
+                    bodies: counts.bodies,
+                    body_bytes: counts.body_bytes,
+                    tombstones: counts.tombstones,
+                },
+                mode: "async".to_string(),
+                ..Default::default()
+            }
+        }
+    };
+    Ok(match path.as_str() {
+        "/status" => reply::json(StatusCode::OK, &view),
+        "/metrics" => reply::bytes(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            crate::daemon::render::metrics(&view).into_bytes(),
+        ),
+        _ => reply::bytes(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            crate::daemon::render::page(&view).into_bytes(),
+        ),
+    })
 }
 
 /// Reads a body under `limit` bytes, answering 408 if it has not all arrived by `deadline`.

@@ -11,6 +11,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -55,28 +56,72 @@ impl Default for Limits {
     }
 }
 
-/// Everything a request handler can reach: the store, the limits, the token.
+/// What the daemon (background checker, journal) offers the HTTP side. The server runs
+/// without one too (`merkmail serve` with no peers still has it; tests may leave it out).
+pub trait Hooks: Send + Sync + 'static {
+    /// The snapshot behind `GET /status`, `/metrics` and `/`.
+    fn status(&self) -> crate::daemon::view::StatusView;
+    /// Called after a mail write committed, before the writer gets its answer: in `sync`
+    /// mode this waits until a peer stored the change or the sync timeout passed.
+    fn wrote(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// A journal batch from node `from` was stored: apply it soon.
+    fn journal_received(&self, from: &str);
+    /// A session round from node `from` (header `x-merkmail-node`) is about to be answered.
+    /// `Err` (answered 409) when this node is itself in a session with that node and wins
+    /// the tie; the other side's session then ends and retries later.
+    fn session_round(&self, from: &str) -> Result<(), String>;
+    /// Whether `url` is a configured peer (`POST /v1/sync/start` only reaches those).
+    /// `None`: no peers are configured and any URL is allowed.
+    fn is_peer(&self, url: &str) -> Option<bool>;
+    /// This node's id, for `GET /v1/sync/hello` and journal acknowledgements.
+    fn node_id(&self) -> String;
+}
+
+/// Everything a request handler can reach: the store, the limits, the tokens, the daemon.
 pub struct ServerState {
     /// The store is synchronous (redb): call it through [`ServerState::with_store`], which runs
     /// it on tokio's blocking pool.
     pub store: Arc<Store>,
     pub limits: Limits,
-    /// `None`: no token configured, `/v1/` is open (fine on loopback, nowhere else).
+    /// What peers present on `/v1/sync/` and `/v1/journal`. `None`: open (loopback only!).
     token: Option<Token>,
+    /// What the mail API and admin routes want; the peer token unless set apart.
+    admin_token: Option<Token>,
+    pub hooks: Option<Arc<dyn Hooks>>,
 }
 
 impl ServerState {
-    /// `token`: what `Authorization: Bearer …` must carry on every `/v1/` route, if anything.
+    /// `token`: what `Authorization: Bearer …` must carry on every `/v1/` route, if anything
+    /// (see [`ServerState::with_admin_token`] to give the mail API a token of its own).
     pub fn new(store: Arc<Store>, token: Option<&str>, limits: Limits) -> ServerState {
         ServerState {
             store,
             limits,
             token: token.map(Token::new),
+            admin_token: token.map(Token::new),
+            hooks: None,
         }
+    }
+
+    /// The mail API and admin routes want `token` instead of the peer token.
+    pub fn with_admin_token(mut self, token: Option<&str>) -> ServerState {
+        if let Some(t) = token {
+            self.admin_token = Some(Token::new(t));
+        }
+        self
+    }
+
+    pub fn with_hooks(mut self, hooks: Arc<dyn Hooks>) -> ServerState {
+        self.hooks = Some(hooks);
+        self
     }
 
     pub(crate) fn token(&self) -> Option<&Token> {
         self.token.as_ref()
+    }
+
+    pub(crate) fn admin_token(&self) -> Option<&Token> {
+        self.admin_token.as_ref()
     }
 
     /// Runs `f` on the store in tokio's blocking pool (a redb transaction must not block the

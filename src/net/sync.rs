@@ -21,14 +21,25 @@ pub fn sync_with_peer(
         let answer = client.post("/v1/sync/round", SYNC_CONTENT_TYPE, bytes)?;
         Ok(expect_success(&client.client().url("/v1/sync/round"), answer)?.to_vec())
     };
+    sync_over(store, dry_run, send)
+}
+
+/// Reconciles `store` with a peer reached through `send` (one round's bytes out, its answer
+/// back): one session with a random hash window, and a second one with another window if the
+/// first ends unequal.
+pub fn sync_over<E: std::fmt::Display>(
+    store: &Store,
+    dry_run: bool,
+    mut send: impl FnMut(Vec<u8>) -> Result<Vec<u8>, E>,
+) -> Result<SyncReport, DriveError> {
     let window = rand::random::<u8>() % 32;
-    let first = run(store, window, dry_run, send)?;
+    let first = run(store, window, dry_run, &mut send)?;
     if first.equal_after || dry_run {
         return Ok(first);
     }
     // Rare: a 4-byte false match hid a difference, or a side changed meanwhile. One more
     // session with another window; its counts are added to the first's.
-    let mut second = run(store, (window + 13) % 32, dry_run, send)?;
+    let mut second = run(store, (window + 13) % 32, dry_run, &mut send)?;
     second.add_work_of(&first);
     Ok(second)
 }
