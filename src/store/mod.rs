@@ -5,6 +5,7 @@
 
 mod body;
 mod error;
+mod journal;
 mod keys;
 mod ops;
 mod read;
@@ -15,6 +16,11 @@ mod verify;
 
 pub use body::{BodyStore, RedbBodies};
 pub use error::StoreError;
+pub use journal::{
+    decode_batch, encode_batch, InboundApplied, InboundStats, JournalBatch, JournalRecord,
+    JournalWireError, PeerJournal, SenderJournal, ShippedEntry, DEFAULT_JOURNAL_BOUND,
+    JOURNAL_WIRE_VERSION, MAX_BATCH_BODIES, MAX_BATCH_ENTRIES, MAX_ENTRY_ITEMS,
+};
 pub use ops::{
     inbox_uidvalidity, AppendOutcome, Counters, MailboxInfo, MessageInfo, NewMessage,
     PreparedMailbox,
@@ -174,6 +180,14 @@ impl Store {
                 .unwrap_or(Stamp::ZERO);
             (node_id, last)
         };
+        // Stores made before the journal existed lack its tables: add them (empty), so that
+        // read transactions find every table.
+        let has_journal = db.begin_read()?.open_table(tables::JOURNAL_SENDERS).is_ok();
+        if !has_journal {
+            let txn = db.begin_write()?;
+            tables::create_all(&txn)?;
+            txn.commit()?;
+        }
         let tag = node_tag(&node_id);
         Ok(Store {
             db,
@@ -219,7 +233,7 @@ impl Store {
         let txn = self.db.begin_write()?;
         let mut times = Vec::with_capacity(stops.len());
         {
-            let mut tx = Tx::open(&txn, hlc, now_ms(), self.bodies.as_ref())?;
+            let mut tx = Tx::open(&txn, hlc, now_ms(), self.bodies.as_ref(), false)?;
             let record = tx.get_message(user, guid, uid)?.ok_or_else(|| {
                 StoreError::Invalid(format!("no message {uid} in {guid} of {user:?}"))
             })?;
@@ -235,10 +249,28 @@ impl Store {
         Ok(times)
     }
 
-    /// Runs `f` in one write transaction, then brings the tree up to date in the same
-    /// transaction and commits. If `f` or the tree update fails nothing is committed.
+    /// Runs a local write `f` in one write transaction, then brings the tree up to date and
+    /// appends what it touched to the replication journal, in the same transaction, and
+    /// commits. If `f` or the tree update fails nothing is committed.
     pub(crate) fn write<T>(
         &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.write_with(true, f)
+    }
+
+    /// Like [`Store::write`], for changes that came from a peer (reconciliation, the journal):
+    /// nothing is journaled, so a change never echoes back to where it came from.
+    pub(crate) fn write_replicated<T>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.write_with(false, f)
+    }
+
+    fn write_with<T>(
+        &self,
+        journal: bool,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         // Writers are serialised by redb anyway; holding the clock for the whole transaction
@@ -249,7 +281,7 @@ impl Store {
             .map_err(|_| StoreError::Corrupt("clock lock poisoned".into()))?;
         let txn = self.db.begin_write()?;
         let (out, new_hlc) = {
-            let mut tx = Tx::open(&txn, *hlc, now_ms(), self.bodies.as_ref())?;
+            let mut tx = Tx::open(&txn, *hlc, now_ms(), self.bodies.as_ref(), journal)?;
             let out = f(&mut tx)?;
             if self.tree_enabled {
                 let mut dirty = std::mem::take(&mut tx.dirty);

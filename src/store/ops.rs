@@ -147,6 +147,7 @@ impl Tx<'_> {
         self.mailboxes
             .remove(keys::mailbox(user, guid).as_slice())?;
         self.dirty.mark_mailbox(user, guid);
+        self.touch_deleted(user, guid);
         self.counters.mailboxes -= 1;
         Ok(())
     }
@@ -232,6 +233,7 @@ impl Tx<'_> {
         let (_, record) = decode_message(old.value())?;
         drop(old);
         self.dirty.mark_message(user, guid, uid);
+        self.touch_message(user, guid, uid);
         self.counters.messages -= 1;
         self.counters.message_bytes = self.counters.message_bytes.saturating_sub(record.size);
         self.bodies.release(self.txn, &record.digest)?;

@@ -94,7 +94,7 @@ impl Tx<'_> {
         Ok(())
     }
 
-    fn apply_change(&mut self, change: &Change) -> Result<(), StoreError> {
+    pub(super) fn apply_change(&mut self, change: &Change) -> Result<(), StoreError> {
         match change {
             Change::Mailbox { user, record } => {
                 MailboxName::parse(&record.name)?;
@@ -232,7 +232,7 @@ impl Store {
     /// expected hash is skipped (a stale plan is never half-applied; the next session picks
     /// it up). Returns which groups were applied.
     pub fn apply_groups(&self, groups: &[ChangeGroup]) -> Result<Vec<bool>, StoreError> {
-        self.write(|tx| {
+        self.write_replicated(|tx| {
             let mut applied = Vec::with_capacity(groups.len());
             for group in groups {
                 let key = crate::merkle::NodeKey::Mailbox {
@@ -266,7 +266,7 @@ impl Store {
     /// nobody took within an hour are dropped (a session that died half-way).
     pub fn stage_bodies(&self, bodies: &[Vec<u8>]) -> Result<usize, StoreError> {
         const KEEP_MS: u64 = 3_600_000;
-        self.write(|tx| {
+        self.write_replicated(|tx| {
             let now = tx.now_ms();
             let mut staged = tx.txn.open_table(super::tables::STAGED)?;
             staged.retain(|_, v| {
@@ -286,7 +286,7 @@ impl Store {
 
     /// Applies changes verbatim, all in one transaction: all of them or none.
     pub fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
-        self.write(|tx| {
+        self.write_replicated(|tx| {
             for change in changes {
                 tx.apply_change(change)?;
             }

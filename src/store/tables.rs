@@ -2,7 +2,9 @@
 
 use redb::{TableDefinition, WriteTransaction};
 
-/// "format" → u32, "node_id" → UTF-8, "hlc" → last stamp (12 bytes), "counters" → postcard.
+/// "format" → u32, "node_id" → UTF-8, "hlc" → last stamp (12 bytes), "counters" → postcard,
+/// "journal_head" → u64be (the last journal sequence number handed out), "journal_bound" →
+/// u64be (how many entries a peer may lag before it overflows).
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// user → postcard(UserRecord)
 pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
@@ -29,6 +31,19 @@ pub const TREE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tree");
 /// not replicated), so that importing the same Maildir again adds nothing.
 pub const SOURCES: TableDefinition<&[u8], u32> = TableDefinition::new("sources");
 
+/// seq → postcard(JournalRecord): which keys a local write touched (journal.rs). Written in
+/// the write's own transaction; trimmed below the smallest peer cursor.
+pub const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
+/// peer name (its configured URL) → postcard(PeerState): cursor (last acknowledged seq),
+/// whether it overflowed, and since when.
+pub const JOURNAL_PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("journal_peers");
+/// sender node id 00 seq:u64be → postcard(ShippedEntry), with the bodies its live messages
+/// need: entries received and acknowledged, not yet applied.
+pub const JOURNAL_INBOUND: TableDefinition<&[u8], &[u8]> = TableDefinition::new("journal_inbound");
+/// sender node id → postcard(SenderState): the last seq received, gaps seen, whether a Merkle
+/// session with the sender is owed.
+pub const JOURNAL_SENDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("journal_senders");
+
 /// Creates every table, so that read transactions on a new store find them all.
 pub fn create_all(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(USERS)?;
@@ -41,5 +56,9 @@ pub fn create_all(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(TREE)?;
     txn.open_table(SOURCES)?;
     txn.open_table(STAGED)?;
+    txn.open_table(JOURNAL)?;
+    txn.open_table(JOURNAL_PEERS)?;
+    txn.open_table(JOURNAL_INBOUND)?;
+    txn.open_table(JOURNAL_SENDERS)?;
     Ok(())
 }

@@ -24,8 +24,21 @@ pub(crate) struct Tx<'t> {
     pub counters: Counters,
     /// Bodies that lost a reference in this transaction: freed at the end if none remains.
     pub released: std::collections::BTreeSet<crate::model::Digest>,
+    /// Whether this transaction is a local write that the replication journal records (false
+    /// for changes applied from a peer: journaling them would echo them back).
+    pub journal: bool,
+    /// The mailboxes and UIDs this transaction touched, for the journal (empty unless `journal`).
+    pub touched: std::collections::BTreeMap<(String, MailboxGuid), Touched>,
     hlc: Hlc,
     now_ms: u64,
+}
+
+/// What one transaction touched in one mailbox.
+#[derive(Debug, Default)]
+pub(crate) struct Touched {
+    /// The mailbox record or tombstone changed.
+    pub mailbox: bool,
+    pub uids: std::collections::BTreeSet<u32>,
 }
 
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(
@@ -56,6 +69,7 @@ impl<'t> Tx<'t> {
         hlc: Hlc,
         now_ms: u64,
         bodies: &'t dyn BodyStore,
+        journal: bool,
     ) -> Result<Tx<'t>, StoreError> {
         let meta = txn.open_table(META)?;
         let counters = match meta.get("counters")? {
@@ -76,6 +90,8 @@ impl<'t> Tx<'t> {
             dirty: Dirty::default(),
             counters,
             released: Default::default(),
+            journal,
+            touched: Default::default(),
             hlc,
             now_ms,
         })
@@ -97,6 +113,7 @@ impl<'t> Tx<'t> {
 
     /// Persists the clock and the counters; returns the clock to keep in memory after commit.
     pub fn finish(mut self) -> Result<Hlc, StoreError> {
+        self.write_journal()?;
         for digest in std::mem::take(&mut self.released) {
             if let Some(freed) = self.bodies.collect(self.txn, &digest)? {
                 self.counters.bodies = self.counters.bodies.saturating_sub(1);
@@ -128,7 +145,39 @@ impl<'t> Tx<'t> {
             value.as_slice(),
         )?;
         self.dirty.mark_mailbox(user, record.guid);
+        self.touch_mailbox(user, record.guid);
         Ok(())
+    }
+
+    /// Notes, for the journal, that a mailbox's record or tombstone changed.
+    pub fn touch_mailbox(&mut self, user: &str, guid: MailboxGuid) {
+        if self.journal {
+            self.touched
+                .entry((user.to_string(), guid))
+                .or_default()
+                .mailbox = true;
+        }
+    }
+
+    /// Notes, for the journal, that the message (or tombstone) at a UID changed.
+    pub fn touch_message(&mut self, user: &str, guid: MailboxGuid, uid: u32) {
+        if self.journal {
+            self.touched
+                .entry((user.to_string(), guid))
+                .or_default()
+                .uids
+                .insert(uid);
+        }
+    }
+
+    /// Notes, for the journal, that a mailbox was deleted: its UIDs need not be named, since
+    /// the mailbox tombstone stands for them.
+    pub fn touch_deleted(&mut self, user: &str, guid: MailboxGuid) {
+        if self.journal {
+            let t = self.touched.entry((user.to_string(), guid)).or_default();
+            t.mailbox = true;
+            t.uids.clear();
+        }
     }
 
     /// Every mailbox of a user, in GUID order.
@@ -171,6 +220,7 @@ impl<'t> Tx<'t> {
         self.messages
             .insert(keys::message(user, guid, uid).as_slice(), value.as_slice())?;
         self.dirty.mark_message(user, guid, uid);
+        self.touch_message(user, guid, uid);
         Ok(())
     }
 }
