@@ -1,6 +1,9 @@
 //! The `merkmail` command: argument parsing, logging set-up, and errors turned into exit codes.
 
 use anyhow::{bail, Context, Result};
+use merkmail::daemon::config::{Config, Mode, Overrides};
+use merkmail::daemon::node::Node;
+use merkmail::daemon::Daemon;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use merkmail::merkle::{NodeKey, NodeValue};
 use merkmail::model::{parse_flag_list, FlagName, FlagOp, MailboxGuid};
@@ -185,17 +188,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Serve the mail API and the peer API over HTTP until SIGTERM or SIGINT.
+    /// Serve the mail, peer and operator APIs over HTTP, and keep this node's peers in step,
+    /// until SIGTERM or SIGINT.
     ///
-    /// Prints `listening on ADDR` on stdout once it accepts connections (the real port when
-    /// ADDR ends in :0); logs go to stderr. docs/HTTP.md describes the routes.
+    /// With peers (--peer, or [[peer]] in --config), a background checker reconciles with each
+    /// one every --check-interval (± jitter), at once on start and when a peer comes back; every
+    /// local write is journaled and shipped to each peer. Prints `listening on ADDR` on stdout
+    /// once it accepts connections (the real port when ADDR ends in :0); logs go to stderr.
+    /// docs/HTTP.md describes the routes, docs/CONFIG.md every configuration key.
     Serve {
-        #[command(flatten)]
-        data: Data,
-        /// The address to listen on, e.g. 127.0.0.1:8025 (port 0 picks a free one).
+        /// A TOML configuration file; the flags below override its keys.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The store's data directory [config: data_dir; env: MERKMAIL_DATA].
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// The address to listen on, e.g. 127.0.0.1:8025 (port 0 picks a free one) [config: listen].
         #[arg(long, value_name = "ADDR")]
-        listen: String,
-        /// Require `Authorization: Bearer TOKEN` on every /v1/ route.
+        listen: Option<String>,
+        /// Create the store with this node id if DIR holds none [config: node_id].
+        #[arg(long, value_name = "ID")]
+        node_id: Option<String>,
+        /// The token peers present on the peer API, and that this node presents to peers
+        /// [config: peer_token]. Also the mail API's token unless --admin-token is given.
         #[arg(
             long,
             value_name = "TOKEN",
@@ -203,6 +218,28 @@ enum Command {
             hide_env_values = true
         )]
         token: Option<String>,
+        /// The token of the mail API and the admin routes (the mail commands' --token carries
+        /// it) [config: admin_token].
+        #[arg(
+            long,
+            value_name = "TOKEN",
+            env = "MERKMAIL_ADMIN_TOKEN",
+            hide_env_values = true
+        )]
+        admin_token: Option<String>,
+        /// A peer to keep in step with, e.g. http://127.0.0.1:8026 (repeatable) [config: [[peer]]].
+        #[arg(long = "peer", value_name = "URL")]
+        peers: Vec<String>,
+        /// Seconds between background checks of a peer [config: check_interval_s; default 60].
+        #[arg(long, value_name = "SECONDS")]
+        check_interval: Option<u64>,
+        /// async: answer writers at once; sync: wait until a peer stored the change (or
+        /// --sync-timeout passed) [config: mode; default async].
+        #[arg(long, value_name = "MODE", value_parser = ["async", "sync"])]
+        mode: Option<String>,
+        /// How long a sync-mode write waits for a peer, ms [config: sync_timeout_ms; default 2000].
+        #[arg(long, value_name = "MS")]
+        sync_timeout: Option<u64>,
     },
     /// Print the server root hash (equal roots mean equal stores).
     Root {
@@ -518,12 +555,34 @@ fn run(command: Command) -> Result<ExitCode> {
             )?;
         }
         Command::Serve {
+            config,
             data,
             listen,
+            node_id,
             token,
+            admin_token,
+            peers,
+            check_interval,
+            mode,
+            sync_timeout,
         } => {
             drop(out);
-            return serve(&data, &listen, token.as_deref());
+            let overrides = Overrides {
+                data_dir: data.or_else(|| {
+                    std::env::var_os("MERKMAIL_DATA")
+                        .filter(|v| !v.is_empty())
+                        .map(PathBuf::from)
+                }),
+                listen,
+                peer_token: token,
+                admin_token,
+                peers,
+                check_interval_s: check_interval,
+                mode: mode.as_deref().and_then(Mode::parse),
+                sync_timeout_ms: sync_timeout,
+                node_id,
+            };
+            return serve(config.as_deref(), overrides);
         }
         Command::Mailbox(cmd) => mailbox(cmd, &mut out)?,
         Command::Append {
@@ -721,40 +780,87 @@ fn run(command: Command) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `merkmail serve`: opens the store, binds, prints `listening on ADDR` on stdout (the one
-/// line scripts wait for, with the real port when ADDR asked for port 0), and serves until
-/// SIGTERM or SIGINT; then drains and exits 0.
-fn serve(data: &Data, listen: &str, token: Option<&str>) -> Result<ExitCode> {
-    if token.is_some_and(str::is_empty) {
-        bail!("--token must not be empty");
-    }
-    let store = open(data)?;
+/// `merkmail serve`: reads the configuration (and fails before binding anything if it is
+/// wrong), opens the store (creating it when a node id is configured and DIR holds none),
+/// binds, prints `listening on ADDR` on stdout (the one line scripts wait for, with the real
+/// port when ADDR asked for port 0), starts the daemon, and serves until SIGTERM or SIGINT;
+/// then stops the daemon's tasks, drains, and exits 0.
+fn serve(config_file: Option<&std::path::Path>, overrides: Overrides) -> Result<ExitCode> {
+    let mut config = match config_file {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    config.apply(overrides);
+    let origin = match config_file {
+        Some(p) => format!("config {}", p.display()),
+        None => "command line".to_string(),
+    };
+    config.validate(&origin)?;
+    let (Some(dir), Some(listen)) = (config.data_dir.clone(), config.listen.clone()) else {
+        bail!("{origin}: data_dir and listen are required");
+    };
+    let store = match (Store::open(&dir), &config.node_id) {
+        (Ok(store), Some(id)) if store.node_id() != id => bail!(
+            "{origin}: key `node_id`: {id:?} does not match the store in {}, which belongs to node {:?}",
+            dir.display(),
+            store.node_id()
+        ),
+        (Ok(store), _) => store,
+        (Err(_), Some(id)) if !dir.join(merkmail::store::DB_FILE).exists() => {
+            let store = Store::init(&dir, id)?;
+            tracing::info!(dir = %dir.display(), node = %id, "created an empty store");
+            store
+        }
+        (Err(e), _) => return Err(e.into()),
+    };
+    let limits = config.limits.to_limits();
+    let shutdown_timeout = std::time::Duration::from_millis(config.shutdown_timeout_ms);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let shutdown = shutdown_signal()?;
-        let listener = tokio::net::TcpListener::bind(listen)
+        let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener
             .local_addr()
             .with_context(|| format!("cannot listen on {listen}"))?;
-        if token.is_none() && !addr.ip().is_loopback() {
+        if config.peer_token.is_none() && !addr.ip().is_loopback() {
             tracing::warn!(%addr, "no --token: anyone who can reach this address can read and change the mail");
         }
+        let store = std::sync::Arc::new(store);
+        let node = Node::new(config.clone(), std::sync::Arc::clone(&store))?;
+        let state = merkmail::net::ServerState::new(store, config.peer_token.as_deref(), limits)
+            .with_admin_token(config.admin_token.as_deref())
+            .with_hooks(node.clone());
+        let daemon = Daemon::start(node)?;
+        tracing::info!(
+            node = %daemon.node.node_id,
+            peers = config.peers.len(),
+            mode = config.mode.as_str(),
+            check_interval_s = config.check_interval_s,
+            "daemon started"
+        );
         {
             let mut out = std::io::stdout().lock();
             writeln!(out, "listening on {addr}")?;
             out.flush()?;
         }
-        let state = std::sync::Arc::new(merkmail::net::ServerState::new(
-            std::sync::Arc::new(store),
-            token,
-            merkmail::net::Limits::default(),
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(merkmail::net::server::run(
+            listener,
+            std::sync::Arc::new(state),
+            async move {
+                let _ = stopped_rx.await;
+            },
         ));
-        merkmail::net::server::run(listener, state, shutdown).await;
+        shutdown.await;
+        // Sessions stop at their next round, shippers between batches; then the server drains.
+        daemon.stop(shutdown_timeout).await;
+        let _ = stopped_tx.send(());
+        let _ = server.await;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)

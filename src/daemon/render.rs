@@ -210,6 +210,13 @@ pub fn metrics(v: &StatusView) -> String {
     }
     family(
         o,
+        "merkmail_write_sync_fallbacks_total",
+        Counter,
+        "Sync-mode writes that waited for every peer in vain and fell back to async, since start.",
+        vec![sample(vec![], v.sync_fallbacks_total)],
+    );
+    family(
+        o,
         "merkmail_journal_head",
         Gauge,
         "Sequence number of the last entry written to this node's replication journal.",
@@ -422,15 +429,25 @@ fn age(now_ms: u64, at_ms: Option<u64>) -> String {
     }
 }
 
-/// A run's or the daemon's duration: `850 ms`, `2.4 s`, `3m 12s`, `5h 3m`, `2d 4h`.
+/// A run's or the daemon's duration: `850ms`, `2.4s`, `42s`, `3m 12s`, `5h 3m`, `2d 4h`.
 fn duration(ms: u64) -> String {
     let s = ms / 1000;
     match ms {
-        0..1000 => format!("{ms} ms"),
-        1000..60_000 => format!("{}.{} s", s, (ms % 1000) / 100),
-        60_000..3_600_000 => format!("{}m {}s", s / 60, s % 60),
-        3_600_000..86_400_000 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
-        _ => format!("{}d {}h", s / 86_400, (s % 86_400) / 3600),
+        0..1000 => format!("{ms}ms"),
+        1000..10_000 => format!("{}.{}s", s, (ms % 1000) / 100),
+        10_000..60_000 => format!("{s}s"),
+        60_000..3_600_000 => pair(s / 60, "m", s % 60, "s"),
+        3_600_000..86_400_000 => pair(s / 3600, "h", (s % 3600) / 60, "m"),
+        _ => pair(s / 86_400, "d", (s % 86_400) / 3600, "h"),
+    }
+}
+
+/// `3m 12s`, or `3m` when the smaller unit is zero.
+fn pair(big: u64, big_unit: &str, small: u64, small_unit: &str) -> String {
+    if small == 0 {
+        format!("{big}{big_unit}")
+    } else {
+        format!("{big}{big_unit} {small}{small_unit}")
     }
 }
 
@@ -515,12 +532,12 @@ fn session(now_ms: u64, p: &PeerView) -> String {
     match &p.session {
         None => "-".to_string(),
         Some(s) => format!(
-            "{} {}, {} rounds, {}, {}",
+            "{} {}, {} rounds, {}, for {}",
             s.direction,
             s.trigger,
             s.rounds,
             bytes(s.bytes),
-            age(now_ms, Some(s.started_ms)).replace(" ago", "")
+            span(now_ms.saturating_sub(s.started_ms))
         ),
     }
 }
@@ -539,12 +556,16 @@ fn fallbacks(now_ms: u64, p: &PeerView) -> String {
     }
 }
 
+/// The replication mode and, in `sync` mode, its timeout and how often writes fell back.
 fn mode(v: &StatusView) -> String {
+    let mut s = v.mode.clone();
     if v.mode == "sync" {
-        format!("sync (timeout {})", duration(v.sync_timeout_ms))
-    } else {
-        v.mode.clone()
+        let _ = write!(s, " (timeout {})", duration(v.sync_timeout_ms));
     }
+    if v.sync_fallbacks_total > 0 {
+        let _ = write!(s, ", {} writes fell back to async", v.sync_fallbacks_total);
+    }
+    s
 }
 
 fn store_counts(v: &StatusView) -> String {
@@ -643,7 +664,14 @@ pub fn page(v: &StatusView) -> String {
         ("snapshot", utc(now)),
         ("root", format!("<code>{}</code>", html(&v.root))),
         ("store", store_counts(v)),
-        ("mode", html(&mode(v))),
+        (
+            "mode",
+            if v.sync_fallbacks_total > 0 {
+                format!("<span class=\"warn\">{}</span>", html(&mode(v)))
+            } else {
+                html(&mode(v))
+            },
+        ),
         (
             "checks",
             format!(
@@ -731,15 +759,16 @@ fn page_peer_row(o: &mut String, now: u64, p: &PeerView) {
         None => "<td>-</td>".to_string(),
         Some(_) => format!("<td class=\"warn\">{}</td>", html(&session(now, p))),
     };
+    // Failed sessions are history (a lifetime counter): worth a look, not an alarm.
     let failed_class = if p.sessions_failed_total > 0 {
-        " bad"
+        " warn"
     } else {
         ""
     };
     let _ = writeln!(
         o,
         "<tr><td><code>{url}</code></td><td>{node}</td>{reachable}\
-         <td title=\"{contact_abs}\">{contact}</td><td>{next}</td>{last_run}\
+         <td{contact_abs}>{contact}</td><td>{next}</td>{last_run}\
          <td class=\"n\">{depth}</td><td>{oldest}</td>{overflow}\
          <td class=\"n{fallback_class}\">{fallbacks}</td>{session_cell}\
          <td class=\"n\">{checks}</td><td class=\"n{failed_class}\">{sessions} ({failed})</td>\
@@ -750,7 +779,10 @@ fn page_peer_row(o: &mut String, now: u64, p: &PeerView) {
             .as_deref()
             .map(html)
             .unwrap_or_else(|| "-".to_string()),
-        contact_abs = p.last_contact_ms.map(utc).unwrap_or_default(),
+        contact_abs = p
+            .last_contact_ms
+            .map(|ms| format!(" title=\"{}\"", utc(ms)))
+            .unwrap_or_default(),
         contact = age(now, p.last_contact_ms),
         next = age(now, p.next_check_ms),
         depth = j.depth,
@@ -1004,12 +1036,15 @@ mod tests {
         check(
             duration,
             &[
-                (0, "0 ms"),
-                (850, "850 ms"),
-                (2_450, "2.4 s"),
+                (0, "0ms"),
+                (850, "850ms"),
+                (2_450, "2.4s"),
+                (42_999, "42s"),
                 (192_000, "3m 12s"),
                 (18_180_000, "5h 3m"),
                 (187_200_000, "2d 4h"),
+                (60_000, "1m"),
+                (7_200_000, "2h"),
             ],
         );
     }

@@ -28,6 +28,9 @@ pub struct StatusView {
     pub journal_head: u64,
     /// Entries received from peers, stored, not yet applied.
     pub inbound_pending: u64,
+    /// `sync` mode: writes that waited `sync_timeout` for every peer and fell back to async.
+    #[serde(default)]
+    pub sync_fallbacks_total: u64,
     pub peers: Vec<PeerView>,
 }
 

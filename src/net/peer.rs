@@ -39,8 +39,25 @@ fn node_header(headers: &HeaderMap) -> Option<String> {
 
 /// `POST /v1/journal`: stores a peer's batch durably, then answers what it acknowledges.
 async fn journal(state: &ServerState, body: Bytes) -> Result<Reply, ApiError> {
-    let _ = (state, body);
-    Err(ApiError::not_found("no journal here yet"))
+    use crate::daemon::journal::{receive, ReceiveError};
+    let store = std::sync::Arc::clone(&state.store);
+    let received = tokio::task::spawn_blocking(move || receive(&store, &body))
+        .await
+        .map_err(|e| ApiError::internal(format!("the journal task failed: {e}")))?;
+    match received {
+        Ok((from, ack)) => {
+            let from: String = from;
+            if let Some(hooks) = &state.hooks {
+                hooks.journal_received(&from);
+            }
+            Ok(reply::json(StatusCode::OK, &ack))
+        }
+        Err(ReceiveError::Wire(e @ crate::store::JournalWireError::TooMany(_))) => {
+            Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()))
+        }
+        Err(ReceiveError::Wire(e)) => Err(ApiError::bad_request(e.to_string())),
+        Err(ReceiveError::Store(e)) => Err(ApiError::from(e)),
+    }
 }
 
 /// The content type of session rounds.

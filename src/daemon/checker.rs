@@ -1,0 +1,137 @@
+//! The background consistency checker: one Merkle session with a peer per check. A session
+//! whose roots match ends after one round trip (the check); one that finds differences
+//! repairs them both ways (the reconciliation).
+
+use super::node::{lock, now_ms, run_view, Node, Peer};
+use super::schedule::Trigger;
+use super::view::{RunView, SessionView};
+use crate::net::peer::SYNC_CONTENT_TYPE;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::{info, warn};
+
+/// One check of `peer`; returns whether the peer answered.
+pub async fn check(node: &Arc<Node>, peer: &Arc<Peer>, trigger: Trigger) -> bool {
+    let at_ms = now_ms();
+    let started = Instant::now();
+    let other = match peer.node_id().await {
+        Ok(id) => id,
+        Err(e) => {
+            let first = lock(&peer.view).failures_in_a_row == 0;
+            peer.contact(false);
+            if first {
+                warn!(peer = %peer.url(), error = %e, "peer unreachable; retrying with backoff");
+            }
+            peer.record(run_view(at_ms, started.elapsed(), trigger, &Err(e.to_string())));
+            return false;
+        }
+    };
+    let Some(cancel) = node.begin_outgoing(&other) else {
+        peer.contact(true);
+        peer.record(RunView {
+            at_ms,
+            trigger: trigger.as_str().to_string(),
+            outcome: "skipped".to_string(),
+            error: Some(format!("{other} is in a session with this node")),
+            ..RunView::default()
+        });
+        return true;
+    };
+    let head_at_start = node.store.journal_head().unwrap_or(0);
+    node.show_session(
+        peer,
+        Some(SessionView {
+            started_ms: at_ms,
+            direction: "outgoing".to_string(),
+            trigger: trigger.as_str().to_string(),
+            rounds: 0,
+            bytes: 0,
+        }),
+    );
+    let store = Arc::clone(&node.store);
+    let session_peer = Arc::clone(peer);
+    let session_cancel = Arc::clone(&cancel);
+    let handle = tokio::runtime::Handle::current();
+    let session_node = Arc::clone(node);
+    // The session reads and writes the store synchronously: run it off the async workers.
+    let result = tokio::task::spawn_blocking(move || {
+        let client = session_peer.client.clone();
+        let url = client.url("/v1/sync/round");
+        let send = |bytes: Vec<u8>| -> Result<Vec<u8>, String> {
+            if session_cancel.load(Ordering::SeqCst) {
+                return Err("yielded to the session the peer started with this node".into());
+            }
+            if session_node.stopping() {
+                return Err("abandoned: the server is shutting down".into());
+            }
+            let out = bytes.len() as u64;
+            let answer = handle
+                .block_on(client.post("/v1/sync/round", SYNC_CONTENT_TYPE, bytes))
+                .map_err(|e| e.to_string())?;
+            let body =
+                crate::net::client::expect_success(&url, answer).map_err(|e| e.to_string())?;
+            if let Some(s) = &mut lock(&session_peer.view).session {
+                s.rounds += 1;
+                s.bytes += out + body.len() as u64;
+            }
+            Ok(body.to_vec())
+        };
+        crate::net::sync::sync_over(&store, false, send).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the session task failed: {e}")));
+    node.end_outgoing(&other);
+    node.show_session(peer, None);
+    let yielded = cancel.load(Ordering::SeqCst);
+    let reachable = result.is_ok() || yielded || !is_transport(&result);
+    let came_back = peer.contact(reachable);
+    let mut run = run_view(at_ms, started.elapsed(), trigger, &result);
+    if yielded && result.is_err() {
+        run.outcome = "skipped".to_string();
+    }
+    match &result {
+        Ok(r) if r.equal_after => {
+            // Whatever the journal missed before this session started is covered now.
+            if let Err(e) = node.store.journal_merkle_done(peer.url(), head_at_start) {
+                warn!(peer = %peer.url(), error = %e, "cannot record the Merkle session in the journal");
+            }
+        }
+        _ => {}
+    }
+    if run.outcome == "repaired" || run.outcome == "unequal" {
+        info!(
+            peer = %peer.url(),
+            trigger = trigger.as_str(),
+            outcome = %run.outcome,
+            rounds = run.rounds,
+            copied_to_peer = run.differences.copied_to_peer,
+            copied_from_peer = run.differences.copied_from_peer,
+            expunged = run.differences.expunged,
+            flag_updates = run.differences.flag_updates,
+            uid_clashes = run.differences.uid_clashes_renumbered,
+            ms = run.duration_ms,
+            "reconciled"
+        );
+    } else if let Some(e) = &run.error {
+        if run.outcome == "error" {
+            warn!(peer = %peer.url(), trigger = trigger.as_str(), error = %e, "check failed");
+        }
+    }
+    peer.record(run);
+    if came_back {
+        info!(peer = %peer.url(), "peer is back");
+        peer.wake_ship.notify_one();
+    }
+    reachable
+}
+
+/// Whether a failed session failed to reach the peer (rather than, say, a store error here).
+fn is_transport(result: &Result<crate::sync::SyncReport, String>) -> bool {
+    match result {
+        Ok(_) => false,
+        Err(e) => {
+            e.contains("cannot connect") || e.contains("no complete answer") || e.contains("transport")
+        }
+    }
+}

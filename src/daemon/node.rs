@@ -1,0 +1,460 @@
+//! The daemon's shared state: the configuration, the store, each peer's client and what this
+//! node knows of it, the sessions in progress, and the signals between tasks. It implements
+//! the HTTP side's [`Hooks`].
+
+use super::config::{Config, PeerConfig};
+use super::schedule::Trigger;
+use super::view::{CountsView, PeerView, RunView, SessionView, StatusView};
+use crate::net::client::{Client, ClientConfig, ClientError};
+use crate::net::peer::NODE_HEADER;
+use crate::net::server::Hooks;
+use crate::store::Store;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
+use tracing::{info, warn};
+
+/// Runs kept per peer for /status.
+const RUNS_KEPT: usize = 10;
+/// An incoming session counts as in progress this long after its last round.
+const INCOMING_IDLE: Duration = Duration::from_secs(5);
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Locks a mutex, taking the data of a poisoned one (a panicking task must not stop the
+/// status page or the other peers).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One configured peer.
+pub struct Peer {
+    pub config: PeerConfig,
+    /// Talks to the peer with its token and this node's id in [`NODE_HEADER`].
+    pub client: Client,
+    /// Wakes the background checker for this peer.
+    pub wake_check: Arc<Notify>,
+    /// Wakes the journal shipper for this peer.
+    pub wake_ship: Notify,
+    /// What /status shows of it (the journal fields are filled from the store).
+    pub view: Mutex<PeerView>,
+    /// Lifetime metadata bytes of sessions, for metrics.
+    pub bytes: Mutex<(u64, u64)>,
+}
+
+impl Peer {
+    pub fn url(&self) -> &str {
+        &self.config.url
+    }
+
+    /// The peer's node id: known from an earlier answer, or asked for now.
+    pub async fn node_id(&self) -> Result<String, ClientError> {
+        if let Some(id) = lock(&self.view).node.clone() {
+            return Ok(id);
+        }
+        let path = "/v1/sync/hello";
+        let answer = self.client.get(path).await?;
+        let body = crate::net::client::expect_success(&self.client.url(path), answer)?;
+        let hello: crate::net::peer::Hello = serde_json::from_slice(&body).map_err(|e| {
+            ClientError::from_status(
+                &self.client.url(path),
+                hyper::StatusCode::BAD_GATEWAY,
+                format!("not a merkmail hello: {e}").as_bytes(),
+            )
+        })?;
+        lock(&self.view).node = Some(hello.node.clone());
+        Ok(hello.node)
+    }
+
+    /// Notes that the peer answered (or did not). Returns true when it was unreachable before.
+    pub fn contact(&self, ok: bool) -> bool {
+        let mut v = lock(&self.view);
+        let was_down = !v.reachable && v.last_contact_ms.is_some() || v.failures_in_a_row > 0;
+        if ok {
+            v.reachable = true;
+            v.last_contact_ms = Some(now_ms());
+            v.failures_in_a_row = 0;
+        } else {
+            v.reachable = false;
+            v.failures_in_a_row = v.failures_in_a_row.saturating_add(1);
+        }
+        ok && was_down
+    }
+
+    /// Keeps a finished run for /status and adds it to the lifetime sums.
+    pub fn record(&self, run: RunView) {
+        {
+            let mut b = lock(&self.bytes);
+            b.0 += run.bytes_sent;
+            b.1 += run.bytes_received;
+        }
+        let mut v = lock(&self.view);
+        v.checks_total += 1;
+        match run.outcome.as_str() {
+            "repaired" | "unequal" => v.sessions_total += 1,
+            "error" => v.sessions_failed_total += 1,
+            _ => {}
+        }
+        let d = &run.differences;
+        let r = &mut v.repaired;
+        r.copied_to_peer += d.copied_to_peer;
+        r.copied_from_peer += d.copied_from_peer;
+        r.expunged += d.expunged;
+        r.flag_updates += d.flag_updates;
+        r.uid_clashes_renumbered += d.uid_clashes_renumbered;
+        r.mailboxes_changed += d.mailboxes_changed;
+        v.runs.insert(0, run);
+        v.runs.truncate(RUNS_KEPT);
+    }
+}
+
+/// A session between this node and another, for the one-session-per-pair rule.
+enum Active {
+    /// This node started it; setting the flag makes it stop at its next round.
+    Outgoing(Arc<AtomicBool>),
+    /// The other node started it; its last round came at this instant.
+    Incoming(Instant),
+}
+
+/// Everything the daemon's tasks share.
+pub struct Node {
+    pub config: Config,
+    pub store: Arc<Store>,
+    pub node_id: String,
+    started: Instant,
+    pub peers: Vec<Arc<Peer>>,
+    /// Sessions by the other node's id.
+    sessions: Mutex<HashMap<String, Active>>,
+    /// Turns true when the process is stopping.
+    pub shutdown: watch::Sender<bool>,
+    /// The largest journal seq any peer has stored (what `sync` mode waits for).
+    pub acked: watch::Sender<u64>,
+    /// Wakes the inbound journal's applier.
+    pub wake_apply: Notify,
+    /// `sync`-mode writes that timed out waiting for every peer.
+    pub sync_fallbacks: AtomicU64,
+}
+
+impl Node {
+    pub fn new(config: Config, store: Arc<Store>) -> Result<Arc<Node>, ClientError> {
+        let node_id = store.node_id().to_string();
+        let mut peers = Vec::new();
+        for p in &config.peers {
+            let client = Client::new(&p.url, config.token_for(p), peer_client_config(&config))?
+                .with_header(NODE_HEADER, &node_id)?;
+            peers.push(Arc::new(Peer {
+                config: p.clone(),
+                client,
+                wake_check: Arc::new(Notify::new()),
+                wake_ship: Notify::new(),
+                view: Mutex::new(PeerView {
+                    url: p.url.clone(),
+                    ..PeerView::default()
+                }),
+                bytes: Mutex::new((0, 0)),
+            }));
+        }
+        Ok(Arc::new(Node {
+            config,
+            store,
+            node_id,
+            started: Instant::now(),
+            peers,
+            sessions: Mutex::new(HashMap::new()),
+            shutdown: watch::channel(false).0,
+            acked: watch::channel(0).0,
+            wake_apply: Notify::new(),
+            sync_fallbacks: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    fn peer_by_node(&self, node: &str) -> Option<&Arc<Peer>> {
+        self.peers
+            .iter()
+            .find(|p| lock(&p.view).node.as_deref() == Some(node))
+    }
+
+    /// Claims the pair for a session this node starts with `other`; `None` when `other` is in
+    /// a session with us right now (ours would only get in its way).
+    pub fn begin_outgoing(&self, other: &str) -> Option<Arc<AtomicBool>> {
+        let mut sessions = lock(&self.sessions);
+        if let Some(Active::Incoming(last)) = sessions.get(other) {
+            if last.elapsed() < INCOMING_IDLE {
+                return None;
+            }
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        sessions.insert(other.to_string(), Active::Outgoing(Arc::clone(&cancel)));
+        Some(cancel)
+    }
+
+    pub fn end_outgoing(&self, other: &str) {
+        let mut sessions = lock(&self.sessions);
+        if matches!(sessions.get(other), Some(Active::Outgoing(_))) {
+            sessions.remove(other);
+        }
+    }
+
+    /// Sets the session shown for `peer` in /status.
+    pub fn show_session(&self, peer: &Peer, session: Option<SessionView>) {
+        lock(&peer.view).session = session;
+    }
+
+    /// The snapshot behind /status, /metrics and /.
+    pub fn snapshot(&self) -> StatusView {
+        let (root, counts) = match (self.store.root(), self.store.counters()) {
+            (Ok(r), Ok(c)) => (r.hash.to_hex(), c),
+            (r, c) => {
+                warn!(root = ?r.err(), counts = ?c.err(), "status: cannot read the store");
+                (String::new(), Default::default())
+            }
+        };
+        let journals: HashMap<String, crate::store::PeerJournal> =
+            self.store.journal_peers().unwrap_or_default().into_iter().collect();
+        let inbound_pending = self
+            .store
+            .journal_senders()
+            .map(|s| s.iter().map(|(_, j)| j.pending).sum())
+            .unwrap_or(0);
+        let now = now_ms();
+        let incoming: HashMap<String, Instant> = lock(&self.sessions)
+            .iter()
+            .filter_map(|(k, a)| match a {
+                Active::Incoming(t) if t.elapsed() < INCOMING_IDLE => Some((k.clone(), *t)),
+                _ => None,
+            })
+            .collect();
+        let peers = self
+            .peers
+            .iter()
+            .map(|p| {
+                let mut v = lock(&p.view).clone();
+                let (sent, received) = *lock(&p.bytes);
+                v.bytes_sent_total = sent;
+                v.bytes_received_total = received;
+                if let Some(j) = journals.get(p.url()) {
+                    v.journal.depth = j.depth;
+                    v.journal.overflowed = j.overflowed;
+                    v.journal.oldest_unshipped_age_ms =
+                        j.oldest_unshipped_ms.map(|t| now.saturating_sub(t));
+                }
+                if v.session.as_ref().is_some_and(|s| s.direction == "incoming")
+                    && !v.node.as_ref().is_some_and(|n| incoming.contains_key(n))
+                {
+                    v.session = None;
+                }
+                v
+            })
+            .collect();
+        StatusView {
+            node: self.node_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            now_ms: now,
+            uptime_s: self.started.elapsed().as_secs(),
+            root,
+            counts: CountsView {
+                users: counts.users,
+                mailboxes: counts.mailboxes,
+                messages: counts.messages,
+                message_bytes: counts.message_bytes,
+                bodies: counts.bodies,
+                body_bytes: counts.body_bytes,
+                tombstones: counts.tombstones,
+            },
+            mode: self.config.mode.as_str().to_string(),
+            sync_timeout_ms: self.config.sync_timeout_ms,
+            check_interval_s: self.config.check_interval_s,
+            journal_head: self.store.journal_head().unwrap_or(0),
+            inbound_pending,
+            sync_fallbacks_total: self.sync_fallbacks.load(Ordering::Relaxed),
+            peers,
+        }
+    }
+
+    /// `sync` mode: waits until some peer stored every change up to the journal's head, or
+    /// the sync timeout passes (then says so, per peer, in /status).
+    async fn wait_for_a_peer(&self) {
+        let Ok(head) = self.store.journal_head() else {
+            return;
+        };
+        for p in &self.peers {
+            p.wake_ship.notify_one();
+        }
+        if self.peers.is_empty() || *self.acked.borrow() >= head {
+            return;
+        }
+        let mut acked = self.acked.subscribe();
+        let stored = tokio::time::timeout(
+            self.config.sync_timeout(),
+            acked.wait_for(|seq| *seq >= head),
+        )
+        .await;
+        if !matches!(stored, Ok(Ok(_))) {
+            self.sync_fallbacks.fetch_add(1, Ordering::Relaxed);
+            let now = now_ms();
+            for p in &self.peers {
+                let mut v = lock(&p.view);
+                v.journal.sync_fallbacks_total += 1;
+                v.journal.last_sync_fallback_ms = Some(now);
+            }
+            warn!(
+                seq = head,
+                timeout_ms = self.config.sync_timeout_ms,
+                "sync mode: no peer stored the change in time; answered the writer anyway (async fall-back)"
+            );
+        }
+    }
+}
+
+fn peer_client_config(config: &Config) -> ClientConfig {
+    ClientConfig {
+        connect_timeout: Duration::from_secs(5),
+        // A round is answered within the peer's own request deadline.
+        request_timeout: Duration::from_millis(config.limits.request_timeout_ms)
+            + Duration::from_secs(5),
+        max_response: 256 << 20,
+    }
+}
+
+impl Hooks for Node {
+    fn status(&self) -> StatusView {
+        self.snapshot()
+    }
+
+    fn wrote(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            match self.config.mode {
+                super::config::Mode::Sync => self.wait_for_a_peer().await,
+                super::config::Mode::Async => {
+                    for p in &self.peers {
+                        p.wake_ship.notify_one();
+                    }
+                }
+            }
+        })
+    }
+
+    fn journal_received(&self, from: &str) {
+        self.wake_apply.notify_one();
+        if let Some(peer) = self.peer_by_node(from) {
+            if peer.contact(true) {
+                info!(peer = %peer.url(), "peer is back (it shipped its journal)");
+                peer.wake_ship.notify_one();
+                peer.wake_check.notify_one();
+            }
+        }
+    }
+
+    fn session_round(&self, from: &str) -> Result<(), String> {
+        {
+            let mut sessions = lock(&self.sessions);
+            if let Some(Active::Outgoing(cancel)) = sessions.get(from) {
+                if self.node_id.as_str() < from {
+                    // Both sides started a session with each other: the smaller node id
+                    // keeps its own; the other yields.
+                    return Err(format!(
+                        "{} is in a session with {from} already; retry later",
+                        self.node_id
+                    ));
+                }
+                cancel.store(true, Ordering::SeqCst);
+            }
+            sessions.insert(from.to_string(), Active::Incoming(Instant::now()));
+        }
+        if let Some(peer) = self.peer_by_node(from) {
+            if peer.contact(true) {
+                info!(peer = %peer.url(), "peer is back (it started a session)");
+                peer.wake_ship.notify_one();
+            }
+            let mut v = lock(&peer.view);
+            match &mut v.session {
+                Some(s) if s.direction == "incoming" => s.rounds += 1,
+                _ => {
+                    v.session = Some(SessionView {
+                        started_ms: now_ms(),
+                        direction: "incoming".to_string(),
+                        trigger: "peer".to_string(),
+                        rounds: 1,
+                        bytes: 0,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn is_peer(&self, url: &str) -> Option<bool> {
+        if self.peers.is_empty() {
+            return None;
+        }
+        let norm = |u: &str| u.trim_end_matches('/').to_string();
+        Some(self.peers.iter().any(|p| norm(p.url()) == norm(url)))
+    }
+
+    fn node_id(&self) -> String {
+        self.node_id.clone()
+    }
+}
+
+/// A run's outcome for /status, from a session's report or error.
+pub(crate) fn run_view(
+    at_ms: u64,
+    duration: Duration,
+    trigger: Trigger,
+    result: &Result<crate::sync::SyncReport, String>,
+) -> RunView {
+    let mut run = RunView {
+        at_ms,
+        duration_ms: duration.as_millis() as u64,
+        trigger: trigger.as_str().to_string(),
+        ..RunView::default()
+    };
+    match result {
+        Ok(r) => {
+            let changed = r.copied_to_peer
+                + r.copied_from_peer
+                + r.expunged
+                + r.flag_updates
+                + r.uid_clashes_renumbered
+                + r.mailboxes_changed;
+            run.outcome = if !r.equal_after {
+                "unequal"
+            } else if changed == 0 && r.differing_mailboxes == 0 {
+                "equal"
+            } else {
+                "repaired"
+            }
+            .to_string();
+            run.rounds = r.rounds;
+            run.bytes_sent = r.bytes_sent;
+            run.bytes_received = r.bytes_received;
+            run.body_bytes_sent = r.body_bytes_sent;
+            run.body_bytes_received = r.body_bytes_received;
+            run.differences = super::view::RepairedView {
+                copied_to_peer: r.copied_to_peer,
+                copied_from_peer: r.copied_from_peer,
+                expunged: r.expunged,
+                flag_updates: r.flag_updates,
+                uid_clashes_renumbered: r.uid_clashes_renumbered,
+                mailboxes_changed: r.mailboxes_changed,
+            };
+        }
+        Err(e) => {
+            run.outcome = "error".to_string();
+            run.error = Some(e.clone());
+        }
+    }
+    run
+}
