@@ -1,10 +1,10 @@
 //! The `merkmail` command: argument parsing, logging set-up, and errors turned into exit codes.
 
 use anyhow::{bail, Context, Result};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use merkmail::daemon::config::{Config, Mode, Overrides};
 use merkmail::daemon::node::Node;
 use merkmail::daemon::Daemon;
-use clap::{Args, CommandFactory, Parser, Subcommand};
 use merkmail::merkle::{NodeKey, NodeValue};
 use merkmail::model::{parse_flag_list, FlagName, FlagOp, MailboxGuid};
 use merkmail::net::json::{MailboxView, MessageView, StatsView};
@@ -241,6 +241,17 @@ enum Command {
         #[arg(long, value_name = "MS")]
         sync_timeout: Option<u64>,
     },
+    /// Show a running server's status: its root and counts, and per peer whether it answers,
+    /// the last checks and what they repaired, the journal's depth and age, the session in
+    /// progress.
+    Status {
+        /// The server, e.g. http://127.0.0.1:8025.
+        #[arg(long, value_name = "URL")]
+        url: String,
+        /// Print the JSON of GET /status instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the server root hash (equal roots mean equal stores).
     Root {
         #[command(flatten)]
@@ -398,6 +409,7 @@ impl Command {
             ) => Some(target),
             Command::Init { .. }
             | Command::Serve { .. }
+            | Command::Status { .. }
             | Command::Tree { .. }
             | Command::Verify { .. }
             | Command::ImportMaildir { .. }
@@ -553,6 +565,23 @@ fn run(command: Command) -> Result<ExitCode> {
                 "initialised an empty store in {} for node {node_id}",
                 data.data.display()
             )?;
+        }
+        Command::Status { url, json } => {
+            let client = merkmail::net::client::BlockingClient::new(
+                &url,
+                None,
+                merkmail::net::client::ClientConfig::default(),
+            )?;
+            let answer = client.get("/status")?;
+            let body =
+                merkmail::net::client::expect_success(&client.client().url("/status"), answer)?;
+            let view: merkmail::daemon::view::StatusView = serde_json::from_slice(&body)
+                .with_context(|| format!("{url}/status: not a merkmail status"))?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&view)?)?;
+            } else {
+                write!(out, "{}", merkmail::daemon::render::human(&view))?;
+            }
         }
         Command::Serve {
             config,

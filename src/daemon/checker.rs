@@ -23,12 +23,18 @@ pub async fn check(node: &Arc<Node>, peer: &Arc<Peer>, trigger: Trigger) -> bool
             if first {
                 warn!(peer = %peer.url(), error = %e, "peer unreachable; retrying with backoff");
             }
-            peer.record(run_view(at_ms, started.elapsed(), trigger, &Err(e.to_string())));
+            peer.record(run_view(
+                at_ms,
+                started.elapsed(),
+                trigger,
+                &Err(e.to_string()),
+            ));
             return false;
         }
     };
     let Some(cancel) = node.begin_outgoing(&other) else {
         peer.contact(true);
+        retry_soon(peer);
         peer.record(RunView {
             at_ms,
             trigger: trigger.as_str().to_string(),
@@ -90,6 +96,11 @@ pub async fn check(node: &Arc<Node>, peer: &Arc<Peer>, trigger: Trigger) -> bool
     if yielded && result.is_err() {
         run.outcome = "skipped".to_string();
     }
+    if run.outcome == "skipped" || run.outcome == "unequal" {
+        // The peer's own session, or a change during ours: look again shortly rather than
+        // after a whole interval (an overflowed journal waits for this check).
+        retry_soon(peer);
+    }
     match &result {
         Ok(r) if r.equal_after => {
             // Whatever the journal missed before this session started is covered now.
@@ -126,12 +137,23 @@ pub async fn check(node: &Arc<Node>, peer: &Arc<Peer>, trigger: Trigger) -> bool
     reachable
 }
 
+/// Wakes the peer's checker again in a few seconds.
+fn retry_soon(peer: &Arc<Peer>) {
+    let wake = Arc::clone(&peer.wake_check);
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        wake.notify_one();
+    });
+}
+
 /// Whether a failed session failed to reach the peer (rather than, say, a store error here).
 fn is_transport(result: &Result<crate::sync::SyncReport, String>) -> bool {
     match result {
         Ok(_) => false,
         Err(e) => {
-            e.contains("cannot connect") || e.contains("no complete answer") || e.contains("transport")
+            e.contains("cannot connect")
+                || e.contains("no complete answer")
+                || e.contains("transport")
         }
     }
 }

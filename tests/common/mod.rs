@@ -367,6 +367,11 @@ impl ChildGuard {
         ChildGuard { child: Some(child) }
     }
 
+    /// Guards a child started elsewhere (e.g. to read its stdout first).
+    pub fn from_child(child: Child) -> ChildGuard {
+        ChildGuard { child: Some(child) }
+    }
+
     pub fn id(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }

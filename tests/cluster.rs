@@ -1,0 +1,526 @@
+//! The daemon with real processes: three `merkmail serve` on 127.0.0.1, each with a config
+//! file naming the others. Writes travel through the replication journal; a node killed with
+//! SIGKILL catches up when it starts again without waiting for the check interval (which the
+//! tests set to an hour); an overflowing journal falls back to a Merkle session; `sync` mode
+//! waits for a peer or falls back; the operator routes and the admin-token rule.
+//!
+//! Every wait is a bounded poll; nothing here asserts how fast anything was.
+
+mod common;
+
+use common::{command, killed_by_signal, run, scratch_dir, ChildGuard, Run};
+use merkmail::daemon::view::StatusView;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const PEER_TOKEN: &str = "peer-secret";
+const ADMIN_TOKEN: &str = "admin-secret";
+/// How long a cluster gets to converge (it usually takes well under a second).
+const CONVERGE: Duration = Duration::from_secs(30);
+const START: Duration = Duration::from_secs(20);
+
+/// A port nobody listens on right now (the tests need to name peers before they start).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+struct Node {
+    name: String,
+    port: u16,
+    dir: PathBuf,
+    config: PathBuf,
+    proc: Option<ChildGuard>,
+}
+
+impl Node {
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Writes the node's config file: its peers, tokens, an hour between checks.
+    fn new(root: &Path, name: &str, port: u16, peers: &[u16], extra: &str) -> Node {
+        let dir = root.join(name);
+        let config = root.join(format!("{name}.toml"));
+        let mut text = format!(
+            "node_id = \"{name}\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n\
+             peer_token = \"{PEER_TOKEN}\"\nadmin_token = \"{ADMIN_TOKEN}\"\n\
+             check_interval_s = 3600\nbackoff_max_s = 1\n{extra}\n",
+            dir.display()
+        );
+        for p in peers {
+            text.push_str(&format!("[[peer]]\nurl = \"http://127.0.0.1:{p}\"\n"));
+        }
+        std::fs::write(&config, text).expect("write config");
+        Node {
+            name: name.to_string(),
+            port,
+            dir,
+            config,
+            proc: None,
+        }
+    }
+
+    /// Starts `serve --config` and waits (bounded) for its `listening on` line.
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.with_extension("log"))
+            .expect("open log");
+        let mut cmd = command(["serve", "--config", &self.config.display().to_string()]);
+        cmd.env("MERKMAIL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        let mut child = cmd.spawn().expect("start serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(START).unwrap_or_default();
+        assert!(
+            line.starts_with("listening on 127.0.0.1:"),
+            "{}: unexpected first line {line:?}; log:\n{}",
+            self.name,
+            self.log()
+        );
+        self.proc = Some(ChildGuard::from_child(child));
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        let status = self.proc.take().expect("running").kill();
+        assert!(killed_by_signal(&status), "{}: {status:?}", self.name);
+    }
+
+    /// SIGTERM; the node must exit 0 within the bound.
+    fn stop(&mut self) {
+        let mut proc = self.proc.take().expect("running");
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &proc.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+        let status = proc
+            .wait_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("{} did not stop on SIGTERM", self.name));
+        assert!(status.success(), "{}: {status:?}", self.name);
+    }
+
+    fn cli(&self, sub: &[&str], rest: &[&str]) -> Run {
+        let url = self.url();
+        let mut args: Vec<&str> = sub.to_vec();
+        args.extend(["--url", &url, "--token", ADMIN_TOKEN]);
+        args.extend_from_slice(rest);
+        run(&args, None)
+    }
+
+    #[track_caller]
+    fn append(&self, user: &str, mailbox: &str, file: &Path) -> u32 {
+        let out = self
+            .cli(&["append"], &[user, mailbox, &file.display().to_string()])
+            .ok();
+        common::parse_uids(&out)[0]
+    }
+
+    #[track_caller]
+    fn root(&self) -> String {
+        self.cli(&["root"], &[])
+            .ok()
+            .stdout_str()
+            .trim()
+            .to_string()
+    }
+
+    #[track_caller]
+    fn list(&self, user: &str) -> Value {
+        self.cli(&["list"], &[user, "--json"]).ok().json()
+    }
+
+    #[track_caller]
+    fn status(&self) -> StatusView {
+        let out = run(&["status", "--url", &self.url(), "--json"], None).ok();
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        let client = merkmail::net::client::BlockingClient::new(
+            &self.url(),
+            token,
+            merkmail::net::client::ClientConfig::default(),
+        )
+        .expect("client");
+        let (status, body) = client.get(path).expect("GET");
+        (status.as_u16(), String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+/// Polls until every node has the same root (and that root is not the empty store's), or
+/// fails with each node's status.
+#[track_caller]
+fn converge(nodes: &[&Node], within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let roots: Vec<String> = nodes.iter().map(|n| n.root()).collect();
+        if roots.windows(2).all(|w| w[0] == w[1]) {
+            return roots[0].clone();
+        }
+        if Instant::now() > deadline {
+            let states: Vec<String> = nodes
+                .iter()
+                .map(|n| format!("{}: {:?}\n{}", n.name, n.status(), n.log()))
+                .collect();
+            panic!(
+                "no convergence within {within:?}: {roots:?}\n{}",
+                states.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[track_caller]
+fn poll(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ok() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn message(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.eml"));
+    std::fs::write(
+        &path,
+        format!("From: a@example.org\r\nSubject: {name}\r\n\r\nbody of {name}\r\n"),
+    )
+    .expect("write message");
+    path
+}
+
+fn peer<'a>(v: &'a StatusView, url: &str) -> &'a merkmail::daemon::view::PeerView {
+    v.peers
+        .iter()
+        .find(|p| p.url == url)
+        .unwrap_or_else(|| panic!("{url} not among the peers of {}", v.node))
+}
+
+#[test]
+fn three_nodes_replicate_and_a_killed_node_catches_up_at_start() {
+    let tmp = scratch_dir();
+    let root = tmp.path();
+    let ports = [free_port(), free_port(), free_port()];
+    let mut a = Node::new(root, "a", ports[0], &[ports[1], ports[2]], "");
+    let mut b = Node::new(root, "b", ports[1], &[ports[0], ports[2]], "");
+    let mut c = Node::new(root, "c", ports[2], &[ports[0], ports[1]], "");
+    for n in [&mut a, &mut b, &mut c] {
+        n.start();
+    }
+    // Writes on every node reach the others through the journal (the check interval is an
+    // hour: only the start-up checks and the journal can move mail).
+    let m1 = a.append("alice", "INBOX", &message(root, "m1"));
+    b.cli(&["mailbox", "create"], &["alice", "Work"]).ok();
+    c.append("bob", "INBOX", &message(root, "m2"));
+    converge(&[&a, &b, &c], CONVERGE);
+    b.cli(
+        &["flags"],
+        &["alice", "INBOX", &m1.to_string(), "--add", "\\Seen"],
+    )
+    .ok();
+    let root_before = converge(&[&a, &b, &c], CONVERGE);
+    assert_eq!(a.list("alice"), c.list("alice"));
+    let seen = c.list("alice");
+    assert!(seen.to_string().contains("\\\\Seen"), "{seen}");
+    let sa = a.status();
+    assert!(
+        sa.peers.iter().all(|p| p.journal.shipped_total >= 1),
+        "a shipped its journal to both: {sa:?}"
+    );
+
+    // C dies hard; A and B keep taking writes, some of them on the same messages.
+    c.kill();
+    let m3 = a.append("alice", "INBOX", &message(root, "m3"));
+    b.append("alice", "Work", &message(root, "m4"));
+    a.cli(
+        &["flags"],
+        &["alice", "INBOX", &m1.to_string(), "--remove", "\\Seen"],
+    )
+    .ok();
+    b.cli(
+        &["flags"],
+        &["alice", "INBOX", &m1.to_string(), "--add", "\\Flagged"],
+    )
+    .ok();
+    b.cli(&["expunge"], &["alice", "INBOX", &m3.to_string()])
+        .ok();
+    b.cli(&["mailbox", "rename"], &["alice", "Work", "Projects"])
+        .ok();
+    let ab = converge(&[&a, &b], CONVERGE);
+    assert_ne!(ab, root_before);
+    // A sees C down and keeps C's journal.
+    poll("a sees c unreachable", CONVERGE, || {
+        !peer(&a.status(), &c.url()).reachable
+    });
+    assert!(peer(&a.status(), &c.url()).journal.depth > 0);
+
+    // C comes back: it converges at once, although the next interval is an hour away.
+    c.start();
+    let all = converge(&[&a, &b, &c], CONVERGE);
+    assert_eq!(all, ab);
+    for user in ["alice", "bob"] {
+        assert_eq!(a.list(user), c.list(user), "{user}");
+        assert_eq!(b.list(user), c.list(user), "{user}");
+    }
+    assert_eq!(
+        a.cli(&["mailbox", "list"], &["alice", "--json"])
+            .ok()
+            .json(),
+        c.cli(&["mailbox", "list"], &["alice", "--json"])
+            .ok()
+            .json()
+    );
+    // What /status says: C ran start-up checks; A saw C fail, come back, and drained C's journal.
+    let sc = c.status();
+    for url in [a.url(), b.url()] {
+        let p = peer(&sc, &url);
+        assert!(p.reachable, "{p:?}");
+        assert!(
+            p.runs.iter().any(|r| r.trigger == "startup"),
+            "c's runs with {url}: {:?}",
+            p.runs
+        );
+    }
+    poll("a drained c's journal", CONVERGE, || {
+        let s = a.status();
+        let p = peer(&s, &c.url());
+        p.reachable && p.journal.depth == 0
+    });
+    let pa = a.status();
+    let pc = peer(&pa, &c.url());
+    assert!(
+        pc.runs.iter().any(|r| r.outcome == "error"),
+        "{:?}",
+        pc.runs
+    );
+    assert!(pc.checks_total >= 2);
+    for n in [&mut a, &mut b, &mut c] {
+        n.stop();
+    }
+}
+
+#[test]
+fn an_overflowing_journal_falls_back_to_merkle_and_converges() {
+    let tmp = scratch_dir();
+    let root = tmp.path();
+    let ports = [free_port(), free_port()];
+    let mut a = Node::new(root, "a", ports[0], &[ports[1]], "journal_bound = 5");
+    let mut b = Node::new(root, "b", ports[1], &[ports[0]], "journal_bound = 5");
+    a.start();
+    b.start();
+    a.append("alice", "INBOX", &message(root, "first"));
+    converge(&[&a, &b], CONVERGE);
+    b.kill();
+    for i in 0..20 {
+        a.append("alice", "INBOX", &message(root, &format!("m{i}")));
+    }
+    let s = a.status();
+    let p = peer(&s, &b.url());
+    assert!(p.journal.overflowed, "{p:?}");
+    assert!(p.journal.depth <= 5, "{p:?}");
+    b.start();
+    converge(&[&a, &b], CONVERGE);
+    assert_eq!(a.list("alice"), b.list("alice"));
+    assert_eq!(b.list("alice").as_array().map(Vec::len), Some(21));
+    poll(
+        "the overflow is cleared by a Merkle session",
+        CONVERGE,
+        || !peer(&a.status(), &b.url()).journal.overflowed,
+    );
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn sync_mode_waits_for_a_peer_or_falls_back_after_the_timeout() {
+    let tmp = scratch_dir();
+    let root = tmp.path();
+    let ports = [free_port(), free_port()];
+    let sync = "mode = \"sync\"\nsync_timeout_ms = 800";
+    let mut a = Node::new(root, "a", ports[0], &[ports[1]], sync);
+    let mut b = Node::new(root, "b", ports[1], &[ports[0]], "");
+    a.start();
+    // Every peer down: the write returns after the timeout, and /status says it fell back.
+    let started = Instant::now();
+    a.append("alice", "INBOX", &message(root, "alone"));
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    let s = a.status();
+    assert_eq!(s.mode, "sync");
+    assert_eq!(s.sync_fallbacks_total, 1);
+    assert_eq!(peer(&s, &b.url()).journal.sync_fallbacks_total, 1);
+    assert!(peer(&s, &b.url()).journal.last_sync_fallback_ms.is_some());
+    let metrics = a.get("/metrics", None).1;
+    assert!(
+        metrics.contains("merkmail_write_sync_fallbacks_total 1"),
+        "{metrics}"
+    );
+
+    // With the peer up, the write returns only once the peer has stored it: B already holds
+    // the entry (received, maybe not yet applied) when the append answers.
+    b.start();
+    converge(&[&a, &b], CONVERGE);
+    let uid = a.append("alice", "INBOX", &message(root, "together"));
+    let received = b.status();
+    assert!(
+        received.inbound_pending > 0
+            || b.list("alice")
+                .to_string()
+                .contains(&format!("\"uid\":{uid}")),
+        "b neither holds nor applied the write: {received:?}"
+    );
+    assert_eq!(a.status().sync_fallbacks_total, 1, "no new fall-back");
+    converge(&[&a, &b], CONVERGE);
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn operator_routes_and_the_admin_token() {
+    let tmp = scratch_dir();
+    let root = tmp.path();
+    let ports = [free_port(), free_port()];
+    let mut a = Node::new(root, "a", ports[0], &[ports[1]], "");
+    a.start();
+    a.append("secret-user", "INBOX", &message(root, "hidden"));
+    // The mail API wants the admin token; the peer token does not open it.
+    assert_eq!(a.get("/v1/mail/root", None).0, 401);
+    assert_eq!(a.get("/v1/mail/root", Some(PEER_TOKEN)).0, 401);
+    assert_eq!(a.get("/v1/mail/root", Some(ADMIN_TOKEN)).0, 200);
+    // The peer API wants the peer token; the admin token does not open it.
+    assert_eq!(a.get("/v1/sync/hello", Some(ADMIN_TOKEN)).0, 401);
+    let (code, hello) = a.get("/v1/sync/hello", Some(PEER_TOKEN));
+    assert_eq!(code, 200);
+    assert!(hello.contains("\"node\":\"a\""), "{hello}");
+    // Operator routes: open, and never a user name or mail.
+    let (code, health) = a.get("/healthz", None);
+    assert_eq!((code, health.as_str()), (200, "ok"));
+    let (code, status) = a.get("/status", None);
+    assert_eq!(code, 200);
+    let view: StatusView = serde_json::from_str(&status).expect("status JSON");
+    assert_eq!(view.node, "a");
+    assert_eq!(view.counts.messages, 1);
+    assert_eq!(view.peers.len(), 1);
+    assert_eq!(view.root, a.root());
+    let (code, metrics) = a.get("/metrics", None);
+    assert_eq!(code, 200);
+    assert!(metrics.contains("merkmail_messages 1"), "{metrics}");
+    assert!(metrics.contains(&format!(
+        "merkmail_peer_up{{peer=\"http://127.0.0.1:{}\"}} 0",
+        ports[1]
+    )));
+    for line in metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let value = line.rsplit(' ').next().expect("value");
+        assert!(value.parse::<f64>().is_ok(), "not a sample: {line:?}");
+    }
+    let (code, page) = a.get("/", None);
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("<html") && page.contains(&b_url(ports[1])),
+        "{page}"
+    );
+    for body in [&status, &metrics, &page] {
+        assert!(!body.contains("secret-user") && !body.contains("hidden"));
+    }
+    // The terminal view.
+    let human = run(&["status", "--url", &a.url()], None).ok().stdout_str();
+    assert!(human.contains(&b_url(ports[1])), "{human}");
+    // sync/start reaches configured peers only.
+    let out = run(
+        &[
+            "sync",
+            "--url",
+            &a.url(),
+            "--token",
+            ADMIN_TOKEN,
+            "--peer",
+            "http://127.0.0.1:9",
+        ],
+        None,
+    );
+    assert!(!out.success());
+    assert!(
+        out.stderr
+            .contains("not one of this server's configured peers"),
+        "{}",
+        out.stderr
+    );
+    a.stop();
+}
+
+fn b_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+#[test]
+fn config_errors_name_the_key_and_bind_nothing() {
+    let tmp = scratch_dir();
+    let port = free_port();
+    let cases = [
+        ("colour = \"red\"", "colour"),
+        ("mode = \"eventually\"", "mode"),
+        ("check_interval_s = 0", "check_interval_s"),
+        ("[[peer]]\nurl = \"ftp://x\"", "peer[0].url"),
+        ("[limits]\nmax_items = 0", "limits.max_items"),
+    ];
+    for (i, (extra, key)) in cases.iter().enumerate() {
+        let path = tmp.path().join(format!("bad{i}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "data_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nnode_id = \"x\"\n{extra}\n",
+                tmp.path().join("d").display()
+            ),
+        )
+        .expect("write");
+        let out = run(&["serve", "--config", &path.display().to_string()], None);
+        assert_eq!(out.code, Some(1), "{extra}: {out:?}");
+        assert!(out.stderr.contains(key), "{extra}: {}", out.stderr);
+        assert!(out.stdout.is_empty(), "it must not have listened: {out:?}");
+        assert!(
+            !tmp.path().join("d").exists(),
+            "nothing created for {extra}"
+        );
+    }
+    let out = run(&["serve", "--config", "/nonexistent/merkmail.toml"], None);
+    assert!(
+        out.stderr.contains("/nonexistent/merkmail.toml"),
+        "{}",
+        out.stderr
+    );
+    // A flag overrides the file: the bad mode in the file is not what fails here.
+    let path = tmp.path().join("flags.toml");
+    std::fs::write(&path, "listen = \"127.0.0.1:1\"\n").expect("write");
+    let out = run(
+        &[
+            "serve",
+            "--config",
+            &path.display().to_string(),
+            "--check-interval",
+            "0",
+        ],
+        None,
+    );
+    assert!(out.stderr.contains("data_dir"), "{}", out.stderr);
+}
