@@ -570,15 +570,20 @@ fn unknown_routes_are_404_and_wrong_methods_405() {
     let s = TestServer::open();
     let c = s.client(None);
     for path in [
-        "/",
+        "/index.html",
         "/v2/mail/root",
         "/v1/mail/",
         "/v1/mail/users/a",
         "/v1/mail/root/x",
-        "/metrics",
+        "/metrics/x",
     ] {
         let (status, _) = error_of(c.get(path).expect("answer"));
         assert_eq!(status, 404, "{path}");
+    }
+    // The operator routes answer GET only.
+    for path in ["/", "/status", "/metrics", "/healthz"] {
+        let r = raw(s.addr, &request("POST", path, "", 0), b"", false);
+        assert_eq!(r.status, 405, "{path}");
     }
     let r = raw(s.addr, &request("PUT", "/v1/mail/root", "", 0), b"", false);
     assert_eq!(r.status, 405);
@@ -1017,7 +1022,12 @@ fn serve_and_the_remote_cli_print_what_the_local_cli_prints() {
     let addr = line
         .strip_suffix('\n')
         .and_then(|l| l.strip_prefix("listening on "))
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        .unwrap_or_else(|| {
+            panic!(
+                "unexpected first line {line:?}; log: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
     let port: u16 = addr
         .strip_prefix("127.0.0.1:")
         .and_then(|p| p.parse().ok())

@@ -186,6 +186,14 @@ pub struct Overrides {
     pub node_id: Option<String>,
 }
 
+const TOKEN_RULE: &str =
+    "must be printable ASCII (spaces allowed inside), not empty, no leading or trailing space";
+
+/// A token fits in an `Authorization: Bearer` header as it is.
+fn usable_token(t: &str) -> bool {
+    !t.is_empty() && t.trim() == t && t.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
 impl Config {
     /// Reads and parses a TOML file; unknown keys are errors.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
@@ -274,8 +282,8 @@ impl Config {
             ("admin_token", &self.admin_token),
         ] {
             if let Some(t) = token {
-                if t.is_empty() || !t.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-                    return bad(key, "must be non-empty printable ASCII without spaces".into());
+                if !usable_token(t) {
+                    return bad(key, TOKEN_RULE.into());
                 }
             }
         }
@@ -292,11 +300,8 @@ impl Config {
                 return bad(&key, format!("{} is listed twice", p.url));
             }
             if let Some(t) = &p.token {
-                if t.is_empty() || !t.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-                    return bad(
-                        &format!("peer[{i}].token"),
-                        "must be non-empty printable ASCII without spaces".into(),
-                    );
+                if !usable_token(t) {
+                    return bad(&format!("peer[{i}].token"), TOKEN_RULE.into());
                 }
             }
         }
