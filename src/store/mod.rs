@@ -8,6 +8,7 @@ mod error;
 mod journal;
 mod keys;
 mod ops;
+mod purge;
 mod read;
 mod replica;
 mod tables;
@@ -16,6 +17,7 @@ mod verify;
 
 pub use body::{BodyStore, RedbBodies};
 pub use error::StoreError;
+pub use purge::Purged;
 pub use journal::{
     decode_batch, encode_batch, InboundApplied, InboundStats, JournalBatch, JournalRecord,
     JournalWireError, PeerJournal, SenderJournal, ShippedEntry, DEFAULT_JOURNAL_BOUND,
