@@ -524,3 +524,36 @@ fn config_errors_name_the_key_and_bind_nothing() {
     );
     assert!(out.stderr.contains("data_dir"), "{}", out.stderr);
 }
+
+#[test]
+fn sigterm_keeps_the_journal_and_the_next_start_ships_it() {
+    let tmp = scratch_dir();
+    let root = tmp.path();
+    let ports = [free_port(), free_port()];
+    let mut a = Node::new(root, "a", ports[0], &[ports[1]], "");
+    let mut b = Node::new(root, "b", ports[1], &[ports[0]], "");
+    a.start();
+    for i in 0..3 {
+        a.append("alice", "INBOX", &message(root, &format!("kept{i}")));
+    }
+    let depth = peer(&a.status(), &b.url()).journal.depth;
+    assert!(depth >= 3, "three writes wait for b: {depth}");
+    a.stop();
+    a.start();
+    let s = a.status();
+    assert_eq!(
+        peer(&s, &b.url()).journal.depth,
+        depth,
+        "the journal survived the restart"
+    );
+    b.start();
+    converge(&[&a, &b], CONVERGE);
+    assert_eq!(b.list("alice").as_array().map(Vec::len), Some(3));
+    poll("a shipped the kept journal", CONVERGE, || {
+        let s = a.status();
+        let p = peer(&s, &b.url());
+        p.journal.depth == 0 && p.journal.shipped_total >= 1
+    });
+    a.stop();
+    b.stop();
+}
