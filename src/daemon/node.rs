@@ -221,8 +221,12 @@ impl Node {
                 (String::new(), Default::default())
             }
         };
-        let journals: HashMap<String, crate::store::PeerJournal> =
-            self.store.journal_peers().unwrap_or_default().into_iter().collect();
+        let journals: HashMap<String, crate::store::PeerJournal> = self
+            .store
+            .journal_peers()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         let inbound_pending = self
             .store
             .journal_senders()
@@ -250,7 +254,9 @@ impl Node {
                     v.journal.oldest_unshipped_age_ms =
                         j.oldest_unshipped_ms.map(|t| now.saturating_sub(t));
                 }
-                if v.session.as_ref().is_some_and(|s| s.direction == "incoming")
+                if v.session
+                    .as_ref()
+                    .is_some_and(|s| s.direction == "incoming")
                     && !v.node.as_ref().is_some_and(|n| incoming.contains_key(n))
                 {
                     v.session = None;
@@ -457,4 +463,55 @@ pub(crate) fn run_view(
         }
     }
     run
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str) -> Arc<Node> {
+        let store = Arc::new(Store::in_memory(id).expect("store"));
+        let mut config = Config::default();
+        config.peers.push(PeerConfig {
+            url: "http://127.0.0.1:9".into(),
+            token: None,
+        });
+        Node::new(config, store).expect("node")
+    }
+
+    /// Two nodes that start a session with each other at once: the smaller id keeps its own,
+    /// the larger yields; neither waits on the other.
+    #[test]
+    fn one_session_per_pair_the_smaller_id_wins() {
+        let a = node("a");
+        let b = node("b");
+        let a_out = a.begin_outgoing("b").expect("a starts");
+        let b_out = b.begin_outgoing("a").expect("b starts");
+        // b's round reaches a: a is smaller, keeps its session, b's round is refused.
+        assert!(a.session_round("b").is_err());
+        assert!(!a_out.load(Ordering::SeqCst));
+        // a's round reaches b: b is larger, stops its own session and serves a's.
+        assert!(b.session_round("a").is_ok());
+        assert!(
+            b_out.load(Ordering::SeqCst),
+            "b's own session was told to stop"
+        );
+        b.end_outgoing("a");
+        // While a's session is in progress, b does not start another one with a.
+        assert!(b.begin_outgoing("a").is_none());
+        a.end_outgoing("b");
+        // A node with no session with the caller serves it.
+        let c = node("c");
+        assert!(c.session_round("a").is_ok());
+    }
+
+    #[test]
+    fn only_configured_peers_are_peers() {
+        let a = node("a");
+        assert_eq!(a.is_peer("http://127.0.0.1:9/"), Some(true));
+        assert_eq!(a.is_peer("http://127.0.0.1:10"), Some(false));
+        let store = Arc::new(Store::in_memory("x").expect("store"));
+        let lonely = Node::new(Config::default(), store).expect("node");
+        assert_eq!(lonely.is_peer("http://anything"), None);
+    }
 }
