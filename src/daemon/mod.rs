@@ -34,7 +34,10 @@ async fn purge(node: Arc<Node>) {
             _ = shutdown.changed() => return,
         }
         wait = Duration::from_secs(3600);
-        let keep_ms = node.config.tombstone_retention_days.saturating_mul(86_400_000);
+        let keep_ms = node
+            .config
+            .tombstone_retention_days
+            .saturating_mul(86_400_000);
         let before = node::now_ms().saturating_sub(keep_ms);
         let store = Arc::clone(&node.store);
         match tokio::task::spawn_blocking(move || store.purge_tombstones(before)).await {

@@ -115,7 +115,10 @@ mod tests {
         let s = schedule();
         for unit in [-1.0, -0.5, 0.0, 0.5, 1.0, 7.0] {
             let w = s.wait(0, unit);
-            assert!(w >= Duration::from_secs(48) && w <= Duration::from_secs(72), "{w:?}");
+            assert!(
+                w >= Duration::from_secs(48) && w <= Duration::from_secs(72),
+                "{w:?}"
+            );
         }
         assert_eq!(s.wait(1, 0.0), Duration::from_secs(1));
         assert_eq!(s.wait(2, 0.0), Duration::from_secs(2));
@@ -137,13 +140,19 @@ mod tests {
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = {
             let (log, up, wake) = (Arc::clone(&log), Arc::clone(&up), Arc::clone(&wake));
-            tokio::spawn(run_checks(schedule(), wake, stop_rx, |_| {}, move |t| {
-                let (log, up) = (Arc::clone(&log), Arc::clone(&up));
-                async move {
-                    log.lock().expect("log").push((start.elapsed(), t));
-                    up.load(std::sync::atomic::Ordering::SeqCst)
-                }
-            }))
+            tokio::spawn(run_checks(
+                schedule(),
+                wake,
+                stop_rx,
+                |_| {},
+                move |t| {
+                    let (log, up) = (Arc::clone(&log), Arc::clone(&up));
+                    async move {
+                        log.lock().expect("log").push((start.elapsed(), t));
+                        up.load(std::sync::atomic::Ordering::SeqCst)
+                    }
+                },
+            ))
         };
         // Two intervals with the peer up.
         tokio::time::sleep(Duration::from_secs(150)).await;
@@ -169,8 +178,14 @@ mod tests {
             .map(|w| w[1].0 - w[0].0)
             .collect();
         assert!(retries.len() >= 5, "{log:?}");
-        assert!(retries.windows(2).all(|w| w[1] >= w[0].mul_f64(0.6)), "{retries:?}");
-        assert!(gaps.iter().all(|g| *g <= Duration::from_secs(72)), "{gaps:?}");
+        assert!(
+            retries.windows(2).all(|w| w[1] >= w[0].mul_f64(0.6)),
+            "{retries:?}"
+        );
+        assert!(
+            gaps.iter().all(|g| *g <= Duration::from_secs(72)),
+            "{gaps:?}"
+        );
         assert!(retries.iter().all(|g| *g <= Duration::from_secs(30)));
         // The wake-up ran a check at once, seen as the peer coming back.
         let last = log.last().expect("last");

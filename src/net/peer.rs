@@ -141,7 +141,10 @@ pub async fn handle(
                 if hooks.is_peer(&start.peer) == Some(false) {
                     return Err(ApiError::new(
                         StatusCode::FORBIDDEN,
-                        format!("{} is not one of this server's configured peers", start.peer),
+                        format!(
+                            "{} is not one of this server's configured peers",
+                            start.peer
+                        ),
                     ));
                 }
             }

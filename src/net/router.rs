@@ -97,7 +97,8 @@ async fn operator(state: &ServerState, path: String) -> Result<Reply, ApiError> 
     let view = match &state.hooks {
         Some(hooks) => hooks.status(),
         None => {
-            let store = state.with_store(|s| Ok((s.node_id().to_string(), s.root()?, s.counters()?)));
+            let store =
+                state.with_store(|s| Ok((s.node_id().to_string(), s.root()?, s.counters()?)));
             let (node, root, counts) = store.await?;
             crate::daemon::view::StatusView {
                 node,

@@ -17,7 +17,6 @@ mod verify;
 
 pub use body::{BodyStore, RedbBodies};
 pub use error::StoreError;
-pub use purge::Purged;
 pub use journal::{
     decode_batch, encode_batch, InboundApplied, InboundStats, JournalBatch, JournalRecord,
     JournalWireError, PeerJournal, SenderJournal, ShippedEntry, DEFAULT_JOURNAL_BOUND,
@@ -27,6 +26,7 @@ pub use ops::{
     inbox_uidvalidity, AppendOutcome, Counters, MailboxInfo, MessageInfo, NewMessage,
     PreparedMailbox,
 };
+pub use purge::Purged;
 pub use replica::{Change, ChangeGroup};
 pub use verify::VerifyReport;
 

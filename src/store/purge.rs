@@ -84,7 +84,11 @@ mod tests {
         store.expunge("u", "INBOX", &uids[..1]).expect("expunge");
         // A tombstone from long ago, as a peer would have sent it.
         let guid = store.mailbox("u", "INBOX").expect("inbox").guid;
-        let digest = store.message("u", "INBOX", uids[1]).expect("msg").record.digest;
+        let digest = store
+            .message("u", "INBOX", uids[1])
+            .expect("msg")
+            .record
+            .digest;
         store
             .apply(&[Change::Expunge {
                 user: "u".into(),
