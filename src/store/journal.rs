@@ -812,6 +812,22 @@ impl Store {
         })
     }
 
+    /// Up to `max` journal records after `after`, in seq order (inspection and tests).
+    pub fn journal_records(
+        &self,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, JournalRecord)>, StoreError> {
+        let txn = self.read_txn()?;
+        let journal = txn.open_table(JOURNAL)?;
+        let mut out = Vec::new();
+        for item in journal.range(after.saturating_add(1)..)?.take(max) {
+            let (k, v) = item?;
+            out.push((k.value(), decode(v.value(), "a journal record")?));
+        }
+        Ok(out)
+    }
+
     /// Every registered peer's position, in name order.
     pub fn journal_peers(&self) -> Result<Vec<(String, PeerJournal)>, StoreError> {
         let names: Vec<String> = {
