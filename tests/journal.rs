@@ -737,3 +737,75 @@ proptest! {
         let _ = decode_batch(&v);
     }
 }
+
+/// The journal's cost per local write: `cargo test --release --test journal -- --ignored
+/// --nocapture journal_cost`. Prints figures; asserts nothing about time.
+#[test]
+#[ignore]
+fn journal_cost() {
+    const N: usize = 2000;
+    for on_disk in [false, true] {
+        for peers_n in [0usize, 1, 3, 0, 1, 3] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let s = if on_disk {
+                Store::init(dir.path(), "a").expect("init")
+            } else {
+                Store::in_memory("a").expect("store")
+            };
+            let names: Vec<String> = (0..peers_n).map(|i| format!("http://p{i}")).collect();
+            s.journal_register_peers(&names, 1_000_000)
+                .expect("register");
+            s.append("u", "INBOX", vec![msg("warm")]).expect("append");
+            let started = std::time::Instant::now();
+            for i in 0..N {
+                s.append("u", "INBOX", vec![msg(&format!("{i}"))])
+                    .expect("append");
+            }
+            let per = started.elapsed() / N as u32;
+            println!(
+                "{} store, {peers_n} peers: {per:?} per append (head {})",
+                if on_disk { "file" } else { "memory" },
+                s.journal_head().expect("head")
+            );
+        }
+    }
+}
+
+#[test]
+fn the_empty_batch_is_six_bytes_as_docs_journal_md_draws_it() {
+    let empty = JournalBatch {
+        version: JOURNAL_WIRE_VERSION,
+        from: "a".into(),
+        first_seq: 5,
+        last_seq: 4,
+        entries: Vec::new(),
+    };
+    let wire = encode_batch(&empty);
+    assert_eq!(wire, vec![0x01, 0x01, b'a', 0x05, 0x04, 0x00]);
+    assert_eq!(decode_batch(&wire), Ok(empty));
+    // And the deleted-mailbox entry's head: seq 7, at_ms 1 700 000 000 000, user "u".
+    let entry = merkmail::store::ShippedEntry {
+        seq: 7,
+        at_ms: 1_700_000_000_000,
+        user: "u".into(),
+        guid: merkmail::model::MailboxGuid([0xab; 16]),
+        record: None,
+        tombstone: None,
+        messages: BTreeMap::new(),
+        expunged: BTreeMap::new(),
+        bodies: Vec::new(),
+    };
+    let one = JournalBatch {
+        version: JOURNAL_WIRE_VERSION,
+        from: "a".into(),
+        first_seq: 7,
+        last_seq: 7,
+        entries: vec![entry],
+    };
+    let wire = encode_batch(&one);
+    let mut expect = vec![0x01, 0x01, b'a', 0x07, 0x07, 0x01, 0x07];
+    expect.extend_from_slice(&[0x80, 0xd0, 0x95, 0xff, 0xbc, 0x31, 0x01, b'u']);
+    expect.extend_from_slice(&[0xab; 16]);
+    expect.extend_from_slice(&[0x00, 0x00, 0x00, 0x00, 0x00]);
+    assert_eq!(wire, expect);
+}
