@@ -809,3 +809,51 @@ fn the_empty_batch_is_six_bytes_as_docs_journal_md_draws_it() {
     expect.extend_from_slice(&[0x00, 0x00, 0x00, 0x00, 0x00]);
     assert_eq!(wire, expect);
 }
+
+/// Shipping throughput, file-backed on both sides: `cargo test --release --test journal --
+/// --ignored --nocapture journal_shipping_rate`. 2000 appends of 4 KiB spread over 200 users,
+/// shipped in batches of up to 500 records, received and applied. Prints; asserts no timing.
+#[test]
+#[ignore]
+fn journal_shipping_rate() {
+    let (da, db) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let a = Store::init(da.path(), "a").expect("init");
+    let b = Store::init(db.path(), "b").expect("init");
+    a.journal_register_peers(&peers(&["b"]), 1_000_000)
+        .expect("register");
+    const N: usize = 2000;
+    for i in 0..N {
+        let mut m = msg(&format!("{i}"));
+        m.bytes.extend(std::iter::repeat_n(b'x', 4096));
+        a.append(&format!("user{:03}", i % 200), "INBOX", vec![m])
+            .expect("append");
+    }
+    let started = std::time::Instant::now();
+    let mut bytes = 0usize;
+    let mut batches = 0;
+    loop {
+        let batch = a.journal_batch("b", 500, 16 << 20).expect("batch");
+        if batch.last_seq < batch.first_seq {
+            break;
+        }
+        let wire = encode_batch(&batch);
+        bytes += wire.len();
+        batches += 1;
+        let ack = b
+            .journal_receive(&decode_batch(&wire).expect("decode"))
+            .expect("receive");
+        a.journal_ack("b", ack).expect("ack");
+    }
+    let shipped = started.elapsed();
+    let out = b.journal_apply_inbound(usize::MAX).expect("apply");
+    let total = started.elapsed();
+    assert_eq!(a.root().expect("root"), b.root().expect("root"));
+    println!(
+        "{N} appends of 4 KiB, 200 users: {batches} batches, {bytes} bytes; shipped and stored in {shipped:?}, applied {} entries; total {total:?} = {:.0} changes/s",
+        out.applied,
+        N as f64 / total.as_secs_f64()
+    );
+}
