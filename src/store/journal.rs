@@ -42,6 +42,8 @@ pub const MAX_BATCH_ENTRIES: usize = 100_000;
 pub const MAX_ENTRY_ITEMS: usize = 1_000_000;
 /// At most this many bodies in one batch.
 pub const MAX_BATCH_BODIES: usize = 1_000_000;
+/// Inbound entries applied per transaction (one commit for the group).
+pub const APPLY_GROUP: usize = 64;
 
 const HEAD_KEY: &str = "journal_head";
 const BOUND_KEY: &str = "journal_bound";
@@ -605,6 +607,68 @@ fn pending_for(
     Ok(false)
 }
 
+/// What became of one queued entry.
+enum Verdict {
+    /// Someone else took it meanwhile.
+    Gone,
+    Applied(crate::sync::plan::ChangeCounts),
+    /// Left to a Merkle session with the sender.
+    Clash,
+}
+
+/// Applies (or drops, for a Merkle session) the queued entries under `keys`, in order, each
+/// removed from the queue in this same transaction. Any error aborts them all.
+fn apply_keys(tx: &mut Tx<'_>, keys: &[Vec<u8>]) -> Result<Vec<Verdict>, StoreError> {
+    let txn = tx.txn;
+    let mut inbound = txn.open_table(JOURNAL_INBOUND)?;
+    let mut verdicts = Vec::with_capacity(keys.len());
+    for key in keys {
+        let sender = split_inbound(key).map(|(s, _)| s).unwrap_or_default();
+        let entry: Option<ShippedEntry> = match inbound.remove(key.as_slice())? {
+            Some(v) => Some(decode(v.value(), "a journal entry")?),
+            None => None,
+        };
+        let Some(entry) = entry else {
+            verdicts.push(Verdict::Gone);
+            continue;
+        };
+        validate_user(&entry.user)?;
+        match tx.decide(&inbound, &sender, &entry)? {
+            Decision::Apply(changes, counts) => {
+                for change in &changes {
+                    tx.apply_change(change)?;
+                }
+                verdicts.push(Verdict::Applied(counts));
+            }
+            Decision::Clash(why) => {
+                tracing::info!(sender = %sender, user = %entry.user, guid = %entry.guid, why, "journal entry left to a Merkle session");
+                tx.owe_check(&sender)?;
+                verdicts.push(Verdict::Clash);
+            }
+        }
+    }
+    Ok(verdicts)
+}
+
+fn tally(out: &mut InboundApplied, verdicts: &[Verdict]) {
+    for v in verdicts {
+        match v {
+            Verdict::Gone => {}
+            Verdict::Applied(counts) => {
+                out.applied += 1;
+                out.stats.copied += counts.added;
+                out.stats.expunged += counts.expunged;
+                out.stats.flag_updates += counts.flag_updates;
+                out.stats.mailboxes_changed += u64::from(counts.mailbox_changed);
+            }
+            Verdict::Clash => {
+                out.dropped += 1;
+                out.stats.clashes += 1;
+            }
+        }
+    }
+}
+
 /// Errors that come from an entry rather than from storage: the entry is dropped.
 fn is_entry_error(e: &StoreError) -> bool {
     !matches!(
@@ -812,6 +876,22 @@ impl Store {
         })
     }
 
+    /// Up to `max` journal records after `after`, in seq order (inspection and tests).
+    pub fn journal_records(
+        &self,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, JournalRecord)>, StoreError> {
+        let txn = self.read_txn()?;
+        let journal = txn.open_table(JOURNAL)?;
+        let mut out = Vec::new();
+        for item in journal.range(after.saturating_add(1)..)?.take(max) {
+            let (k, v) = item?;
+            out.push((k.value(), decode(v.value(), "a journal record")?));
+        }
+        Ok(out)
+    }
+
     /// Every registered peer's position, in name order.
     pub fn journal_peers(&self) -> Result<Vec<(String, PeerJournal)>, StoreError> {
         let names: Vec<String> = {
@@ -919,68 +999,50 @@ impl Store {
         })
     }
 
-    /// Applies up to `max_entries` received entries, in seq order per sender, each in one
-    /// transaction with its removal from the queue. Nothing applied is journaled.
+    /// Applies up to `max_entries` received entries, in seq order per sender, each in the same
+    /// transaction as its removal from the queue. Entries are applied [`APPLY_GROUP`] to a
+    /// transaction (one commit, one fsync, for the group); a group that fails on a bad entry is
+    /// redone one entry per transaction, and the bad entry dropped. Nothing applied is journaled.
     pub fn journal_apply_inbound(&self, max_entries: usize) -> Result<InboundApplied, StoreError> {
         let mut out = InboundApplied::default();
-        while out.applied + out.dropped < max_entries as u64 {
-            let next = {
+        let mut budget = max_entries;
+        while budget > 0 {
+            let keys: Vec<Vec<u8>> = {
                 let txn = self.read_txn()?;
                 let inbound = txn.open_table(JOURNAL_INBOUND)?;
-                let first = inbound.first()?;
-                first.map(|(k, _)| k.value().to_vec())
+                let mut keys = Vec::new();
+                for item in inbound.iter()?.take(budget.min(APPLY_GROUP)) {
+                    keys.push(item?.0.value().to_vec());
+                }
+                keys
             };
-            let Some(key) = next else { break };
-            let sender = split_inbound(&key).map(|(s, _)| s).unwrap_or_default();
-            let result = self.write_replicated(|tx| {
-                let txn = tx.txn;
-                let mut inbound = txn.open_table(JOURNAL_INBOUND)?;
-                let entry: Option<ShippedEntry> = match inbound.remove(key.as_slice())? {
-                    Some(v) => Some(decode(v.value(), "a journal entry")?),
-                    None => None,
-                };
-                let Some(entry) = entry else {
-                    return Ok(None);
-                };
-                validate_user(&entry.user)?;
-                match tx.decide(&inbound, &sender, &entry)? {
-                    Decision::Apply(changes, counts) => {
-                        for change in &changes {
-                            tx.apply_change(change)?;
-                        }
-                        Ok(Some(Ok(counts)))
-                    }
-                    Decision::Clash(why) => {
-                        tracing::info!(sender = %sender, user = %entry.user, guid = %entry.guid, why, "journal entry left to a Merkle session");
-                        tx.owe_check(&sender)?;
-                        Ok(Some(Err(())))
-                    }
-                }
-            });
-            match result {
-                Ok(None) => {}
-                Ok(Some(Ok(counts))) => {
-                    out.applied += 1;
-                    out.stats.copied += counts.added;
-                    out.stats.expunged += counts.expunged;
-                    out.stats.flag_updates += counts.flag_updates;
-                    out.stats.mailboxes_changed += u64::from(counts.mailbox_changed);
-                }
-                Ok(Some(Err(()))) => {
-                    out.dropped += 1;
-                    out.stats.clashes += 1;
-                }
+            if keys.is_empty() {
+                break;
+            }
+            budget -= keys.len();
+            match self.write_replicated(|tx| apply_keys(tx, &keys)) {
+                Ok(verdicts) => tally(&mut out, &verdicts),
                 Err(e) if is_entry_error(&e) => {
-                    tracing::warn!(sender = %sender, error = %e, "journal entry could not be applied; left to a Merkle session");
-                    self.write_replicated(|tx| {
-                        tx.txn.open_table(JOURNAL_INBOUND)?.remove(key.as_slice())?;
-                        if !sender.is_empty() {
-                            tx.owe_check(&sender)?;
+                    for key in &keys {
+                        match self.write_replicated(|tx| apply_keys(tx, std::slice::from_ref(key)))
+                        {
+                            Ok(verdicts) => tally(&mut out, &verdicts),
+                            Err(e) if is_entry_error(&e) => {
+                                let sender = split_inbound(key).map(|(s, _)| s).unwrap_or_default();
+                                tracing::warn!(sender = %sender, error = %e, "journal entry could not be applied; left to a Merkle session");
+                                self.write_replicated(|tx| {
+                                    tx.txn.open_table(JOURNAL_INBOUND)?.remove(key.as_slice())?;
+                                    if !sender.is_empty() {
+                                        tx.owe_check(&sender)?;
+                                    }
+                                    Ok(())
+                                })?;
+                                out.dropped += 1;
+                                out.stats.invalid += 1;
+                            }
+                            Err(e) => return Err(e),
                         }
-                        Ok(())
-                    })?;
-                    out.dropped += 1;
-                    out.stats.invalid += 1;
+                    }
                 }
                 Err(e) => return Err(e),
             }

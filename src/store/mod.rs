@@ -19,7 +19,7 @@ pub use body::{BodyStore, RedbBodies};
 pub use error::StoreError;
 pub use journal::{
     decode_batch, encode_batch, InboundApplied, InboundStats, JournalBatch, JournalRecord,
-    JournalWireError, PeerJournal, SenderJournal, ShippedEntry, DEFAULT_JOURNAL_BOUND,
+    JournalWireError, PeerJournal, SenderJournal, ShippedEntry, APPLY_GROUP, DEFAULT_JOURNAL_BOUND,
     JOURNAL_WIRE_VERSION, MAX_BATCH_BODIES, MAX_BATCH_ENTRIES, MAX_ENTRY_ITEMS,
 };
 pub use ops::{
