@@ -1,9 +1,10 @@
 //! The responder's side of a round: answer every question from the local store, in order.
 
 use super::wire::{
-    fp, from_gaps, guid_digest, record_rest, run_hash, to_gaps, ApplyGroup, MailboxDiff,
-    MailboxState, Reply, Request, RoundReply, RoundRequest, Run, Slots, Summary, UserDiff,
-    UserHashes, UserRef, WireChange, WireKey, RUNS_PER_BUCKET, RUN_SHIFT, WIRE_VERSION,
+    digest_prefix, fp, from_gaps, guid_digest, record_rest, run_hash, to_gaps, ApplyGroup,
+    MailboxDiff, MailboxState, Reply, Request, RoundReply, RoundRequest, Run, Slots, Summary,
+    UserDiff, UserHashes, UserRef, WireChange, WireKey, WireRecord, RUNS_PER_BUCKET, RUN_SHIFT,
+    WIRE_VERSION,
 };
 use crate::merkle::{NodeHash, NodeKey, NodeValue, BUCKET_SHIFT, TOP_LEAF_LEVEL, UID_ROOT_LEVEL};
 use crate::model::{validate_user, MailboxGuid, Tombstone};
@@ -319,14 +320,22 @@ pub(crate) fn normalize(mut ranges: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
     out
 }
 
-type Listed = (
-    Vec<(u32, crate::model::MessageRecord)>,
-    Vec<(u32, Tombstone)>,
-);
+type Listed = (Vec<(u32, WireRecord)>, Vec<(u32, Tombstone)>);
 
-/// Messages and tombstones with gap-coded UIDs.
-fn gapped(side: crate::model::MailboxSide) -> Listed {
-    let (uids, records): (Vec<u32>, Vec<_>) = side.messages.into_iter().unzip();
+/// Messages and tombstones with gap-coded UIDs; a message whose digest the asker holds at
+/// that UID (`held`: the digest's first 4 bytes) as its flags alone.
+fn gapped(side: crate::model::MailboxSide, held: &BTreeMap<u32, [u8; 4]>) -> Listed {
+    let (uids, records): (Vec<u32>, Vec<WireRecord>) = side
+        .messages
+        .into_iter()
+        .map(|(uid, m)| {
+            if held.get(&uid) == Some(&digest_prefix(&m.digest)) {
+                (uid, WireRecord::Flags(m.flags))
+            } else {
+                (uid, WireRecord::Full(m))
+            }
+        })
+        .unzip();
     let messages = to_gaps(uids).into_iter().zip(records).collect();
     let (tuids, tombs): (Vec<u32>, Vec<Tombstone>) = side
         .expunged
@@ -493,39 +502,50 @@ pub fn answer(store: &Store, round: &RoundRequest) -> Result<RoundReply, StoreEr
             } => Reply::Users {
                 users: users(store, *bucket, asked, w)?,
             },
-            Request::Runs {
-                user,
-                guid,
-                bucket,
-                limit,
-                present,
-                hashes,
-            } => Reply::Runs {
-                runs: runs(store, user, *guid, *bucket, *limit, *present, hashes, w)?,
-            },
             Request::Records {
                 user,
                 guid,
                 uids,
                 ranges,
+                limit,
+                tail,
+                buckets,
             } => {
                 validate_user(user)?;
-                let uids = from_gaps(uids).ok_or_else(|| invalid("UIDs beyond 32 bits"))?;
+                let limit = limit.unwrap_or(u32::MAX);
+                let mut compared = Vec::with_capacity(buckets.len());
+                for b in buckets {
+                    compared.push(runs(
+                        store, user, *guid, b.bucket, limit, b.present, &b.hashes, w,
+                    )?);
+                }
+                let gaps: Vec<u32> = uids.iter().map(|(g, _)| *g).collect();
+                let plain = from_gaps(&gaps).ok_or_else(|| invalid("UIDs beyond 32 bits"))?;
+                let held: BTreeMap<u32, [u8; 4]> = plain
+                    .iter()
+                    .zip(uids)
+                    .filter_map(|(u, (_, h))| h.map(|h| (*u, h)))
+                    .collect();
                 let all = normalize(
-                    uids.iter()
+                    plain
+                        .iter()
                         .map(|u| (*u, *u))
                         .chain(ranges.iter().copied())
+                        .chain(tail.then_some((limit, u32::MAX)))
                         .collect(),
                 );
-                let (messages, tombstones) = gapped(store.mailbox_side_in(user, *guid, &all)?);
+                let (messages, tombstones) =
+                    gapped(store.mailbox_side_in(user, *guid, &all)?, &held);
                 Reply::Records {
+                    runs: compared,
                     messages,
                     tombstones,
                 }
             }
             Request::Full { user, guid } => {
                 validate_user(user)?;
-                let (messages, tombstones) = gapped(store.mailbox_side(user, *guid, None)?);
+                let (messages, tombstones) =
+                    gapped(store.mailbox_side(user, *guid, None)?, &BTreeMap::new());
                 Reply::Full {
                     messages,
                     tombstones,

@@ -10,14 +10,15 @@
 use super::plan::{changes_for, ChangeCounts};
 use super::responder::{normalize, runs_of, user_mailboxes, wire_key};
 use super::wire::{
-    fp, from_gaps, guid_digest, record_rest, run_hash, to_gaps, ApplyGroup, Fp, MailboxDiff,
-    MailboxState, Reply, Request, RoundReply, RoundRequest, Slots, UserDiff, UserHashes, UserRef,
-    WireChange, RUNS_PER_BUCKET, RUN_SHIFT, WIRE_VERSION,
+    digest_prefix, fp, from_gaps, guid_digest, record_rest, run_hash, to_gaps, ApplyGroup,
+    BucketRuns, Fp, MailboxDiff, MailboxState, Reply, Request, RoundReply, RoundRequest, Run,
+    Slots, UserDiff, UserHashes, UserRef, WireChange, WireRecord, RUNS_PER_BUCKET, RUN_SHIFT,
+    WIRE_VERSION,
 };
-use crate::merkle::{user_bucket_of, NodeHash, NodeKey, BUCKET_SHIFT, TOP_LEAF_LEVEL};
+use crate::merkle::{bucket_hash, user_bucket_of, NodeHash, NodeKey, BUCKET_SHIFT, TOP_LEAF_LEVEL};
 use crate::model::{
     merge_into, merge_mailbox, validate_user, Digest, MailboxGuid, MailboxOutcome, MailboxRecord,
-    MailboxSide, MailboxTombstone,
+    MailboxSide, MailboxTombstone, Tombstone,
 };
 use crate::store::{Change, ChangeGroup, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -101,8 +102,8 @@ enum Ask {
     Users(u16, Vec<String>),
     Mailbox(Key),
     UidChildren(Key, NodeKey),
-    Runs(Key, u32),
-    Records(Key),
+    /// Records, with the buckets compared in the same question.
+    Records(Key, Vec<u32>),
     Full(Key),
     Bodies(Vec<Digest>),
     PutBodies,
@@ -121,6 +122,14 @@ struct Work {
     full: bool,
     /// UIDs at or above this (the smaller UIDNEXT) are compared as a range, not by hashes.
     limit: u32,
+    /// Whether the UIDNEXTs differ (then UIDs from `limit` on are fetched whole), and
+    /// whether that tail has been asked for.
+    tail: bool,
+    tail_asked: bool,
+    /// Buckets to compare run by run in the next question.
+    pending: Vec<u32>,
+    /// Our UIDNEXT.
+    local_next: u32,
     /// UIDs whose records both sides must compare.
     uids: BTreeSet<u32>,
     /// Inclusive UID ranges compared whole (nodes one side lacks, and the tail); the first
@@ -135,6 +144,7 @@ struct Work {
 impl Work {
     fn covers(&self, uid: u32) -> bool {
         self.full
+            || (self.tail && uid >= self.limit)
             || self.uids.contains(&uid)
             || self.ranges.iter().any(|(a, b)| (*a..=*b).contains(&uid))
     }
@@ -320,12 +330,7 @@ impl<'a> Session<'a> {
     }
 
     fn ask(&mut self, ask: Ask, request: Request) {
-        if let Ask::Mailbox(k)
-        | Ask::UidChildren(k, _)
-        | Ask::Runs(k, _)
-        | Ask::Records(k)
-        | Ask::Full(k) = &ask
-        {
+        if let Ask::Mailbox(k) | Ask::UidChildren(k, _) | Ask::Records(k, _) | Ask::Full(k) = &ask {
             self.work.entry(k.clone()).or_default().outstanding += 1;
         }
         self.next.push((ask, request));
@@ -406,71 +411,34 @@ impl<'a> Session<'a> {
                 let remote: BTreeMap<u32, Fp> =
                     pairs.into_iter().map(|(s, h)| (to_index(s), h)).collect();
                 self.compare_uid_nodes(&key, level.saturating_sub(1), &local, &remote)?;
-            }
-            (Ask::Runs(key, bucket), Reply::Runs { runs }) => {
-                let limit = self.done_with(&key)?.limit;
-                let local = self.local.bucket_entries(&key.0, key.1, bucket)?;
-                let local = runs_of(&local, limit);
-                let mut differ = Vec::new();
-                for r in runs {
-                    if u32::from(r.run) >= RUNS_PER_BUCKET
-                        || r.present.count_ones() as usize != r.hashes.len()
-                    {
-                        return Err(protocol("a malformed run"));
-                    }
-                    let first = (bucket << BUCKET_SHIFT) | (u32::from(r.run) << RUN_SHIFT);
-                    let remote: BTreeMap<u32, Fp> = (0..8u32)
-                        .filter(|b| r.present & (1 << b) != 0)
-                        .map(|b| first + b)
-                        .zip(r.hashes.iter().copied())
-                        .filter(|(u, _)| *u < limit)
-                        .collect();
-                    let ours: BTreeMap<u32, Fp> = local
-                        .get(&r.run)
-                        .into_iter()
-                        .flatten()
-                        .map(|(u, h)| (*u, self.fp(h)))
-                        .collect();
-                    for uid in ours.keys().chain(remote.keys()) {
-                        if ours.get(uid) != remote.get(uid) {
-                            differ.push(*uid);
-                        }
-                    }
-                }
-                self.work.entry(key).or_default().uids.extend(differ);
+                self.flush(&key, false)?;
             }
             (
-                Ask::Records(key),
+                Ask::Records(key, buckets),
                 Reply::Records {
+                    runs,
                     messages,
                     tombstones,
                 },
-            )
-            | (
+            ) => {
+                self.done_with(&key)?;
+                if runs.len() != buckets.len() {
+                    return Err(protocol("runs for a different number of buckets"));
+                }
+                for (bucket, runs) in buckets.into_iter().zip(runs) {
+                    self.take_runs(&key, bucket, runs)?;
+                }
+                self.take_records(&key, messages, tombstones)?;
+            }
+            (
                 Ask::Full(key),
                 Reply::Full {
                     messages,
                     tombstones,
                 },
             ) => {
-                let w = self.done_with(&key)?;
-                let (uids, messages): (Vec<u32>, Vec<_>) = messages.into_iter().unzip();
-                let uids = from_gaps(&uids).ok_or_else(|| protocol("UIDs beyond 32 bits"))?;
-                let (tuids, tombs): (Vec<u32>, Vec<_>) = tombstones.into_iter().unzip();
-                let tuids = from_gaps(&tuids).ok_or_else(|| protocol("UIDs beyond 32 bits"))?;
-                // Records may come in several answers (chunks of UIDs): add to what came.
-                let mut side = w.remote_side.take().unwrap_or_default();
-                for (uid, m) in uids.into_iter().zip(messages) {
-                    if w.covers(uid) {
-                        side.messages.insert(uid, m);
-                    }
-                }
-                for (uid, t) in tuids.into_iter().zip(tombs) {
-                    if w.covers(uid) {
-                        side.expunged.entry(uid).or_default().push(t);
-                    }
-                }
-                w.remote_side = Some(side);
+                self.done_with(&key)?;
+                self.take_records(&key, messages, tombstones)?;
             }
             (Ask::Bodies(digests), Reply::Bodies { bodies }) => {
                 if bodies.len() != digests.len() {
@@ -676,10 +644,9 @@ impl<'a> Session<'a> {
         match &local {
             Some(l) if l.uidvalidity == uidvalidity => {
                 w.limit = l.uidnext.min(uidnext).max(1);
-                if l.uidnext != uidnext {
-                    // The tail: every UID from the smaller UIDNEXT on is new on one side.
-                    w.ranges.push((w.limit, u32::MAX));
-                }
+                w.local_next = l.uidnext;
+                // The tail: every UID from the smaller UIDNEXT on is new on one side.
+                w.tail = l.uidnext != uidnext;
                 let local_nodes: BTreeMap<u32, Fp> = self
                     .local
                     .uid_level(&key.0, key.1, m.level)?
@@ -688,7 +655,7 @@ impl<'a> Session<'a> {
                     .collect();
                 let remote_nodes: BTreeMap<u32, Fp> = m.nodes.into_iter().collect();
                 self.compare_uid_nodes(&key, m.level, &local_nodes, &remote_nodes)?;
-                self.ask_ranges(&key);
+                self.flush(&key, false)?;
             }
             _ => w.full = true,
         }
@@ -704,25 +671,173 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Asks for the ranges found so far (nodes one side lacks, the tail) at once.
-    fn ask_ranges(&mut self, key: &Key) {
+    /// Asks what is known to be needed of a mailbox in one question: the buckets to compare
+    /// run by run, the ranges and the tail found so far, and (`last`, once nothing is left
+    /// to descend) the records at the differing UIDs.
+    fn flush(&mut self, key: &Key, last: bool) -> Result<(), SessionError> {
+        let window = self.window;
         let Some(w) = self.work.get_mut(key) else {
-            return;
+            return Ok(());
         };
-        if w.ranges.len() == w.ranges_asked {
-            return;
-        }
+        let buckets = std::mem::take(&mut w.pending);
         let ranges = w.ranges[w.ranges_asked..].to_vec();
         w.ranges_asked = w.ranges.len();
-        self.ask(
-            Ask::Records(key.clone()),
-            Request::Records {
-                user: key.0.clone(),
-                guid: key.1,
-                uids: Vec::new(),
-                ranges,
-            },
-        );
+        let tail = w.tail && !w.tail_asked;
+        w.tail_asked |= tail;
+        let limit = w.tail.then_some(w.limit);
+        let uids: Vec<u32> = if last {
+            w.uids.iter().copied().collect()
+        } else {
+            Vec::new()
+        };
+        if buckets.is_empty() && ranges.is_empty() && !tail && uids.is_empty() {
+            return Ok(());
+        }
+        let mut runs = Vec::with_capacity(buckets.len());
+        for &bucket in &buckets {
+            let entries = self.local.bucket_entries(&key.0, key.1, bucket)?;
+            let mut present = 0u8;
+            let mut hashes = Vec::new();
+            for (run, e) in runs_of(&entries, limit.unwrap_or(u32::MAX)) {
+                present |= 1 << run;
+                hashes.push(run_hash(e.iter().map(|(_, h)| h), window));
+            }
+            runs.push(BucketRuns {
+                bucket,
+                present,
+                hashes,
+            });
+        }
+        let held = if uids.is_empty() {
+            BTreeMap::new()
+        } else {
+            let set: BTreeSet<u32> = uids.iter().copied().collect();
+            self.local.mailbox_side(&key.0, key.1, Some(&set))?.messages
+        };
+        let mut chunks: Vec<&[u32]> = uids.chunks(RECORDS_PER_REQUEST).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        let (mut ranges, mut buckets, mut runs, mut tail) = (ranges, buckets, runs, tail);
+        for chunk in chunks {
+            let gaps = to_gaps(chunk.iter().copied());
+            let uids = gaps
+                .into_iter()
+                .zip(chunk)
+                .map(|(g, u)| (g, held.get(u).map(|m| digest_prefix(&m.digest))))
+                .collect();
+            self.ask(
+                Ask::Records(key.clone(), std::mem::take(&mut buckets)),
+                Request::Records {
+                    user: key.0.clone(),
+                    guid: key.1,
+                    uids,
+                    ranges: std::mem::take(&mut ranges),
+                    limit,
+                    tail: std::mem::take(&mut tail),
+                    buckets: std::mem::take(&mut runs),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// The peer's runs of one bucket that differ from ours: their UIDs are compared next.
+    fn take_runs(&mut self, key: &Key, bucket: u32, runs: Vec<Run>) -> Result<(), SessionError> {
+        let w = self
+            .work
+            .get(key)
+            .ok_or_else(|| protocol("runs of a mailbox never asked about"))?;
+        let limit = if w.tail { w.limit } else { u32::MAX };
+        let local = runs_of(&self.local.bucket_entries(&key.0, key.1, bucket)?, limit);
+        let mut differ = Vec::new();
+        for r in runs {
+            if u32::from(r.run) >= RUNS_PER_BUCKET
+                || r.present.count_ones() as usize != r.hashes.len()
+            {
+                return Err(protocol("a malformed run"));
+            }
+            let first = (bucket << BUCKET_SHIFT) | (u32::from(r.run) << RUN_SHIFT);
+            let remote: BTreeMap<u32, Fp> = (0..8u32)
+                .filter(|b| r.present & (1 << b) != 0)
+                .map(|b| first + b)
+                .zip(r.hashes.iter().copied())
+                .filter(|(u, _)| *u < limit)
+                .collect();
+            let ours: BTreeMap<u32, Fp> = local
+                .get(&r.run)
+                .into_iter()
+                .flatten()
+                .map(|(u, h)| (*u, self.fp(h)))
+                .collect();
+            for uid in ours.keys().chain(remote.keys()) {
+                if ours.get(uid) != remote.get(uid) {
+                    differ.push(*uid);
+                }
+            }
+        }
+        self.work
+            .entry(key.clone())
+            .or_default()
+            .uids
+            .extend(differ);
+        Ok(())
+    }
+
+    /// The peer's records and tombstones (possibly in several answers: add to what came).
+    fn take_records(
+        &mut self,
+        key: &Key,
+        messages: Vec<(u32, WireRecord)>,
+        tombstones: Vec<(u32, Tombstone)>,
+    ) -> Result<(), SessionError> {
+        let (uids, records): (Vec<u32>, Vec<WireRecord>) = messages.into_iter().unzip();
+        let uids = from_gaps(&uids).ok_or_else(|| protocol("UIDs beyond 32 bits"))?;
+        let (tuids, tombs): (Vec<u32>, Vec<Tombstone>) = tombstones.into_iter().unzip();
+        let tuids = from_gaps(&tuids).ok_or_else(|| protocol("UIDs beyond 32 bits"))?;
+        let flags_only: BTreeSet<u32> = uids
+            .iter()
+            .zip(&records)
+            .filter(|(_, r)| matches!(r, WireRecord::Flags(_)))
+            .map(|(u, _)| *u)
+            .collect();
+        let mut ours = if flags_only.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.local
+                .mailbox_side(&key.0, key.1, Some(&flags_only))?
+                .messages
+        };
+        let w = self
+            .work
+            .get_mut(key)
+            .ok_or_else(|| protocol("records of a mailbox never asked about"))?;
+        let mut side = w.remote_side.take().unwrap_or_default();
+        for (uid, r) in uids.into_iter().zip(records) {
+            let m = match r {
+                WireRecord::Full(m) => m,
+                WireRecord::Flags(flags) => {
+                    let Some(mut m) = ours.remove(&uid) else {
+                        return Err(protocol("flags for a message we do not hold"));
+                    };
+                    m.flags = flags;
+                    m
+                }
+            };
+            if w.covers(uid) {
+                side.messages.insert(uid, m);
+            }
+        }
+        for (uid, t) in tuids.into_iter().zip(tombs) {
+            if w.covers(uid) {
+                let list = side.expunged.entry(uid).or_default();
+                if !list.contains(&t) {
+                    list.push(t);
+                }
+            }
+        }
+        w.remote_side = Some(side);
+        Ok(())
     }
 
     /// Compares one level of a mailbox's UID tree below the smaller UIDNEXT and follows the
@@ -751,24 +866,22 @@ impl<'a> Session<'a> {
                     .ranges
                     .push((first, top));
             } else if level == 0 {
-                let entries = self.local.bucket_entries(&key.0, key.1, index)?;
-                let mut present = 0u8;
-                let mut hashes = Vec::new();
-                for (run, e) in runs_of(&entries, limit) {
-                    present |= 1 << run;
-                    hashes.push(run_hash(e.iter().map(|(_, h)| h), self.window));
+                let w = self.work.entry(key.clone()).or_default();
+                if last >= limit && w.local_next > limit {
+                    // The peer's UIDNEXT is the limit, so it holds nothing above it: our
+                    // bucket without our tail tells whether the rest is equal.
+                    let entries = self.local.bucket_entries(&key.0, key.1, index)?;
+                    let below =
+                        bucket_hash(entries.iter().filter(|(u, _)| *u < limit).map(|(_, h)| h));
+                    if Some(&self.fp(&below)) == r {
+                        continue;
+                    }
                 }
-                self.ask(
-                    Ask::Runs(key.clone(), index),
-                    Request::Runs {
-                        user: key.0.clone(),
-                        guid: key.1,
-                        bucket: index,
-                        limit,
-                        present,
-                        hashes,
-                    },
-                );
+                self.work
+                    .entry(key.clone())
+                    .or_default()
+                    .pending
+                    .push(index);
             } else {
                 let node = NodeKey::Uid {
                     user: key.0.clone(),
@@ -790,6 +903,7 @@ impl<'a> Session<'a> {
         match self.phase {
             Phase::Discover => {
                 let mut asks = Vec::new();
+                let mut keys = Vec::new();
                 for (key, w) in &mut self.work {
                     if w.outstanding > 0 || w.records_asked || !w.remote_known {
                         continue;
@@ -805,27 +919,13 @@ impl<'a> Session<'a> {
                                 },
                             ));
                         }
-                    } else if !w.uids.is_empty() || w.ranges.len() > w.ranges_asked {
+                    } else {
                         w.records_asked = true;
-                        let uids: Vec<u32> = w.uids.iter().copied().collect();
-                        let mut ranges = w.ranges[w.ranges_asked..].to_vec();
-                        w.ranges_asked = w.ranges.len();
-                        let mut chunks: Vec<&[u32]> = uids.chunks(RECORDS_PER_REQUEST).collect();
-                        if chunks.is_empty() {
-                            chunks.push(&[]);
-                        }
-                        for chunk in chunks {
-                            asks.push((
-                                Ask::Records(key.clone()),
-                                Request::Records {
-                                    user: key.0.clone(),
-                                    guid: key.1,
-                                    uids: to_gaps(chunk.iter().copied()),
-                                    ranges: std::mem::take(&mut ranges),
-                                },
-                            ));
-                        }
+                        keys.push(key.clone());
                     }
+                }
+                for key in keys {
+                    self.flush(&key, true)?;
                 }
                 for (ask, request) in asks {
                     self.ask(ask, request);
@@ -908,6 +1008,7 @@ impl<'a> Session<'a> {
                         .iter()
                         .map(|u| (*u, *u))
                         .chain(w.ranges.iter().copied())
+                        .chain(w.tail.then_some((w.limit, u32::MAX)))
                         .collect(),
                 );
                 self.local.mailbox_side_in(&key.0, key.1, &ranges)?

@@ -188,6 +188,27 @@ pub fn run_hash<'a>(entries: impl IntoIterator<Item = &'a NodeHash>, window: u8)
     fp(&NodeHash(*h.finalize().as_bytes()), window)
 }
 
+/// One bucket of the asker's, as 8 runs of 8 UIDs: which runs hold messages below the
+/// limit (bitmap) and their hashes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketRuns {
+    pub bucket: u32,
+    pub present: u8,
+    pub hashes: Vec<Fp>,
+}
+
+/// A message record, or only its flags when the asker holds the same digest at that UID.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireRecord {
+    Full(MessageRecord),
+    Flags(FlagSet),
+}
+
+/// The first 4 bytes of a digest (which message the asker holds at a UID).
+pub fn digest_prefix(d: &Digest) -> [u8; 4] {
+    [d.0[0], d.0[1], d.0[2], d.0[3]]
+}
+
 /// A run of up to 8 UIDs: which are live (bit i = first UID + i) and their entry hashes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Run {
@@ -207,23 +228,19 @@ pub enum Request {
     /// A differing user bucket, with the asker's users in it and their mailboxes' hashes.
     /// The answer names only what differs, with each differing mailbox's state and UID tree.
     Users { bucket: u16, users: Vec<UserHashes> },
-    /// One differing bucket, compared below `limit` (the smaller UIDNEXT) as 8 runs of 8
-    /// UIDs: the asker's non-empty runs (bitmap) and their hashes.
-    Runs {
-        user: String,
-        guid: MailboxGuid,
-        bucket: u32,
-        limit: u32,
-        present: u8,
-        hashes: Vec<Fp>,
-    },
-    /// Records and tombstones at these UIDs (delta-coded: each is the gap from the previous
-    /// one, the first from 0) and in these inclusive UID ranges.
+    /// What the asker still needs to compare of one mailbox: records at `uids` (gap-coded;
+    /// with the first 4 bytes of the digest the asker holds there, so a message whose digest
+    /// matches comes back as its flags alone), records in inclusive `ranges` and, when
+    /// `tail`, from `limit` (the smaller UIDNEXT) on; and differing buckets compared below
+    /// `limit` as 8 runs of 8 UIDs each.
     Records {
         user: String,
         guid: MailboxGuid,
-        uids: Vec<u32>,
+        uids: Vec<(u32, Option<[u8; 4]>)>,
         ranges: Vec<(u32, u32)>,
+        limit: Option<u32>,
+        tail: bool,
+        buckets: Vec<BucketRuns>,
     },
     /// Every message and tombstone of a mailbox.
     Full { user: String, guid: MailboxGuid },
@@ -252,18 +269,15 @@ pub enum Reply {
     Users {
         users: Vec<UserDiff>,
     },
-    /// The responder's runs that differ from the asker's (a run the asker sent and that is
-    /// not here is equal).
-    Runs {
-        runs: Vec<Run>,
-    },
-    /// UIDs delta-coded as in the question.
+    /// Per bucket asked, the responder's runs that differ (a run the asker sent and that
+    /// is not here is equal); then records with gap-coded UIDs.
     Records {
-        messages: Vec<(u32, MessageRecord)>,
+        runs: Vec<Vec<Run>>,
+        messages: Vec<(u32, WireRecord)>,
         tombstones: Vec<(u32, Tombstone)>,
     },
     Full {
-        messages: Vec<(u32, MessageRecord)>,
+        messages: Vec<(u32, WireRecord)>,
         tombstones: Vec<(u32, Tombstone)>,
     },
     Bodies {
@@ -428,14 +442,23 @@ pub fn decode_request(bytes: &[u8]) -> Result<RoundRequest, WireError> {
     let mut total = 0usize;
     for r in &round.requests {
         let n = match r {
-            Request::Records { uids, ranges, .. } => uids.len() + ranges.len(),
+            Request::Records {
+                uids,
+                ranges,
+                buckets,
+                ..
+            } => {
+                uids.len()
+                    + ranges.len()
+                    + buckets.len()
+                    + buckets.iter().map(|b| b.hashes.len()).sum::<usize>()
+            }
             Request::Bodies { digests } => digests.len(),
             Request::PutBodies { bodies } => bodies.len(),
             Request::Apply { groups } => groups.iter().map(|g| g.changes.len()).sum(),
             Request::Users { users, .. } => {
                 users.len() + users.iter().map(|u| u.mailboxes.len()).sum::<usize>()
             }
-            Request::Runs { hashes, .. } => hashes.len(),
             _ => 0,
         };
         if n > MAX_ITEMS {
