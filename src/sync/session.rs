@@ -645,8 +645,11 @@ impl<'a> Session<'a> {
             Some(l) if l.uidvalidity == uidvalidity => {
                 w.limit = l.uidnext.min(uidnext).max(1);
                 w.local_next = l.uidnext;
-                // The tail: every UID from the smaller UIDNEXT on is new on one side.
+                // The tail: every UID from the smaller UIDNEXT on is new on one side. When
+                // that side is ours there is nothing to fetch: a replica holds no message or
+                // tombstone at or above its own UIDNEXT (a group that brings one raises it).
                 w.tail = l.uidnext != uidnext;
+                w.tail_asked = l.uidnext > uidnext;
                 let local_nodes: BTreeMap<u32, Fp> = self
                     .local
                     .uid_level(&key.0, key.1, m.level)?
