@@ -2,9 +2,9 @@
 
 use super::wire::{
     digest_prefix, fp, from_gaps, guid_digest, record_rest, run_hash, to_gaps, ApplyGroup,
-    MailboxDiff, MailboxState, Reply, Request, RoundReply, RoundRequest, Run, Slots, Summary,
-    UserDiff, UserHashes, UserRef, WireChange, WireKey, WireRecord, RUNS_PER_BUCKET, RUN_SHIFT,
-    WIRE_VERSION,
+    BucketRuns, MailboxDiff, MailboxState, Reply, Request, RoundReply, RoundRequest, Run, Slots,
+    Summary, UserDiff, UserHashes, UserRef, WireChange, WireKey, WireRecord, RUNS_PER_BUCKET,
+    RUN_SHIFT, WIRE_VERSION,
 };
 use crate::merkle::{NodeHash, NodeKey, NodeValue, BUCKET_SHIFT, TOP_LEAF_LEVEL, UID_ROOT_LEVEL};
 use crate::model::{validate_user, MailboxGuid, Tombstone};
@@ -269,12 +269,16 @@ fn runs(
     store: &Store,
     user: &str,
     guid: MailboxGuid,
-    bucket: u32,
+    asked: &BucketRuns,
     limit: u32,
-    present: u8,
-    hashes: &[[u8; 3]],
     w: u8,
 ) -> Result<Vec<Run>, StoreError> {
+    let BucketRuns {
+        bucket,
+        present,
+        hashes,
+    } = asked;
+    let (bucket, present) = (*bucket, *present);
     validate_user(user)?;
     if bucket > u32::MAX >> BUCKET_SHIFT || present.count_ones() as usize != hashes.len() {
         return Err(invalid("a malformed Runs question"));
@@ -515,9 +519,7 @@ pub fn answer(store: &Store, round: &RoundRequest) -> Result<RoundReply, StoreEr
                 let limit = limit.unwrap_or(u32::MAX);
                 let mut compared = Vec::with_capacity(buckets.len());
                 for b in buckets {
-                    compared.push(runs(
-                        store, user, *guid, b.bucket, limit, b.present, &b.hashes, w,
-                    )?);
+                    compared.push(runs(store, user, *guid, b, limit, w)?);
                 }
                 let gaps: Vec<u32> = uids.iter().map(|(g, _)| *g).collect();
                 let plain = from_gaps(&gaps).ok_or_else(|| invalid("UIDs beyond 32 bits"))?;
