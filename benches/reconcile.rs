@@ -32,7 +32,9 @@ use merkmail::net::client::{expect_success, BlockingClient, ClientConfig};
 use merkmail::net::peer::SYNC_CONTENT_TYPE;
 use merkmail::net::{server, Limits, ServerState};
 use merkmail::store::{Change, NewMessage, Store, DB_FILE, FORMAT_VERSION};
-use merkmail::sync::wire::{decode_reply, decode_request, encode, Reply, Request};
+use merkmail::sync::wire::{
+    decode_reply, decode_request, encode, Reply, Request, WireChange, WireRecord,
+};
 use merkmail::sync::{run, SyncReport};
 use negentropy::{Id, Negentropy, NegentropyStorageVector};
 use serde_json::{json, Map, Value};
@@ -540,7 +542,12 @@ fn kind_name(x: &impl std::fmt::Debug) -> String {
 /// (items inside, body bytes inside) of a request.
 fn request_detail(r: &Request) -> (u64, u64) {
     match r {
-        Request::Records { uids, .. } => (uids.len() as u64, 0),
+        Request::Records {
+            uids,
+            ranges,
+            buckets,
+            ..
+        } => ((uids.len() + ranges.len() + buckets.len()) as u64, 0),
         Request::Bodies { digests } => (digests.len() as u64, 0),
         Request::PutBodies { bodies } => (
             bodies.len() as u64,
@@ -551,21 +558,23 @@ fn request_detail(r: &Request) -> (u64, u64) {
             groups
                 .iter()
                 .flat_map(|g| &g.changes)
-                .map(Change::body_len)
+                .map(WireChange::body_len)
                 .sum(),
         ),
+        Request::Users { users, .. } => (users.len() as u64, 0),
         _ => (1, 0),
     }
 }
 
 fn reply_detail(r: &Reply) -> (u64, u64) {
     match r {
-        Reply::Root { children, .. } | Reply::Children { children } => (children.len() as u64, 0),
-        Reply::UidLevel { nodes } => (nodes.len() as u64, 0),
-        Reply::Entries { entries } => (entries.len() as u64, 0),
+        Reply::Root { children, .. } | Reply::Children { children } => {
+            (children.hashes.len() as u64, 0)
+        }
         Reply::Records {
             messages,
             tombstones,
+            ..
         }
         | Reply::Full {
             messages,
@@ -576,7 +585,7 @@ fn reply_detail(r: &Reply) -> (u64, u64) {
             bodies.iter().flatten().map(|b| b.len() as u64).sum(),
         ),
         Reply::Applied { applied, .. } => (applied.len() as u64, 0),
-        Reply::Users { users } => (users.iter().map(|u| u.2.len() as u64).sum(), 0),
+        Reply::Users { users } => (users.iter().map(|u| u.mailboxes.len() as u64).sum(), 0),
         _ => (1, 0),
     }
 }
@@ -595,17 +604,33 @@ fn request_parts(r: &Request, out: &mut BTreeMap<String, u64>) {
             add(&format!("Children.key.{}", kind_name(node)), n);
             covered += n;
         }
-        Request::Mailbox { user, .. }
-        | Request::UidLevel { user, .. }
-        | Request::Entries { user, .. }
-        | Request::Full { user, .. } => {
+        Request::Mailbox { user, .. } | Request::Full { user, .. } => {
             add(&format!("{kind}.user+guid"), named(user));
             covered += named(user);
         }
-        Request::Records { user, uids, .. } => {
+        Request::Users { users, .. } => {
+            for u in users {
+                let (n, h) = (encode(&u.name).len(), 3 * u.mailboxes.len());
+                add("Users.user.name", n);
+                add("Users.user.guid digest", 3);
+                add("Users.mailbox.hash", h);
+                covered += n + 3 + h;
+            }
+        }
+        Request::Records {
+            user,
+            uids,
+            ranges,
+            buckets,
+            ..
+        } => {
+            let (u, g) = (encode(uids).len(), encode(ranges).len());
+            let h: usize = buckets.iter().map(|b| 3 * b.hashes.len()).sum();
             add("Records.user+guid", named(user));
-            add("Records.uids", encode(uids).len());
-            covered += named(user) + encode(uids).len();
+            add("Records.uids+held", u);
+            add("Records.ranges", g);
+            add("Records.run hashes", h);
+            covered += named(user) + u + g + h;
         }
         Request::Bodies { digests } => {
             add("Bodies.digests", encode(digests).len());
@@ -617,43 +642,40 @@ fn request_parts(r: &Request, out: &mut BTreeMap<String, u64>) {
         }
         Request::Apply { groups } => {
             for g in groups {
-                let header = named(&g.user) + 1 + 4;
-                add("Apply.group.user+guid+window+expect", header);
+                let header = named(&g.user) + 4;
+                add("Apply.group.user+guid+expect", header);
                 covered += header;
                 for c in &g.changes {
-                    let (part, user_guid, inner) = match c {
-                        Change::Message {
-                            user, record, body, ..
-                        } => {
-                            let ids = 48;
+                    let part = kind_name(c);
+                    let (inner, detail): (usize, Vec<(&str, usize)>) = match c {
+                        WireChange::Message { record, body, .. } => {
                             let flags = encode(&record.flags).len();
                             let stamp = encode(&record.appended).len();
                             let body = body.as_ref().map_or(0, |b| encode(b).len());
-                            add("Apply.Message.md5+digest", ids);
-                            add("Apply.Message.flags", flags);
-                            add("Apply.Message.appended", stamp);
-                            add("Apply.Message.body", body);
-                            ("Message", named(user), ids + flags + stamp + body)
+                            (
+                                48 + flags + stamp + body,
+                                vec![
+                                    ("md5+digest", 48),
+                                    ("flags", flags),
+                                    ("appended", stamp),
+                                    ("body", body),
+                                ],
+                            )
                         }
-                        Change::Expunge {
-                            user, tombstone, ..
-                        } => {
-                            let t = encode(tombstone).len();
-                            add("Apply.Expunge.tombstone", t);
-                            ("Expunge", named(user), t)
+                        WireChange::Flags { flags, .. } => {
+                            let f = encode(flags).len();
+                            (f, vec![("flags", f)])
                         }
-                        Change::Mailbox { user, record } => {
+                        WireChange::Mailbox(record) => {
                             let rec = encode(record).len();
-                            add("Apply.Mailbox.record", rec);
-                            ("Mailbox", encode(user).len(), rec)
+                            (rec, vec![("record", rec)])
                         }
-                        other => ("other", 0, encode(other).len()),
+                        _ => (0, vec![]),
                     };
-                    add(&format!("Apply.{part}.user+guid"), user_guid);
-                    add(
-                        &format!("Apply.{part}.rest"),
-                        encode(c).len() - user_guid - inner,
-                    );
+                    for (name, n) in detail {
+                        add(&format!("Apply.{part}.{name}"), n);
+                    }
+                    add(&format!("Apply.{part}.rest"), encode(c).len() - inner);
                     covered += encode(c).len();
                 }
             }
@@ -670,41 +692,13 @@ fn reply_parts(r: &Reply, out: &mut BTreeMap<String, u64>) {
     let kind = kind_name(r);
     match r {
         Reply::Root { children, .. } | Reply::Children { children } => {
-            for (id, summary) in children {
-                let (i, c) = (encode(id).len(), encode(&summary.count).len());
-                add(&format!("{kind}.child.id.{}", kind_name(id)), i);
-                add(&format!("{kind}.child.hash"), 4);
-                add(&format!("{kind}.child.count"), c);
-                covered += i + 4 + c;
-            }
-        }
-        Reply::UidLevel { nodes } => {
-            for (index, summary) in nodes {
-                let (i, c) = (encode(index).len(), encode(&summary.count).len());
-                add("UidLevel.index", i);
-                add("UidLevel.hash", 4);
-                add("UidLevel.count", c);
-                covered += i + 4 + c;
-            }
-        }
-        Reply::Entries { entries } => {
-            for (uid, _) in entries {
-                add("Entries.uid", encode(uid).len());
-                add("Entries.hash", 4);
-                covered += encode(uid).len() + 4;
-            }
+            add(&format!("{kind}.bitmap"), 2);
+            add(&format!("{kind}.hashes"), 3 * children.hashes.len());
+            covered += 2 + 3 * children.hashes.len();
         }
         Reply::Mailbox { record, node, .. } => {
             if let Some(rec) = record {
-                let stamps = encode(&rec.name_stamp).len()
-                    + encode(&rec.subscribed_stamp).len()
-                    + encode(&rec.last_change).len();
-                add("Mailbox.record.guid", 16);
-                add("Mailbox.record.3 stamps", stamps);
-                add(
-                    "Mailbox.record.name+uidvalidity+uidnext+subscribed",
-                    encode(rec).len() - 16 - stamps,
-                );
+                add("Mailbox.record", encode(rec).len());
                 covered += encode(rec).len();
             }
             add("Mailbox.node summary", encode(node).len());
@@ -713,12 +707,27 @@ fn reply_parts(r: &Reply, out: &mut BTreeMap<String, u64>) {
         Reply::Records {
             messages,
             tombstones,
+            ..
         }
         | Reply::Full {
             messages,
             tombstones,
         } => {
+            if let Reply::Records { runs, .. } = r {
+                let h: usize = runs.iter().flatten().map(|r| 3 * r.hashes.len()).sum();
+                add("Records.run hashes", h);
+                covered += h;
+            }
             for (uid, m) in messages {
+                let m = match m {
+                    WireRecord::Full(m) => m,
+                    WireRecord::Flags(f) => {
+                        let n = encode(f).len();
+                        add(&format!("{kind}.flags only"), n);
+                        covered += n + encode(uid).len();
+                        continue;
+                    }
+                };
                 let (flags, stamp) = (encode(&m.flags).len(), encode(&m.appended).len());
                 add(&format!("{kind}.message.uid"), encode(uid).len());
                 add(&format!("{kind}.message.md5+digest"), 48);
@@ -740,18 +749,17 @@ fn reply_parts(r: &Reply, out: &mut BTreeMap<String, u64>) {
             covered += encode(bodies).len();
         }
         Reply::Users { users } => {
-            for (user, summary, mailboxes) in users {
-                let (u, c) = (encode(user).len(), encode(&summary.count).len());
-                add("Users.user.name", u);
-                add("Users.user.hash", 4);
-                add("Users.user.count", c);
-                covered += u + 4 + c;
-                for (_, summary) in mailboxes {
-                    let c = encode(&summary.count).len();
-                    add("Users.mailbox.guid", 16);
-                    add("Users.mailbox.hash", 4);
-                    add("Users.mailbox.count", c);
-                    covered += 16 + 4 + c;
+            for u in users {
+                let listing = encode(&u.listing).len();
+                add("Users.diff.user+listing", encode(&u.user).len() + listing);
+                covered += encode(&u.user).len() + listing;
+                for m in &u.mailboxes {
+                    let state = encode(&m.state).len();
+                    let nodes = encode(&m.nodes).len();
+                    add("Users.diff.mailbox.node", 4);
+                    add("Users.diff.mailbox.state", state);
+                    add("Users.diff.mailbox.uid level", nodes);
+                    covered += 4 + state + nodes;
                 }
             }
         }

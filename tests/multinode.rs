@@ -1209,7 +1209,7 @@ fn the_peer_api_refuses_bad_input_and_changes_nothing() {
         g.parse::<MailboxGuid>().expect("a GUID")
     };
     let mut version_two = valid.clone();
-    version_two[0] = 2;
+    version_two[0] = WIRE_VERSION + 1;
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
         (
             "garbage",
@@ -1224,7 +1224,7 @@ fn the_peer_api_refuses_bad_input_and_changes_nothing() {
             400,
             "",
         ),
-        ("wire version 2", version_two, 400, "version"),
+        ("another wire version", version_two, 400, "version"),
         (
             "a node that does not exist",
             encoded(vec![Request::Children {
@@ -1458,7 +1458,8 @@ fn apply_round(guid: MailboxGuid, expect: [u8; 4], changes: Vec<Change>) -> Vec<
             window: 0,
             expect,
             changes,
-        }],
+        }
+        .into()],
     }])
 }
 

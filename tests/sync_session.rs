@@ -15,6 +15,13 @@ fn msg(text: &str) -> NewMessage {
     }
 }
 
+/// Exact metadata bytes (wire v2, window 7) of the count tests below: request bytes sent and
+/// answer bytes received, message bodies excluded.
+const SINGLE_SENT: u64 = 198;
+const SINGLE_RECEIVED: u64 = 226;
+const FIVE_SENT: u64 = 873;
+const FIVE_RECEIVED: u64 = 671;
+
 fn sync(a: &Store, b: &Store) -> SyncReport {
     run(a, 7, false, in_process(b)).expect("session")
 }
@@ -245,9 +252,54 @@ fn a_single_difference_among_100_000_messages_takes_at_most_depth_plus_two_round
         (1, 0, 0)
     );
     assert!(r.rounds <= u64::from(merkmail::merkle::DEPTH) + 2, "{r:?}");
+    // Exact counts (wire v2, window 7; deterministic): Root, two Children rounds, Users,
+    // Records with the bucket's runs, Records at the UID, Apply (wire v1: 8 rounds).
+    eprintln!("single difference: {r:?}");
+    assert_eq!(
+        (r.rounds, r.bytes_sent, r.bytes_received),
+        (7, SINGLE_SENT, SINGLE_RECEIVED),
+        "{r:?}"
+    );
     assert_eq!(a.root().expect("root"), b.root().expect("root"));
     // And the equal pair costs one round trip.
     assert_eq!(sync(&a, &b).rounds, 1);
+}
+
+#[test]
+fn new_mail_flags_and_an_expunge_cost_exact_counts() {
+    let (a, b) = equal_stores(100, 100);
+    // New mail at a tail on each side, a flag change on each side, an expunge.
+    a.append("user0001", "INBOX", vec![msg("new on a")])
+        .expect("append");
+    b.append("user0002", "Box4", vec![msg("new on b")])
+        .expect("append");
+    a.set_flags("user0003", "Box5", 10, FlagOp::Add, &seen())
+        .expect("flags");
+    b.set_flags("user0004", "Box6", 70, FlagOp::Add, &seen())
+        .expect("flags");
+    b.expunge("user0005", "Box7", &[33]).expect("expunge");
+    let r = sync(&a, &b);
+    eprintln!("five differences: {r:?}");
+    assert!(r.equal_after, "{r:?}");
+    assert_eq!(
+        (
+            r.copied_to_peer,
+            r.copied_from_peer,
+            r.flag_updates,
+            r.expunged
+        ),
+        (1, 1, 2, 1)
+    );
+    assert_eq!(
+        (r.rounds, r.bytes_sent, r.bytes_received),
+        (7, FIVE_SENT, FIVE_RECEIVED),
+        "{r:?}"
+    );
+    assert_converged(
+        &a,
+        &b,
+        &["user0001", "user0002", "user0003", "user0004", "user0005"],
+    );
 }
 
 #[test]

@@ -19,6 +19,21 @@ impl Store {
         guid: MailboxGuid,
         uids: Option<&BTreeSet<u32>>,
     ) -> Result<MailboxSide, StoreError> {
+        let ranges: Vec<(u32, u32)> = match uids {
+            None => vec![(0, u32::MAX)],
+            Some(set) => set.iter().map(|u| (*u, *u)).collect(),
+        };
+        self.mailbox_side_in(user, guid, &ranges)
+    }
+
+    /// A mailbox as this replica holds it, restricted to inclusive UID ranges: the record or
+    /// the tombstone, and the messages and expunge tombstones in those ranges.
+    pub fn mailbox_side_in(
+        &self,
+        user: &str,
+        guid: MailboxGuid,
+        ranges: &[(u32, u32)],
+    ) -> Result<MailboxSide, StoreError> {
         let txn = self.read_txn()?;
         let key = keys::mailbox(user, guid);
         let mut side = MailboxSide::default();
@@ -33,11 +48,7 @@ impl Store {
         }
         let messages = txn.open_table(MESSAGES)?;
         let tombstones = txn.open_table(TOMBSTONES)?;
-        let ranges: Vec<(u32, u32)> = match uids {
-            None => vec![(0, u32::MAX)],
-            Some(set) => set.iter().map(|u| (*u, *u)).collect(),
-        };
-        for (first, last) in ranges {
+        for &(first, last) in ranges {
             let (start, end) = keys::uid_range(user, guid, first, last);
             for item in messages.range(start.as_slice()..=end.as_slice())? {
                 let (k, v) = item?;

@@ -3,8 +3,8 @@
 //! bytes, keeping message bodies apart from metadata.
 
 use super::session::{Session, SessionError, SyncReport};
-use super::wire::{decode_reply, encode, Reply, Request};
-use crate::store::{Change, Store};
+use super::wire::{decode_reply, encode, Reply, Request, WireChange};
+use crate::store::Store;
 use std::time::Instant;
 use thiserror::Error;
 
@@ -59,7 +59,7 @@ pub fn run<E: std::fmt::Display>(
                 Request::Apply { groups } => groups
                     .iter()
                     .flat_map(|g| &g.changes)
-                    .map(Change::body_len)
+                    .map(WireChange::body_len)
                     .sum(),
                 Request::PutBodies { bodies } => bodies.iter().map(|b| b.len() as u64).sum(),
                 _ => 0,

@@ -1,18 +1,15 @@
 //! The responder's side of a round: answer every question from the local store, in order.
 
 use super::wire::{
-    ChildId, Reply, Request, RoundReply, RoundRequest, Summary, WireKey, WIRE_VERSION,
+    digest_prefix, fp, from_gaps, guid_digest, record_rest, run_hash, to_gaps, ApplyGroup,
+    BucketRuns, MailboxDiff, MailboxState, Reply, Request, RoundReply, RoundRequest, Run, Slots,
+    Summary, UserDiff, UserHashes, UserRef, WireChange, WireKey, WireRecord, RUNS_PER_BUCKET,
+    RUN_SHIFT, WIRE_VERSION,
 };
-use crate::merkle::{NodeKey, NodeValue, UID_ROOT_LEVEL};
-use crate::model::validate_user;
-use crate::store::{Store, StoreError};
-
-pub(crate) fn summary(value: &NodeValue, window: u8) -> Summary {
-    Summary {
-        hash: value.hash.truncated(window),
-        count: value.count,
-    }
-}
+use crate::merkle::{NodeHash, NodeKey, NodeValue, BUCKET_SHIFT, TOP_LEAF_LEVEL, UID_ROOT_LEVEL};
+use crate::model::{validate_user, MailboxGuid, Tombstone};
+use crate::store::{Change, ChangeGroup, Store, StoreError};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The model key for a wire key; user names are validated so no key can reach another user's.
 pub fn node_key(key: &WireKey) -> Result<NodeKey, StoreError> {
@@ -84,27 +81,377 @@ pub fn wire_key(key: &NodeKey) -> WireKey {
     }
 }
 
-/// How a child is named relative to its parent.
-pub fn child_id(child: &NodeKey) -> ChildId {
-    match child {
-        NodeKey::Top { index, .. } => ChildId::Slot((index & 0xf) as u8),
-        NodeKey::User { user, .. } => ChildId::User(user.clone()),
-        NodeKey::Mailbox { guid, .. } => ChildId::Mailbox(*guid),
-        NodeKey::Uid { level, .. } if *level == UID_ROOT_LEVEL => ChildId::UidRoot,
-        NodeKey::Uid { index, .. } => ChildId::Slot((index & 0xf) as u8),
+/// The UID-tree level to compare first: the lowest whose non-empty nodes number at most 16
+/// for a mailbox with this UIDNEXT, so the single-child chain above a small mailbox costs no
+/// round trips.
+pub fn start_level(uidnext: u32) -> u8 {
+    let mut buckets = u64::from(uidnext.saturating_sub(1) >> BUCKET_SHIFT) + 1;
+    let mut level = 0;
+    while buckets > 16 && level < UID_ROOT_LEVEL {
+        buckets = buckets.div_ceil(16);
+        level += 1;
+    }
+    level
+}
+
+/// The slot of a top or UID node under its parent.
+fn slot_of(key: &NodeKey) -> u8 {
+    match key {
+        NodeKey::Top { index, .. } => (index & 0xf) as u8,
+        NodeKey::Uid { index, .. } => (index & 0xf) as u8,
+        _ => 0,
     }
 }
 
-fn children(
+/// The children of a fan-out node (top levels above the user buckets, UID interior nodes).
+pub(crate) fn slots(store: &Store, key: &NodeKey, window: u8) -> Result<Slots, StoreError> {
+    Ok(Slots::from_pairs(
+        store
+            .children(key)?
+            .iter()
+            .map(|(k, v)| (slot_of(k), fp(&v.hash, window))),
+    ))
+}
+
+fn invalid(msg: impl Into<String>) -> StoreError {
+    StoreError::Invalid(msg.into())
+}
+
+/// A user's mailboxes in GUID order, as the tree holds them.
+pub(crate) fn user_mailboxes(
     store: &Store,
-    key: &NodeKey,
-    window: u8,
-) -> Result<Vec<(ChildId, Summary)>, StoreError> {
+    user: &str,
+) -> Result<Vec<(MailboxGuid, NodeValue)>, StoreError> {
     Ok(store
-        .children(key)?
-        .iter()
-        .map(|(k, v)| (child_id(k), summary(v, window)))
+        .children(&NodeKey::user(user))?
+        .into_iter()
+        .filter_map(|(k, v)| match k {
+            NodeKey::Mailbox { guid, .. } => Some((guid, v)),
+            _ => None,
+        })
         .collect())
+}
+
+fn mailbox_diff(
+    store: &Store,
+    user: &str,
+    guid: MailboxGuid,
+    value: &NodeValue,
+    at: usize,
+    delta: bool,
+    w: u8,
+) -> Result<MailboxDiff, StoreError> {
+    let Some(record) = store
+        .mailbox_side(user, guid, Some(&BTreeSet::new()))?
+        .record
+    else {
+        return Err(StoreError::Corrupt(format!(
+            "a tree node for mailbox {guid} of {user:?} without its record"
+        )));
+    };
+    let level = start_level(record.uidnext);
+    let nodes = store
+        .uid_level(user, guid, level)?
+        .iter()
+        .map(|(i, v)| (*i, fp(&v.hash, w)))
+        .collect();
+    let state = if delta {
+        MailboxState::Delta {
+            uidvalidity: record.uidvalidity,
+            uidnext: record.uidnext,
+            last_change: record.last_change,
+            rest: record_rest(&record, w),
+        }
+    } else {
+        MailboxState::Full(record)
+    };
+    Ok(MailboxDiff {
+        at: at as u32,
+        node: value.hash.truncated(w),
+        state,
+        level,
+        nodes,
+    })
+}
+
+/// Compares the asker's users of a bucket with ours; answers only what differs.
+fn users(
+    store: &Store,
+    bucket: u16,
+    asked: &[UserHashes],
+    w: u8,
+) -> Result<Vec<UserDiff>, StoreError> {
+    let key = node_key(&WireKey::Top {
+        level: TOP_LEAF_LEVEL,
+        index: bucket,
+    })?;
+    let mut ours: BTreeMap<String, ()> = BTreeMap::new();
+    for (k, _) in store.children(&key)? {
+        if let NodeKey::User { user, .. } = k {
+            ours.insert(user, ());
+        }
+    }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for (i, u) in asked.iter().enumerate() {
+        validate_user(&u.name)?;
+        if !seen.insert(u.name.as_str()) {
+            return Err(invalid(format!("user {:?} listed twice", u.name)));
+        }
+        if ours.remove(&u.name).is_none() {
+            out.push(UserDiff {
+                user: UserRef::Asked(i as u32),
+                listing: Some(Vec::new()),
+                mailboxes: Vec::new(),
+            });
+            continue;
+        }
+        let mbs = user_mailboxes(store, &u.name)?;
+        let same_guids =
+            mbs.len() == u.mailboxes.len() && guid_digest(mbs.iter().map(|(g, _)| g), w) == u.guids;
+        let mut diffs = Vec::new();
+        if same_guids {
+            for (pos, ((guid, v), theirs)) in mbs.iter().zip(&u.mailboxes).enumerate() {
+                if fp(&v.hash, w) != *theirs {
+                    diffs.push(mailbox_diff(store, &u.name, *guid, v, pos, true, w)?);
+                }
+            }
+            if !diffs.is_empty() {
+                out.push(UserDiff {
+                    user: UserRef::Asked(i as u32),
+                    listing: None,
+                    mailboxes: diffs,
+                });
+            }
+        } else {
+            let theirs: BTreeSet<&[u8; 3]> = u.mailboxes.iter().collect();
+            for (pos, (guid, v)) in mbs.iter().enumerate() {
+                if !theirs.contains(&fp(&v.hash, w)) {
+                    diffs.push(mailbox_diff(store, &u.name, *guid, v, pos, false, w)?);
+                }
+            }
+            out.push(UserDiff {
+                user: UserRef::Asked(i as u32),
+                listing: Some(mbs.iter().map(|(g, _)| *g).collect()),
+                mailboxes: diffs,
+            });
+        }
+    }
+    for user in ours.into_keys() {
+        let mbs = user_mailboxes(store, &user)?;
+        let mut diffs = Vec::new();
+        for (pos, (guid, v)) in mbs.iter().enumerate() {
+            diffs.push(mailbox_diff(store, &user, *guid, v, pos, false, w)?);
+        }
+        out.push(UserDiff {
+            listing: Some(mbs.iter().map(|(g, _)| *g).collect()),
+            user: UserRef::New(user),
+            mailboxes: diffs,
+        });
+    }
+    Ok(out)
+}
+
+/// The entries of one bucket below `limit`, grouped into the 8 runs of 8 UIDs.
+pub(crate) fn runs_of(
+    entries: &[(u32, NodeHash)],
+    limit: u32,
+) -> BTreeMap<u8, Vec<(u32, NodeHash)>> {
+    let mut runs: BTreeMap<u8, Vec<(u32, NodeHash)>> = BTreeMap::new();
+    for (uid, h) in entries.iter().filter(|(u, _)| *u < limit) {
+        let run = ((uid >> RUN_SHIFT) % RUNS_PER_BUCKET) as u8;
+        runs.entry(run).or_default().push((*uid, *h));
+    }
+    runs
+}
+
+fn runs(
+    store: &Store,
+    user: &str,
+    guid: MailboxGuid,
+    asked: &BucketRuns,
+    limit: u32,
+    w: u8,
+) -> Result<Vec<Run>, StoreError> {
+    let BucketRuns {
+        bucket,
+        present,
+        hashes,
+    } = asked;
+    let (bucket, present) = (*bucket, *present);
+    validate_user(user)?;
+    if bucket > u32::MAX >> BUCKET_SHIFT || present.count_ones() as usize != hashes.len() {
+        return Err(invalid("a malformed Runs question"));
+    }
+    let theirs: BTreeMap<u8, [u8; 3]> = (0..8u8)
+        .filter(|r| present & (1 << r) != 0)
+        .zip(hashes.iter().copied())
+        .collect();
+    let ours = runs_of(&store.bucket_entries(user, guid, bucket)?, limit);
+    let mut out = Vec::new();
+    for run in 0..RUNS_PER_BUCKET as u8 {
+        let entries = ours.get(&run);
+        let hash = entries.map(|e| run_hash(e.iter().map(|(_, h)| h), w));
+        if hash == theirs.get(&run).copied() {
+            continue;
+        }
+        let mut bits = 0u8;
+        let mut fps = Vec::new();
+        for (uid, h) in entries.into_iter().flatten() {
+            bits |= 1 << (uid % 8);
+            fps.push(fp(h, w));
+        }
+        out.push(Run {
+            run,
+            present: bits,
+            hashes: fps,
+        });
+    }
+    Ok(out)
+}
+
+/// Sorted, merged inclusive ranges.
+pub(crate) fn normalize(mut ranges: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+    ranges.retain(|(a, b)| a <= b);
+    ranges.sort_unstable();
+    let mut out: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+    for (a, b) in ranges {
+        match out.last_mut() {
+            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+type Listed = (Vec<(u32, WireRecord)>, Vec<(u32, Tombstone)>);
+
+/// Messages and tombstones with gap-coded UIDs; a message whose digest the asker holds at
+/// that UID (`held`: the digest's first 4 bytes) as its flags alone.
+fn gapped(side: crate::model::MailboxSide, held: &BTreeMap<u32, [u8; 4]>) -> Listed {
+    let (uids, records): (Vec<u32>, Vec<WireRecord>) = side
+        .messages
+        .into_iter()
+        .map(|(uid, m)| {
+            if held.get(&uid) == Some(&digest_prefix(&m.digest)) {
+                (uid, WireRecord::Flags(m.flags))
+            } else {
+                (uid, WireRecord::Full(m))
+            }
+        })
+        .unzip();
+    let messages = to_gaps(uids).into_iter().zip(records).collect();
+    let (tuids, tombs): (Vec<u32>, Vec<Tombstone>) = side
+        .expunged
+        .into_iter()
+        .flat_map(|(uid, ts)| ts.into_iter().map(move |t| (uid, t)))
+        .unzip();
+    let tombstones = to_gaps(tuids).into_iter().zip(tombs).collect();
+    (messages, tombstones)
+}
+
+/// The store's change group for a wire group, with deltas filled in from what this replica
+/// holds; `None` when the mailbox no longer holds what a delta refers to (stale).
+fn change_group(store: &Store, g: &ApplyGroup, w: u8) -> Result<Option<ChangeGroup>, StoreError> {
+    validate_user(&g.user)?;
+    let referred: BTreeSet<u32> = g
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            WireChange::Flags { uid, .. }
+            | WireChange::Expunge {
+                uid, digest: None, ..
+            } => Some(*uid),
+            _ => None,
+        })
+        .collect();
+    let side = store.mailbox_side(&g.user, g.guid, Some(&referred))?;
+    let user = || g.user.clone();
+    let guid = g.guid;
+    let mut changes = Vec::with_capacity(g.changes.len());
+    for c in &g.changes {
+        changes.push(match c {
+            WireChange::Mailbox(record) => {
+                if record.guid != guid {
+                    return Err(invalid("a mailbox record under another GUID"));
+                }
+                Change::Mailbox {
+                    user: user(),
+                    record: record.clone(),
+                }
+            }
+            WireChange::Next {
+                uidnext,
+                last_change,
+            } => {
+                let Some(mut record) = side.record.clone() else {
+                    return Ok(None);
+                };
+                record.uidnext = *uidnext;
+                record.last_change = *last_change;
+                Change::Mailbox {
+                    user: user(),
+                    record,
+                }
+            }
+            WireChange::Message { uid, record, body } => Change::Message {
+                user: user(),
+                guid,
+                uid: *uid,
+                record: record.clone(),
+                body: body.clone(),
+            },
+            WireChange::Flags { uid, flags } => {
+                let Some(mut record) = side.messages.get(uid).cloned() else {
+                    return Ok(None);
+                };
+                record.flags.merge(flags);
+                Change::Message {
+                    user: user(),
+                    guid,
+                    uid: *uid,
+                    record,
+                    body: None,
+                }
+            }
+            WireChange::Expunge { uid, digest, stamp } => {
+                let Some(digest) = digest.or_else(|| side.messages.get(uid).map(|m| m.digest))
+                else {
+                    return Ok(None);
+                };
+                Change::Expunge {
+                    user: user(),
+                    guid,
+                    uid: *uid,
+                    tombstone: Tombstone {
+                        digest,
+                        stamp: *stamp,
+                    },
+                }
+            }
+            WireChange::DeleteMailbox(tombstone) => {
+                if tombstone.guid != guid {
+                    return Err(invalid("a mailbox tombstone under another GUID"));
+                }
+                Change::DeleteMailbox {
+                    user: user(),
+                    tombstone: tombstone.clone(),
+                }
+            }
+            WireChange::Remove { uid } => Change::Remove {
+                user: user(),
+                guid,
+                uid: *uid,
+            },
+        });
+    }
+    Ok(Some(ChangeGroup {
+        user: g.user.clone(),
+        guid,
+        window: w,
+        expect: g.expect,
+        changes,
+    }))
 }
 
 /// Answers a round. Questions that name nothing get empty answers; malformed names get an
@@ -118,19 +465,23 @@ pub fn answer(store: &Store, round: &RoundRequest) -> Result<RoundReply, StoreEr
                 let ours = store.root()?;
                 let equal = ours.hash.0 == *root;
                 let children = if equal {
-                    Vec::new()
+                    Slots::default()
                 } else {
-                    children(store, &NodeKey::root(), w)?
+                    slots(store, &NodeKey::root(), w)?
                 };
-                Reply::Root {
-                    equal,
-                    count: ours.count,
-                    children,
+                Reply::Root { equal, children }
+            }
+            Request::Children { node } => {
+                let key = node_key(node)?;
+                match &key {
+                    NodeKey::Top { level, .. } if *level < TOP_LEAF_LEVEL => {}
+                    NodeKey::Uid { level, .. } if *level > 0 => {}
+                    _ => return Err(invalid(format!("no fan-out children under {key}"))),
+                }
+                Reply::Children {
+                    children: slots(store, &key, w)?,
                 }
             }
-            Request::Children { node } => Reply::Children {
-                children: children(store, &node_key(node)?, w)?,
-            },
             Request::Mailbox { user, guid } => {
                 validate_user(user)?;
                 let side = store.mailbox_side(user, *guid, Some(&Default::default()))?;
@@ -139,46 +490,67 @@ pub fn answer(store: &Store, round: &RoundRequest) -> Result<RoundReply, StoreEr
                         user: user.clone(),
                         guid: *guid,
                     })?
-                    .map(|v| summary(&v, w));
+                    .map(|v| Summary {
+                        hash: v.hash.truncated(w),
+                        count: v.count,
+                    });
                 Reply::Mailbox {
                     record: side.record,
                     tombstone: side.tombstone,
                     node,
                 }
             }
-            Request::UidLevel { user, guid, level } => {
+            Request::Users {
+                bucket,
+                users: asked,
+            } => Reply::Users {
+                users: users(store, *bucket, asked, w)?,
+            },
+            Request::Records {
+                user,
+                guid,
+                uids,
+                ranges,
+                limit,
+                tail,
+                buckets,
+            } => {
                 validate_user(user)?;
-                let nodes = store
-                    .uid_level(user, *guid, *level)?
+                let limit = limit.unwrap_or(u32::MAX);
+                let mut compared = Vec::with_capacity(buckets.len());
+                for b in buckets {
+                    compared.push(runs(store, user, *guid, b, limit, w)?);
+                }
+                let gaps: Vec<u32> = uids.iter().map(|(g, _)| *g).collect();
+                let plain = from_gaps(&gaps).ok_or_else(|| invalid("UIDs beyond 32 bits"))?;
+                let held: BTreeMap<u32, [u8; 4]> = plain
                     .iter()
-                    .map(|(i, v)| (*i, summary(v, w)))
+                    .zip(uids)
+                    .filter_map(|(u, (_, h))| h.map(|h| (*u, h)))
                     .collect();
-                Reply::UidLevel { nodes }
-            }
-            Request::Entries { user, guid, bucket } => {
-                validate_user(user)?;
-                let entries = store
-                    .bucket_entries(user, *guid, *bucket)?
-                    .iter()
-                    .map(|(u, h)| (*u, h.truncated(w)))
-                    .collect();
-                Reply::Entries { entries }
-            }
-            Request::Records { user, guid, uids } => {
-                validate_user(user)?;
-                let set = uids.iter().copied().collect();
-                let side = store.mailbox_side(user, *guid, Some(&set))?;
+                let all = normalize(
+                    plain
+                        .iter()
+                        .map(|u| (*u, *u))
+                        .chain(ranges.iter().copied())
+                        .chain(tail.then_some((limit, u32::MAX)))
+                        .collect(),
+                );
+                let (messages, tombstones) =
+                    gapped(store.mailbox_side_in(user, *guid, &all)?, &held);
                 Reply::Records {
-                    messages: side.messages.into_iter().collect(),
-                    tombstones: flatten(side.expunged),
+                    runs: compared,
+                    messages,
+                    tombstones,
                 }
             }
             Request::Full { user, guid } => {
                 validate_user(user)?;
-                let side = store.mailbox_side(user, *guid, None)?;
+                let (messages, tombstones) =
+                    gapped(store.mailbox_side(user, *guid, None)?, &BTreeMap::new());
                 Reply::Full {
-                    messages: side.messages.into_iter().collect(),
-                    tombstones: flatten(side.expunged),
+                    messages,
+                    tombstones,
                 }
             }
             Request::Bodies { digests } => {
@@ -192,36 +564,20 @@ pub fn answer(store: &Store, round: &RoundRequest) -> Result<RoundReply, StoreEr
                 }
                 Reply::Bodies { bodies }
             }
-            Request::Users { bucket } => {
-                let key = node_key(&WireKey::Top {
-                    level: crate::merkle::TOP_LEAF_LEVEL,
-                    index: *bucket,
-                })?;
-                let mut users = Vec::new();
-                for (user_key, value) in store.children(&key)? {
-                    let NodeKey::User { user, .. } = &user_key else {
-                        continue;
-                    };
-                    let mailboxes = store
-                        .children(&user_key)?
-                        .iter()
-                        .filter_map(|(k, v)| match k {
-                            NodeKey::Mailbox { guid, .. } => Some((*guid, summary(v, w))),
-                            _ => None,
-                        })
-                        .collect();
-                    users.push((user.clone(), summary(&value, w), mailboxes));
-                }
-                Reply::Users { users }
-            }
             Request::PutBodies { bodies } => Reply::Staged {
                 count: store.stage_bodies(bodies)? as u64,
             },
             Request::Apply { groups } => {
+                let mut converted = Vec::with_capacity(groups.len());
                 for g in groups {
-                    validate_user(&g.user)?;
+                    converted.push(change_group(store, g, w)?);
                 }
-                let applied = store.apply_groups(groups)?;
+                let ready: Vec<ChangeGroup> = converted.iter().flatten().cloned().collect();
+                let mut done = store.apply_groups(&ready)?.into_iter();
+                let applied = converted
+                    .iter()
+                    .map(|c| c.is_some() && done.next().unwrap_or(false))
+                    .collect();
                 Reply::Applied {
                     applied,
                     root: store.root()?.hash.0,
@@ -233,12 +589,4 @@ pub fn answer(store: &Store, round: &RoundRequest) -> Result<RoundReply, StoreEr
         version: WIRE_VERSION,
         replies,
     })
-}
-
-fn flatten(
-    map: std::collections::BTreeMap<u32, Vec<crate::model::Tombstone>>,
-) -> Vec<(u32, crate::model::Tombstone)> {
-    map.into_iter()
-        .flat_map(|(uid, ts)| ts.into_iter().map(move |t| (uid, t)))
-        .collect()
 }

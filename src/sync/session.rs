@@ -8,14 +8,17 @@
 //! remotely → compare roots.
 
 use super::plan::{changes_for, ChangeCounts};
-use super::responder::{child_id, wire_key};
-use super::wire::{ChildId, Reply, Request, RoundReply, RoundRequest, Summary, WIRE_VERSION};
-use crate::merkle::{
-    user_bucket_of, NodeHash, NodeKey, BUCKET_SHIFT, TOP_LEAF_LEVEL, UID_ROOT_LEVEL,
+use super::responder::{normalize, runs_of, user_mailboxes, wire_key};
+use super::wire::{
+    digest_prefix, fp, from_gaps, guid_digest, record_rest, run_hash, to_gaps, ApplyGroup,
+    BucketRuns, Fp, MailboxDiff, MailboxState, Reply, Request, RoundReply, RoundRequest, Run,
+    Slots, UserDiff, UserHashes, UserRef, WireChange, WireRecord, RUNS_PER_BUCKET, RUN_SHIFT,
+    WIRE_VERSION,
 };
+use crate::merkle::{bucket_hash, user_bucket_of, NodeHash, NodeKey, BUCKET_SHIFT, TOP_LEAF_LEVEL};
 use crate::model::{
     merge_into, merge_mailbox, validate_user, Digest, MailboxGuid, MailboxOutcome, MailboxRecord,
-    MailboxSide, MailboxTombstone,
+    MailboxSide, MailboxTombstone, Tombstone,
 };
 use crate::store::{Change, ChangeGroup, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -95,12 +98,12 @@ const APPLY_BATCH_BYTES: usize = 16 << 20;
 enum Ask {
     Root,
     Children(NodeKey),
-    Users(NodeKey),
+    /// A user bucket, with the users we listed in it (the answer names them by position).
+    Users(u16, Vec<String>),
     Mailbox(Key),
-    UidLevel(Key, u8),
     UidChildren(Key, NodeKey),
-    Entries(Key, u32),
-    Records(Key),
+    /// Records, with the buckets compared in the same question.
+    Records(Key, Vec<u32>),
     Full(Key),
     Bodies(Vec<Digest>),
     PutBodies,
@@ -109,16 +112,42 @@ enum Ask {
 
 #[derive(Debug, Default)]
 struct Work {
-    remote_node: Option<Summary>,
+    /// The peer's mailbox node hash (4 bytes): what its change group must `expect`.
+    remote_node: Option<[u8; 4]>,
     remote_known: bool,
     remote_record: Option<MailboxRecord>,
     remote_tombstone: Option<MailboxTombstone>,
+    /// The peer's record is still to be fetched (its delta did not match ours).
+    need_record: bool,
     full: bool,
+    /// UIDs at or above this (the smaller UIDNEXT) are compared as a range, not by hashes.
+    limit: u32,
+    /// Whether the UIDNEXTs differ (then UIDs from `limit` on are fetched whole), and
+    /// whether that tail has been asked for.
+    tail: bool,
+    tail_asked: bool,
+    /// Buckets to compare run by run in the next question.
+    pending: Vec<u32>,
+    /// Our UIDNEXT.
+    local_next: u32,
+    /// UIDs whose records both sides must compare.
     uids: BTreeSet<u32>,
+    /// Inclusive UID ranges compared whole (nodes one side lacks, and the tail); the first
+    /// `ranges_asked` of them have been asked for.
+    ranges: Vec<(u32, u32)>,
+    ranges_asked: usize,
     outstanding: usize,
-    level_asked: bool,
     records_asked: bool,
     remote_side: Option<MailboxSide>,
+}
+
+impl Work {
+    fn covers(&self, uid: u32) -> bool {
+        self.full
+            || (self.tail && uid >= self.limit)
+            || self.uids.contains(&uid)
+            || self.ranges.iter().any(|(a, b)| (*a..=*b).contains(&uid))
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -140,7 +169,7 @@ pub struct Session<'a> {
     asked: Vec<Ask>,
     work: BTreeMap<Key, Work>,
     local_groups: Vec<ChangeGroup>,
-    remote_groups: Vec<ChangeGroup>,
+    remote_groups: Vec<ApplyGroup>,
     /// Bodies to fetch from the peer, and to send it, with their sizes (for batching).
     fetch: BTreeMap<Digest, u64>,
     push: BTreeMap<Digest, u64>,
@@ -148,8 +177,6 @@ pub struct Session<'a> {
     bad: BTreeSet<Digest>,
     applied_once: bool,
     local_applied: bool,
-    /// Mailbox summaries that came with a user bucket's users (one round for two levels).
-    prefetched: BTreeMap<String, Vec<(ChildId, Summary)>>,
     pub report: SyncReport,
 }
 
@@ -168,18 +195,6 @@ fn next_batch(queue: &mut BTreeMap<Digest, u64>) -> Vec<Digest> {
     batch
 }
 
-/// The UID-tree level to ask for first: the lowest whose non-empty nodes number at most 16,
-/// so the single-child chain above a small mailbox costs no round trips.
-fn start_level(uidnext: u32) -> u8 {
-    let mut buckets = u64::from(uidnext.saturating_sub(1) >> BUCKET_SHIFT) + 1;
-    let mut level = 0;
-    while buckets > 16 && level < UID_ROOT_LEVEL {
-        buckets = buckets.div_ceil(16);
-        level += 1;
-    }
-    level
-}
-
 /// The first and last UID under a UID-tree node.
 fn uid_span(level: u8, index: u32) -> (u32, u32) {
     let shift = BUCKET_SHIFT + 4 * u32::from(level);
@@ -189,6 +204,61 @@ fn uid_span(level: u8, index: u32) -> (u32, u32) {
         first.min(u64::from(u32::MAX)) as u32,
         last.min(u64::from(u32::MAX)) as u32,
     )
+}
+
+/// A change group for the peer, with deltas where the peer already holds the rest: UIDNEXT
+/// alone for a record that differs in nothing else, flags alone for a message whose digest
+/// it holds at that UID, an expunge without the digest of the message it holds there.
+fn to_wire(group: ChangeGroup, remote: &MailboxSide) -> ApplyGroup {
+    let changes = group
+        .changes
+        .into_iter()
+        .map(|c| match c {
+            Change::Mailbox { record, .. } => match &remote.record {
+                Some(r)
+                    if MailboxRecord {
+                        uidnext: record.uidnext,
+                        last_change: record.last_change,
+                        ..r.clone()
+                    } == record =>
+                {
+                    WireChange::Next {
+                        uidnext: record.uidnext,
+                        last_change: record.last_change,
+                    }
+                }
+                _ => WireChange::Mailbox(record),
+            },
+            Change::Message {
+                uid,
+                record,
+                body: None,
+                ..
+            } if remote
+                .messages
+                .get(&uid)
+                .is_some_and(|m| m.digest == record.digest) =>
+            {
+                WireChange::Flags {
+                    uid,
+                    flags: record.flags,
+                }
+            }
+            Change::Expunge { uid, tombstone, .. } => WireChange::Expunge {
+                uid,
+                digest: (remote.messages.get(&uid).map(|m| m.digest) != Some(tombstone.digest))
+                    .then_some(tombstone.digest),
+                stamp: tombstone.stamp,
+            },
+            other => WireChange::verbatim(other),
+        })
+        .collect();
+    ApplyGroup {
+        user: group.user,
+        guid: group.guid,
+        expect: group.expect,
+        changes,
+    }
 }
 
 impl<'a> Session<'a> {
@@ -210,7 +280,6 @@ impl<'a> Session<'a> {
             bad: BTreeSet::new(),
             applied_once: false,
             local_applied: false,
-            prefetched: BTreeMap::new(),
             report: SyncReport {
                 dry_run,
                 ..SyncReport::default()
@@ -221,8 +290,8 @@ impl<'a> Session<'a> {
         Ok(s)
     }
 
-    fn trunc(&self, h: &NodeHash) -> [u8; 4] {
-        h.truncated(self.window)
+    fn fp(&self, h: &NodeHash) -> Fp {
+        fp(h, self.window)
     }
 
     /// The next round's questions, or `None` when the session is over.
@@ -261,13 +330,7 @@ impl<'a> Session<'a> {
     }
 
     fn ask(&mut self, ask: Ask, request: Request) {
-        if let Ask::Mailbox(k)
-        | Ask::UidLevel(k, _)
-        | Ask::UidChildren(k, _)
-        | Ask::Entries(k, _)
-        | Ask::Records(k)
-        | Ask::Full(k) = &ask
-        {
+        if let Ask::Mailbox(k) | Ask::UidChildren(k, _) | Ask::Records(k, _) | Ask::Full(k) = &ask {
             self.work.entry(k.clone()).or_default().outstanding += 1;
         }
         self.next.push((ask, request));
@@ -284,34 +347,19 @@ impl<'a> Session<'a> {
 
     fn take(&mut self, ask: Ask, answer: Reply) -> Result<(), SessionError> {
         match (ask, answer) {
-            (
-                Ask::Root,
-                Reply::Root {
-                    equal, children, ..
-                },
-            ) => {
+            (Ask::Root, Reply::Root { equal, children }) => {
                 if equal {
                     self.report.equal_after = true;
                     self.phase = Phase::Done;
                 } else {
-                    self.compare_children(&NodeKey::root(), children)?;
+                    self.compare_top(&NodeKey::root(), &children)?;
                 }
             }
             (Ask::Children(node), Reply::Children { children }) => {
-                self.compare_children(&node, children)?
+                self.compare_top(&node, &children)?
             }
-            (Ask::Users(bucket), Reply::Users { users }) => {
-                let mut listed = Vec::with_capacity(users.len());
-                for (user, summary, mailboxes) in users {
-                    let children = mailboxes
-                        .into_iter()
-                        .map(|(g, s)| (ChildId::Mailbox(g), s))
-                        .collect();
-                    self.prefetched.insert(user.clone(), children);
-                    listed.push((ChildId::User(user), summary));
-                }
-                self.compare_children(&bucket, listed)?;
-                self.prefetched.clear();
+            (Ask::Users(bucket, listed), Reply::Users { users }) => {
+                self.take_users(bucket, &listed, users)?
             }
             (
                 Ask::Mailbox(key),
@@ -321,53 +369,24 @@ impl<'a> Session<'a> {
                     node,
                 },
             ) => {
-                if let Some(r) = &record {
-                    if r.guid != key.1 {
-                        return Err(protocol("a mailbox record under another GUID"));
-                    }
+                if record.as_ref().is_some_and(|r| r.guid != key.1) {
+                    return Err(protocol("a mailbox record under another GUID"));
                 }
-                let local = self
-                    .local
-                    .mailbox_side(&key.0, key.1, Some(&BTreeSet::new()))?;
                 let w = self.done_with(&key)?;
-                w.remote_known = true;
-                w.remote_node = node;
+                if w.need_record {
+                    // The record a delta could not rebuild; the UIDs are compared already.
+                    w.need_record = false;
+                    if record.is_none() {
+                        w.full = true;
+                    }
+                } else {
+                    // A mailbox below a node the peer lacks: the peer may hold a tombstone.
+                    w.remote_known = true;
+                    w.remote_node = node.map(|s| s.hash);
+                    w.full = true;
+                }
                 w.remote_record = record;
                 w.remote_tombstone = tombstone;
-                let same_validity = matches!((&local.record, &w.remote_record), (Some(a), Some(b)) if a.uidvalidity == b.uidvalidity);
-                if !same_validity {
-                    w.full = true;
-                } else if !w.level_asked {
-                    w.level_asked = true;
-                    let next = local
-                        .record
-                        .as_ref()
-                        .map_or(1, |r| r.uidnext)
-                        .max(w.remote_record.as_ref().map_or(1, |r| r.uidnext));
-                    let level = start_level(next);
-                    self.ask(
-                        Ask::UidLevel(key.clone(), level),
-                        Request::UidLevel {
-                            user: key.0.clone(),
-                            guid: key.1,
-                            level,
-                        },
-                    );
-                }
-            }
-            (Ask::UidLevel(key, level), Reply::UidLevel { nodes }) => {
-                if self.done_with(&key)?.full {
-                    return Ok(());
-                }
-                let local: BTreeMap<u32, [u8; 4]> = self
-                    .local
-                    .uid_level(&key.0, key.1, level)?
-                    .iter()
-                    .map(|(i, v)| (*i, self.trunc(&v.hash)))
-                    .collect();
-                let remote: BTreeMap<u32, [u8; 4]> =
-                    nodes.iter().map(|(i, s)| (*i, s.hash)).collect();
-                self.compare_uid_nodes(&key, level, &local, &remote)?;
             }
             (Ask::UidChildren(key, node), Reply::Children { children }) => {
                 if self.done_with(&key)?.full {
@@ -376,80 +395,50 @@ impl<'a> Session<'a> {
                 let NodeKey::Uid { level, index, .. } = node else {
                     return Err(protocol("not a UID node"));
                 };
+                let pairs = children
+                    .pairs()
+                    .ok_or_else(|| protocol("a children bitmap that disagrees with its hashes"))?;
                 let to_index = |slot: u8| index.wrapping_mul(16).wrapping_add(u32::from(slot));
-                let local: BTreeMap<u32, [u8; 4]> = self
+                let local: BTreeMap<u32, Fp> = self
                     .local
                     .children(&node)?
                     .iter()
                     .filter_map(|(k, v)| match k {
-                        NodeKey::Uid { index, .. } => Some((*index, self.trunc(&v.hash))),
+                        NodeKey::Uid { index, .. } => Some((*index, self.fp(&v.hash))),
                         _ => None,
                     })
                     .collect();
-                let mut remote = BTreeMap::new();
-                for (id, s) in children {
-                    match id {
-                        ChildId::Slot(slot) if slot < 16 => {
-                            remote.insert(to_index(slot), s.hash);
-                        }
-                        _ => return Err(protocol("a UID node's child must be a slot")),
-                    }
-                }
+                let remote: BTreeMap<u32, Fp> =
+                    pairs.into_iter().map(|(s, h)| (to_index(s), h)).collect();
                 self.compare_uid_nodes(&key, level.saturating_sub(1), &local, &remote)?;
-            }
-            (Ask::Entries(key, bucket), Reply::Entries { entries }) => {
-                self.done_with(&key)?;
-                let local: BTreeMap<u32, [u8; 4]> = self
-                    .local
-                    .bucket_entries(&key.0, key.1, bucket)?
-                    .iter()
-                    .map(|(u, h)| (*u, self.trunc(h)))
-                    .collect();
-                let (first, last) = uid_span(0, bucket);
-                let remote: BTreeMap<u32, [u8; 4]> = entries
-                    .into_iter()
-                    .filter(|(u, _)| (first..=last).contains(u))
-                    .collect();
-                let w = self.work.entry(key).or_default();
-                for uid in local.keys().chain(remote.keys()) {
-                    if local.get(uid) != remote.get(uid) {
-                        w.uids.insert(*uid);
-                    }
-                }
+                self.flush(&key, false)?;
             }
             (
-                Ask::Records(key),
+                Ask::Records(key, buckets),
                 Reply::Records {
+                    runs,
                     messages,
                     tombstones,
                 },
-            )
-            | (
+            ) => {
+                self.done_with(&key)?;
+                if runs.len() != buckets.len() {
+                    return Err(protocol("runs for a different number of buckets"));
+                }
+                for (bucket, runs) in buckets.into_iter().zip(runs) {
+                    self.take_runs(&key, bucket, runs)?;
+                }
+                self.take_records(&key, messages, tombstones)?;
+            }
+            (
                 Ask::Full(key),
                 Reply::Full {
                     messages,
                     tombstones,
                 },
             ) => {
-                let w = self.done_with(&key)?;
-                // Records may come in several answers (chunks of UIDs): add to what came.
-                let mut side = w.remote_side.take().unwrap_or_else(|| MailboxSide {
-                    record: w.remote_record.clone(),
-                    tombstone: w.remote_tombstone.clone(),
-                    ..Default::default()
-                });
-                let allowed = |uid: &u32| w.full || w.uids.contains(uid);
-                for (uid, m) in messages {
-                    if allowed(&uid) {
-                        side.messages.insert(uid, m);
-                    }
-                }
-                for (uid, t) in tombstones {
-                    if allowed(&uid) {
-                        side.expunged.entry(uid).or_default().push(t);
-                    }
-                }
-                w.remote_side = Some(side);
+                self.done_with(&key)?;
+                self.take_records(&key, messages, tombstones)?;
             }
             (Ask::Bodies(digests), Reply::Bodies { bodies }) => {
                 if bodies.len() != digests.len() {
@@ -476,156 +465,426 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    fn child_key(parent: &NodeKey, id: &ChildId) -> Result<NodeKey, SessionError> {
-        Ok(match (parent, id) {
-            (NodeKey::Top { level, index }, ChildId::Slot(s))
-                if *level < TOP_LEAF_LEVEL && *s < 16 =>
-            {
-                NodeKey::Top {
-                    level: level + 1,
-                    index: index * 16 + u16::from(*s),
-                }
-            }
-            (NodeKey::Top { level, index }, ChildId::User(user)) if *level == TOP_LEAF_LEVEL => {
-                validate_user(user).map_err(|e| protocol(e.to_string()))?;
-                if user_bucket_of(user) != *index {
-                    return Err(protocol(format!(
-                        "user {user:?} listed in the wrong bucket"
-                    )));
-                }
-                NodeKey::user(user)
-            }
-            (NodeKey::User { user, .. }, ChildId::Mailbox(guid)) => NodeKey::Mailbox {
-                user: user.clone(),
-                guid: *guid,
-            },
-            _ => return Err(protocol(format!("child {id:?} cannot hang under {parent}"))),
-        })
-    }
-
-    /// Compares a top-tree or user node's children with ours and follows every difference.
-    fn compare_children(
-        &mut self,
-        parent: &NodeKey,
-        remote: Vec<(ChildId, Summary)>,
-    ) -> Result<(), SessionError> {
-        let local: BTreeMap<ChildId, (NodeKey, [u8; 4])> = self
+    /// Compares a top node's children (above the user buckets) with ours and follows every
+    /// difference.
+    fn compare_top(&mut self, parent: &NodeKey, remote: &Slots) -> Result<(), SessionError> {
+        let NodeKey::Top { level, index } = parent else {
+            return Err(protocol("children of a node that is not a top node"));
+        };
+        if *level >= TOP_LEAF_LEVEL {
+            return Err(protocol("top children below the user buckets"));
+        }
+        let remote: BTreeMap<u8, Fp> = remote
+            .pairs()
+            .ok_or_else(|| protocol("a children bitmap that disagrees with its hashes"))?
+            .into_iter()
+            .collect();
+        let local: BTreeMap<u8, Fp> = self
             .local
             .children(parent)?
             .iter()
-            .map(|(k, v)| (child_id(k), (k.clone(), self.trunc(&v.hash))))
+            .filter_map(|(k, v)| match k {
+                NodeKey::Top { index, .. } => Some(((index & 0xf) as u8, self.fp(&v.hash))),
+                _ => None,
+            })
             .collect();
-        let mut remote_map = BTreeMap::new();
-        for (id, s) in remote {
-            remote_map.insert(id, s);
-        }
-        let ids: BTreeSet<&ChildId> = local.keys().chain(remote_map.keys()).collect();
-        for id in ids {
-            match (local.get(id), remote_map.get(id)) {
-                (Some((_, l)), Some(r)) if *l == r.hash => {}
-                (Some((k, _)), r) => self.visit(k.clone(), r.copied(), true)?,
-                (None, Some(r)) => {
-                    let key = Self::child_key(parent, id)?;
-                    self.visit(key, Some(*r), false)?;
-                }
-                (None, None) => {}
+        let slots: BTreeSet<u8> = local.keys().chain(remote.keys()).copied().collect();
+        for slot in slots {
+            let (l, r) = (local.get(&slot), remote.get(&slot));
+            if l == r {
+                continue;
             }
+            let child = NodeKey::Top {
+                level: level + 1,
+                index: index * 16 + u16::from(slot),
+            };
+            self.visit(child, r.is_some())?;
         }
         Ok(())
     }
 
     /// Follows a differing node: ask the peer below it, or, where the peer has nothing,
     /// expand our own side down to the mailboxes.
-    fn visit(
-        &mut self,
-        key: NodeKey,
-        remote: Option<Summary>,
-        local_present: bool,
-    ) -> Result<(), SessionError> {
+    fn visit(&mut self, key: NodeKey, remote: bool) -> Result<(), SessionError> {
         match &key {
-            NodeKey::Top { level, index } if *level == TOP_LEAF_LEVEL && remote.is_some() => {
+            NodeKey::Top { level, index } if *level == TOP_LEAF_LEVEL && remote => {
+                let mut names = Vec::new();
+                let mut users = Vec::new();
+                for (child, _) in self.local.children(&key)? {
+                    let NodeKey::User { user, .. } = child else {
+                        continue;
+                    };
+                    let mbs = user_mailboxes(self.local, &user)?;
+                    users.push(UserHashes {
+                        name: user.clone(),
+                        guids: guid_digest(mbs.iter().map(|(g, _)| g), self.window),
+                        mailboxes: mbs.iter().map(|(_, v)| self.fp(&v.hash)).collect(),
+                    });
+                    names.push(user);
+                }
                 let bucket = *index;
-                self.ask(Ask::Users(key), Request::Users { bucket });
+                self.ask(Ask::Users(bucket, names), Request::Users { bucket, users });
             }
-            NodeKey::User { user, .. }
-                if remote.is_some() && self.prefetched.contains_key(user) =>
-            {
-                let mailboxes = self.prefetched.remove(user).unwrap_or_default();
-                self.compare_children(&key, mailboxes)?;
+            NodeKey::Top { .. } if remote => {
+                let node = wire_key(&key);
+                self.ask(Ask::Children(key), Request::Children { node });
             }
             NodeKey::Top { .. } | NodeKey::User { .. } => {
-                if remote.is_some() {
-                    let node = wire_key(&key);
-                    self.ask(Ask::Children(key), Request::Children { node });
-                } else {
-                    for (child, _) in self.local.children(&key)? {
-                        self.visit(child, None, true)?;
-                    }
+                for (child, _) in self.local.children(&key)? {
+                    self.visit(child, false)?;
                 }
             }
-            NodeKey::Mailbox { user, guid } => {
-                let k = (user.clone(), *guid);
-                self.report.differing_mailboxes += 1;
-                self.work.entry(k.clone()).or_default().remote_node = remote;
-                self.ask(
-                    Ask::Mailbox(k.clone()),
-                    Request::Mailbox {
-                        user: user.clone(),
-                        guid: *guid,
-                    },
-                );
-                if local_present && remote.is_some() {
-                    // Ask for the UID tree in the same round; the record only confirms it.
-                    let side = self
-                        .local
-                        .mailbox_side(user, *guid, Some(&BTreeSet::new()))?;
-                    if let Some(r) = side.record {
-                        let level = start_level(r.uidnext);
-                        self.work.entry(k.clone()).or_default().level_asked = true;
-                        self.ask(
-                            Ask::UidLevel(k, level),
-                            Request::UidLevel {
-                                user: user.clone(),
-                                guid: *guid,
-                                level,
-                            },
-                        );
-                    }
-                }
-            }
+            NodeKey::Mailbox { user, guid } => self.remote_lacks(user.clone(), *guid),
             NodeKey::Uid { .. } => return Err(protocol("UID nodes are compared per mailbox")),
         }
         Ok(())
     }
 
-    /// Compares one level of a mailbox's UID tree and follows the differences downwards.
+    /// A mailbox of ours that the peer's tree lacks: it may hold a tombstone for it.
+    fn remote_lacks(&mut self, user: String, guid: MailboxGuid) {
+        self.report.differing_mailboxes += 1;
+        let k = (user.clone(), guid);
+        self.work.entry(k.clone()).or_default();
+        self.ask(Ask::Mailbox(k), Request::Mailbox { user, guid });
+    }
+
+    /// The peer's answer about a user bucket: only the users and mailboxes that differ.
+    fn take_users(
+        &mut self,
+        bucket: u16,
+        listed: &[String],
+        users: Vec<UserDiff>,
+    ) -> Result<(), SessionError> {
+        let mut seen = BTreeSet::new();
+        for d in users {
+            let user = match d.user {
+                UserRef::Asked(i) => listed
+                    .get(i as usize)
+                    .cloned()
+                    .ok_or_else(|| protocol("an answer about a user never listed"))?,
+                UserRef::New(name) => {
+                    validate_user(&name).map_err(|e| protocol(e.to_string()))?;
+                    if user_bucket_of(&name) != bucket || listed.contains(&name) {
+                        return Err(protocol(format!("user {name:?} listed in the wrong place")));
+                    }
+                    name
+                }
+            };
+            if !seen.insert(user.clone()) {
+                return Err(protocol(format!("user {user:?} answered twice")));
+            }
+            let ours = user_mailboxes(self.local, &user)?;
+            let names: Vec<MailboxGuid> = match &d.listing {
+                None => ours.iter().map(|(g, _)| *g).collect(),
+                Some(list) => list.clone(),
+            };
+            let mut differing = BTreeSet::new();
+            for m in d.mailboxes {
+                let guid = *names
+                    .get(m.at as usize)
+                    .ok_or_else(|| protocol("a mailbox position out of range"))?;
+                if !differing.insert(guid) {
+                    return Err(protocol("a mailbox answered twice"));
+                }
+                self.take_mailbox((user.clone(), guid), m)?;
+            }
+            if let Some(list) = &d.listing {
+                let theirs: BTreeSet<&MailboxGuid> = list.iter().collect();
+                for (guid, _) in &ours {
+                    if !theirs.contains(guid) {
+                        self.remote_lacks(user.clone(), *guid);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A differing mailbox as the peer described it: compare its UID tree at once.
+    fn take_mailbox(&mut self, key: Key, m: MailboxDiff) -> Result<(), SessionError> {
+        self.report.differing_mailboxes += 1;
+        let local = self
+            .local
+            .mailbox_side(&key.0, key.1, Some(&BTreeSet::new()))?
+            .record;
+        let window = self.window;
+        let w = self.work.entry(key.clone()).or_default();
+        w.remote_known = true;
+        w.remote_node = Some(m.node);
+        let (uidvalidity, uidnext) = match m.state {
+            MailboxState::Full(r) => {
+                if r.guid != key.1 {
+                    return Err(protocol("a mailbox record under another GUID"));
+                }
+                let v = (r.uidvalidity, r.uidnext);
+                w.remote_record = Some(r);
+                v
+            }
+            MailboxState::Delta {
+                uidvalidity,
+                uidnext,
+                last_change,
+                rest,
+            } => {
+                match &local {
+                    Some(l) if record_rest(l, window) == rest => {
+                        w.remote_record = Some(MailboxRecord {
+                            uidvalidity,
+                            uidnext,
+                            last_change,
+                            ..l.clone()
+                        });
+                    }
+                    _ => w.need_record = true,
+                }
+                (uidvalidity, uidnext)
+            }
+        };
+        let need_record = w.need_record;
+        match &local {
+            Some(l) if l.uidvalidity == uidvalidity => {
+                w.limit = l.uidnext.min(uidnext).max(1);
+                w.local_next = l.uidnext;
+                // The tail: every UID from the smaller UIDNEXT on is new on one side. When
+                // that side is ours there is nothing to fetch: a replica holds no message or
+                // tombstone at or above its own UIDNEXT (a group that brings one raises it).
+                w.tail = l.uidnext != uidnext;
+                w.tail_asked = l.uidnext > uidnext;
+                let local_nodes: BTreeMap<u32, Fp> = self
+                    .local
+                    .uid_level(&key.0, key.1, m.level)?
+                    .iter()
+                    .map(|(i, v)| (*i, fp(&v.hash, window)))
+                    .collect();
+                let remote_nodes: BTreeMap<u32, Fp> = m.nodes.into_iter().collect();
+                self.compare_uid_nodes(&key, m.level, &local_nodes, &remote_nodes)?;
+                self.flush(&key, false)?;
+            }
+            _ => w.full = true,
+        }
+        if need_record {
+            self.ask(
+                Ask::Mailbox(key.clone()),
+                Request::Mailbox {
+                    user: key.0.clone(),
+                    guid: key.1,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Asks what is known to be needed of a mailbox in one question: the buckets to compare
+    /// run by run, the ranges and the tail found so far, and (`last`, once nothing is left
+    /// to descend) the records at the differing UIDs.
+    fn flush(&mut self, key: &Key, last: bool) -> Result<(), SessionError> {
+        let window = self.window;
+        let Some(w) = self.work.get_mut(key) else {
+            return Ok(());
+        };
+        let buckets = std::mem::take(&mut w.pending);
+        let ranges = w.ranges[w.ranges_asked..].to_vec();
+        w.ranges_asked = w.ranges.len();
+        let tail = w.tail && !w.tail_asked;
+        w.tail_asked |= tail;
+        let limit = w.tail.then_some(w.limit);
+        let uids: Vec<u32> = if last {
+            w.uids.iter().copied().collect()
+        } else {
+            Vec::new()
+        };
+        if buckets.is_empty() && ranges.is_empty() && !tail && uids.is_empty() {
+            return Ok(());
+        }
+        let mut runs = Vec::with_capacity(buckets.len());
+        for &bucket in &buckets {
+            let entries = self.local.bucket_entries(&key.0, key.1, bucket)?;
+            let mut present = 0u8;
+            let mut hashes = Vec::new();
+            for (run, e) in runs_of(&entries, limit.unwrap_or(u32::MAX)) {
+                present |= 1 << run;
+                hashes.push(run_hash(e.iter().map(|(_, h)| h), window));
+            }
+            runs.push(BucketRuns {
+                bucket,
+                present,
+                hashes,
+            });
+        }
+        let held = if uids.is_empty() {
+            BTreeMap::new()
+        } else {
+            let set: BTreeSet<u32> = uids.iter().copied().collect();
+            self.local.mailbox_side(&key.0, key.1, Some(&set))?.messages
+        };
+        let mut chunks: Vec<&[u32]> = uids.chunks(RECORDS_PER_REQUEST).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        let (mut ranges, mut buckets, mut runs, mut tail) = (ranges, buckets, runs, tail);
+        for chunk in chunks {
+            let gaps = to_gaps(chunk.iter().copied());
+            let uids = gaps
+                .into_iter()
+                .zip(chunk)
+                .map(|(g, u)| (g, held.get(u).map(|m| digest_prefix(&m.digest))))
+                .collect();
+            self.ask(
+                Ask::Records(key.clone(), std::mem::take(&mut buckets)),
+                Request::Records {
+                    user: key.0.clone(),
+                    guid: key.1,
+                    uids,
+                    ranges: std::mem::take(&mut ranges),
+                    limit,
+                    tail: std::mem::take(&mut tail),
+                    buckets: std::mem::take(&mut runs),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// The peer's runs of one bucket that differ from ours: their UIDs are compared next.
+    fn take_runs(&mut self, key: &Key, bucket: u32, runs: Vec<Run>) -> Result<(), SessionError> {
+        let w = self
+            .work
+            .get(key)
+            .ok_or_else(|| protocol("runs of a mailbox never asked about"))?;
+        let limit = if w.tail { w.limit } else { u32::MAX };
+        let local = runs_of(&self.local.bucket_entries(&key.0, key.1, bucket)?, limit);
+        let mut differ = Vec::new();
+        for r in runs {
+            if u32::from(r.run) >= RUNS_PER_BUCKET
+                || r.present.count_ones() as usize != r.hashes.len()
+            {
+                return Err(protocol("a malformed run"));
+            }
+            let first = (bucket << BUCKET_SHIFT) | (u32::from(r.run) << RUN_SHIFT);
+            let remote: BTreeMap<u32, Fp> = (0..8u32)
+                .filter(|b| r.present & (1 << b) != 0)
+                .map(|b| first + b)
+                .zip(r.hashes.iter().copied())
+                .filter(|(u, _)| *u < limit)
+                .collect();
+            let ours: BTreeMap<u32, Fp> = local
+                .get(&r.run)
+                .into_iter()
+                .flatten()
+                .map(|(u, h)| (*u, self.fp(h)))
+                .collect();
+            for uid in ours.keys().chain(remote.keys()) {
+                if ours.get(uid) != remote.get(uid) {
+                    differ.push(*uid);
+                }
+            }
+        }
+        self.work
+            .entry(key.clone())
+            .or_default()
+            .uids
+            .extend(differ);
+        Ok(())
+    }
+
+    /// The peer's records and tombstones (possibly in several answers: add to what came).
+    fn take_records(
+        &mut self,
+        key: &Key,
+        messages: Vec<(u32, WireRecord)>,
+        tombstones: Vec<(u32, Tombstone)>,
+    ) -> Result<(), SessionError> {
+        let (uids, records): (Vec<u32>, Vec<WireRecord>) = messages.into_iter().unzip();
+        let uids = from_gaps(&uids).ok_or_else(|| protocol("UIDs beyond 32 bits"))?;
+        let (tuids, tombs): (Vec<u32>, Vec<Tombstone>) = tombstones.into_iter().unzip();
+        let tuids = from_gaps(&tuids).ok_or_else(|| protocol("UIDs beyond 32 bits"))?;
+        let flags_only: BTreeSet<u32> = uids
+            .iter()
+            .zip(&records)
+            .filter(|(_, r)| matches!(r, WireRecord::Flags(_)))
+            .map(|(u, _)| *u)
+            .collect();
+        let mut ours = if flags_only.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.local
+                .mailbox_side(&key.0, key.1, Some(&flags_only))?
+                .messages
+        };
+        let w = self
+            .work
+            .get_mut(key)
+            .ok_or_else(|| protocol("records of a mailbox never asked about"))?;
+        let mut side = w.remote_side.take().unwrap_or_default();
+        for (uid, r) in uids.into_iter().zip(records) {
+            let m = match r {
+                WireRecord::Full(m) => m,
+                WireRecord::Flags(flags) => {
+                    let Some(mut m) = ours.remove(&uid) else {
+                        return Err(protocol("flags for a message we do not hold"));
+                    };
+                    m.flags = flags;
+                    m
+                }
+            };
+            if w.covers(uid) {
+                side.messages.insert(uid, m);
+            }
+        }
+        for (uid, t) in tuids.into_iter().zip(tombs) {
+            if w.covers(uid) {
+                let list = side.expunged.entry(uid).or_default();
+                if !list.contains(&t) {
+                    list.push(t);
+                }
+            }
+        }
+        w.remote_side = Some(side);
+        Ok(())
+    }
+
+    /// Compares one level of a mailbox's UID tree below the smaller UIDNEXT and follows the
+    /// differences downwards.
     fn compare_uid_nodes(
         &mut self,
         key: &Key,
         level: u8,
-        local: &BTreeMap<u32, [u8; 4]>,
-        remote: &BTreeMap<u32, [u8; 4]>,
+        local: &BTreeMap<u32, Fp>,
+        remote: &BTreeMap<u32, Fp>,
     ) -> Result<(), SessionError> {
+        let limit = self.work.get(key).map_or(1, |w| w.limit);
         let indexes: BTreeSet<u32> = local.keys().chain(remote.keys()).copied().collect();
         for index in indexes {
             let (l, r) = (local.get(&index), remote.get(&index));
-            if l == r {
+            let (first, last) = uid_span(level, index);
+            if l == r || first >= limit {
                 continue;
             }
-            if r.is_none() {
-                // Only we have messages here; the peer may still hold tombstones for them.
-                let (first, last) = uid_span(level, index);
-                let uids = self.local.uids_in(&key.0, key.1, first, last)?;
-                self.work.entry(key.clone()).or_default().uids.extend(uids);
+            let top = last.min(limit - 1);
+            if l.is_none() || r.is_none() {
+                // One side has no messages here: compare the range whole (tombstones too).
+                self.work
+                    .entry(key.clone())
+                    .or_default()
+                    .ranges
+                    .push((first, top));
             } else if level == 0 {
-                self.ask(
-                    Ask::Entries(key.clone(), index),
-                    Request::Entries {
-                        user: key.0.clone(),
-                        guid: key.1,
-                        bucket: index,
-                    },
-                );
+                let w = self.work.entry(key.clone()).or_default();
+                if last >= limit && w.local_next > limit {
+                    // The peer's UIDNEXT is the limit, so it holds nothing above it: our
+                    // bucket without our tail tells whether the rest is equal.
+                    let entries = self.local.bucket_entries(&key.0, key.1, index)?;
+                    let below =
+                        bucket_hash(entries.iter().filter(|(u, _)| *u < limit).map(|(_, h)| h));
+                    if Some(&self.fp(&below)) == r {
+                        continue;
+                    }
+                }
+                self.work
+                    .entry(key.clone())
+                    .or_default()
+                    .pending
+                    .push(index);
             } else {
                 let node = NodeKey::Uid {
                     user: key.0.clone(),
@@ -643,11 +902,11 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Moves the session on when a round has nothing left to ask in the current phase.
     fn advance(&mut self) -> Result<(), SessionError> {
         match self.phase {
             Phase::Discover => {
                 let mut asks = Vec::new();
+                let mut keys = Vec::new();
                 for (key, w) in &mut self.work {
                     if w.outstanding > 0 || w.records_asked || !w.remote_known {
                         continue;
@@ -663,20 +922,13 @@ impl<'a> Session<'a> {
                                 },
                             ));
                         }
-                    } else if !w.uids.is_empty() {
+                    } else {
                         w.records_asked = true;
-                        let uids: Vec<u32> = w.uids.iter().copied().collect();
-                        for chunk in uids.chunks(RECORDS_PER_REQUEST) {
-                            asks.push((
-                                Ask::Records(key.clone()),
-                                Request::Records {
-                                    user: key.0.clone(),
-                                    guid: key.1,
-                                    uids: chunk.to_vec(),
-                                },
-                            ));
-                        }
+                        keys.push(key.clone());
                     }
+                }
+                for key in keys {
+                    self.flush(&key, true)?;
                 }
                 for (ask, request) in asks {
                     self.ask(ask, request);
@@ -751,16 +1003,22 @@ impl<'a> Session<'a> {
                 guid: key.1,
             })?;
             let local_hash = node.map_or(NodeHash::EMPTY, |v| v.hash);
-            let local = self.local.mailbox_side(
-                &key.0,
-                key.1,
-                if w.full { None } else { Some(&w.uids) },
-            )?;
-            let remote = w.remote_side.clone().unwrap_or_else(|| MailboxSide {
-                record: w.remote_record.clone(),
-                tombstone: w.remote_tombstone.clone(),
-                ..Default::default()
-            });
+            let local = if w.full {
+                self.local.mailbox_side(&key.0, key.1, None)?
+            } else {
+                let ranges = normalize(
+                    w.uids
+                        .iter()
+                        .map(|u| (*u, *u))
+                        .chain(w.ranges.iter().copied())
+                        .chain(w.tail.then_some((w.limit, u32::MAX)))
+                        .collect(),
+                );
+                self.local.mailbox_side_in(&key.0, key.1, &ranges)?
+            };
+            let mut remote = w.remote_side.clone().unwrap_or_default();
+            remote.record = w.remote_record.clone();
+            remote.tombstone = w.remote_tombstone.clone();
             sides.insert(key.clone(), (local_hash, local, remote));
         }
         let mut outcomes: BTreeMap<Key, MailboxOutcome> = sides
@@ -813,10 +1071,7 @@ impl<'a> Session<'a> {
                     sides.insert(wk.clone(), (hash, side.clone(), side));
                     let w = self.work.entry(wk).or_default();
                     w.remote_known = true;
-                    w.remote_node = Some(Summary {
-                        hash: hash.truncated(self.window),
-                        count: 0,
-                    });
+                    w.remote_node = Some(hash.truncated(self.window));
                 }
             }
         }
@@ -866,7 +1121,7 @@ impl<'a> Session<'a> {
                 .work
                 .get(key)
                 .and_then(|w| w.remote_node)
-                .map_or(NodeHash::EMPTY.truncated(w), |s| s.hash);
+                .unwrap_or(NodeHash::EMPTY.truncated(w));
             let local_digests: BTreeSet<Digest> =
                 local.messages.values().map(|m| m.digest).collect();
             let local_store = self.local;
@@ -904,25 +1159,31 @@ impl<'a> Session<'a> {
                 });
             }
             if !remote_changes.is_empty() {
-                self.remote_groups.push(ChangeGroup {
-                    user: key.0.clone(),
-                    guid: key.1,
-                    window: w,
-                    expect: remote_expect,
-                    changes: remote_changes,
-                });
+                self.remote_groups.push(to_wire(
+                    ChangeGroup {
+                        user: key.0.clone(),
+                        guid: key.1,
+                        window: w,
+                        expect: remote_expect,
+                        changes: remote_changes,
+                    },
+                    remote,
+                ));
             }
         }
         self.report.mailboxes_changed = counts_changed;
         // Deletions last, so a body moving out of a deleted mailbox is still referenced when
         // the mailbox that receives it takes its reference.
-        let deletes_last = |g: &ChangeGroup| {
+        self.local_groups.sort_by_key(|g| {
             g.changes
                 .iter()
                 .any(|c| matches!(c, Change::DeleteMailbox { .. }))
-        };
-        self.local_groups.sort_by_key(deletes_last);
-        self.remote_groups.sort_by_key(deletes_last);
+        });
+        self.remote_groups.sort_by_key(|g| {
+            g.changes
+                .iter()
+                .any(|c| matches!(c, WireChange::DeleteMailbox(..)))
+        });
         if self.dry_run {
             self.report.equal_after = false;
             self.phase = Phase::Done;

@@ -2,23 +2,39 @@
 //! question the initiator has for that round; one reply holding every answer, in order.
 //! docs/PROTOCOL.md describes it byte by byte.
 
+use crate::merkle::NodeHash;
 use crate::model::{
-    Digest, MailboxGuid, MailboxRecord, MailboxTombstone, MessageRecord, Tombstone,
+    Digest, FlagSet, MailboxGuid, MailboxRecord, MailboxTombstone, MessageRecord, Stamp, Tombstone,
 };
-use crate::store::ChangeGroup;
+use crate::store::{Change, ChangeGroup};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// Bumped on any incompatible change; a peer answers another version with 400.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 /// At most this many questions in one round.
 pub const MAX_REQUESTS: usize = 100_000;
 /// Bodies travel in batches of about this many bytes (at least one body per batch), well
 /// under the peer's 64 MiB request limit.
 pub const BODY_BATCH_BYTES: u64 = 8 << 20;
-/// At most this many UIDs, digests or changes in one question (memory is bounded by the
-/// 64 MiB body limit anyway; this stops a tiny body from announcing a huge list).
+/// At most this many UIDs, ranges, users, hashes, digests or changes in one question (memory
+/// is bounded by the 64 MiB body limit anyway; this stops a tiny body from announcing a huge
+/// list).
 pub const MAX_ITEMS: usize = 1_000_000;
+/// A bucket of 64 UIDs is compared as 8 runs of 8 UIDs.
+pub const RUN_SHIFT: u32 = 3;
+pub const RUNS_PER_BUCKET: u32 = 8;
+
+/// A truncated hash as peers compare it: 3 bytes of a 32-byte hash, starting at the session's
+/// window. A false match (2⁻²⁴ per differing comparison) is caught by the final 32-byte root
+/// comparison; the next session uses another window.
+pub type Fp = [u8; 3];
+
+/// Three bytes of `h` starting at `window` (wrapping).
+pub fn fp(h: &NodeHash, window: u8) -> Fp {
+    let t = h.truncated(window);
+    [t[0], t[1], t[2]]
+}
 
 /// A tree node, as the wire names it (the same places as `merkle::NodeKey`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -42,91 +58,226 @@ pub enum WireKey {
     },
 }
 
-/// A child, named relative to its parent: slot for fan-out nodes, name or GUID otherwise.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum ChildId {
-    Slot(u8),
-    User(String),
-    Mailbox(MailboxGuid),
-    UidRoot,
-}
-
-/// A user with its summary and its mailboxes' summaries (the answer to `Request::Users`).
-pub type UserListing = (String, Summary, Vec<(MailboxGuid, Summary)>);
-
-/// A node's summary: truncated hash and the number of messages below it.
+/// A node's 4-byte truncated hash and the number of messages below it (the Mailbox answer's
+/// node, which an Apply `expect`s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
     pub hash: [u8; 4],
     pub count: u64,
 }
 
+/// The non-empty children of a fan-out-16 node: a bitmap of slots (bit i = slot i) and one
+/// truncated hash per set bit, in slot order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slots {
+    pub present: u16,
+    pub hashes: Vec<Fp>,
+}
+
+impl Slots {
+    /// (slot, hash) pairs; `None` if the bitmap and the hashes disagree.
+    pub fn pairs(&self) -> Option<Vec<(u8, Fp)>> {
+        if self.present.count_ones() as usize != self.hashes.len() {
+            return None;
+        }
+        Some(
+            (0..16u8)
+                .filter(|s| self.present & (1 << s) != 0)
+                .zip(self.hashes.iter().copied())
+                .collect(),
+        )
+    }
+
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (u8, Fp)>) -> Slots {
+        let mut s = Slots::default();
+        for (slot, h) in pairs {
+            s.present |= 1 << (slot & 15);
+            s.hashes.push(h);
+        }
+        s
+    }
+}
+
+/// One of the asker's users in a differing user bucket: its name, a digest of its mailbox
+/// GUIDs (in GUID order) and each mailbox's truncated hash in that order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserHashes {
+    pub name: String,
+    pub guids: Fp,
+    pub mailboxes: Vec<Fp>,
+}
+
+/// A user the responder sees differently from the asker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserDiff {
+    pub user: UserRef,
+    /// The responder's mailbox GUIDs, in order, when they differ from the asker's (or the
+    /// asker did not list the user); `None` means the same GUIDs as the asker's, so
+    /// positions name mailboxes.
+    pub listing: Option<Vec<MailboxGuid>>,
+    /// The responder's mailboxes whose hash matches none of the asker's for this user.
+    pub mailboxes: Vec<MailboxDiff>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UserRef {
+    /// The asker's user at this position of the question.
+    Asked(u32),
+    /// A user the asker did not list.
+    New(String),
+}
+
+/// A differing mailbox: enough to compare its UID tree at once, without another round.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxDiff {
+    /// Position in the asker's list (or in `listing` when present).
+    pub at: u32,
+    /// The mailbox node's 4-byte truncated hash: what an Apply to it must `expect`.
+    pub node: [u8; 4],
+    pub state: MailboxState,
+    /// The UID-tree level of `nodes`: the lowest with at most 16 non-empty nodes.
+    pub level: u8,
+    /// The non-empty nodes of that level: (index, hash).
+    pub nodes: Vec<(u32, Fp)>,
+}
+
+/// A mailbox record, as a delta when the asker holds the same GUID.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MailboxState {
+    /// The fields that move with mail, and a truncated hash of the rest (name, subscribed,
+    /// their stamps) for the asker to compare with its own record.
+    Delta {
+        uidvalidity: u32,
+        uidnext: u32,
+        last_change: Stamp,
+        rest: Fp,
+    },
+    Full(MailboxRecord),
+}
+
+/// The truncated hash of a mailbox record's slow-moving fields (name, subscription, stamps).
+pub fn record_rest(r: &MailboxRecord, window: u8) -> Fp {
+    let mut h = blake3::Hasher::new();
+    h.update(b"R");
+    h.update(&r.guid.0);
+    h.update(&(r.name.len() as u32).to_be_bytes());
+    h.update(r.name.as_bytes());
+    h.update(&[r.subscribed as u8]);
+    h.update(&r.name_stamp.to_bytes());
+    h.update(&r.subscribed_stamp.to_bytes());
+    fp(&NodeHash(*h.finalize().as_bytes()), window)
+}
+
+/// The digest of a user's mailbox GUIDs, in order.
+pub fn guid_digest<'a>(guids: impl IntoIterator<Item = &'a MailboxGuid>, window: u8) -> Fp {
+    let mut h = blake3::Hasher::new();
+    h.update(b"G");
+    for g in guids {
+        h.update(&g.0);
+    }
+    fp(&NodeHash(*h.finalize().as_bytes()), window)
+}
+
+/// The hash of a run of entries (their entry hashes in UID order).
+pub fn run_hash<'a>(entries: impl IntoIterator<Item = &'a NodeHash>, window: u8) -> Fp {
+    let mut h = blake3::Hasher::new();
+    h.update(b"N");
+    for e in entries {
+        h.update(&e.0);
+    }
+    fp(&NodeHash(*h.finalize().as_bytes()), window)
+}
+
+/// One bucket of the asker's, as 8 runs of 8 UIDs: which runs hold messages below the
+/// limit (bitmap) and their hashes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketRuns {
+    pub bucket: u32,
+    pub present: u8,
+    pub hashes: Vec<Fp>,
+}
+
+/// A message record, or only its flags when the asker holds the same digest at that UID.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireRecord {
+    Full(MessageRecord),
+    Flags(FlagSet),
+}
+
+/// The first 4 bytes of a digest (which message the asker holds at a UID).
+pub fn digest_prefix(d: &Digest) -> [u8; 4] {
+    [d.0[0], d.0[1], d.0[2], d.0[3]]
+}
+
+/// A run of up to 8 UIDs: which are live (bit i = first UID + i) and their entry hashes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    pub run: u8,
+    pub present: u8,
+    pub hashes: Vec<Fp>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Compare roots. The reply carries the root's children too when the roots differ.
     Root { root: [u8; 32] },
-    /// The children of a node.
+    /// The children of a top node above the user buckets, or of a UID-tree interior node.
     Children { node: WireKey },
     /// A mailbox's record or tombstone, and its node summary.
     Mailbox { user: String, guid: MailboxGuid },
-    /// Every non-empty node of one level of a mailbox's UID tree.
-    UidLevel {
-        user: String,
-        guid: MailboxGuid,
-        level: u8,
-    },
-    /// The entries of one bucket: UID and truncated entry hash.
-    Entries {
-        user: String,
-        guid: MailboxGuid,
-        bucket: u32,
-    },
-    /// Full records and tombstones at these UIDs.
+    /// A differing user bucket, with the asker's users in it and their mailboxes' hashes.
+    /// The answer names only what differs, with each differing mailbox's state and UID tree.
+    Users { bucket: u16, users: Vec<UserHashes> },
+    /// What the asker still needs to compare of one mailbox: records at `uids` (gap-coded;
+    /// with the first 4 bytes of the digest the asker holds there, so a message whose digest
+    /// matches comes back as its flags alone), records in inclusive `ranges` and, when
+    /// `tail`, from `limit` (the smaller UIDNEXT) on; and differing buckets compared below
+    /// `limit` as 8 runs of 8 UIDs each.
     Records {
         user: String,
         guid: MailboxGuid,
-        uids: Vec<u32>,
+        uids: Vec<(u32, Option<[u8; 4]>)>,
+        ranges: Vec<(u32, u32)>,
+        limit: Option<u32>,
+        tail: bool,
+        buckets: Vec<BucketRuns>,
     },
     /// Every message and tombstone of a mailbox.
     Full { user: String, guid: MailboxGuid },
     /// Message bodies by digest.
     Bodies { digests: Vec<Digest> },
     /// Apply change groups (each re-checks that its mailbox is as the session saw it).
-    Apply { groups: Vec<ChangeGroup> },
+    Apply { groups: Vec<ApplyGroup> },
     /// Bodies sent ahead of the Apply that uses them (staged under their digests).
     PutBodies { bodies: Vec<Vec<u8>> },
-    /// The users of a user bucket, each with its mailboxes' summaries: two levels in one
-    /// round (a differing bucket nearly always means a differing user).
-    Users { bucket: u16 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     Root {
         equal: bool,
-        count: u64,
-        children: Vec<(ChildId, Summary)>,
+        children: Slots,
     },
     Children {
-        children: Vec<(ChildId, Summary)>,
+        children: Slots,
     },
     Mailbox {
         record: Option<MailboxRecord>,
         tombstone: Option<MailboxTombstone>,
         node: Option<Summary>,
     },
-    UidLevel {
-        nodes: Vec<(u32, Summary)>,
+    Users {
+        users: Vec<UserDiff>,
     },
-    Entries {
-        entries: Vec<(u32, [u8; 4])>,
-    },
+    /// Per bucket asked, the responder's runs that differ (a run the asker sent and that
+    /// is not here is equal); then records with gap-coded UIDs.
     Records {
-        messages: Vec<(u32, MessageRecord)>,
+        runs: Vec<Vec<Run>>,
+        messages: Vec<(u32, WireRecord)>,
         tombstones: Vec<(u32, Tombstone)>,
     },
     Full {
-        messages: Vec<(u32, MessageRecord)>,
+        messages: Vec<(u32, WireRecord)>,
         tombstones: Vec<(u32, Tombstone)>,
     },
     Bodies {
@@ -139,16 +290,94 @@ pub enum Reply {
     Staged {
         count: u64,
     },
-    Users {
-        users: Vec<UserListing>,
+}
+
+/// Changes to one mailbox, applied only if its node hash (truncated with the round's window)
+/// is still `expect`. Changes do not repeat the user and GUID.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyGroup {
+    pub user: String,
+    pub guid: MailboxGuid,
+    pub expect: [u8; 4],
+    pub changes: Vec<WireChange>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireChange {
+    /// Create or overwrite the mailbox record.
+    Mailbox(MailboxRecord),
+    /// The peer's own record with UIDNEXT and `last_change` moved (nothing else differs).
+    Next {
+        uidnext: u32,
+        last_change: Stamp,
     },
+    Message {
+        uid: u32,
+        record: MessageRecord,
+        body: Option<Vec<u8>>,
+    },
+    /// The message the peer holds at `uid` (same digest) takes these flag entries.
+    Flags {
+        uid: u32,
+        flags: FlagSet,
+    },
+    /// Expunge `uid`; the tombstone's digest is `digest`, or when `None` the digest of the
+    /// message the peer holds there.
+    Expunge {
+        uid: u32,
+        digest: Option<Digest>,
+        stamp: Stamp,
+    },
+    DeleteMailbox(MailboxTombstone),
+    Remove {
+        uid: u32,
+    },
+}
+
+impl From<ChangeGroup> for ApplyGroup {
+    /// Every change verbatim (no deltas): what a peer with nothing to compare against sends.
+    fn from(g: ChangeGroup) -> ApplyGroup {
+        ApplyGroup {
+            user: g.user,
+            guid: g.guid,
+            expect: g.expect,
+            changes: g.changes.into_iter().map(WireChange::verbatim).collect(),
+        }
+    }
+}
+
+impl WireChange {
+    /// A store change as it is, without its user and GUID (the group names them).
+    pub fn verbatim(c: Change) -> WireChange {
+        match c {
+            Change::Mailbox { record, .. } => WireChange::Mailbox(record),
+            Change::Message {
+                uid, record, body, ..
+            } => WireChange::Message { uid, record, body },
+            Change::Expunge { uid, tombstone, .. } => WireChange::Expunge {
+                uid,
+                digest: Some(tombstone.digest),
+                stamp: tombstone.stamp,
+            },
+            Change::DeleteMailbox { tombstone, .. } => WireChange::DeleteMailbox(tombstone),
+            Change::Remove { uid, .. } => WireChange::Remove { uid },
+        }
+    }
+
+    /// Body bytes carried by the change (reported apart from metadata).
+    pub fn body_len(&self) -> u64 {
+        match self {
+            WireChange::Message { body: Some(b), .. } => b.len() as u64,
+            _ => 0,
+        }
+    }
 }
 
 /// One round: the session's questions, with the hash window of this session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoundRequest {
     pub version: u8,
-    /// Which 4 bytes of each hash are compared (rotates per session).
+    /// Where each compared hash's bytes start (rotates per session).
     pub window: u8,
     pub requests: Vec<Request>,
 }
@@ -175,6 +404,29 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_allocvec(value).unwrap_or_default()
 }
 
+/// UIDs in increasing order as gaps (the first from 0), so that each takes one or two bytes.
+pub fn to_gaps(uids: impl IntoIterator<Item = u32>) -> Vec<u32> {
+    let mut prev = 0u32;
+    uids.into_iter()
+        .map(|u| {
+            let gap = u.wrapping_sub(prev);
+            prev = u;
+            gap
+        })
+        .collect()
+}
+
+/// The UIDs back from gaps; `None` if they overflow 32 bits.
+pub fn from_gaps(gaps: &[u32]) -> Option<Vec<u32>> {
+    let mut prev = 0u32;
+    gaps.iter()
+        .map(|g| {
+            prev = prev.checked_add(*g)?;
+            Some(prev)
+        })
+        .collect()
+}
+
 pub fn decode_request(bytes: &[u8]) -> Result<RoundRequest, WireError> {
     let round: RoundRequest =
         postcard::from_bytes(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
@@ -187,12 +439,26 @@ pub fn decode_request(bytes: &[u8]) -> Result<RoundRequest, WireError> {
             round.requests.len()
         )));
     }
+    let mut total = 0usize;
     for r in &round.requests {
         let n = match r {
-            Request::Records { uids, .. } => uids.len(),
+            Request::Records {
+                uids,
+                ranges,
+                buckets,
+                ..
+            } => {
+                uids.len()
+                    + ranges.len()
+                    + buckets.len()
+                    + buckets.iter().map(|b| b.hashes.len()).sum::<usize>()
+            }
             Request::Bodies { digests } => digests.len(),
             Request::PutBodies { bodies } => bodies.len(),
             Request::Apply { groups } => groups.iter().map(|g| g.changes.len()).sum(),
+            Request::Users { users, .. } => {
+                users.len() + users.iter().map(|u| u.mailboxes.len()).sum::<usize>()
+            }
             _ => 0,
         };
         if n > MAX_ITEMS {
@@ -200,6 +466,13 @@ pub fn decode_request(bytes: &[u8]) -> Result<RoundRequest, WireError> {
                 "{n} items in one request (at most {MAX_ITEMS})"
             )));
         }
+        total = total.saturating_add(n);
+    }
+    if total > 4 * MAX_ITEMS {
+        return Err(WireError::TooMany(format!(
+            "{total} items in one round (at most {})",
+            4 * MAX_ITEMS
+        )));
     }
     Ok(round)
 }
@@ -211,4 +484,28 @@ pub fn decode_reply(bytes: &[u8]) -> Result<RoundReply, WireError> {
         return Err(WireError::Version(reply.version));
     }
     Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_invert() {
+        let uids = vec![1, 2, 64, 65, 1000, u32::MAX];
+        assert_eq!(from_gaps(&to_gaps(uids.clone())), Some(uids));
+        assert_eq!(from_gaps(&[u32::MAX, 1]), None);
+    }
+
+    #[test]
+    fn slots_pairs_invert_and_refuse_a_mismatch() {
+        let pairs = vec![(0u8, [1, 2, 3]), (5, [4, 5, 6]), (15, [7, 8, 9])];
+        let s = Slots::from_pairs(pairs.clone());
+        assert_eq!(s.pairs(), Some(pairs));
+        let bad = Slots {
+            present: 3,
+            hashes: vec![[0; 3]],
+        };
+        assert_eq!(bad.pairs(), None);
+    }
 }
