@@ -34,7 +34,15 @@ pub async fn check(node: &Arc<Node>, peer: &Arc<Peer>, trigger: Trigger) -> bool
     };
     let Some(cancel) = node.begin_outgoing(&other) else {
         peer.contact(true);
-        retry_soon(peer);
+        // The peer's session covers this check's purpose, except an overflowed journal's:
+        // only a session this node runs clears that.
+        if node
+            .store
+            .journal_peer(peer.url())
+            .is_ok_and(|j| j.overflowed)
+        {
+            retry_soon(peer);
+        }
         peer.record(RunView {
             at_ms,
             trigger: trigger.as_str().to_string(),

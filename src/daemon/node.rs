@@ -21,7 +21,7 @@ use tracing::{info, warn};
 /// Runs kept per peer for /status.
 const RUNS_KEPT: usize = 10;
 /// An incoming session counts as in progress this long after its last round.
-const INCOMING_IDLE: Duration = Duration::from_secs(5);
+const INCOMING_IDLE: Duration = Duration::from_secs(2);
 
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -184,6 +184,21 @@ impl Node {
         self.peers
             .iter()
             .find(|p| lock(&p.view).node.as_deref() == Some(node))
+    }
+
+    /// A node this one cannot place yet contacted it: it may be a peer that was down since
+    /// this node started (its id never learned). Wake the shippers and checkers of every peer
+    /// not known to be up, so that one comes back at once rather than at its next backoff.
+    fn wake_strangers(&self, from: &str) {
+        for p in &self.peers {
+            let v = lock(&p.view);
+            if v.node.is_none() || !v.reachable {
+                drop(v);
+                tracing::debug!(peer = %p.url(), from, "an unplaced node contacted us: trying this peer now");
+                p.wake_ship.notify_one();
+                p.wake_check.notify_one();
+            }
+        }
     }
 
     /// Claims the pair for a session this node starts with `other`; `None` when `other` is in
@@ -354,12 +369,15 @@ impl Hooks for Node {
 
     fn journal_received(&self, from: &str) {
         self.wake_apply.notify_one();
-        if let Some(peer) = self.peer_by_node(from) {
-            if peer.contact(true) {
-                info!(peer = %peer.url(), "peer is back (it shipped its journal)");
-                peer.wake_ship.notify_one();
-                peer.wake_check.notify_one();
+        match self.peer_by_node(from) {
+            Some(peer) => {
+                if peer.contact(true) {
+                    info!(peer = %peer.url(), "peer is back (it shipped its journal)");
+                    peer.wake_ship.notify_one();
+                    peer.wake_check.notify_one();
+                }
             }
+            None => self.wake_strangers(from),
         }
     }
 
@@ -378,6 +396,9 @@ impl Hooks for Node {
                 cancel.store(true, Ordering::SeqCst);
             }
             sessions.insert(from.to_string(), Active::Incoming(Instant::now()));
+        }
+        if self.peer_by_node(from).is_none() {
+            self.wake_strangers(from);
         }
         if let Some(peer) = self.peer_by_node(from) {
             if peer.contact(true) {
