@@ -107,6 +107,7 @@ pub async fn ship(node: Arc<Node>, peer: Arc<Peer>) {
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
+                peer.contact(false);
                 lock(&peer.view).journal.ship_failures_total += 1;
                 if failures == 1 {
                     warn!(peer = %peer.url(), error = %e, "cannot ship the journal; retrying with backoff");
