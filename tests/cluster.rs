@@ -64,6 +64,30 @@ impl Node {
         }
     }
 
+    /// Starts the node on another port with no peers: cut off from the cluster, as in a
+    /// network split (nobody knows where it listens). Returns its URL.
+    fn start_isolated(&mut self) -> String {
+        let port = free_port();
+        let config = self.dir.with_extension("isolated.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "node_id = \"{}\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n\
+                 admin_token = \"{ADMIN_TOKEN}\"\npeer_token = \"{PEER_TOKEN}\"\n",
+                self.name,
+                self.dir.display()
+            ),
+        )
+        .expect("write config");
+        let normal = std::mem::replace(&mut self.config, config);
+        let normal_port = std::mem::replace(&mut self.port, port);
+        self.start();
+        let url = self.url();
+        self.config = normal;
+        self.port = normal_port;
+        url
+    }
+
     /// Starts `serve --config` and waits (bounded) for its `listening on` line.
     fn start(&mut self) {
         let log = std::fs::OpenOptions::new()
@@ -273,10 +297,41 @@ fn three_nodes_replicate_and_a_killed_node_catches_up_at_start() {
     });
     assert!(peer(&a.status(), &c.url()).journal.depth > 0);
 
+    // C comes back, but cut off (a split): it takes mail under the same UID as A did.
+    // (C missed m3, so its first new message lands on m3's UID, over A's tombstone, and its
+    // second on the UID A gives its own new message.)
+    let isolated = c.start_isolated();
+    let filler = message(root, "written-on-c-over-a-tombstone");
+    let clash_file = message(root, "written-on-c-during-the-split");
+    let out = run(
+        &[
+            "append",
+            "--url",
+            &isolated,
+            "--token",
+            ADMIN_TOKEN,
+            "alice",
+            "INBOX",
+            &filler.display().to_string(),
+            &clash_file.display().to_string(),
+        ],
+        None,
+    )
+    .ok();
+    let c_uid = common::parse_uids(&out)[1];
+    let a_uid = a.append(
+        "alice",
+        "INBOX",
+        &message(root, "written-on-a-during-the-split"),
+    );
+    assert_eq!(a_uid, c_uid, "the same UID on both sides of the split");
+    converge(&[&a, &b], CONVERGE);
+    c.kill();
+
     // C comes back: it converges at once, although the next interval is an hour away.
     c.start();
     let all = converge(&[&a, &b, &c], CONVERGE);
-    assert_eq!(all, ab);
+    assert_ne!(all, ab, "the split's mail on C joined the cluster");
     for user in ["alice", "bob"] {
         assert_eq!(a.list(user), c.list(user), "{user}");
         assert_eq!(b.list(user), c.list(user), "{user}");
