@@ -332,6 +332,13 @@ fn three_nodes_replicate_and_a_killed_node_catches_up_at_start() {
     c.start();
     let all = converge(&[&a, &b, &c], CONVERGE);
     assert_ne!(all, ab, "the split's mail on C joined the cluster");
+    // The journals A and B kept for C went first; the start-up Merkle session came after.
+    assert!(
+        c.log()
+            .contains("caught up through the peer's journal first"),
+        "{}",
+        c.log()
+    );
     for user in ["alice", "bob"] {
         assert_eq!(a.list(user), c.list(user), "{user}");
         assert_eq!(b.list(user), c.list(user), "{user}");

@@ -6,9 +6,10 @@ use super::node::{lock, now_ms, run_view, Node, Peer};
 use super::schedule::Trigger;
 use super::view::{RunView, SessionView};
 use crate::net::peer::SYNC_CONTENT_TYPE;
+use crate::net::server::JournalPosition;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 /// One check of `peer`; returns whether the peer answered.
@@ -32,6 +33,9 @@ pub async fn check(node: &Arc<Node>, peer: &Arc<Peer>, trigger: Trigger) -> bool
             return false;
         }
     };
+    if matches!(trigger, Trigger::Startup | Trigger::PeerBack) {
+        journal_first(node, peer).await;
+    }
     let Some(cancel) = node.begin_outgoing(&other) else {
         peer.contact(true);
         // The peer's session covers this check's purpose, except an overflowed journal's:
@@ -143,6 +147,62 @@ pub async fn check(node: &Arc<Node>, peer: &Arc<Peer>, trigger: Trigger) -> bool
         peer.wake_ship.notify_one();
     }
     reachable
+}
+
+/// After a start or an outage, let the peer's journal toward this node go first: ask where
+/// it stands (which also wakes the peer's shipper) and wait while it drains and this node
+/// applies it — as long as it keeps shrinking, at most a minute. Then the Merkle session that
+/// follows finds little or nothing left. A journal the peer no longer holds (overflowed, or a
+/// peer that cannot place this node) means Merkle at once.
+async fn journal_first(node: &Arc<Node>, peer: &Arc<Peer>) {
+    const POLL: Duration = Duration::from_millis(100);
+    const STALL: Duration = Duration::from_secs(5);
+    let started = Instant::now();
+    let mut last_depth = u64::MAX;
+    let mut last_progress = Instant::now();
+    let mut waited_for = None;
+    while started.elapsed() < Duration::from_secs(60) && !node.stopping() {
+        let path = "/v1/journal/position";
+        let answer = match peer.client.get(path).await {
+            Ok(a) => a,
+            Err(_) => return,
+        };
+        let Ok(body) = crate::net::client::expect_success(&peer.client.url(path), answer) else {
+            return;
+        };
+        let Ok(position) = serde_json::from_slice::<JournalPosition>(&body) else {
+            return;
+        };
+        if !position.known || position.overflowed {
+            return;
+        }
+        let pending = node
+            .store
+            .journal_senders()
+            .map(|s| s.iter().map(|(_, j)| j.pending).sum::<u64>())
+            .unwrap_or(0);
+        waited_for.get_or_insert(position.depth);
+        if position.depth == 0 && pending == 0 {
+            break;
+        }
+        let left = position.depth + pending;
+        if left < last_depth {
+            last_depth = left;
+            last_progress = Instant::now();
+        } else if last_progress.elapsed() > STALL {
+            warn!(peer = %peer.url(), left, "the peer's journal stopped draining; reconciling by Merkle");
+            return;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    if let Some(n) = waited_for.filter(|n| *n > 0) {
+        info!(
+            peer = %peer.url(),
+            entries = n,
+            ms = started.elapsed().as_millis() as u64,
+            "caught up through the peer's journal first"
+        );
+    }
 }
 
 /// Wakes the peer's checker again in a few seconds.

@@ -381,6 +381,23 @@ impl Hooks for Node {
         }
     }
 
+    fn journal_position(&self, from: &str) -> Option<crate::net::server::JournalPosition> {
+        let Some(peer) = self.peer_by_node(from) else {
+            self.wake_strangers(from);
+            return None;
+        };
+        if peer.contact(true) {
+            info!(peer = %peer.url(), "peer is back (it asked for its journal)");
+        }
+        peer.wake_ship.notify_one();
+        let j = self.store.journal_peer(peer.url()).ok()?;
+        Some(crate::net::server::JournalPosition {
+            known: true,
+            depth: j.depth,
+            overflowed: j.overflowed,
+        })
+    }
+
     fn session_round(&self, from: &str) -> Result<(), String> {
         {
             let mut sessions = lock(&self.sessions);

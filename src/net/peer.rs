@@ -101,6 +101,24 @@ pub async fn handle(
                 },
             ))
         }
+        "/v1/journal/position" => {
+            if method != Method::GET {
+                return Err(ApiError::method_not_allowed("GET"));
+            }
+            let from = node_header(headers).ok_or_else(|| {
+                ApiError::bad_request(format!("send the asking node's id in {NODE_HEADER}"))
+            })?;
+            let position = match &state.hooks {
+                Some(h) => {
+                    let hooks = std::sync::Arc::clone(h);
+                    tokio::task::spawn_blocking(move || hooks.journal_position(&from))
+                        .await
+                        .map_err(|e| ApiError::internal(format!("the journal task failed: {e}")))?
+                }
+                None => None,
+            };
+            Ok(reply::json(StatusCode::OK, &position.unwrap_or_default()))
+        }
         "/v1/journal" => {
             if method != Method::POST {
                 return Err(ApiError::method_not_allowed("POST"));

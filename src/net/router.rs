@@ -52,8 +52,8 @@ async fn route(state: &ServerState, req: Request<Incoming>) -> Result<Reply, Api
     // Auth before anything else under /v1/, so a caller without the token learns nothing,
     // not even which routes exist. Peers present the peer token on the peer API; the mail
     // API and `/v1/sync/start` (an operator's action) want the admin token.
-    let peer_route =
-        path.starts_with("/v1/sync/") && path != "/v1/sync/start" || path == "/v1/journal";
+    let journal = path == "/v1/journal" || path == "/v1/journal/position";
+    let peer_route = path.starts_with("/v1/sync/") && path != "/v1/sync/start" || journal;
     let token = if peer_route {
         state.token()
     } else {
@@ -64,7 +64,7 @@ async fn route(state: &ServerState, req: Request<Incoming>) -> Result<Reply, Api
             return Err(ApiError::unauthorized());
         }
     }
-    if path.starts_with("/v1/sync/") || path == "/v1/journal" {
+    if path.starts_with("/v1/sync/") || journal {
         let (parts, body) = req.into_parts();
         let body = read_within(body, &parts.headers, state.limits.max_sync_body, deadline).await?;
         return within(

@@ -56,6 +56,17 @@ impl Default for Limits {
     }
 }
 
+/// `GET /v1/journal/position`: this node's outbound journal toward the asking node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JournalPosition {
+    /// Whether the asker is a configured peer this node can place.
+    pub known: bool,
+    /// Entries not yet acknowledged by the asker.
+    pub depth: u64,
+    /// The asker's journal was dropped: only a Merkle session repairs what it missed.
+    pub overflowed: bool,
+}
+
 /// What the daemon (background checker, journal) offers the HTTP side. The server runs
 /// without one too (`merkmail serve` with no peers still has it; tests may leave it out).
 pub trait Hooks: Send + Sync + 'static {
@@ -66,6 +77,10 @@ pub trait Hooks: Send + Sync + 'static {
     fn wrote(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
     /// A journal batch from node `from` was stored: apply it soon.
     fn journal_received(&self, from: &str);
+    /// `GET /v1/journal/position` from node `from` (a node that just started): where this
+    /// node's journal toward it stands (`None` when `from` is not a peer it can place). Also
+    /// wakes the shipper toward it, so the journal goes first.
+    fn journal_position(&self, from: &str) -> Option<JournalPosition>;
     /// A session round from node `from` (header `x-merkmail-node`) is about to be answered.
     /// `Err` (answered 409) when this node is itself in a session with that node and wins
     /// the tie; the other side's session then ends and retries later.
