@@ -33,18 +33,33 @@ pub async fn check(node: &Arc<Node>, peer: &Arc<Peer>, trigger: Trigger) -> bool
             return false;
         }
     };
-    if matches!(trigger, Trigger::Startup | Trigger::PeerBack) {
+    if matches!(
+        trigger,
+        Trigger::Startup | Trigger::PeerBack | Trigger::Retry
+    ) {
         journal_first(node, peer).await;
     }
-    let Some(cancel) = node.begin_outgoing(&other) else {
+    let overflowed = || {
+        node.store
+            .journal_peer(peer.url())
+            .is_ok_and(|j| j.overflowed)
+    };
+    let mut claimed = node.begin_outgoing(&other);
+    if claimed.is_none() && overflowed() {
+        // Only a session this node runs clears an overflowed journal: wait (a little) for
+        // the peer's session to end rather than skip, or a peer that checks often would keep
+        // the overflow set for ever.
+        let until = Instant::now() + Duration::from_secs(10);
+        while claimed.is_none() && Instant::now() < until && !node.stopping() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            claimed = node.begin_outgoing(&other);
+        }
+    }
+    let Some(cancel) = claimed else {
         peer.contact(true);
         // The peer's session covers this check's purpose, except an overflowed journal's:
         // only a session this node runs clears that.
-        if node
-            .store
-            .journal_peer(peer.url())
-            .is_ok_and(|j| j.overflowed)
-        {
+        if overflowed() {
             retry_soon(peer);
         }
         peer.record(RunView {
@@ -149,9 +164,9 @@ pub async fn check(node: &Arc<Node>, peer: &Arc<Peer>, trigger: Trigger) -> bool
     reachable
 }
 
-/// After a start or an outage, let the peer's journal toward this node go first: ask where
-/// it stands (which also wakes the peer's shipper) and wait while it drains and this node
-/// applies it — as long as it keeps shrinking, at most a minute. Then the Merkle session that
+/// After a start or an outage, let the journals go first: ask where the peer's journal toward
+/// this node stands (which also wakes the peer's shipper) and wait while it drains and this
+/// node applies it, and while this node's own journal toward the peer drains — as long as it keeps shrinking, at most a minute. Then the Merkle session that
 /// follows finds little or nothing left. A journal the peer no longer holds (overflowed, or a
 /// peer that cannot place this node) means Merkle at once.
 async fn journal_first(node: &Arc<Node>, peer: &Arc<Peer>) {
@@ -161,6 +176,7 @@ async fn journal_first(node: &Arc<Node>, peer: &Arc<Peer>) {
     let mut last_depth = u64::MAX;
     let mut last_progress = Instant::now();
     let mut waited_for = None;
+    peer.wake_ship.notify_one();
     while started.elapsed() < Duration::from_secs(60) && !node.stopping() {
         let path = "/v1/journal/position";
         let answer = match peer.client.get(path).await {
@@ -181,11 +197,17 @@ async fn journal_first(node: &Arc<Node>, peer: &Arc<Peer>) {
             .journal_senders()
             .map(|s| s.iter().map(|(_, j)| j.pending).sum::<u64>())
             .unwrap_or(0);
-        waited_for.get_or_insert(position.depth);
-        if position.depth == 0 && pending == 0 {
+        // Our own journal toward the peer too: a session now would repair by Merkle what the
+        // shipper is about to deliver.
+        let ours = match node.store.journal_peer(peer.url()) {
+            Ok(j) if !j.overflowed => j.depth,
+            _ => 0,
+        };
+        waited_for.get_or_insert(position.depth + ours);
+        if position.depth == 0 && pending == 0 && ours == 0 {
             break;
         }
-        let left = position.depth + pending;
+        let left = position.depth + pending + ours;
         if left < last_depth {
             last_depth = left;
             last_progress = Instant::now();

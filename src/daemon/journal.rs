@@ -28,6 +28,9 @@ pub async fn ship(node: Arc<Node>, peer: Arc<Peer>) {
     let mut shutdown = node.shutdown.subscribe();
     let mut failures: u32 = 0;
     let mut overflow_reported = false;
+    // Set when the peer comes back: once the backlog is shipped, a check confirms the roots
+    // (a check earlier would repair by Merkle what the journal is about to deliver).
+    let mut check_when_drained = false;
     loop {
         if node.stopping() {
             return;
@@ -66,6 +69,10 @@ pub async fn ship(node: Arc<Node>, peer: Arc<Peer>) {
             overflow_reported = false;
         }
         if batch.entries.is_empty() {
+            if check_when_drained && batch.last_seq <= position.cursor {
+                check_when_drained = false;
+                peer.wake_check.notify_one();
+            }
             if batch.last_seq > position.cursor {
                 // Records that name nothing shippable any more: move past them.
                 let _ = node.store.journal_ack(peer.url(), batch.last_seq);
@@ -101,7 +108,7 @@ pub async fn ship(node: Arc<Node>, peer: Arc<Peer>) {
                 }
                 if came_back || failures > 0 {
                     info!(peer = %peer.url(), "peer is back: shipping its journal, then a check");
-                    peer.wake_check.notify_one();
+                    check_when_drained = true;
                 }
                 failures = 0;
             }

@@ -470,13 +470,19 @@ impl Tx<'_> {
         let mut moved = false;
         for (name, st) in &mut states {
             if head.saturating_sub(st.cursor) > bound {
+                // Said once per overflow; while the peer stays away it overflows again every
+                // `bound` writes, which is only worth a debug line.
+                if st.overflowed {
+                    tracing::debug!(peer = %name, head, "journal overflowed its bound again");
+                } else {
+                    tracing::warn!(peer = %name, head, "journal overflowed its bound; a Merkle session must cover it");
+                }
                 st.overflowed = true;
                 st.overflowed_at = head;
                 st.overflows += 1;
                 st.cursor = head;
                 peers.insert(name.as_str(), encode(st)?.as_slice())?;
                 moved = true;
-                tracing::warn!(peer = %name, head, "journal overflowed its bound; a Merkle session must cover it");
             }
         }
         if moved {
