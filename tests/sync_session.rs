@@ -591,3 +591,38 @@ fn a_mailbox_that_changes_during_the_session_is_left_for_the_next_one() {
         "all three messages live on both sides"
     );
 }
+
+/// More than one 8 MiB batch of bodies each way: bodies beyond the inline budget come as
+/// records and are fetched with Bodies; pushed bodies beyond one batch go in PutBodies
+/// rounds ahead of the Apply (wire v3 keeps both paths for large transfers).
+#[test]
+fn large_transfers_fall_back_to_body_batches() {
+    let a = Store::in_memory("a").expect("store");
+    let b = Store::in_memory("b").expect("store");
+    a.append("u", "INBOX", vec![msg("base")]).expect("append");
+    a.append("v", "INBOX", vec![msg("base")]).expect("append");
+    sync(&a, &b);
+    let big = |tag: &str, i: usize| NewMessage {
+        bytes: format!("Subject: {tag} {i}\r\n\r\n{}\r\n", "x".repeat(1 << 20)).into_bytes(),
+        internal_date: 1_700_000_000,
+        ..Default::default()
+    };
+    a.append("u", "INBOX", (0..10).map(|i| big("a", i)).collect())
+        .expect("append");
+    b.append("v", "INBOX", (0..10).map(|i| big("b", i)).collect())
+        .expect("append");
+    let r = sync(&a, &b);
+    eprintln!("large transfer: {r:?}");
+    assert!(r.equal_after, "{r:?}");
+    assert_eq!((r.copied_to_peer, r.copied_from_peer), (10, 10), "{r:?}");
+    // Root, Users, Records (tail), a transfer round (Bodies + PutBodies), a PutBodies round
+    // with the Apply... at least one round more than a small session's 5.
+    assert!(r.rounds > 5, "{r:?}");
+    assert!(
+        r.body_bytes_sent > 10 << 20 && r.body_bytes_received > 10 << 20,
+        "{r:?}"
+    );
+    assert!(r.bytes_sent + r.bytes_received < 64 << 10, "{r:?}");
+    assert_converged(&a, &b, &["u", "v"]);
+    assert_eq!(sync(&a, &b).rounds, 1);
+}
