@@ -33,7 +33,7 @@ use merkmail::net::peer::SYNC_CONTENT_TYPE;
 use merkmail::net::{server, Limits, ServerState};
 use merkmail::store::{Change, NewMessage, Store, DB_FILE, FORMAT_VERSION};
 use merkmail::sync::wire::{
-    decode_reply, decode_request, encode, Reply, Request, WireChange, WireRecord,
+    decode_reply, decode_request, encode, GuidRef, Reply, Request, WireChange, WireRecord,
 };
 use merkmail::sync::{run, SyncReport};
 use negentropy::{Id, Negentropy, NegentropyStorageVector};
@@ -579,7 +579,7 @@ fn reply_detail(r: &Reply) -> (u64, u64) {
         | Reply::Full {
             messages,
             tombstones,
-        } => ((messages.len() + tombstones.len()) as u64, 0),
+        } => ((messages.len() + tombstones.len()) as u64, r.body_len()),
         Reply::Bodies { bodies } => (
             bodies.len() as u64,
             bodies.iter().flatten().map(|b| b.len() as u64).sum(),
@@ -595,7 +595,7 @@ fn reply_detail(r: &Reply) -> (u64, u64) {
 fn request_parts(r: &Request, out: &mut BTreeMap<String, u64>) {
     let mut add = |part: &str, n: usize| *out.entry(part.to_string()).or_default() += n as u64;
     let total = encode(r).len();
-    let named = |user: &String| encode(user).len() + 16;
+    let named = |user: &String, guid: &GuidRef| encode(user).len() + encode(guid).len();
     let mut covered = 0;
     let kind = kind_name(r);
     match r {
@@ -604,9 +604,9 @@ fn request_parts(r: &Request, out: &mut BTreeMap<String, u64>) {
             add(&format!("Children.key.{}", kind_name(node)), n);
             covered += n;
         }
-        Request::Mailbox { user, .. } | Request::Full { user, .. } => {
-            add(&format!("{kind}.user+guid"), named(user));
-            covered += named(user);
+        Request::Mailbox { user, guid } | Request::Full { user, guid } => {
+            add(&format!("{kind}.user+guid"), named(user, guid));
+            covered += named(user, guid);
         }
         Request::Users { users, .. } => {
             for u in users {
@@ -619,6 +619,7 @@ fn request_parts(r: &Request, out: &mut BTreeMap<String, u64>) {
         }
         Request::Records {
             user,
+            guid,
             uids,
             ranges,
             buckets,
@@ -626,11 +627,11 @@ fn request_parts(r: &Request, out: &mut BTreeMap<String, u64>) {
         } => {
             let (u, g) = (encode(uids).len(), encode(ranges).len());
             let h: usize = buckets.iter().map(|b| 3 * b.hashes.len()).sum();
-            add("Records.user+guid", named(user));
+            add("Records.user+guid", named(user, guid));
             add("Records.uids+held", u);
             add("Records.ranges", g);
             add("Records.run hashes", h);
-            covered += named(user) + u + g + h;
+            covered += named(user, guid) + u + g + h;
         }
         Request::Bodies { digests } => {
             add("Bodies.digests", encode(digests).len());
@@ -642,7 +643,7 @@ fn request_parts(r: &Request, out: &mut BTreeMap<String, u64>) {
         }
         Request::Apply { groups } => {
             for g in groups {
-                let header = named(&g.user) + 4;
+                let header = named(&g.user, &g.guid) + 4;
                 add("Apply.group.user+guid+expect", header);
                 covered += header;
                 for c in &g.changes {
@@ -665,6 +666,20 @@ fn request_parts(r: &Request, out: &mut BTreeMap<String, u64>) {
                         WireChange::Flags { flags, .. } => {
                             let f = encode(flags).len();
                             (f, vec![("flags", f)])
+                        }
+                        WireChange::New {
+                            flags,
+                            appended,
+                            body,
+                            ..
+                        } => {
+                            let flags = encode(flags).len();
+                            let stamp = encode(appended).len();
+                            let body = encode(body).len();
+                            (
+                                flags + stamp + body,
+                                vec![("flags", flags), ("appended", stamp), ("body", body)],
+                            )
                         }
                         WireChange::Mailbox(record) => {
                             let rec = encode(record).len();
@@ -721,6 +736,25 @@ fn reply_parts(r: &Reply, out: &mut BTreeMap<String, u64>) {
             for (uid, m) in messages {
                 let m = match m {
                     WireRecord::Full(m) => m,
+                    WireRecord::New {
+                        flags,
+                        appended,
+                        body,
+                        ..
+                    } => {
+                        let (f, a, b) = (
+                            encode(flags).len(),
+                            encode(appended).len(),
+                            encode(body).len(),
+                        );
+                        add(&format!("{kind}.new.uid"), encode(uid).len());
+                        add(&format!("{kind}.new.flags"), f);
+                        add(&format!("{kind}.new.appended"), a);
+                        add(&format!("{kind}.new.body"), b);
+                        add(&format!("{kind}.new.date"), encode(m).len() - 1 - f - a - b);
+                        covered += encode(uid).len() + encode(m).len();
+                        continue;
+                    }
                     WireRecord::Flags(f) => {
                         let n = encode(f).len();
                         add(&format!("{kind}.flags only"), n);

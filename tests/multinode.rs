@@ -11,7 +11,9 @@ mod common;
 use common::{command, killed_by_signal, md5_hex, scratch_dir, Run};
 use merkmail::model::{Digest, FlagSet, MailboxGuid, MailboxRecord, Md5, MessageRecord, Stamp};
 use merkmail::store::{Change, ChangeGroup};
-use merkmail::sync::wire::{decode_reply, encode, Reply, Request, RoundRequest, WIRE_VERSION};
+use merkmail::sync::wire::{
+    decode_reply, encode, GuidRef, Reply, Request, RoundRequest, WIRE_VERSION,
+};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -1240,7 +1242,7 @@ fn the_peer_api_refuses_bad_input_and_changes_nothing() {
             "an invalid user name",
             encoded(vec![Request::Full {
                 user: "../etc".into(),
-                guid: user_guid,
+                guid: GuidRef::Full(user_guid),
             }]),
             400,
             "",
@@ -1412,7 +1414,7 @@ fn mailbox_state(s: &Server, user: &str, guid: MailboxGuid) -> ([u8; 4], Mailbox
         s,
         &encoded(vec![Request::Mailbox {
             user: user.into(),
-            guid,
+            guid: GuidRef::Full(guid),
         }]),
     );
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));

@@ -3,7 +3,7 @@
 //! bytes, keeping message bodies apart from metadata.
 
 use super::session::{Session, SessionError, SyncReport};
-use super::wire::{decode_reply, encode, Reply, Request, WireChange};
+use super::wire::{decode_reply, encode, Reply, Request};
 use crate::store::Store;
 use std::time::Instant;
 use thiserror::Error;
@@ -52,31 +52,12 @@ pub fn run<E: std::fmt::Display>(
         if protocol_rounds > MAX_ROUNDS {
             return Err(DriveError::TooManyRounds);
         }
-        let body_out: u64 = round
-            .requests
-            .iter()
-            .map(|r| match r {
-                Request::Apply { groups } => groups
-                    .iter()
-                    .flat_map(|g| &g.changes)
-                    .map(WireChange::body_len)
-                    .sum(),
-                Request::PutBodies { bodies } => bodies.iter().map(|b| b.len() as u64).sum(),
-                _ => 0,
-            })
-            .sum();
+        let body_out: u64 = round.requests.iter().map(Request::body_len).sum();
         let bytes = encode(&round);
         sent += (bytes.len() as u64).saturating_sub(body_out);
         let answer = send(bytes).map_err(|e| DriveError::Transport(e.to_string()))?;
         let reply = decode_reply(&answer)?;
-        let body_in: u64 = reply
-            .replies
-            .iter()
-            .map(|r| match r {
-                Reply::Bodies { bodies } => bodies.iter().flatten().map(|b| b.len() as u64).sum(),
-                _ => 0,
-            })
-            .sum();
+        let body_in: u64 = reply.replies.iter().map(Reply::body_len).sum();
         received += (answer.len() as u64).saturating_sub(body_in);
         session.receive(reply)?;
     }

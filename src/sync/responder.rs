@@ -1,10 +1,10 @@
 //! The responder's side of a round: answer every question from the local store, in order.
 
 use super::wire::{
-    digest_prefix, fp, from_gaps, guid_digest, record_rest, run_hash, to_gaps, ApplyGroup,
-    BucketRuns, MailboxDiff, MailboxState, Reply, Request, RoundReply, RoundRequest, Run, Slots,
-    Summary, UserDiff, UserHashes, UserRef, WireChange, WireKey, WireRecord, RUNS_PER_BUCKET,
-    RUN_SHIFT, WIRE_VERSION,
+    digest_prefix, fp, from_gaps, group_stamp, guid_digest, record_rest, record_with_body,
+    run_hash, to_gaps, ApplyGroup, BucketRuns, GuidRef, MailboxDiff, MailboxState, Reply, Request,
+    RoundReply, RoundRequest, Run, Slots, Summary, UserDiff, UserHashes, UserRef, WireChange,
+    WireKey, WireRecord, RUNS_PER_BUCKET, RUN_SHIFT, WIRE_VERSION,
 };
 use crate::merkle::{NodeHash, NodeKey, NodeValue, BUCKET_SHIFT, TOP_LEAF_LEVEL, UID_ROOT_LEVEL};
 use crate::model::{validate_user, MailboxGuid, Tombstone};
@@ -252,6 +252,37 @@ fn users(
     Ok(out)
 }
 
+/// The mailbox a reference names among `user`'s: `None` when a prefix names none or several.
+pub(crate) fn resolve(
+    store: &Store,
+    user: &str,
+    guid: &GuidRef,
+) -> Result<Option<MailboxGuid>, StoreError> {
+    match guid {
+        GuidRef::Full(g) => Ok(Some(*g)),
+        GuidRef::Prefix(_) => {
+            let mut found = user_mailboxes(store, user)?
+                .into_iter()
+                .map(|(g, _)| g)
+                .filter(|g| guid.names(g));
+            match (found.next(), found.next()) {
+                (Some(g), None) => Ok(Some(g)),
+                _ => Ok(None),
+            }
+        }
+    }
+}
+
+fn resolved(store: &Store, user: &str, guid: &GuidRef) -> Result<MailboxGuid, StoreError> {
+    validate_user(user)?;
+    resolve(store, user, guid)?
+        .ok_or_else(|| invalid(format!("{guid:?} names no single mailbox of {user:?}")))
+}
+
+/// Message bodies sent with the records of a tail, at most this many bytes per round (the
+/// rest as records, their bodies fetched apart).
+pub const INLINE_BODY_BYTES: u64 = 8 << 20;
+
 /// The entries of one bucket below `limit`, grouped into the 8 runs of 8 UIDs.
 pub(crate) fn runs_of(
     entries: &[(u32, NodeHash)],
@@ -328,18 +359,38 @@ type Listed = (Vec<(u32, WireRecord)>, Vec<(u32, Tombstone)>);
 
 /// Messages and tombstones with gap-coded UIDs; a message whose digest the asker holds at
 /// that UID (`held`: the digest's first 4 bytes) as its flags alone.
-fn gapped(side: crate::model::MailboxSide, held: &BTreeMap<u32, [u8; 4]>) -> Listed {
-    let (uids, records): (Vec<u32>, Vec<WireRecord>) = side
-        .messages
-        .into_iter()
-        .map(|(uid, m)| {
-            if held.get(&uid) == Some(&digest_prefix(&m.digest)) {
-                (uid, WireRecord::Flags(m.flags))
-            } else {
-                (uid, WireRecord::Full(m))
+/// Messages from `inline` on are new to the asker (its tail), and a message where the asker
+/// holds another digest (a UID clash) is too: both travel with their bodies while `budget`
+/// lasts.
+fn gapped(
+    store: &Store,
+    side: crate::model::MailboxSide,
+    held: &BTreeMap<u32, [u8; 4]>,
+    inline: Option<u32>,
+    budget: &mut u64,
+) -> Result<Listed, StoreError> {
+    let mut uids = Vec::with_capacity(side.messages.len());
+    let mut records = Vec::with_capacity(side.messages.len());
+    for (uid, m) in side.messages {
+        uids.push(uid);
+        records.push(if held.get(&uid) == Some(&digest_prefix(&m.digest)) {
+            WireRecord::Flags(m.flags)
+        } else if (inline.is_some_and(|f| uid >= f) || held.contains_key(&uid))
+            && m.size <= *budget
+            && store.has_body(&m.digest)?
+        {
+            let body = store.body(&m.digest)?;
+            *budget = budget.saturating_sub(body.len() as u64);
+            WireRecord::New {
+                internal_date: m.internal_date,
+                flags: m.flags,
+                appended: m.appended,
+                body,
             }
-        })
-        .unzip();
+        } else {
+            WireRecord::Full(m)
+        });
+    }
     let messages = to_gaps(uids).into_iter().zip(records).collect();
     let (tuids, tombs): (Vec<u32>, Vec<Tombstone>) = side
         .expunged
@@ -347,27 +398,30 @@ fn gapped(side: crate::model::MailboxSide, held: &BTreeMap<u32, [u8; 4]>) -> Lis
         .flat_map(|(uid, ts)| ts.into_iter().map(move |t| (uid, t)))
         .unzip();
     let tombstones = to_gaps(tuids).into_iter().zip(tombs).collect();
-    (messages, tombstones)
+    Ok((messages, tombstones))
 }
 
 /// The store's change group for a wire group, with deltas filled in from what this replica
 /// holds; `None` when the mailbox no longer holds what a delta refers to (stale).
 fn change_group(store: &Store, g: &ApplyGroup, w: u8) -> Result<Option<ChangeGroup>, StoreError> {
     validate_user(&g.user)?;
+    let Some(guid) = resolve(store, &g.user, &g.guid)? else {
+        return Ok(None);
+    };
     let referred: BTreeSet<u32> = g
         .changes
         .iter()
         .filter_map(|c| match c {
             WireChange::Flags { uid, .. }
+            | WireChange::Move { from: uid, .. }
             | WireChange::Expunge {
                 uid, digest: None, ..
             } => Some(*uid),
             _ => None,
         })
         .collect();
-    let side = store.mailbox_side(&g.user, g.guid, Some(&referred))?;
+    let side = store.mailbox_side(&g.user, guid, Some(&referred))?;
     let user = || g.user.clone();
-    let guid = g.guid;
     let mut changes = Vec::with_capacity(g.changes.len());
     for c in &g.changes {
         changes.push(match c {
@@ -388,7 +442,11 @@ fn change_group(store: &Store, g: &ApplyGroup, w: u8) -> Result<Option<ChangeGro
                     return Ok(None);
                 };
                 record.uidnext = *uidnext;
-                record.last_change = *last_change;
+                record.last_change = match last_change {
+                    Some(s) => *s,
+                    None => group_stamp(&g.changes)
+                        .ok_or_else(|| invalid("a Next without a stamp in a group without one"))?,
+                };
                 Change::Mailbox {
                     user: user(),
                     record,
@@ -401,6 +459,38 @@ fn change_group(store: &Store, g: &ApplyGroup, w: u8) -> Result<Option<ChangeGro
                 record: record.clone(),
                 body: body.clone(),
             },
+            WireChange::New {
+                uid,
+                internal_date,
+                flags,
+                appended,
+                body,
+            } => Change::Message {
+                user: user(),
+                guid,
+                uid: *uid,
+                record: record_with_body(*internal_date, flags.clone(), *appended, body),
+                body: Some(body.clone()),
+            },
+            WireChange::Move {
+                uid,
+                from,
+                flags,
+                appended,
+            } => {
+                let Some(mut record) = side.messages.get(from).cloned() else {
+                    return Ok(None);
+                };
+                record.flags = flags.clone();
+                record.appended = *appended;
+                Change::Message {
+                    user: user(),
+                    guid,
+                    uid: *uid,
+                    record,
+                    body: None,
+                }
+            }
             WireChange::Flags { uid, flags } => {
                 let Some(mut record) = side.messages.get(uid).cloned() else {
                     return Ok(None);
@@ -458,6 +548,7 @@ fn change_group(store: &Store, g: &ApplyGroup, w: u8) -> Result<Option<ChangeGro
 /// error (the HTTP layer answers 400) and change nothing.
 pub fn answer(store: &Store, round: &RoundRequest) -> Result<RoundReply, StoreError> {
     let w = round.window;
+    let mut budget = INLINE_BODY_BYTES;
     let mut replies = Vec::with_capacity(round.requests.len());
     for request in &round.requests {
         replies.push(match request {
@@ -483,7 +574,7 @@ pub fn answer(store: &Store, round: &RoundRequest) -> Result<RoundReply, StoreEr
                 }
             }
             Request::Mailbox { user, guid } => {
-                validate_user(user)?;
+                let guid = &resolved(store, user, guid)?;
                 let side = store.mailbox_side(user, *guid, Some(&Default::default()))?;
                 let node = store
                     .node(&NodeKey::Mailbox {
@@ -515,7 +606,7 @@ pub fn answer(store: &Store, round: &RoundRequest) -> Result<RoundReply, StoreEr
                 tail,
                 buckets,
             } => {
-                validate_user(user)?;
+                let guid = &resolved(store, user, guid)?;
                 let limit = limit.unwrap_or(u32::MAX);
                 let mut compared = Vec::with_capacity(buckets.len());
                 for b in buckets {
@@ -536,8 +627,9 @@ pub fn answer(store: &Store, round: &RoundRequest) -> Result<RoundReply, StoreEr
                         .chain(tail.then_some((limit, u32::MAX)))
                         .collect(),
                 );
-                let (messages, tombstones) =
-                    gapped(store.mailbox_side_in(user, *guid, &all)?, &held);
+                let side = store.mailbox_side_in(user, *guid, &all)?;
+                let inline = tail.then_some(limit);
+                let (messages, tombstones) = gapped(store, side, &held, inline, &mut budget)?;
                 Reply::Records {
                     runs: compared,
                     messages,
@@ -545,9 +637,10 @@ pub fn answer(store: &Store, round: &RoundRequest) -> Result<RoundReply, StoreEr
                 }
             }
             Request::Full { user, guid } => {
-                validate_user(user)?;
+                let guid = &resolved(store, user, guid)?;
+                let side = store.mailbox_side(user, *guid, None)?;
                 let (messages, tombstones) =
-                    gapped(store.mailbox_side(user, *guid, None)?, &BTreeMap::new());
+                    gapped(store, side, &BTreeMap::new(), None, &mut budget)?;
                 Reply::Full {
                     messages,
                     tombstones,

@@ -10,10 +10,10 @@
 use super::plan::{changes_for, ChangeCounts};
 use super::responder::{normalize, runs_of, user_mailboxes, wire_key};
 use super::wire::{
-    digest_prefix, fp, from_gaps, guid_digest, record_rest, run_hash, to_gaps, ApplyGroup,
-    BucketRuns, Fp, MailboxDiff, MailboxState, Reply, Request, RoundReply, RoundRequest, Run,
-    Slots, UserDiff, UserHashes, UserRef, WireChange, WireRecord, RUNS_PER_BUCKET, RUN_SHIFT,
-    WIRE_VERSION,
+    digest_prefix, fp, from_gaps, group_stamp, guid_digest, record_rest, record_with_body,
+    run_hash, to_gaps, ApplyGroup, BucketRuns, Fp, GuidRef, MailboxDiff, MailboxState, Reply,
+    Request, RoundReply, RoundRequest, Run, Slots, UserDiff, UserHashes, UserRef, WireChange,
+    WireRecord, RUNS_PER_BUCKET, RUN_SHIFT, WIRE_VERSION,
 };
 use crate::merkle::{bucket_hash, user_bucket_of, NodeHash, NodeKey, BUCKET_SHIFT, TOP_LEAF_LEVEL};
 use crate::model::{
@@ -139,6 +139,9 @@ struct Work {
     outstanding: usize,
     records_asked: bool,
     remote_side: Option<MailboxSide>,
+    /// The peer holds this GUID, and its first 4 bytes name no other mailbox of the user on
+    /// either side: questions and groups name it by that prefix.
+    prefix_ok: bool,
 }
 
 impl Work {
@@ -175,6 +178,8 @@ pub struct Session<'a> {
     push: BTreeMap<Digest, u64>,
     /// Fetched bodies that did not match their digest.
     bad: BTreeSet<Digest>,
+    /// Bodies that came with records (staged already).
+    prefetched: BTreeSet<Digest>,
     applied_once: bool,
     local_applied: bool,
     pub report: SyncReport,
@@ -206,11 +211,22 @@ fn uid_span(level: u8, index: u32) -> (u32, u32) {
     )
 }
 
+/// A UID where the peer holds this message (the same but for flags and append stamp).
+fn moved(remote: &MailboxSide, record: &crate::model::MessageRecord) -> Option<u32> {
+    remote.messages.iter().find_map(|(uid, m)| {
+        (m.digest == record.digest
+            && m.md5 == record.md5
+            && m.size == record.size
+            && m.internal_date == record.internal_date)
+            .then_some(*uid)
+    })
+}
+
 /// A change group for the peer, with deltas where the peer already holds the rest: UIDNEXT
 /// alone for a record that differs in nothing else, flags alone for a message whose digest
 /// it holds at that UID, an expunge without the digest of the message it holds there.
 fn to_wire(group: ChangeGroup, remote: &MailboxSide) -> ApplyGroup {
-    let changes = group
+    let mut changes: Vec<WireChange> = group
         .changes
         .into_iter()
         .map(|c| match c {
@@ -224,7 +240,7 @@ fn to_wire(group: ChangeGroup, remote: &MailboxSide) -> ApplyGroup {
                 {
                     WireChange::Next {
                         uidnext: record.uidnext,
-                        last_change: record.last_change,
+                        last_change: Some(record.last_change),
                     }
                 }
                 _ => WireChange::Mailbox(record),
@@ -244,6 +260,17 @@ fn to_wire(group: ChangeGroup, remote: &MailboxSide) -> ApplyGroup {
                     flags: record.flags,
                 }
             }
+            Change::Message {
+                uid,
+                record,
+                body: None,
+                ..
+            } if moved(remote, &record).is_some() => WireChange::Move {
+                uid,
+                from: moved(remote, &record).unwrap_or_default(),
+                flags: record.flags,
+                appended: record.appended,
+            },
             Change::Expunge { uid, tombstone, .. } => WireChange::Expunge {
                 uid,
                 digest: (remote.messages.get(&uid).map(|m| m.digest) != Some(tombstone.digest))
@@ -253,9 +280,18 @@ fn to_wire(group: ChangeGroup, remote: &MailboxSide) -> ApplyGroup {
             other => WireChange::verbatim(other),
         })
         .collect();
+    // A `Next` whose stamp is the largest of the group's changes leaves it out.
+    let implied = group_stamp(&changes);
+    for c in &mut changes {
+        if let WireChange::Next { last_change, .. } = c {
+            if *last_change == implied {
+                *last_change = None;
+            }
+        }
+    }
     ApplyGroup {
         user: group.user,
-        guid: group.guid,
+        guid: GuidRef::Full(group.guid),
         expect: group.expect,
         changes,
     }
@@ -278,6 +314,7 @@ impl<'a> Session<'a> {
             fetch: BTreeMap::new(),
             push: BTreeMap::new(),
             bad: BTreeSet::new(),
+            prefetched: BTreeSet::new(),
             applied_once: false,
             local_applied: false,
             report: SyncReport {
@@ -292,6 +329,14 @@ impl<'a> Session<'a> {
 
     fn fp(&self, h: &NodeHash) -> Fp {
         fp(h, self.window)
+    }
+
+    /// How the wire names a mailbox of ours: by a GUID prefix when that is unambiguous.
+    fn guid_ref(&self, key: &Key) -> GuidRef {
+        match self.work.get(key) {
+            Some(w) if w.prefix_ok => GuidRef::Prefix(GuidRef::prefix_of(&key.1)),
+            _ => GuidRef::Full(key.1),
+        }
     }
 
     /// The next round's questions, or `None` when the session is over.
@@ -545,7 +590,13 @@ impl<'a> Session<'a> {
         self.report.differing_mailboxes += 1;
         let k = (user.clone(), guid);
         self.work.entry(k.clone()).or_default();
-        self.ask(Ask::Mailbox(k), Request::Mailbox { user, guid });
+        self.ask(
+            Ask::Mailbox(k),
+            Request::Mailbox {
+                user,
+                guid: GuidRef::Full(guid),
+            },
+        );
     }
 
     /// The peer's answer about a user bucket: only the users and mailboxes that differ.
@@ -578,6 +629,17 @@ impl<'a> Session<'a> {
                 None => ours.iter().map(|(g, _)| *g).collect(),
                 Some(list) => list.clone(),
             };
+            let all: BTreeSet<MailboxGuid> = ours
+                .iter()
+                .map(|(g, _)| *g)
+                .chain(names.iter().copied())
+                .collect();
+            let unique = |guid: &MailboxGuid| {
+                all.iter()
+                    .filter(|g| GuidRef::prefix_of(g) == GuidRef::prefix_of(guid))
+                    .count()
+                    == 1
+            };
             let mut differing = BTreeSet::new();
             for m in d.mailboxes {
                 let guid = *names
@@ -586,7 +648,7 @@ impl<'a> Session<'a> {
                 if !differing.insert(guid) {
                     return Err(protocol("a mailbox answered twice"));
                 }
-                self.take_mailbox((user.clone(), guid), m)?;
+                self.take_mailbox((user.clone(), guid), m, unique(&guid))?;
             }
             if let Some(list) = &d.listing {
                 let theirs: BTreeSet<&MailboxGuid> = list.iter().collect();
@@ -601,7 +663,12 @@ impl<'a> Session<'a> {
     }
 
     /// A differing mailbox as the peer described it: compare its UID tree at once.
-    fn take_mailbox(&mut self, key: Key, m: MailboxDiff) -> Result<(), SessionError> {
+    fn take_mailbox(
+        &mut self,
+        key: Key,
+        m: MailboxDiff,
+        prefix_ok: bool,
+    ) -> Result<(), SessionError> {
         self.report.differing_mailboxes += 1;
         let local = self
             .local
@@ -611,6 +678,7 @@ impl<'a> Session<'a> {
         let w = self.work.entry(key.clone()).or_default();
         w.remote_known = true;
         w.remote_node = Some(m.node);
+        w.prefix_ok = prefix_ok;
         let (uidvalidity, uidnext) = match m.state {
             MailboxState::Full(r) => {
                 if r.guid != key.1 {
@@ -663,11 +731,12 @@ impl<'a> Session<'a> {
             _ => w.full = true,
         }
         if need_record {
+            let guid = self.guid_ref(&key);
             self.ask(
                 Ask::Mailbox(key.clone()),
                 Request::Mailbox {
                     user: key.0.clone(),
-                    guid: key.1,
+                    guid,
                 },
             );
         }
@@ -722,6 +791,7 @@ impl<'a> Session<'a> {
             chunks.push(&[]);
         }
         let (mut ranges, mut buckets, mut runs, mut tail) = (ranges, buckets, runs, tail);
+        let guid = self.guid_ref(key);
         for chunk in chunks {
             let gaps = to_gaps(chunk.iter().copied());
             let uids = gaps
@@ -733,7 +803,7 @@ impl<'a> Session<'a> {
                 Ask::Records(key.clone(), std::mem::take(&mut buckets)),
                 Request::Records {
                     user: key.0.clone(),
-                    guid: key.1,
+                    guid,
                     uids,
                     ranges: std::mem::take(&mut ranges),
                     limit,
@@ -816,9 +886,20 @@ impl<'a> Session<'a> {
             .get_mut(key)
             .ok_or_else(|| protocol("records of a mailbox never asked about"))?;
         let mut side = w.remote_side.take().unwrap_or_default();
+        let mut bodies = Vec::new();
         for (uid, r) in uids.into_iter().zip(records) {
             let m = match r {
                 WireRecord::Full(m) => m,
+                WireRecord::New {
+                    internal_date,
+                    flags,
+                    appended,
+                    body,
+                } => {
+                    let m = record_with_body(internal_date, flags, appended, &body);
+                    bodies.push(body);
+                    m
+                }
                 WireRecord::Flags(flags) => {
                     let Some(mut m) = ours.remove(&uid) else {
                         return Err(protocol("flags for a message we do not hold"));
@@ -840,6 +921,15 @@ impl<'a> Session<'a> {
             }
         }
         w.remote_side = Some(side);
+        // Bodies that came with their records: staged now (checked by construction: the
+        // record's digest is the body's), never fetched again.
+        for b in &bodies {
+            self.report.body_bytes_received += b.len() as u64;
+            self.prefetched.insert(Digest::of(b));
+        }
+        if !self.dry_run && !bodies.is_empty() {
+            self.local.stage_bodies(&bodies)?;
+        }
         Ok(())
     }
 
@@ -908,6 +998,11 @@ impl<'a> Session<'a> {
                 let mut asks = Vec::new();
                 let mut keys = Vec::new();
                 for (key, w) in &mut self.work {
+                    let guid = if w.prefix_ok {
+                        GuidRef::Prefix(GuidRef::prefix_of(&key.1))
+                    } else {
+                        GuidRef::Full(key.1)
+                    };
                     if w.outstanding > 0 || w.records_asked || !w.remote_known {
                         continue;
                     }
@@ -918,7 +1013,7 @@ impl<'a> Session<'a> {
                                 Ask::Full(key.clone()),
                                 Request::Full {
                                     user: key.0.clone(),
-                                    guid: key.1,
+                                    guid,
                                 },
                             ));
                         }
@@ -1125,11 +1220,13 @@ impl<'a> Session<'a> {
             let local_digests: BTreeSet<Digest> =
                 local.messages.values().map(|m| m.digest).collect();
             let local_store = self.local;
+            let prefetched = &self.prefetched;
             let (mut fetch, mut push) = (Vec::new(), Vec::new());
             let (local_changes, lc) = changes_for(&key.0, local, outcome, |m| {
                 // A body held anywhere here is enough: the store frees bodies only at the end
                 // of a transaction, so one moving between mailboxes is never lost meanwhile.
                 if !local_digests.contains(&m.digest)
+                    && !prefetched.contains(&m.digest)
                     && !local_store.has_body(&m.digest).unwrap_or(false)
                 {
                     fetch.push((m.digest, m.size));
@@ -1159,7 +1256,7 @@ impl<'a> Session<'a> {
                 });
             }
             if !remote_changes.is_empty() {
-                self.remote_groups.push(to_wire(
+                let mut group = to_wire(
                     ChangeGroup {
                         user: key.0.clone(),
                         guid: key.1,
@@ -1168,10 +1265,15 @@ impl<'a> Session<'a> {
                         changes: remote_changes,
                     },
                     remote,
-                ));
+                );
+                if remote.record.is_some() {
+                    group.guid = self.guid_ref(key);
+                }
+                self.remote_groups.push(group);
             }
         }
         self.report.mailboxes_changed = counts_changed;
+        self.inline_pushed()?;
         // Deletions last, so a body moving out of a deleted mailbox is still referenced when
         // the mailbox that receives it takes its reference.
         self.local_groups.sort_by_key(|g| {
@@ -1191,6 +1293,42 @@ impl<'a> Session<'a> {
         }
         self.phase = Phase::Transfer;
         self.advance()
+    }
+
+    /// When all the bodies the peer lacks fit in one batch, they travel inside the changes
+    /// that need them (`WireChange::New`: MD5, digest and size follow from the body), not
+    /// apart in PutBodies.
+    fn inline_pushed(&mut self) -> Result<(), SessionError> {
+        let total: u64 = self.push.values().sum();
+        if self.push.is_empty() || total > super::wire::BODY_BATCH_BYTES || self.dry_run {
+            return Ok(());
+        }
+        let push = std::mem::take(&mut self.push);
+        for g in &mut self.remote_groups {
+            for c in &mut g.changes {
+                let WireChange::Message {
+                    uid,
+                    record,
+                    body: None,
+                } = c
+                else {
+                    continue;
+                };
+                if !push.contains_key(&record.digest) {
+                    continue;
+                }
+                let body = self.local.body(&record.digest)?;
+                self.report.body_bytes_sent += body.len() as u64;
+                *c = WireChange::New {
+                    uid: *uid,
+                    internal_date: record.internal_date,
+                    flags: std::mem::take(&mut record.flags),
+                    appended: record.appended,
+                    body,
+                };
+            }
+        }
+        Ok(())
     }
 
     fn count(&mut self, local: &ChangeCounts, remote: &ChangeCounts, outcome: &MailboxOutcome) {

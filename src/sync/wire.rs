@@ -4,14 +4,15 @@
 
 use crate::merkle::NodeHash;
 use crate::model::{
-    Digest, FlagSet, MailboxGuid, MailboxRecord, MailboxTombstone, MessageRecord, Stamp, Tombstone,
+    Digest, FlagSet, MailboxGuid, MailboxRecord, MailboxTombstone, Md5, MessageRecord, Stamp,
+    Tombstone,
 };
 use crate::store::{Change, ChangeGroup};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// Bumped on any incompatible change; a peer answers another version with 400.
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 3;
 /// At most this many questions in one round.
 pub const MAX_REQUESTS: usize = 100_000;
 /// Bodies travel in batches of about this many bytes (at least one body per batch), well
@@ -34,6 +35,47 @@ pub type Fp = [u8; 3];
 pub fn fp(h: &NodeHash, window: u8) -> Fp {
     let t = h.truncated(window);
     [t[0], t[1], t[2]]
+}
+
+/// A mailbox of a user, named by its whole GUID or by the first 4 bytes of it. The asker uses a
+/// prefix only for a mailbox both sides hold whose prefix is unique among the user's GUIDs on
+/// both sides; the responder resolves it among the user's mailboxes, and refuses a prefix that
+/// names none or several (an Apply group is then stale).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum GuidRef {
+    Prefix([u8; 4]),
+    Full(MailboxGuid),
+}
+
+impl GuidRef {
+    pub fn prefix_of(guid: &MailboxGuid) -> [u8; 4] {
+        [guid.0[0], guid.0[1], guid.0[2], guid.0[3]]
+    }
+
+    /// Whether this names `guid`.
+    pub fn names(&self, guid: &MailboxGuid) -> bool {
+        match self {
+            GuidRef::Prefix(p) => *p == GuidRef::prefix_of(guid),
+            GuidRef::Full(g) => g == guid,
+        }
+    }
+}
+
+/// A message record with the body it belongs to: MD5, digest and size are the body's.
+pub fn record_with_body(
+    internal_date: i64,
+    flags: FlagSet,
+    appended: Stamp,
+    body: &[u8],
+) -> MessageRecord {
+    MessageRecord {
+        md5: Md5::of(body),
+        digest: Digest::of(body),
+        size: body.len() as u64,
+        internal_date,
+        flags,
+        appended,
+    }
 }
 
 /// A tree node, as the wire names it (the same places as `merkle::NodeKey`).
@@ -202,6 +244,22 @@ pub struct BucketRuns {
 pub enum WireRecord {
     Full(MessageRecord),
     Flags(FlagSet),
+    /// A message new to the asker, with its body (MD5, digest and size are the body's).
+    New {
+        internal_date: i64,
+        flags: FlagSet,
+        appended: Stamp,
+        body: Vec<u8>,
+    },
+}
+
+impl WireRecord {
+    pub fn body_len(&self) -> u64 {
+        match self {
+            WireRecord::New { body, .. } => body.len() as u64,
+            _ => 0,
+        }
+    }
 }
 
 /// The first 4 bytes of a digest (which message the asker holds at a UID).
@@ -224,7 +282,7 @@ pub enum Request {
     /// The children of a top node above the user buckets, or of a UID-tree interior node.
     Children { node: WireKey },
     /// A mailbox's record or tombstone, and its node summary.
-    Mailbox { user: String, guid: MailboxGuid },
+    Mailbox { user: String, guid: GuidRef },
     /// A differing user bucket, with the asker's users in it and their mailboxes' hashes.
     /// The answer names only what differs, with each differing mailbox's state and UID tree.
     Users { bucket: u16, users: Vec<UserHashes> },
@@ -235,7 +293,7 @@ pub enum Request {
     /// `limit` as 8 runs of 8 UIDs each.
     Records {
         user: String,
-        guid: MailboxGuid,
+        guid: GuidRef,
         uids: Vec<(u32, Option<[u8; 4]>)>,
         ranges: Vec<(u32, u32)>,
         limit: Option<u32>,
@@ -243,7 +301,7 @@ pub enum Request {
         buckets: Vec<BucketRuns>,
     },
     /// Every message and tombstone of a mailbox.
-    Full { user: String, guid: MailboxGuid },
+    Full { user: String, guid: GuidRef },
     /// Message bodies by digest.
     Bodies { digests: Vec<Digest> },
     /// Apply change groups (each re-checks that its mailbox is as the session saw it).
@@ -297,7 +355,7 @@ pub enum Reply {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyGroup {
     pub user: String,
-    pub guid: MailboxGuid,
+    pub guid: GuidRef,
     pub expect: [u8; 4],
     pub changes: Vec<WireChange>,
 }
@@ -306,10 +364,11 @@ pub struct ApplyGroup {
 pub enum WireChange {
     /// Create or overwrite the mailbox record.
     Mailbox(MailboxRecord),
-    /// The peer's own record with UIDNEXT and `last_change` moved (nothing else differs).
+    /// The peer's own record with UIDNEXT and `last_change` moved (nothing else differs);
+    /// `last_change` `None` is the largest stamp the group's changes carry ([`group_stamp`]).
     Next {
         uidnext: u32,
-        last_change: Stamp,
+        last_change: Option<Stamp>,
     },
     Message {
         uid: u32,
@@ -320,6 +379,22 @@ pub enum WireChange {
     Flags {
         uid: u32,
         flags: FlagSet,
+    },
+    /// A message with its body; MD5, digest and size are the body's.
+    New {
+        uid: u32,
+        internal_date: i64,
+        flags: FlagSet,
+        appended: Stamp,
+        body: Vec<u8>,
+    },
+    /// The message the peer holds at `from` (same MD5, digest, size and date), also at `uid`
+    /// with these flags and append stamp (a message renumbered by a UID clash).
+    Move {
+        uid: u32,
+        from: u32,
+        flags: FlagSet,
+        appended: Stamp,
     },
     /// Expunge `uid`; the tombstone's digest is `digest`, or when `None` the digest of the
     /// message the peer holds there.
@@ -339,7 +414,7 @@ impl From<ChangeGroup> for ApplyGroup {
     fn from(g: ChangeGroup) -> ApplyGroup {
         ApplyGroup {
             user: g.user,
-            guid: g.guid,
+            guid: GuidRef::Full(g.guid),
             expect: g.expect,
             changes: g.changes.into_iter().map(WireChange::verbatim).collect(),
         }
@@ -367,7 +442,63 @@ impl WireChange {
     /// Body bytes carried by the change (reported apart from metadata).
     pub fn body_len(&self) -> u64 {
         match self {
-            WireChange::Message { body: Some(b), .. } => b.len() as u64,
+            WireChange::Message { body: Some(b), .. } | WireChange::New { body: b, .. } => b_len(b),
+            _ => 0,
+        }
+    }
+}
+
+/// The largest stamp a group's changes carry (appends, flag entries, expunges, deletion): what
+/// a `Next` without `last_change` stands for.
+pub fn group_stamp(changes: &[WireChange]) -> Option<Stamp> {
+    changes
+        .iter()
+        .flat_map(|c| match c {
+            WireChange::Message { record, .. } => [Some(record.appended), record.flags.latest()],
+            WireChange::New {
+                appended, flags, ..
+            } => [Some(*appended), flags.latest()],
+            WireChange::Move {
+                appended, flags, ..
+            } => [Some(*appended), flags.latest()],
+            WireChange::Flags { flags, .. } => [flags.latest(), None],
+            WireChange::Expunge { stamp, .. } => [Some(*stamp), None],
+            WireChange::DeleteMailbox(t) => [Some(t.stamp), None],
+            WireChange::Mailbox(_) | WireChange::Next { .. } | WireChange::Remove { .. } => {
+                [None, None]
+            }
+        })
+        .flatten()
+        .max()
+}
+
+fn b_len(b: &[u8]) -> u64 {
+    b.len() as u64
+}
+
+impl Request {
+    /// Message body bytes carried by the question (reported apart from metadata).
+    pub fn body_len(&self) -> u64 {
+        match self {
+            Request::Apply { groups } => groups
+                .iter()
+                .flat_map(|g| &g.changes)
+                .map(WireChange::body_len)
+                .sum(),
+            Request::PutBodies { bodies } => bodies.iter().map(|b| b_len(b)).sum(),
+            _ => 0,
+        }
+    }
+}
+
+impl Reply {
+    /// Message body bytes carried by the answer (reported apart from metadata).
+    pub fn body_len(&self) -> u64 {
+        match self {
+            Reply::Bodies { bodies } => bodies.iter().flatten().map(|b| b_len(b)).sum(),
+            Reply::Records { messages, .. } | Reply::Full { messages, .. } => {
+                messages.iter().map(|(_, r)| r.body_len()).sum()
+            }
             _ => 0,
         }
     }
