@@ -204,10 +204,11 @@ async fn journal_first(node: &Arc<Node>, peer: &Arc<Peer>) {
             _ => 0,
         };
         waited_for.get_or_insert(position.depth + ours);
-        if position.depth == 0 && pending == 0 && ours == 0 {
+        // What the peer received from us and has not applied yet counts too.
+        let left = position.depth + pending + ours + position.inbound_pending;
+        if left == 0 {
             break;
         }
-        let left = position.depth + pending + ours;
         if left < last_depth {
             last_depth = left;
             last_progress = Instant::now();

@@ -391,10 +391,18 @@ impl Hooks for Node {
         }
         peer.wake_ship.notify_one();
         let j = self.store.journal_peer(peer.url()).ok()?;
+        let inbound_pending = self
+            .store
+            .journal_senders()
+            .ok()?
+            .into_iter()
+            .find(|(sender, _)| sender == from)
+            .map_or(0, |(_, s)| s.pending);
         Some(crate::net::server::JournalPosition {
             known: true,
             depth: j.depth,
             overflowed: j.overflowed,
+            inbound_pending,
         })
     }
 

@@ -65,6 +65,9 @@ pub struct JournalPosition {
     pub depth: u64,
     /// The asker's journal was dropped: only a Merkle session repairs what it missed.
     pub overflowed: bool,
+    /// Entries received from the asker and not applied here yet.
+    #[serde(default)]
+    pub inbound_pending: u64,
 }
 
 /// What the daemon (background checker, journal) offers the HTTP side. The server runs
