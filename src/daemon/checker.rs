@@ -33,10 +33,7 @@ pub async fn check(node: &Arc<Node>, peer: &Arc<Peer>, trigger: Trigger) -> bool
             return false;
         }
     };
-    if matches!(
-        trigger,
-        Trigger::Startup | Trigger::PeerBack | Trigger::Retry
-    ) {
+    if trigger != Trigger::Interval {
         journal_first(node, peer).await;
     }
     let overflowed = || {
