@@ -46,6 +46,20 @@ pub struct CountsView {
     pub tombstones: u64,
 }
 
+impl From<&crate::store::Counters> for CountsView {
+    fn from(c: &crate::store::Counters) -> CountsView {
+        CountsView {
+            users: c.users,
+            mailboxes: c.mailboxes,
+            messages: c.messages,
+            message_bytes: c.message_bytes,
+            bodies: c.bodies,
+            body_bytes: c.body_bytes,
+            tombstones: c.tombstones,
+        }
+    }
+}
+
 /// One configured peer, as this node sees it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PeerView {

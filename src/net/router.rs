@@ -104,15 +104,7 @@ async fn operator(state: &ServerState, path: String) -> Result<Reply, ApiError> 
                 node,
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 root: root.hash.to_hex(),
-                counts: crate::daemon::view::CountsView {
-                    users: counts.users,
-                    mailboxes: counts.mailboxes,
-                    messages: counts.messages,
-                    message_bytes: counts.message_bytes,
-                    bodies: counts.bodies,
-                    body_bytes: counts.body_bytes,
-                    tombstones: counts.tombstones,
-                },
+                counts: crate::daemon::view::CountsView::from(&counts),
                 mode: "async".to_string(),
                 ..Default::default()
             }
