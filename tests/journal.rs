@@ -2,26 +2,17 @@
 //! the wire format, that the journal path and the Merkle path agree on random split histories,
 //! overflow, cursors and trimming, hostile batches, and crash safety of receive-then-apply.
 
-use merkmail::model::{FlagName, FlagOp};
+mod random_ops;
+
+use merkmail::model::FlagOp;
 use merkmail::store::{
     decode_batch, encode_batch, JournalBatch, JournalWireError, NewMessage, Store,
     JOURNAL_WIRE_VERSION, MAX_BATCH_ENTRIES,
 };
 use merkmail::sync::{in_process, run};
 use proptest::prelude::*;
+use random_ops::{apply, msg, seen, Op, USERS};
 use std::collections::BTreeMap;
-
-fn msg(text: &str) -> NewMessage {
-    NewMessage {
-        bytes: format!("Subject: {text}\r\n\r\n{text}\r\n").into_bytes(),
-        internal_date: 1_700_000_000,
-        ..Default::default()
-    }
-}
-
-fn seen() -> Vec<FlagName> {
-    vec![FlagName::parse("\\Seen").expect("flag")]
-}
 
 fn peers(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| s.to_string()).collect()
@@ -529,20 +520,6 @@ fn view(s: &Store, user: &str) -> BTreeMap<(String, u32), (String, Vec<String>)>
 
 // ---- random histories ----
 
-#[derive(Clone, Debug)]
-enum Op {
-    Append(usize, usize, u8),
-    Flag(usize, usize, usize, bool),
-    Expunge(usize, usize, usize),
-    Create(usize, usize),
-    Rename(usize, usize, usize),
-    Delete(usize, usize),
-    Subscribe(usize, usize, bool),
-}
-
-const USERS: [&str; 2] = ["ann", "ben"];
-const BOXES: [&str; 4] = ["INBOX", "Work", "Lists", "Trips"];
-
 fn arb_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         5 => (0..2usize, 0..4usize, any::<u8>()).prop_map(|(u, b, x)| Op::Append(u, b, x)),
@@ -553,33 +530,6 @@ fn arb_op() -> impl Strategy<Value = Op> {
         1 => (0..2usize, 1..4usize).prop_map(|(u, b)| Op::Delete(u, b)),
         1 => (0..2usize, 0..4usize, any::<bool>()).prop_map(|(u, b, on)| Op::Subscribe(u, b, on)),
     ]
-}
-
-fn apply(s: &Store, op: &Op) {
-    // Refused operations (unknown mailbox, name taken…) are part of the random walk.
-    let _ = match op {
-        Op::Append(u, b, x) => s
-            .append(USERS[*u], BOXES[*b], vec![msg(&format!("m{x}"))])
-            .map(|_| ()),
-        Op::Flag(u, b, p, on) => match s.list_messages(USERS[*u], Some(BOXES[*b])) {
-            Ok(l) if !l.is_empty() => {
-                let op = if *on { FlagOp::Add } else { FlagOp::Remove };
-                s.set_flags(USERS[*u], BOXES[*b], l[p % l.len()].uid, op, &seen())
-                    .map(|_| ())
-            }
-            _ => Ok(()),
-        },
-        Op::Expunge(u, b, p) => match s.list_messages(USERS[*u], Some(BOXES[*b])) {
-            Ok(l) if !l.is_empty() => s
-                .expunge(USERS[*u], BOXES[*b], &[l[p % l.len()].uid])
-                .map(|_| ()),
-            _ => Ok(()),
-        },
-        Op::Create(u, b) => s.create_mailbox(USERS[*u], BOXES[*b]).map(|_| ()),
-        Op::Rename(u, b, c) => s.rename_mailbox(USERS[*u], BOXES[*b], BOXES[*c]),
-        Op::Delete(u, b) => s.delete_mailbox(USERS[*u], BOXES[*b]),
-        Op::Subscribe(u, b, on) => s.subscribe(USERS[*u], BOXES[*b], *on),
-    };
 }
 
 /// Every live message as (user, digest), with multiplicity.

@@ -1,19 +1,14 @@
 //! The reconciliation session, run in-process between two stores: scenarios for every clash
 //! rule, exact round-trip and byte counts, and a property test over random split histories.
 
+mod random_ops;
+
 use merkmail::model::{FlagName, FlagOp};
 use merkmail::store::{NewMessage, Store};
 use merkmail::sync::{in_process, run, SyncReport};
 use proptest::prelude::*;
+use random_ops::{apply, msg, seen, Op, USERS};
 use std::collections::BTreeMap;
-
-fn msg(text: &str) -> NewMessage {
-    NewMessage {
-        bytes: format!("Subject: {text}\r\n\r\n{text}\r\n").into_bytes(),
-        internal_date: 1_700_000_000,
-        ..Default::default()
-    }
-}
 
 /// Exact metadata bytes (wire v3, window 7) of the count tests below: request bytes sent and
 /// answer bytes received, message bodies excluded (wire v2: 198 + 226 and 873 + 671).
@@ -64,10 +59,6 @@ fn assert_converged(a: &Store, b: &Store, users: &[&str]) {
         "{:?}",
         b.verify().expect("verify").problems
     );
-}
-
-fn seen() -> Vec<FlagName> {
-    vec![FlagName::parse("\\Seen").expect("flag")]
 }
 
 #[test]
@@ -316,20 +307,6 @@ fn dry_run_changes_nothing() {
 
 // ---- random split histories ----
 
-#[derive(Clone, Debug)]
-enum Op {
-    Append(usize, usize, u8),
-    Flag(usize, usize, usize, bool),
-    Expunge(usize, usize, usize),
-    Create(usize, usize),
-    Rename(usize, usize, usize),
-    Delete(usize, usize),
-    Sync,
-}
-
-const USERS: [&str; 2] = ["ann", "ben"];
-const BOXES: [&str; 4] = ["INBOX", "Work", "Lists", "Trips"];
-
 fn arb_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         5 => (0..2usize, 0..4usize, any::<u8>()).prop_map(|(u, b, x)| Op::Append(u, b, x)),
@@ -340,33 +317,6 @@ fn arb_op() -> impl Strategy<Value = Op> {
         1 => (0..2usize, 1..4usize).prop_map(|(u, b)| Op::Delete(u, b)),
         1 => Just(Op::Sync),
     ]
-}
-
-fn apply(s: &Store, op: &Op) {
-    // Refused operations (unknown mailbox, name taken…) are part of the random walk.
-    let _ = match op {
-        Op::Append(u, b, x) => s
-            .append(USERS[*u], BOXES[*b], vec![msg(&format!("m{x}"))])
-            .map(|_| ()),
-        Op::Flag(u, b, p, on) => match s.list_messages(USERS[*u], Some(BOXES[*b])) {
-            Ok(l) if !l.is_empty() => {
-                let op = if *on { FlagOp::Add } else { FlagOp::Remove };
-                s.set_flags(USERS[*u], BOXES[*b], l[p % l.len()].uid, op, &seen())
-                    .map(|_| ())
-            }
-            _ => Ok(()),
-        },
-        Op::Expunge(u, b, p) => match s.list_messages(USERS[*u], Some(BOXES[*b])) {
-            Ok(l) if !l.is_empty() => s
-                .expunge(USERS[*u], BOXES[*b], &[l[p % l.len()].uid])
-                .map(|_| ()),
-            _ => Ok(()),
-        },
-        Op::Create(u, b) => s.create_mailbox(USERS[*u], BOXES[*b]).map(|_| ()),
-        Op::Rename(u, b, c) => s.rename_mailbox(USERS[*u], BOXES[*b], BOXES[*c]),
-        Op::Delete(u, b) => s.delete_mailbox(USERS[*u], BOXES[*b]),
-        Op::Sync => Ok(()),
-    };
 }
 
 /// Every live message as (user, mailbox GUID, digest) with multiplicity.

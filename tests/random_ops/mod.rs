@@ -1,0 +1,66 @@
+//! Random mail operations for the property tests that build divergent stores
+//! (`sync_session`, `journal`): the vocabulary, one message, and applying an operation.
+// Each test crate uses a different subset.
+#![allow(dead_code)]
+
+use merkmail::model::{FlagName, FlagOp};
+use merkmail::store::{NewMessage, Store};
+
+pub const USERS: [&str; 2] = ["ann", "ben"];
+pub const BOXES: [&str; 4] = ["INBOX", "Work", "Lists", "Trips"];
+
+/// A small message whose bytes (and so digest) follow from `text`.
+pub fn msg(text: &str) -> NewMessage {
+    NewMessage {
+        bytes: format!("Subject: {text}\r\n\r\n{text}\r\n").into_bytes(),
+        internal_date: 1_700_000_000,
+        ..Default::default()
+    }
+}
+
+pub fn seen() -> Vec<FlagName> {
+    vec![FlagName::parse("\\Seen").expect("flag")]
+}
+
+/// One step of a random history; indices pick from `USERS`, `BOXES` and the mailbox's
+/// messages. `Sync` is for the callers that reconcile mid-history (applying it does nothing).
+#[derive(Clone, Debug)]
+pub enum Op {
+    Append(usize, usize, u8),
+    Flag(usize, usize, usize, bool),
+    Expunge(usize, usize, usize),
+    Create(usize, usize),
+    Rename(usize, usize, usize),
+    Delete(usize, usize),
+    Subscribe(usize, usize, bool),
+    Sync,
+}
+
+/// Applies `op` to `s`. Refused operations (unknown mailbox, name taken…) are part of the
+/// random walk and change nothing.
+pub fn apply(s: &Store, op: &Op) {
+    let _ = match op {
+        Op::Append(u, b, x) => s
+            .append(USERS[*u], BOXES[*b], vec![msg(&format!("m{x}"))])
+            .map(|_| ()),
+        Op::Flag(u, b, p, on) => match s.list_messages(USERS[*u], Some(BOXES[*b])) {
+            Ok(l) if !l.is_empty() => {
+                let op = if *on { FlagOp::Add } else { FlagOp::Remove };
+                s.set_flags(USERS[*u], BOXES[*b], l[p % l.len()].uid, op, &seen())
+                    .map(|_| ())
+            }
+            _ => Ok(()),
+        },
+        Op::Expunge(u, b, p) => match s.list_messages(USERS[*u], Some(BOXES[*b])) {
+            Ok(l) if !l.is_empty() => s
+                .expunge(USERS[*u], BOXES[*b], &[l[p % l.len()].uid])
+                .map(|_| ()),
+            _ => Ok(()),
+        },
+        Op::Create(u, b) => s.create_mailbox(USERS[*u], BOXES[*b]).map(|_| ()),
+        Op::Rename(u, b, c) => s.rename_mailbox(USERS[*u], BOXES[*b], BOXES[*c]),
+        Op::Delete(u, b) => s.delete_mailbox(USERS[*u], BOXES[*b]),
+        Op::Subscribe(u, b, on) => s.subscribe(USERS[*u], BOXES[*b], *on),
+        Op::Sync => Ok(()),
+    };
+}
