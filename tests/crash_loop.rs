@@ -625,10 +625,9 @@ fn crash_loop(seed: u64, kills: usize) -> BTreeMap<&'static str, usize> {
     let started = Instant::now();
     for point in 0..kills {
         // Every kind once in the first five points, then at random.
-        let kind = if point < KINDS.len() {
-            KINDS[point]
-        } else {
-            KINDS[l.rng.random_range(0..KINDS.len())]
+        let kind = match KINDS.get(point) {
+            Some(kind) => *kind,
+            None => KINDS[l.rng.random_range(0..KINDS.len())],
         };
         l.kill_point(point, kind);
         if point + 1 == kills {
