@@ -18,339 +18,22 @@
 
 mod common;
 
-use common::{command, killed_by_signal, run, scratch_dir, ChildGuard};
-use merkmail::net::client::{BlockingClient, ClientConfig};
+use common::cluster::{self, body, finish, spawn_writer, Ledger, Node};
+use common::{command, run, scratch_dir, ChildGuard};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const PEER_TOKEN: &str = "crash-peer-secret";
-const ADMIN_TOKEN: &str = "crash-admin-secret";
 const CONVERGE: Duration = Duration::from_secs(60);
-const START: Duration = Duration::from_secs(30);
 /// Past this many unshipped entries a node drops its journal for the peer: bursts larger than
 /// this while the peer is down make the restart a Merkle reconciliation.
 const JOURNAL_BOUND: usize = 40;
 /// Messages in a Maildir imported (and killed) at an import kill point.
 const IMPORT_N: usize = 3_000;
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
-}
-
-struct Node {
-    name: &'static str,
-    port: u16,
-    dir: PathBuf,
-    config: PathBuf,
-    proc: Option<ChildGuard>,
-}
-
-impl Node {
-    fn new(root: &Path, name: &'static str, port: u16, peer: u16) -> Node {
-        let dir = root.join(name);
-        let config = root.join(format!("{name}.toml"));
-        let text = format!(
-            "node_id = \"{name}\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n\
-             peer_token = \"{PEER_TOKEN}\"\nadmin_token = \"{ADMIN_TOKEN}\"\n\
-             check_interval_s = 5\nbackoff_max_s = 1\njournal_bound = {JOURNAL_BOUND}\n\
-             journal_batch = 16\n\
-             [[peer]]\nurl = \"http://127.0.0.1:{peer}\"\n",
-            dir.display()
-        );
-        std::fs::write(&config, text).expect("write config");
-        Node {
-            name,
-            port,
-            dir,
-            config,
-            proc: None,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.with_extension("log")
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("open log");
-        let mut cmd = command(["serve", "--config", &self.config.display().to_string()]);
-        cmd.env("MERKMAIL_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log);
-        let mut child = cmd.spawn().expect("start serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(START).unwrap_or_default();
-        assert!(
-            line.starts_with("listening on 127.0.0.1:"),
-            "{}: unexpected first line {line:?}; log:\n{}",
-            self.name,
-            self.log_tail()
-        );
-        self.proc = Some(ChildGuard::from_child(child));
-    }
-
-    fn running(&self) -> bool {
-        self.proc.is_some()
-    }
-
-    /// SIGKILL, then `verify` on the store as the crash left it.
-    #[track_caller]
-    fn kill_and_verify(&mut self, point: &str) {
-        if let Some(proc) = self.proc.take() {
-            let status = proc.kill();
-            assert!(killed_by_signal(&status), "{}: {status:?}", self.name);
-        }
-        self.verify(point);
-    }
-
-    #[track_caller]
-    fn verify(&self, point: &str) {
-        let out = run(&["verify", "--data", &self.dir.display().to_string()], None);
-        assert!(
-            out.success(),
-            "{point}: verify failed on {} after SIGKILL:\n{}\n{}",
-            self.name,
-            out.stdout_str(),
-            out.stderr
-        );
-    }
-
-    fn client(&self) -> BlockingClient {
-        let config = ClientConfig {
-            connect_timeout: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(10),
-            ..ClientConfig::default()
-        };
-        BlockingClient::new(&self.url(), Some(ADMIN_TOKEN), config).expect("client")
-    }
-
-    fn root(&self) -> Option<String> {
-        let (status, body) = self.client().get("/v1/mail/root").ok()?;
-        if !status.is_success() {
-            return None;
-        }
-        let v: Value = serde_json::from_slice(&body).ok()?;
-        v.get("root").and_then(Value::as_str).map(str::to_string)
-    }
-
-    /// A user's live messages: md5 → (count, flags of the last one seen).
-    #[track_caller]
-    fn messages(&self, user: &str) -> BTreeMap<String, (usize, Vec<String>)> {
-        let (status, body) = self
-            .client()
-            .get(&format!("/v1/mail/users/{user}/messages"))
-            .expect("list messages");
-        let mut out: BTreeMap<String, (usize, Vec<String>)> = BTreeMap::new();
-        if status.as_u16() == 404 {
-            return out; // the user never got a message
-        }
-        assert!(status.is_success(), "{}: list {user}: {status}", self.name);
-        let v: Value = serde_json::from_slice(&body).expect("message list JSON");
-        let list = v
-            .get("messages")
-            .and_then(Value::as_array)
-            .cloned()
-            .or_else(|| v.as_array().cloned())
-            .expect("a list of messages");
-        for m in list {
-            let md5 = m["md5"].as_str().expect("md5").to_string();
-            let flags: Vec<String> = m["flags"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|f| f.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let e = out.entry(md5).or_insert((0, Vec::new()));
-            e.0 += 1;
-            e.1 = flags;
-        }
-        out
-    }
-}
-
-/// What writers were told succeeded, and everything they tried.
-#[derive(Default)]
-struct Ledger {
-    /// md5 of every message a writer tried to append (acknowledged or not).
-    tried: BTreeSet<String>,
-    /// md5 → user, for appends answered 2xx.
-    appended: BTreeMap<String, String>,
-    expunged: BTreeSet<String>,
-    seen: BTreeSet<String>,
-}
-
-fn body(tag: &str) -> Vec<u8> {
-    format!(
-        "From: crash@example.org\r\nSubject: {tag}\r\nMessage-ID: <{tag}@crash>\r\n\r\n\
-         this message must survive: {tag}\r\n{}\r\n",
-        "x".repeat(200)
-    )
-    .into_bytes()
-}
-
-/// Writes to `url` until `stop` or the server goes away: appends one message at a time
-/// (some in batches of 5), and now and then expunges or flags one it appended before.
-/// Everything answered 2xx goes in the ledger.
-fn writer(
-    url: String,
-    user: String,
-    tag: String,
-    seed: u64,
-    stop: Arc<AtomicBool>,
-    ledger: Arc<Mutex<Ledger>>,
-    max_writes: usize,
-) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let config = ClientConfig {
-        connect_timeout: Duration::from_secs(1),
-        request_timeout: Duration::from_secs(10),
-        ..ClientConfig::default()
-    };
-    let Ok(client) = BlockingClient::new(&url, Some(ADMIN_TOKEN), config) else {
-        return;
-    };
-    let mut mine: Vec<(u32, String)> = Vec::new();
-    let base = format!("/v1/mail/users/{user}/mailboxes/INBOX");
-    for n in 0..max_writes {
-        if stop.load(Ordering::Relaxed) {
-            return;
-        }
-        let roll: u32 = rng.random_range(0..10);
-        if roll < 2 && !mine.is_empty() {
-            let i = rng.random_range(0..mine.len());
-            let (uid, md5) = mine.swap_remove(i);
-            let expunge = roll == 0;
-            let answer = if expunge {
-                client.post(
-                    &format!("{base}/expunge"),
-                    "application/json",
-                    format!("{{\"uids\":[{uid}]}}").into_bytes(),
-                )
-            } else {
-                client.post(
-                    &format!("{base}/messages/{uid}/flags?add=%5CSeen"),
-                    "application/json",
-                    Vec::new(),
-                )
-            };
-            match answer {
-                Ok((status, _)) if status.is_success() => {
-                    let mut l = ledger.lock().expect("ledger");
-                    if expunge {
-                        l.expunged.insert(md5);
-                    } else {
-                        l.seen.insert(md5);
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => return,
-            }
-            continue;
-        }
-        let count = if roll == 9 { 5 } else { 1 };
-        let bodies: Vec<Vec<u8>> = (0..count)
-            .map(|k| body(&format!("{tag}-{n}-{k}")))
-            .collect();
-        let md5s: Vec<String> = bodies.iter().map(|b| common::md5_hex(b)).collect();
-        ledger
-            .lock()
-            .expect("ledger")
-            .tried
-            .extend(md5s.iter().cloned());
-        let (content_type, payload) = if count == 1 {
-            ("message/rfc822", bodies[0].clone())
-        } else {
-            let mut p = Vec::new();
-            for b in &bodies {
-                p.extend_from_slice(&(b.len() as u32).to_be_bytes());
-                p.extend_from_slice(b);
-            }
-            ("application/vnd.merkmail.messages", p)
-        };
-        match client.post(&format!("{base}/messages"), content_type, payload) {
-            Ok((status, reply)) if status.is_success() => {
-                let v: Value = serde_json::from_slice(&reply).unwrap_or(Value::Null);
-                let uids: Vec<u32> = v["uids"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|u| u.as_u64())
-                            .map(|u| u as u32)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                assert_eq!(uids.len(), count, "append answered {v}");
-                let mut l = ledger.lock().expect("ledger");
-                for (uid, md5) in uids.into_iter().zip(md5s) {
-                    l.appended.insert(md5.clone(), user.clone());
-                    mine.push((uid, md5));
-                }
-            }
-            Ok(_) => {}
-            Err(_) => return,
-        }
-    }
-}
-
-/// Starts a writer thread; returns its stop flag and handle.
-fn spawn_writer(
-    node: &Node,
-    user: &str,
-    tag: &str,
-    seed: u64,
-    ledger: &Arc<Mutex<Ledger>>,
-    max_writes: usize,
-) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let handle = {
-        let (url, user, tag, stop, ledger) = (
-            node.url(),
-            user.to_string(),
-            tag.to_string(),
-            Arc::clone(&stop),
-            Arc::clone(ledger),
-        );
-        std::thread::spawn(move || writer(url, user, tag, seed, stop, ledger, max_writes))
-    };
-    (stop, handle)
-}
-
-fn finish(writer: (Arc<AtomicBool>, std::thread::JoinHandle<()>)) {
-    writer.0.store(true, Ordering::Relaxed);
-    let _ = writer.1.join();
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -398,9 +81,13 @@ struct Stats {
 impl Loop {
     fn new(seed: u64) -> Loop {
         let root = scratch_dir();
-        let (pa, pb) = (free_port(), free_port());
-        let mut a = Node::new(root.path(), "a", pa, pb);
-        let mut b = Node::new(root.path(), "b", pb, pa);
+        let (pa, pb) = (cluster::free_port(), cluster::free_port());
+        let extra = format!(
+            "check_interval_s = 5\nbackoff_max_s = 1\njournal_bound = {JOURNAL_BOUND}\n\
+             journal_batch = 16"
+        );
+        let mut a = Node::new(root.path(), "a", pa, &[pb], &extra);
+        let mut b = Node::new(root.path(), "b", pb, &[pa], &extra);
         for n in [&a, &b] {
             run(
                 &[
@@ -541,79 +228,14 @@ impl Loop {
 
     #[track_caller]
     fn converge(&self, label: &str) {
-        let deadline = Instant::now() + CONVERGE;
-        loop {
-            let (ra, rb) = (self.nodes[0].root(), self.nodes[1].root());
-            if ra.is_some() && ra == rb {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "{label}: no convergence within {CONVERGE:?} ({ra:?} vs {rb:?})\n\
-                     a:\n{}\nb:\n{}",
-                    self.nodes[0].log_tail(),
-                    self.nodes[1].log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        cluster::converge(&[&self.nodes[0], &self.nodes[1]], CONVERGE, label);
     }
 
-    /// Every acknowledged write holds on both nodes; nothing appears that nobody wrote.
     #[track_caller]
     fn check(&self, label: &str, users: &BTreeSet<String>) {
         let ledger = self.ledger.lock().expect("ledger");
-        for node in &self.nodes {
-            assert!(node.running(), "{label}: {} is not running", node.name);
-            let lists: BTreeMap<&String, _> = users.iter().map(|u| (u, node.messages(u))).collect();
-            for (user, live) in &lists {
-                let imported = self.imported.get(*user);
-                for (md5, (count, flags)) in live {
-                    let known =
-                        ledger.tried.contains(md5) || imported.is_some_and(|set| set.contains(md5));
-                    assert!(
-                        known,
-                        "{label}: {} holds a message of {user} nobody wrote (md5 {md5})",
-                        node.name
-                    );
-                    assert_eq!(
-                        *count, 1,
-                        "{label}: {} holds message {md5} of {user} {count} times",
-                        node.name
-                    );
-                    if ledger.seen.contains(md5) {
-                        assert!(
-                            flags.iter().any(|f| f == "\\Seen"),
-                            "{label}: {}: acknowledged \\Seen missing on {md5} ({flags:?})",
-                            node.name
-                        );
-                    }
-                }
-                for md5 in imported.into_iter().flatten() {
-                    assert!(
-                        live.contains_key(md5),
-                        "{label}: {}: imported message {md5} of {user} missing",
-                        node.name
-                    );
-                }
-            }
-            for (md5, user) in ledger.appended.iter().filter(|(_, u)| users.contains(*u)) {
-                let present = lists.get(user).is_some_and(|l| l.contains_key(md5));
-                if ledger.expunged.contains(md5) {
-                    assert!(
-                        !present,
-                        "{label}: {}: acknowledged expunge of {md5} ({user}) undone",
-                        node.name
-                    );
-                } else {
-                    assert!(
-                        present,
-                        "{label}: {}: acknowledged append {md5} ({user}) lost",
-                        node.name
-                    );
-                }
-            }
-        }
+        let nodes = [&self.nodes[0], &self.nodes[1]];
+        cluster::check(&ledger, &nodes, users, &self.imported, label);
     }
 }
 

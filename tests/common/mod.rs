@@ -448,3 +448,4 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+pub mod cluster;

@@ -1,0 +1,450 @@
+//! Real `merkmail serve` processes for the multi-process tests that kill and load them
+//! (crash_loop, load): nodes with a config file each, writers that keep a ledger of what the
+//! server acknowledged, and the checks that every acknowledged write holds everywhere.
+
+use super::{command, killed_by_signal, run, ChildGuard};
+use merkmail::net::client::{BlockingClient, ClientConfig};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const PEER_TOKEN: &str = "cluster-peer-secret";
+pub const ADMIN_TOKEN: &str = "cluster-admin-secret";
+const START: Duration = Duration::from_secs(30);
+
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+pub struct Node {
+    pub name: &'static str,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub proc: Option<ChildGuard>,
+}
+
+impl Node {
+    /// Writes the node's config file: its peers, both tokens, and `extra` (more TOML keys).
+    pub fn new(root: &Path, name: &'static str, port: u16, peers: &[u16], extra: &str) -> Node {
+        let dir = root.join(name);
+        let config = root.join(format!("{name}.toml"));
+        let mut text = format!(
+            "node_id = \"{name}\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n\
+             peer_token = \"{PEER_TOKEN}\"\nadmin_token = \"{ADMIN_TOKEN}\"\n{extra}\n",
+            dir.display()
+        );
+        for p in peers {
+            text.push_str(&format!("[[peer]]\nurl = \"http://127.0.0.1:{p}\"\n"));
+        }
+        std::fs::write(&config, text).expect("write config");
+        Node {
+            name,
+            port,
+            dir,
+            config,
+            proc: None,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.with_extension("log")
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open log");
+        let mut cmd = command(["serve", "--config", &self.config.display().to_string()]);
+        cmd.env("MERKMAIL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        let mut child = cmd.spawn().expect("start serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(START).unwrap_or_default();
+        assert!(
+            line.starts_with("listening on 127.0.0.1:"),
+            "{}: unexpected first line {line:?}; log:\n{}",
+            self.name,
+            self.log_tail()
+        );
+        self.proc = Some(ChildGuard::from_child(child));
+    }
+
+    /// SIGTERM; the node must exit 0 within 20 s.
+    #[track_caller]
+    pub fn stop(&mut self) {
+        let Some(mut proc) = self.proc.take() else {
+            return;
+        };
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &proc.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+        let status = proc
+            .wait_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("{} did not stop on SIGTERM", self.name));
+        assert!(status.success(), "{}: {status:?}", self.name);
+    }
+
+    pub fn running(&self) -> bool {
+        self.proc.is_some()
+    }
+
+    /// SIGKILL, then `verify` on the store as the crash left it.
+    #[track_caller]
+    pub fn kill_and_verify(&mut self, point: &str) {
+        if let Some(proc) = self.proc.take() {
+            let status = proc.kill();
+            assert!(killed_by_signal(&status), "{}: {status:?}", self.name);
+        }
+        self.verify(point);
+    }
+
+    #[track_caller]
+    pub fn verify(&self, point: &str) {
+        let out = run(&["verify", "--data", &self.dir.display().to_string()], None);
+        assert!(
+            out.success(),
+            "{point}: verify failed on {} after SIGKILL:\n{}\n{}",
+            self.name,
+            out.stdout_str(),
+            out.stderr
+        );
+    }
+
+    pub fn client(&self) -> BlockingClient {
+        let config = ClientConfig {
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+            ..ClientConfig::default()
+        };
+        BlockingClient::new(&self.url(), Some(ADMIN_TOKEN), config).expect("client")
+    }
+
+    pub fn root(&self) -> Option<String> {
+        let (status, body) = self.client().get("/v1/mail/root").ok()?;
+        if !status.is_success() {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&body).ok()?;
+        v.get("root").and_then(Value::as_str).map(str::to_string)
+    }
+
+    /// A user's live messages: md5 → (count, flags of the last one seen).
+    #[track_caller]
+    pub fn messages(&self, user: &str) -> BTreeMap<String, (usize, Vec<String>)> {
+        let (status, body) = self
+            .client()
+            .get(&format!("/v1/mail/users/{user}/messages"))
+            .expect("list messages");
+        let mut out: BTreeMap<String, (usize, Vec<String>)> = BTreeMap::new();
+        if status.as_u16() == 404 {
+            return out; // the user never got a message
+        }
+        assert!(status.is_success(), "{}: list {user}: {status}", self.name);
+        let v: Value = serde_json::from_slice(&body).expect("message list JSON");
+        let list = v
+            .get("messages")
+            .and_then(Value::as_array)
+            .cloned()
+            .or_else(|| v.as_array().cloned())
+            .expect("a list of messages");
+        for m in list {
+            let md5 = m["md5"].as_str().expect("md5").to_string();
+            let flags: Vec<String> = m["flags"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|f| f.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let e = out.entry(md5).or_insert((0, Vec::new()));
+            e.0 += 1;
+            e.1 = flags;
+        }
+        out
+    }
+}
+
+/// What writers were told succeeded, and everything they tried.
+#[derive(Default)]
+pub struct Ledger {
+    /// md5 of every message a writer tried to append (acknowledged or not).
+    pub tried: BTreeSet<String>,
+    /// md5 → user, for appends answered 2xx.
+    pub appended: BTreeMap<String, String>,
+    pub expunged: BTreeSet<String>,
+    /// md5 of every message an expunge was sent for: one that got no answer (the server was
+    /// killed) may or may not have happened.
+    pub expunge_tried: BTreeSet<String>,
+    pub seen: BTreeSet<String>,
+    /// Requests answered 2xx (an append of five messages is one).
+    pub requests: u64,
+}
+
+pub fn body(tag: &str) -> Vec<u8> {
+    format!(
+        "From: crash@example.org\r\nSubject: {tag}\r\nMessage-ID: <{tag}@crash>\r\n\r\n\
+         this message must survive: {tag}\r\n{}\r\n",
+        "x".repeat(200)
+    )
+    .into_bytes()
+}
+
+/// Writes to `url` until `stop` or the server goes away: appends one message at a time
+/// (some in batches of 5), and now and then expunges or flags one it appended before.
+/// Everything answered 2xx goes in the ledger.
+pub fn writer(
+    url: String,
+    user: String,
+    tag: String,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    ledger: Arc<Mutex<Ledger>>,
+    max_writes: usize,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let config = ClientConfig {
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(10),
+        ..ClientConfig::default()
+    };
+    let Ok(client) = BlockingClient::new(&url, Some(ADMIN_TOKEN), config) else {
+        return;
+    };
+    let mut mine: Vec<(u32, String)> = Vec::new();
+    let base = format!("/v1/mail/users/{user}/mailboxes/INBOX");
+    for n in 0..max_writes {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let roll: u32 = rng.random_range(0..10);
+        if roll < 2 && !mine.is_empty() {
+            let i = rng.random_range(0..mine.len());
+            let (uid, md5) = mine.swap_remove(i);
+            let expunge = roll == 0;
+            if expunge {
+                ledger
+                    .lock()
+                    .expect("ledger")
+                    .expunge_tried
+                    .insert(md5.clone());
+            }
+            let answer = if expunge {
+                client.post(
+                    &format!("{base}/expunge"),
+                    "application/json",
+                    format!("{{\"uids\":[{uid}]}}").into_bytes(),
+                )
+            } else {
+                client.post(
+                    &format!("{base}/messages/{uid}/flags?add=%5CSeen"),
+                    "application/json",
+                    Vec::new(),
+                )
+            };
+            match answer {
+                Ok((status, _)) if status.is_success() => {
+                    let mut l = ledger.lock().expect("ledger");
+                    l.requests += 1;
+                    if expunge {
+                        l.expunged.insert(md5);
+                    } else {
+                        l.seen.insert(md5);
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+            continue;
+        }
+        let count = if roll == 9 { 5 } else { 1 };
+        let bodies: Vec<Vec<u8>> = (0..count)
+            .map(|k| body(&format!("{tag}-{n}-{k}")))
+            .collect();
+        let md5s: Vec<String> = bodies.iter().map(|b| super::md5_hex(b)).collect();
+        ledger
+            .lock()
+            .expect("ledger")
+            .tried
+            .extend(md5s.iter().cloned());
+        let (content_type, payload) = if count == 1 {
+            ("message/rfc822", bodies[0].clone())
+        } else {
+            let mut p = Vec::new();
+            for b in &bodies {
+                p.extend_from_slice(&(b.len() as u32).to_be_bytes());
+                p.extend_from_slice(b);
+            }
+            ("application/vnd.merkmail.messages", p)
+        };
+        match client.post(&format!("{base}/messages"), content_type, payload) {
+            Ok((status, reply)) if status.is_success() => {
+                let v: Value = serde_json::from_slice(&reply).unwrap_or(Value::Null);
+                let uids: Vec<u32> = v["uids"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|u| u.as_u64())
+                            .map(|u| u as u32)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                assert_eq!(uids.len(), count, "append answered {v}");
+                let mut l = ledger.lock().expect("ledger");
+                l.requests += 1;
+                for (uid, md5) in uids.into_iter().zip(md5s) {
+                    l.appended.insert(md5.clone(), user.clone());
+                    mine.push((uid, md5));
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Starts a writer thread; returns its stop flag and handle.
+pub fn spawn_writer(
+    node: &Node,
+    user: &str,
+    tag: &str,
+    seed: u64,
+    ledger: &Arc<Mutex<Ledger>>,
+    max_writes: usize,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let handle = {
+        let (url, user, tag, stop, ledger) = (
+            node.url(),
+            user.to_string(),
+            tag.to_string(),
+            Arc::clone(&stop),
+            Arc::clone(ledger),
+        );
+        std::thread::spawn(move || writer(url, user, tag, seed, stop, ledger, max_writes))
+    };
+    (stop, handle)
+}
+
+pub fn finish(writer: (Arc<AtomicBool>, std::thread::JoinHandle<()>)) {
+    writer.0.store(true, Ordering::Relaxed);
+    let _ = writer.1.join();
+}
+
+/// Polls until every node answers the same root, or fails with the tail of each one's log.
+#[track_caller]
+pub fn converge(nodes: &[&Node], within: Duration, label: &str) {
+    let deadline = Instant::now() + within;
+    loop {
+        let roots: Vec<Option<String>> = nodes.iter().map(|n| n.root()).collect();
+        if roots[0].is_some() && roots.windows(2).all(|w| w[0] == w[1]) {
+            return;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = nodes
+                .iter()
+                .map(|n| format!("{}:\n{}", n.name, n.log_tail()))
+                .collect();
+            panic!(
+                "{label}: no convergence within {within:?} ({roots:?})\n{}",
+                logs.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every acknowledged write in `ledger` for `users` holds on every node: each acknowledged
+/// append live exactly once, each acknowledged expunge gone, each acknowledged `\Seen` set;
+/// every message `imported` (user → md5s) live; no message nobody tried to write.
+#[track_caller]
+pub fn check(
+    ledger: &Ledger,
+    nodes: &[&Node],
+    users: &BTreeSet<String>,
+    imported: &BTreeMap<String, BTreeSet<String>>,
+    label: &str,
+) {
+    for node in nodes {
+        assert!(node.running(), "{label}: {} is not running", node.name);
+        let lists: BTreeMap<&String, _> = users.iter().map(|u| (u, node.messages(u))).collect();
+        for (user, live) in &lists {
+            let imported = imported.get(*user);
+            for (md5, (count, flags)) in live {
+                let known =
+                    ledger.tried.contains(md5) || imported.is_some_and(|set| set.contains(md5));
+                assert!(
+                    known,
+                    "{label}: {} holds a message of {user} nobody wrote (md5 {md5})",
+                    node.name
+                );
+                assert_eq!(
+                    *count, 1,
+                    "{label}: {} holds message {md5} of {user} {count} times",
+                    node.name
+                );
+                if ledger.seen.contains(md5) {
+                    assert!(
+                        flags.iter().any(|f| f == "\\Seen"),
+                        "{label}: {}: acknowledged \\Seen missing on {md5} ({flags:?})",
+                        node.name
+                    );
+                }
+            }
+            for md5 in imported.into_iter().flatten() {
+                assert!(
+                    live.contains_key(md5),
+                    "{label}: {}: imported message {md5} of {user} missing",
+                    node.name
+                );
+            }
+        }
+        for (md5, user) in ledger.appended.iter().filter(|(_, u)| users.contains(*u)) {
+            let present = lists.get(user).is_some_and(|l| l.contains_key(md5));
+            if ledger.expunged.contains(md5) {
+                assert!(
+                    !present,
+                    "{label}: {}: acknowledged expunge of {md5} ({user}) undone",
+                    node.name
+                );
+            } else if !ledger.expunge_tried.contains(md5) {
+                assert!(
+                    present,
+                    "{label}: {}: acknowledged append {md5} ({user}) lost",
+                    node.name
+                );
+            }
+        }
+    }
+}
