@@ -28,13 +28,15 @@ pub use ops::{
 };
 pub use purge::Purged;
 pub use replica::{Change, ChangeGroup};
-pub use verify::VerifyReport;
+pub use body::DamagedMark;
+pub use verify::{BodyProgress, BodyReport, BodyUse, DamagedBody, VerifyReport};
 
 use crate::merkle::{NodeKey, NodeValue};
 use crate::model::{Hlc, Stamp};
 use redb::{Database, ReadableDatabase};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tables::{META, TREE};
 use tx::Tx;
@@ -46,7 +48,13 @@ pub const FORMAT_VERSION: u32 = 1;
 
 /// An open store. One process at a time may hold a store open (redb locks the file).
 pub struct Store {
-    db: Database,
+    /// `None` only while a reopen after an I/O failure has not succeeded yet.
+    db: RwLock<Option<Database>>,
+    /// The redb file (`None` for an in-memory store): what a reopen opens.
+    file: Option<PathBuf>,
+    /// A write failed on I/O (a full disk, say): redb then refuses every access, reads too,
+    /// until the database is opened again, which the next access does ([`Store::heal`]).
+    broken: AtomicBool,
     dir: PathBuf,
     node_id: String,
     hlc: Mutex<Hlc>,
@@ -121,7 +129,7 @@ impl Store {
             tables::create_all(&txn)?;
         }
         txn.commit()?;
-        Self::from_db(db, dir)
+        Self::from_db(db, dir, Some(file))
     }
 
     /// Opens an existing store. Fails with a clear error when `dir` holds no store, when the
@@ -134,7 +142,7 @@ impl Store {
         let db = builder()
             .open(&file)
             .map_err(|e| StoreError::from_open(e, dir))?;
-        Self::from_db(db, dir)
+        Self::from_db(db, dir, Some(file))
     }
 
     /// A store held entirely in memory (tests and benchmarks).
@@ -151,10 +159,10 @@ impl Store {
             tables::create_all(&txn)?;
         }
         txn.commit()?;
-        Self::from_db(db, Path::new(":memory:"))
+        Self::from_db(db, Path::new(":memory:"), None)
     }
 
-    fn from_db(db: Database, dir: &Path) -> Result<Store, StoreError> {
+    fn from_db(db: Database, dir: &Path, file: Option<PathBuf>) -> Result<Store, StoreError> {
         let (node_id, last) = {
             let txn = db.begin_read()?;
             let meta = txn
@@ -192,7 +200,9 @@ impl Store {
         }
         let tag = node_tag(&node_id);
         Ok(Store {
-            db,
+            db: RwLock::new(Some(db)),
+            file,
+            broken: AtomicBool::new(false),
             dir: dir.to_path_buf(),
             hlc: Mutex::new(Hlc::new(tag, last)),
             node_id,
@@ -232,7 +242,7 @@ impl Store {
             .hlc
             .lock()
             .map_err(|_| StoreError::Corrupt("clock lock poisoned".into()))?;
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let mut times = Vec::with_capacity(stops.len());
         {
             let mut tx = Tx::open(&txn, hlc, now_ms(), self.bodies.as_ref(), false)?;
@@ -281,24 +291,96 @@ impl Store {
             .hlc
             .lock()
             .map_err(|_| StoreError::Corrupt("clock lock poisoned".into()))?;
-        let txn = self.db.begin_write()?;
-        let (out, new_hlc) = {
-            let mut tx = Tx::open(&txn, *hlc, now_ms(), self.bodies.as_ref(), journal)?;
-            let out = f(&mut tx)?;
-            if self.tree_enabled {
-                let mut dirty = std::mem::take(&mut tx.dirty);
-                dirty.flush(&mut tx)?;
+        let txn = self.begin_write()?;
+        let result = (|| {
+            let (out, new_hlc) = {
+                let mut tx = Tx::open(&txn, *hlc, now_ms(), self.bodies.as_ref(), journal)?;
+                let out = f(&mut tx)?;
+                if self.tree_enabled {
+                    let mut dirty = std::mem::take(&mut tx.dirty);
+                    dirty.flush(&mut tx)?;
+                }
+                let new_hlc = tx.finish()?;
+                (out, new_hlc)
+            };
+            txn.commit()?;
+            Ok((out, new_hlc))
+        })();
+        match result {
+            Ok((out, new_hlc)) => {
+                *hlc = new_hlc;
+                Ok(out)
             }
-            let new_hlc = tx.finish()?;
-            (out, new_hlc)
+            Err(e) => {
+                self.note_failure(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Remembers that redb latched an I/O failure, so that the next access reopens it.
+    fn note_failure(&self, e: &StoreError) {
+        if e.needs_reopen() && self.file.is_some() {
+            tracing::warn!(error = %e, "a write to the store failed; reopening it on the next access");
+            self.broken.store(true, Ordering::Release);
+        }
+    }
+
+    /// After an I/O failure, closes the database and opens it again: redb refuses every
+    /// access to a handle that saw one, and its next open recovers the file to the last
+    /// commit (checking every page's checksum on the way). A failed reopen is retried on
+    /// the next access.
+    fn heal(&self) -> Result<(), StoreError> {
+        if !self.broken.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let Some(file) = &self.file else {
+            return Ok(());
         };
-        txn.commit()?;
-        *hlc = new_hlc;
-        Ok(out)
+        let mut db = self
+            .db
+            .write()
+            .map_err(|_| StoreError::Corrupt("store lock poisoned".into()))?;
+        if !self.broken.load(Ordering::Acquire) {
+            return Ok(()); // another thread reopened it meanwhile
+        }
+        // The old handle must be closed first: redb locks the file.
+        drop(db.take());
+        let reopened = builder()
+            .open(file)
+            .map_err(|e| StoreError::from_open(e, &self.dir))?;
+        *db = Some(reopened);
+        self.broken.store(false, Ordering::Release);
+        tracing::warn!(dir = %self.dir.display(), "the store was reopened after an I/O failure");
+        Ok(())
+    }
+
+    /// Runs `f` on the open database, reopening it first after an I/O failure.
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.heal()?;
+        let db = self
+            .db
+            .read()
+            .map_err(|_| StoreError::Corrupt("store lock poisoned".into()))?;
+        let db = db.as_ref().ok_or_else(|| {
+            StoreError::StorageFailed("the store could not be reopened yet".into())
+        })?;
+        let out = f(db);
+        if let Err(e) = &out {
+            self.note_failure(e);
+        }
+        out
+    }
+
+    pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        self.with_db(|db| Ok(db.begin_write()?))
     }
 
     pub(crate) fn read_txn(&self) -> Result<redb::ReadTransaction, StoreError> {
-        Ok(self.db.begin_read()?)
+        self.with_db(|db| Ok(db.begin_read()?))
     }
 
     /// The server root: the hash that two equal stores share.

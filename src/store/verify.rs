@@ -1,6 +1,12 @@
 //! `verify`: rebuild the tree from the records and compare it with the stored one node by
 //! node; also check the counters and the bodies' reference counts.
+//!
+//! `verify --bodies` ([`Store::verify_bodies`]) also re-hashes every stored body: bit rot
+//! leaves the records and the tree intact (neither holds body bytes) but a body that no
+//! longer matches its digest. Those bodies are marked damaged (store/body.rs), and
+//! [`Store::repair_body`] puts a good copy from a peer in place.
 
+use super::body::{damaged_marks, mark_damaged, DamagedMark};
 use super::error::StoreError;
 use super::keys;
 use super::ops::Counters;
@@ -33,7 +39,181 @@ fn describe(key: &[u8]) -> String {
     )
 }
 
+/// How far `verify_bodies` has come.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BodyProgress {
+    pub done: u64,
+    pub total: u64,
+    pub bytes: u64,
+}
+
+/// A message that uses a body.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BodyUse {
+    pub user: String,
+    pub mailbox: String,
+    pub uid: u32,
+}
+
+/// A body whose bytes do not match the digest they are stored under.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DamagedBody {
+    /// The digest the body is stored under (the messages' digest).
+    pub digest: Digest,
+    /// What the bytes found hash to.
+    pub actual: Digest,
+    /// How many bytes were found.
+    pub size: u64,
+    /// The messages that use it.
+    pub messages: Vec<BodyUse>,
+}
+
+/// What `verify_bodies` found: `damaged` is empty when every body matches its digest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BodyReport {
+    pub bodies_checked: u64,
+    pub bytes_checked: u64,
+    pub damaged: Vec<DamagedBody>,
+}
+
 impl Store {
+    /// Re-hashes every stored body and compares it with the digest it is stored under. The
+    /// marks on damaged bodies are set to what this scan found (a mark whose body is sound
+    /// again, or gone, is cleared), in one transaction; nothing else changes. `progress` is
+    /// called after every body.
+    pub fn verify_bodies(
+        &self,
+        progress: &mut dyn FnMut(BodyProgress),
+    ) -> Result<BodyReport, StoreError> {
+        let txn = self.read_txn()?;
+        let mut at = BodyProgress {
+            total: self.bodies.count(&txn)?,
+            ..BodyProgress::default()
+        };
+        let mut found: BTreeMap<Digest, DamagedBody> = BTreeMap::new();
+        self.bodies.for_each(&txn, &mut |digest, bytes| {
+            let actual = Digest::of(bytes);
+            if actual != digest {
+                found.insert(
+                    digest,
+                    DamagedBody {
+                        digest,
+                        actual,
+                        size: bytes.len() as u64,
+                        messages: Vec::new(),
+                    },
+                );
+            }
+            at.done += 1;
+            at.bytes += bytes.len() as u64;
+            progress(at);
+            Ok(())
+        })?;
+        if !found.is_empty() {
+            // Which messages use them: one pass over the records.
+            let mailboxes = txn.open_table(MAILBOXES)?;
+            let mut names: BTreeMap<Vec<u8>, String> = BTreeMap::new();
+            for item in mailboxes.iter()? {
+                let (k, v) = item?;
+                let record: MailboxRecord = decode(v.value(), "a mailbox")?;
+                names.insert(k.value().to_vec(), record.name);
+            }
+            for item in txn.open_table(MESSAGES)?.iter()? {
+                let (k, v) = item?;
+                let (_, message) = decode_message(v.value())?;
+                let Some(body) = found.get_mut(&message.digest) else {
+                    continue;
+                };
+                let (user, guid, uid) = keys::split_message(k.value())
+                    .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
+                let mailbox = names
+                    .get(keys::mailbox(&user, guid).as_slice())
+                    .cloned()
+                    .unwrap_or_else(|| guid.to_hex());
+                body.messages.push(BodyUse { user, mailbox, uid });
+            }
+        }
+        drop(txn);
+        let report = BodyReport {
+            bodies_checked: at.done,
+            bytes_checked: at.bytes,
+            damaged: found.into_values().collect(),
+        };
+        let stale: Vec<Digest> = self
+            .damaged_bodies()?
+            .into_iter()
+            .map(|(d, _)| d)
+            .filter(|d| !report.damaged.iter().any(|b| b.digest == *d))
+            .collect();
+        if !report.damaged.is_empty() || !stale.is_empty() {
+            self.write_replicated(|tx| {
+                let now = tx.now_ms();
+                for d in &stale {
+                    super::body::unmark_damaged(tx.txn, d)?;
+                }
+                for b in &report.damaged {
+                    let mark = DamagedMark {
+                        found_ms: now,
+                        actual: b.actual,
+                    };
+                    mark_damaged(tx.txn, &b.digest, &mark)?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(report)
+    }
+
+    /// The bodies marked damaged, waiting for a good copy.
+    pub fn damaged_bodies(&self) -> Result<Vec<(Digest, DamagedMark)>, StoreError> {
+        damaged_marks(&self.read_txn()?)
+    }
+
+    /// Marks a body damaged whose bytes were found not to hash to `digest` on a read.
+    pub(crate) fn mark_damaged(&self, digest: &Digest, actual: Digest) -> Result<(), StoreError> {
+        self.write_replicated(|tx| {
+            let mark = DamagedMark {
+                found_ms: tx.now_ms(),
+                actual,
+            };
+            mark_damaged(tx.txn, digest, &mark)
+        })
+    }
+
+    /// A body by digest, only if it is held and its bytes still match the digest (what a peer
+    /// is given: never bytes that rotted).
+    pub fn sound_body(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
+        if !self.has_body(digest)? {
+            return Ok(None);
+        }
+        match self.body(digest) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(StoreError::BodyDamaged(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Puts a good copy of a damaged body in place, in one transaction, and clears its mark.
+    /// `bytes` must hash to `digest` (else `Invalid`, nothing changed). Returns false, changing
+    /// nothing, when the body is not held or not marked damaged (repaired or freed meanwhile).
+    pub fn repair_body(&self, digest: &Digest, bytes: &[u8]) -> Result<bool, StoreError> {
+        let actual = Digest::of(bytes);
+        if actual != *digest {
+            return Err(StoreError::Invalid(format!(
+                "the copy offered for body {digest} hashes to {actual}"
+            )));
+        }
+        self.write_replicated(|tx| {
+            if !super::body::unmark_damaged(tx.txn, digest)? {
+                return Ok(false);
+            }
+            if !tx.bodies.replace(tx.txn, digest, bytes)? {
+                return Ok(false);
+            }
+            Ok(true)
+        })
+    }
+
     /// Rebuilds the whole tree from the records and compares it with the stored tree.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
         let txn = self.read_txn()?;
@@ -234,7 +414,7 @@ mod tests {
     #[test]
     fn a_missing_or_extra_node_is_found() {
         let store = store_with_mail();
-        let txn = store.db.begin_write().expect("txn");
+        let txn = store.begin_write().expect("txn");
         {
             let mut tree = txn.open_table(TREE).expect("tree");
             tree.remove(NodeKey::root().encode().as_slice())
