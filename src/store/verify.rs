@@ -134,6 +134,11 @@ impl Store {
             }
         }
         drop(txn);
+        for body in found.values_mut() {
+            body.messages.sort_by(|a, b| {
+                (&a.user, &a.mailbox, a.uid).cmp(&(&b.user, &b.mailbox, b.uid))
+            });
+        }
         let report = BodyReport {
             bodies_checked: at.done,
             bytes_checked: at.bytes,
@@ -437,5 +442,245 @@ mod tests {
                 .any(|p| p == "user bucket 005: stored but should not exist"),
             "{problems:?}"
         );
+    }
+
+    /// Overwrites a body's bytes under its digest, as bit rot on disk would.
+    fn rot(store: &Store, digest: &Digest) {
+        let txn = store.begin_write().expect("txn");
+        {
+            let mut bodies = txn.open_table(BODIES).expect("bodies");
+            let mut bytes = bodies
+                .get(digest.0.as_slice())
+                .expect("get")
+                .expect("held")
+                .value()
+                .to_vec();
+            bytes[0] ^= 0x20;
+            bodies
+                .insert(digest.0.as_slice(), bytes.as_slice())
+                .expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+
+    #[test]
+    fn bit_rot_is_found_marked_refused_on_read_and_repaired_with_a_good_copy() {
+        let store = store_with_mail();
+        let good = b"Subject: 7\r\n\r\nx\r\n".to_vec();
+        let digest = Digest::of(&good);
+        // The same body in a second mailbox: both messages are named.
+        store.create_mailbox("alice", "Keep").expect("create");
+        store
+            .append(
+                "alice",
+                "Keep",
+                vec![NewMessage {
+                    bytes: good.clone(),
+                    ..Default::default()
+                }],
+            )
+            .expect("append");
+        let root = store.root().expect("root");
+        let clean = store.verify_bodies(&mut |_| {}).expect("verify");
+        assert!(clean.damaged.is_empty());
+        assert_eq!(clean.bodies_checked, 100);
+
+        rot(&store, &digest);
+        // The records and the tree hold no body bytes: plain verify still passes.
+        assert!(store.verify().expect("verify").is_ok());
+        let mut calls = 0;
+        let report = store
+            .verify_bodies(&mut |p| {
+                calls += 1;
+                assert!(p.done <= p.total);
+            })
+            .expect("verify bodies");
+        assert_eq!(calls, 100);
+        assert_eq!(report.damaged.len(), 1);
+        let damaged = &report.damaged[0];
+        assert_eq!(damaged.digest, digest);
+        assert_ne!(damaged.actual, digest);
+        let uses: Vec<(String, u32)> = damaged
+            .messages
+            .iter()
+            .map(|m| (m.mailbox.clone(), m.uid))
+            .collect();
+        assert_eq!(uses, [("INBOX".to_string(), 8), ("Keep".to_string(), 1)]);
+        let marks = store.damaged_bodies().expect("marks");
+        assert_eq!(marks.len(), 1);
+        assert_eq!(marks[0].0, digest);
+        assert_eq!(marks[0].1.actual, damaged.actual);
+
+        // Rotten bytes are never handed out.
+        assert!(matches!(
+            store.fetch("alice", "INBOX", 8),
+            Err(StoreError::BodyDamaged(d)) if d == digest
+        ));
+        assert_eq!(store.sound_body(&digest).expect("sound"), None);
+
+        // A copy that does not hash to the digest is refused and changes nothing.
+        assert!(matches!(
+            store.repair_body(&digest, b"something else"),
+            Err(StoreError::Invalid(_))
+        ));
+        assert_eq!(store.damaged_bodies().expect("marks").len(), 1);
+
+        assert!(store.repair_body(&digest, &good).expect("repair"));
+        assert!(store.damaged_bodies().expect("marks").is_empty());
+        assert_eq!(store.fetch("alice", "INBOX", 8).expect("fetch"), good);
+        assert_eq!(store.root().expect("root"), root);
+        assert!(store.verify().expect("verify").is_ok());
+        assert!(store.verify_bodies(&mut |_| {}).expect("verify").damaged.is_empty());
+        // A second repair finds nothing to do.
+        assert!(!store.repair_body(&digest, &good).expect("repair"));
+    }
+
+    #[test]
+    fn a_read_marks_rot_and_a_change_that_brings_the_body_mends_it() {
+        let store = store_with_mail();
+        let good = b"Subject: 3\r\n\r\nx\r\n".to_vec();
+        let digest = Digest::of(&good);
+        rot(&store, &digest);
+        assert!(store.damaged_bodies().expect("marks").is_empty());
+        assert!(store.fetch("alice", "INBOX", 4).is_err());
+        assert_eq!(store.damaged_bodies().expect("marks").len(), 1);
+        // Appending the same bytes again (a good copy) replaces the rotten one.
+        store
+            .append(
+                "alice",
+                "INBOX",
+                vec![NewMessage {
+                    bytes: good.clone(),
+                    ..Default::default()
+                }],
+            )
+            .expect("append");
+        assert!(store.damaged_bodies().expect("marks").is_empty());
+        assert_eq!(store.fetch("alice", "INBOX", 4).expect("fetch"), good);
+        assert!(store.verify().expect("verify").is_ok());
+    }
+
+    #[test]
+    fn a_mark_goes_when_its_body_is_freed() {
+        let store = store_with_mail();
+        let digest = Digest::of(b"Subject: 0\r\n\r\nx\r\n");
+        rot(&store, &digest);
+        store.verify_bodies(&mut |_| {}).expect("verify");
+        assert_eq!(store.damaged_bodies().expect("marks").len(), 1);
+        store.expunge("alice", "INBOX", &[1]).expect("expunge");
+        assert!(store.damaged_bodies().expect("marks").is_empty());
+        assert!(store.verify().expect("verify").is_ok());
+    }
+
+    #[test]
+    fn an_append_whose_stated_md5_or_digest_differs_stores_nothing() {
+        let store = store_with_mail();
+        let root = store.root().expect("root");
+        let counters = store.counters().expect("counters");
+        let bytes = b"Subject: new\r\n\r\nx\r\n".to_vec();
+        let ok = NewMessage {
+            bytes: bytes.clone(),
+            md5: Some(crate::model::Md5::of(&bytes)),
+            digest: Some(Digest::of(&bytes)),
+            ..Default::default()
+        };
+        for bad in [
+            NewMessage {
+                md5: Some(crate::model::Md5::of(b"other")),
+                ..ok.clone()
+            },
+            NewMessage {
+                digest: Some(Digest::of(b"other")),
+                ..ok.clone()
+            },
+        ] {
+            // The bad one second: a batch is all or nothing.
+            let err = store
+                .append("alice", "INBOX", vec![ok.clone(), bad])
+                .expect_err("refused");
+            assert!(err.is_client_error(), "{err}");
+            assert!(err.to_string().contains("message 2"), "{err}");
+            assert_eq!(store.root().expect("root"), root);
+            assert_eq!(store.counters().expect("counters"), counters);
+        }
+        store.append("alice", "INBOX", vec![ok]).expect("append");
+        assert_ne!(store.root().expect("root"), root);
+    }
+
+    #[test]
+    fn a_replicated_message_whose_body_disagrees_with_its_record_is_refused() {
+        use crate::store::Change;
+        let source = store_with_mail();
+        let info = source.message("alice", "INBOX", 5).expect("message");
+        let body = source.fetch("alice", "INBOX", 5).expect("body");
+        let mailbox = crate::store::Change::Mailbox {
+            user: "alice".into(),
+            record: {
+                let txn = source.read_txn().expect("txn");
+                let t = txn.open_table(MAILBOXES).expect("t");
+                let v = t
+                    .get(keys::mailbox("alice", info.guid).as_slice())
+                    .expect("get")
+                    .expect("mailbox");
+                decode(v.value(), "a mailbox").expect("decode")
+            },
+        };
+        let target = Store::in_memory("u").expect("store");
+        target.apply(std::slice::from_ref(&mailbox)).expect("mailbox");
+        let root = target.root().expect("root");
+        let wrong_md5 = crate::model::MessageRecord {
+            md5: crate::model::Md5([7; 16]),
+            ..info.record.clone()
+        };
+        let wrong_size = crate::model::MessageRecord {
+            size: info.record.size + 1,
+            ..info.record.clone()
+        };
+        let message = |record: crate::model::MessageRecord, body: Vec<u8>| Change::Message {
+            user: "alice".into(),
+            guid: info.guid,
+            uid: 5,
+            record,
+            body: Some(body),
+        };
+        let mut flipped = body.clone();
+        flipped[0] ^= 1;
+        for (change, what) in [
+            (message(info.record.clone(), flipped), "digest"),
+            (message(wrong_md5.clone(), body.clone()), "MD5"),
+            (message(wrong_size, body.clone()), "size"),
+        ] {
+            let err = target.apply(&[change]).expect_err("refused");
+            assert!(err.to_string().contains(what), "{what}: {err}");
+            assert!(err.is_client_error());
+            assert_eq!(target.root().expect("root"), root);
+            assert_eq!(target.counters().expect("c").bodies, 0);
+        }
+        // Staged ahead (as a session's PutBodies does), then a record with the wrong MD5.
+        target.stage_bodies(std::slice::from_ref(&body)).expect("stage");
+        let staged = Change::Message {
+            user: "alice".into(),
+            guid: info.guid,
+            uid: 5,
+            record: wrong_md5.clone(),
+            body: None,
+        };
+        assert!(target.apply(&[staged]).is_err());
+        assert_eq!(target.root().expect("root"), root);
+        // Held already (here under UID 5), then copied to UID 6 with a wrong MD5.
+        target
+            .apply(&[message(info.record.clone(), body.clone())])
+            .expect("good copy");
+        let copy = Change::Message {
+            user: "alice".into(),
+            guid: info.guid,
+            uid: 6,
+            record: wrong_md5,
+            body: None,
+        };
+        let root = target.root().expect("root");
+        assert!(target.apply(&[copy]).is_err());
+        assert_eq!(target.root().expect("root"), root);
+        assert!(target.verify().expect("verify").is_ok());
     }
 }
