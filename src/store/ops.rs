@@ -771,7 +771,7 @@ impl Store {
         drop(txn);
         let actual = Digest::of(&bytes);
         if actual != *digest {
-            tracing::error!(%digest, %actual, "a stored body no longer matches its digest (bit rot)");
+            tracing::info!(%digest, %actual, "a stored body no longer matches its digest (bit rot): marked for repair");
             if let Err(e) = self.mark_damaged(digest, actual) {
                 tracing::warn!(%digest, error = %e, "cannot mark the body damaged");
             }
