@@ -203,8 +203,11 @@ fn pair(root: &Path, messages: &[&[u8]]) -> (Node, Node) {
     for (i, m) in messages.iter().enumerate() {
         let file = root.join(format!("m{i}.eml"));
         std::fs::write(&file, m).expect("write message");
-        a.cli(&["append"], &["alice", "INBOX", &file.display().to_string()])
-            .ok();
+        a.cli(
+            &["append"],
+            &["alice", "INBOX", &file.display().to_string()],
+        )
+        .ok();
     }
     poll("the pair converges", || {
         let ra = a.root();
@@ -230,7 +233,11 @@ fn a_body_that_rotted_on_disk_is_found_by_verify_and_repaired_from_a_peer() {
     assert!(rot(&b.dir, &marker) >= 1, "the marker is not in b's file");
     // The records and the tree hold no body bytes: plain verify passes as before.
     let plain = b.verify(false).ok();
-    assert!(plain.stdout_str().starts_with("ok:"), "{}", plain.stdout_str());
+    assert!(
+        plain.stdout_str().starts_with("ok:"),
+        "{}",
+        plain.stdout_str()
+    );
     // verify --bodies names the body and the message that uses it, and fails.
     let found = b.verify(true);
     assert_eq!(found.code, Some(1), "{found:?}");
@@ -244,14 +251,16 @@ fn a_body_that_rotted_on_disk_is_found_by_verify_and_repaired_from_a_peer() {
     );
     // The rotten bytes are never handed out.
     let data = b.data();
-    run(&["fetch", "--data", &data, "alice", "INBOX", "1"], None)
-        .error(&["damaged", &digest]);
+    run(&["fetch", "--data", &data, "alice", "INBOX", "1"], None).error(&["damaged", &digest]);
 
     // B's checker asks A for a good copy at start.
     b.start();
-    poll("b repairs the body from a", || bodies_repaired(&b.status()) == 1);
+    poll("b repairs the body from a", || {
+        bodies_repaired(&b.status()) == 1
+    });
     assert!(
-        b.log().contains("repaired a damaged body with the peer's copy"),
+        b.log()
+            .contains("repaired a damaged body with the peer's copy"),
         "{}",
         b.log()
     );
@@ -323,7 +332,10 @@ fn the_mail_api_refuses_an_append_whose_stated_md5_or_digest_differs() {
     let root = a.root();
     for (query, needle) in [
         (format!("md5={}", Md5::of(b"other").to_hex()), "MD5"),
-        (format!("digest={}", Digest::of(b"other").to_hex()), "digest"),
+        (
+            format!("digest={}", Digest::of(b"other").to_hex()),
+            "digest",
+        ),
         ("md5=zz".to_string(), "md5"),
         (
             format!("md5={0},{0}", Md5::of(&body).to_hex()),
@@ -446,8 +458,11 @@ fn rot_that_redb_finds_while_recovering_after_a_crash_is_one_clear_error() {
     a.start();
     let first = tmp.path().join("first.eml");
     std::fs::write(&first, marked_message(&marker)).expect("write");
-    a.cli(&["append"], &["alice", "INBOX", &first.display().to_string()])
-        .ok();
+    a.cli(
+        &["append"],
+        &["alice", "INBOX", &first.display().to_string()],
+    )
+    .ok();
     // Later commits, so that no commit redb could fall back to lacks the rotten page.
     for i in 0..3 {
         let f = tmp.path().join(format!("later{i}.eml"));

@@ -116,7 +116,13 @@ fn a_full_disk_refuses_writes_with_507_keeps_serving_reads_and_recovers_when_spa
     };
     let data = mount.0.join("data");
     run(
-        &["init", "--data", &data.display().to_string(), "--node-id", "full"],
+        &[
+            "init",
+            "--data",
+            &data.display().to_string(),
+            "--node-id",
+            "full",
+        ],
         None,
     )
     .ok();
@@ -157,7 +163,10 @@ fn a_full_disk_refuses_writes_with_507_keeps_serving_reads_and_recovers_when_spa
     let error: serde_json::Value = serde_json::from_str(&refused).expect("JSON error");
     let said = error["error"].as_str().expect("error field");
     assert!(said.contains("no space left"), "{said}");
-    assert!(acknowledged > 0, "the store filled up before the first message");
+    assert!(
+        acknowledged > 0,
+        "the store filled up before the first message"
+    );
 
     // Still full: a second write is refused the same way; reads and /status answer.
     let (status, _) = client
@@ -212,7 +221,13 @@ fn a_full_disk_refuses_writes_with_507_keeps_serving_reads_and_recovers_when_spa
         .expect("serve stops on SIGTERM");
     assert!(exit.success(), "{exit:?}");
     let verified = run(
-        &["verify", "--data", &data.display().to_string(), "--bodies", "--quiet"],
+        &[
+            "verify",
+            "--data",
+            &data.display().to_string(),
+            "--bodies",
+            "--quiet",
+        ],
         None,
     )
     .ok();
@@ -223,7 +238,10 @@ fn a_full_disk_refuses_writes_with_507_keeps_serving_reads_and_recovers_when_spa
         text.matches("the store was reopened").count()
     );
     // What the server said about it (shown with --nocapture).
-    for line in text.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")) {
+    for line in text
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+    {
         eprintln!("  {line}");
     }
     let _ = std::fs::remove_file(&log);

@@ -66,7 +66,11 @@ async fn journal(state: &ServerState, body: Bytes) -> Result<Reply, ApiError> {
 pub const BODY_PATH: &str = "/v1/sync/body/";
 
 /// `GET /v1/sync/body/{digest}`: the body's bytes if held here and sound, else 404.
-async fn body_by_digest(state: &ServerState, method: &Method, path: &str) -> Result<Reply, ApiError> {
+async fn body_by_digest(
+    state: &ServerState,
+    method: &Method,
+    path: &str,
+) -> Result<Reply, ApiError> {
     if method != Method::GET {
         return Err(ApiError::method_not_allowed("GET"));
     }

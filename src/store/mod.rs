@@ -15,6 +15,7 @@ mod tables;
 mod tx;
 mod verify;
 
+pub use body::DamagedMark;
 pub use body::{BodyStore, RedbBodies};
 pub use error::StoreError;
 pub use journal::{
@@ -28,7 +29,6 @@ pub use ops::{
 };
 pub use purge::Purged;
 pub use replica::{Change, ChangeGroup};
-pub use body::DamagedMark;
 pub use verify::{BodyProgress, BodyReport, BodyUse, DamagedBody, VerifyReport};
 
 use crate::merkle::{NodeKey, NodeValue};

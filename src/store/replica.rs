@@ -106,7 +106,12 @@ impl Tx<'_> {
     /// A record that takes a body held here must agree with it on MD5 and size too. A held
     /// body that rotted (its bytes no longer hash to the digest) says nothing about the
     /// record: it is marked for repair elsewhere, and the record is taken as it is.
-    fn check_held(&self, record: &MessageRecord, uid: u32, guid: MailboxGuid) -> Result<(), StoreError> {
+    fn check_held(
+        &self,
+        record: &MessageRecord,
+        uid: u32,
+        guid: MailboxGuid,
+    ) -> Result<(), StoreError> {
         let bodies = self.txn.open_table(super::tables::BODIES)?;
         let Some(held) = bodies.get(record.digest.0.as_slice())? else {
             return Ok(()); // add_ref says what is wrong

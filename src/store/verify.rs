@@ -135,9 +135,8 @@ impl Store {
         }
         drop(txn);
         for body in found.values_mut() {
-            body.messages.sort_by(|a, b| {
-                (&a.user, &a.mailbox, a.uid).cmp(&(&b.user, &b.mailbox, b.uid))
-            });
+            body.messages
+                .sort_by(|a, b| (&a.user, &a.mailbox, a.uid).cmp(&(&b.user, &b.mailbox, b.uid)));
         }
         let report = BodyReport {
             bodies_checked: at.done,
@@ -530,7 +529,11 @@ mod tests {
         assert_eq!(store.fetch("alice", "INBOX", 8).expect("fetch"), good);
         assert_eq!(store.root().expect("root"), root);
         assert!(store.verify().expect("verify").is_ok());
-        assert!(store.verify_bodies(&mut |_| {}).expect("verify").damaged.is_empty());
+        assert!(store
+            .verify_bodies(&mut |_| {})
+            .expect("verify")
+            .damaged
+            .is_empty());
         // A second repair finds nothing to do.
         assert!(!store.repair_body(&digest, &good).expect("repair"));
     }
@@ -626,7 +629,9 @@ mod tests {
             },
         };
         let target = Store::in_memory("u").expect("store");
-        target.apply(std::slice::from_ref(&mailbox)).expect("mailbox");
+        target
+            .apply(std::slice::from_ref(&mailbox))
+            .expect("mailbox");
         let root = target.root().expect("root");
         let wrong_md5 = crate::model::MessageRecord {
             md5: crate::model::Md5([7; 16]),
@@ -657,7 +662,9 @@ mod tests {
             assert_eq!(target.counters().expect("c").bodies, 0);
         }
         // Staged ahead (as a session's PutBodies does), then a record with the wrong MD5.
-        target.stage_bodies(std::slice::from_ref(&body)).expect("stage");
+        target
+            .stage_bodies(std::slice::from_ref(&body))
+            .expect("stage");
         let staged = Change::Message {
             user: "alice".into(),
             guid: info.guid,
