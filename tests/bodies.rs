@@ -343,11 +343,7 @@ fn the_mail_api_refuses_an_append_whose_stated_md5_or_digest_differs() {
         ),
     ] {
         let (status, answer) = client
-            .post(
-                &format!("{path}?{query}"),
-                "message/rfc822",
-                body.clone().into(),
-            )
+            .post(&format!("{path}?{query}"), "message/rfc822", body.clone())
             .expect("POST");
         let answer = String::from_utf8_lossy(&answer).into_owned();
         assert_eq!(status.as_u16(), 400, "{query}: {answer}");
@@ -360,7 +356,7 @@ fn the_mail_api_refuses_an_append_whose_stated_md5_or_digest_differs() {
         Digest::of(&body).to_hex()
     );
     let (status, _) = client
-        .post(&format!("{path}?{query}"), "message/rfc822", body.into())
+        .post(&format!("{path}?{query}"), "message/rfc822", body)
         .expect("POST");
     assert_eq!(status.as_u16(), 201);
     assert_ne!(a.root(), root);

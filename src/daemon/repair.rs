@@ -8,7 +8,6 @@ use super::node::Peer;
 use crate::model::Digest;
 use crate::net::peer::BODY_PATH;
 use crate::store::Store;
-use hyper::StatusCode;
 use std::sync::Arc;
 use tracing::{info, warn};
 
@@ -98,7 +97,7 @@ enum Fetched {
 async fn fetch(peer: &Peer, digest: &Digest) -> Fetched {
     let path = format!("{BODY_PATH}{digest}");
     match peer.client.get(&path).await {
-        Ok((StatusCode::OK, bytes)) => {
+        Ok((status, bytes)) if status.as_u16() == 200 => {
             let actual = Digest::of(&bytes);
             if actual == *digest {
                 Fetched::Copy(bytes.to_vec())
@@ -106,7 +105,7 @@ async fn fetch(peer: &Peer, digest: &Digest) -> Fetched {
                 Fetched::Bad(format!("the peer's copy hashes to {actual}"))
             }
         }
-        Ok((StatusCode::NOT_FOUND, _)) => Fetched::NotThere,
+        Ok((status, _)) if status.as_u16() == 404 => Fetched::NotThere,
         Ok((status, body)) => Fetched::Bad(
             crate::net::client::ClientError::from_status(&peer.client.url(&path), status, &body)
                 .to_string(),

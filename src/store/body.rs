@@ -11,6 +11,9 @@ use crate::model::Digest;
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+/// What [`BodyStore::for_each`] calls with each body: its digest and its bytes.
+pub type BodyVisitor<'a> = dyn FnMut(Digest, &[u8]) -> Result<(), StoreError> + 'a;
+
 /// Single-instance body storage with reference counts.
 ///
 /// Calls happen inside the store's write transaction, so a body and the message that refers
@@ -49,11 +52,7 @@ pub trait BodyStore: Send + Sync {
     /// How many bodies are held.
     fn count(&self, txn: &ReadTransaction) -> Result<u64, StoreError>;
     /// Calls `f` with every held body, in digest order (for `verify --bodies`).
-    fn for_each(
-        &self,
-        txn: &ReadTransaction,
-        f: &mut dyn FnMut(Digest, &[u8]) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError>;
+    fn for_each(&self, txn: &ReadTransaction, f: &mut BodyVisitor<'_>) -> Result<(), StoreError>;
 }
 
 /// Why a body is marked damaged: when it was found, and what its bytes hash to now.
@@ -229,11 +228,7 @@ impl BodyStore for RedbBodies {
         Ok(txn.open_table(BODIES)?.len()?)
     }
 
-    fn for_each(
-        &self,
-        txn: &ReadTransaction,
-        f: &mut dyn FnMut(Digest, &[u8]) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+    fn for_each(&self, txn: &ReadTransaction, f: &mut BodyVisitor<'_>) -> Result<(), StoreError> {
         let bodies = txn.open_table(BODIES)?;
         for item in bodies.iter()? {
             let (k, v) = item?;
