@@ -271,6 +271,14 @@ enum Command {
     Verify {
         #[command(flatten)]
         data: Data,
+        /// Also re-hash every stored body and report bit rot: bodies whose bytes no longer match
+        /// their digest, with the messages that use them (exit 1 if any). They are marked for
+        /// the server's background checker, which replaces them from a peer.
+        #[arg(long)]
+        bodies: bool,
+        /// No progress on stderr.
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Print counts: users, mailboxes, messages, bytes, tombstones, tree depth.
     Stats {
@@ -377,6 +385,56 @@ fn one_line(e: &anyhow::Error) -> String {
         }
     }
     line.replace('\n', " ")
+}
+
+/// `verify --bodies`: re-hashes every body (progress on stderr about every two seconds) and
+/// prints what rotted. Returns whether every body matched its digest.
+fn verify_bodies(store: &Store, quiet: bool, out: &mut impl Write) -> Result<bool> {
+    let started = std::time::Instant::now();
+    let mut last = started;
+    let report = store.verify_bodies(&mut |p| {
+        if !quiet && last.elapsed() >= std::time::Duration::from_secs(2) {
+            last = std::time::Instant::now();
+            eprintln!(
+                "verify: {}/{} bodies re-hashed ({} MiB)",
+                p.done,
+                p.total,
+                p.bytes >> 20
+            );
+        }
+    })?;
+    if report.damaged.is_empty() {
+        writeln!(
+            out,
+            "ok: {} bodies ({} bytes) match their digests",
+            report.bodies_checked, report.bytes_checked
+        )?;
+        return Ok(true);
+    }
+    writeln!(
+        out,
+        "FAILED: {} of {} bodies no longer match their digest (bit rot); marked for repair from a peer:",
+        report.damaged.len(),
+        report.bodies_checked
+    )?;
+    for b in report.damaged.iter().take(50) {
+        writeln!(
+            out,
+            "  body {}: {} bytes now hash to {}",
+            b.digest, b.size, b.actual
+        )?;
+        for m in &b.messages {
+            writeln!(
+                out,
+                "    used by user {:?} mailbox {:?} UID {}",
+                m.user, m.mailbox, m.uid
+            )?;
+        }
+    }
+    if report.damaged.len() > 50 {
+        writeln!(out, "  … and {} more", report.damaged.len() - 50)?;
+    }
+    Ok(false)
 }
 
 fn open(data: &Data) -> Result<Store> {
@@ -711,9 +769,18 @@ fn run(command: Command) -> Result<ExitCode> {
             let store = open(&data)?;
             tree(&store, user, mailbox, depth, &mut out)?;
         }
-        Command::Verify { data } => {
+        Command::Verify {
+            data,
+            bodies,
+            quiet,
+        } => {
             let store = open(&data)?;
             let report = store.verify()?;
+            let bodies_ok = if bodies {
+                verify_bodies(&store, quiet, &mut out)?
+            } else {
+                true
+            };
             if report.is_ok() {
                 writeln!(
                     out,
@@ -722,6 +789,9 @@ fn run(command: Command) -> Result<ExitCode> {
                     report.messages_checked,
                     store.root()?.hash.to_hex()
                 )?;
+                if !bodies_ok {
+                    return Ok(ExitCode::FAILURE);
+                }
             } else {
                 writeln!(out, "FAILED: {} problem(s):", report.problems.len())?;
                 for p in report.problems.iter().take(50) {
@@ -842,6 +912,7 @@ fn serve(config_file: Option<&std::path::Path>, overrides: Overrides) -> Result<
         }
         (Err(e), _) => return Err(e.into()),
     };
+    store.set_quick_repair(config.quick_repair);
     let limits = config.limits.to_limits();
     let shutdown_timeout = std::time::Duration::from_millis(config.shutdown_timeout_ms);
     let runtime = tokio::runtime::Builder::new_multi_thread()

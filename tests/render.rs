@@ -80,6 +80,7 @@ fn view() -> StatusView {
                     flag_updates: 8,
                     uid_clashes_renumbered: 2,
                     mailboxes_changed: 1,
+                    bodies_repaired: 0,
                 },
                 sessions_total: 17,
                 sessions_failed_total: 2,

@@ -33,6 +33,8 @@ pub async fn check(node: &Arc<Node>, peer: &Arc<Peer>, trigger: Trigger) -> bool
             return false;
         }
     };
+    // Bodies that rotted here first: the session cannot see them (bodies are not in the tree).
+    let bodies = super::repair::repair_bodies(&node.store, peer).await;
     if trigger != Trigger::Interval {
         journal_first(node, peer).await;
     }
@@ -64,6 +66,10 @@ pub async fn check(node: &Arc<Node>, peer: &Arc<Peer>, trigger: Trigger) -> bool
             trigger: trigger.as_str().to_string(),
             outcome: "skipped".to_string(),
             error: Some(format!("{other} is in a session with this node")),
+            differences: super::view::RepairedView {
+                bodies_repaired: bodies.repaired,
+                ..Default::default()
+            },
             ..RunView::default()
         });
         return true;
@@ -119,6 +125,10 @@ pub async fn check(node: &Arc<Node>, peer: &Arc<Peer>, trigger: Trigger) -> bool
     let mut run = run_view(at_ms, started.elapsed(), trigger, &result);
     if yielded && result.is_err() {
         run.outcome = "skipped".to_string();
+    }
+    run.differences.bodies_repaired = bodies.repaired;
+    if bodies.repaired > 0 && run.outcome == "equal" {
+        run.outcome = "repaired".to_string();
     }
     if run.outcome == "skipped" || run.outcome == "unequal" {
         // The peer's own session, or a change during ours: look again shortly rather than

@@ -145,6 +145,10 @@ pub struct Config {
     pub tombstone_retention_days: u64,
     /// How long a SIGTERM waits for requests and sessions in flight, ms.
     pub shutdown_timeout_ms: u64,
+    /// redb's quick-repair: every commit also saves the allocator state, so the first start
+    /// after a crash opens at once instead of walking the whole file; costs a second fsync
+    /// per commit.
+    pub quick_repair: bool,
     pub limits: LimitsConfig,
 }
 
@@ -166,6 +170,7 @@ impl Default for Config {
             journal_batch: 1_000,
             tombstone_retention_days: 30,
             shutdown_timeout_ms: 10_000,
+            quick_repair: false,
             limits: LimitsConfig::default(),
         }
     }

@@ -6,6 +6,7 @@
 //! - [`node`]: the shared state (peers, sessions in progress, signals); the HTTP side's hooks.
 //! - [`schedule`]: when checks run (interval ± jitter, backoff, wake-ups).
 //! - [`checker`]: one check = one Merkle session with a peer.
+//! - [`repair`]: before a check's session, bodies that rotted here are fetched from the peer.
 //! - [`journal`]: shipping the journal to peers, applying what peers shipped here.
 //! - [`view`], [`render`]: the status snapshot and its renderings.
 
@@ -14,6 +15,7 @@ pub mod config;
 pub mod journal;
 pub mod node;
 pub mod render;
+pub mod repair;
 pub mod schedule;
 pub mod view;
 

@@ -111,6 +111,7 @@ impl Peer {
         r.flag_updates += d.flag_updates;
         r.uid_clashes_renumbered += d.uid_clashes_renumbered;
         r.mailboxes_changed += d.mailboxes_changed;
+        r.bodies_repaired += d.bodies_repaired;
         v.runs.insert(0, run);
         v.runs.truncate(RUNS_KEPT);
     }
@@ -493,6 +494,7 @@ pub(crate) fn run_view(
                 flag_updates: r.flag_updates,
                 uid_clashes_renumbered: r.uid_clashes_renumbered,
                 mailboxes_changed: r.mailboxes_changed,
+                bodies_repaired: 0,
             };
         }
         Err(e) => {

@@ -498,6 +498,7 @@ fn differences(r: &RepairedView) -> String {
         (r.flag_updates, "flag updates"),
         (r.uid_clashes_renumbered, "UID clashes renumbered"),
         (r.mailboxes_changed, "mailboxes changed"),
+        (r.bodies_repaired, "damaged bodies repaired"),
     ];
     let parts: Vec<String> = words
         .iter()

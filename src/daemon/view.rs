@@ -123,6 +123,9 @@ pub struct RepairedView {
     pub flag_updates: u64,
     pub uid_clashes_renumbered: u64,
     pub mailboxes_changed: u64,
+    /// Bodies that had rotted here, replaced by the peer's good copy (daemon/repair.rs).
+    #[serde(default)]
+    pub bodies_repaired: u64,
 }
 
 /// This node's outbound journal toward one peer.

@@ -148,6 +148,18 @@ pub fn import(
                     continue;
                 }
             };
+            // Dovecot names a file with its size (",S=<bytes>"): a file of another size was cut
+            // short or changed after delivery, and is not taken as mail.
+            if let Some(said) = size_field(&message.basename).filter(|s| *s != bytes.len() as u64) {
+                report.skipped.push((
+                    message.path.clone(),
+                    format!(
+                        "the file holds {} bytes but its name says S={said}: truncated or changed, not imported",
+                        bytes.len()
+                    ),
+                ));
+                continue;
+            }
             let mut flags = Vec::new();
             for flag in &message.flags {
                 match FlagName::parse(flag) {
@@ -164,6 +176,7 @@ pub fn import(
                 internal_date: message.internal_date,
                 uid: message.uid.filter(|_| prepared.keep_uids),
                 source: Some(message.basename.clone()),
+                ..NewMessage::default()
             });
             if batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_BYTES {
                 done += batch.len();
@@ -210,4 +223,13 @@ fn commit(
         }
     }
     Ok(())
+}
+
+/// The size a Maildir file's base name states (",S=<bytes>"), if it states one.
+fn size_field(basename: &str) -> Option<u64> {
+    basename
+        .split(',')
+        .skip(1)
+        .find_map(|field| field.strip_prefix("S="))
+        .and_then(|n| n.parse().ok())
 }

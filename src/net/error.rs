@@ -99,9 +99,14 @@ impl fmt::Display for ApiError {
 impl std::error::Error for ApiError {}
 
 /// The store says whose fault an error is: unknown user, mailbox or UID → 404, a mailbox that
-/// exists → 409, other bad input → 400, anything else → 500.
+/// exists → 409, other bad input → 400, a full disk → 507, anything else → 500.
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
+        if let StoreError::StorageFull(_) = e {
+            // 507: nothing was written; the same request succeeds once space is freed.
+            tracing::warn!(error = %e, "write refused: the disk is full");
+            return ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string());
+        }
         if !e.is_client_error() {
             return ApiError::internal(e.to_string());
         }

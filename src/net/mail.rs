@@ -9,7 +9,7 @@ use super::json::{
 use super::request::{segments, Query};
 use super::router::{read_within, within};
 use super::server::ServerState;
-use crate::model::{parse_flag_list, FlagOp};
+use crate::model::{parse_flag_list, Digest, FlagOp, Md5};
 use crate::store::NewMessage;
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -123,6 +123,30 @@ fn parse_uid(raw: &str) -> Result<u32, ApiError> {
     })
 }
 
+/// The append's `md5=` or `digest=`: one hex hash per message, comma-separated, in the order
+/// sent. The store refuses the whole append if any message's bytes do not match.
+fn expected_hashes<T: std::str::FromStr<Err = String>>(
+    raw: Option<&str>,
+    name: &str,
+    messages: usize,
+) -> Result<Option<Vec<T>>, ApiError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let hashes = raw
+        .split(',')
+        .map(|h| h.trim().parse::<T>())
+        .collect::<Result<Vec<T>, String>>()
+        .map_err(|e| ApiError::bad_request(format!("{name}: {e}")))?;
+    if hashes.len() != messages {
+        return Err(ApiError::bad_request(format!(
+            "{name} names {} hash(es) but the body holds {messages} message(s)",
+            hashes.len()
+        )));
+    }
+    Ok(Some(hashes))
+}
+
 pub(crate) async fn handle(
     state: &ServerState,
     req: Request<Incoming>,
@@ -143,7 +167,7 @@ pub(crate) async fn handle(
     let is = |m: Method| method == m;
     match route {
         Route::Messages { user, mailbox } if is(Method::POST) => {
-            let q = Query::parse(query, &["flags", "date"])?;
+            let q = Query::parse(query, &["flags", "date", "md5", "digest"])?;
             let flags = parse_flag_list(q.get("flags").unwrap_or(""))
                 .map_err(|e| ApiError::bad_request(e.to_string()))?;
             let internal_date = match q.get("date") {
@@ -161,13 +185,18 @@ pub(crate) async fn handle(
             } else {
                 vec![body]
             };
+            let md5s = expected_hashes::<Md5>(q.get("md5"), "md5", bodies.len())?;
+            let digests = expected_hashes::<Digest>(q.get("digest"), "digest", bodies.len())?;
             let messages: Vec<NewMessage> = bodies
                 .into_iter()
-                .map(|bytes| NewMessage {
+                .enumerate()
+                .map(|(i, bytes)| NewMessage {
                     // No copy when the body is one message (the usual case).
                     bytes: Vec::from(bytes),
                     flags: flags.clone(),
                     internal_date,
+                    md5: md5s.as_ref().map(|m| m[i]),
+                    digest: digests.as_ref().map(|d| d[i]),
                     ..NewMessage::default()
                 })
                 .collect();

@@ -10,6 +10,8 @@
 //! - `GET /v1/sync/hello`: this node's id and version (JSON), how a peer learns who we are.
 //! - `POST /v1/journal`: a batch of a peer's replication journal (postcard), stored durably
 //!   before the answer (the acknowledged sequence number), applied soon after.
+//! - `GET /v1/sync/body/{digest}`: one body's raw bytes, only if held here and still matching
+//!   its digest (a peer repairing a body that rotted there asks for it).
 
 use super::error::{reply, ApiError, Reply};
 use super::server::ServerState;
@@ -57,6 +59,35 @@ async fn journal(state: &ServerState, body: Bytes) -> Result<Reply, ApiError> {
         }
         Err(ReceiveError::Wire(e)) => Err(ApiError::bad_request(e.to_string())),
         Err(ReceiveError::Store(e)) => Err(ApiError::from(e)),
+    }
+}
+
+/// Where a peer fetches one body by its digest (64 hex digits follow).
+pub const BODY_PATH: &str = "/v1/sync/body/";
+
+/// `GET /v1/sync/body/{digest}`: the body's bytes if held here and sound, else 404.
+async fn body_by_digest(
+    state: &ServerState,
+    method: &Method,
+    path: &str,
+) -> Result<Reply, ApiError> {
+    if method != Method::GET {
+        return Err(ApiError::method_not_allowed("GET"));
+    }
+    let hex = path.get(BODY_PATH.len()..).unwrap_or_default();
+    let digest: crate::model::Digest = hex
+        .parse()
+        .map_err(|e: String| ApiError::bad_request(format!("{path}: {e}")))?;
+    let found = state.with_store(move |s| s.sound_body(&digest)).await?;
+    match found {
+        Some(bytes) => Ok(reply::bytes(
+            StatusCode::OK,
+            "application/octet-stream",
+            bytes,
+        )),
+        None => Err(ApiError::not_found(format!(
+            "no sound copy of body {digest} here"
+        ))),
     }
 }
 
@@ -176,6 +207,7 @@ pub async fn handle(
             .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
             Ok(reply::json(StatusCode::OK, &report))
         }
+        _ if path.starts_with(BODY_PATH) => body_by_digest(state, method, path).await,
         _ => Err(ApiError::not_found(format!("no route {path}"))),
     }
 }

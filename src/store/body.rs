@@ -1,10 +1,18 @@
 //! Where message bodies live. Behind a small trait so that a later backend can leave bodies
 //! in a live Dovecot Maildir and keep only the index and the tree in redb.
+//!
+//! Also the marks on damaged bodies (bit rot): a body whose bytes no longer hash to its digest
+//! is marked in DAMAGED until a good copy replaces it (from a peer, by the daemon's checker, or
+//! from any change that brings the same body along) or it is freed.
 
 use super::error::StoreError;
-use super::tables::{BODIES, BODY_REFS};
+use super::tables::{BODIES, BODY_REFS, DAMAGED};
 use crate::model::Digest;
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+/// What [`BodyStore::for_each`] calls with each body: its digest and its bytes.
+pub type BodyVisitor<'a> = dyn FnMut(Digest, &[u8]) -> Result<(), StoreError> + 'a;
 
 /// Single-instance body storage with reference counts.
 ///
@@ -32,6 +40,72 @@ pub trait BodyStore: Send + Sync {
     fn holds(&self, txn: &ReadTransaction, digest: &Digest) -> Result<bool, StoreError>;
     /// Every held body's digest and reference count (for `verify`).
     fn references(&self, txn: &ReadTransaction) -> Result<Vec<(Digest, u64)>, StoreError>;
+    /// Overwrites a held body's bytes with a good copy (the caller has checked them against
+    /// `digest`) and clears its damage mark. Returns false, changing nothing, if the body is
+    /// not held.
+    fn replace(
+        &self,
+        txn: &WriteTransaction,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> Result<bool, StoreError>;
+    /// How many bodies are held.
+    fn count(&self, txn: &ReadTransaction) -> Result<u64, StoreError>;
+    /// Calls `f` with every held body, in digest order (for `verify --bodies`).
+    fn for_each(&self, txn: &ReadTransaction, f: &mut BodyVisitor<'_>) -> Result<(), StoreError>;
+}
+
+/// Why a body is marked damaged: when it was found, and what its bytes hash to now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DamagedMark {
+    /// Milliseconds since the Unix epoch.
+    pub found_ms: u64,
+    /// The digest of the bytes found (not the one they are stored under).
+    pub actual: Digest,
+}
+
+/// Marks a body damaged (again: the newest finding wins).
+pub(crate) fn mark_damaged(
+    txn: &WriteTransaction,
+    digest: &Digest,
+    mark: &DamagedMark,
+) -> Result<(), StoreError> {
+    let value = super::tx::encode(mark)?;
+    txn.open_table(DAMAGED)?
+        .insert(digest.0.as_slice(), value.as_slice())?;
+    Ok(())
+}
+
+/// Clears a body's damage mark; returns whether there was one.
+pub(crate) fn unmark_damaged(txn: &WriteTransaction, digest: &Digest) -> Result<bool, StoreError> {
+    Ok(txn
+        .open_table(DAMAGED)?
+        .remove(digest.0.as_slice())?
+        .is_some())
+}
+
+/// Every damage mark, in digest order. A store made before the table existed has none.
+pub(crate) fn damaged_marks(
+    txn: &ReadTransaction,
+) -> Result<Vec<(Digest, DamagedMark)>, StoreError> {
+    let table = match txn.open_table(DAMAGED) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for item in table.iter()? {
+        let (k, v) = item?;
+        let digest: [u8; 32] = k
+            .value()
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("malformed damaged-body key".into()))?;
+        out.push((
+            Digest(digest),
+            super::tx::decode(v.value(), "a damaged-body mark")?,
+        ));
+    }
+    Ok(out)
 }
 
 /// Bodies inside the redb file itself: the default.
@@ -50,6 +124,10 @@ impl BodyStore for RedbBodies {
         // A body released earlier in this transaction (count 0) is still stored.
         if current.is_none() {
             txn.open_table(BODIES)?.insert(digest.0.as_slice(), bytes)?;
+        } else if unmark_damaged(txn, digest)? {
+            // A good copy came along (the caller checked it) for a body that rotted here.
+            txn.open_table(BODIES)?.insert(digest.0.as_slice(), bytes)?;
+            tracing::info!(%digest, "damaged body replaced by a good copy that a change brought");
         }
         Ok(current.is_none())
     }
@@ -82,6 +160,7 @@ impl BodyStore for RedbBodies {
             return Ok(None);
         }
         refs.remove(digest.0.as_slice())?;
+        unmark_damaged(txn, digest)?;
         let mut bodies = txn.open_table(BODIES)?;
         let freed = bodies
             .remove(digest.0.as_slice())?
@@ -127,5 +206,38 @@ impl BodyStore for RedbBodies {
             )));
         }
         Ok(out)
+    }
+
+    fn replace(
+        &self,
+        txn: &WriteTransaction,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> Result<bool, StoreError> {
+        let mut bodies = txn.open_table(BODIES)?;
+        if bodies.get(digest.0.as_slice())?.is_none() {
+            return Ok(false);
+        }
+        bodies.insert(digest.0.as_slice(), bytes)?;
+        drop(bodies);
+        unmark_damaged(txn, digest)?;
+        Ok(true)
+    }
+
+    fn count(&self, txn: &ReadTransaction) -> Result<u64, StoreError> {
+        Ok(txn.open_table(BODIES)?.len()?)
+    }
+
+    fn for_each(&self, txn: &ReadTransaction, f: &mut BodyVisitor<'_>) -> Result<(), StoreError> {
+        let bodies = txn.open_table(BODIES)?;
+        for item in bodies.iter()? {
+            let (k, v) = item?;
+            let digest: [u8; 32] = k
+                .value()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("malformed body key".into()))?;
+            f(Digest(digest), v.value())?;
+        }
+        Ok(())
     }
 }

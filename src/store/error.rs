@@ -37,6 +37,19 @@ pub enum StoreError {
     UidsExhausted { user: String, mailbox: String },
     #[error("the store is damaged: {0}")]
     Corrupt(String),
+    /// A body's bytes no longer match the digest they are stored under (bit rot on disk).
+    /// Nothing was changed; the body is marked for repair from a peer.
+    #[error("body {0} is damaged: its bytes no longer match their digest (bit rot); `merkmail verify --bodies` lists the messages that use it, and the background checker replaces it from a peer")]
+    BodyDamaged(crate::model::Digest),
+    /// The disk that holds the store is full: the write was not committed (the store is as
+    /// it was), and the next access reopens the store (redb refuses every access after a
+    /// failed write until then).
+    #[error("no space left for the store: {0}; nothing was written: free some space and retry")]
+    StorageFull(String),
+    /// The store's file failed an I/O operation: the write was not committed, and the next
+    /// access reopens the store.
+    #[error("the store's file failed: {0}; nothing was written (the store is reopened on the next access)")]
+    StorageFailed(String),
     #[error("storage error: {0}")]
     Db(String),
     #[error("{context}: {source}")]
@@ -57,8 +70,21 @@ impl StoreError {
     pub(crate) fn from_open(e: redb::DatabaseError, dir: &std::path::Path) -> StoreError {
         match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(dir.to_path_buf()),
+            redb::DatabaseError::Storage(redb::StorageError::Io(io)) if is_full(&io) => {
+                StoreError::StorageFull(format!(
+                    "cannot open the store in {}: {io}",
+                    dir.display()
+                ))
+            }
             redb::DatabaseError::Storage(redb::StorageError::Io(io)) => {
                 StoreError::io(format!("cannot open the store in {}", dir.display()), io)
+            }
+            // redb checks its page checksums when it opens a file that was not closed cleanly.
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(m)) => {
+                StoreError::Corrupt(format!(
+                    "redb found damaged pages in {} while recovering it ({m}); restore the data directory from a backup or a peer",
+                    dir.join(super::DB_FILE).display()
+                ))
             }
             other => StoreError::Db(format!(
                 "cannot open the store in {}: {other}",
@@ -84,19 +110,61 @@ impl StoreError {
     }
 }
 
+/// Whether an I/O error means the disk (or the user's quota) is full.
+pub(crate) fn is_full(e: &std::io::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT))
+}
+
+impl StoreError {
+    /// Whether redb has latched an I/O failure: it refuses every later access (reads too)
+    /// until the database is opened again, which `Store` does on its next access.
+    pub(crate) fn needs_reopen(&self) -> bool {
+        matches!(
+            self,
+            StoreError::StorageFull(_) | StoreError::StorageFailed(_)
+        )
+    }
+}
+
+impl From<redb::StorageError> for StoreError {
+    fn from(e: redb::StorageError) -> StoreError {
+        match e {
+            redb::StorageError::Io(io) if is_full(&io) => StoreError::StorageFull(io.to_string()),
+            redb::StorageError::Io(io) => StoreError::StorageFailed(io.to_string()),
+            redb::StorageError::PreviousIo => {
+                StoreError::StorageFailed("an earlier write to it failed".into())
+            }
+            other => StoreError::Db(other.to_string()),
+        }
+    }
+}
+
+/// redb's errors wrap a `StorageError` where the disk is involved: unwrap it so a full disk
+/// is told apart from the rest.
 macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
-            fn from(e: $t) -> StoreError {
-                StoreError::Db(e.to_string())
+    ($($t:ident),*) => {$(
+        impl From<redb::$t> for StoreError {
+            fn from(e: redb::$t) -> StoreError {
+                match e {
+                    redb::$t::Storage(s) => StoreError::from(s),
+                    other => StoreError::Db(other.to_string()),
+                }
             }
         }
     )*};
 }
-from_redb!(
-    redb::Error,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+from_redb!(TransactionError, TableError, CommitError);
+
+impl From<redb::Error> for StoreError {
+    fn from(e: redb::Error) -> StoreError {
+        match e {
+            redb::Error::Io(io) => StoreError::from(redb::StorageError::Io(io)),
+            redb::Error::PreviousIo => StoreError::from(redb::StorageError::PreviousIo),
+            other => StoreError::Db(other.to_string()),
+        }
+    }
+}

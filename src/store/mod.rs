@@ -15,6 +15,7 @@ mod tables;
 mod tx;
 mod verify;
 
+pub use body::DamagedMark;
 pub use body::{BodyStore, RedbBodies};
 pub use error::StoreError;
 pub use journal::{
@@ -28,13 +29,14 @@ pub use ops::{
 };
 pub use purge::Purged;
 pub use replica::{Change, ChangeGroup};
-pub use verify::VerifyReport;
+pub use verify::{BodyProgress, BodyReport, BodyUse, DamagedBody, VerifyReport};
 
 use crate::merkle::{NodeKey, NodeValue};
 use crate::model::{Hlc, Stamp};
 use redb::{Database, ReadableDatabase};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tables::{META, TREE};
 use tx::Tx;
@@ -46,12 +48,20 @@ pub const FORMAT_VERSION: u32 = 1;
 
 /// An open store. One process at a time may hold a store open (redb locks the file).
 pub struct Store {
-    db: Database,
+    /// `None` only while a reopen after an I/O failure has not succeeded yet.
+    db: RwLock<Option<Database>>,
+    /// The redb file (`None` for an in-memory store): what a reopen opens.
+    file: Option<PathBuf>,
+    /// A write failed on I/O (a full disk, say): redb then refuses every access, reads too,
+    /// until the database is opened again, which the next access does ([`Store::heal`]).
+    broken: AtomicBool,
     dir: PathBuf,
     node_id: String,
     hlc: Mutex<Hlc>,
     bodies: Box<dyn BodyStore>,
     tree_enabled: bool,
+    /// redb's quick-repair on every write ([`Store::set_quick_repair`]).
+    quick_repair: AtomicBool,
 }
 
 /// A node id names a server in logs and status pages, and seeds its stamps' node tag.
@@ -106,16 +116,6 @@ fn builder() -> redb::Builder {
     b
 }
 
-/// A write transaction with redb's quick-repair on: each commit also saves the allocator
-/// state (and commits in two phases), so that opening the store after a crash (SIGKILL, power
-/// loss) takes milliseconds instead of a walk over the whole file (1–7 s at 10⁶ messages
-/// here). The price is a slightly slower commit (docs/PERFORMANCE.md, "Daemon").
-pub(crate) fn begin_write(db: &Database) -> Result<redb::WriteTransaction, StoreError> {
-    let mut txn = db.begin_write()?;
-    txn.set_quick_repair(true);
-    Ok(txn)
-}
-
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -136,7 +136,7 @@ impl Store {
         let db = builder()
             .create(&file)
             .map_err(|e| StoreError::from_open(e, dir))?;
-        let txn = begin_write(&db)?;
+        let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
             meta.insert("format", FORMAT_VERSION.to_be_bytes().as_slice())?;
@@ -144,7 +144,7 @@ impl Store {
             tables::create_all(&txn)?;
         }
         txn.commit()?;
-        Self::from_db(db, dir)
+        Self::from_db(db, dir, Some(file))
     }
 
     /// Opens an existing store. Fails with a clear error when `dir` holds no store, when the
@@ -157,7 +157,7 @@ impl Store {
         let db = builder()
             .open(&file)
             .map_err(|e| StoreError::from_open(e, dir))?;
-        Self::from_db(db, dir)
+        Self::from_db(db, dir, Some(file))
     }
 
     /// A store held entirely in memory (tests and benchmarks).
@@ -166,7 +166,7 @@ impl Store {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(|e| StoreError::from_open(e, Path::new(":memory:")))?;
-        let txn = begin_write(&db)?;
+        let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
             meta.insert("format", FORMAT_VERSION.to_be_bytes().as_slice())?;
@@ -174,10 +174,10 @@ impl Store {
             tables::create_all(&txn)?;
         }
         txn.commit()?;
-        Self::from_db(db, Path::new(":memory:"))
+        Self::from_db(db, Path::new(":memory:"), None)
     }
 
-    fn from_db(db: Database, dir: &Path) -> Result<Store, StoreError> {
+    fn from_db(db: Database, dir: &Path, file: Option<PathBuf>) -> Result<Store, StoreError> {
         let (node_id, last) = {
             let txn = db.begin_read()?;
             let meta = txn
@@ -209,18 +209,21 @@ impl Store {
         // read transactions find every table.
         let has_journal = db.begin_read()?.open_table(tables::JOURNAL_SENDERS).is_ok();
         if !has_journal {
-            let txn = begin_write(&db)?;
+            let txn = db.begin_write()?;
             tables::create_all(&txn)?;
             txn.commit()?;
         }
         let tag = node_tag(&node_id);
         Ok(Store {
-            db,
+            db: RwLock::new(Some(db)),
+            file,
+            broken: AtomicBool::new(false),
             dir: dir.to_path_buf(),
             hlc: Mutex::new(Hlc::new(tag, last)),
             node_id,
             bodies: Box::new(RedbBodies),
             tree_enabled: true,
+            quick_repair: AtomicBool::new(false),
         })
     }
 
@@ -255,7 +258,7 @@ impl Store {
             .hlc
             .lock()
             .map_err(|_| StoreError::Corrupt("clock lock poisoned".into()))?;
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let mut times = Vec::with_capacity(stops.len());
         {
             let mut tx = Tx::open(&txn, hlc, now_ms(), self.bodies.as_ref(), false)?;
@@ -304,24 +307,110 @@ impl Store {
             .hlc
             .lock()
             .map_err(|_| StoreError::Corrupt("clock lock poisoned".into()))?;
-        let txn = begin_write(&self.db)?;
-        let (out, new_hlc) = {
-            let mut tx = Tx::open(&txn, *hlc, now_ms(), self.bodies.as_ref(), journal)?;
-            let out = f(&mut tx)?;
-            if self.tree_enabled {
-                let mut dirty = std::mem::take(&mut tx.dirty);
-                dirty.flush(&mut tx)?;
+        let txn = self.begin_write()?;
+        let result = (|| {
+            let (out, new_hlc) = {
+                let mut tx = Tx::open(&txn, *hlc, now_ms(), self.bodies.as_ref(), journal)?;
+                let out = f(&mut tx)?;
+                if self.tree_enabled {
+                    let mut dirty = std::mem::take(&mut tx.dirty);
+                    dirty.flush(&mut tx)?;
+                }
+                let new_hlc = tx.finish()?;
+                (out, new_hlc)
+            };
+            txn.commit()?;
+            Ok((out, new_hlc))
+        })();
+        match result {
+            Ok((out, new_hlc)) => {
+                *hlc = new_hlc;
+                Ok(out)
             }
-            let new_hlc = tx.finish()?;
-            (out, new_hlc)
+            Err(e) => {
+                self.note_failure(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Remembers that redb latched an I/O failure, so that the next access reopens it.
+    fn note_failure(&self, e: &StoreError) {
+        if e.needs_reopen() && self.file.is_some() {
+            tracing::warn!(error = %e, "a write to the store failed; reopening it on the next access");
+            self.broken.store(true, Ordering::Release);
+        }
+    }
+
+    /// After an I/O failure, closes the database and opens it again: redb refuses every
+    /// access to a handle that saw one, and its next open recovers the file to the last
+    /// commit (checking every page's checksum on the way). A failed reopen is retried on
+    /// the next access.
+    fn heal(&self) -> Result<(), StoreError> {
+        if !self.broken.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let Some(file) = &self.file else {
+            return Ok(());
         };
-        txn.commit()?;
-        *hlc = new_hlc;
-        Ok(out)
+        let mut db = self
+            .db
+            .write()
+            .map_err(|_| StoreError::Corrupt("store lock poisoned".into()))?;
+        if !self.broken.load(Ordering::Acquire) {
+            return Ok(()); // another thread reopened it meanwhile
+        }
+        // The old handle must be closed first: redb locks the file.
+        drop(db.take());
+        let reopened = builder()
+            .open(file)
+            .map_err(|e| StoreError::from_open(e, &self.dir))?;
+        *db = Some(reopened);
+        self.broken.store(false, Ordering::Release);
+        tracing::warn!(dir = %self.dir.display(), "the store was reopened after an I/O failure");
+        Ok(())
+    }
+
+    /// Runs `f` on the open database, reopening it first after an I/O failure.
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.heal()?;
+        let db = self
+            .db
+            .read()
+            .map_err(|_| StoreError::Corrupt("store lock poisoned".into()))?;
+        let db = db.as_ref().ok_or_else(|| {
+            StoreError::StorageFailed("the store could not be reopened yet".into())
+        })?;
+        let out = f(db);
+        if let Err(e) = &out {
+            self.note_failure(e);
+        }
+        out
+    }
+
+    pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        let quick = self.quick_repair.load(Ordering::Relaxed);
+        self.with_db(|db| {
+            let mut txn = db.begin_write()?;
+            txn.set_quick_repair(quick);
+            Ok(txn)
+        })
+    }
+
+    /// With quick-repair on, every commit also saves redb's allocator state and commits in
+    /// two phases, so that opening the store after a crash (SIGKILL, power loss) takes
+    /// milliseconds instead of a walk over the whole file (1–7 s at 10⁶ messages here). The
+    /// price is a second fsync per commit: a single change's commit took 8 ms instead of 4 ms
+    /// here (docs/PERFORMANCE.md, "Daemon"). Off by default; `quick_repair` in the config.
+    pub fn set_quick_repair(&self, on: bool) {
+        self.quick_repair.store(on, Ordering::Relaxed);
     }
 
     pub(crate) fn read_txn(&self) -> Result<redb::ReadTransaction, StoreError> {
-        Ok(self.db.begin_read()?)
+        self.with_db(|db| Ok(db.begin_read()?))
     }
 
     /// The server root: the hash that two equal stores share.

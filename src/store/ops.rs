@@ -40,6 +40,11 @@ pub struct NewMessage {
     /// Where the message came from (a Maildir file's base name); a source already imported
     /// into the mailbox is skipped, which makes re-running an import harmless.
     pub source: Option<String>,
+    /// The MD5 the sender says the bytes have (e.g. the mail API's `md5=`); bytes that do not
+    /// match are refused and nothing is appended.
+    pub md5: Option<Md5>,
+    /// The digest (blake3) the sender says the bytes have; checked like `md5`.
+    pub digest: Option<Digest>,
 }
 
 /// What happened to one appended message.
@@ -414,10 +419,22 @@ impl Store {
                         mailbox: name.to_string(),
                     });
                 }
-                let stamp = tx.stamp();
                 let digest = Digest::of(&message.bytes);
+                let md5 = Md5::of(&message.bytes);
+                let n = outcomes.len() + 1;
+                if let Some(said) = message.digest.filter(|d| *d != digest) {
+                    return Err(StoreError::Invalid(format!(
+                        "message {n}: its bytes have the digest {digest}, not {said} as sent; nothing was appended"
+                    )));
+                }
+                if let Some(said) = message.md5.filter(|m| *m != md5) {
+                    return Err(StoreError::Invalid(format!(
+                        "message {n}: its bytes have the MD5 {md5}, not {said} as sent; nothing was appended"
+                    )));
+                }
+                let stamp = tx.stamp();
                 let entry = MessageRecord {
-                    md5: Md5::of(&message.bytes),
+                    md5,
                     digest,
                     size: message.bytes.len() as u64,
                     internal_date: message.internal_date,
@@ -743,12 +760,24 @@ impl Store {
         self.body(&info.record.digest)
     }
 
-    /// A body by digest.
+    /// A body by digest. Bytes that no longer hash to it (bit rot) are never handed out: the
+    /// body is marked damaged, for the checker to repair from a peer, and the answer is
+    /// `BodyDamaged`.
     pub fn body(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
         let txn = self.read_txn()?;
-        self.bodies.read(&txn, digest)?.ok_or_else(|| {
+        let bytes = self.bodies.read(&txn, digest)?.ok_or_else(|| {
             StoreError::Corrupt(format!("body {digest} is referenced but not stored"))
-        })
+        })?;
+        drop(txn);
+        let actual = Digest::of(&bytes);
+        if actual != *digest {
+            tracing::info!(%digest, %actual, "a stored body no longer matches its digest (bit rot): marked for repair");
+            if let Err(e) = self.mark_damaged(digest, actual) {
+                tracing::warn!(%digest, error = %e, "cannot mark the body damaged");
+            }
+            return Err(StoreError::BodyDamaged(*digest));
+        }
+        Ok(bytes)
     }
 
     /// The running totals.

@@ -7,7 +7,7 @@ use super::keys;
 use super::tx::{encode, Tx};
 use super::Store;
 use crate::model::{
-    validate_user, Digest, MailboxGuid, MailboxName, MailboxRecord, MailboxTombstone,
+    validate_user, Digest, MailboxGuid, MailboxName, MailboxRecord, MailboxTombstone, Md5,
     MessageRecord, Tombstone, UserRecord,
 };
 use redb::ReadableTable;
@@ -79,7 +79,50 @@ pub struct ChangeGroup {
     pub changes: Vec<Change>,
 }
 
+/// A record's MD5, digest and size are its body's: a change whose body does not match them
+/// is refused whole (nothing of it is stored).
+fn check_body(
+    record: &MessageRecord,
+    bytes: &[u8],
+    uid: u32,
+    guid: MailboxGuid,
+) -> Result<(), StoreError> {
+    let what = if Digest::of(bytes) != record.digest {
+        "digest"
+    } else if bytes.len() as u64 != record.size {
+        "size"
+    } else if Md5::of(bytes) != record.md5 {
+        "MD5"
+    } else {
+        return Ok(());
+    };
+    Err(StoreError::Invalid(format!(
+        "body for UID {uid} of mailbox {guid} does not match its {what} (record digest {})",
+        record.digest
+    )))
+}
+
 impl Tx<'_> {
+    /// A record that takes a body held here must agree with it on MD5 and size too. A held
+    /// body that rotted (its bytes no longer hash to the digest) says nothing about the
+    /// record: it is marked for repair elsewhere, and the record is taken as it is.
+    fn check_held(
+        &self,
+        record: &MessageRecord,
+        uid: u32,
+        guid: MailboxGuid,
+    ) -> Result<(), StoreError> {
+        let bodies = self.txn.open_table(super::tables::BODIES)?;
+        let Some(held) = bodies.get(record.digest.0.as_slice())? else {
+            return Ok(()); // add_ref says what is wrong
+        };
+        let bytes = held.value();
+        if Digest::of(bytes) == record.digest {
+            check_body(record, bytes, uid, guid)?;
+        }
+        Ok(())
+    }
+
     fn ensure_user_record(
         &mut self,
         user: &str,
@@ -142,14 +185,7 @@ impl Tx<'_> {
                 if old.as_ref().map(|m| m.digest) != Some(record.digest) {
                     match body {
                         Some(bytes) => {
-                            if Digest::of(bytes) != record.digest
-                                || bytes.len() as u64 != record.size
-                            {
-                                return Err(StoreError::Invalid(format!(
-                                    "body for UID {uid} of mailbox {guid} does not match its digest {}",
-                                    record.digest
-                                )));
-                            }
+                            check_body(record, bytes, *uid, *guid)?;
                             if self.bodies.acquire(self.txn, &record.digest, bytes)? {
                                 self.counters.bodies += 1;
                                 self.counters.body_bytes += record.size;
@@ -164,12 +200,16 @@ impl Tx<'_> {
                                 .map(|v| v.value().get(8..).unwrap_or_default().to_vec());
                             match staged {
                                 Some(bytes) if Digest::of(&bytes) == record.digest => {
+                                    check_body(record, &bytes, *uid, *guid)?;
                                     if self.bodies.acquire(self.txn, &record.digest, &bytes)? {
                                         self.counters.bodies += 1;
                                         self.counters.body_bytes += record.size;
                                     }
                                 }
-                                _ => self.bodies.add_ref(self.txn, &record.digest)?,
+                                _ => {
+                                    self.check_held(record, *uid, *guid)?;
+                                    self.bodies.add_ref(self.txn, &record.digest)?;
+                                }
                             }
                         }
                     }

@@ -25,6 +25,11 @@ pub const BODY_REFS: TableDefinition<&[u8], u64> = TableDefinition::new("body_re
 /// digest → staged-at ms (u64be) ‖ raw bytes: bodies a peer sent ahead of the changes that
 /// use them (kept apart from BODIES so they count for nothing until a change takes them)
 pub const STAGED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("staged_bodies");
+/// digest → postcard(DamagedMark): held bodies whose bytes no longer match their digest (bit
+/// rot), found by `verify --bodies` or on a read; the daemon's checker replaces them from a
+/// peer (store/body.rs). Local only, not replicated. Stores made before it lack the table:
+/// readers treat a missing table as empty.
+pub const DAMAGED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("damaged_bodies");
 /// NodeKey encoding → NodeValue encoding (40 bytes)
 pub const TREE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tree");
 /// user 00 guid source-name → uid: which Maildir files were imported where (local only,
@@ -60,5 +65,6 @@ pub fn create_all(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(JOURNAL_PEERS)?;
     txn.open_table(JOURNAL_INBOUND)?;
     txn.open_table(JOURNAL_SENDERS)?;
+    txn.open_table(DAMAGED)?;
     Ok(())
 }

@@ -373,13 +373,19 @@ fn gapped(
     let mut records = Vec::with_capacity(side.messages.len());
     for (uid, m) in side.messages {
         uids.push(uid);
-        records.push(if held.get(&uid) == Some(&digest_prefix(&m.digest)) {
-            WireRecord::Flags(m.flags)
-        } else if (inline.is_some_and(|f| uid >= f) || held.contains_key(&uid))
+        let flags_only = held.get(&uid) == Some(&digest_prefix(&m.digest));
+        // A body that rotted here is not sent inline: the record goes alone.
+        let body = if !flags_only
+            && (inline.is_some_and(|f| uid >= f) || held.contains_key(&uid))
             && m.size <= *budget
-            && store.has_body(&m.digest)?
         {
-            let body = store.body(&m.digest)?;
+            store.sound_body(&m.digest)?
+        } else {
+            None
+        };
+        records.push(if flags_only {
+            WireRecord::Flags(m.flags)
+        } else if let Some(body) = body {
             *budget = budget.saturating_sub(body.len() as u64);
             WireRecord::New {
                 internal_date: m.internal_date,
@@ -649,11 +655,8 @@ pub fn answer(store: &Store, round: &RoundRequest) -> Result<RoundReply, StoreEr
             Request::Bodies { digests } => {
                 let mut bodies = Vec::with_capacity(digests.len());
                 for d in digests {
-                    bodies.push(if store.has_body(d)? {
-                        Some(store.body(d)?)
-                    } else {
-                        None
-                    });
+                    // A body that rotted here is not held, as far as the asker is concerned.
+                    bodies.push(store.sound_body(d)?);
                 }
                 Reply::Bodies { bodies }
             }
