@@ -1272,3 +1272,237 @@ fn a_peer_that_answers_garbage_truncates_errs_or_stalls_ends_the_session_cleanly
     }
     counted(tried);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The journal shipper against a peer that misbehaves: the real binary, a fake peer that
+// answers every request the same wrong way.
+
+mod common;
+
+#[derive(Clone, Copy, Debug)]
+enum PeerFault {
+    Garbage,
+    Truncated,
+    Stall,
+    ServerError,
+    /// A well-formed acknowledgement of far more than was sent.
+    LyingAck,
+}
+
+/// Answers every request with `fault`; counts `POST /v1/journal` requests.
+fn faulty_peer(fault: PeerFault) -> (SocketAddr, Arc<AtomicUsize>, tokio::runtime::Runtime) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let journals = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&journals);
+    runtime.spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                // Read the head (and whatever body came with it), bounded.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 65536];
+                for _ in 0..1000 {
+                    if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                    match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut chunk)).await {
+                        Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                        _ => return,
+                    }
+                }
+                if buf.starts_with(b"POST /v1/journal ") {
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+                let json = "application/json";
+                let (head, body): (String, Vec<u8>) = match fault {
+                    PeerFault::Garbage => (
+                        format!("HTTP/1.1 200 OK\r\nContent-Type: {json}\r\nContent-Length: 9\r\n\r\n"),
+                        b"\xff{garbage".to_vec(),
+                    ),
+                    PeerFault::Truncated => (
+                        format!("HTTP/1.1 200 OK\r\nContent-Type: {json}\r\nContent-Length: 500\r\n\r\n"),
+                        b"{\"node\":\"fake\",\"ack".to_vec(),
+                    ),
+                    PeerFault::Stall => (
+                        format!("HTTP/1.1 200 OK\r\nContent-Type: {json}\r\nContent-Length: 500\r\n\r\n"),
+                        b"{\"node\":".to_vec(),
+                    ),
+                    PeerFault::ServerError => (
+                        "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\n".to_string(),
+                        b"oops".to_vec(),
+                    ),
+                    PeerFault::LyingAck => {
+                        let body = b"{\"node\":\"fake\",\"acked\":999999999}".to_vec();
+                        (
+                            format!("HTTP/1.1 200 OK\r\nContent-Type: {json}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()),
+                            body,
+                        )
+                    }
+                };
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(&body).await;
+                if matches!(fault, PeerFault::Stall) {
+                    // Longer than the test waits; bounded all the same.
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    (addr, journals, runtime)
+}
+
+fn status_json(url: &str) -> serde_json::Value {
+    let c = merkmail::net::client::BlockingClient::new(url, None, ClientConfig::default())
+        .expect("client");
+    let (_, body) = c.get("/status").expect("status");
+    serde_json::from_slice(&body).expect("status JSON")
+}
+
+#[test]
+fn a_peer_that_garbles_truncates_stalls_errs_or_lies_to_the_shipper_moves_nothing() {
+    use std::io::BufRead;
+    let tmp = common::scratch_dir();
+    let mut tried = 0;
+    for fault in [
+        PeerFault::Garbage,
+        PeerFault::Truncated,
+        PeerFault::Stall,
+        PeerFault::ServerError,
+        PeerFault::LyingAck,
+    ] {
+        let what = format!("{fault:?}");
+        let (fake, journals, runtime) = faulty_peer(fault);
+        let data = tmp.path().join(format!("{fault:?}"));
+        let fake_url = format!("http://{fake}");
+        // A short shutdown budget: the stalled shipper is abandoned after it.
+        let config = tmp.path().join(format!("{fault:?}.toml"));
+        std::fs::write(&config, "shutdown_timeout_ms = 1000\n").expect("config");
+        let mut cmd = common::command([
+            "serve",
+            "--config",
+            &config.display().to_string(),
+            "--data",
+            &data.display().to_string(),
+            "--node-id",
+            "a",
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            PEER,
+            "--admin-token",
+            ADMIN,
+            "--peer",
+            &fake_url,
+        ]);
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        let mut child = cmd.spawn().expect("serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut guard = common::ChildGuard::from_child(child);
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("{what}: {line:?}"))
+            .to_string();
+        let url = format!("http://{addr}");
+        let mail = merkmail::net::remote::MailClient::new(&url, Some(ADMIN)).expect("client");
+        mail.append("alice", "INBOX", vec![message(1), message(2)], &[], 1)
+            .expect("append");
+        let root = mail.root().expect("root").root;
+        // Wait (bounded) until the shipper has tried at least twice.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let retries = !matches!(fault, PeerFault::Stall | PeerFault::LyingAck);
+        while retries && journals.load(Ordering::SeqCst) < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the shipper never retried"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        while journals.load(Ordering::SeqCst) < 1 {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the shipper never shipped"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let peer = status_json(&url)["peers"][0].clone();
+        let journal = &peer["journal"];
+        match fault {
+            PeerFault::LyingAck => {
+                // The lie moved the cursor no further than what was sent; a new write is
+                // shipped again.
+                let sent = journals.load(Ordering::SeqCst);
+                mail.append("alice", "INBOX", vec![message(3)], &[], 1)
+                    .expect("append");
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while journals.load(Ordering::SeqCst) <= sent {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{what}: the next write was not shipped"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            PeerFault::Stall => {
+                assert_eq!(journal["depth"], 1, "{what}: {peer}");
+                assert_eq!(mail.root().expect("root").root, root, "{what}");
+            }
+            _ => {
+                // One journal entry (the batch append touched one mailbox), never acknowledged.
+                assert_eq!(journal["depth"], 1, "{what}: nothing acknowledged: {peer}");
+                assert!(
+                    journal["ship_failures_total"].as_u64().unwrap_or(0) >= 1,
+                    "{what}: {peer}"
+                );
+                assert_eq!(mail.root().expect("root").root, root, "{what}");
+            }
+        }
+        // Still serving.
+        let h = exchange(
+            addr.parse().expect("addr"),
+            &get("/healthz", None),
+            b"",
+            false,
+        );
+        assert_eq!(h.status, Some(200), "{what}");
+        assert_eq!(
+            mail.list_messages("alice", None).map(|m| m.len()).ok(),
+            Some(if matches!(fault, PeerFault::LyingAck) {
+                3
+            } else {
+                2
+            }),
+            "{what}"
+        );
+        // SIGTERM: a clean exit, even with a shipper stuck on a stalled peer.
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &guard.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+        let status = guard
+            .wait_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("{what}: serve did not stop on SIGTERM"));
+        assert!(status.success(), "{what}: {status:?}");
+        drop(runtime);
+        tried += 1;
+    }
+    counted(tried);
+}
