@@ -1346,7 +1346,7 @@ fn the_peer_api_refuses_bad_input_and_changes_nothing() {
         post(
             s.addr,
             "/v1/sync/start",
-            Some(PEER_TOKEN),
+            s.admin.as_deref(),
             "application/json",
             body,
         )
@@ -1520,9 +1520,14 @@ fn an_apply_above_uidnext_leaves_a_sound_store() {
 }
 
 fn round_path(s: &Server, method: &str, path: &str, body: &[u8]) -> Raw {
+    // `/v1/sync/start` is an admin route: it wants the admin token, the rest the peer token.
+    let token = match (path, &s.admin) {
+        ("/v1/sync/start", Some(admin)) => admin.as_str(),
+        _ => PEER_TOKEN,
+    };
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
-         Authorization: Bearer {PEER_TOKEN}\r\nContent-Type: application/x-merkmail-sync\r\n\
+         Authorization: Bearer {token}\r\nContent-Type: application/x-merkmail-sync\r\n\
          Content-Length: {}\r\n\r\n",
         body.len()
     );
