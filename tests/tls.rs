@@ -438,3 +438,111 @@ fn tls_configuration_errors_name_the_file_and_the_problem_and_bind_nothing() {
     .error(&[&p(&missing)]);
     assert!(line.contains("cannot read"), "{line}");
 }
+
+/// In process: a client that opens a TLS connection and never finishes the handshake is cut
+/// off at the header deadline, plain HTTP on the TLS port gets no HTTP answer, and the server
+/// keeps serving https.
+#[test]
+fn a_stalled_or_plain_client_on_the_tls_port_is_cut_off() {
+    use merkmail::net::client::{BlockingClient, ClientConfig};
+    use merkmail::net::tls::{ClientTls, ServerTls};
+    use merkmail::net::{server, Limits, ServerState};
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
+    let tmp = scratch_dir();
+    let pki = make_pki(tmp.path(), "inproc");
+    let tls = ServerTls::from_pem_files(&pki.cert, &pki.key).expect("server TLS");
+    let store = Arc::new(merkmail::store::Store::in_memory("tls").expect("store"));
+    let limits = Limits {
+        header_read_timeout: Duration::from_millis(300),
+        max_connections: 4,
+        ..Limits::default()
+    };
+    let state = Arc::new(
+        ServerState::new(Arc::clone(&store), Some(PEER_TOKEN), limits)
+            .with_admin_token(Some(ADMIN_TOKEN))
+            .with_tls(Some(tls)),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            server::run(listener, state, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+    });
+    let config = ClientConfig {
+        tls: Some(ClientTls::from_ca_file(&pki.ca).expect("CA")),
+        ..ClientConfig::default()
+    };
+    let url = format!("https://{addr}");
+    let healthy = || {
+        let c = BlockingClient::new(&url, None, config.clone()).expect("client");
+        c.get("/healthz").expect("https answer").0.as_u16()
+    };
+    assert_eq!(healthy(), 200);
+
+    // More stalled handshakes than the connection cap: each is closed at the header deadline
+    // (the read ends), so the slots come back.
+    let mut stalled: Vec<std::net::TcpStream> = (0..6)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
+            s.write_all(&[0x16, 0x03, 0x01])
+                .expect("a first byte or three");
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            s
+        })
+        .collect();
+    for s in &mut stalled {
+        let mut buf = Vec::new();
+        // Closed by the server (EOF or a reset), not left hanging until our read timeout.
+        if let Err(e) = s.read_to_end(&mut buf) {
+            assert!(
+                !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "a stalled handshake was never cut off"
+            );
+        }
+        assert!(buf.is_empty() || buf[0] == 0x15, "not a TLS alert: {buf:?}");
+    }
+    assert_eq!(
+        healthy(),
+        200,
+        "the server serves after the stalled handshakes"
+    );
+
+    // Plain HTTP on the TLS port: no HTTP answer.
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("HTTP/1.1 200"),
+        "{buf:?}"
+    );
+    assert_eq!(healthy(), 200);
+
+    let _ = stop.send(());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !thread.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(thread.is_finished(), "the server did not stop");
+}
