@@ -45,6 +45,28 @@ struct Target {
         hide_env_values = true
     )]
     token: Option<String>,
+    /// With an https:// --url (or --peer): trust only the CA certificates in this PEM file
+    /// (default: the web PKI's roots).
+    #[arg(long, value_name = "FILE", env = "MERKMAIL_CA")]
+    ca: Option<PathBuf>,
+}
+
+impl Target {
+    /// The client settings for --url and --peer: the CA file, if given.
+    fn client_config(&self) -> Result<merkmail::net::client::ClientConfig> {
+        client_config(self.ca.as_deref())
+    }
+}
+
+/// A client's settings with the CAs of `ca` (a PEM file) trusted for https:// URLs.
+fn client_config(ca: Option<&Path>) -> Result<merkmail::net::client::ClientConfig> {
+    Ok(merkmail::net::client::ClientConfig {
+        tls: ca
+            .map(merkmail::net::tls::ClientTls::from_ca_file)
+            .transpose()
+            .context("--ca")?,
+        ..merkmail::net::client::ClientConfig::default()
+    })
 }
 
 /// At most one of --data and --url; [`Target::resolve`] requires one. MERKMAIL_DATA is read
@@ -210,7 +232,7 @@ enum Command {
         #[arg(long, value_name = "ID")]
         node_id: Option<String>,
         /// The token peers present on the peer API, and that this node presents to peers
-        /// [config: peer_token]. Also the mail API's token unless --admin-token is given.
+        /// [config: peer_token]. Never opens the mail API.
         #[arg(
             long,
             value_name = "TOKEN",
@@ -219,7 +241,8 @@ enum Command {
         )]
         token: Option<String>,
         /// The token of the mail API and the admin routes (the mail commands' --token carries
-        /// it) [config: admin_token].
+        /// it); must differ from every peer token. Without it, once a peer token is set, the
+        /// mail API answers 403 [config: admin_token].
         #[arg(
             long,
             value_name = "TOKEN",
@@ -227,6 +250,16 @@ enum Command {
             hide_env_values = true
         )]
         admin_token: Option<String>,
+        /// Serve https only, with this PEM certificate chain (leaf first) [config: tls_cert].
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert [config: tls_key].
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// The CA certificates (PEM) that https:// peers must be certified by (default: the
+        /// web PKI's roots) [config: tls_ca].
+        #[arg(long, value_name = "FILE")]
+        tls_ca: Option<PathBuf>,
         /// A peer to keep in step with, e.g. http://127.0.0.1:8026 (repeatable) [config: [[peer]]].
         #[arg(long = "peer", value_name = "URL")]
         peers: Vec<String>,
@@ -248,6 +281,10 @@ enum Command {
         /// The server, e.g. http://127.0.0.1:8025.
         #[arg(long, value_name = "URL")]
         url: String,
+        /// With an https:// URL: trust only the CA certificates in this PEM file (default:
+        /// the web PKI's roots).
+        #[arg(long, value_name = "FILE", env = "MERKMAIL_CA")]
+        ca: Option<PathBuf>,
         /// Print the JSON of GET /status instead.
         #[arg(long)]
         json: bool,
@@ -481,13 +518,18 @@ impl Command {
 /// output is the same byte for byte.
 enum Mail {
     Local(Store),
-    Remote(MailClient),
+    // Boxed: the client (runtime, connection pool, TLS settings) is much larger than a store.
+    Remote(Box<MailClient>),
 }
 
 impl Mail {
     fn open(target: &Target) -> Result<Mail> {
         match (&target.place.url, &target.place.data) {
-            (Some(url), _) => Ok(Mail::Remote(MailClient::new(url, target.token.as_deref())?)),
+            (Some(url), _) => Ok(Mail::Remote(Box::new(MailClient::with_config(
+                url,
+                target.token.as_deref(),
+                target.client_config()?,
+            )?))),
             (None, Some(dir)) => Ok(Mail::Local(Store::open(dir)?)),
             (None, None) => bail!("give --data DIR or --url URL"),
         }
@@ -624,11 +666,11 @@ fn run(command: Command) -> Result<ExitCode> {
                 data.data.display()
             )?;
         }
-        Command::Status { url, json } => {
+        Command::Status { url, json, ca } => {
             let client = merkmail::net::client::BlockingClient::new(
                 &url,
                 None,
-                merkmail::net::client::ClientConfig::default(),
+                client_config(ca.as_deref())?,
             )?;
             let answer = client.get("/status")?;
             let body =
@@ -648,6 +690,9 @@ fn run(command: Command) -> Result<ExitCode> {
             node_id,
             token,
             admin_token,
+            tls_cert,
+            tls_key,
+            tls_ca,
             peers,
             check_interval,
             mode,
@@ -663,6 +708,9 @@ fn run(command: Command) -> Result<ExitCode> {
                 listen,
                 peer_token: token,
                 admin_token,
+                tls_cert,
+                tls_key,
+                tls_ca,
                 peers,
                 check_interval_s: check_interval,
                 mode: mode.as_deref().and_then(Mode::parse),
@@ -859,11 +907,13 @@ fn run(command: Command) -> Result<ExitCode> {
                     &peer,
                     peer_token.as_deref(),
                     dry_run,
+                    target.client_config()?,
                 )?,
                 (None, Some(dir)) => {
+                    let config = target.client_config()?;
                     let store = Store::open(dir)?;
                     let token = peer_token.as_deref().or(target.token.as_deref());
-                    merkmail::net::sync::sync_with_peer(&store, &peer, token, dry_run)
+                    merkmail::net::sync::sync_with_peer_using(&store, &peer, token, dry_run, config)
                         .with_context(|| format!("reconciling with {peer}"))?
                 }
                 (None, None) => bail!("give --data DIR or --url URL"),
@@ -895,6 +945,8 @@ fn serve(config_file: Option<&std::path::Path>, overrides: Overrides) -> Result<
         None => "command line".to_string(),
     };
     config.validate(&origin)?;
+    // Certificates are read and checked before anything is bound or opened.
+    let (server_tls, client_tls) = config.tls(&origin)?;
     let (Some(dir), Some(listen)) = (config.data_dir.clone(), config.listen.clone()) else {
         bail!("{origin}: data_dir and listen are required");
     };
@@ -928,12 +980,21 @@ fn serve(config_file: Option<&std::path::Path>, overrides: Overrides) -> Result<
             .local_addr()
             .with_context(|| format!("cannot listen on {listen}"))?;
         if config.peer_token.is_none() && !addr.ip().is_loopback() {
-            tracing::warn!(%addr, "no --token: anyone who can reach this address can read and change the mail");
+            if config.admin_token.is_none() {
+                tracing::warn!(%addr, "no --token and no --admin-token: anyone who can reach this address can read and change the mail");
+            } else {
+                tracing::warn!(%addr, "no --token: anyone who can reach this address can use the peer API");
+            }
+        }
+        if config.peer_token.is_some() && config.admin_token.is_none() {
+            tracing::warn!("no admin token configured (admin_token, --admin-token): the mail API and /v1/sync/start answer 403");
         }
         let store = std::sync::Arc::new(store);
         let node = Node::new(config.clone(), std::sync::Arc::clone(&store))?;
         let state = merkmail::net::ServerState::new(store, config.peer_token.as_deref(), limits)
             .with_admin_token(config.admin_token.as_deref())
+            .with_tls(server_tls)
+            .with_client_tls(client_tls)
             .with_hooks(node.clone());
         let daemon = Daemon::start(node)?;
         tracing::info!(

@@ -195,6 +195,8 @@ struct Server {
     url: String,
     data: PathBuf,
     token: Option<String>,
+    /// The mail API's token: the peer token with " admin" after it (they must differ).
+    admin: Option<String>,
 }
 
 impl Server {
@@ -208,8 +210,14 @@ impl Server {
             "--listen".into(),
             "127.0.0.1:0".into(),
         ];
-        if let Some(t) = token {
-            args.extend(["--token".into(), t.into()]);
+        let admin = token.map(|t| format!("{t} admin"));
+        if let (Some(t), Some(a)) = (token, &admin) {
+            args.extend([
+                "--token".into(),
+                t.into(),
+                "--admin-token".into(),
+                a.clone(),
+            ]);
         }
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -250,6 +258,7 @@ impl Server {
             url: format!("http://{addr}"),
             data: data.to_path_buf(),
             token: token.map(str::to_string),
+            admin,
         }
     }
 
@@ -257,7 +266,7 @@ impl Server {
     fn cli(&self, sub: &[&str], rest: &[&str]) -> Run {
         let mut args: Vec<&str> = sub.to_vec();
         args.extend(["--url", &self.url]);
-        if let Some(t) = &self.token {
+        if let Some(t) = &self.admin {
             args.extend(["--token", t]);
         }
         args.extend_from_slice(rest);
@@ -310,7 +319,7 @@ impl Server {
     /// `sync --url THIS --peer OTHER --json` with both servers' tokens.
     fn sync_with(&self, peer: &Server) -> Run {
         let mut args = vec!["sync", "--url", &self.url, "--peer", &peer.url, "--json"];
-        if let Some(t) = &self.token {
+        if let Some(t) = &self.admin {
             args.extend(["--token", t]);
         }
         if let Some(t) = &peer.token {
@@ -844,12 +853,18 @@ fn sync_needs_the_right_tokens_and_changes_nothing_without_them() {
         }
         run(&args)
     };
+    let admin_a = a.admin.clone().expect("A has an admin token");
+    let aa = Some(admin_a.as_str());
     let refusals = [
-        ("no peer token", sync(Some(TA), None)),
-        ("wrong peer token", sync(Some(TA), Some("wrong"))),
-        ("A's token given to B", sync(Some(TA), Some(TA))),
+        ("no peer token", sync(aa, None)),
+        ("wrong peer token", sync(aa, Some("wrong"))),
+        ("A's token given to B", sync(aa, Some(TA))),
         ("no token for A", sync(None, Some(TB))),
         ("wrong token for A", sync(Some("wrong"), Some(TB))),
+        (
+            "A's peer token as its admin token",
+            sync(Some(TA), Some(TB)),
+        ),
         (
             "local store, wrong peer token",
             run(&[
@@ -884,7 +899,7 @@ fn sync_needs_the_right_tokens_and_changes_nothing_without_them() {
     assert_eq!(root_c(), c_before, "the local store changed");
 
     // The right tokens: both ways of running sync converge.
-    let r = report(sync(Some(TA), Some(TB)));
+    let r = report(sync(aa, Some(TB)));
     assert_eq!(num(&r, "copied_to_peer"), 2, "{r}");
     assert_eq!(num(&r, "copied_from_peer"), 1, "{r}");
     assert_same(&a, &b, &[ALICE, BOB]);
@@ -1331,7 +1346,7 @@ fn the_peer_api_refuses_bad_input_and_changes_nothing() {
         post(
             s.addr,
             "/v1/sync/start",
-            Some(PEER_TOKEN),
+            s.admin.as_deref(),
             "application/json",
             body,
         )
@@ -1505,9 +1520,14 @@ fn an_apply_above_uidnext_leaves_a_sound_store() {
 }
 
 fn round_path(s: &Server, method: &str, path: &str, body: &[u8]) -> Raw {
+    // `/v1/sync/start` is an admin route: it wants the admin token, the rest the peer token.
+    let token = match (path, &s.admin) {
+        ("/v1/sync/start", Some(admin)) => admin.as_str(),
+        _ => PEER_TOKEN,
+    };
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
-         Authorization: Bearer {PEER_TOKEN}\r\nContent-Type: application/x-merkmail-sync\r\n\
+         Authorization: Bearer {token}\r\nContent-Type: application/x-merkmail-sync\r\n\
          Content-Length: {}\r\n\r\n",
         body.len()
     );

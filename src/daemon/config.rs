@@ -4,6 +4,7 @@
 //! Loading never binds or opens anything: a bad file fails with the file, the key and the
 //! problem before the server touches the network or the store.
 
+use crate::net::tls::{ClientTls, ServerTls, TlsError};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -123,8 +124,17 @@ pub struct Config {
     /// What peers must present on the peer API (`/v1/sync/`, `/v1/journal`), and what this
     /// node presents to peers that have no `token` of their own.
     pub peer_token: Option<String>,
-    /// What the mail API and the admin routes want; defaults to `peer_token`.
+    /// What the mail API and the admin routes want. No default: without it (and with a
+    /// `peer_token`) those routes answer 403. Must differ from every peer token.
     pub admin_token: Option<String>,
+    /// The listener's TLS certificate chain (PEM, leaf first); with `tls_key`, every route is
+    /// served over https only. Without both: plain HTTP.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// The CA certificates (PEM) that `https://` peers' certificates must chain to; without
+    /// it, the web PKI's roots.
+    pub tls_ca: Option<PathBuf>,
     #[serde(rename = "peer")]
     pub peers: Vec<PeerConfig>,
     /// Seconds between two background checks of one peer.
@@ -160,6 +170,9 @@ impl Default for Config {
             listen: None,
             peer_token: None,
             admin_token: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
             peers: Vec::new(),
             check_interval_s: 60,
             check_jitter: 0.2,
@@ -183,6 +196,9 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub peer_token: Option<String>,
     pub admin_token: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
     /// `--peer URL` (repeatable): added to the file's peers.
     pub peers: Vec<String>,
     pub check_interval_s: Option<u64>,
@@ -233,6 +249,15 @@ impl Config {
         }
         if o.node_id.is_some() {
             self.node_id = o.node_id;
+        }
+        if o.tls_cert.is_some() {
+            self.tls_cert = o.tls_cert;
+        }
+        if o.tls_key.is_some() {
+            self.tls_key = o.tls_key;
+        }
+        if o.tls_ca.is_some() {
+            self.tls_ca = o.tls_ca;
         }
         for url in o.peers {
             if !self.peers.iter().any(|p| p.url == url) {
@@ -290,6 +315,43 @@ impl Config {
                 if !usable_token(t) {
                     return bad(key, TOKEN_RULE.into());
                 }
+            }
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return bad(
+                    "tls_key",
+                    "is required with tls_cert (--tls-key FILE)".into(),
+                )
+            }
+            (None, Some(_)) => {
+                return bad(
+                    "tls_cert",
+                    "is required with tls_key (--tls-cert FILE)".into(),
+                )
+            }
+            _ => {}
+        }
+        // A peer holds the token it is given (and this node's `peer_token`): if the admin
+        // token were one of them, that peer could read and change every mailbox.
+        if let Some(admin) = &self.admin_token {
+            if self.peer_token.as_ref() == Some(admin) {
+                return bad(
+                    "admin_token",
+                    "equals `peer_token`: the admin token must differ from every peer token".into(),
+                );
+            }
+            if let Some(i) = self
+                .peers
+                .iter()
+                .position(|p| p.token.as_ref() == Some(admin))
+            {
+                return bad(
+                    "admin_token",
+                    format!(
+                        "equals `peer[{i}].token`: the admin token must differ from every peer token"
+                    ),
+                );
             }
         }
         for (i, p) in self.peers.iter().enumerate() {
@@ -357,14 +419,48 @@ impl Config {
         Ok(())
     }
 
+    /// Loads the TLS material: the listener's certificate and key (if configured) and the
+    /// CAs peers must be certified by (if configured). An error names the key and the file.
+    pub fn tls(&self, origin: &str) -> Result<(Option<ServerTls>, Option<ClientTls>), ConfigError> {
+        let bad = |key: &str, e: TlsError| ConfigError::Invalid {
+            origin: origin.to_string(),
+            key: key.to_string(),
+            problem: e.to_string(),
+        };
+        let server = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(ServerTls::from_pem_files(cert, key).map_err(|e| {
+                let k = match &e {
+                    TlsError::Read { path, .. }
+                    | TlsError::Pem { path, .. }
+                    | TlsError::Refused { path, .. }
+                        if path == key =>
+                    {
+                        "tls_key"
+                    }
+                    TlsError::KeyMismatch { .. } => "tls_key",
+                    _ => "tls_cert",
+                };
+                bad(k, e)
+            })?),
+            _ => None,
+        };
+        let client = self
+            .tls_ca
+            .as_deref()
+            .map(ClientTls::from_ca_file)
+            .transpose()
+            .map_err(|e| bad("tls_ca", e))?;
+        Ok((server, client))
+    }
+
     /// The token this node presents to `peer`.
     pub fn token_for<'a>(&'a self, peer: &'a PeerConfig) -> Option<&'a str> {
         peer.token.as_deref().or(self.peer_token.as_deref())
     }
 
-    /// The token the mail and admin routes want.
+    /// The token the mail and admin routes want (none by default; see `admin_token`).
     pub fn admin_token(&self) -> Option<&str> {
-        self.admin_token.as_deref().or(self.peer_token.as_deref())
+        self.admin_token.as_deref()
     }
 
     pub fn check_interval(&self) -> Duration {
@@ -410,7 +506,11 @@ mod tests {
         assert_eq!(c.peers.len(), 2);
         assert_eq!(c.token_for(&c.peers[0]), Some("p"));
         assert_eq!(c.token_for(&c.peers[1]), Some("other"));
-        assert_eq!(c.admin_token(), Some("p"));
+        assert_eq!(
+            c.admin_token(),
+            None,
+            "the admin token never defaults to the peer token"
+        );
         assert_eq!(c.check_interval_s, 60);
         assert_eq!(c.limits.max_items, 50);
         assert_eq!(c.limits.max_body_bytes, 1 << 20);
@@ -450,6 +550,35 @@ mod tests {
             let e = valid(text).expect_err(text);
             assert!(e.contains(key), "{text:?}: {e:?} does not name {key}");
         }
+    }
+
+    #[test]
+    fn an_admin_token_equal_to_a_peer_token_is_refused_naming_both_keys() {
+        let base = "data_dir='/d'\nlisten='127.0.0.1:1'\n";
+        let e = valid(&format!("{base}peer_token='same'\nadmin_token='same'"))
+            .expect_err("admin = peer token");
+        assert!(
+            e.contains("`admin_token`") && e.contains("`peer_token`"),
+            "{e}"
+        );
+        assert!(!e.contains("same"), "the message shows the token: {e}");
+        let e = valid(&format!(
+            "{base}peer_token='p'\nadmin_token='x'\n[[peer]]\nurl='http://h:1'\n[[peer]]\nurl='http://h:2'\ntoken='x'"
+        ))
+        .expect_err("admin = a peer's token");
+        assert!(
+            e.contains("`admin_token`") && e.contains("`peer[1].token`"),
+            "{e}"
+        );
+        // Flags on top of a file are checked the same way.
+        let mut c = Config::from_toml(&format!("{base}admin_token='t'")).expect("parse");
+        c.apply(Overrides {
+            peer_token: Some("t".into()),
+            ..Overrides::default()
+        });
+        assert!(c.validate("flags").is_err());
+        let c = valid(&format!("{base}peer_token='p'\nadmin_token='a'")).expect("distinct");
+        assert_eq!(c.admin_token(), Some("a"));
     }
 
     #[test]

@@ -147,9 +147,15 @@ pub struct Node {
 impl Node {
     pub fn new(config: Config, store: Arc<Store>) -> Result<Arc<Node>, ClientError> {
         let node_id = store.node_id().to_string();
+        let tls = config
+            .tls_ca
+            .as_deref()
+            .map(crate::net::tls::ClientTls::from_ca_file)
+            .transpose()?;
         let mut peers = Vec::new();
         for p in &config.peers {
-            let client = Client::new(&p.url, config.token_for(p), peer_client_config(&config))?
+            let client_config = peer_client_config(&config, tls.clone());
+            let client = Client::new(&p.url, config.token_for(p), client_config)?
                 .with_header(NODE_HEADER, &node_id)?;
             peers.push(Arc::new(Peer {
                 config: p.clone(),
@@ -332,8 +338,9 @@ impl Node {
     }
 }
 
-fn peer_client_config(config: &Config) -> ClientConfig {
+fn peer_client_config(config: &Config, tls: Option<crate::net::tls::ClientTls>) -> ClientConfig {
     ClientConfig {
+        tls,
         connect_timeout: Duration::from_secs(5),
         // A round is answered within the peer's own request deadline.
         request_timeout: Duration::from_millis(config.limits.request_timeout_ms)

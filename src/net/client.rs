@@ -1,15 +1,18 @@
-//! A small HTTP/1.1 client for talking to a merkmail server: plain `http://` only, a connect
-//! timeout, a deadline per request, a cap on the answer's size, and a bearer token. [`Client`]
-//! is async; [`BlockingClient`] wraps it in a current-thread runtime for the CLI.
+//! A small HTTP/1.1 client for talking to a merkmail server: `http://` or `https://` (rustls;
+//! the CAs it trusts come from [`ClientConfig::tls`]), a connect timeout, a deadline per
+//! request, a cap on the answer's size, and a bearer token. [`Client`] is async;
+//! [`BlockingClient`] wraps it in a current-thread runtime for the CLI.
 //!
 //! Every error names the URL and the problem (connection refused, timeout, the server's
 //! status and its JSON error message).
 
+use super::tls::{ClientTls, TlsError};
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body as _;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::time::Duration;
@@ -24,6 +27,9 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Largest answer body accepted: 1 GiB (a `list --json` of a very large store is big).
     pub max_response: usize,
+    /// Whom `https://` URLs must be certified by: `None` trusts the web PKI's roots (built
+    /// in); a cluster with its own CA gives [`ClientTls::from_ca_file`].
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -32,6 +38,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(120),
             max_response: 1 << 30,
+            tls: None,
         }
     }
 }
@@ -67,6 +74,9 @@ pub enum ClientError {
     /// The blocking wrapper could not start its runtime.
     #[error("cannot start the HTTP client: {0}")]
     Runtime(std::io::Error),
+    /// The TLS trust (a CA file) could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 impl ClientError {
@@ -108,7 +118,7 @@ impl ClientError {
     }
 }
 
-/// An async client bound to one server (`http://host:port`, optionally with a path prefix).
+/// An async client bound to one server (`http(s)://host:port`, optionally with a path prefix).
 /// Cheap to clone; connections are pooled and kept alive.
 #[derive(Clone)]
 pub struct Client {
@@ -117,7 +127,7 @@ pub struct Client {
     /// Headers sent with every request (e.g. the daemon's node id).
     extra: Vec<(hyper::header::HeaderName, HeaderValue)>,
     config: ClientConfig,
-    inner: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+    inner: hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -145,10 +155,10 @@ impl Client {
             .parse()
             .map_err(|e| bad(&format!("not a URL: {e}")))?;
         match uri.scheme_str() {
-            Some("http") => {}
+            Some("http") | Some("https") => {}
             Some(other) => {
                 return Err(bad(&format!(
-                    "scheme {other:?} is not supported; use http:// (put TLS in front if needed)"
+                    "scheme {other:?} is not supported; use http:// or https://"
                 )))
             }
             None => return Err(bad("give a URL such as http://127.0.0.1:8025")),
@@ -172,6 +182,19 @@ impl Client {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let tls = match &config.tls {
+            Some(tls) => tls.config(),
+            None => ClientTls::web_pki()
+                .map_err(|e| bad(&format!("cannot set up TLS: {e}")))?
+                .config(),
+        };
+        // The scheme picks: http:// stays plain, https:// goes through rustls.
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
@@ -394,14 +417,8 @@ mod tests {
             "http://127.0.0.1:1/x"
         );
         assert_eq!(ok("http://h:1/pre/").expect("ok"), "http://h:1/pre/x");
-        for bad in [
-            "127.0.0.1:1",
-            "https://h",
-            "ftp://h",
-            "http://h/?q",
-            "not a url",
-            "",
-        ] {
+        assert_eq!(ok("https://h:1").expect("ok"), "https://h:1/x");
+        for bad in ["127.0.0.1:1", "ftp://h", "http://h/?q", "not a url", ""] {
             assert!(ok(bad).is_err(), "{bad:?} was accepted");
         }
         assert!(Client::new("http://h", Some("bad\ntoken"), ClientConfig::default()).is_err());

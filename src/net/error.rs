@@ -73,6 +73,16 @@ impl ApiError {
         )
     }
 
+    /// An admin route (the mail API, `/v1/sync/start`) on a server that has a peer token but
+    /// no admin token: the peer token must not open them, and nothing else would.
+    pub(crate) fn no_admin_token() -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "no admin token configured: the mail API and /v1/sync/start need admin_token \
+             (--admin-token), which must differ from peer_token",
+        )
+    }
+
     /// The JSON answer.
     pub fn into_reply(self) -> Reply {
         let mut reply = reply::json(self.status, &serde_json::json!({ "error": self.message }));

@@ -7,8 +7,9 @@
 //!   API under `/v1/mail/`; [`peer`]: the reconciliation routes under `/v1/sync/`.
 //! - [`json`]: the JSON shapes the mail API answers with, shared with the CLI so the local and
 //!   the remote commands print the same bytes.
-//! - [`client`]: a small async HTTP/1.1 client (timeouts, a response cap, a bearer token) and
-//!   a blocking wrapper; [`remote`]: the mail API as typed calls, for the CLI's `--url`.
+//! - [`client`]: a small async HTTP/1.1 client (timeouts, a response cap, a bearer token,
+//!   https) and a blocking wrapper; [`tls`]: rustls configured from PEM files, for the
+//!   listener and the client; [`remote`]: the mail API as typed calls, for the CLI's `--url`.
 //!
 //! docs/HTTP.md describes every route.
 
@@ -22,6 +23,7 @@ mod request;
 mod router;
 pub mod server;
 pub mod sync;
+pub mod tls;
 
 pub use error::{reply, ApiError, Reply};
 pub use server::{Limits, ServerState};

@@ -13,9 +13,10 @@
 //! - `GET /v1/sync/body/{digest}`: one body's raw bytes, only if held here and still matching
 //!   its digest (a peer repairing a body that rotted there asks for it).
 
+use super::client::ClientConfig;
 use super::error::{reply, ApiError, Reply};
 use super::server::ServerState;
-use super::sync::sync_with_peer;
+use super::sync::sync_with_peer_using;
 use crate::sync::wire::{decode_request, encode};
 use bytes::Bytes;
 use hyper::{HeaderMap, Method, StatusCode};
@@ -198,9 +199,14 @@ pub async fn handle(
                 }
             }
             let store = std::sync::Arc::clone(&state.store);
+            let config = ClientConfig {
+                tls: state.client_tls().cloned(),
+                ..ClientConfig::default()
+            };
             // The session is synchronous (store reads, a blocking client): run it off the workers.
             let report = tokio::task::spawn_blocking(move || {
-                sync_with_peer(&store, &start.peer, start.token.as_deref(), start.dry_run)
+                let token = start.token.as_deref();
+                sync_with_peer_using(&store, &start.peer, token, start.dry_run, config)
             })
             .await
             .map_err(|e| ApiError::internal(format!("the session task failed: {e}")))?

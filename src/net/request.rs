@@ -20,13 +20,15 @@ impl Token {
         Token(*blake3::hash(token.as_bytes()).as_bytes())
     }
 
-    /// Whether `headers` carry `Authorization: Bearer <this token>`.
+    /// Whether `headers` carry `Authorization: Bearer <this token>`, once. Two
+    /// `Authorization` headers are refused whatever they hold: a proxy and the server could
+    /// otherwise disagree on which one counts.
     pub(crate) fn admits(&self, headers: &HeaderMap) -> bool {
-        let Some(given) = headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer)
-        else {
+        let mut values = headers.get_all(AUTHORIZATION).iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
+            return false;
+        };
+        let Some(given) = value.to_str().ok().and_then(bearer) else {
             return false;
         };
         let given = blake3::hash(given.as_bytes());
@@ -205,6 +207,18 @@ mod tests {
             assert_eq!(t.admits(&with_auth(header)), ok, "{header:?}");
         }
         assert!(!t.admits(&HeaderMap::new()));
+        // The right token twice, or beside a wrong one, in either order: refused.
+        for pair in [
+            ["Bearer s3cret", "Bearer s3cret"],
+            ["Bearer s3cret", "Bearer wrong"],
+            ["Bearer wrong", "Bearer s3cret"],
+        ] {
+            let mut h = HeaderMap::new();
+            for v in pair {
+                h.append(AUTHORIZATION, HeaderValue::from_str(v).expect("header"));
+            }
+            assert!(!t.admits(&h), "{pair:?}");
+        }
     }
 
     #[test]

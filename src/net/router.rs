@@ -3,7 +3,7 @@
 
 use super::error::{reply, ApiError, Reply};
 use super::request::read_body;
-use super::server::ServerState;
+use super::server::{AdminAuth, ServerState};
 use super::{mail, peer};
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -57,7 +57,11 @@ async fn route(state: &ServerState, req: Request<Incoming>) -> Result<Reply, Api
     let token = if peer_route {
         state.token()
     } else {
-        state.admin_token()
+        match state.admin() {
+            AdminAuth::Open => None,
+            AdminAuth::Token(t) => Some(t),
+            AdminAuth::Unset => return Err(ApiError::no_admin_token()),
+        }
     };
     if let Some(token) = token {
         if !token.admits(req.headers()) {

@@ -1,19 +1,21 @@
-//! The accept loop: one task per connection (HTTP/1.1, hyper), a cap on connections, and a
-//! graceful shutdown that stops accepting, lets requests in flight finish within a drain
-//! deadline, then closes whatever is left.
+//! The accept loop: one task per connection (HTTP/1.1, hyper, over TLS when configured), a
+//! cap on connections, and a graceful shutdown that stops accepting, lets requests in flight
+//! finish within a drain deadline, then closes whatever is left.
 
 use super::request::Token;
 use super::router;
+use super::tls::{ClientTls, ServerTls};
 use super::ApiError;
 use crate::store::{Store, StoreError};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -103,28 +105,69 @@ pub struct ServerState {
     pub limits: Limits,
     /// What peers present on `/v1/sync/` and `/v1/journal`. `None`: open (loopback only!).
     token: Option<Token>,
-    /// What the mail API and admin routes want; the peer token unless set apart.
-    admin_token: Option<Token>,
+    /// What the mail API and admin routes want; never the peer token by default.
+    admin: AdminAuth,
     pub hooks: Option<Arc<dyn Hooks>>,
+    /// The listener speaks TLS with this certificate; `None`: plain HTTP.
+    tls: Option<ServerTls>,
+    /// What `POST /v1/sync/start` trusts when it reaches an `https://` peer.
+    client_tls: Option<ClientTls>,
+}
+
+/// How the mail API and the admin routes are guarded.
+#[derive(Debug)]
+pub(crate) enum AdminAuth {
+    /// No token of any kind is configured: everything under `/v1/` is open (loopback only).
+    Open,
+    /// A peer token is configured but no admin token: the admin routes answer 403, so a
+    /// peer's token never reads or changes mail.
+    Unset,
+    /// The admin routes want this token.
+    Token(Token),
 }
 
 impl ServerState {
-    /// `token`: what `Authorization: Bearer …` must carry on every `/v1/` route, if anything
-    /// (see [`ServerState::with_admin_token`] to give the mail API a token of its own).
+    /// `token`: the peer token, what `Authorization: Bearer …` must carry on the peer API
+    /// (`/v1/sync/…`, `/v1/journal…`). The mail API and the admin routes want a token of their
+    /// own ([`ServerState::with_admin_token`]): without one they answer 403 once a peer token
+    /// is set, and are open only when no token at all is configured.
     pub fn new(store: Arc<Store>, token: Option<&str>, limits: Limits) -> ServerState {
         ServerState {
             store,
             limits,
             token: token.map(Token::new),
-            admin_token: token.map(Token::new),
+            admin: if token.is_some() {
+                AdminAuth::Unset
+            } else {
+                AdminAuth::Open
+            },
             hooks: None,
+            tls: None,
+            client_tls: None,
         }
     }
 
-    /// The mail API and admin routes want `token` instead of the peer token.
+    /// The listener speaks TLS (every connection, every route) with this certificate.
+    pub fn with_tls(mut self, tls: Option<ServerTls>) -> ServerState {
+        self.tls = tls;
+        self
+    }
+
+    /// What outgoing sessions started over HTTP (`POST /v1/sync/start`) trust for `https://`.
+    pub fn with_client_tls(mut self, tls: Option<ClientTls>) -> ServerState {
+        self.client_tls = tls;
+        self
+    }
+
+    pub(crate) fn client_tls(&self) -> Option<&ClientTls> {
+        self.client_tls.as_ref()
+    }
+
+    /// The mail API and admin routes want `token` (`None` leaves them as they are).
+    /// `daemon::config` refuses an admin token equal to a peer token; this does not check.
     pub fn with_admin_token(mut self, token: Option<&str>) -> ServerState {
         if let Some(t) = token {
-            self.admin_token = Some(Token::new(t));
+            self.admin = AdminAuth::Token(Token::new(t));
         }
         self
     }
@@ -138,8 +181,8 @@ impl ServerState {
         self.token.as_ref()
     }
 
-    pub(crate) fn admin_token(&self) -> Option<&Token> {
-        self.admin_token.as_ref()
+    pub(crate) fn admin(&self) -> &AdminAuth {
+        &self.admin
     }
 
     /// Runs `f` on the store in tokio's blocking pool (a redb transaction must not block the
@@ -162,7 +205,12 @@ impl ServerState {
 /// Returns when every connection is closed.
 pub async fn run(listener: TcpListener, state: Arc<ServerState>, shutdown: impl Future) {
     match listener.local_addr() {
-        Ok(addr) => info!(%addr, auth = state.token.is_some(), "listening"),
+        Ok(addr) => info!(
+            %addr,
+            auth = state.token.is_some(),
+            tls = state.tls.is_some(),
+            "listening"
+        ),
         Err(e) => warn!(error = %e, "listening on an address the system will not tell"),
     }
     let limits = state.limits.clone();
@@ -200,14 +248,24 @@ pub async fn run(listener: TcpListener, state: Arc<ServerState>, shutdown: impl 
         };
         let _ = stream.set_nodelay(true);
         let state = Arc::clone(&state);
-        let service = service_fn(move |req| {
-            let state = Arc::clone(&state);
-            async move { Ok::<_, std::convert::Infallible>(router::handle(state, req).await) }
-        });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let http = http.clone();
+        // Taken now, so the drain waits for a connection still in its TLS handshake too.
+        let watcher = graceful.watcher();
         connections.spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "connection ended with an error");
+            match state.tls.clone() {
+                None => serve_connection(stream, http, watcher, state, peer).await,
+                Some(tls) => {
+                    // The handshake gets the header deadline: a client that trickles it
+                    // holds a connection slot no longer than one that trickles headers.
+                    let handshake = tls.acceptor().accept(stream);
+                    match tokio::time::timeout(state.limits.header_read_timeout, handshake).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, http, watcher, state, peer).await
+                        }
+                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake not done by the header deadline"),
+                    }
+                }
             }
             drop(slot);
         });
@@ -231,4 +289,24 @@ pub async fn run(listener: TcpListener, state: Arc<ServerState>, shutdown: impl 
     }
     while connections.join_next().await.is_some() {}
     info!("stopped");
+}
+
+/// Serves one connection (plain TCP or TLS) until it closes or the drain ends it.
+async fn serve_connection<S>(
+    io: S,
+    http: http1::Builder,
+    watcher: Watcher,
+    state: Arc<ServerState>,
+    peer: std::net::SocketAddr,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let state = Arc::clone(&state);
+        async move { Ok::<_, std::convert::Infallible>(router::handle(state, req).await) }
+    });
+    let conn = watcher.watch(http.serve_connection(TokioIo::new(io), service));
+    if let Err(e) = conn.await {
+        debug!(%peer, error = %e, "connection ended with an error");
+    }
 }

@@ -15,7 +15,19 @@ pub fn sync_with_peer(
     token: Option<&str>,
     dry_run: bool,
 ) -> Result<SyncReport, DriveError> {
-    let client = BlockingClient::new(url, token, ClientConfig::default())
+    sync_with_peer_using(store, url, token, dry_run, ClientConfig::default())
+}
+
+/// [`sync_with_peer`] with the client's settings given (e.g. the CAs an `https://` peer's
+/// certificate must chain to).
+pub fn sync_with_peer_using(
+    store: &Store,
+    url: &str,
+    token: Option<&str>,
+    dry_run: bool,
+    config: ClientConfig,
+) -> Result<SyncReport, DriveError> {
+    let client = BlockingClient::new(url, token, config)
         .map_err(|e| DriveError::Transport(e.to_string()))?;
     let send = |bytes: Vec<u8>| -> Result<Vec<u8>, ClientError> {
         let answer = client.post("/v1/sync/round", SYNC_CONTENT_TYPE, bytes)?;
@@ -52,15 +64,17 @@ struct Start<'a> {
     dry_run: bool,
 }
 
-/// Asks the server at `url` to reconcile with `peer` now, and returns its report.
+/// Asks the server at `url` to reconcile with `peer` now, and returns its report. `config`
+/// is this client's (how it reaches `url`); the server uses its own trust to reach `peer`.
 pub fn start_remote(
     url: &str,
     token: Option<&str>,
     peer: &str,
     peer_token: Option<&str>,
     dry_run: bool,
+    config: ClientConfig,
 ) -> Result<SyncReport, ClientError> {
-    let client = BlockingClient::new(url, token, ClientConfig::default())?;
+    let client = BlockingClient::new(url, token, config)?;
     let body = serde_json::to_vec(&Start {
         peer,
         token: peer_token,
