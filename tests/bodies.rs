@@ -13,7 +13,6 @@ use common::{command, run, ChildGuard, Run};
 use merkmail::daemon::view::StatusView;
 use merkmail::model::{Digest, Md5};
 use merkmail::store::{JournalBatch, NewMessage, Store};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -84,15 +83,7 @@ impl Node {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
-        let mut child = cmd.spawn().expect("start serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(WITHIN).unwrap_or_default();
+        let (child, line) = common::spawn_for_first_line(cmd, WITHIN);
         assert!(
             line.starts_with("listening on 127.0.0.1:"),
             "{}: unexpected first line {line:?}; log:\n{}",

@@ -10,7 +10,6 @@
 mod common;
 
 use common::{command, run, ChildGuard};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -88,15 +87,7 @@ fn serve(data: &Path, log: &Path) -> (ChildGuard, String) {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log);
-    let mut child = cmd.spawn().expect("start serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+    let (child, line) = common::spawn_for_first_line(cmd, Duration::from_secs(20));
     let addr = line
         .trim()
         .strip_prefix("listening on ")

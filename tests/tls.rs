@@ -10,7 +10,6 @@ mod common;
 
 use common::{command, run, scratch_dir, ChildGuard, Run};
 use merkmail::daemon::view::StatusView;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -124,15 +123,7 @@ impl Node {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
-        let mut child = cmd.spawn().expect("start serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(START).unwrap_or_default();
+        let (child, line) = common::spawn_for_first_line(cmd, START);
         assert!(
             line.starts_with("listening on 127.0.0.1:"),
             "{}: unexpected first line {line:?}; log:\n{}",

@@ -448,4 +448,21 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Spawns `cmd` (a `merkmail serve …`, stdout piped here) and waits up to `within` for the
+/// first line it prints (`listening on ADDR`). Returns the child and that line, empty if
+/// none came in time: the caller says what it expected.
+pub fn spawn_for_first_line(mut cmd: Command, within: Duration) -> (Child, String) {
+    cmd.stdout(Stdio::piped());
+    let mut child = cmd.spawn().expect("cannot start the merkmail binary");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = tx.send(line);
+    });
+    (child, rx.recv_timeout(within).unwrap_or_default())
+}
+
 pub mod cluster;
