@@ -89,6 +89,16 @@ pub async fn ship(node: Arc<Node>, peer: Arc<Peer>) {
             .post("/v1/journal", JOURNAL_CONTENT_TYPE, body)
             .await
             .and_then(|a| crate::net::client::expect_success(&peer.client.url("/v1/journal"), a));
+        // A peer that answered at all (an error status, an unreadable acknowledgement) is
+        // reachable: it refuses or garbles, and /status should say that, not "down".
+        let answered = match &answer {
+            Ok(_) => true,
+            Err(e) => matches!(
+                e,
+                crate::net::client::ClientError::Status { .. }
+                    | crate::net::client::ClientError::Decode { .. }
+            ),
+        };
         let ack = answer.map_err(|e| e.to_string()).and_then(|body| {
             serde_json::from_slice::<JournalAck>(&body)
                 .map_err(|e| format!("{}: unreadable acknowledgement: {e}", peer.url()))
@@ -114,7 +124,7 @@ pub async fn ship(node: Arc<Node>, peer: Arc<Peer>) {
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
-                peer.contact(false);
+                peer.contact(answered);
                 lock(&peer.view).journal.ship_failures_total += 1;
                 if failures == 1 {
                     warn!(peer = %peer.url(), error = %e, "cannot ship the journal; retrying with backoff");
