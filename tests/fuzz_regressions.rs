@@ -121,7 +121,8 @@ mod seeds {
             internal_date: 1_777_100_000,
             ..NewMessage::default()
         };
-        s.append("alice", "INBOX", vec![msg(1), msg(2)]).expect("append");
+        s.append("alice", "INBOX", vec![msg(1), msg(2)])
+            .expect("append");
         let flagged = parse_flag_list("\\Flagged").expect("flags");
         s.set_flags("alice", "Work", 65, FlagOp::Add, &flagged)
             .expect("flags");
@@ -176,7 +177,9 @@ mod seeds {
         let framed = RefCell::new(Vec::new());
         merkmail::sync::run(&a, wire::WINDOW, false, |bytes: Vec<u8>| {
             let reply = peer(bytes)?;
-            framed.borrow_mut().extend_from_slice(&(reply.len() as u16).to_be_bytes());
+            framed
+                .borrow_mut()
+                .extend_from_slice(&(reply.len() as u16).to_be_bytes());
             framed.borrow_mut().extend_from_slice(&reply);
             Ok::<_, String>(reply)
         })
@@ -219,14 +222,24 @@ mod seeds {
             internal_date: 1_777_200_000,
             ..NewMessage::default()
         };
-        sender.append("alice", "INBOX", vec![msg.clone()]).expect("append");
         sender
-            .set_flags("alice", "INBOX", 2, FlagOp::Remove, &parse_flag_list("\\Seen").expect("flags"))
+            .append("alice", "INBOX", vec![msg.clone()])
+            .expect("append");
+        sender
+            .set_flags(
+                "alice",
+                "INBOX",
+                2,
+                FlagOp::Remove,
+                &parse_flag_list("\\Seen").expect("flags"),
+            )
             .expect("flags");
         sender.expunge("alice", "Work", &[3]).expect("expunge");
         sender.create_mailbox("bob", "Archive").expect("create");
         sender.append("bob", "Archive", vec![msg]).expect("append");
-        sender.rename_mailbox("bob", "Archive", "Archive2").expect("rename");
+        sender
+            .rename_mailbox("bob", "Archive", "Archive2")
+            .expect("rename");
         sender.delete_mailbox("alice", "Work").expect("delete");
         let mut seeds = Seeds::new();
         let whole = sender.journal_batch(&peer, 100, 1 << 20).expect("batch");
@@ -307,7 +320,11 @@ mod seeds {
             b"",
         );
         add("create", format!("POST {mail}/Lists%2Frust\n{auth}"), b"");
-        add("rename", format!("POST {mail}/Work/rename?to=Archive\n{auth}"), b"");
+        add(
+            "rename",
+            format!("POST {mail}/Work/rename?to=Archive\n{auth}"),
+            b"",
+        );
         add("delete", format!("DELETE {mail}/Work\n{auth}"), b"");
         add(
             "start",
@@ -322,7 +339,11 @@ mod seeds {
             );
         }
         for (name, bytes) in batches.iter().take(3) {
-            add(&format!("journal-{name}"), format!("POST /v1/journal\n{auth}"), bytes);
+            add(
+                &format!("journal-{name}"),
+                format!("POST /v1/journal\n{auth}"),
+                bytes,
+            );
         }
         list
     }
@@ -369,11 +390,17 @@ mod seeds {
     fn store_ops() -> Seeds {
         let ops: [&[u8]; 4] = [
             // append to alice's INBOX (creates alice), flag, expunge, create Work, rename it.
-            &[3, 0, 0, 1, 1, 2, 3, 0, 4, 0, 0, 0, 0, 3, 5, 0, 0, 0, 0, 0, 0, 1, 1, 3],
+            &[
+                3, 0, 0, 1, 1, 2, 3, 0, 4, 0, 0, 0, 0, 3, 5, 0, 0, 0, 0, 0, 0, 1, 1, 3,
+            ],
             // create Work and Work/2026 for bob, append with a kept UID, delete Work.
-            &[0, 1, 1, 0, 1, 2, 3, 1, 2, 0, 5, 7, 0x90, 2, 1, 1, 6, 1, 1, 1],
+            &[
+                0, 1, 1, 0, 1, 2, 3, 1, 2, 0, 5, 7, 0x90, 2, 1, 1, 6, 1, 1, 1,
+            ],
             // INBOX in another case, a bad name, UIDs near the end of the range.
-            &[3, 2, 6, 0, 1, 0, 0x81, 3, 2, 0, 0, 1, 0, 0, 0, 2, 7, 4, 2, 0, 0xff, 2, 1],
+            &[
+                3, 2, 6, 0, 1, 0, 0x81, 3, 2, 0, 0, 1, 0, 0, 0, 2, 7, 4, 2, 0, 0xff, 2, 1,
+            ],
             &[6, 0, 0, 1, 0, 0, 2, 2, 0, 5],
         ];
         ops.iter()
@@ -388,7 +415,8 @@ mod seeds {
 /// (`Duration::mul_f64` past `Duration::MAX`). The wait is now capped at `Duration::MAX`.
 #[test]
 fn huge_check_interval_does_not_panic_the_schedule() {
-    let text = "data_dir = \"d\"\nlisten = \"127.0.0.1:0\"\ncheck_interval_s = 18446744073709551615\n";
+    let text =
+        "data_dir = \"d\"\nlisten = \"127.0.0.1:0\"\ncheck_interval_s = 18446744073709551615\n";
     config::config(text.as_bytes());
     let parsed = merkmail::daemon::config::Config::from_toml(text).expect("parses");
     assert!(parsed.validate("test").is_ok());

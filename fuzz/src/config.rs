@@ -19,7 +19,11 @@ pub fn config(data: &[u8]) {
     }
     let limits = config.limits.to_limits();
     assert!(limits.max_body > 0 && limits.max_sync_body >= 1 << 20);
-    let _ = (config.check_interval(), config.sync_timeout(), config.admin_token());
+    let _ = (
+        config.check_interval(),
+        config.sync_timeout(),
+        config.admin_token(),
+    );
     for peer in &config.peers {
         let _ = config.token_for(peer);
     }

@@ -47,7 +47,10 @@ fn mailbox(guid: MailboxGuid, name: &str, uidvalidity: u32, uidnext: u32) -> Mai
 }
 
 fn flags(names: &[&str], at: u64) -> FlagSet {
-    let names: Vec<FlagName> = names.iter().filter_map(|n| FlagName::parse(n).ok()).collect();
+    let names: Vec<FlagName> = names
+        .iter()
+        .filter_map(|n| FlagName::parse(n).ok())
+        .collect();
     FlagSet::initial(&names, stamp(at))
 }
 
@@ -94,7 +97,13 @@ pub fn changes() -> Vec<Change> {
             record: mailbox(inbox_b, "INBOX", 3_000, 2),
         },
         message("alice", inbox_a, 1, &body(1), &["\\Seen"]),
-        message("alice", inbox_a, 2, &body(2), &["\\Seen", "\\Flagged", "$Label1"]),
+        message(
+            "alice",
+            inbox_a,
+            2,
+            &body(2),
+            &["\\Seen", "\\Flagged", "$Label1"],
+        ),
         message("alice", inbox_a, 4, &body(4), &[]),
         // The same body at two places: single-instance storage shares it.
         message("alice", WORK, 3, &body(1), &["Junk"]),

@@ -151,20 +151,32 @@ pub fn check(data: &[u8]) {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let store = Arc::new(fixture::store().expect("fixture"));
-    let before = (store.root().expect("root"), store.counters().expect("counters"));
+    let before = (
+        store.root().expect("root"),
+        store.counters().expect("counters"),
+    );
     let Some(status) = runtime().block_on(exchange(Arc::clone(&store), req)) else {
         return;
     };
-    let after = (store.root().expect("root"), store.counters().expect("counters"));
+    let after = (
+        store.root().expect("root"),
+        store.counters().expect("counters"),
+    );
     assert!(
         status != StatusCode::INTERNAL_SERVER_ERROR,
         "{method} {path}: 500 Internal Server Error"
     );
     if status.is_client_error() || method == Method::GET || method == Method::HEAD {
-        assert_eq!(before, after, "{method} {path} answered {status} but changed the store");
+        assert_eq!(
+            before, after,
+            "{method} {path} answered {status} but changed the store"
+        );
     }
     let report = store.verify().expect("verify runs");
-    assert!(report.is_ok(), "{method} {path} ({status}): verify: {report:?}");
+    assert!(
+        report.is_ok(),
+        "{method} {path} ({status}): verify: {report:?}"
+    );
 }
 
 /// One request to a server of its own; the status it answered with, or `None` if the client

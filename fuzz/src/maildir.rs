@@ -24,7 +24,10 @@ pub fn names(data: &[u8]) {
 
     let keywords = parse_keywords_file(keywords_text);
     let rewritten = parse_keywords_file(&format_keywords_file(&keywords));
-    assert_eq!(rewritten, keywords, "keywords file does not survive a rewrite");
+    assert_eq!(
+        rewritten, keywords,
+        "keywords file does not survive a rewrite"
+    );
 
     let parsed = parse_filename(file_name, &keywords);
     assert!(
@@ -38,7 +41,10 @@ pub fn names(data: &[u8]) {
     }
     // Written back with the same keywords, the flags read the same.
     let (info, dropped) = format_info(&parsed.flags, &keywords);
-    assert!(dropped.is_empty(), "flags read from a name cannot be written: {dropped:?}");
+    assert!(
+        dropped.is_empty(),
+        "flags read from a name cannot be written: {dropped:?}"
+    );
     let again = parse_filename(&format!("{}:{info}", parsed.basename), &keywords);
     assert_eq!(again.flags, parsed.flags, "flags do not survive a rename");
 
@@ -54,15 +60,26 @@ pub fn names(data: &[u8]) {
 
     // Modified UTF-7: every text encodes and decodes back; a strict decode is canonical.
     let encoded = utf7::encode(file_name);
-    assert_eq!(utf7::decode(&encoded).as_deref(), Ok(file_name), "utf7 round trip");
+    assert_eq!(
+        utf7::decode(&encoded).as_deref(),
+        Ok(file_name),
+        "utf7 round trip"
+    );
     if let Ok(decoded) = utf7::decode(file_name) {
-        assert_eq!(utf7::encode(&decoded), file_name, "utf7 decode is not canonical");
+        assert_eq!(
+            utf7::encode(&decoded),
+            file_name,
+            "utf7 decode is not canonical"
+        );
     }
 
     let (subscribed, _errors) = merkmail::maildir::folder::parse_subscriptions(&input);
     if let Ok(rewritten) = merkmail::maildir::folder::format_subscriptions(&subscribed) {
         let (again, errors) = merkmail::maildir::folder::parse_subscriptions(&rewritten);
-        assert!(errors.is_empty(), "our own subscriptions file has errors: {errors:?}");
+        assert!(
+            errors.is_empty(),
+            "our own subscriptions file has errors: {errors:?}"
+        );
         assert_eq!(again, subscribed, "subscriptions do not survive a rewrite");
     }
 }

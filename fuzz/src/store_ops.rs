@@ -16,7 +16,14 @@ pub const MAX_OPS: usize = 64;
 const USERS: [&str; 3] = ["alice", "bob", "carol"];
 /// "inbox" is INBOX in another case; "Bad//name" is refused by the name rules.
 const MAILBOXES: [&str; 8] = [
-    "INBOX", "Work", "Work/2026", "Lists", "Lists/rust", "INBOX/Sub", "inbox", "Bad//name",
+    "INBOX",
+    "Work",
+    "Work/2026",
+    "Lists",
+    "Lists/rust",
+    "INBOX/Sub",
+    "inbox",
+    "Bad//name",
 ];
 const FLAGS: [&str; 5] = ["\\Seen", "\\Flagged", "\\Deleted", "$Label1", "Junk"];
 
@@ -55,9 +62,9 @@ struct Model {
 
 impl Model {
     fn ensure_user(&mut self, user: &str) {
-        self.users.entry(user.to_string()).or_insert_with(|| {
-            BTreeMap::from([("INBOX".to_string(), Mailbox::new(true))])
-        });
+        self.users
+            .entry(user.to_string())
+            .or_insert_with(|| BTreeMap::from([("INBOX".to_string(), Mailbox::new(true))]));
     }
 
     fn mailbox(&mut self, user: &str, name: &str, create_inbox: bool) -> Option<&mut Mailbox> {
@@ -426,9 +433,18 @@ fn run(store: &Store, model: &Model, op: &Op) -> Result<Vec<String>, String> {
         parse_flag_list(&list).map_err(|e| e.to_string())
     };
     match op {
-        Op::Create { user, mailbox } => store.create_mailbox(user, mailbox).map(|_| vec![]).map_err(e),
-        Op::Rename { user, from, to } => store.rename_mailbox(user, from, to).map(|_| vec![]).map_err(e),
-        Op::Delete { user, mailbox } => store.delete_mailbox(user, mailbox).map(|_| vec![]).map_err(e),
+        Op::Create { user, mailbox } => store
+            .create_mailbox(user, mailbox)
+            .map(|_| vec![])
+            .map_err(e),
+        Op::Rename { user, from, to } => store
+            .rename_mailbox(user, from, to)
+            .map(|_| vec![])
+            .map_err(e),
+        Op::Delete { user, mailbox } => store
+            .delete_mailbox(user, mailbox)
+            .map(|_| vec![])
+            .map_err(e),
         Op::Append {
             user,
             mailbox,
@@ -475,7 +491,10 @@ fn run(store: &Store, model: &Model, op: &Op) -> Result<Vec<String>, String> {
             let n = store.expunge(user, mailbox, &uids).map_err(e)?;
             Ok(vec![n.to_string()])
         }
-        Op::Subscribe { user, mailbox, on } => store.subscribe(user, mailbox, *on).map(|_| vec![]).map_err(e),
+        Op::Subscribe { user, mailbox, on } => store
+            .subscribe(user, mailbox, *on)
+            .map(|_| vec![])
+            .map_err(e),
     }
 }
 
@@ -500,7 +519,12 @@ fn observe(store: &Store) -> Model {
                     },
                 );
             }
-            assert_eq!(info.messages, messages.len() as u64, "count of {}", info.name);
+            assert_eq!(
+                info.messages,
+                messages.len() as u64,
+                "count of {}",
+                info.name
+            );
             mailboxes.insert(
                 info.name.clone(),
                 Mailbox {
@@ -534,21 +558,36 @@ pub fn check(data: &[u8]) {
     let store = Store::in_memory("fuzz-ops").expect("store");
     let mut model = Model::default();
     for (i, op) in decode(data).iter().enumerate() {
-        let before = (store.root().expect("root"), store.counters().expect("counters"));
+        let before = (
+            store.root().expect("root"),
+            store.counters().expect("counters"),
+        );
         let expected = expect(&model, op);
         let got = run(&store, &model, op);
-        let after = (store.root().expect("root"), store.counters().expect("counters"));
+        let after = (
+            store.root().expect("root"),
+            store.counters().expect("counters"),
+        );
         match (expected, got) {
             (Err(()), Err(_)) => {
-                assert_eq!(before, after, "op {i} {op:?} was refused but changed the store");
+                assert_eq!(
+                    before, after,
+                    "op {i} {op:?} was refused but changed the store"
+                );
             }
             (Ok((want, next)), Ok(got)) => {
                 assert_eq!(got, want, "op {i} {op:?} answered differently");
                 if next != model {
-                    assert_ne!(before.0, after.0, "op {i} {op:?} changed mail, not the root");
+                    assert_ne!(
+                        before.0, after.0,
+                        "op {i} {op:?} changed mail, not the root"
+                    );
                 }
                 if matches!(op, Op::Flags { .. }) && next == model {
-                    assert_eq!(before.0, after.0, "op {i} {op:?} was a no-op, moved the root");
+                    assert_eq!(
+                        before.0, after.0,
+                        "op {i} {op:?} was a no-op, moved the root"
+                    );
                 }
                 model = next;
             }

@@ -93,7 +93,10 @@ pub fn journal_batch(data: &[u8]) {
     let again = decode_batch(&encode_batch(&batch)).expect("a decoded batch re-encodes");
     assert_eq!(again, batch, "decode(encode(batch)) != batch");
     let store = fixture::store().expect("fixture");
-    let before = (store.root().expect("root"), store.counters().expect("counters"));
+    let before = (
+        store.root().expect("root"),
+        store.counters().expect("counters"),
+    );
     match store.journal_receive(&batch) {
         Ok(_) => {
             for _ in 0..MAX_APPLY_CALLS {
@@ -104,7 +107,10 @@ pub fn journal_batch(data: &[u8]) {
             }
         }
         Err(e) => {
-            let after = (store.root().expect("root"), store.counters().expect("counters"));
+            let after = (
+                store.root().expect("root"),
+                store.counters().expect("counters"),
+            );
             assert_eq!(before, after, "a refused batch ({e}) changed the store");
         }
     }
