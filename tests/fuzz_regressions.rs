@@ -27,8 +27,11 @@ mod wire;
 
 use std::path::{Path, PathBuf};
 
+/// What a target runs on one input; it panics when an invariant breaks.
+type Check = fn(&[u8]);
+
 /// Each target with its check, as `fuzz/fuzz_targets/*.rs` pairs them.
-const TARGETS: [(&str, fn(&[u8])); 8] = [
+const TARGETS: [(&str, Check); 8] = [
     ("wire_request", wire::round_request),
     ("wire_reply", wire::session_replies),
     ("journal_batch", wire::journal_batch),
@@ -427,4 +430,15 @@ fn huge_check_interval_does_not_panic_the_schedule() {
     };
     assert_eq!(schedule.wait(0, 1.0), std::time::Duration::MAX);
     assert!(schedule.wait(0, -1.0) < std::time::Duration::MAX);
+}
+
+/// Found by `wire_reply` in 13 484 runs: a peer's `Users` answer with a mailbox at UID-tree
+/// level 15 made the initiator compute a UID span with a shift of 66 bits (a panic with
+/// overflow checks, a wrong span without). The session now ends with a protocol error for a
+/// level above the UID tree's root. The input is the crash artifact as libFuzzer wrote it.
+#[test]
+fn peer_naming_a_uid_level_above_the_root_ends_the_session() {
+    wire::session_replies(include_bytes!(
+        "../fuzz/regressions/wire_reply-uid-level-above-root"
+    ));
 }
