@@ -442,3 +442,17 @@ fn peer_naming_a_uid_level_above_the_root_ends_the_session() {
         "../fuzz/regressions/wire_reply-uid-level-above-root"
     ));
 }
+
+/// Found by `uidlist` in 55 931 runs: an entry whose base name ended in '\r' (`1 :a\r:a`)
+/// parsed, but the list we write back (`1 :a\r\n`) reads as base name `a`. A base name with a
+/// control character is now refused like one with '/'.
+#[test]
+fn uidlist_base_name_with_a_carriage_return_is_refused() {
+    let text = b"3 V1 N2\r\n1  V1 N :a\r:a\r\n";
+    maildir::uidlist(text);
+    let parsed = merkmail::maildir::parse_uidlist(std::str::from_utf8(text).expect("utf-8"));
+    assert!(
+        parsed.as_ref().is_err_and(|e| e.to_string().contains("control character")),
+        "{parsed:?}"
+    );
+}
