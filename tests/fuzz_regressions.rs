@@ -452,7 +452,9 @@ fn uidlist_base_name_with_a_carriage_return_is_refused() {
     maildir::uidlist(text);
     let parsed = merkmail::maildir::parse_uidlist(std::str::from_utf8(text).expect("utf-8"));
     assert!(
-        parsed.as_ref().is_err_and(|e| e.to_string().contains("control character")),
+        parsed
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("control character")),
         "{parsed:?}"
     );
 }
