@@ -23,7 +23,10 @@ impl Schedule {
     pub fn wait(&self, failures: u32, unit: f64) -> Duration {
         if failures == 0 {
             let factor = 1.0 + self.jitter * unit.clamp(-1.0, 1.0);
-            return self.interval.mul_f64(factor.max(0.05));
+            // Not `mul_f64`, which panics past `Duration::MAX` (check_interval_s near u64::MAX
+            // passes validation); such a wait is forever in any case.
+            let secs = self.interval.as_secs_f64() * factor.max(0.05);
+            return Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX);
         }
         // 1 s, 2 s, 4 s, … capped; jittered by a quarter of the same amount, so peers that
         // lost the same neighbour do not knock on its door in step.

@@ -169,6 +169,14 @@ pub fn parse_uidlist(text: &str) -> Result<UidList, MaildirError> {
         if base.contains('/') {
             return Err(err(n, format!("file name {base:?} contains '/'")));
         }
+        // A control character (a '\r' before the line end, say) would not survive our own
+        // rewrite of the list, and no Maildir delivery writes one.
+        if base.chars().any(char::is_control) {
+            return Err(err(
+                n,
+                format!("file name {base:?} contains a control character"),
+            ));
+        }
         // A base name listed twice: Dovecot keeps the later UID (the file came back after an
         // expunge), and so do we.
         if let Some(old) = by_name.get(base).copied() {

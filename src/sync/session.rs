@@ -15,7 +15,9 @@ use super::wire::{
     Request, RoundReply, RoundRequest, Run, Slots, UserDiff, UserHashes, UserRef, WireChange,
     WireRecord, RUNS_PER_BUCKET, RUN_SHIFT, WIRE_VERSION,
 };
-use crate::merkle::{bucket_hash, user_bucket_of, NodeHash, NodeKey, BUCKET_SHIFT, TOP_LEAF_LEVEL};
+use crate::merkle::{
+    bucket_hash, user_bucket_of, NodeHash, NodeKey, BUCKET_SHIFT, TOP_LEAF_LEVEL, UID_ROOT_LEVEL,
+};
 use crate::model::{
     merge_into, merge_mailbox, validate_user, Digest, MailboxGuid, MailboxOutcome, MailboxRecord,
     MailboxSide, MailboxTombstone, Tombstone,
@@ -718,6 +720,13 @@ impl<'a> Session<'a> {
                 // tombstone at or above its own UIDNEXT (a group that brings one raises it).
                 w.tail = l.uidnext != uidnext;
                 w.tail_asked = l.uidnext > uidnext;
+                if m.level > UID_ROOT_LEVEL {
+                    // A UID tree has no level above its root; spans past it do not exist.
+                    return Err(protocol(format!(
+                        "UID-tree level {} is above the root level {UID_ROOT_LEVEL}",
+                        m.level
+                    )));
+                }
                 let local_nodes: BTreeMap<u32, Fp> = self
                     .local
                     .uid_level(&key.0, key.1, m.level)?
