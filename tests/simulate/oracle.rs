@@ -1,0 +1,139 @@
+//! What the simulated writers were told, and the checks the cluster must pass once it has
+//! settled: equal roots, `verify` clean, no acknowledged mail lost or duplicated, no expunged
+//! mail back.
+
+use merkmail::model::{Digest, MailboxGuid};
+use merkmail::store::Store;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// One append a writer got `Ok` for.
+#[derive(Clone, Debug)]
+pub struct Appended {
+    pub label: String,
+    pub user: String,
+    pub mailbox: String,
+    pub guid: MailboxGuid,
+    pub peer: String,
+}
+
+/// Everything the writers did that the final state must reflect. Bodies are unique per
+/// append, so a digest names one message wherever it ends up.
+#[derive(Default)]
+pub struct Oracle {
+    pub appended: BTreeMap<Digest, Appended>,
+    /// Messages a writer expunged: they must not be live anywhere at the end.
+    pub expunged: BTreeSet<Digest>,
+    /// Messages that were live in a mailbox when a writer deleted it (there, on that peer).
+    pub deleted_with_mailbox: BTreeSet<Digest>,
+    /// Mailboxes (user, GUID) a writer deleted somewhere: what was appended to them may go.
+    pub deleted_mailboxes: BTreeSet<(String, MailboxGuid)>,
+}
+
+impl Oracle {
+    /// Whether a writer removed this message (so it may be absent at the end).
+    fn removed(&self, digest: &Digest, a: &Appended) -> bool {
+        self.expunged.contains(digest)
+            || self.deleted_with_mailbox.contains(digest)
+            || self
+                .deleted_mailboxes
+                .contains(&(a.user.clone(), a.guid))
+    }
+
+    /// Checks the settled cluster; returns every violation found.
+    pub fn check(&self, peers: &[(&str, &Store)]) -> Vec<String> {
+        let mut violations = Vec::new();
+        let mut roots = Vec::new();
+        for (name, store) in peers {
+            match store.root() {
+                Ok(r) => roots.push((name.to_string(), hex(&r.hash.0))),
+                Err(e) => violations.push(format!("{name}: cannot read the root: {e}")),
+            }
+            match store.verify() {
+                Ok(report) if report.is_ok() => {}
+                Ok(report) => violations.push(format!(
+                    "{name}: verify found {} problem(s): {:?}",
+                    report.problems.len(),
+                    report.problems.iter().take(5).collect::<Vec<_>>()
+                )),
+                Err(e) => violations.push(format!("{name}: verify failed: {e}")),
+            }
+        }
+        if roots.windows(2).any(|w| w[0].1 != w[1].1) {
+            violations.push(format!("roots differ after settling: {roots:?}"));
+        }
+        for (name, store) in peers {
+            let live = match live_messages(store) {
+                Ok(live) => live,
+                Err(e) => {
+                    violations.push(format!("{name}: cannot list messages: {e}"));
+                    continue;
+                }
+            };
+            for (digest, a) in &self.appended {
+                if self.removed(digest, a) {
+                    continue;
+                }
+                let places: Vec<&Place> = live
+                    .get(digest)
+                    .map(|p| p.iter().filter(|p| p.user == a.user).collect())
+                    .unwrap_or_default();
+                if places.len() != 1 {
+                    violations.push(format!(
+                        "{name}: message {} (appended on {} to {}/{}) is live {} times: {places:?}",
+                        a.label,
+                        a.peer,
+                        a.user,
+                        a.mailbox,
+                        places.len()
+                    ));
+                }
+            }
+            for digest in &self.expunged {
+                if let Some(places) = live.get(digest) {
+                    let label = self
+                        .appended
+                        .get(digest)
+                        .map_or("?", |a| a.label.as_str());
+                    violations.push(format!(
+                        "{name}: expunged message {label} is live again: {places:?}"
+                    ));
+                }
+            }
+        }
+        violations
+    }
+}
+
+/// Where a message is live (printed in violations).
+#[derive(Debug)]
+#[allow(dead_code)]
+pub struct Place {
+    pub user: String,
+    pub mailbox: String,
+    pub uid: u32,
+}
+
+/// Every live message of a store by digest.
+pub fn live_messages(
+    store: &Store,
+) -> Result<BTreeMap<Digest, Vec<Place>>, merkmail::store::StoreError> {
+    let mut live: BTreeMap<Digest, Vec<Place>> = BTreeMap::new();
+    for user in store.users()? {
+        let has_mailboxes = !store.list_mailboxes(&user)?.is_empty();
+        if !has_mailboxes {
+            continue;
+        }
+        for m in store.list_messages(&user, None)? {
+            live.entry(m.record.digest).or_default().push(Place {
+                user: user.clone(),
+                mailbox: m.mailbox,
+                uid: m.uid,
+            });
+        }
+    }
+    Ok(live)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
