@@ -15,10 +15,11 @@ mod oracle;
 #[path = "simulate/world.rs"]
 mod world;
 
+use std::collections::{BTreeMap, BTreeSet};
 use world::{Activity, Faults, Outcome, World};
 
 /// Steps of the active phase per seed (mail operations are about 40% of them).
-const STEPS: usize = 250;
+const STEPS: usize = 500;
 /// Seeds `cargo test` runs.
 const QUICK_SEEDS: u64 = 24;
 
@@ -46,7 +47,8 @@ fn simulate(seed: u64, steps: usize) -> Outcome {
             ),
             faults: Faults::default(),
             activity: Activity::default(),
-            violations: vec![format!("panicked: {what}")],
+            violations: vec![format!("panic: {what}")],
+            session_errors: Vec::new(),
             trace: Vec::new(),
         }
     })
@@ -67,10 +69,35 @@ fn report_failure(out: &Outcome) -> String {
     )
 }
 
-/// Runs `count` seeds from `start`; returns the totals and the failures.
-fn sweep_seeds(start: u64, count: u64, steps: usize) -> (Faults, Activity, Vec<String>) {
-    let (mut faults, mut activity, mut failures) =
-        (Faults::default(), Activity::default(), Vec::new());
+/// What a sweep found: totals, and per kind of violation (the text before the first ':')
+/// the seeds that showed it.
+#[derive(Default)]
+struct Sweep {
+    faults: Faults,
+    activity: Activity,
+    failures: Vec<String>,
+    kinds: BTreeMap<String, BTreeSet<u64>>,
+    session_errors: BTreeMap<String, u64>,
+}
+
+/// The kind of a violation or error: its text up to the first ':' (numbers dropped).
+fn kind(text: &str) -> String {
+    let head = text.split(':').next().unwrap_or(text);
+    head.chars()
+        .map(|c| if c.is_ascii_digit() { '#' } else { c })
+        .collect()
+}
+
+/// Runs `count` seeds from `start`.
+fn sweep_seeds(start: u64, count: u64, steps: usize) -> Sweep {
+    let mut sweep = Sweep::default();
+    let Sweep {
+        faults,
+        activity,
+        failures,
+        kinds,
+        session_errors,
+    } = &mut sweep;
     for seed in start..start + count {
         let out = simulate(seed, steps);
         if std::env::var_os("SIM_TRACE").is_some() && out.violations.is_empty() {
@@ -81,11 +108,17 @@ fn sweep_seeds(start: u64, count: u64, steps: usize) -> (Faults, Activity, Vec<S
         }
         faults.add(&out.faults);
         activity.add(&out.activity);
+        for v in &out.violations {
+            kinds.entry(kind(v)).or_default().insert(seed);
+        }
+        for e in &out.session_errors {
+            *session_errors.entry(kind(e)).or_default() += 1;
+        }
         if !out.violations.is_empty() {
             failures.push(report_failure(&out));
         }
     }
-    (faults, activity, failures)
+    sweep
 }
 
 #[test]
@@ -95,7 +128,12 @@ fn seeds_converge_without_losing_mail() {
         Some(seed) => (seed, 1),
         None => (1, QUICK_SEEDS),
     };
-    let (faults, activity, failures) = sweep_seeds(start, count, steps);
+    let Sweep {
+        faults,
+        activity,
+        failures,
+        ..
+    } = sweep_seeds(start, count, steps);
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     if count > 1 {
         // The runs did what they are for: faults were injected and the writers wrote.
@@ -121,13 +159,21 @@ fn sweep() {
     let start = env_u64("SIM_START").unwrap_or(1);
     let count = env_u64("SIM_SEEDS").unwrap_or(1_000);
     let steps = env_u64("SIM_STEPS").map_or(STEPS, |s| s as usize);
-    let (faults, activity, failures) = sweep_seeds(start, count, steps);
-    println!("seeds run: {count} (from {start}, {steps} steps each)");
-    println!("faults injected: {faults:#?}");
-    println!("activity: {activity:#?}");
-    println!("seeds with violations: {}", failures.len());
-    for f in &failures {
-        println!("{f}\n");
+    let verbose = std::env::var_os("SIM_VERBOSE").is_some();
+    let s = sweep_seeds(start, count, steps);
+    if verbose {
+        for f in &s.failures {
+            println!("{f}\n");
+        }
     }
-    assert!(failures.is_empty(), "{} seed(s) failed", failures.len());
+    println!("seeds run: {count} (from {start}, {steps} steps each)");
+    println!("faults injected: {:#?}", s.faults);
+    println!("activity: {:#?}", s.activity);
+    println!("session errors (not violations), by kind: {:#?}", s.session_errors);
+    println!("seeds with violations: {}", s.failures.len());
+    for (kind, seeds) in &s.kinds {
+        let some: Vec<&u64> = seeds.iter().take(10).collect();
+        println!("  {kind}: {} seed(s), e.g. {some:?}", seeds.len());
+    }
+    assert!(s.failures.is_empty(), "{} seed(s) failed", s.failures.len());
 }

@@ -13,7 +13,17 @@ pub struct Appended {
     pub user: String,
     pub mailbox: String,
     pub guid: MailboxGuid,
+    /// The UID the append returned.
+    pub uid: u32,
     pub peer: String,
+}
+
+/// Where a writer expunged a message.
+#[derive(Clone, Debug)]
+pub struct Expunged {
+    pub user: String,
+    pub guid: MailboxGuid,
+    pub uid: u32,
 }
 
 /// Everything the writers did that the final state must reflect. Bodies are unique per
@@ -21,8 +31,12 @@ pub struct Appended {
 #[derive(Default)]
 pub struct Oracle {
     pub appended: BTreeMap<Digest, Appended>,
-    /// Messages a writer expunged: they must not be live anywhere at the end.
-    pub expunged: BTreeSet<Digest>,
+    /// Messages a writer expunged, with the mailbox (user, GUID) they were expunged from:
+    /// they must not be live anywhere at the end, unless a writer deleted that mailbox too
+    /// (deleting a mailbox drops its messages' tombstones, the mailbox tombstone standing for
+    /// them; a peer that changed the mailbox after the delete revives it with the messages it
+    /// holds, and one it held but had not yet seen expunged comes back with them).
+    pub expunged: BTreeMap<Digest, Expunged>,
     /// Messages that were live in a mailbox when a writer deleted it (there, on that peer).
     pub deleted_with_mailbox: BTreeSet<Digest>,
     /// Mailboxes (user, GUID) a writer deleted somewhere: what was appended to them may go.
@@ -32,7 +46,7 @@ pub struct Oracle {
 impl Oracle {
     /// Whether a writer removed this message (so it may be absent at the end).
     fn removed(&self, digest: &Digest, a: &Appended) -> bool {
-        self.expunged.contains(digest)
+        self.expunged.contains_key(digest)
             || self.deleted_with_mailbox.contains(digest)
             || self
                 .deleted_mailboxes
@@ -51,7 +65,7 @@ impl Oracle {
             match store.verify() {
                 Ok(report) if report.is_ok() => {}
                 Ok(report) => violations.push(format!(
-                    "{name}: verify found {} problem(s): {:?}",
+                    "verify: {name}: verify found {} problem(s): {:?}",
                     report.problems.len(),
                     report.problems.iter().take(5).collect::<Vec<_>>()
                 )),
@@ -59,7 +73,7 @@ impl Oracle {
             }
         }
         if roots.windows(2).any(|w| w[0].1 != w[1].1) {
-            violations.push(format!("roots differ after settling: {roots:?}"));
+            violations.push(format!("unequal: roots differ after settling: {roots:?}"));
         }
         for (name, store) in peers {
             let live = match live_messages(store) {
@@ -78,24 +92,38 @@ impl Oracle {
                     .map(|p| p.iter().filter(|p| p.user == a.user).collect())
                     .unwrap_or_default();
                 if places.len() != 1 {
+                    let kind = match places.len() {
+                        0 => "lost",
+                        _ if places.iter().any(|p| p.uid != a.uid) => "duplicated-after-renumbering",
+                        _ => "duplicated",
+                    };
                     violations.push(format!(
-                        "{name}: message {} (appended on {} to {}/{}) is live {} times: {places:?}",
+                        "{kind}: {name}: message {} (appended on {} to {}/{} at UID {}) is live {} times: {places:?}",
                         a.label,
                         a.peer,
                         a.user,
                         a.mailbox,
+                        a.uid,
                         places.len()
                     ));
                 }
             }
-            for digest in &self.expunged {
+            for (digest, x) in &self.expunged {
+                if self.deleted_mailboxes.contains(&(x.user.clone(), x.guid)) {
+                    continue;
+                }
                 if let Some(places) = live.get(digest) {
-                    let label = self
-                        .appended
-                        .get(digest)
-                        .map_or("?", |a| a.label.as_str());
+                    let a = self.appended.get(digest);
+                    let label = a.map_or("?", |a| a.label.as_str());
+                    // Whether a UID clash moved it (appended, expunged and live UIDs differ).
+                    let moved = a.is_some_and(|a| {
+                        a.uid != x.uid || places.iter().any(|p| p.uid != a.uid)
+                    });
+                    let kind = if moved { "resurrected-after-renumbering" } else { "resurrected" };
                     violations.push(format!(
-                        "{name}: expunged message {label} is live again: {places:?}"
+                        "{kind}: {name}: expunged message {label} (appended at UID {}, expunged at UID {}) is live again: {places:?}",
+                        a.map_or(0, |a| a.uid),
+                        x.uid
                     ));
                 }
             }
