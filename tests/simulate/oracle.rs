@@ -15,6 +15,8 @@ pub struct Appended {
     pub guid: MailboxGuid,
     /// The UID the append returned.
     pub uid: u32,
+    /// The simulation step it happened at.
+    pub step: u64,
     pub peer: String,
 }
 
@@ -40,7 +42,8 @@ pub struct Oracle {
     /// Messages that were live in a mailbox when a writer deleted it (there, on that peer).
     pub deleted_with_mailbox: BTreeSet<Digest>,
     /// Mailboxes (user, GUID) a writer deleted somewhere: what was appended to them may go.
-    pub deleted_mailboxes: BTreeSet<(String, MailboxGuid)>,
+    /// With the step of the last such delete.
+    pub deleted_mailboxes: BTreeMap<(String, MailboxGuid), u64>,
 }
 
 impl Oracle {
@@ -50,7 +53,7 @@ impl Oracle {
             || self.deleted_with_mailbox.contains(digest)
             || self
                 .deleted_mailboxes
-                .contains(&(a.user.clone(), a.guid))
+                .contains_key(&(a.user.clone(), a.guid))
     }
 
     /// Checks the settled cluster; returns every violation found.
@@ -92,7 +95,14 @@ impl Oracle {
                     .map(|p| p.iter().filter(|p| p.user == a.user).collect())
                     .unwrap_or_default();
                 if places.len() != 1 {
+                    // A writer deleted another mailbox of the user after this append: the
+                    // message may have been merged into it (same name, two GUIDs).
+                    let delete_after = self
+                        .deleted_mailboxes
+                        .iter()
+                        .any(|((u, _), step)| *u == a.user && *step >= a.step);
                     let kind = match places.len() {
+                        0 if delete_after => "lost-near-mailbox-delete",
                         0 => "lost",
                         _ if places.iter().any(|p| p.uid != a.uid) => "duplicated-after-renumbering",
                         _ => "duplicated",
@@ -109,7 +119,7 @@ impl Oracle {
                 }
             }
             for (digest, x) in &self.expunged {
-                if self.deleted_mailboxes.contains(&(x.user.clone(), x.guid)) {
+                if self.deleted_mailboxes.contains_key(&(x.user.clone(), x.guid)) {
                     continue;
                 }
                 if let Some(places) = live.get(digest) {

@@ -895,11 +895,12 @@ impl World {
                             mailbox: mailbox.into(),
                             guid,
                             uid,
+                            step: self.step,
                             peer: id.clone(),
                         },
                     );
                     self.activity.appends += 1;
-                    Ok(out.first().map_or(0, |o| o.uid))
+                    Ok((uid, guid))
                 });
                 (
                     format!("append {label} to {user}/{mailbox} → {result:?}"),
@@ -958,23 +959,32 @@ impl World {
             }
             85..=91 => {
                 let to = BOXES[self.rng.random_range(0..BOXES.len())];
-                let result = s.rename_mailbox(user, mailbox, to);
-                (format!("rename {user}/{mailbox} to {to} → {result:?}"), result)
+                let result = s
+                    .rename_mailbox(user, mailbox, to)
+                    .and_then(|()| Ok(s.mailbox(user, to)?.guid));
+                (
+                    format!("rename {user}/{mailbox} to {to} → {result:?}"),
+                    result.map(|_| ()),
+                )
             }
             92..=96 => {
                 let result = s.mailbox(user, mailbox).and_then(|record| {
                     let held = s.list_messages(user, Some(mailbox))?;
+                    let guid = record.guid;
                     s.delete_mailbox(user, mailbox)?;
                     self.oracle
                         .deleted_mailboxes
-                        .insert((user.to_string(), record.guid));
+                        .insert((user.to_string(), record.guid), self.step);
                     for m in held {
                         self.oracle.deleted_with_mailbox.insert(m.record.digest);
                     }
                     self.activity.mailbox_deletes += 1;
-                    Ok(())
+                    Ok(guid)
                 });
-                (format!("delete {user}/{mailbox} → {result:?}"), result)
+                (
+                    format!("delete {user}/{mailbox} → {result:?}"),
+                    result.map(|_| ()),
+                )
             }
             _ => {
                 let on = self.rng.random_bool(0.5);
