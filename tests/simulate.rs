@@ -78,11 +78,6 @@ fn simulate(seed: u64, steps: usize) -> Outcome {
 }
 
 fn report_failure(out: &Outcome) -> String {
-    if std::env::var_os("SIM_TRACE").is_some() {
-        for line in &out.trace {
-            eprintln!("{line}");
-        }
-    }
     format!(
         "seed {} failed ({:?}):\n  {}\nreplay: SIM_SEED={} SIM_TRACE=1 cargo test --test simulate -- seeds",
         out.seed,
@@ -123,11 +118,14 @@ fn sweep_seeds(start: u64, count: u64, steps: usize) -> Sweep {
     } = &mut sweep;
     for seed in start..start + count {
         let out = simulate(seed, steps);
-        if std::env::var_os("SIM_TRACE").is_some() && out.violations.is_empty() {
+        if std::env::var_os("SIM_TRACE").is_some() {
             for line in &out.trace {
                 eprintln!("{line}");
             }
             eprintln!("{:?}\n{:?}", out.faults, out.activity);
+            for v in &out.violations {
+                eprintln!("violation {v}");
+            }
         }
         faults.add(&out.faults);
         activity.add(&out.activity);
