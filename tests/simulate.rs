@@ -9,9 +9,9 @@
 //! `SIM_SEED=N cargo test --test simulate` replays one seed (add `SIM_TRACE=1` for its event
 //! log); `scripts/simulate --seeds N` runs many in release.
 
-mod random_ops;
 #[path = "simulate/oracle.rs"]
 mod oracle;
+mod random_ops;
 #[path = "simulate/world.rs"]
 mod world;
 
@@ -162,10 +162,19 @@ fn seeds_converge_without_losing_mail() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     if count > 1 {
         // The runs did what they are for: faults were injected and the writers wrote.
-        assert!(faults.drops > 0 && faults.duplicates > 0 && faults.reorders > 0, "{faults:?}");
+        assert!(
+            faults.drops > 0 && faults.duplicates > 0 && faults.reorders > 0,
+            "{faults:?}"
+        );
         assert!(faults.partitions > 0 && faults.crashes > 0, "{faults:?}");
-        assert!(activity.appends > 0 && activity.expunges > 0, "{activity:?}");
-        assert!(activity.sessions_equal > 0 && activity.entries_applied > 0, "{activity:?}");
+        assert!(
+            activity.appends > 0 && activity.expunges > 0,
+            "{activity:?}"
+        );
+        assert!(
+            activity.sessions_equal > 0 && activity.entries_applied > 0,
+            "{activity:?}"
+        );
     }
 }
 
@@ -194,10 +203,16 @@ fn sweep() {
     println!("seeds run: {count} (from {start}, {steps} steps each)");
     println!("faults injected: {:#?}", s.faults);
     println!("activity: {:#?}", s.activity);
-    println!("session errors (not violations), by kind: {:#?}", s.session_errors);
+    println!(
+        "session errors (not violations), by kind: {:#?}",
+        s.session_errors
+    );
     let any: BTreeSet<u64> = s.kinds.values().flatten().copied().collect();
     println!("seeds with violations of any kind: {}", any.len());
-    println!("seeds with violations of unknown kinds (failures): {}", s.failures.len());
+    println!(
+        "seeds with violations of unknown kinds (failures): {}",
+        s.failures.len()
+    );
     for (kind, seeds) in &s.kinds {
         let some: Vec<&u64> = seeds.iter().take(10).collect();
         println!("  {kind}: {} seed(s), e.g. {some:?}", seeds.len());
@@ -265,7 +280,11 @@ fn uid_clash_resolved_by_two_pairs_loses_no_expunge_and_duplicates_nothing() {
             .into_iter()
             .map(|m| m.record.digest)
             .collect();
-        assert!(!live.contains(&d1), "{}: the expunged message is back", s.node_id());
+        assert!(
+            !live.contains(&d1),
+            "{}: the expunged message is back",
+            s.node_id()
+        );
         assert_eq!(
             live.iter().filter(|d| **d == d2).count(),
             1,
@@ -291,7 +310,11 @@ fn a_write_on_the_responder_between_rounds_does_not_fail_the_session() {
         let b = Store::in_memory("b").expect("store");
         a.append("u", "INBOX", vec![random_ops::msg("1")])
             .expect("append");
-        assert!(run(&b, 1, false, in_process(&a)).expect("session").equal_after);
+        assert!(
+            run(&b, 1, false, in_process(&a))
+                .expect("session")
+                .equal_after
+        );
         a.append("u", "INBOX", vec![random_ops::msg("2")])
             .expect("append");
         let mut rounds = 0;

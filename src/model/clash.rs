@@ -143,11 +143,14 @@ pub fn merge_mailbox(a: &MailboxSide, b: &MailboxSide) -> MailboxOutcome {
     // took a message after telling its record, before listing its messages: found by the
     // simulation); the outcome mends it rather than plan a change the store refuses.
     if let Some(record) = &mut out.record {
-        let top = [out.messages.keys().next_back(), out.expunged.keys().next_back()]
-            .into_iter()
-            .flatten()
-            .max()
-            .map_or(0, |uid| uid.saturating_add(1));
+        let top = [
+            out.messages.keys().next_back(),
+            out.expunged.keys().next_back(),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .map_or(0, |uid| uid.saturating_add(1));
         record.uidnext = record.uidnext.max(top);
     }
     out

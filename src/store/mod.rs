@@ -32,8 +32,8 @@ pub use verify::VerifyReport;
 
 use crate::merkle::{NodeKey, NodeValue};
 use crate::model::{Hlc, Stamp};
-use redb::{Database, ReadableDatabase};
 use rand::{Rng, SeedableRng};
+use redb::{Database, ReadableDatabase};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -104,7 +104,9 @@ impl Oracle {
                     let kind = match places.len() {
                         0 if delete_after => "lost-near-mailbox-delete",
                         0 => "lost",
-                        _ if places.iter().any(|p| p.uid != a.uid) => "duplicated-after-renumbering",
+                        _ if places.iter().any(|p| p.uid != a.uid) => {
+                            "duplicated-after-renumbering"
+                        }
                         _ => "duplicated",
                     };
                     violations.push(format!(
@@ -119,17 +121,23 @@ impl Oracle {
                 }
             }
             for (digest, x) in &self.expunged {
-                if self.deleted_mailboxes.contains_key(&(x.user.clone(), x.guid)) {
+                if self
+                    .deleted_mailboxes
+                    .contains_key(&(x.user.clone(), x.guid))
+                {
                     continue;
                 }
                 if let Some(places) = live.get(digest) {
                     let a = self.appended.get(digest);
                     let label = a.map_or("?", |a| a.label.as_str());
                     // Whether a UID clash moved it (appended, expunged and live UIDs differ).
-                    let moved = a.is_some_and(|a| {
-                        a.uid != x.uid || places.iter().any(|p| p.uid != a.uid)
-                    });
-                    let kind = if moved { "resurrected-after-renumbering" } else { "resurrected" };
+                    let moved =
+                        a.is_some_and(|a| a.uid != x.uid || places.iter().any(|p| p.uid != a.uid));
+                    let kind = if moved {
+                        "resurrected-after-renumbering"
+                    } else {
+                        "resurrected"
+                    };
                     violations.push(format!(
                         "{kind}: {name}: expunged message {label} (appended at UID {}, expunged at UID {}) is live again: {places:?}",
                         a.map_or(0, |a| a.uid),

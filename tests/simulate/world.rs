@@ -224,7 +224,10 @@ pub struct World {
 fn scratch() -> std::io::Result<tempfile::TempDir> {
     let shm = std::path::Path::new("/dev/shm");
     if shm.is_dir() {
-        if let Ok(dir) = tempfile::Builder::new().prefix("merkmail-sim").tempdir_in(shm) {
+        if let Ok(dir) = tempfile::Builder::new()
+            .prefix("merkmail-sim")
+            .tempdir_in(shm)
+        {
             return Ok(dir);
         }
     }
@@ -242,7 +245,10 @@ impl World {
             let path = dir.path().join(&id);
             let clock = Arc::new(AtomicU64::new(EPOCH_MS));
             let mut store = Store::init(&path, &id).map_err(|e| format!("init {id}: {e}"))?;
-            store.simulate_environment(Arc::clone(&clock), seed.wrapping_mul(31).wrapping_add(k as u64));
+            store.simulate_environment(
+                Arc::clone(&clock),
+                seed.wrapping_mul(31).wrapping_add(k as u64),
+            );
             peers.push(Peer {
                 url: format!("sim://{id}"),
                 id,
@@ -359,7 +365,9 @@ impl World {
     }
 
     fn reachable(&self, a: usize, b: usize) -> bool {
-        self.peers[a].store.is_some() && self.peers[b].store.is_some() && self.side[a] == self.side[b]
+        self.peers[a].store.is_some()
+            && self.peers[b].store.is_some()
+            && self.side[a] == self.side[b]
     }
 
     fn register(&mut self, k: usize) -> Result<(), String> {
@@ -499,7 +507,10 @@ impl World {
             Ok(r) if r.is_ok() => {}
             Ok(r) => {
                 let id = self.peers[k].id.clone();
-                self.violation(format!("error: {id}: verify after restart: {:?}", r.problems));
+                self.violation(format!(
+                    "error: {id}: verify after restart: {:?}",
+                    r.problems
+                ));
             }
             Err(e) => {
                 let id = self.peers[k].id.clone();
@@ -592,7 +603,10 @@ impl World {
                 let Some(s) = self.store(p.to) else { return };
                 let url = self.peers[p.from].url.clone();
                 if let Err(e) = s.journal_ack(&url, acked.min(last)) {
-                    self.violation(format!("error: {}: journal_ack failed: {e}", self.peers[p.to].id));
+                    self.violation(format!(
+                        "error: {}: journal_ack failed: {e}",
+                        self.peers[p.to].id
+                    ));
                 }
             }
             Packet::Round { bytes } => {
@@ -649,7 +663,10 @@ impl World {
         let batch = match decode_batch(bytes) {
             Ok(b) => b,
             Err(e) => {
-                self.violation(format!("error: a batch from {} does not decode: {e}", self.peers[from].id));
+                self.violation(format!(
+                    "error: a batch from {} does not decode: {e}",
+                    self.peers[from].id
+                ));
                 return;
             }
         };
@@ -659,7 +676,10 @@ impl World {
                 self.send(to, from, Packet::Ack { acked, last });
             }
             Err(e) => {
-                self.violation(format!("error: {}: journal_receive: {e}", self.peers[to].id));
+                self.violation(format!(
+                    "error: {}: journal_receive: {e}",
+                    self.peers[to].id
+                ));
                 return;
             }
         }
@@ -693,7 +713,10 @@ impl World {
                 done.remaining
             }
             Err(e) => {
-                self.violation(format!("error: {}: journal_apply_inbound: {e}", self.peers[k].id));
+                self.violation(format!(
+                    "error: {}: journal_apply_inbound: {e}",
+                    self.peers[k].id
+                ));
                 0
             }
         }
@@ -837,7 +860,12 @@ impl World {
             }
             Err(e) => {
                 self.activity.sessions_error += 1;
-                if matches!(e, DriveError::Session(merkmail::sync::SessionError::Store(StoreError::Corrupt(_)))) {
+                if matches!(
+                    e,
+                    DriveError::Session(merkmail::sync::SessionError::Store(StoreError::Corrupt(
+                        _
+                    )))
+                ) {
                     self.violation(format!("error: session {pi}→{pj}: {e}"));
                 } else {
                     self.session_errors.push(e.to_string());
@@ -989,7 +1017,10 @@ impl World {
             _ => {
                 let on = self.rng.random_bool(0.5);
                 let result = s.subscribe(user, mailbox, on);
-                (format!("subscribe {user}/{mailbox} {on} → {result:?}"), result)
+                (
+                    format!("subscribe {user}/{mailbox} {on} → {result:?}"),
+                    result,
+                )
             }
         };
         match &result {
@@ -1040,10 +1071,14 @@ impl World {
                         continue;
                     }
                     for _ in 0..1_000 {
-                        let before = self.store(i).and_then(|s| s.journal_peer(&self.peers[j].url).ok());
+                        let before = self
+                            .store(i)
+                            .and_then(|s| s.journal_peer(&self.peers[j].url).ok());
                         self.ship(i, j);
                         self.deliver_due();
-                        let after = self.store(i).and_then(|s| s.journal_peer(&self.peers[j].url).ok());
+                        let after = self
+                            .store(i)
+                            .and_then(|s| s.journal_peer(&self.peers[j].url).ok());
                         if before.map(|p| p.cursor) == after.map(|p| p.cursor) {
                             break;
                         }
