@@ -101,7 +101,13 @@ impl Oracle {
                         .deleted_mailboxes
                         .iter()
                         .any(|((u, _), step)| *u == a.user && *step >= a.step);
+                    // Another append took the same UID of the same mailbox: a UID clash
+                    // renumbered this message somewhere.
+                    let clashed = self.appended.iter().any(|(d, b)| {
+                        d != digest && b.user == a.user && b.guid == a.guid && b.uid == a.uid
+                    });
                     let kind = match places.len() {
+                        0 if clashed => "lost-after-uid-clash",
                         0 if delete_after => "lost-near-mailbox-delete",
                         0 => "lost",
                         _ if places.iter().any(|p| p.uid != a.uid) => {
