@@ -461,6 +461,8 @@ fn run(store: &Store, model: &Model, op: &Op) -> Result<Vec<String>, String> {
                     internal_date: 1_777_000_000,
                     uid: *uid,
                     source: None,
+                    md5: None,
+                    digest: None,
                 })
                 .collect();
             let outcomes = store.append(user, mailbox, messages).map_err(e)?;

@@ -138,6 +138,25 @@ fn merge_records(a: &MailboxRecord, b: &MailboxRecord) -> MailboxRecord {
 /// The caller must pass whole mailboxes (every message and tombstone) when the mailbox is
 /// missing on one side or the UIDVALIDITYs differ; otherwise the compared UIDs suffice.
 pub fn merge_mailbox(a: &MailboxSide, b: &MailboxSide) -> MailboxOutcome {
+    let mut out = merge_sides(a, b);
+    // Every UID lies below UIDNEXT. A side read over several rounds can break that (the peer
+    // took a message after telling its record, before listing its messages: found by the
+    // simulation); the outcome mends it rather than plan a change the store refuses.
+    if let Some(record) = &mut out.record {
+        let top = [
+            out.messages.keys().next_back(),
+            out.expunged.keys().next_back(),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .map_or(0, |uid| uid.saturating_add(1));
+        record.uidnext = record.uidnext.max(top);
+    }
+    out
+}
+
+fn merge_sides(a: &MailboxSide, b: &MailboxSide) -> MailboxOutcome {
     let tombstone = max_tombstone(&a.tombstone, &b.tombstone);
     match (&a.record, &b.record) {
         (None, None) => MailboxOutcome {

@@ -33,10 +33,11 @@ pub use verify::{BodyProgress, BodyReport, BodyUse, DamagedBody, VerifyReport};
 
 use crate::merkle::{NodeKey, NodeValue};
 use crate::model::{Hlc, Stamp};
+use rand::{Rng, SeedableRng};
 use redb::{Database, ReadableDatabase};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tables::{META, TREE};
 use tx::Tx;
@@ -62,6 +63,14 @@ pub struct Store {
     tree_enabled: bool,
     /// redb's quick-repair on every write ([`Store::set_quick_repair`]).
     quick_repair: AtomicBool,
+    /// Set only by [`Store::simulate_environment`]: the clock and the source of fresh mailbox
+    /// GUIDs a simulation drives (otherwise the system clock and the thread's RNG).
+    simulated: Option<Box<Simulated>>,
+}
+
+struct Simulated {
+    clock: Arc<AtomicU64>,
+    guids: Mutex<rand::rngs::StdRng>,
 }
 
 /// A node id names a server in logs and status pages, and seeds its stamps' node tag.
@@ -224,6 +233,7 @@ impl Store {
             bodies: Box::new(RedbBodies),
             tree_enabled: true,
             quick_repair: AtomicBool::new(false),
+            simulated: None,
         })
     }
 
@@ -233,6 +243,38 @@ impl Store {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Deterministic simulation only (tests/simulate.rs): from now on the store reads the time
+    /// (stamps, UIDVALIDITY, journal times) from `clock` (ms since the epoch) and draws new
+    /// mailbox GUIDs from a generator seeded with `guid_seed`, so that one seed replays one
+    /// run exactly. Never use it in a server.
+    #[doc(hidden)]
+    pub fn simulate_environment(&mut self, clock: Arc<AtomicU64>, guid_seed: u64) {
+        self.simulated = Some(Box::new(Simulated {
+            clock,
+            guids: Mutex::new(rand::rngs::StdRng::seed_from_u64(guid_seed)),
+        }));
+    }
+
+    /// The time a transaction works with.
+    fn now_ms(&self) -> u64 {
+        match &self.simulated {
+            Some(sim) => sim.clock.load(Ordering::SeqCst),
+            None => now_ms(),
+        }
+    }
+
+    /// A fresh, random mailbox GUID.
+    pub(crate) fn new_guid(&self) -> crate::model::MailboxGuid {
+        let bytes = match &self.simulated {
+            Some(sim) => match sim.guids.lock() {
+                Ok(mut rng) => rng.random(),
+                Err(poisoned) => poisoned.into_inner().random(),
+            },
+            None => rand::random(),
+        };
+        crate::model::MailboxGuid(bytes)
     }
 
     /// Benchmarks only: switch tree maintenance off to measure what it costs. A store
@@ -261,7 +303,7 @@ impl Store {
         let txn = self.begin_write()?;
         let mut times = Vec::with_capacity(stops.len());
         {
-            let mut tx = Tx::open(&txn, hlc, now_ms(), self.bodies.as_ref(), false)?;
+            let mut tx = Tx::open(&txn, hlc, self.now_ms(), self.bodies.as_ref(), false)?;
             let record = tx.get_message(user, guid, uid)?.ok_or_else(|| {
                 StoreError::Invalid(format!("no message {uid} in {guid} of {user:?}"))
             })?;
@@ -310,7 +352,7 @@ impl Store {
         let txn = self.begin_write()?;
         let result = (|| {
             let (out, new_hlc) = {
-                let mut tx = Tx::open(&txn, *hlc, now_ms(), self.bodies.as_ref(), journal)?;
+                let mut tx = Tx::open(&txn, *hlc, self.now_ms(), self.bodies.as_ref(), journal)?;
                 let out = f(&mut tx)?;
                 if self.tree_enabled {
                     let mut dirty = std::mem::take(&mut tx.dirty);

@@ -273,7 +273,7 @@ impl Store {
             }
             let stamp = tx.stamp();
             let record = MailboxRecord {
-                guid: MailboxGuid(rand::random()),
+                guid: self.new_guid(),
                 name: name.to_string(),
                 uidvalidity: tx.new_uidvalidity(),
                 uidnext: 1,
@@ -573,7 +573,7 @@ impl Store {
                         {
                             g
                         }
-                        _ => MailboxGuid(rand::random()),
+                        _ => self.new_guid(),
                     };
                     let record = MailboxRecord {
                         guid,

@@ -206,9 +206,20 @@ impl Tx<'_> {
                                         self.counters.body_bytes += record.size;
                                     }
                                 }
+                                // Neither sent nor staged: the store must hold it. A plan
+                                // made before a writer released the last copy finds none:
+                                // a stale plan (found by the simulation), not damage.
                                 _ => {
                                     self.check_held(record, *uid, *guid)?;
-                                    self.bodies.add_ref(self.txn, &record.digest)?;
+                                    self.bodies.add_ref(self.txn, &record.digest).map_err(
+                                        |e| match e {
+                                            StoreError::Corrupt(_) => StoreError::Invalid(format!(
+                                                "the body {} of UID {uid} of mailbox {guid} was neither sent nor held here (a stale plan)",
+                                                record.digest
+                                            )),
+                                            e => e,
+                                        },
+                                    )?;
                                 }
                             }
                         }

@@ -1,0 +1,356 @@
+//! Deterministic simulation of a cluster (docs/RELIABILITY.md §1): 3–5 peers in one process,
+//! each a real store on its own redb file, joined by a seeded in-memory network that drops,
+//! delays, duplicates and reorders session rounds, journal batches and acknowledgements,
+//! partitions and heals, and crashes peers (drop the store, reopen the file). Writers append,
+//! flag, expunge, create, rename and delete on every peer, on both sides of partitions. After
+//! healing, the cluster settles and must hold: equal roots, `verify` clean, every acknowledged
+//! message not removed by a writer live exactly once, no expunged message back.
+//!
+//! `SIM_SEED=N cargo test --test simulate` replays one seed (add `SIM_TRACE=1` for its event
+//! log); `scripts/simulate --seeds N` runs many in release.
+
+#[path = "simulate/oracle.rs"]
+mod oracle;
+mod random_ops;
+#[path = "simulate/world.rs"]
+mod world;
+
+use std::collections::{BTreeMap, BTreeSet};
+use world::{Activity, Faults, Outcome, World};
+
+/// Steps of the active phase per seed (mail operations are about 40% of them).
+const STEPS: usize = 500;
+/// Seeds `cargo test` runs.
+const QUICK_SEEDS: u64 = 24;
+
+/// Violations the simulation finds whose fix lies beyond the harness (each is described in
+/// docs/RELIABILITY.md §1, and the first has a minimal reproduction below). They are counted
+/// and printed; they fail a run only with `SIM_STRICT=1`. Any other kind fails it.
+const KNOWN: [&str; 4] = [
+    // Two pairs of peers resolve the same UID clash independently and give the two messages
+    // different new UIDs; when the pairs meet, the messages are copied to each other's UIDs
+    // (duplicates), and one expunged at its new UID comes back at the other.
+    "duplicated-after-renumbering",
+    "resurrected-after-renumbering",
+    // Suspected to be the same cause: the renumberings leave tombstones (old UID, digest)
+    // where other peers hold that digest at that UID, and those copies are expunged.
+    "lost-after-uid-clash",
+    // A message lost after a writer deleted another mailbox of the user (suspected: moved by
+    // a same-name merge into a mailbox whose concurrent delete then wins).
+    "lost-near-mailbox-delete",
+];
+
+fn strict() -> bool {
+    std::env::var_os("SIM_STRICT").is_some()
+}
+
+/// Whether a violation fails the run.
+fn fatal(violation: &str) -> bool {
+    strict() || !KNOWN.contains(&kind(violation).as_str())
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// Runs one seed; a panic inside is reported as a violation of that seed.
+fn simulate(seed: u64, steps: usize) -> Outcome {
+    let run = std::panic::catch_unwind(|| match World::new(seed, steps) {
+        Ok(world) => world.run(),
+        Err(e) => panic!("cannot set up the simulation: {e}"),
+    });
+    run.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Outcome {
+            seed,
+            settings: world::Settings::draw(
+                &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed),
+                steps,
+            ),
+            faults: Faults::default(),
+            activity: Activity::default(),
+            violations: vec![format!("panic: {what}")],
+            session_errors: Vec::new(),
+            trace: Vec::new(),
+        }
+    })
+}
+
+fn report_failure(out: &Outcome) -> String {
+    format!(
+        "seed {} failed ({:?}):\n  {}\nreplay: SIM_SEED={} SIM_TRACE=1 cargo test --test simulate -- seeds",
+        out.seed,
+        out.settings,
+        out.violations.join("\n  "),
+        out.seed
+    )
+}
+
+/// What a sweep found: totals, and per kind of violation (the text before the first ':')
+/// the seeds that showed it.
+#[derive(Default)]
+struct Sweep {
+    faults: Faults,
+    activity: Activity,
+    failures: Vec<String>,
+    kinds: BTreeMap<String, BTreeSet<u64>>,
+    session_errors: BTreeMap<String, u64>,
+}
+
+/// The kind of a violation or error: its text up to the first ':' (numbers dropped).
+fn kind(text: &str) -> String {
+    let head = text.split(':').next().unwrap_or(text);
+    head.chars()
+        .map(|c| if c.is_ascii_digit() { '#' } else { c })
+        .collect()
+}
+
+/// Runs `count` seeds from `start`.
+fn sweep_seeds(start: u64, count: u64, steps: usize) -> Sweep {
+    let mut sweep = Sweep::default();
+    let Sweep {
+        faults,
+        activity,
+        failures,
+        kinds,
+        session_errors,
+    } = &mut sweep;
+    for seed in start..start + count {
+        let out = simulate(seed, steps);
+        if std::env::var_os("SIM_TRACE").is_some() {
+            for line in &out.trace {
+                eprintln!("{line}");
+            }
+            eprintln!("{:?}\n{:?}", out.faults, out.activity);
+            for v in &out.violations {
+                eprintln!("violation {v}");
+            }
+        }
+        faults.add(&out.faults);
+        activity.add(&out.activity);
+        for v in &out.violations {
+            kinds.entry(kind(v)).or_default().insert(seed);
+        }
+        for e in &out.session_errors {
+            *session_errors.entry(kind(e)).or_default() += 1;
+        }
+        if out.violations.iter().any(|v| fatal(v)) {
+            failures.push(report_failure(&out));
+        }
+    }
+    sweep
+}
+
+#[test]
+fn seeds_converge_without_losing_mail() {
+    let steps = env_u64("SIM_STEPS").map_or(STEPS, |s| s as usize);
+    let (start, count) = match env_u64("SIM_SEED") {
+        Some(seed) => (seed, 1),
+        None => (1, QUICK_SEEDS),
+    };
+    let Sweep {
+        faults,
+        activity,
+        failures,
+        kinds,
+        ..
+    } = sweep_seeds(start, count, steps);
+    for (kind, seeds) in &kinds {
+        eprintln!("known violation {kind}: seeds {seeds:?}");
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    if count > 1 {
+        // The runs did what they are for: faults were injected and the writers wrote.
+        assert!(
+            faults.drops > 0 && faults.duplicates > 0 && faults.reorders > 0,
+            "{faults:?}"
+        );
+        assert!(faults.partitions > 0 && faults.crashes > 0, "{faults:?}");
+        assert!(
+            activity.appends > 0 && activity.expunges > 0,
+            "{activity:?}"
+        );
+        assert!(
+            activity.sessions_equal > 0 && activity.entries_applied > 0,
+            "{activity:?}"
+        );
+    }
+}
+
+#[test]
+fn one_seed_replays_exactly() {
+    let a = simulate(7, 120);
+    let b = simulate(7, 120);
+    assert_eq!(a.trace, b.trace);
+    assert!(a.trace.len() > 50, "{}", a.trace.len());
+}
+
+/// `scripts/simulate`: SIM_SEEDS seeds from SIM_START (release build), with totals.
+#[test]
+#[ignore]
+fn sweep() {
+    let start = env_u64("SIM_START").unwrap_or(1);
+    let count = env_u64("SIM_SEEDS").unwrap_or(1_000);
+    let steps = env_u64("SIM_STEPS").map_or(STEPS, |s| s as usize);
+    let verbose = std::env::var_os("SIM_VERBOSE").is_some();
+    let s = sweep_seeds(start, count, steps);
+    if verbose {
+        for f in &s.failures {
+            println!("{f}\n");
+        }
+    }
+    println!("seeds run: {count} (from {start}, {steps} steps each)");
+    println!("faults injected: {:#?}", s.faults);
+    println!("activity: {:#?}", s.activity);
+    println!(
+        "session errors (not violations), by kind: {:#?}",
+        s.session_errors
+    );
+    let any: BTreeSet<u64> = s.kinds.values().flatten().copied().collect();
+    println!("seeds with violations of any kind: {}", any.len());
+    println!(
+        "seeds with violations of unknown kinds (failures): {}",
+        s.failures.len()
+    );
+    for (kind, seeds) in &s.kinds {
+        let some: Vec<&u64> = seeds.iter().take(10).collect();
+        println!("  {kind}: {} seed(s), e.g. {some:?}", seeds.len());
+    }
+    assert!(s.failures.is_empty(), "{} seed(s) failed", s.failures.len());
+}
+
+/// The first known violation, reduced: two pairs resolve one UID clash with different new
+/// UIDs (one pair's UIDNEXT is higher), then a writer expunges one of the messages. After
+/// every pair has reconciled, the expunged message must be gone and the other live once.
+/// Fails today (duplicated and resurrected after renumbering); see docs/RELIABILITY.md §1.
+#[test]
+#[ignore = "known bug: UID-clash renumbering is not confluent across more than two replicas"]
+fn uid_clash_resolved_by_two_pairs_loses_no_expunge_and_duplicates_nothing() {
+    use merkmail::model::Digest;
+    use merkmail::store::Store;
+    use merkmail::sync::{in_process, run};
+    let stores: Vec<Store> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|id| Store::in_memory(id).expect("store"))
+        .collect();
+    let [a, b, c, d] = &stores[..] else {
+        unreachable!()
+    };
+    let sync = |x: &Store, y: &Store| {
+        let r = run(x, 5, false, in_process(y)).expect("session");
+        assert!(r.equal_after, "{r:?}");
+    };
+    let (m1, m2) = (random_ops::msg("one"), random_ops::msg("two"));
+    let (d1, d2) = (Digest::of(&m1.bytes), Digest::of(&m2.bytes));
+    a.append("u", "INBOX", vec![m1]).expect("append");
+    b.append("u", "INBOX", vec![m2]).expect("append");
+    // C learns A's message, D learns B's, both at UID 1.
+    sync(a, c);
+    sync(b, d);
+    // A moves its UIDNEXT on (a message appended and expunged), so A and B renumber the
+    // clash from a higher UID than C and D do.
+    let x = a
+        .append("u", "INBOX", vec![random_ops::msg("x")])
+        .expect("append")[0]
+        .uid;
+    a.expunge("u", "INBOX", &[x]).expect("expunge");
+    sync(a, b);
+    sync(c, d);
+    // A writer expunges the first message where A holds it now.
+    let at = a
+        .list_messages("u", Some("INBOX"))
+        .expect("list")
+        .into_iter()
+        .find(|m| m.record.digest == d1)
+        .expect("renumbered on A")
+        .uid;
+    a.expunge("u", "INBOX", &[at]).expect("expunge");
+    for _ in 0..3 {
+        for (i, x) in stores.iter().enumerate() {
+            for y in &stores[i + 1..] {
+                let _ = run(x, 5, false, in_process(y));
+            }
+        }
+    }
+    for s in &stores {
+        let live: Vec<Digest> = s
+            .list_messages("u", Some("INBOX"))
+            .expect("list")
+            .into_iter()
+            .map(|m| m.record.digest)
+            .collect();
+        assert!(
+            !live.contains(&d1),
+            "{}: the expunged message is back",
+            s.node_id()
+        );
+        assert_eq!(
+            live.iter().filter(|d| **d == d2).count(),
+            1,
+            "{}: {live:?}",
+            s.node_id()
+        );
+    }
+}
+
+/// Found by the simulation (seed 7 of the first runs): the responder takes a message between
+/// the round that told its mailbox record and the round that reads its messages, so the
+/// session sees a message at or above the UIDNEXT it was told. The merged outcome must still
+/// keep every UID below UIDNEXT, or the local apply is refused and the whole session fails.
+/// Here the write comes after each round in turn.
+#[test]
+fn a_write_on_the_responder_between_rounds_does_not_fail_the_session() {
+    use merkmail::store::Store;
+    use merkmail::sync::responder::answer;
+    use merkmail::sync::wire::{decode_request, encode};
+    use merkmail::sync::{in_process, run};
+    for after in 1..8 {
+        let a = Store::in_memory("a").expect("store");
+        let b = Store::in_memory("b").expect("store");
+        a.append("u", "INBOX", vec![random_ops::msg("1")])
+            .expect("append");
+        assert!(
+            run(&b, 1, false, in_process(&a))
+                .expect("session")
+                .equal_after
+        );
+        a.append("u", "INBOX", vec![random_ops::msg("2")])
+            .expect("append");
+        let mut rounds = 0;
+        let report = run(&b, 1, false, |bytes: Vec<u8>| {
+            let round = decode_request(&bytes).map_err(|e| e.to_string())?;
+            let reply = answer(&a, &round).map_err(|e| e.to_string())?;
+            rounds += 1;
+            if rounds == after {
+                a.append("u", "INBOX", vec![random_ops::msg("3")])
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(encode(&reply))
+        });
+        let report = report.unwrap_or_else(|e| panic!("write after round {after}: {e}"));
+        assert!(report.copied_from_peer >= 1, "{report:?}");
+        // The next session settles whatever the write left.
+        let again = run(&b, 2, false, in_process(&a)).expect("session");
+        assert!(again.equal_after, "{again:?}");
+        assert!(b.verify().expect("verify").is_ok());
+    }
+}
+
+/// Found by the simulation: a change planned with no body (the store held a copy) met a
+/// store where a writer had expunged the last copy meanwhile, and the apply reported the
+/// store as damaged. It is a stale plan. Seed 484 of the 1 000-seed sweep showed it (as
+/// `error: p4: responder: the store is damaged: body … is referenced but not stored`).
+#[test]
+fn a_body_released_before_the_apply_is_a_stale_plan_not_damage() {
+    let out = simulate(484, STEPS);
+    let damaged: Vec<&String> = out
+        .violations
+        .iter()
+        .filter(|v| kind(v) == "error")
+        .collect();
+    assert!(damaged.is_empty(), "{damaged:?}");
+}

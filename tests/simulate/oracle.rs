@@ -1,0 +1,191 @@
+//! What the simulated writers were told, and the checks the cluster must pass once it has
+//! settled: equal roots, `verify` clean, no acknowledged mail lost or duplicated, no expunged
+//! mail back.
+
+use merkmail::model::{Digest, MailboxGuid};
+use merkmail::store::Store;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// One append a writer got `Ok` for.
+#[derive(Clone, Debug)]
+pub struct Appended {
+    pub label: String,
+    pub user: String,
+    pub mailbox: String,
+    pub guid: MailboxGuid,
+    /// The UID the append returned.
+    pub uid: u32,
+    /// The simulation step it happened at.
+    pub step: u64,
+    pub peer: String,
+}
+
+/// Where a writer expunged a message.
+#[derive(Clone, Debug)]
+pub struct Expunged {
+    pub user: String,
+    pub guid: MailboxGuid,
+    pub uid: u32,
+}
+
+/// Everything the writers did that the final state must reflect. Bodies are unique per
+/// append, so a digest names one message wherever it ends up.
+#[derive(Default)]
+pub struct Oracle {
+    pub appended: BTreeMap<Digest, Appended>,
+    /// Messages a writer expunged, with the mailbox (user, GUID) they were expunged from:
+    /// they must not be live anywhere at the end, unless a writer deleted that mailbox too
+    /// (deleting a mailbox drops its messages' tombstones, the mailbox tombstone standing for
+    /// them; a peer that changed the mailbox after the delete revives it with the messages it
+    /// holds, and one it held but had not yet seen expunged comes back with them).
+    pub expunged: BTreeMap<Digest, Expunged>,
+    /// Messages that were live in a mailbox when a writer deleted it (there, on that peer).
+    pub deleted_with_mailbox: BTreeSet<Digest>,
+    /// Mailboxes (user, GUID) a writer deleted somewhere: what was appended to them may go.
+    /// With the step of the last such delete.
+    pub deleted_mailboxes: BTreeMap<(String, MailboxGuid), u64>,
+}
+
+impl Oracle {
+    /// Whether a writer removed this message (so it may be absent at the end).
+    fn removed(&self, digest: &Digest, a: &Appended) -> bool {
+        self.expunged.contains_key(digest)
+            || self.deleted_with_mailbox.contains(digest)
+            || self
+                .deleted_mailboxes
+                .contains_key(&(a.user.clone(), a.guid))
+    }
+
+    /// Checks the settled cluster; returns every violation found.
+    pub fn check(&self, peers: &[(&str, &Store)]) -> Vec<String> {
+        let mut violations = Vec::new();
+        let mut roots = Vec::new();
+        for (name, store) in peers {
+            match store.root() {
+                Ok(r) => roots.push((name.to_string(), hex(&r.hash.0))),
+                Err(e) => violations.push(format!("{name}: cannot read the root: {e}")),
+            }
+            match store.verify() {
+                Ok(report) if report.is_ok() => {}
+                Ok(report) => violations.push(format!(
+                    "verify: {name}: verify found {} problem(s): {:?}",
+                    report.problems.len(),
+                    report.problems.iter().take(5).collect::<Vec<_>>()
+                )),
+                Err(e) => violations.push(format!("{name}: verify failed: {e}")),
+            }
+        }
+        if roots.windows(2).any(|w| w[0].1 != w[1].1) {
+            violations.push(format!("unequal: roots differ after settling: {roots:?}"));
+        }
+        for (name, store) in peers {
+            let live = match live_messages(store) {
+                Ok(live) => live,
+                Err(e) => {
+                    violations.push(format!("{name}: cannot list messages: {e}"));
+                    continue;
+                }
+            };
+            for (digest, a) in &self.appended {
+                if self.removed(digest, a) {
+                    continue;
+                }
+                let places: Vec<&Place> = live
+                    .get(digest)
+                    .map(|p| p.iter().filter(|p| p.user == a.user).collect())
+                    .unwrap_or_default();
+                if places.len() != 1 {
+                    // A writer deleted another mailbox of the user after this append: the
+                    // message may have been merged into it (same name, two GUIDs).
+                    let delete_after = self
+                        .deleted_mailboxes
+                        .iter()
+                        .any(|((u, _), step)| *u == a.user && *step >= a.step);
+                    // Another append took the same UID of the same mailbox: a UID clash
+                    // renumbered this message somewhere.
+                    let clashed = self.appended.iter().any(|(d, b)| {
+                        d != digest && b.user == a.user && b.guid == a.guid && b.uid == a.uid
+                    });
+                    let kind = match places.len() {
+                        0 if clashed => "lost-after-uid-clash",
+                        0 if delete_after => "lost-near-mailbox-delete",
+                        0 => "lost",
+                        _ if places.iter().any(|p| p.uid != a.uid) => {
+                            "duplicated-after-renumbering"
+                        }
+                        _ => "duplicated",
+                    };
+                    violations.push(format!(
+                        "{kind}: {name}: message {} (appended on {} to {}/{} at UID {}) is live {} times: {places:?}",
+                        a.label,
+                        a.peer,
+                        a.user,
+                        a.mailbox,
+                        a.uid,
+                        places.len()
+                    ));
+                }
+            }
+            for (digest, x) in &self.expunged {
+                if self
+                    .deleted_mailboxes
+                    .contains_key(&(x.user.clone(), x.guid))
+                {
+                    continue;
+                }
+                if let Some(places) = live.get(digest) {
+                    let a = self.appended.get(digest);
+                    let label = a.map_or("?", |a| a.label.as_str());
+                    // Whether a UID clash moved it (appended, expunged and live UIDs differ).
+                    let moved =
+                        a.is_some_and(|a| a.uid != x.uid || places.iter().any(|p| p.uid != a.uid));
+                    let kind = if moved {
+                        "resurrected-after-renumbering"
+                    } else {
+                        "resurrected"
+                    };
+                    violations.push(format!(
+                        "{kind}: {name}: expunged message {label} (appended at UID {}, expunged at UID {}) is live again: {places:?}",
+                        a.map_or(0, |a| a.uid),
+                        x.uid
+                    ));
+                }
+            }
+        }
+        violations
+    }
+}
+
+/// Where a message is live (printed in violations).
+#[derive(Debug)]
+#[allow(dead_code)]
+pub struct Place {
+    pub user: String,
+    pub mailbox: String,
+    pub uid: u32,
+}
+
+/// Every live message of a store by digest.
+pub fn live_messages(
+    store: &Store,
+) -> Result<BTreeMap<Digest, Vec<Place>>, merkmail::store::StoreError> {
+    let mut live: BTreeMap<Digest, Vec<Place>> = BTreeMap::new();
+    for user in store.users()? {
+        let has_mailboxes = !store.list_mailboxes(&user)?.is_empty();
+        if !has_mailboxes {
+            continue;
+        }
+        for m in store.list_messages(&user, None)? {
+            live.entry(m.record.digest).or_default().push(Place {
+                user: user.clone(),
+                mailbox: m.mailbox,
+                uid: m.uid,
+            });
+        }
+    }
+    Ok(live)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
