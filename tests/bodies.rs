@@ -9,12 +9,11 @@
 
 mod common;
 
-use common::{command, run, ChildGuard, Run};
+use common::{run, ChildGuard, Run};
 use merkmail::daemon::view::StatusView;
 use merkmail::model::{Digest, Md5};
 use merkmail::store::{JournalBatch, NewMessage, Store};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const PEER_TOKEN: &str = "peer-secret";
@@ -73,39 +72,21 @@ impl Node {
 
     /// Starts `serve --config` and waits (bounded) for its `listening on` line.
     fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.with_extension("log"))
-            .expect("open log");
-        let mut cmd = command(["serve", "--config", &self.config.display().to_string()]);
-        cmd.env("MERKMAIL_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log);
-        let (child, line) = common::spawn_for_first_line(cmd, WITHIN);
-        assert!(
-            line.starts_with("listening on 127.0.0.1:"),
-            "{}: unexpected first line {line:?}; log:\n{}",
-            self.name,
-            self.log()
-        );
-        self.proc = Some(ChildGuard::from_child(child));
+        let log = self.dir.with_extension("log");
+        self.proc = Some(common::start_serve(
+            &self.name,
+            &self.config,
+            &log,
+            "info",
+            WITHIN,
+        ));
     }
 
     /// SIGTERM; the node must exit 0 (a clean close: redb then checks nothing at the next
     /// open, so flipped bytes stay unnoticed until something re-hashes them).
     fn stop(&mut self) {
         let mut proc = self.proc.take().expect("running");
-        let ok = std::process::Command::new("kill")
-            .args(["-TERM", &proc.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(ok.success());
-        let status = proc
-            .wait_timeout(WITHIN)
-            .unwrap_or_else(|| panic!("{} did not stop on SIGTERM", self.name));
-        assert!(status.success(), "{}: {status:?}", self.name);
+        common::stop_serve(&self.name, &mut proc, WITHIN);
     }
 
     fn cli(&self, sub: &[&str], rest: &[&str]) -> Run {

@@ -8,11 +8,10 @@
 
 mod common;
 
-use common::{command, killed_by_signal, run, scratch_dir, ChildGuard, Run};
+use common::{killed_by_signal, run, scratch_dir, ChildGuard, Run};
 use merkmail::daemon::view::StatusView;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const PEER_TOKEN: &str = "peer-secret";
@@ -89,24 +88,14 @@ impl Node {
 
     /// Starts `serve --config` and waits (bounded) for its `listening on` line.
     fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.with_extension("log"))
-            .expect("open log");
-        let mut cmd = command(["serve", "--config", &self.config.display().to_string()]);
-        cmd.env("MERKMAIL_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log);
-        let (child, line) = common::spawn_for_first_line(cmd, START);
-        assert!(
-            line.starts_with("listening on 127.0.0.1:"),
-            "{}: unexpected first line {line:?}; log:\n{}",
-            self.name,
-            self.log()
-        );
-        self.proc = Some(ChildGuard::from_child(child));
+        let log = self.dir.with_extension("log");
+        self.proc = Some(common::start_serve(
+            &self.name,
+            &self.config,
+            &log,
+            "info",
+            START,
+        ));
     }
 
     fn log(&self) -> String {
@@ -121,15 +110,7 @@ impl Node {
     /// SIGTERM; the node must exit 0 within the bound.
     fn stop(&mut self) {
         let mut proc = self.proc.take().expect("running");
-        let ok = std::process::Command::new("kill")
-            .args(["-TERM", &proc.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(ok.success());
-        let status = proc
-            .wait_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|| panic!("{} did not stop on SIGTERM", self.name));
-        assert!(status.success(), "{}: {status:?}", self.name);
+        common::stop_serve(&self.name, &mut proc, Duration::from_secs(20));
     }
 
     fn cli(&self, sub: &[&str], rest: &[&str]) -> Run {

@@ -8,10 +8,9 @@
 
 mod common;
 
-use common::{command, run, scratch_dir, ChildGuard, Run};
+use common::{run, scratch_dir, ChildGuard, Run};
 use merkmail::daemon::view::StatusView;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const PEER_TOKEN: &str = "peer-7f3a91c2-secret";
@@ -112,39 +111,20 @@ impl Node {
 
     /// Starts `serve --config` with every log line on (trace) and waits for `listening on`.
     fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("open log");
-        let mut cmd = command(["serve", "--config", &p(&self.config)]);
-        cmd.env("MERKMAIL_LOG", "trace")
-            .env("RUST_LOG", "trace")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log);
-        let (child, line) = common::spawn_for_first_line(cmd, START);
-        assert!(
-            line.starts_with("listening on 127.0.0.1:"),
-            "{}: unexpected first line {line:?}; log:\n{}",
-            self.name,
-            self.log()
-        );
-        self.proc = Some(ChildGuard::from_child(child));
+        let log = self.log_path();
+        self.proc = Some(common::start_serve(
+            &self.name,
+            &self.config,
+            &log,
+            "trace",
+            START,
+        ));
     }
 
     /// SIGTERM; the node must exit 0 within the bound.
     fn stop(&mut self) {
         let mut proc = self.proc.take().expect("running");
-        let ok = std::process::Command::new("kill")
-            .args(["-TERM", &proc.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(ok.success());
-        let status = proc
-            .wait_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|| panic!("{} did not stop on SIGTERM", self.name));
-        assert!(status.success(), "{}: {status:?}", self.name);
+        common::stop_serve(&self.name, &mut proc, Duration::from_secs(20));
     }
 
     /// A mail command over https with the admin token and the CA.

@@ -2,14 +2,13 @@
 //! (crash_loop, load): nodes with a config file each, writers that keep a ledger of what the
 //! server acknowledged, and the checks that every acknowledged write holds everywhere.
 
-use super::{command, killed_by_signal, run, ChildGuard};
+use super::{killed_by_signal, run, ChildGuard};
 use merkmail::net::client::{BlockingClient, ClientConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -69,24 +68,14 @@ impl Node {
     }
 
     pub fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("open log");
-        let mut cmd = command(["serve", "--config", &self.config.display().to_string()]);
-        cmd.env("MERKMAIL_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log);
-        let (child, line) = super::spawn_for_first_line(cmd, START);
-        assert!(
-            line.starts_with("listening on 127.0.0.1:"),
-            "{}: unexpected first line {line:?}; log:\n{}",
+        let log = self.log_path();
+        self.proc = Some(super::start_serve(
             self.name,
-            self.log_tail()
-        );
-        self.proc = Some(ChildGuard::from_child(child));
+            &self.config,
+            &log,
+            "info",
+            START,
+        ));
     }
 
     /// SIGTERM; the node must exit 0 within 20 s.
@@ -95,15 +84,7 @@ impl Node {
         let Some(mut proc) = self.proc.take() else {
             return;
         };
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &proc.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(sent.success());
-        let status = proc
-            .wait_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|| panic!("{} did not stop on SIGTERM", self.name));
-        assert!(status.success(), "{}: {status:?}", self.name);
+        super::stop_serve(self.name, &mut proc, Duration::from_secs(20));
     }
 
     pub fn running(&self) -> bool {

@@ -465,4 +465,46 @@ pub fn spawn_for_first_line(mut cmd: Command, within: Duration) -> (Child, Strin
     (child, rx.recv_timeout(within).unwrap_or_default())
 }
 
+/// Starts `merkmail serve --config CONFIG` (stderr appended to LOG, `MERKMAIL_LOG=LEVEL`) and
+/// waits up to `within` for its `listening on 127.0.0.1:…` line; panics with the log if the
+/// line does not come.
+pub fn start_serve(
+    name: &str,
+    config: &Path,
+    log: &Path,
+    level: &str,
+    within: Duration,
+) -> ChildGuard {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open log");
+    let mut cmd = command(["serve", "--config", &config.display().to_string()]);
+    cmd.env("MERKMAIL_LOG", level)
+        .stdin(Stdio::null())
+        .stderr(file);
+    let (child, line) = spawn_for_first_line(cmd, within);
+    let guard = ChildGuard::from_child(child);
+    assert!(
+        line.starts_with("listening on 127.0.0.1:"),
+        "{name}: unexpected first line {line:?}; log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    guard
+}
+
+/// SIGTERM; the server must exit 0 within `within`.
+pub fn stop_serve(name: &str, proc: &mut ChildGuard, within: Duration) {
+    let sent = Command::new("kill")
+        .args(["-TERM", &proc.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let status = proc
+        .wait_timeout(within)
+        .unwrap_or_else(|| panic!("{name} did not stop on SIGTERM"));
+    assert!(status.success(), "{name}: {status:?}");
+}
+
 pub mod cluster;
