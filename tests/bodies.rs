@@ -20,11 +20,6 @@ const PEER_TOKEN: &str = "peer-secret";
 const ADMIN_TOKEN: &str = "admin-secret";
 const WITHIN: Duration = Duration::from_secs(30);
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
-}
-
 /// One `merkmail serve` with a config file naming its peers (an hour between checks, so the
 /// checks seen here are the ones at start).
 struct Node {
@@ -164,7 +159,7 @@ fn rot(dir: &Path, marker: &str) -> usize {
 
 /// Two nodes that replicate to each other, A holding `messages` in alice's INBOX, in sync.
 fn pair(root: &Path, messages: &[&[u8]]) -> (Node, Node) {
-    let (pa, pb) = (free_port(), free_port());
+    let (pa, pb) = (common::free_port(), common::free_port());
     let mut a = Node::new(root, "a", pa, &[pb]);
     let mut b = Node::new(root, "b", pb, &[pa]);
     for n in [&a, &b] {
@@ -290,7 +285,7 @@ fn rand_u64() -> u64 {
 #[test]
 fn the_mail_api_refuses_an_append_whose_stated_md5_or_digest_differs() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mut a = Node::new(tmp.path(), "a", free_port(), &[]);
+    let mut a = Node::new(tmp.path(), "a", common::free_port(), &[]);
     run(&["init", "--data", &a.data(), "--node-id", "a"], None).ok();
     a.start();
     let client = merkmail::net::client::BlockingClient::new(
@@ -421,7 +416,7 @@ fn a_journal_entry_whose_record_disagrees_with_its_body_is_not_applied() {
 fn rot_that_redb_finds_while_recovering_after_a_crash_is_one_clear_error() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let marker = format!("ROT{:016x}", rand_u64());
-    let mut a = Node::new(tmp.path(), "a", free_port(), &[]);
+    let mut a = Node::new(tmp.path(), "a", common::free_port(), &[]);
     run(&["init", "--data", &a.data(), "--node-id", "a"], None).ok();
     a.start();
     let first = tmp.path().join("first.eml");

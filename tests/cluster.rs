@@ -20,12 +20,6 @@ const ADMIN_TOKEN: &str = "admin-secret";
 const CONVERGE: Duration = Duration::from_secs(30);
 const START: Duration = Duration::from_secs(20);
 
-/// A port nobody listens on right now (the tests need to name peers before they start).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
-}
-
 struct Node {
     name: String,
     port: u16,
@@ -65,7 +59,7 @@ impl Node {
     /// Starts the node on another port with no peers: cut off from the cluster, as in a
     /// network split (nobody knows where it listens). Returns its URL.
     fn start_isolated(&mut self) -> String {
-        let port = free_port();
+        let port = common::free_port();
         let config = self.dir.with_extension("isolated.toml");
         std::fs::write(
             &config,
@@ -215,7 +209,11 @@ fn peer<'a>(v: &'a StatusView, url: &str) -> &'a merkmail::daemon::view::PeerVie
 fn three_nodes_replicate_and_a_killed_node_catches_up_at_start() {
     let tmp = scratch_dir();
     let root = tmp.path();
-    let ports = [free_port(), free_port(), free_port()];
+    let ports = [
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    ];
     let mut a = Node::new(root, "a", ports[0], &[ports[1], ports[2]], "");
     let mut b = Node::new(root, "b", ports[1], &[ports[0], ports[2]], "");
     let mut c = Node::new(root, "c", ports[2], &[ports[0], ports[1]], "");
@@ -356,7 +354,7 @@ fn three_nodes_replicate_and_a_killed_node_catches_up_at_start() {
 fn an_overflowing_journal_falls_back_to_merkle_and_converges() {
     let tmp = scratch_dir();
     let root = tmp.path();
-    let ports = [free_port(), free_port()];
+    let ports = [common::free_port(), common::free_port()];
     let mut a = Node::new(root, "a", ports[0], &[ports[1]], "journal_bound = 5");
     let mut b = Node::new(root, "b", ports[1], &[ports[0]], "journal_bound = 5");
     a.start();
@@ -388,7 +386,7 @@ fn an_overflowing_journal_falls_back_to_merkle_and_converges() {
 fn sync_mode_waits_for_a_peer_or_falls_back_after_the_timeout() {
     let tmp = scratch_dir();
     let root = tmp.path();
-    let ports = [free_port(), free_port()];
+    let ports = [common::free_port(), common::free_port()];
     let sync = "mode = \"sync\"\nsync_timeout_ms = 800";
     let mut a = Node::new(root, "a", ports[0], &[ports[1]], sync);
     let mut b = Node::new(root, "b", ports[1], &[ports[0]], "");
@@ -431,7 +429,7 @@ fn sync_mode_waits_for_a_peer_or_falls_back_after_the_timeout() {
 fn operator_routes_and_the_admin_token() {
     let tmp = scratch_dir();
     let root = tmp.path();
-    let ports = [free_port(), free_port()];
+    let ports = [common::free_port(), common::free_port()];
     let mut a = Node::new(root, "a", ports[0], &[ports[1]], "");
     a.start();
     a.append("secret-user", "INBOX", &message(root, "hidden"));
@@ -510,7 +508,7 @@ fn b_url(port: u16) -> String {
 #[test]
 fn config_errors_name_the_key_and_bind_nothing() {
     let tmp = scratch_dir();
-    let port = free_port();
+    let port = common::free_port();
     let cases = [
         ("colour = \"red\"", "colour"),
         ("mode = \"eventually\"", "mode"),
@@ -563,7 +561,7 @@ fn config_errors_name_the_key_and_bind_nothing() {
 fn sigterm_keeps_the_journal_and_the_next_start_ships_it() {
     let tmp = scratch_dir();
     let root = tmp.path();
-    let ports = [free_port(), free_port()];
+    let ports = [common::free_port(), common::free_port()];
     let mut a = Node::new(root, "a", ports[0], &[ports[1]], "");
     let mut b = Node::new(root, "b", ports[1], &[ports[0]], "");
     a.start();

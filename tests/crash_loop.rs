@@ -81,7 +81,7 @@ struct Stats {
 impl Loop {
     fn new(seed: u64) -> Loop {
         let root = scratch_dir();
-        let (pa, pb) = (cluster::free_port(), cluster::free_port());
+        let (pa, pb) = (common::free_port(), common::free_port());
         let extra = format!(
             "check_interval_s = 5\nbackoff_max_s = 1\njournal_bound = {JOURNAL_BOUND}\n\
              journal_batch = 16"

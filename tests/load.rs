@@ -51,9 +51,9 @@ fn acknowledged_writes_hold_under_continuous_anti_entropy() {
     let seed = env_or("LOAD_SEED", 1);
     let root = scratch_dir();
     let ports = [
-        cluster::free_port(),
-        cluster::free_port(),
-        cluster::free_port(),
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
     ];
     let extra = "check_interval_s = 1\ncheck_jitter = 0.0\nbackoff_max_s = 1";
     let mut nodes: Vec<Node> = ["a", "b", "c"]

@@ -50,11 +50,6 @@ fn make_pki(dir: &Path, name: &str) -> Pki {
     pki
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
-}
-
 fn p(path: &Path) -> String {
     path.display().to_string()
 }
@@ -188,7 +183,7 @@ fn two_tls_nodes_reconcile_and_ship_the_journal_over_https_and_log_no_token() {
     let tmp = scratch_dir();
     let root = tmp.path();
     let pki = make_pki(root, "cluster");
-    let ports = [free_port(), free_port()];
+    let ports = [common::free_port(), common::free_port()];
     let mut a = Node::new(root, "a", ports[0], &[ports[1]], &pki);
     let mut b = Node::new(root, "b", ports[1], &[ports[0]], &pki);
     a.start();
@@ -313,7 +308,7 @@ fn tls_configuration_errors_name_the_file_and_the_problem_and_bind_nothing() {
     std::fs::write(&garbage, "this is not PEM\n").expect("write");
     let missing = root.join("missing.pem");
     let data = root.join("d");
-    let port = free_port();
+    let port = common::free_port();
     let cases: Vec<(&str, Vec<String>, Vec<String>)> = vec![
         (
             "missing certificate",

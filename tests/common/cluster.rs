@@ -17,11 +17,6 @@ pub const PEER_TOKEN: &str = "cluster-peer-secret";
 pub const ADMIN_TOKEN: &str = "cluster-admin-secret";
 const START: Duration = Duration::from_secs(30);
 
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
-}
-
 pub struct Node {
     pub name: &'static str,
     pub port: u16,

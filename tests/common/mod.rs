@@ -507,4 +507,10 @@ pub fn stop_serve(name: &str, proc: &mut ChildGuard, within: Duration) {
     assert!(status.success(), "{name}: {status:?}");
 }
 
+/// A port nobody listens on right now (tests name peers before they start).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
 pub mod cluster;
