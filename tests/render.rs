@@ -80,7 +80,7 @@ fn view() -> StatusView {
                     flag_updates: 8,
                     uid_clashes_renumbered: 2,
                     mailboxes_changed: 1,
-                    bodies_repaired: 0,
+                    bodies_repaired: 3,
                 },
                 sessions_total: 17,
                 sessions_failed_total: 2,
@@ -440,10 +440,11 @@ fn metrics_show_the_views_values() {
     assert_eq!(repaired("flag_updates"), Some(8.0));
     assert_eq!(repaired("uid_clashes_renumbered"), Some(2.0));
     assert_eq!(repaired("mailboxes_changed"), Some(1.0));
+    assert_eq!(repaired("bodies_repaired"), Some(3.0));
     assert_eq!(
         f["merkmail_repaired_total"].samples.len(),
-        12,
-        "6 kinds × 2 peers"
+        14,
+        "7 kinds × 2 peers"
     );
     assert_eq!(peer_value(&f, "merkmail_peer_journal_depth", x), Some(7.0));
     assert_eq!(

@@ -111,9 +111,9 @@ fn flag(b: bool) -> u8 {
     u8::from(b)
 }
 
-/// The six kinds of difference a run repairs, as `(label, count)`: one `kind` label value per
+/// The seven kinds of difference a run repairs, as `(label, count)`: one `kind` label value per
 /// [`RepairedView`] field.
-fn repaired_kinds(r: &RepairedView) -> [(&'static str, u64); 6] {
+fn repaired_kinds(r: &RepairedView) -> [(&'static str, u64); 7] {
     [
         ("copied_to_peer", r.copied_to_peer),
         ("copied_from_peer", r.copied_from_peer),
@@ -121,6 +121,7 @@ fn repaired_kinds(r: &RepairedView) -> [(&'static str, u64); 6] {
         ("flag_updates", r.flag_updates),
         ("uid_clashes_renumbered", r.uid_clashes_renumbered),
         ("mailboxes_changed", r.mailboxes_changed),
+        ("bodies_repaired", r.bodies_repaired),
     ]
 }
 
