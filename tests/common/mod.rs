@@ -507,8 +507,33 @@ pub fn stop_serve(name: &str, proc: &mut ChildGuard, within: Duration) {
     assert!(status.success(), "{name}: {status:?}");
 }
 
-/// A port nobody listens on right now (tests name peers before they start).
+/// A port nobody listens on right now (tests name peers before they start). Taken below the
+/// kernel's ephemeral range: a port from that range (what binding port 0 gives) can be handed
+/// to a node's outgoing connection before the node meant to listen on it has started, and
+/// that node then fails to bind. Successive calls in one process never repeat a port.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|low| *low > 11_000)
+        .unwrap_or(32_768);
+    let span = low - 10_000;
+    // A random start in each process: test binaries run one after another, and the previous
+    // one's sockets may linger.
+    let _ = NEXT.compare_exchange(
+        0,
+        rand::random_range(1..span),
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let port = (10_000 + NEXT.fetch_add(1, Ordering::SeqCst) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("local addr").port()
 }
