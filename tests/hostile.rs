@@ -10,7 +10,7 @@
 //! Loopback only; every read has a timeout and every loop a count.
 
 use merkmail::net::client::ClientConfig;
-use merkmail::net::{server, Limits, ServerState};
+use merkmail::net::{Limits, ServerState};
 use merkmail::store::{NewMessage, Store};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -35,26 +35,9 @@ struct Server {
 
 impl Server {
     fn start(store: Arc<Store>, peer: Option<&str>, admin: Option<&str>, limits: Limits) -> Server {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("local addr");
         let state =
             Arc::new(ServerState::new(Arc::clone(&store), peer, limits).with_admin_token(admin));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                server::run(listener, state, async {
-                    let _ = stopped.await;
-                })
-                .await;
-            });
-        });
+        let (addr, stop, thread) = common::spawn_server(state);
         Server {
             addr,
             store,
@@ -1019,17 +1002,23 @@ struct FakePeer {
     _runtime: tokio::runtime::Runtime,
 }
 
+/// A one-worker runtime for a fake peer and the loopback listener it serves on.
+fn fake_peer_socket() -> (tokio::runtime::Runtime, tokio::net::TcpListener, SocketAddr) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    (runtime, listener, addr)
+}
+
 impl FakePeer {
     fn start(upstream: String, fault: Option<(usize, Fault)>) -> FakePeer {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let (runtime, listener, addr) = fake_peer_socket();
         let seen = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&seen);
         let client =
@@ -1292,15 +1281,7 @@ enum PeerFault {
 /// Answers every request with `fault`; counts `POST /v1/journal` requests.
 fn faulty_peer(fault: PeerFault) -> (SocketAddr, Arc<AtomicUsize>, tokio::runtime::Runtime) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    let (runtime, listener, addr) = fake_peer_socket();
     let journals = Arc::new(AtomicUsize::new(0));
     let count = Arc::clone(&journals);
     runtime.spawn(async move {

@@ -4,11 +4,13 @@
 //!
 //! Loopback only; every wait is bounded (a few seconds at most), every loop counted.
 
+mod common;
+
 use merkmail::model::{parse_flag_list, FlagOp};
 use merkmail::net::client::{BlockingClient, ClientConfig, ClientError};
 use merkmail::net::json::{MailboxView, MessageView, RootView, StatsView};
 use merkmail::net::remote::MailClient;
-use merkmail::net::{server, Limits, ServerState};
+use merkmail::net::{Limits, ServerState};
 use merkmail::store::Store;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -39,28 +41,11 @@ struct TestServer {
 impl TestServer {
     fn start(token: Option<&str>, limits: Limits) -> TestServer {
         let store = Arc::new(Store::in_memory("http-test").expect("in-memory store"));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("local addr");
         // One token for both APIs here (a config refuses that; these tests are about auth
         // in general, tests/hostile.rs about the two tokens apart).
         let state =
             Arc::new(ServerState::new(Arc::clone(&store), token, limits).with_admin_token(token));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                server::run(listener, state, async {
-                    let _ = stopped.await;
-                })
-                .await;
-            });
-        });
+        let (addr, stop, thread) = common::spawn_server(state);
         TestServer {
             addr,
             store,

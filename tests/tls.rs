@@ -412,7 +412,7 @@ fn tls_configuration_errors_name_the_file_and_the_problem_and_bind_nothing() {
 fn a_stalled_or_plain_client_on_the_tls_port_is_cut_off() {
     use merkmail::net::client::{BlockingClient, ClientConfig};
     use merkmail::net::tls::{ClientTls, ServerTls};
-    use merkmail::net::{server, Limits, ServerState};
+    use merkmail::net::{Limits, ServerState};
     use std::io::{Read, Write};
     use std::sync::Arc;
 
@@ -430,24 +430,7 @@ fn a_stalled_or_plain_client_on_the_tls_port_is_cut_off() {
             .with_admin_token(Some(ADMIN_TOKEN))
             .with_tls(Some(tls)),
     );
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            server::run(listener, state, async {
-                let _ = stopped.await;
-            })
-            .await;
-        });
-    });
+    let (addr, stop, thread) = common::spawn_server(state);
     let config = ClientConfig {
         tls: Some(ClientTls::from_ca_file(&pki.ca).expect("CA")),
         ..ClientConfig::default()

@@ -538,4 +538,35 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// The server in process: `server::run` on its own runtime thread (2 workers), on a loopback
+/// port, until the sender is used or dropped. Returns the address, the stop sender and the
+/// thread.
+pub fn spawn_server(
+    state: std::sync::Arc<merkmail::net::server::ServerState>,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("local addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            merkmail::net::server::run(listener, state, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+    });
+    (addr, stop, thread)
+}
+
 pub mod cluster;
