@@ -44,8 +44,9 @@ pub const MAX_ENTRY_ITEMS: usize = 1_000_000;
 pub const MAX_BATCH_BODIES: usize = 1_000_000;
 /// Inbound entries applied per transaction (one commit for the group). Each entry touches a
 /// few pages of records and tree; a commit writes them all, plus the B-tree and tree levels
-/// above them, which a larger group shares: 512 applied 4 400 entries in a fraction of the
-/// time 64 took (docs/PERFORMANCE.md, "Daemon").
+/// above them, which a larger group shares. 512 (was 64) is not measured against 64 on its
+/// own; with 512, applying 4 000 scattered flag entries took 2.1–3.5 s here
+/// (docs/PERFORMANCE.md, "Daemon", session 3).
 pub const APPLY_GROUP: usize = 512;
 
 const HEAD_KEY: &str = "journal_head";
