@@ -731,7 +731,7 @@ fn the_empty_batch_is_six_bytes_as_docs_journal_md_draws_it() {
         entries: Vec::new(),
     };
     let wire = encode_batch(&empty);
-    assert_eq!(wire, vec![0x01, 0x01, b'a', 0x05, 0x04, 0x00]);
+    assert_eq!(wire, vec![0x02, 0x01, b'a', 0x05, 0x04, 0x00]);
     assert_eq!(decode_batch(&wire), Ok(empty));
     // And the deleted-mailbox entry's head: seq 7, at_ms 1 700 000 000 000, user "u".
     let entry = merkmail::store::ShippedEntry {
@@ -753,7 +753,7 @@ fn the_empty_batch_is_six_bytes_as_docs_journal_md_draws_it() {
         entries: vec![entry],
     };
     let wire = encode_batch(&one);
-    let mut expect = vec![0x01, 0x01, b'a', 0x07, 0x07, 0x01, 0x07];
+    let mut expect = vec![0x02, 0x01, b'a', 0x07, 0x07, 0x01, 0x07];
     expect.extend_from_slice(&[0x80, 0xd0, 0x95, 0xff, 0xbc, 0x31, 0x01, b'u']);
     expect.extend_from_slice(&[0xab; 16]);
     expect.extend_from_slice(&[0x00, 0x00, 0x00, 0x00, 0x00]);

@@ -241,7 +241,8 @@ fn message_record(m: &FinalMessage) -> MessageRecord {
         size: bytes.len() as u64,
         internal_date: 1_700_000_000,
         flags,
-        appended: stamp(10, 2),
+        // One append per UID: the same body at two UIDs is two messages (two identities).
+        appended: stamp(10 + u64::from(m.uid), 2),
     }
 }
 
@@ -331,7 +332,7 @@ proptest! {
                     user: USERS[m.user].to_string(),
                     guid: guid_of(m.user, m.mailbox),
                     uid: m.uid,
-                    tombstone: Tombstone { digest: message_record(&other).digest, stamp: stamp(600, 2) },
+                    tombstone: Tombstone { digest: message_record(&other).digest, stamp: stamp(600, 2), origin: None },
                 }]).expect("expunge");
             }
             b.apply(&[change]).expect("final");
@@ -343,7 +344,7 @@ proptest! {
                 user: USERS[0].to_string(),
                 guid: guid_of(0, 0),
                 uid: 299,
-                tombstone: Tombstone { digest: message_record(&extra).digest, stamp: stamp(700, 2) },
+                tombstone: Tombstone { digest: message_record(&extra).digest, stamp: stamp(700, 2), origin: None },
             }]).expect("expunge extra");
         }
         b.apply(&mailboxes).expect("apply");
@@ -380,7 +381,7 @@ proptest! {
             3 => { mailbox.uidnext += 1; Change::Mailbox { user: USERS[m.user].to_string(), record: mailbox } }
             4 => { mailbox.subscribed = !mailbox.subscribed; Change::Mailbox { user: USERS[m.user].to_string(), record: mailbox } }
             5 => { mailbox.name = "Renamed".into(); mailbox.name_stamp = stamp(50, 1); Change::Mailbox { user: USERS[m.user].to_string(), record: mailbox } }
-            _ => Change::Expunge { user: USERS[m.user].to_string(), guid: guid_of(m.user, m.mailbox), uid: m.uid, tombstone: Tombstone { digest: record.digest, stamp: stamp(900, 3) } },
+            _ => Change::Expunge { user: USERS[m.user].to_string(), guid: guid_of(m.user, m.mailbox), uid: m.uid, tombstone: Tombstone { digest: record.digest, stamp: stamp(900, 3), origin: None } },
         };
         store.apply(&[change]).expect("apply");
         prop_assert_ne!(before, store.root().expect("root"));

@@ -116,6 +116,7 @@ pub fn changes() -> Vec<Change> {
             tombstone: Tombstone {
                 digest: merkmail::model::Digest::of(&body(3)),
                 stamp: stamp(9),
+                origin: Some(stamp(1)),
             },
         },
         Change::DeleteMailbox {
@@ -123,6 +124,7 @@ pub fn changes() -> Vec<Change> {
             tombstone: MailboxTombstone {
                 guid: OLD,
                 name: "Old".to_string(),
+                merged_into: None,
                 stamp: stamp(8),
             },
         },

@@ -43,7 +43,22 @@ pub struct MailboxOutcome {
     /// When the UIDVALIDITY changed, every message of the losing side not kept here is removed
     /// without a tombstone: its UID meant nothing under the new UIDVALIDITY.
     pub reset: bool,
+    /// The mailbox was merged into another elsewhere, and one side still holds it: its live
+    /// messages must move into that mailbox ([`absorb`]). When the caller cannot (the other
+    /// mailbox is gone too), it takes `Forward::survive` instead: no mail is lost.
+    pub forward: Option<Forward>,
     pub stats: ClashStats,
+}
+
+/// A mailbox one side holds that the other knows merged into `into`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Forward {
+    pub into: MailboxGuid,
+    pub messages: BTreeMap<u32, MessageRecord>,
+    /// Its writers' expunges: they follow the identities they name into the other mailbox.
+    pub kills: Vec<Tombstone>,
+    /// The outcome if the messages cannot move: the mailbox survives with them.
+    pub survive: Box<MailboxOutcome>,
 }
 
 /// Merges two flag sets and picks the record both sides keep for the same message.
@@ -85,7 +100,11 @@ fn renumber(
 fn push_tomb(map: &mut BTreeMap<u32, Vec<Tombstone>>, uid: u32, t: Tombstone) {
     let list = map.entry(uid).or_default();
     match list.iter_mut().find(|x| x.digest == t.digest) {
-        Some(x) => x.stamp = x.stamp.max(t.stamp),
+        Some(x) => {
+            x.stamp = x.stamp.max(t.stamp);
+            // A writer's expunge outweighs a move at the same UID.
+            x.origin = x.origin.max(t.origin);
+        }
         None => {
             list.push(t);
             list.sort_by_key(|x| x.digest);
@@ -98,11 +117,13 @@ fn max_tombstone(
     b: &Option<MailboxTombstone>,
 ) -> Option<MailboxTombstone> {
     match (a, b) {
-        (Some(x), Some(y)) => Some(if (x.stamp, &x.name) >= (y.stamp, &y.name) {
-            x.clone()
-        } else {
-            y.clone()
-        }),
+        (Some(x), Some(y)) => Some(
+            if (x.stamp, &x.name, x.merged_into) >= (y.stamp, &y.name, y.merged_into) {
+                x.clone()
+            } else {
+                y.clone()
+            },
+        ),
         (x, y) => x.clone().or_else(|| y.clone()),
     }
 }
@@ -179,35 +200,75 @@ fn merge_sides(a: &MailboxSide, b: &MailboxSide) -> MailboxOutcome {
 
 /// The mailbox exists on one side only. A mailbox tombstone on the other side wins unless the
 /// mailbox changed after the delete (then it survives with its messages: no mail is lost).
+/// A tombstone that says the mailbox merged into another always wins, and the messages move
+/// there (whenever they were appended: the pair that merged may not have seen them all).
 fn one_sided(
     side: &MailboxSide,
     record: &MailboxRecord,
     tombstone: Option<MailboxTombstone>,
 ) -> MailboxOutcome {
+    let survive = || MailboxOutcome {
+        record: Some(record.clone()),
+        tombstone: None,
+        messages: side.messages.clone(),
+        expunged: side.expunged.clone(),
+        ..Default::default()
+    };
+    if let Some(
+        t @ MailboxTombstone {
+            merged_into: Some(into),
+            ..
+        },
+    ) = &tombstone
+    {
+        return MailboxOutcome {
+            tombstone: Some(t.clone()),
+            forward: Some(Forward {
+                into: *into,
+                messages: side.messages.clone(),
+                kills: writers_expunges(&side.expunged),
+                survive: Box::new(survive()),
+            }),
+            ..Default::default()
+        };
+    }
     match tombstone {
         Some(t) if record.last_change <= t.stamp => MailboxOutcome {
             tombstone: Some(t),
             ..Default::default()
         },
-        _ => MailboxOutcome {
-            record: Some(record.clone()),
-            tombstone: None,
-            messages: side.messages.clone(),
-            expunged: side.expunged.clone(),
-            ..Default::default()
-        },
+        _ => survive(),
     }
 }
 
-/// Same GUID, same UIDVALIDITY: per UID, per flag.
+type Identity = (Digest, Stamp);
+
+/// Same GUID, same UIDVALIDITY: per UID, per flag; then per message identity (digest and
+/// append stamp), so that one append ends up live once, wherever clashes moved it:
+/// - a writer's expunge (a tombstone with an origin) on either side kills its identity at
+///   every compared UID;
+/// - an identity live at two UIDs keeps the higher one (a clash only ever moves a message
+///   up, so the highest placement is the one no move has left), the flags merged, and the
+///   lower UIDs get move tombstones.
 fn merge_messages(a: &MailboxSide, b: &MailboxSide, mut record: MailboxRecord) -> MailboxOutcome {
     let mut out = MailboxOutcome::default();
     let mut expunged: BTreeMap<u32, Vec<Tombstone>> = BTreeMap::new();
+    let mut kills: BTreeMap<Identity, Stamp> = BTreeMap::new();
     for (uid, list) in a.expunged.iter().chain(b.expunged.iter()) {
         for t in list {
             push_tomb(&mut expunged, *uid, *t);
+            if let Some(origin) = t.origin {
+                let k = kills.entry((t.digest, origin)).or_insert(t.stamp);
+                *k = (*k).max(t.stamp);
+            }
         }
     }
+    let killed = |m: &MessageRecord| kills.get(&m.identity()).copied();
+    let kill_tomb = |m: &MessageRecord, stamp: Stamp| Tombstone {
+        digest: m.digest,
+        stamp,
+        origin: Some(m.appended),
+    };
     let mut pending: Vec<(u32, MessageRecord)> = Vec::new();
     let uids: std::collections::BTreeSet<u32> = a
         .messages
@@ -218,47 +279,44 @@ fn merge_messages(a: &MailboxSide, b: &MailboxSide, mut record: MailboxRecord) -
     for uid in uids {
         match (a.messages.get(&uid), b.messages.get(&uid)) {
             (Some(ma), Some(mb)) if ma.digest == mb.digest => {
-                out.messages.insert(uid, merge_same(ma, mb));
+                let merged = merge_same(ma, mb);
+                match killed(&merged) {
+                    Some(stamp) => push_tomb(&mut expunged, uid, kill_tomb(&merged, stamp)),
+                    None => {
+                        out.messages.insert(uid, merged);
+                    }
+                }
             }
             (Some(ma), Some(mb)) => {
                 // A UID clash: both took mail under this UID during a split. Keep both under
                 // new UIDs and expunge the old one everywhere (clients cached it).
                 out.stats.uid_clashes += 1;
                 let stamp = ma.appended.max(mb.appended);
-                push_tomb(
-                    &mut expunged,
-                    uid,
-                    Tombstone {
-                        digest: ma.digest,
-                        stamp,
-                    },
-                );
-                push_tomb(
-                    &mut expunged,
-                    uid,
-                    Tombstone {
-                        digest: mb.digest,
-                        stamp,
-                    },
-                );
-                pending.push((uid, ma.clone()));
-                pending.push((uid, mb.clone()));
+                for m in [ma, mb] {
+                    match killed(m) {
+                        Some(k) => push_tomb(&mut expunged, uid, kill_tomb(m, k)),
+                        None => {
+                            push_tomb(&mut expunged, uid, Tombstone::moved(m.digest, stamp));
+                            pending.push((uid, m.clone()));
+                        }
+                    }
+                }
             }
             (Some(m), None) | (None, Some(m)) => {
                 let other = if a.messages.contains_key(&uid) { b } else { a };
                 let tombs = other.expunged.get(&uid).map(Vec::as_slice).unwrap_or(&[]);
-                if tombs.iter().any(|t| t.digest == m.digest) {
-                    // Expunged on the other side: the expunge wins.
+                if let Some(k) = killed(m) {
+                    // A writer expunged this message (here or where a clash moved it).
+                    push_tomb(&mut expunged, uid, kill_tomb(m, k));
+                } else if tombs.iter().any(|t| t.digest == m.digest) {
+                    // Expunged on the other side, or moved up from here: the tombstone wins.
                 } else if let Some(latest) = tombs.iter().map(|t| t.stamp).max() {
                     // The other side expunged a different message under this UID: this one is
                     // new mail and needs a UID the other side never used.
                     push_tomb(
                         &mut expunged,
                         uid,
-                        Tombstone {
-                            digest: m.digest,
-                            stamp: latest.max(m.appended),
-                        },
+                        Tombstone::moved(m.digest, latest.max(m.appended)),
                     );
                     pending.push((uid, m.clone()));
                 } else {
@@ -271,13 +329,64 @@ fn merge_messages(a: &MailboxSide, b: &MailboxSide, mut record: MailboxRecord) -
             (None, None) => {}
         }
     }
+    // A message waiting for a new UID that is live higher up already stays there.
+    let mut highest: BTreeMap<Identity, u32> = BTreeMap::new();
+    for (uid, m) in &out.messages {
+        highest.insert(m.identity(), *uid);
+    }
+    let mut waiting: BTreeMap<Identity, (u32, MessageRecord)> = BTreeMap::new();
+    for (old, m) in pending {
+        match highest.get(&m.identity()) {
+            Some(&at) if at > old => {
+                if let Some(kept) = out.messages.get_mut(&at) {
+                    kept.flags.merge(&m.flags);
+                }
+            }
+            _ => match waiting.get_mut(&m.identity()) {
+                Some((_, w)) => w.flags.merge(&m.flags),
+                None => {
+                    waiting.insert(m.identity(), (old, m));
+                }
+            },
+        }
+    }
+    let mut pending: Vec<(u32, MessageRecord)> = waiting.into_values().collect();
     out.stats.renumbered = pending.len() as u64;
     record.uidnext = renumber(&mut pending, record.uidnext, &mut out.messages);
+    dedup(&mut out.messages, &mut expunged);
     // A live message and a tombstone never share a UID in the outcome.
     expunged.retain(|uid, _| !out.messages.contains_key(uid));
     out.expunged = expunged;
     out.record = Some(record);
     out
+}
+
+/// Keeps each identity at its highest UID only: the flags of the lower copies merge into it,
+/// and the lower UIDs get move tombstones.
+fn dedup(
+    messages: &mut BTreeMap<u32, MessageRecord>,
+    expunged: &mut BTreeMap<u32, Vec<Tombstone>>,
+) {
+    let mut seen: BTreeMap<Identity, u32> = BTreeMap::new();
+    let mut lower: Vec<(u32, u32)> = Vec::new();
+    // Highest UID first: the first placement seen of an identity is the one kept.
+    for (uid, m) in messages.iter().rev() {
+        match seen.get(&m.identity()) {
+            Some(&kept) => lower.push((*uid, kept)),
+            None => {
+                seen.insert(m.identity(), *uid);
+            }
+        }
+    }
+    for (uid, kept) in lower {
+        let Some(m) = messages.remove(&uid) else {
+            continue;
+        };
+        if let Some(k) = messages.get_mut(&kept) {
+            k.flags.merge(&m.flags);
+        }
+        push_tomb(expunged, uid, Tombstone::moved(m.digest, m.appended));
+    }
 }
 
 /// Different UIDVALIDITY: the larger wins. The loser's messages are matched to the winner's by
@@ -321,26 +430,94 @@ fn reset_merge(
 
 /// Two mailboxes of one user ended with the same name under different GUIDs (both created
 /// "Archive" during a split). The larger GUID wins; the other's messages move into it as new
-/// mail with fresh UIDs, and its GUID is tombstoned. `loser` must hold the whole mailbox.
+/// mail with fresh UIDs, and its GUID is tombstoned as merged into the winner. `loser` must
+/// hold the whole mailbox.
 pub fn merge_into(
     winner: &mut MailboxOutcome,
     loser: &mut MailboxOutcome,
     loser_guid: MailboxGuid,
 ) {
-    let (Some(w), Some(l)) = (winner.record.as_mut(), loser.record.take()) else {
+    let Some(l) = loser.record.take() else {
         return;
     };
-    let mut pending: Vec<(u32, MessageRecord)> =
-        std::mem::take(&mut loser.messages).into_iter().collect();
-    winner.stats.renumbered += pending.len() as u64;
-    w.uidnext = renumber(&mut pending, w.uidnext, &mut winner.messages);
-    w.last_change = w.last_change.max(l.last_change);
+    let Some(w) = winner.record.as_ref() else {
+        loser.record = Some(l);
+        return;
+    };
+    let (into, name_stamp) = (w.guid, w.name_stamp);
+    let kills = writers_expunges(&loser.expunged);
+    absorb(winner, std::mem::take(&mut loser.messages), &kills);
+    if let Some(w) = winner.record.as_mut() {
+        w.last_change = w.last_change.max(l.last_change);
+    }
     loser.expunged.clear();
     loser.tombstone = Some(MailboxTombstone {
         guid: loser_guid,
         name: l.name,
-        stamp: w.name_stamp.max(l.name_stamp),
+        stamp: name_stamp.max(l.name_stamp),
+        merged_into: Some(into),
     });
+}
+
+fn writers_expunges(expunged: &BTreeMap<u32, Vec<Tombstone>>) -> Vec<Tombstone> {
+    expunged
+        .values()
+        .flatten()
+        .filter(|t| t.origin.is_some())
+        .copied()
+        .collect()
+}
+
+/// Moves another mailbox's messages into `winner` (which must have a record) as new mail
+/// with fresh UIDs, keeping their identities; one whose identity the winner's outcome holds
+/// already only merges its flags there. The other mailbox's writers' expunges (`kills`) go
+/// with them: an identity they name that the winner holds (moved there by an earlier merge
+/// elsewhere) is expunged there too. Returns how many moved.
+pub fn absorb(
+    winner: &mut MailboxOutcome,
+    mut messages: BTreeMap<u32, MessageRecord>,
+    kills: &[Tombstone],
+) -> u64 {
+    if winner.record.is_none() {
+        return 0;
+    }
+    let killed: BTreeMap<Identity, &Tombstone> = kills
+        .iter()
+        .filter_map(|t| t.origin.map(|o| ((t.digest, o), t)))
+        .collect();
+    messages.retain(|_, m| !killed.contains_key(&m.identity()));
+    let gone: Vec<(u32, Tombstone)> = winner
+        .messages
+        .iter()
+        .filter_map(|(uid, m)| killed.get(&m.identity()).map(|t| (*uid, **t)))
+        .collect();
+    for (uid, t) in gone {
+        winner.messages.remove(&uid);
+        push_tomb(&mut winner.expunged, uid, t);
+    }
+    let Some(w) = winner.record.as_mut() else {
+        return 0;
+    };
+    let held: BTreeMap<Identity, u32> = winner
+        .messages
+        .iter()
+        .map(|(uid, m)| (m.identity(), *uid))
+        .collect();
+    let mut pending = Vec::new();
+    for (uid, m) in messages {
+        match held
+            .get(&m.identity())
+            .and_then(|at| winner.messages.get_mut(at))
+        {
+            Some(kept) => kept.flags.merge(&m.flags),
+            None => pending.push((uid, m)),
+        }
+    }
+    let moved = pending.len() as u64;
+    winner.stats.renumbered += moved;
+    w.uidnext = renumber(&mut pending, w.uidnext, &mut winner.messages);
+    dedup(&mut winner.messages, &mut winner.expunged);
+    moved
 }
 
 #[cfg(test)]
@@ -407,6 +584,8 @@ mod tests {
                 Tombstone {
                     digest: Digest([d; 32]),
                     stamp: st(ms, 9),
+                    // Even stamps: a writer's expunge of the message appended at 0; odd: a move.
+                    origin: (ms % 2 == 0).then(|| st(0, u32::from(d))),
                 },
             );
         }
@@ -494,6 +673,7 @@ mod tests {
             guid: MailboxGuid([1; 16]),
             name: "Box".into(),
             stamp: st(50, 2),
+            merged_into: None,
         };
         let b = MailboxSide {
             tombstone: Some(tomb.clone()),
@@ -553,7 +733,39 @@ mod tests {
         merge_into(&mut w, &mut l, MailboxGuid([0; 16]));
         assert_eq!(w.messages.len(), 3);
         assert_eq!(w.messages[&3].digest, Digest([3; 32]));
-        assert!(l.record.is_none() && l.tombstone.is_some());
+        assert!(l.record.is_none());
+        let tomb = l.tombstone.expect("tombstoned");
+        assert_eq!(tomb.merged_into, Some(MailboxGuid([1; 16])));
+
+        // A replica that still holds the loser, with a message the merging pair never saw
+        // (appended before the merge's stamp): the message moves into the winner, and one
+        // the winner holds already (same identity) is not copied twice.
+        let old = side(
+            3,
+            vec![(1, msg(3, 1, &[("\\Seen", true, 4)])), (2, msg(4, 1, &[]))],
+            vec![],
+        );
+        let out = merge_mailbox(
+            &old,
+            &MailboxSide {
+                tombstone: Some(tomb),
+                ..Default::default()
+            },
+        );
+        assert!(out.record.is_none() && out.messages.is_empty());
+        let forward = out.forward.expect("forwarded");
+        assert_eq!(forward.into, MailboxGuid([1; 16]));
+        assert_eq!(
+            absorb(&mut w, forward.messages, &forward.kills),
+            1,
+            "only the unseen message moves"
+        );
+        assert_eq!(w.messages.len(), 4);
+        assert!(
+            w.messages[&3].flags.is_set("\\Seen"),
+            "flags merge into the copy held"
+        );
+        assert_eq!(w.messages[&4].digest, Digest([4; 32]));
     }
 
     fn arb_side() -> impl Strategy<Value = MailboxSide> {
@@ -596,15 +808,34 @@ mod tests {
         #[test]
         fn no_mail_is_lost(a in arb_side(), b in arb_side()) {
             let out = merge_mailbox(&a, &b);
+            let kills: Vec<(Digest, Stamp)> = a.expunged.values().chain(b.expunged.values()).flatten()
+                .filter_map(|t| t.origin.map(|o| (t.digest, o))).collect();
             for s in [&a, &b] {
                 let other = if std::ptr::eq(s, &a) { &b } else { &a };
                 for (uid, m) in &s.messages {
-                    let killed = other.expunged.get(uid).is_some_and(|ts| ts.iter().any(|t| t.digest == m.digest));
-                    if !killed {
-                        prop_assert!(out.messages.values().any(|x| x.digest == m.digest), "lost {:?} at {}", m.digest, uid);
+                    let expunged_there = other.expunged.get(uid).is_some_and(|ts| ts.iter().any(|t| t.digest == m.digest));
+                    let killed = kills.contains(&m.identity());
+                    if !expunged_there && !killed {
+                        // Live once, at this UID or above it (a clash only moves mail up). The
+                        // same digest at the same UID on both sides is one message: the earlier
+                        // append stamp names it.
+                        let id = match other.messages.get(uid) {
+                            Some(o) if o.digest == m.digest => (m.digest, m.appended.min(o.appended)),
+                            _ => m.identity(),
+                        };
+                        if kills.contains(&id) {
+                            continue;
+                        }
+                        let at: Vec<u32> = out.messages.iter().filter(|(_, x)| x.identity() == id).map(|(u, _)| *u).collect();
+                        prop_assert!(at.len() == 1 && at[0] >= *uid, "{:?} from UID {} ends at {:?}", m.digest, uid, at);
                     }
                 }
             }
+            // Nothing a writer expunged stays live; no identity is live twice.
+            let live: Vec<(Digest, Stamp)> = out.messages.values().map(MessageRecord::identity).collect();
+            prop_assert!(live.iter().all(|i| !kills.contains(i)));
+            let unique: std::collections::BTreeSet<_> = live.iter().collect();
+            prop_assert_eq!(unique.len(), live.len());
             // Every final UID is below UIDNEXT, and no UID is both live and tombstoned.
             let next = out.record.as_ref().map_or(0, |r| r.uidnext);
             prop_assert!(out.messages.keys().all(|u| *u < next));

@@ -10,7 +10,9 @@ mod names;
 mod record;
 mod stamp;
 
-pub use clash::{merge_into, merge_mailbox, ClashStats, MailboxOutcome, MailboxSide};
+pub use clash::{
+    absorb, merge_into, merge_mailbox, ClashStats, Forward, MailboxOutcome, MailboxSide,
+};
 pub use flags::{parse_flag_list, FlagError, FlagName, FlagOp, FlagSet, FlagState, SYSTEM_FLAGS};
 pub use ids::{inbox_guid, Digest, MailboxGuid, Md5};
 pub use names::{validate_user, MailboxName, NameError, INBOX};

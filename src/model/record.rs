@@ -44,10 +44,46 @@ pub struct MessageRecord {
 }
 
 /// What remains of an expunged message: enough to tell "expunged" from "never received".
+///
+/// A message's identity is its digest and its `appended` stamp (one append, wherever a UID
+/// clash has moved it). A tombstone with an `origin` is a writer's expunge: it names the
+/// identity it removed, and kills that identity at every UID of the mailbox (a copy a clash
+/// renumbered elsewhere included). A tombstone without one only says that the message left
+/// this UID for a higher one (a UID clash, or a duplicate dropped): it never kills the
+/// message where it went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tombstone {
     pub digest: Digest,
     pub stamp: Stamp,
+    /// The expunged message's `appended` stamp, for a writer's expunge; `None` for a move.
+    pub origin: Option<Stamp>,
+}
+
+impl Tombstone {
+    /// The tombstone a writer's expunge of `message` leaves.
+    pub fn expunge(message: &MessageRecord, stamp: Stamp) -> Tombstone {
+        Tombstone {
+            digest: message.digest,
+            stamp,
+            origin: Some(message.appended),
+        }
+    }
+
+    /// The tombstone a message leaves at a UID it moved away from.
+    pub fn moved(digest: Digest, stamp: Stamp) -> Tombstone {
+        Tombstone {
+            digest,
+            stamp,
+            origin: None,
+        }
+    }
+}
+
+impl MessageRecord {
+    /// The message's identity: one append, whatever UID it ends up under.
+    pub fn identity(&self) -> (Digest, Stamp) {
+        (self.digest, self.appended)
+    }
 }
 
 /// What remains of a deleted mailbox.
@@ -56,4 +92,7 @@ pub struct MailboxTombstone {
     pub guid: MailboxGuid,
     pub name: String,
     pub stamp: Stamp,
+    /// Set when the mailbox was not deleted by a writer but merged into another (two GUIDs
+    /// with one name): a replica that still holds it moves its messages there.
+    pub merged_into: Option<MailboxGuid>,
 }

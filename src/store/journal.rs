@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use thiserror::Error;
 
 /// The first byte of every encoded batch; another version is refused.
-pub const JOURNAL_WIRE_VERSION: u8 = 1;
+pub const JOURNAL_WIRE_VERSION: u8 = 2;
 /// How many entries a peer may lag before it overflows, until `journal_register_peers` says.
 pub const DEFAULT_JOURNAL_BOUND: u64 = 100_000;
 /// At most this many entries in one batch (a decoder refuses more).
@@ -570,6 +570,23 @@ impl Tx<'_> {
             ));
         }
         let outcome = merge_mailbox(&local, &incoming);
+        if outcome.forward.is_some() {
+            // Merged into another mailbox: its messages move there, which needs both whole.
+            return Ok(Decision::Clash(
+                "a mailbox merged into another is live here",
+            ));
+        }
+        let moved_away = local.messages.iter().any(|(uid, m)| {
+            !outcome.messages.contains_key(uid)
+                && incoming.expunged.get(uid).is_some_and(|ts| {
+                    ts.iter()
+                        .any(|t| t.digest == m.digest && t.origin.is_none())
+                })
+        });
+        if moved_away {
+            // A clash moved the message up on the sender; where to, this entry does not say.
+            return Ok(Decision::Clash("a message moved away on the sender"));
+        }
         if !agrees(&outcome, &incoming) {
             return Ok(Decision::Clash("the merge changes the sender's state too"));
         }
@@ -645,8 +662,15 @@ fn apply_keys(tx: &mut Tx<'_>, keys: &[Vec<u8>]) -> Result<Vec<Verdict>, StoreEr
         validate_user(&entry.user)?;
         match tx.decide(&inbound, &sender, &entry)? {
             Decision::Apply(changes, counts) => {
+                let before = tx.fixes;
                 for change in &changes {
                     tx.apply_change(change)?;
+                }
+                if tx.fixes != before {
+                    // A copy a writer expunged, or one held at another UID: the sender holds
+                    // it still, and only a Merkle session tells it.
+                    tracing::info!(sender = %sender, user = %entry.user, guid = %entry.guid, "journal entry held a message this node knows expunged or elsewhere");
+                    tx.owe_check(&sender)?;
                 }
                 verdicts.push(Verdict::Applied(counts));
             }

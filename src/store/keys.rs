@@ -69,6 +69,19 @@ pub fn split_message(key: &[u8]) -> Option<(String, MailboxGuid, u32)> {
     Some((user, MailboxGuid(guid), uid))
 }
 
+/// Splits a tombstone key back into its user, mailbox and UID.
+pub fn split_tombstone(key: &[u8]) -> Option<(String, MailboxGuid, u32)> {
+    split_message(key.get(..key.len().checked_sub(32)?)?)
+}
+
+/// Splits a key that starts `user 00 guid` into them and the rest.
+pub fn split_mailbox_prefix(key: &[u8]) -> Option<(String, MailboxGuid, &[u8])> {
+    let nul = key.iter().position(|&b| b == 0)?;
+    let user = std::str::from_utf8(&key[..nul]).ok()?.to_string();
+    let guid: [u8; 16] = key.get(nul + 1..nul + 17)?.try_into().ok()?;
+    Some((user, MailboxGuid(guid), key.get(nul + 17..)?))
+}
+
 /// Splits a mailbox key back into its parts.
 pub fn split_mailbox(key: &[u8]) -> Option<(String, MailboxGuid)> {
     let nul = key.iter().position(|&b| b == 0)?;

@@ -5,6 +5,7 @@
 
 mod body;
 mod error;
+mod identity;
 mod journal;
 mod keys;
 mod ops;
@@ -18,6 +19,7 @@ mod verify;
 pub use body::DamagedMark;
 pub use body::{BodyStore, RedbBodies};
 pub use error::StoreError;
+pub use identity::IdentityFixes;
 pub use journal::{
     decode_batch, encode_batch, InboundApplied, InboundStats, JournalBatch, JournalRecord,
     JournalWireError, PeerJournal, SenderJournal, ShippedEntry, APPLY_GROUP, DEFAULT_JOURNAL_BOUND,
@@ -45,7 +47,9 @@ use tx::Tx;
 /// The file inside the data directory that holds everything.
 pub const DB_FILE: &str = "merkmail.redb";
 /// Bumped whenever the on-disk layout changes incompatibly.
-pub const FORMAT_VERSION: u32 = 1;
+/// Format 2 (merkmail 0.4): tombstones name the identity a writer expunged, and the table
+/// IDENTITIES indexes message identities; a format 1 store is upgraded when it is opened.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// An open store. One process at a time may hold a store open (redb locks the file).
 pub struct Store {
@@ -187,6 +191,7 @@ impl Store {
     }
 
     fn from_db(db: Database, dir: &Path, file: Option<PathBuf>) -> Result<Store, StoreError> {
+        let upgrade;
         let (node_id, last) = {
             let txn = db.begin_read()?;
             let meta = txn
@@ -197,12 +202,13 @@ impl Store {
                 .and_then(|v| <[u8; 4]>::try_from(v.value()).ok())
                 .map(u32::from_be_bytes)
                 .ok_or_else(|| StoreError::NotAStore(dir.to_path_buf()))?;
-            if format != FORMAT_VERSION {
+            if format != FORMAT_VERSION && format != 1 {
                 return Err(StoreError::Format {
                     dir: dir.to_path_buf(),
                     found: format,
                 });
             }
+            upgrade = format == 1;
             let node_id = meta
                 .get("node_id")?
                 .and_then(|v| String::from_utf8(v.value().to_vec()).ok())
@@ -221,6 +227,17 @@ impl Store {
             let txn = db.begin_write()?;
             tables::create_all(&txn)?;
             txn.commit()?;
+        }
+        if upgrade {
+            tracing::info!(store = %dir.display(), "upgrading the store from format 1 to {FORMAT_VERSION}: indexing message identities");
+            let started = std::time::Instant::now();
+            let txn = db.begin_write()?;
+            tables::create_all(&txn)?;
+            let indexed = identity::rebuild(&txn)?;
+            txn.open_table(META)?
+                .insert("format", FORMAT_VERSION.to_be_bytes().as_slice())?;
+            txn.commit()?;
+            tracing::info!(store = %dir.display(), messages = indexed, ms = started.elapsed().as_millis() as u64, "store upgraded to format {FORMAT_VERSION}");
         }
         let tag = node_tag(&node_id);
         Ok(Store {

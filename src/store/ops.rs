@@ -141,6 +141,11 @@ impl Tx<'_> {
             .extract_from_if(start.as_slice()..=end.as_slice(), |_, _| true)?
             .count() as u64;
         self.counters.tombstones = self.counters.tombstones.saturating_sub(removed);
+        let istart = keys::mailbox(user, guid);
+        let mut iend = istart.clone();
+        iend.extend_from_slice(&[0xff; 50]);
+        self.identities
+            .retain_in(istart.as_slice()..=iend.as_slice(), |_, _| false)?;
         let sstart = keys::mailbox(user, guid);
         let mut send = sstart.clone();
         send.push(0xff);
@@ -237,6 +242,8 @@ impl Tx<'_> {
         };
         let (_, record) = decode_message(old.value())?;
         drop(old);
+        self.identities
+            .remove(super::identity::live_key(user, guid, uid, &record).as_slice())?;
         self.dirty.mark_message(user, guid, uid);
         self.touch_message(user, guid, uid);
         self.counters.messages -= 1;
@@ -353,6 +360,7 @@ impl Store {
                 guid,
                 name: mailbox.name.clone(),
                 stamp,
+                merged_into: None,
             };
             tx.mailbox_tombstones.insert(
                 keys::mailbox(user, guid).as_slice(),
@@ -518,18 +526,9 @@ impl Store {
                         uid,
                     });
                 };
-                let tomb = Tombstone {
-                    digest: removed.digest,
-                    stamp,
-                };
-                let key = keys::tombstone(user, guid, uid, &tomb.digest);
-                if tx
-                    .tombstones
-                    .insert(key.as_slice(), encode(&tomb)?.as_slice())?
-                    .is_none()
-                {
-                    tx.counters.tombstones += 1;
-                }
+                let tomb = Tombstone::expunge(&removed, stamp);
+                tx.put_tombstone(user, guid, uid, &tomb)?;
+                tx.kill_elsewhere(user, guid, &tomb)?;
                 count += 1;
             }
             record.last_change = stamp;

@@ -24,15 +24,26 @@ impl Store {
         self.write_replicated(|tx| {
             let mut purged = Purged::default();
             let mut old = Vec::new();
+            let mut kills = Vec::new();
             for item in tx.tombstones.iter()? {
                 let (k, v) = item?;
                 let t: Tombstone = decode(v.value(), "a tombstone")?;
                 if t.stamp.ms < before_ms {
                     old.push(k.value().to_vec());
+                    let kill =
+                        super::keys::split_tombstone(k.value()).and_then(|(user, guid, uid)| {
+                            super::identity::kill_key(&user, guid, uid, &t)
+                        });
+                    if let Some(kill) = kill {
+                        kills.push(kill);
+                    }
                 }
             }
             for k in &old {
                 tx.tombstones.remove(k.as_slice())?;
+            }
+            for k in &kills {
+                tx.identities.remove(k.as_slice())?;
             }
             purged.tombstones = old.len() as u64;
             old.clear();
@@ -101,6 +112,7 @@ mod tests {
                         counter: 0,
                         node: 1,
                     },
+                    origin: None,
                 },
             }])
             .expect("apply");

@@ -240,6 +240,9 @@ impl Tx<'_> {
                     }
                 }
                 self.put_message(user, *guid, *uid, record)?;
+                if old.map(|m| m.identity()) != Some(record.identity()) {
+                    self.place_replicated(user, *guid, *uid, record)?;
+                }
             }
             Change::Expunge {
                 user,
@@ -249,14 +252,8 @@ impl Tx<'_> {
             } => {
                 self.observe(tombstone.stamp);
                 self.remove_message(user, *guid, *uid)?;
-                let key = keys::tombstone(user, *guid, *uid, &tombstone.digest);
-                if self
-                    .tombstones
-                    .insert(key.as_slice(), encode(tombstone)?.as_slice())?
-                    .is_none()
-                {
-                    self.counters.tombstones += 1;
-                }
+                self.put_tombstone(user, *guid, *uid, tombstone)?;
+                self.kill_elsewhere(user, *guid, tombstone)?;
             }
             Change::Remove { user, guid, uid } => {
                 self.remove_message(user, *guid, *uid)?;

@@ -36,6 +36,11 @@ pub const TREE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tree");
 /// not replicated), so that importing the same Maildir again adds nothing.
 pub const SOURCES: TableDefinition<&[u8], u32> = TableDefinition::new("sources");
 
+/// user 00 guid digest:32 appended:12 kind:1 uid:u32be → empty (kind 0: the identity is live
+/// at that UID) or postcard(Stamp) (kind 1: a writer's expunge of it at that UID, with its
+/// stamp). Format 2; identity.rs keeps it in step with MESSAGES and TOMBSTONES.
+pub const IDENTITIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("identities");
+
 /// seq → postcard(JournalRecord): which keys a local write touched (journal.rs). Written in
 /// the write's own transaction; trimmed below the smallest peer cursor.
 pub const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
@@ -55,6 +60,7 @@ pub fn create_all(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(MAILBOXES)?;
     txn.open_table(MESSAGES)?;
     txn.open_table(TOMBSTONES)?;
+    txn.open_table(IDENTITIES)?;
     txn.open_table(MAILBOX_TOMBSTONES)?;
     txn.open_table(BODIES)?;
     txn.open_table(BODY_REFS)?;

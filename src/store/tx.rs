@@ -16,6 +16,9 @@ pub(crate) struct Tx<'t> {
     pub mailboxes: Table<'t, &'static [u8], &'static [u8]>,
     pub messages: Table<'t, &'static [u8], &'static [u8]>,
     pub tombstones: Table<'t, &'static [u8], &'static [u8]>,
+    pub identities: Table<'t, &'static [u8], &'static [u8]>,
+    /// What keeping the identity rules changed in this transaction.
+    pub fixes: super::identity::IdentityFixes,
     pub mailbox_tombstones: Table<'t, &'static [u8], &'static [u8]>,
     pub tree: Table<'t, &'static [u8], &'static [u8]>,
     pub sources: Table<'t, &'static [u8], u32>,
@@ -83,6 +86,8 @@ impl<'t> Tx<'t> {
             mailboxes: txn.open_table(MAILBOXES)?,
             messages: txn.open_table(MESSAGES)?,
             tombstones: txn.open_table(TOMBSTONES)?,
+            identities: txn.open_table(IDENTITIES)?,
+            fixes: Default::default(),
             mailbox_tombstones: txn.open_table(MAILBOX_TOMBSTONES)?,
             tree: txn.open_table(TREE)?,
             sources: txn.open_table(SOURCES)?,
@@ -217,8 +222,24 @@ impl<'t> Tx<'t> {
         let hash = crate::merkle::entry_hash(uid, &record.digest, &record.flags);
         let mut value = hash.0.to_vec();
         value.extend_from_slice(&encode(record)?);
-        self.messages
-            .insert(keys::message(user, guid, uid).as_slice(), value.as_slice())?;
+        let old = self
+            .messages
+            .insert(keys::message(user, guid, uid).as_slice(), value.as_slice())?
+            .map(|v| v.value().to_vec());
+        let old = match old {
+            Some(v) => Some(decode_message(&v)?.1),
+            None => None,
+        };
+        if old.as_ref().map(MessageRecord::identity) != Some(record.identity()) {
+            if let Some(old) = &old {
+                self.identities
+                    .remove(super::identity::live_key(user, guid, uid, old).as_slice())?;
+            }
+            self.identities.insert(
+                super::identity::live_key(user, guid, uid, record).as_slice(),
+                [].as_slice(),
+            )?;
+        }
         self.dirty.mark_message(user, guid, uid);
         self.touch_message(user, guid, uid);
         Ok(())

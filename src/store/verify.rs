@@ -223,6 +223,7 @@ impl Store {
         let txn = self.read_txn()?;
         let mailboxes = txn.open_table(MAILBOXES)?;
         let messages = txn.open_table(MESSAGES)?;
+        let identities = txn.open_table(super::tables::IDENTITIES)?;
         let mut report = VerifyReport::default();
         let mut recount = Counters::default();
         let mut refs: BTreeMap<Digest, u64> = BTreeMap::new();
@@ -264,6 +265,13 @@ impl Store {
                         record.name, record.uidnext
                     ));
                 }
+                let ikey = super::identity::live_key(&user, record.guid, uid, &message);
+                if identities.get(ikey.as_slice())?.is_none() {
+                    report.problems.push(format!(
+                        "user {user:?} mailbox {} UID {uid}: missing from the identity index",
+                        record.name
+                    ));
+                }
                 recount.messages += 1;
                 recount.message_bytes += message.size;
                 *refs.entry(message.digest).or_default() += 1;
@@ -274,6 +282,40 @@ impl Store {
         let rebuilt = rebuild(stream)?;
         report.messages_checked = recount.messages;
 
+        // The identity index holds exactly the live messages, and a writer's expunge only
+        // where its tombstone is.
+        let tombstones = txn.open_table(super::tables::TOMBSTONES)?;
+        let mut indexed_live = 0u64;
+        for item in identities.iter()? {
+            let (k, _) = item?;
+            let parsed = keys::split_mailbox_prefix(k.value()).and_then(|(user, guid, tail)| {
+                super::identity::split_tail(tail).map(|t| (user, guid, t))
+            });
+            let Some((user, guid, (digest, origin, kind, uid))) = parsed else {
+                report.problems.push("malformed identity index key".into());
+                continue;
+            };
+            if kind == 0 {
+                indexed_live += 1;
+                continue;
+            }
+            let tomb: Option<crate::model::Tombstone> =
+                match tombstones.get(keys::tombstone(&user, guid, uid, &digest).as_slice())? {
+                    Some(v) => Some(decode(v.value(), "a tombstone")?),
+                    None => None,
+                };
+            if tomb.and_then(|t| t.origin) != Some(origin) {
+                report.problems.push(format!(
+                    "user {user:?} mailbox {guid} UID {uid}: the identity index names an expunge no tombstone holds"
+                ));
+            }
+        }
+        if indexed_live != recount.messages {
+            report.problems.push(format!(
+                "the identity index lists {indexed_live} live messages, the store holds {}",
+                recount.messages
+            ));
+        }
         let stored_count = messages.len()?;
         if stored_count != recount.messages {
             report.problems.push(format!(

@@ -114,10 +114,10 @@ pub fn changes_for(
     // Tombstones this side lacks, so that a third replica learns of the expunge from it too.
     for (uid, tombs) in &outcome.expunged {
         for t in tombs {
-            let has = side
-                .expunged
-                .get(uid)
-                .is_some_and(|ts| ts.iter().any(|x| x.digest == t.digest));
+            let has = side.expunged.get(uid).is_some_and(|ts| {
+                ts.iter()
+                    .any(|x| x.digest == t.digest && x.origin >= t.origin)
+            });
             let expunged_above = side.messages.get(uid).is_some_and(|m| m.digest == t.digest);
             if !has && !expunged_above {
                 changes.push(Change::Expunge {

@@ -510,7 +510,12 @@ fn change_group(store: &Store, g: &ApplyGroup, w: u8) -> Result<Option<ChangeGro
                     body: None,
                 }
             }
-            WireChange::Expunge { uid, digest, stamp } => {
+            WireChange::Expunge {
+                uid,
+                digest,
+                stamp,
+                origin,
+            } => {
                 let Some(digest) = digest.or_else(|| side.messages.get(uid).map(|m| m.digest))
                 else {
                     return Ok(None);
@@ -522,6 +527,7 @@ fn change_group(store: &Store, g: &ApplyGroup, w: u8) -> Result<Option<ChangeGro
                     tombstone: Tombstone {
                         digest,
                         stamp: *stamp,
+                        origin: *origin,
                     },
                 }
             }

@@ -19,8 +19,8 @@ use crate::merkle::{
     bucket_hash, user_bucket_of, NodeHash, NodeKey, BUCKET_SHIFT, TOP_LEAF_LEVEL, UID_ROOT_LEVEL,
 };
 use crate::model::{
-    merge_into, merge_mailbox, validate_user, Digest, MailboxGuid, MailboxOutcome, MailboxRecord,
-    MailboxSide, MailboxTombstone, Tombstone,
+    absorb, merge_into, merge_mailbox, validate_user, Digest, MailboxGuid, MailboxOutcome,
+    MailboxRecord, MailboxSide, MailboxTombstone, Tombstone,
 };
 use crate::store::{Change, ChangeGroup, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -278,6 +278,7 @@ fn to_wire(group: ChangeGroup, remote: &MailboxSide) -> ApplyGroup {
                 digest: (remote.messages.get(&uid).map(|m| m.digest) != Some(tombstone.digest))
                     .then_some(tombstone.digest),
                 stamp: tombstone.stamp,
+                origin: tombstone.origin,
             },
             other => WireChange::verbatim(other),
         })
@@ -1159,24 +1160,7 @@ impl<'a> Session<'a> {
                     }
                 }
                 let wk = (user.clone(), winner);
-                if !outcomes.contains_key(&wk) {
-                    // Equal on both sides: both hold what we hold.
-                    let side = self
-                        .local
-                        .mailbox_side(user, winner, Some(&BTreeSet::new()))?;
-                    let hash = self
-                        .local
-                        .node(&NodeKey::Mailbox {
-                            user: user.clone(),
-                            guid: winner,
-                        })?
-                        .map_or(NodeHash::EMPTY, |v| v.hash);
-                    outcomes.insert(wk.clone(), merge_mailbox(&side, &side));
-                    sides.insert(wk.clone(), (hash, side.clone(), side));
-                    let w = self.work.entry(wk).or_default();
-                    w.remote_known = true;
-                    w.remote_node = Some(hash.truncated(self.window));
-                }
+                self.load_equal(&wk, &mut sides, &mut outcomes)?;
             }
         }
         if !need_full.is_empty() {
@@ -1205,6 +1189,29 @@ impl<'a> Session<'a> {
                         merge_into(wo, &mut lo, loser);
                     }
                     outcomes.insert((user.clone(), loser), lo);
+                }
+            }
+        }
+
+        // A mailbox one side holds that the other knows merged into another: its messages move
+        // into the winner; when neither side holds the winner, the mailbox survives.
+        let forwards: Vec<Key> = outcomes
+            .iter()
+            .filter(|(_, o)| o.forward.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in forwards {
+            let Some(forward) = outcomes.get_mut(&key).and_then(|o| o.forward.take()) else {
+                continue;
+            };
+            let wk = (key.0.clone(), forward.into);
+            self.load_equal(&wk, &mut sides, &mut outcomes)?;
+            match outcomes.get_mut(&wk) {
+                Some(wo) if wo.record.is_some() => {
+                    absorb(wo, forward.messages, &forward.kills);
+                }
+                _ => {
+                    outcomes.insert(key, *forward.survive);
                 }
             }
         }
@@ -1302,6 +1309,39 @@ impl<'a> Session<'a> {
         }
         self.phase = Phase::Transfer;
         self.advance()
+    }
+
+    /// Adds to the plan a mailbox the session did not find different (so both sides hold what
+    /// this side holds), when this side holds it and it is not in the plan yet.
+    fn load_equal(
+        &mut self,
+        key: &Key,
+        sides: &mut BTreeMap<Key, (NodeHash, MailboxSide, MailboxSide)>,
+        outcomes: &mut BTreeMap<Key, MailboxOutcome>,
+    ) -> Result<(), SessionError> {
+        if outcomes.contains_key(key) {
+            return Ok(());
+        }
+        let (user, guid) = (&key.0, key.1);
+        let side = self
+            .local
+            .mailbox_side(user, guid, Some(&BTreeSet::new()))?;
+        if side.record.is_none() {
+            return Ok(());
+        }
+        let hash = self
+            .local
+            .node(&NodeKey::Mailbox {
+                user: user.clone(),
+                guid,
+            })?
+            .map_or(NodeHash::EMPTY, |v| v.hash);
+        outcomes.insert(key.clone(), merge_mailbox(&side, &side));
+        sides.insert(key.clone(), (hash, side.clone(), side));
+        let w = self.work.entry(key.clone()).or_default();
+        w.remote_known = true;
+        w.remote_node = Some(hash.truncated(self.window));
+        Ok(())
     }
 
     /// When all the bodies the peer lacks fit in one batch, they travel inside the changes

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// Bumped on any incompatible change; a peer answers another version with 400.
-pub const WIRE_VERSION: u8 = 3;
+pub const WIRE_VERSION: u8 = 4;
 /// At most this many questions in one round.
 pub const MAX_REQUESTS: usize = 100_000;
 /// Bodies travel in batches of about this many bytes (at least one body per batch), well
@@ -397,11 +397,13 @@ pub enum WireChange {
         appended: Stamp,
     },
     /// Expunge `uid`; the tombstone's digest is `digest`, or when `None` the digest of the
-    /// message the peer holds there.
+    /// message the peer holds there; `origin` as in [`Tombstone`] (a writer's expunge names
+    /// the append stamp of what it removed).
     Expunge {
         uid: u32,
         digest: Option<Digest>,
         stamp: Stamp,
+        origin: Option<Stamp>,
     },
     DeleteMailbox(MailboxTombstone),
     Remove {
@@ -433,6 +435,7 @@ impl WireChange {
                 uid,
                 digest: Some(tombstone.digest),
                 stamp: tombstone.stamp,
+                origin: tombstone.origin,
             },
             Change::DeleteMailbox { tombstone, .. } => WireChange::DeleteMailbox(tombstone),
             Change::Remove { uid, .. } => WireChange::Remove { uid },

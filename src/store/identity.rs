@@ -1,0 +1,450 @@
+//! The message identity index (table IDENTITIES): for each mailbox, where each identity
+//! (digest and append stamp: one append, whatever UID a clash moved it to) is live, and which
+//! identities a writer expunged. It lets every apply path keep the two rules the clash
+//! rules rely on, even for UIDs a session did not compare and for journal entries:
+//! - an identity a writer expunged is never live again in that mailbox (a copy a clash moved
+//!   elsewhere included);
+//! - an identity is live at one UID only; given two, the higher stays (clashes only move mail
+//!   up) and the lower gets a move tombstone.
+//!
+//! Kept in step with MESSAGES and TOMBSTONES by `Tx::put_message`, `Tx::remove_message`,
+//! `Tx::put_tombstone`, mailbox deletion and the purge; `verify` checks it.
+
+use super::error::StoreError;
+use super::keys;
+use super::tx::{decode, encode, Tx};
+use crate::model::{Digest, MailboxGuid, MailboxTombstone, MessageRecord, Stamp, Tombstone};
+use redb::ReadableTable;
+
+const LIVE: u8 = 0;
+const KILLED: u8 = 1;
+
+/// user 00 guid digest:32 appended:12
+fn prefix(user: &str, guid: MailboxGuid, digest: &Digest, appended: Stamp) -> Vec<u8> {
+    let mut k = keys::mailbox(user, guid);
+    k.extend_from_slice(&digest.0);
+    k.extend_from_slice(&appended.to_bytes());
+    k
+}
+
+/// user 00 guid digest:32 appended:12 kind:1 uid:u32be
+pub(crate) fn key(
+    user: &str,
+    guid: MailboxGuid,
+    digest: &Digest,
+    appended: Stamp,
+    kind: u8,
+    uid: u32,
+) -> Vec<u8> {
+    let mut k = prefix(user, guid, digest, appended);
+    k.push(kind);
+    k.extend_from_slice(&uid.to_be_bytes());
+    k
+}
+
+pub(crate) fn live_key(user: &str, guid: MailboxGuid, uid: u32, m: &MessageRecord) -> Vec<u8> {
+    key(user, guid, &m.digest, m.appended, LIVE, uid)
+}
+
+/// The key of a writer's expunge (`None` for a move tombstone, which the index does not keep).
+pub(crate) fn kill_key(user: &str, guid: MailboxGuid, uid: u32, t: &Tombstone) -> Option<Vec<u8>> {
+    t.origin
+        .map(|origin| key(user, guid, &t.digest, origin, KILLED, uid))
+}
+
+/// Splits a key's tail after `user 00 guid`: (digest, appended, kind, uid).
+pub(crate) fn split_tail(tail: &[u8]) -> Option<(Digest, Stamp, u8, u32)> {
+    if tail.len() != 32 + 12 + 1 + 4 {
+        return None;
+    }
+    let digest = Digest(tail[..32].try_into().ok()?);
+    let appended = Stamp::from_bytes(tail[32..44].try_into().ok()?);
+    let uid = u32::from_be_bytes(tail[45..49].try_into().ok()?);
+    Some((digest, appended, tail[44], uid))
+}
+
+/// What the index says about one identity in one mailbox.
+#[derive(Debug, Default)]
+pub(crate) struct Placements {
+    /// UIDs where it is live.
+    pub live: Vec<u32>,
+    /// The latest writer's expunge of it, if any.
+    pub killed: Option<Tombstone>,
+}
+
+/// What enforcing the identity rules changed in one transaction (for reports and for the
+/// journal, which owes the sender a Merkle session when it happens).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdentityFixes {
+    /// Messages not stored (or removed) because a writer had expunged them elsewhere.
+    pub killed: u64,
+    /// Duplicates of one identity dropped in favour of its higher UID.
+    pub deduplicated: u64,
+}
+
+impl Tx<'_> {
+    pub(crate) fn placements(
+        &self,
+        user: &str,
+        guid: MailboxGuid,
+        digest: &Digest,
+        appended: Stamp,
+    ) -> Result<Placements, StoreError> {
+        let start = prefix(user, guid, digest, appended);
+        let mut end = start.clone();
+        end.extend_from_slice(&[0xff; 5]);
+        let mut out = Placements::default();
+        for item in self.identities.range(start.as_slice()..=end.as_slice())? {
+            let (k, v) = item?;
+            let Some(kind) = k.value().get(start.len()).copied() else {
+                continue;
+            };
+            let uid = k
+                .value()
+                .get(start.len() + 1..)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_be_bytes)
+                .ok_or_else(|| StoreError::Corrupt("malformed identity key".into()))?;
+            if kind == LIVE {
+                out.live.push(uid);
+            } else {
+                let stamp: Stamp = decode(v.value(), "an identity kill")?;
+                let t = Tombstone {
+                    digest: *digest,
+                    stamp,
+                    origin: Some(appended),
+                };
+                if out.killed.is_none_or(|k| k.stamp < stamp) {
+                    out.killed = Some(t);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes an expunge tombstone (merging with one already there for the same digest: the
+    /// later stamp, a writer's expunge over a move), and indexes a writer's expunge.
+    pub(crate) fn put_tombstone(
+        &mut self,
+        user: &str,
+        guid: MailboxGuid,
+        uid: u32,
+        tomb: &Tombstone,
+    ) -> Result<(), StoreError> {
+        let key = keys::tombstone(user, guid, uid, &tomb.digest);
+        let mut t = *tomb;
+        let old = match self.tombstones.get(key.as_slice())? {
+            Some(v) => Some(decode::<Tombstone>(v.value(), "a tombstone")?),
+            None => None,
+        };
+        if let Some(old) = old {
+            t.stamp = t.stamp.max(old.stamp);
+            t.origin = t.origin.max(old.origin);
+            if old.origin != t.origin {
+                if let Some(k) = kill_key(user, guid, uid, &old) {
+                    self.identities.remove(k.as_slice())?;
+                }
+            }
+        } else {
+            self.counters.tombstones += 1;
+        }
+        self.tombstones
+            .insert(key.as_slice(), encode(&t)?.as_slice())?;
+        if let Some(k) = kill_key(user, guid, uid, &t) {
+            self.identities
+                .insert(k.as_slice(), encode(&t.stamp)?.as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// A writer's expunge kills its identity at every UID of the mailbox.
+    pub(crate) fn kill_elsewhere(
+        &mut self,
+        user: &str,
+        guid: MailboxGuid,
+        tomb: &Tombstone,
+    ) -> Result<(), StoreError> {
+        let Some(origin) = tomb.origin else {
+            return Ok(());
+        };
+        let found = self.placements(user, guid, &tomb.digest, origin)?;
+        for uid in found.live {
+            self.remove_message(user, guid, uid)?;
+            self.put_tombstone(user, guid, uid, tomb)?;
+            self.fixes.killed += 1;
+        }
+        Ok(())
+    }
+
+    /// Stores a message that a peer's changes put at `uid`, keeping the identity rules: a
+    /// message a writer expunged becomes that expunge's tombstone at `uid`; one live at another
+    /// UID stays only at the higher of the two. Returns whether `record` was stored at `uid`.
+    pub(crate) fn place_replicated(
+        &mut self,
+        user: &str,
+        guid: MailboxGuid,
+        uid: u32,
+        record: &MessageRecord,
+    ) -> Result<bool, StoreError> {
+        let found = self.placements(user, guid, &record.digest, record.appended)?;
+        if let Some(kill) = found.killed {
+            self.remove_message(user, guid, uid)?;
+            self.put_tombstone(user, guid, uid, &kill)?;
+            self.fixes.killed += 1;
+            return Ok(false);
+        }
+        let mut merged = record.clone();
+        let mut lower = Vec::new();
+        for other in found.live.into_iter().filter(|u| *u != uid) {
+            let Some(m) = self.get_message(user, guid, other)? else {
+                continue;
+            };
+            self.fixes.deduplicated += 1;
+            if other > uid {
+                // It lives higher up already: this UID gets a move tombstone.
+                let mut kept = m.clone();
+                kept.flags.merge(&record.flags);
+                self.put_message(user, guid, other, &kept)?;
+                self.remove_message(user, guid, uid)?;
+                self.put_tombstone(
+                    user,
+                    guid,
+                    uid,
+                    &Tombstone::moved(record.digest, record.appended),
+                )?;
+                return Ok(false);
+            }
+            merged.flags.merge(&m.flags);
+            lower.push(other);
+        }
+        for other in lower {
+            self.remove_message(user, guid, other)?;
+            self.put_tombstone(
+                user,
+                guid,
+                other,
+                &Tombstone::moved(record.digest, record.appended),
+            )?;
+        }
+        if merged != *record {
+            self.put_message(user, guid, uid, &merged)?;
+        }
+        Ok(true)
+    }
+}
+
+/// Rebuilds the index of one store from MESSAGES and TOMBSTONES (the format 1 → 2 upgrade).
+pub(crate) fn rebuild(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
+    use super::tables::{IDENTITIES, MESSAGES, TOMBSTONES};
+    let mut identities = txn.open_table(IDENTITIES)?;
+    identities.retain(|_, _| false)?;
+    let messages = txn.open_table(MESSAGES)?;
+    let mut count = 0u64;
+    for item in messages.iter()? {
+        let (k, v) = item?;
+        let (user, guid, uid) = keys::split_message(k.value())
+            .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
+        let (_, m) = super::tx::decode_message(v.value())?;
+        identities.insert(live_key(&user, guid, uid, &m).as_slice(), [].as_slice())?;
+        count += 1;
+    }
+    // Format 1 tombstones had no origin: re-encode them as moves (a writer's expunge made
+    // before the upgrade keeps killing its UID, not copies a clash moved elsewhere).
+    let mut tombstones = txn.open_table(TOMBSTONES)?;
+    let mut old = Vec::new();
+    for item in tombstones.iter()? {
+        let (k, v) = item?;
+        if decode::<Tombstone>(v.value(), "a tombstone").is_err() {
+            let (digest, stamp): (Digest, Stamp) = decode(v.value(), "a format 1 tombstone")?;
+            old.push((k.value().to_vec(), Tombstone::moved(digest, stamp)));
+        }
+    }
+    for (k, t) in old {
+        tombstones.insert(k.as_slice(), encode(&t)?.as_slice())?;
+    }
+    // Format 1 mailbox tombstones had no `merged_into`: they read as a writer's delete.
+    let mut mailbox_tombstones = txn.open_table(super::tables::MAILBOX_TOMBSTONES)?;
+    let mut old = Vec::new();
+    for item in mailbox_tombstones.iter()? {
+        let (k, v) = item?;
+        if decode::<MailboxTombstone>(v.value(), "a mailbox tombstone").is_err() {
+            let (guid, name, stamp): (MailboxGuid, String, Stamp) =
+                decode(v.value(), "a format 1 mailbox tombstone")?;
+            old.push((
+                k.value().to_vec(),
+                MailboxTombstone {
+                    guid,
+                    name,
+                    stamp,
+                    merged_into: None,
+                },
+            ));
+        }
+    }
+    for (k, t) in old {
+        mailbox_tombstones.insert(k.as_slice(), encode(&t)?.as_slice())?;
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewMessage, Store};
+
+    fn msg(i: u32) -> NewMessage {
+        NewMessage {
+            bytes: format!("Subject: {i}\r\n\r\nbody {i}\r\n").into_bytes(),
+            ..NewMessage::default()
+        }
+    }
+
+    /// Turns a format 2 store back into what format 1 wrote: no identity index, tombstones
+    /// without an origin, mailbox tombstones without `merged_into`.
+    fn downgrade(file: &std::path::Path) {
+        use crate::store::tables::{IDENTITIES, MAILBOX_TOMBSTONES, META, TOMBSTONES};
+        let db = redb::Database::open(file).expect("open redb");
+        let txn = db.begin_write().expect("write");
+        {
+            txn.open_table(META)
+                .expect("meta")
+                .insert("format", 1u32.to_be_bytes().as_slice())
+                .expect("format");
+            txn.open_table(IDENTITIES)
+                .expect("identities")
+                .retain(|_, _| false)
+                .expect("clear");
+            let mut t = txn.open_table(TOMBSTONES).expect("tombstones");
+            let all: Vec<(Vec<u8>, Tombstone)> = t
+                .iter()
+                .expect("iter")
+                .map(|i| {
+                    let (k, v) = i.expect("item");
+                    (
+                        k.value().to_vec(),
+                        decode(v.value(), "t").expect("tombstone"),
+                    )
+                })
+                .collect();
+            for (k, tomb) in all {
+                let old = encode(&(tomb.digest, tomb.stamp)).expect("encode");
+                t.insert(k.as_slice(), old.as_slice()).expect("insert");
+            }
+            let mut m = txn
+                .open_table(MAILBOX_TOMBSTONES)
+                .expect("mailbox tombstones");
+            let all: Vec<(Vec<u8>, MailboxTombstone)> = m
+                .iter()
+                .expect("iter")
+                .map(|i| {
+                    let (k, v) = i.expect("item");
+                    (k.value().to_vec(), decode(v.value(), "m").expect("mt"))
+                })
+                .collect();
+            for (k, tomb) in all {
+                let old = encode(&(tomb.guid, tomb.name, tomb.stamp)).expect("encode");
+                m.insert(k.as_slice(), old.as_slice()).expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+    }
+
+    #[test]
+    fn a_format_1_store_is_upgraded_when_opened() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (root, uids) = {
+            let store = Store::init(dir.path(), "n").expect("init");
+            let uids: Vec<u32> = store
+                .append("u", "INBOX", (0..4).map(msg).collect())
+                .expect("append")
+                .iter()
+                .map(|o| o.uid)
+                .collect();
+            store.expunge("u", "INBOX", &uids[..1]).expect("expunge");
+            store.create_mailbox("u", "Old").expect("create");
+            store.delete_mailbox("u", "Old").expect("delete");
+            (store.root().expect("root"), uids)
+        };
+        downgrade(&dir.path().join(crate::store::DB_FILE));
+        let store = Store::open(dir.path()).expect("the upgrade opens it");
+        assert_eq!(store.root().expect("root"), root, "the tree is untouched");
+        let report = store.verify().expect("verify");
+        assert!(report.is_ok(), "{:?}", report.problems);
+        assert_eq!(store.counters().expect("counters").messages, 3);
+        // The upgraded index works: expunging a message leaves a writer's tombstone.
+        store.expunge("u", "INBOX", &uids[1..2]).expect("expunge");
+        assert!(store.verify().expect("verify").is_ok());
+        drop(store);
+        // And the format is 2 now: opening again upgrades nothing.
+        let store = Store::open(dir.path()).expect("reopen");
+        assert!(store.verify().expect("verify").is_ok());
+    }
+
+    /// A peer's change that would make one append live at a second UID, or live again after a
+    /// writer expunged it, is kept to the identity rules whatever UIDs the session compared.
+    #[test]
+    fn replicated_changes_keep_one_placement_and_respect_a_writers_expunge() {
+        use crate::store::Change;
+        let store = Store::in_memory("n").expect("store");
+        let uids: Vec<u32> = store
+            .append("u", "INBOX", (0..2).map(msg).collect())
+            .expect("append")
+            .iter()
+            .map(|o| o.uid)
+            .collect();
+        let mut mailbox = store.mailbox("u", "INBOX").expect("inbox");
+        let guid = mailbox.guid;
+        mailbox.uidnext = 100;
+        store
+            .apply(&[Change::Mailbox {
+                user: "u".into(),
+                record: mailbox,
+            }])
+            .expect("raise UIDNEXT");
+        let first = store.message("u", "INBOX", uids[0]).expect("first").record;
+        let copy = |uid: u32, record: &crate::model::MessageRecord| Change::Message {
+            user: "u".into(),
+            guid,
+            uid,
+            record: record.clone(),
+            body: None,
+        };
+        // The same append at a higher UID (another pair renumbered it from there): the higher
+        // placement stays, the lower gets a move tombstone.
+        store.apply(&[copy(50, &first)]).expect("apply");
+        let live: Vec<u32> = store
+            .list_messages("u", Some("INBOX"))
+            .expect("list")
+            .iter()
+            .map(|m| m.uid)
+            .collect();
+        assert_eq!(live, vec![uids[1], 50]);
+        // And at a lower one: nothing changes but a move tombstone there.
+        store.apply(&[copy(40, &first)]).expect("apply");
+        assert_eq!(
+            store.list_messages("u", Some("INBOX")).expect("list").len(),
+            2
+        );
+        // A writer expunges it at 50; a peer that still has it at 60 cannot bring it back.
+        let body = store.body(&first.digest).expect("body");
+        store.expunge("u", "INBOX", &[50]).expect("expunge");
+        store
+            .apply(&[Change::Message {
+                user: "u".into(),
+                guid,
+                uid: 60,
+                record: first.clone(),
+                body: Some(body),
+            }])
+            .expect("apply");
+        let live: Vec<u32> = store
+            .list_messages("u", Some("INBOX"))
+            .expect("list")
+            .iter()
+            .map(|m| m.uid)
+            .collect();
+        assert_eq!(live, vec![uids[1]]);
+        let report = store.verify().expect("verify");
+        assert!(report.is_ok(), "{:?}", report.problems);
+    }
+}
