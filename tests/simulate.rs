@@ -23,22 +23,14 @@ const STEPS: usize = 500;
 /// Seeds `cargo test` runs.
 const QUICK_SEEDS: u64 = 24;
 
-/// Violations the simulation finds whose fix lies beyond the harness (each is described in
-/// docs/RELIABILITY.md §1, and the first has a minimal reproduction below). They are counted
-/// and printed; they fail a run only with `SIM_STRICT=1`. Any other kind fails it.
-const KNOWN: [&str; 4] = [
-    // Two pairs of peers resolve the same UID clash independently and give the two messages
-    // different new UIDs; when the pairs meet, the messages are copied to each other's UIDs
-    // (duplicates), and one expunged at its new UID comes back at the other.
-    "duplicated-after-renumbering",
-    "resurrected-after-renumbering",
-    // Suspected to be the same cause: the renumberings leave tombstones (old UID, digest)
-    // where other peers hold that digest at that UID, and those copies are expunged.
-    "lost-after-uid-clash",
-    // A message lost after a writer deleted another mailbox of the user (suspected: moved by
-    // a same-name merge into a mailbox whose concurrent delete then wins).
-    "lost-near-mailbox-delete",
-];
+/// Violations the sweep still finds in a few seeds of a thousand (docs/RELIABILITY.md §1,
+/// finding 3): each follows a same-name mailbox merge into a mailbox that a writer deleted
+/// concurrently, after which one peer's copy of the merged mailbox is deleted with it while
+/// another peer's copy, changed after the delete, survives; the oracle cannot tell these from
+/// real losses because the revived mailbox no longer carries the merge. `scripts/simulate`
+/// counts them and does not fail on them unless `SIM_STRICT=1`; any other kind fails it.
+/// `cargo test` (seeds 1–24) fails on every violation, these included.
+const KNOWN: [&str; 2] = ["lost-after-uid-clash", "resurrected-after-renumbering"];
 
 fn strict() -> bool {
     std::env::var_os("SIM_STRICT").is_some()
@@ -159,10 +151,9 @@ fn seeds_converge_without_losing_mail() {
         kinds,
         ..
     } = sweep_seeds(start, count, steps);
-    for (kind, seeds) in &kinds {
-        eprintln!("known violation {kind}: seeds {seeds:?}");
-    }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    // Seeds 1–24 are clean: no violation of any kind, known ones included.
+    assert!(kinds.is_empty(), "violations: {kinds:?}");
     if count > 1 {
         // The runs did what they are for: faults were injected and the writers wrote.
         assert!(
@@ -228,7 +219,6 @@ fn sweep() {
 /// every pair has reconciled, the expunged message must be gone and the other live once.
 /// Fails today (duplicated and resurrected after renumbering); see docs/RELIABILITY.md §1.
 #[test]
-#[ignore = "known bug: UID-clash renumbering is not confluent across more than two replicas"]
 fn uid_clash_resolved_by_two_pairs_loses_no_expunge_and_duplicates_nothing() {
     use merkmail::model::Digest;
     use merkmail::store::Store;
@@ -294,6 +284,79 @@ fn uid_clash_resolved_by_two_pairs_loses_no_expunge_and_duplicates_nothing() {
             "{}: {live:?}",
             s.node_id()
         );
+    }
+}
+
+/// Found by the simulation (seeds 26, 423, 48 after the identity fix): two mailboxes created
+/// with one name during a split merge into the larger GUID; a third replica that still holds
+/// the smaller one (and took mail in it meanwhile) moves its messages there, without copying
+/// twice what the merge moved already, and a writer's expunge made in it before goes along.
+#[test]
+fn a_replica_holding_a_merged_mailbox_moves_its_mail_into_the_winner() {
+    use merkmail::model::Digest;
+    use merkmail::store::Store;
+    use merkmail::sync::{in_process, run};
+    let stores: Vec<Store> = ["a", "b", "c"]
+        .iter()
+        .map(|id| Store::in_memory(id).expect("store"))
+        .collect();
+    let [a, b, c] = &stores[..] else {
+        unreachable!()
+    };
+    let sync = |x: &Store, y: &Store| {
+        let r = run(x, 5, false, in_process(y)).expect("session");
+        assert!(r.equal_after, "{r:?}");
+    };
+    let ga = a.create_mailbox("u", "Box").expect("create");
+    let gb = b.create_mailbox("u", "Box").expect("create");
+    // The loser (smaller GUID) is held by `l`, the winner by `w`.
+    let (l, w) = if ga < gb { (a, b) } else { (b, a) };
+    let msgs: Vec<_> = ["kept", "expunged", "late", "winner's"]
+        .iter()
+        .map(|t| random_ops::msg(t))
+        .collect();
+    let digest = |i: usize| Digest::of(&msgs[i].bytes);
+    l.append("u", "Box", msgs[..2].to_vec()).expect("append");
+    w.append("u", "Box", vec![msgs[3].clone()]).expect("append");
+    sync(l, c);
+    // c takes mail in the loser, and a writer on c expunges one of its messages...
+    c.append("u", "Box", vec![msgs[2].clone()]).expect("append");
+    let uid = c
+        .list_messages("u", Some("Box"))
+        .expect("list")
+        .into_iter()
+        .find(|m| m.record.digest == digest(1))
+        .expect("on c")
+        .uid;
+    c.expunge("u", "Box", &[uid]).expect("expunge");
+    // ...while l and w merge the two mailboxes (the expunged message moves too).
+    sync(l, w);
+    sync(c, w);
+    sync(c, l);
+    for s in &stores {
+        let boxes: Vec<String> = s
+            .list_mailboxes("u")
+            .expect("list")
+            .into_iter()
+            .map(|m| m.name)
+            .filter(|n| n != "INBOX")
+            .collect();
+        assert_eq!(boxes, vec!["Box".to_string()], "{}", s.node_id());
+        let live: Vec<Digest> = s
+            .list_messages("u", Some("Box"))
+            .expect("list")
+            .into_iter()
+            .map(|m| m.record.digest)
+            .collect();
+        for (i, want) in [(0, 1), (1, 0), (2, 1), (3, 1)] {
+            assert_eq!(
+                live.iter().filter(|d| **d == digest(i)).count(),
+                want,
+                "{}: message {i} in {live:?}",
+                s.node_id()
+            );
+        }
+        assert!(s.verify().expect("verify").is_ok());
     }
 }
 

@@ -184,8 +184,8 @@ fn merge_sides(a: &MailboxSide, b: &MailboxSide) -> MailboxOutcome {
             tombstone,
             ..Default::default()
         },
-        (Some(ra), None) => one_sided(a, ra, tombstone),
-        (None, Some(rb)) => one_sided(b, rb, tombstone),
+        (Some(ra), None) => one_sided(a, ra, tombstone, b),
+        (None, Some(rb)) => one_sided(b, rb, tombstone, a),
         (Some(ra), Some(rb)) if ra.uidvalidity != rb.uidvalidity => {
             let (winner, loser) = if ra.uidvalidity > rb.uidvalidity {
                 (a, b)
@@ -206,6 +206,7 @@ fn one_sided(
     side: &MailboxSide,
     record: &MailboxRecord,
     tombstone: Option<MailboxTombstone>,
+    other: &MailboxSide,
 ) -> MailboxOutcome {
     let survive = || MailboxOutcome {
         record: Some(record.clone()),
@@ -226,7 +227,11 @@ fn one_sided(
             forward: Some(Forward {
                 into: *into,
                 messages: side.messages.clone(),
-                kills: writers_expunges(&side.expunged),
+                // The side that merged it keeps its writers' expunges for this.
+                kills: writers_expunges(&side.expunged)
+                    .into_iter()
+                    .chain(writers_expunges(&other.expunged))
+                    .collect(),
                 survive: Box::new(survive()),
             }),
             ..Default::default()

@@ -18,6 +18,10 @@ use redb::ReadableTable;
 
 const LIVE: u8 = 0;
 const KILLED: u8 = 1;
+/// A writer's expunge in a mailbox that was merged into this one: local (each replica derives
+/// it when it applies the merge), with no tombstone of its own here; it keeps the identity
+/// from being moved in later, and is dropped with the mailbox.
+const INHERITED: u8 = 2;
 
 /// user 00 guid digest:32 appended:12
 fn prefix(user: &str, guid: MailboxGuid, digest: &Digest, appended: Stamp) -> Vec<u8> {
@@ -153,6 +157,48 @@ impl Tx<'_> {
         if let Some(k) = kill_key(user, guid, uid, &t) {
             self.identities
                 .insert(k.as_slice(), encode(&t.stamp)?.as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// A mailbox merged into `into` is going away: its writers' expunges (its own and those it
+    /// inherited) now also hold in `into`, and kill what lives there already.
+    pub(crate) fn inherit_kills(
+        &mut self,
+        user: &str,
+        from: MailboxGuid,
+        into: MailboxGuid,
+    ) -> Result<(), StoreError> {
+        let start = keys::mailbox(user, from);
+        let mut end = start.clone();
+        end.extend_from_slice(&[0xff; 50]);
+        let mut kills = Vec::new();
+        for item in self.identities.range(start.as_slice()..=end.as_slice())? {
+            let (k, v) = item?;
+            let Some((digest, origin, kind, uid)) =
+                k.value().get(start.len()..).and_then(split_tail)
+            else {
+                continue;
+            };
+            if kind != LIVE {
+                let stamp: Stamp = decode(v.value(), "an identity kill")?;
+                kills.push((
+                    uid,
+                    Tombstone {
+                        digest,
+                        stamp,
+                        origin: Some(origin),
+                    },
+                ));
+            }
+        }
+        for (uid, t) in kills {
+            if let Some(origin) = t.origin {
+                let k = key(user, into, &t.digest, origin, INHERITED, uid);
+                self.identities
+                    .insert(k.as_slice(), encode(&t.stamp)?.as_slice())?;
+            }
+            self.kill_elsewhere(user, into, &t)?;
         }
         Ok(())
     }

@@ -114,11 +114,14 @@ fn unknown_mailbox(user: &str, name: &MailboxName) -> StoreError {
 
 impl Tx<'_> {
     /// Removes a mailbox with its messages, their tombstones, its import sources and its
-    /// UID-range nodes. The caller records the mailbox tombstone.
+    /// UID-range nodes. The caller records the mailbox tombstone. A mailbox merged into
+    /// another (`keep_kills`) keeps its writers' expunges: a replica that still holds it
+    /// moves its messages into the other, and these must not come back with them.
     pub(crate) fn delete_mailbox_records(
         &mut self,
         user: &str,
         guid: MailboxGuid,
+        keep_kills: bool,
     ) -> Result<(), StoreError> {
         if self.get_mailbox(user, guid)?.is_none() {
             return Ok(());
@@ -138,14 +141,20 @@ impl Tx<'_> {
         let (start, end) = keys::tombstone_range(user, guid, 0, u32::MAX);
         let removed = self
             .tombstones
-            .extract_from_if(start.as_slice()..=end.as_slice(), |_, _| true)?
+            .extract_from_if(start.as_slice()..=end.as_slice(), |_, v| {
+                !keep_kills
+                    || postcard::from_bytes::<Tombstone>(v).map_or(true, |t| t.origin.is_none())
+            })?
             .count() as u64;
         self.counters.tombstones = self.counters.tombstones.saturating_sub(removed);
         let istart = keys::mailbox(user, guid);
         let mut iend = istart.clone();
         iend.extend_from_slice(&[0xff; 50]);
+        let kind_at = istart.len() + 32 + 12;
         self.identities
-            .retain_in(istart.as_slice()..=iend.as_slice(), |_, _| false)?;
+            .retain_in(istart.as_slice()..=iend.as_slice(), |k, _| {
+                keep_kills && k.get(kind_at).is_some_and(|kind| *kind != 0)
+            })?;
         let sstart = keys::mailbox(user, guid);
         let mut send = sstart.clone();
         send.push(0xff);
@@ -354,7 +363,7 @@ impl Store {
         self.write(|tx| {
             let mailbox = tx.resolve(user, &name, false)?;
             let guid = mailbox.guid;
-            tx.delete_mailbox_records(user, guid)?;
+            tx.delete_mailbox_records(user, guid, false)?;
             let stamp = tx.stamp();
             let tomb = MailboxTombstone {
                 guid,

@@ -260,7 +260,10 @@ impl Tx<'_> {
             }
             Change::DeleteMailbox { user, tombstone } => {
                 self.observe(tombstone.stamp);
-                self.delete_mailbox_records(user, tombstone.guid)?;
+                if let Some(into) = tombstone.merged_into.filter(|g| *g != tombstone.guid) {
+                    self.inherit_kills(user, tombstone.guid, into)?;
+                }
+                self.delete_mailbox_records(user, tombstone.guid, tombstone.merged_into.is_some())?;
                 let key = keys::mailbox(user, tombstone.guid);
                 if self
                     .mailbox_tombstones

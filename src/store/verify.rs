@@ -299,6 +299,10 @@ impl Store {
                 indexed_live += 1;
                 continue;
             }
+            if kind == 2 {
+                // Inherited from a mailbox merged into this one: no tombstone of its own.
+                continue;
+            }
             let tomb: Option<crate::model::Tombstone> =
                 match tombstones.get(keys::tombstone(&user, guid, uid, &digest).as_slice())? {
                     Some(v) => Some(decode(v.value(), "a tombstone")?),

@@ -1186,6 +1186,7 @@ impl<'a> Session<'a> {
                 for loser in guids {
                     let mut lo = outcomes.remove(&(user.clone(), loser)).unwrap_or_default();
                     if let Some(wo) = outcomes.get_mut(&(user.clone(), winner)) {
+                        tracing::info!(user = %user, from = %loser, into = %winner, messages = lo.messages.len(), "two mailboxes share a name: merging into the larger GUID");
                         merge_into(wo, &mut lo, loser);
                     }
                     outcomes.insert((user.clone(), loser), lo);
@@ -1204,15 +1205,30 @@ impl<'a> Session<'a> {
             let Some(forward) = outcomes.get_mut(&key).and_then(|o| o.forward.take()) else {
                 continue;
             };
-            let wk = (key.0.clone(), forward.into);
-            self.load_equal(&wk, &mut sides, &mut outcomes)?;
-            match outcomes.get_mut(&wk) {
-                Some(wo) if wo.record.is_some() => {
-                    absorb(wo, forward.messages, &forward.kills);
+            let wk = self.merge_target(&key.0, forward.into, &mut sides, &mut outcomes)?;
+            if let Some(wo) = outcomes.get_mut(&wk).filter(|o| o.record.is_some()) {
+                tracing::info!(user = %key.0, from = %key.1, into = %wk.1, messages = forward.messages.len(), "moving a merged mailbox's messages into the mailbox it merged into");
+                absorb(wo, forward.messages, &forward.kills);
+                continue;
+            }
+            // The mailbox it merged into is gone: a writer deleted it (or it is unknown here).
+            // The delete wins over this one too unless it changed after the delete, as for any
+            // mailbox (DESIGN §5); else it survives with its messages.
+            let end = match outcomes.get(&wk) {
+                Some(o) => o.tombstone.clone(),
+                None => {
+                    self.local
+                        .mailbox_side(&wk.0, wk.1, Some(&BTreeSet::new()))?
+                        .tombstone
                 }
-                _ => {
-                    outcomes.insert(key, *forward.survive);
-                }
+            };
+            let changed_after = forward
+                .survive
+                .record
+                .as_ref()
+                .is_some_and(|r| end.as_ref().is_none_or(|t| r.last_change > t.stamp));
+            if changed_after {
+                outcomes.insert(key, *forward.survive);
             }
         }
 
@@ -1309,6 +1325,35 @@ impl<'a> Session<'a> {
         }
         self.phase = Phase::Transfer;
         self.advance()
+    }
+
+    /// Where a mailbox merged into `into` ends: `into`, or, when that was merged into another
+    /// in turn, the end of the chain (at most 16 steps: a longer one is left to survive).
+    fn merge_target(
+        &mut self,
+        user: &str,
+        into: MailboxGuid,
+        sides: &mut BTreeMap<Key, (NodeHash, MailboxSide, MailboxSide)>,
+        outcomes: &mut BTreeMap<Key, MailboxOutcome>,
+    ) -> Result<Key, SessionError> {
+        let mut key = (user.to_string(), into);
+        for _ in 0..16 {
+            self.load_equal(&key, sides, outcomes)?;
+            let next = match outcomes.get(&key) {
+                Some(o) if o.record.is_some() => return Ok(key),
+                Some(o) => o.tombstone.as_ref().and_then(|t| t.merged_into),
+                None => self
+                    .local
+                    .mailbox_side(user, key.1, Some(&BTreeSet::new()))?
+                    .tombstone
+                    .and_then(|t| t.merged_into),
+            };
+            match next {
+                Some(guid) if guid != key.1 => key.1 = guid,
+                _ => return Ok(key),
+            }
+        }
+        Ok(key)
     }
 
     /// Adds to the plan a mailbox the session did not find different (so both sides hold what

@@ -47,13 +47,16 @@ pub struct Oracle {
 }
 
 impl Oracle {
-    /// Whether a writer removed this message (so it may be absent at the end).
-    fn removed(&self, digest: &Digest, a: &Appended) -> bool {
+    /// Whether a writer removed this message (so it may be absent at the end): expunged it,
+    /// deleted the mailbox it was in, or deleted a mailbox that one it was appended to was
+    /// merged into (two GUIDs with one name; the delete of the merged mailbox wins over
+    /// appends it had not seen, as for any mailbox).
+    fn removed(&self, digest: &Digest, a: &Appended, peers: &[(&str, &Store)]) -> bool {
         self.expunged.contains_key(digest)
             || self.deleted_with_mailbox.contains(digest)
-            || self
-                .deleted_mailboxes
-                .contains_key(&(a.user.clone(), a.guid))
+            || merged_chain(&a.user, a.guid, peers)
+                .iter()
+                .any(|g| self.deleted_mailboxes.contains_key(&(a.user.clone(), *g)))
     }
 
     /// Checks the settled cluster; returns every violation found.
@@ -87,7 +90,7 @@ impl Oracle {
                 }
             };
             for (digest, a) in &self.appended {
-                if self.removed(digest, a) {
+                if self.removed(digest, a, peers) {
                     continue;
                 }
                 let places: Vec<&Place> = live
@@ -154,6 +157,30 @@ impl Oracle {
         }
         violations
     }
+}
+
+/// A mailbox and those it was merged into, in turn, as any peer's mailbox tombstones say.
+fn merged_chain(user: &str, guid: MailboxGuid, peers: &[(&str, &Store)]) -> Vec<MailboxGuid> {
+    let mut chain = vec![guid];
+    let mut seen = BTreeSet::from([guid]);
+    let mut at = 0;
+    while at < chain.len() && chain.len() < 64 {
+        let g = chain[at];
+        at += 1;
+        for (_, store) in peers {
+            let into = store
+                .mailbox_side(user, g, Some(&BTreeSet::new()))
+                .ok()
+                .and_then(|s| s.tombstone)
+                .and_then(|t| t.merged_into);
+            if let Some(into) = into {
+                if seen.insert(into) {
+                    chain.push(into);
+                }
+            }
+        }
+    }
+    chain
 }
 
 /// Where a message is live (printed in violations).
