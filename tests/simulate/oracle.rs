@@ -44,6 +44,8 @@ pub struct Oracle {
     /// Mailboxes (user, GUID) a writer deleted somewhere: what was appended to them may go.
     /// With the step of the last such delete.
     pub deleted_mailboxes: BTreeMap<(String, MailboxGuid), u64>,
+    /// Same-name merges seen so far: (user, GUID) → the GUIDs it was merged into.
+    pub merges: BTreeMap<(String, MailboxGuid), BTreeSet<MailboxGuid>>,
 }
 
 impl Oracle {
@@ -54,9 +56,74 @@ impl Oracle {
     fn removed(&self, digest: &Digest, a: &Appended, peers: &[(&str, &Store)]) -> bool {
         self.expunged.contains_key(digest)
             || self.deleted_with_mailbox.contains(digest)
-            || merged_chain(&a.user, a.guid, peers)
+            || self
+                .merged_chain(&a.user, a.guid, peers)
                 .iter()
                 .any(|g| self.deleted_mailboxes.contains_key(&(a.user.clone(), *g)))
+    }
+
+    /// Notes the merges the peers' mailbox tombstones show for every mailbox the writers used.
+    pub fn note_merges(&mut self, peers: &[&Store]) {
+        let known: BTreeSet<(String, MailboxGuid)> = self
+            .appended
+            .values()
+            .map(|a| (a.user.clone(), a.guid))
+            .chain(self.deleted_mailboxes.keys().cloned())
+            .collect();
+        for (user, guid) in known {
+            for store in peers {
+                let into = store
+                    .mailbox_side(&user, guid, Some(&BTreeSet::new()))
+                    .ok()
+                    .and_then(|s| s.tombstone)
+                    .and_then(|t| t.merged_into);
+                if let Some(into) = into {
+                    self.merges
+                        .entry((user.clone(), guid))
+                        .or_default()
+                        .insert(into);
+                }
+            }
+        }
+    }
+
+    /// A mailbox and those it was merged into, in turn: as noted during the run, and as any
+    /// peer's mailbox tombstones say now.
+    fn merged_chain(
+        &self,
+        user: &str,
+        guid: MailboxGuid,
+        peers: &[(&str, &Store)],
+    ) -> Vec<MailboxGuid> {
+        let mut chain = vec![guid];
+        let mut seen = BTreeSet::from([guid]);
+        let mut at = 0;
+        while at < chain.len() && chain.len() < 64 {
+            let g = chain[at];
+            at += 1;
+            let noted = self
+                .merges
+                .get(&(user.to_string(), g))
+                .into_iter()
+                .flatten()
+                .copied();
+            let now: Vec<MailboxGuid> = peers
+                .iter()
+                .filter_map(|(_, store)| {
+                    store
+                        .mailbox_side(user, g, Some(&BTreeSet::new()))
+                        .ok()
+                        .and_then(|s| s.tombstone)
+                        .and_then(|t| t.merged_into)
+                })
+                .collect();
+            for into in noted.chain(now) {
+                if seen.insert(into) {
+                    chain.push(into);
+                }
+            }
+        }
+        chain
     }
 
     /// Checks the settled cluster; returns every violation found.
@@ -130,9 +197,13 @@ impl Oracle {
                 }
             }
             for (digest, x) in &self.expunged {
+                // Finding 4 (by design): a mailbox a writer deleted drops its expunges, and
+                // comes back with what a peer that changed it later holds. Also when the
+                // mailbox was merged (in turn) into the one deleted.
                 if self
-                    .deleted_mailboxes
-                    .contains_key(&(x.user.clone(), x.guid))
+                    .merged_chain(&x.user, x.guid, peers)
+                    .iter()
+                    .any(|g| self.deleted_mailboxes.contains_key(&(x.user.clone(), *g)))
                 {
                     continue;
                 }
@@ -157,30 +228,6 @@ impl Oracle {
         }
         violations
     }
-}
-
-/// A mailbox and those it was merged into, in turn, as any peer's mailbox tombstones say.
-fn merged_chain(user: &str, guid: MailboxGuid, peers: &[(&str, &Store)]) -> Vec<MailboxGuid> {
-    let mut chain = vec![guid];
-    let mut seen = BTreeSet::from([guid]);
-    let mut at = 0;
-    while at < chain.len() && chain.len() < 64 {
-        let g = chain[at];
-        at += 1;
-        for (_, store) in peers {
-            let into = store
-                .mailbox_side(user, g, Some(&BTreeSet::new()))
-                .ok()
-                .and_then(|s| s.tombstone)
-                .and_then(|t| t.merged_into);
-            if let Some(into) = into {
-                if seen.insert(into) {
-                    chain.push(into);
-                }
-            }
-        }
-    }
-    chain
 }
 
 /// Where a message is live (printed in violations).

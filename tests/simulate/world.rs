@@ -817,7 +817,18 @@ impl World {
     }
 
     /// A Merkle session from `i` with `j`, as the daemon's checker runs it.
+    /// A Merkle session from peer i with peer j; then the oracle notes the mailbox merges it
+    /// made (a mailbox revived later sheds its merge tombstone, so they are noted as they
+    /// happen).
     fn session(&mut self, i: usize, j: usize) -> Option<bool> {
+        let out = self.session_inner(i, j);
+        let stores: Vec<Rc<Store>> = self.peers.iter().filter_map(|p| p.store.clone()).collect();
+        let view: Vec<&Store> = stores.iter().map(|s| &**s).collect();
+        self.oracle.note_merges(&view);
+        out
+    }
+
+    fn session_inner(&mut self, i: usize, j: usize) -> Option<bool> {
         let local = self.store(i)?;
         // The responder must be up when the session starts.
         self.store(j)?;
