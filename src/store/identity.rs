@@ -23,6 +23,15 @@ const KILLED: u8 = 1;
 /// from being moved in later, and is dropped with the mailbox.
 const INHERITED: u8 = 2;
 
+/// user 00 digest:32 appended:12: a key of USER_KILLS.
+pub(crate) fn user_kill_key(user: &str, digest: &Digest, appended: Stamp) -> Vec<u8> {
+    let mut k = user.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&digest.0);
+    k.extend_from_slice(&appended.to_bytes());
+    k
+}
+
 /// user 00 guid digest:32 appended:12
 fn prefix(user: &str, guid: MailboxGuid, digest: &Digest, appended: Stamp) -> Vec<u8> {
     let mut k = keys::mailbox(user, guid);
@@ -158,7 +167,36 @@ impl Tx<'_> {
             self.identities
                 .insert(k.as_slice(), encode(&t.stamp)?.as_slice())?;
         }
+        if let Some(origin) = t.origin {
+            let k = user_kill_key(user, &t.digest, origin);
+            let held: Option<Stamp> = match self.user_kills.get(k.as_slice())? {
+                Some(v) => Some(decode(v.value(), "a user kill")?),
+                None => None,
+            };
+            if held.is_none_or(|s| s < t.stamp) {
+                self.user_kills
+                    .insert(k.as_slice(), encode(&t.stamp)?.as_slice())?;
+            }
+        }
         Ok(())
+    }
+
+    /// The latest writer's expunge of an identity in any mailbox of the user.
+    fn user_kill(
+        &self,
+        user: &str,
+        digest: &Digest,
+        appended: Stamp,
+    ) -> Result<Option<Tombstone>, StoreError> {
+        let k = user_kill_key(user, digest, appended);
+        Ok(match self.user_kills.get(k.as_slice())? {
+            Some(v) => Some(Tombstone {
+                digest: *digest,
+                stamp: decode(v.value(), "a user kill")?,
+                origin: Some(appended),
+            }),
+            None => None,
+        })
     }
 
     /// A mailbox merged into `into` is going away: its writers' expunges (its own and those it
@@ -213,11 +251,21 @@ impl Tx<'_> {
         let Some(origin) = tomb.origin else {
             return Ok(());
         };
-        let found = self.placements(user, guid, &tomb.digest, origin)?;
-        for uid in found.live {
-            self.remove_message(user, guid, uid)?;
-            self.put_tombstone(user, guid, uid, tomb)?;
-            self.fixes.killed += 1;
+        // This mailbox first, then the user's others (a merge may have put it there too).
+        let mut guids = vec![guid];
+        guids.extend(
+            self.user_mailboxes(user)?
+                .into_iter()
+                .map(|m| m.guid)
+                .filter(|g| *g != guid),
+        );
+        for g in guids {
+            let found = self.placements(user, g, &tomb.digest, origin)?;
+            for uid in found.live {
+                self.remove_message(user, g, uid)?;
+                self.put_tombstone(user, g, uid, tomb)?;
+                self.fixes.killed += 1;
+            }
         }
         Ok(())
     }
@@ -233,7 +281,11 @@ impl Tx<'_> {
         record: &MessageRecord,
     ) -> Result<bool, StoreError> {
         let found = self.placements(user, guid, &record.digest, record.appended)?;
-        if let Some(kill) = found.killed {
+        let killed = match found.killed {
+            Some(k) => Some(k),
+            None => self.user_kill(user, &record.digest, record.appended)?,
+        };
+        if let Some(kill) = killed {
             self.remove_message(user, guid, uid)?;
             self.put_tombstone(user, guid, uid, &kill)?;
             self.fixes.killed += 1;
@@ -490,6 +542,68 @@ mod tests {
             .map(|m| m.uid)
             .collect();
         assert_eq!(live, vec![uids[1]]);
+        let report = store.verify().expect("verify");
+        assert!(report.is_ok(), "{:?}", report.problems);
+    }
+
+    /// Finding 8 of docs/RELIABILITY.md: a mailbox merged into two different mailboxes leaves
+    /// one append in both; a writer's expunge in one holds in the other, whichever arrives
+    /// first.
+    #[test]
+    fn a_writers_expunge_holds_in_every_mailbox_of_the_user() {
+        use crate::store::Change;
+        let store = Store::in_memory("n").expect("store");
+        store.create_mailbox("u", "Lists").expect("create");
+        let trips = store.create_mailbox("u", "Trips").expect("create");
+        let uids: Vec<u32> = store
+            .append("u", "Lists", (0..2).map(msg).collect())
+            .expect("append")
+            .iter()
+            .map(|o| o.uid)
+            .collect();
+        let mut mailbox = store.mailbox("u", "Trips").expect("trips");
+        mailbox.uidnext = 10;
+        let first = store.message("u", "Lists", uids[0]).expect("m").record;
+        let second = store.message("u", "Lists", uids[1]).expect("m").record;
+        let into_trips = |uid: u32, record: &crate::model::MessageRecord| Change::Message {
+            user: "u".into(),
+            guid: trips,
+            uid,
+            record: record.clone(),
+            body: None,
+        };
+        // A merge elsewhere moved the first message into Trips too; then a writer expunges it
+        // in Lists: it goes from Trips as well.
+        store
+            .apply(&[
+                Change::Mailbox {
+                    user: "u".into(),
+                    record: mailbox,
+                },
+                into_trips(3, &first),
+            ])
+            .expect("apply");
+        store.expunge("u", "Lists", &uids[..1]).expect("expunge");
+        assert!(store
+            .list_messages("u", Some("Trips"))
+            .expect("list")
+            .is_empty());
+        // The other order: expunged in Lists first, then a copy arrives in Trips.
+        let body = store.body(&second.digest).expect("body");
+        store.expunge("u", "Lists", &uids[1..]).expect("expunge");
+        store
+            .apply(&[Change::Message {
+                user: "u".into(),
+                guid: trips,
+                uid: 4,
+                record: second.clone(),
+                body: Some(body),
+            }])
+            .expect("apply");
+        assert!(store
+            .list_messages("u", Some("Trips"))
+            .expect("list")
+            .is_empty());
         let report = store.verify().expect("verify");
         assert!(report.is_ok(), "{:?}", report.problems);
     }

@@ -222,7 +222,10 @@ impl Store {
         };
         // Stores made before the journal existed lack its tables: add them (empty), so that
         // read transactions find every table.
-        let has_journal = db.begin_read()?.open_table(tables::JOURNAL_SENDERS).is_ok();
+        // Stores made before the journal (or before the per-user expunge index) lack tables:
+        // add them, empty.
+        let has_journal = db.begin_read()?.open_table(tables::JOURNAL_SENDERS).is_ok()
+            && db.begin_read()?.open_table(tables::USER_KILLS).is_ok();
         if !has_journal {
             let txn = db.begin_write()?;
             tables::create_all(&txn)?;

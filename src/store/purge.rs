@@ -25,6 +25,7 @@ impl Store {
             let mut purged = Purged::default();
             let mut old = Vec::new();
             let mut kills = Vec::new();
+            let mut user_kills = Vec::new();
             for item in tx.tombstones.iter()? {
                 let (k, v) = item?;
                 let t: Tombstone = decode(v.value(), "a tombstone")?;
@@ -37,6 +38,11 @@ impl Store {
                     if let Some(kill) = kill {
                         kills.push(kill);
                     }
+                    if let (Some(origin), Some((user, _, _))) =
+                        (t.origin, super::keys::split_tombstone(k.value()))
+                    {
+                        user_kills.push(super::identity::user_kill_key(&user, &t.digest, origin));
+                    }
                 }
             }
             for k in &old {
@@ -44,6 +50,9 @@ impl Store {
             }
             for k in &kills {
                 tx.identities.remove(k.as_slice())?;
+            }
+            for k in &user_kills {
+                tx.user_kills.remove(k.as_slice())?;
             }
             purged.tombstones = old.len() as u64;
             old.clear();

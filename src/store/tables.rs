@@ -41,6 +41,13 @@ pub const SOURCES: TableDefinition<&[u8], u32> = TableDefinition::new("sources")
 /// stamp). Format 2; identity.rs keeps it in step with MESSAGES and TOMBSTONES.
 pub const IDENTITIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("identities");
 
+/// user 00 digest:32 appended:12 → postcard(Stamp): identities a writer expunged in any mailbox
+/// of the user, with the latest such expunge's stamp. A same-name merge can leave one append
+/// in two mailboxes (a mailbox renamed concurrently merges into two winners); every writer's
+/// append gets a fresh append stamp, so the same identity in two mailboxes only comes from
+/// merges, and an expunge of it holds in all of them. Dropped with the purge.
+pub const USER_KILLS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("user_kills");
+
 /// seq → postcard(JournalRecord): which keys a local write touched (journal.rs). Written in
 /// the write's own transaction; trimmed below the smallest peer cursor.
 pub const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
@@ -61,6 +68,7 @@ pub fn create_all(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(MESSAGES)?;
     txn.open_table(TOMBSTONES)?;
     txn.open_table(IDENTITIES)?;
+    txn.open_table(USER_KILLS)?;
     txn.open_table(MAILBOX_TOMBSTONES)?;
     txn.open_table(BODIES)?;
     txn.open_table(BODY_REFS)?;

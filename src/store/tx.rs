@@ -17,6 +17,7 @@ pub(crate) struct Tx<'t> {
     pub messages: Table<'t, &'static [u8], &'static [u8]>,
     pub tombstones: Table<'t, &'static [u8], &'static [u8]>,
     pub identities: Table<'t, &'static [u8], &'static [u8]>,
+    pub user_kills: Table<'t, &'static [u8], &'static [u8]>,
     /// What keeping the identity rules changed in this transaction.
     pub fixes: super::identity::IdentityFixes,
     pub mailbox_tombstones: Table<'t, &'static [u8], &'static [u8]>,
@@ -87,6 +88,7 @@ impl<'t> Tx<'t> {
             messages: txn.open_table(MESSAGES)?,
             tombstones: txn.open_table(TOMBSTONES)?,
             identities: txn.open_table(IDENTITIES)?,
+            user_kills: txn.open_table(USER_KILLS)?,
             fixes: Default::default(),
             mailbox_tombstones: txn.open_table(MAILBOX_TOMBSTONES)?,
             tree: txn.open_table(TREE)?,
