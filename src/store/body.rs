@@ -32,6 +32,8 @@ pub trait BodyStore: Send + Sync {
     /// Drops a reference. A body whose last reference goes is not freed yet: a change later in
     /// the same transaction may take it again (a message moving to another UID).
     fn release(&self, txn: &WriteTransaction, digest: &Digest) -> Result<(), StoreError>;
+    /// How many live messages use the body now (0 when none or not held).
+    fn references_of(&self, txn: &WriteTransaction, digest: &Digest) -> Result<u64, StoreError>;
     /// At the end of a transaction: frees the body if no reference remains. Returns the
     /// freed size, if freed.
     fn collect(&self, txn: &WriteTransaction, digest: &Digest) -> Result<Option<u64>, StoreError>;
@@ -152,6 +154,12 @@ impl BodyStore for RedbBodies {
         // At zero the body stays until `collect`, at the end of the transaction.
         refs.insert(digest.0.as_slice(), current.saturating_sub(1))?;
         Ok(())
+    }
+
+    fn references_of(&self, txn: &WriteTransaction, digest: &Digest) -> Result<u64, StoreError> {
+        let refs = txn.open_table(BODY_REFS)?;
+        let n = refs.get(digest.0.as_slice())?.map_or(0, |v| v.value());
+        Ok(n)
     }
 
     fn collect(&self, txn: &WriteTransaction, digest: &Digest) -> Result<Option<u64>, StoreError> {

@@ -251,14 +251,18 @@ impl Tx<'_> {
         let Some(origin) = tomb.origin else {
             return Ok(());
         };
-        // This mailbox first, then the user's others (a merge may have put it there too).
+        // This mailbox first, then the user's others (a merge may have put it there too),
+        // unless no live message holds the body any more (the common case: one copy, just
+        // removed), which spares a lookup per mailbox of the user.
         let mut guids = vec![guid];
-        guids.extend(
-            self.user_mailboxes(user)?
-                .into_iter()
-                .map(|m| m.guid)
-                .filter(|g| *g != guid),
-        );
+        if self.bodies.references_of(self.txn, &tomb.digest)? > 0 {
+            guids.extend(
+                self.user_mailboxes(user)?
+                    .into_iter()
+                    .map(|m| m.guid)
+                    .filter(|g| *g != guid),
+            );
+        }
         for g in guids {
             let found = self.placements(user, g, &tomb.digest, origin)?;
             for uid in found.live {
