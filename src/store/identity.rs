@@ -32,6 +32,14 @@ pub(crate) fn user_kill_key(user: &str, digest: &Digest, appended: Stamp) -> Vec
     k
 }
 
+/// The inclusive range of a mailbox's keys in IDENTITIES.
+pub(crate) fn mailbox_range(user: &str, guid: MailboxGuid) -> (Vec<u8>, Vec<u8>) {
+    let start = keys::mailbox(user, guid);
+    let mut end = start.clone();
+    end.extend_from_slice(&[0xff; 32 + 12 + 1 + 4]);
+    (start, end)
+}
+
 /// user 00 guid digest:32 appended:12
 fn prefix(user: &str, guid: MailboxGuid, digest: &Digest, appended: Stamp) -> Vec<u8> {
     let mut k = keys::mailbox(user, guid);
@@ -207,9 +215,7 @@ impl Tx<'_> {
         from: MailboxGuid,
         into: MailboxGuid,
     ) -> Result<(), StoreError> {
-        let start = keys::mailbox(user, from);
-        let mut end = start.clone();
-        end.extend_from_slice(&[0xff; 50]);
+        let (start, end) = mailbox_range(user, from);
         let mut kills = Vec::new();
         for item in self.identities.range(start.as_slice()..=end.as_slice())? {
             let (k, v) = item?;

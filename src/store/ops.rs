@@ -147,9 +147,7 @@ impl Tx<'_> {
             })?
             .count() as u64;
         self.counters.tombstones = self.counters.tombstones.saturating_sub(removed);
-        let istart = keys::mailbox(user, guid);
-        let mut iend = istart.clone();
-        iend.extend_from_slice(&[0xff; 50]);
+        let (istart, iend) = super::identity::mailbox_range(user, guid);
         let kind_at = istart.len() + 32 + 12;
         self.identities
             .retain_in(istart.as_slice()..=iend.as_slice(), |k, _| {

@@ -72,12 +72,7 @@ impl Oracle {
             .collect();
         for (user, guid) in known {
             for store in peers {
-                let into = store
-                    .mailbox_side(&user, guid, Some(&BTreeSet::new()))
-                    .ok()
-                    .and_then(|s| s.tombstone)
-                    .and_then(|t| t.merged_into);
-                if let Some(into) = into {
+                if let Some(into) = merged_into(store, &user, guid) {
                     self.merges
                         .entry((user.clone(), guid))
                         .or_default()
@@ -109,13 +104,7 @@ impl Oracle {
                 .copied();
             let now: Vec<MailboxGuid> = peers
                 .iter()
-                .filter_map(|(_, store)| {
-                    store
-                        .mailbox_side(user, g, Some(&BTreeSet::new()))
-                        .ok()
-                        .and_then(|s| s.tombstone)
-                        .and_then(|t| t.merged_into)
-                })
+                .filter_map(|(_, store)| merged_into(store, user, g))
                 .collect();
             for into in noted.chain(now) {
                 if seen.insert(into) {
@@ -228,6 +217,15 @@ impl Oracle {
         }
         violations
     }
+}
+
+/// The mailbox a store's tombstone says `guid` was merged into.
+fn merged_into(store: &Store, user: &str, guid: MailboxGuid) -> Option<MailboxGuid> {
+    store
+        .mailbox_side(user, guid, Some(&BTreeSet::new()))
+        .ok()
+        .and_then(|s| s.tombstone)
+        .and_then(|t| t.merged_into)
 }
 
 /// Where a message is live (printed in violations).
