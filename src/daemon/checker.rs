@@ -246,7 +246,7 @@ enum RoundError {
 /// Why a check did not end with a session's report. `/status` shows its message.
 #[derive(Debug, thiserror::Error)]
 enum CheckError {
-    /// The peer did not say who it is (`GET /v1/sync/hello`).
+    /// The peer did not say who it is (its hello failed).
     #[error(transparent)]
     Hello(PeerError),
     #[error(transparent)]
