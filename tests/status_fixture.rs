@@ -8,9 +8,10 @@
 
 use std::path::PathBuf;
 
-use merkmail::daemon::render::{human, metrics, page};
-use merkmail::daemon::view::{
-    CountsView, JournalView, PeerView, RepairedView, RunView, SessionView, StatusView,
+use merkmail::status::{human, metrics, page};
+use merkmail::status::{
+    CountsView, Direction, JournalView, Mode, Outcome, PeerView, RepairedView, RunView,
+    SessionView, StatusView, Trigger,
 };
 
 const NOW: u64 = 1_700_000_000_000;
@@ -21,12 +22,12 @@ const NASTY_URL: &str = "http://evil\"quote\\back\nline<b>&'x\u{1b}[2J\tünï/�
 const NASTY_ERROR: &str =
     "connect: <script>alert(1)</script> & \"refused\" \u{1b}]0;pwned\u{7}\r\nsecond line";
 
-fn run(at_ago_ms: u64, duration_ms: u64, trigger: &str, outcome: &str) -> RunView {
+fn run(at_ago_ms: u64, duration_ms: u64, trigger: Trigger, outcome: Outcome) -> RunView {
     RunView {
         at_ms: NOW - at_ago_ms,
         duration_ms,
-        trigger: trigger.into(),
-        outcome: outcome.into(),
+        trigger,
+        outcome,
         error: None,
         rounds: 1,
         bytes_sent: 120,
@@ -41,7 +42,7 @@ fn run(at_ago_ms: u64, duration_ms: u64, trigger: &str, outcome: &str) -> RunVie
 /// trigger, an unreachable one with a hostile URL and error, and one in an incoming session.
 fn cluster() -> StatusView {
     let bravo_runs = vec![
-        run(3_000, 850, "interval", "equal"),
+        run(3_000, 850, Trigger::Interval, Outcome::Equal),
         RunView {
             rounds: 4,
             bytes_sent: 4096,
@@ -53,7 +54,7 @@ fn cluster() -> StatusView {
                 expunged: 1,
                 ..Default::default()
             },
-            ..run(125_000, 2_450, "peer-back", "repaired")
+            ..run(125_000, 2_450, Trigger::PeerBack, Outcome::Repaired)
         },
         RunView {
             rounds: 9,
@@ -68,27 +69,37 @@ fn cluster() -> StatusView {
                 mailboxes_changed: 1,
                 ..Default::default()
             },
-            ..run(5 * 3_600_000, 192_000, "journal", "unequal")
+            ..run(5 * 3_600_000, 192_000, Trigger::Journal, Outcome::Unequal)
         },
         RunView {
             rounds: 0,
             bytes_sent: 0,
             bytes_received: 0,
-            ..run(6 * 3_600_000, 0, "retry", "skipped")
+            ..run(6 * 3_600_000, 0, Trigger::Retry, Outcome::Skipped)
         },
         RunView {
             error: Some("no complete answer from http://bravo.example:8025/v1/sync/round".into()),
             rounds: 2,
-            ..run(3 * 86_400_000, 10_010, "startup", "error")
+            ..run(3 * 86_400_000, 10_010, Trigger::Startup, Outcome::Error)
         },
         RunView {
             differences: RepairedView {
                 bodies_repaired: 2,
                 ..Default::default()
             },
-            ..run(4 * 86_400_000, 18_180_000, "interval", "repaired")
+            ..run(
+                4 * 86_400_000,
+                18_180_000,
+                Trigger::Interval,
+                Outcome::Repaired,
+            )
         },
-        run(5 * 86_400_000, 187_200_000, "startup", "equal"),
+        run(
+            5 * 86_400_000,
+            187_200_000,
+            Trigger::Startup,
+            Outcome::Equal,
+        ),
         RunView {
             differences: RepairedView {
                 copied_to_peer: 1,
@@ -101,10 +112,15 @@ fn cluster() -> StatusView {
             },
             body_bytes_sent: 1023,
             body_bytes_received: 1024,
-            ..run(6 * 86_400_000, 60_000, "manual", "repaired")
+            ..run(6 * 86_400_000, 60_000, Trigger::Manual, Outcome::Repaired)
         },
-        run(7 * 86_400_000, 7_200_000, "peer-back", "unequal"),
-        run(8 * 86_400_000, 999, "journal", "skipped"),
+        run(
+            7 * 86_400_000,
+            7_200_000,
+            Trigger::PeerBack,
+            Outcome::Unequal,
+        ),
+        run(8 * 86_400_000, 999, Trigger::Journal, Outcome::Skipped),
     ];
     StatusView {
         node: "alpha".into(),
@@ -121,7 +137,7 @@ fn cluster() -> StatusView {
             body_bytes: 1_100_000,
             tombstones: 4,
         },
-        mode: "sync".into(),
+        mode: Mode::Sync,
         sync_timeout_ms: 2_500,
         check_interval_s: 60,
         journal_head: 9876,
@@ -159,8 +175,8 @@ fn cluster() -> StatusView {
                 },
                 session: Some(SessionView {
                     started_ms: NOW - 2_000,
-                    direction: "outgoing".into(),
-                    trigger: "interval".into(),
+                    direction: Direction::Outgoing,
+                    trigger: Trigger::Interval,
                     rounds: 3,
                     bytes: 900,
                 }),
@@ -179,7 +195,7 @@ fn cluster() -> StatusView {
                     rounds: 0,
                     bytes_sent: 0,
                     bytes_received: 0,
-                    ..run(30_000, 10_000, "interval", "error")
+                    ..run(30_000, 10_000, Trigger::Interval, Outcome::Error)
                 }],
                 repaired: RepairedView::default(),
                 sessions_total: 1,
@@ -221,8 +237,8 @@ fn cluster() -> StatusView {
                 },
                 session: Some(SessionView {
                     started_ms: NOW - 4_000_000,
-                    direction: "incoming".into(),
-                    trigger: "peer".into(),
+                    direction: Direction::Incoming,
+                    trigger: Trigger::Peer,
                     rounds: 12,
                     bytes: 3 * 1024 * 1024,
                 }),
@@ -250,7 +266,7 @@ fn solo() -> StatusView {
             body_bytes: 22,
             tombstones: 0,
         },
-        mode: "async".into(),
+        mode: Mode::Async,
         sync_timeout_ms: 2_000,
         check_interval_s: 86_400,
         journal_head: 1,
@@ -266,7 +282,7 @@ fn bare() -> StatusView {
         node: "lonely".into(),
         version: "0.1.0".into(),
         root: "f560".into(),
-        mode: "async".into(),
+        mode: Mode::Async,
         ..Default::default()
     }
 }
@@ -279,7 +295,7 @@ fn quiet() -> StatusView {
         now_ms: 4_102_444_799_000,
         uptime_s: 2 * 86_400 + 4 * 3600,
         root: "ff".into(),
-        mode: "sync".into(),
+        mode: Mode::Sync,
         sync_timeout_ms: 1_500,
         check_interval_s: 90,
         peers: vec![PeerView {
