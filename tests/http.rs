@@ -31,12 +31,8 @@ fn message(n: u32) -> Vec<u8> {
 // An in-process server on its own runtime thread, so tests can use blocking clients and raw
 // sockets alike.
 
-struct TestServer {
-    addr: SocketAddr,
-    store: Arc<Store>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+/// The in-process server; the methods below are these tests' own.
+type TestServer = common::InProcessServer;
 
 impl TestServer {
     fn start(token: Option<&str>, limits: Limits) -> TestServer {
@@ -45,21 +41,11 @@ impl TestServer {
         // in general, tests/hostile.rs about the two tokens apart).
         let state =
             Arc::new(ServerState::new(Arc::clone(&store), token, limits).with_admin_token(token));
-        let (addr, stop, thread) = common::spawn_server(state);
-        TestServer {
-            addr,
-            store,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
+        TestServer::spawn(store, state)
     }
 
     fn open() -> TestServer {
         TestServer::start(None, Limits::default())
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
     }
 
     fn client(&self, token: Option<&str>) -> BlockingClient {
@@ -72,36 +58,6 @@ impl TestServer {
 
     fn root(&self) -> String {
         self.store.root().expect("root").hash.to_hex()
-    }
-
-    /// Begins the shutdown; `wait` then says how long the server took to stop.
-    fn begin_shutdown(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-
-    /// Waits (at most `limit`) for the server to stop; true if it did.
-    fn wait(&mut self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
-                if let Some(t) = self.thread.take() {
-                    t.join().expect("server thread panicked");
-                }
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        false
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.begin_shutdown();
-        // Bounded: the drain deadline is at most a few seconds in these tests.
-        self.wait(Duration::from_secs(15));
     }
 }
 
