@@ -241,8 +241,9 @@ impl Node {
         );
     }
 
-    /// `merkmail SUB… --url URL --token ADMIN [--ca CA] REST…`: a mail command on the node.
-    pub fn cli(&self, sub: &[&str], rest: &[&str]) -> Run {
+    /// `merkmail SUB… --url URL [--token TOKEN] [--ca CA] REST…`: a command pointed at the
+    /// node (the CA only when it serves https).
+    pub fn run_at(&self, sub: &[&str], token: Option<&str>, rest: &[&str]) -> Run {
         let url = self.url();
         let ca = self
             .setup
@@ -250,12 +251,20 @@ impl Node {
             .as_ref()
             .map(|pki| pki.ca.display().to_string());
         let mut args: Vec<&str> = sub.to_vec();
-        args.extend(["--url", &url, "--token", self.setup.admin_token]);
+        args.extend(["--url", &url]);
+        if let Some(token) = token {
+            args.extend(["--token", token]);
+        }
         if let Some(ca) = &ca {
             args.extend(["--ca", ca]);
         }
         args.extend_from_slice(rest);
         run(&args, None)
+    }
+
+    /// A mail command on the node, with the admin token.
+    pub fn cli(&self, sub: &[&str], rest: &[&str]) -> Run {
+        self.run_at(sub, Some(self.setup.admin_token), rest)
     }
 
     /// Appends one message file; returns its UID.
@@ -286,18 +295,7 @@ impl Node {
     /// `merkmail status --url URL [--ca CA] --json`, parsed.
     #[track_caller]
     pub fn status(&self) -> StatusView {
-        let url = self.url();
-        let ca = self
-            .setup
-            .tls
-            .as_ref()
-            .map(|pki| pki.ca.display().to_string());
-        let mut args = vec!["status", "--url", &url];
-        if let Some(ca) = &ca {
-            args.extend(["--ca", ca]);
-        }
-        args.push("--json");
-        let out = run(&args, None).ok();
+        let out = self.run_at(&["status"], None, &["--json"]).ok();
         serde_json::from_slice(&out.stdout).expect("status JSON")
     }
 
