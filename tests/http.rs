@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::Raw;
 use merkmail::model::{parse_flag_list, FlagOp};
 use merkmail::net::client::{BlockingClient, ClientConfig, ClientError};
 use merkmail::net::json::{MailboxView, MessageView, RootView, StatsView};
@@ -76,26 +77,6 @@ fn small_limits() -> Limits {
 
 /// One raw HTTP/1.1 exchange: writes `head` and `body`, optionally half-closes, then reads
 /// until the server closes (the request says `Connection: close`) or 5 s pass.
-struct Raw {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Raw {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
-    }
-
-    fn error(&self) -> String {
-        self.json()["error"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no error field in {:?}", self.json()))
-            .to_string()
-    }
-}
-
 fn raw(addr: SocketAddr, head: &str, body: &[u8], half_close: bool) -> Raw {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(5)))
@@ -108,21 +89,7 @@ fn raw(addr: SocketAddr, head: &str, body: &[u8], half_close: bool) -> Raw {
     let mut buf = Vec::new();
     // A reset after the answer (we may not have sent all we declared) ends the read too.
     let _ = s.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let split = text
-        .find("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no complete answer: {text:?}"));
-    let head = text[..split].to_string();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    Raw {
-        status,
-        head,
-        body: buf[split + 4..].to_vec(),
-    }
+    Raw::parse(&buf)
 }
 
 fn request(method: &str, path: &str, extra: &str, content_length: usize) -> String {

@@ -10,7 +10,7 @@ mod common;
 
 use common::{
     command, killed_by_signal, md5_hex, scratch_dir, spawn_for_first_line, stop_serve, ChildGuard,
-    Run,
+    Raw, Run,
 };
 use merkmail::model::{Digest, FlagSet, MailboxGuid, MailboxRecord, Md5, MessageRecord, Stamp};
 use merkmail::store::{Change, ChangeGroup};
@@ -1024,29 +1024,6 @@ fn a_peer_killed_mid_session_leaves_both_stores_valid_and_the_next_session_conve
 
 const PEER_TOKEN: &str = "peer api token";
 
-struct Raw {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Raw {
-    #[track_caller]
-    fn error(&self) -> String {
-        let v: Value = serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "{}: not JSON ({e}): {:?}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        });
-        v["error"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no error field in {v}"))
-            .to_string()
-    }
-}
-
 /// One HTTP/1.1 exchange on a fresh connection (`Connection: close`), read until the server
 /// closes or 10 s pass. No half-close: hyper drops a connection whose reading side ends
 /// before it has answered. Write errors are ignored: a server may answer and close before it has
@@ -1061,21 +1038,7 @@ fn raw(addr: SocketAddr, head: &str, body: &[u8]) -> Raw {
     let _ = s.write_all(body);
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no complete answer: {:?}", String::from_utf8_lossy(&buf)));
-    let head = String::from_utf8_lossy(&buf[..split]).to_string();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    Raw {
-        status,
-        head,
-        body: buf[split + 4..].to_vec(),
-    }
+    Raw::parse(&buf)
 }
 
 fn post(addr: SocketAddr, path: &str, token: Option<&str>, content_type: &str, body: &[u8]) -> Raw {

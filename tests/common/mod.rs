@@ -569,6 +569,59 @@ pub fn spawn_server(
     (addr, stop, thread)
 }
 
+/// One raw HTTP/1.1 answer, as a test that wrote its own request read it off the socket.
+#[derive(Debug)]
+pub struct Raw {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Raw {
+    /// Splits what the server sent into the head and the body; panics unless it holds a
+    /// complete head with a status code.
+    #[track_caller]
+    pub fn parse(buf: &[u8]) -> Raw {
+        let split = buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no complete answer: {:?}", String::from_utf8_lossy(buf)));
+        let head = String::from_utf8_lossy(&buf[..split]).to_string();
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {head:?}"));
+        Raw {
+            status,
+            head,
+            body: buf[split + 4..].to_vec(),
+        }
+    }
+
+    /// The body as JSON (panics, showing it, if it is none).
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{}: not JSON ({e}): {:?}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The `error` field of a JSON body (panics if there is none).
+    #[track_caller]
+    pub fn error(&self) -> String {
+        let v = self.json();
+        v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error field in {v}"))
+            .to_string()
+    }
+}
+
 /// [`spawn_server`] over a store the test holds too, shut down (bounded) when dropped. Test
 /// files add their own methods to it in `impl` blocks of their own.
 pub struct InProcessServer {
