@@ -11,8 +11,8 @@ mod common;
 
 use common::node::{poll, Node, Setup, HOURLY_CHECKS};
 use common::run;
-use merkmail::daemon::view::StatusView;
 use merkmail::model::{Digest, Md5};
+use merkmail::status::StatusView;
 use merkmail::store::{JournalBatch, NewMessage, Store};
 use std::path::Path;
 use std::time::Duration;

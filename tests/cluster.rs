@@ -10,7 +10,7 @@ mod common;
 
 use common::node::{message_file, poll, Node, Setup, HOURLY_CHECKS};
 use common::{run, scratch_dir};
-use merkmail::daemon::view::StatusView;
+use merkmail::status::{Mode, Outcome, StatusView, Trigger};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,7 @@ fn converge(nodes: &[&Node], within: Duration) -> String {
     common::node::converge(nodes, within, "the cluster")
 }
 
-fn peer<'a>(v: &'a StatusView, url: &str) -> &'a merkmail::daemon::view::PeerView {
+fn peer<'a>(v: &'a StatusView, url: &str) -> &'a merkmail::status::PeerView {
     v.peers
         .iter()
         .find(|p| p.url == url)
@@ -163,7 +163,7 @@ fn three_nodes_replicate_and_a_killed_node_catches_up_at_start() {
         let p = peer(&sc, &url);
         assert!(p.reachable, "{p:?}");
         assert!(
-            p.runs.iter().any(|r| r.trigger == "startup"),
+            p.runs.iter().any(|r| r.trigger == Trigger::Startup),
             "c's runs with {url}: {:?}",
             p.runs
         );
@@ -176,7 +176,7 @@ fn three_nodes_replicate_and_a_killed_node_catches_up_at_start() {
     let pa = a.status();
     let pc = peer(&pa, &c.url());
     assert!(
-        pc.runs.iter().any(|r| r.outcome == "error"),
+        pc.runs.iter().any(|r| r.outcome == Outcome::Error),
         "{:?}",
         pc.runs
     );
@@ -232,7 +232,7 @@ fn sync_mode_waits_for_a_peer_or_falls_back_after_the_timeout() {
     a.append("alice", "INBOX", &message_file(root, "alone"));
     assert!(started.elapsed() >= Duration::from_millis(800));
     let s = a.status();
-    assert_eq!(s.mode, "sync");
+    assert_eq!(s.mode, Mode::Sync);
     assert_eq!(s.sync_fallbacks_total, 1);
     assert_eq!(peer(&s, &b.url()).journal.sync_fallbacks_total, 1);
     assert!(peer(&s, &b.url()).journal.last_sync_fallback_ms.is_some());

@@ -10,6 +10,7 @@ mod common;
 
 use common::node::{message_file, poll, Node, Pki, Setup, HOURLY_CHECKS};
 use common::{run, scratch_dir};
+use merkmail::status::Outcome;
 use std::path::Path;
 use std::time::Duration;
 
@@ -129,7 +130,7 @@ fn two_tls_nodes_reconcile_and_ship_the_journal_over_https_and_log_no_token() {
     assert!(toward_a.journal.shipped_total >= 1, "{toward_a:?}");
     assert!(!toward_a.runs.is_empty(), "{toward_a:?}");
     assert!(
-        toward_a.runs.iter().all(|r| r.outcome != "error"),
+        toward_a.runs.iter().all(|r| r.outcome != Outcome::Error),
         "{toward_a:?}"
     );
 

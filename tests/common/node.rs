@@ -3,9 +3,9 @@
 //! bounded waits (`poll`, `converge`) the tests put around it.
 
 use super::{killed_by_signal, parse_uids, run, start_serve, stop_serve, ChildGuard, Run};
-use merkmail::daemon::view::StatusView;
 use merkmail::net::client::{BlockingClient, ClientConfig};
 use merkmail::net::tls::ClientTls;
+use merkmail::status::StatusView;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
