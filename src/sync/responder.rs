@@ -1,5 +1,7 @@
-//! The responder's side of a round: answer every question from the local store, in order.
+//! The responder's side of a round: answer every question from the local replica (the store,
+//! through [`Replica`]), in order.
 
+use super::replica::Replica;
 use super::wire::{
     digest_prefix, fp, from_gaps, group_stamp, guid_digest, record_rest, record_with_body,
     run_hash, to_gaps, ApplyGroup, BucketRuns, GuidRef, MailboxDiff, MailboxState, Reply, Request,
@@ -8,7 +10,7 @@ use super::wire::{
 };
 use crate::merkle::{NodeHash, NodeKey, NodeValue, BUCKET_SHIFT, TOP_LEAF_LEVEL, UID_ROOT_LEVEL};
 use crate::model::{validate_user, MailboxGuid, Tombstone};
-use crate::store::{Change, ChangeGroup, Store, StoreError};
+use crate::store::{Change, ChangeGroup, StoreError};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The model key for a wire key; user names are validated so no key can reach another user's.
@@ -104,7 +106,7 @@ fn slot_of(key: &NodeKey) -> u8 {
 }
 
 /// The children of a fan-out node (top levels above the user buckets, UID interior nodes).
-pub(crate) fn slots(store: &Store, key: &NodeKey, window: u8) -> Result<Slots, StoreError> {
+pub(crate) fn slots(store: &dyn Replica, key: &NodeKey, window: u8) -> Result<Slots, StoreError> {
     Ok(Slots::from_pairs(
         store
             .children(key)?
@@ -119,7 +121,7 @@ fn invalid(msg: impl Into<String>) -> StoreError {
 
 /// A user's mailboxes in GUID order, as the tree holds them.
 pub(crate) fn user_mailboxes(
-    store: &Store,
+    store: &dyn Replica,
     user: &str,
 ) -> Result<Vec<(MailboxGuid, NodeValue)>, StoreError> {
     Ok(store
@@ -133,7 +135,7 @@ pub(crate) fn user_mailboxes(
 }
 
 fn mailbox_diff(
-    store: &Store,
+    store: &dyn Replica,
     user: &str,
     guid: MailboxGuid,
     value: &NodeValue,
@@ -176,7 +178,7 @@ fn mailbox_diff(
 
 /// Compares the asker's users of a bucket with ours; answers only what differs.
 fn users(
-    store: &Store,
+    store: &dyn Replica,
     bucket: u16,
     asked: &[UserHashes],
     w: u8,
@@ -254,7 +256,7 @@ fn users(
 
 /// The mailbox a reference names among `user`'s: `None` when a prefix names none or several.
 pub(crate) fn resolve(
-    store: &Store,
+    store: &dyn Replica,
     user: &str,
     guid: &GuidRef,
 ) -> Result<Option<MailboxGuid>, StoreError> {
@@ -273,7 +275,7 @@ pub(crate) fn resolve(
     }
 }
 
-fn resolved(store: &Store, user: &str, guid: &GuidRef) -> Result<MailboxGuid, StoreError> {
+fn resolved(store: &dyn Replica, user: &str, guid: &GuidRef) -> Result<MailboxGuid, StoreError> {
     validate_user(user)?;
     resolve(store, user, guid)?
         .ok_or_else(|| invalid(format!("{guid:?} names no single mailbox of {user:?}")))
@@ -297,7 +299,7 @@ pub(crate) fn runs_of(
 }
 
 fn runs(
-    store: &Store,
+    store: &dyn Replica,
     user: &str,
     guid: MailboxGuid,
     asked: &BucketRuns,
@@ -363,7 +365,7 @@ type Listed = (Vec<(u32, WireRecord)>, Vec<(u32, Tombstone)>);
 /// holds another digest (a UID clash) is too: both travel with their bodies while `budget`
 /// lasts.
 fn gapped(
-    store: &Store,
+    store: &dyn Replica,
     side: crate::model::MailboxSide,
     held: &BTreeMap<u32, [u8; 4]>,
     inline: Option<u32>,
@@ -409,7 +411,11 @@ fn gapped(
 
 /// The store's change group for a wire group, with deltas filled in from what this replica
 /// holds; `None` when the mailbox no longer holds what a delta refers to (stale).
-fn change_group(store: &Store, g: &ApplyGroup, w: u8) -> Result<Option<ChangeGroup>, StoreError> {
+fn change_group(
+    store: &dyn Replica,
+    g: &ApplyGroup,
+    w: u8,
+) -> Result<Option<ChangeGroup>, StoreError> {
     validate_user(&g.user)?;
     let Some(guid) = resolve(store, &g.user, &g.guid)? else {
         return Ok(None);
@@ -558,7 +564,7 @@ fn change_group(store: &Store, g: &ApplyGroup, w: u8) -> Result<Option<ChangeGro
 
 /// Answers a round. Questions that name nothing get empty answers; malformed names get an
 /// error (the HTTP layer answers 400) and change nothing.
-pub fn answer(store: &Store, round: &RoundRequest) -> Result<RoundReply, StoreError> {
+pub fn answer(store: &dyn Replica, round: &RoundRequest) -> Result<RoundReply, StoreError> {
     let w = round.window;
     let mut budget = INLINE_BODY_BYTES;
     let mut replies = Vec::with_capacity(round.requests.len());
