@@ -3,8 +3,9 @@
 
 use super::error::{reply, ApiError, Reply};
 use super::request::read_body;
-use super::server::{AdminAuth, ServerState};
-use super::{mail, peer};
+use super::server::{counts_view, AdminAuth, ServerState};
+use super::{mail, peer, routes};
+use crate::status;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{HeaderMap, Method, Request, StatusCode};
@@ -52,8 +53,8 @@ async fn route(state: &ServerState, req: Request<Incoming>) -> Result<Reply, Api
     // Auth before anything else under /v1/, so a caller without the token learns nothing,
     // not even which routes exist. Peers present the peer token on the peer API; the mail
     // API and `/v1/sync/start` (an operator's action) want the admin token.
-    let journal = path == "/v1/journal" || path == "/v1/journal/position";
-    let peer_route = path.starts_with("/v1/sync/") && path != "/v1/sync/start" || journal;
+    let journal = routes::is_journal(path);
+    let peer_route = path.starts_with("/v1/sync/") && path != routes::START || journal;
     let token = if peer_route {
         state.token()
     } else {
@@ -104,12 +105,12 @@ async fn operator(state: &ServerState, path: String) -> Result<Reply, ApiError> 
             let store =
                 state.with_store(|s| Ok((s.node_id().to_string(), s.root()?, s.counters()?)));
             let (node, root, counts) = store.await?;
-            crate::daemon::view::StatusView {
+            status::StatusView {
                 node,
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 root: root.hash.to_hex(),
-                counts: crate::daemon::view::CountsView::from(&counts),
-                mode: "async".to_string(),
+                counts: counts_view(&counts),
+                mode: status::Mode::Async,
                 ..Default::default()
             }
         }
@@ -119,12 +120,12 @@ async fn operator(state: &ServerState, path: String) -> Result<Reply, ApiError> 
         "/metrics" => reply::bytes(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            crate::daemon::render::metrics(&view).into_bytes(),
+            status::metrics(&view).into_bytes(),
         ),
         _ => reply::bytes(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            crate::daemon::render::page(&view).into_bytes(),
+            status::page(&view).into_bytes(),
         ),
     })
 }
