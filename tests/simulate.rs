@@ -412,3 +412,15 @@ fn a_body_released_before_the_apply_is_a_stale_plan_not_damage() {
         .collect();
     assert!(damaged.is_empty(), "{damaged:?}");
 }
+
+/// Found by the simulation (seed 70165, finding 9 of docs/RELIABILITY.md): a session moves a
+/// merged mailbox's mail into the winner and deletes the merged mailbox in two change groups;
+/// the winner's group was stale on both peers (a writer changed the winner on each
+/// meanwhile, and a retried round found the bodies gone), the delete applied, and message
+/// s70165-115 was lost everywhere. The store now keeps a merged mailbox until its mail has
+/// moved (`a_merged_mailbox_is_not_dropped_before_its_mail_has_moved` in src/store).
+#[test]
+fn a_merged_mailbox_is_not_dropped_before_its_mail_moves() {
+    let out = simulate(70165, STEPS);
+    assert!(out.violations.is_empty(), "{:?}", out.violations);
+}

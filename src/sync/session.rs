@@ -1229,6 +1229,9 @@ impl<'a> Session<'a> {
                 .is_some_and(|r| end.as_ref().is_none_or(|t| r.last_change > t.stamp));
             if changed_after {
                 outcomes.insert(key, *forward.survive);
+            } else if let Some(o) = outcomes.get_mut(&key) {
+                // The delete wins: the messages go with it, explicitly (`reset`).
+                o.reset = true;
             }
         }
 
