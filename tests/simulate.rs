@@ -124,6 +124,10 @@ fn sweep_seeds(start: u64, count: u64, steps: usize) -> Sweep {
         }
         for e in &out.session_errors {
             *session_errors.entry(kind(e)).or_default() += 1;
+            // With SIM_VERBOSE, the seed of each, so that one can be replayed.
+            if std::env::var_os("SIM_VERBOSE").is_some() {
+                println!("seed {seed}: session error: {e}");
+            }
         }
         if out.violations.iter().any(|v| fatal(v)) {
             failures.push(report_failure(&out));
