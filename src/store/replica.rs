@@ -11,6 +11,7 @@ use crate::model::{
     MessageRecord, Tombstone, UserRecord,
 };
 use redb::ReadableTable;
+use std::collections::BTreeSet;
 
 /// One replicated change, to be applied verbatim.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -278,10 +279,50 @@ impl Tx<'_> {
     }
 }
 
+impl Tx<'_> {
+    /// Whether a group deletes a mailbox as merged into another while a message in it has
+    /// not reached any other mailbox here (`Tx::merged_delete_strands_mail`): such a group is
+    /// skipped like a stale one, and the next session moves the message first.
+    fn group_strands_mail(&self, group: &ChangeGroup) -> Result<bool, StoreError> {
+        for change in &group.changes {
+            let Change::DeleteMailbox { user, tombstone } = change else {
+                continue;
+            };
+            if tombstone
+                .merged_into
+                .is_none_or(|into| into == tombstone.guid)
+                || self.get_mailbox(user, tombstone.guid)?.is_none()
+            {
+                continue;
+            }
+            let removed: BTreeSet<u32> = group
+                .changes
+                .iter()
+                .filter_map(|c| match c {
+                    Change::Expunge {
+                        user: u, guid, uid, ..
+                    }
+                    | Change::Remove { user: u, guid, uid }
+                        if u == user && *guid == tombstone.guid =>
+                    {
+                        Some(*uid)
+                    }
+                    _ => None,
+                })
+                .collect();
+            if self.merged_delete_strands_mail(user, tombstone.guid, &removed)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
 impl Store {
     /// Applies groups of changes in one transaction. A group whose mailbox no longer has the
     /// expected hash is skipped (a stale plan is never half-applied; the next session picks
-    /// it up). Returns which groups were applied.
+    /// it up), and so is one that would delete a merged mailbox before its mail moved out.
+    /// Returns which groups were applied.
     pub fn apply_groups(&self, groups: &[ChangeGroup]) -> Result<Vec<bool>, StoreError> {
         self.write_replicated(|tx| {
             let mut applied = Vec::with_capacity(groups.len());
@@ -299,7 +340,9 @@ impl Store {
                     }
                     None => crate::merkle::NodeHash::EMPTY,
                 };
-                if current.truncated(group.window) != group.expect {
+                if current.truncated(group.window) != group.expect
+                    || tx.group_strands_mail(group)?
+                {
                     applied.push(false);
                     continue;
                 }

@@ -316,6 +316,9 @@ impl Session<'_> {
                 .is_some_and(|r| end.as_ref().is_none_or(|t| r.last_change > t.stamp));
             if changed_after {
                 outcomes.insert(key, *forward.survive);
+            } else if let Some(o) = outcomes.get_mut(&key) {
+                // The delete wins: the messages go with it, explicitly (`reset`).
+                o.reset = true;
             }
         }
         Ok(())
