@@ -7,7 +7,9 @@
 //! - [`maildir`]: Maildir++ import and export.
 //! - [`sync`]: reconciliation: wire format, responder, the initiator's session, driver.
 //! - [`net`]: HTTP, the only module that knows it: the server, the mail API, the client.
+//! - [`cli`]: the `merkmail` command line, used only by the binary (src/main.rs).
 
+pub mod cli;
 pub mod daemon;
 pub mod maildir;
 pub mod merkle;

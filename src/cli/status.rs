@@ -1,0 +1,32 @@
+//! `merkmail status`: a running server's status (GET /status), as the terminal view or as its
+//! JSON.
+
+use super::args::client_config;
+use super::print;
+use crate::daemon::render::human;
+use crate::daemon::view::StatusView;
+use crate::net::client::{expect_success, BlockingClient};
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+/// Asks the server at `url` (trusting the CAs in `ca` for https://) and prints the answer.
+pub(super) fn status(
+    url: &str,
+    ca: Option<&Path>,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<ExitCode> {
+    let client = BlockingClient::new(url, None, client_config(ca)?)?;
+    let answer = client.get("/status")?;
+    let body = expect_success(&client.client().url("/status"), answer)?;
+    let view: StatusView = serde_json::from_slice(&body)
+        .with_context(|| format!("{url}/status: not a merkmail status"))?;
+    if json {
+        print::json(&view, out)?;
+    } else {
+        write!(out, "{}", human(&view))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
