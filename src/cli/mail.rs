@@ -159,7 +159,7 @@ fn execute(mail: &impl Mail, request: Request, out: &mut impl Write) -> Result<(
             writeln!(out, "deleted {name}")?;
         }
         Request::ListMailboxes { user, json } => {
-            print::mailboxes(&mail.list_mailboxes(&user)?, json, out)?;
+            print::print(mail.list_mailboxes(&user)?.as_slice(), json, out)?;
         }
         Request::Append(append) => {
             for uid in mail.append(append)? {
@@ -179,12 +179,16 @@ fn execute(mail: &impl Mail, request: Request, out: &mut impl Write) -> Result<(
             user,
             mailbox,
             json,
-        } => print::messages(&mail.list_messages(&user, mailbox.as_deref())?, json, out)?,
+        } => print::print(
+            mail.list_messages(&user, mailbox.as_deref())?.as_slice(),
+            json,
+            out,
+        )?,
         Request::Fetch { user, mailbox, uid } => {
             out.write_all(&mail.fetch(&user, &mailbox, uid)?)?;
         }
         Request::Root => writeln!(out, "{}", mail.root()?)?,
-        Request::Stats { json } => print::stats(&mail.stats()?, json, out)?,
+        Request::Stats { json } => print::print(&mail.stats()?, json, out)?,
     }
     Ok(())
 }

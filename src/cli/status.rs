@@ -2,12 +2,12 @@
 //! JSON.
 
 use super::args::client_config;
-use super::print;
+use super::print::{print, Printed};
 use crate::daemon::render::human;
 use crate::daemon::view::StatusView;
 use crate::net::client::{expect_success, BlockingClient};
 use anyhow::{Context, Result};
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -23,10 +23,13 @@ pub(super) fn status(
     let body = expect_success(&client.client().url("/status"), answer)?;
     let view: StatusView = serde_json::from_slice(&body)
         .with_context(|| format!("{url}/status: not a merkmail status"))?;
-    if json {
-        print::json(&view, out)?;
-    } else {
-        write!(out, "{}", human(&view))?;
-    }
+    print(&view, json, out)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The terminal view, as the daemon renders it.
+impl Printed for StatusView {
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        write!(out, "{}", human(self))
+    }
 }

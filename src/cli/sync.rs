@@ -36,7 +36,7 @@ pub(super) fn sync(args: &SyncArgs, out: &mut impl Write) -> Result<ExitCode> {
                 .with_context(|| format!("reconciling with {peer}"))?
         }
     };
-    print::sync_report(&report, *json, out)?;
+    print::print(&report, *json, out)?;
     if !report.equal_after && !report.dry_run {
         writeln!(
             out,
