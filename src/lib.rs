@@ -7,6 +7,8 @@
 //! - [`maildir`]: Maildir++ import and export.
 //! - [`sync`]: reconciliation: wire format, responder, the initiator's session, driver.
 //! - [`net`]: HTTP, the only module that knows it: the server, the mail API, the client.
+//! - [`status`]: the status snapshot and its renderings (JSON, Prometheus, HTML, terminal); pure.
+//! - [`daemon`]: the background checker, the journal's shippers, and the status snapshot's source.
 //! - [`cli`]: the `merkmail` command line, used only by the binary (src/main.rs).
 
 pub mod cli;
@@ -15,5 +17,6 @@ pub mod maildir;
 pub mod merkle;
 pub mod model;
 pub mod net;
+pub mod status;
 pub mod store;
 pub mod sync;

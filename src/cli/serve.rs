@@ -2,11 +2,12 @@
 //! that stop it, and the `listening on ADDR` line that scripts wait for.
 
 use super::args::ServeArgs;
-use crate::daemon::config::{Config, Mode, Overrides};
+use crate::daemon::config::{Config, Overrides};
 use crate::daemon::node::Node;
 use crate::daemon::Daemon;
 use crate::net::server;
 use crate::net::ServerState;
+use crate::status::Mode;
 use crate::store::{Store, DB_FILE};
 use anyhow::{bail, Context, Result};
 use std::future::Future;

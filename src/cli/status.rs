@@ -3,9 +3,8 @@
 
 use super::args::client_config;
 use super::print::{print, Printed};
-use crate::daemon::render::human;
-use crate::daemon::view::StatusView;
 use crate::net::client::{expect_success, BlockingClient};
+use crate::status::{human, StatusView};
 use anyhow::{Context, Result};
 use std::io::{self, Write};
 use std::path::Path;
@@ -27,7 +26,7 @@ pub(super) fn status(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The terminal view, as the daemon renders it.
+/// The terminal view (`status::human`).
 impl Printed for StatusView {
     fn human(&self, out: &mut dyn Write) -> io::Result<()> {
         write!(out, "{}", human(self))
