@@ -9,7 +9,9 @@
 //! - [`net`]: HTTP, the only module that knows it: the server, the mail API, the client.
 //! - [`status`]: the status snapshot and its renderings (JSON, Prometheus, HTML, terminal); pure.
 //! - [`daemon`]: the background checker, the journal's shippers, and the status snapshot's source.
+//! - [`cli`]: the `merkmail` command line, used only by the binary (src/main.rs).
 
+pub mod cli;
 pub mod daemon;
 pub mod maildir;
 pub mod merkle;

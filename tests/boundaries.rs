@@ -1,5 +1,6 @@
 //! The module boundaries of docs/ARCHITECTURE.md, checked by reading the sources' `use` lines
-//! and paths: the model, the tree and the status module are pure; only the store touches redb.
+//! and paths: the model, the tree and the status module are pure; only the store touches redb
+//! (neither the Maildir code nor the command line, src/main.rs and src/cli/, does).
 
 use std::path::Path;
 
@@ -54,6 +55,8 @@ fn model_and_merkle_are_pure() {
 #[test]
 fn only_the_store_imports_redb() {
     check("maildir", &["redb::", "use redb"]);
+    // The command line (src/main.rs and src/cli/) reaches the store's file only through `Store`.
+    check("cli", &["redb::", "use redb"]);
     let main = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/main.rs"))
         .expect("main.rs");
     assert!(

@@ -1,0 +1,169 @@
+//! The commands that need the store in this process (`--data` only): init, tree, verify,
+//! import-maildir and export-maildir.
+
+use super::args::Data;
+use super::print;
+use crate::merkle::{NodeHash, NodeKey, NodeValue, BUCKET_SHIFT};
+use crate::model::MailboxGuid;
+use crate::store::Store;
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// `init`: a new, empty store for `node_id`.
+pub(super) fn init(data: &Data, node_id: &str, out: &mut impl Write) -> Result<ExitCode> {
+    Store::init(&data.data, node_id)?;
+    writeln!(
+        out,
+        "initialised an empty store in {} for node {node_id}",
+        data.data.display()
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `verify`: the tree rebuilt from the records and compared with the stored one, and with
+/// `bodies` every body re-hashed too (its verdict comes first). Exit 1 if either is wrong.
+pub(super) fn verify(
+    data: &Data,
+    bodies: bool,
+    quiet: bool,
+    out: &mut impl Write,
+) -> Result<ExitCode> {
+    let store = open(data)?;
+    let report = store.verify()?;
+    let bodies_ok = !bodies || verify_bodies(&store, quiet, out)?;
+    print::tree_verdict(&report, || Ok(store.root()?.hash.to_hex()), out)?;
+    Ok(if report.is_ok() && bodies_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `verify --bodies`: re-hashes every body (progress on stderr about every two seconds) and
+/// prints what rotted. Returns whether every body matched its digest.
+fn verify_bodies(store: &Store, quiet: bool, out: &mut impl Write) -> Result<bool> {
+    let mut last = Instant::now();
+    let report = store.verify_bodies(&mut |p| {
+        if !quiet && last.elapsed() >= Duration::from_secs(2) {
+            last = Instant::now();
+            eprintln!(
+                "verify: {}/{} bodies re-hashed ({} MiB)",
+                p.done,
+                p.total,
+                p.bytes >> 20
+            );
+        }
+    })?;
+    print::body_verdict(&report, out)?;
+    Ok(report.damaged.is_empty())
+}
+
+/// `import-maildir`: a Maildir++ tree into `user`'s mail.
+pub(super) fn import(
+    data: &Data,
+    user: &str,
+    path: &Path,
+    quiet: bool,
+    out: &mut impl Write,
+) -> Result<ExitCode> {
+    let store = open(data)?;
+    let report = crate::maildir::import(&store, user, path, !quiet)
+        .with_context(|| format!("importing {}", path.display()))?;
+    writeln!(out, "{report}")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `export-maildir`: `user`'s mail as a Maildir++ tree that Dovecot reads.
+pub(super) fn export(
+    data: &Data,
+    user: &str,
+    path: &Path,
+    out: &mut impl Write,
+) -> Result<ExitCode> {
+    let store = open(data)?;
+    let report = crate::maildir::export(&store, user, path)
+        .with_context(|| format!("exporting to {}", path.display()))?;
+    writeln!(out, "{report}")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open(data: &Data) -> Result<Store> {
+    Ok(Store::open(&data.data)?)
+}
+
+/// `tree`: the nodes below the top, a user or a mailbox, `depth` levels deep, depth first.
+pub(super) fn tree(
+    data: &Data,
+    user: Option<String>,
+    mailbox: Option<String>,
+    depth: usize,
+    out: &mut impl Write,
+) -> Result<ExitCode> {
+    let store = open(data)?;
+    let (start, names): (NodeKey, Vec<(MailboxGuid, String)>) = match (user, mailbox) {
+        (None, _) => (NodeKey::root(), Vec::new()),
+        (Some(user), mailbox) => {
+            let names = store
+                .list_mailboxes(&user)?
+                .into_iter()
+                .map(|m| (m.guid, m.name))
+                .collect();
+            match mailbox {
+                None => (NodeKey::user(&user), names),
+                Some(name) => {
+                    let guid = store.mailbox(&user, &name)?.guid;
+                    (NodeKey::Mailbox { user, guid }, names)
+                }
+            }
+        }
+    };
+    let value = store.node(&start)?.unwrap_or(NodeValue {
+        hash: NodeHash::EMPTY,
+        count: 0,
+    });
+    let mut stack = vec![(0usize, start, value)];
+    let mut shown = 0usize;
+    while let Some((level, key, value)) = stack.pop() {
+        shown += 1;
+        if shown > 10_000 {
+            writeln!(
+                out,
+                "… (output cut at 10000 nodes; start lower in the tree)"
+            )?;
+            break;
+        }
+        let label = match &key {
+            NodeKey::Mailbox { guid, .. } => names.iter().find(|(g, _)| g == guid).map_or_else(
+                || key.to_string(),
+                |(_, n)| format!("mailbox {n:?} ({guid})"),
+            ),
+            // Below a mailbox, the user and GUID are already on the lines above.
+            NodeKey::Uid {
+                level: 0, index, ..
+            } => {
+                let first = index << BUCKET_SHIFT;
+                format!("UIDs {first}..={}", first + 63)
+            }
+            NodeKey::Uid { level, index, .. } => format!("UID level {level} node {index:x}"),
+            _ => key.to_string(),
+        };
+        writeln!(
+            out,
+            "{:indent$}{label}  {}  messages={}",
+            "",
+            &value.hash.to_hex()[..16],
+            value.count,
+            indent = level * 2
+        )?;
+        if level < depth {
+            let children = store.children(&key)?;
+            for (child, v) in children.into_iter().rev() {
+                stack.push((level + 1, child, v));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,365 @@
+//! The mail commands (mailbox create/rename/delete/list, append, flags, expunge, list, fetch,
+//! root, stats), written once over [`Mail`]: a store opened in this process (`--data`) and a
+//! server's mail API (`--url`) both implement it and answer with the same `net::json` views,
+//! so both print the same bytes.
+
+use super::args::{Location, Target};
+use super::print;
+use crate::model::{parse_flag_list, FlagName, FlagOp, MailboxGuid};
+use crate::net::client::ClientError;
+use crate::net::json::{MailboxView, MessageView, StatsView};
+use crate::net::remote::MailClient;
+use crate::store::{NewMessage, Store, StoreError};
+use anyhow::{bail, Context, Result};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// A mail command with its arguments checked and its input read. It is built before the
+/// store or the server is reached, so a bad flag or an unreadable file changes nothing.
+pub(super) enum Request {
+    CreateMailbox {
+        user: String,
+        name: String,
+    },
+    RenameMailbox {
+        user: String,
+        name: String,
+        new_name: String,
+    },
+    DeleteMailbox {
+        user: String,
+        name: String,
+    },
+    ListMailboxes {
+        user: String,
+        json: bool,
+    },
+    Append(Append),
+    Flags(FlagChange),
+    Expunge {
+        user: String,
+        mailbox: String,
+        uids: Vec<u32>,
+    },
+    List {
+        user: String,
+        mailbox: Option<String>,
+        json: bool,
+    },
+    Fetch {
+        user: String,
+        mailbox: String,
+        uid: u32,
+    },
+    Root,
+    Stats {
+        json: bool,
+    },
+}
+
+/// Messages to append to one mailbox, all with the same flags and INTERNALDATE.
+pub(super) struct Append {
+    user: String,
+    mailbox: String,
+    messages: Vec<Vec<u8>>,
+    flags: Vec<FlagName>,
+    internal_date: i64,
+}
+
+/// A change to one message's flags.
+pub(super) struct FlagChange {
+    user: String,
+    mailbox: String,
+    uid: u32,
+    op: FlagOp,
+    flags: Vec<FlagName>,
+}
+
+impl Request {
+    /// `append`: the flags parsed, and every file read (`-` is stdin) before anything is
+    /// touched. Without `--date` the messages are dated now.
+    pub(super) fn append(
+        user: String,
+        mailbox: String,
+        files: &[PathBuf],
+        flags: &str,
+        date: Option<i64>,
+    ) -> Result<Request> {
+        let flags = parse_flag_list(flags)?;
+        let internal_date = date.unwrap_or_else(now_secs);
+        let messages = files.iter().map(|f| read_input(f)).collect::<Result<_>>()?;
+        Ok(Request::Append(Append {
+            user,
+            mailbox,
+            messages,
+            flags,
+            internal_date,
+        }))
+    }
+
+    /// `flags`: exactly one of --add, --remove and --set (clap's group sees to that; this
+    /// says so again rather than guess), its list parsed.
+    pub(super) fn flags(
+        user: String,
+        mailbox: String,
+        uid: u32,
+        add: Option<String>,
+        remove: Option<String>,
+        set: Option<String>,
+    ) -> Result<Request> {
+        let (op, list) = match (add, remove, set) {
+            (Some(l), None, None) => (FlagOp::Add, l),
+            (None, Some(l), None) => (FlagOp::Remove, l),
+            (None, None, Some(l)) => (FlagOp::Set, l),
+            _ => bail!("give exactly one of --add, --remove or --set"),
+        };
+        let flags = parse_flag_list(&list)?;
+        Ok(Request::Flags(FlagChange {
+            user,
+            mailbox,
+            uid,
+            op,
+            flags,
+        }))
+    }
+}
+
+/// Opens the target (the store in --data, or a client of the server at --url) and carries
+/// out the request there.
+pub(super) fn run(target: &Target, request: Request, out: &mut impl Write) -> Result<ExitCode> {
+    match target.location()? {
+        Location::Url(url) => {
+            let client =
+                MailClient::with_config(url, target.token.as_deref(), target.client_config()?)?;
+            execute(&client, request, out)?;
+        }
+        Location::Data(dir) => execute(&Store::open(dir)?, request, out)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The one place each mail command is carried out and printed, whatever the back end.
+fn execute(mail: &impl Mail, request: Request, out: &mut impl Write) -> Result<()> {
+    match request {
+        Request::CreateMailbox { user, name } => {
+            let guid = mail.create_mailbox(&user, &name)?;
+            writeln!(out, "created {name} ({guid})")?;
+        }
+        Request::RenameMailbox {
+            user,
+            name,
+            new_name,
+        } => {
+            mail.rename_mailbox(&user, &name, &new_name)?;
+            writeln!(out, "renamed {name} to {new_name}")?;
+        }
+        Request::DeleteMailbox { user, name } => {
+            mail.delete_mailbox(&user, &name)?;
+            writeln!(out, "deleted {name}")?;
+        }
+        Request::ListMailboxes { user, json } => {
+            print::print(mail.list_mailboxes(&user)?.as_slice(), json, out)?;
+        }
+        Request::Append(append) => {
+            for uid in mail.append(append)? {
+                writeln!(out, "{uid}")?;
+            }
+        }
+        Request::Flags(change) => writeln!(out, "{}", mail.set_flags(change)?.join(","))?,
+        Request::Expunge {
+            user,
+            mailbox,
+            uids,
+        } => {
+            let n = mail.expunge(&user, &mailbox, &uids)?;
+            writeln!(out, "expunged {n} message{}", if n == 1 { "" } else { "s" })?;
+        }
+        Request::List {
+            user,
+            mailbox,
+            json,
+        } => print::print(
+            mail.list_messages(&user, mailbox.as_deref())?.as_slice(),
+            json,
+            out,
+        )?,
+        Request::Fetch { user, mailbox, uid } => {
+            out.write_all(&mail.fetch(&user, &mailbox, uid)?)?;
+        }
+        Request::Root => writeln!(out, "{}", mail.root()?)?,
+        Request::Stats { json } => print::print(&mail.stats()?, json, out)?,
+    }
+    Ok(())
+}
+
+/// What the mail commands ask of a back end, answered in the views both back ends share.
+trait Mail {
+    /// What goes wrong in this back end; the command line prints its chain of causes.
+    type Error: std::error::Error + Send + Sync + 'static;
+    fn create_mailbox(&self, user: &str, name: &str) -> Result<MailboxGuid, Self::Error>;
+    fn rename_mailbox(&self, user: &str, name: &str, new: &str) -> Result<(), Self::Error>;
+    fn delete_mailbox(&self, user: &str, name: &str) -> Result<(), Self::Error>;
+    fn list_mailboxes(&self, user: &str) -> Result<Vec<MailboxView>, Self::Error>;
+    /// The UIDs the messages got, in their order.
+    fn append(&self, append: Append) -> Result<Vec<u32>, Self::Error>;
+    /// The message's flags afterwards.
+    fn set_flags(&self, change: FlagChange) -> Result<Vec<String>, Self::Error>;
+    /// How many of the UIDs were there to expunge.
+    fn expunge(&self, user: &str, mailbox: &str, uids: &[u32]) -> Result<usize, Self::Error>;
+    /// One mailbox's messages, or (with `None`) every mailbox's.
+    fn list_messages(
+        &self,
+        user: &str,
+        mailbox: Option<&str>,
+    ) -> Result<Vec<MessageView>, Self::Error>;
+    /// The message's raw bytes, unchanged.
+    fn fetch(&self, user: &str, mailbox: &str, uid: u32) -> Result<Vec<u8>, Self::Error>;
+    /// The root hash in hex.
+    fn root(&self) -> Result<String, Self::Error>;
+    fn stats(&self) -> Result<StatsView, Self::Error>;
+}
+
+/// The store's own methods of the same names do the work (inherent methods are found before
+/// trait methods, so `Store::x` below is never this impl calling itself); this impl only
+/// turns their answers into the views.
+impl Mail for Store {
+    type Error = StoreError;
+
+    fn create_mailbox(&self, user: &str, name: &str) -> Result<MailboxGuid, StoreError> {
+        Store::create_mailbox(self, user, name)
+    }
+
+    fn rename_mailbox(&self, user: &str, name: &str, new: &str) -> Result<(), StoreError> {
+        Store::rename_mailbox(self, user, name, new)
+    }
+
+    fn delete_mailbox(&self, user: &str, name: &str) -> Result<(), StoreError> {
+        Store::delete_mailbox(self, user, name)
+    }
+
+    fn list_mailboxes(&self, user: &str) -> Result<Vec<MailboxView>, StoreError> {
+        let list = Store::list_mailboxes(self, user)?;
+        Ok(list.into_iter().map(MailboxView::from).collect())
+    }
+
+    fn append(&self, a: Append) -> Result<Vec<u32>, StoreError> {
+        let messages = a.messages.into_iter().map(|bytes| NewMessage {
+            bytes,
+            flags: a.flags.clone(),
+            internal_date: a.internal_date,
+            ..NewMessage::default()
+        });
+        let outcomes = Store::append(self, &a.user, &a.mailbox, messages.collect())?;
+        Ok(outcomes.iter().map(|o| o.uid).collect())
+    }
+
+    fn set_flags(&self, c: FlagChange) -> Result<Vec<String>, StoreError> {
+        let now = Store::set_flags(self, &c.user, &c.mailbox, c.uid, c.op, &c.flags)?;
+        Ok(now.iter().map(|f| f.as_str().to_string()).collect())
+    }
+
+    fn expunge(&self, user: &str, mailbox: &str, uids: &[u32]) -> Result<usize, StoreError> {
+        Store::expunge(self, user, mailbox, uids)
+    }
+
+    fn list_messages(
+        &self,
+        user: &str,
+        mailbox: Option<&str>,
+    ) -> Result<Vec<MessageView>, StoreError> {
+        let list = Store::list_messages(self, user, mailbox)?;
+        Ok(list.iter().map(MessageView::of).collect())
+    }
+
+    fn fetch(&self, user: &str, mailbox: &str, uid: u32) -> Result<Vec<u8>, StoreError> {
+        Store::fetch(self, user, mailbox, uid)
+    }
+
+    fn root(&self) -> Result<String, StoreError> {
+        Ok(Store::root(self)?.hash.to_hex())
+    }
+
+    fn stats(&self) -> Result<StatsView, StoreError> {
+        StatsView::of(self)
+    }
+}
+
+/// Each call is one request to the server's mail API, which answers in the views already.
+impl Mail for MailClient {
+    type Error = ClientError;
+
+    fn create_mailbox(&self, user: &str, name: &str) -> Result<MailboxGuid, ClientError> {
+        MailClient::create_mailbox(self, user, name)
+    }
+
+    fn rename_mailbox(&self, user: &str, name: &str, new: &str) -> Result<(), ClientError> {
+        MailClient::rename_mailbox(self, user, name, new)
+    }
+
+    fn delete_mailbox(&self, user: &str, name: &str) -> Result<(), ClientError> {
+        MailClient::delete_mailbox(self, user, name)
+    }
+
+    fn list_mailboxes(&self, user: &str) -> Result<Vec<MailboxView>, ClientError> {
+        MailClient::list_mailboxes(self, user)
+    }
+
+    fn append(&self, a: Append) -> Result<Vec<u32>, ClientError> {
+        MailClient::append(
+            self,
+            &a.user,
+            &a.mailbox,
+            a.messages,
+            &a.flags,
+            a.internal_date,
+        )
+    }
+
+    fn set_flags(&self, c: FlagChange) -> Result<Vec<String>, ClientError> {
+        MailClient::set_flags(self, &c.user, &c.mailbox, c.uid, c.op, &c.flags)
+    }
+
+    fn expunge(&self, user: &str, mailbox: &str, uids: &[u32]) -> Result<usize, ClientError> {
+        MailClient::expunge(self, user, mailbox, uids)
+    }
+
+    fn list_messages(
+        &self,
+        user: &str,
+        mailbox: Option<&str>,
+    ) -> Result<Vec<MessageView>, ClientError> {
+        MailClient::list_messages(self, user, mailbox)
+    }
+
+    fn fetch(&self, user: &str, mailbox: &str, uid: u32) -> Result<Vec<u8>, ClientError> {
+        Ok(MailClient::fetch(self, user, mailbox, uid)?.into())
+    }
+
+    fn root(&self) -> Result<String, ClientError> {
+        Ok(MailClient::root(self)?.root)
+    }
+
+    fn stats(&self) -> Result<StatsView, ClientError> {
+        MailClient::stats(self)
+    }
+}
+
+/// A message file's bytes; `-` reads stdin.
+fn read_input(file: &Path) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    if file == Path::new("-") {
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("reading stdin")?;
+    } else {
+        bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    }
+    Ok(bytes)
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

@@ -1,0 +1,135 @@
+//! The `merkmail` command line, for the binary in src/main.rs only: the arguments ([`args`]),
+//! the mail commands written once over a local store or a server ([`mail`]), the store-only
+//! commands, sync, status, serve, and the printing they share. Like the daemon, it reports
+//! trouble as `anyhow` errors with context; the binary turns them into one line and exit 1.
+
+mod args;
+mod local;
+mod mail;
+mod print;
+mod serve;
+mod status;
+mod sync;
+
+pub use args::{Cli, Command, MailboxCommand, ServeArgs, SyncArgs};
+
+use mail::Request;
+use std::io::Write;
+use std::process::ExitCode;
+
+/// Runs one command, its output on stdout; the exit code is 1 when the command's verdict is
+/// negative (`verify` found a problem, `sync` did not end equal), 0 otherwise.
+pub fn run(command: Command) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    let code = match command {
+        Command::Serve(args) => {
+            // The server writes its `listening on` line itself, once it is bound.
+            drop(out);
+            return serve::serve(args);
+        }
+        Command::Init { data, node_id } => local::init(&data, &node_id, &mut out)?,
+        Command::Status { url, ca, json } => status::status(&url, ca.as_deref(), json, &mut out)?,
+        Command::Sync(args) => sync::sync(&args, &mut out)?,
+        Command::Tree {
+            data,
+            user,
+            mailbox,
+            depth,
+        } => local::tree(&data, user, mailbox, depth, &mut out)?,
+        Command::Verify {
+            data,
+            bodies,
+            quiet,
+        } => local::verify(&data, bodies, quiet, &mut out)?,
+        Command::ImportMaildir {
+            data,
+            user,
+            path,
+            quiet,
+        } => local::import(&data, &user, &path, quiet, &mut out)?,
+        Command::ExportMaildir { data, user, path } => {
+            local::export(&data, &user, &path, &mut out)?
+        }
+        Command::Mailbox(MailboxCommand::Create { target, user, name }) => {
+            mail::run(&target, Request::CreateMailbox { user, name }, &mut out)?
+        }
+        Command::Mailbox(MailboxCommand::Rename {
+            target,
+            user,
+            name,
+            new_name,
+        }) => {
+            let request = Request::RenameMailbox {
+                user,
+                name,
+                new_name,
+            };
+            mail::run(&target, request, &mut out)?
+        }
+        Command::Mailbox(MailboxCommand::Delete { target, user, name }) => {
+            mail::run(&target, Request::DeleteMailbox { user, name }, &mut out)?
+        }
+        Command::Mailbox(MailboxCommand::List { target, user, json }) => {
+            mail::run(&target, Request::ListMailboxes { user, json }, &mut out)?
+        }
+        Command::Append {
+            target,
+            user,
+            mailbox,
+            files,
+            flags,
+            date,
+        } => {
+            let request = Request::append(user, mailbox, &files, &flags, date)?;
+            mail::run(&target, request, &mut out)?
+        }
+        Command::Flags {
+            target,
+            user,
+            mailbox,
+            uid,
+            add,
+            remove,
+            set,
+        } => {
+            let request = Request::flags(user, mailbox, uid, add, remove, set)?;
+            mail::run(&target, request, &mut out)?
+        }
+        Command::Expunge {
+            target,
+            user,
+            mailbox,
+            uids,
+        } => {
+            let request = Request::Expunge {
+                user,
+                mailbox,
+                uids,
+            };
+            mail::run(&target, request, &mut out)?
+        }
+        Command::List {
+            target,
+            user,
+            mailbox,
+            json,
+        } => {
+            let request = Request::List {
+                user,
+                mailbox,
+                json,
+            };
+            mail::run(&target, request, &mut out)?
+        }
+        Command::Fetch {
+            target,
+            user,
+            mailbox,
+            uid,
+        } => mail::run(&target, Request::Fetch { user, mailbox, uid }, &mut out)?,
+        Command::Root { target } => mail::run(&target, Request::Root, &mut out)?,
+        Command::Stats { target, json } => mail::run(&target, Request::Stats { json }, &mut out)?,
+    };
+    out.flush()?;
+    Ok(code)
+}

@@ -1,0 +1,256 @@
+//! What the commands print on stdout: the tables, the counts, the reports, and the JSON forms
+//! (`--json`). tests/cli.rs and tests/http.rs hold these bytes to account.
+
+use crate::net::json::{MailboxView, MessageView, StatsView};
+use crate::store::{BodyReport, VerifyReport};
+use crate::sync::SyncReport;
+use serde::Serialize;
+use std::fmt::Display;
+use std::io::{self, Write};
+
+/// Reports list this many problems or damaged bodies, then say how many more there are.
+const SHOWN: usize = 50;
+
+/// What a command prints: a human form, or with `--json` the value as indented JSON.
+pub(super) trait Printed: Serialize {
+    fn human(&self, out: &mut dyn Write) -> io::Result<()>;
+}
+
+/// `value` in the form the command was asked for.
+pub(super) fn print<T: Printed + ?Sized>(
+    value: &T,
+    as_json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    if as_json {
+        writeln!(out, "{}", serde_json::to_string_pretty(value)?)?;
+    } else {
+        value.human(out)?;
+    }
+    Ok(())
+}
+
+/// `mailbox list`: a table with a header.
+impl Printed for [MailboxView] {
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        let header = ["NAME", "UIDVALIDITY", "UIDNEXT", "MESSAGES", "SUB", "GUID"];
+        mailbox_row(out, header.each_ref().map(|h| h as &dyn Display))?;
+        for m in self {
+            let sub = if m.subscribed { "yes" } else { "no" };
+            let row: [&dyn Display; 6] = [
+                &m.name,
+                &m.uidvalidity,
+                &m.uidnext,
+                &m.messages,
+                &sub,
+                &m.guid,
+            ];
+            mailbox_row(out, row)?;
+        }
+        Ok(())
+    }
+}
+
+/// `list`: a table with a header.
+impl Printed for [MessageView] {
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        let header = ["MAILBOX", "UID", "SIZE", "MD5", "FLAGS"];
+        message_row(out, header.each_ref().map(|h| h as &dyn Display))?;
+        for m in self {
+            let flags = m.all_flags().join(" ");
+            message_row(out, [&m.mailbox, &m.uid, &m.size, &m.md5, &flags])?;
+        }
+        Ok(())
+    }
+}
+
+// The header and the rows of a table share one format, so their columns cannot drift apart.
+
+fn mailbox_row(out: &mut dyn Write, columns: [&dyn Display; 6]) -> io::Result<()> {
+    let [name, validity, next, messages, sub, guid] = columns;
+    writeln!(
+        out,
+        "{name:<32} {validity:>10} {next:>10} {messages:>8} {sub:<4} {guid}"
+    )
+}
+
+/// An MD5 is 32 hex digits, so its column's width only pads the header.
+fn message_row(out: &mut dyn Write, columns: [&dyn Display; 5]) -> io::Result<()> {
+    let [mailbox, uid, size, md5, flags] = columns;
+    writeln!(out, "{mailbox:<24} {uid:>8} {size:>9}  {md5:<32}  {flags}")
+}
+
+/// `stats`: one labelled line per count.
+impl Printed for StatsView {
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        let s = self;
+        let lines = [
+            ("node", s.node_id.clone()),
+            ("users", s.users.to_string()),
+            ("mailboxes", s.mailboxes.to_string()),
+            ("messages", s.messages.to_string()),
+            ("bytes", s.bytes.to_string()),
+            (
+                "bodies (distinct)",
+                format!("{} ({} bytes)", s.bodies, s.body_bytes),
+            ),
+            (
+                "tombstones",
+                format!(
+                    "{} messages, {} mailboxes",
+                    s.tombstones, s.mailbox_tombstones
+                ),
+            ),
+            ("tree depth", format!("{} levels", s.depth)),
+            ("root", s.root.clone()),
+        ];
+        for (label, value) in lines {
+            writeln!(out, "{label:<18} {value}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `sync`'s report: what the session cost and moved. The late copies and what was left for
+/// later appear only when there are any.
+impl Printed for SyncReport {
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        let r = self;
+        let mode = if r.dry_run {
+            " (dry run: nothing changed)"
+        } else {
+            ""
+        };
+        writeln!(
+            out,
+            "reconciled in {} round trips, {} ms{mode}",
+            r.rounds, r.duration_ms
+        )?;
+        let mut lines = vec![
+            (
+                "metadata",
+                format!(
+                    "{} bytes sent, {} bytes received",
+                    r.bytes_sent, r.bytes_received
+                ),
+            ),
+            (
+                "bodies",
+                format!(
+                    "{} bytes sent, {} bytes received",
+                    r.body_bytes_sent, r.body_bytes_received
+                ),
+            ),
+            (
+                "mailboxes",
+                format!(
+                    "{} differed, {} changed",
+                    r.differing_mailboxes, r.mailboxes_changed
+                ),
+            ),
+            (
+                "messages",
+                format!(
+                    "{} copied to the peer, {} copied from the peer",
+                    r.copied_to_peer, r.copied_from_peer
+                ),
+            ),
+            ("expunged", r.expunged.to_string()),
+            ("flag updates", r.flag_updates.to_string()),
+            (
+                "UID clashes",
+                format!(
+                    "{} (both messages kept under new UIDs)",
+                    r.uid_clashes_renumbered
+                ),
+            ),
+        ];
+        if r.late_copies > 0 {
+            lines.push((
+                "late copies",
+                format!("{} (copied below the other side's UIDNEXT)", r.late_copies),
+            ));
+        }
+        if r.stale_mailboxes > 0 || r.body_mismatches > 0 {
+            lines.push((
+                "left for later",
+                format!(
+                    "{} mailboxes changed meanwhile, {} bodies did not match their digest",
+                    r.stale_mailboxes, r.body_mismatches
+                ),
+            ));
+        }
+        lines.push((
+            "equal after",
+            (if r.equal_after { "yes" } else { "no" }).to_string(),
+        ));
+        for (label, value) in lines {
+            writeln!(out, "  {label:<15} {value}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `verify`: the tree's verdict. `root` is the store's root hash, shown when all is well.
+pub(super) fn tree_verdict(
+    report: &VerifyReport,
+    root: impl FnOnce() -> anyhow::Result<String>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    if report.is_ok() {
+        writeln!(
+            out,
+            "ok: {} tree nodes and {} messages checked; root {}",
+            report.nodes_checked,
+            report.messages_checked,
+            root()?
+        )?;
+        return Ok(());
+    }
+    writeln!(out, "FAILED: {} problem(s):", report.problems.len())?;
+    for p in report.problems.iter().take(SHOWN) {
+        writeln!(out, "  {p}")?;
+    }
+    and_more(report.problems.len(), out)
+}
+
+/// `verify --bodies`: the bodies' verdict, with the messages that use each rotten body.
+pub(super) fn body_verdict(report: &BodyReport, out: &mut impl Write) -> anyhow::Result<()> {
+    if report.damaged.is_empty() {
+        writeln!(
+            out,
+            "ok: {} bodies ({} bytes) match their digests",
+            report.bodies_checked, report.bytes_checked
+        )?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "FAILED: {} of {} bodies no longer match their digest (bit rot); marked for repair from a peer:",
+        report.damaged.len(),
+        report.bodies_checked
+    )?;
+    for b in report.damaged.iter().take(SHOWN) {
+        writeln!(
+            out,
+            "  body {}: {} bytes now hash to {}",
+            b.digest, b.size, b.actual
+        )?;
+        for m in &b.messages {
+            writeln!(
+                out,
+                "    used by user {:?} mailbox {:?} UID {}",
+                m.user, m.mailbox, m.uid
+            )?;
+        }
+    }
+    and_more(report.damaged.len(), out)
+}
+
+/// The line that follows a list cut at [`SHOWN`] entries of `total`.
+fn and_more(total: usize, out: &mut impl Write) -> anyhow::Result<()> {
+    if total > SHOWN {
+        writeln!(out, "  … and {} more", total - SHOWN)?;
+    }
+    Ok(())
+}

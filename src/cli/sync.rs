@@ -1,0 +1,48 @@
+//! `merkmail sync`: one reconciliation with a peer, run by this process on the store in
+//! --data, or asked of the running server at --url.
+
+use super::args::{Location, SyncArgs};
+use super::print;
+use crate::net::sync::{start_remote, sync_with_peer_using};
+use crate::store::Store;
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::process::ExitCode;
+
+/// Prints the report; exit 1 when the stores did not end equal (and it was no dry run).
+pub(super) fn sync(args: &SyncArgs, out: &mut impl Write) -> Result<ExitCode> {
+    let SyncArgs {
+        target,
+        peer,
+        peer_token,
+        dry_run,
+        json,
+    } = args;
+    let report = match target.location()? {
+        Location::Url(url) => start_remote(
+            url,
+            target.token.as_deref(),
+            peer,
+            peer_token.as_deref(),
+            *dry_run,
+            target.client_config()?,
+        )?,
+        Location::Data(dir) => {
+            let config = target.client_config()?;
+            let store = Store::open(dir)?;
+            // There is no other server here, so the peer's token may come from --token too.
+            let token = peer_token.as_deref().or(target.token.as_deref());
+            sync_with_peer_using(&store, peer, token, *dry_run, config)
+                .with_context(|| format!("reconciling with {peer}"))?
+        }
+    };
+    print::print(&report, *json, out)?;
+    if !report.equal_after && !report.dry_run {
+        writeln!(
+            out,
+            "the stores are not equal yet (a side changed during the session); run sync again"
+        )?;
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
