@@ -11,8 +11,8 @@ mod common;
 
 use common::{run, ChildGuard, Run};
 use merkmail::daemon::view::StatusView;
-use merkmail::model::{Digest, Md5};
-use merkmail::store::{JournalBatch, NewMessage, Store};
+use merkmail::model::{Digest, JournalBatch, Md5};
+use merkmail::store::{NewMessage, Store};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! that applies what peers shipped here, with the clash rules, in the order received.
 
 use super::node::{lock, Node, Peer};
-use crate::store::{decode_batch, encode_batch};
+use crate::sync::journal_wire::{encode_batch, JournalAck};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -15,13 +15,6 @@ const BATCH_BYTES: usize = 8 << 20;
 /// How often an idle shipper looks anyway (a write it was not told about: an import by
 /// another process is impossible, but a missed wake-up must not stall a peer).
 const IDLE_POLL: Duration = Duration::from_secs(1);
-
-/// What `POST /v1/journal` answers: the last seq now stored here.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct JournalAck {
-    pub node: String,
-    pub acked: u64,
-}
 
 /// Ships this node's journal to `peer` until shutdown.
 pub async fn ship(node: Arc<Node>, peer: Arc<Peer>) {
@@ -197,29 +190,4 @@ pub async fn apply(node: Arc<Node>) {
             _ = shutdown.changed() => return,
         }
     }
-}
-
-/// Decodes and stores a batch (for `POST /v1/journal`); the answer's `acked` is what the
-/// sender may drop.
-pub fn receive(
-    store: &crate::store::Store,
-    body: &[u8],
-) -> Result<(String, JournalAck), ReceiveError> {
-    let batch = decode_batch(body).map_err(ReceiveError::Wire)?;
-    let acked = store.journal_receive(&batch).map_err(ReceiveError::Store)?;
-    Ok((
-        batch.from,
-        JournalAck {
-            node: store.node_id().to_string(),
-            acked,
-        },
-    ))
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReceiveError {
-    #[error(transparent)]
-    Wire(crate::store::JournalWireError),
-    #[error(transparent)]
-    Store(crate::store::StoreError),
 }

@@ -8,7 +8,8 @@ use super::wire::{
 };
 use crate::merkle::{NodeHash, NodeKey, NodeValue, BUCKET_SHIFT, TOP_LEAF_LEVEL, UID_ROOT_LEVEL};
 use crate::model::{validate_user, MailboxGuid, Tombstone};
-use crate::store::{Change, ChangeGroup, Store, StoreError};
+use crate::model::{Change, ChangeGroup};
+use crate::store::{Store, StoreError};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The model key for a wire key; user names are validated so no key can reach another user's.

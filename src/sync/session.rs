@@ -7,7 +7,6 @@
 //! entries → records → merge (clash rules) → bodies the local side lacks → apply locally, then
 //! remotely → compare roots.
 
-use super::plan::{changes_for, ChangeCounts};
 use super::responder::{normalize, runs_of, user_mailboxes, wire_key};
 use super::wire::{
     digest_prefix, fp, from_gaps, group_stamp, guid_digest, record_rest, record_with_body,
@@ -22,7 +21,8 @@ use crate::model::{
     absorb, merge_into, merge_mailbox, validate_user, Digest, MailboxGuid, MailboxOutcome,
     MailboxRecord, MailboxSide, MailboxTombstone, Tombstone,
 };
-use crate::store::{Change, ChangeGroup, Store, StoreError};
+use crate::model::{changes_for, Change, ChangeCounts, ChangeGroup};
+use crate::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use thiserror::Error;

@@ -1,0 +1,61 @@
+//! The journal's wire codec: a [`JournalBatch`] as postcard bytes (`POST /v1/journal`) and
+//! the acknowledgement a receiver answers with (docs/JOURNAL.md draws the bytes).
+
+use crate::model::{BatchError, JournalBatch, JOURNAL_WIRE_VERSION};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// What `POST /v1/journal` answers: the last seq now stored here.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JournalAck {
+    pub node: String,
+    pub acked: u64,
+}
+
+/// Why a batch could not be decoded. The receiver answers 400 and stores nothing.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum JournalWireError {
+    #[error("malformed journal batch: {0}")]
+    Malformed(String),
+    #[error("journal wire version {0} is not supported (this merkmail speaks version {JOURNAL_WIRE_VERSION})")]
+    Version(u8),
+    #[error("too many items in a journal batch: {0}")]
+    TooMany(String),
+    #[error("invalid journal batch: {0}")]
+    Invalid(String),
+}
+
+impl From<BatchError> for JournalWireError {
+    fn from(e: BatchError) -> Self {
+        match e {
+            BatchError::Version(v) => JournalWireError::Version(v),
+            BatchError::TooMany(m) => JournalWireError::TooMany(m),
+            BatchError::Invalid(m) => JournalWireError::Invalid(m),
+        }
+    }
+}
+
+pub fn encode_batch(batch: &JournalBatch) -> Vec<u8> {
+    // Serialising plain data cannot fail; an empty body would be refused loudly.
+    postcard::to_allocvec(batch).unwrap_or_default()
+}
+
+/// Decodes and checks a batch: version, sizes, seq order, names. Never panics on any input;
+/// allocation follows the bytes actually present (postcard reads lengths cautiously).
+pub fn decode_batch(bytes: &[u8]) -> Result<JournalBatch, JournalWireError> {
+    match bytes.first() {
+        None => return Err(JournalWireError::Malformed("empty body".into())),
+        Some(&v) if v != JOURNAL_WIRE_VERSION => return Err(JournalWireError::Version(v)),
+        Some(_) => {}
+    }
+    let (batch, rest): (JournalBatch, &[u8]) =
+        postcard::take_from_bytes(bytes).map_err(|e| JournalWireError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(JournalWireError::Malformed(format!(
+            "{} bytes after the batch",
+            rest.len()
+        )));
+    }
+    batch.check()?;
+    Ok(batch)
+}
