@@ -127,3 +127,111 @@ fn agrees(outcome: &MailboxOutcome, incoming: &MailboxSide) -> bool {
                 .is_some_and(|x| x.digest == m.digest && x.flags == m.flags)
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{FlagSet, MailboxGuid, MailboxRecord, Md5, MessageRecord, Stamp};
+    use std::convert::Infallible;
+
+    fn st(ms: u64) -> Stamp {
+        Stamp {
+            ms,
+            counter: 0,
+            node: 1,
+        }
+    }
+
+    fn record(uidvalidity: u32, uidnext: u32) -> MailboxRecord {
+        MailboxRecord {
+            guid: MailboxGuid([1; 16]),
+            name: "Box".into(),
+            uidvalidity,
+            uidnext,
+            subscribed: false,
+            name_stamp: st(1),
+            subscribed_stamp: st(1),
+            last_change: st(1),
+        }
+    }
+
+    fn entry(record: MailboxRecord, body: Option<&[u8]>) -> ShippedEntry {
+        let mut e = ShippedEntry {
+            seq: 1,
+            at_ms: 1,
+            user: "u".into(),
+            guid: record.guid,
+            record: Some(record),
+            tombstone: None,
+            messages: BTreeMap::new(),
+            expunged: BTreeMap::new(),
+            bodies: Vec::new(),
+        };
+        if let Some(b) = body {
+            let m = MessageRecord {
+                md5: Md5::of(b),
+                digest: Digest::of(b),
+                size: b.len() as u64,
+                internal_date: 0,
+                flags: FlagSet::default(),
+                appended: st(2),
+            };
+            e.messages.insert(1, m);
+            e.bodies.push(b.to_vec());
+        }
+        e
+    }
+
+    fn decide(local: &MailboxSide, entry: &ShippedEntry, name_held: bool) -> (EntryDecision, bool) {
+        let mut asked = false;
+        let d = decide_entry::<Infallible>(local, entry, |_| {
+            asked = true;
+            Ok(name_held)
+        });
+        match d {
+            Ok(d) => (d, asked),
+            Err(e) => match e {},
+        }
+    }
+
+    #[test]
+    fn a_new_mailbox_with_a_message_is_applied_with_its_body() {
+        let e = entry(record(1, 2), Some(b"hello"));
+        let (d, asked) = decide(&MailboxSide::default(), &e, false);
+        assert!(asked, "the name is checked before applying");
+        let EntryDecision::Apply(changes, counts) = d else {
+            panic!("expected Apply, got {d:?}");
+        };
+        assert!(counts.mailbox_changed);
+        assert_eq!(counts.added, 1);
+        assert!(matches!(&changes[0], Change::Mailbox { .. }));
+        assert!(
+            matches!(&changes[1], Change::Message { uid: 1, body: Some(b), .. } if b == b"hello")
+        );
+    }
+
+    #[test]
+    fn a_uidvalidity_clash_is_left_to_a_session_without_asking_for_the_name() {
+        let local = MailboxSide {
+            record: Some(record(7, 2)),
+            ..Default::default()
+        };
+        let (d, asked) = decide(&local, &entry(record(1, 2), None), false);
+        assert_eq!(d, EntryDecision::Clash(EntryClash::UidValidity));
+        assert!(!asked);
+    }
+
+    #[test]
+    fn a_name_held_by_another_mailbox_is_left_to_a_session() {
+        let (d, _) = decide(&MailboxSide::default(), &entry(record(1, 2), None), true);
+        assert_eq!(d, EntryDecision::Clash(EntryClash::NameHeld));
+    }
+
+    #[test]
+    fn clash_reasons_read_as_before() {
+        assert_eq!(
+            EntryClash::SenderChanges.to_string(),
+            "the merge changes the sender's state too"
+        );
+    }
+}

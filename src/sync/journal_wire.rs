@@ -59,3 +59,19 @@ pub fn decode_batch(bytes: &[u8]) -> Result<JournalBatch, JournalWireError> {
     batch.check()?;
     Ok(batch)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_check_reads_the_same_as_the_wire_error_it_becomes() {
+        for e in [
+            BatchError::Version(9),
+            BatchError::TooMany("x".into()),
+            BatchError::Invalid("y".into()),
+        ] {
+            assert_eq!(e.to_string(), JournalWireError::from(e.clone()).to_string());
+        }
+    }
+}

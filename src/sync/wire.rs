@@ -3,10 +3,9 @@
 //! docs/PROTOCOL.md describes it byte by byte.
 
 use crate::merkle::NodeHash;
-use crate::model::{Change, ChangeGroup};
 use crate::model::{
-    Digest, FlagSet, MailboxGuid, MailboxRecord, MailboxTombstone, Md5, MessageRecord, Stamp,
-    Tombstone,
+    Change, ChangeGroup, Digest, FlagSet, MailboxGuid, MailboxRecord, MailboxTombstone, Md5,
+    MessageRecord, Stamp, Tombstone,
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
