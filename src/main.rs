@@ -2,13 +2,14 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use merkmail::daemon::config::{Config, Mode, Overrides};
+use merkmail::daemon::config::{Config, Overrides};
 use merkmail::daemon::node::Node;
 use merkmail::daemon::Daemon;
 use merkmail::merkle::{NodeKey, NodeValue};
 use merkmail::model::{parse_flag_list, FlagName, FlagOp, MailboxGuid};
 use merkmail::net::json::{MailboxView, MessageView, StatsView};
 use merkmail::net::remote::MailClient;
+use merkmail::status::Mode;
 use merkmail::store::{NewMessage, Store};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -675,12 +676,12 @@ fn run(command: Command) -> Result<ExitCode> {
             let answer = client.get("/status")?;
             let body =
                 merkmail::net::client::expect_success(&client.client().url("/status"), answer)?;
-            let view: merkmail::daemon::view::StatusView = serde_json::from_slice(&body)
+            let view: merkmail::status::StatusView = serde_json::from_slice(&body)
                 .with_context(|| format!("{url}/status: not a merkmail status"))?;
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&view)?)?;
             } else {
-                write!(out, "{}", merkmail::daemon::render::human(&view))?;
+                write!(out, "{}", merkmail::status::human(&view))?;
             }
         }
         Command::Serve {

@@ -10,8 +10,8 @@
 mod common;
 
 use common::{run, ChildGuard, Run};
-use merkmail::daemon::view::StatusView;
 use merkmail::model::{Digest, JournalBatch, Md5};
+use merkmail::status::StatusView;
 use merkmail::store::{NewMessage, Store};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

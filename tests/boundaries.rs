@@ -1,5 +1,5 @@
 //! The module boundaries of docs/ARCHITECTURE.md, checked by reading the sources' `use` lines
-//! and paths: the model and the tree are pure; only the store touches redb.
+//! and paths: the model, the tree and the status module are pure; only the store touches redb.
 
 use std::path::Path;
 
@@ -59,5 +59,27 @@ fn only_the_store_imports_redb() {
     assert!(
         !main.contains("redb::") && !main.contains("use redb"),
         "main.rs must go through the store"
+    );
+}
+
+#[test]
+fn status_is_pure_and_imports_only_downward() {
+    check(
+        "status",
+        &[
+            "redb::",
+            "use redb",
+            "tokio",
+            "hyper",
+            "rand::",
+            "SystemTime",
+            "Instant",
+            "std::fs",
+            "std::net",
+            "crate::store",
+            "crate::daemon",
+            "crate::net",
+            "crate::sync",
+        ],
     );
 }

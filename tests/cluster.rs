@@ -9,7 +9,7 @@
 mod common;
 
 use common::{killed_by_signal, run, scratch_dir, ChildGuard, Run};
-use merkmail::daemon::view::StatusView;
+use merkmail::status::{Mode, Outcome, StatusView, Trigger};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -198,7 +198,7 @@ fn message(dir: &Path, name: &str) -> PathBuf {
     path
 }
 
-fn peer<'a>(v: &'a StatusView, url: &str) -> &'a merkmail::daemon::view::PeerView {
+fn peer<'a>(v: &'a StatusView, url: &str) -> &'a merkmail::status::PeerView {
     v.peers
         .iter()
         .find(|p| p.url == url)
@@ -327,7 +327,7 @@ fn three_nodes_replicate_and_a_killed_node_catches_up_at_start() {
         let p = peer(&sc, &url);
         assert!(p.reachable, "{p:?}");
         assert!(
-            p.runs.iter().any(|r| r.trigger == "startup"),
+            p.runs.iter().any(|r| r.trigger == Trigger::Startup),
             "c's runs with {url}: {:?}",
             p.runs
         );
@@ -340,7 +340,7 @@ fn three_nodes_replicate_and_a_killed_node_catches_up_at_start() {
     let pa = a.status();
     let pc = peer(&pa, &c.url());
     assert!(
-        pc.runs.iter().any(|r| r.outcome == "error"),
+        pc.runs.iter().any(|r| r.outcome == Outcome::Error),
         "{:?}",
         pc.runs
     );
@@ -396,7 +396,7 @@ fn sync_mode_waits_for_a_peer_or_falls_back_after_the_timeout() {
     a.append("alice", "INBOX", &message(root, "alone"));
     assert!(started.elapsed() >= Duration::from_millis(800));
     let s = a.status();
-    assert_eq!(s.mode, "sync");
+    assert_eq!(s.mode, Mode::Sync);
     assert_eq!(s.sync_fallbacks_total, 1);
     assert_eq!(peer(&s, &b.url()).journal.sync_fallbacks_total, 1);
     assert!(peer(&s, &b.url()).journal.last_sync_fallback_ms.is_some());

@@ -4,9 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use merkmail::daemon::render::{human, metrics, page};
-use merkmail::daemon::view::{
-    CountsView, JournalView, PeerView, RepairedView, RunView, SessionView, StatusView,
+use merkmail::status::{human, metrics, page};
+use merkmail::status::{
+    CountsView, Direction, JournalView, Mode, Outcome, PeerView, RepairedView, RunView,
+    SessionView, StatusView, Trigger,
 };
 
 const NOW: u64 = 1_700_000_000_000;
@@ -29,7 +30,7 @@ fn view() -> StatusView {
             body_bytes: 1_100_000,
             tombstones: 4,
         },
-        mode: "sync".into(),
+        mode: Mode::Sync,
         sync_timeout_ms: 500,
         check_interval_s: 60,
         journal_head: 9876,
@@ -47,8 +48,8 @@ fn view() -> StatusView {
                     RunView {
                         at_ms: NOW - 3_000,
                         duration_ms: 1_500,
-                        trigger: "interval".into(),
-                        outcome: "equal".into(),
+                        trigger: Trigger::Interval,
+                        outcome: Outcome::Equal,
                         error: None,
                         rounds: 1,
                         bytes_sent: 120,
@@ -58,8 +59,8 @@ fn view() -> StatusView {
                     RunView {
                         at_ms: NOW - 125_000,
                         duration_ms: 2_450,
-                        trigger: "peer-back".into(),
-                        outcome: "repaired".into(),
+                        trigger: Trigger::PeerBack,
+                        outcome: Outcome::Repaired,
                         error: None,
                         rounds: 4,
                         bytes_sent: 4096,
@@ -96,8 +97,8 @@ fn view() -> StatusView {
                 },
                 session: Some(SessionView {
                     started_ms: NOW - 2_000,
-                    direction: "outgoing".into(),
-                    trigger: "manual".into(),
+                    direction: Direction::Outgoing,
+                    trigger: Trigger::Manual,
                     rounds: 3,
                     bytes: 900,
                 }),
@@ -114,8 +115,8 @@ fn view() -> StatusView {
                 runs: vec![RunView {
                     at_ms: NOW - 30_000,
                     duration_ms: 10_000,
-                    trigger: "interval".into(),
-                    outcome: "error".into(),
+                    trigger: Trigger::Interval,
+                    outcome: Outcome::Error,
                     error: Some("connect: <script>alert(1)</script> & \"refused\"".into()),
                     ..Default::default()
                 }],
@@ -593,7 +594,7 @@ fn page_is_self_contained() {
 fn page_without_peers_says_so() {
     let v = StatusView {
         node: "solo".into(),
-        mode: "async".into(),
+        mode: Mode::Async,
         ..Default::default()
     };
     let html = page(&v);
@@ -664,7 +665,7 @@ fn human_without_peers_works() {
     let v = StatusView {
         node: "solo".into(),
         version: "0.1.0".into(),
-        mode: "async".into(),
+        mode: Mode::Async,
         uptime_s: 42,
         ..Default::default()
     };

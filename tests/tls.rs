@@ -9,7 +9,7 @@
 mod common;
 
 use common::{run, scratch_dir, ChildGuard, Run};
-use merkmail::daemon::view::StatusView;
+use merkmail::status::{Outcome, StatusView};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -243,7 +243,7 @@ fn two_tls_nodes_reconcile_and_ship_the_journal_over_https_and_log_no_token() {
     assert!(toward_a.journal.shipped_total >= 1, "{toward_a:?}");
     assert!(!toward_a.runs.is_empty(), "{toward_a:?}");
     assert!(
-        toward_a.runs.iter().all(|r| r.outcome != "error"),
+        toward_a.runs.iter().all(|r| r.outcome != Outcome::Error),
         "{toward_a:?}"
     );
 

@@ -15,9 +15,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
-use merkmail::daemon::view::{CountsView, StatusView};
-use merkmail::net::server::{run, Hooks, JournalPosition};
+use merkmail::net::server::{counts_view, run, Hooks, JournalPosition};
 use merkmail::net::{Limits, ServerState};
+use merkmail::status::{Mode, StatusView};
 use merkmail::store::Store;
 use std::future::Future;
 use std::pin::Pin;
@@ -55,9 +55,9 @@ impl Hooks for FuzzHooks {
             counts: self
                 .0
                 .counters()
-                .map(|c| CountsView::from(&c))
+                .map(|c| counts_view(&c))
                 .unwrap_or_default(),
-            mode: "async".to_string(),
+            mode: Mode::Async,
             ..StatusView::default()
         }
     }

@@ -3,10 +3,9 @@
 //! repairs them both ways (the reconciliation).
 
 use super::node::{lock, now_ms, run_view, Node, Peer};
-use super::schedule::Trigger;
-use super::view::{RunView, SessionView};
 use crate::net::peer::SYNC_CONTENT_TYPE;
 use crate::net::server::JournalPosition;
+use crate::status::{Direction, Outcome, RepairedView, RunView, SessionView, Trigger};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,10 +62,10 @@ pub async fn check(node: &Arc<Node>, peer: &Arc<Peer>, trigger: Trigger) -> bool
         }
         peer.record(RunView {
             at_ms,
-            trigger: trigger.as_str().to_string(),
-            outcome: "skipped".to_string(),
+            trigger,
+            outcome: Outcome::Skipped,
             error: Some(format!("{other} is in a session with this node")),
-            differences: super::view::RepairedView {
+            differences: RepairedView {
                 bodies_repaired: bodies.repaired,
                 ..Default::default()
             },
@@ -79,8 +78,8 @@ pub async fn check(node: &Arc<Node>, peer: &Arc<Peer>, trigger: Trigger) -> bool
         peer,
         Some(SessionView {
             started_ms: at_ms,
-            direction: "outgoing".to_string(),
-            trigger: trigger.as_str().to_string(),
+            direction: Direction::Outgoing,
+            trigger,
             rounds: 0,
             bytes: 0,
         }),
@@ -124,13 +123,13 @@ pub async fn check(node: &Arc<Node>, peer: &Arc<Peer>, trigger: Trigger) -> bool
     let came_back = peer.contact(reachable);
     let mut run = run_view(at_ms, started.elapsed(), trigger, &result);
     if yielded && result.is_err() {
-        run.outcome = "skipped".to_string();
+        run.outcome = Outcome::Skipped;
     }
     run.differences.bodies_repaired = bodies.repaired;
-    if bodies.repaired > 0 && run.outcome == "equal" {
-        run.outcome = "repaired".to_string();
+    if bodies.repaired > 0 && run.outcome == Outcome::Equal {
+        run.outcome = Outcome::Repaired;
     }
-    if run.outcome == "skipped" || run.outcome == "unequal" {
+    if matches!(run.outcome, Outcome::Skipped | Outcome::Unequal) {
         // The peer's own session, or a change during ours: look again shortly rather than
         // after a whole interval (an overflowed journal waits for this check).
         retry_soon(peer);
@@ -144,7 +143,7 @@ pub async fn check(node: &Arc<Node>, peer: &Arc<Peer>, trigger: Trigger) -> bool
         }
         _ => {}
     }
-    if run.outcome == "repaired" || run.outcome == "unequal" {
+    if matches!(run.outcome, Outcome::Repaired | Outcome::Unequal) {
         info!(
             peer = %peer.url(),
             trigger = trigger.as_str(),
@@ -159,7 +158,7 @@ pub async fn check(node: &Arc<Node>, peer: &Arc<Peer>, trigger: Trigger) -> bool
             "reconciled"
         );
     } else if let Some(e) = &run.error {
-        if run.outcome == "error" {
+        if run.outcome == Outcome::Error {
             warn!(peer = %peer.url(), trigger = trigger.as_str(), error = %e, "check failed");
         }
     }

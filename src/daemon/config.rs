@@ -5,6 +5,7 @@
 //! problem before the server touches the network or the store.
 
 use crate::net::tls::{ClientTls, ServerTls, TlsError};
+use crate::status::Mode;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,35 +27,6 @@ pub enum ConfigError {
         key: String,
         problem: String,
     },
-}
-
-/// How a write is acknowledged (DESIGN §6).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Acknowledge the writer at once; the journal ships the change in the background.
-    #[default]
-    Async,
-    /// Hold the writer until at least one peer has stored the change durably, or until
-    /// `sync_timeout_ms` passes (then fall back to async and say so in /status).
-    Sync,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Async => "async",
-            Mode::Sync => "sync",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Mode> {
-        match s {
-            "async" => Some(Mode::Async),
-            "sync" => Some(Mode::Sync),
-            _ => None,
-        }
-    }
 }
 
 /// One peer: where it listens and the token it wants.

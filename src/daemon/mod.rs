@@ -8,16 +8,15 @@
 //! - [`checker`]: one check = one Merkle session with a peer.
 //! - [`repair`]: before a check's session, bodies that rotted here are fetched from the peer.
 //! - [`journal`]: shipping the journal to peers, applying what peers shipped here.
-//! - [`view`], [`render`]: the status snapshot and its renderings.
+//!
+//! The status snapshot's types and renderings live in [`crate::status`]; [`node`] fills it.
 
 pub mod checker;
 pub mod config;
 pub mod journal;
 pub mod node;
-pub mod render;
 pub mod repair;
 pub mod schedule;
-pub mod view;
 
 use node::{lock, Node};
 use schedule::{run_checks, Schedule};

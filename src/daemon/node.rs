@@ -3,11 +3,12 @@
 //! the HTTP side's [`Hooks`].
 
 use super::config::{Config, PeerConfig};
-use super::schedule::Trigger;
-use super::view::{CountsView, PeerView, RunView, SessionView, StatusView};
 use crate::net::client::{Client, ClientConfig, ClientError};
 use crate::net::peer::NODE_HEADER;
-use crate::net::server::Hooks;
+use crate::net::server::{counts_view, Hooks};
+use crate::status::{
+    Direction, Mode, Outcome, PeerView, RepairedView, RunView, SessionView, StatusView, Trigger,
+};
 use crate::store::Store;
 use std::collections::HashMap;
 use std::future::Future;
@@ -98,10 +99,10 @@ impl Peer {
         }
         let mut v = lock(&self.view);
         v.checks_total += 1;
-        match run.outcome.as_str() {
-            "repaired" | "unequal" => v.sessions_total += 1,
-            "error" => v.sessions_failed_total += 1,
-            _ => {}
+        match run.outcome {
+            Outcome::Repaired | Outcome::Unequal => v.sessions_total += 1,
+            Outcome::Error => v.sessions_failed_total += 1,
+            Outcome::Equal | Outcome::Skipped => {}
         }
         let d = &run.differences;
         let r = &mut v.repaired;
@@ -278,7 +279,7 @@ impl Node {
                 }
                 if v.session
                     .as_ref()
-                    .is_some_and(|s| s.direction == "incoming")
+                    .is_some_and(|s| s.direction == Direction::Incoming)
                     && !v.node.as_ref().is_some_and(|n| incoming.contains_key(n))
                 {
                     v.session = None;
@@ -292,8 +293,8 @@ impl Node {
             now_ms: now,
             uptime_s: self.started.elapsed().as_secs(),
             root,
-            counts: CountsView::from(&counts),
-            mode: self.config.mode.as_str().to_string(),
+            counts: counts_view(&counts),
+            mode: self.config.mode,
             sync_timeout_ms: self.config.sync_timeout_ms,
             check_interval_s: self.config.check_interval_s,
             journal_head: self.store.journal_head().unwrap_or(0),
@@ -357,8 +358,8 @@ impl Hooks for Node {
     fn wrote(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
             match self.config.mode {
-                super::config::Mode::Sync => self.wait_for_a_peer().await,
-                super::config::Mode::Async => {
+                Mode::Sync => self.wait_for_a_peer().await,
+                Mode::Async => {
                     for p in &self.peers {
                         p.wake_ship.notify_one();
                     }
@@ -432,12 +433,12 @@ impl Hooks for Node {
             }
             let mut v = lock(&peer.view);
             match &mut v.session {
-                Some(s) if s.direction == "incoming" => s.rounds += 1,
+                Some(s) if s.direction == Direction::Incoming => s.rounds += 1,
                 _ => {
                     v.session = Some(SessionView {
                         started_ms: now_ms(),
-                        direction: "incoming".to_string(),
-                        trigger: "peer".to_string(),
+                        direction: Direction::Incoming,
+                        trigger: Trigger::Peer,
                         rounds: 1,
                         bytes: 0,
                     })
@@ -470,7 +471,7 @@ pub(crate) fn run_view(
     let mut run = RunView {
         at_ms,
         duration_ms: duration.as_millis() as u64,
-        trigger: trigger.as_str().to_string(),
+        trigger,
         ..RunView::default()
     };
     match result {
@@ -482,19 +483,18 @@ pub(crate) fn run_view(
                 + r.uid_clashes_renumbered
                 + r.mailboxes_changed;
             run.outcome = if !r.equal_after {
-                "unequal"
+                Outcome::Unequal
             } else if changed == 0 && r.differing_mailboxes == 0 {
-                "equal"
+                Outcome::Equal
             } else {
-                "repaired"
-            }
-            .to_string();
+                Outcome::Repaired
+            };
             run.rounds = r.rounds;
             run.bytes_sent = r.bytes_sent;
             run.bytes_received = r.bytes_received;
             run.body_bytes_sent = r.body_bytes_sent;
             run.body_bytes_received = r.body_bytes_received;
-            run.differences = super::view::RepairedView {
+            run.differences = RepairedView {
                 copied_to_peer: r.copied_to_peer,
                 copied_from_peer: r.copied_from_peer,
                 expunged: r.expunged,
@@ -505,7 +505,7 @@ pub(crate) fn run_view(
             };
         }
         Err(e) => {
-            run.outcome = "error".to_string();
+            run.outcome = Outcome::Error;
             run.error = Some(e.clone());
         }
     }

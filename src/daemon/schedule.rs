@@ -2,6 +2,7 @@
 //! exponential backoff (1 s, 2 s, 4 s … up to a cap) while it does not, and at once when
 //! something asks for it (start-up, a peer seen coming back, a journal that overflowed).
 
+use crate::status::Trigger;
 use rand::Rng;
 use std::future::Future;
 use std::sync::Arc;
@@ -34,31 +35,6 @@ impl Schedule {
         let capped = base.min(self.backoff_max);
         let factor = 1.0 + 0.25 * unit.clamp(-1.0, 1.0);
         capped.mul_f64(factor).min(self.backoff_max)
-    }
-}
-
-/// Why a check runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Trigger {
-    Startup,
-    Interval,
-    /// A peer that was unreachable answered again.
-    PeerBack,
-    /// Its journal overflowed (or an entry needed the clash rules on both sides).
-    Journal,
-    /// Retrying after a failure.
-    Retry,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Startup => "startup",
-            Trigger::Interval => "interval",
-            Trigger::PeerBack => "peer-back",
-            Trigger::Journal => "journal",
-            Trigger::Retry => "retry",
-        }
     }
 }
 

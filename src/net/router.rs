@@ -3,8 +3,9 @@
 
 use super::error::{reply, ApiError, Reply};
 use super::request::read_body;
-use super::server::{AdminAuth, ServerState};
+use super::server::{counts_view, AdminAuth, ServerState};
 use super::{mail, peer};
+use crate::status;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{HeaderMap, Method, Request, StatusCode};
@@ -104,12 +105,12 @@ async fn operator(state: &ServerState, path: String) -> Result<Reply, ApiError> 
             let store =
                 state.with_store(|s| Ok((s.node_id().to_string(), s.root()?, s.counters()?)));
             let (node, root, counts) = store.await?;
-            crate::daemon::view::StatusView {
+            status::StatusView {
                 node,
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 root: root.hash.to_hex(),
-                counts: crate::daemon::view::CountsView::from(&counts),
-                mode: "async".to_string(),
+                counts: counts_view(&counts),
+                mode: status::Mode::Async,
                 ..Default::default()
             }
         }
@@ -119,12 +120,12 @@ async fn operator(state: &ServerState, path: String) -> Result<Reply, ApiError> 
         "/metrics" => reply::bytes(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            crate::daemon::render::metrics(&view).into_bytes(),
+            status::metrics(&view).into_bytes(),
         ),
         _ => reply::bytes(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            crate::daemon::render::page(&view).into_bytes(),
+            status::page(&view).into_bytes(),
         ),
     })
 }

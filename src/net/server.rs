@@ -76,7 +76,7 @@ pub struct JournalPosition {
 /// without one too (`merkmail serve` with no peers still has it; tests may leave it out).
 pub trait Hooks: Send + Sync + 'static {
     /// The snapshot behind `GET /status`, `/metrics` and `/`.
-    fn status(&self) -> crate::daemon::view::StatusView;
+    fn status(&self) -> crate::status::StatusView;
     /// Called after a mail write committed, before the writer gets its answer: in `sync`
     /// mode this waits until a peer stored the change or the sync timeout passed.
     fn wrote(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
@@ -95,6 +95,21 @@ pub trait Hooks: Send + Sync + 'static {
     fn is_peer(&self, url: &str) -> Option<bool>;
     /// This node's id, for `GET /v1/sync/hello` and journal acknowledgements.
     fn node_id(&self) -> String;
+}
+
+/// The store's counters as the status snapshot shows them, for every builder of a snapshot
+/// (the daemon's [`Hooks::status`], and the router when there is no daemon). Here and not in
+/// the status module, which is pure and knows no store.
+pub fn counts_view(c: &crate::store::Counters) -> crate::status::CountsView {
+    crate::status::CountsView {
+        users: c.users,
+        mailboxes: c.mailboxes,
+        messages: c.messages,
+        message_bytes: c.message_bytes,
+        bodies: c.bodies,
+        body_bytes: c.body_bytes,
+        tombstones: c.tombstones,
+    }
 }
 
 /// Everything a request handler can reach: the store, the limits, the tokens, the daemon.

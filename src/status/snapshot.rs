@@ -1,9 +1,10 @@
-//! What the daemon shows its operator: one snapshot of the node and its peers, serialized as
-//! `GET /status` and rendered as Prometheus text (`GET /metrics`), an HTML page (`GET /`) and
-//! the terminal view of `merkmail status`. Plain data: built by the daemon under its locks,
-//! rendered without them.
+//! The status snapshot: what the daemon shows its operator of the node and its peers, as plain
+//! data. The daemon builds it under its locks; `GET /status` serializes it, and the renderings
+//! read it without them.
 
 use serde::{Deserialize, Serialize};
+
+use super::{Direction, Mode, Outcome, Trigger};
 
 /// `GET /status`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -18,8 +19,7 @@ pub struct StatusView {
     /// The store's root hash, hex.
     pub root: String,
     pub counts: CountsView,
-    /// `async` or `sync`.
-    pub mode: String,
+    pub mode: Mode,
     /// Milliseconds a `sync`-mode write waits for a peer before falling back to async.
     pub sync_timeout_ms: u64,
     /// Seconds between background checks of one peer (before jitter).
@@ -44,20 +44,6 @@ pub struct CountsView {
     pub bodies: u64,
     pub body_bytes: u64,
     pub tombstones: u64,
-}
-
-impl From<&crate::store::Counters> for CountsView {
-    fn from(c: &crate::store::Counters) -> CountsView {
-        CountsView {
-            users: c.users,
-            mailboxes: c.mailboxes,
-            messages: c.messages,
-            message_bytes: c.message_bytes,
-            bodies: c.bodies,
-            body_bytes: c.body_bytes,
-            tombstones: c.tombstones,
-        }
-    }
 }
 
 /// One configured peer, as this node sees it.
@@ -99,12 +85,9 @@ pub struct RunView {
     /// When it started, ms since the epoch.
     pub at_ms: u64,
     pub duration_ms: u64,
-    /// Why it ran: `interval`, `startup`, `peer-back`, `journal-overflow`, `journal-clash`, `manual`.
-    pub trigger: String,
-    /// `equal` (roots matched, nothing to do), `repaired`, `unequal` (a side changed during the
-    /// session; the next run picks it up), `skipped` (the peer was in a session with us),
-    /// `error`.
-    pub outcome: String,
+    /// Why it ran.
+    pub trigger: Trigger,
+    pub outcome: Outcome,
     pub error: Option<String>,
     pub rounds: u64,
     pub bytes_sent: u64,
@@ -152,9 +135,8 @@ pub struct JournalView {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionView {
     pub started_ms: u64,
-    /// `outgoing` (this node started it) or `incoming`.
-    pub direction: String,
-    pub trigger: String,
+    pub direction: Direction,
+    pub trigger: Trigger,
     /// Round trips so far.
     pub rounds: u64,
     /// Metadata bytes so far, both ways.
