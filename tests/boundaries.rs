@@ -1,5 +1,6 @@
 //! The module boundaries of docs/ARCHITECTURE.md, checked by reading the sources' `use` lines
-//! and paths: the model, the tree and the status module are pure; only the store touches redb.
+//! and paths: the model, the tree and the status module are pure; only the store touches redb;
+//! the store and the model import nothing from sync, net or the daemon, and net not the daemon.
 
 use std::path::Path;
 
@@ -82,4 +83,18 @@ fn status_is_pure_and_imports_only_downward() {
             "crate::sync",
         ],
     );
+}
+
+#[test]
+fn store_and_model_import_neither_sync_nor_net_and_net_not_the_daemon() {
+    let above_store = [
+        "crate::sync",
+        "crate::net",
+        "crate::daemon",
+        "crate::status",
+    ];
+    check("store", &above_store);
+    check("model", &above_store);
+    check("model", &["crate::store", "crate::merkle"]);
+    check("net", &["crate::daemon"]);
 }
