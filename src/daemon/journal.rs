@@ -3,13 +3,11 @@
 //! that applies what peers shipped here, with the clash rules, in the order received.
 
 use super::node::{lock, Node, Peer};
-use crate::sync::journal_wire::{encode_batch, JournalAck};
+use crate::sync::journal_wire::encode_batch;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
 
-/// The content type of a journal batch.
-pub const JOURNAL_CONTENT_TYPE: &str = "application/x-merkmail-journal";
 /// Bodies carried by one batch, about.
 const BATCH_BYTES: usize = 8 << 20;
 /// How often an idle shipper looks anyway (a write it was not told about: an import by
@@ -77,25 +75,10 @@ pub async fn ship(node: Arc<Node>, peer: Arc<Peer>) {
         let entries = batch.entries.len() as u64;
         let last = batch.last_seq;
         let body = encode_batch(&batch);
-        let answer = peer
-            .client
-            .post("/v1/journal", JOURNAL_CONTENT_TYPE, body)
-            .await
-            .and_then(|a| crate::net::client::expect_success(&peer.client.url("/v1/journal"), a));
+        let ack = peer.client.journal(body).await;
         // A peer that answered at all (an error status, an unreadable acknowledgement) is
         // reachable: it refuses or garbles, and /status should say that, not "down".
-        let answered = match &answer {
-            Ok(_) => true,
-            Err(e) => matches!(
-                e,
-                crate::net::client::ClientError::Status { .. }
-                    | crate::net::client::ClientError::Decode { .. }
-            ),
-        };
-        let ack = answer.map_err(|e| e.to_string()).and_then(|body| {
-            serde_json::from_slice::<JournalAck>(&body)
-                .map_err(|e| format!("{}: unreadable acknowledgement: {e}", peer.url()))
-        });
+        let answered = ack.as_ref().err().is_none_or(|e| e.answered());
         match ack {
             Ok(ack) => {
                 let acked = ack.acked.min(last);

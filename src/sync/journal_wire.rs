@@ -1,16 +1,9 @@
-//! The journal's wire codec: a [`JournalBatch`] as postcard bytes (`POST /v1/journal`) and
-//! the acknowledgement a receiver answers with (docs/JOURNAL.md draws the bytes).
+//! The journal's wire codec: a [`JournalBatch`] as postcard bytes, the body of
+//! `POST /v1/journal` (docs/JOURNAL.md draws the bytes; the JSON acknowledgement is
+//! `net::peer::JournalAck`).
 
 use crate::model::{BatchError, JournalBatch, JOURNAL_WIRE_VERSION};
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
-
-/// What `POST /v1/journal` answers: the last seq now stored here.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct JournalAck {
-    pub node: String,
-    pub acked: u64,
-}
 
 /// Why a batch could not be decoded. The receiver answers 400 and stores nothing.
 #[derive(Debug, Error, PartialEq, Eq)]
