@@ -4,11 +4,12 @@
 //! byte.
 
 use merkmail::merkle::{entry_hash, Dirty, MemoryTree, NodeHash, NodeKey, NodeValue};
+use merkmail::model::{Change, ChangeGroup};
 use merkmail::model::{
     Digest, FlagName, FlagOp, FlagSet, MailboxGuid, MailboxName, MailboxRecord, MailboxSide,
     MailboxTombstone, Md5, MessageRecord, Stamp, Tombstone,
 };
-use merkmail::store::{Change, ChangeGroup, Store, StoreError};
+use merkmail::store::{Store, StoreError};
 use merkmail::sync::{in_process, run, Replica, SyncReport};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};

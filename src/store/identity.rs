@@ -548,7 +548,7 @@ mod tests {
     /// writer expunged it, is kept to the identity rules whatever UIDs the session compared.
     #[test]
     fn replicated_changes_keep_one_placement_and_respect_a_writers_expunge() {
-        use crate::store::Change;
+        use crate::model::Change;
         let store = Store::in_memory("n").expect("store");
         let uids: Vec<u32> = store
             .append("u", "INBOX", (0..2).map(msg).collect())
@@ -617,7 +617,7 @@ mod tests {
     /// first.
     #[test]
     fn a_writers_expunge_holds_in_every_mailbox_of_the_user() {
-        use crate::store::Change;
+        use crate::model::Change;
         let store = Store::in_memory("n").expect("store");
         store.create_mailbox("u", "Lists").expect("create");
         let trips = store.create_mailbox("u", "Trips").expect("create");

@@ -21,16 +21,14 @@ pub use body::{BodyStore, RedbBodies};
 pub use error::StoreError;
 pub use identity::IdentityFixes;
 pub use journal::{
-    decode_batch, encode_batch, InboundApplied, InboundStats, JournalBatch, JournalRecord,
-    JournalWireError, PeerJournal, SenderJournal, ShippedEntry, APPLY_GROUP, DEFAULT_JOURNAL_BOUND,
-    JOURNAL_WIRE_VERSION, MAX_BATCH_BODIES, MAX_BATCH_ENTRIES, MAX_ENTRY_ITEMS,
+    InboundApplied, InboundStats, JournalRecord, PeerJournal, SenderJournal, APPLY_GROUP,
+    DEFAULT_JOURNAL_BOUND,
 };
 pub use ops::{
     inbox_uidvalidity, AppendOutcome, Counters, MailboxInfo, MessageInfo, NewMessage,
     PreparedMailbox,
 };
 pub use purge::Purged;
-pub use replica::{Change, ChangeGroup};
 pub use verify::{BodyProgress, BodyReport, BodyUse, DamagedBody, VerifyReport};
 
 use crate::merkle::{NodeKey, NodeValue};
@@ -79,12 +77,7 @@ struct Simulated {
 
 /// A node id names a server in logs and status pages, and seeds its stamps' node tag.
 pub fn validate_node_id(id: &str) -> Result<(), StoreError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
+    if crate::model::is_node_id(id) {
         Ok(())
     } else {
         Err(StoreError::Invalid(format!(

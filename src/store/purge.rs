@@ -80,8 +80,9 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Change;
     use crate::model::Stamp;
-    use crate::store::{Change, NewMessage};
+    use crate::store::NewMessage;
 
     #[test]
     fn only_tombstones_older_than_the_cutoff_go_and_roots_stay() {

@@ -658,11 +658,11 @@ mod tests {
 
     #[test]
     fn a_replicated_message_whose_body_disagrees_with_its_record_is_refused() {
-        use crate::store::Change;
+        use crate::model::Change;
         let source = store_with_mail();
         let info = source.message("alice", "INBOX", 5).expect("message");
         let body = source.fetch("alice", "INBOX", 5).expect("body");
-        let mailbox = crate::store::Change::Mailbox {
+        let mailbox = crate::model::Change::Mailbox {
             user: "alice".into(),
             record: {
                 let txn = source.read_txn().expect("txn");

@@ -3,8 +3,9 @@
 //! for the store (the store itself knows nothing of sync).
 
 use crate::merkle::{NodeHash, NodeKey, NodeValue};
+use crate::model::ChangeGroup;
 use crate::model::{Digest, MailboxGuid, MailboxSide};
-use crate::store::{ChangeGroup, Store, StoreError};
+use crate::store::{Store, StoreError};
 use std::collections::BTreeSet;
 
 /// A replica as reconciliation sees it: its Merkle tree, its mailboxes at some UIDs, its

@@ -9,8 +9,10 @@ use super::wire::{
     WireKey, WireRecord, RUNS_PER_BUCKET, RUN_SHIFT, WIRE_VERSION,
 };
 use crate::merkle::{NodeHash, NodeKey, NodeValue, BUCKET_SHIFT, TOP_LEAF_LEVEL, UID_ROOT_LEVEL};
-use crate::model::{validate_user, MailboxGuid, MailboxSide, MessageRecord, Tombstone};
-use crate::store::{Change, ChangeGroup, StoreError};
+use crate::model::{
+    validate_user, Change, ChangeGroup, MailboxGuid, MailboxSide, MessageRecord, Tombstone,
+};
+use crate::store::StoreError;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The model key for a wire key; user names are validated so no key can reach another user's.

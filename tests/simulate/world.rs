@@ -6,7 +6,8 @@
 use super::oracle::{Appended, Oracle};
 use super::random_ops::{msg, BOXES, USERS};
 use merkmail::model::{Digest, FlagName, FlagOp};
-use merkmail::store::{decode_batch, encode_batch, Store, StoreError};
+use merkmail::store::{Store, StoreError};
+use merkmail::sync::journal_wire::{decode_batch, encode_batch};
 use merkmail::sync::responder::answer;
 use merkmail::sync::wire::{decode_request, encode};
 use merkmail::sync::{run, DriveError};

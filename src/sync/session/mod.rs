@@ -20,8 +20,9 @@ use super::wire::{
     fp, ApplyGroup, Fp, GuidRef, Reply, Request, RoundReply, RoundRequest, WIRE_VERSION,
 };
 use crate::merkle::{NodeHash, NodeKey};
+use crate::model::ChangeGroup;
 use crate::model::{Digest, MailboxGuid, MailboxRecord, MailboxSide, MailboxTombstone};
-use crate::store::{ChangeGroup, StoreError};
+use crate::store::StoreError;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use thiserror::Error;

@@ -8,8 +8,7 @@ use crate::model::{
     absorb, merge_into, merge_mailbox, Digest, MailboxGuid, MailboxOutcome, MailboxRecord,
     MailboxSide, MessageRecord,
 };
-use crate::store::{Change, ChangeGroup};
-use crate::sync::plan::{changes_for, ChangeCounts};
+use crate::model::{changes_for, Change, ChangeCounts, ChangeGroup};
 use crate::sync::responder::normalize;
 use crate::sync::wire::{group_stamp, ApplyGroup, GuidRef, WireChange, BODY_BATCH_BYTES};
 use std::collections::{BTreeMap, BTreeSet};

@@ -4,7 +4,7 @@
 
 use super::{protocol, Ask, Phase, Session, SessionError, APPLY_BATCH_BYTES};
 use crate::model::Digest;
-use crate::store::{Change, ChangeGroup};
+use crate::model::{Change, ChangeGroup};
 use crate::sync::wire::{encode, Request, BODY_BATCH_BYTES};
 use std::collections::BTreeMap;
 

@@ -1,7 +1,7 @@
-//! From a merge outcome to the changes one side must apply to reach it.
+//! From a merge outcome to the changes one side must apply to reach it: pure, shared by the
+//! initiator's session and the journal's inbound apply.
 
-use crate::model::{MailboxOutcome, MailboxSide, MessageRecord};
-use crate::store::Change;
+use super::{Change, MailboxOutcome, MailboxSide, MessageRecord};
 
 /// What a side's changes amount to, for the report.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
