@@ -663,7 +663,7 @@ mod tests {
         let folders = scan(&root).expect("scan");
         let msgs = &folders[0].messages;
         let ours = msgs.iter().find(|m| m.uid == Some(3)).expect("uid 3");
-        assert_eq!(ours.flags, s(&["$Label1", "\\Seen"]));
+        assert_eq!(ours.flags, s(&["\\Seen", "$Label1"]));
         assert_eq!(ours.internal_date, 1_600_000_000);
 
         // A second pass numbers nothing again, and a new file continues above.
@@ -753,7 +753,7 @@ mod tests {
             .map(|t| {
                 let root = root.clone();
                 std::thread::spawn(move || {
-                    let folder = LiveFolder::create(&root, "Sub.Folder").expect("create");
+                    let folder = LiveFolder::create(&root, "Sub/Folder").expect("create");
                     for i in 0..10 {
                         if i % 3 == 0 {
                             fs::write(folder.dir().join(format!("new/{t}{i}.mda")), "m")
