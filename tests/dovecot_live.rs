@@ -52,16 +52,28 @@ fn imap_appends_racing_our_deliveries_give_every_message_one_uid() {
         }
         let mut locked = folder.lock().expect("take dovecot-uidlist.lock");
         locked.number_unlisted().expect("number");
-        let flags = if i % 2 == 0 { vec!["\\Seen".to_string()] } else { vec!["$Work".to_string()] };
+        let flags = if i % 2 == 0 {
+            vec!["\\Seen".to_string()]
+        } else {
+            vec!["$Work".to_string()]
+        };
         locked
-            .deliver(format!("Subject: merkmail-{i}\n\nbody {i}\n").as_bytes(), &flags, 1_600_000_000)
+            .deliver(
+                format!("Subject: merkmail-{i}\n\nbody {i}\n").as_bytes(),
+                &flags,
+                1_600_000_000,
+            )
             .expect("deliver");
         drop(locked);
         expected.push(format!("merkmail-{i}"));
         std::thread::sleep(Duration::from_millis(8));
     }
     let out = appender.wait_with_output().expect("appender");
-    assert!(out.status.success(), "IMAP APPEND failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "IMAP APPEND failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let seen = dovecot.uids_and_subjects("INBOX");
     let mut by_subject: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
@@ -71,7 +83,10 @@ fn imap_appends_racing_our_deliveries_give_every_message_one_uid() {
     expected.sort();
     let subjects: Vec<&str> = by_subject.keys().copied().collect();
     assert_eq!(subjects, expected, "every message once: {seen:?}");
-    assert!(by_subject.values().all(|uids| uids.len() == 1), "a message twice: {seen:?}");
+    assert!(
+        by_subject.values().all(|uids| uids.len() == 1),
+        "a message twice: {seen:?}"
+    );
     let mut uids: Vec<u32> = seen.iter().map(|(u, _)| *u).collect();
     uids.sort_unstable();
     uids.dedup();
@@ -85,5 +100,9 @@ fn imap_appends_racing_our_deliveries_give_every_message_one_uid() {
 
     // Dovecot's own repair finds nothing to renumber.
     dovecot.doveadm(&["force-resync", "INBOX"]);
-    assert_eq!(dovecot.uids_and_subjects("INBOX"), seen, "force-resync changed UIDs");
+    assert_eq!(
+        dovecot.uids_and_subjects("INBOX"),
+        seen,
+        "force-resync changed UIDs"
+    );
 }

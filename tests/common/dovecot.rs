@@ -56,7 +56,8 @@ impl Dovecot {
             eprintln!("SKIPPED: {missing:?} not installed (apt-get install dovecot-core dovecot-imapd python3)");
             return None;
         }
-        let work = std::env::temp_dir().join(format!("merkmail-dovecot-{test}-{}", std::process::id()));
+        let work =
+            std::env::temp_dir().join(format!("merkmail-dovecot-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&work);
         let home = work.join("home");
         let maildir = home.join("Maildir");
@@ -175,7 +176,11 @@ m.logout()
 "#,
             &[mailbox],
         );
-        assert!(out.status.success(), "IMAP fetch failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "IMAP fetch failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| {
