@@ -274,6 +274,10 @@ enum Command {
         /// How long a sync-mode write waits for a peer, ms [config: sync_timeout_ms; default 2000].
         #[arg(long, value_name = "MS")]
         sync_timeout: Option<u64>,
+        /// How long an expunge or delete tombstone is kept at least, e.g. 30d, 12h, 90s; it
+        /// goes once every peer has it too [config: tombstone_retention; default 30d].
+        #[arg(long, value_name = "DURATION")]
+        tombstone_retention: Option<merkmail::daemon::config::Retention>,
     },
     /// Show a running server's status: its root and counts, and per peer whether it answers,
     /// the last checks and what they repaired, the journal's depth and age, the session in
@@ -698,6 +702,7 @@ fn run(command: Command) -> Result<ExitCode> {
             check_interval,
             mode,
             sync_timeout,
+            tombstone_retention,
         } => {
             drop(out);
             let overrides = Overrides {
@@ -717,6 +722,7 @@ fn run(command: Command) -> Result<ExitCode> {
                 mode: mode.as_deref().and_then(Mode::parse),
                 sync_timeout_ms: sync_timeout,
                 node_id,
+                tombstone_retention,
             };
             return serve(config.as_deref(), overrides);
         }

@@ -49,6 +49,9 @@ pub struct Peer {
     pub view: Mutex<PeerView>,
     /// Lifetime metadata bytes of sessions, for metrics.
     pub bytes: Mutex<(u64, u64)>,
+    /// When this node's latest check with the peer that ended with equal roots began (ms
+    /// since the epoch): the peer's horizon in the tombstone rule (daemon/tombstones.rs).
+    pub tombstone_horizon: Mutex<Option<u64>>,
 }
 
 impl Peer {
@@ -168,6 +171,7 @@ impl Node {
                     ..PeerView::default()
                 }),
                 bytes: Mutex::new((0, 0)),
+                tombstone_horizon: Mutex::new(None),
             }));
         }
         Ok(Arc::new(Node {

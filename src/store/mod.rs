@@ -29,7 +29,7 @@ pub use ops::{
     inbox_uidvalidity, AppendOutcome, Counters, MailboxInfo, MessageInfo, NewMessage,
     PreparedMailbox,
 };
-pub use purge::Purged;
+pub use purge::{AgedTombstone, Purged, TombstoneKey};
 pub use replica::{Change, ChangeGroup};
 pub use verify::{BodyProgress, BodyReport, BodyUse, DamagedBody, VerifyReport};
 
