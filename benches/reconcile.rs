@@ -29,7 +29,7 @@ use merkmail::model::{
     Stamp,
 };
 use merkmail::net::client::{expect_success, BlockingClient, ClientConfig};
-use merkmail::net::peer::SYNC_CONTENT_TYPE;
+use merkmail::net::routes::{ROUND, SYNC_CONTENT_TYPE};
 use merkmail::net::{server, Limits, ServerState};
 use merkmail::store::{Change, NewMessage, Store, DB_FILE, FORMAT_VERSION};
 use merkmail::sync::wire::{
@@ -953,7 +953,7 @@ fn case(n: usize, d: usize, seed: u64) -> Result<bool, Error> {
 
     // What `net::sync::sync_with_peer` does, with a counting transport and a seeded window.
     let client = BlockingClient::new(&url, None, ClientConfig::default())?;
-    let round_url = client.client().url("/v1/sync/round");
+    let round_url = client.client().url(ROUND);
     let mut tally = Tally::default();
     let mut tally_error = None;
     let window = (Rng::new(seed ^ 0x77).next() % 32) as u8;
@@ -966,7 +966,7 @@ fn case(n: usize, d: usize, seed: u64) -> Result<bool, Error> {
             }
             let posted = Instant::now();
             let answer = client
-                .post("/v1/sync/round", SYNC_CONTENT_TYPE, bytes)
+                .post(ROUND, SYNC_CONTENT_TYPE, bytes)
                 .map_err(|e| e.to_string())?;
             let body = expect_success(&round_url, answer).map_err(|e| e.to_string())?;
             tally.round_ms.push(posted.elapsed().as_secs_f64() * 1e3);

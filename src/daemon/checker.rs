@@ -3,9 +3,9 @@
 //! repairs them both ways (the reconciliation).
 
 use super::node::{lock, now_ms, run_view, Node, Peer};
-use crate::net::peer::SYNC_CONTENT_TYPE;
-use crate::net::server::JournalPosition;
+use crate::net::peer_client::PeerError;
 use crate::status::{Direction, Outcome, RepairedView, RunView, SessionView, Trigger};
+use crate::sync::DriveError;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +27,7 @@ pub async fn check(node: &Arc<Node>, peer: &Arc<Peer>, trigger: Trigger) -> bool
                 at_ms,
                 started.elapsed(),
                 trigger,
-                &Err(e.to_string()),
+                &Err::<crate::sync::SyncReport, _>(CheckError::Hello(e)),
             ));
             return false;
         }
@@ -92,34 +92,29 @@ pub async fn check(node: &Arc<Node>, peer: &Arc<Peer>, trigger: Trigger) -> bool
     // The session reads and writes the store synchronously: run it off the async workers.
     let result = tokio::task::spawn_blocking(move || {
         let client = session_peer.client.clone();
-        let url = client.url("/v1/sync/round");
-        let send = |bytes: Vec<u8>| -> Result<Vec<u8>, String> {
+        let send = |bytes: Vec<u8>| -> Result<Vec<u8>, RoundError> {
             if session_cancel.load(Ordering::SeqCst) {
-                return Err("yielded to the session the peer started with this node".into());
+                return Err(RoundError::Yielded);
             }
             if session_node.stopping() {
-                return Err("abandoned: the server is shutting down".into());
+                return Err(RoundError::ShuttingDown);
             }
             let out = bytes.len() as u64;
-            let answer = handle
-                .block_on(client.post("/v1/sync/round", SYNC_CONTENT_TYPE, bytes))
-                .map_err(|e| e.to_string())?;
-            let body =
-                crate::net::client::expect_success(&url, answer).map_err(|e| e.to_string())?;
+            let body = handle.block_on(client.round(bytes))?;
             if let Some(s) = &mut lock(&session_peer.view).session {
                 s.rounds += 1;
                 s.bytes += out + body.len() as u64;
             }
-            Ok(body.to_vec())
+            Ok(body)
         };
-        crate::net::sync::sync_over(&store, false, send).map_err(|e| e.to_string())
+        crate::net::sync::sync_over(&store, false, send).map_err(CheckError::Session)
     })
     .await
-    .unwrap_or_else(|e| Err(format!("the session task failed: {e}")));
+    .unwrap_or_else(|e| Err(CheckError::Task(e)));
     node.end_outgoing(&other);
     node.show_session(peer, None);
     let yielded = cancel.load(Ordering::SeqCst);
-    let reachable = result.is_ok() || yielded || !is_transport(&result);
+    let reachable = yielded || result.as_ref().err().is_none_or(CheckError::peer_answered);
     let came_back = peer.contact(reachable);
     let mut run = run_view(at_ms, started.elapsed(), trigger, &result);
     if yielded && result.is_err() {
@@ -189,15 +184,7 @@ async fn journal_first(node: &Arc<Node>, peer: &Arc<Peer>) {
     let mut waited_for = None;
     peer.wake_ship.notify_one();
     while started.elapsed() < Duration::from_secs(60) && !node.stopping() {
-        let path = "/v1/journal/position";
-        let answer = match peer.client.get(path).await {
-            Ok(a) => a,
-            Err(_) => return,
-        };
-        let Ok(body) = crate::net::client::expect_success(&peer.client.url(path), answer) else {
-            return;
-        };
-        let Ok(position) = serde_json::from_slice::<JournalPosition>(&body) else {
+        let Ok(position) = peer.client.journal_position().await else {
             return;
         };
         if !position.known || position.overflowed {
@@ -248,14 +235,39 @@ fn retry_soon(peer: &Arc<Peer>) {
     });
 }
 
-/// Whether a failed session failed to reach the peer (rather than, say, a store error here).
-fn is_transport(result: &Result<crate::sync::SyncReport, String>) -> bool {
-    match result {
-        Ok(_) => false,
-        Err(e) => {
-            e.contains("cannot connect")
-                || e.contains("no complete answer")
-                || e.contains("transport")
+/// Why one of a session's rounds did not come back.
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    /// The peer started a session with this node and won the tie: this one stops.
+    #[error("yielded to the session the peer started with this node")]
+    Yielded,
+    #[error("abandoned: the server is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+}
+
+/// Why a check did not end with a session's report. `/status` shows its message.
+#[derive(Debug, thiserror::Error)]
+enum CheckError {
+    /// The peer did not say who it is (its hello failed).
+    #[error(transparent)]
+    Hello(PeerError),
+    #[error(transparent)]
+    Session(DriveError<RoundError>),
+    #[error("the session task failed: {0}")]
+    Task(tokio::task::JoinError),
+}
+
+impl CheckError {
+    /// Whether the peer counts as having answered. A round that did not come back (no
+    /// answer, an error status, a session abandoned at shutdown) counts as the peer not
+    /// answering, as a failed hello does; a session that failed on this side or on what
+    /// the peer said (a store error here, an unreadable reply) does not.
+    fn peer_answered(&self) -> bool {
+        match self {
+            CheckError::Hello(_) | CheckError::Session(DriveError::Transport(_)) => false,
+            CheckError::Session(_) | CheckError::Task(_) => true,
         }
     }
 }

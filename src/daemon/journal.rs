@@ -3,25 +3,17 @@
 //! that applies what peers shipped here, with the clash rules, in the order received.
 
 use super::node::{lock, Node, Peer};
+pub use crate::net::peer::JournalAck;
 use crate::store::{decode_batch, encode_batch};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
 
-/// The content type of a journal batch.
-pub const JOURNAL_CONTENT_TYPE: &str = "application/x-merkmail-journal";
 /// Bodies carried by one batch, about.
 const BATCH_BYTES: usize = 8 << 20;
 /// How often an idle shipper looks anyway (a write it was not told about: an import by
 /// another process is impossible, but a missed wake-up must not stall a peer).
 const IDLE_POLL: Duration = Duration::from_secs(1);
-
-/// What `POST /v1/journal` answers: the last seq now stored here.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct JournalAck {
-    pub node: String,
-    pub acked: u64,
-}
 
 /// Ships this node's journal to `peer` until shutdown.
 pub async fn ship(node: Arc<Node>, peer: Arc<Peer>) {
@@ -84,25 +76,10 @@ pub async fn ship(node: Arc<Node>, peer: Arc<Peer>) {
         let entries = batch.entries.len() as u64;
         let last = batch.last_seq;
         let body = encode_batch(&batch);
-        let answer = peer
-            .client
-            .post("/v1/journal", JOURNAL_CONTENT_TYPE, body)
-            .await
-            .and_then(|a| crate::net::client::expect_success(&peer.client.url("/v1/journal"), a));
+        let ack = peer.client.journal(body).await;
         // A peer that answered at all (an error status, an unreadable acknowledgement) is
         // reachable: it refuses or garbles, and /status should say that, not "down".
-        let answered = match &answer {
-            Ok(_) => true,
-            Err(e) => matches!(
-                e,
-                crate::net::client::ClientError::Status { .. }
-                    | crate::net::client::ClientError::Decode { .. }
-            ),
-        };
-        let ack = answer.map_err(|e| e.to_string()).and_then(|body| {
-            serde_json::from_slice::<JournalAck>(&body)
-                .map_err(|e| format!("{}: unreadable acknowledgement: {e}", peer.url()))
-        });
+        let answered = ack.as_ref().err().is_none_or(|e| e.answered());
         match ack {
             Ok(ack) => {
                 let acked = ack.acked.min(last);

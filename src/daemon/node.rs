@@ -3,8 +3,8 @@
 //! the HTTP side's [`Hooks`].
 
 use super::config::{Config, PeerConfig};
-use crate::net::client::{Client, ClientConfig, ClientError};
-use crate::net::peer::NODE_HEADER;
+use crate::net::client::{ClientConfig, ClientError};
+use crate::net::peer_client::{PeerClient, PeerError};
 use crate::net::server::{counts_view, Hooks};
 use crate::status::{
     Direction, Mode, Outcome, PeerView, RepairedView, RunView, SessionView, StatusView, Trigger,
@@ -39,8 +39,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// One configured peer.
 pub struct Peer {
     pub config: PeerConfig,
-    /// Talks to the peer with its token and this node's id in [`NODE_HEADER`].
-    pub client: Client,
+    /// Talks to the peer with its token and this node's id.
+    pub client: PeerClient,
     /// Wakes the background checker for this peer.
     pub wake_check: Arc<Notify>,
     /// Wakes the journal shipper for this peer.
@@ -60,20 +60,11 @@ impl Peer {
     }
 
     /// The peer's node id: known from an earlier answer, or asked for now.
-    pub async fn node_id(&self) -> Result<String, ClientError> {
+    pub async fn node_id(&self) -> Result<String, PeerError> {
         if let Some(id) = lock(&self.view).node.clone() {
             return Ok(id);
         }
-        let path = "/v1/sync/hello";
-        let answer = self.client.get(path).await?;
-        let body = crate::net::client::expect_success(&self.client.url(path), answer)?;
-        let hello: crate::net::peer::Hello = serde_json::from_slice(&body).map_err(|e| {
-            ClientError::from_status(
-                &self.client.url(path),
-                hyper::StatusCode::BAD_GATEWAY,
-                format!("not a merkmail hello: {e}").as_bytes(),
-            )
-        })?;
+        let hello = self.client.hello().await?;
         lock(&self.view).node = Some(hello.node.clone());
         Ok(hello.node)
     }
@@ -159,8 +150,8 @@ impl Node {
         let mut peers = Vec::new();
         for p in &config.peers {
             let client_config = peer_client_config(&config, tls.clone());
-            let client = Client::new(&p.url, config.token_for(p), client_config)?
-                .with_header(NODE_HEADER, &node_id)?;
+            let client =
+                PeerClient::new(&p.url, config.token_for(p), Some(&node_id), client_config)?;
             peers.push(Arc::new(Peer {
                 config: p.clone(),
                 client,
@@ -465,12 +456,12 @@ impl Hooks for Node {
     }
 }
 
-/// A run's outcome for /status, from a session's report or error.
-pub(crate) fn run_view(
+/// A run's outcome for /status, from a session's report or error (shown as its message).
+pub(crate) fn run_view<E: std::fmt::Display>(
     at_ms: u64,
     duration: Duration,
     trigger: Trigger,
-    result: &Result<crate::sync::SyncReport, String>,
+    result: &Result<crate::sync::SyncReport, E>,
 ) -> RunView {
     let mut run = RunView {
         at_ms,
@@ -510,7 +501,7 @@ pub(crate) fn run_view(
         }
         Err(e) => {
             run.outcome = Outcome::Error;
-            run.error = Some(e.clone());
+            run.error = Some(e.to_string());
         }
     }
     run

@@ -6,7 +6,7 @@
 
 use super::node::Peer;
 use crate::model::Digest;
-use crate::net::peer::BODY_PATH;
+use crate::net::peer_client::PeerError;
 use crate::store::Store;
 use std::sync::Arc;
 use tracing::{info, warn};
@@ -89,27 +89,33 @@ pub async fn repair_bodies(store: &Arc<Store>, peer: &Peer) -> BodyRepairs {
 enum Fetched {
     Copy(Vec<u8>),
     NotThere,
-    Bad(String),
-    Unreachable(String),
+    Bad(BadCopy),
+    Unreachable(PeerError),
+}
+
+/// Why the peer's answer for one body cannot mend it.
+#[derive(Debug, thiserror::Error)]
+enum BadCopy {
+    #[error("the peer's copy hashes to {0}")]
+    Mismatch(Digest),
+    /// It answered with an error status: this body cannot be had, the next one may.
+    #[error(transparent)]
+    Refused(PeerError),
 }
 
 /// Asks the peer for one body and checks what comes back against the digest.
 async fn fetch(peer: &Peer, digest: &Digest) -> Fetched {
-    let path = format!("{BODY_PATH}{digest}");
-    match peer.client.get(&path).await {
-        Ok((status, bytes)) if status.as_u16() == 200 => {
+    match peer.client.body(digest).await {
+        Ok(Some(bytes)) => {
             let actual = Digest::of(&bytes);
             if actual == *digest {
                 Fetched::Copy(bytes.to_vec())
             } else {
-                Fetched::Bad(format!("the peer's copy hashes to {actual}"))
+                Fetched::Bad(BadCopy::Mismatch(actual))
             }
         }
-        Ok((status, _)) if status.as_u16() == 404 => Fetched::NotThere,
-        Ok((status, body)) => Fetched::Bad(
-            crate::net::client::ClientError::from_status(&peer.client.url(&path), status, &body)
-                .to_string(),
-        ),
-        Err(e) => Fetched::Unreachable(e.to_string()),
+        Ok(None) => Fetched::NotThere,
+        Err(e) if e.answered() => Fetched::Bad(BadCopy::Refused(e)),
+        Err(e) => Fetched::Unreachable(e),
     }
 }

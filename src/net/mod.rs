@@ -10,6 +10,8 @@
 //! - [`client`]: a small async HTTP/1.1 client (timeouts, a response cap, a bearer token,
 //!   https) and a blocking wrapper; [`tls`]: rustls configured from PEM files, for the
 //!   listener and the client; [`remote`]: the mail API as typed calls, for the CLI's `--url`.
+//! - [`peer_client`]: the peer API as typed calls with a typed error, for the daemon and
+//!   `merkmail sync`; [`routes`]: the peer API's paths, content types and header, named once.
 //!
 //! docs/HTTP.md describes every route.
 
@@ -18,9 +20,11 @@ mod error;
 pub mod json;
 mod mail;
 pub mod peer;
+pub mod peer_client;
 pub mod remote;
 mod request;
 mod router;
+pub mod routes;
 pub mod server;
 pub mod sync;
 pub mod tls;

@@ -15,6 +15,7 @@
 
 use super::client::ClientConfig;
 use super::error::{reply, ApiError, Reply};
+use super::routes::{self, BODY_PREFIX, NODE_HEADER, SYNC_CONTENT_TYPE};
 use super::server::ServerState;
 use super::sync::sync_with_peer_using;
 use crate::sync::wire::{decode_request, encode};
@@ -22,14 +23,18 @@ use bytes::Bytes;
 use hyper::{HeaderMap, Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
-/// The header a daemon's session rounds carry: the initiating node's id.
-pub const NODE_HEADER: &str = "x-merkmail-node";
-
 /// `GET /v1/sync/hello`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Hello {
     pub node: String,
     pub version: String,
+}
+
+/// What `POST /v1/journal` answers: the last seq now stored here.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JournalAck {
+    pub node: String,
+    pub acked: u64,
 }
 
 fn node_header(headers: &HeaderMap) -> Option<String> {
@@ -63,9 +68,6 @@ async fn journal(state: &ServerState, body: Bytes) -> Result<Reply, ApiError> {
     }
 }
 
-/// Where a peer fetches one body by its digest (64 hex digits follow).
-pub const BODY_PATH: &str = "/v1/sync/body/";
-
 /// `GET /v1/sync/body/{digest}`: the body's bytes if held here and sound, else 404.
 async fn body_by_digest(
     state: &ServerState,
@@ -75,7 +77,7 @@ async fn body_by_digest(
     if method != Method::GET {
         return Err(ApiError::method_not_allowed("GET"));
     }
-    let hex = path.get(BODY_PATH.len()..).unwrap_or_default();
+    let hex = path.get(BODY_PREFIX.len()..).unwrap_or_default();
     let digest: crate::model::Digest = hex
         .parse()
         .map_err(|e: String| ApiError::bad_request(format!("{path}: {e}")))?;
@@ -91,9 +93,6 @@ async fn body_by_digest(
         ))),
     }
 }
-
-/// The content type of session rounds.
-pub const SYNC_CONTENT_TYPE: &str = "application/x-merkmail-sync";
 
 /// What `POST /v1/sync/start` takes.
 #[derive(Debug, Deserialize)]
@@ -117,7 +116,7 @@ pub async fn handle(
     body: Bytes,
 ) -> Result<Reply, ApiError> {
     match path {
-        "/v1/sync/hello" => {
+        routes::HELLO => {
             if method != Method::GET {
                 return Err(ApiError::method_not_allowed("GET"));
             }
@@ -133,7 +132,7 @@ pub async fn handle(
                 },
             ))
         }
-        "/v1/journal/position" => {
+        routes::JOURNAL_POSITION => {
             if method != Method::GET {
                 return Err(ApiError::method_not_allowed("GET"));
             }
@@ -151,13 +150,13 @@ pub async fn handle(
             };
             Ok(reply::json(StatusCode::OK, &position.unwrap_or_default()))
         }
-        "/v1/journal" => {
+        routes::JOURNAL => {
             if method != Method::POST {
                 return Err(ApiError::method_not_allowed("POST"));
             }
             journal(state, body).await
         }
-        "/v1/sync/round" => {
+        routes::ROUND => {
             if method != Method::POST {
                 return Err(ApiError::method_not_allowed("POST"));
             }
@@ -181,7 +180,7 @@ pub async fn handle(
                 encode(&answer),
             ))
         }
-        "/v1/sync/start" => {
+        routes::START => {
             if method != Method::POST {
                 return Err(ApiError::method_not_allowed("POST"));
             }
@@ -213,7 +212,7 @@ pub async fn handle(
             .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
             Ok(reply::json(StatusCode::OK, &report))
         }
-        _ if path.starts_with(BODY_PATH) => body_by_digest(state, method, path).await,
+        _ if path.starts_with(BODY_PREFIX) => body_by_digest(state, method, path).await,
         _ => Err(ApiError::not_found(format!("no route {path}"))),
     }
 }

@@ -4,7 +4,7 @@
 use super::error::{reply, ApiError, Reply};
 use super::request::read_body;
 use super::server::{counts_view, AdminAuth, ServerState};
-use super::{mail, peer};
+use super::{mail, peer, routes};
 use crate::status;
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -53,8 +53,8 @@ async fn route(state: &ServerState, req: Request<Incoming>) -> Result<Reply, Api
     // Auth before anything else under /v1/, so a caller without the token learns nothing,
     // not even which routes exist. Peers present the peer token on the peer API; the mail
     // API and `/v1/sync/start` (an operator's action) want the admin token.
-    let journal = path == "/v1/journal" || path == "/v1/journal/position";
-    let peer_route = path.starts_with("/v1/sync/") && path != "/v1/sync/start" || journal;
+    let journal = routes::is_journal(path);
+    let peer_route = path.starts_with("/v1/sync/") && path != routes::START || journal;
     let token = if peer_route {
         state.token()
     } else {

@@ -2,7 +2,8 @@
 //! `/v1/sync/round`, and the calls behind `merkmail sync`.
 
 use super::client::{expect_success, BlockingClient, ClientConfig, ClientError};
-use super::peer::SYNC_CONTENT_TYPE;
+use super::peer_client::{PeerClient, PeerError};
+use super::routes;
 use crate::store::Store;
 use crate::sync::{run, DriveError, SyncReport};
 use serde::Serialize;
@@ -14,7 +15,7 @@ pub fn sync_with_peer(
     url: &str,
     token: Option<&str>,
     dry_run: bool,
-) -> Result<SyncReport, DriveError> {
+) -> Result<SyncReport, DriveError<PeerError>> {
     sync_with_peer_using(store, url, token, dry_run, ClientConfig::default())
 }
 
@@ -26,24 +27,26 @@ pub fn sync_with_peer_using(
     token: Option<&str>,
     dry_run: bool,
     config: ClientConfig,
-) -> Result<SyncReport, DriveError> {
-    let client = BlockingClient::new(url, token, config)
-        .map_err(|e| DriveError::Transport(e.to_string()))?;
-    let send = |bytes: Vec<u8>| -> Result<Vec<u8>, ClientError> {
-        let answer = client.post("/v1/sync/round", SYNC_CONTENT_TYPE, bytes)?;
-        Ok(expect_success(&client.client().url("/v1/sync/round"), answer)?.to_vec())
-    };
-    sync_over(store, dry_run, send)
+) -> Result<SyncReport, DriveError<PeerError>> {
+    let setup = |e: ClientError| DriveError::Transport(PeerError::Setup(e));
+    // The session is synchronous; each round runs on a private current-thread runtime.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| setup(ClientError::Runtime(e)))?;
+    let peer = PeerClient::new(url, token, None, config).map_err(setup)?;
+    sync_over(store, dry_run, |bytes| runtime.block_on(peer.round(bytes)))
 }
 
 /// Reconciles `store` with a peer reached through `send` (one round's bytes out, its answer
 /// back): one session with a random hash window, and a second one with another window if the
-/// first ends unequal.
-pub fn sync_over<E: std::fmt::Display>(
+/// first ends unequal. A transport failure comes back as `DriveError::Transport` holding
+/// `send`'s own error.
+pub fn sync_over<E>(
     store: &Store,
     dry_run: bool,
     mut send: impl FnMut(Vec<u8>) -> Result<Vec<u8>, E>,
-) -> Result<SyncReport, DriveError> {
+) -> Result<SyncReport, DriveError<E>> {
     let window = rand::random::<u8>() % 32;
     let first = run(store, window, dry_run, &mut send)?;
     if first.equal_after || dry_run {
@@ -81,11 +84,11 @@ pub fn start_remote(
         dry_run,
     })
     .unwrap_or_default();
-    let answer = client.post("/v1/sync/start", "application/json", body)?;
-    let body = expect_success(&client.client().url("/v1/sync/start"), answer)?;
+    let answer = client.post(routes::START, "application/json", body)?;
+    let body = expect_success(&client.client().url(routes::START), answer)?;
     serde_json::from_slice(&body).map_err(|e| {
         ClientError::from_status(
-            &client.client().url("/v1/sync/start"),
+            &client.client().url(routes::START),
             hyper::StatusCode::BAD_GATEWAY,
             format!("unreadable report: {e}").as_bytes(),
         )

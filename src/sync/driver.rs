@@ -13,26 +13,28 @@ use thiserror::Error;
 /// it is cut off.
 pub const MAX_ROUNDS: u64 = 64;
 
+/// Why a session did not finish. `E` is the transport's own error, kept as it is so the
+/// caller can tell an unreachable peer from, say, a refusal (sync knows no transport).
 #[derive(Debug, Error)]
-pub enum DriveError {
+pub enum DriveError<E> {
     #[error(transparent)]
     Session(#[from] SessionError),
     #[error("the peer's answer could not be read: {0}")]
     Decode(#[from] super::wire::WireError),
     #[error("transport: {0}")]
-    Transport(String),
+    Transport(E),
     #[error("the session did not finish within {MAX_ROUNDS} rounds")]
     TooManyRounds,
 }
 
 /// Reconciles `local` with a peer reached through `send`. `window` picks which 4 bytes of
 /// each hash are compared (choose it at random per session).
-pub fn run<E: std::fmt::Display>(
+pub fn run<E>(
     local: &Store,
     window: u8,
     dry_run: bool,
     mut send: impl FnMut(Vec<u8>) -> Result<Vec<u8>, E>,
-) -> Result<SyncReport, DriveError> {
+) -> Result<SyncReport, DriveError<E>> {
     let started = Instant::now();
     let mut session = Session::new(local, window, dry_run)?;
     let mut rounds = 0u64;
@@ -55,7 +57,7 @@ pub fn run<E: std::fmt::Display>(
         let body_out: u64 = round.requests.iter().map(Request::body_len).sum();
         let bytes = encode(&round);
         sent += (bytes.len() as u64).saturating_sub(body_out);
-        let answer = send(bytes).map_err(|e| DriveError::Transport(e.to_string()))?;
+        let answer = send(bytes).map_err(DriveError::Transport)?;
         let reply = decode_reply(&answer)?;
         let body_in: u64 = reply.replies.iter().map(Reply::body_len).sum();
         received += (answer.len() as u64).saturating_sub(body_in);
