@@ -84,6 +84,13 @@ impl Peer {
         ok && was_down
     }
 
+    /// The peer's root equalled this node's at a moment after `at_ms`: its tombstone horizon
+    /// moves there (never back).
+    pub fn saw_equal_roots(&self, at_ms: u64) {
+        let mut h = lock(&self.tombstone_horizon);
+        *h = Some(h.map_or(at_ms, |h| h.max(at_ms)));
+    }
+
     /// Keeps a finished run for /status and adds it to the lifetime sums.
     pub fn record(&self, run: RunView) {
         {
@@ -400,6 +407,12 @@ impl Hooks for Node {
             overflowed: j.overflowed,
             inbound_pending,
         })
+    }
+
+    fn roots_equal(&self, from: &str, at_ms: u64) {
+        if let Some(peer) = self.peer_by_node(from) {
+            peer.saw_equal_roots(at_ms);
+        }
     }
 
     fn session_round(&self, from: &str) -> Result<(), String> {
