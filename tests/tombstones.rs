@@ -103,21 +103,6 @@ fn an_expunge_made_while_a_peer_is_away_holds_when_it_returns_after_the_retentio
     assert!(!live(&a, &md5), "b brought the expunged message back to a");
     // b has the expunge now: both nodes forget their tombstones, and nothing is held back.
     poll("the tombstones go once both have them", CONVERGE, || {
-        eprintln!(
-            "{:?}",
-            (
-                tombstones(&a),
-                tombstones(&b),
-                held_back(&a, &b),
-                held_back(&b, &a),
-                b.status().peers[0]
-                    .runs
-                    .iter()
-                    .take(3)
-                    .map(|r| (r.at_ms, r.outcome, r.error.clone()))
-                    .collect::<Vec<_>>()
-            )
-        );
         tombstones(&a) == 0 && tombstones(&b) == 0
     });
     poll("nothing held back", CONVERGE, || {
