@@ -176,9 +176,19 @@ pub async fn handle(
                 }
                 _ => ApiError::bad_request(e.to_string()),
             })?;
+            let at_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
             let answer = state
                 .with_store(move |store| crate::sync::responder::answer(store, &round))
                 .await?;
+            let equal = answer
+                .replies
+                .iter()
+                .any(|r| matches!(r, crate::sync::wire::Reply::Root { equal: true, .. }));
+            if let (true, Some(hooks), Some(from)) = (equal, &state.hooks, node_header(headers)) {
+                hooks.roots_equal(&from, at_ms);
+            }
             Ok(reply::bytes(
                 StatusCode::OK,
                 SYNC_CONTENT_TYPE,

@@ -682,7 +682,7 @@ mod tests {
     #[test]
     fn a_merged_mailbox_is_not_dropped_before_its_mail_has_moved() {
         use crate::merkle::{NodeHash, NodeKey};
-        use crate::store::{Change, ChangeGroup};
+        use crate::model::{Change, ChangeGroup};
         let store = Store::in_memory("n").expect("store");
         let lists = store.create_mailbox("u", "Lists").expect("create");
         let trips = store.create_mailbox("u", "Trips").expect("create");

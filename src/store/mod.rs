@@ -28,7 +28,7 @@ pub use ops::{
     inbox_uidvalidity, AppendOutcome, Counters, MailboxInfo, MessageInfo, NewMessage,
     PreparedMailbox,
 };
-pub use purge::Purged;
+pub use purge::{AgedTombstone, Purged, TombstoneKey};
 pub use verify::{BodyProgress, BodyReport, BodyUse, DamagedBody, VerifyReport};
 
 use crate::merkle::{NodeKey, NodeValue};
