@@ -118,3 +118,24 @@ fn an_in_memory_store_shows_no_file_size() {
     let json = serde_json::to_value(StatsView::of(&store).expect("stats")).expect("json");
     assert!(json.get("file_bytes").is_none());
 }
+
+/// The same count in file sizes: a body table written twice (a staging copy) would leave the
+/// replica's file about twice the source's.
+#[test]
+fn a_replica_file_is_about_the_size_of_its_source() {
+    let dirs = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let a = Store::init(dirs.0.path(), "a").expect("init");
+    a.append("u", "INBOX", mail(300)).expect("append");
+    let b = Store::init(dirs.1.path(), "b").expect("init");
+    let report = run(&b, 7, false, in_process(&a)).expect("session");
+    assert!(report.equal_after);
+    let size = |s: &Store| s.file_size().expect("size").expect("a file");
+    let (source, replica) = (size(&a), size(&b));
+    assert!(
+        replica * 10 <= source * 13,
+        "replica {replica} bytes, source {source} bytes"
+    );
+}

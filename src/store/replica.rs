@@ -79,9 +79,10 @@ pub struct ChangeGroup {
     pub changes: Vec<Change>,
 }
 
-/// What a STAGED value says: since format 2's first release a mark is only the time it was
-/// staged (8 bytes) and the body sits in BODIES with one reference held by the mark; a store
-/// written by an older merkmail may still hold marks with the bytes after the time.
+/// What a STAGED value says: a mark is the time it was staged (8 bytes), and its body sits in
+/// BODIES with one reference held by the mark; a store written by an earlier merkmail may
+/// still hold marks with the bytes after the time (and no reference), which are read too, so
+/// the store format stays 2.
 pub(super) enum StagedMark {
     Held,
     Inline(Vec<u8>),
