@@ -367,7 +367,7 @@ impl Store {
                     .get(..8)
                     .and_then(|b| <[u8; 8]>::try_from(b).ok())
                     .map(u64::from_be_bytes);
-                if !at.is_some_and(|at| at + KEEP_MS > now) {
+                if at.is_none_or(|at| at + KEEP_MS <= now) {
                     let held = matches!(StagedMark::decode(v.value()), StagedMark::Held);
                     expired.push((k.value().to_vec(), held));
                 }
