@@ -9,122 +9,29 @@
 
 mod common;
 
-use common::{run, ChildGuard, Run};
+use common::node::{poll, Node, Setup, HOURLY_CHECKS};
+use common::run;
 use merkmail::model::{Digest, Md5};
 use merkmail::status::StatusView;
 use merkmail::store::{JournalBatch, NewMessage, Store};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 const PEER_TOKEN: &str = "peer-secret";
 const ADMIN_TOKEN: &str = "admin-secret";
 const WITHIN: Duration = Duration::from_secs(30);
+/// `verify` flags: the records and the tree only, or the bodies too.
+const QUIET: &[&str] = &["--quiet"];
+const BODIES: &[&str] = &["--quiet", "--bodies"];
 
 /// One `merkmail serve` with a config file naming its peers (an hour between checks, so the
 /// checks seen here are the ones at start).
-struct Node {
-    name: String,
-    port: u16,
-    dir: PathBuf,
-    config: PathBuf,
-    proc: Option<ChildGuard>,
-}
-
-impl Node {
-    fn new(root: &Path, name: &str, port: u16, peers: &[u16]) -> Node {
-        let dir = root.join(name);
-        let config = root.join(format!("{name}.toml"));
-        let mut text = format!(
-            "node_id = \"{name}\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n\
-             peer_token = \"{PEER_TOKEN}\"\nadmin_token = \"{ADMIN_TOKEN}\"\n\
-             check_interval_s = 3600\nbackoff_max_s = 1\n",
-            dir.display()
-        );
-        for p in peers {
-            text.push_str(&format!("[[peer]]\nurl = \"http://127.0.0.1:{p}\"\n"));
-        }
-        std::fs::write(&config, text).expect("write config");
-        Node {
-            name: name.to_string(),
-            port,
-            dir,
-            config,
-            proc: None,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn data(&self) -> String {
-        self.dir.display().to_string()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
-    }
-
-    /// Starts `serve --config` and waits (bounded) for its `listening on` line.
-    fn start(&mut self) {
-        let log = self.dir.with_extension("log");
-        self.proc = Some(common::start_serve(
-            &self.name,
-            &self.config,
-            &log,
-            "info",
-            WITHIN,
-        ));
-    }
-
-    /// SIGTERM; the node must exit 0 (a clean close: redb then checks nothing at the next
-    /// open, so flipped bytes stay unnoticed until something re-hashes them).
-    fn stop(&mut self) {
-        let mut proc = self.proc.take().expect("running");
-        common::stop_serve(&self.name, &mut proc, WITHIN);
-    }
-
-    fn cli(&self, sub: &[&str], rest: &[&str]) -> Run {
-        let url = self.url();
-        let mut args: Vec<&str> = sub.to_vec();
-        args.extend(["--url", &url, "--token", ADMIN_TOKEN]);
-        args.extend_from_slice(rest);
-        run(&args, None)
-    }
-
-    #[track_caller]
-    fn root(&self) -> String {
-        self.cli(&["root"], &[])
-            .ok()
-            .stdout_str()
-            .trim()
-            .to_string()
-    }
-
-    #[track_caller]
-    fn status(&self) -> StatusView {
-        let out = run(&["status", "--url", &self.url(), "--json"], None).ok();
-        serde_json::from_slice(&out.stdout).expect("status JSON")
-    }
-
-    /// `merkmail verify --data DIR [--bodies]` on the stopped node.
-    fn verify(&self, bodies: bool) -> Run {
-        let data = self.data();
-        let mut args = vec!["verify", "--data", &data, "--quiet"];
-        if bodies {
-            args.push("--bodies");
-        }
-        run(&args, None)
-    }
-}
-
-#[track_caller]
-fn poll(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WITHIN;
-    while !ok() {
-        assert!(Instant::now() < deadline, "{what}: not within {WITHIN:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn node(root: &Path, name: &str, port: u16, peers: &[u16]) -> Node {
+    let setup = Setup {
+        config: HOURLY_CHECKS,
+        ..Setup::http(PEER_TOKEN, ADMIN_TOKEN)
+    };
+    Node::new(root, name, port, peers, &setup, "")
 }
 
 /// A message with a marker found nowhere else, so its bytes can be found in the redb file.
@@ -160,10 +67,10 @@ fn rot(dir: &Path, marker: &str) -> usize {
 /// Two nodes that replicate to each other, A holding `messages` in alice's INBOX, in sync.
 fn pair(root: &Path, messages: &[&[u8]]) -> (Node, Node) {
     let (pa, pb) = (common::free_port(), common::free_port());
-    let mut a = Node::new(root, "a", pa, &[pb]);
-    let mut b = Node::new(root, "b", pb, &[pa]);
+    let mut a = node(root, "a", pa, &[pb]);
+    let mut b = node(root, "b", pb, &[pa]);
     for n in [&a, &b] {
-        run(&["init", "--data", &n.data(), "--node-id", &n.name], None).ok();
+        n.init();
     }
     a.start();
     b.start();
@@ -176,7 +83,7 @@ fn pair(root: &Path, messages: &[&[u8]]) -> (Node, Node) {
         )
         .ok();
     }
-    poll("the pair converges", || {
+    poll("the pair converges", WITHIN, || {
         let ra = a.root();
         ra == b.root() && a.status().counts.messages == messages.len() as u64
     });
@@ -199,14 +106,14 @@ fn a_body_that_rotted_on_disk_is_found_by_verify_and_repaired_from_a_peer() {
 
     assert!(rot(&b.dir, &marker) >= 1, "the marker is not in b's file");
     // The records and the tree hold no body bytes: plain verify passes as before.
-    let plain = b.verify(false).ok();
+    let plain = b.verify(QUIET).ok();
     assert!(
         plain.stdout_str().starts_with("ok:"),
         "{}",
         plain.stdout_str()
     );
     // verify --bodies names the body and the message that uses it, and fails.
-    let found = b.verify(true);
+    let found = b.verify(BODIES);
     assert_eq!(found.code, Some(1), "{found:?}");
     let out = found.stdout_str();
     let digest = Digest::of(&good).to_hex();
@@ -222,7 +129,7 @@ fn a_body_that_rotted_on_disk_is_found_by_verify_and_repaired_from_a_peer() {
 
     // B's checker asks A for a good copy at start.
     b.start();
-    poll("b repairs the body from a", || {
+    poll("b repairs the body from a", WITHIN, || {
         bodies_repaired(&b.status()) == 1
     });
     assert!(
@@ -236,8 +143,8 @@ fn a_body_that_rotted_on_disk_is_found_by_verify_and_repaired_from_a_peer() {
     assert_eq!(b.root(), root);
     assert_eq!(a.root(), root);
     b.stop();
-    b.verify(true).ok();
-    assert!(b.verify(true).stdout_str().contains("2 bodies"));
+    b.verify(BODIES).ok();
+    assert!(b.verify(BODIES).stdout_str().contains("2 bodies"));
     a.stop();
 }
 
@@ -253,15 +160,19 @@ fn a_body_no_peer_holds_a_good_copy_of_is_reported_and_left_alone() {
     // The same rot on both: neither holds a sound copy.
     for n in [&a, &b] {
         assert!(rot(&n.dir, &marker) >= 1);
-        assert_eq!(n.verify(true).code, Some(1));
+        assert_eq!(n.verify(BODIES).code, Some(1));
     }
-    let report_before = b.verify(true).stdout_str();
+    let report_before = b.verify(BODIES).stdout_str();
     a.start();
     b.start();
-    poll("b asks a for the body and hears it has none", || {
-        b.log()
-            .contains("damaged bodies the peer holds no sound copy of")
-    });
+    poll(
+        "b asks a for the body and hears it has none",
+        WITHIN,
+        || {
+            b.log()
+                .contains("damaged bodies the peer holds no sound copy of")
+        },
+    );
     assert_eq!(bodies_repaired(&b.status()), 0);
     assert_eq!(b.root(), root);
     b.cli(&["fetch"], &["alice", "INBOX", "1"])
@@ -269,7 +180,7 @@ fn a_body_no_peer_holds_a_good_copy_of_is_reported_and_left_alone() {
     a.stop();
     b.stop();
     // Still damaged, still reported the same way; the records are as they were.
-    let after = b.verify(true);
+    let after = b.verify(BODIES);
     assert_eq!(after.code, Some(1));
     assert_eq!(after.stdout_str(), report_before);
 }
@@ -285,8 +196,8 @@ fn rand_u64() -> u64 {
 #[test]
 fn the_mail_api_refuses_an_append_whose_stated_md5_or_digest_differs() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mut a = Node::new(tmp.path(), "a", common::free_port(), &[]);
-    run(&["init", "--data", &a.data(), "--node-id", "a"], None).ok();
+    let mut a = node(tmp.path(), "a", common::free_port(), &[]);
+    a.init();
     a.start();
     let client = merkmail::net::client::BlockingClient::new(
         &a.url(),
@@ -416,8 +327,8 @@ fn a_journal_entry_whose_record_disagrees_with_its_body_is_not_applied() {
 fn rot_that_redb_finds_while_recovering_after_a_crash_is_one_clear_error() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let marker = format!("ROT{:016x}", rand_u64());
-    let mut a = Node::new(tmp.path(), "a", common::free_port(), &[]);
-    run(&["init", "--data", &a.data(), "--node-id", "a"], None).ok();
+    let mut a = node(tmp.path(), "a", common::free_port(), &[]);
+    a.init();
     a.start();
     let first = tmp.path().join("first.eml");
     std::fs::write(&first, marked_message(&marker)).expect("write");
@@ -433,9 +344,8 @@ fn rot_that_redb_finds_while_recovering_after_a_crash_is_one_clear_error() {
         a.cli(&["append"], &["alice", "INBOX", &f.display().to_string()])
             .ok();
     }
-    let status = a.proc.take().expect("running").kill();
-    assert!(common::killed_by_signal(&status));
+    a.kill();
     assert!(rot(&a.dir, &marker) >= 1);
-    a.verify(false)
+    a.verify(QUIET)
         .error(&["the store is damaged", "damaged pages", "merkmail.redb"]);
 }

@@ -8,194 +8,30 @@
 
 mod common;
 
-use common::{killed_by_signal, run, scratch_dir, ChildGuard, Run};
+use common::node::{message_file, poll, Node, Setup, HOURLY_CHECKS};
+use common::{run, scratch_dir};
 use merkmail::status::{Mode, Outcome, StatusView, Trigger};
-use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const PEER_TOKEN: &str = "peer-secret";
 const ADMIN_TOKEN: &str = "admin-secret";
 /// How long a cluster gets to converge (it usually takes well under a second).
 const CONVERGE: Duration = Duration::from_secs(30);
-const START: Duration = Duration::from_secs(20);
 
-struct Node {
-    name: String,
-    port: u16,
-    dir: PathBuf,
-    config: PathBuf,
-    proc: Option<ChildGuard>,
+/// A node of these tests: an hour between checks, `extra` config lines of its own.
+fn node(root: &Path, name: &str, port: u16, peers: &[u16], extra: &str) -> Node {
+    let setup = Setup {
+        config: HOURLY_CHECKS,
+        ..Setup::http(PEER_TOKEN, ADMIN_TOKEN)
+    };
+    Node::new(root, name, port, peers, &setup, extra)
 }
 
-impl Node {
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Writes the node's config file: its peers, tokens, an hour between checks.
-    fn new(root: &Path, name: &str, port: u16, peers: &[u16], extra: &str) -> Node {
-        let dir = root.join(name);
-        let config = root.join(format!("{name}.toml"));
-        let mut text = format!(
-            "node_id = \"{name}\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n\
-             peer_token = \"{PEER_TOKEN}\"\nadmin_token = \"{ADMIN_TOKEN}\"\n\
-             check_interval_s = 3600\nbackoff_max_s = 1\n{extra}\n",
-            dir.display()
-        );
-        for p in peers {
-            text.push_str(&format!("[[peer]]\nurl = \"http://127.0.0.1:{p}\"\n"));
-        }
-        std::fs::write(&config, text).expect("write config");
-        Node {
-            name: name.to_string(),
-            port,
-            dir,
-            config,
-            proc: None,
-        }
-    }
-
-    /// Starts the node on another port with no peers: cut off from the cluster, as in a
-    /// network split (nobody knows where it listens). Returns its URL.
-    fn start_isolated(&mut self) -> String {
-        let port = common::free_port();
-        let config = self.dir.with_extension("isolated.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "node_id = \"{}\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n\
-                 admin_token = \"{ADMIN_TOKEN}\"\npeer_token = \"{PEER_TOKEN}\"\n",
-                self.name,
-                self.dir.display()
-            ),
-        )
-        .expect("write config");
-        let normal = std::mem::replace(&mut self.config, config);
-        let normal_port = std::mem::replace(&mut self.port, port);
-        self.start();
-        let url = self.url();
-        self.config = normal;
-        self.port = normal_port;
-        url
-    }
-
-    /// Starts `serve --config` and waits (bounded) for its `listening on` line.
-    fn start(&mut self) {
-        let log = self.dir.with_extension("log");
-        self.proc = Some(common::start_serve(
-            &self.name,
-            &self.config,
-            &log,
-            "info",
-            START,
-        ));
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
-    }
-
-    fn kill(&mut self) {
-        let status = self.proc.take().expect("running").kill();
-        assert!(killed_by_signal(&status), "{}: {status:?}", self.name);
-    }
-
-    /// SIGTERM; the node must exit 0 within the bound.
-    fn stop(&mut self) {
-        let mut proc = self.proc.take().expect("running");
-        common::stop_serve(&self.name, &mut proc, Duration::from_secs(20));
-    }
-
-    fn cli(&self, sub: &[&str], rest: &[&str]) -> Run {
-        let url = self.url();
-        let mut args: Vec<&str> = sub.to_vec();
-        args.extend(["--url", &url, "--token", ADMIN_TOKEN]);
-        args.extend_from_slice(rest);
-        run(&args, None)
-    }
-
-    #[track_caller]
-    fn append(&self, user: &str, mailbox: &str, file: &Path) -> u32 {
-        let out = self
-            .cli(&["append"], &[user, mailbox, &file.display().to_string()])
-            .ok();
-        common::parse_uids(&out)[0]
-    }
-
-    #[track_caller]
-    fn root(&self) -> String {
-        self.cli(&["root"], &[])
-            .ok()
-            .stdout_str()
-            .trim()
-            .to_string()
-    }
-
-    #[track_caller]
-    fn list(&self, user: &str) -> Value {
-        self.cli(&["list"], &[user, "--json"]).ok().json()
-    }
-
-    #[track_caller]
-    fn status(&self) -> StatusView {
-        let out = run(&["status", "--url", &self.url(), "--json"], None).ok();
-        serde_json::from_slice(&out.stdout).expect("status JSON")
-    }
-
-    fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
-        let client = merkmail::net::client::BlockingClient::new(
-            &self.url(),
-            token,
-            merkmail::net::client::ClientConfig::default(),
-        )
-        .expect("client");
-        let (status, body) = client.get(path).expect("GET");
-        (status.as_u16(), String::from_utf8_lossy(&body).into_owned())
-    }
-}
-
-/// Polls until every node has the same root (and that root is not the empty store's), or
-/// fails with each node's status.
+/// Polls until every node has the same root, and returns it.
 #[track_caller]
 fn converge(nodes: &[&Node], within: Duration) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        let roots: Vec<String> = nodes.iter().map(|n| n.root()).collect();
-        if roots.windows(2).all(|w| w[0] == w[1]) {
-            return roots[0].clone();
-        }
-        if Instant::now() > deadline {
-            let states: Vec<String> = nodes
-                .iter()
-                .map(|n| format!("{}: {:?}\n{}", n.name, n.status(), n.log()))
-                .collect();
-            panic!(
-                "no convergence within {within:?}: {roots:?}\n{}",
-                states.join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-#[track_caller]
-fn poll(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !ok() {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn message(dir: &Path, name: &str) -> PathBuf {
-    let path = dir.join(format!("{name}.eml"));
-    std::fs::write(
-        &path,
-        format!("From: a@example.org\r\nSubject: {name}\r\n\r\nbody of {name}\r\n"),
-    )
-    .expect("write message");
-    path
+    common::node::converge(nodes, within, "the cluster")
 }
 
 fn peer<'a>(v: &'a StatusView, url: &str) -> &'a merkmail::status::PeerView {
@@ -214,17 +50,17 @@ fn three_nodes_replicate_and_a_killed_node_catches_up_at_start() {
         common::free_port(),
         common::free_port(),
     ];
-    let mut a = Node::new(root, "a", ports[0], &[ports[1], ports[2]], "");
-    let mut b = Node::new(root, "b", ports[1], &[ports[0], ports[2]], "");
-    let mut c = Node::new(root, "c", ports[2], &[ports[0], ports[1]], "");
+    let mut a = node(root, "a", ports[0], &[ports[1], ports[2]], "");
+    let mut b = node(root, "b", ports[1], &[ports[0], ports[2]], "");
+    let mut c = node(root, "c", ports[2], &[ports[0], ports[1]], "");
     for n in [&mut a, &mut b, &mut c] {
         n.start();
     }
     // Writes on every node reach the others through the journal (the check interval is an
     // hour: only the start-up checks and the journal can move mail).
-    let m1 = a.append("alice", "INBOX", &message(root, "m1"));
+    let m1 = a.append("alice", "INBOX", &message_file(root, "m1"));
     b.cli(&["mailbox", "create"], &["alice", "Work"]).ok();
-    c.append("bob", "INBOX", &message(root, "m2"));
+    c.append("bob", "INBOX", &message_file(root, "m2"));
     converge(&[&a, &b, &c], CONVERGE);
     b.cli(
         &["flags"],
@@ -243,8 +79,8 @@ fn three_nodes_replicate_and_a_killed_node_catches_up_at_start() {
 
     // C dies hard; A and B keep taking writes, some of them on the same messages.
     c.kill();
-    let m3 = a.append("alice", "INBOX", &message(root, "m3"));
-    b.append("alice", "Work", &message(root, "m4"));
+    let m3 = a.append("alice", "INBOX", &message_file(root, "m3"));
+    b.append("alice", "Work", &message_file(root, "m4"));
     a.cli(
         &["flags"],
         &["alice", "INBOX", &m1.to_string(), "--remove", "\\Seen"],
@@ -271,8 +107,8 @@ fn three_nodes_replicate_and_a_killed_node_catches_up_at_start() {
     // (C missed m3, so its first new message lands on m3's UID, over A's tombstone, and its
     // second on the UID A gives its own new message.)
     let isolated = c.start_isolated();
-    let filler = message(root, "written-on-c-over-a-tombstone");
-    let clash_file = message(root, "written-on-c-during-the-split");
+    let filler = message_file(root, "written-on-c-over-a-tombstone");
+    let clash_file = message_file(root, "written-on-c-during-the-split");
     let out = run(
         &[
             "append",
@@ -292,7 +128,7 @@ fn three_nodes_replicate_and_a_killed_node_catches_up_at_start() {
     let a_uid = a.append(
         "alice",
         "INBOX",
-        &message(root, "written-on-a-during-the-split"),
+        &message_file(root, "written-on-a-during-the-split"),
     );
     assert_eq!(a_uid, c_uid, "the same UID on both sides of the split");
     converge(&[&a, &b], CONVERGE);
@@ -355,15 +191,15 @@ fn an_overflowing_journal_falls_back_to_merkle_and_converges() {
     let tmp = scratch_dir();
     let root = tmp.path();
     let ports = [common::free_port(), common::free_port()];
-    let mut a = Node::new(root, "a", ports[0], &[ports[1]], "journal_bound = 5");
-    let mut b = Node::new(root, "b", ports[1], &[ports[0]], "journal_bound = 5");
+    let mut a = node(root, "a", ports[0], &[ports[1]], "journal_bound = 5");
+    let mut b = node(root, "b", ports[1], &[ports[0]], "journal_bound = 5");
     a.start();
     b.start();
-    a.append("alice", "INBOX", &message(root, "first"));
+    a.append("alice", "INBOX", &message_file(root, "first"));
     converge(&[&a, &b], CONVERGE);
     b.kill();
     for i in 0..20 {
-        a.append("alice", "INBOX", &message(root, &format!("m{i}")));
+        a.append("alice", "INBOX", &message_file(root, &format!("m{i}")));
     }
     let s = a.status();
     let p = peer(&s, &b.url());
@@ -388,12 +224,12 @@ fn sync_mode_waits_for_a_peer_or_falls_back_after_the_timeout() {
     let root = tmp.path();
     let ports = [common::free_port(), common::free_port()];
     let sync = "mode = \"sync\"\nsync_timeout_ms = 800";
-    let mut a = Node::new(root, "a", ports[0], &[ports[1]], sync);
-    let mut b = Node::new(root, "b", ports[1], &[ports[0]], "");
+    let mut a = node(root, "a", ports[0], &[ports[1]], sync);
+    let mut b = node(root, "b", ports[1], &[ports[0]], "");
     a.start();
     // Every peer down: the write returns after the timeout, and /status says it fell back.
     let started = Instant::now();
-    a.append("alice", "INBOX", &message(root, "alone"));
+    a.append("alice", "INBOX", &message_file(root, "alone"));
     assert!(started.elapsed() >= Duration::from_millis(800));
     let s = a.status();
     assert_eq!(s.mode, Mode::Sync);
@@ -410,7 +246,7 @@ fn sync_mode_waits_for_a_peer_or_falls_back_after_the_timeout() {
     // the entry (received, maybe not yet applied) when the append answers.
     b.start();
     converge(&[&a, &b], CONVERGE);
-    let uid = a.append("alice", "INBOX", &message(root, "together"));
+    let uid = a.append("alice", "INBOX", &message_file(root, "together"));
     let received = b.status();
     assert!(
         received.inbound_pending > 0
@@ -430,9 +266,9 @@ fn operator_routes_and_the_admin_token() {
     let tmp = scratch_dir();
     let root = tmp.path();
     let ports = [common::free_port(), common::free_port()];
-    let mut a = Node::new(root, "a", ports[0], &[ports[1]], "");
+    let mut a = node(root, "a", ports[0], &[ports[1]], "");
     a.start();
-    a.append("secret-user", "INBOX", &message(root, "hidden"));
+    a.append("secret-user", "INBOX", &message_file(root, "hidden"));
     // The mail API wants the admin token; the peer token does not open it.
     assert_eq!(a.get("/v1/mail/root", None).0, 401);
     assert_eq!(a.get("/v1/mail/root", Some(PEER_TOKEN)).0, 401);
@@ -562,11 +398,11 @@ fn sigterm_keeps_the_journal_and_the_next_start_ships_it() {
     let tmp = scratch_dir();
     let root = tmp.path();
     let ports = [common::free_port(), common::free_port()];
-    let mut a = Node::new(root, "a", ports[0], &[ports[1]], "");
-    let mut b = Node::new(root, "b", ports[1], &[ports[0]], "");
+    let mut a = node(root, "a", ports[0], &[ports[1]], "");
+    let mut b = node(root, "b", ports[1], &[ports[0]], "");
     a.start();
     for i in 0..3 {
-        a.append("alice", "INBOX", &message(root, &format!("kept{i}")));
+        a.append("alice", "INBOX", &message_file(root, &format!("kept{i}")));
     }
     let depth = peer(&a.status(), &b.url()).journal.depth;
     assert!(depth >= 3, "three writes wait for b: {depth}");

@@ -18,7 +18,8 @@
 
 mod common;
 
-use common::cluster::{self, body, finish, spawn_writer, Ledger, Node};
+use common::cluster::{self, body, finish, spawn_writer, Ledger};
+use common::node::{self, Node};
 use common::{command, run, scratch_dir, ChildGuard};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -86,20 +87,11 @@ impl Loop {
             "check_interval_s = 5\nbackoff_max_s = 1\njournal_bound = {JOURNAL_BOUND}\n\
              journal_batch = 16"
         );
-        let mut a = Node::new(root.path(), "a", pa, &[pb], &extra);
-        let mut b = Node::new(root.path(), "b", pb, &[pa], &extra);
+        let setup = cluster::setup();
+        let mut a = Node::new(root.path(), "a", pa, &[pb], &setup, &extra);
+        let mut b = Node::new(root.path(), "b", pb, &[pa], &setup, &extra);
         for n in [&a, &b] {
-            run(
-                &[
-                    "init",
-                    "--data",
-                    &n.dir.display().to_string(),
-                    "--node-id",
-                    n.name,
-                ],
-                None,
-            )
-            .ok();
+            n.init();
         }
         a.start();
         b.start();
@@ -148,7 +140,7 @@ impl Loop {
                 std::thread::sleep(Duration::from_millis(ms));
                 let _ = import.kill();
                 let node = &mut self.nodes[victim];
-                node.verify(&label);
+                node.assert_verifies(&label);
                 // Run again: it must finish, importing nothing twice.
                 let again = run(&args, None).ok();
                 let said = format!("{}{}", again.stdout_str(), again.stderr);
@@ -160,7 +152,7 @@ impl Loop {
                 self.stats.import_partial += usize::from(present > 0 && present < IMPORT_N);
                 self.stats.import_none += usize::from(present == 0);
                 self.stats.import_whole += usize::from(present == IMPORT_N);
-                node.verify(&label);
+                node.assert_verifies(&label);
                 node.start();
             }
             Kind::Writes => {
@@ -228,7 +220,7 @@ impl Loop {
 
     #[track_caller]
     fn converge(&self, label: &str) {
-        cluster::converge(&[&self.nodes[0], &self.nodes[1]], CONVERGE, label);
+        node::converge(&[&self.nodes[0], &self.nodes[1]], CONVERGE, label);
     }
 
     #[track_caller]

@@ -202,15 +202,7 @@ fn a_full_disk_refuses_writes_with_507_keeps_serving_reads_and_recovers_when_spa
     );
 
     // Stop cleanly; the store verifies, bodies included.
-    let ok = std::process::Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success());
-    let exit = server
-        .wait_timeout(Duration::from_secs(20))
-        .expect("serve stops on SIGTERM");
-    assert!(exit.success(), "{exit:?}");
+    common::stop_serve("serve", &mut server, Duration::from_secs(20));
     let verified = run(
         &[
             "verify",

@@ -25,29 +25,14 @@ fn message(n: u32) -> Vec<u8> {
     format!("From: a@example.org\r\nSubject: hostile {n}\r\n\r\nbody {n}\r\n").into_bytes()
 }
 
-/// An in-process server on its own runtime thread.
-struct Server {
-    addr: SocketAddr,
-    store: Arc<Store>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+/// The in-process server; the methods below are these tests' own.
+type Server = common::InProcessServer;
 
 impl Server {
     fn start(store: Arc<Store>, peer: Option<&str>, admin: Option<&str>, limits: Limits) -> Server {
         let state =
             Arc::new(ServerState::new(Arc::clone(&store), peer, limits).with_admin_token(admin));
-        let (addr, stop, thread) = common::spawn_server(state);
-        Server {
-            addr,
-            store,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        Server::spawn(store, state)
     }
 
     /// Root and counts: what "no state change" compares.
@@ -69,23 +54,6 @@ impl Server {
             Some(200),
             "after {after}: a normal request: {r:?}"
         );
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while !t.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if t.is_finished() {
-                let _ = t.join();
-            }
-        }
     }
 }
 
@@ -1473,15 +1441,7 @@ fn a_peer_that_garbles_truncates_stalls_errs_or_lies_to_the_shipper_moves_nothin
             "{what}"
         );
         // SIGTERM: a clean exit, even with a shipper stuck on a stalled peer.
-        let ok = std::process::Command::new("kill")
-            .args(["-TERM", &guard.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(ok.success());
-        let status = guard
-            .wait_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|| panic!("{what}: serve did not stop on SIGTERM"));
-        assert!(status.success(), "{what}: {status:?}");
+        common::stop_serve(&what, &mut guard, Duration::from_secs(30));
         drop(runtime);
         tried += 1;
     }

@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::Raw;
 use merkmail::model::{parse_flag_list, FlagOp};
 use merkmail::net::client::{BlockingClient, ClientConfig, ClientError};
 use merkmail::net::json::{MailboxView, MessageView, RootView, StatsView};
@@ -31,12 +32,8 @@ fn message(n: u32) -> Vec<u8> {
 // An in-process server on its own runtime thread, so tests can use blocking clients and raw
 // sockets alike.
 
-struct TestServer {
-    addr: SocketAddr,
-    store: Arc<Store>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+/// The in-process server; the methods below are these tests' own.
+type TestServer = common::InProcessServer;
 
 impl TestServer {
     fn start(token: Option<&str>, limits: Limits) -> TestServer {
@@ -45,21 +42,11 @@ impl TestServer {
         // in general, tests/hostile.rs about the two tokens apart).
         let state =
             Arc::new(ServerState::new(Arc::clone(&store), token, limits).with_admin_token(token));
-        let (addr, stop, thread) = common::spawn_server(state);
-        TestServer {
-            addr,
-            store,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
+        TestServer::spawn(store, state)
     }
 
     fn open() -> TestServer {
         TestServer::start(None, Limits::default())
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
     }
 
     fn client(&self, token: Option<&str>) -> BlockingClient {
@@ -72,36 +59,6 @@ impl TestServer {
 
     fn root(&self) -> String {
         self.store.root().expect("root").hash.to_hex()
-    }
-
-    /// Begins the shutdown; `wait` then says how long the server took to stop.
-    fn begin_shutdown(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-
-    /// Waits (at most `limit`) for the server to stop; true if it did.
-    fn wait(&mut self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
-                if let Some(t) = self.thread.take() {
-                    t.join().expect("server thread panicked");
-                }
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        false
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.begin_shutdown();
-        // Bounded: the drain deadline is at most a few seconds in these tests.
-        self.wait(Duration::from_secs(15));
     }
 }
 
@@ -120,26 +77,6 @@ fn small_limits() -> Limits {
 
 /// One raw HTTP/1.1 exchange: writes `head` and `body`, optionally half-closes, then reads
 /// until the server closes (the request says `Connection: close`) or 5 s pass.
-struct Raw {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Raw {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
-    }
-
-    fn error(&self) -> String {
-        self.json()["error"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no error field in {:?}", self.json()))
-            .to_string()
-    }
-}
-
 fn raw(addr: SocketAddr, head: &str, body: &[u8], half_close: bool) -> Raw {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(5)))
@@ -152,21 +89,7 @@ fn raw(addr: SocketAddr, head: &str, body: &[u8], half_close: bool) -> Raw {
     let mut buf = Vec::new();
     // A reset after the answer (we may not have sent all we declared) ends the read too.
     let _ = s.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let split = text
-        .find("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no complete answer: {text:?}"));
-    let head = text[..split].to_string();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    Raw {
-        status,
-        head,
-        body: buf[split + 4..].to_vec(),
-    }
+    Raw::parse(&buf)
 }
 
 fn request(method: &str, path: &str, extra: &str, content_length: usize) -> String {

@@ -11,7 +11,8 @@
 
 mod common;
 
-use common::cluster::{self, finish, spawn_writer, Ledger, Node};
+use common::cluster::{self, finish, spawn_writer, Ledger};
+use common::node::{self, Node};
 use common::scratch_dir;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -56,12 +57,13 @@ fn acknowledged_writes_hold_under_continuous_anti_entropy() {
         common::free_port(),
     ];
     let extra = "check_interval_s = 1\ncheck_jitter = 0.0\nbackoff_max_s = 1";
+    let setup = cluster::setup();
     let mut nodes: Vec<Node> = ["a", "b", "c"]
         .into_iter()
         .zip(ports)
         .map(|(name, port)| {
             let peers: Vec<u16> = ports.iter().copied().filter(|p| *p != port).collect();
-            Node::new(root.path(), name, port, &peers, extra)
+            Node::new(root.path(), name, port, &peers, &setup, extra)
         })
         .collect();
     for n in &mut nodes {
@@ -87,7 +89,7 @@ fn acknowledged_writes_hold_under_continuous_anti_entropy() {
     let wrote_for = started.elapsed();
     let stopped = Instant::now();
     let all: Vec<&Node> = nodes.iter().collect();
-    cluster::converge(&all, CONVERGE, "after the load");
+    node::converge(&all, CONVERGE, "after the load");
     let converged_in = stopped.elapsed();
     let checks: u64 = nodes
         .iter()
@@ -115,7 +117,7 @@ fn acknowledged_writes_hold_under_continuous_anti_entropy() {
     drop(ledger);
     for n in &mut nodes {
         n.stop();
-        n.verify("after the load");
+        n.assert_verifies("after the load");
     }
     eprintln!("{report}");
 }

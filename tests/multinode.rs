@@ -8,7 +8,10 @@
 
 mod common;
 
-use common::{command, killed_by_signal, md5_hex, scratch_dir, Run};
+use common::{
+    command, killed_by_signal, md5_hex, scratch_dir, spawn_for_first_line, stop_serve, ChildGuard,
+    Raw, Run,
+};
 use merkmail::model::{Digest, FlagSet, MailboxGuid, MailboxRecord, Md5, MessageRecord, Stamp};
 use merkmail::store::{Change, ChangeGroup};
 use merkmail::sync::wire::{
@@ -17,10 +20,10 @@ use merkmail::sync::wire::{
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::Stdio;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -30,64 +33,13 @@ const COMMAND_LIMIT: Duration = Duration::from_secs(30);
 const SERVER_LIMIT: Duration = Duration::from_secs(15);
 
 // ---------------------------------------------------------------------------------------------
-// Processes: a kill-on-drop child, a bounded run of the CLI, and a served store.
-
-/// A child process killed (SIGKILL) and reaped when dropped.
-struct Proc(Option<Child>);
-
-impl Proc {
-    fn child(&mut self) -> &mut Child {
-        self.0
-            .as_mut()
-            .expect("the child is there until it is reaped")
-    }
-
-    fn id(&self) -> u32 {
-        self.0.as_ref().map_or(0, Child::id)
-    }
-
-    fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child().try_wait().expect("cannot poll a child")
-    }
-
-    /// Polls until the child exits or `limit` passes.
-    fn wait_timeout(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    /// SIGKILL and reap; the status says whether the kill landed.
-    fn kill(mut self) -> ExitStatus {
-        let mut child = self
-            .0
-            .take()
-            .expect("the child is there until it is reaped");
-        let _ = child.kill();
-        child.wait().expect("cannot reap a child")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+// Processes: a bounded run of the CLI (children killed on drop by `ChildGuard`), and a served
+// store.
 
 /// A `merkmail` command started with its output captured, to be waited for with a bound.
 struct Running {
     args: Vec<String>,
-    proc: Proc,
+    proc: ChildGuard,
     stdout: Option<JoinHandle<Vec<u8>>>,
     stderr: Option<JoinHandle<Vec<u8>>>,
 }
@@ -117,7 +69,7 @@ fn start<S: AsRef<OsStr>>(args: &[S]) -> Running {
     let stderr = reader(child.stderr.take().expect("stderr is piped"));
     Running {
         args: shown,
-        proc: Proc(Some(child)),
+        proc: ChildGuard::from_child(child),
         stdout: Some(stdout),
         stderr: Some(stderr),
     }
@@ -190,7 +142,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// A running `merkmail serve` on 127.0.0.1:0.
 struct Server {
-    proc: Proc,
+    proc: ChildGuard,
     addr: SocketAddr,
     url: String,
     data: PathBuf,
@@ -225,21 +177,14 @@ impl Server {
             .open(data.with_extension("log"))
             .expect("cannot open a server log");
         let mut cmd = command(&args);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
-        let mut proc = Proc(Some(cmd.spawn().expect("cannot start merkmail serve")));
-        let stdout = proc.child().stdout.take().expect("stdout is piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(SERVER_LIMIT).unwrap_or_else(|_| {
-            panic!(
-                "serve on {} printed nothing within {SERVER_LIMIT:?}",
-                data.display()
-            )
-        });
+        cmd.stdin(Stdio::null()).stderr(log);
+        let (child, line) = spawn_for_first_line(cmd, SERVER_LIMIT);
+        let proc = ChildGuard::from_child(child);
+        assert!(
+            !line.is_empty(),
+            "serve on {} printed nothing within {SERVER_LIMIT:?}",
+            data.display()
+        );
         let addr: SocketAddr = line
             .strip_suffix('\n')
             .and_then(|l| l.strip_prefix("listening on "))
@@ -331,19 +276,10 @@ impl Server {
     /// SIGTERM: the server must exit 0 within the bound. Returns its data directory.
     #[track_caller]
     fn stop(mut self) -> PathBuf {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.proc.id().to_string()])
-            .status()
-            .expect("cannot run kill");
-        assert!(status.success(), "kill -TERM failed");
-        let status = self
-            .proc
-            .wait_timeout(SERVER_LIMIT)
-            .unwrap_or_else(|| panic!("serve did not stop within {SERVER_LIMIT:?} of SIGTERM"));
-        assert_eq!(
-            status.code(),
-            Some(0),
-            "serve exited {status:?} after SIGTERM"
+        stop_serve(
+            &format!("serve on {}", self.data.display()),
+            &mut self.proc,
+            SERVER_LIMIT,
         );
         self.data.clone()
     }
@@ -1088,29 +1024,6 @@ fn a_peer_killed_mid_session_leaves_both_stores_valid_and_the_next_session_conve
 
 const PEER_TOKEN: &str = "peer api token";
 
-struct Raw {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Raw {
-    #[track_caller]
-    fn error(&self) -> String {
-        let v: Value = serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "{}: not JSON ({e}): {:?}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        });
-        v["error"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no error field in {v}"))
-            .to_string()
-    }
-}
-
 /// One HTTP/1.1 exchange on a fresh connection (`Connection: close`), read until the server
 /// closes or 10 s pass. No half-close: hyper drops a connection whose reading side ends
 /// before it has answered. Write errors are ignored: a server may answer and close before it has
@@ -1125,21 +1038,7 @@ fn raw(addr: SocketAddr, head: &str, body: &[u8]) -> Raw {
     let _ = s.write_all(body);
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no complete answer: {:?}", String::from_utf8_lossy(&buf)));
-    let head = String::from_utf8_lossy(&buf[..split]).to_string();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    Raw {
-        status,
-        head,
-        body: buf[split + 4..].to_vec(),
-    }
+    Raw::parse(&buf)
 }
 
 fn post(addr: SocketAddr, path: &str, token: Option<&str>, content_type: &str, body: &[u8]) -> Raw {

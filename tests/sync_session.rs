@@ -24,21 +24,7 @@ fn sync(a: &Store, b: &Store) -> SyncReport {
 
 /// (mailbox name, uid) → (md5, flags): what `list --json` shows, minus GUIDs.
 fn view(s: &Store, user: &str) -> BTreeMap<(String, u32), (String, Vec<String>)> {
-    s.list_messages(user, None)
-        .map(|l| {
-            l.into_iter()
-                .map(|m| {
-                    (
-                        (m.mailbox, m.uid),
-                        (
-                            m.record.md5.to_hex(),
-                            m.record.flags.live().map(|f| f.to_string()).collect(),
-                        ),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    random_ops::view(s, user, |r| r.md5.to_hex())
 }
 
 fn assert_converged(a: &Store, b: &Store, users: &[&str]) {
@@ -309,15 +295,7 @@ fn dry_run_changes_nothing() {
 // ---- random split histories ----
 
 fn arb_op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        5 => (0..2usize, 0..4usize, any::<u8>()).prop_map(|(u, b, x)| Op::Append(u, b, x)),
-        3 => (0..2usize, 0..4usize, any::<usize>(), any::<bool>()).prop_map(|(u, b, p, on)| Op::Flag(u, b, p, on)),
-        2 => (0..2usize, 0..4usize, any::<usize>()).prop_map(|(u, b, p)| Op::Expunge(u, b, p)),
-        2 => (0..2usize, 1..4usize).prop_map(|(u, b)| Op::Create(u, b)),
-        1 => (0..2usize, 1..4usize, 1..4usize).prop_map(|(u, b, c)| Op::Rename(u, b, c)),
-        1 => (0..2usize, 1..4usize).prop_map(|(u, b)| Op::Delete(u, b)),
-        1 => Just(Op::Sync),
-    ]
+    random_ops::arb_op(Just(Op::Sync))
 }
 
 /// Every live message as (user, mailbox GUID, digest) with multiplicity.

@@ -8,23 +8,17 @@
 
 mod common;
 
-use common::{run, scratch_dir, ChildGuard, Run};
-use merkmail::status::{Outcome, StatusView};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use common::node::{message_file, poll, Node, Pki, Setup, HOURLY_CHECKS};
+use common::{run, scratch_dir};
+use merkmail::status::Outcome;
+use std::path::Path;
+use std::time::Duration;
 
 const PEER_TOKEN: &str = "peer-7f3a91c2-secret";
 const ADMIN_TOKEN: &str = "admin-0be44d17-secret";
 const CONVERGE: Duration = Duration::from_secs(30);
-const START: Duration = Duration::from_secs(20);
 
 /// A CA, and a server certificate it signed for 127.0.0.1 and localhost, as PEM files.
-struct Pki {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
 fn make_pki(dir: &Path, name: &str) -> Pki {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().expect("CA key");
@@ -54,128 +48,21 @@ fn p(path: &Path) -> String {
     path.display().to_string()
 }
 
-struct Node {
-    name: String,
-    port: u16,
-    dir: PathBuf,
-    config: PathBuf,
-    ca: PathBuf,
-    proc: Option<ChildGuard>,
+/// A node that serves https with `pki`'s certificate and trusts `pki`'s CA for its peers,
+/// every log line on (trace), an hour between checks.
+fn node(root: &Path, name: &str, port: u16, peers: &[u16], pki: &Pki) -> Node {
+    let setup = Setup {
+        config: HOURLY_CHECKS,
+        tls: Some(pki.clone()),
+        level: "trace",
+        ..Setup::http(PEER_TOKEN, ADMIN_TOKEN)
+    };
+    Node::new(root, name, port, peers, &setup, "")
 }
 
-impl Node {
-    /// A node that serves https with `pki`'s certificate and trusts `pki`'s CA for its peers.
-    fn new(root: &Path, name: &str, port: u16, peers: &[u16], pki: &Pki) -> Node {
-        let dir = root.join(name);
-        let config = root.join(format!("{name}.toml"));
-        let mut text = format!(
-            "node_id = \"{name}\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n\
-             peer_token = \"{PEER_TOKEN}\"\nadmin_token = \"{ADMIN_TOKEN}\"\n\
-             tls_cert = \"{}\"\ntls_key = \"{}\"\ntls_ca = \"{}\"\n\
-             check_interval_s = 3600\nbackoff_max_s = 1\n",
-            dir.display(),
-            pki.cert.display(),
-            pki.key.display(),
-            pki.ca.display()
-        );
-        for p in peers {
-            text.push_str(&format!("[[peer]]\nurl = \"https://127.0.0.1:{p}\"\n"));
-        }
-        std::fs::write(&config, text).expect("write config");
-        Node {
-            name: name.to_string(),
-            port,
-            dir,
-            config,
-            ca: pki.ca.clone(),
-            proc: None,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.with_extension("log")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    /// Starts `serve --config` with every log line on (trace) and waits for `listening on`.
-    fn start(&mut self) {
-        let log = self.log_path();
-        self.proc = Some(common::start_serve(
-            &self.name,
-            &self.config,
-            &log,
-            "trace",
-            START,
-        ));
-    }
-
-    /// SIGTERM; the node must exit 0 within the bound.
-    fn stop(&mut self) {
-        let mut proc = self.proc.take().expect("running");
-        common::stop_serve(&self.name, &mut proc, Duration::from_secs(20));
-    }
-
-    /// A mail command over https with the admin token and the CA.
-    fn cli(&self, sub: &[&str], rest: &[&str]) -> Run {
-        let url = self.url();
-        let ca = p(&self.ca);
-        let mut args: Vec<&str> = sub.to_vec();
-        args.extend(["--url", &url, "--token", ADMIN_TOKEN, "--ca", &ca]);
-        args.extend_from_slice(rest);
-        run(&args, None)
-    }
-
-    #[track_caller]
-    fn root(&self) -> String {
-        self.cli(&["root"], &[])
-            .ok()
-            .stdout_str()
-            .trim()
-            .to_string()
-    }
-
-    #[track_caller]
-    fn status(&self) -> StatusView {
-        let out = run(
-            &[
-                "status",
-                "--url",
-                &self.url(),
-                "--ca",
-                &p(&self.ca),
-                "--json",
-            ],
-            None,
-        )
-        .ok();
-        serde_json::from_slice(&out.stdout).expect("status JSON")
-    }
-}
-
+/// A message file; its path as an argument.
 fn message(dir: &Path, name: &str) -> String {
-    let path = dir.join(format!("{name}.eml"));
-    std::fs::write(
-        &path,
-        format!("From: a@example.org\r\nSubject: {name}\r\n\r\nbody of {name}\r\n"),
-    )
-    .expect("write message");
-    p(&path)
-}
-
-#[track_caller]
-fn poll(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !ok() {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    p(&message_file(dir, name))
 }
 
 #[test]
@@ -184,8 +71,8 @@ fn two_tls_nodes_reconcile_and_ship_the_journal_over_https_and_log_no_token() {
     let root = tmp.path();
     let pki = make_pki(root, "cluster");
     let ports = [common::free_port(), common::free_port()];
-    let mut a = Node::new(root, "a", ports[0], &[ports[1]], &pki);
-    let mut b = Node::new(root, "b", ports[1], &[ports[0]], &pki);
+    let mut a = node(root, "a", ports[0], &[ports[1]], &pki);
+    let mut b = node(root, "b", ports[1], &[ports[0]], &pki);
     a.start();
     for i in 0..3 {
         a.cli(
@@ -430,7 +317,8 @@ fn a_stalled_or_plain_client_on_the_tls_port_is_cut_off() {
             .with_admin_token(Some(ADMIN_TOKEN))
             .with_tls(Some(tls)),
     );
-    let (addr, stop, thread) = common::spawn_server(state);
+    let mut server = common::InProcessServer::spawn(store, state);
+    let addr = server.addr;
     let config = ClientConfig {
         tls: Some(ClientTls::from_ca_file(&pki.ca).expect("CA")),
         ..ClientConfig::default()
@@ -488,10 +376,9 @@ fn a_stalled_or_plain_client_on_the_tls_port_is_cut_off() {
     );
     assert_eq!(healthy(), 200);
 
-    let _ = stop.send(());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !thread.is_finished() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(thread.is_finished(), "the server did not stop");
+    server.begin_shutdown();
+    assert!(
+        server.wait(Duration::from_secs(15)),
+        "the server did not stop"
+    );
 }

@@ -4,9 +4,11 @@
 
 pub mod driver;
 pub mod plan;
+pub mod replica;
 pub mod responder;
 pub mod session;
 pub mod wire;
 
 pub use driver::{in_process, run, DriveError};
+pub use replica::Replica;
 pub use session::{Session, SessionError, SyncReport};

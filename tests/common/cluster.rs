@@ -1,166 +1,24 @@
 //! Real `merkmail serve` processes for the multi-process tests that kill and load them
 //! (crash_loop, load): nodes with a config file each, writers that keep a ledger of what the
-//! server acknowledged, and the checks that every acknowledged write holds everywhere.
+//! server acknowledged, and the checks that every acknowledged write holds everywhere. The
+//! nodes themselves are [`super::node::Node`]s.
 
-use super::{killed_by_signal, run, ChildGuard};
+use super::node::{Node, Setup};
 use merkmail::net::client::{BlockingClient, ClientConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const PEER_TOKEN: &str = "cluster-peer-secret";
 pub const ADMIN_TOKEN: &str = "cluster-admin-secret";
-const START: Duration = Duration::from_secs(30);
 
-pub struct Node {
-    pub name: &'static str,
-    pub port: u16,
-    pub dir: PathBuf,
-    pub config: PathBuf,
-    pub proc: Option<ChildGuard>,
-}
-
-impl Node {
-    /// Writes the node's config file: its peers, both tokens, and `extra` (more TOML keys).
-    pub fn new(root: &Path, name: &'static str, port: u16, peers: &[u16], extra: &str) -> Node {
-        let dir = root.join(name);
-        let config = root.join(format!("{name}.toml"));
-        let mut text = format!(
-            "node_id = \"{name}\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n\
-             peer_token = \"{PEER_TOKEN}\"\nadmin_token = \"{ADMIN_TOKEN}\"\n{extra}\n",
-            dir.display()
-        );
-        for p in peers {
-            text.push_str(&format!("[[peer]]\nurl = \"http://127.0.0.1:{p}\"\n"));
-        }
-        std::fs::write(&config, text).expect("write config");
-        Node {
-            name,
-            port,
-            dir,
-            config,
-            proc: None,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    pub fn log_path(&self) -> PathBuf {
-        self.dir.with_extension("log")
-    }
-
-    pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    pub fn start(&mut self) {
-        let log = self.log_path();
-        self.proc = Some(super::start_serve(
-            self.name,
-            &self.config,
-            &log,
-            "info",
-            START,
-        ));
-    }
-
-    /// SIGTERM; the node must exit 0 within 20 s.
-    #[track_caller]
-    pub fn stop(&mut self) {
-        let Some(mut proc) = self.proc.take() else {
-            return;
-        };
-        super::stop_serve(self.name, &mut proc, Duration::from_secs(20));
-    }
-
-    pub fn running(&self) -> bool {
-        self.proc.is_some()
-    }
-
-    /// SIGKILL, then `verify` on the store as the crash left it.
-    #[track_caller]
-    pub fn kill_and_verify(&mut self, point: &str) {
-        if let Some(proc) = self.proc.take() {
-            let status = proc.kill();
-            assert!(killed_by_signal(&status), "{}: {status:?}", self.name);
-        }
-        self.verify(point);
-    }
-
-    #[track_caller]
-    pub fn verify(&self, point: &str) {
-        let out = run(&["verify", "--data", &self.dir.display().to_string()], None);
-        assert!(
-            out.success(),
-            "{point}: verify failed on {} after SIGKILL:\n{}\n{}",
-            self.name,
-            out.stdout_str(),
-            out.stderr
-        );
-    }
-
-    pub fn client(&self) -> BlockingClient {
-        let config = ClientConfig {
-            connect_timeout: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(10),
-            ..ClientConfig::default()
-        };
-        BlockingClient::new(&self.url(), Some(ADMIN_TOKEN), config).expect("client")
-    }
-
-    pub fn root(&self) -> Option<String> {
-        let (status, body) = self.client().get("/v1/mail/root").ok()?;
-        if !status.is_success() {
-            return None;
-        }
-        let v: Value = serde_json::from_slice(&body).ok()?;
-        v.get("root").and_then(Value::as_str).map(str::to_string)
-    }
-
-    /// A user's live messages: md5 → (count, flags of the last one seen).
-    #[track_caller]
-    pub fn messages(&self, user: &str) -> BTreeMap<String, (usize, Vec<String>)> {
-        let (status, body) = self
-            .client()
-            .get(&format!("/v1/mail/users/{user}/messages"))
-            .expect("list messages");
-        let mut out: BTreeMap<String, (usize, Vec<String>)> = BTreeMap::new();
-        if status.as_u16() == 404 {
-            return out; // the user never got a message
-        }
-        assert!(status.is_success(), "{}: list {user}: {status}", self.name);
-        let v: Value = serde_json::from_slice(&body).expect("message list JSON");
-        let list = v
-            .get("messages")
-            .and_then(Value::as_array)
-            .cloned()
-            .or_else(|| v.as_array().cloned())
-            .expect("a list of messages");
-        for m in list {
-            let md5 = m["md5"].as_str().expect("md5").to_string();
-            let flags: Vec<String> = m["flags"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|f| f.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let e = out.entry(md5).or_insert((0, Vec::new()));
-            e.0 += 1;
-            e.1 = flags;
-        }
-        out
-    }
+/// The nodes' shared setup: plain HTTP, these tokens, `info` logs.
+pub fn setup() -> Setup {
+    Setup::http(PEER_TOKEN, ADMIN_TOKEN)
 }
 
 /// What writers were told succeeded, and everything they tried.
@@ -327,29 +185,6 @@ pub fn spawn_writer(
 pub fn finish(writer: (Arc<AtomicBool>, std::thread::JoinHandle<()>)) {
     writer.0.store(true, Ordering::Relaxed);
     let _ = writer.1.join();
-}
-
-/// Polls until every node answers the same root, or fails with the tail of each one's log.
-#[track_caller]
-pub fn converge(nodes: &[&Node], within: Duration, label: &str) {
-    let deadline = Instant::now() + within;
-    loop {
-        let roots: Vec<Option<String>> = nodes.iter().map(|n| n.root()).collect();
-        if roots[0].is_some() && roots.windows(2).all(|w| w[0] == w[1]) {
-            return;
-        }
-        if Instant::now() > deadline {
-            let logs: Vec<String> = nodes
-                .iter()
-                .map(|n| format!("{}:\n{}", n.name, n.log_tail()))
-                .collect();
-            panic!(
-                "{label}: no convergence within {within:?} ({roots:?})\n{}",
-                logs.join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Every acknowledged write in `ledger` for `users` holds on every node: each acknowledged

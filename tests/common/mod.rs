@@ -569,4 +569,121 @@ pub fn spawn_server(
     (addr, stop, thread)
 }
 
+/// One raw HTTP/1.1 answer, as a test that wrote its own request read it off the socket.
+#[derive(Debug)]
+pub struct Raw {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Raw {
+    /// Splits what the server sent into the head and the body; panics unless it holds a
+    /// complete head with a status code.
+    #[track_caller]
+    pub fn parse(buf: &[u8]) -> Raw {
+        let split = buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no complete answer: {:?}", String::from_utf8_lossy(buf)));
+        let head = String::from_utf8_lossy(&buf[..split]).to_string();
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {head:?}"));
+        Raw {
+            status,
+            head,
+            body: buf[split + 4..].to_vec(),
+        }
+    }
+
+    /// The body as JSON (panics, showing it, if it is none).
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{}: not JSON ({e}): {:?}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The `error` field of a JSON body (panics if there is none).
+    #[track_caller]
+    pub fn error(&self) -> String {
+        let v = self.json();
+        v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error field in {v}"))
+            .to_string()
+    }
+}
+
+/// [`spawn_server`] over a store the test holds too, shut down (bounded) when dropped. Test
+/// files add their own methods to it in `impl` blocks of their own.
+pub struct InProcessServer {
+    pub addr: std::net::SocketAddr,
+    pub store: std::sync::Arc<merkmail::store::Store>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl InProcessServer {
+    /// Serves `state`, whose store is `store`.
+    pub fn spawn(
+        store: std::sync::Arc<merkmail::store::Store>,
+        state: std::sync::Arc<merkmail::net::server::ServerState>,
+    ) -> InProcessServer {
+        let (addr, stop, thread) = spawn_server(state);
+        InProcessServer {
+            addr,
+            store,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Begins the shutdown; `wait` then says whether the server stopped in time.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits (at most `limit`) for the server to stop; true if it did. Panics if the server
+    /// thread did, unless the test is already panicking (a second panic would abort).
+    pub fn wait(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
+                if let Some(t) = self.thread.take() {
+                    let joined = t.join();
+                    if !std::thread::panicking() {
+                        joined.expect("server thread panicked");
+                    }
+                }
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+}
+
+impl Drop for InProcessServer {
+    fn drop(&mut self) {
+        self.begin_shutdown();
+        // Bounded: the drain deadline is at most a few seconds in these tests.
+        self.wait(Duration::from_secs(15));
+    }
+}
+
 pub mod cluster;
+pub mod node;

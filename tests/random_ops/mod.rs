@@ -3,8 +3,10 @@
 // Each test crate uses a different subset.
 #![allow(dead_code)]
 
-use merkmail::model::{FlagName, FlagOp};
+use merkmail::model::{FlagName, FlagOp, MessageRecord};
 use merkmail::store::{NewMessage, Store};
+use proptest::prelude::*;
+use std::collections::BTreeMap;
 
 pub const USERS: [&str; 2] = ["ann", "ben"];
 pub const BOXES: [&str; 4] = ["INBOX", "Work", "Lists", "Trips"];
@@ -63,4 +65,42 @@ pub fn apply(s: &Store, op: &Op) {
         Op::Subscribe(u, b, on) => s.subscribe(USERS[*u], BOXES[*b], *on),
         Op::Sync => Ok(()),
     };
+}
+
+/// A random step: mostly appends and flags, now and then a mailbox operation, and `last` (a
+/// `Subscribe` or a `Sync`, as the caller's history wants) as often as a rename.
+pub fn arb_op(last: impl Strategy<Value = Op> + 'static) -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => (0..2usize, 0..4usize, any::<u8>()).prop_map(|(u, b, x)| Op::Append(u, b, x)),
+        3 => (0..2usize, 0..4usize, any::<usize>(), any::<bool>()).prop_map(|(u, b, p, on)| Op::Flag(u, b, p, on)),
+        2 => (0..2usize, 0..4usize, any::<usize>()).prop_map(|(u, b, p)| Op::Expunge(u, b, p)),
+        2 => (0..2usize, 1..4usize).prop_map(|(u, b)| Op::Create(u, b)),
+        1 => (0..2usize, 1..4usize, 1..4usize).prop_map(|(u, b, c)| Op::Rename(u, b, c)),
+        1 => (0..2usize, 1..4usize).prop_map(|(u, b)| Op::Delete(u, b)),
+        1 => last,
+    ]
+}
+
+/// One user's messages: (mailbox name, uid) → (the record's hash that `hash` picks, live
+/// flags).
+pub fn view(
+    s: &Store,
+    user: &str,
+    hash: fn(&MessageRecord) -> String,
+) -> BTreeMap<(String, u32), (String, Vec<String>)> {
+    s.list_messages(user, None)
+        .map(|l| {
+            l.into_iter()
+                .map(|m| {
+                    (
+                        (m.mailbox, m.uid),
+                        (
+                            hash(&m.record),
+                            m.record.flags.live().map(|f| f.to_string()).collect(),
+                        ),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }

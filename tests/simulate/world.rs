@@ -734,7 +734,7 @@ impl World {
                 return Err(e.to_string());
             }
         };
-        match answer(&s, &round) {
+        match answer(&*s, &round) {
             Ok(reply) => Ok(encode(&reply)),
             Err(e) => {
                 self.activity.responder_errors += 1;
@@ -837,7 +837,7 @@ impl World {
         let window = self.rng.random_range(0..32u8);
         self.activity.sessions += 1;
         self.in_session = Some(i);
-        let result = run(&local, window, false, |bytes| self.round(i, j, bytes));
+        let result = run(&*local, window, false, |bytes| self.round(i, j, bytes));
         self.in_session = None;
         let (pi, pj) = (self.peers[i].id.clone(), self.peers[j].id.clone());
         let equal = match result {
