@@ -40,6 +40,12 @@ pub struct NodeValue {
 impl NodeValue {
     pub const ENCODED_LEN: usize = 40;
 
+    /// What an absent node stands for: the empty hash over no messages.
+    pub const EMPTY: NodeValue = NodeValue {
+        hash: NodeHash::EMPTY,
+        count: 0,
+    };
+
     pub fn encode(&self) -> [u8; 40] {
         let mut out = [0u8; 40];
         out[..32].copy_from_slice(&self.hash.0);

@@ -29,6 +29,8 @@ pub use ops::{
     PreparedMailbox,
 };
 pub use purge::{AgedTombstone, Purged, TombstoneKey};
+pub use read::uid_ranges;
+pub use verify::sound_body_of;
 pub use verify::{BodyProgress, BodyReport, BodyUse, DamagedBody, VerifyReport};
 
 use crate::merkle::{NodeKey, NodeValue};
@@ -522,10 +524,7 @@ impl Store {
 
     /// The server root: the hash that two equal stores share.
     pub fn root(&self) -> Result<NodeValue, StoreError> {
-        Ok(self.node(&NodeKey::root())?.unwrap_or(NodeValue {
-            hash: crate::merkle::NodeHash::EMPTY,
-            count: 0,
-        }))
+        Ok(self.node(&NodeKey::root())?.unwrap_or(NodeValue::EMPTY))
     }
 
     /// One stored node, if it is not empty.

@@ -10,6 +10,16 @@ use crate::merkle::{NodeHash, NodeKey, NodeValue, BUCKET_SHIFT};
 use crate::model::{Digest, MailboxGuid, MailboxSide, MailboxTombstone, Tombstone};
 use std::collections::BTreeSet;
 
+/// `uids` as inclusive ranges for [`Store::mailbox_side_in`]: one range over every UID when
+/// `None`, else one single-UID range per UID. The `Replica` trait's default shares it, so a
+/// model and the store restrict a mailbox the same way.
+pub fn uid_ranges(uids: Option<&BTreeSet<u32>>) -> Vec<(u32, u32)> {
+    match uids {
+        None => vec![(0, u32::MAX)],
+        Some(set) => set.iter().map(|u| (*u, *u)).collect(),
+    }
+}
+
 impl Store {
     /// A mailbox as this replica holds it: the record or the tombstone, and its messages and
     /// expunge tombstones at `uids` (every UID when `uids` is `None`).
@@ -19,11 +29,7 @@ impl Store {
         guid: MailboxGuid,
         uids: Option<&BTreeSet<u32>>,
     ) -> Result<MailboxSide, StoreError> {
-        let ranges: Vec<(u32, u32)> = match uids {
-            None => vec![(0, u32::MAX)],
-            Some(set) => set.iter().map(|u| (*u, *u)).collect(),
-        };
-        self.mailbox_side_in(user, guid, &ranges)
+        self.mailbox_side_in(user, guid, &uid_ranges(uids))
     }
 
     /// A mailbox as this replica holds it, restricted to inclusive UID ranges: the record or

@@ -187,14 +187,7 @@ impl Store {
     /// A body by digest, only if it is held and its bytes still match the digest (what a peer
     /// is given: never bytes that rotted).
     pub fn sound_body(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
-        if !self.has_body(digest)? {
-            return Ok(None);
-        }
-        match self.body(digest) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(StoreError::BodyDamaged(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
+        sound_body_of(self.has_body(digest)?, || self.body(digest))
     }
 
     /// Puts a good copy of a damaged body in place, in one transaction, and clears its mark.
@@ -746,5 +739,22 @@ mod tests {
         assert!(target.apply(&[copy]).is_err());
         assert_eq!(target.root().expect("root"), root);
         assert!(target.verify().expect("verify").is_ok());
+    }
+}
+
+/// A body only if `held` and `read` does not find it damaged: a damaged body is treated as
+/// not held, any other failure is passed on. The `Replica` trait's default shares it, so a
+/// model withholds rotted bytes exactly as the store does.
+pub fn sound_body_of(
+    held: bool,
+    read: impl FnOnce() -> Result<Vec<u8>, StoreError>,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    if !held {
+        return Ok(None);
+    }
+    match read() {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(StoreError::BodyDamaged(_)) => Ok(None),
+        Err(e) => Err(e),
     }
 }

@@ -5,7 +5,7 @@
 use crate::merkle::{NodeHash, NodeKey, NodeValue};
 use crate::model::ChangeGroup;
 use crate::model::{Digest, MailboxGuid, MailboxSide};
-use crate::store::{Store, StoreError};
+use crate::store::{sound_body_of, uid_ranges, Store, StoreError};
 use std::collections::BTreeSet;
 
 /// A replica as reconciliation sees it: its Merkle tree, its mailboxes at some UIDs, its
@@ -20,10 +20,7 @@ pub trait Replica {
 
     /// The server root: the empty hash with no messages when nothing is held.
     fn root(&self) -> Result<NodeValue, StoreError> {
-        Ok(self.node(&NodeKey::root())?.unwrap_or(NodeValue {
-            hash: NodeHash::EMPTY,
-            count: 0,
-        }))
+        Ok(self.node(&NodeKey::root())?.unwrap_or(NodeValue::EMPTY))
     }
 
     /// The stored (non-empty) children of a node, in key order.
@@ -61,11 +58,7 @@ pub trait Replica {
         guid: MailboxGuid,
         uids: Option<&BTreeSet<u32>>,
     ) -> Result<MailboxSide, StoreError> {
-        let ranges: Vec<(u32, u32)> = match uids {
-            None => vec![(0, u32::MAX)],
-            Some(set) => set.iter().map(|u| (*u, *u)).collect(),
-        };
-        self.mailbox_side_in(user, guid, &ranges)
+        self.mailbox_side_in(user, guid, &uid_ranges(uids))
     }
 
     /// A user's live mailboxes as (name, GUID), in name order; an error for a user this
@@ -81,14 +74,7 @@ pub trait Replica {
 
     /// A body only if it is held and still matches its digest: what a peer may be given.
     fn sound_body(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
-        if !self.has_body(digest)? {
-            return Ok(None);
-        }
-        match self.body(digest) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(StoreError::BodyDamaged(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
+        sound_body_of(self.has_body(digest)?, || self.body(digest))
     }
 
     /// Keeps bodies sent ahead of the changes that use them; returns how many were kept.
@@ -100,14 +86,11 @@ pub trait Replica {
 }
 
 /// The store answers every call with its own method of the same name, so a session over a
-/// store behaves exactly as it did when it held the store itself.
+/// store behaves exactly as it did when it held the store itself; `root`, `mailbox_side` and
+/// `sound_body` are left to the defaults, which share their helpers with the store's methods.
 impl Replica for Store {
     fn node(&self, key: &NodeKey) -> Result<Option<NodeValue>, StoreError> {
         Store::node(self, key)
-    }
-
-    fn root(&self) -> Result<NodeValue, StoreError> {
-        Store::root(self)
     }
 
     fn children(&self, key: &NodeKey) -> Result<Vec<(NodeKey, NodeValue)>, StoreError> {
@@ -141,15 +124,6 @@ impl Replica for Store {
         Store::mailbox_side_in(self, user, guid, ranges)
     }
 
-    fn mailbox_side(
-        &self,
-        user: &str,
-        guid: MailboxGuid,
-        uids: Option<&BTreeSet<u32>>,
-    ) -> Result<MailboxSide, StoreError> {
-        Store::mailbox_side(self, user, guid, uids)
-    }
-
     fn mailbox_names(&self, user: &str) -> Result<Vec<(String, MailboxGuid)>, StoreError> {
         Ok(self
             .list_mailboxes(user)?
@@ -164,10 +138,6 @@ impl Replica for Store {
 
     fn body(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
         Store::body(self, digest)
-    }
-
-    fn sound_body(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
-        Store::sound_body(self, digest)
     }
 
     fn stage_bodies(&self, bodies: &[Vec<u8>]) -> Result<usize, StoreError> {
