@@ -14,7 +14,11 @@ use merkmail::status::{
     SessionView, StatusView, Trigger,
 };
 
-const NOW: u64 = 1_700_000_000_000;
+#[path = "common/status.rs"]
+mod status_common;
+
+use status_common::{counts, healthy_peer, NOW};
+
 /// Everything a Prometheus label, an HTML page and a terminal must each escape in their own way:
 /// quote, backslash, line feed, a tag, an ampersand, an apostrophe, an escape sequence, a tab,
 /// and characters wider than a byte (the terminal aligns columns by characters).
@@ -128,15 +132,7 @@ fn cluster() -> StatusView {
         now_ms: NOW,
         uptime_s: 3 * 3600 + 120,
         root: "ab12cd34ef56".into(),
-        counts: CountsView {
-            users: 3,
-            mailboxes: 11,
-            messages: 1234,
-            message_bytes: 1_258_291,
-            bodies: 1200,
-            body_bytes: 1_100_000,
-            tombstones: 4,
-        },
+        counts: counts(),
         mode: Mode::Sync,
         sync_timeout_ms: 2_500,
         check_interval_s: 60,
@@ -144,47 +140,7 @@ fn cluster() -> StatusView {
         inbound_pending: 2,
         sync_fallbacks_total: 6,
         peers: vec![
-            PeerView {
-                url: "https://bravo.example:8025".into(),
-                node: Some("bravo".into()),
-                reachable: true,
-                last_contact_ms: Some(NOW - 3_000),
-                failures_in_a_row: 0,
-                next_check_ms: Some(NOW + 57_000),
-                runs: bravo_runs,
-                repaired: RepairedView {
-                    copied_to_peer: 30,
-                    copied_from_peer: 20,
-                    expunged: 5,
-                    flag_updates: 8,
-                    uid_clashes_renumbered: 2,
-                    mailboxes_changed: 1,
-                    bodies_repaired: 3,
-                },
-                sessions_total: 17,
-                sessions_failed_total: 2,
-                checks_total: 40,
-                journal: JournalView {
-                    depth: 7,
-                    oldest_unshipped_age_ms: Some(2_500),
-                    overflowed: false,
-                    shipped_total: 500,
-                    ship_failures_total: 3,
-                    sync_fallbacks_total: 4,
-                    last_sync_fallback_ms: Some(NOW - 60_000),
-                },
-                session: Some(SessionView {
-                    started_ms: NOW - 2_000,
-                    direction: Direction::Outgoing,
-                    trigger: Trigger::Interval,
-                    rounds: 3,
-                    bytes: 900,
-                }),
-                bytes_sent_total: 123_456,
-                bytes_received_total: 654_321,
-                tombstones_held_back: 0,
-                holding_since_ms: None,
-            },
+            healthy_peer("https://bravo.example:8025", bravo_runs, Trigger::Interval),
             PeerView {
                 url: NASTY_URL.into(),
                 node: None,

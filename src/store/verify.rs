@@ -402,6 +402,23 @@ impl Store {
     }
 }
 
+/// A body only if `held` and `read` does not find it damaged: a damaged body is treated as
+/// not held, any other failure is passed on. The `Replica` trait's default shares it, so a
+/// model withholds rotted bytes exactly as the store does.
+pub fn sound_body_of(
+    held: bool,
+    read: impl FnOnce() -> Result<Vec<u8>, StoreError>,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    if !held {
+        return Ok(None);
+    }
+    match read() {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(StoreError::BodyDamaged(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -739,22 +756,5 @@ mod tests {
         assert!(target.apply(&[copy]).is_err());
         assert_eq!(target.root().expect("root"), root);
         assert!(target.verify().expect("verify").is_ok());
-    }
-}
-
-/// A body only if `held` and `read` does not find it damaged: a damaged body is treated as
-/// not held, any other failure is passed on. The `Replica` trait's default shares it, so a
-/// model withholds rotted bytes exactly as the store does.
-pub fn sound_body_of(
-    held: bool,
-    read: impl FnOnce() -> Result<Vec<u8>, StoreError>,
-) -> Result<Option<Vec<u8>>, StoreError> {
-    if !held {
-        return Ok(None);
-    }
-    match read() {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(StoreError::BodyDamaged(_)) => Ok(None),
-        Err(e) => Err(e),
     }
 }

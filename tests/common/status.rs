@@ -1,0 +1,69 @@
+//! Status snapshots shared by the renderer tests (tests/render.rs) and the golden files
+//! (tests/status_fixture.rs): the clock they are seen at, the store counts, and the healthy
+//! peer both describe. Included by `#[path]` rather than through `common/mod.rs`, because
+//! those two crates need nothing else from there.
+
+use merkmail::status::{CountsView, Direction, JournalView, PeerView, RepairedView, RunView};
+use merkmail::status::{SessionView, Trigger};
+
+/// The node's clock in every snapshot.
+pub const NOW: u64 = 1_700_000_000_000;
+
+/// A store with a little of everything, tombstones included.
+pub fn counts() -> CountsView {
+    CountsView {
+        users: 3,
+        mailboxes: 11,
+        messages: 1234,
+        message_bytes: 1_258_291,
+        bodies: 1200,
+        body_bytes: 1_100_000,
+        tombstones: 4,
+    }
+}
+
+/// A reachable peer `bravo` at `url` with `runs`, repair totals of every kind, a busy
+/// journal, and an outgoing session started by `session_trigger` in progress.
+pub fn healthy_peer(url: &str, runs: Vec<RunView>, session_trigger: Trigger) -> PeerView {
+    PeerView {
+        url: url.into(),
+        node: Some("bravo".into()),
+        reachable: true,
+        last_contact_ms: Some(NOW - 3_000),
+        failures_in_a_row: 0,
+        next_check_ms: Some(NOW + 57_000),
+        runs,
+        repaired: RepairedView {
+            copied_to_peer: 30,
+            copied_from_peer: 20,
+            expunged: 5,
+            flag_updates: 8,
+            uid_clashes_renumbered: 2,
+            mailboxes_changed: 1,
+            bodies_repaired: 3,
+        },
+        sessions_total: 17,
+        sessions_failed_total: 2,
+        checks_total: 40,
+        journal: JournalView {
+            depth: 7,
+            oldest_unshipped_age_ms: Some(2_500),
+            overflowed: false,
+            shipped_total: 500,
+            ship_failures_total: 3,
+            sync_fallbacks_total: 4,
+            last_sync_fallback_ms: Some(NOW - 60_000),
+        },
+        session: Some(SessionView {
+            started_ms: NOW - 2_000,
+            direction: Direction::Outgoing,
+            trigger: session_trigger,
+            rounds: 3,
+            bytes: 900,
+        }),
+        bytes_sent_total: 123_456,
+        bytes_received_total: 654_321,
+        tombstones_held_back: 0,
+        holding_since_ms: None,
+    }
+}
