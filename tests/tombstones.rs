@@ -61,19 +61,25 @@ fn one_message(dir: &Path, a: &Node, all: &[&Node]) -> (u32, String) {
     (uid, md5)
 }
 
-#[test]
-fn an_expunge_made_while_a_peer_is_away_holds_when_it_returns_after_the_retention() {
-    let dir = scratch_dir();
+/// Two nodes `a` and `b` peered with each other under `dir`: one message reaches both, then
+/// `b` stops and `a` expunges it. Returns both nodes (only `a` running) and the message's md5.
+fn expunged_while_b_is_away(dir: &Path) -> (Node, Node, String) {
     let (pa, pb) = (common::free_port(), common::free_port());
-    let mut a = node(dir.path(), "a", pa, &[pb]);
-    let mut b = node(dir.path(), "b", pb, &[pa]);
+    let mut a = node(dir, "a", pa, &[pb]);
+    let mut b = node(dir, "b", pb, &[pa]);
     a.start();
     b.start();
-    let (uid, md5) = one_message(dir.path(), &a, &[&a, &b]);
-
+    let (uid, md5) = one_message(dir, &a, &[&a, &b]);
     b.stop();
     a.cli(&["expunge"], &["alice", "INBOX", &uid.to_string()])
         .ok();
+    (a, b, md5)
+}
+
+#[test]
+fn an_expunge_made_while_a_peer_is_away_holds_when_it_returns_after_the_retention() {
+    let dir = scratch_dir();
+    let (mut a, mut b, md5) = expunged_while_b_is_away(dir.path());
     assert!(!live(&a, &md5));
     // Twice the retention and more: the old rule would have forgotten it by now.
     std::thread::sleep(RETENTION * 2 + Duration::from_secs(1));
@@ -129,20 +135,12 @@ fn an_expunge_made_while_a_peer_is_away_holds_when_it_returns_after_the_retentio
 #[test]
 fn a_peer_removed_from_the_configuration_holds_no_tombstone_back() {
     let dir = scratch_dir();
-    let (pa, pb) = (common::free_port(), common::free_port());
-    let mut a = node(dir.path(), "a", pa, &[pb]);
-    let mut b = node(dir.path(), "b", pb, &[pa]);
-    a.start();
-    b.start();
-    let (uid, md5) = one_message(dir.path(), &a, &[&a, &b]);
-    b.stop();
-    a.cli(&["expunge"], &["alice", "INBOX", &uid.to_string()])
-        .ok();
+    let (mut a, _b, md5) = expunged_while_b_is_away(dir.path());
     std::thread::sleep(RETENTION + Duration::from_secs(2));
     assert_eq!(tombstones(&a), 1, "b still holds it back");
     // The operator removes b: a restarts without peers and forgets the tombstone.
     a.stop();
-    let mut a = node(dir.path(), "a", pa, &[]);
+    let mut a = node(dir.path(), "a", a.port, &[]);
     a.start();
     poll("a forgets the tombstone without b", CONVERGE, || {
         tombstones(&a) == 0

@@ -134,26 +134,25 @@ impl Dovecot {
     /// Runs a Python script with `IMAP` (the session command), `imaplib` and `sys` in scope,
     /// and the given arguments in `sys.argv[1:]`. Returns its output; stdout is its answer.
     pub fn python(&self, script: &str, args: &[&str]) -> Output {
-        let prelude = format!("import imaplib, sys\nIMAP = {:?}\n", self.imap_command());
-        let path = self.work.join(format!("script-{}.py", rand_suffix()));
-        std::fs::write(&path, format!("{prelude}{script}")).expect("write script");
-        Command::new("python3")
-            .arg(&path)
-            .args(args)
-            .stdin(Stdio::null())
+        self.python_command(script, args)
             .output()
             .expect("run python3")
     }
 
-    /// Starts the same script in the background (for work concurrent with the test's own).
-    pub fn python_spawn(&self, script: &str, args: &[&str]) -> std::process::Child {
+    /// The `python3` command for `script` behind the prelude both runners share, written to
+    /// a fresh file under the work directory, with `args` and no stdin.
+    fn python_command(&self, script: &str, args: &[&str]) -> Command {
         let prelude = format!("import imaplib, sys\nIMAP = {:?}\n", self.imap_command());
         let path = self.work.join(format!("script-{}.py", rand_suffix()));
         std::fs::write(&path, format!("{prelude}{script}")).expect("write script");
-        Command::new("python3")
-            .arg(&path)
-            .args(args)
-            .stdin(Stdio::null())
+        let mut cmd = Command::new("python3");
+        cmd.arg(&path).args(args).stdin(Stdio::null());
+        cmd
+    }
+
+    /// Starts the same script in the background (for work concurrent with the test's own).
+    pub fn python_spawn(&self, script: &str, args: &[&str]) -> std::process::Child {
+        self.python_command(script, args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
