@@ -78,8 +78,8 @@ pub struct JournalBatch {
     pub entries: Vec<ShippedEntry>,
 }
 
-/// Why a batch breaks the rules. The messages are the wire decoder's, which reports these
-/// same cases (`sync::journal_wire::JournalWireError`).
+/// Why a batch breaks the rules. The wire decoder reports these same cases
+/// (`sync::journal_wire::JournalWireError`) and takes its messages from here.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum BatchError {
     #[error("journal wire version {0} is not supported (this merkmail speaks version {JOURNAL_WIRE_VERSION})")]

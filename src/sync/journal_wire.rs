@@ -5,16 +5,17 @@
 use crate::model::{BatchError, JournalBatch, JOURNAL_WIRE_VERSION};
 use thiserror::Error;
 
-/// Why a batch could not be decoded. The receiver answers 400 and stores nothing.
+/// Why a batch could not be decoded. The receiver answers 400 and stores nothing. Every case
+/// but `Malformed` is one of [`BatchError`]'s and says what it says, so the words live there.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum JournalWireError {
     #[error("malformed journal batch: {0}")]
     Malformed(String),
-    #[error("journal wire version {0} is not supported (this merkmail speaks version {JOURNAL_WIRE_VERSION})")]
+    #[error("{}", BatchError::Version(*.0))]
     Version(u8),
-    #[error("too many items in a journal batch: {0}")]
+    #[error("{}", BatchError::TooMany(.0.clone()))]
     TooMany(String),
-    #[error("invalid journal batch: {0}")]
+    #[error("{}", BatchError::Invalid(.0.clone()))]
     Invalid(String),
 }
 
