@@ -5,14 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use merkmail::status::{human, metrics, page};
-use merkmail::status::{
-    JournalView, Mode, Outcome, PeerView, RepairedView, RunView, StatusView, Trigger,
-};
+use merkmail::status::{JournalView, Mode, Outcome, PeerView, RunView, StatusView, Trigger};
 
 #[path = "common/status.rs"]
 mod status_common;
 
-use status_common::{counts, healthy_peer, NOW};
+use status_common::{counts, healthy_peer, repaired_after_peer_back, run, NOW};
 
 /// A peer URL with everything a label value must escape, and an HTML tag.
 const NASTY: &str = "http://evil\"quote\\back\nline<b>/";
@@ -35,34 +33,8 @@ fn view() -> StatusView {
             healthy_peer(
                 "http://x",
                 vec![
-                    RunView {
-                        at_ms: NOW - 3_000,
-                        duration_ms: 1_500,
-                        trigger: Trigger::Interval,
-                        outcome: Outcome::Equal,
-                        error: None,
-                        rounds: 1,
-                        bytes_sent: 120,
-                        bytes_received: 130,
-                        ..Default::default()
-                    },
-                    RunView {
-                        at_ms: NOW - 125_000,
-                        duration_ms: 2_450,
-                        trigger: Trigger::PeerBack,
-                        outcome: Outcome::Repaired,
-                        error: None,
-                        rounds: 4,
-                        bytes_sent: 4096,
-                        bytes_received: 2048,
-                        body_bytes_sent: 1_258_291,
-                        body_bytes_received: 0,
-                        differences: RepairedView {
-                            copied_to_peer: 3,
-                            expunged: 1,
-                            ..Default::default()
-                        },
-                    },
+                    run(3_000, 1_500, Trigger::Interval, Outcome::Equal),
+                    repaired_after_peer_back(),
                 ],
                 Trigger::Manual,
             ),

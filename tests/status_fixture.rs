@@ -17,7 +17,7 @@ use merkmail::status::{
 #[path = "common/status.rs"]
 mod status_common;
 
-use status_common::{counts, healthy_peer, NOW};
+use status_common::{counts, healthy_peer, repaired_after_peer_back, run, NOW};
 
 /// Everything a Prometheus label, an HTML page and a terminal must each escape in their own way:
 /// quote, backslash, line feed, a tag, an ampersand, an apostrophe, an escape sequence, a tab,
@@ -26,40 +26,12 @@ const NASTY_URL: &str = "http://evil\"quote\\back\nline<b>&'x\u{1b}[2J\tünï/�
 const NASTY_ERROR: &str =
     "connect: <script>alert(1)</script> & \"refused\" \u{1b}]0;pwned\u{7}\r\nsecond line";
 
-fn run(at_ago_ms: u64, duration_ms: u64, trigger: Trigger, outcome: Outcome) -> RunView {
-    RunView {
-        at_ms: NOW - at_ago_ms,
-        duration_ms,
-        trigger,
-        outcome,
-        error: None,
-        rounds: 1,
-        bytes_sent: 120,
-        bytes_received: 130,
-        body_bytes_sent: 0,
-        body_bytes_received: 0,
-        differences: RepairedView::default(),
-    }
-}
-
 /// A `sync`-mode node with three peers: a healthy one with ten runs of every outcome and
 /// trigger, an unreachable one with a hostile URL and error, and one in an incoming session.
 fn cluster() -> StatusView {
     let bravo_runs = vec![
         run(3_000, 850, Trigger::Interval, Outcome::Equal),
-        RunView {
-            rounds: 4,
-            bytes_sent: 4096,
-            bytes_received: 2048,
-            body_bytes_sent: 1_258_291,
-            body_bytes_received: 0,
-            differences: RepairedView {
-                copied_to_peer: 3,
-                expunged: 1,
-                ..Default::default()
-            },
-            ..run(125_000, 2_450, Trigger::PeerBack, Outcome::Repaired)
-        },
+        repaired_after_peer_back(),
         RunView {
             rounds: 9,
             bytes_sent: 70_000,

@@ -4,7 +4,7 @@
 //! those two crates need nothing else from there.
 
 use merkmail::status::{CountsView, Direction, JournalView, PeerView, RepairedView, RunView};
-use merkmail::status::{SessionView, Trigger};
+use merkmail::status::{Outcome, SessionView, Trigger};
 
 /// The node's clock in every snapshot.
 pub const NOW: u64 = 1_700_000_000_000;
@@ -65,5 +65,40 @@ pub fn healthy_peer(url: &str, runs: Vec<RunView>, session_trigger: Trigger) -> 
         bytes_received_total: 654_321,
         tombstones_held_back: 0,
         holding_since_ms: None,
+    }
+}
+
+/// A run `at_ago_ms` before [`NOW`] of one round that moved a few bytes and no bodies.
+pub fn run(at_ago_ms: u64, duration_ms: u64, trigger: Trigger, outcome: Outcome) -> RunView {
+    RunView {
+        at_ms: NOW - at_ago_ms,
+        duration_ms,
+        trigger,
+        outcome,
+        error: None,
+        rounds: 1,
+        bytes_sent: 120,
+        bytes_received: 130,
+        body_bytes_sent: 0,
+        body_bytes_received: 0,
+        differences: RepairedView::default(),
+    }
+}
+
+/// A four-round run after the peer came back that copied three messages to it, expunged one
+/// and sent a body's worth of bytes.
+pub fn repaired_after_peer_back() -> RunView {
+    RunView {
+        rounds: 4,
+        bytes_sent: 4096,
+        bytes_received: 2048,
+        body_bytes_sent: 1_258_291,
+        body_bytes_received: 0,
+        differences: RepairedView {
+            copied_to_peer: 3,
+            expunged: 1,
+            ..Default::default()
+        },
+        ..run(125_000, 2_450, Trigger::PeerBack, Outcome::Repaired)
     }
 }
