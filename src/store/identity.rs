@@ -207,6 +207,26 @@ impl Tx<'_> {
         })
     }
 
+    /// Hands `visit` every identity row of one mailbox in key order, as (digest, appended,
+    /// kind, UID, value); a key too short to split is passed over, as every reader does.
+    fn each_identity(
+        &self,
+        user: &str,
+        guid: MailboxGuid,
+        mut visit: impl FnMut(Digest, Stamp, u8, u32, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let (start, end) = mailbox_range(user, guid);
+        for item in self.identities.range(start.as_slice()..=end.as_slice())? {
+            let (k, v) = item?;
+            if let Some((digest, appended, kind, uid)) =
+                k.value().get(start.len()..).and_then(split_tail)
+            {
+                visit(digest, appended, kind, uid, v.value())?;
+            }
+        }
+        Ok(())
+    }
+
     /// A mailbox merged into `into` is going away: its writers' expunges (its own and those it
     /// inherited) now also hold in `into`, and kill what lives there already.
     pub(crate) fn inherit_kills(
@@ -215,17 +235,10 @@ impl Tx<'_> {
         from: MailboxGuid,
         into: MailboxGuid,
     ) -> Result<(), StoreError> {
-        let (start, end) = mailbox_range(user, from);
         let mut kills = Vec::new();
-        for item in self.identities.range(start.as_slice()..=end.as_slice())? {
-            let (k, v) = item?;
-            let Some((digest, origin, kind, uid)) =
-                k.value().get(start.len()..).and_then(split_tail)
-            else {
-                continue;
-            };
+        self.each_identity(user, from, |digest, origin, kind, uid, value| {
             if kind != LIVE {
-                let stamp: Stamp = decode(v.value(), "an identity kill")?;
+                let stamp: Stamp = decode(value, "an identity kill")?;
                 kills.push((
                     uid,
                     Tombstone {
@@ -235,7 +248,8 @@ impl Tx<'_> {
                     },
                 ));
             }
-        }
+            Ok(())
+        })?;
         for (uid, t) in kills {
             if let Some(origin) = t.origin {
                 let k = key(user, into, &t.digest, origin, INHERITED, uid);
@@ -292,19 +306,13 @@ impl Tx<'_> {
         guid: MailboxGuid,
         removed: &std::collections::BTreeSet<u32>,
     ) -> Result<bool, StoreError> {
-        let (start, end) = mailbox_range(user, guid);
         let mut live = Vec::new();
-        for item in self.identities.range(start.as_slice()..=end.as_slice())? {
-            let (k, _) = item?;
-            let Some((digest, appended, kind, uid)) =
-                k.value().get(start.len()..).and_then(split_tail)
-            else {
-                continue;
-            };
+        self.each_identity(user, guid, |digest, appended, kind, uid, _| {
             if kind == LIVE && !removed.contains(&uid) {
                 live.push((digest, appended));
             }
-        }
+            Ok(())
+        })?;
         if live.is_empty() {
             return Ok(false);
         }
