@@ -1085,13 +1085,20 @@ fn still_fine(s: &Server, root: &str, after: &str) {
     assert_eq!(s.root(), root, "after {after}: the root moved");
 }
 
+/// A fresh node `node-s` under `dir`, serving the peer API with the peer token, and the
+/// messages to feed it: the start of the tests that talk to one server as a hostile peer.
+fn lone_peer_server(dir: &Path) -> (Mail, Server) {
+    let mail = Mail::new();
+    let data = dir.join("s");
+    init(&data, "node-s");
+    let s = Server::start(&data, Some(PEER_TOKEN));
+    (mail, s)
+}
+
 #[test]
 fn the_peer_api_refuses_bad_input_and_changes_nothing() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mail = Mail::new();
-    let data = tmp.path().join("s");
-    init(&data, "node-s");
-    let s = Server::start(&data, Some(PEER_TOKEN));
+    let (mail, s) = lone_peer_server(tmp.path());
     s.append(ALICE, "INBOX", &[&mail.file("p1"), &mail.file("p2")], None);
     let root = s.root();
     let mut root_bytes = [0u8; 32];
@@ -1384,10 +1391,7 @@ fn apply_round(guid: MailboxGuid, expect: [u8; 4], changes: Vec<Change>) -> Vec<
 #[test]
 fn an_apply_above_uidnext_leaves_a_sound_store() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mail = Mail::new();
-    let data = tmp.path().join("s");
-    init(&data, "node-s");
-    let s = Server::start(&data, Some(PEER_TOKEN));
+    let (mail, s) = lone_peer_server(tmp.path());
     assert_eq!(
         s.append(ALICE, "INBOX", &[&mail.file("p1"), &mail.file("p2")], None),
         [1, 2]
