@@ -464,6 +464,16 @@ mod tests {
     use super::*;
     use crate::store::{NewMessage, Store};
 
+    /// Appends `n` distinct messages to `mailbox` of user `u`; returns their UIDs in order.
+    fn append_n(store: &Store, mailbox: &str, n: u32) -> Vec<u32> {
+        store
+            .append("u", mailbox, (0..n).map(msg).collect())
+            .expect("append")
+            .iter()
+            .map(|o| o.uid)
+            .collect()
+    }
+
     fn msg(i: u32) -> NewMessage {
         NewMessage {
             bytes: format!("Subject: {i}\r\n\r\nbody {i}\r\n").into_bytes(),
@@ -526,12 +536,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (root, uids) = {
             let store = Store::init(dir.path(), "n").expect("init");
-            let uids: Vec<u32> = store
-                .append("u", "INBOX", (0..4).map(msg).collect())
-                .expect("append")
-                .iter()
-                .map(|o| o.uid)
-                .collect();
+            let uids: Vec<u32> = append_n(&store, "INBOX", 4);
             store.expunge("u", "INBOX", &uids[..1]).expect("expunge");
             store.create_mailbox("u", "Old").expect("create");
             store.delete_mailbox("u", "Old").expect("delete");
@@ -558,12 +563,7 @@ mod tests {
     fn replicated_changes_keep_one_placement_and_respect_a_writers_expunge() {
         use crate::model::Change;
         let store = Store::in_memory("n").expect("store");
-        let uids: Vec<u32> = store
-            .append("u", "INBOX", (0..2).map(msg).collect())
-            .expect("append")
-            .iter()
-            .map(|o| o.uid)
-            .collect();
+        let uids: Vec<u32> = append_n(&store, "INBOX", 2);
         let mut mailbox = store.mailbox("u", "INBOX").expect("inbox");
         let guid = mailbox.guid;
         mailbox.uidnext = 100;
@@ -629,12 +629,7 @@ mod tests {
         let store = Store::in_memory("n").expect("store");
         store.create_mailbox("u", "Lists").expect("create");
         let trips = store.create_mailbox("u", "Trips").expect("create");
-        let uids: Vec<u32> = store
-            .append("u", "Lists", (0..2).map(msg).collect())
-            .expect("append")
-            .iter()
-            .map(|o| o.uid)
-            .collect();
+        let uids: Vec<u32> = append_n(&store, "Lists", 2);
         let mut mailbox = store.mailbox("u", "Trips").expect("trips");
         mailbox.uidnext = 10;
         let first = store.message("u", "Lists", uids[0]).expect("m").record;
@@ -694,12 +689,7 @@ mod tests {
         let store = Store::in_memory("n").expect("store");
         let lists = store.create_mailbox("u", "Lists").expect("create");
         let trips = store.create_mailbox("u", "Trips").expect("create");
-        let uids: Vec<u32> = store
-            .append("u", "Lists", (0..2).map(msg).collect())
-            .expect("append")
-            .iter()
-            .map(|o| o.uid)
-            .collect();
+        let uids: Vec<u32> = append_n(&store, "Lists", 2);
         let kept = store.message("u", "Lists", uids[0]).expect("m").record;
         let expunged = store.message("u", "Lists", uids[1]).expect("m").record;
         let expect = |guid: MailboxGuid| {
