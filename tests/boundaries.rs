@@ -14,10 +14,15 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("store", &["model", "merkle"]),
     ("maildir", &["model", "store"]),
     ("sync", &["model", "merkle", "store"]),
-    ("net", &["model", "merkle", "store", "sync", "status", "maildir"]),
+    (
+        "net",
+        &["model", "merkle", "store", "sync", "status", "maildir"],
+    ),
     (
         "daemon",
-        &["model", "merkle", "store", "sync", "net", "status", "maildir"],
+        &[
+            "model", "merkle", "store", "sync", "net", "status", "maildir",
+        ],
     ),
     (
         "cli",
@@ -239,7 +244,14 @@ fn only_net_speaks_http_or_names_a_route() {
     for (module, _) in LAYERS.iter().filter(|(m, _)| *m != "net") {
         forbid(
             module,
-            &["hyper", "http_body", "StatusCode", "\"/v1/", "\"/status", "\"/metrics"],
+            &[
+                "hyper",
+                "http_body",
+                "StatusCode",
+                "\"/v1/",
+                "\"/status",
+                "\"/metrics",
+            ],
             "only src/net knows HTTP and its routes",
         );
     }
@@ -268,7 +280,10 @@ fn the_session_does_no_io() {
 fn the_reader_finds_imports_in_groups_and_paths() {
     let text = "use crate::{\n    model::{A, B},\n    store::Store,\n};\n// use crate::net;\nfn f() { crate::sync::run(); }\n";
     let found = crate_modules(text);
-    let expect: BTreeSet<String> = ["model", "store", "sync"].iter().map(|s| s.to_string()).collect();
+    let expect: BTreeSet<String> = ["model", "store", "sync"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     assert_eq!(found, expect);
 }
 
@@ -291,6 +306,10 @@ fn only_main_and_the_cli_use_anyhow() {
         .iter()
         .filter(|(m, _)| !matches!(*m, "cli" | "daemon"))
     {
-        forbid(module, &["anyhow"], "libraries return their own error types");
+        forbid(
+            module,
+            &["anyhow"],
+            "libraries return their own error types",
+        );
     }
 }
