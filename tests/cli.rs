@@ -983,7 +983,6 @@ fn compact_refuses_a_store_that_a_server_holds() {
 #[test]
 fn stats_shows_the_files_size_beside_the_mails() {
     let s = populated();
-    let json = s.stats();
     let stats = s.stats();
     let mail = u64_field(&stats, "bytes");
     assert!(u64_field(&stats, "file_bytes") > 0, "{stats}");
