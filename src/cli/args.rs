@@ -247,6 +247,22 @@ pub enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Give the store file's free pages back to the filesystem; needs the store offline.
+    ///
+    /// The file keeps the pages that earlier writes freed, for reuse, so it does not shrink
+    /// when mail is expunged, and a busy or freshly replicated store often holds a sixth of its
+    /// size as free pages (`stats` shows the file's size beside the mail's). Run it after
+    /// large expunges or deletes, or after filling a replica, when the disk space is wanted
+    /// back. It rewrites the file in place; the mail, the tree and the root are unchanged.
+    /// Stop `merkmail serve` on DIR first: the store cannot be compacted while a server holds
+    /// it open. Prints the file's size before and after.
+    Compact {
+        #[command(flatten)]
+        data: Data,
+        /// Print the sizes as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print counts: users, mailboxes, messages, bytes, tombstones, tree depth.
     Stats {
         #[command(flatten)]
@@ -349,6 +365,7 @@ impl Command {
             | Command::Status { .. }
             | Command::Tree { .. }
             | Command::Verify { .. }
+            | Command::Compact { .. }
             | Command::ImportMaildir { .. }
             | Command::ExportMaildir { .. } => None,
         }

@@ -41,6 +41,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             bodies,
             quiet,
         } => local::verify(&data, bodies, quiet, &mut out)?,
+        Command::Compact { data, json } => local::compact(&data, json, &mut out)?,
         Command::ImportMaildir {
             data,
             user,
