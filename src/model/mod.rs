@@ -9,6 +9,7 @@ mod ids;
 mod names;
 mod record;
 mod stamp;
+mod uidset;
 
 pub use clash::{
     absorb, merge_into, merge_mailbox, ClashStats, Forward, MailboxOutcome, MailboxSide,
@@ -18,3 +19,4 @@ pub use ids::{inbox_guid, Digest, MailboxGuid, Md5};
 pub use names::{validate_user, MailboxName, NameError, INBOX};
 pub use record::{MailboxRecord, MailboxTombstone, MessageRecord, Tombstone, UserRecord};
 pub use stamp::{Hlc, Stamp};
+pub use uidset::{UidBound, UidSelection, UidSet, UidSetError};
