@@ -107,7 +107,10 @@ mod tests {
         );
         assert_eq!(
             messages(b"From a\nFrom b\nSubject: y\n\n"),
-            Err(MboxError::EmptyMessage { message: 1, line: 1 })
+            Err(MboxError::EmptyMessage {
+                message: 1,
+                line: 1
+            })
         );
     }
 }
