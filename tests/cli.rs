@@ -1165,15 +1165,15 @@ fn a_closed_stdout_ends_the_command_quietly_with_sigpipe() {
     use std::io::{BufRead, BufReader};
     use std::os::unix::process::ExitStatusExt;
     let s = Store::init();
-    // More listing than a pipe holds (64 KiB), so the command is still writing when the
-    // reader goes away.
+    // More listing than a pipe holds (64 KiB; 800 messages as JSON are about 200 KiB), so
+    // the command is still writing when the reader goes away.
     let files: Vec<String> = (1..=800)
         .map(|n| s.file(&format!("p{n}"), &message(n)))
         .collect();
     let mut rest = vec!["alice", "INBOX"];
     rest.extend(files.iter().map(String::as_str));
     s.run(&["append"], &rest).ok();
-    let mut child = common::command(["list", "--data", s.data(), "alice"])
+    let mut child = common::command(["list", "--data", s.data(), "alice", "--json"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
