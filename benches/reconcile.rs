@@ -24,6 +24,7 @@
 //! - `table FILE...`: the table of medians over the JSON lines, the targets, and the byte
 //!   breakdown per request and reply kind at d = 100.
 
+use merkmail::model::Change;
 use merkmail::model::{
     inbox_guid, Digest, FlagName, FlagOp, FlagSet, MailboxGuid, MailboxRecord, Md5, MessageRecord,
     Stamp,
@@ -31,7 +32,7 @@ use merkmail::model::{
 use merkmail::net::client::{expect_success, BlockingClient, ClientConfig};
 use merkmail::net::routes::{ROUND, SYNC_CONTENT_TYPE};
 use merkmail::net::{server, Limits, ServerState};
-use merkmail::store::{Change, NewMessage, Store, DB_FILE, FORMAT_VERSION};
+use merkmail::store::{NewMessage, Store, DB_FILE, FORMAT_VERSION};
 use merkmail::sync::wire::{
     decode_reply, decode_request, encode, GuidRef, Reply, Request, WireChange, WireRecord,
 };

@@ -11,9 +11,9 @@ mod common;
 
 use common::node::{poll, Node, Setup, HOURLY_CHECKS};
 use common::run;
-use merkmail::model::{Digest, Md5};
+use merkmail::model::{Digest, JournalBatch, Md5};
 use merkmail::status::StatusView;
-use merkmail::store::{JournalBatch, NewMessage, Store};
+use merkmail::store::{NewMessage, Store};
 use std::path::Path;
 use std::time::Duration;
 

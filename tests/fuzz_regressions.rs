@@ -86,7 +86,8 @@ fn write_fuzz_seeds() {
 mod seeds {
     use super::{fixture, wire};
     use merkmail::model::{parse_flag_list, FlagOp};
-    use merkmail::store::{encode_batch, NewMessage, Store};
+    use merkmail::store::{NewMessage, Store};
+    use merkmail::sync::journal_wire::encode_batch;
     use merkmail::sync::wire::{decode_request, encode, RoundRequest};
     use std::cell::RefCell;
 

@@ -4,11 +4,9 @@
 
 mod random_ops;
 
-use merkmail::model::FlagOp;
-use merkmail::store::{
-    decode_batch, encode_batch, JournalBatch, JournalWireError, NewMessage, Store,
-    JOURNAL_WIRE_VERSION, MAX_BATCH_ENTRIES,
-};
+use merkmail::model::{FlagOp, JournalBatch, JOURNAL_WIRE_VERSION, MAX_BATCH_ENTRIES};
+use merkmail::store::{NewMessage, Store};
+use merkmail::sync::journal_wire::{decode_batch, encode_batch, JournalWireError};
 use merkmail::sync::{in_process, run};
 use proptest::prelude::*;
 use random_ops::{apply, msg, seen, Op, USERS};
@@ -155,7 +153,7 @@ fn replicated_applies_journal_nothing() {
         .mailbox_side("u", merkmail::model::inbox_guid("u"), None)
         .expect("side");
     let record = side.record.expect("inbox");
-    c.apply(&[merkmail::store::Change::Mailbox {
+    c.apply(&[merkmail::model::Change::Mailbox {
         user: "u".into(),
         record,
     }])
@@ -714,7 +712,7 @@ fn the_empty_batch_is_six_bytes_as_docs_journal_md_draws_it() {
     assert_eq!(wire, vec![0x02, 0x01, b'a', 0x05, 0x04, 0x00]);
     assert_eq!(decode_batch(&wire), Ok(empty));
     // And the deleted-mailbox entry's head: seq 7, at_ms 1 700 000 000 000, user "u".
-    let entry = merkmail::store::ShippedEntry {
+    let entry = merkmail::model::ShippedEntry {
         seq: 7,
         at_ms: 1_700_000_000_000,
         user: "u".into(),

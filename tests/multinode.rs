@@ -12,8 +12,8 @@ use common::{
     command, killed_by_signal, md5_hex, scratch_dir, spawn_for_first_line, stop_serve, ChildGuard,
     Raw, Run,
 };
+use merkmail::model::{Change, ChangeGroup};
 use merkmail::model::{Digest, FlagSet, MailboxGuid, MailboxRecord, Md5, MessageRecord, Stamp};
-use merkmail::store::{Change, ChangeGroup};
 use merkmail::sync::wire::{
     decode_reply, encode, GuidRef, Reply, Request, RoundRequest, WIRE_VERSION,
 };

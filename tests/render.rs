@@ -104,6 +104,8 @@ fn view() -> StatusView {
                 }),
                 bytes_sent_total: 123_456,
                 bytes_received_total: 654_321,
+                tombstones_held_back: 0,
+                holding_since_ms: None,
             },
             PeerView {
                 url: NASTY.into(),

@@ -182,6 +182,8 @@ fn cluster() -> StatusView {
                 }),
                 bytes_sent_total: 123_456,
                 bytes_received_total: 654_321,
+                tombstones_held_back: 0,
+                holding_since_ms: None,
             },
             PeerView {
                 url: NASTY_URL.into(),
@@ -213,6 +215,8 @@ fn cluster() -> StatusView {
                 session: None,
                 bytes_sent_total: 0,
                 bytes_received_total: 0,
+                tombstones_held_back: 0,
+                holding_since_ms: None,
             },
             PeerView {
                 url: "http://[::1]:8027/ünïcødé".into(),
@@ -244,6 +248,8 @@ fn cluster() -> StatusView {
                 }),
                 bytes_sent_total: 1,
                 bytes_received_total: u64::MAX,
+                tombstones_held_back: 0,
+                holding_since_ms: None,
             },
         ],
     }

@@ -155,8 +155,8 @@ fn a_deleted_mailbox_stays_deleted_unless_changed_after() {
 
 /// Two equal stores of `users` × 10 mailboxes × `per` messages, built from the same records.
 fn equal_stores(users: usize, per: u32) -> (Store, Store) {
+    use merkmail::model::Change;
     use merkmail::model::{Digest, FlagSet, MailboxGuid, MailboxRecord, Md5, MessageRecord, Stamp};
-    use merkmail::store::Change;
     let a = Store::in_memory("a").expect("store");
     let b = Store::in_memory("b").expect("store");
     let st = Stamp {

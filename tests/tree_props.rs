@@ -2,11 +2,12 @@
 //! from the records after any sequence of operations; equal records give equal roots whatever
 //! the order they arrived in; every change of replicated state moves the root.
 
+use merkmail::model::Change;
 use merkmail::model::{
     inbox_guid, Digest, FlagName, FlagOp, FlagSet, FlagState, MailboxGuid, MailboxRecord, Md5,
     MessageRecord, Stamp, Tombstone,
 };
-use merkmail::store::{Change, NewMessage, Store};
+use merkmail::store::{NewMessage, Store};
 use proptest::prelude::*;
 
 const USERS: [&str; 3] = ["alice", "bob", "zoë"];

@@ -5,10 +5,11 @@
 //! Shared by the fuzz crate and `tests/fuzz_regressions.rs` (which includes this file by
 //! path), so a regression test replays an input against exactly the store the target used.
 
+use merkmail::model::Change;
 use merkmail::model::{
     inbox_guid, FlagName, FlagSet, MailboxGuid, MailboxRecord, MailboxTombstone, Stamp, Tombstone,
 };
-use merkmail::store::{Change, Store, StoreError};
+use merkmail::store::{Store, StoreError};
 use merkmail::sync::wire::record_with_body;
 
 /// The fixture's node id.

@@ -76,6 +76,8 @@ impl Hooks for FuzzHooks {
         Ok(())
     }
 
+    fn roots_equal(&self, _from: &str, _at_ms: u64) {}
+
     fn is_peer(&self, _url: &str) -> Option<bool> {
         Some(false)
     }

@@ -3,7 +3,7 @@
 //! applied. Each check starts from a fresh fixture store.
 
 use crate::fixture;
-use merkmail::store::{decode_batch, encode_batch};
+use merkmail::sync::journal_wire::{decode_batch, encode_batch};
 use merkmail::sync::responder::answer;
 use merkmail::sync::session::Session;
 use merkmail::sync::wire::{decode_reply, decode_request, encode};

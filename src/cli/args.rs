@@ -447,4 +447,8 @@ pub struct ServeArgs {
     /// How long a sync-mode write waits for a peer, ms [config: sync_timeout_ms; default 2000].
     #[arg(long, value_name = "MS")]
     pub(super) sync_timeout: Option<u64>,
+    /// How long an expunge or delete tombstone is kept at least, e.g. 30d, 12h, 90s; it
+    /// goes once every peer has it too [config: tombstone_retention; default 30d].
+    #[arg(long, value_name = "DURATION")]
+    pub(super) tombstone_retention: Option<crate::daemon::config::Retention>,
 }

@@ -120,6 +120,7 @@ impl ServeArgs {
             check_interval_s: self.check_interval,
             mode: self.mode.as_deref().and_then(Mode::parse),
             sync_timeout_ms: self.sync_timeout,
+            tombstone_retention: self.tombstone_retention,
             node_id: self.node_id,
         }
     }

@@ -131,6 +131,9 @@ pub async fn check(node: &Arc<Node>, peer: &Arc<Peer>, trigger: Trigger) -> bool
     }
     match &result {
         Ok(r) if r.equal_after => {
+            // The peer now holds every expunge this node held when the check began (at_ms is
+            // no later than the session's start): the tombstone rule's horizon moves there.
+            peer.saw_equal_roots(at_ms);
             // Whatever the journal missed before this session started is covered now.
             if let Err(e) = node.store.journal_merkle_done(peer.url(), head_at_start) {
                 warn!(peer = %peer.url(), error = %e, "cannot record the Merkle session in the journal");

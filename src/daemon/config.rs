@@ -123,8 +123,11 @@ pub struct Config {
     pub journal_bound: u64,
     /// Journal entries shipped in one request (also capped at 8 MiB of bodies).
     pub journal_batch: usize,
-    /// Days an expunge or delete tombstone is kept (longer than any outage you expect).
-    pub tombstone_retention_days: u64,
+    /// How long an expunge or delete tombstone is kept at least (`30d`, `12h`, `90s`); it
+    /// goes only once every configured peer is known to have it too (daemon/tombstones.rs).
+    pub tombstone_retention: Option<Retention>,
+    /// The older spelling of `tombstone_retention`, in days; giving both is an error.
+    pub tombstone_retention_days: Option<u64>,
     /// How long a SIGTERM waits for requests and sessions in flight, ms.
     pub shutdown_timeout_ms: u64,
     /// redb's quick-repair: every commit also saves the allocator state, so the first start
@@ -153,7 +156,8 @@ impl Default for Config {
             sync_timeout_ms: 2_000,
             journal_bound: 100_000,
             journal_batch: 1_000,
-            tombstone_retention_days: 30,
+            tombstone_retention: None,
+            tombstone_retention_days: None,
             shutdown_timeout_ms: 10_000,
             quick_repair: false,
             limits: LimitsConfig::default(),
@@ -177,6 +181,100 @@ pub struct Overrides {
     pub mode: Option<Mode>,
     pub sync_timeout_ms: Option<u64>,
     pub node_id: Option<String>,
+    /// `--tombstone-retention DURATION`: replaces both retention keys of the file.
+    pub tombstone_retention: Option<Retention>,
+}
+
+/// A tombstone retention: a whole number of days, hours, minutes or seconds (`30d`, `12h`,
+/// `15m`, `90s`), at least one second. Parsed once, so the daemon never sees a bad one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention(Duration);
+
+/// Why a retention was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum RetentionError {
+    #[error("{0:?} is not a duration: write a whole number and a unit, d, h, m or s (e.g. 30d, 12h, 90s)")]
+    Malformed(String),
+    #[error("must be at least 1s")]
+    Zero,
+    #[error("{0:?} is too long")]
+    TooLong(String),
+}
+
+impl Retention {
+    /// The default: 30 days.
+    pub const DEFAULT: Retention = Retention(Duration::from_secs(30 * 86_400));
+
+    pub fn from_days(days: u64) -> Result<Retention, RetentionError> {
+        let secs = days
+            .checked_mul(86_400)
+            .ok_or_else(|| RetentionError::TooLong(format!("{days} days")))?;
+        Retention::from_secs(secs, || format!("{days} days"))
+    }
+
+    fn from_secs(secs: u64, shown: impl Fn() -> String) -> Result<Retention, RetentionError> {
+        match secs {
+            0 => Err(RetentionError::Zero),
+            // Stamps count milliseconds in 48 bits: a longer retention could never end anyway.
+            s if s > (1 << 48) / 1000 => Err(RetentionError::TooLong(shown())),
+            s => Ok(Retention(Duration::from_secs(s))),
+        }
+    }
+
+    pub fn as_duration(self) -> Duration {
+        self.0
+    }
+
+    pub fn as_millis(self) -> u64 {
+        self.0.as_millis() as u64
+    }
+}
+
+impl std::str::FromStr for Retention {
+    type Err = RetentionError;
+
+    fn from_str(text: &str) -> Result<Retention, RetentionError> {
+        let malformed = || RetentionError::Malformed(text.to_string());
+        let split = text.len().checked_sub(1).ok_or_else(malformed)?;
+        let (number, unit) = (text.get(..split).ok_or_else(malformed)?, &text[split..]);
+        if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(malformed());
+        }
+        let n: u64 = number
+            .parse()
+            .map_err(|_| RetentionError::TooLong(text.to_string()))?;
+        let unit_secs = match unit {
+            "d" => 86_400,
+            "h" => 3_600,
+            "m" => 60,
+            "s" => 1,
+            _ => return Err(malformed()),
+        };
+        let secs = n
+            .checked_mul(unit_secs)
+            .ok_or_else(|| RetentionError::TooLong(text.to_string()))?;
+        Retention::from_secs(secs, || text.to_string())
+    }
+}
+
+impl std::fmt::Display for Retention {
+    /// The largest unit that divides it, so `30d` reads back as `30d`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.0.as_secs();
+        match s {
+            _ if s.is_multiple_of(86_400) => write!(f, "{}d", s / 86_400),
+            _ if s.is_multiple_of(3_600) => write!(f, "{}h", s / 3_600),
+            _ if s.is_multiple_of(60) => write!(f, "{}m", s / 60),
+            _ => write!(f, "{s}s"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Retention {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Retention, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 const TOKEN_RULE: &str =
@@ -244,6 +342,11 @@ impl Config {
         }
         if let Some(ms) = o.sync_timeout_ms {
             self.sync_timeout_ms = ms;
+        }
+        if let Some(r) = o.tombstone_retention {
+            // The flag wins over whichever spelling the file used.
+            self.tombstone_retention = Some(r);
+            self.tombstone_retention_days = None;
         }
     }
 
@@ -365,8 +468,19 @@ impl Config {
         if !(1..=100_000).contains(&self.journal_batch) {
             return bad("journal_batch", "must be in 1..=100000".into());
         }
-        if self.tombstone_retention_days == 0 {
-            return bad("tombstone_retention_days", "must be at least 1".into());
+        if self.tombstone_retention.is_some() && self.tombstone_retention_days.is_some() {
+            return bad(
+                "tombstone_retention_days",
+                "is the older spelling of `tombstone_retention`: give one of them, not both".into(),
+            );
+        }
+        if let Some(days) = self.tombstone_retention_days {
+            if days == 0 {
+                return bad("tombstone_retention_days", "must be at least 1".into());
+            }
+            if let Err(e) = Retention::from_days(days) {
+                return bad("tombstone_retention_days", e.to_string());
+            }
         }
         let l = &self.limits;
         for (key, v) in [
@@ -441,6 +555,21 @@ impl Config {
 
     pub fn sync_timeout(&self) -> Duration {
         Duration::from_millis(self.sync_timeout_ms)
+    }
+
+    /// The tombstone retention, from whichever key gave it (validated), else 30 days.
+    pub fn tombstone_retention(&self) -> Retention {
+        match (self.tombstone_retention, self.tombstone_retention_days) {
+            (Some(r), _) => r,
+            (None, Some(days)) => Retention::from_days(days).unwrap_or(Retention::DEFAULT),
+            (None, None) => Retention::DEFAULT,
+        }
+    }
+
+    /// How often the tombstone purge runs: min(1 h, retention / 4), at least a second.
+    pub fn purge_interval(&self) -> Duration {
+        (self.tombstone_retention().as_duration() / 4)
+            .clamp(Duration::from_secs(1), Duration::from_secs(3600))
     }
 }
 
@@ -551,6 +680,63 @@ mod tests {
         assert!(c.validate("flags").is_err());
         let c = valid(&format!("{base}peer_token='p'\nadmin_token='a'")).expect("distinct");
         assert_eq!(c.admin_token(), Some("a"));
+    }
+
+    #[test]
+    fn retention_is_a_duration_and_the_days_key_still_works() {
+        let base = "data_dir='/d'\nlisten='127.0.0.1:1'\n";
+        let c = valid(base).expect("defaults");
+        assert_eq!(c.tombstone_retention().to_string(), "30d");
+        assert_eq!(c.purge_interval(), Duration::from_secs(3600));
+        for (text, secs) in [
+            ("30d", 30 * 86_400),
+            ("12h", 43_200),
+            ("15m", 900),
+            ("90s", 90),
+        ] {
+            let c = valid(&format!("{base}tombstone_retention='{text}'")).expect(text);
+            assert_eq!(
+                c.tombstone_retention().as_duration().as_secs(),
+                secs,
+                "{text}"
+            );
+            assert_eq!(c.tombstone_retention().to_string(), text);
+        }
+        let c = valid(&format!("{base}tombstone_retention='8s'")).expect("8s");
+        assert_eq!(c.purge_interval(), Duration::from_secs(2), "retention / 4");
+        let c = valid(&format!("{base}tombstone_retention_days=7")).expect("days");
+        assert_eq!(c.tombstone_retention().to_string(), "7d");
+        for bad in [
+            "0s",
+            "30",
+            "d",
+            "1.5d",
+            "-1d",
+            "3w",
+            " 3d",
+            "99999999999999999999d",
+        ] {
+            let e = valid(&format!("{base}tombstone_retention='{bad}'")).expect_err(bad);
+            assert!(e.contains("tombstone_retention"), "{bad}: {e}");
+        }
+        let e = valid(&format!(
+            "{base}tombstone_retention='3d'\ntombstone_retention_days=3"
+        ))
+        .expect_err("both spellings");
+        assert!(
+            e.contains("`tombstone_retention_days`") && e.contains("`tombstone_retention`"),
+            "{e}"
+        );
+        let e = valid(&format!("{base}tombstone_retention_days=0")).expect_err("0 days");
+        assert!(e.contains("tombstone_retention_days"), "{e}");
+        // The flag replaces either spelling of the file.
+        let mut c = Config::from_toml(&format!("{base}tombstone_retention_days=3")).expect("p");
+        c.apply(Overrides {
+            tombstone_retention: Some("5s".parse().expect("5s")),
+            ..Overrides::default()
+        });
+        c.validate("flags").expect("valid");
+        assert_eq!(c.tombstone_retention().to_string(), "5s");
     }
 
     #[test]

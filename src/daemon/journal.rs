@@ -3,8 +3,7 @@
 //! that applies what peers shipped here, with the clash rules, in the order received.
 
 use super::node::{lock, Node, Peer};
-pub use crate::net::peer::JournalAck;
-use crate::store::{decode_batch, encode_batch};
+use crate::sync::journal_wire::encode_batch;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -174,29 +173,4 @@ pub async fn apply(node: Arc<Node>) {
             _ = shutdown.changed() => return,
         }
     }
-}
-
-/// Decodes and stores a batch (for `POST /v1/journal`); the answer's `acked` is what the
-/// sender may drop.
-pub fn receive(
-    store: &crate::store::Store,
-    body: &[u8],
-) -> Result<(String, JournalAck), ReceiveError> {
-    let batch = decode_batch(body).map_err(ReceiveError::Wire)?;
-    let acked = store.journal_receive(&batch).map_err(ReceiveError::Store)?;
-    Ok((
-        batch.from,
-        JournalAck {
-            node: store.node_id().to_string(),
-            acked,
-        },
-    ))
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReceiveError {
-    #[error(transparent)]
-    Wire(crate::store::JournalWireError),
-    #[error(transparent)]
-    Store(crate::store::StoreError),
 }

@@ -8,6 +8,7 @@
 //! - [`checker`]: one check = one Merkle session with a peer.
 //! - [`repair`]: before a check's session, bodies that rotted here are fetched from the peer.
 //! - [`journal`]: shipping the journal to peers, applying what peers shipped here.
+//! - [`tombstones`]: when a tombstone may be forgotten (retention and every peer), the purge.
 //!
 //! The status snapshot's types and renderings live in [`crate::status`]; [`node`] fills it.
 
@@ -17,43 +18,13 @@ pub mod journal;
 pub mod node;
 pub mod repair;
 pub mod schedule;
+pub mod tombstones;
 
 use node::{lock, Node};
 use schedule::{run_checks, Schedule};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
-
-/// Drops tombstones older than `tombstone_retention_days`, a minute after start and then
-/// hourly.
-async fn purge(node: Arc<Node>) {
-    let mut shutdown = node.shutdown.subscribe();
-    let mut wait = Duration::from_secs(60);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.changed() => return,
-        }
-        wait = Duration::from_secs(3600);
-        let keep_ms = node
-            .config
-            .tombstone_retention_days
-            .saturating_mul(86_400_000);
-        let before = node::now_ms().saturating_sub(keep_ms);
-        let store = Arc::clone(&node.store);
-        match tokio::task::spawn_blocking(move || store.purge_tombstones(before)).await {
-            Ok(Ok(p)) if p.tombstones + p.mailbox_tombstones > 0 => tracing::info!(
-                tombstones = p.tombstones,
-                mailbox_tombstones = p.mailbox_tombstones,
-                retention_days = node.config.tombstone_retention_days,
-                "forgot tombstones past their retention"
-            ),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot purge old tombstones"),
-            Err(e) => tracing::warn!(error = %e, "the tombstone purge failed"),
-        }
-    }
-}
 
 /// The daemon's tasks, running.
 pub struct Daemon {
@@ -99,7 +70,7 @@ impl Daemon {
             tasks.spawn(journal::ship(Arc::clone(&node), Arc::clone(peer)));
         }
         tasks.spawn(journal::apply(Arc::clone(&node)));
-        tasks.spawn(purge(Arc::clone(&node)));
+        tasks.spawn(tombstones::run(Arc::clone(&node)));
         Ok(Daemon { node, tasks })
     }
 

@@ -49,6 +49,9 @@ pub struct Peer {
     pub view: Mutex<PeerView>,
     /// Lifetime metadata bytes of sessions, for metrics.
     pub bytes: Mutex<(u64, u64)>,
+    /// When this node's latest check with the peer that ended with equal roots began (ms
+    /// since the epoch): the peer's horizon in the tombstone rule (daemon/tombstones.rs).
+    pub tombstone_horizon: Mutex<Option<u64>>,
 }
 
 impl Peer {
@@ -79,6 +82,13 @@ impl Peer {
             v.failures_in_a_row = v.failures_in_a_row.saturating_add(1);
         }
         ok && was_down
+    }
+
+    /// The peer's root equalled this node's at a moment after `at_ms`: its tombstone horizon
+    /// moves there (never back).
+    pub fn saw_equal_roots(&self, at_ms: u64) {
+        let mut h = lock(&self.tombstone_horizon);
+        *h = Some(h.map_or(at_ms, |h| h.max(at_ms)));
     }
 
     /// Keeps a finished run for /status and adds it to the lifetime sums.
@@ -159,6 +169,7 @@ impl Node {
                     ..PeerView::default()
                 }),
                 bytes: Mutex::new((0, 0)),
+                tombstone_horizon: Mutex::new(None),
             }));
         }
         Ok(Arc::new(Node {
@@ -396,6 +407,12 @@ impl Hooks for Node {
             overflowed: j.overflowed,
             inbound_pending,
         })
+    }
+
+    fn roots_equal(&self, from: &str, at_ms: u64) {
+        if let Some(peer) = self.peer_by_node(from) {
+            peer.saw_equal_roots(at_ms);
+        }
     }
 
     fn session_round(&self, from: &str) -> Result<(), String> {

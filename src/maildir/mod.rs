@@ -11,6 +11,8 @@
 //! - [`uidlist`]: the `dovecot-uidlist` file (UID ⇄ base name, UIDVALIDITY, UIDNEXT);
 //! - [`scan`]: walks a Maildir++ root into [`ScannedFolder`]s;
 //! - [`write`]: [`MaildirWriter`], which exports into an empty directory;
+//! - [`lock`]: Dovecot's dotlocks (`dovecot-uidlist.lock`), taken and judged as Dovecot does;
+//! - [`live`]: writing into a Maildir Dovecot serves: numbering and delivery under that lock;
 //! - [`import`](mod@import) and [`export`](mod@export): the glue between these and the store.
 //!
 //! **Invariant**: nothing read from disk (file names, uidlist, keyword and subscription files)
@@ -22,6 +24,8 @@
 pub mod export;
 pub mod folder;
 pub mod import;
+pub mod live;
+pub mod lock;
 pub mod name;
 pub mod scan;
 pub mod uidlist;
@@ -33,6 +37,8 @@ use std::path::PathBuf;
 pub use export::{export, ExportError, ExportReport};
 pub use folder::{folder_dir_name, mailbox_name_from_dir};
 pub use import::{import, ImportError, ImportReport};
+pub use live::{LiveError, LiveFolder, LockedFolder, Numbered, NumberingReport};
+pub use lock::{DotLock, LockError, LockSettings};
 pub use name::{parse_filename, parse_keywords_file, ParsedName};
 pub use scan::{scan, ScannedFolder, ScannedMessage};
 pub use uidlist::{format_uidlist, parse_uidlist, UidList};

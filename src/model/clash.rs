@@ -41,7 +41,9 @@ pub struct MailboxOutcome {
     /// Final expunge tombstones at the compared UIDs.
     pub expunged: BTreeMap<u32, Vec<Tombstone>>,
     /// When the UIDVALIDITY changed, every message of the losing side not kept here is removed
-    /// without a tombstone: its UID meant nothing under the new UIDVALIDITY.
+    /// without a tombstone: its UID meant nothing under the new UIDVALIDITY. With no record
+    /// (a mailbox merged into one a writer deleted, whose delete wins): its messages go with
+    /// it, said explicitly, since a merged mailbox's delete alone never drops mail.
     pub reset: bool,
     /// The mailbox was merged into another elsewhere, and one side still holds it: its live
     /// messages must move into that mailbox ([`absorb`]). When the caller cannot (the other
@@ -222,16 +224,20 @@ fn one_sided(
         },
     ) = &tombstone
     {
+        // The side that merged it keeps its writers' expunges for this.
+        let kills: Vec<Tombstone> = writers_expunges(&side.expunged)
+            .into_iter()
+            .chain(writers_expunges(&other.expunged))
+            .collect();
         return MailboxOutcome {
             tombstone: Some(t.clone()),
+            // A message here that a writer expunged does not move: its expunge is stored here
+            // before the mailbox goes, so the store sees that nothing live is left behind.
+            expunged: kills_at(&side.messages, &kills),
             forward: Some(Forward {
                 into: *into,
                 messages: side.messages.clone(),
-                // The side that merged it keeps its writers' expunges for this.
-                kills: writers_expunges(&side.expunged)
-                    .into_iter()
-                    .chain(writers_expunges(&other.expunged))
-                    .collect(),
+                kills,
                 survive: Box::new(survive()),
             }),
             ..Default::default()
@@ -455,13 +461,35 @@ pub fn merge_into(
     if let Some(w) = winner.record.as_mut() {
         w.last_change = w.last_change.max(l.last_change);
     }
-    loser.expunged.clear();
+    // Only the writers' expunges stay, for the UIDs where a side still holds the message:
+    // stored there before the mailbox goes (the store refuses to drop a merged mailbox
+    // that holds mail no other mailbox has, `merged_delete_strands_mail`).
+    loser.expunged.retain(|_, list| {
+        list.retain(|t| t.origin.is_some());
+        !list.is_empty()
+    });
     loser.tombstone = Some(MailboxTombstone {
         guid: loser_guid,
         name: l.name,
         stamp: name_stamp.max(l.name_stamp),
         merged_into: Some(into),
     });
+}
+
+/// The writers' expunges among `kills` that name a message of `messages`, at its UID.
+fn kills_at(
+    messages: &BTreeMap<u32, MessageRecord>,
+    kills: &[Tombstone],
+) -> BTreeMap<u32, Vec<Tombstone>> {
+    let mut out = BTreeMap::new();
+    for (uid, m) in messages {
+        for t in kills {
+            if t.origin == Some(m.appended) && t.digest == m.digest {
+                push_tomb(&mut out, *uid, *t);
+            }
+        }
+    }
+    out
 }
 
 fn writers_expunges(expunged: &BTreeMap<u32, Vec<Tombstone>>) -> Vec<Tombstone> {

@@ -3,20 +3,31 @@
 //! Pure: no I/O, no clock, no randomness. The store feeds it times and GUIDs; the
 //! merkle module hashes what it defines; the clash rules (a later issue) live here too.
 
+mod change;
 mod clash;
 mod flags;
 mod ids;
+mod inbound;
+mod journal;
 mod names;
+mod plan;
 mod record;
 mod stamp;
 mod uidset;
 
+pub use change::{Change, ChangeGroup};
 pub use clash::{
     absorb, merge_into, merge_mailbox, ClashStats, Forward, MailboxOutcome, MailboxSide,
 };
 pub use flags::{parse_flag_list, FlagError, FlagName, FlagOp, FlagSet, FlagState, SYSTEM_FLAGS};
 pub use ids::{inbox_guid, Digest, MailboxGuid, Md5};
-pub use names::{validate_user, MailboxName, NameError, INBOX};
+pub use inbound::{decide_entry, EntryClash, EntryDecision};
+pub use journal::{
+    BatchError, JournalBatch, ShippedEntry, JOURNAL_WIRE_VERSION, MAX_BATCH_BODIES,
+    MAX_BATCH_ENTRIES, MAX_ENTRY_ITEMS,
+};
+pub use names::{is_node_id, validate_user, MailboxName, NameError, INBOX};
+pub use plan::{changes_for, ChangeCounts};
 pub use record::{MailboxRecord, MailboxTombstone, MessageRecord, Tombstone, UserRecord};
 pub use stamp::{Hlc, Stamp};
 pub use uidset::{UidBound, UidSelection, UidSet, UidSetError};

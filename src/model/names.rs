@@ -32,6 +32,16 @@ pub fn validate_user(name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// Whether `id` can name a node: 1 to 64 characters from A-Z a-z 0-9 . _ - (so it holds no
+/// 00 byte, which the store's inbound keys rely on).
+pub fn is_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
 /// A validated mailbox name: UTF-8, '/' as the hierarchy separator, 1–1024 bytes, no empty
 /// components, and INBOX spelled in upper case whatever case it was given in (IMAP treats
 /// INBOX case-insensitively; every other name is case-sensitive).

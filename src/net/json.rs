@@ -98,6 +98,10 @@ pub struct StatsView {
     pub root: String,
     pub tombstones: u64,
     pub users: u64,
+    /// The size of the store's file in bytes, beside `bytes` (what the mail takes); absent
+    /// for an in-memory store and from servers older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_bytes: Option<u64>,
 }
 
 impl StatsView {
@@ -115,6 +119,7 @@ impl StatsView {
             root: store.root()?.hash.to_hex(),
             tombstones: c.tombstones,
             users: c.users,
+            file_bytes: store.file_size()?,
         })
     }
 }

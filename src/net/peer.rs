@@ -18,6 +18,7 @@ use super::error::{reply, ApiError, Reply};
 use super::routes::{self, BODY_PREFIX, NODE_HEADER, SYNC_CONTENT_TYPE};
 use super::server::ServerState;
 use super::sync::sync_with_peer_using;
+use crate::sync::journal_wire::{decode_batch, JournalWireError};
 use crate::sync::wire::{decode_request, encode};
 use bytes::Bytes;
 use hyper::{HeaderMap, Method, StatusCode};
@@ -45,27 +46,31 @@ fn node_header(headers: &HeaderMap) -> Option<String> {
         .map(str::to_string)
 }
 
-/// `POST /v1/journal`: stores a peer's batch durably, then answers what it acknowledges.
+/// `POST /v1/journal`: decodes a peer's batch (a bad one changes nothing), stores it durably,
+/// then answers what it acknowledges.
 async fn journal(state: &ServerState, body: Bytes) -> Result<Reply, ApiError> {
-    use crate::daemon::journal::{receive, ReceiveError};
     let store = std::sync::Arc::clone(&state.store);
-    let received = tokio::task::spawn_blocking(move || receive(&store, &body))
-        .await
-        .map_err(|e| ApiError::internal(format!("the journal task failed: {e}")))?;
-    match received {
-        Ok((from, ack)) => {
-            let from: String = from;
-            if let Some(hooks) = &state.hooks {
-                hooks.journal_received(&from);
+    // Decoding a large batch is CPU work too: off the workers with the store call.
+    let (from, acked) = tokio::task::spawn_blocking(move || {
+        let batch = decode_batch(&body).map_err(|e| match e {
+            JournalWireError::TooMany(_) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
             }
-            Ok(reply::json(StatusCode::OK, &ack))
-        }
-        Err(ReceiveError::Wire(e @ crate::store::JournalWireError::TooMany(_))) => {
-            Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()))
-        }
-        Err(ReceiveError::Wire(e)) => Err(ApiError::bad_request(e.to_string())),
-        Err(ReceiveError::Store(e)) => Err(ApiError::from(e)),
+            _ => ApiError::bad_request(e.to_string()),
+        })?;
+        let acked = store.journal_receive(&batch)?;
+        Ok::<_, ApiError>((batch.from, acked))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("the journal task failed: {e}")))??;
+    if let Some(hooks) = &state.hooks {
+        hooks.journal_received(&from);
     }
+    let ack = JournalAck {
+        node: state.store.node_id().to_string(),
+        acked,
+    };
+    Ok(reply::json(StatusCode::OK, &ack))
 }
 
 /// `GET /v1/sync/body/{digest}`: the body's bytes if held here and sound, else 404.
@@ -171,9 +176,19 @@ pub async fn handle(
                 }
                 _ => ApiError::bad_request(e.to_string()),
             })?;
+            let at_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
             let answer = state
                 .with_store(move |store| crate::sync::responder::answer(store, &round))
                 .await?;
+            let equal = answer
+                .replies
+                .iter()
+                .any(|r| matches!(r, crate::sync::wire::Reply::Root { equal: true, .. }));
+            if let (true, Some(hooks), Some(from)) = (equal, &state.hooks, node_header(headers)) {
+                hooks.roots_equal(&from, at_ms);
+            }
             Ok(reply::bytes(
                 StatusCode::OK,
                 SYNC_CONTENT_TYPE,

@@ -90,6 +90,10 @@ pub trait Hooks: Send + Sync + 'static {
     /// `Err` (answered 409) when this node is itself in a session with that node and wins
     /// the tie; the other side's session then ends and retries later.
     fn session_round(&self, from: &str) -> Result<(), String>;
+    /// Node `from` sent its root in a session round and it equalled this node's, which was
+    /// read after `at_ms` (ms since the epoch): the tombstone rule's evidence that the peer
+    /// holds every expunge this node held then (daemon/tombstones.rs).
+    fn roots_equal(&self, from: &str, at_ms: u64);
     /// Whether `url` is a configured peer (`POST /v1/sync/start` only reaches those).
     /// `None`: no peers are configured and any URL is allowed.
     fn is_peer(&self, url: &str) -> Option<bool>;

@@ -395,6 +395,24 @@ pub fn metrics(v: &StatusView) -> String {
         "Metadata bytes so far, both ways, of the session in progress with the peer.",
         per_peer(v, |p| p.session.as_ref().map(|s| s.bytes)),
     );
+    // Written only while some peer holds tombstones back, so that a cluster where every peer
+    // keeps up exposes the same families as before the rule existed.
+    if v.peers.iter().any(|p| p.tombstones_held_back > 0) {
+        family(
+            o,
+            "merkmail_tombstones_held_back",
+            Gauge,
+            "Tombstones past their retention kept because the peer is not known to have them.",
+            per_peer(v, |p| Some(p.tombstones_held_back)),
+        );
+        family(
+            o,
+            "merkmail_tombstones_holding_since_timestamp_seconds",
+            Gauge,
+            "Unix time since which the peer holds back the oldest of those tombstones.",
+            per_peer(v, |p| p.holding_since_ms.map(seconds)),
+        );
+    }
     out
 }
 

@@ -77,6 +77,18 @@ pub struct PeerView {
     /// Reconciliation metadata bytes received from this peer since start.
     #[serde(default)]
     pub bytes_received_total: u64,
+    /// Tombstones past their retention that this node keeps because this peer is not known to
+    /// have them yet (daemon/tombstones.rs). Left out of the JSON while 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tombstones_held_back: u64,
+    /// Since when (ms since the epoch) the oldest of them would have gone but for this peer.
+    /// Left out of the JSON while nothing is held back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holding_since_ms: Option<u64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What a run found and did.

@@ -10,6 +10,7 @@ use super::tables::{BODIES, BODY_REFS, DAMAGED};
 use crate::model::Digest;
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What [`BodyStore::for_each`] calls with each body: its digest and its bytes.
 pub type BodyVisitor<'a> = dyn FnMut(Digest, &[u8]) -> Result<(), StoreError> + 'a;
@@ -55,6 +56,9 @@ pub trait BodyStore: Send + Sync {
     fn count(&self, txn: &ReadTransaction) -> Result<u64, StoreError>;
     /// Calls `f` with every held body, in digest order (for `verify --bodies`).
     fn for_each(&self, txn: &ReadTransaction, f: &mut BodyVisitor<'_>) -> Result<(), StoreError>;
+    /// Body bytes written since the store was opened, aborted transactions included: what
+    /// the tests hold the replication path to (every body written once).
+    fn bytes_written(&self) -> u64;
 }
 
 /// Why a body is marked damaged: when it was found, and what its bytes hash to now.
@@ -111,7 +115,24 @@ pub(crate) fn damaged_marks(
 }
 
 /// Bodies inside the redb file itself: the default.
-pub struct RedbBodies;
+#[derive(Default)]
+pub struct RedbBodies {
+    written: AtomicU64,
+}
+
+impl RedbBodies {
+    fn insert(
+        &self,
+        txn: &WriteTransaction,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        txn.open_table(BODIES)?.insert(digest.0.as_slice(), bytes)?;
+        self.written
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
 
 impl BodyStore for RedbBodies {
     fn acquire(
@@ -125,10 +146,10 @@ impl BodyStore for RedbBodies {
         refs.insert(digest.0.as_slice(), current.unwrap_or(0) + 1)?;
         // A body released earlier in this transaction (count 0) is still stored.
         if current.is_none() {
-            txn.open_table(BODIES)?.insert(digest.0.as_slice(), bytes)?;
+            self.insert(txn, digest, bytes)?;
         } else if unmark_damaged(txn, digest)? {
             // A good copy came along (the caller checked it) for a body that rotted here.
-            txn.open_table(BODIES)?.insert(digest.0.as_slice(), bytes)?;
+            self.insert(txn, digest, bytes)?;
             tracing::info!(%digest, "damaged body replaced by a good copy that a change brought");
         }
         Ok(current.is_none())
@@ -222,12 +243,10 @@ impl BodyStore for RedbBodies {
         digest: &Digest,
         bytes: &[u8],
     ) -> Result<bool, StoreError> {
-        let mut bodies = txn.open_table(BODIES)?;
-        if bodies.get(digest.0.as_slice())?.is_none() {
+        if txn.open_table(BODIES)?.get(digest.0.as_slice())?.is_none() {
             return Ok(false);
         }
-        bodies.insert(digest.0.as_slice(), bytes)?;
-        drop(bodies);
+        self.insert(txn, digest, bytes)?;
         unmark_damaged(txn, digest)?;
         Ok(true)
     }
@@ -247,5 +266,9 @@ impl BodyStore for RedbBodies {
             f(Digest(digest), v.value())?;
         }
         Ok(())
+    }
+
+    fn bytes_written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
     }
 }

@@ -165,7 +165,7 @@ macro_rules! from_redb {
         }
     )*};
 }
-from_redb!(TransactionError, TableError, CommitError);
+from_redb!(TransactionError, TableError, CommitError, CompactionError);
 
 impl From<redb::Error> for StoreError {
     fn from(e: redb::Error) -> StoreError {

@@ -280,6 +280,62 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Whether deleting `guid` as merged into another mailbox would drop mail: a message
+    /// live in it (at a UID not in `removed`, the UIDs its own group expunges or removes
+    /// first) whose identity lives in no other mailbox of the user and that no writer
+    /// expunged. A merge means such a message to move into the winner, in another change
+    /// group with its own guard; when that group was stale here, the delete must wait too
+    /// (finding 9 of docs/RELIABILITY.md), or the message is gone on this replica.
+    pub(crate) fn merged_delete_strands_mail(
+        &self,
+        user: &str,
+        guid: MailboxGuid,
+        removed: &std::collections::BTreeSet<u32>,
+    ) -> Result<bool, StoreError> {
+        let (start, end) = mailbox_range(user, guid);
+        let mut live = Vec::new();
+        for item in self.identities.range(start.as_slice()..=end.as_slice())? {
+            let (k, _) = item?;
+            let Some((digest, appended, kind, uid)) =
+                k.value().get(start.len()..).and_then(split_tail)
+            else {
+                continue;
+            };
+            if kind == LIVE && !removed.contains(&uid) {
+                live.push((digest, appended));
+            }
+        }
+        if live.is_empty() {
+            return Ok(false);
+        }
+        let others: Vec<MailboxGuid> = self
+            .user_mailboxes(user)?
+            .into_iter()
+            .map(|m| m.guid)
+            .filter(|g| *g != guid)
+            .collect();
+        for (digest, appended) in live {
+            if self.user_kill(user, &digest, appended)?.is_some() {
+                continue;
+            }
+            let mut elsewhere = false;
+            for g in &others {
+                if !self
+                    .placements(user, *g, &digest, appended)?
+                    .live
+                    .is_empty()
+                {
+                    elsewhere = true;
+                    break;
+                }
+            }
+            if !elsewhere {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Stores a message that a peer's changes put at `uid`, keeping the identity rules: a
     /// message a writer expunged becomes that expunge's tombstone at `uid`; one live at another
     /// UID stays only at the higher of the two. Returns whether `record` was stored at `uid`.
@@ -492,7 +548,7 @@ mod tests {
     /// writer expunged it, is kept to the identity rules whatever UIDs the session compared.
     #[test]
     fn replicated_changes_keep_one_placement_and_respect_a_writers_expunge() {
-        use crate::store::Change;
+        use crate::model::Change;
         let store = Store::in_memory("n").expect("store");
         let uids: Vec<u32> = store
             .append("u", "INBOX", (0..2).map(msg).collect())
@@ -561,7 +617,7 @@ mod tests {
     /// first.
     #[test]
     fn a_writers_expunge_holds_in_every_mailbox_of_the_user() {
-        use crate::store::Change;
+        use crate::model::Change;
         let store = Store::in_memory("n").expect("store");
         store.create_mailbox("u", "Lists").expect("create");
         let trips = store.create_mailbox("u", "Trips").expect("create");
@@ -614,6 +670,112 @@ mod tests {
             .list_messages("u", Some("Trips"))
             .expect("list")
             .is_empty());
+        let report = store.verify().expect("verify");
+        assert!(report.is_ok(), "{:?}", report.problems);
+    }
+
+    /// Finding 9 of docs/RELIABILITY.md (seed 70165): a mailbox merged into another is
+    /// deleted by one change group and its mail moves by another, each with its own guard.
+    /// When the winner's group is stale here (a writer changed the winner meanwhile), the
+    /// loser's delete must not apply either, or its mail is gone from this replica; a writer's
+    /// expunge stored in the same group first, or a copy already in the winner, lets it go.
+    #[test]
+    fn a_merged_mailbox_is_not_dropped_before_its_mail_has_moved() {
+        use crate::merkle::{NodeHash, NodeKey};
+        use crate::model::{Change, ChangeGroup};
+        let store = Store::in_memory("n").expect("store");
+        let lists = store.create_mailbox("u", "Lists").expect("create");
+        let trips = store.create_mailbox("u", "Trips").expect("create");
+        let uids: Vec<u32> = store
+            .append("u", "Lists", (0..2).map(msg).collect())
+            .expect("append")
+            .iter()
+            .map(|o| o.uid)
+            .collect();
+        let kept = store.message("u", "Lists", uids[0]).expect("m").record;
+        let expunged = store.message("u", "Lists", uids[1]).expect("m").record;
+        let expect = |guid: MailboxGuid| {
+            store
+                .node(&NodeKey::Mailbox {
+                    user: "u".into(),
+                    guid,
+                })
+                .expect("node")
+                .map_or(NodeHash::EMPTY, |v| v.hash)
+                .truncated(0)
+        };
+        let mut winner = store.mailbox("u", "Trips").expect("trips");
+        winner.uidnext = 10;
+        let into_trips = |expect: [u8; 4]| ChangeGroup {
+            user: "u".into(),
+            guid: trips,
+            window: 0,
+            expect,
+            changes: vec![
+                Change::Mailbox {
+                    user: "u".into(),
+                    record: winner.clone(),
+                },
+                Change::Message {
+                    user: "u".into(),
+                    guid: trips,
+                    uid: 5,
+                    record: kept.clone(),
+                    body: None,
+                },
+            ],
+        };
+        // The second message was expunged by a writer elsewhere: it does not move, its
+        // expunge is stored before the mailbox goes.
+        let kill = Tombstone::expunge(&expunged, expunged.appended);
+        let delete_lists = |expect: [u8; 4]| ChangeGroup {
+            user: "u".into(),
+            guid: lists,
+            window: 0,
+            expect,
+            changes: vec![
+                Change::Expunge {
+                    user: "u".into(),
+                    guid: lists,
+                    uid: uids[1],
+                    tombstone: kill,
+                },
+                Change::DeleteMailbox {
+                    user: "u".into(),
+                    tombstone: MailboxTombstone {
+                        guid: lists,
+                        name: "Lists".into(),
+                        stamp: winner.name_stamp,
+                        merged_into: Some(trips),
+                    },
+                },
+            ],
+        };
+        let live = |name: &str| -> Vec<Digest> {
+            store
+                .list_messages("u", Some(name))
+                .map(|l| l.into_iter().map(|m| m.record.digest).collect())
+                .unwrap_or_default()
+        };
+        // The winner's group is stale (its guard fails): the loser's delete waits.
+        let stale = [0xde, 0xad, 0xbe, 0xef];
+        let applied = store
+            .apply_groups(&[into_trips(stale), delete_lists(expect(lists))])
+            .expect("apply");
+        assert_eq!(applied, vec![false, false]);
+        assert_eq!(live("Lists"), vec![kept.digest, expunged.digest]);
+        // Both groups apply: the message moved, the expunged one stays expunged, the mailbox
+        // goes.
+        let applied = store
+            .apply_groups(&[into_trips(expect(trips)), delete_lists(expect(lists))])
+            .expect("apply");
+        assert_eq!(applied, vec![true, true]);
+        assert_eq!(live("Trips"), vec![kept.digest]);
+        assert!(store
+            .list_mailboxes("u")
+            .expect("list")
+            .iter()
+            .all(|m| m.guid != lists));
         let report = store.verify().expect("verify");
         assert!(report.is_ok(), "{:?}", report.problems);
     }

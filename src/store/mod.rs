@@ -22,16 +22,14 @@ pub use body::{BodyStore, RedbBodies};
 pub use error::StoreError;
 pub use identity::IdentityFixes;
 pub use journal::{
-    decode_batch, encode_batch, InboundApplied, InboundStats, JournalBatch, JournalRecord,
-    JournalWireError, PeerJournal, SenderJournal, ShippedEntry, APPLY_GROUP, DEFAULT_JOURNAL_BOUND,
-    JOURNAL_WIRE_VERSION, MAX_BATCH_BODIES, MAX_BATCH_ENTRIES, MAX_ENTRY_ITEMS,
+    InboundApplied, InboundStats, JournalRecord, PeerJournal, SenderJournal, APPLY_GROUP,
+    DEFAULT_JOURNAL_BOUND,
 };
 pub use ops::{
     inbox_uidvalidity, AppendOutcome, Counters, MailboxInfo, MessageInfo, NewMessage,
     PreparedMailbox,
 };
-pub use purge::Purged;
-pub use replica::{Change, ChangeGroup};
+pub use purge::{AgedTombstone, Purged, TombstoneKey};
 pub use verify::{BodyProgress, BodyReport, BodyUse, DamagedBody, VerifyReport};
 
 use crate::merkle::{NodeKey, NodeValue};
@@ -51,6 +49,13 @@ pub const DB_FILE: &str = "merkmail.redb";
 /// Format 2 (merkmail 0.4): tombstones name the identity a writer expunged, and the table
 /// IDENTITIES indexes message identities; a format 1 store is upgraded when it is opened.
 pub const FORMAT_VERSION: u32 = 2;
+
+/// What [`Store::compact`] did: the file's size in bytes before and after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compacted {
+    pub before: u64,
+    pub after: u64,
+}
 
 /// An open store. One process at a time may hold a store open (redb locks the file).
 pub struct Store {
@@ -80,12 +85,7 @@ struct Simulated {
 
 /// A node id names a server in logs and status pages, and seeds its stamps' node tag.
 pub fn validate_node_id(id: &str) -> Result<(), StoreError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
+    if crate::model::is_node_id(id) {
         Ok(())
     } else {
         Err(StoreError::Invalid(format!(
@@ -251,7 +251,7 @@ impl Store {
             dir: dir.to_path_buf(),
             hlc: Mutex::new(Hlc::new(tag, last)),
             node_id,
-            bodies: Box::new(RedbBodies),
+            bodies: Box::<RedbBodies>::default(),
             tree_enabled: true,
             quick_repair: AtomicBool::new(false),
             simulated: None,
@@ -395,6 +395,51 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// The size of the store's file in bytes (`None` for an in-memory store). redb keeps
+    /// pages freed by earlier transactions in the file for reuse; [`Store::compact`] gives
+    /// them back.
+    pub fn file_size(&self) -> Result<Option<u64>, StoreError> {
+        let Some(file) = &self.file else {
+            return Ok(None);
+        };
+        let meta = std::fs::metadata(file)
+            .map_err(|e| StoreError::io(format!("cannot read {}", file.display()), e))?;
+        Ok(Some(meta.len()))
+    }
+
+    /// Body bytes written into the body table since the store was opened (the count that
+    /// replica size depends on: each body once).
+    pub fn body_bytes_written(&self) -> u64 {
+        self.bodies.bytes_written()
+    }
+
+    /// How many bodies are staged: sent ahead by a session and not taken by a change yet.
+    pub fn staged_bodies(&self) -> Result<u64, StoreError> {
+        let txn = self.read_txn()?;
+        Ok(redb::ReadableTableMetadata::len(
+            &txn.open_table(tables::STAGED)?,
+        )?)
+    }
+
+    /// Rewrites the file without its free pages (redb's compaction) and returns the file's
+    /// size before and after. Offline: it needs the only handle on the store and no
+    /// transaction open, so a `serve` must be stopped first (redb's file lock says so at
+    /// open). The records, the tree and the root are unchanged.
+    pub fn compact(&self) -> Result<Compacted, StoreError> {
+        let before = self.file_size()?.unwrap_or(0);
+        self.heal()?;
+        let mut db = self
+            .db
+            .write()
+            .map_err(|_| StoreError::Corrupt("store lock poisoned".into()))?;
+        let db = db.as_mut().ok_or_else(|| {
+            StoreError::StorageFailed("the store could not be reopened yet".into())
+        })?;
+        db.compact()?;
+        let after = self.file_size()?.unwrap_or(0);
+        Ok(Compacted { before, after })
     }
 
     /// Remembers that redb latched an I/O failure, so that the next access reopens it.

@@ -1,13 +1,14 @@
 //! Forgetting old tombstones. An expunge or a mailbox deletion leaves a tombstone so that a
-//! peer that missed it learns of it instead of copying the message back; after the retention
-//! (config `tombstone_retention_days`, longer than any outage you expect) the tombstone goes.
-//! A peer that comes back after longer than that brings the message back: no mail is lost,
-//! an expunge is. Tombstones are not in the Merkle tree, so purging changes no root.
+//! peer that missed it learns of it instead of copying the message back. The store lists the
+//! tombstones past a cutoff and forgets the ones it is handed; which of them may go (older
+//! than the retention and known to every configured peer) is the daemon's rule, in
+//! daemon/tombstones.rs. Tombstones are not in the Merkle tree, so purging changes no root.
 
 use super::error::StoreError;
+use super::tables::{MAILBOX_TOMBSTONES, TOMBSTONES};
 use super::tx::decode;
 use super::Store;
-use crate::model::{MailboxTombstone, Tombstone};
+use crate::model::{MailboxTombstone, Stamp, Tombstone};
 use redb::ReadableTable;
 
 /// What one purge removed.
@@ -17,56 +18,93 @@ pub struct Purged {
     pub mailbox_tombstones: u64,
 }
 
+/// Which tombstone: the table it is in and its key there.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TombstoneKey {
+    /// An expunge tombstone, keyed by (user, mailbox GUID, UID).
+    Message(Vec<u8>),
+    /// A deleted (or merged) mailbox's tombstone.
+    Mailbox(Vec<u8>),
+}
+
+/// A tombstone as a purge saw it: forgetting it later removes it only if it still carries
+/// this stamp (a tombstone written again at the same key since is another one).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AgedTombstone {
+    pub key: TombstoneKey,
+    pub stamp: Stamp,
+}
+
 impl Store {
-    /// Removes message and mailbox tombstones whose stamp is older than `before_ms` (ms since
-    /// the epoch), in one transaction. Not journaled: every node purges by its own clock.
-    pub fn purge_tombstones(&self, before_ms: u64) -> Result<Purged, StoreError> {
+    /// The message and mailbox tombstones whose stamp is older than `before_ms` (ms since the
+    /// epoch), read in one snapshot.
+    pub fn tombstones_older_than(&self, before_ms: u64) -> Result<Vec<AgedTombstone>, StoreError> {
+        let txn = self.read_txn()?;
+        let mut aged = Vec::new();
+        for item in txn.open_table(TOMBSTONES)?.iter()? {
+            let (k, v) = item?;
+            let t: Tombstone = decode(v.value(), "a tombstone")?;
+            if t.stamp.ms < before_ms {
+                aged.push(AgedTombstone {
+                    key: TombstoneKey::Message(k.value().to_vec()),
+                    stamp: t.stamp,
+                });
+            }
+        }
+        for item in txn.open_table(MAILBOX_TOMBSTONES)?.iter()? {
+            let (k, v) = item?;
+            let t: MailboxTombstone = decode(v.value(), "a mailbox tombstone")?;
+            if t.stamp.ms < before_ms {
+                aged.push(AgedTombstone {
+                    key: TombstoneKey::Mailbox(k.value().to_vec()),
+                    stamp: t.stamp,
+                });
+            }
+        }
+        Ok(aged)
+    }
+
+    /// Forgets the tombstones named, in one transaction, with the identity kills a writer's
+    /// expunge left; a tombstone that is gone or carries another stamp by now is left alone.
+    /// Not journaled: every node purges by its own rule.
+    pub fn forget_tombstones(&self, which: &[AgedTombstone]) -> Result<Purged, StoreError> {
         self.write_replicated(|tx| {
             let mut purged = Purged::default();
-            let mut old = Vec::new();
-            let mut kills = Vec::new();
-            let mut user_kills = Vec::new();
-            for item in tx.tombstones.iter()? {
-                let (k, v) = item?;
-                let t: Tombstone = decode(v.value(), "a tombstone")?;
-                if t.stamp.ms < before_ms {
-                    old.push(k.value().to_vec());
-                    let kill =
-                        super::keys::split_tombstone(k.value()).and_then(|(user, guid, uid)| {
-                            super::identity::kill_key(&user, guid, uid, &t)
-                        });
-                    if let Some(kill) = kill {
-                        kills.push(kill);
+            for aged in which {
+                match &aged.key {
+                    TombstoneKey::Message(k) => {
+                        let t: Tombstone = match tx.tombstones.get(k.as_slice())? {
+                            Some(v) => decode(v.value(), "a tombstone")?,
+                            None => continue,
+                        };
+                        if t.stamp != aged.stamp {
+                            continue;
+                        }
+                        tx.tombstones.remove(k.as_slice())?;
+                        if let Some((user, guid, uid)) = super::keys::split_tombstone(k) {
+                            if let Some(kill) = super::identity::kill_key(&user, guid, uid, &t) {
+                                tx.identities.remove(kill.as_slice())?;
+                            }
+                            if let Some(origin) = t.origin {
+                                let kill = super::identity::user_kill_key(&user, &t.digest, origin);
+                                tx.user_kills.remove(kill.as_slice())?;
+                            }
+                        }
+                        purged.tombstones += 1;
                     }
-                    if let (Some(origin), Some((user, _, _))) =
-                        (t.origin, super::keys::split_tombstone(k.value()))
-                    {
-                        user_kills.push(super::identity::user_kill_key(&user, &t.digest, origin));
+                    TombstoneKey::Mailbox(k) => {
+                        let t: MailboxTombstone = match tx.mailbox_tombstones.get(k.as_slice())? {
+                            Some(v) => decode(v.value(), "a mailbox tombstone")?,
+                            None => continue,
+                        };
+                        if t.stamp != aged.stamp {
+                            continue;
+                        }
+                        tx.mailbox_tombstones.remove(k.as_slice())?;
+                        purged.mailbox_tombstones += 1;
                     }
                 }
             }
-            for k in &old {
-                tx.tombstones.remove(k.as_slice())?;
-            }
-            for k in &kills {
-                tx.identities.remove(k.as_slice())?;
-            }
-            for k in &user_kills {
-                tx.user_kills.remove(k.as_slice())?;
-            }
-            purged.tombstones = old.len() as u64;
-            old.clear();
-            for item in tx.mailbox_tombstones.iter()? {
-                let (k, v) = item?;
-                let t: MailboxTombstone = decode(v.value(), "a mailbox tombstone")?;
-                if t.stamp.ms < before_ms {
-                    old.push(k.value().to_vec());
-                }
-            }
-            for k in &old {
-                tx.mailbox_tombstones.remove(k.as_slice())?;
-            }
-            purged.mailbox_tombstones = old.len() as u64;
             tx.counters.tombstones = tx.counters.tombstones.saturating_sub(purged.tombstones);
             tx.counters.mailbox_tombstones = tx
                 .counters
@@ -75,13 +113,21 @@ impl Store {
             Ok(purged)
         })
     }
+
+    /// Forgets every tombstone whose stamp is older than `before_ms`, whoever holds it: the
+    /// rule of a node without peers (and of tests).
+    pub fn purge_tombstones(&self, before_ms: u64) -> Result<Purged, StoreError> {
+        let aged = self.tombstones_older_than(before_ms)?;
+        self.forget_tombstones(&aged)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Change;
     use crate::model::Stamp;
-    use crate::store::{Change, NewMessage};
+    use crate::store::NewMessage;
 
     #[test]
     fn only_tombstones_older_than_the_cutoff_go_and_roots_stay() {

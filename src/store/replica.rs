@@ -7,76 +7,28 @@ use super::keys;
 use super::tx::{encode, Tx};
 use super::Store;
 use crate::model::{
-    validate_user, Digest, MailboxGuid, MailboxName, MailboxRecord, MailboxTombstone, Md5,
-    MessageRecord, Tombstone, UserRecord,
+    validate_user, Change, ChangeGroup, Digest, MailboxGuid, MailboxName, Md5, MessageRecord,
+    UserRecord,
 };
 use redb::ReadableTable;
+use std::collections::BTreeSet;
 
-/// One replicated change, to be applied verbatim.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Change {
-    /// Create or overwrite a mailbox record.
-    Mailbox { user: String, record: MailboxRecord },
-    /// Create or overwrite a message. `body` is needed when the store does not hold the
-    /// digest yet; it is checked against the digest before anything is stored.
-    Message {
-        user: String,
-        guid: MailboxGuid,
-        uid: u32,
-        record: MessageRecord,
-        body: Option<Vec<u8>>,
-    },
-    /// Remove a message (if present) and keep its tombstone.
-    Expunge {
-        user: String,
-        guid: MailboxGuid,
-        uid: u32,
-        tombstone: Tombstone,
-    },
-    /// Remove a mailbox with its messages and keep its tombstone.
-    DeleteMailbox {
-        user: String,
-        tombstone: MailboxTombstone,
-    },
-    /// Remove a message without a tombstone (its UID lost its meaning: UIDVALIDITY changed).
-    Remove {
-        user: String,
-        guid: MailboxGuid,
-        uid: u32,
-    },
+/// What a STAGED value says: a mark is the time it was staged (8 bytes), and its body sits in
+/// BODIES with one reference held by the mark; a store written by an earlier merkmail may
+/// still hold marks with the bytes after the time (and no reference), which are read too, so
+/// the store format stays 2.
+pub(super) enum StagedMark {
+    Held,
+    Inline(Vec<u8>),
 }
 
-impl Change {
-    /// The user and mailbox the change touches.
-    pub fn mailbox(&self) -> (&str, MailboxGuid) {
-        match self {
-            Change::Mailbox { user, record } => (user, record.guid),
-            Change::Message { user, guid, .. }
-            | Change::Expunge { user, guid, .. }
-            | Change::Remove { user, guid, .. } => (user, *guid),
-            Change::DeleteMailbox { user, tombstone } => (user, tombstone.guid),
+impl StagedMark {
+    pub(super) fn decode(value: &[u8]) -> StagedMark {
+        match value.get(8..) {
+            Some(bytes) if !bytes.is_empty() => StagedMark::Inline(bytes.to_vec()),
+            _ => StagedMark::Held,
         }
     }
-
-    /// Body bytes carried by the change (reported apart from metadata).
-    pub fn body_len(&self) -> u64 {
-        match self {
-            Change::Message { body: Some(b), .. } => b.len() as u64,
-            _ => 0,
-        }
-    }
-}
-
-/// Changes to one mailbox, applied only if the mailbox is still as the session saw it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ChangeGroup {
-    pub user: String,
-    pub guid: MailboxGuid,
-    /// The mailbox node's hash as the session saw it, truncated with `window`
-    /// (`NodeHash::EMPTY` truncated when the mailbox was absent).
-    pub window: u8,
-    pub expect: [u8; 4],
-    pub changes: Vec<Change>,
 }
 
 /// A record's MD5, digest and size are its body's: a change whose body does not match them
@@ -197,9 +149,25 @@ impl Tx<'_> {
                                 .txn
                                 .open_table(super::tables::STAGED)?
                                 .remove(record.digest.0.as_slice())?
-                                .map(|v| v.value().get(8..).unwrap_or_default().to_vec());
+                                .map(|v| StagedMark::decode(v.value()));
                             match staged {
-                                Some(bytes) if Digest::of(&bytes) == record.digest => {
+                                // The body is in BODIES already, and the staging mark's
+                                // reference becomes this message's: nothing is written again.
+                                Some(StagedMark::Held) => {
+                                    self.check_held(record, *uid, *guid)?;
+                                    // An older merkmail's mark of an empty body is 8 bytes
+                                    // too, and holds no reference: the body is stored now.
+                                    if self.bodies.references_of(self.txn, &record.digest)? == 0 {
+                                        check_body(record, &[], *uid, *guid)?;
+                                        if self.bodies.acquire(self.txn, &record.digest, &[])? {
+                                            self.counters.bodies += 1;
+                                        }
+                                    }
+                                }
+                                // A mark left by an older merkmail holds the bytes itself.
+                                Some(StagedMark::Inline(bytes))
+                                    if Digest::of(&bytes) == record.digest =>
+                                {
                                     check_body(record, &bytes, *uid, *guid)?;
                                     if self.bodies.acquire(self.txn, &record.digest, &bytes)? {
                                         self.counters.bodies += 1;
@@ -278,10 +246,50 @@ impl Tx<'_> {
     }
 }
 
+impl Tx<'_> {
+    /// Whether a group deletes a mailbox as merged into another while a message in it has
+    /// not reached any other mailbox here (`Tx::merged_delete_strands_mail`): such a group is
+    /// skipped like a stale one, and the next session moves the message first.
+    fn group_strands_mail(&self, group: &ChangeGroup) -> Result<bool, StoreError> {
+        for change in &group.changes {
+            let Change::DeleteMailbox { user, tombstone } = change else {
+                continue;
+            };
+            if tombstone
+                .merged_into
+                .is_none_or(|into| into == tombstone.guid)
+                || self.get_mailbox(user, tombstone.guid)?.is_none()
+            {
+                continue;
+            }
+            let removed: BTreeSet<u32> = group
+                .changes
+                .iter()
+                .filter_map(|c| match c {
+                    Change::Expunge {
+                        user: u, guid, uid, ..
+                    }
+                    | Change::Remove { user: u, guid, uid }
+                        if u == user && *guid == tombstone.guid =>
+                    {
+                        Some(*uid)
+                    }
+                    _ => None,
+                })
+                .collect();
+            if self.merged_delete_strands_mail(user, tombstone.guid, &removed)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
 impl Store {
     /// Applies groups of changes in one transaction. A group whose mailbox no longer has the
     /// expected hash is skipped (a stale plan is never half-applied; the next session picks
-    /// it up). Returns which groups were applied.
+    /// it up), and so is one that would delete a merged mailbox before its mail moved out.
+    /// Returns which groups were applied.
     pub fn apply_groups(&self, groups: &[ChangeGroup]) -> Result<Vec<bool>, StoreError> {
         self.write_replicated(|tx| {
             let mut applied = Vec::with_capacity(groups.len());
@@ -299,7 +307,9 @@ impl Store {
                     }
                     None => crate::merkle::NodeHash::EMPTY,
                 };
-                if current.truncated(group.window) != group.expect {
+                if current.truncated(group.window) != group.expect
+                    || tx.group_strands_mail(group)?
+                {
                     applied.push(false);
                     continue;
                 }
@@ -315,21 +325,57 @@ impl Store {
     /// Stages bodies that a session sends ahead of the changes that use them, under the digest
     /// of their bytes; a later change with no body takes its body from here. Staged bodies
     /// nobody took within an hour are dropped (a session that died half-way).
+    ///
+    /// A staged body goes straight into BODIES, once, and its staging mark in STAGED holds one
+    /// reference to it; the change that takes it inherits that reference. Writing it to a
+    /// staging table and copying it later wrote every replicated body twice, and redb keeps
+    /// the freed pages in the file (docs/PERFORMANCE.md, "Replica size").
     pub fn stage_bodies(&self, bodies: &[Vec<u8>]) -> Result<usize, StoreError> {
         const KEEP_MS: u64 = 3_600_000;
         self.write_replicated(|tx| {
             let now = tx.now_ms();
             let mut staged = tx.txn.open_table(super::tables::STAGED)?;
-            staged.retain(|_, v| {
-                v.get(..8)
+            let mut expired = Vec::new();
+            for item in staged.iter()? {
+                let (k, v) = item?;
+                let at = v
+                    .value()
+                    .get(..8)
                     .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .is_some_and(|b| u64::from_be_bytes(b) + KEEP_MS > now)
-            })?;
+                    .map(u64::from_be_bytes);
+                if at.is_none_or(|at| at + KEEP_MS <= now) {
+                    let held = matches!(StagedMark::decode(v.value()), StagedMark::Held);
+                    expired.push((k.value().to_vec(), held));
+                }
+            }
+            for (key, held) in expired {
+                staged.remove(key.as_slice())?;
+                if let (true, Ok(digest)) = (held, <[u8; 32]>::try_from(key.as_slice())) {
+                    // The mark's reference goes; the body is freed at the end of the
+                    // transaction unless a message uses it too.
+                    let digest = Digest(digest);
+                    tx.bodies.release(tx.txn, &digest)?;
+                    tx.released.insert(digest);
+                }
+            }
             for bytes in bodies {
                 let digest = Digest::of(bytes);
-                let mut value = now.to_be_bytes().to_vec();
-                value.extend_from_slice(bytes);
-                staged.insert(digest.0.as_slice(), value.as_slice())?;
+                let previous = staged
+                    .insert(digest.0.as_slice(), now.to_be_bytes().as_slice())?
+                    .map(|v| StagedMark::decode(v.value()));
+                match previous {
+                    // Staged again: the mark's time is refreshed, its reference stays.
+                    Some(StagedMark::Held) => {}
+                    // An old mark with the bytes inline, or none: the mark takes a reference
+                    // (storing the body if it is not held; a held one that rotted gets these
+                    // good bytes, which hash to the digest by construction).
+                    Some(StagedMark::Inline(_)) | None => {
+                        if tx.bodies.acquire(tx.txn, &digest, bytes)? {
+                            tx.counters.bodies += 1;
+                            tx.counters.body_bytes += bytes.len() as u64;
+                        }
+                    }
+                }
             }
             Ok(bodies.len())
         })

@@ -22,8 +22,10 @@ pub const MAILBOX_TOMBSTONES: TableDefinition<&[u8], &[u8]> =
 pub const BODIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bodies");
 /// digest → number of live messages that use the body
 pub const BODY_REFS: TableDefinition<&[u8], u64> = TableDefinition::new("body_refs");
-/// digest → staged-at ms (u64be) ‖ raw bytes: bodies a peer sent ahead of the changes that
-/// use them (kept apart from BODIES so they count for nothing until a change takes them)
+/// digest → staged-at ms (u64be): bodies a peer sent ahead of the changes that use them. The
+/// body itself is in BODIES and the mark holds one of its references, which the change that
+/// takes it inherits (store/replica.rs). Marks written by an earlier merkmail carry the raw
+/// bytes after the time instead, and hold no reference; both are read.
 pub const STAGED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("staged_bodies");
 /// digest → postcard(DamagedMark): held bodies whose bytes no longer match their digest (bit
 /// rot), found by `verify --bodies` or on a read; the daemon's checker replaces them from a

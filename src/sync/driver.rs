@@ -2,9 +2,9 @@
 //! the peer's encoded answer (HTTP in `net`, a direct call in tests). Counts round trips and
 //! bytes, keeping message bodies apart from metadata.
 
+use super::replica::Replica;
 use super::session::{Session, SessionError, SyncReport};
 use super::wire::{decode_reply, encode, Reply, Request};
-use crate::store::Store;
 use std::time::Instant;
 use thiserror::Error;
 
@@ -30,7 +30,7 @@ pub enum DriveError<E> {
 /// Reconciles `local` with a peer reached through `send`. `window` picks which 4 bytes of
 /// each hash are compared (choose it at random per session).
 pub fn run<E>(
-    local: &Store,
+    local: &dyn Replica,
     window: u8,
     dry_run: bool,
     mut send: impl FnMut(Vec<u8>) -> Result<Vec<u8>, E>,
@@ -71,8 +71,8 @@ pub fn run<E>(
     Ok(report)
 }
 
-/// A transport that answers from another store in the same process (tests, benchmarks).
-pub fn in_process(peer: &Store) -> impl FnMut(Vec<u8>) -> Result<Vec<u8>, String> + '_ {
+/// A transport that answers from another replica in the same process (tests, benchmarks).
+pub fn in_process(peer: &dyn Replica) -> impl FnMut(Vec<u8>) -> Result<Vec<u8>, String> + '_ {
     move |bytes| {
         let round = super::wire::decode_request(&bytes).map_err(|e| e.to_string())?;
         let reply = super::responder::answer(peer, &round).map_err(|e| e.to_string())?;

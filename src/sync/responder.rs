@@ -1,5 +1,7 @@
-//! The responder's side of a round: answer every question from the local store, in order.
+//! The responder's side of a round: answer every question from the local replica (the store,
+//! through [`Replica`]), in order.
 
+use super::replica::Replica;
 use super::wire::{
     digest_prefix, fp, from_gaps, group_stamp, guid_digest, record_rest, record_with_body,
     run_hash, to_gaps, ApplyGroup, BucketRuns, GuidRef, MailboxDiff, MailboxState, Reply, Request,
@@ -7,8 +9,10 @@ use super::wire::{
     WireKey, WireRecord, RUNS_PER_BUCKET, RUN_SHIFT, WIRE_VERSION,
 };
 use crate::merkle::{NodeHash, NodeKey, NodeValue, BUCKET_SHIFT, TOP_LEAF_LEVEL, UID_ROOT_LEVEL};
-use crate::model::{validate_user, MailboxGuid, Tombstone};
-use crate::store::{Change, ChangeGroup, Store, StoreError};
+use crate::model::{
+    validate_user, Change, ChangeGroup, MailboxGuid, MailboxSide, MessageRecord, Tombstone,
+};
+use crate::store::StoreError;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The model key for a wire key; user names are validated so no key can reach another user's.
@@ -104,7 +108,7 @@ fn slot_of(key: &NodeKey) -> u8 {
 }
 
 /// The children of a fan-out node (top levels above the user buckets, UID interior nodes).
-pub(crate) fn slots(store: &Store, key: &NodeKey, window: u8) -> Result<Slots, StoreError> {
+pub(crate) fn slots(store: &dyn Replica, key: &NodeKey, window: u8) -> Result<Slots, StoreError> {
     Ok(Slots::from_pairs(
         store
             .children(key)?
@@ -119,7 +123,7 @@ fn invalid(msg: impl Into<String>) -> StoreError {
 
 /// A user's mailboxes in GUID order, as the tree holds them.
 pub(crate) fn user_mailboxes(
-    store: &Store,
+    store: &dyn Replica,
     user: &str,
 ) -> Result<Vec<(MailboxGuid, NodeValue)>, StoreError> {
     Ok(store
@@ -133,7 +137,7 @@ pub(crate) fn user_mailboxes(
 }
 
 fn mailbox_diff(
-    store: &Store,
+    store: &dyn Replica,
     user: &str,
     guid: MailboxGuid,
     value: &NodeValue,
@@ -176,7 +180,7 @@ fn mailbox_diff(
 
 /// Compares the asker's users of a bucket with ours; answers only what differs.
 fn users(
-    store: &Store,
+    store: &dyn Replica,
     bucket: u16,
     asked: &[UserHashes],
     w: u8,
@@ -254,7 +258,7 @@ fn users(
 
 /// The mailbox a reference names among `user`'s: `None` when a prefix names none or several.
 pub(crate) fn resolve(
-    store: &Store,
+    store: &dyn Replica,
     user: &str,
     guid: &GuidRef,
 ) -> Result<Option<MailboxGuid>, StoreError> {
@@ -273,7 +277,7 @@ pub(crate) fn resolve(
     }
 }
 
-fn resolved(store: &Store, user: &str, guid: &GuidRef) -> Result<MailboxGuid, StoreError> {
+fn resolved(store: &dyn Replica, user: &str, guid: &GuidRef) -> Result<MailboxGuid, StoreError> {
     validate_user(user)?;
     resolve(store, user, guid)?
         .ok_or_else(|| invalid(format!("{guid:?} names no single mailbox of {user:?}")))
@@ -297,7 +301,7 @@ pub(crate) fn runs_of(
 }
 
 fn runs(
-    store: &Store,
+    store: &dyn Replica,
     user: &str,
     guid: MailboxGuid,
     asked: &BucketRuns,
@@ -363,7 +367,7 @@ type Listed = (Vec<(u32, WireRecord)>, Vec<(u32, Tombstone)>);
 /// holds another digest (a UID clash) is too: both travel with their bodies while `budget`
 /// lasts.
 fn gapped(
-    store: &Store,
+    store: &dyn Replica,
     side: crate::model::MailboxSide,
     held: &BTreeMap<u32, [u8; 4]>,
     inline: Option<u32>,
@@ -407,15 +411,9 @@ fn gapped(
     Ok((messages, tombstones))
 }
 
-/// The store's change group for a wire group, with deltas filled in from what this replica
-/// holds; `None` when the mailbox no longer holds what a delta refers to (stale).
-fn change_group(store: &Store, g: &ApplyGroup, w: u8) -> Result<Option<ChangeGroup>, StoreError> {
-    validate_user(&g.user)?;
-    let Some(guid) = resolve(store, &g.user, &g.guid)? else {
-        return Ok(None);
-    };
-    let referred: BTreeSet<u32> = g
-        .changes
+/// The UIDs whose records a wire group's deltas refer to (what must be read to fill them in).
+fn referred(g: &ApplyGroup) -> BTreeSet<u32> {
+    g.changes
         .iter()
         .filter_map(|c| match c {
             WireChange::Flags { uid, .. }
@@ -425,127 +423,27 @@ fn change_group(store: &Store, g: &ApplyGroup, w: u8) -> Result<Option<ChangeGro
             } => Some(*uid),
             _ => None,
         })
-        .collect();
-    let side = store.mailbox_side(&g.user, guid, Some(&referred))?;
-    let user = || g.user.clone();
+        .collect()
+}
+
+/// The store's change group for a wire group, with deltas filled in from what this replica
+/// holds; `None` when the mailbox no longer holds what a delta refers to (stale).
+fn change_group(
+    store: &dyn Replica,
+    g: &ApplyGroup,
+    w: u8,
+) -> Result<Option<ChangeGroup>, StoreError> {
+    validate_user(&g.user)?;
+    let Some(guid) = resolve(store, &g.user, &g.guid)? else {
+        return Ok(None);
+    };
+    let side = store.mailbox_side(&g.user, guid, Some(&referred(g)))?;
     let mut changes = Vec::with_capacity(g.changes.len());
     for c in &g.changes {
-        changes.push(match c {
-            WireChange::Mailbox(record) => {
-                if record.guid != guid {
-                    return Err(invalid("a mailbox record under another GUID"));
-                }
-                Change::Mailbox {
-                    user: user(),
-                    record: record.clone(),
-                }
-            }
-            WireChange::Next {
-                uidnext,
-                last_change,
-            } => {
-                let Some(mut record) = side.record.clone() else {
-                    return Ok(None);
-                };
-                record.uidnext = *uidnext;
-                record.last_change = match last_change {
-                    Some(s) => *s,
-                    None => group_stamp(&g.changes)
-                        .ok_or_else(|| invalid("a Next without a stamp in a group without one"))?,
-                };
-                Change::Mailbox {
-                    user: user(),
-                    record,
-                }
-            }
-            WireChange::Message { uid, record, body } => Change::Message {
-                user: user(),
-                guid,
-                uid: *uid,
-                record: record.clone(),
-                body: body.clone(),
-            },
-            WireChange::New {
-                uid,
-                internal_date,
-                flags,
-                appended,
-                body,
-            } => Change::Message {
-                user: user(),
-                guid,
-                uid: *uid,
-                record: record_with_body(*internal_date, flags.clone(), *appended, body),
-                body: Some(body.clone()),
-            },
-            WireChange::Move {
-                uid,
-                from,
-                flags,
-                appended,
-            } => {
-                let Some(mut record) = side.messages.get(from).cloned() else {
-                    return Ok(None);
-                };
-                record.flags = flags.clone();
-                record.appended = *appended;
-                Change::Message {
-                    user: user(),
-                    guid,
-                    uid: *uid,
-                    record,
-                    body: None,
-                }
-            }
-            WireChange::Flags { uid, flags } => {
-                let Some(mut record) = side.messages.get(uid).cloned() else {
-                    return Ok(None);
-                };
-                record.flags.merge(flags);
-                Change::Message {
-                    user: user(),
-                    guid,
-                    uid: *uid,
-                    record,
-                    body: None,
-                }
-            }
-            WireChange::Expunge {
-                uid,
-                digest,
-                stamp,
-                origin,
-            } => {
-                let Some(digest) = digest.or_else(|| side.messages.get(uid).map(|m| m.digest))
-                else {
-                    return Ok(None);
-                };
-                Change::Expunge {
-                    user: user(),
-                    guid,
-                    uid: *uid,
-                    tombstone: Tombstone {
-                        digest,
-                        stamp: *stamp,
-                        origin: *origin,
-                    },
-                }
-            }
-            WireChange::DeleteMailbox(tombstone) => {
-                if tombstone.guid != guid {
-                    return Err(invalid("a mailbox tombstone under another GUID"));
-                }
-                Change::DeleteMailbox {
-                    user: user(),
-                    tombstone: tombstone.clone(),
-                }
-            }
-            WireChange::Remove { uid } => Change::Remove {
-                user: user(),
-                guid,
-                uid: *uid,
-            },
-        });
+        let Some(change) = change_of(c, g, guid, &side)? else {
+            return Ok(None);
+        };
+        changes.push(change);
     }
     Ok(Some(ChangeGroup {
         user: g.user.clone(),
@@ -556,53 +454,245 @@ fn change_group(store: &Store, g: &ApplyGroup, w: u8) -> Result<Option<ChangeGro
     }))
 }
 
+/// One wire change of group `g` as the store's change; `None` when it is a delta against
+/// something `side` (this replica's mailbox at the referred UIDs) no longer holds.
+fn change_of(
+    c: &WireChange,
+    g: &ApplyGroup,
+    guid: MailboxGuid,
+    side: &MailboxSide,
+) -> Result<Option<Change>, StoreError> {
+    let user = || g.user.clone();
+    Ok(Some(match c {
+        WireChange::Mailbox(record) => {
+            if record.guid != guid {
+                return Err(invalid("a mailbox record under another GUID"));
+            }
+            Change::Mailbox {
+                user: user(),
+                record: record.clone(),
+            }
+        }
+        WireChange::Message { uid, record, body } => Change::Message {
+            user: user(),
+            guid,
+            uid: *uid,
+            record: record.clone(),
+            body: body.clone(),
+        },
+        WireChange::New {
+            uid,
+            internal_date,
+            flags,
+            appended,
+            body,
+        } => Change::Message {
+            user: user(),
+            guid,
+            uid: *uid,
+            record: record_with_body(*internal_date, flags.clone(), *appended, body),
+            body: Some(body.clone()),
+        },
+        WireChange::DeleteMailbox(tombstone) => {
+            if tombstone.guid != guid {
+                return Err(invalid("a mailbox tombstone under another GUID"));
+            }
+            Change::DeleteMailbox {
+                user: user(),
+                tombstone: tombstone.clone(),
+            }
+        }
+        WireChange::Remove { uid } => Change::Remove {
+            user: user(),
+            guid,
+            uid: *uid,
+        },
+        WireChange::Next { .. }
+        | WireChange::Move { .. }
+        | WireChange::Flags { .. }
+        | WireChange::Expunge { .. } => return delta_of(c, g, guid, side),
+    }))
+}
+
+/// A delta (`Next`, `Move`, `Flags`, an `Expunge` without its digest) filled in from what
+/// `side` holds; `None` when it no longer holds what the delta refers to.
+fn delta_of(
+    c: &WireChange,
+    g: &ApplyGroup,
+    guid: MailboxGuid,
+    side: &MailboxSide,
+) -> Result<Option<Change>, StoreError> {
+    let user = || g.user.clone();
+    let message = |uid: u32, record: MessageRecord| Change::Message {
+        user: user(),
+        guid,
+        uid,
+        record,
+        body: None,
+    };
+    Ok(match c {
+        WireChange::Next {
+            uidnext,
+            last_change,
+        } => {
+            let Some(mut record) = side.record.clone() else {
+                return Ok(None);
+            };
+            record.uidnext = *uidnext;
+            record.last_change = match last_change {
+                Some(s) => *s,
+                None => group_stamp(&g.changes)
+                    .ok_or_else(|| invalid("a Next without a stamp in a group without one"))?,
+            };
+            Some(Change::Mailbox {
+                user: user(),
+                record,
+            })
+        }
+        WireChange::Move {
+            uid,
+            from,
+            flags,
+            appended,
+        } => side.messages.get(from).cloned().map(|mut record| {
+            record.flags = flags.clone();
+            record.appended = *appended;
+            message(*uid, record)
+        }),
+        WireChange::Flags { uid, flags } => side.messages.get(uid).cloned().map(|mut record| {
+            record.flags.merge(flags);
+            message(*uid, record)
+        }),
+        WireChange::Expunge {
+            uid,
+            digest,
+            stamp,
+            origin,
+        } => digest
+            .or_else(|| side.messages.get(uid).map(|m| m.digest))
+            .map(|digest| Change::Expunge {
+                user: user(),
+                guid,
+                uid: *uid,
+                tombstone: Tombstone {
+                    digest,
+                    stamp: *stamp,
+                    origin: *origin,
+                },
+            }),
+        // `change_of` hands over only the four kinds above.
+        _ => return Err(invalid("a whole change taken for a delta")),
+    })
+}
+
+/// Whether the roots are equal, and when not, the root's children.
+fn root_reply(store: &dyn Replica, root: &[u8; 32], w: u8) -> Result<Reply, StoreError> {
+    let ours = store.root()?;
+    let equal = ours.hash.0 == *root;
+    let children = if equal {
+        Slots::default()
+    } else {
+        slots(store, &NodeKey::root(), w)?
+    };
+    Ok(Reply::Root { equal, children })
+}
+
+/// The children of a fan-out node (a top node above the user buckets, a UID interior node).
+fn children_reply(store: &dyn Replica, node: &WireKey, w: u8) -> Result<Reply, StoreError> {
+    let key = node_key(node)?;
+    match &key {
+        NodeKey::Top { level, .. } if *level < TOP_LEAF_LEVEL => {}
+        NodeKey::Uid { level, .. } if *level > 0 => {}
+        _ => return Err(invalid(format!("no fan-out children under {key}"))),
+    }
+    Ok(Reply::Children {
+        children: slots(store, &key, w)?,
+    })
+}
+
+/// One mailbox's record or tombstone, and its node.
+fn mailbox_reply(
+    store: &dyn Replica,
+    user: &str,
+    guid: &GuidRef,
+    w: u8,
+) -> Result<Reply, StoreError> {
+    let guid = &resolved(store, user, guid)?;
+    let side = store.mailbox_side(user, *guid, Some(&Default::default()))?;
+    let node = store
+        .node(&NodeKey::Mailbox {
+            user: user.to_string(),
+            guid: *guid,
+        })?
+        .map(|v| Summary {
+            hash: v.hash.truncated(w),
+            count: v.count,
+        });
+    Ok(Reply::Mailbox {
+        record: side.record,
+        tombstone: side.tombstone,
+        node,
+    })
+}
+
+/// What a Records question asks for: the first bytes of the digest the asker holds at each
+/// UID it names, and every UID range to read (those UIDs, the ranges, the tail).
+type Asked = (BTreeMap<u32, [u8; 4]>, Vec<(u32, u32)>);
+
+/// The [`Asked`] of a Records question.
+fn asked_ranges(
+    uids: &[(u32, Option<[u8; 4]>)],
+    ranges: &[(u32, u32)],
+    limit: u32,
+    tail: bool,
+) -> Result<Asked, StoreError> {
+    let gaps: Vec<u32> = uids.iter().map(|(g, _)| *g).collect();
+    let plain = from_gaps(&gaps).ok_or_else(|| invalid("UIDs beyond 32 bits"))?;
+    let held: BTreeMap<u32, [u8; 4]> = plain
+        .iter()
+        .zip(uids)
+        .filter_map(|(u, (_, h))| h.map(|h| (*u, h)))
+        .collect();
+    let all = normalize(
+        plain
+            .iter()
+            .map(|u| (*u, *u))
+            .chain(ranges.iter().copied())
+            .chain(tail.then_some((limit, u32::MAX)))
+            .collect(),
+    );
+    Ok((held, all))
+}
+
+/// Applies the asker's groups in one transaction; the answer carries the new root.
+fn apply_reply(store: &dyn Replica, groups: &[ApplyGroup], w: u8) -> Result<Reply, StoreError> {
+    let mut converted = Vec::with_capacity(groups.len());
+    for g in groups {
+        converted.push(change_group(store, g, w)?);
+    }
+    let ready: Vec<ChangeGroup> = converted.iter().flatten().cloned().collect();
+    let mut done = store.apply_groups(&ready)?.into_iter();
+    let applied = converted
+        .iter()
+        .map(|c| c.is_some() && done.next().unwrap_or(false))
+        .collect();
+    Ok(Reply::Applied {
+        applied,
+        root: store.root()?.hash.0,
+    })
+}
+
 /// Answers a round. Questions that name nothing get empty answers; malformed names get an
 /// error (the HTTP layer answers 400) and change nothing.
-pub fn answer(store: &Store, round: &RoundRequest) -> Result<RoundReply, StoreError> {
+pub fn answer(store: &dyn Replica, round: &RoundRequest) -> Result<RoundReply, StoreError> {
     let w = round.window;
     let mut budget = INLINE_BODY_BYTES;
     let mut replies = Vec::with_capacity(round.requests.len());
     for request in &round.requests {
         replies.push(match request {
-            Request::Root { root } => {
-                let ours = store.root()?;
-                let equal = ours.hash.0 == *root;
-                let children = if equal {
-                    Slots::default()
-                } else {
-                    slots(store, &NodeKey::root(), w)?
-                };
-                Reply::Root { equal, children }
-            }
-            Request::Children { node } => {
-                let key = node_key(node)?;
-                match &key {
-                    NodeKey::Top { level, .. } if *level < TOP_LEAF_LEVEL => {}
-                    NodeKey::Uid { level, .. } if *level > 0 => {}
-                    _ => return Err(invalid(format!("no fan-out children under {key}"))),
-                }
-                Reply::Children {
-                    children: slots(store, &key, w)?,
-                }
-            }
-            Request::Mailbox { user, guid } => {
-                let guid = &resolved(store, user, guid)?;
-                let side = store.mailbox_side(user, *guid, Some(&Default::default()))?;
-                let node = store
-                    .node(&NodeKey::Mailbox {
-                        user: user.clone(),
-                        guid: *guid,
-                    })?
-                    .map(|v| Summary {
-                        hash: v.hash.truncated(w),
-                        count: v.count,
-                    });
-                Reply::Mailbox {
-                    record: side.record,
-                    tombstone: side.tombstone,
-                    node,
-                }
-            }
+            Request::Root { root } => root_reply(store, root, w)?,
+            Request::Children { node } => children_reply(store, node, w)?,
+            Request::Mailbox { user, guid } => mailbox_reply(store, user, guid, w)?,
             Request::Users {
                 bucket,
                 users: asked,
@@ -624,21 +714,7 @@ pub fn answer(store: &Store, round: &RoundRequest) -> Result<RoundReply, StoreEr
                 for b in buckets {
                     compared.push(runs(store, user, *guid, b, limit, w)?);
                 }
-                let gaps: Vec<u32> = uids.iter().map(|(g, _)| *g).collect();
-                let plain = from_gaps(&gaps).ok_or_else(|| invalid("UIDs beyond 32 bits"))?;
-                let held: BTreeMap<u32, [u8; 4]> = plain
-                    .iter()
-                    .zip(uids)
-                    .filter_map(|(u, (_, h))| h.map(|h| (*u, h)))
-                    .collect();
-                let all = normalize(
-                    plain
-                        .iter()
-                        .map(|u| (*u, *u))
-                        .chain(ranges.iter().copied())
-                        .chain(tail.then_some((limit, u32::MAX)))
-                        .collect(),
-                );
+                let (held, all) = asked_ranges(uids, ranges, limit, *tail)?;
                 let side = store.mailbox_side_in(user, *guid, &all)?;
                 let inline = tail.then_some(limit);
                 let (messages, tombstones) = gapped(store, side, &held, inline, &mut budget)?;
@@ -669,22 +745,7 @@ pub fn answer(store: &Store, round: &RoundRequest) -> Result<RoundReply, StoreEr
             Request::PutBodies { bodies } => Reply::Staged {
                 count: store.stage_bodies(bodies)? as u64,
             },
-            Request::Apply { groups } => {
-                let mut converted = Vec::with_capacity(groups.len());
-                for g in groups {
-                    converted.push(change_group(store, g, w)?);
-                }
-                let ready: Vec<ChangeGroup> = converted.iter().flatten().cloned().collect();
-                let mut done = store.apply_groups(&ready)?.into_iter();
-                let applied = converted
-                    .iter()
-                    .map(|c| c.is_some() && done.next().unwrap_or(false))
-                    .collect();
-                Reply::Applied {
-                    applied,
-                    root: store.root()?.hash.0,
-                }
-            }
+            Request::Apply { groups } => apply_reply(store, groups, w)?,
         });
     }
     Ok(RoundReply {

@@ -4,10 +4,9 @@
 
 use crate::merkle::NodeHash;
 use crate::model::{
-    Digest, FlagSet, MailboxGuid, MailboxRecord, MailboxTombstone, Md5, MessageRecord, Stamp,
-    Tombstone,
+    Change, ChangeGroup, Digest, FlagSet, MailboxGuid, MailboxRecord, MailboxTombstone, Md5,
+    MessageRecord, Stamp, Tombstone,
 };
-use crate::store::{Change, ChangeGroup};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 

@@ -686,4 +686,5 @@ impl Drop for InProcessServer {
 }
 
 pub mod cluster;
+pub mod dovecot;
 pub mod node;

@@ -6,7 +6,8 @@
 use super::oracle::{Appended, Oracle};
 use super::random_ops::{msg, BOXES, USERS};
 use merkmail::model::{Digest, FlagName, FlagOp};
-use merkmail::store::{decode_batch, encode_batch, Store, StoreError};
+use merkmail::store::{Store, StoreError};
+use merkmail::sync::journal_wire::{decode_batch, encode_batch};
 use merkmail::sync::responder::answer;
 use merkmail::sync::wire::{decode_request, encode};
 use merkmail::sync::{run, DriveError};
@@ -734,7 +735,7 @@ impl World {
                 return Err(e.to_string());
             }
         };
-        match answer(&s, &round) {
+        match answer(&*s, &round) {
             Ok(reply) => Ok(encode(&reply)),
             Err(e) => {
                 self.activity.responder_errors += 1;
@@ -837,7 +838,7 @@ impl World {
         let window = self.rng.random_range(0..32u8);
         self.activity.sessions += 1;
         self.in_session = Some(i);
-        let result = run(&local, window, false, |bytes| self.round(i, j, bytes));
+        let result = run(&*local, window, false, |bytes| self.round(i, j, bytes));
         self.in_session = None;
         let (pi, pj) = (self.peers[i].id.clone(), self.peers[j].id.clone());
         let equal = match result {

@@ -1,7 +1,7 @@
-//! From a merge outcome to the changes one side must apply to reach it.
+//! From a merge outcome to the changes one side must apply to reach it: pure, shared by the
+//! initiator's session and the journal's inbound apply.
 
-use crate::model::{MailboxOutcome, MailboxSide, MessageRecord};
-use crate::store::Change;
+use super::{Change, MailboxOutcome, MailboxSide, MessageRecord};
 
 /// What a side's changes amount to, for the report.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -33,6 +33,27 @@ pub fn changes_for(
             if let Some(tombstone) = &outcome.tombstone {
                 counts.mailbox_changed = side.record.is_some();
                 counts.expunged += side.messages.len() as u64;
+                // Before a merged mailbox goes: the writers' expunges of what it still holds,
+                // and what a writer's delete of the mailbox it merged into takes (`reset`).
+                for (uid, m) in side.messages.iter().filter(|_| side.record.is_some()) {
+                    let guid = tombstone.guid;
+                    let user = user.to_string();
+                    let uid = *uid;
+                    match outcome
+                        .expunged
+                        .get(&uid)
+                        .and_then(|ts| ts.iter().find(|t| t.digest == m.digest))
+                    {
+                        Some(t) => changes.push(Change::Expunge {
+                            user,
+                            guid,
+                            uid,
+                            tombstone: *t,
+                        }),
+                        None if outcome.reset => changes.push(Change::Remove { user, guid, uid }),
+                        None => {}
+                    }
+                }
                 changes.push(Change::DeleteMailbox {
                     user: user.to_string(),
                     tombstone: tombstone.clone(),

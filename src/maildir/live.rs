@@ -1,0 +1,819 @@
+//! Writing into a Maildir that Dovecot serves at the same time: numbering files no one has
+//! numbered and delivering messages, under `dovecot-uidlist.lock`, the way Dovecot does.
+//!
+//! Nothing here knows merkmail's store. docs/MAILDIR.md ("Writing into a live Maildir") gives
+//! each rule with its reason. In short: UIDs are handed out only under the lock, after
+//! re-reading the uidlist, above everything it has ever listed; they are *appended* to
+//! `dovecot-uidlist` (Dovecot reads the grown tail); a delivery goes tmp/ → fsync → cur/ with
+//! its `:2,` flags before its UID line is written; everything made takes the owner, group and
+//! mode of the directory it is made in.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::maildir::lock::{hostname, DotLock, LockError, LockSettings};
+use crate::maildir::name::{
+    check_keyword, format_info, format_keywords_file, is_system_flag_syntax, system_flag_letter,
+};
+use crate::maildir::{
+    folder_dir_name, parse_keywords_file, parse_uidlist, MaildirError, UidList, MAX_KEYWORDS,
+};
+
+/// Why a live write did not happen. Each variant leaves the folder as Dovecot can read it: at
+/// worst a file in tmp/ (Dovecot cleans those) or a file in cur/ without a UID (numbered next).
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    /// The uidlist lock could not be taken or was lost. Nothing was numbered.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// Reading or writing the Maildir failed.
+    #[error(transparent)]
+    Maildir(#[from] MaildirError),
+    /// The folder already names 26 keywords and this message needs another. Nothing was
+    /// written: the caller keeps the message and reports it (it is never dropped).
+    #[error("{}: keyword {keyword:?} needs a letter, but all {MAX_KEYWORDS} are taken", folder.display())]
+    KeywordsFull { folder: PathBuf, keyword: String },
+    /// A flag cannot be written in a Maildir file name. Nothing was written.
+    #[error("flag {flag:?} cannot be stored in a Maildir name: {problem}")]
+    UnstorableFlag { flag: String, problem: String },
+    /// The uidlist does not end with a line end, so an appended line would merge with a
+    /// half-written one. Nothing was appended.
+    #[error("{}: does not end with a line end; refusing to append", path.display())]
+    UnterminatedUidlist { path: PathBuf },
+    /// UIDs would pass 2^32 - 2. Nothing was numbered.
+    #[error("{}: no UIDs left (next would be {next})", folder.display())]
+    UidsExhausted { folder: PathBuf, next: u32 },
+}
+
+fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> MaildirError {
+    MaildirError::io(path.to_path_buf(), op)
+}
+
+/// The owner, group and permission bits new entries of a directory take from it: merkmail
+/// usually runs as root, and Dovecot refuses mail owned by root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+    /// The directory's permission bits (a file made in it gets them without the x bits).
+    pub dir_mode: u32,
+}
+
+impl Owner {
+    /// The owner of `dir`.
+    pub fn of(dir: &Path) -> Result<Owner, MaildirError> {
+        let meta = fs::metadata(dir).map_err(io(dir, "stat"))?;
+        Ok(Owner {
+            uid: meta.uid(),
+            gid: meta.gid(),
+            dir_mode: meta.mode() & 0o7777,
+        })
+    }
+
+    fn file_mode(&self) -> u32 {
+        self.dir_mode & 0o666
+    }
+
+    fn chown_file(&self, file: &File, path: &Path) -> Result<(), MaildirError> {
+        let meta = file.metadata().map_err(io(path, "stat"))?;
+        if meta.uid() != self.uid || meta.gid() != self.gid {
+            std::os::unix::fs::fchown(file, Some(self.uid), Some(self.gid))
+                .map_err(io(path, "chown"))?;
+        }
+        Ok(())
+    }
+
+    /// Makes directory `path` (its parent exists) with this owner and mode; an existing one is
+    /// left as it is.
+    fn make_dir(&self, path: &Path) -> Result<(), MaildirError> {
+        let mut builder = fs::DirBuilder::new();
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, self.dir_mode);
+        match builder.create(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(()),
+            Err(e) => return Err(io(path, "create directory")(e)),
+        }
+        // The umask may have narrowed the mode; the directory's own mode is the rule.
+        fs::set_permissions(
+            path,
+            std::os::unix::fs::PermissionsExt::from_mode(self.dir_mode),
+        )
+        .map_err(io(path, "chmod"))?;
+        std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid)).map_err(io(path, "chown"))
+    }
+
+    /// Creates file `path` (must not exist) with this owner and the mode of its directory.
+    fn create_file(&self, path: &Path) -> Result<File, MaildirError> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(self.file_mode())
+            .open(path)
+            .map_err(io(path, "create"))?;
+        self.chown_file(&file, path)?;
+        Ok(file)
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), MaildirError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir, "sync directory"))
+}
+
+/// Writes `bytes` into a new file in `tmp_dir`, flushes it and renames it over `final_path`,
+/// with `owner`. The mtime is made later than the old file's, because Dovecot notices some of
+/// its files (dovecot-keywords) by an mtime of one-second resolution.
+fn replace_file(
+    owner: &Owner,
+    tmp_dir: &Path,
+    final_path: &Path,
+    bytes: &[u8],
+) -> Result<(), MaildirError> {
+    let tmp = tmp_dir.join(format!(
+        ".{}.{}.{}",
+        final_path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut file = owner.create_file(&tmp)?;
+    file.write_all(bytes).map_err(io(&tmp, "write"))?;
+    if let Ok(old) = fs::metadata(final_path).and_then(|m| m.modified()) {
+        let now = SystemTime::now();
+        let floor = old + Duration::from_secs(1);
+        file.set_modified(now.max(floor))
+            .map_err(io(&tmp, "set mtime"))?;
+    }
+    file.sync_all().map_err(io(&tmp, "sync"))?;
+    drop(file);
+    fs::rename(&tmp, final_path).map_err(io(final_path, "rename into place"))?;
+    if let Some(parent) = final_path.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// One Maildir++ folder (the root for INBOX, or a `.Name` directory) written while Dovecot
+/// serves it.
+#[derive(Debug, Clone)]
+pub struct LiveFolder {
+    dir: PathBuf,
+    owner: Owner,
+    settings: LockSettings,
+}
+
+/// A message that got its UID: its base name (the uidlist key) and where its file is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Numbered {
+    pub uid: u32,
+    pub base: String,
+    pub path: PathBuf,
+}
+
+/// A file left unnumbered by [`LockedFolder::number_unlisted`], with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unnumberable {
+    pub path: PathBuf,
+    pub reason: UnnumberableReason,
+}
+
+/// Why a file in new/ or cur/ cannot get a uidlist line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnnumberableReason {
+    /// The name is not UTF-8 (uidlist lines are text to us).
+    NotUtf8,
+    /// The name holds a control character (a line end would break the uidlist).
+    ControlCharacter,
+}
+
+/// What [`LockedFolder::number_unlisted`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NumberingReport {
+    pub numbered: Vec<Numbered>,
+    pub skipped: Vec<Unnumberable>,
+}
+
+impl LiveFolder {
+    /// Opens the folder at `dir` (which must exist), making a missing cur/, new/ or tmp/ with
+    /// the folder's owner.
+    pub fn open(dir: &Path) -> Result<LiveFolder, LiveError> {
+        let owner = Owner::of(dir)?;
+        for sub in ["cur", "new", "tmp"] {
+            owner.make_dir(&dir.join(sub))?;
+        }
+        Ok(LiveFolder {
+            dir: dir.to_path_buf(),
+            owner,
+            settings: LockSettings::default(),
+        })
+    }
+
+    /// Makes (or opens) the folder of `mailbox` under the Maildir++ `root`, as Dovecot makes
+    /// one: `.Name/` with cur/, new/, tmp/ and an empty `maildirfolder`, owned like the root.
+    pub fn create(root: &Path, mailbox: &str) -> Result<LiveFolder, LiveError> {
+        if mailbox.eq_ignore_ascii_case(crate::maildir::INBOX) {
+            return Self::open(root);
+        }
+        let owner = Owner::of(root)?;
+        let dir = root.join(folder_dir_name(mailbox)?);
+        owner.make_dir(&dir)?;
+        for sub in ["cur", "new", "tmp"] {
+            owner.make_dir(&dir.join(sub))?;
+        }
+        let marker = dir.join("maildirfolder");
+        match owner.create_file(&marker) {
+            Ok(_) => {}
+            Err(MaildirError::Io { source, .. }) if source.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(LiveFolder {
+            dir,
+            owner,
+            settings: LockSettings::default(),
+        })
+    }
+
+    /// The same folder with other lock timings (tests use short ones).
+    pub fn with_lock_settings(mut self, settings: LockSettings) -> LiveFolder {
+        self.settings = settings;
+        self
+    }
+
+    /// The folder's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Takes `dovecot-uidlist.lock` and re-reads the uidlist under it (making one with a fresh
+    /// UIDVALIDITY and GUID if the folder has none yet).
+    pub fn lock(&self) -> Result<LockedFolder<'_>, LiveError> {
+        let uidlist_path = self.dir.join("dovecot-uidlist");
+        let lock = DotLock::acquire(
+            &uidlist_path,
+            &self.dir.join("tmp"),
+            Some((self.owner.uid, self.owner.gid)),
+            &self.settings,
+        )?;
+        let mut locked = LockedFolder {
+            folder: self,
+            lock,
+            uidlist_path,
+            uidlist: UidList {
+                uidvalidity: 0,
+                next_uid: 0,
+                guid: None,
+                entries: Vec::new(),
+            },
+            listed: HashSet::new(),
+        };
+        locked.reread()?;
+        Ok(locked)
+    }
+}
+
+/// A folder whose uidlist lock we hold. Dropping it releases the lock.
+#[derive(Debug)]
+pub struct LockedFolder<'a> {
+    folder: &'a LiveFolder,
+    lock: DotLock,
+    uidlist_path: PathBuf,
+    uidlist: UidList,
+    listed: HashSet<String>,
+}
+
+/// The virtual size Dovecot records (`W`): the size with every bare LF counted as CRLF.
+pub fn virtual_size(bytes: &[u8]) -> u64 {
+    let mut size = bytes.len() as u64;
+    let mut prev = 0u8;
+    for &b in bytes {
+        if b == b'\n' && prev != b'\r' {
+            size += 1;
+        }
+        prev = b;
+    }
+    size
+}
+
+/// `S=` and `W=` as Dovecot puts them in a base name (`...,S=123,W=130`).
+fn sizes_in_name(base: &str) -> (Option<u64>, Option<u64>) {
+    let mut s = None;
+    let mut w = None;
+    for part in base.split(',').skip(1) {
+        if let Some(v) = part.strip_prefix("S=") {
+            s = v.parse().ok();
+        } else if let Some(v) = part.strip_prefix("W=") {
+            w = v.parse().ok();
+        }
+    }
+    (s, w)
+}
+
+/// The timestamp a Maildir name starts with, which Dovecot numbers new files by.
+fn name_time(name: &str) -> u64 {
+    let digits: String = name.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap_or(u64::MAX)
+}
+
+impl LockedFolder<'_> {
+    /// The uidlist as read under the lock, with what we appended since.
+    pub fn uidlist(&self) -> &UidList {
+        &self.uidlist
+    }
+
+    /// Moves the lock's mtime, for callers doing long work under it.
+    pub fn touch(&self) -> Result<(), LiveError> {
+        Ok(self.lock.touch()?)
+    }
+
+    fn reread(&mut self) -> Result<(), LiveError> {
+        let text = match fs::read_to_string(&self.uidlist_path) {
+            Ok(t) => Some(t),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => return Err(io(&self.uidlist_path, "read")(e).into()),
+        };
+        let list = match text {
+            Some(text) => {
+                if !text.ends_with('\n') {
+                    return Err(LiveError::UnterminatedUidlist {
+                        path: self.uidlist_path.clone(),
+                    });
+                }
+                parse_uidlist(&text)?
+            }
+            None => self.create_uidlist()?,
+        };
+        self.listed = list.entries.iter().map(|(_, b)| b.clone()).collect();
+        self.uidlist = list;
+        Ok(())
+    }
+
+    fn create_uidlist(&self) -> Result<UidList, LiveError> {
+        let uidvalidity = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+            .max(1);
+        let guid: [u8; 16] = rand::random();
+        let list = UidList {
+            uidvalidity,
+            next_uid: 1,
+            guid: Some(hex::encode(guid)),
+            entries: Vec::new(),
+        };
+        let dir = &self.folder.dir;
+        replace_file(
+            &self.folder.owner,
+            &dir.join("tmp"),
+            &self.uidlist_path,
+            crate::maildir::format_uidlist(&list).as_bytes(),
+        )?;
+        Ok(list)
+    }
+
+    /// Appends `lines` (uid, S, W, base) to the uidlist and flushes it. UIDs are above every
+    /// listed one, so the file stays ascending and its N is never lowered.
+    fn append(
+        &mut self,
+        lines: &[(u32, Option<u64>, Option<u64>, String)],
+    ) -> Result<(), LiveError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        if !self.lock.is_ours() {
+            return Err(LockError::Lost {
+                path: self.lock.path().to_path_buf(),
+            }
+            .into());
+        }
+        let mut text = String::new();
+        for (uid, s, w, base) in lines {
+            text.push_str(&uid.to_string());
+            if let Some(s) = s {
+                text.push_str(&format!(" S{s}"));
+            }
+            if let Some(w) = w {
+                text.push_str(&format!(" W{w}"));
+            }
+            text.push_str(" :");
+            text.push_str(base);
+            text.push('\n');
+        }
+        let path = &self.uidlist_path;
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(io(path, "open for append"))?;
+        file.write_all(text.as_bytes())
+            .map_err(io(path, "append"))?;
+        file.sync_all().map_err(io(path, "sync"))?;
+        for (uid, _, _, base) in lines {
+            self.uidlist.entries.push((*uid, base.clone()));
+            self.listed.insert(base.clone());
+        }
+        Ok(())
+    }
+
+    fn next_uids(&self, count: usize) -> Result<u32, LiveError> {
+        let next = self.uidlist.effective_next_uid();
+        let last = u64::from(next) + count as u64;
+        if last >= u64::from(u32::MAX) {
+            return Err(LiveError::UidsExhausted {
+                folder: self.folder.dir.clone(),
+                next,
+            });
+        }
+        Ok(next)
+    }
+
+    /// Gives a UID to every file in new/ and cur/ that the uidlist does not list (what an MDA
+    /// drops, or what a crash left between our rename and our append), in Dovecot's order:
+    /// by the time in the name, then by name.
+    pub fn number_unlisted(&mut self) -> Result<NumberingReport, LiveError> {
+        let mut report = NumberingReport::default();
+        let mut found: Vec<(String, PathBuf, u64)> = Vec::new();
+        for sub in ["new", "cur"] {
+            let dir = self.folder.dir.join(sub);
+            for entry in fs::read_dir(&dir).map_err(io(&dir, "read directory"))? {
+                let entry = entry.map_err(io(&dir, "read directory"))?;
+                let path = entry.path();
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                    report.skipped.push(Unnumberable {
+                        path,
+                        reason: UnnumberableReason::NotUtf8,
+                    });
+                    continue;
+                };
+                // Dovecot ignores dot files in new/ and cur/.
+                if name.starts_with('.') {
+                    continue;
+                }
+                let base = name.split(':').next().unwrap_or("").to_string();
+                if base.is_empty() || self.listed.contains(&base) {
+                    continue;
+                }
+                if base.chars().any(char::is_control) {
+                    report.skipped.push(Unnumberable {
+                        path,
+                        reason: UnnumberableReason::ControlCharacter,
+                    });
+                    continue;
+                }
+                let Ok(meta) = fs::symlink_metadata(&path) else {
+                    // Moved (new/ → cur/) or expunged while we looked: the next pass sees it.
+                    continue;
+                };
+                if !meta.is_file() {
+                    continue;
+                }
+                found.push((base, path, meta.len()));
+            }
+        }
+        found.sort_by(|a, b| (name_time(&a.0), &a.0).cmp(&(name_time(&b.0), &b.0)));
+        // The same base in new/ and cur/ (seen mid-move) gets one UID.
+        found.dedup_by(|a, b| a.0 == b.0);
+        let first = self.next_uids(found.len())?;
+        let mut lines = Vec::with_capacity(found.len());
+        for (i, (base, path, len)) in found.into_iter().enumerate() {
+            let uid = first + i as u32;
+            let (s, w) = sizes_in_name(&base);
+            lines.push((uid, Some(s.unwrap_or(len)), w, base.clone()));
+            report.numbered.push(Numbered { uid, base, path });
+        }
+        self.append(&lines)?;
+        Ok(report)
+    }
+
+    /// The folder's keywords with each of `wanted` registered (a letter each), writing
+    /// `dovecot-keywords` under its own lock if one is new.
+    fn register_keywords(&self, wanted: &[&String]) -> Result<Vec<(u8, String)>, LiveError> {
+        let dir = &self.folder.dir;
+        let path = dir.join("dovecot-keywords");
+        let read = |path: &Path| -> Result<Vec<(u8, String)>, LiveError> {
+            match fs::read_to_string(path) {
+                Ok(t) => Ok(parse_keywords_file(&t)),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+                Err(e) => Err(io(path, "read")(e).into()),
+            }
+        };
+        let keywords = read(&path)?;
+        if wanted.iter().all(|k| keywords.iter().any(|(_, n)| n == *k)) {
+            return Ok(keywords);
+        }
+        let _lock = DotLock::acquire(
+            &path,
+            &dir.join("tmp"),
+            Some((self.folder.owner.uid, self.folder.owner.gid)),
+            &self.folder.settings,
+        )?;
+        let mut keywords = read(&path)?;
+        for k in wanted {
+            if keywords.iter().any(|(_, n)| n == *k) {
+                continue;
+            }
+            // Indexes are never freed, so the first free one is the lowest unused.
+            let Some(idx) = (0..MAX_KEYWORDS as u8).find(|i| keywords.iter().all(|(j, _)| j != i))
+            else {
+                return Err(LiveError::KeywordsFull {
+                    folder: dir.clone(),
+                    keyword: (*k).clone(),
+                });
+            };
+            keywords.push((idx, (*k).clone()));
+        }
+        keywords.sort();
+        replace_file(
+            &self.folder.owner,
+            &dir.join("tmp"),
+            &path,
+            format_keywords_file(&keywords).as_bytes(),
+        )?;
+        Ok(keywords)
+    }
+
+    /// Delivers one message: checks its flags, registers its keywords, writes it to tmp/,
+    /// flushes it, renames it into cur/ with its `:2,` flags and appends its UID. The mtime is
+    /// `internal_date` (Dovecot's INTERNALDATE for Maildir).
+    pub fn deliver(
+        &mut self,
+        bytes: &[u8],
+        flags: &[String],
+        internal_date: i64,
+    ) -> Result<Numbered, LiveError> {
+        let mut keywords_wanted = Vec::new();
+        for flag in flags {
+            if is_system_flag_syntax(flag) {
+                if system_flag_letter(flag).is_none() {
+                    return Err(LiveError::UnstorableFlag {
+                        flag: flag.clone(),
+                        problem: "not a storable system flag".to_string(),
+                    });
+                }
+            } else {
+                check_keyword(flag).map_err(|problem| LiveError::UnstorableFlag {
+                    flag: flag.clone(),
+                    problem,
+                })?;
+                keywords_wanted.push(flag);
+            }
+        }
+        let keywords = self.register_keywords(&keywords_wanted)?;
+        let (info, dropped) = format_info(flags, &keywords);
+        if let Some((flag, problem)) = dropped.into_iter().next() {
+            return Err(LiveError::UnstorableFlag { flag, problem });
+        }
+        let uid = self.next_uids(1)?;
+
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let host = hostname().replace('/', "\\057").replace(':', "\\072");
+        let size = bytes.len() as u64;
+        let vsize = virtual_size(bytes);
+        let base = format!(
+            "{}.M{}P{}Q{}.{host},S={size},W={vsize}",
+            now.as_secs(),
+            now.subsec_micros(),
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = &self.folder.dir;
+        let tmp = dir.join("tmp").join(&base);
+        let mut file = self.folder.owner.create_file(&tmp)?;
+        file.write_all(bytes).map_err(io(&tmp, "write"))?;
+        let mtime = u64::try_from(internal_date)
+            .ok()
+            .map(|s| UNIX_EPOCH + Duration::from_secs(s));
+        if let Some(mtime) = mtime {
+            file.set_modified(mtime).map_err(io(&tmp, "set mtime"))?;
+        }
+        file.sync_all().map_err(io(&tmp, "sync"))?;
+        drop(file);
+        let cur = dir.join("cur");
+        let path = cur.join(format!("{base}:{info}"));
+        fs::rename(&tmp, &path).map_err(io(&path, "rename into cur"))?;
+        sync_dir(&cur)?;
+        self.append(&[(uid, Some(size), Some(vsize), base.clone())])?;
+        Ok(Numbered { uid, base, path })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::maildir::scan;
+
+    fn root(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("merkmail-live-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("root");
+        dir
+    }
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn delivery_and_numbering_append_ascending_lines() {
+        let root = root("deliver");
+        let folder = LiveFolder::open(&root).expect("open");
+        // What an MDA drops: a file in new/ and one in cur/ with no UID.
+        fs::write(root.join("new/1700000002.x.host"), "b\n").expect("w");
+        fs::write(root.join("cur/1700000001.y.host,S=3:2,S"), "a\r\n").expect("w");
+        let mut locked = folder.lock().expect("lock");
+        let report = locked.number_unlisted().expect("number");
+        let uids: Vec<_> = report
+            .numbered
+            .iter()
+            .map(|n| (n.uid, n.base.as_str()))
+            .collect();
+        assert_eq!(
+            uids,
+            vec![(1, "1700000001.y.host,S=3"), (2, "1700000002.x.host")]
+        );
+        let delivered = locked
+            .deliver(
+                b"Subject: x\n\nhi\n",
+                &s(&["\\Seen", "$Label1"]),
+                1_600_000_000,
+            )
+            .expect("deliver");
+        assert_eq!(delivered.uid, 3);
+        assert!(delivered.path.to_string_lossy().ends_with(":2,Sa"));
+        drop(locked);
+        assert!(!root.join("dovecot-uidlist.lock").exists());
+
+        let text = fs::read_to_string(root.join("dovecot-uidlist")).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("3 V") && lines[0].contains(" N1 G"));
+        assert_eq!(lines[1], "1 S3 :1700000001.y.host,S=3");
+        assert_eq!(lines[2], "2 S2 :1700000002.x.host");
+        assert_eq!(lines[3], format!("3 S15 W18 :{}", delivered.base));
+        assert_eq!(
+            fs::read_to_string(root.join("dovecot-keywords")).expect("kw"),
+            "0 $Label1\n"
+        );
+        // Our own scanner reads back what we wrote: UIDs, flags, keywords.
+        let folders = scan(&root).expect("scan");
+        let msgs = &folders[0].messages;
+        let ours = msgs.iter().find(|m| m.uid == Some(3)).expect("uid 3");
+        assert_eq!(ours.flags, s(&["\\Seen", "$Label1"]));
+        assert_eq!(ours.internal_date, 1_600_000_000);
+
+        // A second pass numbers nothing again, and a new file continues above.
+        let mut locked = folder.lock().expect("lock");
+        assert!(locked.number_unlisted().expect("again").numbered.is_empty());
+        fs::write(root.join("new/1600000000.old"), "c").expect("w");
+        let report = locked.number_unlisted().expect("third");
+        assert_eq!(
+            report.numbered[0].uid, 4,
+            "an old name still gets a UID above all listed"
+        );
+    }
+
+    #[test]
+    fn numbering_never_lowers_the_header_next_uid() {
+        let root = root("never-lower");
+        let folder = LiveFolder::open(&root).expect("open");
+        fs::write(
+            root.join("dovecot-uidlist"),
+            "3 V5 N40 G0123456789abcdef0123456789abcdef\n7 :gone\n",
+        )
+        .expect("w");
+        fs::write(root.join("new/1.a"), "x").expect("w");
+        let mut locked = folder.lock().expect("lock");
+        assert_eq!(locked.number_unlisted().expect("n").numbered[0].uid, 40);
+        let next = locked.deliver(b"x", &[], 0).expect("deliver");
+        assert_eq!(next.uid, 41);
+        let text = fs::read_to_string(root.join("dovecot-uidlist")).expect("read");
+        assert!(
+            text.starts_with("3 V5 N40 G0123456789abcdef0123456789abcdef\n7 :gone\n40 S1 :1.a\n")
+        );
+        assert!(parse_uidlist(&text).is_ok());
+    }
+
+    #[test]
+    fn odd_names_are_numbered_or_skipped_with_a_reason() {
+        let root = root("odd");
+        let folder = LiveFolder::open(&root).expect("open");
+        for name in [
+            "1.sp ace",
+            "2.ünï,cødé",
+            "3.semi;colon:2,S",
+            ".hidden",
+            "4.tab\there",
+        ] {
+            fs::write(root.join("new").join(name), "x").expect("w");
+        }
+        let mut locked = folder.lock().expect("lock");
+        let report = locked.number_unlisted().expect("n");
+        let bases: Vec<_> = report.numbered.iter().map(|n| n.base.as_str()).collect();
+        assert_eq!(bases, vec!["1.sp ace", "2.ünï,cødé", "3.semi;colon"]);
+        assert_eq!(report.skipped.len(), 1);
+        assert_eq!(
+            report.skipped[0].reason,
+            UnnumberableReason::ControlCharacter
+        );
+        let list = parse_uidlist(&fs::read_to_string(root.join("dovecot-uidlist")).expect("r"))
+            .expect("parse");
+        assert_eq!(list.entries.len(), 3);
+    }
+
+    #[test]
+    fn a_27th_keyword_is_an_error_and_writes_nothing() {
+        let root = root("kw");
+        let folder = LiveFolder::open(&root).expect("open");
+        let kws: String = (0..26).map(|i| format!("{i} k{i}\n")).collect();
+        fs::write(root.join("dovecot-keywords"), kws).expect("w");
+        let mut locked = folder.lock().expect("lock");
+        assert!(locked.deliver(b"x", &s(&["k25"]), 0).is_ok());
+        match locked.deliver(b"x", &s(&["new-one"]), 0) {
+            Err(LiveError::KeywordsFull { keyword, .. }) => assert_eq!(keyword, "new-one"),
+            other => panic!("expected KeywordsFull, got {other:?}"),
+        }
+        assert!(matches!(
+            locked.deliver(b"x", &s(&["\\Recent"]), 0),
+            Err(LiveError::UnstorableFlag { .. })
+        ));
+        assert_eq!(fs::read_dir(root.join("cur")).expect("ls").count(), 1);
+        assert_eq!(locked.uidlist().entries.len(), 1);
+    }
+
+    #[test]
+    fn concurrent_writers_never_give_a_uid_twice() {
+        let root = root("concurrent");
+        LiveFolder::create(&root, "INBOX").expect("inbox");
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let root = root.clone();
+                std::thread::spawn(move || {
+                    let folder = LiveFolder::create(&root, "Sub/Folder").expect("create");
+                    for i in 0..10 {
+                        if i % 3 == 0 {
+                            fs::write(folder.dir().join(format!("new/{t}{i}.mda")), "m")
+                                .expect("w");
+                        }
+                        let mut locked = folder.lock().expect("lock");
+                        locked.number_unlisted().expect("number");
+                        locked
+                            .deliver(format!("{t} {i}").as_bytes(), &[], 0)
+                            .expect("deliver");
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("thread");
+        }
+        let dir = root.join(".Sub.Folder");
+        assert!(dir.join("maildirfolder").exists());
+        let list = parse_uidlist(&fs::read_to_string(dir.join("dovecot-uidlist")).expect("r"))
+            .expect("parse");
+        assert_eq!(list.entries.len(), 4 * 10 + 4 * 4);
+        let uids: Vec<u32> = list.entries.iter().map(|(u, _)| *u).collect();
+        assert_eq!(uids, (1..=56).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn made_files_take_the_directory_owner_and_mode() {
+        let root = root("owner");
+        fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o750))
+            .expect("chmod");
+        let folder = LiveFolder::create(&root, "Work").expect("create");
+        let mut locked = folder.lock().expect("lock");
+        let msg = locked.deliver(b"x", &s(&["kw"]), 0).expect("deliver");
+        let want = Owner::of(&root).expect("owner");
+        for path in [
+            folder.dir().to_path_buf(),
+            folder.dir().join("cur"),
+            folder.dir().join("dovecot-uidlist"),
+            folder.dir().join("dovecot-keywords"),
+            msg.path.clone(),
+        ] {
+            let meta = fs::metadata(&path).expect("stat");
+            assert_eq!(
+                (meta.uid(), meta.gid()),
+                (want.uid, want.gid),
+                "{}",
+                path.display()
+            );
+            let mode = meta.mode() & 0o777;
+            let expected = if meta.is_dir() { 0o750 } else { 0o640 };
+            assert_eq!(mode, expected, "{}", path.display());
+        }
+    }
+
+    #[test]
+    fn virtual_size_counts_bare_line_feeds() {
+        assert_eq!(virtual_size(b""), 0);
+        assert_eq!(virtual_size(b"a\nb\r\n"), 6);
+        assert_eq!(sizes_in_name("1.x,S=5,W=7"), (Some(5), Some(7)));
+        assert_eq!(sizes_in_name("1.x"), (None, None));
+    }
+}

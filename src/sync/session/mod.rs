@@ -1,0 +1,351 @@
+//! The initiator's side of reconciliation, as a state machine that does no I/O of its own:
+//! [`Session::next_round`] says what to ask the peer, [`Session::receive`] takes the answer.
+//! It reads (and, at the end, writes) local state only through [`Replica`], so it runs the
+//! same over a store and over a model in memory.
+//!
+//! States: roots → level-synchronous descent (every differing node of a level in one round)
+//! → mailbox records → UID-tree descent (jumping straight to a level of at most 16 nodes) →
+//! entries → records → merge (clash rules) → bodies the local side lacks → apply locally, then
+//! remotely → compare roots. Each phase has its own file: `discovery` (roots, top levels,
+//! users, mailboxes, the UID-tree descent), `records` (bucket runs, records and tombstones),
+//! `plan` (the merge and both sides' change groups), `transfer` (bodies both ways, the applies).
+
+mod discovery;
+mod plan;
+mod records;
+mod transfer;
+
+use super::replica::Replica;
+use super::wire::{
+    fp, ApplyGroup, Fp, GuidRef, Reply, Request, RoundReply, RoundRequest, WIRE_VERSION,
+};
+use crate::merkle::{NodeHash, NodeKey};
+use crate::model::ChangeGroup;
+use crate::model::{Digest, MailboxGuid, MailboxRecord, MailboxSide, MailboxTombstone};
+use crate::store::StoreError;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use thiserror::Error;
+
+/// Why a session stopped early. Nothing is half-applied: local changes are committed per
+/// transaction, and the peer applies its groups in one transaction.
+#[derive(Debug, Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the peer broke the protocol: {0}")]
+    Protocol(String),
+}
+
+fn protocol(msg: impl Into<String>) -> SessionError {
+    SessionError::Protocol(msg.into())
+}
+
+/// What a session found and did.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct SyncReport {
+    pub rounds: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub body_bytes_sent: u64,
+    pub body_bytes_received: u64,
+    pub copied_to_peer: u64,
+    pub copied_from_peer: u64,
+    pub expunged: u64,
+    pub flag_updates: u64,
+    pub uid_clashes_renumbered: u64,
+    pub mailboxes_changed: u64,
+    pub differing_mailboxes: u64,
+    /// Mailboxes skipped because one side changed during the session (the next session
+    /// picks them up).
+    pub stale_mailboxes: u64,
+    /// Bodies that did not match their digest: those mailboxes were left alone.
+    pub body_mismatches: u64,
+    /// Messages copied below the other side's UIDNEXT (allowed, worth a look).
+    pub late_copies: u64,
+    pub duration_ms: u64,
+    pub equal_after: bool,
+    pub dry_run: bool,
+}
+
+impl SyncReport {
+    /// Adds what an earlier session of the same sync moved and cost (round trips, bytes, copies,
+    /// expunges, flag updates, clashes, changed mailboxes, time); the outcome fields
+    /// (`equal_after`, stale mailboxes, mismatches) stay this session's.
+    pub fn add_work_of(&mut self, earlier: &SyncReport) {
+        self.rounds += earlier.rounds;
+        self.bytes_sent += earlier.bytes_sent;
+        self.bytes_received += earlier.bytes_received;
+        self.body_bytes_sent += earlier.body_bytes_sent;
+        self.body_bytes_received += earlier.body_bytes_received;
+        self.copied_to_peer += earlier.copied_to_peer;
+        self.copied_from_peer += earlier.copied_from_peer;
+        self.expunged += earlier.expunged;
+        self.flag_updates += earlier.flag_updates;
+        self.uid_clashes_renumbered += earlier.uid_clashes_renumbered;
+        self.mailboxes_changed += earlier.mailboxes_changed;
+        self.duration_ms += earlier.duration_ms;
+    }
+}
+
+type Key = (String, MailboxGuid);
+
+/// UIDs asked for in one Records question (the peer accepts up to `wire::MAX_ITEMS`).
+const RECORDS_PER_REQUEST: usize = 50_000;
+/// Change groups travel in Apply rounds of about this many encoded bytes.
+const APPLY_BATCH_BYTES: usize = 16 << 20;
+
+#[derive(Clone, Debug)]
+enum Ask {
+    Root,
+    Children(NodeKey),
+    /// A user bucket, with the users we listed in it (the answer names them by position).
+    Users(u16, Vec<String>),
+    Mailbox(Key),
+    UidChildren(Key, NodeKey),
+    /// Records, with the buckets compared in the same question.
+    Records(Key, Vec<u32>),
+    Full(Key),
+    Bodies(Vec<Digest>),
+    PutBodies,
+    Apply,
+}
+
+#[derive(Debug, Default)]
+struct Work {
+    /// The peer's mailbox node hash (4 bytes): what its change group must `expect`.
+    remote_node: Option<[u8; 4]>,
+    remote_known: bool,
+    remote_record: Option<MailboxRecord>,
+    remote_tombstone: Option<MailboxTombstone>,
+    /// The peer's record is still to be fetched (its delta did not match ours).
+    need_record: bool,
+    full: bool,
+    /// UIDs at or above this (the smaller UIDNEXT) are compared as a range, not by hashes.
+    limit: u32,
+    /// Whether the UIDNEXTs differ (then UIDs from `limit` on are fetched whole), and
+    /// whether that tail has been asked for.
+    tail: bool,
+    tail_asked: bool,
+    /// Buckets to compare run by run in the next question.
+    pending: Vec<u32>,
+    /// Our UIDNEXT.
+    local_next: u32,
+    /// UIDs whose records both sides must compare.
+    uids: BTreeSet<u32>,
+    /// Inclusive UID ranges compared whole (nodes one side lacks, and the tail); the first
+    /// `ranges_asked` of them have been asked for.
+    ranges: Vec<(u32, u32)>,
+    ranges_asked: usize,
+    outstanding: usize,
+    records_asked: bool,
+    remote_side: Option<MailboxSide>,
+    /// The peer holds this GUID, and its first 4 bytes name no other mailbox of the user on
+    /// either side: questions and groups name it by that prefix.
+    prefix_ok: bool,
+}
+
+impl Work {
+    fn covers(&self, uid: u32) -> bool {
+        self.full
+            || (self.tail && uid >= self.limit)
+            || self.uids.contains(&uid)
+            || self.ranges.iter().any(|(a, b)| (*a..=*b).contains(&uid))
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    Discover,
+    /// Bodies both ways, in batches: fetched ones are staged here as they come, sent ones are
+    /// staged by the peer ahead of the changes that use them.
+    Transfer,
+    Apply,
+    Done,
+}
+
+pub struct Session<'a> {
+    local: &'a dyn Replica,
+    window: u8,
+    dry_run: bool,
+    phase: Phase,
+    next: Vec<(Ask, Request)>,
+    asked: Vec<Ask>,
+    work: BTreeMap<Key, Work>,
+    local_groups: Vec<ChangeGroup>,
+    remote_groups: Vec<ApplyGroup>,
+    /// Bodies to fetch from the peer, and to send it, with their sizes (for batching).
+    fetch: BTreeMap<Digest, u64>,
+    push: BTreeMap<Digest, u64>,
+    /// Fetched bodies that did not match their digest.
+    bad: BTreeSet<Digest>,
+    /// Bodies that came with records (staged already).
+    prefetched: BTreeSet<Digest>,
+    applied_once: bool,
+    local_applied: bool,
+    pub report: SyncReport,
+}
+
+impl<'a> Session<'a> {
+    /// A session with the given hash window (pick it at random per session).
+    pub fn new(
+        local: &'a dyn Replica,
+        window: u8,
+        dry_run: bool,
+    ) -> Result<Session<'a>, SessionError> {
+        let root = local.root()?;
+        let mut s = Session {
+            local,
+            window,
+            dry_run,
+            phase: Phase::Discover,
+            next: Vec::new(),
+            asked: Vec::new(),
+            work: BTreeMap::new(),
+            local_groups: Vec::new(),
+            remote_groups: Vec::new(),
+            fetch: BTreeMap::new(),
+            push: BTreeMap::new(),
+            bad: BTreeSet::new(),
+            prefetched: BTreeSet::new(),
+            applied_once: false,
+            local_applied: false,
+            report: SyncReport {
+                dry_run,
+                ..SyncReport::default()
+            },
+        };
+        s.next
+            .push((Ask::Root, Request::Root { root: root.hash.0 }));
+        Ok(s)
+    }
+
+    fn fp(&self, h: &NodeHash) -> Fp {
+        fp(h, self.window)
+    }
+
+    /// How the wire names a mailbox of ours: by a GUID prefix when that is unambiguous.
+    fn guid_ref(&self, key: &Key) -> GuidRef {
+        match self.work.get(key) {
+            Some(w) if w.prefix_ok => GuidRef::Prefix(GuidRef::prefix_of(&key.1)),
+            _ => GuidRef::Full(key.1),
+        }
+    }
+
+    /// The next round's questions, or `None` when the session is over.
+    pub fn next_round(&mut self) -> Result<Option<RoundRequest>, SessionError> {
+        if self.next.is_empty() {
+            self.advance()?;
+        }
+        if self.next.is_empty() {
+            self.phase = Phase::Done;
+            return Ok(None);
+        }
+        let (asks, requests): (Vec<Ask>, Vec<Request>) =
+            std::mem::take(&mut self.next).into_iter().unzip();
+        self.asked = asks;
+        Ok(Some(RoundRequest {
+            version: WIRE_VERSION,
+            window: self.window,
+            requests,
+        }))
+    }
+
+    /// Takes the peer's answer to the last round.
+    pub fn receive(&mut self, reply: RoundReply) -> Result<(), SessionError> {
+        let asked = std::mem::take(&mut self.asked);
+        if reply.replies.len() != asked.len() {
+            return Err(protocol(format!(
+                "{} answers to {} questions",
+                reply.replies.len(),
+                asked.len()
+            )));
+        }
+        for (ask, answer) in asked.into_iter().zip(reply.replies) {
+            self.take(ask, answer)?;
+        }
+        Ok(())
+    }
+
+    fn ask(&mut self, ask: Ask, request: Request) {
+        if let Ask::Mailbox(k) | Ask::UidChildren(k, _) | Ask::Records(k, _) | Ask::Full(k) = &ask {
+            self.work.entry(k.clone()).or_default().outstanding += 1;
+        }
+        self.next.push((ask, request));
+    }
+
+    fn done_with(&mut self, key: &Key) -> Result<&mut Work, SessionError> {
+        let w = self
+            .work
+            .get_mut(key)
+            .ok_or_else(|| protocol("an answer about a mailbox never asked about"))?;
+        w.outstanding = w.outstanding.saturating_sub(1);
+        Ok(w)
+    }
+
+    /// One answer, handed to the phase that asked for it.
+    fn take(&mut self, ask: Ask, answer: Reply) -> Result<(), SessionError> {
+        match (ask, answer) {
+            (Ask::Root, Reply::Root { equal, children }) => self.take_root(equal, &children),
+            (Ask::Children(node), Reply::Children { children }) => {
+                self.compare_top(&node, &children)
+            }
+            (Ask::Users(bucket, listed), Reply::Users { users }) => {
+                self.take_users(bucket, &listed, users)
+            }
+            (
+                Ask::Mailbox(key),
+                Reply::Mailbox {
+                    record,
+                    tombstone,
+                    node,
+                },
+            ) => self.take_mailbox_record(&key, record, tombstone, node),
+            (Ask::UidChildren(key, node), Reply::Children { children }) => {
+                self.take_uid_children(&key, node, &children)
+            }
+            (
+                Ask::Records(key, buckets),
+                Reply::Records {
+                    runs,
+                    messages,
+                    tombstones,
+                },
+            ) => self.take_compared(&key, buckets, runs, messages, tombstones),
+            (
+                Ask::Full(key),
+                Reply::Full {
+                    messages,
+                    tombstones,
+                },
+            ) => {
+                self.done_with(&key)?;
+                self.take_records(&key, messages, tombstones)
+            }
+            (Ask::Bodies(digests), Reply::Bodies { bodies }) => self.take_bodies(digests, bodies),
+            (Ask::PutBodies, Reply::Staged { .. }) => Ok(()),
+            (Ask::Apply, Reply::Applied { applied, root }) => self.take_applied(&applied, root),
+            (ask, _) => Err(protocol(format!("an answer of the wrong kind to {ask:?}"))),
+        }
+    }
+
+    /// Queues the next questions once every answer of the last round is in.
+    fn advance(&mut self) -> Result<(), SessionError> {
+        match self.phase {
+            Phase::Discover => {
+                self.ask_records()?;
+                if self.next.is_empty() && self.work.values().all(|w| w.outstanding == 0) {
+                    self.plan()?;
+                }
+                Ok(())
+            }
+            Phase::Transfer => self.queue_transfer(),
+            Phase::Apply => {
+                self.queue_apply();
+                Ok(())
+            }
+            Phase::Done => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Transfer: the bodies each side lacks, both ways in bounded batches, then the applies —
+//! this side's groups once every fetched body is staged, the peer's in Apply rounds whose
+//! last answer carries its new root.
+
+use super::{protocol, Ask, Phase, Session, SessionError, APPLY_BATCH_BYTES};
+use crate::model::Digest;
+use crate::model::{Change, ChangeGroup};
+use crate::sync::wire::{encode, Request, BODY_BATCH_BYTES};
+use std::collections::BTreeMap;
+
+/// Takes the next batch of about `BODY_BATCH_BYTES` (at least one body) off the queue.
+fn next_batch(queue: &mut BTreeMap<Digest, u64>) -> Vec<Digest> {
+    let mut batch = Vec::new();
+    let mut bytes = 0u64;
+    while let Some((&d, &size)) = queue.iter().next() {
+        if !batch.is_empty() && bytes + size > BODY_BATCH_BYTES {
+            break;
+        }
+        queue.remove(&d);
+        batch.push(d);
+        bytes += size;
+    }
+    batch
+}
+
+impl Session<'_> {
+    /// Queues the next batch of bodies each way. Both travel in the same rounds; the last
+    /// round also carries the first Apply, so a small session pays one round for transfer
+    /// and apply.
+    pub(super) fn queue_transfer(&mut self) -> Result<(), SessionError> {
+        let fetch = next_batch(&mut self.fetch);
+        if !fetch.is_empty() {
+            self.next.push((
+                Ask::Bodies(fetch.clone()),
+                Request::Bodies { digests: fetch },
+            ));
+        }
+        let push = next_batch(&mut self.push);
+        if !push.is_empty() {
+            let mut bodies = Vec::with_capacity(push.len());
+            for d in &push {
+                let bytes = self.local.body(d)?;
+                self.report.body_bytes_sent += bytes.len() as u64;
+                bodies.push(bytes);
+            }
+            self.next
+                .push((Ask::PutBodies, Request::PutBodies { bodies }));
+        }
+        if self.fetch.is_empty() && self.push.is_empty() {
+            self.phase = Phase::Apply;
+            self.queue_apply();
+        }
+        Ok(())
+    }
+
+    /// Queues the next Apply: groups in rounds of about APPLY_BATCH_BYTES (each group whole,
+    /// since its guard covers all its changes); at least one Apply, whose answer carries the
+    /// peer's root.
+    pub(super) fn queue_apply(&mut self) {
+        let mut groups = Vec::new();
+        let mut bytes = 0usize;
+        while !self.remote_groups.is_empty() {
+            let size = encode(&self.remote_groups[0]).len();
+            if !groups.is_empty() && bytes + size > APPLY_BATCH_BYTES {
+                break;
+            }
+            bytes += size;
+            groups.push(self.remote_groups.remove(0));
+        }
+        if !groups.is_empty() || !self.applied_once {
+            self.applied_once = true;
+            self.next.push((Ask::Apply, Request::Apply { groups }));
+        }
+    }
+
+    /// The peer's answer to a Bodies question: one body (or none) per digest asked for.
+    pub(super) fn take_bodies(
+        &mut self,
+        digests: Vec<Digest>,
+        bodies: Vec<Option<Vec<u8>>>,
+    ) -> Result<(), SessionError> {
+        if bodies.len() != digests.len() {
+            return Err(protocol("a different number of bodies than asked for"));
+        }
+        self.stage_fetched(digests, bodies)
+    }
+
+    /// Stages a batch of fetched bodies locally; a body that does not match its digest is
+    /// left out, and the mailboxes that needed it are left alone (reported).
+    fn stage_fetched(
+        &mut self,
+        digests: Vec<Digest>,
+        bodies: Vec<Option<Vec<u8>>>,
+    ) -> Result<(), SessionError> {
+        let mut good = Vec::new();
+        for (d, b) in digests.into_iter().zip(bodies) {
+            match b {
+                Some(bytes) if Digest::of(&bytes) == d => {
+                    self.report.body_bytes_received += bytes.len() as u64;
+                    good.push(bytes);
+                }
+                _ => {
+                    self.bad.insert(d);
+                }
+            }
+        }
+        self.local.stage_bodies(&good)?;
+        Ok(())
+    }
+
+    /// The peer's answer to an Apply: this side applies its own groups with the first one
+    /// (every fetched body has been staged by now: Bodies answers come first), then the
+    /// roots are compared.
+    pub(super) fn take_applied(
+        &mut self,
+        applied: &[bool],
+        root: [u8; 32],
+    ) -> Result<(), SessionError> {
+        if !self.local_applied {
+            self.local_applied = true;
+            self.apply_local()?;
+        }
+        let stale = applied.iter().filter(|ok| !**ok).count() as u64;
+        self.report.stale_mailboxes += stale;
+        self.report.equal_after = self.local.root()?.hash.0 == root;
+        if self.remote_groups.is_empty() {
+            self.phase = Phase::Done;
+        }
+        Ok(())
+    }
+
+    /// Applies this side's groups: those that need a body that never came are dropped
+    /// whole, so their mailboxes stay as they were until the next session.
+    fn apply_local(&mut self) -> Result<(), SessionError> {
+        let bad = &self.bad;
+        let groups: Vec<ChangeGroup> = std::mem::take(&mut self.local_groups);
+        let (kept, dropped): (Vec<ChangeGroup>, Vec<ChangeGroup>) =
+            groups.into_iter().partition(|g| {
+                !g.changes.iter().any(
+                    |c| matches!(c, Change::Message { record, .. } if bad.contains(&record.digest)),
+                )
+            });
+        self.report.body_mismatches = self.bad.len() as u64;
+        self.report.stale_mailboxes += dropped.len() as u64;
+        let applied = self.local.apply_groups(&kept)?;
+        self.report.stale_mailboxes += applied.iter().filter(|ok| !**ok).count() as u64;
+        Ok(())
+    }
+}
