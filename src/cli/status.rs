@@ -3,7 +3,8 @@
 
 use super::args::client_config;
 use super::print::{print, Printed};
-use crate::net::client::{expect_success, BlockingClient};
+use crate::net::client::BlockingClient;
+use crate::net::remote::status_json;
 use crate::status::{human, StatusView};
 use anyhow::{Context, Result};
 use std::io::{self, Write};
@@ -18,8 +19,7 @@ pub(super) fn status(
     out: &mut impl Write,
 ) -> Result<ExitCode> {
     let client = BlockingClient::new(url, None, client_config(ca)?)?;
-    let answer = client.get("/status")?;
-    let body = expect_success(&client.client().url("/status"), answer)?;
+    let body = status_json(&client)?;
     let view: StatusView = serde_json::from_slice(&body)
         .with_context(|| format!("{url}/status: not a merkmail status"))?;
     print(&view, json, out)?;

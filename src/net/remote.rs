@@ -307,6 +307,13 @@ impl MailClient {
     }
 }
 
+/// `GET /status` of the server behind `client`: the snapshot's JSON, as the server sent it
+/// (`merkmail status` prints it or its terminal view).
+pub fn status_json(client: &BlockingClient) -> Result<Bytes, ClientError> {
+    let answer = client.get(super::routes::STATUS)?;
+    expect_success(&client.client().url(super::routes::STATUS), answer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,10 @@ pub const JOURNAL: &str = "/v1/journal";
 /// `GET`: where this node's journal toward the asking node stands (JSON).
 pub const JOURNAL_POSITION: &str = "/v1/journal/position";
 
+/// `GET`: the operator's status snapshot (JSON, `status::StatusView`); `/metrics` and `/`
+/// render the same snapshot.
+pub const STATUS: &str = "/status";
+
 /// The header a daemon's requests carry: the asking node's id.
 pub const NODE_HEADER: &str = "x-merkmail-node";
 /// The content type of session rounds.
