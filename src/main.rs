@@ -8,6 +8,9 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
     cli.command.resolve();
+    if !matches!(cli.command, cli::Command::Serve(_)) {
+        quiet_on_closed_stdout();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MERKMAIL_LOG").unwrap_or_else(|_| {
@@ -23,6 +26,21 @@ fn main() -> ExitCode {
             eprintln!("merkmail: error: {}", one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Gives SIGPIPE back its default action, so that a command whose stdout is closed early
+/// (`merkmail list … | head -1`) ends at once and quietly, with SIGPIPE's exit status (141
+/// in a shell), as other Unix tools do. Rust starts programs with SIGPIPE ignored, which turns
+/// the closed pipe into an error that would be printed as `merkmail: error: Broken pipe`.
+/// Sockets are not affected: the standard library writes to them with `MSG_NOSIGNAL`, so a
+/// peer or server that hangs up is still an error the command reports. `serve` keeps the
+/// inherited disposition: a daemon must outlive whoever reads its first line.
+fn quiet_on_closed_stdout() {
+    // SAFETY: signal(2) with SIG_DFL installs no handler, and this runs before any thread
+    // is started, so nothing can be racing on the signal disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -124,13 +124,23 @@ pub enum Command {
     /// Append messages (RFC 5322 files; `-` reads one from stdin) and print the UIDs assigned.
     ///
     /// Appending to INBOX brings a new user into being; other mailboxes must be created first.
+    /// All the messages are appended in one transaction: if one cannot be read, none is.
     Append {
         #[command(flatten)]
         target: Target,
         user: String,
         mailbox: String,
-        #[arg(required = true, value_name = "FILE")]
+        #[arg(required_unless_present = "mbox", value_name = "FILE")]
         files: Vec<PathBuf>,
+        /// Append every message of one mbox file (mboxrd: `From ` lines separate messages,
+        /// `>From ` lines lose one `>`; line endings are kept as in the file). A truncated or
+        /// malformed file appends nothing.
+        #[arg(long, value_name = "FILE", conflicts_with = "files")]
+        mbox: Option<PathBuf>,
+        /// Date each message by its file's modification time, as import-maildir does (with
+        /// --mbox, the mbox file's).
+        #[arg(long, conflicts_with = "date")]
+        date_from_file: bool,
         /// Comma-separated flags to set, e.g. '\Seen,\Flagged,$Label1'.
         #[arg(
             long,
@@ -143,14 +153,21 @@ pub enum Command {
         #[arg(long, value_name = "UNIX_SECONDS")]
         date: Option<i64>,
     },
-    /// Add, remove or set the flags of one message.
+    /// Add, remove or set the flags of messages, all in one transaction.
+    ///
+    /// One plain UID prints that message's flags afterwards. Several UIDs, or IMAP UID sets
+    /// (`1:5,7,9:*`; `*` is the largest UID in the mailbox, `5:1` means `1:5`), print one
+    /// line per message changed: its UID and its flags. A plain UID must exist; a set names
+    /// the existing messages among its UIDs and must name at least one.
     #[command(group(clap::ArgGroup::new("op").required(true).args(["add", "remove", "set"])))]
     Flags {
         #[command(flatten)]
         target: Target,
         user: String,
         mailbox: String,
-        uid: u32,
+        /// UIDs or UID sets, e.g. `7` or `1:5,9:*`.
+        #[arg(required = true, value_name = "UIDS")]
+        uids: Vec<String>,
         /// Flags to add (comma-separated).
         #[arg(long, value_name = "FLAGS", allow_hyphen_values = true)]
         add: Option<String>,
@@ -161,14 +178,20 @@ pub enum Command {
         #[arg(long, value_name = "FLAGS", allow_hyphen_values = true)]
         set: Option<String>,
     },
-    /// Expunge messages by UID (each leaves a tombstone so peers learn of the expunge).
+    /// Expunge messages by UID (each leaves a tombstone so peers learn of the expunge), all
+    /// in one transaction.
+    ///
+    /// Plain UIDs must all exist, or nothing is expunged. IMAP UID sets (`1:5,7,9:*`; `*` is
+    /// the largest UID in the mailbox) name the existing messages among their UIDs and must
+    /// name at least one.
     Expunge {
         #[command(flatten)]
         target: Target,
         user: String,
         mailbox: String,
-        #[arg(required = true)]
-        uids: Vec<u32>,
+        /// UIDs or UID sets, e.g. `3 4` or `1:5,9:*`.
+        #[arg(required = true, value_name = "UIDS")]
+        uids: Vec<String>,
     },
     /// List a user's messages, in one mailbox or in all.
     List {
@@ -246,6 +269,22 @@ pub enum Command {
         /// No progress on stderr.
         #[arg(long, short)]
         quiet: bool,
+    },
+    /// Give the store file's free pages back to the filesystem; needs the store offline.
+    ///
+    /// The file keeps the pages that earlier writes freed, for reuse, so it does not shrink
+    /// when mail is expunged, and a busy or freshly replicated store often holds a sixth of its
+    /// size as free pages (`stats` shows the file's size beside the mail's). Run it after
+    /// large expunges or deletes, or after filling a replica, when the disk space is wanted
+    /// back. It rewrites the file in place; the mail, the tree and the root are unchanged.
+    /// Stop `merkmail serve` on DIR first: the store cannot be compacted while a server holds
+    /// it open. Prints the file's size before and after.
+    Compact {
+        #[command(flatten)]
+        data: Data,
+        /// Print the sizes as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print counts: users, mailboxes, messages, bytes, tombstones, tree depth.
     Stats {
@@ -349,6 +388,7 @@ impl Command {
             | Command::Status { .. }
             | Command::Tree { .. }
             | Command::Verify { .. }
+            | Command::Compact { .. }
             | Command::ImportMaildir { .. }
             | Command::ExportMaildir { .. } => None,
         }

@@ -1,5 +1,5 @@
 //! The commands that need the store in this process (`--data` only): init, tree, verify,
-//! import-maildir and export-maildir.
+//! compact, import-maildir and export-maildir.
 
 use super::args::Data;
 use super::print;
@@ -59,6 +59,17 @@ fn verify_bodies(store: &Store, quiet: bool, out: &mut impl Write) -> Result<boo
     })?;
     print::body_verdict(&report, out)?;
     Ok(report.damaged.is_empty())
+}
+
+/// `compact`: the store file rewritten without its free pages. Offline by construction: while
+/// a server holds the store, the open fails with the store's "in use by another process".
+pub(super) fn compact(data: &Data, json: bool, out: &mut impl Write) -> Result<ExitCode> {
+    let store = open(data)?;
+    let done = store
+        .compact()
+        .with_context(|| format!("compacting the store in {}", data.data.display()))?;
+    print::print(&print::CompactReport::from(done), json, out)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `import-maildir`: a Maildir++ tree into `user`'s mail.

@@ -4,8 +4,10 @@
 //! so both print the same bytes.
 
 use super::args::{Location, Target};
+use super::mbox;
 use super::print;
-use crate::model::{parse_flag_list, FlagName, FlagOp, MailboxGuid};
+use crate::maildir::scan::unix_seconds;
+use crate::model::{parse_flag_list, FlagName, FlagOp, MailboxGuid, UidSelection, UidSet};
 use crate::net::client::ClientError;
 use crate::net::json::{MailboxView, MessageView, StatsView};
 use crate::net::remote::MailClient;
@@ -40,7 +42,7 @@ pub(super) enum Request {
     Expunge {
         user: String,
         mailbox: String,
-        uids: Vec<u32>,
+        uids: UidSelection,
     },
     List {
         user: String,
@@ -58,43 +60,82 @@ pub(super) enum Request {
     },
 }
 
-/// Messages to append to one mailbox, all with the same flags and INTERNALDATE.
+/// Messages to append to one mailbox, all with the same flags, each with its INTERNALDATE.
 pub(super) struct Append {
     user: String,
     mailbox: String,
     messages: Vec<Vec<u8>>,
     flags: Vec<FlagName>,
-    internal_date: i64,
+    /// One per message, in the same order.
+    internal_dates: Vec<i64>,
 }
 
-/// A change to one message's flags.
+/// Where `append` takes its messages from, and how it dates them.
+pub(super) struct AppendSource<'a> {
+    pub files: &'a [PathBuf],
+    pub mbox: Option<&'a Path>,
+    pub date: Option<i64>,
+    pub date_from_file: bool,
+}
+
+/// A change to the flags of one message (printing its flags, as `flags` always did) or of
+/// many (printing a line per message).
 pub(super) struct FlagChange {
     user: String,
     mailbox: String,
-    uid: u32,
+    uids: UidSelection,
     op: FlagOp,
     flags: Vec<FlagName>,
 }
 
 impl Request {
-    /// `append`: the flags parsed, and every file read (`-` is stdin) before anything is
-    /// touched. Without `--date` the messages are dated now.
+    /// `append`: the flags parsed, and every file (`-` is stdin) or the mbox read and split
+    /// before anything is touched. Without `--date` or `--date-from-file` the messages are
+    /// dated now.
     pub(super) fn append(
         user: String,
         mailbox: String,
-        files: &[PathBuf],
+        source: AppendSource<'_>,
         flags: &str,
-        date: Option<i64>,
     ) -> Result<Request> {
         let flags = parse_flag_list(flags)?;
-        let internal_date = date.unwrap_or_else(now_secs);
-        let messages = files.iter().map(|f| read_input(f)).collect::<Result<_>>()?;
+        let dated = |file: &Path| -> Result<i64> {
+            if !source.date_from_file {
+                return Ok(source.date.unwrap_or_else(now_secs));
+            }
+            if file == Path::new("-") {
+                bail!("--date-from-file needs files: stdin has no modification time");
+            }
+            let modified = std::fs::metadata(file)
+                .and_then(|m| m.modified())
+                .with_context(|| format!("cannot read the mtime of {}", file.display()))?;
+            Ok(unix_seconds(modified))
+        };
+        let (messages, internal_dates) = match source.mbox {
+            Some(file) => {
+                let bytes = read_input(file)?;
+                let messages = mbox::messages(&bytes)
+                    .with_context(|| format!("cannot read the mbox {}", file.display()))?;
+                let date = dated(file)?;
+                let dates = vec![date; messages.len()];
+                (messages, dates)
+            }
+            None => {
+                let mut messages = Vec::with_capacity(source.files.len());
+                let mut dates = Vec::with_capacity(source.files.len());
+                for file in source.files {
+                    messages.push(read_input(file)?);
+                    dates.push(dated(file)?);
+                }
+                (messages, dates)
+            }
+        };
         Ok(Request::Append(Append {
             user,
             mailbox,
             messages,
             flags,
-            internal_date,
+            internal_dates,
         }))
     }
 
@@ -103,7 +144,7 @@ impl Request {
     pub(super) fn flags(
         user: String,
         mailbox: String,
-        uid: u32,
+        uids: &[String],
         add: Option<String>,
         remove: Option<String>,
         set: Option<String>,
@@ -118,11 +159,26 @@ impl Request {
         Ok(Request::Flags(FlagChange {
             user,
             mailbox,
-            uid,
+            uids: parse_uids(uids)?,
             op,
             flags,
         }))
     }
+}
+
+/// The messages named by `flags` or `expunge` arguments. Plain UIDs keep their meaning (each
+/// must exist); as soon as one argument is a set (`1:5`, `7,9`, `*`), all of them are read
+/// as one UID set. Every argument is checked, so `0`, `1:` or `a` changes nothing.
+pub(super) fn parse_uids(args: &[String]) -> Result<UidSelection> {
+    let mut sets = Vec::with_capacity(args.len());
+    for arg in args {
+        sets.push(UidSet::parse(arg)?);
+    }
+    let plain: Option<Vec<u32>> = args.iter().map(|a| a.parse::<u32>().ok()).collect();
+    Ok(match plain {
+        Some(uids) => UidSelection::Each(uids),
+        None => UidSelection::Set(UidSet::union(sets)),
+    })
 }
 
 /// Opens the target (the store in --data, or a client of the server at --url) and carries
@@ -166,7 +222,21 @@ fn execute(mail: &impl Mail, request: Request, out: &mut impl Write) -> Result<(
                 writeln!(out, "{uid}")?;
             }
         }
-        Request::Flags(change) => writeln!(out, "{}", mail.set_flags(change)?.join(","))?,
+        Request::Flags(change) => match change.uids {
+            UidSelection::Each(ref one) if one.len() == 1 => {
+                let uid = one[0];
+                writeln!(out, "{}", mail.set_flags(change, uid)?.join(","))?;
+            }
+            _ => {
+                for (uid, flags) in mail.set_flags_in(change)? {
+                    if flags.is_empty() {
+                        writeln!(out, "{uid}")?;
+                    } else {
+                        writeln!(out, "{uid} {}", flags.join(","))?;
+                    }
+                }
+            }
+        },
         Request::Expunge {
             user,
             mailbox,
@@ -203,10 +273,13 @@ trait Mail {
     fn list_mailboxes(&self, user: &str) -> Result<Vec<MailboxView>, Self::Error>;
     /// The UIDs the messages got, in their order.
     fn append(&self, append: Append) -> Result<Vec<u32>, Self::Error>;
-    /// The message's flags afterwards.
-    fn set_flags(&self, change: FlagChange) -> Result<Vec<String>, Self::Error>;
-    /// How many of the UIDs were there to expunge.
-    fn expunge(&self, user: &str, mailbox: &str, uids: &[u32]) -> Result<usize, Self::Error>;
+    /// One message's flags afterwards (the change's one UID is `uid`).
+    fn set_flags(&self, change: FlagChange, uid: u32) -> Result<Vec<String>, Self::Error>;
+    /// Each message's UID and flags afterwards, in UID order; one transaction.
+    fn set_flags_in(&self, change: FlagChange) -> Result<Vec<(u32, Vec<String>)>, Self::Error>;
+    /// How many messages were expunged; one transaction.
+    fn expunge(&self, user: &str, mailbox: &str, uids: &UidSelection)
+        -> Result<usize, Self::Error>;
     /// One mailbox's messages, or (with `None`) every mailbox's.
     fn list_messages(
         &self,
@@ -244,23 +317,36 @@ impl Mail for Store {
     }
 
     fn append(&self, a: Append) -> Result<Vec<u32>, StoreError> {
-        let messages = a.messages.into_iter().map(|bytes| NewMessage {
-            bytes,
-            flags: a.flags.clone(),
-            internal_date: a.internal_date,
-            ..NewMessage::default()
-        });
+        let dates = a.internal_dates.iter().copied();
+        let messages = a
+            .messages
+            .into_iter()
+            .zip(dates)
+            .map(|(bytes, date)| NewMessage {
+                bytes,
+                flags: a.flags.clone(),
+                internal_date: date,
+                ..NewMessage::default()
+            });
         let outcomes = Store::append(self, &a.user, &a.mailbox, messages.collect())?;
         Ok(outcomes.iter().map(|o| o.uid).collect())
     }
 
-    fn set_flags(&self, c: FlagChange) -> Result<Vec<String>, StoreError> {
-        let now = Store::set_flags(self, &c.user, &c.mailbox, c.uid, c.op, &c.flags)?;
+    fn set_flags(&self, c: FlagChange, uid: u32) -> Result<Vec<String>, StoreError> {
+        let now = Store::set_flags(self, &c.user, &c.mailbox, uid, c.op, &c.flags)?;
         Ok(now.iter().map(|f| f.as_str().to_string()).collect())
     }
 
-    fn expunge(&self, user: &str, mailbox: &str, uids: &[u32]) -> Result<usize, StoreError> {
-        Store::expunge(self, user, mailbox, uids)
+    fn set_flags_in(&self, c: FlagChange) -> Result<Vec<(u32, Vec<String>)>, StoreError> {
+        let changed = Store::set_flags_in(self, &c.user, &c.mailbox, &c.uids, c.op, &c.flags)?;
+        Ok(changed
+            .into_iter()
+            .map(|(uid, now)| (uid, now.iter().map(|f| f.as_str().to_string()).collect()))
+            .collect())
+    }
+
+    fn expunge(&self, user: &str, mailbox: &str, uids: &UidSelection) -> Result<usize, StoreError> {
+        Store::expunge_in(self, user, mailbox, uids)
     }
 
     fn list_messages(
@@ -305,23 +391,39 @@ impl Mail for MailClient {
         MailClient::list_mailboxes(self, user)
     }
 
+    /// One date for all the messages goes as `?date=`, as it always did; different dates
+    /// as `?dates=`.
     fn append(&self, a: Append) -> Result<Vec<u32>, ClientError> {
-        MailClient::append(
-            self,
-            &a.user,
-            &a.mailbox,
-            a.messages,
-            &a.flags,
-            a.internal_date,
-        )
+        match a.internal_dates.split_first() {
+            Some((&first, rest)) if rest.iter().all(|&d| d == first) => {
+                MailClient::append(self, &a.user, &a.mailbox, a.messages, &a.flags, first)
+            }
+            _ => MailClient::append_dated(
+                self,
+                &a.user,
+                &a.mailbox,
+                a.messages,
+                &a.flags,
+                &a.internal_dates,
+            ),
+        }
     }
 
-    fn set_flags(&self, c: FlagChange) -> Result<Vec<String>, ClientError> {
-        MailClient::set_flags(self, &c.user, &c.mailbox, c.uid, c.op, &c.flags)
+    fn set_flags(&self, c: FlagChange, uid: u32) -> Result<Vec<String>, ClientError> {
+        MailClient::set_flags(self, &c.user, &c.mailbox, uid, c.op, &c.flags)
     }
 
-    fn expunge(&self, user: &str, mailbox: &str, uids: &[u32]) -> Result<usize, ClientError> {
-        MailClient::expunge(self, user, mailbox, uids)
+    fn set_flags_in(&self, c: FlagChange) -> Result<Vec<(u32, Vec<String>)>, ClientError> {
+        MailClient::set_flags_in(self, &c.user, &c.mailbox, &c.uids, c.op, &c.flags)
+    }
+
+    fn expunge(
+        &self,
+        user: &str,
+        mailbox: &str,
+        uids: &UidSelection,
+    ) -> Result<usize, ClientError> {
+        MailClient::expunge_in(self, user, mailbox, uids)
     }
 
     fn list_messages(

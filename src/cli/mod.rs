@@ -6,6 +6,7 @@
 mod args;
 mod local;
 mod mail;
+mod mbox;
 mod print;
 mod serve;
 mod status;
@@ -41,6 +42,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             bodies,
             quiet,
         } => local::verify(&data, bodies, quiet, &mut out)?,
+        Command::Compact { data, json } => local::compact(&data, json, &mut out)?,
         Command::ImportMaildir {
             data,
             user,
@@ -77,22 +79,30 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             user,
             mailbox,
             files,
+            mbox,
             flags,
             date,
+            date_from_file,
         } => {
-            let request = Request::append(user, mailbox, &files, &flags, date)?;
+            let source = mail::AppendSource {
+                files: &files,
+                mbox: mbox.as_deref(),
+                date,
+                date_from_file,
+            };
+            let request = Request::append(user, mailbox, source, &flags)?;
             mail::run(&target, request, &mut out)?
         }
         Command::Flags {
             target,
             user,
             mailbox,
-            uid,
+            uids,
             add,
             remove,
             set,
         } => {
-            let request = Request::flags(user, mailbox, uid, add, remove, set)?;
+            let request = Request::flags(user, mailbox, &uids, add, remove, set)?;
             mail::run(&target, request, &mut out)?
         }
         Command::Expunge {
@@ -104,7 +114,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             let request = Request::Expunge {
                 user,
                 mailbox,
-                uids,
+                uids: mail::parse_uids(&uids)?,
             };
             mail::run(&target, request, &mut out)?
         }

@@ -2,7 +2,7 @@
 //! (`--json`). tests/cli.rs and tests/http.rs hold these bytes to account.
 
 use crate::net::json::{MailboxView, MessageView, StatsView};
-use crate::store::{BodyReport, VerifyReport};
+use crate::store::{BodyReport, Compacted, VerifyReport};
 use crate::sync::SyncReport;
 use serde::Serialize;
 use std::fmt::Display;
@@ -106,8 +106,73 @@ impl Printed for StatsView {
         ];
         for (label, value) in lines {
             writeln!(out, "{label:<18} {value}")?;
+            // The file's size goes beside the mail's; an in-memory store and a server older
+            // than `file_bytes` have none, and then the line is left out.
+            if label == "bytes" {
+                if let Some(file) = s.file_bytes {
+                    writeln!(out, "{:<18} {}", "file", file_line(file, s.bytes))?;
+                }
+            }
         }
         Ok(())
+    }
+}
+
+/// The `file` line of `stats`: the store file's size, and how many times the mail's it is.
+fn file_line(file: u64, mail: u64) -> String {
+    if mail == 0 {
+        return format!("{} ({file} bytes)", human_size(file));
+    }
+    // The ratio is for a person to read; f64's precision is ample for it.
+    let times = file as f64 / mail as f64;
+    format!("{} ({file} bytes, {times:.2} × the mail)", human_size(file))
+}
+
+/// A size in decimal units with one decimal (142.6 MB), as `du -h --si` would put it.
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
+    if bytes < 1000 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1000.0;
+    let mut unit = 0;
+    while value >= 999.95 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// What `compact` did, as it prints it: the store file's size in bytes before and after.
+#[derive(Serialize)]
+pub(super) struct CompactReport {
+    pub(super) file_bytes_before: u64,
+    pub(super) file_bytes_after: u64,
+}
+
+impl From<Compacted> for CompactReport {
+    fn from(c: Compacted) -> CompactReport {
+        CompactReport {
+            file_bytes_before: c.before,
+            file_bytes_after: c.after,
+        }
+    }
+}
+
+/// `compact`: one line, the sizes readable and exact.
+impl Printed for CompactReport {
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        let (before, after) = (self.file_bytes_before, self.file_bytes_after);
+        let gain = match before.checked_sub(after) {
+            Some(freed) if freed > 0 => format!("{} given back", human_size(freed)),
+            _ => "nothing to give back".to_string(),
+        };
+        writeln!(
+            out,
+            "compacted the store file: {} → {} ({gain}; {before} → {after} bytes)",
+            human_size(before),
+            human_size(after)
+        )
     }
 }
 

@@ -192,8 +192,9 @@ fn read_subscriptions(
     Ok(names.into_iter().collect())
 }
 
-/// Unix seconds of a file time, rounded down also before 1970.
-fn unix_seconds(time: SystemTime) -> i64 {
+/// Unix seconds of a file time, rounded down also before 1970 (a message's INTERNALDATE from
+/// its file's mtime, here and in `append --date-from-file`).
+pub fn unix_seconds(time: SystemTime) -> i64 {
     match time.duration_since(UNIX_EPOCH) {
         Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
         Err(before) => {

@@ -13,6 +13,7 @@ mod names;
 mod plan;
 mod record;
 mod stamp;
+mod uidset;
 
 pub use change::{Change, ChangeGroup};
 pub use clash::{
@@ -29,3 +30,4 @@ pub use names::{is_node_id, validate_user, MailboxName, NameError, INBOX};
 pub use plan::{changes_for, ChangeCounts};
 pub use record::{MailboxRecord, MailboxTombstone, MessageRecord, Tombstone, UserRecord};
 pub use stamp::{Hlc, Stamp};
+pub use uidset::{UidBound, UidSelection, UidSet, UidSetError};

@@ -123,7 +123,8 @@ impl From<StoreError> for ApiError {
         let status = match e {
             StoreError::UnknownUser(_)
             | StoreError::UnknownMailbox { .. }
-            | StoreError::UnknownUid { .. } => StatusCode::NOT_FOUND,
+            | StoreError::UnknownUid { .. }
+            | StoreError::EmptyUidSet { .. } => StatusCode::NOT_FOUND,
             StoreError::MailboxExists { .. } => StatusCode::CONFLICT,
             _ => StatusCode::BAD_REQUEST,
         };

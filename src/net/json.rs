@@ -151,11 +151,29 @@ pub struct Flags {
     pub flags: Vec<String>,
 }
 
-/// The body of an expunge.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The body of an expunge, or of a flag change on many messages: exactly one of `uids`
+/// (plain UIDs, each of which must exist) and `uid_set` (an IMAP UID set such as
+/// `"1:5,7,9:*"`, which names the existing messages among its UIDs).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExpungeRequest {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub uids: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid_set: Option<String>,
+}
+
+/// One message's flags after a flag change on many messages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageFlags {
+    pub uid: u32,
+    pub flags: Vec<String>,
+}
+
+/// The answer to a flag change on many messages: each message changed, in UID order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlagsChanged {
+    pub messages: Vec<MessageFlags>,
 }
 
 /// The answer to an expunge.

@@ -3,13 +3,13 @@
 
 use super::error::{reply, ApiError, Reply};
 use super::json::{
-    Appended, Created, Done, ExpungeRequest, Expunged, Flags, MailboxView, MessageView, RootView,
-    StatsView,
+    Appended, Created, Done, ExpungeRequest, Expunged, Flags, FlagsChanged, MailboxView,
+    MessageFlags, MessageView, RootView, StatsView,
 };
 use super::request::{segments, Query};
 use super::router::{read_within, within};
 use super::server::ServerState;
-use crate::model::{parse_flag_list, Digest, FlagOp, Md5};
+use crate::model::{parse_flag_list, Digest, FlagName, FlagOp, Md5, UidSelection, UidSet};
 use crate::store::NewMessage;
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -56,6 +56,11 @@ enum Route {
         mailbox: String,
         uid: u32,
     },
+    /// A flag change on many messages, named in the body.
+    ManyFlags {
+        user: String,
+        mailbox: String,
+    },
 }
 
 impl Route {
@@ -77,6 +82,10 @@ impl Route {
                 mailbox: owned(m),
             },
             ["v1", "mail", "users", u, "mailboxes", m, "expunge"] => Route::Expunge {
+                user: owned(u),
+                mailbox: owned(m),
+            },
+            ["v1", "mail", "users", u, "mailboxes", m, "flags"] => Route::ManyFlags {
                 user: owned(u),
                 mailbox: owned(m),
             },
@@ -108,7 +117,10 @@ impl Route {
             | Route::UserMessages { .. }
             | Route::Message { .. } => "GET",
             Route::Mailbox { .. } => "POST, DELETE",
-            Route::Rename { .. } | Route::Expunge { .. } | Route::Flags { .. } => "POST",
+            Route::Rename { .. }
+            | Route::Expunge { .. }
+            | Route::Flags { .. }
+            | Route::ManyFlags { .. } => "POST",
             Route::Messages { .. } => "GET, POST",
         }
     }
@@ -167,17 +179,31 @@ pub(crate) async fn handle(
     let is = |m: Method| method == m;
     match route {
         Route::Messages { user, mailbox } if is(Method::POST) => {
-            let q = Query::parse(query, &["flags", "date", "md5", "digest"])?;
+            let q = Query::parse(query, &["flags", "date", "dates", "md5", "digest"])?;
             let flags = parse_flag_list(q.get("flags").unwrap_or(""))
                 .map_err(|e| ApiError::bad_request(e.to_string()))?;
-            let internal_date = match q.get("date") {
-                Some(d) => d.parse::<i64>().map_err(|_| {
+            let seconds = |d: &str| {
+                d.parse::<i64>().map_err(|_| {
                     ApiError::bad_request(format!(
                         "date {d:?} is not a whole number of seconds since the epoch"
                     ))
-                })?,
+                })
+            };
+            let internal_date = match q.get("date") {
+                Some(d) => seconds(d)?,
                 None => now_secs(),
             };
+            if q.get("date").is_some() && q.get("dates").is_some() {
+                return Err(ApiError::bad_request("give ?date= or ?dates=, not both"));
+            }
+            let dates = q
+                .get("dates")
+                .map(|list| {
+                    list.split(',')
+                        .map(seconds)
+                        .collect::<Result<Vec<i64>, _>>()
+                })
+                .transpose()?;
             let batch = is_batch(&parts.headers);
             let body = read_within(body, &parts.headers, limits.max_append_body, deadline).await?;
             let bodies = if batch {
@@ -185,6 +211,15 @@ pub(crate) async fn handle(
             } else {
                 vec![body]
             };
+            if let Some(dates) = &dates {
+                if dates.len() != bodies.len() {
+                    return Err(ApiError::bad_request(format!(
+                        "dates names {} date(s) but the body holds {} message(s)",
+                        dates.len(),
+                        bodies.len()
+                    )));
+                }
+            }
             let md5s = expected_hashes::<Md5>(q.get("md5"), "md5", bodies.len())?;
             let digests = expected_hashes::<Digest>(q.get("digest"), "digest", bodies.len())?;
             let messages: Vec<NewMessage> = bodies
@@ -194,7 +229,7 @@ pub(crate) async fn handle(
                     // No copy when the body is one message (the usual case).
                     bytes: Vec::from(bytes),
                     flags: flags.clone(),
-                    internal_date,
+                    internal_date: dates.as_ref().map_or(internal_date, |d| d[i]),
                     md5: md5s.as_ref().map(|m| m[i]),
                     digest: digests.as_ref().map(|d| d[i]),
                     ..NewMessage::default()
@@ -212,20 +247,31 @@ pub(crate) async fn handle(
         Route::Expunge { user, mailbox } if is(Method::POST) => {
             Query::parse(query, &[])?;
             let body = read_within(body, &parts.headers, limits.max_body, deadline).await?;
-            let request: ExpungeRequest = serde_json::from_slice(&body).map_err(|e| {
-                ApiError::bad_request(format!(
-                    "the body must be JSON like {{\"uids\": [1, 2]}}: {e}"
-                ))
-            })?;
-            if request.uids.is_empty() {
-                return Err(ApiError::bad_request("uids must not be empty"));
-            }
-            check_items(request.uids.len(), limits.max_items, "UIDs")?;
+            let selection = selection(&body, limits.max_items)?;
             within(deadline, async {
                 let n = state
-                    .with_store(move |s| s.expunge(&user, &mailbox, &request.uids))
+                    .with_store(move |s| s.expunge_in(&user, &mailbox, &selection))
                     .await?;
                 Ok(reply::json(StatusCode::OK, &Expunged { expunged: n }))
+            })
+            .await
+        }
+        Route::ManyFlags { user, mailbox } if is(Method::POST) => {
+            let (op, flags) = flag_change(query)?;
+            let body = read_within(body, &parts.headers, limits.max_body, deadline).await?;
+            let selection = selection(&body, limits.max_items)?;
+            within(deadline, async {
+                let changed = state
+                    .with_store(move |s| s.set_flags_in(&user, &mailbox, &selection, op, &flags))
+                    .await?;
+                let messages = changed
+                    .into_iter()
+                    .map(|(uid, now)| MessageFlags {
+                        uid,
+                        flags: now.iter().map(|f| f.as_str().to_string()).collect(),
+                    })
+                    .collect();
+                Ok(reply::json(StatusCode::OK, &FlagsChanged { messages }))
             })
             .await
         }
@@ -323,18 +369,7 @@ async fn bodiless(
             Ok(reply::bytes(StatusCode::OK, "message/rfc822", bytes))
         }
         (Route::Flags { user, mailbox, uid }, &Method::POST) => {
-            let q = Query::parse(query, &["add", "remove", "set"])?;
-            let (op, list) = match (q.get("add"), q.get("remove"), q.get("set")) {
-                (Some(l), None, None) => (FlagOp::Add, l),
-                (None, Some(l), None) => (FlagOp::Remove, l),
-                (None, None, Some(l)) => (FlagOp::Set, l),
-                _ => {
-                    return Err(ApiError::bad_request(
-                        "give exactly one of ?add=FLAGS, ?remove=FLAGS or ?set=FLAGS",
-                    ))
-                }
-            };
-            let flags = parse_flag_list(list).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let (op, flags) = flag_change(query)?;
             let now = state
                 .with_store(move |s| s.set_flags(&user, &mailbox, uid, op, &flags))
                 .await?;
@@ -357,6 +392,44 @@ fn check_items(n: usize, max: usize, what: &str) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// The flag change a flags route's query asks for: exactly one of add, remove and set.
+fn flag_change(query: Option<&str>) -> Result<(FlagOp, Vec<FlagName>), ApiError> {
+    let q = Query::parse(query, &["add", "remove", "set"])?;
+    let (op, list) = match (q.get("add"), q.get("remove"), q.get("set")) {
+        (Some(l), None, None) => (FlagOp::Add, l),
+        (None, Some(l), None) => (FlagOp::Remove, l),
+        (None, None, Some(l)) => (FlagOp::Set, l),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of ?add=FLAGS, ?remove=FLAGS or ?set=FLAGS",
+            ))
+        }
+    };
+    let flags = parse_flag_list(list).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok((op, flags))
+}
+
+/// The messages an expunge or a flag change on many names: `{"uids": [...]}` or
+/// `{"uid_set": "1:5,*"}`, checked before the store is reached.
+fn selection(body: &Bytes, max_items: usize) -> Result<UidSelection, ApiError> {
+    let request: ExpungeRequest = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be JSON like {{\"uids\": [1, 2]}} or {{\"uid_set\": \"1:5,7\"}}: {e}"
+        ))
+    })?;
+    match (request.uids.is_empty(), request.uid_set) {
+        (false, None) => {
+            check_items(request.uids.len(), max_items, "UIDs")?;
+            Ok(UidSelection::Each(request.uids))
+        }
+        (true, Some(set)) => UidSet::parse(&set)
+            .map(UidSelection::Set)
+            .map_err(|e| ApiError::bad_request(e.to_string())),
+        (true, None) => Err(ApiError::bad_request("uids must not be empty")),
+        (false, Some(_)) => Err(ApiError::bad_request("give uids or uid_set, not both")),
+    }
 }
 
 fn is_batch(headers: &HeaderMap) -> bool {

@@ -4,11 +4,11 @@
 
 use super::client::{expect_success, BlockingClient, ClientConfig, ClientError};
 use super::json::{
-    Appended, Created, ExpungeRequest, Expunged, Flags, MailboxView, MessageView, RootView,
-    StatsView,
+    Appended, Created, ExpungeRequest, Expunged, Flags, FlagsChanged, MailboxView, MessageView,
+    RootView, StatsView,
 };
 use super::mail::{encode_batch, BATCH_CONTENT_TYPE};
-use crate::model::{FlagName, FlagOp, MailboxGuid};
+use crate::model::{FlagName, FlagOp, MailboxGuid, UidSelection};
 use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::de::DeserializeOwned;
@@ -33,6 +33,15 @@ fn flag_list(flags: &[FlagName]) -> String {
         .map(FlagName::as_str)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// A flag change's query key.
+fn op_name(op: FlagOp) -> &'static str {
+    match op {
+        FlagOp::Add => "add",
+        FlagOp::Remove => "remove",
+        FlagOp::Set => "set",
+    }
 }
 
 /// The mail API of one server.
@@ -133,10 +142,39 @@ impl MailClient {
         flags: &[FlagName],
         internal_date: i64,
     ) -> Result<Vec<u32>, ClientError> {
-        let mut path = format!(
+        let path = format!(
             "{}/messages?date={internal_date}",
             Self::mailbox_path(user, mailbox)
         );
+        self.append_at(path, messages, flags)
+    }
+
+    /// Like [`MailClient::append`], with each message's own INTERNALDATE (`?dates=D1,D2,…`),
+    /// still one request and one transaction.
+    pub fn append_dated(
+        &self,
+        user: &str,
+        mailbox: &str,
+        messages: Vec<Vec<u8>>,
+        flags: &[FlagName],
+        internal_dates: &[i64],
+    ) -> Result<Vec<u32>, ClientError> {
+        let dates: Vec<String> = internal_dates.iter().map(i64::to_string).collect();
+        let path = format!(
+            "{}/messages?dates={}",
+            Self::mailbox_path(user, mailbox),
+            encode(&dates.join(","))
+        );
+        self.append_at(path, messages, flags)
+    }
+
+    /// Posts the messages to `path` (an append path with its date already in the query).
+    fn append_at(
+        &self,
+        mut path: String,
+        messages: Vec<Vec<u8>>,
+        flags: &[FlagName],
+    ) -> Result<Vec<u32>, ClientError> {
         if !flags.is_empty() {
             path.push_str("&flags=");
             path.push_str(&encode(&flag_list(flags)));
@@ -165,14 +203,10 @@ impl MailClient {
         op: FlagOp,
         flags: &[FlagName],
     ) -> Result<Vec<String>, ClientError> {
-        let op = match op {
-            FlagOp::Add => "add",
-            FlagOp::Remove => "remove",
-            FlagOp::Set => "set",
-        };
         let path = format!(
-            "{}/messages/{uid}/flags?{op}={}",
+            "{}/messages/{uid}/flags?{}={}",
             Self::mailbox_path(user, mailbox),
+            op_name(op),
             encode(&flag_list(flags))
         );
         let now: Flags = self.post_empty(&path)?;
@@ -181,16 +215,65 @@ impl MailClient {
 
     /// `POST /v1/mail/users/{user}/mailboxes/{mailbox}/expunge` with `{"uids": […]}`.
     pub fn expunge(&self, user: &str, mailbox: &str, uids: &[u32]) -> Result<usize, ClientError> {
+        self.expunge_in(user, mailbox, &UidSelection::Each(uids.to_vec()))
+    }
+
+    /// `POST /v1/mail/users/{user}/mailboxes/{mailbox}/expunge` with `{"uids": […]}` or
+    /// `{"uid_set": "…"}`: one request, one transaction.
+    pub fn expunge_in(
+        &self,
+        user: &str,
+        mailbox: &str,
+        selection: &UidSelection,
+    ) -> Result<usize, ClientError> {
         let path = format!("{}/expunge", Self::mailbox_path(user, mailbox));
-        let body = serde_json::to_vec(&ExpungeRequest {
-            uids: uids.to_vec(),
-        })
-        .map_err(|e| ClientError::Decode {
-            url: self.http.client().url(&path),
-            reason: e.to_string(),
-        })?;
+        let body = self.selection_body(&path, selection)?;
         let done: Expunged = self.post(&path, "application/json", body)?;
         Ok(done.expunged)
+    }
+
+    /// `POST /v1/mail/users/{user}/mailboxes/{mailbox}/flags?add|remove|set=…` with the
+    /// messages in the body as for [`MailClient::expunge_in`]: one request, one transaction.
+    /// Returns each message's UID and flags afterwards, in UID order.
+    pub fn set_flags_in(
+        &self,
+        user: &str,
+        mailbox: &str,
+        selection: &UidSelection,
+        op: FlagOp,
+        flags: &[FlagName],
+    ) -> Result<Vec<(u32, Vec<String>)>, ClientError> {
+        let path = format!(
+            "{}/flags?{}={}",
+            Self::mailbox_path(user, mailbox),
+            op_name(op),
+            encode(&flag_list(flags))
+        );
+        let body = self.selection_body(&path, selection)?;
+        let changed: FlagsChanged = self.post(&path, "application/json", body)?;
+        Ok(changed
+            .messages
+            .into_iter()
+            .map(|m| (m.uid, m.flags))
+            .collect())
+    }
+
+    /// The JSON body naming the messages: `{"uids": […]}` or `{"uid_set": "…"}`.
+    fn selection_body(&self, path: &str, selection: &UidSelection) -> Result<Vec<u8>, ClientError> {
+        let request = match selection {
+            UidSelection::Each(uids) => ExpungeRequest {
+                uids: uids.clone(),
+                uid_set: None,
+            },
+            UidSelection::Set(set) => ExpungeRequest {
+                uids: Vec::new(),
+                uid_set: Some(set.to_string()),
+            },
+        };
+        serde_json::to_vec(&request).map_err(|e| ClientError::Decode {
+            url: self.http.client().url(path),
+            reason: e.to_string(),
+        })
     }
 
     /// `GET /v1/mail/users/{user}/messages`, or `…/mailboxes/{mailbox}/messages`.

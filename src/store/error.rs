@@ -24,6 +24,13 @@ pub enum StoreError {
         mailbox: String,
         uid: u32,
     },
+    /// A UID set (`1:5,*`) that names no message of the mailbox; nothing was changed.
+    #[error("mailbox {mailbox:?} of user {user:?} has no message in the UID set {set}")]
+    EmptyUidSet {
+        user: String,
+        mailbox: String,
+        set: String,
+    },
     #[error("user {user:?} already has a mailbox {mailbox:?}")]
     MailboxExists { user: String, mailbox: String },
     #[error(transparent)]
@@ -101,6 +108,7 @@ impl StoreError {
             StoreError::UnknownUser(_)
                 | StoreError::UnknownMailbox { .. }
                 | StoreError::UnknownUid { .. }
+                | StoreError::EmptyUidSet { .. }
                 | StoreError::MailboxExists { .. }
                 | StoreError::Name(_)
                 | StoreError::Flag(_)

@@ -3,6 +3,7 @@
 //! Every mutation is one write transaction that changes the records and the Merkle tree
 //! together (see [`Store::write`]), so a crash between operations never leaves them apart.
 
+mod batch;
 mod body;
 mod error;
 mod identity;

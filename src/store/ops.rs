@@ -8,7 +8,7 @@ use super::Store;
 use crate::merkle::NodeKey;
 use crate::model::{
     inbox_guid, validate_user, Digest, FlagName, FlagOp, FlagSet, MailboxGuid, MailboxName,
-    MailboxRecord, MailboxTombstone, Md5, MessageRecord, Tombstone, UserRecord,
+    MailboxRecord, MailboxTombstone, Md5, MessageRecord, Tombstone, UidSelection, UserRecord,
 };
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
@@ -219,7 +219,7 @@ impl Tx<'_> {
     }
 
     /// Finds a mailbox by name; an INBOX is created on demand when `create_inbox` is set.
-    fn resolve(
+    pub(super) fn resolve(
         &mut self,
         user: &str,
         name: &MailboxName,
@@ -517,33 +517,7 @@ impl Store {
 
     /// Expunges messages, leaving a tombstone for each. Any unknown UID fails the whole call.
     pub fn expunge(&self, user: &str, mailbox: &str, uids: &[u32]) -> Result<usize, StoreError> {
-        let name = MailboxName::parse(mailbox)?;
-        self.write(|tx| {
-            let mut record = tx.resolve(user, &name, false)?;
-            let guid = record.guid;
-            let stamp = tx.stamp();
-            let mut count = 0;
-            let uids: std::collections::BTreeSet<u32> = uids.iter().copied().collect();
-            for uid in uids {
-                let removed = tx.remove_message(user, guid, uid)?;
-                let Some(removed) = removed else {
-                    return Err(StoreError::UnknownUid {
-                        user: user.to_string(),
-                        mailbox: name.to_string(),
-                        uid,
-                    });
-                };
-                let tomb = Tombstone::expunge(&removed, stamp);
-                tx.put_tombstone(user, guid, uid, &tomb)?;
-                tx.kill_elsewhere(user, guid, &tomb)?;
-                count += 1;
-            }
-            record.last_change = stamp;
-            let value = encode(&record)?;
-            tx.mailboxes
-                .insert(keys::mailbox(user, guid).as_slice(), value.as_slice())?;
-            Ok(count)
-        })
+        self.expunge_in(user, mailbox, &UidSelection::Each(uids.to_vec()))
     }
 
     /// Gets a mailbox ready for an import: creates it if missing (with the source's
