@@ -10,7 +10,7 @@ use merkmail::status::{JournalView, Mode, Outcome, PeerView, RunView, StatusView
 #[path = "common/status.rs"]
 mod status_common;
 
-use status_common::{counts, healthy_peer, repaired_after_peer_back, run, NOW};
+use status_common::{counts, healthy_peer, repaired_after_peer_back, run, unreachable_peer, NOW};
 
 /// A peer URL with everything a label value must escape, and an HTML tag.
 const NASTY: &str = "http://evil\"quote\\back\nline<b>/";
@@ -39,12 +39,6 @@ fn view() -> StatusView {
                 Trigger::Manual,
             ),
             PeerView {
-                url: NASTY.into(),
-                node: None,
-                reachable: false,
-                last_contact_ms: None,
-                failures_in_a_row: 5,
-                next_check_ms: Some(NOW + 30_000),
                 runs: vec![RunView {
                     at_ms: NOW - 30_000,
                     duration_ms: 10_000,
@@ -59,7 +53,7 @@ fn view() -> StatusView {
                     overflowed: true,
                     ..Default::default()
                 },
-                ..Default::default()
+                ..unreachable_peer(NASTY)
             },
         ],
     }

@@ -17,7 +17,7 @@ use merkmail::status::{
 #[path = "common/status.rs"]
 mod status_common;
 
-use status_common::{counts, healthy_peer, repaired_after_peer_back, run, NOW};
+use status_common::{counts, healthy_peer, repaired_after_peer_back, run, unreachable_peer, NOW};
 
 /// Everything a Prometheus label, an HTML page and a terminal must each escape in their own way:
 /// quote, backslash, line feed, a tag, an ampersand, an apostrophe, an escape sequence, a tab,
@@ -114,12 +114,6 @@ fn cluster() -> StatusView {
         peers: vec![
             healthy_peer("https://bravo.example:8025", bravo_runs, Trigger::Interval),
             PeerView {
-                url: NASTY_URL.into(),
-                node: None,
-                reachable: false,
-                last_contact_ms: None,
-                failures_in_a_row: 5,
-                next_check_ms: Some(NOW + 30_000),
                 runs: vec![RunView {
                     error: Some(NASTY_ERROR.into()),
                     rounds: 0,
@@ -145,6 +139,7 @@ fn cluster() -> StatusView {
                 bytes_received_total: 0,
                 tombstones_held_back: 0,
                 holding_since_ms: None,
+                ..unreachable_peer(NASTY_URL)
             },
             PeerView {
                 url: "http://[::1]:8027/ünïcødé".into(),

@@ -102,3 +102,17 @@ pub fn repaired_after_peer_back() -> RunView {
         ..run(125_000, 2_450, Trigger::PeerBack, Outcome::Repaired)
     }
 }
+
+/// A peer at `url` never reached: five failures in a row, the next check in 30 s, and
+/// nothing else known about it.
+pub fn unreachable_peer(url: &str) -> PeerView {
+    PeerView {
+        url: url.into(),
+        node: None,
+        reachable: false,
+        last_contact_ms: None,
+        failures_in_a_row: 5,
+        next_check_ms: Some(NOW + 30_000),
+        ..Default::default()
+    }
+}
