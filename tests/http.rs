@@ -16,7 +16,7 @@ use merkmail::store::Store;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -897,19 +897,26 @@ fn mask(text: &[u8]) -> String {
     out
 }
 
-#[test]
-fn serve_and_the_remote_cli_print_what_the_local_cli_prints() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let local = tmp.path().join("local");
-    let served = tmp.path().join("served");
-    for dir in [&local, &served] {
+/// Two empty stores of the same node id under `dir`: one the CLI opens with --data, one a
+/// server will hold, so a command's local and remote output can be compared.
+fn local_and_served_stores(dir: &Path) -> (PathBuf, PathBuf) {
+    let local = dir.join("local");
+    let served = dir.join("served");
+    for store in [&local, &served] {
         let out = merkmail(
-            &["init", "--data", path(dir), "--node-id", "n1"],
+            &["init", "--data", path(store), "--node-id", "n1"],
             None,
             None,
         );
         assert!(out.ok, "{}", out.stderr);
     }
+    (local, served)
+}
+
+#[test]
+fn serve_and_the_remote_cli_print_what_the_local_cli_prints() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (local, served) = local_and_served_stores(tmp.path());
     let files: Vec<String> = (1..=3)
         .map(|n| {
             let f = tmp.path().join(format!("m{n}.eml"));
@@ -1201,16 +1208,7 @@ fn serve_refuses_a_bad_address_and_an_empty_token() {
 fn batch_commands_over_url_print_what_they_print_locally() {
     use std::os::unix::process::ExitStatusExt;
     let tmp = tempfile::tempdir().expect("tempdir");
-    let local = tmp.path().join("local");
-    let served = tmp.path().join("served");
-    for dir in [&local, &served] {
-        let out = merkmail(
-            &["init", "--data", path(dir), "--node-id", "n1"],
-            None,
-            None,
-        );
-        assert!(out.ok, "{}", out.stderr);
-    }
+    let (local, served) = local_and_served_stores(tmp.path());
     let files: Vec<String> = (1..=300)
         .map(|n| {
             let f = tmp.path().join(format!("m{n}.eml"));
