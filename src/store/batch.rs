@@ -119,7 +119,7 @@ impl Tx<'_> {
 
     /// Removes the messages (which exist: see [`Tx::named_uids`]), leaving a tombstone for
     /// each that peers learn the expunge from, and stamps the mailbox as changed.
-    fn expunge_uids(
+    pub(super) fn expunge_uids(
         &mut self,
         user: &str,
         name: &MailboxName,

@@ -9,6 +9,7 @@ mod error;
 mod identity;
 mod journal;
 mod keys;
+mod mirror;
 mod ops;
 mod purge;
 mod read;
@@ -25,6 +26,7 @@ pub use journal::{
     InboundApplied, InboundStats, JournalRecord, PeerJournal, SenderJournal, APPLY_GROUP,
     DEFAULT_JOURNAL_BOUND,
 };
+pub use mirror::{FileRow, FolderRow, MailboxMirror, MirrorEdit, OwedToken};
 pub use ops::{
     inbox_uidvalidity, AppendOutcome, Counters, MailboxInfo, MessageInfo, NewMessage,
     PreparedMailbox,
@@ -75,6 +77,8 @@ pub struct Store {
     tree_enabled: bool,
     /// redb's quick-repair on every write ([`Store::set_quick_repair`]).
     quick_repair: AtomicBool,
+    /// The Maildir template of a live-Maildir store (store/mirror.rs), from META.
+    maildir: Option<String>,
     /// Set only by [`Store::simulate_environment`]: the clock and the source of fresh mailbox
     /// GUIDs a simulation drives (otherwise the system clock and the thread's RNG).
     simulated: Option<Box<Simulated>>,
@@ -195,7 +199,7 @@ impl Store {
 
     fn from_db(db: Database, dir: &Path, file: Option<PathBuf>) -> Result<Store, StoreError> {
         let upgrade;
-        let (node_id, last) = {
+        let (node_id, last, maildir) = {
             let txn = db.begin_read()?;
             let meta = txn
                 .open_table(META)
@@ -221,14 +225,18 @@ impl Store {
                 .and_then(|v| <[u8; 12]>::try_from(v.value()).ok())
                 .map(Stamp::from_bytes)
                 .unwrap_or(Stamp::ZERO);
-            (node_id, last)
+            let maildir = meta
+                .get(mirror::MAILDIR_KEY)?
+                .map(|v| String::from_utf8_lossy(v.value()).into_owned());
+            (node_id, last, maildir)
         };
         // Stores made before the journal existed lack its tables: add them (empty), so that
         // read transactions find every table.
         // Stores made before the journal (or before the per-user expunge index) lack tables:
         // add them, empty.
         let has_journal = db.begin_read()?.open_table(tables::JOURNAL_SENDERS).is_ok()
-            && db.begin_read()?.open_table(tables::USER_KILLS).is_ok();
+            && db.begin_read()?.open_table(tables::USER_KILLS).is_ok()
+            && db.begin_read()?.open_table(tables::MIRROR_OWED).is_ok();
         if !has_journal {
             let txn = db.begin_write()?;
             tables::create_all(&txn)?;
@@ -256,6 +264,7 @@ impl Store {
             bodies: Box::<RedbBodies>::default(),
             tree_enabled: true,
             quick_repair: AtomicBool::new(false),
+            maildir,
             simulated: None,
         })
     }
@@ -326,7 +335,7 @@ impl Store {
         let txn = self.begin_write()?;
         let mut times = Vec::with_capacity(stops.len());
         {
-            let mut tx = Tx::open(&txn, hlc, self.now_ms(), self.bodies.as_ref(), false)?;
+            let mut tx = Tx::open(&txn, hlc, self.now_ms(), self.bodies.as_ref(), false, false)?;
             let record = tx.get_message(user, guid, uid)?.ok_or_else(|| {
                 StoreError::Invalid(format!("no message {uid} in {guid} of {user:?}"))
             })?;
@@ -375,7 +384,14 @@ impl Store {
         let txn = self.begin_write()?;
         let result = (|| {
             let (out, new_hlc) = {
-                let mut tx = Tx::open(&txn, *hlc, self.now_ms(), self.bodies.as_ref(), journal)?;
+                let mut tx = Tx::open(
+                    &txn,
+                    *hlc,
+                    self.now_ms(),
+                    self.bodies.as_ref(),
+                    journal,
+                    self.maildir.is_some(),
+                )?;
                 let out = f(&mut tx)?;
                 if self.tree_enabled {
                     let mut dirty = std::mem::take(&mut tx.dirty);

@@ -165,6 +165,7 @@ impl Tx<'_> {
             .remove(keys::mailbox(user, guid).as_slice())?;
         self.dirty.mark_mailbox(user, guid);
         self.touch_deleted(user, guid);
+        self.owe_mirror(user, guid);
         self.counters.mailboxes -= 1;
         Ok(())
     }
@@ -253,6 +254,8 @@ impl Tx<'_> {
             .remove(super::identity::live_key(user, guid, uid, &record).as_slice())?;
         self.dirty.mark_message(user, guid, uid);
         self.touch_message(user, guid, uid);
+        self.owe_mirror(user, guid);
+        self.file_leaves(user, guid, uid)?;
         self.counters.messages -= 1;
         self.counters.message_bytes = self.counters.message_bytes.saturating_sub(record.size);
         self.bodies.release(self.txn, &record.digest)?;
@@ -464,6 +467,12 @@ impl Store {
                 if let Some(source) = &message.source {
                     tx.sources
                         .insert(keys::source(user, guid, source).as_slice(), uid)?;
+                    // On a live Maildir the source is the file that holds the message.
+                    let row = super::mirror::FileRow {
+                        base: source.clone(),
+                        disk_flags: message.flags.iter().map(|f| f.to_string()).collect(),
+                    };
+                    tx.file_found(user, guid, uid, &row)?;
                 }
                 tx.counters.messages += 1;
                 tx.counters.message_bytes += entry.size;

@@ -63,6 +63,18 @@ pub const JOURNAL_INBOUND: TableDefinition<&[u8], &[u8]> = TableDefinition::new(
 /// session with the sender is owed.
 pub const JOURNAL_SENDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("journal_senders");
 
+/// Live-Maildir stores only (store/mirror.rs): user 00 guid uid:u32be → postcard(FileRow),
+/// the file that holds each message and the flags its name showed when index and disk agreed.
+pub const MIRROR_FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mirror_files");
+/// user 00 guid base-name → empty: files the index no longer holds that the disk still owes
+/// a removal.
+pub const MIRROR_UNLINKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mirror_unlinks");
+/// user 00 guid → postcard(FolderRow): each mailbox's folder as index and disk last agreed.
+pub const MIRROR_FOLDERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mirror_folders");
+/// user 00 guid → the stamp of the last write that changed the mailbox: the durable outbox of
+/// mailboxes whose folder must be brought in step.
+pub const MIRROR_OWED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mirror_owed");
+
 /// Creates every table, so that read transactions on a new store find them all.
 pub fn create_all(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(USERS)?;
@@ -82,5 +94,9 @@ pub fn create_all(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(JOURNAL_INBOUND)?;
     txn.open_table(JOURNAL_SENDERS)?;
     txn.open_table(DAMAGED)?;
+    txn.open_table(MIRROR_FILES)?;
+    txn.open_table(MIRROR_UNLINKS)?;
+    txn.open_table(MIRROR_FOLDERS)?;
+    txn.open_table(MIRROR_OWED)?;
     Ok(())
 }

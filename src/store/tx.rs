@@ -33,6 +33,10 @@ pub(crate) struct Tx<'t> {
     pub journal: bool,
     /// The mailboxes and UIDs this transaction touched, for the journal (empty unless `journal`).
     pub touched: std::collections::BTreeMap<(String, MailboxGuid), Touched>,
+    /// Whether the store's mail is a live Maildir (store/mirror.rs): then every mailbox this
+    /// transaction changes is owed to the disk (`owed`, written at the end).
+    pub mirror: bool,
+    pub owed: std::collections::BTreeSet<(String, MailboxGuid)>,
     hlc: Hlc,
     now_ms: u64,
 }
@@ -74,6 +78,7 @@ impl<'t> Tx<'t> {
         now_ms: u64,
         bodies: &'t dyn BodyStore,
         journal: bool,
+        mirror: bool,
     ) -> Result<Tx<'t>, StoreError> {
         let meta = txn.open_table(META)?;
         let counters = match meta.get("counters")? {
@@ -99,6 +104,8 @@ impl<'t> Tx<'t> {
             released: Default::default(),
             journal,
             touched: Default::default(),
+            mirror,
+            owed: Default::default(),
             hlc,
             now_ms,
         })
@@ -114,6 +121,11 @@ impl<'t> Tx<'t> {
         self.hlc.observe(stamp);
     }
 
+    /// The last stamp the clock gave out or saw.
+    pub fn hlc_last(&self) -> crate::model::Stamp {
+        self.hlc.last()
+    }
+
     pub fn now_ms(&self) -> u64 {
         self.now_ms
     }
@@ -121,6 +133,7 @@ impl<'t> Tx<'t> {
     /// Persists the clock and the counters; returns the clock to keep in memory after commit.
     pub fn finish(mut self) -> Result<Hlc, StoreError> {
         self.write_journal()?;
+        self.write_owed()?;
         for digest in std::mem::take(&mut self.released) {
             if let Some(freed) = self.bodies.collect(self.txn, &digest)? {
                 self.counters.bodies = self.counters.bodies.saturating_sub(1);
@@ -153,6 +166,7 @@ impl<'t> Tx<'t> {
         )?;
         self.dirty.mark_mailbox(user, record.guid);
         self.touch_mailbox(user, record.guid);
+        self.owe_mirror(user, record.guid);
         Ok(())
     }
 
@@ -236,6 +250,7 @@ impl<'t> Tx<'t> {
             if let Some(old) = &old {
                 self.identities
                     .remove(super::identity::live_key(user, guid, uid, old).as_slice())?;
+                self.file_leaves(user, guid, uid)?;
             }
             self.identities.insert(
                 super::identity::live_key(user, guid, uid, record).as_slice(),
@@ -244,6 +259,7 @@ impl<'t> Tx<'t> {
         }
         self.dirty.mark_message(user, guid, uid);
         self.touch_message(user, guid, uid);
+        self.owe_mirror(user, guid);
         Ok(())
     }
 }

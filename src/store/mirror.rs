@@ -1,0 +1,404 @@
+//! The index a live Maildir keeps beside the records (docs/MAILDIR.md, "The live backend").
+//!
+//! A store made with `init --maildir` serves mail that a real IMAP server also serves from a
+//! Maildir tree. The records and the tree stay what they are everywhere else; these tables say
+//! how they stand against the disk:
+//! - per message, the file that holds it and the flags its name showed when index and disk
+//!   last agreed (the base of a three-way comparison: a flag that differs from it on disk was
+//!   changed by the mail server, one that differs from it in the index came from a peer);
+//! - the files the index no longer has and the disk still owes a removal;
+//! - per mailbox, the folder as it was when they last agreed (name, subscription);
+//! - the mailboxes whose records changed since their folder was last brought in step: the
+//!   durable outbox. It is written in the same transaction as the change, so a crash between
+//!   the commit and the disk work leaves the work owed, never forgotten.
+//!
+//! The store gives these rows no meaning (file names and flag names are strings to it); the
+//! Maildir side (src/maildir/backend.rs) reads and settles them.
+
+use super::error::StoreError;
+use super::keys;
+use super::tables::{
+    MAILBOXES, MESSAGES, META, MIRROR_FILES, MIRROR_FOLDERS, MIRROR_OWED, MIRROR_UNLINKS,
+};
+use super::tx::{decode, decode_message, encode, Tx};
+use super::Store;
+use crate::model::{FlagName, FlagOp, MailboxGuid, MailboxRecord, MessageRecord};
+use redb::ReadableTable;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The META key that holds the Maildir template of a live-Maildir store.
+pub(crate) const MAILDIR_KEY: &str = "maildir_template";
+
+/// The file that holds one message, as index and disk last agreed on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRow {
+    /// The file's base name (its name up to the first ':'): the uidlist's key.
+    pub base: String,
+    /// The flags its name showed when index and disk last agreed.
+    pub disk_flags: Vec<String>,
+}
+
+/// A mailbox's folder, as index and disk last agreed on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderRow {
+    /// The mailbox name the folder's directory has.
+    pub name: String,
+    pub subscribed: bool,
+    pub uidvalidity: u32,
+}
+
+/// Which write a mailbox's owed mark came from: settling with an older token leaves the mark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwedToken([u8; 12]);
+
+/// Everything the index says of one mailbox that its folder must show.
+#[derive(Clone, Debug)]
+pub struct MailboxMirror {
+    pub guid: MailboxGuid,
+    /// `None` when the mailbox was deleted (its folder, if any, is owed a removal).
+    pub record: Option<MailboxRecord>,
+    /// Live messages in UID order.
+    pub messages: Vec<(u32, MessageRecord)>,
+    pub files: BTreeMap<u32, FileRow>,
+    /// Base names of files the disk still owes a removal.
+    pub unlinks: Vec<String>,
+    pub folder: Option<FolderRow>,
+    pub owed: Option<OwedToken>,
+}
+
+/// One thing the Maildir side settled, recorded by [`Store::mirror_settle`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MirrorEdit {
+    /// The file that holds the message at `uid` now (or none).
+    File { uid: u32, row: Option<FileRow> },
+    /// A file owed a removal is gone.
+    Unlinked { base: String },
+    /// The folder as it now stands (or gone).
+    Folder(Option<FolderRow>),
+}
+
+impl Tx<'_> {
+    /// Notes that a mailbox's folder no longer matches its records.
+    pub(crate) fn owe_mirror(&mut self, user: &str, guid: MailboxGuid) {
+        if self.mirror {
+            self.owed.insert((user.to_string(), guid));
+        }
+    }
+
+    /// The message at `uid` is leaving (expunged, moved, replaced): its file, if it has one,
+    /// is owed a removal.
+    pub(crate) fn file_leaves(
+        &mut self,
+        user: &str,
+        guid: MailboxGuid,
+        uid: u32,
+    ) -> Result<(), StoreError> {
+        if !self.mirror {
+            return Ok(());
+        }
+        let mut files = self.txn.open_table(MIRROR_FILES)?;
+        let row = files
+            .remove(keys::message(user, guid, uid).as_slice())?
+            .map(|v| decode::<FileRow>(v.value(), "a Maildir file row"))
+            .transpose()?;
+        if let Some(row) = row {
+            self.txn.open_table(MIRROR_UNLINKS)?.insert(
+                keys::source(user, guid, &row.base).as_slice(),
+                [].as_slice(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Records that the message at `uid` is held by the file `base` with `flags` on disk
+    /// (the scanner found it there).
+    pub(crate) fn file_found(
+        &mut self,
+        user: &str,
+        guid: MailboxGuid,
+        uid: u32,
+        row: &FileRow,
+    ) -> Result<(), StoreError> {
+        if self.mirror {
+            self.txn.open_table(MIRROR_FILES)?.insert(
+                keys::message(user, guid, uid).as_slice(),
+                encode(row)?.as_slice(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// At the end of the transaction: marks every mailbox it changed as owed to the disk.
+    pub(crate) fn write_owed(&mut self) -> Result<(), StoreError> {
+        if self.owed.is_empty() {
+            return Ok(());
+        }
+        let token = self.hlc_last().to_bytes();
+        let mut owed = self.txn.open_table(MIRROR_OWED)?;
+        for (user, guid) in std::mem::take(&mut self.owed) {
+            owed.insert(keys::mailbox(&user, guid).as_slice(), token.as_slice())?;
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Creates a store whose mail is the live Maildir tree `template` names (`%u` for the
+    /// user). The template is kept as given; the Maildir side checks it before this.
+    pub fn init_maildir(
+        dir: &std::path::Path,
+        node_id: &str,
+        template: &str,
+    ) -> Result<Store, StoreError> {
+        let mut store = Store::init(dir, node_id)?;
+        let txn = store.begin_write()?;
+        txn.open_table(META)?
+            .insert(MAILDIR_KEY, template.as_bytes())?;
+        txn.commit()?;
+        store.maildir = Some(template.to_string());
+        Ok(store)
+    }
+
+    /// The Maildir template of a live-Maildir store (`None` for a store that holds its mail).
+    pub fn maildir_template(&self) -> Option<&str> {
+        self.maildir.as_deref()
+    }
+
+    /// The mailboxes owed to the disk, oldest mark first is not promised: in key order.
+    pub fn owed_mailboxes(&self) -> Result<Vec<(String, MailboxGuid)>, StoreError> {
+        let txn = self.read_txn()?;
+        let owed = txn.open_table(MIRROR_OWED)?;
+        let mut out = Vec::new();
+        for item in owed.iter()? {
+            let (k, _) = item?;
+            let (user, guid, _) = keys::split_mailbox_prefix(k.value())
+                .ok_or_else(|| StoreError::Corrupt("malformed owed-mailbox key".into()))?;
+            out.push((user, guid));
+        }
+        Ok(out)
+    }
+
+    /// Every mailbox of `user` the index or the disk knows of: live ones, and deleted ones
+    /// whose folder has not been removed yet.
+    pub fn user_mirror(&self, user: &str) -> Result<Vec<MailboxMirror>, StoreError> {
+        let txn = self.read_txn()?;
+        let (start, end) = keys::user_range(user);
+        let mut guids = std::collections::BTreeSet::new();
+        for table in [MAILBOXES, MIRROR_FOLDERS] {
+            for item in txn
+                .open_table(table)?
+                .range(start.as_slice()..=end.as_slice())?
+            {
+                let (k, _) = item?;
+                let (_, guid, _) = keys::split_mailbox_prefix(k.value())
+                    .ok_or_else(|| StoreError::Corrupt("malformed mailbox key".into()))?;
+                guids.insert(guid);
+            }
+        }
+        guids
+            .into_iter()
+            .map(|guid| mailbox_mirror_in(&txn, user, guid))
+            .collect()
+    }
+
+    /// What the index says of one mailbox that its folder must show.
+    pub fn mailbox_mirror(
+        &self,
+        user: &str,
+        guid: MailboxGuid,
+    ) -> Result<MailboxMirror, StoreError> {
+        let txn = self.read_txn()?;
+        mailbox_mirror_in(&txn, user, guid)
+    }
+
+    /// Records what the Maildir side settled for one mailbox, and clears its owed mark if no
+    /// write came after `owed` was read. Changes no record and no tree node: nothing here is
+    /// replicated.
+    pub fn mirror_settle(
+        &self,
+        user: &str,
+        guid: MailboxGuid,
+        edits: &[MirrorEdit],
+        owed: Option<OwedToken>,
+    ) -> Result<(), StoreError> {
+        let txn = self.begin_write()?;
+        {
+            let mut files = txn.open_table(MIRROR_FILES)?;
+            let mut unlinks = txn.open_table(MIRROR_UNLINKS)?;
+            let mut folders = txn.open_table(MIRROR_FOLDERS)?;
+            for edit in edits {
+                match edit {
+                    MirrorEdit::File {
+                        uid,
+                        row: Some(row),
+                    } => {
+                        files.insert(
+                            keys::message(user, guid, *uid).as_slice(),
+                            encode(row)?.as_slice(),
+                        )?;
+                    }
+                    MirrorEdit::File { uid, row: None } => {
+                        files.remove(keys::message(user, guid, *uid).as_slice())?;
+                    }
+                    MirrorEdit::Unlinked { base } => {
+                        unlinks.remove(keys::source(user, guid, base).as_slice())?;
+                    }
+                    MirrorEdit::Folder(Some(row)) => {
+                        folders.insert(
+                            keys::mailbox(user, guid).as_slice(),
+                            encode(row)?.as_slice(),
+                        )?;
+                    }
+                    MirrorEdit::Folder(None) => {
+                        folders.remove(keys::mailbox(user, guid).as_slice())?;
+                    }
+                }
+            }
+            if let Some(OwedToken(token)) = owed {
+                let mut table = txn.open_table(MIRROR_OWED)?;
+                let key = keys::mailbox(user, guid);
+                let current = table.get(key.as_slice())?.map(|v| v.value().to_vec());
+                if current.as_deref() == Some(token.as_slice()) {
+                    table.remove(key.as_slice())?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// A mail server's flag change, seen on disk, made a local write: `added` set and
+    /// `removed` cleared on the message at `uid`, each with a fresh stamp, in one transaction
+    /// that also records `row` as the file's agreed state. Flags a peer changed meanwhile
+    /// (the index's other flags) are left as they are.
+    pub fn disk_flags_changed(
+        &self,
+        user: &str,
+        guid: MailboxGuid,
+        uid: u32,
+        added: &[FlagName],
+        removed: &[FlagName],
+        row: &FileRow,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let Some(mut message) = tx.get_message(user, guid, uid)? else {
+                return Ok(());
+            };
+            let stamp = tx.stamp();
+            let mut changed = message.flags.apply(FlagOp::Add, added, stamp);
+            changed |= message.flags.apply(FlagOp::Remove, removed, stamp);
+            if changed {
+                tx.put_message(user, guid, uid, &message)?;
+            }
+            tx.file_found(user, guid, uid, row)?;
+            Ok(())
+        })
+    }
+
+    /// Files the scanner found gone that the index still holds: the mail server expunged
+    /// them. A local expunge of each (tombstones, journal), in one transaction.
+    pub fn disk_expunged(
+        &self,
+        user: &str,
+        guid: MailboxGuid,
+        uids: &[u32],
+    ) -> Result<usize, StoreError> {
+        if uids.is_empty() {
+            return Ok(0);
+        }
+        self.write(|tx| {
+            let Some(mut record) = tx.get_mailbox(user, guid)? else {
+                return Ok(0);
+            };
+            let name = crate::model::MailboxName::parse(&record.name)?;
+            let mut present = Vec::new();
+            let mut bases = Vec::new();
+            for &uid in uids {
+                if tx.get_message(user, guid, uid)?.is_none() {
+                    continue;
+                }
+                present.push(uid);
+                let files = tx.txn.open_table(MIRROR_FILES)?;
+                let row = files.get(keys::message(user, guid, uid).as_slice())?;
+                if let Some(v) = row {
+                    bases.push(decode::<FileRow>(v.value(), "a Maildir file row")?.base);
+                }
+            }
+            let n = tx.expunge_uids(user, &name, &mut record, &present)?;
+            // The files are gone already: no removal is owed for them.
+            let mut unlinks = tx.txn.open_table(MIRROR_UNLINKS)?;
+            for base in bases {
+                unlinks.remove(keys::source(user, guid, &base).as_slice())?;
+            }
+            Ok(n)
+        })
+    }
+}
+
+fn mailbox_mirror_in(
+    txn: &redb::ReadTransaction,
+    user: &str,
+    guid: MailboxGuid,
+) -> Result<MailboxMirror, StoreError> {
+    let key = keys::mailbox(user, guid);
+    let record = match txn.open_table(MAILBOXES)?.get(key.as_slice())? {
+        Some(v) => Some(decode::<MailboxRecord>(v.value(), "a mailbox")?),
+        None => None,
+    };
+    let (start, end) = keys::uid_range(user, guid, 0, u32::MAX);
+    let mut messages = Vec::new();
+    for item in txn
+        .open_table(MESSAGES)?
+        .range(start.as_slice()..=end.as_slice())?
+    {
+        let (k, v) = item?;
+        let (_, _, uid) = keys::split_message(k.value())
+            .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
+        messages.push((uid, decode_message(v.value())?.1));
+    }
+    let mut files = BTreeMap::new();
+    for item in txn
+        .open_table(MIRROR_FILES)?
+        .range(start.as_slice()..=end.as_slice())?
+    {
+        let (k, v) = item?;
+        let (_, _, uid) = keys::split_message(k.value())
+            .ok_or_else(|| StoreError::Corrupt("malformed Maildir file key".into()))?;
+        files.insert(uid, decode::<FileRow>(v.value(), "a Maildir file row")?);
+    }
+    let mut uend = key.clone();
+    uend.push(0xff);
+    let mut unlinks = Vec::new();
+    for item in txn
+        .open_table(MIRROR_UNLINKS)?
+        .range(key.as_slice()..=uend.as_slice())?
+    {
+        let (k, _) = item?;
+        let base = k
+            .value()
+            .get(key.len()..)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .ok_or_else(|| StoreError::Corrupt("malformed Maildir unlink key".into()))?;
+        unlinks.push(base.to_string());
+    }
+    let folder = match txn.open_table(MIRROR_FOLDERS)?.get(key.as_slice())? {
+        Some(v) => Some(decode::<FolderRow>(v.value(), "a Maildir folder row")?),
+        None => None,
+    };
+    let owed = match txn.open_table(MIRROR_OWED)?.get(key.as_slice())? {
+        Some(v) => Some(OwedToken(<[u8; 12]>::try_from(v.value()).map_err(
+            |_| StoreError::Corrupt("malformed owed-mailbox mark".into()),
+        )?)),
+        None => None,
+    };
+    Ok(MailboxMirror {
+        guid,
+        record,
+        messages,
+        files,
+        unlinks,
+        folder,
+        owed,
+    })
+}
