@@ -117,6 +117,29 @@ pub enum Command {
         /// This server's name among its peers (A-Z a-z 0-9 . _ -); it seeds its change stamps.
         #[arg(long, value_name = "ID")]
         node_id: String,
+        /// Keep the mail of a live Maildir tree that an IMAP server (Dovecot) serves, rather
+        /// than holding it in the store: TEMPLATE is each user's Maildir with %u for the user,
+        /// as in Dovecot's mail_location (e.g. /srv/vmail/%u/Maildir). The store then holds
+        /// the index, the tree and the journal; `scan` and `serve` keep it and the Maildirs
+        /// in step both ways.
+        #[arg(long, value_name = "TEMPLATE")]
+        maildir: Option<String>,
+    },
+    /// Bring a live-Maildir store (`init --maildir`) and its Maildirs in step, once.
+    ///
+    /// What the mail server did since the last pass (new files, flag renames, expunges, folders
+    /// made, renamed or deleted, subscriptions) becomes local writes that replicate; what the
+    /// index holds that the Maildirs do not show yet (replicated mail, flags, expunges) is
+    /// written into them under Dovecot's uidlist lock. `serve` does this at start, on every
+    /// change it is told of, and every rescan interval. Stop `serve` on DIR first.
+    Scan {
+        #[command(flatten)]
+        data: Data,
+        /// Only this user (default: every user the template's directory or the store holds).
+        user: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Create, rename, delete or list a user's mailboxes.
     #[command(subcommand)]
@@ -384,6 +407,7 @@ impl Command {
                 | MailboxCommand::List { target, .. },
             ) => Some(target),
             Command::Init { .. }
+            | Command::Scan { .. }
             | Command::Serve(_)
             | Command::Status { .. }
             | Command::Tree { .. }

@@ -3,6 +3,7 @@
 
 use super::args::Data;
 use super::print;
+use crate::maildir::backend::{self, Template};
 use crate::merkle::{NodeHash, NodeKey, NodeValue, BUCKET_SHIFT};
 use crate::model::MailboxGuid;
 use crate::store::Store;
@@ -12,14 +13,50 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-/// `init`: a new, empty store for `node_id`.
-pub(super) fn init(data: &Data, node_id: &str, out: &mut impl Write) -> Result<ExitCode> {
-    Store::init(&data.data, node_id)?;
+/// `init`: a new, empty store for `node_id`; with `maildir`, the index of a live Maildir tree.
+pub(super) fn init(
+    data: &Data,
+    node_id: &str,
+    maildir: Option<&str>,
+    out: &mut impl Write,
+) -> Result<ExitCode> {
+    let Some(template) = maildir else {
+        Store::init(&data.data, node_id)?;
+        writeln!(
+            out,
+            "initialised an empty store in {} for node {node_id}",
+            data.data.display()
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let template = Template::parse(template)?;
+    Store::init_maildir(&data.data, node_id, template.as_str())?;
     writeln!(
         out,
-        "initialised an empty store in {} for node {node_id}",
-        data.data.display()
+        "initialised a store in {} for node {node_id}, beside the Maildirs at {} \
+         (run `merkmail scan` or `merkmail serve` to take in their mail)",
+        data.data.display(),
+        template.as_str()
     )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `scan`: one pass over a live-Maildir store's Maildirs (or one user's), both ways.
+pub(super) fn scan(
+    data: &Data,
+    user: Option<&str>,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<ExitCode> {
+    let store = open(data)?;
+    let Some(template) = backend::template_of(&store)? else {
+        anyhow::bail!(
+            "the store in {} holds its own mail: scan needs a store made with `init --maildir`",
+            data.data.display()
+        );
+    };
+    let report = backend::pass(&store, &template, user)?;
+    print::print(&print::ScanReport(report), json, out)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -190,7 +190,15 @@ pub(super) fn run(target: &Target, request: Request, out: &mut impl Write) -> Re
                 MailClient::with_config(url, target.token.as_deref(), target.client_config()?)?;
             execute(&client, request, out)?;
         }
-        Location::Data(dir) => execute(&Store::open(dir)?, request, out)?,
+        Location::Data(dir) => {
+            let store = Store::open(dir)?;
+            execute(&store, request, out)?;
+            // On a live Maildir, what the command changed is written into it now, as a
+            // delivery agent (or an IMAP server) would.
+            if let Some(template) = crate::maildir::backend::template_of(&store)? {
+                crate::maildir::backend::settle_owed(&store, &template)?;
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -28,7 +28,12 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             drop(out);
             return serve::serve(args);
         }
-        Command::Init { data, node_id } => local::init(&data, &node_id, &mut out)?,
+        Command::Init {
+            data,
+            node_id,
+            maildir,
+        } => local::init(&data, &node_id, maildir.as_deref(), &mut out)?,
+        Command::Scan { data, user, json } => local::scan(&data, user.as_deref(), json, &mut out)?,
         Command::Status { url, ca, json } => status::status(&url, ca.as_deref(), json, &mut out)?,
         Command::Sync(args) => sync::sync(&args, &mut out)?,
         Command::Tree {

@@ -319,3 +319,42 @@ fn and_more(total: usize, out: &mut impl Write) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `scan`'s report: what came from the Maildirs and what went into them.
+#[derive(Serialize)]
+#[serde(transparent)]
+pub(super) struct ScanReport(pub(super) crate::maildir::backend::PassReport);
+
+impl Printed for ScanReport {
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        let r = &self.0;
+        writeln!(out, "scanned {} user(s), {} folder(s)", r.users, r.folders)?;
+        writeln!(
+            out,
+            "from the Maildirs: {} message(s) taken in ({}), {} flag change(s), {} expunge(s), {} folder(s) new or renamed, {} gone, {} subscription change(s)",
+            r.imported,
+            human_size(r.imported_bytes),
+            r.flags_from_disk,
+            r.expunged_on_disk,
+            r.folders_found,
+            r.folders_gone,
+            r.subscriptions_from_disk
+        )?;
+        writeln!(
+            out,
+            "into the Maildirs: {} message(s) delivered ({}), {} flag change(s), {} file(s) removed, {} folder(s) made, {} renamed, {} removed, {} message(s) renumbered",
+            r.delivered,
+            human_size(r.delivered_bytes),
+            r.flags_to_disk,
+            r.unlinked,
+            r.folders_made,
+            r.folders_renamed,
+            r.folders_removed,
+            r.renumbered
+        )?;
+        for problem in &r.problems {
+            writeln!(out, "problem: {problem}")?;
+        }
+        Ok(())
+    }
+}

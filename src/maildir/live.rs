@@ -45,6 +45,14 @@ pub enum LiveError {
     /// half-written one. Nothing was appended.
     #[error("{}: does not end with a line end; refusing to append", path.display())]
     UnterminatedUidlist { path: PathBuf },
+    /// A delivery asked for a UID below the folder's next one: appending it would make the
+    /// uidlist descend, which Dovecot takes as corruption. Nothing was written.
+    #[error("{}: cannot place UID {uid}: the folder's next UID is already {next}", folder.display())]
+    BelowNext {
+        folder: PathBuf,
+        uid: u32,
+        next: u32,
+    },
     /// UIDs would pass 2^32 - 2. Nothing was numbered.
     #[error("{}: no UIDs left (next would be {next})", folder.display())]
     UidsExhausted { folder: PathBuf, next: u32 },
@@ -545,6 +553,27 @@ impl LockedFolder<'_> {
         flags: &[String],
         internal_date: i64,
     ) -> Result<Numbered, LiveError> {
+        self.deliver_at(bytes, flags, internal_date, None)
+    }
+
+    /// Like [`LockedFolder::deliver`], with the UID given (`Some`) rather than the next one:
+    /// a replicated message keeps the UID it has everywhere. A UID below the folder's next is
+    /// [`LiveError::BelowNext`], and nothing is written.
+    pub fn deliver_at(
+        &mut self,
+        bytes: &[u8],
+        flags: &[String],
+        internal_date: i64,
+        wanted: Option<u32>,
+    ) -> Result<Numbered, LiveError> {
+        let next = self.next_uids(1)?;
+        if let Some(uid) = wanted.filter(|uid| *uid < next) {
+            return Err(LiveError::BelowNext {
+                folder: self.folder.dir.clone(),
+                uid,
+                next,
+            });
+        }
         let mut keywords_wanted = Vec::new();
         for flag in flags {
             if is_system_flag_syntax(flag) {
@@ -567,7 +596,7 @@ impl LockedFolder<'_> {
         if let Some((flag, problem)) = dropped.into_iter().next() {
             return Err(LiveError::UnstorableFlag { flag, problem });
         }
-        let uid = self.next_uids(1)?;
+        let uid = wanted.unwrap_or(next);
 
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -601,6 +630,169 @@ impl LockedFolder<'_> {
         self.append(&[(uid, Some(size), Some(vsize), base.clone())])?;
         Ok(Numbered { uid, base, path })
     }
+
+    /// The file with base name `base`, in cur/ or new/ (`None` if there is none).
+    pub fn find(&self, base: &str) -> Result<Option<PathBuf>, LiveError> {
+        find_base(&self.folder.dir, base)
+    }
+
+    /// Renames the file with base name `base` into cur/ with exactly `flags` in its `:2,`
+    /// part (Dovecot's flag change). Returns false, changing nothing, if no such file exists.
+    pub fn set_flags(&mut self, base: &str, flags: &[String]) -> Result<bool, LiveError> {
+        let Some(path) = self.find(base)? else {
+            return Ok(false);
+        };
+        let wanted: Vec<&String> = flags.iter().filter(|f| !is_system_flag_syntax(f)).collect();
+        let keywords = self.register_keywords(&wanted)?;
+        let (info, dropped) = format_info(flags, &keywords);
+        if let Some((flag, problem)) = dropped.into_iter().next() {
+            return Err(LiveError::UnstorableFlag { flag, problem });
+        }
+        let target = self.folder.dir.join("cur").join(format!("{base}:{info}"));
+        if target != path {
+            fs::rename(&path, &target).map_err(io(&target, "rename"))?;
+        }
+        Ok(true)
+    }
+
+    /// Removes the file with base name `base` (an expunge). Returns whether there was one.
+    pub fn unlink(&mut self, base: &str) -> Result<bool, LiveError> {
+        let Some(path) = self.find(base)? else {
+            return Ok(false);
+        };
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io(&path, "remove")(e).into()),
+        }
+    }
+
+    /// Gives a folder that holds no message and has given out no UID another UIDVALIDITY and
+    /// GUID (a new uidlist, renamed into place), so that an empty folder a login made takes the
+    /// identity of the mailbox replicated into it. Returns false, changing nothing, if the
+    /// folder has mail or has given out a UID.
+    pub fn adopt_identity(&mut self, uidvalidity: u32, guid: &str) -> Result<bool, LiveError> {
+        if !self.uidlist.entries.is_empty() || self.uidlist.effective_next_uid() > 1 {
+            return Ok(false);
+        }
+        if self.uidlist.uidvalidity == uidvalidity && self.uidlist.guid.as_deref() == Some(guid) {
+            return Ok(true);
+        }
+        for sub in ["new", "cur"] {
+            let dir = self.folder.dir.join(sub);
+            let mut entries = fs::read_dir(&dir).map_err(io(&dir, "read directory"))?;
+            if entries.any(|e| e.is_ok_and(|e| !e.file_name().to_string_lossy().starts_with('.'))) {
+                return Ok(false);
+            }
+        }
+        let list = UidList {
+            uidvalidity,
+            next_uid: 1,
+            guid: Some(guid.to_string()),
+            entries: Vec::new(),
+        };
+        replace_file(
+            &self.folder.owner,
+            &self.folder.dir.join("tmp"),
+            &self.uidlist_path,
+            crate::maildir::format_uidlist(&list).as_bytes(),
+        )?;
+        self.uidlist = list;
+        self.listed.clear();
+        Ok(true)
+    }
+}
+
+/// The file with base name `base` in `dir`'s cur/ or new/.
+fn find_base(dir: &Path, base: &str) -> Result<Option<PathBuf>, LiveError> {
+    for sub in ["cur", "new"] {
+        let sub_dir = dir.join(sub);
+        // The common names first: no suffix (new/) or the `:2,` info (cur/).
+        let plain = sub_dir.join(base);
+        if plain.is_file() {
+            return Ok(Some(plain));
+        }
+        let entries = match fs::read_dir(&sub_dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(&sub_dir, "read directory")(e).into()),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io(&sub_dir, "read directory"))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.split(':').next() == Some(base) {
+                return Ok(Some(entry.path()));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Makes the Maildir root `root` (and any missing directory above it), each directory made
+/// with the owner and mode of the nearest one that exists: a user that arrives from a peer
+/// gets a Maildir the mail server can read.
+pub fn make_root(root: &Path) -> Result<(), LiveError> {
+    let mut missing = Vec::new();
+    let mut at = root;
+    while !at.exists() {
+        missing.push(at.to_path_buf());
+        at = at.parent().ok_or_else(|| MaildirError::NotMaildir {
+            path: root.to_path_buf(),
+            problem: "no existing directory above it".into(),
+        })?;
+    }
+    let owner = Owner::of(at)?;
+    for dir in missing.iter().rev() {
+        owner.make_dir(dir)?;
+    }
+    LiveFolder::open(root)?;
+    Ok(())
+}
+
+/// Removes a folder as Dovecot deletes one: renamed out of sight to `..DOVECOT-TRASHED` under
+/// the root first (so no reader sees it half removed), then removed.
+pub fn remove_folder(root: &Path, mailbox: &str) -> Result<bool, LiveError> {
+    let dir = root.join(folder_dir_name(mailbox)?);
+    let trash = root.join("..DOVECOT-TRASHED");
+    match fs::rename(&dir, &trash) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io(&dir, "rename to ..DOVECOT-TRASHED")(e).into()),
+    }
+    fs::remove_dir_all(&trash).map_err(io(&trash, "remove"))?;
+    Ok(true)
+}
+
+/// Renames a folder's directory (one level: Dovecot renames each child itself).
+pub fn rename_folder(root: &Path, from: &str, to: &str) -> Result<bool, LiveError> {
+    let old = root.join(folder_dir_name(from)?);
+    let new = root.join(folder_dir_name(to)?);
+    if new.exists() {
+        return Err(MaildirError::NotMaildir {
+            path: new,
+            problem: "a folder of that name exists already".into(),
+        }
+        .into());
+    }
+    match fs::rename(&old, &new) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io(&old, "rename folder")(e).into()),
+    }
+}
+
+/// Writes the root's `subscriptions` file (through tmp/ and a rename) with `names`.
+pub fn write_subscriptions(root: &Path, names: &[String]) -> Result<(), LiveError> {
+    let owner = Owner::of(root)?;
+    let text = crate::maildir::folder::format_subscriptions(names)?;
+    replace_file(
+        &owner,
+        &root.join("tmp"),
+        &root.join("subscriptions"),
+        text.as_bytes(),
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@
 //!
 //! **Boundary**: no message body is ever parsed; bytes are written and stat'ed, never rewritten.
 
+pub mod backend;
 pub mod export;
 pub mod folder;
 pub mod import;

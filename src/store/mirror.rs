@@ -402,3 +402,50 @@ fn mailbox_mirror_in(
         owed,
     })
 }
+
+impl Store {
+    /// Moves the message at `uid` to a new UID, at least `at_least` and never below the
+    /// mailbox's UIDNEXT, as a local write (journaled, so every peer moves it too): the way a
+    /// live Maildir keeps a UID the mail server gave to other mail, or a UID below the
+    /// folder's next, from being reused. The old UID keeps a move tombstone. Returns the new
+    /// UID, or `None` if no message is at `uid`.
+    pub fn renumber_message(
+        &self,
+        user: &str,
+        guid: MailboxGuid,
+        uid: u32,
+        at_least: u32,
+    ) -> Result<Option<u32>, StoreError> {
+        self.write(|tx| {
+            let (Some(mut mailbox), Some(message)) = (
+                tx.get_mailbox(user, guid)?,
+                tx.get_message(user, guid, uid)?,
+            ) else {
+                return Ok(None);
+            };
+            let to = mailbox.uidnext.max(at_least);
+            if to == u32::MAX {
+                return Err(StoreError::UidsExhausted {
+                    user: user.to_string(),
+                    mailbox: mailbox.name.clone(),
+                });
+            }
+            // The body keeps a reference throughout: the message only changes its UID.
+            tx.bodies.add_ref(tx.txn, &message.digest)?;
+            tx.remove_message(user, guid, uid)?;
+            tx.put_tombstone(
+                user,
+                guid,
+                uid,
+                &crate::model::Tombstone::moved(message.digest, message.appended),
+            )?;
+            tx.put_message(user, guid, to, &message)?;
+            tx.counters.messages += 1;
+            tx.counters.message_bytes += message.size;
+            mailbox.uidnext = to + 1;
+            mailbox.last_change = tx.stamp();
+            tx.put_mailbox(user, &mailbox)?;
+            Ok(Some(to))
+        })
+    }
+}

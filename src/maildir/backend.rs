@@ -1,0 +1,875 @@
+//! The live backend: a store whose mail is a Maildir tree a real IMAP server serves
+//! (docs/MAILDIR.md, "The live backend"; DESIGN §8).
+//!
+//! One [`pass`] brings a user's Maildir and the index in step, both ways, folder by folder:
+//! - **disk → index** (the scanner): what the mail server did since the last pass (files that
+//!   appeared, flags renamed, files gone, folders made, deleted or renamed, subscriptions)
+//!   becomes ordinary local writes — stamped, journaled, tree updated — so it replicates like
+//!   any other write. Each file is compared with the state index and disk last agreed on
+//!   (`store::FileRow`), so a flag the server changed and one a peer changed are told apart.
+//! - **index → disk** (the mirror): what the index holds and the folder does not show yet
+//!   (replicated mail, flags, expunges, folders) is written as Dovecot expects it, under
+//!   `dovecot-uidlist.lock` (src/maildir/live.rs), and then settled in the index.
+//!
+//! Crash safety: the index records which mailboxes are owed to the disk in the transaction
+//! that changes them; a pass settles a mailbox only after its disk work is done. A crash in
+//! between leaves the mailbox owed, and the next pass redoes what is missing: a file
+//! delivered but not settled is recognised by its UID and digest, never imported twice. No
+//! file the index does not know is ever removed: a file it does not know is mail to import.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use crate::maildir::live::{self, LiveError, LiveFolder};
+use crate::maildir::scan::{scan, ScannedFolder, ScannedMessage};
+use crate::maildir::{MaildirError, INBOX};
+use crate::model::{Digest, FlagName, MailboxGuid};
+use crate::store::{FileRow, FolderRow, MailboxMirror, MirrorEdit, NewMessage, Store, StoreError};
+
+/// Messages imported per transaction, and the bytes after which a batch is cut short.
+const BATCH_MESSAGES: usize = 500;
+const BATCH_BYTES: usize = 32 << 20;
+
+/// Why a pass stopped. What it did before stays done and settled; the rest is still owed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Live(#[from] LiveError),
+    #[error(transparent)]
+    Maildir(#[from] MaildirError),
+    /// The template is not one merkmail can use.
+    #[error("maildir template {template:?}: {problem}")]
+    Template { template: String, problem: String },
+}
+
+/// Where each user's Maildir is: a path with `%u` for the user, the form of Dovecot's
+/// `mail_location` (`/srv/vmail/%u/Maildir`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template {
+    text: String,
+    /// The directory that holds one entry per user.
+    parent: PathBuf,
+    /// What follows the user's directory (`Maildir` in `/srv/vmail/%u/Maildir`), maybe empty.
+    below: PathBuf,
+}
+
+impl Template {
+    /// Checks a template: an absolute path in which `%u` is exactly one whole component.
+    pub fn parse(text: &str) -> Result<Template, BackendError> {
+        let bad = |problem: &str| BackendError::Template {
+            template: text.to_string(),
+            problem: problem.to_string(),
+        };
+        let path = Path::new(text);
+        if !path.is_absolute() {
+            return Err(bad("must be an absolute path"));
+        }
+        if text.matches("%u").count() != 1 {
+            return Err(bad("must hold %u (the user) exactly once"));
+        }
+        let mut parent = PathBuf::new();
+        let mut below = PathBuf::new();
+        let mut seen = false;
+        for part in path.components() {
+            let s = part.as_os_str().to_string_lossy();
+            if s == "%u" {
+                seen = true;
+            } else if s.contains("%u") {
+                return Err(bad("%u must be a whole path component (…/%u/…)"));
+            } else if s.contains('%') {
+                return Err(bad("only %u is understood"));
+            } else if seen {
+                below.push(part);
+            } else {
+                parent.push(part);
+            }
+        }
+        Ok(Template {
+            text: text.to_string(),
+            parent,
+            below,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The Maildir root of `user`.
+    pub fn root(&self, user: &str) -> PathBuf {
+        self.parent.join(user).join(&self.below)
+    }
+
+    /// The users whose Maildir exists on disk, in name order. A directory whose name is not a
+    /// valid user name is left out.
+    pub fn users(&self) -> Result<Vec<String>, BackendError> {
+        let entries = match std::fs::read_dir(&self.parent) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(MaildirError::io(&self.parent, "read directory")(e).into()),
+        };
+        let mut users = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(MaildirError::io(&self.parent, "read directory"))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if crate::model::validate_user(&name).is_ok() && self.root(&name).is_dir() {
+                users.push(name);
+            }
+        }
+        users.sort();
+        Ok(users)
+    }
+}
+
+/// What one pass did, summed over the users it looked at.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PassReport {
+    pub users: u64,
+    pub folders: u64,
+    /// disk → index
+    pub imported: u64,
+    pub imported_bytes: u64,
+    pub flags_from_disk: u64,
+    pub expunged_on_disk: u64,
+    pub folders_found: u64,
+    pub folders_gone: u64,
+    pub subscriptions_from_disk: u64,
+    /// index → disk
+    pub delivered: u64,
+    pub delivered_bytes: u64,
+    pub flags_to_disk: u64,
+    pub unlinked: u64,
+    pub folders_made: u64,
+    pub folders_removed: u64,
+    pub folders_renamed: u64,
+    /// Messages given a new UID so as not to reuse one the server gave out.
+    pub renumbered: u64,
+    /// What the pass could not do, with the reason (it stays owed, or is left for an
+    /// operator): a path or mailbox, then the problem.
+    pub problems: Vec<String>,
+}
+
+impl PassReport {
+    /// Whether the pass changed anything on either side.
+    pub fn changed(&self) -> bool {
+        self.imported
+            + self.flags_from_disk
+            + self.expunged_on_disk
+            + self.folders_found
+            + self.folders_gone
+            + self.subscriptions_from_disk
+            + self.delivered
+            + self.flags_to_disk
+            + self.unlinked
+            + self.folders_made
+            + self.folders_removed
+            + self.folders_renamed
+            + self.renumbered
+            > 0
+    }
+}
+
+/// The store's template, checked.
+pub fn template_of(store: &Store) -> Result<Option<Template>, BackendError> {
+    store.maildir_template().map(Template::parse).transpose()
+}
+
+/// Brings every user's Maildir (or only `only`) and the index in step, both ways.
+pub fn pass(
+    store: &Store,
+    template: &Template,
+    only: Option<&str>,
+) -> Result<PassReport, BackendError> {
+    let users: BTreeSet<String> = match only {
+        Some(user) => {
+            crate::model::validate_user(user).map_err(StoreError::from)?;
+            BTreeSet::from([user.to_string()])
+        }
+        None => template
+            .users()?
+            .into_iter()
+            .chain(store.users()?)
+            .collect(),
+    };
+    let mut report = PassReport::default();
+    for user in users {
+        pass_user(store, template, &user, &mut report)?;
+        report.users += 1;
+    }
+    Ok(report)
+}
+
+/// Brings the mailboxes the index owes to the disk in step (the users they belong to).
+pub fn settle_owed(store: &Store, template: &Template) -> Result<PassReport, BackendError> {
+    let users: BTreeSet<String> = store
+        .owed_mailboxes()?
+        .into_iter()
+        .map(|(u, _)| u)
+        .collect();
+    let mut report = PassReport::default();
+    for user in users {
+        pass_user(store, template, &user, &mut report)?;
+        report.users += 1;
+    }
+    Ok(report)
+}
+
+fn flags_of(record: &crate::model::MessageRecord) -> Vec<String> {
+    let mut flags: Vec<String> = record
+        .flags
+        .live()
+        .map(|f| f.to_string())
+        // \Recent is the server's own business; it has no letter in a Maildir name.
+        .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
+        .collect();
+    flags.sort();
+    flags
+}
+
+fn sorted(flags: &[String]) -> Vec<String> {
+    let mut v = flags.to_vec();
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn problem(report: &mut PassReport, what: impl std::fmt::Display, why: impl std::fmt::Display) {
+    let line = format!("{what}: {why}");
+    tracing::warn!(problem = %line, "maildir pass");
+    report.problems.push(line);
+}
+
+fn pass_user(
+    store: &Store,
+    template: &Template,
+    user: &str,
+    report: &mut PassReport,
+) -> Result<(), BackendError> {
+    let root = template.root(user);
+    if !root.is_dir() {
+        live::make_root(&root)?;
+    }
+    let mut disk = scan(&root)?;
+    if number_unlisted(&disk)? {
+        disk = scan(&root)?;
+    }
+    let mut mirrors = store.user_mirror(user)?;
+    let mut paired: Vec<(ScannedFolder, MailboxMirror)> = Vec::new();
+    let mut taken: HashSet<MailboxGuid> = HashSet::new();
+
+    for folder in disk {
+        report.folders += 1;
+        let found = pair_for(&mirrors, &folder, &taken);
+        let mirror = match found {
+            Some(i) => renamed_on_disk(store, user, &mirrors[i], &folder, report)?,
+            None => {
+                // A folder the index has never seen: the server made it.
+                let guid = folder
+                    .uidlist
+                    .as_ref()
+                    .and_then(|u| u.guid.as_deref())
+                    .and_then(|g| g.parse::<MailboxGuid>().ok());
+                let uidvalidity = folder.uidlist.as_ref().map(|u| u.uidvalidity);
+                let prepared = store.prepare_import(
+                    user,
+                    &folder.mailbox,
+                    uidvalidity,
+                    folder.subscribed,
+                    guid,
+                )?;
+                report.folders_found += 1;
+                let m = store.mailbox_mirror(user, prepared.guid)?;
+                mirrors.push(m.clone());
+                m
+            }
+        };
+        taken.insert(mirror.guid);
+        paired.push((folder, mirror));
+    }
+
+    for mirror in mirrors.iter().filter(|m| !taken.contains(&m.guid)) {
+        match (&mirror.record, &mirror.folder) {
+            (Some(record), Some(folder)) if record.name == folder.name => {
+                // Its folder is gone from disk: the server deleted the mailbox.
+                if record.name == INBOX {
+                    let made = LiveFolder::open(&root)?;
+                    paired.push((empty_folder(INBOX, made.dir()), mirror.clone()));
+                    continue;
+                }
+                store.delete_mailbox(user, &record.name)?;
+                report.folders_gone += 1;
+                settle_gone(store, user, mirror)?;
+            }
+            (Some(record), _) => {
+                // A mailbox the disk does not show yet (replicated, or made by the CLI).
+                let folder = LiveFolder::create(&root, &record.name)?;
+                report.folders_made += 1;
+                paired.push((empty_folder(&record.name, folder.dir()), mirror.clone()));
+            }
+            (None, _) => settle_gone(store, user, mirror)?,
+        }
+    }
+
+    // disk → index for every folder first, then the subscriptions file, then index → disk:
+    // a folder row (with its subscription) is settled only after the file shows it.
+    let mut owed = Vec::new();
+    for (folder, mirror) in paired {
+        if let Some(next) = from_disk_folder(store, &root, user, folder, mirror, report)? {
+            owed.push(next);
+        }
+    }
+    sync_subscriptions(store, &root, user)?;
+    for (dir, mirror) in owed {
+        let Some(record) = mirror.record.clone() else {
+            continue;
+        };
+        to_disk(store, user, &dir, &record, &mirror, report)?;
+    }
+    Ok(())
+}
+
+/// A folder paired by its GUID under another name: the server renamed it. The mailbox
+/// follows (a local rename, which also moves the mailboxes below it, as the server does).
+fn renamed_on_disk(
+    store: &Store,
+    user: &str,
+    mirror: &MailboxMirror,
+    folder: &ScannedFolder,
+    report: &mut PassReport,
+) -> Result<MailboxMirror, BackendError> {
+    let Some(record) = &mirror.record else {
+        return Ok(mirror.clone());
+    };
+    let was = mirror.folder.as_ref().map(|f| f.name.as_str());
+    if record.name == folder.mailbox || was == Some(folder.mailbox.as_str()) || was.is_none() {
+        return Ok(mirror.clone());
+    }
+    match store.rename_mailbox(user, &record.name, &folder.mailbox) {
+        Ok(()) => report.folders_found += 1,
+        Err(e @ (StoreError::MailboxExists { .. } | StoreError::Invalid(_))) => {
+            problem(
+                report,
+                folder.dir.display(),
+                format!("renamed on disk, but: {e}"),
+            );
+            return Ok(mirror.clone());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let mut now = store.mailbox_mirror(user, mirror.guid)?;
+    // The folder already has its new name: nothing to rename on disk.
+    if let Some(row) = &mut now.folder {
+        row.name = folder.mailbox.clone();
+    }
+    Ok(now)
+}
+
+/// A deleted mailbox whose folder is gone: forget the folder and its owed removals.
+fn settle_gone(store: &Store, user: &str, mirror: &MailboxMirror) -> Result<(), StoreError> {
+    let mut edits: Vec<MirrorEdit> = mirror
+        .unlinks
+        .iter()
+        .map(|base| MirrorEdit::Unlinked { base: base.clone() })
+        .collect();
+    edits.extend(mirror.files.keys().map(|uid| MirrorEdit::File {
+        uid: *uid,
+        row: None,
+    }));
+    edits.push(MirrorEdit::Folder(None));
+    store.mirror_settle(user, mirror.guid, &edits, mirror.owed)
+}
+
+fn empty_folder(mailbox: &str, dir: &Path) -> ScannedFolder {
+    ScannedFolder {
+        mailbox: mailbox.to_string(),
+        dir: dir.to_path_buf(),
+        uidlist: None,
+        subscribed: false,
+        messages: Vec::new(),
+        skipped: Vec::new(),
+    }
+}
+
+/// Which index mailbox a disk folder is: the one whose folder it was last time, else one the
+/// server renamed (same GUID in the uidlist), else a mailbox of that name the disk has not
+/// shown yet.
+fn pair_for(
+    mirrors: &[MailboxMirror],
+    folder: &ScannedFolder,
+    taken: &HashSet<MailboxGuid>,
+) -> Option<usize> {
+    let free = |m: &&MailboxMirror| !taken.contains(&m.guid);
+    let by_folder = mirrors
+        .iter()
+        .position(|m| free(&m) && m.folder.as_ref().is_some_and(|f| f.name == folder.mailbox));
+    if by_folder.is_some() {
+        return by_folder;
+    }
+    let on_disk = folder
+        .uidlist
+        .as_ref()
+        .and_then(|u| u.guid.as_deref())
+        .and_then(|g| g.parse::<MailboxGuid>().ok());
+    let by_guid = mirrors
+        .iter()
+        .position(|m| free(&m) && m.record.is_some() && Some(m.guid) == on_disk);
+    if by_guid.is_some() {
+        return by_guid;
+    }
+    mirrors.iter().position(|m| {
+        free(&m)
+            && m.folder.is_none()
+            && m.record.as_ref().is_some_and(|r| r.name == folder.mailbox)
+    })
+}
+
+/// Numbers files no one has numbered yet, under the uidlist lock, as Dovecot would. Returns
+/// whether any got a UID.
+fn number_unlisted(disk: &[ScannedFolder]) -> Result<bool, BackendError> {
+    let mut any = false;
+    for folder in disk {
+        if folder.messages.iter().all(|m| m.uid.is_some()) {
+            continue;
+        }
+        let live = LiveFolder::open(&folder.dir)?;
+        let mut locked = live.lock()?;
+        any |= !locked.number_unlisted()?.numbered.is_empty();
+    }
+    Ok(any)
+}
+
+/// A folder's disk → index half (and a rename or removal the index asks for). Returns the
+/// folder's directory and the index's view after it, for the index → disk half.
+fn from_disk_folder(
+    store: &Store,
+    root: &Path,
+    user: &str,
+    folder: ScannedFolder,
+    mirror: MailboxMirror,
+    report: &mut PassReport,
+) -> Result<Option<(PathBuf, MailboxMirror)>, BackendError> {
+    let guid = mirror.guid;
+    let Some(record) = mirror.record.clone() else {
+        remove_folder(store, root, user, &folder, &mirror, report)?;
+        return Ok(None);
+    };
+    let mut dir = folder.dir.clone();
+    if let Some(row) = mirror.folder.as_ref().filter(|row| row.name != record.name) {
+        // Renamed in the index (a peer, or the CLI): the folder follows.
+        if live::rename_folder(root, &row.name, &record.name)? {
+            report.folders_renamed += 1;
+        }
+        dir = root.join(crate::maildir::folder_dir_name(&record.name)?);
+        if record.name == INBOX {
+            dir = root.to_path_buf();
+        }
+    }
+    let wrote = from_disk(store, user, &folder, &mirror, report)?;
+    let mirror = if wrote {
+        store.mailbox_mirror(user, guid)?
+    } else {
+        mirror
+    };
+    Ok(Some((dir, mirror)))
+}
+
+/// disk → index: what the server did to this folder becomes local writes. Returns whether
+/// anything was written.
+fn from_disk(
+    store: &Store,
+    user: &str,
+    folder: &ScannedFolder,
+    mirror: &MailboxMirror,
+    report: &mut PassReport,
+) -> Result<bool, BackendError> {
+    let guid = mirror.guid;
+    let Some(record) = &mirror.record else {
+        return Ok(false);
+    };
+    let mut wrote = false;
+    // A mailbox that has never held mail takes the identity of a folder that has some.
+    if let Some(list) = &folder.uidlist {
+        if list.uidvalidity != record.uidvalidity
+            && record.uidnext == 1
+            && !folder.messages.is_empty()
+        {
+            store.prepare_import(user, &record.name, Some(list.uidvalidity), false, None)?;
+            wrote = true;
+        }
+    }
+    let by_base: HashMap<&str, u32> = mirror
+        .files
+        .iter()
+        .map(|(uid, row)| (row.base.as_str(), *uid))
+        .collect();
+    let owed_unlink: HashSet<&str> = mirror.unlinks.iter().map(String::as_str).collect();
+    let live: BTreeMap<u32, &crate::model::MessageRecord> =
+        mirror.messages.iter().map(|(u, r)| (*u, r)).collect();
+    let on_disk: HashSet<&str> = folder
+        .messages
+        .iter()
+        .map(|m| m.basename.as_str())
+        .collect();
+    let disk_next = folder
+        .uidlist
+        .as_ref()
+        .map_or(1, |u| u.effective_next_uid());
+
+    let mut batch: Vec<NewMessage> = Vec::new();
+    let mut batch_bytes = 0;
+    let mut adopted: Vec<MirrorEdit> = Vec::new();
+    for message in &folder.messages {
+        let Some(uid) = message.uid else { continue };
+        if owed_unlink.contains(message.basename.as_str()) {
+            continue;
+        }
+        if let Some(&known) = by_base.get(message.basename.as_str()) {
+            let row = &mirror.files[&known];
+            if sorted(&message.flags) != sorted(&row.disk_flags) {
+                flags_from_disk(store, user, guid, known, message, row, report)?;
+                wrote = true;
+            }
+            continue;
+        }
+        let Some(bytes) = read_message(message, report) else {
+            continue;
+        };
+        if let Some(indexed) = live.get(&uid).filter(|_| !mirror.files.contains_key(&uid)) {
+            if indexed.digest == Digest::of(&bytes) {
+                // Our own delivery, cut short before it was settled (a crash).
+                adopted.push(MirrorEdit::File {
+                    uid,
+                    row: FileRow {
+                        base: message.basename.clone(),
+                        disk_flags: sorted(&message.flags),
+                    }
+                    .into(),
+                });
+                continue;
+            }
+            // The server gave this UID to other mail before our delivery got there: its
+            // clients saw the server's message at it, so ours moves up.
+            store.renumber_message(user, guid, uid, disk_next)?;
+            report.renumbered += 1;
+        }
+        batch_bytes += bytes.len();
+        let mut flags = Vec::new();
+        for flag in &message.flags {
+            match FlagName::parse(flag) {
+                Ok(f) => flags.push(f),
+                Err(e) => problem(
+                    report,
+                    message.path.display(),
+                    format!("flag left out: {e}"),
+                ),
+            }
+        }
+        batch.push(NewMessage {
+            bytes,
+            flags,
+            internal_date: message.internal_date,
+            uid: Some(uid),
+            source: Some(message.basename.clone()),
+            ..NewMessage::default()
+        });
+        if batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_BYTES {
+            import_batch(
+                store,
+                user,
+                &record.name,
+                std::mem::take(&mut batch),
+                report,
+            )?;
+            batch_bytes = 0;
+            wrote = true;
+        }
+    }
+    if !batch.is_empty() {
+        import_batch(store, user, &record.name, batch, report)?;
+        wrote = true;
+    }
+    if !adopted.is_empty() {
+        store.mirror_settle(user, guid, &adopted, None)?;
+        wrote = true;
+    }
+    let gone: Vec<u32> = mirror
+        .files
+        .iter()
+        .filter(|(uid, row)| live.contains_key(uid) && !on_disk.contains(row.base.as_str()))
+        .map(|(uid, _)| *uid)
+        .collect();
+    if !gone.is_empty() {
+        report.expunged_on_disk += store.disk_expunged(user, guid, &gone)? as u64;
+        wrote = true;
+    }
+    if let Some(row) = &mirror.folder {
+        if row.subscribed != folder.subscribed && folder.mailbox != INBOX {
+            store.subscribe(user, &record.name, folder.subscribed)?;
+            report.subscriptions_from_disk += 1;
+            wrote = true;
+        }
+    }
+    Ok(wrote)
+}
+
+fn flags_from_disk(
+    store: &Store,
+    user: &str,
+    guid: MailboxGuid,
+    uid: u32,
+    message: &ScannedMessage,
+    row: &FileRow,
+    report: &mut PassReport,
+) -> Result<(), BackendError> {
+    let parse = |names: &[String], report: &mut PassReport| -> Vec<FlagName> {
+        let mut out = Vec::new();
+        for name in names {
+            match FlagName::parse(name) {
+                Ok(f) => out.push(f),
+                Err(e) => problem(
+                    report,
+                    message.path.display(),
+                    format!("flag left out: {e}"),
+                ),
+            }
+        }
+        out
+    };
+    let now: Vec<String> = sorted(&message.flags);
+    let before: Vec<String> = sorted(&row.disk_flags);
+    let added: Vec<String> = now
+        .iter()
+        .filter(|f| !before.contains(f))
+        .cloned()
+        .collect();
+    let removed: Vec<String> = before
+        .iter()
+        .filter(|f| !now.contains(f))
+        .cloned()
+        .collect();
+    let added = parse(&added, report);
+    let removed = parse(&removed, report);
+    let row = FileRow {
+        base: row.base.clone(),
+        disk_flags: now,
+    };
+    store.disk_flags_changed(user, guid, uid, &added, &removed, &row)?;
+    report.flags_from_disk += 1;
+    Ok(())
+}
+
+/// Reads a message file for import; a file that vanished or was cut short is left for the
+/// next pass (and reported), not taken.
+fn read_message(message: &ScannedMessage, report: &mut PassReport) -> Option<Vec<u8>> {
+    let bytes = match std::fs::read(&message.path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            problem(report, message.path.display(), format!("cannot read: {e}"));
+            return None;
+        }
+    };
+    let said = message
+        .basename
+        .split(',')
+        .skip(1)
+        .find_map(|f| f.strip_prefix("S="))
+        .and_then(|n| n.parse::<u64>().ok());
+    if let Some(said) = said.filter(|s| *s != bytes.len() as u64) {
+        problem(
+            report,
+            message.path.display(),
+            format!(
+                "holds {} bytes but its name says S={said}: not taken as mail",
+                bytes.len()
+            ),
+        );
+        return None;
+    }
+    Some(bytes)
+}
+
+fn import_batch(
+    store: &Store,
+    user: &str,
+    mailbox: &str,
+    batch: Vec<NewMessage>,
+    report: &mut PassReport,
+) -> Result<(), BackendError> {
+    let sizes: Vec<u64> = batch.iter().map(|m| m.bytes.len() as u64).collect();
+    for (outcome, size) in store.append(user, mailbox, batch)?.into_iter().zip(sizes) {
+        if !outcome.skipped {
+            report.imported += 1;
+            report.imported_bytes += size;
+        }
+    }
+    Ok(())
+}
+
+/// index → disk, under the folder's uidlist lock: owed removals, flag renames and deliveries,
+/// then the mailbox is settled.
+fn to_disk(
+    store: &Store,
+    user: &str,
+    dir: &Path,
+    record: &crate::model::MailboxRecord,
+    mirror: &MailboxMirror,
+    report: &mut PassReport,
+) -> Result<(), BackendError> {
+    let guid = mirror.guid;
+    let folder = LiveFolder::open(dir)?;
+    let mut locked = folder.lock()?;
+    if locked.uidlist().uidvalidity != record.uidvalidity
+        && !locked.adopt_identity(record.uidvalidity, &guid.to_hex())?
+    {
+        problem(
+            report,
+            dir.display(),
+            format!(
+                "the folder holds mail under UIDVALIDITY {} but the mailbox has {}; left as it is",
+                locked.uidlist().uidvalidity,
+                record.uidvalidity
+            ),
+        );
+        return Ok(());
+    }
+    let mut edits = Vec::new();
+    for base in &mirror.unlinks {
+        if locked.unlink(base)? {
+            report.unlinked += 1;
+        }
+        edits.push(MirrorEdit::Unlinked { base: base.clone() });
+    }
+    let mut owed_still = false;
+    for (n, (uid, message)) in mirror.messages.iter().enumerate() {
+        if n % 256 == 255 {
+            locked.touch()?;
+        }
+        let flags = flags_of(message);
+        if let Some(row) = mirror.files.get(uid) {
+            if sorted(&row.disk_flags) != flags {
+                match locked.set_flags(&row.base, &flags) {
+                    Ok(true) => {
+                        report.flags_to_disk += 1;
+                        edits.push(MirrorEdit::File {
+                            uid: *uid,
+                            row: Some(FileRow {
+                                base: row.base.clone(),
+                                disk_flags: flags,
+                            }),
+                        });
+                    }
+                    // Gone since the scan: the next pass sees the expunge.
+                    Ok(false) => owed_still = true,
+                    Err(
+                        e @ (LiveError::KeywordsFull { .. } | LiveError::UnstorableFlag { .. }),
+                    ) => {
+                        problem(report, dir.display(), format!("UID {uid}: {e}"));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            continue;
+        }
+        let bytes = store.body(&message.digest)?;
+        match locked.deliver_at(&bytes, &flags, message.internal_date, Some(*uid)) {
+            Ok(placed) => {
+                report.delivered += 1;
+                report.delivered_bytes += bytes.len() as u64;
+                edits.push(MirrorEdit::File {
+                    uid: *uid,
+                    row: Some(FileRow {
+                        base: placed.base,
+                        disk_flags: flags,
+                    }),
+                });
+            }
+            Err(LiveError::BelowNext { next, .. }) => {
+                // The folder gave this UID (or a later one) to other mail: a client may have
+                // seen its UIDNEXT past it. The message moves up, on every replica.
+                store.renumber_message(user, guid, *uid, next)?;
+                report.renumbered += 1;
+                owed_still = true;
+            }
+            Err(e @ (LiveError::KeywordsFull { .. } | LiveError::UnstorableFlag { .. })) => {
+                // Never dropped: it stays in the index (and replicates); the disk lacks it
+                // until an operator frees a keyword.
+                problem(
+                    report,
+                    dir.display(),
+                    format!("UID {uid} not delivered: {e}"),
+                );
+                owed_still = true;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    drop(locked);
+    edits.push(MirrorEdit::Folder(Some(FolderRow {
+        name: record.name.clone(),
+        subscribed: record.subscribed,
+        uidvalidity: record.uidvalidity,
+    })));
+    let token = if owed_still { None } else { mirror.owed };
+    store.mirror_settle(user, guid, &edits, token)?;
+    Ok(())
+}
+
+/// A mailbox deleted in the index: its folder goes, unless it holds mail the index does not
+/// know (delivered after the delete): then the folder stays and the next pass imports it.
+fn remove_folder(
+    store: &Store,
+    root: &Path,
+    user: &str,
+    folder: &ScannedFolder,
+    mirror: &MailboxMirror,
+    report: &mut PassReport,
+) -> Result<(), BackendError> {
+    let known: HashSet<&str> = mirror
+        .files
+        .values()
+        .map(|r| r.base.as_str())
+        .chain(mirror.unlinks.iter().map(String::as_str))
+        .collect();
+    let unknown = folder
+        .messages
+        .iter()
+        .filter(|m| !known.contains(m.basename.as_str()))
+        .count();
+    if unknown > 0 || folder.mailbox == INBOX {
+        problem(
+            report,
+            folder.dir.display(),
+            format!("mailbox deleted, but the folder holds {unknown} message(s) the index does not know: kept, to be imported"),
+        );
+        // Forget the folder: the next pass finds it as a new one and imports that mail.
+        return Ok(settle_gone(store, user, mirror)?);
+    }
+    if live::remove_folder(root, &folder.mailbox)? {
+        report.folders_removed += 1;
+    }
+    Ok(settle_gone(store, user, mirror)?)
+}
+
+/// Subscriptions, three ways: a folder whose subscription changed on disk was handled per
+/// folder (a local write); now the file is written if it differs from the index.
+fn sync_subscriptions(store: &Store, root: &Path, user: &str) -> Result<(), BackendError> {
+    let wanted: BTreeSet<String> = store
+        .list_mailboxes(user)?
+        .into_iter()
+        .filter(|m| m.subscribed && m.name != INBOX)
+        .map(|m| m.name)
+        .collect();
+    let text = std::fs::read_to_string(root.join("subscriptions")).unwrap_or_default();
+    let (have, _) = crate::maildir::folder::parse_subscriptions(&text);
+    let have: BTreeSet<String> = have.into_iter().filter(|n| n != INBOX).collect();
+    if have != wanted {
+        let names: Vec<String> = wanted.into_iter().collect();
+        live::write_subscriptions(root, &names)?;
+    }
+    Ok(())
+}
