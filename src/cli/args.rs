@@ -481,6 +481,10 @@ pub struct ServeArgs {
     /// Seconds between background checks of a peer [config: check_interval_s; default 60].
     #[arg(long, value_name = "SECONDS")]
     pub(super) check_interval: Option<u64>,
+    /// Live-Maildir stores: seconds between safety-net passes over the Maildirs; changes are
+    /// seen at once through inotify [config: rescan_interval_s; default 60].
+    #[arg(long, value_name = "SECONDS")]
+    pub(super) rescan_interval: Option<u64>,
     /// async: answer writers at once; sync: wait until a peer stored the change (or
     /// --sync-timeout passed) [config: mode; default async].
     #[arg(long, value_name = "MODE", value_parser = ["async", "sync"])]

@@ -118,6 +118,7 @@ impl ServeArgs {
             tls_ca: self.tls_ca,
             peers: self.peers,
             check_interval_s: self.check_interval,
+            rescan_interval_s: self.rescan_interval,
             mode: self.mode.as_deref().and_then(Mode::parse),
             sync_timeout_ms: self.sync_timeout,
             tombstone_retention: self.tombstone_retention,

@@ -113,6 +113,10 @@ pub struct Config {
     pub check_interval_s: u64,
     /// Each wait is `check_interval_s` × (1 ± a random fraction up to this).
     pub check_jitter: f64,
+    /// Live-Maildir stores: seconds between two safety-net passes over the Maildirs (changes
+    /// are noticed at once through inotify; this pass catches what a watch missed, and costs
+    /// a few stats per folder when nothing changed).
+    pub rescan_interval_s: u64,
     /// The longest wait between attempts while a peer is unreachable (the backoff doubles
     /// from 1 s up to this).
     pub backoff_max_s: u64,
@@ -151,6 +155,7 @@ impl Default for Config {
             peers: Vec::new(),
             check_interval_s: 60,
             check_jitter: 0.2,
+            rescan_interval_s: 60,
             backoff_max_s: 300,
             mode: Mode::Async,
             sync_timeout_ms: 2_000,
@@ -178,6 +183,7 @@ pub struct Overrides {
     /// `--peer URL` (repeatable): added to the file's peers.
     pub peers: Vec<String>,
     pub check_interval_s: Option<u64>,
+    pub rescan_interval_s: Option<u64>,
     pub mode: Option<Mode>,
     pub sync_timeout_ms: Option<u64>,
     pub node_id: Option<String>,
@@ -337,6 +343,9 @@ impl Config {
         if let Some(s) = o.check_interval_s {
             self.check_interval_s = s;
         }
+        if let Some(s) = o.rescan_interval_s {
+            self.rescan_interval_s = s;
+        }
         if let Some(m) = o.mode {
             self.mode = m;
         }
@@ -450,6 +459,9 @@ impl Config {
         if self.check_interval_s == 0 {
             return bad("check_interval_s", "must be at least 1".into());
         }
+        if self.rescan_interval_s == 0 {
+            return bad("rescan_interval_s", "must be at least 1".into());
+        }
         if !(0.0..=0.9).contains(&self.check_jitter) || self.check_jitter.is_nan() {
             return bad(
                 "check_jitter",
@@ -551,6 +563,10 @@ impl Config {
 
     pub fn check_interval(&self) -> Duration {
         Duration::from_secs(self.check_interval_s)
+    }
+
+    pub fn rescan_interval(&self) -> Duration {
+        Duration::from_secs(self.rescan_interval_s)
     }
 
     pub fn sync_timeout(&self) -> Duration {

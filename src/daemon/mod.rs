@@ -15,6 +15,7 @@
 pub mod checker;
 pub mod config;
 pub mod journal;
+pub mod maildir;
 pub mod node;
 pub mod repair;
 pub mod schedule;
@@ -71,6 +72,15 @@ impl Daemon {
         }
         tasks.spawn(journal::apply(Arc::clone(&node)));
         tasks.spawn(tombstones::run(Arc::clone(&node)));
+        match crate::maildir::backend::template_of(&node.store) {
+            Ok(Some(template)) => {
+                tasks.spawn(maildir::run(Arc::clone(&node), template));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "the store's Maildir template is unusable; the Maildirs are not kept in step")
+            }
+        }
         Ok(Daemon { node, tasks })
     }
 

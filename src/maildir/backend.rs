@@ -97,6 +97,11 @@ impl Template {
         &self.text
     }
 
+    /// The directory that holds one entry per user.
+    pub fn parent(&self) -> &Path {
+        &self.parent
+    }
+
     /// The Maildir root of `user`.
     pub fn root(&self, user: &str) -> PathBuf {
         self.parent.join(user).join(&self.below)
@@ -171,6 +176,48 @@ impl PassReport {
             + self.renumbered
             > 0
     }
+}
+
+/// What a user's Maildir looks like from its directories alone: the mtime and size of the
+/// root, of every folder's cur/ and new/, and of every uidlist and subscriptions file. Any
+/// change a mail server makes (a file in, out, or renamed; a folder made or gone; a UID
+/// given) moves one of them, so an equal fingerprint means nothing to scan: an idle pass
+/// costs a few stats per folder.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fingerprint(Vec<(PathBuf, i64, i64, u64)>);
+
+/// The fingerprint of the Maildir at `root` (empty if it does not exist).
+pub fn fingerprint(root: &Path) -> Fingerprint {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut note = |path: PathBuf| {
+        if let Ok(m) = std::fs::metadata(&path) {
+            out.push((path, m.mtime(), m.mtime_nsec(), m.size()));
+        }
+    };
+    let mut dirs = vec![root.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(root) {
+        let mut names: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .filter(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                n.starts_with('.') && n != "." && n != ".." && !n.starts_with("..")
+            })
+            .map(|e| e.path())
+            .collect();
+        names.sort();
+        dirs.extend(names);
+    }
+    note(root.join("subscriptions"));
+    for dir in dirs {
+        note(dir.clone());
+        note(dir.join("cur"));
+        note(dir.join("new"));
+        note(dir.join("dovecot-uidlist"));
+        note(dir.join("dovecot-keywords"));
+    }
+    Fingerprint(out)
 }
 
 /// The store's template, checked.

@@ -1,0 +1,257 @@
+//! The live Maildir beside `serve` (a store made with `init --maildir`): a first pass at
+//! start, then a pass for a user whenever inotify says their Maildir changed or the index
+//! owes it something, and a safety-net pass every `rescan_interval_s` that skips a user
+//! whose directories show no change (maildir::backend::fingerprint).
+
+use super::node::Node;
+use crate::maildir::backend::{self, Fingerprint, PassReport, Template};
+use notify::{RecursiveMode, Watcher};
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// How often the index's owed mailboxes are looked at (replicated changes reach the disk
+/// within this, plus the pass).
+const OWED_POLL: Duration = Duration::from_millis(100);
+/// How long a burst of file events is gathered before a pass (a delivery is several events).
+const SETTLE: Duration = Duration::from_millis(30);
+
+/// Users whose Maildir inotify saw change, for the next pass.
+#[derive(Default)]
+struct Changed {
+    users: Mutex<BTreeSet<String>>,
+    wake: Notify,
+}
+
+/// Runs until shutdown. Errors of one pass are logged; the next pass retries what is owed.
+pub async fn run(node: Arc<Node>, template: Template) {
+    let mut shutdown = node.shutdown.subscribe();
+    let changed = Arc::new(Changed::default());
+    let mut watcher = match watch(&template, Arc::clone(&changed)) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, template = template.as_str(), "cannot watch the Maildirs; changes are seen by the periodic rescan only");
+            None
+        }
+    };
+    let mut seen: HashMap<String, Fingerprint> = HashMap::new();
+    let started = Instant::now();
+    let first = pass(&node, &template, None, &mut seen).await;
+    watch_roots(watcher.as_mut(), &template, &seen);
+    if let Some(r) = first {
+        tracing::info!(
+            users = r.users,
+            folders = r.folders,
+            imported = r.imported,
+            delivered = r.delivered,
+            ms = started.elapsed().as_millis() as u64,
+            "first pass over the Maildirs done"
+        );
+    }
+    let rescan = node.config.rescan_interval();
+    let mut next_rescan = Instant::now() + rescan;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = changed.wake.notified() => {
+                tokio::time::sleep(SETTLE).await;
+            }
+            _ = tokio::time::sleep(OWED_POLL) => {}
+        }
+        let users: BTreeSet<String> = match changed.users.lock() {
+            Ok(mut u) => std::mem::take(&mut *u),
+            Err(_) => BTreeSet::new(),
+        };
+        for user in users {
+            pass(&node, &template, Some(user), &mut seen).await;
+        }
+        let store = Arc::clone(&node.store);
+        let owed = tokio::task::spawn_blocking(move || store.owed_mailboxes())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let owed_users: BTreeSet<String> = owed.into_iter().map(|(u, _)| u).collect();
+        for user in owed_users {
+            pass(&node, &template, Some(user), &mut seen).await;
+        }
+        if Instant::now() >= next_rescan {
+            next_rescan = Instant::now() + rescan;
+            rescan_changed(&node, &template, &mut seen).await;
+        }
+        watch_roots(watcher.as_mut(), &template, &seen);
+    }
+}
+
+/// Watches every user's Maildir root that has been passed over, once. A Maildir made while
+/// the watch on the parent was being set up (a user that arrived from a peer: mkdir of the
+/// root, then cur/ new/ tmp/ at once) can have directories the recursive watch missed.
+fn watch_roots(
+    watcher: Option<&mut Watching>,
+    template: &Template,
+    seen: &HashMap<String, Fingerprint>,
+) {
+    let Some(w) = watcher else { return };
+    for user in seen.keys() {
+        if w.roots.contains(user) {
+            continue;
+        }
+        let root = template.root(user);
+        match w.watcher.watch(&root, RecursiveMode::Recursive) {
+            Ok(()) => {
+                w.roots.insert(user.clone());
+            }
+            Err(e) => tracing::debug!(%user, error = %e, "cannot watch the Maildir yet"),
+        }
+    }
+}
+
+/// The inotify watcher and the user roots it watches explicitly.
+struct Watching {
+    watcher: notify::RecommendedWatcher,
+    roots: BTreeSet<String>,
+}
+
+/// The safety net: a pass for every user whose fingerprint moved since their last pass.
+async fn rescan_changed(
+    node: &Arc<Node>,
+    template: &Template,
+    seen: &mut HashMap<String, Fingerprint>,
+) {
+    let store = Arc::clone(&node.store);
+    let t = template.clone();
+    let users = tokio::task::spawn_blocking(move || -> Vec<String> {
+        let mut users: BTreeSet<String> = t.users().unwrap_or_default().into_iter().collect();
+        users.extend(store.users().unwrap_or_default());
+        users.into_iter().collect()
+    })
+    .await
+    .unwrap_or_default();
+    for user in users {
+        let root = template.root(&user);
+        let now = tokio::task::spawn_blocking(move || backend::fingerprint(&root))
+            .await
+            .unwrap_or_default();
+        if seen.get(&user) != Some(&now) {
+            tracing::debug!(%user, "rescan: the Maildir changed unseen");
+            pass(node, template, Some(user), seen).await;
+        }
+    }
+}
+
+/// One pass (all users, or one) on the blocking pool; remembers each user's fingerprint as
+/// it stood after the pass, so that the events the pass itself caused are skipped.
+async fn pass(
+    node: &Arc<Node>,
+    template: &Template,
+    user: Option<String>,
+    seen: &mut HashMap<String, Fingerprint>,
+) -> Option<PassReport> {
+    let store = Arc::clone(&node.store);
+    let t = template.clone();
+    let one = user.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let report = backend::pass(&store, &t, one.as_deref());
+        let users: Vec<String> = match &one {
+            Some(u) => vec![u.clone()],
+            None => {
+                let mut all: BTreeSet<String> = t.users().unwrap_or_default().into_iter().collect();
+                all.extend(store.users().unwrap_or_default());
+                all.into_iter().collect()
+            }
+        };
+        let prints: Vec<(String, Fingerprint)> = users
+            .into_iter()
+            .map(|u| {
+                let f = backend::fingerprint(&t.root(&u));
+                (u, f)
+            })
+            .collect();
+        (report, prints)
+    })
+    .await;
+    let (report, prints) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "the Maildir pass failed");
+            return None;
+        }
+    };
+    match report {
+        Ok(report) => {
+            seen.extend(prints);
+            if report.changed() {
+                tracing::info!(
+                    user = user.as_deref().unwrap_or("*"),
+                    imported = report.imported,
+                    flags_from_disk = report.flags_from_disk,
+                    expunged_on_disk = report.expunged_on_disk,
+                    delivered = report.delivered,
+                    flags_to_disk = report.flags_to_disk,
+                    unlinked = report.unlinked,
+                    renumbered = report.renumbered,
+                    "Maildir pass"
+                );
+                // What the disk gave is journaled: ship it now.
+                if report.imported
+                    + report.flags_from_disk
+                    + report.expunged_on_disk
+                    + report.folders_found
+                    + report.folders_gone
+                    + report.subscriptions_from_disk
+                    + report.renumbered
+                    > 0
+                {
+                    for p in &node.peers {
+                        p.wake_ship.notify_one();
+                    }
+                }
+            }
+            Some(report)
+        }
+        Err(e) => {
+            tracing::warn!(user = user.as_deref().unwrap_or("*"), error = %e, "Maildir pass failed; what it owes stays owed and is retried");
+            None
+        }
+    }
+}
+
+/// Watches the directory that holds the users' Maildirs, recursively; each event names the
+/// user whose Maildir it is in.
+fn watch(template: &Template, changed: Arc<Changed>) -> notify::Result<Watching> {
+    let parent: PathBuf = template.parent().to_path_buf();
+    let base = parent.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        let mut any = false;
+        for path in &event.paths {
+            let Ok(rest) = path.strip_prefix(&base) else {
+                continue;
+            };
+            let Some(user) = rest.components().next() else {
+                continue;
+            };
+            // Files in tmp/ are not mail yet, and our own lock files come and go.
+            if rest.components().any(|c| c.as_os_str() == "tmp")
+                || path.extension().is_some_and(|e| e == "lock")
+            {
+                continue;
+            }
+            if let Ok(mut users) = changed.users.lock() {
+                users.insert(user.as_os_str().to_string_lossy().into_owned());
+                any = true;
+            }
+        }
+        if any {
+            changed.wake.notify_one();
+        }
+    })?;
+    std::fs::create_dir_all(&parent).map_err(notify::Error::io)?;
+    watcher.watch(&parent, RecursiveMode::Recursive)?;
+    Ok(Watching {
+        watcher,
+        roots: BTreeSet::new(),
+    })
+}
