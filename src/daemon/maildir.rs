@@ -223,6 +223,7 @@ async fn pass(
 fn watch(template: &Template, changed: Arc<Changed>) -> notify::Result<Watching> {
     let parent: PathBuf = template.parent().to_path_buf();
     let base = parent.clone();
+    let t = template.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         let mut any = false;
@@ -233,6 +234,12 @@ fn watch(template: &Template, changed: Arc<Changed>) -> notify::Result<Watching>
             let Some(user) = rest.components().next() else {
                 continue;
             };
+            let user = user.as_os_str().to_string_lossy();
+            // Only users' Maildirs: other entries beside them (files, a data directory) are
+            // none of ours.
+            if crate::model::validate_user(&user).is_err() || !t.root(&user).is_dir() {
+                continue;
+            }
             // Files in tmp/ are not mail yet, and our own lock files come and go.
             if rest.components().any(|c| c.as_os_str() == "tmp")
                 || path.extension().is_some_and(|e| e == "lock")
@@ -240,7 +247,7 @@ fn watch(template: &Template, changed: Arc<Changed>) -> notify::Result<Watching>
                 continue;
             }
             if let Ok(mut users) = changed.users.lock() {
-                users.insert(user.as_os_str().to_string_lossy().into_owned());
+                users.insert(user.into_owned());
                 any = true;
             }
         }

@@ -298,6 +298,11 @@ fn pass_user(
 ) -> Result<(), BackendError> {
     let root = template.root(user);
     if !root.is_dir() {
+        if store.list_mailboxes(user).map_or(true, |m| m.is_empty()) {
+            // Neither the disk nor the index knows this user.
+            return Ok(());
+        }
+        // A user that arrived from a peer: their Maildir is made for them.
         live::make_root(&root)?;
     }
     let mut disk = scan(&root)?;

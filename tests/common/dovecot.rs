@@ -59,7 +59,9 @@ impl Dovecot {
         let work =
             std::env::temp_dir().join(format!("merkmail-dovecot-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&work);
-        let home = work.join("home");
+        // The home is named after the user, so that `<work>/%u/Maildir` is a merkmail
+        // Maildir template for it.
+        let home = work.join("carol");
         let maildir = home.join("Maildir");
         std::fs::create_dir_all(work.join("run")).expect("make run dir");
         std::fs::create_dir_all(&maildir).expect("make Maildir");
@@ -96,6 +98,11 @@ impl Dovecot {
             user: "carol".to_string(),
             home,
         })
+    }
+
+    /// The Maildir template (`init --maildir`) whose user `carol` is this Maildir.
+    pub fn template(&self) -> String {
+        format!("{}/%u/Maildir", self.work.display())
     }
 
     /// The Maildir++ root Dovecot serves.
@@ -187,6 +194,56 @@ m.logout()
                 Some((uid.parse().ok()?, subject.to_string()))
             })
             .collect()
+    }
+
+    /// Runs IMAP commands in one fresh session (`m`, logged in; `sys.argv[1:]` are `args`);
+    /// every command must answer OK (the script checks with `ok(...)`). Returns stdout.
+    #[track_caller]
+    pub fn imap(&self, body: &str, args: &[&str]) -> String {
+        let script = format!(
+            "def ok(r):\n    assert r[0] == 'OK', r\n    return r[1]\n\
+             m = imaplib.IMAP4_stream(IMAP)\n{body}\nm.logout()\n"
+        );
+        let out = self.python(&script, args);
+        assert!(
+            out.status.success(),
+            "IMAP session failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// What an IMAP client sees of every selectable folder: its UIDVALIDITY and, per message,
+    /// UID, flags (without \Recent) and the MD5 of its bytes; as JSON
+    /// `{folder: [uidvalidity, [[uid, [flags], md5], …]]}`.
+    pub fn imap_view(&self) -> serde_json::Value {
+        let out = self.imap(
+            r#"
+import hashlib, json, re
+view = {}
+for line in ok(m.list()):
+    line = line.decode()
+    attrs, name = re.match(r'\((.*?)\) (?:"."|NIL) (.*)', line).groups()
+    if 'Noselect' in attrs or 'NonExistent' in attrs:
+        continue
+    name = name.strip('"')
+    count = int(ok(m.select('"%s"' % name, readonly=True))[0])
+    uidvalidity = int(m.response('UIDVALIDITY')[1][0])
+    messages = []
+    if count:
+        for item in ok(m.uid('FETCH', '1:*', '(UID FLAGS BODY.PEEK[])')):
+            if not isinstance(item, tuple):
+                continue
+            meta = item[0].decode()
+            uid = int(re.search(r'UID (\d+)', meta).group(1))
+            flags = sorted(f for f in re.search(r'FLAGS \(([^)]*)\)', meta).group(1).split() if f.lower() != chr(92) + 'recent')
+            messages.append([uid, flags, hashlib.md5(item[1]).hexdigest()])
+    view[name] = [uidvalidity, sorted(messages)]
+print(json.dumps(view, sort_keys=True))
+"#,
+            &[],
+        );
+        serde_json::from_str(out.trim()).expect("the view script prints JSON")
     }
 
     /// The directory `path` as the mail user would own it (used after writing as root).

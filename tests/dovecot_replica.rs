@@ -1,0 +1,256 @@
+//! Two real Dovecots, each with `merkmail serve` beside it on a live Maildir (`init
+//! --maildir`), peered over loopback: what IMAP clients (Python's imaplib over `doveadm exec
+//! imap`) do on either side shows on the other — folders, UIDVALIDITY, UIDs, flags and bytes —
+//! and a split where both sides took mail heals with every message there once.
+//!
+//! Needs Dovecot (dovecot-core, dovecot-imapd) and python3: skipped with a message when they
+//! are missing, and failed when `CI=true` (.ci/run installs them).
+
+mod common;
+
+use common::dovecot::Dovecot;
+use common::node::{Node, Setup, HOURLY_CHECKS};
+use common::{free_port, run};
+use serde_json::Value;
+use std::time::Duration;
+
+const WITHIN: Duration = Duration::from_secs(20);
+
+/// One side: a Dovecot mail root and the merkmail node beside it.
+struct Side {
+    dovecot: Dovecot,
+    node: Node,
+}
+
+fn sides(test: &str) -> Option<(Side, Side)> {
+    let da = Dovecot::find(&format!("{test}-a"))?;
+    let db = Dovecot::find(&format!("{test}-b"))?;
+    let (pa, pb) = (free_port(), free_port());
+    let setup = Setup {
+        config: HOURLY_CHECKS,
+        ..Setup::http("peer-secret", "admin-secret")
+    };
+    let extra = "rescan_interval_s = 2\n";
+    let a = Node::new(&da.work, "a", pa, &[pb], &setup, extra);
+    let b = Node::new(&db.work, "b", pb, &[pa], &setup, extra);
+    for (node, dovecot) in [(&a, &da), (&b, &db)] {
+        run(
+            &[
+                "init",
+                "--data",
+                &node.data(),
+                "--node-id",
+                &node.name,
+                "--maildir",
+                &dovecot.template(),
+            ],
+            None,
+        )
+        .ok();
+    }
+    Some((
+        Side {
+            dovecot: da,
+            node: a,
+        },
+        Side {
+            dovecot: db,
+            node: b,
+        },
+    ))
+}
+
+/// Waits until both IMAP views are equal, and returns it.
+#[track_caller]
+fn same_view(a: &Side, b: &Side, what: &str) -> Value {
+    let last;
+    let deadline = std::time::Instant::now() + WITHIN;
+    loop {
+        let (va, vb) = (a.dovecot.imap_view(), b.dovecot.imap_view());
+        if va == vb {
+            return va;
+        }
+        if std::time::Instant::now() > deadline {
+            last = (va, vb);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    panic!(
+        "{what}: the IMAP views differ after {WITHIN:?}\nA: {}\nB: {}\nA's log:\n{}\nB's log:\n{}",
+        last.0,
+        last.1,
+        a.node.log_tail(),
+        b.node.log_tail()
+    );
+}
+
+fn messages(view: &Value, folder: &str) -> Vec<Value> {
+    view[folder][1].as_array().cloned().unwrap_or_default()
+}
+
+fn flags_of(view: &Value, folder: &str, uid: u64) -> Vec<String> {
+    messages(view, folder)
+        .into_iter()
+        .find(|m| m[0].as_u64() == Some(uid))
+        .and_then(|m| m[1].as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|f| f.as_str().map(str::to_string))
+        .collect()
+}
+
+const APPEND: &str = r#"
+ok(m.append(sys.argv[1], sys.argv[3] or None, None, ("Subject: %s\r\n\r\nbody of %s\r\n" % (sys.argv[2], sys.argv[2])).encode()))
+"#;
+
+fn append(side: &Side, folder: &str, subject: &str, flags: &str) {
+    side.dovecot.imap(APPEND, &[folder, subject, flags]);
+}
+
+#[test]
+fn imap_changes_on_either_side_show_on_the_other() {
+    let Some((mut a, mut b)) = sides("replica-imap") else {
+        return;
+    };
+    a.node.start();
+    b.node.start();
+
+    // APPEND on A: with flags and a keyword, into INBOX and a new folder.
+    append(&a, "INBOX", "first", r"(\Flagged $Work)");
+    append(&a, "INBOX", "second", "");
+    a.dovecot.imap(r#"ok(m.create("Lists"))"#, &[]);
+    append(&a, "Lists", "list mail", r"(\Seen)");
+    let view = same_view(&a, &b, "appends and a folder made on A");
+    assert_eq!(messages(&view, "INBOX").len(), 2, "{view}");
+    assert_eq!(flags_of(&view, "INBOX", 1), ["$Work", "\\Flagged"]);
+    assert_eq!(messages(&view, "Lists").len(), 1, "{view}");
+
+    // On B: a flag, an expunge, a COPY and a MOVE, a rename.
+    b.dovecot.imap(
+        r#"
+ok(m.select("INBOX"))
+ok(m.uid("STORE", "1", "+FLAGS", r"(\Seen)"))
+ok(m.uid("STORE", "1", "-FLAGS", r"($Work)"))
+ok(m.uid("STORE", "2", "+FLAGS", r"(\Deleted)"))
+ok(m.expunge())
+ok(m.uid("COPY", "1", "Lists"))
+ok(m.rename("Lists", "Archive"))
+"#,
+        &[],
+    );
+    let view = same_view(&a, &b, "flags, expunge, copy and rename made on B");
+    assert_eq!(flags_of(&view, "INBOX", 1), ["\\Flagged", "\\Seen"]);
+    assert_eq!(
+        messages(&view, "INBOX").len(),
+        1,
+        "the expunge crossed: {view}"
+    );
+    assert!(view.get("Lists").is_none(), "renamed away: {view}");
+    assert_eq!(messages(&view, "Archive").len(), 2, "{view}");
+
+    // Dovecot's own save path, and a file an MDA drops into new/ with no UID, on A.
+    let msg = a.dovecot.work.join("saved.eml");
+    std::fs::write(&msg, "Subject: saved\r\n\r\nby doveadm save\r\n").expect("write");
+    let out = std::process::Command::new("doveadm")
+        .arg("-c")
+        .arg(&a.dovecot.conf)
+        .args(["save", "-m", "INBOX"])
+        .env("USER", &a.dovecot.user)
+        .env("HOME", &a.dovecot.home)
+        .stdin(std::fs::File::open(&msg).expect("open"))
+        .output()
+        .expect("doveadm save");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dropped = a.dovecot.maildir().join("new/1700000000.mda1.host");
+    std::fs::write(&dropped, "Subject: dropped\r\n\r\nby an MDA\r\n").expect("drop");
+    a.dovecot.chown_like_maildir(&dropped);
+    let view = same_view(&a, &b, "doveadm save and an MDA's file on A");
+    assert_eq!(messages(&view, "INBOX").len(), 3, "{view}");
+
+    // MOVE and a delete on B.
+    b.dovecot.imap(
+        r#"
+ok(m.select("Archive"))
+ok(m.uid("MOVE", "1", "INBOX"))
+ok(m.create("Trashme"))
+"#,
+        &[],
+    );
+    same_view(&a, &b, "MOVE and CREATE on B");
+    a.dovecot.imap(r#"ok(m.delete("Trashme"))"#, &[]);
+    let view = same_view(&a, &b, "DELETE on A");
+    assert!(view.get("Trashme").is_none(), "{view}");
+    assert_eq!(messages(&view, "INBOX").len(), 4, "{view}");
+
+    a.node.stop();
+    b.node.stop();
+    for side in [&a, &b] {
+        side.node.assert_verifies("after the IMAP changes");
+    }
+}
+
+#[test]
+fn a_split_heals_with_every_message_there_once() {
+    let Some((mut a, mut b)) = sides("replica-split") else {
+        return;
+    };
+    a.node.start();
+    b.node.start();
+    append(&a, "INBOX", "before-1", "");
+    append(&a, "INBOX", "before-2", "");
+    append(&a, "INBOX", "before-3", "");
+    same_view(&a, &b, "before the split");
+
+    // B's merkmail goes away; both Dovecots keep taking mail: the same next UID on both.
+    b.node.kill();
+    append(&a, "INBOX", "split-a", r"(\Flagged)");
+    append(&b, "INBOX", "split-b", "");
+    a.dovecot.imap(
+        r#"
+ok(m.select("INBOX"))
+ok(m.uid("STORE", "1", "+FLAGS", r"(\Deleted)"))
+ok(m.expunge())
+"#,
+        &[],
+    );
+    b.dovecot.imap(
+        r#"
+ok(m.select("INBOX"))
+ok(m.uid("STORE", "2", "+FLAGS", r"(\Answered)"))
+"#,
+        &[],
+    );
+    b.node.start();
+    let view = same_view(&a, &b, "after the split");
+    eprintln!("after the split: {view}");
+    let subjects: Vec<(u32, String)> = a.dovecot.uids_and_subjects("INBOX");
+    let mut names: Vec<&str> = subjects.iter().map(|(_, s)| s.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["before-2", "before-3", "split-a", "split-b"],
+        "every message once, the expunged one gone: {subjects:?}"
+    );
+    let uids: Vec<u32> = subjects.iter().map(|(u, _)| *u).collect();
+    let mut unique = uids.clone();
+    unique.dedup();
+    assert_eq!(uids, unique, "no UID twice");
+    assert_eq!(flags_of(&view, "INBOX", 2), ["\\Answered"]);
+
+    // Dovecot's own repair finds nothing to change, and both stores verify.
+    for side in [&a, &b] {
+        side.dovecot.doveadm(&["force-resync", "*"]);
+    }
+    let after = same_view(&a, &b, "after force-resync");
+    assert_eq!(after, view, "force-resync changed the IMAP view");
+    a.node.stop();
+    b.node.stop();
+    for side in [&a, &b] {
+        side.node.assert_verifies("after the split healed");
+    }
+}
