@@ -21,6 +21,8 @@ use std::process::ExitCode;
 /// Runs one command, its output on stdout; the exit code is 1 when the command's verdict is
 /// negative (`verify` found a problem, `sync` did not end equal), 0 otherwise.
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
+    // A store made with `init --maildir` reads its bodies from the Maildir files.
+    crate::maildir::backend::install();
     let mut out = std::io::stdout().lock();
     let code = match command {
         Command::Serve(args) => {

@@ -220,6 +220,47 @@ pub fn fingerprint(root: &Path) -> Fingerprint {
     Fingerprint(out)
 }
 
+/// The files of the Maildirs a template names, as the store reads bodies from them.
+struct Files(Template);
+
+impl crate::store::MailFiles for Files {
+    fn read(&self, user: &str, mailbox: &str, base: &str) -> std::io::Result<Option<Vec<u8>>> {
+        let root = self.0.root(user);
+        let dir = if mailbox == INBOX {
+            root
+        } else {
+            match crate::maildir::folder_dir_name(mailbox) {
+                Ok(name) => root.join(name),
+                Err(_) => return Ok(None),
+            }
+        };
+        let path = match live::find_base(&dir, base) {
+            Ok(Some(p)) => p,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(std::io::Error::other(e.to_string())),
+        };
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            // Renamed (a flag change) or expunged between the lookup and the read.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match live::find_base(&dir, base)
+            {
+                Ok(Some(p)) => std::fs::read(p).map(Some),
+                _ => Ok(None),
+            },
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Lets the store open live-Maildir stores: their bodies are read from the Maildir files.
+/// Call once before opening a store (the command line does at start).
+pub fn install() {
+    crate::store::install_mail_files(|template| {
+        let template = Template::parse(template).map_err(|e| e.to_string())?;
+        Ok(std::sync::Arc::new(Files(template)))
+    });
+}
+
 /// The store's template, checked.
 pub fn template_of(store: &Store) -> Result<Option<Template>, BackendError> {
     store.maildir_template().map(Template::parse).transpose()

@@ -704,7 +704,7 @@ impl LockedFolder<'_> {
 }
 
 /// The file with base name `base` in `dir`'s cur/ or new/.
-fn find_base(dir: &Path, base: &str) -> Result<Option<PathBuf>, LiveError> {
+pub(crate) fn find_base(dir: &Path, base: &str) -> Result<Option<PathBuf>, LiveError> {
     for sub in ["cur", "new"] {
         let sub_dir = dir.join(sub);
         // The common names first: no suffix (new/) or the `:2,` info (cur/).

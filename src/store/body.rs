@@ -28,6 +28,31 @@ pub trait BodyStore: Send + Sync {
         digest: &Digest,
         bytes: &[u8],
     ) -> Result<bool, StoreError>;
+    /// Adds a reference to a body whose bytes a mail server's file holds (a live Maildir's
+    /// scanner found the message on disk): nothing is stored but the count and the size.
+    /// Returns true when the body was new. Only a live-Maildir store's bodies can.
+    fn acquire_on_disk(
+        &self,
+        _txn: &WriteTransaction,
+        digest: &Digest,
+        _size: u64,
+    ) -> Result<bool, StoreError> {
+        Err(StoreError::Corrupt(format!(
+            "body {digest}: this store holds its bodies itself; none can live in a file"
+        )))
+    }
+    /// At the end of a transaction in which the file `base` of `user`'s `mailbox` stopped
+    /// holding the message it held (expunged, moved to another UID): if the body is still
+    /// referenced and no other file holds it, its bytes are kept from that file before the
+    /// file is removed. Nothing to do for a store that holds its bodies itself.
+    fn keep_from_file(
+        &self,
+        _txn: &WriteTransaction,
+        _digest: &Digest,
+        _place: (&str, &str, &str),
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Adds a reference to a body that is already held (a copy within the store).
     fn add_ref(&self, txn: &WriteTransaction, digest: &Digest) -> Result<(), StoreError>;
     /// Drops a reference. A body whose last reference goes is not freed yet: a change later in
@@ -121,6 +146,11 @@ pub struct RedbBodies {
 }
 
 impl RedbBodies {
+    /// Counts body bytes written by a wrapper of this store (the live-Maildir spool).
+    pub(super) fn count_written(&self, n: u64) {
+        self.written.fetch_add(n, Ordering::Relaxed);
+    }
+
     fn insert(
         &self,
         txn: &WriteTransaction,

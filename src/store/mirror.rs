@@ -16,9 +16,11 @@
 //! Maildir side (src/maildir/backend.rs) reads and settles them.
 
 use super::error::StoreError;
+use super::file_bodies::home_key;
 use super::keys;
 use super::tables::{
-    MAILBOXES, MESSAGES, META, MIRROR_FILES, MIRROR_FOLDERS, MIRROR_OWED, MIRROR_UNLINKS,
+    MAILBOXES, MESSAGES, META, MIRROR_FILES, MIRROR_FOLDERS, MIRROR_HOMES, MIRROR_OWED,
+    MIRROR_UNLINKS,
 };
 use super::tx::{decode, decode_message, encode, Tx};
 use super::Store;
@@ -93,10 +95,14 @@ impl Tx<'_> {
         user: &str,
         guid: MailboxGuid,
         uid: u32,
+        digest: &crate::model::Digest,
     ) -> Result<(), StoreError> {
         if !self.mirror {
             return Ok(());
         }
+        self.txn
+            .open_table(MIRROR_HOMES)?
+            .remove(home_key(digest, user, guid, uid).as_slice())?;
         let mut files = self.txn.open_table(MIRROR_FILES)?;
         let row = files
             .remove(keys::message(user, guid, uid).as_slice())?
@@ -107,6 +113,19 @@ impl Tx<'_> {
                 keys::source(user, guid, &row.base).as_slice(),
                 [].as_slice(),
             )?;
+            let folder = match self
+                .txn
+                .open_table(MIRROR_FOLDERS)?
+                .get(keys::mailbox(user, guid).as_slice())?
+            {
+                Some(v) => Some(decode::<FolderRow>(v.value(), "a Maildir folder row")?.name),
+                None => self.get_mailbox(user, guid)?.map(|m| m.name),
+            };
+            // Its body may live on (a move): kept from this file before the file goes.
+            if let Some(folder) = folder {
+                self.leaving
+                    .push((*digest, user.to_string(), folder, row.base));
+            }
         }
         Ok(())
     }
@@ -125,6 +144,9 @@ impl Tx<'_> {
                 keys::message(user, guid, uid).as_slice(),
                 encode(row)?.as_slice(),
             )?;
+            if let Some(message) = self.get_message(user, guid, uid)? {
+                found_home(self.txn, &message.digest, user, guid, uid)?;
+            }
         }
         Ok(())
     }
@@ -151,7 +173,9 @@ impl Store {
         node_id: &str,
         template: &str,
     ) -> Result<Store, StoreError> {
+        let files = super::file_bodies::mail_files_for(template)?;
         let mut store = Store::init(dir, node_id)?;
+        store.bodies = Box::new(super::file_bodies::FileBodies::new(files));
         let txn = store.begin_write()?;
         txn.open_table(META)?
             .insert(MAILDIR_KEY, template.as_bytes())?;
@@ -237,9 +261,16 @@ impl Store {
                             keys::message(user, guid, *uid).as_slice(),
                             encode(row)?.as_slice(),
                         )?;
+                        if let Some(digest) = digest_at(&txn, user, guid, *uid)? {
+                            found_home(&txn, &digest, user, guid, *uid)?;
+                        }
                     }
                     MirrorEdit::File { uid, row: None } => {
                         files.remove(keys::message(user, guid, *uid).as_slice())?;
+                        if let Some(digest) = digest_at(&txn, user, guid, *uid)? {
+                            txn.open_table(MIRROR_HOMES)?
+                                .remove(home_key(&digest, user, guid, *uid).as_slice())?;
+                        }
                     }
                     MirrorEdit::Unlinked { base } => {
                         unlinks.remove(keys::source(user, guid, base).as_slice())?;
@@ -334,6 +365,44 @@ impl Store {
             Ok(n)
         })
     }
+}
+
+/// The digest of the message at `uid`, if there is one.
+fn digest_at(
+    txn: &redb::WriteTransaction,
+    user: &str,
+    guid: MailboxGuid,
+    uid: u32,
+) -> Result<Option<crate::model::Digest>, StoreError> {
+    match txn
+        .open_table(MESSAGES)?
+        .get(keys::message(user, guid, uid).as_slice())?
+    {
+        Some(v) => Ok(Some(decode_message(v.value())?.1.digest)),
+        None => Ok(None),
+    }
+}
+
+/// A file on disk now holds the body: it is the body's home, and a spooled copy is no
+/// longer needed (unless a session staged it and may still take it from BODIES).
+fn found_home(
+    txn: &redb::WriteTransaction,
+    digest: &crate::model::Digest,
+    user: &str,
+    guid: MailboxGuid,
+    uid: u32,
+) -> Result<(), StoreError> {
+    txn.open_table(MIRROR_HOMES)?
+        .insert(home_key(digest, user, guid, uid).as_slice(), [].as_slice())?;
+    let staged = txn
+        .open_table(super::tables::STAGED)?
+        .get(digest.0.as_slice())?
+        .is_some();
+    if !staged {
+        txn.open_table(super::tables::BODIES)?
+            .remove(digest.0.as_slice())?;
+    }
+    Ok(())
 }
 
 fn mailbox_mirror_in(

@@ -6,6 +6,7 @@
 mod batch;
 mod body;
 mod error;
+mod file_bodies;
 mod identity;
 mod journal;
 mod keys;
@@ -21,6 +22,7 @@ mod verify;
 pub use body::DamagedMark;
 pub use body::{BodyStore, RedbBodies};
 pub use error::StoreError;
+pub use file_bodies::{install_mail_files, MailFiles, MailFilesFor};
 pub use identity::IdentityFixes;
 pub use journal::{
     InboundApplied, InboundStats, JournalRecord, PeerJournal, SenderJournal, APPLY_GROUP,
@@ -236,7 +238,10 @@ impl Store {
         // add them, empty.
         let has_journal = db.begin_read()?.open_table(tables::JOURNAL_SENDERS).is_ok()
             && db.begin_read()?.open_table(tables::USER_KILLS).is_ok()
-            && db.begin_read()?.open_table(tables::MIRROR_OWED).is_ok();
+            && db
+                .begin_read()?
+                .open_table(tables::MIRROR_BODY_SIZES)
+                .is_ok();
         if !has_journal {
             let txn = db.begin_write()?;
             tables::create_all(&txn)?;
@@ -254,6 +259,12 @@ impl Store {
             tracing::info!(store = %dir.display(), messages = indexed, ms = started.elapsed().as_millis() as u64, "store upgraded to format {FORMAT_VERSION}");
         }
         let tag = node_tag(&node_id);
+        let bodies: Box<dyn BodyStore> = match &maildir {
+            Some(template) => Box::new(file_bodies::FileBodies::new(file_bodies::mail_files_for(
+                template,
+            )?)),
+            None => Box::<RedbBodies>::default(),
+        };
         Ok(Store {
             db: RwLock::new(Some(db)),
             file,
@@ -261,7 +272,7 @@ impl Store {
             dir: dir.to_path_buf(),
             hlc: Mutex::new(Hlc::new(tag, last)),
             node_id,
-            bodies: Box::<RedbBodies>::default(),
+            bodies,
             tree_enabled: true,
             quick_repair: AtomicBool::new(false),
             maildir,

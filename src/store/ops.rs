@@ -255,7 +255,7 @@ impl Tx<'_> {
         self.dirty.mark_message(user, guid, uid);
         self.touch_message(user, guid, uid);
         self.owe_mirror(user, guid);
-        self.file_leaves(user, guid, uid)?;
+        self.file_leaves(user, guid, uid, &record.digest)?;
         self.counters.messages -= 1;
         self.counters.message_bytes = self.counters.message_bytes.saturating_sub(record.size);
         self.bodies.release(self.txn, &record.digest)?;
@@ -459,7 +459,14 @@ impl Store {
                     flags: FlagSet::initial(&message.flags, stamp),
                     appended: stamp,
                 };
-                if tx.bodies.acquire(tx.txn, &digest, &message.bytes)? {
+                // On a live Maildir a message the scanner found is held by its file.
+                let acquired = if tx.mirror && message.source.is_some() {
+                    tx.bodies
+                        .acquire_on_disk(tx.txn, &digest, message.bytes.len() as u64)?
+                } else {
+                    tx.bodies.acquire(tx.txn, &digest, &message.bytes)?
+                };
+                if acquired {
                     tx.counters.bodies += 1;
                     tx.counters.body_bytes += entry.size;
                 }

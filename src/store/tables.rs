@@ -75,6 +75,14 @@ pub const MIRROR_FOLDERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("
 /// mailboxes whose folder must be brought in step.
 pub const MIRROR_OWED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mirror_owed");
 
+/// digest:32 ++ user 00 guid uid:u32be → empty: the messages whose file on disk holds each
+/// body (a live-Maildir store reads bodies from them; store/file_bodies.rs).
+pub const MIRROR_HOMES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mirror_homes");
+/// digest:32 → size: every body a live-Maildir store holds (its bytes are in a file, or in
+/// BODIES until delivered).
+pub const MIRROR_BODY_SIZES: TableDefinition<&[u8], u64> =
+    TableDefinition::new("mirror_body_sizes");
+
 /// Creates every table, so that read transactions on a new store find them all.
 pub fn create_all(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(USERS)?;
@@ -98,5 +106,7 @@ pub fn create_all(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(MIRROR_UNLINKS)?;
     txn.open_table(MIRROR_FOLDERS)?;
     txn.open_table(MIRROR_OWED)?;
+    txn.open_table(MIRROR_HOMES)?;
+    txn.open_table(MIRROR_BODY_SIZES)?;
     Ok(())
 }

@@ -37,6 +37,9 @@ pub(crate) struct Tx<'t> {
     /// transaction changes is owed to the disk (`owed`, written at the end).
     pub mirror: bool,
     pub owed: std::collections::BTreeSet<(String, MailboxGuid)>,
+    /// Files that stopped holding their message in this transaction: (digest, user,
+    /// mailbox name, base name), for `BodyStore::keep_from_file` at the end.
+    pub leaving: Vec<(crate::model::Digest, String, String, String)>,
     hlc: Hlc,
     now_ms: u64,
 }
@@ -106,6 +109,7 @@ impl<'t> Tx<'t> {
             touched: Default::default(),
             mirror,
             owed: Default::default(),
+            leaving: Vec::new(),
             hlc,
             now_ms,
         })
@@ -134,6 +138,10 @@ impl<'t> Tx<'t> {
     pub fn finish(mut self) -> Result<Hlc, StoreError> {
         self.write_journal()?;
         self.write_owed()?;
+        for (digest, user, mailbox, base) in std::mem::take(&mut self.leaving) {
+            self.bodies
+                .keep_from_file(self.txn, &digest, (&user, &mailbox, &base))?;
+        }
         for digest in std::mem::take(&mut self.released) {
             if let Some(freed) = self.bodies.collect(self.txn, &digest)? {
                 self.counters.bodies = self.counters.bodies.saturating_sub(1);
@@ -250,7 +258,7 @@ impl<'t> Tx<'t> {
             if let Some(old) = &old {
                 self.identities
                     .remove(super::identity::live_key(user, guid, uid, old).as_slice())?;
-                self.file_leaves(user, guid, uid)?;
+                self.file_leaves(user, guid, uid, &old.digest)?;
             }
             self.identities.insert(
                 super::identity::live_key(user, guid, uid, record).as_slice(),

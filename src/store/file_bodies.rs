@@ -1,0 +1,310 @@
+//! Bodies of a live-Maildir store (store/mirror.rs): the mail server's files hold them.
+//!
+//! Reference counts stay in BODY_REFS and each held body's size in MIRROR_BODY_SIZES, as for
+//! any store. The bytes are read from a file that holds the message (MIRROR_HOMES names, per
+//! digest, the messages whose file is on disk) through [`MailFiles`], which the Maildir side
+//! provides. A body that no file holds yet (replicated, or appended through merkmail, and not
+//! delivered into the Maildir yet) is kept in BODIES until its delivery is settled: the spool
+//! the mirror delivers from. So after replication settles, the redb file holds the index and
+//! not the mail.
+
+use super::body::{unmark_damaged, BodyStore, BodyVisitor, RedbBodies};
+use super::error::StoreError;
+use super::keys;
+use super::tables::{
+    BODIES, BODY_REFS, MAILBOXES, MIRROR_BODY_SIZES, MIRROR_FILES, MIRROR_FOLDERS, MIRROR_HOMES,
+};
+use super::tx::decode;
+use crate::model::{Digest, MailboxGuid, MailboxRecord};
+use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use std::sync::Arc;
+
+/// Reads the mail server's files (implemented by src/maildir/backend.rs).
+pub trait MailFiles: Send + Sync {
+    /// The bytes of the file with base name `base` in `user`'s folder of `mailbox`, or `None`
+    /// if there is no such file.
+    fn read(&self, user: &str, mailbox: &str, base: &str) -> std::io::Result<Option<Vec<u8>>>;
+}
+
+/// How the store reaches the files of a template (`/srv/vmail/%u/Maildir`).
+pub type MailFilesFor = fn(&str) -> Result<Arc<dyn MailFiles>, String>;
+
+static MAIL_FILES: std::sync::OnceLock<MailFilesFor> = std::sync::OnceLock::new();
+
+/// Tells the store how to read a live Maildir's files; a store made with `init --maildir`
+/// cannot be opened before this is called (the command line calls it at start).
+pub fn install_mail_files(f: MailFilesFor) {
+    let _ = MAIL_FILES.set(f);
+}
+
+pub(crate) fn mail_files_for(template: &str) -> Result<Arc<dyn MailFiles>, StoreError> {
+    let f = MAIL_FILES.get().ok_or_else(|| {
+        StoreError::Invalid(format!(
+            "this store keeps its mail in the Maildirs at {template}; open it through merkmail's Maildir backend"
+        ))
+    })?;
+    f(template).map_err(StoreError::Invalid)
+}
+
+/// The key of a home: digest, then the message key.
+pub(crate) fn home_key(digest: &Digest, user: &str, guid: MailboxGuid, uid: u32) -> Vec<u8> {
+    let mut k = digest.0.to_vec();
+    k.extend_from_slice(&keys::message(user, guid, uid));
+    k
+}
+
+pub struct FileBodies {
+    inner: RedbBodies,
+    files: Arc<dyn MailFiles>,
+}
+
+impl FileBodies {
+    pub fn new(files: Arc<dyn MailFiles>) -> FileBodies {
+        FileBodies {
+            inner: RedbBodies::default(),
+            files,
+        }
+    }
+
+    /// The bytes of `digest` from the first of its homes whose file can be read.
+    fn from_files(
+        &self,
+        homes: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        files_t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        folders: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        mailboxes: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        digest: &Digest,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let start = digest.0.to_vec();
+        let mut end = start.clone();
+        end.push(0xff);
+        for item in homes.range(start.as_slice()..=end.as_slice())? {
+            let (k, _) = item?;
+            let Some(message_key) = k.value().get(32..) else {
+                continue;
+            };
+            let Some((user, guid, _)) = keys::split_message(message_key) else {
+                continue;
+            };
+            let Some(row) = files_t.get(message_key)? else {
+                continue;
+            };
+            let base = decode::<super::FileRow>(row.value(), "a Maildir file row")?.base;
+            let mkey = keys::mailbox(&user, guid);
+            let name = match folders.get(mkey.as_slice())? {
+                Some(v) => decode::<super::FolderRow>(v.value(), "a Maildir folder row")?.name,
+                None => match mailboxes.get(mkey.as_slice())? {
+                    Some(v) => decode::<MailboxRecord>(v.value(), "a mailbox")?.name,
+                    None => continue,
+                },
+            };
+            match self.files.read(&user, &name, &base) {
+                Ok(Some(bytes)) => return Ok(Some(bytes)),
+                Ok(None) => continue,
+                Err(e) => {
+                    return Err(StoreError::io(
+                        format!("cannot read the file {base} of {user}'s {name}"),
+                        e,
+                    ))
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn has_home(txn: &WriteTransaction, digest: &Digest) -> Result<bool, StoreError> {
+    let homes = txn.open_table(MIRROR_HOMES)?;
+    let start = digest.0.to_vec();
+    let mut end = start.clone();
+    end.push(0xff);
+    let found = homes
+        .range(start.as_slice()..=end.as_slice())?
+        .next()
+        .is_some();
+    Ok(found)
+}
+
+impl BodyStore for FileBodies {
+    fn acquire(
+        &self,
+        txn: &WriteTransaction,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> Result<bool, StoreError> {
+        let current = txn
+            .open_table(BODY_REFS)?
+            .get(digest.0.as_slice())?
+            .map(|v| v.value());
+        let new = self.acquire_on_disk(txn, digest, bytes.len() as u64)?;
+        if current.is_none() && !has_home(txn, digest)? {
+            // No file holds it yet: spooled until its delivery is settled.
+            txn.open_table(BODIES)?.insert(digest.0.as_slice(), bytes)?;
+            self.inner.count_written(bytes.len() as u64);
+        } else if current.is_some() && unmark_damaged(txn, digest)? {
+            txn.open_table(BODIES)?.insert(digest.0.as_slice(), bytes)?;
+            self.inner.count_written(bytes.len() as u64);
+        }
+        Ok(new)
+    }
+
+    fn acquire_on_disk(
+        &self,
+        txn: &WriteTransaction,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<bool, StoreError> {
+        let mut refs = txn.open_table(BODY_REFS)?;
+        let current = refs.get(digest.0.as_slice())?.map(|v| v.value());
+        refs.insert(digest.0.as_slice(), current.unwrap_or(0) + 1)?;
+        if current.is_none() {
+            txn.open_table(MIRROR_BODY_SIZES)?
+                .insert(digest.0.as_slice(), size)?;
+        }
+        Ok(current.is_none())
+    }
+
+    fn keep_from_file(
+        &self,
+        txn: &WriteTransaction,
+        digest: &Digest,
+        (user, mailbox, base): (&str, &str, &str),
+    ) -> Result<(), StoreError> {
+        let referenced = txn
+            .open_table(BODY_REFS)?
+            .get(digest.0.as_slice())?
+            .is_some_and(|v| v.value() > 0);
+        if !referenced
+            || has_home(txn, digest)?
+            || txn.open_table(BODIES)?.get(digest.0.as_slice())?.is_some()
+        {
+            return Ok(());
+        }
+        match self.files.read(user, mailbox, base) {
+            Ok(Some(bytes)) if Digest::of(&bytes) == *digest => {
+                txn.open_table(BODIES)?
+                    .insert(digest.0.as_slice(), bytes.as_slice())?;
+                self.inner.count_written(bytes.len() as u64);
+            }
+            found => {
+                // The file is gone or changed: a peer has the body; the checker fetches it.
+                tracing::warn!(%digest, user, mailbox, base, ?found, "a moved message's file could not be read; its body is marked for repair from a peer");
+                let mark = super::body::DamagedMark {
+                    found_ms: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64),
+                    actual: Digest::of(&[]),
+                };
+                super::body::mark_damaged(txn, digest, &mark)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn add_ref(&self, txn: &WriteTransaction, digest: &Digest) -> Result<(), StoreError> {
+        self.inner.add_ref(txn, digest)
+    }
+
+    fn release(&self, txn: &WriteTransaction, digest: &Digest) -> Result<(), StoreError> {
+        self.inner.release(txn, digest)
+    }
+
+    fn references_of(&self, txn: &WriteTransaction, digest: &Digest) -> Result<u64, StoreError> {
+        self.inner.references_of(txn, digest)
+    }
+
+    fn collect(&self, txn: &WriteTransaction, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        let mut refs = txn.open_table(BODY_REFS)?;
+        if refs.get(digest.0.as_slice())?.map(|v| v.value()) != Some(0) {
+            return Ok(None);
+        }
+        refs.remove(digest.0.as_slice())?;
+        unmark_damaged(txn, digest)?;
+        txn.open_table(BODIES)?.remove(digest.0.as_slice())?;
+        let size = txn
+            .open_table(MIRROR_BODY_SIZES)?
+            .remove(digest.0.as_slice())?
+            .map(|v| v.value());
+        Ok(Some(size.unwrap_or(0)))
+    }
+
+    fn read(&self, txn: &ReadTransaction, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(v) = txn.open_table(BODIES)?.get(digest.0.as_slice())? {
+            return Ok(Some(v.value().to_vec()));
+        }
+        self.from_files(
+            &txn.open_table(MIRROR_HOMES)?,
+            &txn.open_table(MIRROR_FILES)?,
+            &txn.open_table(MIRROR_FOLDERS)?,
+            &txn.open_table(MAILBOXES)?,
+            digest,
+        )
+    }
+
+    fn holds(&self, txn: &ReadTransaction, digest: &Digest) -> Result<bool, StoreError> {
+        self.inner.holds(txn, digest)
+    }
+
+    fn references(&self, txn: &ReadTransaction) -> Result<Vec<(Digest, u64)>, StoreError> {
+        let refs = txn.open_table(BODY_REFS)?;
+        let sizes = txn.open_table(MIRROR_BODY_SIZES)?;
+        let mut out = Vec::new();
+        for item in refs.iter()? {
+            let (k, v) = item?;
+            let digest: [u8; 32] = k
+                .value()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("malformed body key".into()))?;
+            if sizes.get(k.value())?.is_none() {
+                return Err(StoreError::Corrupt(format!(
+                    "body {} has references but no recorded size",
+                    Digest(digest)
+                )));
+            }
+            out.push((Digest(digest), v.value()));
+        }
+        Ok(out)
+    }
+
+    fn replace(
+        &self,
+        txn: &WriteTransaction,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> Result<bool, StoreError> {
+        if txn
+            .open_table(BODY_REFS)?
+            .get(digest.0.as_slice())?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        // The good copy is spooled; the next delivery or read uses it.
+        txn.open_table(BODIES)?.insert(digest.0.as_slice(), bytes)?;
+        self.inner.count_written(bytes.len() as u64);
+        unmark_damaged(txn, digest)?;
+        Ok(true)
+    }
+
+    fn count(&self, txn: &ReadTransaction) -> Result<u64, StoreError> {
+        Ok(txn.open_table(MIRROR_BODY_SIZES)?.len()?)
+    }
+
+    fn for_each(&self, txn: &ReadTransaction, f: &mut BodyVisitor<'_>) -> Result<(), StoreError> {
+        for (digest, _) in self.references(txn)? {
+            match self.read(txn, &digest)? {
+                Some(bytes) => f(digest, &bytes)?,
+                None => {
+                    return Err(StoreError::Corrupt(format!(
+                        "body {digest} is referenced but no file holds it"
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn bytes_written(&self) -> u64 {
+        self.inner.bytes_written()
+    }
+}
