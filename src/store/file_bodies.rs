@@ -67,7 +67,7 @@ impl FileBodies {
     }
 
     /// The bytes of `digest` from the first of its homes whose file can be read.
-    fn from_files(
+    fn read_from_files(
         &self,
         homes: &impl ReadableTable<&'static [u8], &'static [u8]>,
         files_t: &impl ReadableTable<&'static [u8], &'static [u8]>,
@@ -232,7 +232,7 @@ impl BodyStore for FileBodies {
         if let Some(v) = txn.open_table(BODIES)?.get(digest.0.as_slice())? {
             return Ok(Some(v.value().to_vec()));
         }
-        self.from_files(
+        self.read_from_files(
             &txn.open_table(MIRROR_HOMES)?,
             &txn.open_table(MIRROR_FILES)?,
             &txn.open_table(MIRROR_FOLDERS)?,
