@@ -948,15 +948,12 @@ fn serve_and_the_remote_cli_print_what_the_local_cli_prints() {
     let line = rx
         .recv_timeout(Duration::from_secs(10))
         .expect("serve printed nothing within 10 s");
-    let addr = line
-        .strip_suffix('\n')
-        .and_then(|l| l.strip_prefix("listening on "))
-        .unwrap_or_else(|| {
-            panic!(
-                "unexpected first line {line:?}; log: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        });
+    let addr = common::listening_addr(&line).unwrap_or_else(|| {
+        panic!(
+            "unexpected first line {line:?}; log: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
     let port: u16 = addr
         .strip_prefix("127.0.0.1:")
         .and_then(|p| p.parse().ok())
@@ -1234,11 +1231,8 @@ fn batch_commands_over_url_print_what_they_print_locally() {
         .stderr(Stdio::null());
     let (child, line) = common::spawn_for_first_line(cmd, Duration::from_secs(10));
     let _server = common::ChildGuard::from_child(child);
-    let addr = line
-        .trim_end()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
+    let addr =
+        common::listening_addr(&line).unwrap_or_else(|| panic!("unexpected first line {line:?}"));
     let url = format!("http://{addr}");
 
     let mut append: Vec<&str> = vec!["append", "alice", "INBOX", "--date-from-file"];

@@ -185,9 +185,7 @@ impl Server {
             "serve on {} printed nothing within {SERVER_LIMIT:?}",
             data.display()
         );
-        let addr: SocketAddr = line
-            .strip_suffix('\n')
-            .and_then(|l| l.strip_prefix("listening on "))
+        let addr: SocketAddr = common::listening_addr(&line)
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| {
                 panic!(
@@ -522,12 +520,7 @@ fn md5s(v: &[Seen]) -> BTreeSet<String> {
 #[track_caller]
 fn check_outcome(s: &Server, d: &Diverged) {
     let mailboxes = s.mailboxes(ALICE);
-    let names: Vec<&str> = mailboxes
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|m| m["name"].as_str().expect("name"))
-        .collect();
+    let names = common::str_fields(&mailboxes, "name");
     // Work is Projects renamed; Old is gone; one Archive; Trash survived.
     assert_eq!(
         names,
