@@ -160,16 +160,7 @@ impl Store {
         guid: MailboxGuid,
         level: u8,
     ) -> Result<Vec<(u32, NodeValue)>, StoreError> {
-        let node = |index| {
-            NodeKey::Uid {
-                user: user.to_string(),
-                guid,
-                level,
-                index,
-            }
-            .encode()
-        };
-        let (start, end) = (node(0), node(u32::MAX));
+        let (start, end) = NodeKey::uid_level_range(user, guid, level);
         let txn = self.read_txn()?;
         let tree = txn.open_table(TREE)?;
         let mut out = Vec::new();
