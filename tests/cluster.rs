@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::node::{message_file, poll, Node, Setup, HOURLY_CHECKS};
+use common::node::{message_file, peer_of, poll, Node, Setup, HOURLY_CHECKS};
 use common::{run, scratch_dir};
 use merkmail::status::{Mode, Outcome, StatusView, Trigger};
 use std::path::Path;
@@ -32,13 +32,6 @@ fn node(root: &Path, name: &str, port: u16, peers: &[u16], extra: &str) -> Node 
 #[track_caller]
 fn converge(nodes: &[&Node], within: Duration) -> String {
     common::node::converge(nodes, within, "the cluster")
-}
-
-fn peer<'a>(v: &'a StatusView, url: &str) -> &'a merkmail::status::PeerView {
-    v.peers
-        .iter()
-        .find(|p| p.url == url)
-        .unwrap_or_else(|| panic!("{url} not among the peers of {}", v.node))
 }
 
 #[test]
@@ -99,9 +92,9 @@ fn three_nodes_replicate_and_a_killed_node_catches_up_at_start() {
     assert_ne!(ab, root_before);
     // A sees C down and keeps C's journal.
     poll("a sees c unreachable", CONVERGE, || {
-        !peer(&a.status(), &c.url()).reachable
+        !peer_of(&a.status(), &c.url()).reachable
     });
-    assert!(peer(&a.status(), &c.url()).journal.depth > 0);
+    assert!(peer_of(&a.status(), &c.url()).journal.depth > 0);
 
     // C comes back, but cut off (a split): it takes mail under the same UID as A did.
     // (C missed m3, so its first new message lands on m3's UID, over A's tombstone, and its
@@ -160,7 +153,7 @@ fn three_nodes_replicate_and_a_killed_node_catches_up_at_start() {
     // What /status says: C ran start-up checks; A saw C fail, come back, and drained C's journal.
     let sc = c.status();
     for url in [a.url(), b.url()] {
-        let p = peer(&sc, &url);
+        let p = peer_of(&sc, &url);
         assert!(p.reachable, "{p:?}");
         assert!(
             p.runs.iter().any(|r| r.trigger == Trigger::Startup),
@@ -170,11 +163,11 @@ fn three_nodes_replicate_and_a_killed_node_catches_up_at_start() {
     }
     poll("a drained c's journal", CONVERGE, || {
         let s = a.status();
-        let p = peer(&s, &c.url());
+        let p = peer_of(&s, &c.url());
         p.reachable && p.journal.depth == 0
     });
     let pa = a.status();
-    let pc = peer(&pa, &c.url());
+    let pc = peer_of(&pa, &c.url());
     assert!(
         pc.runs.iter().any(|r| r.outcome == Outcome::Error),
         "{:?}",
@@ -202,7 +195,7 @@ fn an_overflowing_journal_falls_back_to_merkle_and_converges() {
         a.append("alice", "INBOX", &message_file(root, &format!("m{i}")));
     }
     let s = a.status();
-    let p = peer(&s, &b.url());
+    let p = peer_of(&s, &b.url());
     assert!(p.journal.overflowed, "{p:?}");
     assert!(p.journal.depth <= 5, "{p:?}");
     b.start();
@@ -212,7 +205,7 @@ fn an_overflowing_journal_falls_back_to_merkle_and_converges() {
     poll(
         "the overflow is cleared by a Merkle session",
         CONVERGE,
-        || !peer(&a.status(), &b.url()).journal.overflowed,
+        || !peer_of(&a.status(), &b.url()).journal.overflowed,
     );
     a.stop();
     b.stop();
@@ -234,8 +227,11 @@ fn sync_mode_waits_for_a_peer_or_falls_back_after_the_timeout() {
     let s = a.status();
     assert_eq!(s.mode, Mode::Sync);
     assert_eq!(s.sync_fallbacks_total, 1);
-    assert_eq!(peer(&s, &b.url()).journal.sync_fallbacks_total, 1);
-    assert!(peer(&s, &b.url()).journal.last_sync_fallback_ms.is_some());
+    assert_eq!(peer_of(&s, &b.url()).journal.sync_fallbacks_total, 1);
+    assert!(peer_of(&s, &b.url())
+        .journal
+        .last_sync_fallback_ms
+        .is_some());
     let metrics = a.get("/metrics", None).1;
     assert!(
         metrics.contains("merkmail_write_sync_fallbacks_total 1"),
@@ -404,13 +400,13 @@ fn sigterm_keeps_the_journal_and_the_next_start_ships_it() {
     for i in 0..3 {
         a.append("alice", "INBOX", &message_file(root, &format!("kept{i}")));
     }
-    let depth = peer(&a.status(), &b.url()).journal.depth;
+    let depth = peer_of(&a.status(), &b.url()).journal.depth;
     assert!(depth >= 3, "three writes wait for b: {depth}");
     a.stop();
     a.start();
     let s = a.status();
     assert_eq!(
-        peer(&s, &b.url()).journal.depth,
+        peer_of(&s, &b.url()).journal.depth,
         depth,
         "the journal survived the restart"
     );
@@ -419,7 +415,7 @@ fn sigterm_keeps_the_journal_and_the_next_start_ships_it() {
     assert_eq!(b.list("alice").as_array().map(Vec::len), Some(3));
     poll("a shipped the kept journal", CONVERGE, || {
         let s = a.status();
-        let p = peer(&s, &b.url());
+        let p = peer_of(&s, &b.url());
         p.journal.depth == 0 && p.journal.shipped_total >= 1
     });
     a.stop();

@@ -88,11 +88,8 @@ fn serve(data: &Path, log: &Path) -> (ChildGuard, String) {
         .stdout(Stdio::piped())
         .stderr(log);
     let (child, line) = common::spawn_for_first_line(cmd, Duration::from_secs(20));
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
+    let addr =
+        common::listening_addr(&line).unwrap_or_else(|| panic!("unexpected first line {line:?}"));
     (ChildGuard::from_child(child), format!("http://{addr}"))
 }
 

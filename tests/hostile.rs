@@ -1364,11 +1364,7 @@ fn a_peer_that_garbles_truncates_stalls_errs_or_lies_to_the_shipper_moves_nothin
         let mut guard = common::ChildGuard::from_child(child);
         let mut line = String::new();
         let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("{what}: {line:?}"))
-            .to_string();
+        let addr = common::listening_addr(&line).unwrap_or_else(|| panic!("{what}: {line:?}"));
         let url = format!("http://{addr}");
         let mail = merkmail::net::remote::MailClient::new(&url, Some(ADMIN)).expect("client");
         mail.append("alice", "INBOX", vec![message(1), message(2)], &[], 1)

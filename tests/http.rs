@@ -491,32 +491,23 @@ fn unknown_routes_are_404_and_wrong_methods_405() {
         let (status, _) = error_of(c.get(path).expect("answer"));
         assert_eq!(status, 404, "{path}");
     }
+    let bodiless =
+        |method: &str, path: &str| raw(s.addr, &request(method, path, "", 0), b"", false);
     // The operator routes answer GET only.
     for path in ["/", "/status", "/metrics", "/healthz"] {
-        let r = raw(s.addr, &request("POST", path, "", 0), b"", false);
-        assert_eq!(r.status, 405, "{path}");
+        assert_eq!(bodiless("POST", path).status, 405, "{path}");
     }
-    let r = raw(s.addr, &request("PUT", "/v1/mail/root", "", 0), b"", false);
+    let r = bodiless("PUT", "/v1/mail/root");
     assert_eq!(r.status, 405);
     assert!(
         r.head.contains("allow: GET") || r.head.contains("Allow: GET"),
         "{}",
         r.head
     );
-    let r = raw(
-        s.addr,
-        &request("GET", "/v1/mail/users/a/mailboxes/INBOX/expunge", "", 0),
-        b"",
-        false,
-    );
+    let r = bodiless("GET", "/v1/mail/users/a/mailboxes/INBOX/expunge");
     assert_eq!(r.status, 405);
     assert!(r.error().contains("POST"), "{}", r.error());
-    let r = raw(
-        s.addr,
-        &request("DELETE", "/v1/mail/users/a/mailboxes/INBOX/messages", "", 0),
-        b"",
-        false,
-    );
+    let r = bodiless("DELETE", "/v1/mail/users/a/mailboxes/INBOX/messages");
     assert_eq!(r.status, 405);
 }
 
@@ -648,12 +639,18 @@ fn a_client_that_never_finishes_its_headers_is_cut_off() {
 // ---------------------------------------------------------------------------------------------
 // Shutdown.
 
+/// A server whose requests may take `request_timeout`, and whose shutdown waits up to
+/// `drain_timeout` for those in flight.
+fn draining_server(request_timeout: Duration, drain_timeout: Duration) -> TestServer {
+    let mut limits = small_limits();
+    limits.request_timeout = request_timeout;
+    limits.drain_timeout = drain_timeout;
+    TestServer::start(None, limits)
+}
+
 #[test]
 fn shutdown_lets_a_request_in_flight_finish_then_stops() {
-    let mut limits = small_limits();
-    limits.request_timeout = Duration::from_secs(5);
-    limits.drain_timeout = Duration::from_secs(5);
-    let mut s = TestServer::start(None, limits);
+    let mut s = draining_server(Duration::from_secs(5), Duration::from_secs(5));
     let body = message(1);
     let mut conn = TcpStream::connect(s.addr).expect("connect");
     conn.set_read_timeout(Some(Duration::from_secs(5)))
@@ -697,10 +694,7 @@ fn shutdown_lets_a_request_in_flight_finish_then_stops() {
 
 #[test]
 fn shutdown_gives_up_on_a_stuck_request_at_the_drain_deadline() {
-    let mut limits = small_limits();
-    limits.request_timeout = Duration::from_secs(30);
-    limits.drain_timeout = Duration::from_millis(300);
-    let mut s = TestServer::start(None, limits);
+    let mut s = draining_server(Duration::from_secs(30), Duration::from_millis(300));
     let mut conn = TcpStream::connect(s.addr).expect("connect");
     conn.write_all(
         request(
@@ -898,8 +892,9 @@ fn mask(text: &[u8]) -> String {
 }
 
 /// Two empty stores of the same node id under `dir`: one the CLI opens with --data, one a
-/// server will hold, so a command's local and remote output can be compared.
-fn local_and_served_stores(dir: &Path) -> (PathBuf, PathBuf) {
+/// server will hold, so a command's local and remote output can be compared; and `messages`
+/// message files to give both (see [`message_files`]).
+fn local_and_served_stores(dir: &Path, messages: u32) -> (PathBuf, PathBuf, Vec<String>) {
     let local = dir.join("local");
     let served = dir.join("served");
     for store in [&local, &served] {
@@ -910,20 +905,13 @@ fn local_and_served_stores(dir: &Path) -> (PathBuf, PathBuf) {
         );
         assert!(out.ok, "{}", out.stderr);
     }
-    (local, served)
+    (local, served, message_files(dir, messages))
 }
 
 #[test]
 fn serve_and_the_remote_cli_print_what_the_local_cli_prints() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (local, served) = local_and_served_stores(tmp.path());
-    let files: Vec<String> = (1..=3)
-        .map(|n| {
-            let f = tmp.path().join(format!("m{n}.eml"));
-            std::fs::write(&f, message(n)).expect("write message");
-            path(&f).to_string()
-        })
-        .collect();
+    let (local, served, files) = local_and_served_stores(tmp.path(), 3);
 
     let log = tmp.path().join("serve.log");
     let mut server = Guard(
@@ -948,15 +936,12 @@ fn serve_and_the_remote_cli_print_what_the_local_cli_prints() {
     let line = rx
         .recv_timeout(Duration::from_secs(10))
         .expect("serve printed nothing within 10 s");
-    let addr = line
-        .strip_suffix('\n')
-        .and_then(|l| l.strip_prefix("listening on "))
-        .unwrap_or_else(|| {
-            panic!(
-                "unexpected first line {line:?}; log: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        });
+    let addr = common::listening_addr(&line).unwrap_or_else(|| {
+        panic!(
+            "unexpected first line {line:?}; log: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
     let port: u16 = addr
         .strip_prefix("127.0.0.1:")
         .and_then(|p| p.parse().ok())
@@ -1146,6 +1131,24 @@ fn split_sub<'a>(args: &[&'a str]) -> (Vec<&'a str>, Vec<&'a str>) {
     (args[..n].to_vec(), args[n..].to_vec())
 }
 
+/// `m1.eml` … `m{count}.eml` in `dir`, holding `message(n)`, each modified at 10⁹ + n seconds
+/// (for `--date-from-file`); their paths.
+fn message_files(dir: &Path, count: u32) -> Vec<String> {
+    (1..=count)
+        .map(|n| {
+            let f = dir.join(format!("m{n}.eml"));
+            std::fs::write(&f, message(n)).expect("write message");
+            let when = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000 + u64::from(n));
+            std::fs::File::options()
+                .write(true)
+                .open(&f)
+                .and_then(|file| file.set_modified(when))
+                .expect("set mtime");
+            path(&f).to_string()
+        })
+        .collect()
+}
+
 fn path(p: &Path) -> &str {
     p.to_str().expect("UTF-8 temp path")
 }
@@ -1162,43 +1165,39 @@ fn serve_refuses_a_bad_address_and_an_empty_token() {
         )
         .ok
     );
-    let out = merkmail(
-        &["serve", "--data", path(&dir), "--listen", "not-an-address"],
-        None,
-        None,
-    );
-    assert!(
-        !out.ok && out.stderr.contains("not-an-address"),
-        "{}",
-        out.stderr
-    );
-    let out = merkmail(
-        &[
-            "serve",
-            "--data",
-            path(&dir),
-            "--listen",
-            "127.0.0.1:0",
-            "--token",
-            "",
-        ],
-        None,
-        None,
-    );
-    assert!(!out.ok && out.stderr.contains("token"), "{}", out.stderr);
-    // --data and --url together are a usage error; neither is one too.
-    let out = merkmail(
-        &["root", "--data", path(&dir), "--url", "http://127.0.0.1:1"],
-        None,
-        None,
-    );
-    assert!(
-        !out.ok && out.stderr.contains("cannot be used with"),
-        "{}",
-        out.stderr
-    );
-    let out = merkmail(&["root"], None, None);
-    assert!(!out.ok && out.stderr.contains("--url"), "{}", out.stderr);
+    let data = path(&dir);
+    let refused: [(&[&str], &str); 4] = [
+        (
+            &["serve", "--data", data, "--listen", "not-an-address"],
+            "not-an-address",
+        ),
+        (
+            &[
+                "serve",
+                "--data",
+                data,
+                "--listen",
+                "127.0.0.1:0",
+                "--token",
+                "",
+            ],
+            "token",
+        ),
+        // --data and --url together are a usage error; neither is one too.
+        (
+            &["root", "--data", data, "--url", "http://127.0.0.1:1"],
+            "cannot be used with",
+        ),
+        (&["root"], "--url"),
+    ];
+    for (args, needle) in refused {
+        let out = merkmail(args, None, None);
+        assert!(
+            !out.ok && out.stderr.contains(needle),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
 }
 
 /// Batch work over --url prints what it prints locally, one request each: UID sets for
@@ -1208,20 +1207,7 @@ fn serve_refuses_a_bad_address_and_an_empty_token() {
 fn batch_commands_over_url_print_what_they_print_locally() {
     use std::os::unix::process::ExitStatusExt;
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (local, served) = local_and_served_stores(tmp.path());
-    let files: Vec<String> = (1..=300)
-        .map(|n| {
-            let f = tmp.path().join(format!("m{n}.eml"));
-            std::fs::write(&f, message(n)).expect("write message");
-            let when = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000 + u64::from(n));
-            std::fs::File::options()
-                .write(true)
-                .open(&f)
-                .and_then(|file| file.set_modified(when))
-                .expect("set mtime");
-            path(&f).to_string()
-        })
-        .collect();
+    let (local, served, files) = local_and_served_stores(tmp.path(), 300);
     let mbox = tmp.path().join("in.mbox");
     std::fs::write(
         &mbox,
@@ -1234,11 +1220,8 @@ fn batch_commands_over_url_print_what_they_print_locally() {
         .stderr(Stdio::null());
     let (child, line) = common::spawn_for_first_line(cmd, Duration::from_secs(10));
     let _server = common::ChildGuard::from_child(child);
-    let addr = line
-        .trim_end()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
+    let addr =
+        common::listening_addr(&line).unwrap_or_else(|| panic!("unexpected first line {line:?}"));
     let url = format!("http://{addr}");
 
     let mut append: Vec<&str> = vec!["append", "alice", "INBOX", "--date-from-file"];

@@ -185,9 +185,7 @@ impl Server {
             "serve on {} printed nothing within {SERVER_LIMIT:?}",
             data.display()
         );
-        let addr: SocketAddr = line
-            .strip_suffix('\n')
-            .and_then(|l| l.strip_prefix("listening on "))
+        let addr: SocketAddr = common::listening_addr(&line)
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| {
                 panic!(
@@ -522,12 +520,7 @@ fn md5s(v: &[Seen]) -> BTreeSet<String> {
 #[track_caller]
 fn check_outcome(s: &Server, d: &Diverged) {
     let mailboxes = s.mailboxes(ALICE);
-    let names: Vec<&str> = mailboxes
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|m| m["name"].as_str().expect("name"))
-        .collect();
+    let names = common::str_fields(&mailboxes, "name");
     // Work is Projects renamed; Old is gone; one Archive; Trash survived.
     assert_eq!(
         names,
@@ -789,6 +782,12 @@ fn sync_needs_the_right_tokens_and_changes_nothing_without_them() {
         }
         run(&args)
     };
+    // The local store C syncing with B.
+    let sync_c = |more: &[&str]| {
+        let mut args = vec!["sync", "--data", path(&dc), "--peer", &b.url];
+        args.extend(more);
+        run(&args)
+    };
     let admin_a = a.admin.clone().expect("A has an admin token");
     let aa = Some(admin_a.as_str());
     let refusals = [
@@ -803,20 +802,9 @@ fn sync_needs_the_right_tokens_and_changes_nothing_without_them() {
         ),
         (
             "local store, wrong peer token",
-            run(&[
-                "sync",
-                "--data",
-                path(&dc),
-                "--peer",
-                &b.url,
-                "--token",
-                "wrong",
-            ]),
+            sync_c(&["--token", "wrong"]),
         ),
-        (
-            "local store, no peer token",
-            run(&["sync", "--data", path(&dc), "--peer", &b.url]),
-        ),
+        ("local store, no peer token", sync_c(&[])),
     ];
     for (what, out) in refusals {
         assert!(out.stdout.is_empty(), "{what}: printed a report");
@@ -839,16 +827,7 @@ fn sync_needs_the_right_tokens_and_changes_nothing_without_them() {
     assert_eq!(num(&r, "copied_to_peer"), 2, "{r}");
     assert_eq!(num(&r, "copied_from_peer"), 1, "{r}");
     assert_same(&a, &b, &[ALICE, BOB]);
-    let r = report(run(&[
-        "sync",
-        "--data",
-        path(&dc),
-        "--peer",
-        &b.url,
-        "--token",
-        TB,
-        "--json",
-    ]));
+    let r = report(sync_c(&["--token", TB, "--json"]));
     assert_eq!(num(&r, "copied_from_peer"), 3, "{r}");
     assert_eq!(num(&r, "copied_to_peer"), 1, "{r}");
     assert_eq!(root_c(), b.root());

@@ -7,7 +7,7 @@ use merkmail::model::{FlagName, FlagOp};
 use merkmail::store::{NewMessage, Store};
 use merkmail::sync::{in_process, run, SyncReport};
 use proptest::prelude::*;
-use random_ops::{apply, msg, seen, Op, USERS};
+use random_ops::{apply, msg, seen, sync_to_equal, Op, USERS};
 use std::collections::BTreeMap;
 
 /// Exact metadata bytes (wire v4, window 7) of the count tests below: request bytes sent and
@@ -20,6 +20,13 @@ const FIVE_RECEIVED: u64 = 622;
 
 fn sync(a: &Store, b: &Store) -> SyncReport {
     run(a, 7, false, in_process(b)).expect("session")
+}
+
+/// Two empty stores in memory, nodes `a` and `b`.
+fn stores() -> (Store, Store) {
+    let a = Store::in_memory("a").expect("store");
+    let b = Store::in_memory("b").expect("store");
+    (a, b)
 }
 
 /// (mailbox name, uid) → (md5, flags): what `list --json` shows, minus GUIDs.
@@ -50,8 +57,7 @@ fn assert_converged(a: &Store, b: &Store, users: &[&str]) {
 
 #[test]
 fn equal_stores_take_one_round_trip_and_few_bytes() {
-    let a = Store::in_memory("a").expect("store");
-    let b = Store::in_memory("b").expect("store");
+    let (a, b) = stores();
     a.append("u", "INBOX", vec![msg("1")]).expect("append");
     sync(&a, &b);
     let r = sync(&a, &b);
@@ -62,8 +68,7 @@ fn equal_stores_take_one_round_trip_and_few_bytes() {
 
 #[test]
 fn every_clash_kind_converges() {
-    let a = Store::in_memory("a").expect("store");
-    let b = Store::in_memory("b").expect("store");
+    let (a, b) = stores();
     for i in 0..5 {
         a.append("alice", "INBOX", vec![msg(&format!("base {i}"))])
             .expect("append");
@@ -129,8 +134,7 @@ fn every_clash_kind_converges() {
 
 #[test]
 fn a_deleted_mailbox_stays_deleted_unless_changed_after() {
-    let a = Store::in_memory("a").expect("store");
-    let b = Store::in_memory("b").expect("store");
+    let (a, b) = stores();
     a.create_mailbox("u", "Gone").expect("create");
     a.create_mailbox("u", "Kept").expect("create");
     a.append("u", "Gone", vec![msg("g")]).expect("append");
@@ -157,8 +161,7 @@ fn a_deleted_mailbox_stays_deleted_unless_changed_after() {
 fn equal_stores(users: usize, per: u32) -> (Store, Store) {
     use merkmail::model::Change;
     use merkmail::model::{Digest, FlagSet, MailboxGuid, MailboxRecord, Md5, MessageRecord, Stamp};
-    let a = Store::in_memory("a").expect("store");
-    let b = Store::in_memory("b").expect("store");
+    let (a, b) = stores();
     let st = Stamp {
         ms: 1_000,
         counter: 0,
@@ -282,8 +285,7 @@ fn new_mail_flags_and_an_expunge_cost_exact_counts() {
 
 #[test]
 fn dry_run_changes_nothing() {
-    let a = Store::in_memory("a").expect("store");
-    let b = Store::in_memory("b").expect("store");
+    let (a, b) = stores();
     a.append("u", "INBOX", vec![msg("x")]).expect("append");
     let (ra, rb) = (a.root().expect("root"), b.root().expect("root"));
     let r = run(&a, 3, true, in_process(&b)).expect("dry run");
@@ -382,12 +384,7 @@ proptest! {
         let (pre_a, sides_a) = mailboxes(&a, &all);
         let (pre_b, sides_b) = mailboxes(&b, &all);
         let (x, y) = if a_starts { (&a, &b) } else { (&b, &a) };
-        let r = run(x, window, false, in_process(y)).expect("sync");
-        let r = if r.equal_after { r } else { run(x, window.wrapping_add(1), false, in_process(y)).expect("second sync") };
-        prop_assert!(r.equal_after, "not equal after: {:?}", r);
-        prop_assert_eq!(a.root().expect("root"), b.root().expect("root"));
-        prop_assert!(a.verify().expect("verify").is_ok());
-        prop_assert!(b.verify().expect("verify").is_ok());
+        sync_to_equal(x, y, window)?;
         let after = live(&a);
         prop_assert_eq!(&after, &live(&b));
         // No mail lost: every message live on a side before the sync is live afterwards (in
@@ -426,8 +423,7 @@ proptest! {
 
 #[test]
 fn large_transfers_travel_in_bounded_body_batches() {
-    let a = Store::in_memory("a").expect("store");
-    let b = Store::in_memory("b").expect("store");
+    let (a, b) = stores();
     // 24 messages of 1 MiB each way: 3 batches each way of at most 8 MiB.
     let big = |tag: &str, i: usize| NewMessage {
         bytes: format!("Subject: {tag}{i}\r\n\r\n{}", "x".repeat(1 << 20)).into_bytes(),
@@ -459,8 +455,7 @@ fn large_transfers_travel_in_bounded_body_batches() {
 
 #[test]
 fn a_body_that_does_not_match_its_digest_is_never_stored() {
-    let a = Store::in_memory("a").expect("store");
-    let b = Store::in_memory("b").expect("store");
+    let (a, b) = stores();
     b.append("u", "INBOX", vec![msg("the real one")])
         .expect("append");
     let root_a = a.root().expect("root");
@@ -490,8 +485,7 @@ fn a_body_that_does_not_match_its_digest_is_never_stored() {
 
 #[test]
 fn a_mailbox_that_changes_during_the_session_is_left_for_the_next_one() {
-    let a = Store::in_memory("a").expect("store");
-    let b = Store::in_memory("b").expect("store");
+    let (a, b) = stores();
     a.append("u", "INBOX", vec![msg("1")]).expect("append");
     b.append("u", "INBOX", vec![msg("2")]).expect("append");
     let mut peer = in_process(&b);
@@ -526,8 +520,7 @@ fn a_mailbox_that_changes_during_the_session_is_left_for_the_next_one() {
 /// rounds ahead of the Apply (wire v3 keeps both paths for large transfers).
 #[test]
 fn large_transfers_fall_back_to_body_batches() {
-    let a = Store::in_memory("a").expect("store");
-    let b = Store::in_memory("b").expect("store");
+    let (a, b) = stores();
     a.append("u", "INBOX", vec![msg("base")]).expect("append");
     a.append("v", "INBOX", vec![msg("base")]).expect("append");
     sync(&a, &b);

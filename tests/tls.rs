@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::node::{message_file, poll, Node, Pki, Setup, HOURLY_CHECKS};
+use common::node::{message_file, peer_of, poll, Node, Pki, Setup, HOURLY_CHECKS};
 use common::{run, scratch_dir};
 use merkmail::status::Outcome;
 use std::path::Path;
@@ -121,11 +121,7 @@ fn two_tls_nodes_reconcile_and_ship_the_journal_over_https_and_log_no_token() {
     let b_root = b.root();
     poll("a got b's write", CONVERGE, || a.root() == b_root);
     let status = b.status();
-    let toward_a = status
-        .peers
-        .iter()
-        .find(|p| p.url == a.url())
-        .expect("a among b's peers");
+    let toward_a = peer_of(&status, &a.url());
     assert!(toward_a.reachable, "{toward_a:?}");
     assert!(toward_a.journal.shipped_total >= 1, "{toward_a:?}");
     assert!(!toward_a.runs.is_empty(), "{toward_a:?}");

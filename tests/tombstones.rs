@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::node::{converge, message_file, poll, Node, Setup};
+use common::node::{converge, message_file, peer_of, poll, Node, Setup};
 use common::{md5_hex, scratch_dir};
 use std::path::Path;
 use std::time::Duration;
@@ -41,11 +41,7 @@ fn live(n: &Node, md5: &str) -> bool {
 /// The held-back count /status shows on `n` for the peer at `peer`.
 fn held_back(n: &Node, peer: &Node) -> (u64, Option<u64>) {
     let s = n.status();
-    let p = s
-        .peers
-        .iter()
-        .find(|p| p.url == peer.url())
-        .expect("the peer is listed");
+    let p = peer_of(&s, &peer.url());
     (p.tombstones_held_back, p.holding_since_ms)
 }
 

@@ -7,7 +7,7 @@ use merkmail::model::{
     inbox_guid, Digest, FlagName, FlagOp, FlagSet, FlagState, MailboxGuid, MailboxRecord, Md5,
     MessageRecord, Stamp, Tombstone,
 };
-use merkmail::store::{NewMessage, Store};
+use merkmail::store::{MessageInfo, NewMessage, Store};
 use proptest::prelude::*;
 
 const USERS: [&str; 3] = ["alice", "bob", "zoë"];
@@ -73,6 +73,22 @@ fn arb_op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// The message `pick` names (modulo their number) among a mailbox's; `None` when it is empty.
+fn pick_message(
+    store: &Store,
+    user: usize,
+    mailbox: usize,
+    pick: usize,
+) -> Result<Option<MessageInfo>, String> {
+    let mut list = store
+        .list_messages(USERS[user], Some(NAMES[mailbox]))
+        .map_err(|e| e.to_string())?;
+    if list.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(list.swap_remove(pick % list.len())))
+}
+
 /// Runs one operation; returns Ok(true) when it changed replicated state, Ok(false) for a
 /// successful no-op, Err for a refused operation.
 fn run(store: &Store, op: &Op) -> Result<bool, String> {
@@ -103,13 +119,9 @@ fn run(store: &Store, op: &Op) -> Result<bool, String> {
             op,
             flags,
         } => {
-            let list = store
-                .list_messages(USERS[*user], Some(NAMES[*mailbox]))
-                .map_err(e)?;
-            if list.is_empty() {
+            let Some(m) = pick_message(store, *user, *mailbox, *pick)? else {
                 return Ok(false);
-            }
-            let m = &list[pick % list.len()];
+            };
             let before: Vec<FlagName> = m.record.flags.live().cloned().collect();
             let op = [FlagOp::Add, FlagOp::Remove, FlagOp::Set][*op as usize];
             let after = store
@@ -122,13 +134,10 @@ fn run(store: &Store, op: &Op) -> Result<bool, String> {
             mailbox,
             pick,
         } => {
-            let list = store
-                .list_messages(USERS[*user], Some(NAMES[*mailbox]))
-                .map_err(e)?;
-            if list.is_empty() {
+            let Some(m) = pick_message(store, *user, *mailbox, *pick)? else {
                 return Ok(false);
-            }
-            let uid = list[pick % list.len()].uid;
+            };
+            let uid = m.uid;
             store
                 .expunge(USERS[*user], NAMES[*mailbox], &[uid])
                 .map(|_| true)

@@ -301,23 +301,40 @@ trait Mail {
     fn stats(&self) -> Result<StatsView, Self::Error>;
 }
 
+/// Create, rename and delete a mailbox, and expunge: both sides' own methods (of the same
+/// names; `expunge_in` for `expunge`) take the same arguments and answer as the trait does.
+macro_rules! commands_answered_as_they_are {
+    ($side:ident) => {
+        fn create_mailbox(&self, user: &str, name: &str) -> Result<MailboxGuid, Self::Error> {
+            $side::create_mailbox(self, user, name)
+        }
+
+        fn rename_mailbox(&self, user: &str, name: &str, new: &str) -> Result<(), Self::Error> {
+            $side::rename_mailbox(self, user, name, new)
+        }
+
+        fn delete_mailbox(&self, user: &str, name: &str) -> Result<(), Self::Error> {
+            $side::delete_mailbox(self, user, name)
+        }
+
+        fn expunge(
+            &self,
+            user: &str,
+            mailbox: &str,
+            uids: &UidSelection,
+        ) -> Result<usize, Self::Error> {
+            $side::expunge_in(self, user, mailbox, uids)
+        }
+    };
+}
+
 /// The store's own methods of the same names do the work (inherent methods are found before
 /// trait methods, so `Store::x` below is never this impl calling itself); this impl only
 /// turns their answers into the views.
 impl Mail for Store {
     type Error = StoreError;
 
-    fn create_mailbox(&self, user: &str, name: &str) -> Result<MailboxGuid, StoreError> {
-        Store::create_mailbox(self, user, name)
-    }
-
-    fn rename_mailbox(&self, user: &str, name: &str, new: &str) -> Result<(), StoreError> {
-        Store::rename_mailbox(self, user, name, new)
-    }
-
-    fn delete_mailbox(&self, user: &str, name: &str) -> Result<(), StoreError> {
-        Store::delete_mailbox(self, user, name)
-    }
+    commands_answered_as_they_are!(Store);
 
     fn list_mailboxes(&self, user: &str) -> Result<Vec<MailboxView>, StoreError> {
         let list = Store::list_mailboxes(self, user)?;
@@ -353,10 +370,6 @@ impl Mail for Store {
             .collect())
     }
 
-    fn expunge(&self, user: &str, mailbox: &str, uids: &UidSelection) -> Result<usize, StoreError> {
-        Store::expunge_in(self, user, mailbox, uids)
-    }
-
     fn list_messages(
         &self,
         user: &str,
@@ -383,17 +396,7 @@ impl Mail for Store {
 impl Mail for MailClient {
     type Error = ClientError;
 
-    fn create_mailbox(&self, user: &str, name: &str) -> Result<MailboxGuid, ClientError> {
-        MailClient::create_mailbox(self, user, name)
-    }
-
-    fn rename_mailbox(&self, user: &str, name: &str, new: &str) -> Result<(), ClientError> {
-        MailClient::rename_mailbox(self, user, name, new)
-    }
-
-    fn delete_mailbox(&self, user: &str, name: &str) -> Result<(), ClientError> {
-        MailClient::delete_mailbox(self, user, name)
-    }
+    commands_answered_as_they_are!(MailClient);
 
     fn list_mailboxes(&self, user: &str) -> Result<Vec<MailboxView>, ClientError> {
         MailClient::list_mailboxes(self, user)
@@ -423,15 +426,6 @@ impl Mail for MailClient {
 
     fn set_flags_in(&self, c: FlagChange) -> Result<Vec<(u32, Vec<String>)>, ClientError> {
         MailClient::set_flags_in(self, &c.user, &c.mailbox, &c.uids, c.op, &c.flags)
-    }
-
-    fn expunge(
-        &self,
-        user: &str,
-        mailbox: &str,
-        uids: &UidSelection,
-    ) -> Result<usize, ClientError> {
-        MailClient::expunge_in(self, user, mailbox, uids)
     }
 
     fn list_messages(

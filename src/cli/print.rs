@@ -130,17 +130,7 @@ fn file_line(file: u64, mail: u64) -> String {
 
 /// A size in decimal units with one decimal (142.6 MB), as `du -h --si` would put it.
 fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
-    if bytes < 1000 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1000.0;
-    let mut unit = 0;
-    while value >= 999.95 && unit + 1 < UNITS.len() {
-        value /= 1000.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
+    crate::status::size_in_units(bytes, 1000, &["kB", "MB", "GB", "TB", "PB"])
 }
 
 /// What `compact` did, as it prints it: the store file's size in bytes before and after.

@@ -87,10 +87,16 @@ pub fn entry_hash(uid: u32, digest: &crate::model::Digest, flags: &FlagSet) -> N
 
 /// A UID-range bucket: the hashes of its live entries in UID order.
 pub fn bucket_hash<'a>(entries: impl IntoIterator<Item = &'a NodeHash>) -> NodeHash {
+    list_hash(b'B', entries.into_iter().map(|e| &e.0[..]))
+}
+
+/// The hash of a one-byte `tag` followed by `items`, each as it is (fixed-width items only:
+/// nothing marks where one ends). The buckets here and the sync wire's digests are such lists.
+pub fn list_hash<'a>(tag: u8, items: impl IntoIterator<Item = &'a [u8]>) -> NodeHash {
     let mut h = blake3::Hasher::new();
-    h.update(b"B");
-    for e in entries {
-        h.update(&e.0);
+    h.update(&[tag]);
+    for item in items {
+        h.update(item);
     }
     finish(h)
 }
@@ -156,10 +162,5 @@ pub fn user_hash<'a>(
 
 /// A user bucket (the leaves of the top tree): its users' nodes in name order.
 pub fn user_bucket_hash<'a>(users: impl IntoIterator<Item = &'a NodeHash>) -> NodeHash {
-    let mut h = blake3::Hasher::new();
-    h.update(b"S");
-    for u in users {
-        h.update(&u.0);
-    }
-    finish(h)
+    list_hash(b'S', users.into_iter().map(|u| &u.0[..]))
 }

@@ -263,7 +263,14 @@ impl NodeKey {
 
     /// The key range holding every UID-range node of one mailbox (to drop them on delete).
     pub fn mailbox_uid_range(user: &str, guid: MailboxGuid) -> (Vec<u8>, Vec<u8>) {
-        let node = |level, index| {
+        let (first, _) = NodeKey::uid_level_range(user, guid, 0);
+        let (_, last) = NodeKey::uid_level_range(user, guid, UID_ROOT_LEVEL);
+        (first, last)
+    }
+
+    /// The key range holding the nodes of one level of a mailbox's UID tree.
+    pub fn uid_level_range(user: &str, guid: MailboxGuid, level: u8) -> (Vec<u8>, Vec<u8>) {
+        let node = |index| {
             NodeKey::Uid {
                 user: user.to_string(),
                 guid,
@@ -272,7 +279,7 @@ impl NodeKey {
             }
             .encode()
         };
-        (node(0, 0), node(UID_ROOT_LEVEL, u32::MAX))
+        (node(0), node(u32::MAX))
     }
 }
 

@@ -9,8 +9,8 @@ mod layout;
 mod update;
 
 pub use hash::{
-    bucket_hash, entry_hash, mailbox_hash, top_hash, uid_interior_hash, user_bucket_hash,
-    user_hash, NodeHash, NodeValue,
+    bucket_hash, entry_hash, list_hash, mailbox_hash, top_hash, uid_interior_hash,
+    user_bucket_hash, user_hash, NodeHash, NodeValue,
 };
 pub use layout::{
     bucket_of, user_bucket_of, NodeKey, BUCKET_SHIFT, FANOUT, TOP_LEAF_LEVEL, UID_ROOT_LEVEL,

@@ -68,42 +68,34 @@ impl Route {
         let segs = segments(path)?;
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
         let owned = |s: &str| s.to_string();
+        let no_route = || ApiError::not_found(format!("no route {path}"));
         let route = match segs.as_slice() {
             ["v1", "mail", "root"] => Route::Root,
             ["v1", "mail", "stats"] => Route::Stats,
             ["v1", "mail", "users", u, "mailboxes"] => Route::Mailboxes { user: owned(u) },
             ["v1", "mail", "users", u, "messages"] => Route::UserMessages { user: owned(u) },
-            ["v1", "mail", "users", u, "mailboxes", m] => Route::Mailbox {
-                user: owned(u),
-                mailbox: owned(m),
-            },
-            ["v1", "mail", "users", u, "mailboxes", m, "rename"] => Route::Rename {
-                user: owned(u),
-                mailbox: owned(m),
-            },
-            ["v1", "mail", "users", u, "mailboxes", m, "expunge"] => Route::Expunge {
-                user: owned(u),
-                mailbox: owned(m),
-            },
-            ["v1", "mail", "users", u, "mailboxes", m, "flags"] => Route::ManyFlags {
-                user: owned(u),
-                mailbox: owned(m),
-            },
-            ["v1", "mail", "users", u, "mailboxes", m, "messages"] => Route::Messages {
-                user: owned(u),
-                mailbox: owned(m),
-            },
-            ["v1", "mail", "users", u, "mailboxes", m, "messages", uid] => Route::Message {
-                user: owned(u),
-                mailbox: owned(m),
-                uid: parse_uid(uid)?,
-            },
-            ["v1", "mail", "users", u, "mailboxes", m, "messages", uid, "flags"] => Route::Flags {
-                user: owned(u),
-                mailbox: owned(m),
-                uid: parse_uid(uid)?,
-            },
-            _ => return Err(ApiError::not_found(format!("no route {path}"))),
+            ["v1", "mail", "users", u, "mailboxes", m, rest @ ..] => {
+                let (user, mailbox) = (owned(u), owned(m));
+                match rest {
+                    [] => Route::Mailbox { user, mailbox },
+                    ["rename"] => Route::Rename { user, mailbox },
+                    ["expunge"] => Route::Expunge { user, mailbox },
+                    ["flags"] => Route::ManyFlags { user, mailbox },
+                    ["messages"] => Route::Messages { user, mailbox },
+                    ["messages", uid] => Route::Message {
+                        user,
+                        mailbox,
+                        uid: parse_uid(uid)?,
+                    },
+                    ["messages", uid, "flags"] => Route::Flags {
+                        user,
+                        mailbox,
+                        uid: parse_uid(uid)?,
+                    },
+                    _ => return Err(no_route()),
+                }
+            }
+            _ => return Err(no_route()),
         };
         Ok(route)
     }
@@ -284,6 +276,21 @@ pub(crate) async fn handle(
     }
 }
 
+/// A user's messages in one mailbox, or (with `None`) in every mailbox.
+async fn list_messages(
+    state: &ServerState,
+    user: String,
+    mailbox: Option<String>,
+) -> Result<Reply, ApiError> {
+    let list = state
+        .with_store(move |s| s.list_messages(&user, mailbox.as_deref()))
+        .await?;
+    Ok(reply::json(
+        StatusCode::OK,
+        &list.iter().map(MessageView::of).collect::<Vec<_>>(),
+    ))
+}
+
 /// The routes whose input is all in the path and the query.
 async fn bodiless(
     state: &ServerState,
@@ -318,23 +325,11 @@ async fn bodiless(
         }
         (Route::UserMessages { user }, &Method::GET) => {
             Query::parse(query, &[])?;
-            let list = state
-                .with_store(move |s| s.list_messages(&user, None))
-                .await?;
-            Ok(reply::json(
-                StatusCode::OK,
-                &list.iter().map(MessageView::of).collect::<Vec<_>>(),
-            ))
+            list_messages(state, user, None).await
         }
         (Route::Messages { user, mailbox }, &Method::GET) => {
             Query::parse(query, &[])?;
-            let list = state
-                .with_store(move |s| s.list_messages(&user, Some(&mailbox)))
-                .await?;
-            Ok(reply::json(
-                StatusCode::OK,
-                &list.iter().map(MessageView::of).collect::<Vec<_>>(),
-            ))
+            list_messages(state, user, Some(mailbox)).await
         }
         (Route::Mailbox { user, mailbox }, &Method::POST) => {
             Query::parse(query, &[])?;

@@ -1,6 +1,7 @@
 //! Formatting the HTML page and the terminal view share: ages, durations, sizes and dates in
-//! words, and the few phrases both show (a journal, a session, the mode). Every age is measured
-//! against the snapshot's own `now_ms`: no clock here.
+//! words, and the few phrases both show (a journal, a session, the mode); the character
+//! escaping the page shares with the metrics text; the unit scaling `merkmail stats` shares.
+//! Every age is measured against the snapshot's own `now_ms`: no clock here.
 
 use std::fmt::Write;
 
@@ -50,18 +51,36 @@ fn pair(big: u64, big_unit: &str, small: u64, small_unit: &str) -> String {
 
 /// Bytes in binary units with one decimal: `512 B`, `1.5 KiB`, `1.2 MiB`.
 pub(super) fn bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if n < 1024 {
+    size_in_units(n, 1024, &["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"])
+}
+
+/// `n` bytes with one decimal in powers of `base` (1000 or 1024), `units` naming `base`¹,
+/// `base`², …: `512 B`, `1.5 KiB`, `142.6 MB`. Below `base`, whole bytes.
+pub fn size_in_units(n: u64, base: u64, units: &[&str]) -> String {
+    if n < base || units.is_empty() {
         return format!("{n} B");
     }
-    let mut value = n as f64 / 1024.0;
+    let base = base as f64;
+    let mut value = n as f64 / base;
     let mut unit = 0;
-    // Move up while the value would print as 1024.0 or more in this unit.
-    while value >= 1023.95 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
+    // Move up while the value would print as `base`.0 or more in this unit.
+    while value >= base - 0.05 && unit + 1 < units.len() {
+        value /= base;
         unit += 1;
     }
-    format!("{value:.1} {}", UNITS[unit])
+    format!("{value:.1} {}", units[unit])
+}
+
+/// `s` with every character that `table` names replaced by its escape.
+pub(super) fn escape(s: &str, table: &[(char, &str)]) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match table.iter().find(|(from, _)| *from == c) {
+            Some((_, to)) => out.push_str(to),
+            None => out.push(c),
+        }
+    }
+    out
 }
 
 /// Milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC` (proleptic Gregorian calendar).

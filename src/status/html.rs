@@ -4,24 +4,23 @@
 use std::fmt::Write;
 
 use super::format::{
-    age, differences, duration, fallbacks, mode, run_bytes, session, span, store_counts, utc,
+    age, differences, duration, escape, fallbacks, mode, run_bytes, session, span, store_counts,
+    utc,
 };
 use super::{Outcome, PeerView, StatusView};
 
 /// Text for HTML element content and quoted attribute values.
 fn html(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+    escape(
+        s,
+        &[
+            ('&', "&amp;"),
+            ('<', "&lt;"),
+            ('>', "&gt;"),
+            ('"', "&quot;"),
+            ('\'', "&#39;"),
+        ],
+    )
 }
 
 /// The CSS class an outcome gets: green for equal, red for error, amber for the in-between.

@@ -20,6 +20,7 @@ mod prometheus;
 pub mod snapshot;
 mod terminal;
 
+pub use format::size_in_units;
 pub use html::page;
 pub use kinds::{Direction, Mode, Outcome, Trigger};
 pub use prometheus::metrics;

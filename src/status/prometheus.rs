@@ -3,6 +3,7 @@
 
 use std::fmt::{Display, Write};
 
+use super::format::escape;
 use super::{Outcome, PeerView, RepairedView, StatusView};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -68,21 +69,12 @@ fn family(out: &mut String, name: &str, kind: Kind, help: &str, samples: Vec<Sam
 
 /// A label value: backslash, double quote and line feed escaped, as the format requires.
 fn escape_label(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
+    escape(s, &[('\\', "\\\\"), ('"', "\\\""), ('\n', "\\n")])
 }
 
 /// HELP text: backslash and line feed escaped (quotes are literal there).
 fn escape_help(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('\n', "\\n")
+    escape(s, &[('\\', "\\\\"), ('\n', "\\n")])
 }
 
 /// Milliseconds as decimal seconds, exactly (no float rounding): 1500 → `1.5`, 2000 → `2`.

@@ -4,12 +4,12 @@
 
 use super::error::StoreError;
 use super::keys;
+use super::read::message_uids;
 use super::tx::{encode, Tx};
 use super::Store;
 use crate::model::{
     FlagName, FlagOp, MailboxGuid, MailboxName, MailboxRecord, Tombstone, UidSelection,
 };
-use redb::ReadableTable;
 
 impl Store {
     /// Changes the flags of every message selected, in one transaction. Returns each
@@ -98,14 +98,7 @@ impl Tx<'_> {
             }
             UidSelection::Set(set) => set,
         };
-        let (start, end) = keys::uid_range(user, guid, 0, u32::MAX);
-        let mut existing = Vec::new();
-        for item in self.messages.range(start.as_slice()..=end.as_slice())? {
-            let (k, _) = item?;
-            let (_, _, uid) = keys::split_message(k.value())
-                .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
-            existing.push(uid);
-        }
+        let existing = message_uids(&self.messages, user, guid, (0, u32::MAX))?;
         let named = set.resolve(&existing);
         if named.is_empty() {
             return Err(StoreError::EmptyUidSet {

@@ -143,6 +143,18 @@ impl Tx<'_> {
         Ok(out)
     }
 
+    /// Removes the message at `uid` (if any) and leaves `tomb` in its place.
+    pub(crate) fn bury(
+        &mut self,
+        user: &str,
+        guid: MailboxGuid,
+        uid: u32,
+        tomb: &Tombstone,
+    ) -> Result<(), StoreError> {
+        self.remove_message(user, guid, uid)?;
+        self.put_tombstone(user, guid, uid, tomb)
+    }
+
     /// Writes an expunge tombstone (merging with one already there for the same digest: the
     /// later stamp, a writer's expunge over a move), and indexes a writer's expunge.
     pub(crate) fn put_tombstone(
@@ -286,8 +298,7 @@ impl Tx<'_> {
         for g in guids {
             let found = self.placements(user, g, &tomb.digest, origin)?;
             for uid in found.live {
-                self.remove_message(user, g, uid)?;
-                self.put_tombstone(user, g, uid, tomb)?;
+                self.bury(user, g, uid, tomb)?;
                 self.fixes.killed += 1;
             }
         }
@@ -360,11 +371,11 @@ impl Tx<'_> {
             None => self.user_kill(user, &record.digest, record.appended)?,
         };
         if let Some(kill) = killed {
-            self.remove_message(user, guid, uid)?;
-            self.put_tombstone(user, guid, uid, &kill)?;
+            self.bury(user, guid, uid, &kill)?;
             self.fixes.killed += 1;
             return Ok(false);
         }
+        let moved = Tombstone::moved(record.digest, record.appended);
         let mut merged = record.clone();
         let mut lower = Vec::new();
         for other in found.live.into_iter().filter(|u| *u != uid) {
@@ -377,26 +388,14 @@ impl Tx<'_> {
                 let mut kept = m.clone();
                 kept.flags.merge(&record.flags);
                 self.put_message(user, guid, other, &kept)?;
-                self.remove_message(user, guid, uid)?;
-                self.put_tombstone(
-                    user,
-                    guid,
-                    uid,
-                    &Tombstone::moved(record.digest, record.appended),
-                )?;
+                self.bury(user, guid, uid, &moved)?;
                 return Ok(false);
             }
             merged.flags.merge(&m.flags);
             lower.push(other);
         }
         for other in lower {
-            self.remove_message(user, guid, other)?;
-            self.put_tombstone(
-                user,
-                guid,
-                other,
-                &Tombstone::moved(record.digest, record.appended),
-            )?;
+            self.bury(user, guid, other, &moved)?;
         }
         if merged != *record {
             self.put_message(user, guid, uid, &merged)?;

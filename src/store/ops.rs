@@ -2,13 +2,15 @@
 
 use super::error::StoreError;
 use super::keys;
+use super::read::{each_message, message_uids};
 use super::tables::{MAILBOXES, MESSAGES, META, USERS};
 use super::tx::{decode, decode_message, encode, Tx};
 use super::Store;
 use crate::merkle::NodeKey;
 use crate::model::{
     inbox_guid, validate_user, Digest, FlagName, FlagOp, FlagSet, MailboxGuid, MailboxName,
-    MailboxRecord, MailboxTombstone, Md5, MessageRecord, Tombstone, UidSelection, UserRecord,
+    MailboxRecord, MailboxTombstone, Md5, MessageRecord, Stamp, Tombstone, UidSelection,
+    UserRecord,
 };
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
@@ -126,15 +128,7 @@ impl Tx<'_> {
         if self.get_mailbox(user, guid)?.is_none() {
             return Ok(());
         }
-        let (start, end) = keys::uid_range(user, guid, 0, u32::MAX);
-        let mut uids = Vec::new();
-        for item in self.messages.range(start.as_slice()..=end.as_slice())? {
-            let (k, _) = item?;
-            let (_, _, uid) = keys::split_message(k.value())
-                .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
-            uids.push(uid);
-        }
-        for uid in uids {
+        for uid in message_uids(&self.messages, user, guid, (0, u32::MAX))? {
             self.remove_message(user, guid, uid)?;
         }
         // The mailbox tombstone stands for its messages' tombstones from now on.
@@ -183,17 +177,33 @@ impl Tx<'_> {
         self.users
             .insert(user, encode(&UserRecord { created: stamp })?.as_slice())?;
         self.counters.users += 1;
-        let inbox = MailboxRecord {
-            guid: inbox_guid(user),
-            name: MailboxName::inbox().to_string(),
-            uidvalidity: inbox_uidvalidity(user),
+        let inbox = MailboxName::inbox().to_string();
+        let (guid, uidvalidity) = (inbox_guid(user), inbox_uidvalidity(user));
+        self.add_mailbox(user, guid, inbox, uidvalidity, true, stamp)?;
+        Ok(())
+    }
+
+    /// Writes a new, empty mailbox (UIDNEXT 1, every stamp `stamp`) and counts it.
+    fn add_mailbox(
+        &mut self,
+        user: &str,
+        guid: MailboxGuid,
+        name: String,
+        uidvalidity: u32,
+        subscribed: bool,
+        stamp: Stamp,
+    ) -> Result<(), StoreError> {
+        let record = MailboxRecord {
+            guid,
+            name,
+            uidvalidity,
             uidnext: 1,
-            subscribed: true,
+            subscribed,
             name_stamp: stamp,
             subscribed_stamp: stamp,
             last_change: stamp,
         };
-        self.put_mailbox(user, &inbox)?;
+        self.put_mailbox(user, &record)?;
         self.counters.mailboxes += 1;
         Ok(())
     }
@@ -289,19 +299,10 @@ impl Store {
                 });
             }
             let stamp = tx.stamp();
-            let record = MailboxRecord {
-                guid: self.new_guid(),
-                name: name.to_string(),
-                uidvalidity: tx.new_uidvalidity(),
-                uidnext: 1,
-                subscribed: false,
-                name_stamp: stamp,
-                subscribed_stamp: stamp,
-                last_change: stamp,
-            };
-            tx.put_mailbox(user, &record)?;
-            tx.counters.mailboxes += 1;
-            Ok(record.guid)
+            let guid = self.new_guid();
+            let uidvalidity = tx.new_uidvalidity();
+            tx.add_mailbox(user, guid, name.to_string(), uidvalidity, false, stamp)?;
+            Ok(guid)
         })
     }
 
@@ -711,19 +712,16 @@ impl Store {
         let messages = txn.open_table(MESSAGES)?;
         let mut out = Vec::new();
         for m in mailboxes {
-            let (start, end) = keys::uid_range(user, m.guid, 0, u32::MAX);
-            for item in messages.range(start.as_slice()..=end.as_slice())? {
-                let (k, v) = item?;
-                let (_, _, uid) = keys::split_message(k.value())
-                    .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
-                let (_, record) = decode_message(v.value())?;
+            each_message(&messages, user, m.guid, (0, u32::MAX), |uid, v| {
+                let (_, record) = decode_message(v)?;
                 out.push(MessageInfo {
                     mailbox: m.name.clone(),
                     guid: m.guid,
                     uid,
                     record,
                 });
-            }
+                Ok(())
+            })?;
         }
         Ok(out)
     }

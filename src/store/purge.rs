@@ -9,7 +9,7 @@ use super::tables::{MAILBOX_TOMBSTONES, TOMBSTONES};
 use super::tx::decode;
 use super::Store;
 use crate::model::{MailboxTombstone, Stamp, Tombstone};
-use redb::ReadableTable;
+use redb::{ReadableTable, Table};
 
 /// What one purge removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -35,32 +35,74 @@ pub struct AgedTombstone {
     pub stamp: Stamp,
 }
 
+/// The two kinds of tombstone, as a purge reads them.
+trait Aged: serde::de::DeserializeOwned {
+    /// What it is, for a decoding error.
+    const WHAT: &'static str;
+    fn stamp(&self) -> Stamp;
+}
+
+impl Aged for Tombstone {
+    const WHAT: &'static str = "a tombstone";
+    fn stamp(&self) -> Stamp {
+        self.stamp
+    }
+}
+
+impl Aged for MailboxTombstone {
+    const WHAT: &'static str = "a mailbox tombstone";
+    fn stamp(&self) -> Stamp {
+        self.stamp
+    }
+}
+
+/// Adds to `aged` the tombstones of `table` stamped before `before_ms`, named by `key`.
+fn older_than<T: Aged>(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    before_ms: u64,
+    key: fn(Vec<u8>) -> TombstoneKey,
+    aged: &mut Vec<AgedTombstone>,
+) -> Result<(), StoreError> {
+    for item in table.iter()? {
+        let (k, v) = item?;
+        let t: T = decode(v.value(), T::WHAT)?;
+        if t.stamp().ms < before_ms {
+            aged.push(AgedTombstone {
+                key: key(k.value().to_vec()),
+                stamp: t.stamp(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Removes the tombstone at `key` if it still carries `stamp`, and returns it.
+fn take_if_stamped<T: Aged>(
+    table: &mut Table<'_, &'static [u8], &'static [u8]>,
+    key: &[u8],
+    stamp: Stamp,
+) -> Result<Option<T>, StoreError> {
+    let t: T = match table.get(key)? {
+        Some(v) => decode(v.value(), T::WHAT)?,
+        None => return Ok(None),
+    };
+    if t.stamp() != stamp {
+        return Ok(None);
+    }
+    table.remove(key)?;
+    Ok(Some(t))
+}
+
 impl Store {
     /// The message and mailbox tombstones whose stamp is older than `before_ms` (ms since the
     /// epoch), read in one snapshot.
     pub fn tombstones_older_than(&self, before_ms: u64) -> Result<Vec<AgedTombstone>, StoreError> {
         let txn = self.read_txn()?;
         let mut aged = Vec::new();
-        for item in txn.open_table(TOMBSTONES)?.iter()? {
-            let (k, v) = item?;
-            let t: Tombstone = decode(v.value(), "a tombstone")?;
-            if t.stamp.ms < before_ms {
-                aged.push(AgedTombstone {
-                    key: TombstoneKey::Message(k.value().to_vec()),
-                    stamp: t.stamp,
-                });
-            }
-        }
-        for item in txn.open_table(MAILBOX_TOMBSTONES)?.iter()? {
-            let (k, v) = item?;
-            let t: MailboxTombstone = decode(v.value(), "a mailbox tombstone")?;
-            if t.stamp.ms < before_ms {
-                aged.push(AgedTombstone {
-                    key: TombstoneKey::Mailbox(k.value().to_vec()),
-                    stamp: t.stamp,
-                });
-            }
-        }
+        let tombstones = txn.open_table(TOMBSTONES)?;
+        older_than::<Tombstone>(&tombstones, before_ms, TombstoneKey::Message, &mut aged)?;
+        let mailboxes = txn.open_table(MAILBOX_TOMBSTONES)?;
+        older_than::<MailboxTombstone>(&mailboxes, before_ms, TombstoneKey::Mailbox, &mut aged)?;
         Ok(aged)
     }
 
@@ -73,14 +115,11 @@ impl Store {
             for aged in which {
                 match &aged.key {
                     TombstoneKey::Message(k) => {
-                        let t: Tombstone = match tx.tombstones.get(k.as_slice())? {
-                            Some(v) => decode(v.value(), "a tombstone")?,
-                            None => continue,
-                        };
-                        if t.stamp != aged.stamp {
+                        let Some(t) =
+                            take_if_stamped::<Tombstone>(&mut tx.tombstones, k, aged.stamp)?
+                        else {
                             continue;
-                        }
-                        tx.tombstones.remove(k.as_slice())?;
+                        };
                         if let Some((user, guid, uid)) = super::keys::split_tombstone(k) {
                             if let Some(kill) = super::identity::kill_key(&user, guid, uid, &t) {
                                 tx.identities.remove(kill.as_slice())?;
@@ -93,15 +132,10 @@ impl Store {
                         purged.tombstones += 1;
                     }
                     TombstoneKey::Mailbox(k) => {
-                        let t: MailboxTombstone = match tx.mailbox_tombstones.get(k.as_slice())? {
-                            Some(v) => decode(v.value(), "a mailbox tombstone")?,
-                            None => continue,
-                        };
-                        if t.stamp != aged.stamp {
-                            continue;
+                        let table = &mut tx.mailbox_tombstones;
+                        if take_if_stamped::<MailboxTombstone>(table, k, aged.stamp)?.is_some() {
+                            purged.mailbox_tombstones += 1;
                         }
-                        tx.mailbox_tombstones.remove(k.as_slice())?;
-                        purged.mailbox_tombstones += 1;
                     }
                 }
             }

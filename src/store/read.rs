@@ -8,6 +8,7 @@ use super::tx::{decode, decode_message};
 use super::Store;
 use crate::merkle::{NodeHash, NodeKey, NodeValue, BUCKET_SHIFT};
 use crate::model::{Digest, MailboxGuid, MailboxSide, MailboxTombstone, Tombstone};
+use redb::ReadableTable;
 use std::collections::BTreeSet;
 
 /// `uids` as inclusive ranges for [`Store::mailbox_side_in`]: one range over every UID when
@@ -18,6 +19,107 @@ pub fn uid_ranges(uids: Option<&BTreeSet<u32>>) -> Vec<(u32, u32)> {
         None => vec![(0, u32::MAX)],
         Some(set) => set.iter().map(|u| (*u, *u)).collect(),
     }
+}
+
+/// Calls `each` with the UID and the stored value of every live message of `user`'s mailbox
+/// `guid` with a UID in `first..=last`, in UID order; `messages` is MESSAGES, read or written.
+pub(crate) fn each_message(
+    messages: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    user: &str,
+    guid: MailboxGuid,
+    (first, last): (u32, u32),
+    mut each: impl FnMut(u32, &[u8]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let (start, end) = keys::uid_range(user, guid, first, last);
+    for item in messages.range(start.as_slice()..=end.as_slice())? {
+        let (k, v) = item?;
+        let (_, _, uid) = keys::split_message(k.value())
+            .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
+        each(uid, v.value())?;
+    }
+    Ok(())
+}
+
+/// The UIDs of `user`'s live messages in mailbox `guid` with a UID in `range`, in order.
+pub(crate) fn message_uids(
+    messages: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    user: &str,
+    guid: MailboxGuid,
+    range: (u32, u32),
+) -> Result<Vec<u32>, StoreError> {
+    let mut uids = Vec::new();
+    each_message(messages, user, guid, range, |uid, _| {
+        uids.push(uid);
+        Ok(())
+    })?;
+    Ok(uids)
+}
+
+/// A mailbox as MAILBOXES, MAILBOX_TOMBSTONES, MESSAGES and TOMBSTONES hold it (read or
+/// written): the record or the tombstone, and the messages and expunge tombstones at UIDs in
+/// the inclusive `ranges`.
+pub(crate) fn side_in(
+    mailboxes: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    mailbox_tombstones: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    messages: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    tombstones: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    (user, guid): (&str, MailboxGuid),
+    ranges: &[(u32, u32)],
+) -> Result<MailboxSide, StoreError> {
+    let mut side = MailboxSide::default();
+    read_mailbox(mailboxes, mailbox_tombstones, (user, guid), &mut side)?;
+    read_ranges(messages, tombstones, (user, guid), ranges, &mut side)?;
+    Ok(side)
+}
+
+/// Reads a mailbox's record and tombstone into `side`.
+pub(crate) fn read_mailbox(
+    mailboxes: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    mailbox_tombstones: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    (user, guid): (&str, MailboxGuid),
+    side: &mut MailboxSide,
+) -> Result<(), StoreError> {
+    let key = keys::mailbox(user, guid);
+    if let Some(v) = mailboxes.get(key.as_slice())? {
+        side.record = Some(decode(v.value(), "a mailbox")?);
+    }
+    if let Some(v) = mailbox_tombstones.get(key.as_slice())? {
+        side.tombstone = Some(decode::<MailboxTombstone>(
+            v.value(),
+            "a mailbox tombstone",
+        )?);
+    }
+    Ok(())
+}
+
+/// Reads a mailbox's messages and expunge tombstones at UIDs in the inclusive `ranges` into
+/// `side`.
+pub(crate) fn read_ranges(
+    messages: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    tombstones: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    (user, guid): (&str, MailboxGuid),
+    ranges: &[(u32, u32)],
+    side: &mut MailboxSide,
+) -> Result<(), StoreError> {
+    for &(first, last) in ranges {
+        each_message(messages, user, guid, (first, last), |uid, v| {
+            side.messages.insert(uid, decode_message(v)?.1);
+            Ok(())
+        })?;
+        let (start, end) = keys::tombstone_range(user, guid, first, last);
+        for item in tombstones.range(start.as_slice()..=end.as_slice())? {
+            let (k, v) = item?;
+            let head = k
+                .value()
+                .get(..k.value().len().saturating_sub(32))
+                .unwrap_or_default();
+            let (_, _, uid) = keys::split_message(head)
+                .ok_or_else(|| StoreError::Corrupt("malformed tombstone key".into()))?;
+            let t: Tombstone = decode(v.value(), "a tombstone")?;
+            side.expunged.entry(uid).or_default().push(t);
+        }
+    }
+    Ok(())
 }
 
 impl Store {
@@ -41,41 +143,14 @@ impl Store {
         ranges: &[(u32, u32)],
     ) -> Result<MailboxSide, StoreError> {
         let txn = self.read_txn()?;
-        let key = keys::mailbox(user, guid);
-        let mut side = MailboxSide::default();
-        if let Some(v) = txn.open_table(MAILBOXES)?.get(key.as_slice())? {
-            side.record = Some(decode(v.value(), "a mailbox")?);
-        }
-        if let Some(v) = txn.open_table(MAILBOX_TOMBSTONES)?.get(key.as_slice())? {
-            side.tombstone = Some(decode::<MailboxTombstone>(
-                v.value(),
-                "a mailbox tombstone",
-            )?);
-        }
-        let messages = txn.open_table(MESSAGES)?;
-        let tombstones = txn.open_table(TOMBSTONES)?;
-        for &(first, last) in ranges {
-            let (start, end) = keys::uid_range(user, guid, first, last);
-            for item in messages.range(start.as_slice()..=end.as_slice())? {
-                let (k, v) = item?;
-                let (_, _, uid) = keys::split_message(k.value())
-                    .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
-                side.messages.insert(uid, decode_message(v.value())?.1);
-            }
-            let (start, end) = keys::tombstone_range(user, guid, first, last);
-            for item in tombstones.range(start.as_slice()..=end.as_slice())? {
-                let (k, v) = item?;
-                let head = k
-                    .value()
-                    .get(..k.value().len().saturating_sub(32))
-                    .unwrap_or_default();
-                let (_, _, uid) = keys::split_message(head)
-                    .ok_or_else(|| StoreError::Corrupt("malformed tombstone key".into()))?;
-                let t: Tombstone = decode(v.value(), "a tombstone")?;
-                side.expunged.entry(uid).or_default().push(t);
-            }
-        }
-        Ok(side)
+        side_in(
+            &txn.open_table(MAILBOXES)?,
+            &txn.open_table(MAILBOX_TOMBSTONES)?,
+            &txn.open_table(MESSAGES)?,
+            &txn.open_table(TOMBSTONES)?,
+            (user, guid),
+            ranges,
+        )
     }
 
     /// The non-empty nodes of one level of a mailbox's UID tree, as (index, value).
@@ -85,16 +160,7 @@ impl Store {
         guid: MailboxGuid,
         level: u8,
     ) -> Result<Vec<(u32, NodeValue)>, StoreError> {
-        let node = |index| {
-            NodeKey::Uid {
-                user: user.to_string(),
-                guid,
-                level,
-                index,
-            }
-            .encode()
-        };
-        let (start, end) = (node(0), node(u32::MAX));
+        let (start, end) = NodeKey::uid_level_range(user, guid, level);
         let txn = self.read_txn()?;
         let tree = txn.open_table(TREE)?;
         let mut out = Vec::new();
@@ -122,21 +188,18 @@ impl Store {
         bucket: u32,
     ) -> Result<Vec<(u32, NodeHash)>, StoreError> {
         let first = bucket << BUCKET_SHIFT;
-        let (start, end) = keys::uid_range(user, guid, first, first | ((1 << BUCKET_SHIFT) - 1));
         let txn = self.read_txn()?;
         let messages = txn.open_table(MESSAGES)?;
         let mut out = Vec::new();
-        for item in messages.range(start.as_slice()..=end.as_slice())? {
-            let (k, v) = item?;
-            let (_, _, uid) = keys::split_message(k.value())
-                .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
+        let range = (first, first | ((1 << BUCKET_SHIFT) - 1));
+        each_message(&messages, user, guid, range, |uid, v| {
             let hash: [u8; 32] = v
-                .value()
                 .get(..32)
                 .and_then(|h| h.try_into().ok())
                 .ok_or_else(|| StoreError::Corrupt("message value too short".into()))?;
             out.push((uid, NodeHash(hash)));
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -156,16 +219,7 @@ impl Store {
         first: u32,
         last: u32,
     ) -> Result<Vec<u32>, StoreError> {
-        let (start, end) = keys::uid_range(user, guid, first, last);
         let txn = self.read_txn()?;
-        let messages = txn.open_table(MESSAGES)?;
-        let mut out = Vec::new();
-        for item in messages.range(start.as_slice()..=end.as_slice())? {
-            let (k, _) = item?;
-            let (_, _, uid) = keys::split_message(k.value())
-                .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
-            out.push(uid);
-        }
-        Ok(out)
+        message_uids(&txn.open_table(MESSAGES)?, user, guid, (first, last))
     }
 }

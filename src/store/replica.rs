@@ -219,8 +219,7 @@ impl Tx<'_> {
                 tombstone,
             } => {
                 self.observe(tombstone.stamp);
-                self.remove_message(user, *guid, *uid)?;
-                self.put_tombstone(user, *guid, *uid, tombstone)?;
+                self.bury(user, *guid, *uid, tombstone)?;
                 self.kill_elsewhere(user, *guid, tombstone)?;
             }
             Change::Remove { user, guid, uid } => {

@@ -10,6 +10,7 @@ use super::body::{damaged_marks, mark_damaged, DamagedMark};
 use super::error::StoreError;
 use super::keys;
 use super::ops::Counters;
+use super::read::each_message;
 use super::tables::*;
 use super::tx::{decode, decode_message};
 use super::Store;
@@ -238,13 +239,9 @@ impl Store {
         }
         // One mailbox's entries at a time, so memory stays bounded by the largest mailbox.
         let stream = items.into_iter().map(|(user, record)| {
-            let (start, end) = keys::uid_range(&user, record.guid, 0, u32::MAX);
             let mut entries = Vec::new();
-            for item in messages.range(start.as_slice()..=end.as_slice())? {
-                let (k, v) = item?;
-                let (_, _, uid) = keys::split_message(k.value())
-                    .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
-                let (stored, message) = decode_message(v.value())?;
+            each_message(&messages, &user, record.guid, (0, u32::MAX), |uid, v| {
+                let (stored, message) = decode_message(v)?;
                 let hash = entry_hash(uid, &message.digest, &message.flags);
                 if stored != hash {
                     report.problems.push(format!(
@@ -269,7 +266,8 @@ impl Store {
                 recount.message_bytes += message.size;
                 *refs.entry(message.digest).or_default() += 1;
                 entries.push((uid, hash));
-            }
+                Ok(())
+            })?;
             Ok::<_, StoreError>((user, record, entries))
         });
         let rebuilt = rebuild(stream)?;

@@ -454,6 +454,14 @@ fn change_group(
     }))
 }
 
+/// Refuses `what` (a record or a tombstone) that names a GUID other than its group's.
+fn same_guid(named: MailboxGuid, guid: MailboxGuid, what: &str) -> Result<(), StoreError> {
+    if named != guid {
+        return Err(invalid(format!("{what} under another GUID")));
+    }
+    Ok(())
+}
+
 /// One wire change of group `g` as the store's change; `None` when it is a delta against
 /// something `side` (this replica's mailbox at the referred UIDs) no longer holds.
 fn change_of(
@@ -465,9 +473,7 @@ fn change_of(
     let user = || g.user.clone();
     Ok(Some(match c {
         WireChange::Mailbox(record) => {
-            if record.guid != guid {
-                return Err(invalid("a mailbox record under another GUID"));
-            }
+            same_guid(record.guid, guid, "a mailbox record")?;
             Change::Mailbox {
                 user: user(),
                 record: record.clone(),
@@ -494,9 +500,7 @@ fn change_of(
             body: Some(body.clone()),
         },
         WireChange::DeleteMailbox(tombstone) => {
-            if tombstone.guid != guid {
-                return Err(invalid("a mailbox tombstone under another GUID"));
-            }
+            same_guid(tombstone.guid, guid, "a mailbox tombstone")?;
             Change::DeleteMailbox {
                 user: user(),
                 tombstone: tombstone.clone(),

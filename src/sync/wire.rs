@@ -2,7 +2,7 @@
 //! question the initiator has for that round; one reply holding every answer, in order.
 //! docs/PROTOCOL.md describes it byte by byte.
 
-use crate::merkle::NodeHash;
+use crate::merkle::{list_hash, NodeHash};
 use crate::model::{
     Change, ChangeGroup, Digest, FlagSet, MailboxGuid, MailboxRecord, MailboxTombstone, Md5,
     MessageRecord, Stamp, Tombstone,
@@ -211,22 +211,18 @@ pub fn record_rest(r: &MailboxRecord, window: u8) -> Fp {
 
 /// The digest of a user's mailbox GUIDs, in order.
 pub fn guid_digest<'a>(guids: impl IntoIterator<Item = &'a MailboxGuid>, window: u8) -> Fp {
-    let mut h = blake3::Hasher::new();
-    h.update(b"G");
-    for g in guids {
-        h.update(&g.0);
-    }
-    fp(&NodeHash(*h.finalize().as_bytes()), window)
+    fp(
+        &list_hash(b'G', guids.into_iter().map(|g| &g.0[..])),
+        window,
+    )
 }
 
 /// The hash of a run of entries (their entry hashes in UID order).
 pub fn run_hash<'a>(entries: impl IntoIterator<Item = &'a NodeHash>, window: u8) -> Fp {
-    let mut h = blake3::Hasher::new();
-    h.update(b"N");
-    for e in entries {
-        h.update(&e.0);
-    }
-    fp(&NodeHash(*h.finalize().as_bytes()), window)
+    fp(
+        &list_hash(b'N', entries.into_iter().map(|e| &e.0[..])),
+        window,
+    )
 }
 
 /// One bucket of the asker's, as 8 runs of 8 UIDs: which runs hold messages below the

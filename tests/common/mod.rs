@@ -332,6 +332,16 @@ pub fn str_field<'a>(v: &'a Value, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no string field {name:?} in {v}"))
 }
 
+/// The string field `name` of every object in the JSON array `list`, in order (panics with
+/// the list if it is not an array, or with the object that lacks the field).
+#[track_caller]
+pub fn str_fields<'a>(list: &'a Value, name: &str) -> Vec<&'a str> {
+    let objects = list
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {list}"));
+    objects.iter().map(|v| str_field(v, name)).collect()
+}
+
 /// A field of a JSON object as a number (panics with the object if absent).
 #[track_caller]
 pub fn u64_field(v: &Value, name: &str) -> u64 {
@@ -463,6 +473,11 @@ pub fn spawn_for_first_line(mut cmd: Command, within: Duration) -> (Child, Strin
         let _ = tx.send(line);
     });
     (child, rx.recv_timeout(within).unwrap_or_default())
+}
+
+/// The address in a `merkmail serve`'s first line (`listening on ADDR`), if it is that line.
+pub fn listening_addr(line: &str) -> Option<&str> {
+    line.trim_end().strip_prefix("listening on ")
 }
 
 /// Starts `merkmail serve --config CONFIG` (stderr appended to LOG, `MERKMAIL_LOG=LEVEL`) and

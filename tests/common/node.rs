@@ -5,11 +5,19 @@
 use super::{killed_by_signal, parse_uids, run, start_serve, stop_serve, ChildGuard, Run};
 use merkmail::net::client::{BlockingClient, ClientConfig};
 use merkmail::net::tls::ClientTls;
-use merkmail::status::StatusView;
+use merkmail::status::{PeerView, StatusView};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// The peer at `url` in a node's status; panics when the node does not list it.
+pub fn peer_of<'a>(v: &'a StatusView, url: &str) -> &'a PeerView {
+    v.peers
+        .iter()
+        .find(|p| p.url == url)
+        .unwrap_or_else(|| panic!("{url} not among the peers of {}", v.node))
+}
 
 /// How long a node gets to print its `listening on` line, and to exit after SIGTERM. The
 /// tests took 20 or 30 seconds before they shared this harness; the looser bound serves all.

@@ -5,6 +5,7 @@
 
 use merkmail::model::{FlagName, FlagOp, MessageRecord};
 use merkmail::store::{NewMessage, Store};
+use merkmail::sync::{in_process, run};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
@@ -103,4 +104,20 @@ pub fn view(
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Reconciles `x` with `y` (once more, in the next window, if the first session did not end
+/// equal) and checks that it ended equal: the same root on both, both stores sound.
+pub fn sync_to_equal(x: &Store, y: &Store, window: u8) -> Result<(), TestCaseError> {
+    let r = run(x, window, false, in_process(y)).expect("session");
+    let r = if r.equal_after {
+        r
+    } else {
+        run(x, window.wrapping_add(1), false, in_process(y)).expect("second session")
+    };
+    prop_assert!(r.equal_after, "not equal after: {:?}", r);
+    prop_assert_eq!(x.root().expect("root"), y.root().expect("root"));
+    prop_assert!(x.verify().expect("verify").is_ok());
+    prop_assert!(y.verify().expect("verify").is_ok());
+    Ok(())
 }

@@ -2,14 +2,13 @@
 //! acknowledged, then applied entry by entry as `model::decide_entry` decides, with what
 //! could not be applied left to a Merkle session with the sender.
 
-use super::{
-    inbound_key, read_mailbox, read_uid, split_inbound, Bytes, SenderJournal, SenderState,
-};
+use super::{inbound_key, split_inbound, Bytes, SenderJournal, SenderState};
 use crate::model::{
     decide_entry, validate_user, ChangeCounts, Digest, EntryDecision, JournalBatch, MailboxGuid,
     MailboxSide, ShippedEntry,
 };
 use crate::store::error::StoreError;
+use crate::store::read::{side_in, uid_ranges};
 use crate::store::tables::{JOURNAL_INBOUND, JOURNAL_SENDERS};
 use crate::store::tx::{decode, encode, Tx};
 use crate::store::Store;
@@ -63,25 +62,14 @@ impl Tx<'_> {
         guid: MailboxGuid,
         uids: &BTreeSet<u32>,
     ) -> Result<MailboxSide, StoreError> {
-        let mut side = MailboxSide::default();
-        read_mailbox(
+        side_in(
             &self.mailboxes,
             &self.mailbox_tombstones,
-            user,
-            guid,
-            &mut side,
-        )?;
-        for uid in uids {
-            read_uid(
-                &self.messages,
-                &self.tombstones,
-                user,
-                guid,
-                *uid,
-                &mut side,
-            )?;
-        }
-        Ok(side)
+            &self.messages,
+            &self.tombstones,
+            (user, guid),
+            &uid_ranges(Some(uids)),
+        )
     }
 
     /// Marks a sender as owed a Merkle session.

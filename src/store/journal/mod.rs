@@ -27,9 +27,8 @@ mod outbound;
 pub use inbound::{InboundApplied, InboundStats, APPLY_GROUP};
 
 use super::error::StoreError;
-use super::keys;
-use super::tx::{decode, decode_message};
-use crate::model::{MailboxGuid, MailboxSide};
+use super::tx::decode;
+use crate::model::MailboxGuid;
 use redb::{ReadableTable, Table};
 use serde::{Deserialize, Serialize};
 
@@ -152,47 +151,6 @@ fn trim(
         .min()
         .unwrap_or(u64::MAX);
     journal.retain_in(..=floor, |_, _| false)?;
-    Ok(())
-}
-
-/// Reads a mailbox's record and tombstone into `side`.
-fn read_mailbox(
-    mailboxes: &impl ReadableTable<Bytes, Bytes>,
-    tombstones: &impl ReadableTable<Bytes, Bytes>,
-    user: &str,
-    guid: MailboxGuid,
-    side: &mut MailboxSide,
-) -> Result<(), StoreError> {
-    let key = keys::mailbox(user, guid);
-    if let Some(v) = mailboxes.get(key.as_slice())? {
-        side.record = Some(decode(v.value(), "a mailbox")?);
-    }
-    if let Some(v) = tombstones.get(key.as_slice())? {
-        side.tombstone = Some(decode(v.value(), "a mailbox tombstone")?);
-    }
-    Ok(())
-}
-
-/// Reads the message and the expunge tombstones at one UID into `side`.
-fn read_uid(
-    messages: &impl ReadableTable<Bytes, Bytes>,
-    tombstones: &impl ReadableTable<Bytes, Bytes>,
-    user: &str,
-    guid: MailboxGuid,
-    uid: u32,
-    side: &mut MailboxSide,
-) -> Result<(), StoreError> {
-    if let Some(v) = messages.get(keys::message(user, guid, uid).as_slice())? {
-        side.messages.insert(uid, decode_message(v.value())?.1);
-    }
-    let (start, end) = keys::tombstone_range(user, guid, uid, uid);
-    for item in tombstones.range(start.as_slice()..=end.as_slice())? {
-        let (_, v) = item?;
-        side.expunged
-            .entry(uid)
-            .or_default()
-            .push(decode(v.value(), "a tombstone")?);
-    }
     Ok(())
 }
 

@@ -2,14 +2,15 @@
 //! overflow, and the batches of the current state of those keys that a shipper sends.
 
 use super::{
-    meta_u64, peer_state, peer_states, read_mailbox, read_uid, trim, JournalRecord, PeerJournal,
-    PeerState, BOUND_KEY, DEFAULT_JOURNAL_BOUND, HEAD_KEY,
+    meta_u64, peer_state, peer_states, trim, JournalRecord, PeerJournal, PeerState, BOUND_KEY,
+    DEFAULT_JOURNAL_BOUND, HEAD_KEY,
 };
 use crate::model::{
     Digest, JournalBatch, MailboxGuid, MailboxSide, ShippedEntry, JOURNAL_WIRE_VERSION,
     MAX_BATCH_ENTRIES,
 };
 use crate::store::error::StoreError;
+use crate::store::read::{read_mailbox, read_ranges};
 use crate::store::tables::{
     JOURNAL, JOURNAL_PEERS, MAILBOXES, MAILBOX_TOMBSTONES, MESSAGES, META, TOMBSTONES,
 };
@@ -154,13 +155,8 @@ impl Store {
             let key = (rec.user.clone(), rec.guid);
             if !index.contains_key(&key) {
                 let mut side = MailboxSide::default();
-                read_mailbox(
-                    &mailboxes,
-                    &mailbox_tombstones,
-                    &rec.user,
-                    rec.guid,
-                    &mut side,
-                )?;
+                let at = (rec.user.as_str(), rec.guid);
+                read_mailbox(&mailboxes, &mailbox_tombstones, at, &mut side)?;
                 bytes += ENTRY_COST + rec.user.len();
                 index.insert(key.clone(), (entries.len(), BTreeSet::new()));
                 entries.push(ShippedEntry {
@@ -185,7 +181,8 @@ impl Store {
                     continue;
                 }
                 let mut side = MailboxSide::default();
-                read_uid(&messages, &tombstones, &rec.user, rec.guid, uid, &mut side)?;
+                let at = (rec.user.as_str(), rec.guid);
+                read_ranges(&messages, &tombstones, at, &[(uid, uid)], &mut side)?;
                 for (uid, m) in side.messages {
                     if shipped.insert(m.digest) {
                         let body = self.bodies.read(&txn, &m.digest)?.ok_or_else(|| {
@@ -221,19 +218,13 @@ impl Store {
     /// The peer durably stored everything up to `upto`: its cursor moves there (never back,
     /// never past the head) and entries no peer needs are dropped.
     pub fn journal_ack(&self, peer: &str, upto: u64) -> Result<(), StoreError> {
-        self.write_replicated(|tx| {
-            let txn = tx.txn;
-            let head = meta_u64(&tx.meta, HEAD_KEY)?.unwrap_or(0);
-            let mut table = txn.open_table(JOURNAL_PEERS)?;
-            let mut st = peer_state(&table, peer)?;
+        self.journal_move_peer(peer, |st, head| {
             let upto = upto.min(head);
             if upto <= st.cursor {
-                return Ok(());
+                return false;
             }
             st.cursor = upto;
-            table.insert(peer, encode(&st)?.as_slice())?;
-            let states = peer_states(&table)?;
-            trim(&mut txn.open_table(JOURNAL)?, &states)
+            true
         })
     }
 
@@ -241,14 +232,29 @@ impl Store {
     /// it covered every change up to there. The cursor moves up to it, and the overflow flag
     /// clears unless the peer overflowed again after the session started.
     pub fn journal_merkle_done(&self, peer: &str, head_at_start: u64) -> Result<(), StoreError> {
+        self.journal_move_peer(peer, |st, head| {
+            st.cursor = st.cursor.max(head_at_start.min(head));
+            if st.overflowed && st.overflowed_at <= head_at_start {
+                st.overflowed = false;
+            }
+            true
+        })
+    }
+
+    /// Changes `peer`'s state with `change` (given the head); when it says it changed
+    /// something, stores the state and drops the entries no peer needs any more.
+    fn journal_move_peer(
+        &self,
+        peer: &str,
+        change: impl FnOnce(&mut PeerState, u64) -> bool,
+    ) -> Result<(), StoreError> {
         self.write_replicated(|tx| {
             let txn = tx.txn;
             let head = meta_u64(&tx.meta, HEAD_KEY)?.unwrap_or(0);
             let mut table = txn.open_table(JOURNAL_PEERS)?;
             let mut st = peer_state(&table, peer)?;
-            st.cursor = st.cursor.max(head_at_start.min(head));
-            if st.overflowed && st.overflowed_at <= head_at_start {
-                st.overflowed = false;
+            if !change(&mut st, head) {
+                return Ok(());
             }
             table.insert(peer, encode(&st)?.as_slice())?;
             let states = peer_states(&table)?;
