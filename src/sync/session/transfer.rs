@@ -44,7 +44,7 @@ impl Session<'_> {
                 bodies.push(bytes);
             }
             self.next
-                .push((Ask::PutBodies, Request::PutBodies { bodies }));
+                .push((Ask::PutBodies(push), Request::PutBodies { bodies }));
         }
         if self.fetch.is_empty() && self.push.is_empty() {
             self.phase = Phase::Apply;
@@ -82,6 +82,7 @@ impl Session<'_> {
         if bodies.len() != digests.len() {
             return Err(protocol("a different number of bodies than asked for"));
         }
+        self.moved(&digests);
         self.stage_fetched(digests, bodies)
     }
 
