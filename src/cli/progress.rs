@@ -129,10 +129,12 @@ impl Meter {
         let render = if quiet {
             Render::Off
         } else if std::io::stderr().is_terminal() {
-            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            // Set up hidden, so the first line drawn is a whole one.
+            let bar = ProgressBar::hidden();
             bar.set_style(style(false));
             bar.set_prefix(label.what);
             bar.set_message(label.counts(&Progress::default()));
+            bar.set_draw_target(ProgressDrawTarget::stderr());
             bar.enable_steady_tick(TICK);
             Render::Bar {
                 bar,
@@ -173,15 +175,13 @@ impl Meter {
         let shared = Arc::clone(&state);
         let ticker = std::thread::Builder::new()
             .name("progress".into())
-            .spawn(move || loop {
-                match stopped.recv_timeout(interval) {
-                    Err(RecvTimeoutError::Timeout) => {
-                        let mut plain = lock(&shared);
-                        if plain.printed.elapsed() >= plain.interval {
-                            plain.print();
-                        }
+            .spawn(move || {
+                // Stops when the meter drops its sender.
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                    let mut plain = lock(&shared);
+                    if plain.printed.elapsed() >= plain.interval {
+                        plain.print();
                     }
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
                 }
             })
             .ok();
@@ -198,13 +198,14 @@ impl Meter {
         match &mut self.render {
             Render::Off => {}
             Render::Bar { bar, label, known } => {
+                // The message first: a bar drawn with the old, longer message would wrap.
+                bar.set_message(label.counts(&p));
                 if let (Some(total), false) = (p.total, *known) {
                     *known = true;
                     bar.set_style(style(true));
                     bar.set_length(total);
                 }
                 bar.set_position(p.done);
-                bar.set_message(label.counts(&p));
             }
             Render::Plain { state, .. } => {
                 let mut plain = lock(state);
@@ -286,7 +287,7 @@ pub(super) fn number(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(' ');
         }
         out.push(c);
