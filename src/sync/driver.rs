@@ -76,8 +76,8 @@ pub fn run_with_progress<E>(
         let reply = decode_reply(&answer)?;
         let body_in: u64 = reply.replies.iter().map(Reply::body_len).sum();
         received += (answer.len() as u64).saturating_sub(body_in);
-        session.receive(reply)?;
         moved += (bytes_len + answer.len()) as u64;
+        session.receive_observed(reply, &mut |p| progress(Progress { bytes: moved, ..p }))?;
         progress(Progress {
             bytes: moved,
             ..session.progress()

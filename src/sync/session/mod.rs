@@ -20,7 +20,7 @@ use super::wire::{
     fp, ApplyGroup, Fp, GuidRef, Reply, Request, RoundReply, RoundRequest, WIRE_VERSION,
 };
 use crate::merkle::{NodeHash, NodeKey};
-use crate::model::{ChangeGroup, Progress};
+use crate::model::{no_progress, ChangeGroup, Progress};
 use crate::model::{Digest, MailboxGuid, MailboxRecord, MailboxSide, MailboxTombstone};
 use crate::store::StoreError;
 use serde::{Deserialize, Serialize};
@@ -285,6 +285,16 @@ impl<'a> Session<'a> {
 
     /// Takes the peer's answer to the last round.
     pub fn receive(&mut self, reply: RoundReply) -> Result<(), SessionError> {
+        self.receive_observed(reply, &mut no_progress)
+    }
+
+    /// [`Session::receive`], telling `progress` how far the session has come before it applies
+    /// its own changes (which can take a while after a large copy).
+    pub fn receive_observed(
+        &mut self,
+        reply: RoundReply,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(), SessionError> {
         let asked = std::mem::take(&mut self.asked);
         if reply.replies.len() != asked.len() {
             return Err(protocol(format!(
@@ -294,7 +304,7 @@ impl<'a> Session<'a> {
             )));
         }
         for (ask, answer) in asked.into_iter().zip(reply.replies) {
-            self.take(ask, answer)?;
+            self.take(ask, answer, progress)?;
         }
         Ok(())
     }
@@ -316,7 +326,12 @@ impl<'a> Session<'a> {
     }
 
     /// One answer, handed to the phase that asked for it.
-    fn take(&mut self, ask: Ask, answer: Reply) -> Result<(), SessionError> {
+    fn take(
+        &mut self,
+        ask: Ask,
+        answer: Reply,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(), SessionError> {
         match (ask, answer) {
             (Ask::Root, Reply::Root { equal, children }) => self.take_root(equal, &children),
             (Ask::Children(node), Reply::Children { children }) => {
@@ -359,7 +374,9 @@ impl<'a> Session<'a> {
                 self.moved(&digests);
                 Ok(())
             }
-            (Ask::Apply, Reply::Applied { applied, root }) => self.take_applied(&applied, root),
+            (Ask::Apply, Reply::Applied { applied, root }) => {
+                self.take_applied(&applied, root, progress)
+            }
             (ask, _) => Err(protocol(format!("an answer of the wrong kind to {ask:?}"))),
         }
     }

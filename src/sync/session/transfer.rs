@@ -4,7 +4,7 @@
 
 use super::{protocol, Ask, Phase, Session, SessionError, APPLY_BATCH_BYTES};
 use crate::model::Digest;
-use crate::model::{Change, ChangeGroup};
+use crate::model::{Change, ChangeGroup, Progress};
 use crate::sync::wire::{encode, Request, BODY_BATCH_BYTES};
 use std::collections::BTreeMap;
 
@@ -116,9 +116,13 @@ impl Session<'_> {
         &mut self,
         applied: &[bool],
         root: [u8; 32],
+        progress: &mut dyn FnMut(Progress),
     ) -> Result<(), SessionError> {
         if !self.local_applied {
             self.local_applied = true;
+            // Every body has moved by now (Bodies answers come first): say so before the
+            // changes are written.
+            progress(self.progress());
             self.apply_local()?;
         }
         let stale = applied.iter().filter(|ok| !**ok).count() as u64;
