@@ -200,9 +200,12 @@ impl Meter {
             Render::Bar { bar, label, known } => {
                 // The message first: a bar drawn with the old, longer message would wrap.
                 bar.set_message(label.counts(&p));
-                if let (Some(total), false) = (p.total, *known) {
-                    *known = true;
-                    bar.set_style(style(true));
+                if let Some(total) = p.total {
+                    if !*known {
+                        *known = true;
+                        bar.set_style(style(true));
+                    }
+                    // A second sync session, or mail appended during an export, moves it.
                     bar.set_length(total);
                 }
                 bar.set_position(p.done);
