@@ -324,3 +324,24 @@ fn only_main_and_the_cli_use_anyhow() {
         );
     }
 }
+
+#[test]
+fn only_the_command_line_prints() {
+    // The layers below report progress and outcomes through callbacks and typed values
+    // (`model::Progress`); src/cli renders them. Logs go through `tracing`.
+    for (module, _) in LAYERS.iter().filter(|(m, _)| *m != "cli") {
+        forbid(
+            module,
+            &[
+                "println!",
+                "print!(",
+                "eprint",
+                "stdout()",
+                "stderr()",
+                "IsTerminal",
+                "indicatif",
+            ],
+            "only the command line prints",
+        );
+    }
+}

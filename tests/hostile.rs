@@ -802,7 +802,8 @@ fn names_that_try_to_leave_the_export_directory_are_refused() {
             .create_mailbox("bob", name)
             .expect("the store takes it");
         let root = tmp.path().join(format!("out{i}"));
-        let e = merkmail::maildir::export(&store, "bob", &root).expect_err(name);
+        let e = merkmail::maildir::export(&store, "bob", &root, &mut merkmail::model::no_progress)
+            .expect_err(name);
         assert!(e.to_string().contains(name), "{name}: {e}");
         let written = std::fs::read_dir(&root).map(|d| d.count()).unwrap_or(0);
         assert_eq!(written, 0, "{name}: export wrote something");

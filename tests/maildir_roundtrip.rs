@@ -2,6 +2,7 @@
 //! keywords; and importing the same Maildir twice adds nothing.
 
 use merkmail::maildir::{export, import, MaildirWriter};
+use merkmail::model::no_progress;
 use merkmail::model::{FlagName, FlagOp};
 use merkmail::store::{NewMessage, Store};
 use proptest::prelude::*;
@@ -117,13 +118,13 @@ proptest! {
     fn import_export_import_keeps_uids_digests_flags_and_keywords(msgs in arb_msgs()) {
         let dir = tempfile::tempdir().expect("tempdir");
         let a = build(&msgs);
-        export(&a, "u", &dir.path().join("one")).expect("export a");
+        export(&a, "u", &dir.path().join("one"), &mut no_progress).expect("export a");
 
         let b = Store::in_memory("b").expect("store");
-        import(&b, "u", &dir.path().join("one"), false).expect("import into b");
-        export(&b, "u", &dir.path().join("two")).expect("export b");
+        import(&b, "u", &dir.path().join("one"), &mut no_progress).expect("import into b");
+        export(&b, "u", &dir.path().join("two"), &mut no_progress).expect("export b");
         let c = Store::in_memory("c").expect("store");
-        import(&c, "u", &dir.path().join("two"), false).expect("import into c");
+        import(&c, "u", &dir.path().join("two"), &mut no_progress).expect("import into c");
 
         let (ma, boxes_a) = contents(&a, "u");
         let (mb, boxes_b) = contents(&b, "u");
@@ -159,9 +160,9 @@ fn importing_the_same_maildir_twice_adds_nothing() {
             expunge: false,
         },
     ]);
-    export(&a, "u", dir.path()).expect("export");
+    export(&a, "u", dir.path(), &mut no_progress).expect("export");
     let b = Store::in_memory("b").expect("store");
-    let first = import(&b, "u", dir.path(), false).expect("first import");
+    let first = import(&b, "u", dir.path(), &mut no_progress).expect("first import");
     assert_eq!((first.imported, first.already_present), (2, 0));
     let root = b.root().expect("root");
     // A local change in between must survive the second import untouched.
@@ -175,7 +176,7 @@ fn importing_the_same_maildir_twice_adds_nothing() {
     .expect("flags");
     let root_after_change = b.root().expect("root");
     assert_ne!(root, root_after_change);
-    let second = import(&b, "u", dir.path(), false).expect("second import");
+    let second = import(&b, "u", dir.path(), &mut no_progress).expect("second import");
     assert_eq!((second.imported, second.already_present), (0, 2));
     assert_eq!(b.root().expect("root"), root_after_change);
 }
@@ -185,12 +186,13 @@ fn export_refuses_a_non_empty_target_and_unrepresentable_names() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("something"), b"x").expect("write");
     let a = build(&[]);
-    let err = export(&a, "u", dir.path()).expect_err("non-empty target");
+    let err = export(&a, "u", dir.path(), &mut no_progress).expect_err("non-empty target");
     assert!(err.to_string().contains("refusing to export"), "{err}");
 
     a.create_mailbox("u", "with.dot").expect("create");
     let empty = tempfile::tempdir().expect("tempdir");
-    let err = export(&a, "u", &empty.path().join("out")).expect_err("dot in a name");
+    let err =
+        export(&a, "u", &empty.path().join("out"), &mut no_progress).expect_err("dot in a name");
     assert!(err.to_string().contains("with.dot"), "{err}");
     assert!(!empty.path().join("out").exists(), "nothing was written");
 }
@@ -207,7 +209,7 @@ fn a_dovecot_uidlist_keeps_its_uids_and_uidvalidity() {
     w.finish_folder().expect("finish folder");
     w.finish().expect("finish");
     let s = Store::in_memory("s").expect("store");
-    import(&s, "u", dir.path(), false).expect("import");
+    import(&s, "u", dir.path(), &mut no_progress).expect("import");
     let inbox = s.mailbox("u", "INBOX").expect("inbox");
     assert_eq!((inbox.uidvalidity, inbox.uidnext), (424242, 100));
     let uids: Vec<u32> = s

@@ -335,6 +335,9 @@ pub enum Command {
         data: Data,
         user: String,
         path: PathBuf,
+        /// No progress on stderr.
+        #[arg(long, short)]
+        quiet: bool,
     },
 }
 
@@ -437,6 +440,9 @@ pub struct SyncArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub(super) json: bool,
+    /// No progress on stderr (with --data; with --url the server does the work).
+    #[arg(long, short)]
+    pub(super) quiet: bool,
 }
 
 /// `merkmail serve`'s arguments: each one overrides a key of the configuration file.

@@ -4,6 +4,7 @@
 use super::args::Data;
 use super::print;
 use crate::maildir::backend::{self, Template};
+use super::progress::{Label, Meter};
 use crate::merkle::{NodeHash, NodeKey, NodeValue, BUCKET_SHIFT};
 use crate::model::MailboxGuid;
 use crate::store::Store;
@@ -11,7 +12,6 @@ use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 /// `init`: a new, empty store for `node_id`; with `maildir`, the index of a live Maildir tree.
 pub(super) fn init(
@@ -69,7 +69,9 @@ pub(super) fn verify(
     out: &mut impl Write,
 ) -> Result<ExitCode> {
     let store = open(data)?;
-    let report = store.verify()?;
+    let mut meter = Meter::start(Label::new("verify", "messages"), quiet);
+    let report = store.verify_with_progress(&mut meter.observer())?;
+    meter.finish();
     let bodies_ok = !bodies || verify_bodies(&store, quiet, out)?;
     print::tree_verdict(&report, || Ok(store.root()?.hash.to_hex()), out)?;
     Ok(if report.is_ok() && bodies_ok {
@@ -79,21 +81,12 @@ pub(super) fn verify(
     })
 }
 
-/// `verify --bodies`: re-hashes every body (progress on stderr about every two seconds) and
-/// prints what rotted. Returns whether every body matched its digest.
+/// `verify --bodies`: re-hashes every body (progress on stderr) and prints what rotted.
+/// Returns whether every body matched its digest.
 fn verify_bodies(store: &Store, quiet: bool, out: &mut impl Write) -> Result<bool> {
-    let mut last = Instant::now();
-    let report = store.verify_bodies(&mut |p| {
-        if !quiet && last.elapsed() >= Duration::from_secs(2) {
-            last = Instant::now();
-            eprintln!(
-                "verify: {}/{} bodies re-hashed ({} MiB)",
-                p.done,
-                p.total,
-                p.bytes >> 20
-            );
-        }
-    })?;
+    let mut meter = Meter::start(Label::new("verify --bodies", "bodies"), quiet);
+    let report = store.verify_bodies(&mut meter.observer())?;
+    meter.finish();
     print::body_verdict(&report, out)?;
     Ok(report.damaged.is_empty())
 }
@@ -118,8 +111,10 @@ pub(super) fn import(
     out: &mut impl Write,
 ) -> Result<ExitCode> {
     let store = open(data)?;
-    let report = crate::maildir::import(&store, user, path, !quiet)
+    let mut meter = Meter::start(Label::new("import", "messages"), quiet);
+    let report = crate::maildir::import(&store, user, path, &mut meter.observer())
         .with_context(|| format!("importing {}", path.display()))?;
+    meter.finish();
     writeln!(out, "{report}")?;
     Ok(ExitCode::SUCCESS)
 }
@@ -129,11 +124,14 @@ pub(super) fn export(
     data: &Data,
     user: &str,
     path: &Path,
+    quiet: bool,
     out: &mut impl Write,
 ) -> Result<ExitCode> {
     let store = open(data)?;
-    let report = crate::maildir::export(&store, user, path)
+    let mut meter = Meter::start(Label::new("export", "messages"), quiet);
+    let report = crate::maildir::export(&store, user, path, &mut meter.observer())
         .with_context(|| format!("exporting to {}", path.display()))?;
+    meter.finish();
     writeln!(out, "{report}")?;
     Ok(ExitCode::SUCCESS)
 }

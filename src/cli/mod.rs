@@ -8,6 +8,7 @@ mod local;
 mod mail;
 mod mbox;
 mod print;
+mod progress;
 mod serve;
 mod status;
 mod sync;
@@ -56,9 +57,12 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             path,
             quiet,
         } => local::import(&data, &user, &path, quiet, &mut out)?,
-        Command::ExportMaildir { data, user, path } => {
-            local::export(&data, &user, &path, &mut out)?
-        }
+        Command::ExportMaildir {
+            data,
+            user,
+            path,
+            quiet,
+        } => local::export(&data, &user, &path, quiet, &mut out)?,
         Command::Mailbox(MailboxCommand::Create { target, user, name }) => {
             mail::run(&target, Request::CreateMailbox { user, name }, &mut out)?
         }

@@ -3,7 +3,8 @@
 
 use super::args::{Location, SyncArgs};
 use super::print;
-use crate::net::sync::{start_remote, sync_with_peer_using};
+use super::progress::{Label, Meter};
+use crate::net::sync::{start_remote, sync_with_peer_with_progress};
 use crate::store::Store;
 use anyhow::{Context, Result};
 use std::io::Write;
@@ -17,6 +18,7 @@ pub(super) fn sync(args: &SyncArgs, out: &mut impl Write) -> Result<ExitCode> {
         peer_token,
         dry_run,
         json,
+        quiet,
     } = args;
     let report = match target.location()? {
         Location::Url(url) => start_remote(
@@ -32,8 +34,20 @@ pub(super) fn sync(args: &SyncArgs, out: &mut impl Write) -> Result<ExitCode> {
             let store = Store::open(dir)?;
             // There is no other server here, so the peer's token may come from --token too.
             let token = peer_token.as_deref().or(target.token.as_deref());
-            sync_with_peer_using(&store, peer, token, *dry_run, config)
-                .with_context(|| format!("reconciling with {peer}"))?
+            let label = Label::new("sync", "messages")
+                .unknown_until("total known once the trees are compared");
+            let mut meter = Meter::start(label, *quiet);
+            let report = sync_with_peer_with_progress(
+                &store,
+                peer,
+                token,
+                *dry_run,
+                config,
+                &mut meter.observer(),
+            )
+            .with_context(|| format!("reconciling with {peer}"))?;
+            meter.finish();
+            report
         }
     };
     print::print(&report, *json, out)?;

@@ -2,6 +2,7 @@
 //! dovecot-uidlist per folder so that UIDs and UIDVALIDITY survive.
 
 use super::{folder_dir_name, ExportSummary, MaildirError, MaildirWriter};
+use crate::model::Progress;
 use crate::store::{Store, StoreError};
 use std::fmt;
 use std::path::Path;
@@ -42,8 +43,15 @@ impl fmt::Display for ExportReport {
     }
 }
 
-/// Exports every mailbox of `user` into `root`, which must be absent or empty.
-pub fn export(store: &Store, user: &str, root: &Path) -> Result<ExportReport, ExportError> {
+/// Exports every mailbox of `user` into `root`, which must be absent or empty. `progress`
+/// hears after every message written how many of the user's messages are out, and their
+/// bytes.
+pub fn export(
+    store: &Store,
+    user: &str,
+    root: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<ExportReport, ExportError> {
     let mailboxes = store.list_mailboxes(user)?;
     // Check every name first, so an unrepresentable one refuses the export before any write.
     let bad: Vec<String> = mailboxes
@@ -58,6 +66,9 @@ pub fn export(store: &Store, user: &str, root: &Path) -> Result<ExportReport, Ex
         return Err(ExportError::Unrepresentable(bad.join("; ")));
     }
     let mut writer = MaildirWriter::create(root)?;
+    let total = mailboxes.iter().map(|m| m.messages).sum();
+    let mut at = Progress::of(0, total, 0);
+    progress(at);
     for mailbox in &mailboxes {
         writer.begin_folder(
             &mailbox.name,
@@ -75,6 +86,11 @@ pub fn export(store: &Store, user: &str, root: &Path) -> Result<ExportReport, Ex
                 .map(|f| f.as_str().to_string())
                 .collect();
             writer.write_message(message.uid, &flags, message.record.internal_date, &bytes)?;
+            at.done += 1;
+            at.bytes += bytes.len() as u64;
+            // A message appended while the export runs may take the count past the total.
+            at.total = at.total.map(|t| t.max(at.done));
+            progress(at);
         }
         writer.finish_folder()?;
     }

@@ -4,12 +4,10 @@
 //! moment leaves whole messages only, and running the import again adds only what is missing.
 
 use super::{scan, MaildirError};
-use crate::model::{FlagName, MailboxGuid};
+use crate::model::{FlagName, MailboxGuid, Progress};
 use crate::store::{NewMessage, Store, StoreError};
 use std::fmt;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 use thiserror::Error;
 
 /// A batch is committed when it holds this many messages or this many bytes.
@@ -60,69 +58,22 @@ impl fmt::Display for ImportReport {
     }
 }
 
-/// Progress on stderr: a rewritten line on a terminal, a line every few seconds otherwise.
-struct Progress {
-    enabled: bool,
-    tty: bool,
-    total: usize,
-    done: usize,
-    last: Instant,
-}
-
-impl Progress {
-    fn tick(&mut self, done: usize, folder: &str) {
-        self.done = done;
-        let every = if self.tty {
-            Duration::from_millis(200)
-        } else {
-            Duration::from_secs(5)
-        };
-        if !self.enabled || self.last.elapsed() < every {
-            return;
-        }
-        self.last = Instant::now();
-        let pct = (self.done * 100).checked_div(self.total).unwrap_or(100);
-        if self.tty {
-            eprint!(
-                "\rimporting: {}/{} messages ({pct}%) — {folder}\x1b[K",
-                self.done, self.total
-            );
-        } else {
-            eprintln!(
-                "importing: {}/{} messages ({pct}%) — {folder}",
-                self.done, self.total
-            );
-        }
-    }
-
-    fn finish(&self) {
-        if self.enabled && self.tty {
-            eprintln!(
-                "\rimporting: {}/{} messages (100%)\x1b[K",
-                self.done, self.total
-            );
-        }
-    }
-}
-
-/// Imports a Maildir++ tree into `user`'s mailboxes.
+/// Imports a Maildir++ tree into `user`'s mailboxes. `progress` hears after every batch how
+/// many of the scanned files have been handled (imported, found present or skipped) and how
+/// many bytes were read; its last report counts every file.
 pub fn import(
     store: &Store,
     user: &str,
     root: &Path,
-    progress: bool,
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<ImportReport, ImportError> {
     crate::model::validate_user(user).map_err(StoreError::from)?;
     let folders = scan(root)?;
     let mut report = ImportReport::default();
-    let mut progress = Progress {
-        enabled: progress,
-        tty: std::io::stderr().is_terminal(),
-        total: folders.iter().map(|f| f.messages.len()).sum(),
-        done: 0,
-        last: Instant::now(),
-    };
-    let mut done = 0;
+    let total = folders.iter().map(|f| f.messages.len() as u64).sum();
+    // Files handled and bytes read so far; reported once their batch is committed.
+    let (mut handled, mut read) = (0u64, 0u64);
+    progress(Progress::of(0, total, 0));
     for folder in folders {
         report.folders += 1;
         report.skipped.extend(folder.skipped.iter().cloned());
@@ -137,6 +88,7 @@ pub fn import(
         let mut batch: Vec<NewMessage> = Vec::new();
         let mut batch_bytes = 0;
         for message in &folder.messages {
+            handled += 1;
             let bytes = match std::fs::read(&message.path) {
                 Ok(bytes) => bytes,
                 Err(e) => {
@@ -170,6 +122,7 @@ pub fn import(
                 }
             }
             batch_bytes += bytes.len();
+            read += bytes.len() as u64;
             batch.push(NewMessage {
                 bytes,
                 flags,
@@ -179,7 +132,6 @@ pub fn import(
                 ..NewMessage::default()
             });
             if batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_BYTES {
-                done += batch.len();
                 commit(
                     store,
                     user,
@@ -188,17 +140,15 @@ pub fn import(
                     &mut report,
                 )?;
                 batch_bytes = 0;
-                progress.tick(done, &folder.mailbox);
+                progress(Progress::of(handled, total, read));
             }
         }
-        done += batch.len();
         commit(store, user, &folder.mailbox, batch, &mut report)?;
-        progress.tick(done, &folder.mailbox);
+        progress(Progress::of(handled, total, read));
         if let (true, Some(uidlist)) = (prepared.keep_uids, &folder.uidlist) {
             store.raise_uidnext(user, &folder.mailbox, uidlist.effective_next_uid())?;
         }
     }
-    progress.finish();
     Ok(report)
 }
 

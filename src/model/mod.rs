@@ -11,6 +11,7 @@ mod inbound;
 mod journal;
 mod names;
 mod plan;
+mod progress;
 mod record;
 mod stamp;
 mod uidset;
@@ -28,6 +29,7 @@ pub use journal::{
 };
 pub use names::{is_node_id, validate_user, MailboxName, NameError, INBOX};
 pub use plan::{changes_for, ChangeCounts};
+pub use progress::{no_progress, Progress};
 pub use record::{MailboxRecord, MailboxTombstone, MessageRecord, Tombstone, UserRecord};
 pub use stamp::{Hlc, Stamp};
 pub use uidset::{UidBound, UidSelection, UidSet, UidSetError};

@@ -4,8 +4,9 @@
 use super::client::{expect_success, BlockingClient, ClientConfig, ClientError};
 use super::peer_client::{PeerClient, PeerError};
 use super::routes;
+use crate::model::{no_progress, Progress};
 use crate::store::Store;
-use crate::sync::{run, DriveError, SyncReport};
+use crate::sync::{run_with_progress, DriveError, SyncReport};
 use serde::Serialize;
 
 /// Reconciles `store` with the peer at `url` (one session; a second one with a fresh hash
@@ -28,6 +29,19 @@ pub fn sync_with_peer_using(
     dry_run: bool,
     config: ClientConfig,
 ) -> Result<SyncReport, DriveError<PeerError>> {
+    sync_with_peer_with_progress(store, url, token, dry_run, config, &mut no_progress)
+}
+
+/// [`sync_with_peer_using`], telling `progress` after every round how far the reconciliation
+/// has come ([`sync_over_with_progress`]).
+pub fn sync_with_peer_with_progress(
+    store: &Store,
+    url: &str,
+    token: Option<&str>,
+    dry_run: bool,
+    config: ClientConfig,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<SyncReport, DriveError<PeerError>> {
     let setup = |e: ClientError| DriveError::Transport(PeerError::Setup(e));
     // The session is synchronous; each round runs on a private current-thread runtime.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -35,7 +49,12 @@ pub fn sync_with_peer_using(
         .build()
         .map_err(|e| setup(ClientError::Runtime(e)))?;
     let peer = PeerClient::new(url, token, None, config).map_err(setup)?;
-    sync_over(store, dry_run, |bytes| runtime.block_on(peer.round(bytes)))
+    sync_over_with_progress(
+        store,
+        dry_run,
+        |bytes| runtime.block_on(peer.round(bytes)),
+        progress,
+    )
 }
 
 /// Reconciles `store` with a peer reached through `send` (one round's bytes out, its answer
@@ -45,16 +64,38 @@ pub fn sync_with_peer_using(
 pub fn sync_over<E>(
     store: &Store,
     dry_run: bool,
+    send: impl FnMut(Vec<u8>) -> Result<Vec<u8>, E>,
+) -> Result<SyncReport, DriveError<E>> {
+    sync_over_with_progress(store, dry_run, send, &mut no_progress)
+}
+
+/// [`sync_over`], telling `progress` after every round how many messages have been copied
+/// either way, of how many (once the first session's plan is made), and the bytes moved; a
+/// second session's counts follow on from the first's.
+pub fn sync_over_with_progress<E>(
+    store: &Store,
+    dry_run: bool,
     mut send: impl FnMut(Vec<u8>) -> Result<Vec<u8>, E>,
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<SyncReport, DriveError<E>> {
     let window = rand::random::<u8>() % 32;
-    let first = run(store, window, dry_run, &mut send)?;
+    let mut last = Progress::default();
+    let first = run_with_progress(store, window, dry_run, &mut send, &mut |p| {
+        last = p;
+        progress(p);
+    })?;
     if first.equal_after || dry_run {
         return Ok(first);
     }
     // Rare: a 4-byte false match hid a difference, or a side changed meanwhile. One more
     // session with another window; its counts are added to the first's.
-    let mut second = run(store, (window + 13) % 32, dry_run, &mut send)?;
+    let mut second = run_with_progress(store, (window + 13) % 32, dry_run, &mut send, &mut |p| {
+        progress(Progress {
+            done: last.done + p.done,
+            total: p.total.map(|t| last.done + t),
+            bytes: last.bytes + p.bytes,
+        })
+    })?;
     second.add_work_of(&first);
     Ok(second)
 }

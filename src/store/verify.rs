@@ -15,7 +15,7 @@ use super::tables::*;
 use super::tx::{decode, decode_message};
 use super::Store;
 use crate::merkle::{entry_hash, rebuild, NodeKey, NodeValue};
-use crate::model::{Digest, MailboxRecord};
+use crate::model::{no_progress, Digest, MailboxRecord, Progress};
 use redb::{ReadableTable, ReadableTableMetadata};
 use std::collections::BTreeMap;
 
@@ -40,13 +40,8 @@ fn describe(key: &[u8]) -> String {
     )
 }
 
-/// How far `verify_bodies` has come.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BodyProgress {
-    pub done: u64,
-    pub total: u64,
-    pub bytes: u64,
-}
+/// How far `verify_bodies` has come: the model's [`Progress`], counting bodies.
+pub type BodyProgress = Progress;
 
 /// A message that uses a body.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -84,13 +79,10 @@ impl Store {
     /// called after every body.
     pub fn verify_bodies(
         &self,
-        progress: &mut dyn FnMut(BodyProgress),
+        progress: &mut dyn FnMut(Progress),
     ) -> Result<BodyReport, StoreError> {
         let txn = self.read_txn()?;
-        let mut at = BodyProgress {
-            total: self.bodies.count(&txn)?,
-            ..BodyProgress::default()
-        };
+        let mut at = Progress::of(0, self.bodies.count(&txn)?, 0);
         let mut found: BTreeMap<Digest, DamagedBody> = BTreeMap::new();
         self.bodies.for_each(&txn, &mut |digest, bytes| {
             let actual = Digest::of(bytes);
@@ -214,9 +206,20 @@ impl Store {
 
     /// Rebuilds the whole tree from the records and compares it with the stored tree.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        self.verify_with_progress(&mut no_progress)
+    }
+
+    /// [`Store::verify`], telling `progress` after every message read how many of the
+    /// store's message records have been checked, and their bytes.
+    pub fn verify_with_progress(
+        &self,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<VerifyReport, StoreError> {
         let txn = self.read_txn()?;
         let mailboxes = txn.open_table(MAILBOXES)?;
         let messages = txn.open_table(MESSAGES)?;
+        let mut at = Progress::of(0, messages.len()?, 0);
+        progress(at);
         let identities = txn.open_table(super::tables::IDENTITIES)?;
         let mut report = VerifyReport::default();
         let mut recount = Counters::default();
@@ -264,6 +267,10 @@ impl Store {
                 }
                 recount.messages += 1;
                 recount.message_bytes += message.size;
+                at.done += 1;
+                at.bytes += message.size;
+                at.total = at.total.map(|t| t.max(at.done));
+                progress(at);
                 *refs.entry(message.digest).or_default() += 1;
                 entries.push((uid, hash));
                 Ok(())
@@ -556,7 +563,7 @@ mod tests {
         let report = store
             .verify_bodies(&mut |p| {
                 calls += 1;
-                assert!(p.done <= p.total);
+                assert!(p.total.is_some_and(|t| p.done <= t));
             })
             .expect("verify bodies");
         assert_eq!(calls, 100);

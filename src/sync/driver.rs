@@ -5,6 +5,7 @@
 use super::replica::Replica;
 use super::session::{Session, SessionError, SyncReport};
 use super::wire::{decode_reply, encode, Reply, Request};
+use crate::model::{no_progress, Progress};
 use std::time::Instant;
 use thiserror::Error;
 
@@ -33,9 +34,22 @@ pub fn run<E>(
     local: &dyn Replica,
     window: u8,
     dry_run: bool,
+    send: impl FnMut(Vec<u8>) -> Result<Vec<u8>, E>,
+) -> Result<SyncReport, DriveError<E>> {
+    run_with_progress(local, window, dry_run, send, &mut no_progress)
+}
+
+/// [`run`], telling `progress` after every round how far the session has come
+/// ([`Session::progress`]) and how many bytes have moved both ways so far, bodies included.
+pub fn run_with_progress<E>(
+    local: &dyn Replica,
+    window: u8,
+    dry_run: bool,
     mut send: impl FnMut(Vec<u8>) -> Result<Vec<u8>, E>,
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<SyncReport, DriveError<E>> {
     let started = Instant::now();
+    let mut moved = 0u64;
     let mut session = Session::new(local, window, dry_run)?;
     let mut rounds = 0u64;
     let mut protocol_rounds = 0u64;
@@ -56,12 +70,18 @@ pub fn run<E>(
         }
         let body_out: u64 = round.requests.iter().map(Request::body_len).sum();
         let bytes = encode(&round);
+        let bytes_len = bytes.len();
         sent += (bytes.len() as u64).saturating_sub(body_out);
         let answer = send(bytes).map_err(DriveError::Transport)?;
         let reply = decode_reply(&answer)?;
         let body_in: u64 = reply.replies.iter().map(Reply::body_len).sum();
         received += (answer.len() as u64).saturating_sub(body_in);
-        session.receive(reply)?;
+        moved += (bytes_len + answer.len()) as u64;
+        session.receive_observed(reply, &mut |p| progress(Progress { bytes: moved, ..p }))?;
+        progress(Progress {
+            bytes: moved,
+            ..session.progress()
+        });
     }
     let mut report = session.report;
     report.rounds = rounds;

@@ -9,6 +9,6 @@ pub mod responder;
 pub mod session;
 pub mod wire;
 
-pub use driver::{in_process, run, DriveError};
+pub use driver::{in_process, run, run_with_progress, DriveError};
 pub use replica::Replica;
 pub use session::{Session, SessionError, SyncReport};

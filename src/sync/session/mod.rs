@@ -20,7 +20,7 @@ use super::wire::{
     fp, ApplyGroup, Fp, GuidRef, Reply, Request, RoundReply, RoundRequest, WIRE_VERSION,
 };
 use crate::merkle::{NodeHash, NodeKey};
-use crate::model::ChangeGroup;
+use crate::model::{no_progress, ChangeGroup, Progress};
 use crate::model::{Digest, MailboxGuid, MailboxRecord, MailboxSide, MailboxTombstone};
 use crate::store::StoreError;
 use serde::{Deserialize, Serialize};
@@ -108,7 +108,7 @@ enum Ask {
     Records(Key, Vec<u32>),
     Full(Key),
     Bodies(Vec<Digest>),
-    PutBodies,
+    PutBodies(Vec<Digest>),
     Apply,
 }
 
@@ -180,6 +180,8 @@ pub struct Session<'a> {
     push: BTreeMap<Digest, u64>,
     /// Fetched bodies that did not match their digest.
     bad: BTreeSet<Digest>,
+    /// For progress: per body still to move either way, how many copied messages use it.
+    waiting: BTreeMap<Digest, u64>,
     /// Bodies that came with records (staged already).
     prefetched: BTreeSet<Digest>,
     applied_once: bool,
@@ -208,6 +210,7 @@ impl<'a> Session<'a> {
             fetch: BTreeMap::new(),
             push: BTreeMap::new(),
             bad: BTreeSet::new(),
+            waiting: BTreeMap::new(),
             prefetched: BTreeSet::new(),
             applied_once: false,
             local_applied: false,
@@ -219,6 +222,34 @@ impl<'a> Session<'a> {
         s.next
             .push((Ask::Root, Request::Root { root: root.hash.0 }));
         Ok(s)
+    }
+
+    /// How far the session has come, in messages copied either way: before the plan, the
+    /// messages whose bodies came with their records (the total is not known yet); after it,
+    /// of the messages the plan copies, those whose bodies have moved (or needed no move);
+    /// all of them once the applies are done. `bytes` is left to the driver, which sees them.
+    pub fn progress(&self) -> Progress {
+        if self.phase == Phase::Discover {
+            return Progress {
+                done: self.prefetched.len() as u64,
+                total: None,
+                bytes: 0,
+            };
+        }
+        let total = self.report.copied_from_peer + self.report.copied_to_peer;
+        let done = match self.phase {
+            _ if self.dry_run => 0,
+            Phase::Done => total,
+            _ => total.saturating_sub(self.waiting.values().sum()),
+        };
+        Progress::of(done, total, 0)
+    }
+
+    /// These bodies have moved: the messages that wait for them count as copied.
+    fn moved(&mut self, digests: &[Digest]) {
+        for d in digests {
+            self.waiting.remove(d);
+        }
     }
 
     fn fp(&self, h: &NodeHash) -> Fp {
@@ -254,6 +285,16 @@ impl<'a> Session<'a> {
 
     /// Takes the peer's answer to the last round.
     pub fn receive(&mut self, reply: RoundReply) -> Result<(), SessionError> {
+        self.receive_observed(reply, &mut no_progress)
+    }
+
+    /// [`Session::receive`], telling `progress` how far the session has come before it applies
+    /// its own changes (which can take a while after a large copy).
+    pub fn receive_observed(
+        &mut self,
+        reply: RoundReply,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(), SessionError> {
         let asked = std::mem::take(&mut self.asked);
         if reply.replies.len() != asked.len() {
             return Err(protocol(format!(
@@ -263,7 +304,7 @@ impl<'a> Session<'a> {
             )));
         }
         for (ask, answer) in asked.into_iter().zip(reply.replies) {
-            self.take(ask, answer)?;
+            self.take(ask, answer, progress)?;
         }
         Ok(())
     }
@@ -285,7 +326,12 @@ impl<'a> Session<'a> {
     }
 
     /// One answer, handed to the phase that asked for it.
-    fn take(&mut self, ask: Ask, answer: Reply) -> Result<(), SessionError> {
+    fn take(
+        &mut self,
+        ask: Ask,
+        answer: Reply,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(), SessionError> {
         match (ask, answer) {
             (Ask::Root, Reply::Root { equal, children }) => self.take_root(equal, &children),
             (Ask::Children(node), Reply::Children { children }) => {
@@ -324,8 +370,13 @@ impl<'a> Session<'a> {
                 self.take_records(&key, messages, tombstones)
             }
             (Ask::Bodies(digests), Reply::Bodies { bodies }) => self.take_bodies(digests, bodies),
-            (Ask::PutBodies, Reply::Staged { .. }) => Ok(()),
-            (Ask::Apply, Reply::Applied { applied, root }) => self.take_applied(&applied, root),
+            (Ask::PutBodies(digests), Reply::Staged { .. }) => {
+                self.moved(&digests);
+                Ok(())
+            }
+            (Ask::Apply, Reply::Applied { applied, root }) => {
+                self.take_applied(&applied, root, progress)
+            }
             (ask, _) => Err(protocol(format!("an answer of the wrong kind to {ask:?}"))),
         }
     }

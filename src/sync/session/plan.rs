@@ -435,6 +435,7 @@ impl Session<'_> {
             }
             None
         });
+        self.wait_for(&push);
         self.push.extend(push);
         self.count(&lc, &rc, outcome);
         if !local_changes.is_empty() {
@@ -488,8 +489,16 @@ impl Session<'_> {
             // Bodies travel apart from the changes (staged first), in bounded batches.
             None
         });
+        self.wait_for(&fetch);
         self.fetch.extend(fetch);
         planned
+    }
+
+    /// For progress: each copied message whose body must move (one entry per message).
+    fn wait_for(&mut self, bodies: &[(Digest, u64)]) {
+        for (d, _) in bodies {
+            *self.waiting.entry(*d).or_default() += 1;
+        }
     }
 
     /// Deletions last, so a body moving out of a deleted mailbox is still referenced when

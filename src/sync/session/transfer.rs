@@ -4,7 +4,7 @@
 
 use super::{protocol, Ask, Phase, Session, SessionError, APPLY_BATCH_BYTES};
 use crate::model::Digest;
-use crate::model::{Change, ChangeGroup};
+use crate::model::{Change, ChangeGroup, Progress};
 use crate::sync::wire::{encode, Request, BODY_BATCH_BYTES};
 use std::collections::BTreeMap;
 
@@ -44,7 +44,7 @@ impl Session<'_> {
                 bodies.push(bytes);
             }
             self.next
-                .push((Ask::PutBodies, Request::PutBodies { bodies }));
+                .push((Ask::PutBodies(push), Request::PutBodies { bodies }));
         }
         if self.fetch.is_empty() && self.push.is_empty() {
             self.phase = Phase::Apply;
@@ -82,6 +82,7 @@ impl Session<'_> {
         if bodies.len() != digests.len() {
             return Err(protocol("a different number of bodies than asked for"));
         }
+        self.moved(&digests);
         self.stage_fetched(digests, bodies)
     }
 
@@ -115,9 +116,13 @@ impl Session<'_> {
         &mut self,
         applied: &[bool],
         root: [u8; 32],
+        progress: &mut dyn FnMut(Progress),
     ) -> Result<(), SessionError> {
         if !self.local_applied {
             self.local_applied = true;
+            // Every body has moved by now (Bodies answers come first): say so before the
+            // changes are written.
+            progress(self.progress());
             self.apply_local()?;
         }
         let stale = applied.iter().filter(|ok| !**ok).count() as u64;
