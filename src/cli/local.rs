@@ -3,8 +3,8 @@
 
 use super::args::Data;
 use super::print;
-use crate::maildir::backend::{self, Template};
 use super::progress::{Label, Meter};
+use crate::maildir::backend::{self, Template};
 use crate::merkle::{NodeHash, NodeKey, NodeValue, BUCKET_SHIFT};
 use crate::model::MailboxGuid;
 use crate::store::Store;

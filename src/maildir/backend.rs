@@ -622,6 +622,11 @@ fn from_disk(
         }
         if let Some(&known) = by_base.get(message.basename.as_str()) {
             let row = &mirror.files[&known];
+            if known != uid {
+                // The file sits at another UID than the index's (the server renumbered it,
+                // or a clash moved it in the index): the index → disk half re-delivers it.
+                tracing::debug!(path = %message.path.display(), disk = uid, index = known, "a file at another UID than the index's");
+            }
             if sorted(&message.flags) != sorted(&row.disk_flags) {
                 flags_from_disk(store, user, guid, known, message, row, report)?;
                 wrote = true;
@@ -631,8 +636,8 @@ fn from_disk(
         let Some(bytes) = read_message(message, report) else {
             continue;
         };
-        if let Some(indexed) = live.get(&uid).filter(|_| !mirror.files.contains_key(&uid)) {
-            if indexed.digest == Digest::of(&bytes) {
+        if let Some(indexed) = live.get(&uid) {
+            if indexed.digest == Digest::of(&bytes) && !mirror.files.contains_key(&uid) {
                 // Our own delivery, cut short before it was settled (a crash).
                 adopted.push(MirrorEdit::File {
                     uid,
@@ -666,6 +671,7 @@ fn from_disk(
             flags,
             internal_date: message.internal_date,
             uid: Some(uid),
+            exact_uid: true,
             source: Some(message.basename.clone()),
             ..NewMessage::default()
         });
@@ -843,6 +849,26 @@ fn to_disk(
             locked.touch()?;
         }
         let flags = flags_of(message);
+        let listed_at = mirror.files.get(uid).and_then(|row| {
+            locked
+                .uidlist()
+                .entries
+                .iter()
+                .find(|(_, base)| *base == row.base)
+                .map(|(u, _)| *u)
+        });
+        if let (Some(row), Some(listed)) = (mirror.files.get(uid), listed_at.filter(|at| at != uid))
+        {
+            // The file is listed at another UID: a copy is delivered at the index's UID, then
+            // the old file goes (IMAP clients see an expunge and a new UID above it).
+            let at = (guid, *uid);
+            match redeliver(store, user, &mut locked, at, row, message, &flags, report)? {
+                Some(edit) => edits.push(edit),
+                None => owed_still = true,
+            }
+            tracing::info!(uid, listed, "re-delivered a file listed at another UID");
+            continue;
+        }
         if let Some(row) = mirror.files.get(uid) {
             if sorted(&row.disk_flags) != flags {
                 match locked.set_flags(&row.base, &flags) {
@@ -910,6 +936,47 @@ fn to_disk(
     let token = if owed_still { None } else { mirror.owed };
     store.mirror_settle(user, guid, &edits, token)?;
     Ok(())
+}
+
+/// Delivers a copy of the file `row` names at `uid` and removes the old file. Returns the new
+/// file row, or `None` if it must wait (the UID is below the folder's next: the message was
+/// moved up in the index, and the next pass delivers it there).
+#[allow(clippy::too_many_arguments)]
+fn redeliver(
+    store: &Store,
+    user: &str,
+    locked: &mut live::LockedFolder<'_>,
+    (guid, uid): (MailboxGuid, u32),
+    row: &FileRow,
+    message: &crate::model::MessageRecord,
+    flags: &[String],
+    report: &mut PassReport,
+) -> Result<Option<MirrorEdit>, BackendError> {
+    let bytes = match locked.find(&row.base)? {
+        Some(path) => std::fs::read(&path).map_err(MaildirError::io(&path, "read"))?,
+        None => return Ok(None),
+    };
+    match locked.deliver_at(&bytes, flags, message.internal_date, Some(uid)) {
+        Ok(placed) => {
+            locked.unlink(&row.base)?;
+            report.delivered += 1;
+            report.delivered_bytes += bytes.len() as u64;
+            report.unlinked += 1;
+            Ok(Some(MirrorEdit::File {
+                uid,
+                row: Some(FileRow {
+                    base: placed.base,
+                    disk_flags: flags.to_vec(),
+                }),
+            }))
+        }
+        Err(LiveError::BelowNext { next, .. }) => {
+            store.renumber_message(user, guid, uid, next)?;
+            report.renumbered += 1;
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A mailbox deleted in the index: its folder goes, unless it holds mail the index does not

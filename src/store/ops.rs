@@ -39,6 +39,9 @@ pub struct NewMessage {
     pub internal_date: i64,
     /// A UID to keep (from a Dovecot uidlist); used only if it is not below UIDNEXT.
     pub uid: Option<u32>,
+    /// Keep `uid` even below UIDNEXT when no message holds it: a live Maildir's file that
+    /// the mail server numbered, whose UID its IMAP clients have seen.
+    pub exact_uid: bool,
     /// Where the message came from (a Maildir file's base name); a source already imported
     /// into the mailbox is skipped, which makes re-running an import harmless.
     pub source: Option<String>,
@@ -426,6 +429,14 @@ impl Store {
                     }
                 }
                 let (uid, renumbered) = match message.uid {
+                    Some(wanted)
+                        if message.exact_uid
+                            && wanted > 0
+                            && wanted < u32::MAX
+                            && tx.get_message(user, guid, wanted)?.is_none() =>
+                    {
+                        (wanted, false)
+                    }
                     Some(wanted) if wanted >= record.uidnext && wanted < u32::MAX => {
                         (wanted, false)
                     }
@@ -484,7 +495,7 @@ impl Store {
                 }
                 tx.counters.messages += 1;
                 tx.counters.message_bytes += entry.size;
-                record.uidnext = uid + 1;
+                record.uidnext = record.uidnext.max(uid + 1);
                 record.last_change = stamp;
                 outcomes.push(AppendOutcome {
                     uid,
