@@ -460,6 +460,7 @@ fn run(store: &Store, model: &Model, op: &Op) -> Result<Vec<String>, String> {
                     flags: flags.clone(),
                     internal_date: 1_777_000_000,
                     uid: *uid,
+                    exact_uid: false,
                     source: None,
                     md5: None,
                     digest: None,
