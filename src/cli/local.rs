@@ -74,7 +74,16 @@ pub(super) fn verify(
     meter.finish();
     let bodies_ok = !bodies || verify_bodies(&store, quiet, out)?;
     print::tree_verdict(&report, || Ok(store.root()?.hash.to_hex()), out)?;
-    Ok(if report.is_ok() && bodies_ok {
+    // A live-Maildir store: the index held against the Maildirs too.
+    let disk_ok = match backend::template_of(&store)? {
+        Some(template) => {
+            let disk = backend::verify(&store, &template)?;
+            print::disk_verdict(&disk, out)?;
+            disk.mismatches.is_empty()
+        }
+        None => true,
+    };
+    Ok(if report.is_ok() && bodies_ok && disk_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

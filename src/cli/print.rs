@@ -269,6 +269,30 @@ pub(super) fn tree_verdict(
     and_more(report.problems.len(), out)
 }
 
+/// `verify` on a live-Maildir store: the index held against the Maildirs.
+pub(super) fn disk_verdict(
+    report: &crate::maildir::backend::DiskReport,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    if report.mismatches.is_empty() {
+        writeln!(
+            out,
+            "ok: the Maildirs show what the index holds ({} folders, {} files)",
+            report.folders_checked, report.files_checked
+        )?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "FAILED: the Maildirs and the index differ in {} place(s):",
+        report.mismatches.len()
+    )?;
+    for m in report.mismatches.iter().take(SHOWN) {
+        writeln!(out, "  {m}")?;
+    }
+    and_more(report.mismatches.len(), out)
+}
+
 /// `verify --bodies`: the bodies' verdict, with the messages that use each rotten body.
 pub(super) fn body_verdict(report: &BodyReport, out: &mut impl Write) -> anyhow::Result<()> {
     if report.damaged.is_empty() {

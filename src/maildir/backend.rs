@@ -1033,3 +1033,140 @@ fn sync_subscriptions(store: &Store, root: &Path, user: &str) -> Result<(), Back
     }
     Ok(())
 }
+
+/// What `verify` found when it held the index against the Maildirs: each mismatch in words
+/// (the folder or file, then what differs). Empty when they agree.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DiskReport {
+    pub folders_checked: u64,
+    pub files_checked: u64,
+    pub mismatches: Vec<String>,
+}
+
+/// Holds the index against the Maildirs without changing either: every mailbox has its
+/// folder, every message its file (at its UID in the uidlist, with its flags in the name and
+/// its size), and every file in `cur/` or `new/` is known to the index. Work still owed to the
+/// disk (a serve that was stopped before a pass finished) counts as a mismatch, since the next
+/// pass would change the disk.
+pub fn verify(store: &Store, template: &Template) -> Result<DiskReport, BackendError> {
+    let mut report = DiskReport::default();
+    let owed = store.owed_mailboxes()?;
+    let users: BTreeSet<String> = template
+        .users()?
+        .into_iter()
+        .chain(store.users()?)
+        .collect();
+    for user in users {
+        let root = template.root(&user);
+        let disk = if root.is_dir() {
+            scan(&root)?
+        } else {
+            Vec::new()
+        };
+        let by_name: HashMap<&str, &ScannedFolder> =
+            disk.iter().map(|f| (f.mailbox.as_str(), f)).collect();
+        let mut seen_folders: HashSet<String> = HashSet::new();
+        for mirror in store.user_mirror(&user)? {
+            let Some(record) = &mirror.record else {
+                if let Some(row) = &mirror.folder {
+                    if by_name.contains_key(row.name.as_str()) {
+                        report.mismatches.push(format!(
+                            "{user}/{}: deleted, but its folder is still on disk",
+                            row.name
+                        ));
+                    }
+                }
+                continue;
+            };
+            report.folders_checked += 1;
+            if owed.iter().any(|(u, g)| *u == user && *g == mirror.guid) {
+                report.mismatches.push(format!(
+                    "{user}/{}: changes are still owed to the disk (run `merkmail scan`)",
+                    record.name
+                ));
+            }
+            let Some(folder) = by_name.get(record.name.as_str()) else {
+                report
+                    .mismatches
+                    .push(format!("{user}/{}: no folder on disk", record.name));
+                continue;
+            };
+            seen_folders.insert(record.name.clone());
+            if let Some(list) = &folder.uidlist {
+                if list.uidvalidity != record.uidvalidity {
+                    report.mismatches.push(format!(
+                        "{user}/{}: UIDVALIDITY {} on disk, {} in the index",
+                        record.name, list.uidvalidity, record.uidvalidity
+                    ));
+                }
+            }
+            verify_folder(&user, record, &mirror, folder, &mut report);
+        }
+        for folder in &disk {
+            if !seen_folders.contains(&folder.mailbox) {
+                report.mismatches.push(format!(
+                    "{}: a folder the index does not know",
+                    folder.dir.display()
+                ));
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn verify_folder(
+    user: &str,
+    record: &crate::model::MailboxRecord,
+    mirror: &MailboxMirror,
+    folder: &ScannedFolder,
+    report: &mut DiskReport,
+) {
+    let on_disk: HashMap<&str, &ScannedMessage> = folder
+        .messages
+        .iter()
+        .map(|m| (m.basename.as_str(), m))
+        .collect();
+    let mut known: HashSet<&str> = mirror.unlinks.iter().map(String::as_str).collect();
+    for (uid, message) in &mirror.messages {
+        report.files_checked += 1;
+        let at = format!("{user}/{} UID {uid}", record.name);
+        let Some(row) = mirror.files.get(uid) else {
+            report.mismatches.push(format!("{at}: no file holds it"));
+            continue;
+        };
+        known.insert(row.base.as_str());
+        let Some(file) = on_disk.get(row.base.as_str()) else {
+            report
+                .mismatches
+                .push(format!("{at}: its file {} is missing", row.base));
+            continue;
+        };
+        if file.uid != Some(*uid) {
+            report.mismatches.push(format!(
+                "{at}: its file {} is listed at UID {:?}",
+                row.base, file.uid
+            ));
+        }
+        if file.size != message.size {
+            report.mismatches.push(format!(
+                "{at}: its file holds {} bytes, the index says {}",
+                file.size, message.size
+            ));
+        }
+        if sorted(&file.flags) != flags_of(message) {
+            report.mismatches.push(format!(
+                "{at}: flags {:?} on disk, {:?} in the index",
+                sorted(&file.flags),
+                flags_of(message)
+            ));
+        }
+    }
+    for file in &folder.messages {
+        if !known.contains(file.basename.as_str()) {
+            report.mismatches.push(format!(
+                "{}: a file the index does not know",
+                file.path.display()
+            ));
+        }
+    }
+}

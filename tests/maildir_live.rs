@@ -1,0 +1,209 @@
+//! A live-Maildir store (`init --maildir`) driven through the command line, with no mail
+//! server: the template's checks, `scan` taking in what an MDA left, local commands writing
+//! into the Maildir, `verify` holding the index against the Maildir, and the bodies living in
+//! the Maildir files rather than in the store's file. (Real Dovecot on both sides:
+//! tests/dovecot_replica.rs.)
+
+mod common;
+
+use common::Store;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// A store beside an empty Maildir tree `mail/%u/Maildir` with carol's Maildir made.
+fn live() -> (Store, PathBuf, String) {
+    let store = Store::uninitialised();
+    let users = store.tmp.path().join("mail");
+    let root = users.join("carol/Maildir");
+    for sub in ["cur", "new", "tmp"] {
+        fs::create_dir_all(root.join(sub)).expect("mkdir");
+    }
+    let template = format!("{}/%u/Maildir", users.display());
+    store
+        .run(&["init"], &["--node-id", "a", "--maildir", &template])
+        .ok();
+    (store, root, template)
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_template_must_name_the_user_once_as_a_whole_component() {
+    for (template, needle) in [
+        ("relative/%u/Maildir", "absolute"),
+        ("/srv/vmail/Maildir", "%u"),
+        ("/srv/%u/%u", "%u"),
+        ("/srv/vmail/x%u/Maildir", "whole path component"),
+        ("/srv/%d/%u/Maildir", "only %u"),
+    ] {
+        let store = Store::uninitialised();
+        store
+            .run(&["init"], &["--node-id", "a", "--maildir", template])
+            .error(&[needle]);
+        assert!(
+            !store.data.join("merkmail.redb").exists(),
+            "{template}: nothing made"
+        );
+    }
+}
+
+#[test]
+fn scan_takes_in_an_mdas_files_and_local_writes_reach_the_maildir() {
+    let (store, root, _) = live();
+    fs::write(
+        root.join("new/1700000000.mda.host"),
+        "Subject: one\r\n\r\nhi\r\n",
+    )
+    .expect("w");
+    fs::write(
+        root.join("cur/1700000001.mda.host:2,FS"),
+        "Subject: two\r\n\r\nho\r\n",
+    )
+    .expect("w");
+    let report = store.run(&["scan"], &["--json"]).ok().json();
+    assert_eq!(report["imported"], 2, "{report}");
+    assert_eq!(report["users"], 1);
+    // Numbered as Dovecot would: by the time in the name.
+    let uidlist = fs::read_to_string(root.join("dovecot-uidlist")).expect("uidlist");
+    assert!(
+        uidlist.contains("1 ") && uidlist.contains(":1700000000.mda.host"),
+        "{uidlist}"
+    );
+    let list = store
+        .run(&["list"], &["carol", "INBOX", "--json"])
+        .ok()
+        .json();
+    let flags: Vec<&str> = list[1]["flags"]
+        .as_array()
+        .expect("flags")
+        .iter()
+        .filter_map(|f| f.as_str())
+        .collect();
+    assert_eq!(flags, ["\\Flagged", "\\Seen"], "{list}");
+    // A second pass finds nothing to do.
+    let again = store.run(&["scan"], &["--json"]).ok().json();
+    assert_eq!(
+        (again["imported"].as_u64(), again["delivered"].as_u64()),
+        (Some(0), Some(0))
+    );
+
+    // A local append is delivered into cur/ with its flags and the next UID.
+    let msg = store.file("three.eml", b"Subject: three\r\n\r\nfrom the CLI\r\n");
+    let uid = store
+        .run(
+            &["append"],
+            &["carol", "INBOX", &msg, "--flags", "\\Answered,$Work"],
+        )
+        .ok()
+        .stdout_str();
+    assert_eq!(uid.trim(), "3");
+    let cur = files_in(&root.join("cur"));
+    assert!(cur.iter().any(|n| n.ends_with(":2,Ra")), "{cur:?}");
+    let keywords = fs::read_to_string(root.join("dovecot-keywords")).expect("keywords");
+    assert_eq!(keywords.trim(), "0 $Work");
+    // A flag change is a rename, an expunge an unlink.
+    store
+        .run(&["flags"], &["carol", "INBOX", "1", "--add", "\\Seen"])
+        .ok();
+    store.run(&["expunge"], &["carol", "INBOX", "2"]).ok();
+    let cur = files_in(&root.join("cur"));
+    assert_eq!(cur.len() + files_in(&root.join("new")).len(), 2, "{cur:?}");
+    assert!(
+        cur.iter().any(|n| n.starts_with("1700000000.mda.host:2,S")),
+        "{cur:?}"
+    );
+    assert!(!cur.iter().any(|n| n.starts_with("1700000001")), "{cur:?}");
+    store.run(&["verify"], &[]).ok();
+    // The fetched bytes are the file's.
+    let fetched = store.run(&["fetch"], &["carol", "INBOX", "3"]).ok();
+    assert_eq!(fetched.stdout, b"Subject: three\r\n\r\nfrom the CLI\r\n");
+}
+
+#[test]
+fn verify_names_what_differs_between_the_index_and_the_maildir() {
+    let (store, root, _) = live();
+    for name in ["a", "b", "c"] {
+        let msg = store.file(
+            &format!("{name}.eml"),
+            format!("Subject: {name}\r\n\r\n.\r\n").as_bytes(),
+        );
+        store.run(&["append"], &["carol", "INBOX", &msg]).ok();
+    }
+    let verdict = store.run(&["verify"], &[]).ok().stdout_str();
+    assert!(
+        verdict.contains("ok: the Maildirs show what the index holds (1 folders, 3 files)"),
+        "{verdict}"
+    );
+    let cur = root.join("cur");
+    let names = files_in(&cur);
+    // One file removed behind merkmail's back, one renamed with other flags, one stranger.
+    fs::remove_file(cur.join(&names[0])).expect("rm");
+    let base = names[1].split(':').next().expect("base").to_string();
+    fs::rename(cur.join(&names[1]), cur.join(format!("{base}:2,T"))).expect("mv");
+    fs::write(
+        cur.join("1700000009.stranger.host:2,"),
+        "Subject: ?\r\n\r\n",
+    )
+    .expect("w");
+    let out = store.run(&["verify"], &[]);
+    assert_eq!(out.code, Some(1), "{}", out.stdout_str());
+    let text = out.stdout_str();
+    assert!(
+        text.contains("FAILED: the Maildirs and the index differ in 3 place(s)"),
+        "{text}"
+    );
+    assert!(text.contains("is missing"), "{text}");
+    assert!(
+        text.contains("flags [\"\\\\Deleted\"] on disk, [] in the index"),
+        "{text}"
+    );
+    assert!(text.contains("a file the index does not know"), "{text}");
+    // A pass takes the server's side of each (expunge, flag, new mail), and they agree again.
+    let report = store.run(&["scan"], &["--json"]).ok().json();
+    assert_eq!(
+        (
+            report["expunged_on_disk"].as_u64(),
+            report["flags_from_disk"].as_u64(),
+            report["imported"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{report}"
+    );
+    store.run(&["verify"], &[]).ok();
+}
+
+#[test]
+fn the_store_file_holds_no_body_the_maildir_holds() {
+    let (store, root, _) = live();
+    // 200 messages of 20 KB dropped by an MDA: 4 MB of mail.
+    let filler = "x".repeat(20_000);
+    for i in 0..200 {
+        fs::write(
+            root.join(format!("new/17000{i:05}.mda.host")),
+            format!("Subject: {i}\r\n\r\n{filler}\r\n"),
+        )
+        .expect("w");
+    }
+    store.run(&["scan"], &[]).ok();
+    let stats = store.run(&["stats"], &["--json"]).ok().json();
+    let mail = stats["bytes"].as_u64().expect("bytes");
+    let file = fs::metadata(store.data.join("merkmail.redb"))
+        .expect("stat")
+        .len();
+    assert!(mail > 4_000_000, "{stats}");
+    assert!(
+        file < mail / 2,
+        "the store file ({file} B) holds the bodies ({mail} B of mail)"
+    );
+    store.run(&["verify", "--bodies"], &[]).ok();
+}
