@@ -232,6 +232,8 @@ pub struct World {
     bodies: u64,
     oracle: Oracle,
     views: ClientViews,
+    /// The last line SIM_WATCH logged.
+    watched: Option<String>,
     faults: Faults,
     activity: Activity,
     violations: Vec<String>,
@@ -300,6 +302,7 @@ impl World {
             bodies: 0,
             oracle: Oracle::default(),
             views: ClientViews::default(),
+            watched: None,
             faults: Faults::default(),
             activity: Activity::default(),
             violations: Vec::new(),
@@ -389,6 +392,25 @@ impl World {
             .collect();
         let view: Vec<(&str, &Store)> = stores.iter().map(|(n, s)| (n.as_str(), &**s)).collect();
         let found = self.views.look(&view, &self.oracle);
+        // SIM_WATCH=label (with SIM_TRACE): where that message is live, whenever it changes.
+        if let Some(label) = std::env::var_os("SIM_WATCH").and_then(|l| l.into_string().ok()) {
+            let digest = Digest::of(&msg(&label).bytes);
+            let places: Vec<String> = view
+                .iter()
+                .map(|(n, s)| {
+                    let at = super::oracle::live_messages(s)
+                        .ok()
+                        .and_then(|mut l| l.remove(&digest))
+                        .unwrap_or_default();
+                    format!("{n}: {at:?}")
+                })
+                .collect();
+            let line = format!("watch {label}: {}", places.join("; "));
+            if self.watched.as_ref() != Some(&line) {
+                self.watched = Some(line.clone());
+                self.log(line);
+            }
+        }
         for v in found {
             self.violation(v);
         }
