@@ -133,6 +133,8 @@ pub struct Activity {
     pub uidvalidity_changes: u64,
     /// Looks at every peer's mailboxes by the IMAP-promise checks.
     pub client_looks: u64,
+    /// Messages sessions renumbered because one side's UIDNEXT had passed them.
+    pub renumbered_below_uidnext: u64,
 }
 
 impl Activity {
@@ -157,6 +159,7 @@ impl Activity {
         self.logins += o.logins;
         self.uidvalidity_changes += o.uidvalidity_changes;
         self.client_looks += o.client_looks;
+        self.renumbered_below_uidnext += o.renumbered_below_uidnext;
     }
 }
 
@@ -909,6 +912,7 @@ impl World {
         let (pi, pj) = (self.peers[i].id.clone(), self.peers[j].id.clone());
         let equal = match result {
             Ok(report) => {
+                self.activity.renumbered_below_uidnext += report.late_copies;
                 if report.equal_after {
                     self.activity.sessions_equal += 1;
                     if let Err(e) = local.journal_merkle_done(&url, head_at_start) {
