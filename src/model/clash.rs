@@ -28,7 +28,8 @@ pub struct ClashStats {
     pub renumbered: u64,
     /// Messages one side held below the other side's UIDNEXT where the other side held
     /// neither a message nor a tombstone: renumbered on both sides (the other side's IMAP
-    /// clients may have seen its UIDNEXT and never look below it). Also in `renumbered`.
+    /// clients may have seen its UIDNEXT and never look below it); in `renumbered` too when
+    /// it moves (not when the same append is live higher up already).
     pub late_copies: u64,
 }
 
