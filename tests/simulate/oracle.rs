@@ -302,8 +302,10 @@ struct Shown {
 fn shown(store: &Store) -> Result<BTreeMap<(String, MailboxGuid), Shown>, String> {
     let mut out = BTreeMap::new();
     for user in store.users().map_err(|e| e.to_string())? {
-        let Ok(boxes) = store.list_mailboxes(&user) else {
-            continue;
+        // A user record can be left with no mailbox (`list_messages` then calls it unknown).
+        let boxes = match store.list_mailboxes(&user) {
+            Ok(boxes) if !boxes.is_empty() => boxes,
+            _ => continue,
         };
         for b in boxes {
             out.insert(
