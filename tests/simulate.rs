@@ -428,3 +428,105 @@ fn a_merged_mailbox_is_not_dropped_before_its_mail_moves() {
     let out = simulate(70165, STEPS);
     assert!(out.violations.is_empty(), "{:?}", out.violations);
 }
+
+/// Issue 12 item 6, reduced: a user logs in on a new replica before it caught up, so its
+/// Dovecot makes INBOX there empty, later, with a larger UIDVALIDITY. The full side's
+/// UIDVALIDITY and UIDs stay, whichever side starts the session; the new replica takes them.
+#[test]
+fn an_empty_mailbox_made_on_a_replica_that_has_not_caught_up_never_imposes_its_uidvalidity() {
+    use merkmail::store::Store;
+    use merkmail::sync::{in_process, run};
+    for new_side_starts in [false, true] {
+        let full = Store::in_memory("full").expect("store");
+        let fresh = Store::in_memory("fresh").expect("store");
+        full.prepare_import("u", "INBOX", Some(1_000), true, None)
+            .expect("login");
+        let uids: Vec<u32> = full
+            .append(
+                "u",
+                "INBOX",
+                vec![random_ops::msg("one"), random_ops::msg("two")],
+            )
+            .expect("append")
+            .iter()
+            .map(|o| o.uid)
+            .collect();
+        fresh
+            .prepare_import("u", "INBOX", Some(2_000_000), true, None)
+            .expect("login");
+        assert_eq!(
+            fresh.mailbox("u", "INBOX").expect("inbox").uidvalidity,
+            2_000_000
+        );
+        let (x, y) = if new_side_starts {
+            (&fresh, &full)
+        } else {
+            (&full, &fresh)
+        };
+        let r = run(x, 3, false, in_process(y)).expect("session");
+        assert!(r.equal_after, "{r:?}");
+        for s in [&full, &fresh] {
+            assert_eq!(s.mailbox("u", "INBOX").expect("inbox").uidvalidity, 1_000);
+            let held: Vec<u32> = s
+                .list_messages("u", Some("INBOX"))
+                .expect("list")
+                .iter()
+                .map(|m| m.uid)
+                .collect();
+            assert_eq!(held, uids, "{}", s.node_id());
+        }
+    }
+}
+
+/// Issue 12 item 6, reduced: a replica whose UIDNEXT is past a UID it never held (here its
+/// Dovecot numbered and expunged mail before merkmail saw it) must not get a message there
+/// (its clients never look below UIDNEXT): the message is renumbered on both sides, and a
+/// third replica that holds it at the old UID follows.
+#[test]
+fn mail_below_a_replicas_uidnext_is_renumbered_on_every_replica() {
+    use merkmail::model::Digest;
+    use merkmail::store::Store;
+    use merkmail::sync::{in_process, run};
+    let stores: Vec<Store> = ["a", "b", "c"]
+        .iter()
+        .map(|id| Store::in_memory(id).expect("store"))
+        .collect();
+    let [a, b, c] = &stores[..] else {
+        unreachable!()
+    };
+    let sync = |x: &Store, y: &Store| {
+        let r = run(x, 5, false, in_process(y)).expect("session");
+        assert!(r.equal_after, "{r:?}");
+    };
+    let m = random_ops::msg("below");
+    let digest = Digest::of(&m.bytes);
+    assert_eq!(a.append("u", "INBOX", vec![m]).expect("append")[0].uid, 1);
+    sync(a, c);
+    b.prepare_import("u", "INBOX", None, true, None)
+        .expect("inbox");
+    b.raise_uidnext("u", "INBOX", 5).expect("raise");
+    sync(a, b);
+    sync(c, b);
+    for s in &stores {
+        let held: Vec<(u32, Digest)> = s
+            .list_messages("u", Some("INBOX"))
+            .expect("list")
+            .iter()
+            .map(|m| (m.uid, m.record.digest))
+            .collect();
+        assert_eq!(held, vec![(5, digest)], "{}", s.node_id());
+        assert_eq!(s.mailbox("u", "INBOX").expect("inbox").uidnext, 6);
+        assert!(s.verify().expect("verify").is_ok());
+    }
+}
+
+/// Found by the simulation with UIDVALIDITY conflicts (seed 280, the late user's INBOX made
+/// on three peers): a reset merge put the loser's message at the winner's lower UID while
+/// the loser still held it higher up, and the store's rule "an identity live at two UIDs
+/// stays at the higher" kept the old placement, which the same group then removed: the
+/// message was lost everywhere. The loser is now cleared before the new placements.
+#[test]
+fn a_uidvalidity_reset_does_not_lose_a_message_the_loser_held_higher_up() {
+    let out = simulate(280, STEPS);
+    assert!(out.violations.is_empty(), "{:?}", out.violations);
+}

@@ -465,7 +465,7 @@ fn an_empty_model_learns_the_peers_mailbox_and_messages() {
 #[test]
 fn both_models_learn_what_the_other_changed() {
     let common = [
-        mailbox(INBOX, "INBOX", 3, 10),
+        mailbox(INBOX, "INBOX", 2, 10),
         message(INBOX, 1, "one", FlagSet::default(), 11),
     ];
     // Ours: message 1 seen later, and a mailbox the peer lacks.
@@ -473,13 +473,15 @@ fn both_models_learn_what_the_other_changed() {
     ours.push(message(INBOX, 1, "one", seen(20), 11));
     ours.push(mailbox(WORK, "Work", 2, 21));
     ours.push(message(WORK, 1, "work", FlagSet::default(), 22));
-    // Theirs: a second message in INBOX.
+    // Theirs: a second message in INBOX, at the UIDNEXT both sides had (so it keeps its UID).
     let mut theirs = common.to_vec();
+    theirs.push(mailbox(INBOX, "INBOX", 3, 30));
     theirs.push(message(INBOX, 2, "two", FlagSet::default(), 30));
     let (a, b, report) = reconcile(&ours, &theirs);
     assert_eq!(report.copied_from_peer, 1, "{report:?}");
     assert_eq!(report.copied_to_peer, 1, "{report:?}");
     assert_eq!(report.flag_updates, 1, "{report:?}");
+    assert_eq!(report.late_copies, 0, "{report:?}");
     let inbox_1 = (USER.to_string(), INBOX, 1);
     assert!(b.messages()[&inbox_1].flags.is_set("\\Seen"));
     assert!(a.messages().contains_key(&(USER.to_string(), INBOX, 2)));

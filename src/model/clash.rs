@@ -26,7 +26,10 @@ pub struct ClashStats {
     pub uid_clashes: u64,
     /// Messages given a new UID (clash, new mail over a tombstone, UIDVALIDITY or GUID merge).
     pub renumbered: u64,
-    /// Messages live below the other side's UIDNEXT with no tombstone there: copied, and worth a log line.
+    /// Messages one side held below the other side's UIDNEXT where the other side held
+    /// neither a message nor a tombstone: renumbered on both sides (the other side's IMAP
+    /// clients may have seen its UIDNEXT and never look below it); in `renumbered` too when
+    /// it moves (not when the same append is live higher up already).
     pub late_copies: u64,
 }
 
@@ -131,7 +134,8 @@ fn max_tombstone(
 }
 
 /// The mailbox record both sides keep: name and subscription by their stamps, the larger
-/// UIDVALIDITY and UIDNEXT, the latest change.
+/// UIDVALIDITY (a UIDVALIDITY conflict then takes its winner's, [`uidvalidity_key`]) and
+/// UIDNEXT, the latest change.
 fn merge_records(a: &MailboxRecord, b: &MailboxRecord) -> MailboxRecord {
     let (name, name_stamp) = if (a.name_stamp, &a.name) >= (b.name_stamp, &b.name) {
         (a.name.clone(), a.name_stamp)
@@ -189,15 +193,28 @@ fn merge_sides(a: &MailboxSide, b: &MailboxSide) -> MailboxOutcome {
         (Some(ra), None) => one_sided(a, ra, tombstone, b),
         (None, Some(rb)) => one_sided(b, rb, tombstone, a),
         (Some(ra), Some(rb)) if ra.uidvalidity != rb.uidvalidity => {
-            let (winner, loser) = if ra.uidvalidity > rb.uidvalidity {
-                (a, b)
+            let (winner, loser, uidvalidity) = if uidvalidity_key(a, ra) > uidvalidity_key(b, rb) {
+                (a, b, ra.uidvalidity)
             } else {
-                (b, a)
+                (b, a, rb.uidvalidity)
             };
-            reset_merge(winner, loser, merge_records(ra, rb))
+            let record = MailboxRecord {
+                uidvalidity,
+                ..merge_records(ra, rb)
+            };
+            reset_merge(winner, loser, record)
         }
         (Some(ra), Some(rb)) => merge_messages(a, b, merge_records(ra, rb)),
     }
+}
+
+/// What decides a UIDVALIDITY conflict: the side holding more messages, then the larger
+/// UIDVALIDITY (dsync's rule). An empty mailbox (a fresh replica, or a user who logged in on
+/// one before it caught up) therefore never imposes its UIDVALIDITY on one that holds mail.
+/// The sides are whole mailboxes here (the session fetches both when UIDVALIDITY differs).
+/// Why this converges: docs/PROTOCOL.md, "Why replicas converge".
+fn uidvalidity_key(side: &MailboxSide, record: &MailboxRecord) -> (usize, u32) {
+    (side.messages.len(), record.uidvalidity)
 }
 
 /// The mailbox exists on one side only. A mailbox tombstone on the other side wins unless the
@@ -330,10 +347,14 @@ fn merge_messages(a: &MailboxSide, b: &MailboxSide, mut record: MailboxRecord) -
                         Tombstone::moved(m.digest, latest.max(m.appended)),
                     );
                     pending.push((uid, m.clone()));
+                } else if other.record.as_ref().is_some_and(|r| uid < r.uidnext) {
+                    // The other side never held anything here, yet its UIDNEXT is past this
+                    // UID: its IMAP clients may have seen that UIDNEXT and will never look
+                    // below it. New mail there, renumbered alike on both sides (as dsync does).
+                    out.stats.late_copies += 1;
+                    push_tomb(&mut expunged, uid, Tombstone::moved(m.digest, m.appended));
+                    pending.push((uid, m.clone()));
                 } else {
-                    if other.record.as_ref().is_some_and(|r| uid < r.uidnext) {
-                        out.stats.late_copies += 1;
-                    }
                     out.messages.insert(uid, m.clone());
                 }
             }
@@ -400,7 +421,8 @@ fn dedup(
     }
 }
 
-/// Different UIDVALIDITY: the larger wins. The loser's messages are matched to the winner's by
+/// Different UIDVALIDITY: the winner is the side with more messages, then the larger value
+/// ([`uidvalidity_key`]). The loser's messages are matched to the winner's by
 /// digest (flags merged); the rest are new mail with fresh UIDs. Needs whole mailboxes.
 fn reset_merge(
     winner: &MailboxSide,
@@ -690,13 +712,69 @@ mod tests {
     }
 
     #[test]
-    fn missing_mail_is_copied_and_late_copies_are_counted() {
+    fn mail_below_the_other_sides_uidnext_is_renumbered_on_both_sides() {
+        // B's clients may have seen UIDNEXT 5: message 3 must not appear below it there.
         let a = side(10, vec![(3, msg(5, 1, &[])), (9, msg(6, 1, &[]))], vec![]);
         let b = side(5, vec![], vec![]);
         let out = merge_mailbox(&a, &b);
-        assert_eq!(out.messages.keys().copied().collect::<Vec<_>>(), vec![3, 9]);
+        assert_eq!(
+            out.messages.keys().copied().collect::<Vec<_>>(),
+            vec![9, 10]
+        );
+        assert_eq!(out.messages[&10].digest, Digest([5; 32]));
+        assert_eq!(
+            out.messages[&10].appended,
+            st(1, 5),
+            "the identity moves with it"
+        );
         assert_eq!(out.stats.late_copies, 1, "UID 3 is below B's UIDNEXT 5");
-        assert_eq!(out.record.map(|r| r.uidnext), Some(10));
+        assert_eq!(out.stats.renumbered, 1);
+        assert_eq!(
+            out.expunged[&3],
+            vec![Tombstone::moved(Digest([5; 32]), st(1, 5))],
+            "UID 3 gets a move tombstone, so a third replica that holds it there follows"
+        );
+        assert_eq!(out.record.map(|r| r.uidnext), Some(11));
+        assert_eq!(merge_mailbox(&b, &a).messages, out.messages);
+    }
+
+    #[test]
+    fn mail_at_or_above_the_other_sides_uidnext_keeps_its_uid() {
+        // Mail that arrives in order (the other side's UIDNEXT has not passed it) is copied.
+        let a = side(
+            7,
+            vec![
+                (4, msg(4, 1, &[])),
+                (5, msg(5, 1, &[])),
+                (6, msg(6, 1, &[])),
+            ],
+            vec![],
+        );
+        let b = side(5, vec![(4, msg(4, 1, &[("\\Seen", true, 2)]))], vec![]);
+        let out = merge_mailbox(&a, &b);
+        assert_eq!(
+            out.messages.keys().copied().collect::<Vec<_>>(),
+            vec![4, 5, 6]
+        );
+        assert_eq!((out.stats.late_copies, out.stats.renumbered), (0, 0));
+        assert_eq!(out.record.map(|r| r.uidnext), Some(7));
+    }
+
+    #[test]
+    fn a_third_replica_follows_a_message_renumbered_below_uidnext() {
+        // A and B renumbered message 3 to 10 (B's UIDNEXT had passed it); C still holds it
+        // at 3. C meets A: the move tombstone wins at 3, the copy at 10 stays.
+        let c = side(4, vec![(3, msg(5, 1, &[]))], vec![]);
+        let mut a = side(11, vec![(10, msg(5, 1, &[]))], vec![]);
+        push_tomb(
+            &mut a.expunged,
+            3,
+            Tombstone::moved(Digest([5; 32]), st(1, 5)),
+        );
+        let out = merge_mailbox(&c, &a);
+        assert_eq!(out.messages.keys().copied().collect::<Vec<_>>(), vec![10]);
+        assert_eq!(out.stats.renumbered, 0);
+        assert_eq!(out.messages[&10].digest, Digest([5; 32]));
     }
 
     #[test]
@@ -724,32 +802,99 @@ mod tests {
         assert_eq!((out.record, out.tombstone), (None, Some(tomb)));
     }
 
+    fn with_uidvalidity(mut s: MailboxSide, v: u32) -> MailboxSide {
+        if let Some(r) = s.record.as_mut() {
+            r.uidvalidity = v;
+        }
+        s
+    }
+
     #[test]
-    fn larger_uidvalidity_wins_and_nothing_is_lost() {
-        let mut a = side(
-            3,
-            vec![(1, msg(5, 1, &[("\\Seen", true, 3)])), (2, msg(6, 1, &[]))],
-            vec![],
+    fn more_messages_win_a_uidvalidity_conflict_and_nothing_is_lost() {
+        let a = with_uidvalidity(
+            side(
+                3,
+                vec![(1, msg(5, 1, &[("\\Seen", true, 3)])), (2, msg(6, 1, &[]))],
+                vec![],
+            ),
+            100,
         );
-        let mut b = side(2, vec![(1, msg(6, 1, &[("\\Flagged", true, 3)]))], vec![]);
-        if let Some(r) = a.record.as_mut() {
-            r.uidvalidity = 100;
-        }
-        if let Some(r) = b.record.as_mut() {
-            r.uidvalidity = 200;
-        }
+        let b = with_uidvalidity(
+            side(2, vec![(1, msg(6, 1, &[("\\Flagged", true, 3)]))], vec![]),
+            200,
+        );
         let out = merge_mailbox(&a, &b);
+        assert_eq!(out, merge_mailbox(&b, &a));
         assert!(out.reset);
+        assert_eq!(
+            out.record.as_ref().map(|r| (r.uidvalidity, r.uidnext)),
+            Some((100, 3)),
+            "A holds two messages, B one: A's UIDVALIDITY and UIDs stay"
+        );
+        assert_eq!(out.messages[&1].digest, Digest([5; 32]));
+        assert_eq!(out.messages[&2].digest, Digest([6; 32]));
+        assert!(
+            out.messages[&2].flags.is_set("\\Flagged"),
+            "B's copy matched by digest"
+        );
+        assert_eq!(out.messages.len(), 2);
+    }
+
+    #[test]
+    fn equal_counts_leave_a_uidvalidity_conflict_to_the_larger_value() {
+        let a = with_uidvalidity(
+            side(3, vec![(1, msg(5, 1, &[])), (2, msg(6, 1, &[]))], vec![]),
+            100,
+        );
+        let b = with_uidvalidity(
+            side(
+                2,
+                vec![
+                    (1, msg(6, 1, &[("\\Flagged", true, 3)])),
+                    (2, msg(7, 1, &[])),
+                ],
+                vec![],
+            ),
+            200,
+        );
+        let out = merge_mailbox(&a, &b);
+        assert_eq!(out, merge_mailbox(&b, &a));
         assert_eq!(
             out.record.as_ref().map(|r| (r.uidvalidity, r.uidnext)),
             Some((200, 4))
         );
         assert_eq!(out.messages[&1].digest, Digest([6; 32]));
         assert!(out.messages[&1].flags.is_set("\\Flagged"));
+        assert_eq!(out.messages[&2].digest, Digest([7; 32]));
         assert_eq!(
             out.messages[&3].digest,
             Digest([5; 32]),
             "A's other message is new mail"
+        );
+    }
+
+    #[test]
+    fn an_empty_mailbox_never_imposes_its_uidvalidity() {
+        // A fresh replica (or a user logging in on it early) made the mailbox empty, later
+        // and so with a larger UIDVALIDITY; even a UIDNEXT it raised does not count.
+        let full = with_uidvalidity(
+            side(3, vec![(1, msg(5, 1, &[])), (2, msg(6, 1, &[]))], vec![]),
+            100,
+        );
+        let empty = with_uidvalidity(side(9, vec![], vec![(4, 7, 2)]), 4_000_000);
+        let out = merge_mailbox(&full, &empty);
+        assert_eq!(out, merge_mailbox(&empty, &full));
+        assert_eq!(
+            out.record.as_ref().map(|r| (r.uidvalidity, r.uidnext)),
+            Some((100, 9))
+        );
+        assert_eq!(out.messages, full.messages, "the full side's UIDs stay");
+        let changes = crate::model::changes_for("u", &full, &out, |_| None).0;
+        assert!(
+            changes
+                .iter()
+                .all(|c| matches!(c, crate::model::Change::Mailbox { .. })),
+            "the full side only raises its UIDNEXT: {changes:?}"
         );
     }
 
@@ -832,7 +977,63 @@ mod tests {
             })
     }
 
+    /// A side with a UIDVALIDITY of 1 or 2, so that conflicts happen.
+    fn arb_side_v() -> impl Strategy<Value = MailboxSide> {
+        (arb_side(), 1u32..3).prop_map(|(s, v)| with_uidvalidity(s, v))
+    }
+
     proptest! {
+        #[test]
+        fn merge_is_commutative_across_uidvalidities(a in arb_side_v(), b in arb_side_v()) {
+            prop_assert_eq!(merge_mailbox(&a, &b), merge_mailbox(&b, &a));
+        }
+
+        #[test]
+        fn uidvalidity_goes_to_more_messages_then_the_larger_value(a in arb_side_v(), b in arb_side_v()) {
+            let out = merge_mailbox(&a, &b);
+            let key = |s: &MailboxSide| s.record.as_ref().map(|r| (s.messages.len(), r.uidvalidity));
+            let v = out.record.as_ref().map(|r| r.uidvalidity);
+            prop_assert_eq!(v, key(&a).max(key(&b)).map(|k| k.1));
+            // Nothing held on either side is lost in a reset (no tombstone decides there).
+            if out.reset {
+                prop_assert_eq!(out.messages.len(), {
+                    let mut d: Vec<Digest> = a.messages.values().chain(b.messages.values()).map(|m| m.digest).collect();
+                    let (w, l) = if key(&a) > key(&b) { (&a, &b) } else { (&b, &a) };
+                    let mut matched = 0;
+                    let mut pool: Vec<Digest> = w.messages.values().map(|m| m.digest).collect();
+                    for m in l.messages.values() {
+                        if let Some(i) = pool.iter().position(|x| *x == m.digest) {
+                            pool.remove(i);
+                            matched += 1;
+                        }
+                    }
+                    d.truncate(d.len() - matched);
+                    d.len()
+                });
+            }
+        }
+
+        /// The IMAP promise: a side whose UIDVALIDITY stays never gets a message below the
+        /// UIDNEXT its clients may have seen, unless it held that very message there.
+        #[test]
+        fn no_message_appears_below_a_sides_uidnext(a in arb_side_v(), b in arb_side_v()) {
+            let out = merge_mailbox(&a, &b);
+            let Some(r) = &out.record else { return Ok(()) };
+            for s in [&a, &b] {
+                let Some(sr) = &s.record else { continue };
+                if sr.uidvalidity != r.uidvalidity {
+                    continue;
+                }
+                prop_assert!(r.uidnext >= sr.uidnext);
+                for (uid, m) in out.messages.range(..sr.uidnext) {
+                    prop_assert!(
+                        s.messages.get(uid).is_some_and(|x| x.digest == m.digest),
+                        "{:?} appears at UID {} below UIDNEXT {}", m.digest, uid, sr.uidnext
+                    );
+                }
+            }
+        }
+
         #[test]
         fn merge_is_commutative(a in arb_side(), b in arb_side()) {
             prop_assert_eq!(merge_mailbox(&a, &b), merge_mailbox(&b, &a));

@@ -62,7 +62,7 @@ pub fn decide_entry<E>(
     if local.record.is_none() && local.tombstone.is_some() && incoming.record.is_some() {
         return clash(EntryClash::DeletedHere);
     }
-    let outcome = merge_mailbox(local, &incoming);
+    let mut outcome = merge_mailbox(local, &incoming);
     if outcome.forward.is_some() {
         return clash(EntryClash::MergedAway);
     }
@@ -84,12 +84,35 @@ pub fn decide_entry<E>(
             return clash(EntryClash::NameHeld);
         }
     }
+    hold_back_uidnext(&mut outcome, local);
     let bodies: BTreeMap<Digest, &Vec<u8>> =
         entry.bodies.iter().map(|b| (Digest::of(b), b)).collect();
     let (changes, counts) = changes_for(&entry.user, local, &outcome, |m| {
         bodies.get(&m.digest).map(|b| (*b).clone())
     });
     Ok(EntryDecision::Apply(changes, counts))
+}
+
+/// An entry carries its sender's record as it is when shipped, so its UIDNEXT may already
+/// count mail that later entries (or another sender) bring. Taking it here would show this
+/// replica's IMAP clients a UIDNEXT past mail it does not hold yet, and that mail would then
+/// have to be renumbered when it comes (a message never appears below a UIDNEXT clients
+/// may have seen). So the UIDNEXT rises only past the UIDs the entry settles here; the rest
+/// comes with the entries that bring the mail, or with the next Merkle session.
+fn hold_back_uidnext(outcome: &mut MailboxOutcome, local: &MailboxSide) {
+    let Some(record) = outcome.record.as_mut() else {
+        return;
+    };
+    let floor = local.record.as_ref().map_or(1, |l| l.uidnext);
+    let top = [
+        outcome.messages.keys().next_back(),
+        outcome.expunged.keys().next_back(),
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+    .map_or(1, |uid| uid.saturating_add(1));
+    record.uidnext = record.uidnext.min(floor.max(top));
 }
 
 /// Whether the two agree on everything the tree hashes (not `last_change`, not tombstones,
@@ -225,6 +248,119 @@ mod tests {
     fn a_name_held_by_another_mailbox_is_left_to_a_session() {
         let (d, _) = decide(&MailboxSide::default(), &entry(record(1, 2), None), true);
         assert_eq!(d, EntryDecision::Clash(EntryClash::NameHeld));
+    }
+
+    fn message(body: &[u8], ms: u64) -> MessageRecord {
+        MessageRecord {
+            md5: Md5::of(body),
+            digest: Digest::of(body),
+            size: body.len() as u64,
+            internal_date: 0,
+            flags: FlagSet::default(),
+            appended: st(ms),
+        }
+    }
+
+    /// The sender appended at 5 and 6 (its UIDNEXT is 7) and ships them in two entries,
+    /// each with its record as it is now.
+    fn in_order_entries() -> (ShippedEntry, ShippedEntry) {
+        let mut first = entry(record(1, 7), None);
+        first.messages.insert(5, message(b"five", 5));
+        first.bodies.push(b"five".to_vec());
+        let mut second = entry(record(1, 7), None);
+        second.messages.insert(6, message(b"six", 6));
+        second.bodies.push(b"six".to_vec());
+        (first, second)
+    }
+
+    fn apply(local: &mut MailboxSide, changes: &[Change]) {
+        for c in changes {
+            match c {
+                Change::Mailbox { record, .. } => local.record = Some(record.clone()),
+                Change::Message { uid, record, .. } => {
+                    local.messages.insert(*uid, record.clone());
+                }
+                other => panic!("unexpected change {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn mail_shipped_in_order_keeps_its_uids_and_uidnext_never_runs_ahead() {
+        let (first, second) = in_order_entries();
+        let mut local = MailboxSide {
+            record: Some(record(1, 5)),
+            ..Default::default()
+        };
+        let (d, _) = decide(&local, &first, false);
+        let EntryDecision::Apply(changes, _) = d else {
+            panic!("expected Apply, got {d:?}");
+        };
+        apply(&mut local, &changes);
+        assert_eq!(
+            local.record.as_ref().map(|r| r.uidnext),
+            Some(6),
+            "UIDNEXT stops after the mail held here: 6 is not here yet"
+        );
+        local.messages.clear();
+        let (d, _) = decide(&local, &second, false);
+        let EntryDecision::Apply(changes, counts) = d else {
+            panic!("expected Apply, got {d:?}");
+        };
+        assert_eq!(counts.added, 1);
+        assert!(
+            changes
+                .iter()
+                .any(|c| matches!(c, Change::Message { uid: 6, .. })),
+            "{changes:?}"
+        );
+        apply(&mut local, &changes);
+        assert_eq!(local.record.map(|r| r.uidnext), Some(7));
+    }
+
+    #[test]
+    fn mail_below_the_local_uidnext_is_left_to_a_session_that_renumbers_it() {
+        // This replica's UIDNEXT is past 5 already (its clients may have seen 6) and it holds
+        // nothing at 5: the message must get a new UID on both sides.
+        let (first, _) = in_order_entries();
+        let local = MailboxSide {
+            record: Some(record(1, 6)),
+            ..Default::default()
+        };
+        let (d, _) = decide(&local, &first, false);
+        assert_eq!(d, EntryDecision::Clash(EntryClash::SenderChanges));
+    }
+
+    #[test]
+    fn an_empty_mailbox_with_another_uidvalidity_is_left_to_a_session() {
+        // The session decides by both whole mailboxes (the side with more mail wins); an
+        // entry shows neither, so it never applies a UIDVALIDITY, in either direction.
+        let mut e = entry(record(7, 2), Some(b"hello"));
+        for local in [
+            MailboxSide {
+                record: Some(record(9, 1)),
+                ..Default::default()
+            },
+            MailboxSide {
+                record: Some(record(3, 1)),
+                ..Default::default()
+            },
+        ] {
+            assert_eq!(
+                decide(&local, &e, false).0,
+                EntryDecision::Clash(EntryClash::UidValidity)
+            );
+        }
+        e.messages.clear();
+        let local = MailboxSide {
+            record: Some(record(3, 4)),
+            messages: BTreeMap::from([(1, message(b"one", 1))]),
+            ..Default::default()
+        };
+        assert_eq!(
+            decide(&local, &e, false).0,
+            EntryDecision::Clash(EntryClash::UidValidity)
+        );
     }
 
     #[test]

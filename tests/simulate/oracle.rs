@@ -261,3 +261,144 @@ pub fn live_messages(
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
+
+/// What an IMAP client of one peer has seen of one mailbox, under one UIDVALIDITY.
+struct ClientView {
+    name: String,
+    uidvalidity: u32,
+    /// The highest UIDNEXT the peer exposed: the client never looks below it for new mail.
+    uidnext: u32,
+    /// Every (UID, message) the client saw live.
+    seen: BTreeSet<(u32, Digest)>,
+    /// Live messages at the last look.
+    count: u64,
+}
+
+/// The IMAP promises, checked at every look (the simulation looks at every peer after every
+/// step, session and settling round, as clients that never stop watching):
+/// - `appeared-below-uidnext`: a message newly live on a peer at a UID below the highest
+///   UIDNEXT that peer exposed under the same UIDVALIDITY (its clients never see it);
+/// - `uidvalidity-imposed-by-empty-side`: a mailbox that held mail on a peer changed its
+///   UIDVALIDITY to one under which no peer has ever held mail in that mailbox (an empty
+///   side imposed its own, and the full side's clients must resynchronise for nothing).
+#[derive(Default)]
+pub struct ClientViews {
+    views: BTreeMap<(String, String, MailboxGuid), ClientView>,
+    /// (user, mailbox, UIDVALIDITY) under which some peer held mail at a look.
+    held_mail: BTreeSet<(String, MailboxGuid, u32)>,
+    /// Looks taken and UIDVALIDITY changes seen on a mailbox holding mail (for the report).
+    pub looks: u64,
+    pub uidvalidity_changes: u64,
+}
+
+/// One mailbox as a peer shows it now.
+struct Shown {
+    name: String,
+    uidvalidity: u32,
+    uidnext: u32,
+    live: BTreeMap<u32, Digest>,
+}
+
+fn shown(store: &Store) -> Result<BTreeMap<(String, MailboxGuid), Shown>, String> {
+    let mut out = BTreeMap::new();
+    for user in store.users().map_err(|e| e.to_string())? {
+        // A user record can be left with no mailbox (`list_messages` then calls it unknown).
+        let boxes = match store.list_mailboxes(&user) {
+            Ok(boxes) if !boxes.is_empty() => boxes,
+            _ => continue,
+        };
+        for b in boxes {
+            out.insert(
+                (user.clone(), b.guid),
+                Shown {
+                    name: b.name,
+                    uidvalidity: b.uidvalidity,
+                    uidnext: b.uidnext,
+                    live: BTreeMap::new(),
+                },
+            );
+        }
+        for m in store
+            .list_messages(&user, None)
+            .map_err(|e| e.to_string())?
+        {
+            if let Some(s) = out.get_mut(&(user.clone(), m.guid)) {
+                s.live.insert(m.uid, m.record.digest);
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl ClientViews {
+    /// Looks at every peer (a client of each reads each mailbox); returns the violations.
+    pub fn look(&mut self, peers: &[(&str, &Store)], oracle: &Oracle) -> Vec<String> {
+        self.looks += 1;
+        let mut violations = Vec::new();
+        let mut held = Vec::new();
+        for (peer, store) in peers {
+            let now = match shown(store) {
+                Ok(now) => now,
+                Err(e) => {
+                    violations.push(format!("{peer}: cannot look at the mailboxes: {e}"));
+                    continue;
+                }
+            };
+            // A mailbox gone from the peer: its clients drop what they cached.
+            self.views
+                .retain(|(p, u, g), _| p != peer || now.contains_key(&(u.clone(), *g)));
+            for ((user, guid), s) in now {
+                let label = |d: &Digest| {
+                    oracle
+                        .appended
+                        .get(d)
+                        .map_or_else(|| "?".to_string(), |a| a.label.clone())
+                };
+                if !s.live.is_empty() {
+                    held.push((user.clone(), guid, s.uidvalidity));
+                }
+                let key = (peer.to_string(), user.clone(), guid);
+                let fresh = || ClientView {
+                    name: s.name.clone(),
+                    uidvalidity: s.uidvalidity,
+                    uidnext: 0,
+                    seen: BTreeSet::new(),
+                    count: 0,
+                };
+                let view = self.views.entry(key).or_insert_with(fresh);
+                if view.uidvalidity != s.uidvalidity {
+                    if view.count > 0 {
+                        self.uidvalidity_changes += 1;
+                        if !self
+                            .held_mail
+                            .contains(&(user.clone(), guid, s.uidvalidity))
+                        {
+                            violations.push(format!(
+                                "uidvalidity-imposed-by-empty-side: {peer}: {user}/{} held {} message(s) under UIDVALIDITY {}, now {}, under which no peer ever held mail there",
+                                view.name, view.count, view.uidvalidity, s.uidvalidity
+                            ));
+                        }
+                    }
+                    *view = fresh();
+                }
+                for (uid, digest) in &s.live {
+                    if *uid < view.uidnext && !view.seen.contains(&(*uid, *digest)) {
+                        violations.push(format!(
+                            "appeared-below-uidnext: {peer}: message {} appeared in {user}/{} at UID {uid}, below the UIDNEXT {} its clients saw (UIDVALIDITY {})",
+                            label(digest),
+                            s.name,
+                            view.uidnext,
+                            s.uidvalidity
+                        ));
+                    }
+                    view.seen.insert((*uid, *digest));
+                }
+                view.uidnext = view.uidnext.max(s.uidnext);
+                view.count = s.live.len() as u64;
+                view.name = s.name;
+            }
+        }
+        self.held_mail.extend(held);
+        violations
+    }
+}

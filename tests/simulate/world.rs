@@ -3,9 +3,9 @@
 //! random mail operations. Every decision comes from one `StdRng` seeded with the run's seed
 //! and the time is simulated, so a seed replays exactly.
 
-use super::oracle::{Appended, Oracle};
+use super::oracle::{Appended, ClientViews, Oracle};
 use super::random_ops::{msg, BOXES, USERS};
-use merkmail::model::{Digest, FlagName, FlagOp};
+use merkmail::model::{Digest, FlagName, FlagOp, MailboxGuid};
 use merkmail::store::{Store, StoreError};
 use merkmail::sync::journal_wire::{decode_batch, encode_batch};
 use merkmail::sync::responder::answer;
@@ -23,6 +23,14 @@ use std::sync::Arc;
 const EPOCH_MS: u64 = 1_700_000_000_000;
 /// Flags the writers set and clear.
 const FLAGS: [&str; 4] = ["\\Seen", "\\Flagged", "\\Answered", "$Label1"];
+/// Users the writers work on: the bootstrapped ones, and one that no peer holds at the start
+/// (its first mail and logins happen during the run, on peers that have not caught up).
+const SIM_USERS: [&str; 3] = ["ann", "ben", LATE_USER];
+const LATE_USER: &str = "cat";
+/// The late user's folder that Dovecot made on several servers with one GUID (as after a
+/// dsync migration), each with its own UIDVALIDITY.
+const DOVECOT_FOLDER: &str = "Archive";
+const DOVECOT_FOLDER_GUID: MailboxGuid = MailboxGuid([0xa7; 16]);
 /// Settling gives up after this many rounds of "ship every journal, apply, session every pair".
 const SETTLE_ROUNDS: usize = 12;
 
@@ -118,6 +126,15 @@ pub struct Activity {
     pub checks_owed: u64,
     pub responder_errors: u64,
     pub settle_rounds: u64,
+    /// Logins of the late user on a peer (its Dovecot making INBOX or a folder, empty if the
+    /// peer has not caught up, with its own UIDVALIDITY).
+    pub logins: u64,
+    /// UIDVALIDITY changes a client saw on a mailbox that held mail (a conflict lost).
+    pub uidvalidity_changes: u64,
+    /// Looks at every peer's mailboxes by the IMAP-promise checks.
+    pub client_looks: u64,
+    /// Messages sessions renumbered because one side's UIDNEXT had passed them.
+    pub renumbered_below_uidnext: u64,
 }
 
 impl Activity {
@@ -139,6 +156,10 @@ impl Activity {
         self.checks_owed += o.checks_owed;
         self.responder_errors += o.responder_errors;
         self.settle_rounds += o.settle_rounds;
+        self.logins += o.logins;
+        self.uidvalidity_changes += o.uidvalidity_changes;
+        self.client_looks += o.client_looks;
+        self.renumbered_below_uidnext += o.renumbered_below_uidnext;
     }
 }
 
@@ -213,6 +234,9 @@ pub struct World {
     quiet: bool,
     bodies: u64,
     oracle: Oracle,
+    views: ClientViews,
+    /// The last line SIM_WATCH logged.
+    watched: Option<String>,
     faults: Faults,
     activity: Activity,
     violations: Vec<String>,
@@ -280,6 +304,8 @@ impl World {
             quiet: false,
             bodies: 0,
             oracle: Oracle::default(),
+            views: ClientViews::default(),
+            watched: None,
             faults: Faults::default(),
             activity: Activity::default(),
             violations: Vec::new(),
@@ -326,6 +352,7 @@ impl World {
             self.step();
         }
         let settled = self.settle();
+        self.look();
         if !settled {
             let roots = self.roots();
             self.violations.push(format!(
@@ -340,6 +367,8 @@ impl World {
         let view: Vec<(&str, &Store)> = stores.iter().map(|(n, s)| (n.as_str(), &**s)).collect();
         let found = self.oracle.check(&view);
         self.violations.extend(found);
+        self.activity.uidvalidity_changes = self.views.uidvalidity_changes;
+        self.activity.client_looks = self.views.looks;
         Outcome {
             seed: self.seed,
             settings: self.settings.clone(),
@@ -354,6 +383,40 @@ impl World {
     fn log(&mut self, line: String) {
         let t = self.now - EPOCH_MS;
         self.trace.push(format!("[{} t={t}] {line}", self.step));
+    }
+
+    /// IMAP clients on every peer look at every mailbox; what they must never see is a
+    /// violation ([`ClientViews`]).
+    fn look(&mut self) {
+        let stores: Vec<(String, Rc<Store>)> = self
+            .peers
+            .iter()
+            .filter_map(|p| p.store.as_ref().map(|s| (p.id.clone(), Rc::clone(s))))
+            .collect();
+        let view: Vec<(&str, &Store)> = stores.iter().map(|(n, s)| (n.as_str(), &**s)).collect();
+        let found = self.views.look(&view, &self.oracle);
+        // SIM_WATCH=label (with SIM_TRACE): where that message is live, whenever it changes.
+        if let Some(label) = std::env::var_os("SIM_WATCH").and_then(|l| l.into_string().ok()) {
+            let digest = Digest::of(&msg(&label).bytes);
+            let places: Vec<String> = view
+                .iter()
+                .map(|(n, s)| {
+                    let at = super::oracle::live_messages(s)
+                        .ok()
+                        .and_then(|mut l| l.remove(&digest))
+                        .unwrap_or_default();
+                    format!("{n}: {at:?}")
+                })
+                .collect();
+            let line = format!("watch {label}: {}", places.join("; "));
+            if self.watched.as_ref() != Some(&line) {
+                self.watched = Some(line.clone());
+                self.log(line);
+            }
+        }
+        for v in found {
+            self.violation(v);
+        }
     }
 
     fn violation(&mut self, what: String) {
@@ -439,6 +502,7 @@ impl World {
         if self.rng.random_bool(self.settings.partition) {
             self.partition_or_heal();
         }
+        self.look();
     }
 
     fn partition_or_heal(&mut self) {
@@ -710,6 +774,8 @@ impl World {
                         self.peers[k].id, done.applied, done.dropped, done.check_with
                     );
                     self.log(line);
+                    drop(s);
+                    self.look();
                 }
                 done.remaining
             }
@@ -826,6 +892,9 @@ impl World {
         let stores: Vec<Rc<Store>> = self.peers.iter().filter_map(|p| p.store.clone()).collect();
         let view: Vec<&Store> = stores.iter().map(|s| &**s).collect();
         self.oracle.note_merges(&view);
+        drop(view);
+        drop(stores);
+        self.look();
         out
     }
 
@@ -843,6 +912,7 @@ impl World {
         let (pi, pj) = (self.peers[i].id.clone(), self.peers[j].id.clone());
         let equal = match result {
             Ok(report) => {
+                self.activity.renumbered_below_uidnext += report.late_copies;
                 if report.equal_after {
                     self.activity.sessions_equal += 1;
                     if let Err(e) = local.journal_merkle_done(&url, head_at_start) {
@@ -902,7 +972,13 @@ impl World {
     /// `kind` forces the operation (0: append).
     fn mail_op_with(&mut self, k: usize, kind: Option<u32>) {
         let Some(s) = self.store(k) else { return };
-        let user = USERS[self.rng.random_range(0..USERS.len())];
+        // The bootstrap (quiet) makes only the first users.
+        let users: &[&str] = if self.quiet { &USERS } else { &SIM_USERS };
+        let user = users[self.rng.random_range(0..users.len())];
+        if user == LATE_USER && kind.is_none() && self.rng.random_bool(0.15) {
+            self.login(k, &s);
+            return;
+        }
         // Mostly a mailbox the peer has; sometimes any name (creates, refusals).
         let held: Vec<String> = s
             .list_mailboxes(user)
@@ -1045,6 +1121,40 @@ impl World {
         self.log(format!("{id}: {what}"));
     }
 
+    /// The late user logs in on peer `k`: its Dovecot makes INBOX, or the folder it shares
+    /// a GUID for, with a UIDVALIDITY from its own clock, which the store adopts while the
+    /// mailbox is pristine here (`prepare_import`, as a scan does). On a peer that has not
+    /// caught up the mailbox is empty, and its UIDVALIDITY (later, so larger) must not win.
+    fn login(&mut self, k: usize, s: &Store) {
+        let folder = self.rng.random_bool(0.5);
+        let (mailbox, guid) = if folder {
+            (DOVECOT_FOLDER, Some(DOVECOT_FOLDER_GUID))
+        } else {
+            ("INBOX", None)
+        };
+        let clock = self.now + self.peers[k].skew_ms;
+        let uidvalidity = u32::try_from(clock / 1000)
+            .unwrap_or(u32::MAX)
+            .wrapping_add(k as u32 * 101);
+        let result = s.prepare_import(LATE_USER, mailbox, Some(uidvalidity), !folder, guid);
+        match &result {
+            Ok(_) => {
+                self.activity.ops_ok += 1;
+                self.activity.logins += 1;
+            }
+            Err(StoreError::Corrupt(e)) => {
+                let what = format!("error: {}: login: corrupt: {e}", self.peers[k].id);
+                self.violation(what);
+            }
+            Err(_) => self.activity.ops_refused += 1,
+        }
+        let line = format!(
+            "{}: login {LATE_USER}/{mailbox} (UIDVALIDITY {uidvalidity}) → {result:?}",
+            self.peers[k].id
+        );
+        self.log(line);
+    }
+
     fn roots(&self) -> Vec<(String, String)> {
         self.peers
             .iter()
@@ -1112,6 +1222,7 @@ impl World {
                     self.session(i, j);
                 }
             }
+            self.look();
             if self.settled() {
                 return true;
             }

@@ -62,7 +62,9 @@ pub struct SyncReport {
     pub stale_mailboxes: u64,
     /// Bodies that did not match their digest: those mailboxes were left alone.
     pub body_mismatches: u64,
-    /// Messages copied below the other side's UIDNEXT (allowed, worth a look).
+    /// Messages one side lacked below its UIDNEXT (nothing held there): renumbered on both
+    /// sides, since that side's IMAP clients never look below the UIDNEXT they saw. (The
+    /// name is from when they were copied there.)
     pub late_copies: u64,
     pub duration_ms: u64,
     pub equal_after: bool,
