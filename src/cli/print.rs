@@ -223,7 +223,10 @@ impl Printed for SyncReport {
         if r.late_copies > 0 {
             lines.push((
                 "late copies",
-                format!("{} (copied below the other side's UIDNEXT)", r.late_copies),
+                format!(
+                    "{} (renumbered: they were below the other side's UIDNEXT)",
+                    r.late_copies
+                ),
             ));
         }
         if r.stale_mailboxes > 0 || r.body_mismatches > 0 {
