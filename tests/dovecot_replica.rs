@@ -187,6 +187,24 @@ ok(m.create("Trashme"))
     assert!(view.get("Trashme").is_none(), "{view}");
     assert_eq!(messages(&view, "INBOX").len(), 4, "{view}");
 
+    // /status and /metrics show the passes.
+    let status = a.node.status();
+    let maildir = status
+        .maildir
+        .expect("a live-Maildir node shows its passes");
+    assert_eq!(maildir.template, a.dovecot.template());
+    assert!(
+        maildir.passes_total > 0 && maildir.imported_total >= 4,
+        "{maildir:?}"
+    );
+    assert!(maildir.delivered_total >= 2, "{maildir:?}");
+    let (code, metrics) = a.node.get("/metrics", Some("admin-secret"));
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("merkmail_maildir_passes_total "),
+        "{metrics}"
+    );
+
     a.node.stop();
     b.node.stop();
     for side in [&a, &b] {

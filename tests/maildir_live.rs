@@ -207,3 +207,41 @@ fn the_store_file_holds_no_body_the_maildir_holds() {
     );
     store.run(&["verify", "--bodies"], &[]).ok();
 }
+
+#[test]
+fn a_27th_keyword_keeps_the_mail_and_says_so() {
+    let (store, root, _) = live();
+    for i in 0..27 {
+        let msg = store.file(
+            &format!("{i}.eml"),
+            format!("Subject: {i}\r\n\r\n.\r\n").as_bytes(),
+        );
+        store
+            .run(
+                &["append"],
+                &["carol", "INBOX", &msg, "--flags", &format!("$k{i}")],
+            )
+            .ok();
+    }
+    // Every message is in the index; the Maildir holds the 26 that have a letter.
+    let list = store
+        .run(&["list"], &["carol", "INBOX", "--json"])
+        .ok()
+        .json();
+    assert_eq!(list.as_array().map(Vec::len), Some(27));
+    assert_eq!(files_in(&root.join("cur")).len(), 26);
+    let report = store.run(&["scan"], &["--json"]).ok().json();
+    let problems = report["problems"].to_string();
+    assert!(
+        problems.contains("UID 27 not delivered") && problems.contains("$k26"),
+        "{report}"
+    );
+    // verify names it too, and exits 1.
+    let out = store.run(&["verify"], &[]);
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stdout_str().contains("UID 27: no file holds it"),
+        "{}",
+        out.stdout_str()
+    );
+}

@@ -17,6 +17,7 @@ const NASTY: &str = "http://evil\"quote\\back\nline<b>/";
 
 fn view() -> StatusView {
     StatusView {
+        maildir: None,
         node: "alpha".into(),
         version: "0.1.0".into(),
         now_ms: NOW,

@@ -99,6 +99,7 @@ fn cluster() -> StatusView {
         run(8 * 86_400_000, 999, Trigger::Journal, Outcome::Skipped),
     ];
     StatusView {
+        maildir: None,
         node: "alpha".into(),
         version: "0.1.0".into(),
         now_ms: NOW,
@@ -181,6 +182,7 @@ fn cluster() -> StatusView {
 /// An `async` node with no peers and a node id and version that need escaping everywhere.
 fn solo() -> StatusView {
     StatusView {
+        maildir: None,
         node: "a<b>&\"c'\u{1b}[31m\\n".into(),
         version: "0.1.0-dev+<g1234>".into(),
         now_ms: 951_782_400_000,

@@ -5,6 +5,7 @@
 
 use super::node::Node;
 use crate::maildir::backend::{self, Fingerprint, PassReport, Template};
+use crate::status::MaildirView;
 use notify::{RecursiveMode, Watcher};
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -27,6 +28,10 @@ struct Changed {
 
 /// Runs until shutdown. Errors of one pass are logged; the next pass retries what is owed.
 pub async fn run(node: Arc<Node>, template: Template) {
+    *super::node::lock(&node.maildir) = Some(MaildirView {
+        template: template.as_str().to_string(),
+        ..MaildirView::default()
+    });
     let mut shutdown = node.shutdown.subscribe();
     let changed = Arc::new(Changed::default());
     let mut watcher = match watch(&template, Arc::clone(&changed)) {
@@ -179,6 +184,7 @@ async fn pass(
             return None;
         }
     };
+    record(node, &report);
     match report {
         Ok(report) => {
             seen.extend(prints);
@@ -216,6 +222,40 @@ async fn pass(
             None
         }
     }
+}
+
+/// Problems kept for /status, newest last.
+const PROBLEMS_KEPT: usize = 20;
+
+/// What /status shows of the passes.
+fn record(node: &Node, report: &Result<PassReport, backend::BackendError>) {
+    let mut view = super::node::lock(&node.maildir);
+    let Some(v) = view.as_mut() else { return };
+    v.passes_total += 1;
+    v.last_pass_ms = Some(super::node::now_ms());
+    match report {
+        Ok(r) => {
+            v.imported_total += r.imported;
+            v.delivered_total += r.delivered;
+            v.problems.extend(r.problems.iter().cloned());
+        }
+        Err(e) => {
+            v.failed_passes_total += 1;
+            v.problems.push(format!("pass failed: {e}"));
+        }
+    }
+    // The same problem seen pass after pass is shown once.
+    let mut seen = std::collections::HashSet::new();
+    let mut kept: Vec<String> = v
+        .problems
+        .iter()
+        .rev()
+        .filter(|p| seen.insert((*p).clone()))
+        .take(PROBLEMS_KEPT)
+        .cloned()
+        .collect();
+    kept.reverse();
+    v.problems = kept;
 }
 
 /// Watches the directory that holds the users' Maildirs, recursively; each event names the

@@ -144,6 +144,9 @@ pub struct Node {
     pub wake_apply: Notify,
     /// `sync`-mode writes that timed out waiting for every peer.
     pub sync_fallbacks: AtomicU64,
+    /// What the live Maildir's passes did (daemon/maildir.rs; `None` for a store that holds
+    /// its own mail).
+    pub maildir: Mutex<Option<crate::status::MaildirView>>,
 }
 
 impl Node {
@@ -183,6 +186,7 @@ impl Node {
             acked: watch::channel(0).0,
             wake_apply: Notify::new(),
             sync_fallbacks: AtomicU64::new(0),
+            maildir: Mutex::new(None),
         }))
     }
 
@@ -303,6 +307,10 @@ impl Node {
             inbound_pending,
             sync_fallbacks_total: self.sync_fallbacks.load(Ordering::Relaxed),
             peers,
+            maildir: lock(&self.maildir).clone().map(|mut m| {
+                m.owed_mailboxes = self.store.owed_mailboxes().map_or(0, |o| o.len() as u64);
+                m
+            }),
         }
     }
 

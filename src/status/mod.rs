@@ -25,6 +25,6 @@ pub use html::page;
 pub use kinds::{Direction, Mode, Outcome, Trigger};
 pub use prometheus::metrics;
 pub use snapshot::{
-    CountsView, JournalView, PeerView, RepairedView, RunView, SessionView, StatusView,
+    CountsView, JournalView, MaildirView, PeerView, RepairedView, RunView, SessionView, StatusView,
 };
 pub use terminal::human;

@@ -405,7 +405,58 @@ pub fn metrics(v: &StatusView) -> String {
             per_peer(v, |p| p.holding_since_ms.map(seconds)),
         );
     }
+    if let Some(m) = &v.maildir {
+        maildir_families(o, m);
+    }
     out
+}
+
+/// A live-Maildir store's families (absent for a store that holds its own mail).
+fn maildir_families(o: &mut String, m: &super::MaildirView) {
+    use Kind::{Counter, Gauge};
+    let one = |x: u64| vec![sample(vec![], x)];
+    family(
+        o,
+        "merkmail_maildir_passes_total",
+        Counter,
+        "Passes over the Maildirs since the start.",
+        one(m.passes_total),
+    );
+    family(
+        o,
+        "merkmail_maildir_failed_passes_total",
+        Counter,
+        "Passes over the Maildirs that failed (what they owed is retried).",
+        one(m.failed_passes_total),
+    );
+    family(
+        o,
+        "merkmail_maildir_imported_total",
+        Counter,
+        "Messages the passes took in from the Maildirs since the start.",
+        one(m.imported_total),
+    );
+    family(
+        o,
+        "merkmail_maildir_delivered_total",
+        Counter,
+        "Messages the passes delivered into the Maildirs since the start.",
+        one(m.delivered_total),
+    );
+    family(
+        o,
+        "merkmail_maildir_owed_mailboxes",
+        Gauge,
+        "Mailboxes whose folders still owe changes to the disk.",
+        one(m.owed_mailboxes),
+    );
+    family(
+        o,
+        "merkmail_maildir_problems",
+        Gauge,
+        "Problems the last passes reported (shown in /status).",
+        one(m.problems.len() as u64),
+    );
 }
 
 #[cfg(test)]

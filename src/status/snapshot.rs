@@ -32,6 +32,29 @@ pub struct StatusView {
     #[serde(default)]
     pub sync_fallbacks_total: u64,
     pub peers: Vec<PeerView>,
+    /// A live-Maildir store's passes over the Maildirs (absent for a store that holds its
+    /// own mail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maildir: Option<MaildirView>,
+}
+
+/// The live Maildir beside a server: how its passes went.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaildirView {
+    /// Where the users' Maildirs are (`/srv/vmail/%u/Maildir`).
+    pub template: String,
+    pub passes_total: u64,
+    pub failed_passes_total: u64,
+    /// When the last pass ended, ms since the Unix epoch.
+    pub last_pass_ms: Option<u64>,
+    /// Messages taken in from the Maildirs, and delivered into them, since the start.
+    pub imported_total: u64,
+    pub delivered_total: u64,
+    /// Mailboxes whose folders still owe changes to the disk.
+    pub owed_mailboxes: u64,
+    /// What the last passes could not do (at most 20, newest last): a keyword beyond 26, a
+    /// folder whose UIDVALIDITY differs, a file that could not be read, a failed pass.
+    pub problems: Vec<String>,
 }
 
 /// The store's counters.

@@ -160,6 +160,24 @@ pub fn human(v: &StatusView) -> String {
         }
         columns(&mut o, "  ", &rows);
     }
+    if let Some(m) = &v.maildir {
+        let last = m.last_pass_ms.map_or("none yet".to_string(), |t| {
+            format!("last {} ago", duration(now.saturating_sub(t)))
+        });
+        let _ = writeln!(
+            o,
+            "maildir: {}: {} passes ({} failed), {last}; {} taken in, {} delivered; {} mailboxes owed",
+            term(&m.template),
+            m.passes_total,
+            m.failed_passes_total,
+            m.imported_total,
+            m.delivered_total,
+            m.owed_mailboxes
+        );
+        for p in &m.problems {
+            let _ = writeln!(o, "  problem: {}", term(p));
+        }
+    }
     o
 }
 
