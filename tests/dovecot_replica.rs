@@ -60,6 +60,14 @@ fn sides(test: &str) -> Option<(Side, Side)> {
     ))
 }
 
+/// Both sides, with their `merkmail serve` running.
+fn started(test: &str) -> Option<(Side, Side)> {
+    let (mut a, mut b) = sides(test)?;
+    a.node.start();
+    b.node.start();
+    Some((a, b))
+}
+
 /// Waits until both IMAP views are equal, and returns it.
 #[track_caller]
 fn same_view(a: &Side, b: &Side, what: &str) -> Value {
@@ -110,11 +118,9 @@ fn append(side: &Side, folder: &str, subject: &str, flags: &str) {
 
 #[test]
 fn imap_changes_on_either_side_show_on_the_other() {
-    let Some((mut a, mut b)) = sides("replica-imap") else {
+    let Some((mut a, mut b)) = started("replica-imap") else {
         return;
     };
-    a.node.start();
-    b.node.start();
 
     // APPEND on A: with flags and a keyword, into INBOX and a new folder.
     append(&a, "INBOX", "first", r"(\Flagged $Work)");
@@ -150,22 +156,8 @@ ok(m.rename("Lists", "Archive"))
     assert_eq!(messages(&view, "Archive").len(), 2, "{view}");
 
     // Dovecot's own save path, and a file an MDA drops into new/ with no UID, on A.
-    let msg = a.dovecot.work.join("saved.eml");
-    std::fs::write(&msg, "Subject: saved\r\n\r\nby doveadm save\r\n").expect("write");
-    let out = std::process::Command::new("doveadm")
-        .arg("-c")
-        .arg(&a.dovecot.conf)
-        .args(["save", "-m", "INBOX"])
-        .env("USER", &a.dovecot.user)
-        .env("HOME", &a.dovecot.home)
-        .stdin(std::fs::File::open(&msg).expect("open"))
-        .output()
-        .expect("doveadm save");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    a.dovecot
+        .save("INBOX", b"Subject: saved\r\n\r\nby doveadm save\r\n");
     let dropped = a.dovecot.maildir().join("new/1700000000.mda1.host");
     std::fs::write(&dropped, "Subject: dropped\r\n\r\nby an MDA\r\n").expect("drop");
     a.dovecot.chown_like_maildir(&dropped);
@@ -214,11 +206,9 @@ ok(m.create("Trashme"))
 
 #[test]
 fn a_split_heals_with_every_message_there_once() {
-    let Some((mut a, mut b)) = sides("replica-split") else {
+    let Some((mut a, mut b)) = started("replica-split") else {
         return;
     };
-    a.node.start();
-    b.node.start();
     append(&a, "INBOX", "before-1", "");
     append(&a, "INBOX", "before-2", "");
     append(&a, "INBOX", "before-3", "");

@@ -655,17 +655,7 @@ fn from_disk(
             report.renumbered += 1;
         }
         batch_bytes += bytes.len();
-        let mut flags = Vec::new();
-        for flag in &message.flags {
-            match FlagName::parse(flag) {
-                Ok(f) => flags.push(f),
-                Err(e) => problem(
-                    report,
-                    message.path.display(),
-                    format!("flag left out: {e}"),
-                ),
-            }
-        }
+        let flags = parse_flags(&message.flags, message, report);
         batch.push(NewMessage {
             bytes,
             flags,
@@ -724,20 +714,7 @@ fn flags_from_disk(
     row: &FileRow,
     report: &mut PassReport,
 ) -> Result<(), BackendError> {
-    let parse = |names: &[String], report: &mut PassReport| -> Vec<FlagName> {
-        let mut out = Vec::new();
-        for name in names {
-            match FlagName::parse(name) {
-                Ok(f) => out.push(f),
-                Err(e) => problem(
-                    report,
-                    message.path.display(),
-                    format!("flag left out: {e}"),
-                ),
-            }
-        }
-        out
-    };
+    let parse = |names: &[String], report: &mut PassReport| parse_flags(names, message, report);
     let now: Vec<String> = sorted(&message.flags);
     let before: Vec<String> = sorted(&row.disk_flags);
     let added: Vec<String> = now
@@ -761,6 +738,27 @@ fn flags_from_disk(
     Ok(())
 }
 
+/// The flags of a file's name as merkmail's; one that is not a valid flag is left out and
+/// reported.
+fn parse_flags(
+    names: &[String],
+    message: &ScannedMessage,
+    report: &mut PassReport,
+) -> Vec<FlagName> {
+    let mut out = Vec::new();
+    for name in names {
+        match FlagName::parse(name) {
+            Ok(f) => out.push(f),
+            Err(e) => problem(
+                report,
+                message.path.display(),
+                format!("flag left out: {e}"),
+            ),
+        }
+    }
+    out
+}
+
 /// Reads a message file for import; a file that vanished or was cut short is left for the
 /// next pass (and reported), not taken.
 fn read_message(message: &ScannedMessage, report: &mut PassReport) -> Option<Vec<u8>> {
@@ -772,12 +770,7 @@ fn read_message(message: &ScannedMessage, report: &mut PassReport) -> Option<Vec
             return None;
         }
     };
-    let said = message
-        .basename
-        .split(',')
-        .skip(1)
-        .find_map(|f| f.strip_prefix("S="))
-        .and_then(|n| n.parse::<u64>().ok());
+    let said = crate::maildir::import::size_field(&message.basename);
     if let Some(said) = said.filter(|s| *s != bytes.len() as u64) {
         problem(
             report,

@@ -176,7 +176,7 @@ fn commit(
 }
 
 /// The size a Maildir file's base name states (",S=<bytes>"), if it states one.
-fn size_field(basename: &str) -> Option<u64> {
+pub(crate) fn size_field(basename: &str) -> Option<u64> {
     basename
         .split(',')
         .skip(1)

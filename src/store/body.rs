@@ -139,6 +139,59 @@ pub(crate) fn damaged_marks(
     Ok(out)
 }
 
+/// Counts one more reference to `digest`; returns the count before (`None`: not held).
+pub(super) fn count_ref(
+    txn: &WriteTransaction,
+    digest: &Digest,
+) -> Result<Option<u64>, StoreError> {
+    let mut refs = txn.open_table(BODY_REFS)?;
+    let current = refs.get(digest.0.as_slice())?.map(|v| v.value());
+    refs.insert(digest.0.as_slice(), current.unwrap_or(0) + 1)?;
+    Ok(current)
+}
+
+/// At the end of a transaction: forgets the count of a body no message uses any more (and
+/// its damage mark). Returns whether it did; the caller frees the bytes.
+pub(super) fn forget_unreferenced(
+    txn: &WriteTransaction,
+    digest: &Digest,
+) -> Result<bool, StoreError> {
+    let mut refs = txn.open_table(BODY_REFS)?;
+    if refs.get(digest.0.as_slice())?.map(|v| v.value()) != Some(0) {
+        return Ok(false);
+    }
+    refs.remove(digest.0.as_slice())?;
+    unmark_damaged(txn, digest)?;
+    Ok(true)
+}
+
+/// Every counted body with its count, each of which must have an entry in `held` (its
+/// bytes, or its recorded size: `what` says which, for the error).
+pub(super) fn counted_bodies<V: redb::Value + 'static>(
+    txn: &ReadTransaction,
+    held: redb::TableDefinition<&'static [u8], V>,
+    what: &str,
+) -> Result<Vec<(Digest, u64)>, StoreError> {
+    let refs = txn.open_table(BODY_REFS)?;
+    let held = txn.open_table(held)?;
+    let mut out = Vec::new();
+    for item in refs.iter()? {
+        let (k, v) = item?;
+        let digest: [u8; 32] = k
+            .value()
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("malformed body key".into()))?;
+        if held.get(k.value())?.is_none() {
+            return Err(StoreError::Corrupt(format!(
+                "body {} has references but no {what}",
+                Digest(digest)
+            )));
+        }
+        out.push((Digest(digest), v.value()));
+    }
+    Ok(out)
+}
+
 /// Bodies inside the redb file itself: the default.
 #[derive(Default)]
 pub struct RedbBodies {
@@ -171,9 +224,7 @@ impl BodyStore for RedbBodies {
         digest: &Digest,
         bytes: &[u8],
     ) -> Result<bool, StoreError> {
-        let mut refs = txn.open_table(BODY_REFS)?;
-        let current = refs.get(digest.0.as_slice())?.map(|v| v.value());
-        refs.insert(digest.0.as_slice(), current.unwrap_or(0) + 1)?;
+        let current = count_ref(txn, digest)?;
         // A body released earlier in this transaction (count 0) is still stored.
         if current.is_none() {
             self.insert(txn, digest, bytes)?;
@@ -214,12 +265,9 @@ impl BodyStore for RedbBodies {
     }
 
     fn collect(&self, txn: &WriteTransaction, digest: &Digest) -> Result<Option<u64>, StoreError> {
-        let mut refs = txn.open_table(BODY_REFS)?;
-        if refs.get(digest.0.as_slice())?.map(|v| v.value()) != Some(0) {
+        if !forget_unreferenced(txn, digest)? {
             return Ok(None);
         }
-        refs.remove(digest.0.as_slice())?;
-        unmark_damaged(txn, digest)?;
         let mut bodies = txn.open_table(BODIES)?;
         let freed = bodies
             .remove(digest.0.as_slice())?
@@ -240,23 +288,8 @@ impl BodyStore for RedbBodies {
     }
 
     fn references(&self, txn: &ReadTransaction) -> Result<Vec<(Digest, u64)>, StoreError> {
-        let refs = txn.open_table(BODY_REFS)?;
+        let out = counted_bodies(txn, BODIES, "bytes")?;
         let bodies = txn.open_table(BODIES)?;
-        let mut out = Vec::new();
-        for item in refs.iter()? {
-            let (k, v) = item?;
-            let digest: [u8; 32] = k
-                .value()
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("malformed body key".into()))?;
-            if bodies.get(k.value())?.is_none() {
-                return Err(StoreError::Corrupt(format!(
-                    "body {} has references but no bytes",
-                    Digest(digest)
-                )));
-            }
-            out.push((Digest(digest), v.value()));
-        }
         if bodies.len()? != out.len() as u64 {
             return Err(StoreError::Corrupt(format!(
                 "{} bodies stored but {} have reference counts",

@@ -8,7 +8,10 @@
 //! the mirror delivers from. So after replication settles, the redb file holds the index and
 //! not the mail.
 
-use super::body::{unmark_damaged, BodyStore, BodyVisitor, RedbBodies};
+use super::body::{
+    count_ref, counted_bodies, forget_unreferenced, unmark_damaged, BodyStore, BodyVisitor,
+    RedbBodies,
+};
 use super::error::StoreError;
 use super::keys;
 use super::tables::{
@@ -154,9 +157,7 @@ impl BodyStore for FileBodies {
         digest: &Digest,
         size: u64,
     ) -> Result<bool, StoreError> {
-        let mut refs = txn.open_table(BODY_REFS)?;
-        let current = refs.get(digest.0.as_slice())?.map(|v| v.value());
-        refs.insert(digest.0.as_slice(), current.unwrap_or(0) + 1)?;
+        let current = count_ref(txn, digest)?;
         if current.is_none() {
             txn.open_table(MIRROR_BODY_SIZES)?
                 .insert(digest.0.as_slice(), size)?;
@@ -214,12 +215,9 @@ impl BodyStore for FileBodies {
     }
 
     fn collect(&self, txn: &WriteTransaction, digest: &Digest) -> Result<Option<u64>, StoreError> {
-        let mut refs = txn.open_table(BODY_REFS)?;
-        if refs.get(digest.0.as_slice())?.map(|v| v.value()) != Some(0) {
+        if !forget_unreferenced(txn, digest)? {
             return Ok(None);
         }
-        refs.remove(digest.0.as_slice())?;
-        unmark_damaged(txn, digest)?;
         txn.open_table(BODIES)?.remove(digest.0.as_slice())?;
         let size = txn
             .open_table(MIRROR_BODY_SIZES)?
@@ -246,24 +244,7 @@ impl BodyStore for FileBodies {
     }
 
     fn references(&self, txn: &ReadTransaction) -> Result<Vec<(Digest, u64)>, StoreError> {
-        let refs = txn.open_table(BODY_REFS)?;
-        let sizes = txn.open_table(MIRROR_BODY_SIZES)?;
-        let mut out = Vec::new();
-        for item in refs.iter()? {
-            let (k, v) = item?;
-            let digest: [u8; 32] = k
-                .value()
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("malformed body key".into()))?;
-            if sizes.get(k.value())?.is_none() {
-                return Err(StoreError::Corrupt(format!(
-                    "body {} has references but no recorded size",
-                    Digest(digest)
-                )));
-            }
-            out.push((Digest(digest), v.value()));
-        }
-        Ok(out)
+        counted_bodies(txn, MIRROR_BODY_SIZES, "recorded size")
     }
 
     fn replace(

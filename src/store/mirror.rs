@@ -405,6 +405,24 @@ fn found_home(
     Ok(())
 }
 
+/// A mailbox's rows of a table keyed by message key, decoded, in UID order.
+fn by_uid<T>(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    user: &str,
+    guid: MailboxGuid,
+    decode_row: impl Fn(&[u8]) -> Result<T, StoreError>,
+) -> Result<Vec<(u32, T)>, StoreError> {
+    let (start, end) = keys::uid_range(user, guid, 0, u32::MAX);
+    let mut out = Vec::new();
+    for item in table.range(start.as_slice()..=end.as_slice())? {
+        let (k, v) = item?;
+        let (_, _, uid) = keys::split_message(k.value())
+            .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
+        out.push((uid, decode_row(v.value())?));
+    }
+    Ok(out)
+}
+
 fn mailbox_mirror_in(
     txn: &redb::ReadTransaction,
     user: &str,
@@ -415,27 +433,14 @@ fn mailbox_mirror_in(
         Some(v) => Some(decode::<MailboxRecord>(v.value(), "a mailbox")?),
         None => None,
     };
-    let (start, end) = keys::uid_range(user, guid, 0, u32::MAX);
-    let mut messages = Vec::new();
-    for item in txn
-        .open_table(MESSAGES)?
-        .range(start.as_slice()..=end.as_slice())?
-    {
-        let (k, v) = item?;
-        let (_, _, uid) = keys::split_message(k.value())
-            .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
-        messages.push((uid, decode_message(v.value())?.1));
-    }
-    let mut files = BTreeMap::new();
-    for item in txn
-        .open_table(MIRROR_FILES)?
-        .range(start.as_slice()..=end.as_slice())?
-    {
-        let (k, v) = item?;
-        let (_, _, uid) = keys::split_message(k.value())
-            .ok_or_else(|| StoreError::Corrupt("malformed Maildir file key".into()))?;
-        files.insert(uid, decode::<FileRow>(v.value(), "a Maildir file row")?);
-    }
+    let messages = by_uid(&txn.open_table(MESSAGES)?, user, guid, |v| {
+        Ok(decode_message(v)?.1)
+    })?;
+    let files: BTreeMap<u32, FileRow> = by_uid(&txn.open_table(MIRROR_FILES)?, user, guid, |v| {
+        decode::<FileRow>(v, "a Maildir file row")
+    })?
+    .into_iter()
+    .collect();
     let mut uend = key.clone();
     uend.push(0xff);
     let mut unlinks = Vec::new();

@@ -122,14 +122,27 @@ impl Dovecot {
 
     /// Runs `doveadm ARGS` as this user; panics with its stderr when it fails.
     pub fn doveadm(&self, args: &[&str]) -> String {
-        let out = Command::new("doveadm")
-            .arg("-c")
+        self.doveadm_with(args, None)
+    }
+
+    /// `doveadm save -m MAILBOX` of `bytes`: Dovecot's own save path (what its LDA does).
+    pub fn save(&self, mailbox: &str, bytes: &[u8]) -> String {
+        let path = self.work.join(format!("save-{}.eml", rand_suffix()));
+        std::fs::write(&path, bytes).expect("write the message");
+        self.doveadm_with(&["save", "-m", mailbox], Some(&path))
+    }
+
+    fn doveadm_with(&self, args: &[&str], stdin: Option<&Path>) -> String {
+        let mut cmd = Command::new("doveadm");
+        cmd.arg("-c")
             .arg(&self.conf)
             .args(args)
             .env("USER", &self.user)
-            .env("HOME", &self.home)
-            .output()
-            .expect("run doveadm");
+            .env("HOME", &self.home);
+        if let Some(path) = stdin {
+            cmd.stdin(std::fs::File::open(path).expect("open doveadm's input"));
+        }
+        let out = cmd.output().expect("run doveadm");
         assert!(
             out.status.success(),
             "doveadm {args:?} failed: {}",
