@@ -120,12 +120,24 @@ pub(super) fn import(
     out: &mut impl Write,
 ) -> Result<ExitCode> {
     let store = open(data)?;
-    let mut meter = Meter::start(Label::new("import", "messages"), quiet);
-    let report = crate::maildir::import(&store, user, path, &mut meter.observer())
-        .with_context(|| format!("importing {}", path.display()))?;
-    meter.finish();
+    let report = metered("import", quiet, |progress| {
+        crate::maildir::import(&store, user, path, progress)
+            .with_context(|| format!("importing {}", path.display()))
+    })?;
     writeln!(out, "{report}")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `work` with a progress meter labelled `verb` on stderr (none with `quiet`).
+fn metered<T>(
+    verb: &'static str,
+    quiet: bool,
+    work: impl FnOnce(&mut dyn FnMut(crate::model::Progress)) -> Result<T>,
+) -> Result<T> {
+    let mut meter = Meter::start(Label::new(verb, "messages"), quiet);
+    let done = work(&mut meter.observer())?;
+    meter.finish();
+    Ok(done)
 }
 
 /// `export-maildir`: `user`'s mail as a Maildir++ tree that Dovecot reads.
@@ -137,10 +149,10 @@ pub(super) fn export(
     out: &mut impl Write,
 ) -> Result<ExitCode> {
     let store = open(data)?;
-    let mut meter = Meter::start(Label::new("export", "messages"), quiet);
-    let report = crate::maildir::export(&store, user, path, &mut meter.observer())
-        .with_context(|| format!("exporting to {}", path.display()))?;
-    meter.finish();
+    let report = metered("export", quiet, |progress| {
+        crate::maildir::export(&store, user, path, progress)
+            .with_context(|| format!("exporting to {}", path.display()))
+    })?;
     writeln!(out, "{report}")?;
     Ok(ExitCode::SUCCESS)
 }
