@@ -688,3 +688,4 @@ impl Drop for InProcessServer {
 pub mod cluster;
 pub mod dovecot;
 pub mod node;
+pub mod replica;
