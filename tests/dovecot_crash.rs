@@ -213,11 +213,6 @@ fn sigkill_during_a_first_scan_then_every_message_once() {
     );
 }
 
-// Fails today (issue 12): the views never become equal. Two mirror bugs (see the commit
-// that fixes them): a file imported at a UID below the index's UIDNEXT is recorded as
-// holding the new UID the append gave it, and a delivery settled after a concurrent write
-// moved its message away leaves a file row (and the file) for a UID the message left.
-#[ignore]
 #[test]
 fn imap_appends_on_b_racing_replicated_mail_lose_nothing() {
     let Some((mut a, mut b)) = sides("crash-race") else {
