@@ -191,13 +191,15 @@ impl Store {
         Ok(out)
     }
 
-    /// Every mailbox of `user` the index or the disk knows of: live ones, and deleted ones
-    /// whose folder has not been removed yet.
+    /// Every mailbox of `user` the index or the disk knows of: live ones, deleted ones whose
+    /// folder has not been removed yet, and any still marked owed.
     pub fn user_mirror(&self, user: &str) -> Result<Vec<MailboxMirror>, StoreError> {
         let txn = self.read_txn()?;
         let (start, end) = keys::user_range(user);
         let mut guids = std::collections::BTreeSet::new();
-        for table in [MAILBOXES, MIRROR_FOLDERS] {
+        // Owed ones too: a mailbox made and deleted before any pass has neither a record nor
+        // a folder row, and only its owed mark says there is something to settle.
+        for table in [MAILBOXES, MIRROR_FOLDERS, MIRROR_OWED] {
             for item in txn
                 .open_table(table)?
                 .range(start.as_slice()..=end.as_slice())?
