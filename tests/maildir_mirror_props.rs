@@ -405,9 +405,6 @@ fn new_message(bytes: Vec<u8>, n: u16) -> NewMessage {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
 
-    // Fails today: a mailbox created and deleted before any pass stays owed for ever (see
-    // the commit that fixes it).
-    #[ignore]
     #[test]
     fn after_random_changes_restarts_and_passes_the_maildir_equals_the_index(
         ops in proptest::collection::vec(op(), 1..40)

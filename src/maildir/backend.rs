@@ -358,6 +358,12 @@ fn pass_user(
             }
             (Some(record), _) => {
                 // A mailbox the disk does not show yet (replicated, or made by the CLI).
+                if paired.iter().any(|(f, _)| f.mailbox == record.name) {
+                    // Its name is still another mailbox's folder, which this pass renames
+                    // away (a rename, then a new mailbox under the old name): it stays owed,
+                    // and the next pass makes its folder.
+                    continue;
+                }
                 let folder = LiveFolder::create(&root, &record.name)?;
                 report.folders_made += 1;
                 paired.push((empty_folder(&record.name, folder.dir()), mirror.clone()));
