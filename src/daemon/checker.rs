@@ -55,11 +55,9 @@ pub async fn check(node: &Arc<Node>, peer: &Arc<Peer>, trigger: Trigger) -> bool
     }
     let Some(cancel) = claimed else {
         peer.contact(true);
-        // The peer's session covers this check's purpose, except an overflowed journal's
-        // (only a session this node runs clears that), and except a journal entry left to
-        // the clash rules: that session may have begun before the entry was applied here,
-        // and with no other wake-up the two stay apart until the next interval.
-        if overflowed() || trigger == Trigger::Journal {
+        // The peer's session covers this check's purpose, except an overflowed journal's:
+        // only a session this node runs clears that.
+        if overflowed() {
             retry_soon(peer);
         }
         peer.record(RunView {

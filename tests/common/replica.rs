@@ -21,11 +21,16 @@ pub struct Side {
 /// Two sides named after `test`, each store made with `init --maildir` on its Dovecot's mail
 /// root, peered with each other (not started). `None` when Dovecot is missing outside CI.
 pub fn sides(test: &str) -> Option<(Side, Side)> {
+    sides_with(test, HOURLY_CHECKS)
+}
+
+/// [`sides`] with other config lines for both nodes (`check_interval_s`, `backoff_max_s`).
+pub fn sides_with(test: &str, config: &'static str) -> Option<(Side, Side)> {
     let da = Dovecot::find(&format!("{test}-a"))?;
     let db = Dovecot::find(&format!("{test}-b"))?;
     let (pa, pb) = (free_port(), free_port());
     let setup = Setup {
-        config: HOURLY_CHECKS,
+        config,
         ..Setup::http("peer-secret", "admin-secret")
     };
     let extra = "rescan_interval_s = 2\n";
