@@ -314,7 +314,7 @@ fn many_kill_points() {
 }
 
 fn apply_killed_after(name: &str, delay: Duration) {
-    let Some((mut a, mut b)) = sides(name) else {
+    let Some((mut a, mut b)) = sides_with(name, FIVE_SECOND_CHECKS) else {
         return;
     };
     const N: usize = 300;
@@ -342,7 +342,7 @@ fn apply_killed_after(name: &str, delay: Duration) {
 }
 
 fn scan_killed_after(name: &str, delay: Duration) {
-    let Some((mut a, mut b)) = sides(name) else {
+    let Some((mut a, mut b)) = sides_with(name, FIVE_SECOND_CHECKS) else {
         return;
     };
     const N: usize = 600;
