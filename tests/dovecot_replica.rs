@@ -8,57 +8,7 @@
 
 mod common;
 
-use common::dovecot::Dovecot;
-use common::node::{Node, Setup, HOURLY_CHECKS};
-use common::{free_port, run};
-use serde_json::Value;
-use std::time::Duration;
-
-const WITHIN: Duration = Duration::from_secs(20);
-
-/// One side: a Dovecot mail root and the merkmail node beside it.
-struct Side {
-    dovecot: Dovecot,
-    node: Node,
-}
-
-fn sides(test: &str) -> Option<(Side, Side)> {
-    let da = Dovecot::find(&format!("{test}-a"))?;
-    let db = Dovecot::find(&format!("{test}-b"))?;
-    let (pa, pb) = (free_port(), free_port());
-    let setup = Setup {
-        config: HOURLY_CHECKS,
-        ..Setup::http("peer-secret", "admin-secret")
-    };
-    let extra = "rescan_interval_s = 2\n";
-    let a = Node::new(&da.work, "a", pa, &[pb], &setup, extra);
-    let b = Node::new(&db.work, "b", pb, &[pa], &setup, extra);
-    for (node, dovecot) in [(&a, &da), (&b, &db)] {
-        run(
-            &[
-                "init",
-                "--data",
-                &node.data(),
-                "--node-id",
-                &node.name,
-                "--maildir",
-                &dovecot.template(),
-            ],
-            None,
-        )
-        .ok();
-    }
-    Some((
-        Side {
-            dovecot: da,
-            node: a,
-        },
-        Side {
-            dovecot: db,
-            node: b,
-        },
-    ))
-}
+use common::replica::{append, flags_of, messages, same_view, sides, Side};
 
 /// Both sides, with their `merkmail serve` running.
 fn started(test: &str) -> Option<(Side, Side)> {
@@ -66,54 +16,6 @@ fn started(test: &str) -> Option<(Side, Side)> {
     a.node.start();
     b.node.start();
     Some((a, b))
-}
-
-/// Waits until both IMAP views are equal, and returns it.
-#[track_caller]
-fn same_view(a: &Side, b: &Side, what: &str) -> Value {
-    let last;
-    let deadline = std::time::Instant::now() + WITHIN;
-    loop {
-        let (va, vb) = (a.dovecot.imap_view(), b.dovecot.imap_view());
-        if va == vb {
-            return va;
-        }
-        if std::time::Instant::now() > deadline {
-            last = (va, vb);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(150));
-    }
-    panic!(
-        "{what}: the IMAP views differ after {WITHIN:?}\nA: {}\nB: {}\nA's log:\n{}\nB's log:\n{}",
-        last.0,
-        last.1,
-        a.node.log_tail(),
-        b.node.log_tail()
-    );
-}
-
-fn messages(view: &Value, folder: &str) -> Vec<Value> {
-    view[folder][1].as_array().cloned().unwrap_or_default()
-}
-
-fn flags_of(view: &Value, folder: &str, uid: u64) -> Vec<String> {
-    messages(view, folder)
-        .into_iter()
-        .find(|m| m[0].as_u64() == Some(uid))
-        .and_then(|m| m[1].as_array().cloned())
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|f| f.as_str().map(str::to_string))
-        .collect()
-}
-
-const APPEND: &str = r#"
-ok(m.append(sys.argv[1], sys.argv[3] or None, None, ("Subject: %s\r\n\r\nbody of %s\r\n" % (sys.argv[2], sys.argv[2])).encode()))
-"#;
-
-fn append(side: &Side, folder: &str, subject: &str, flags: &str) {
-    side.dovecot.imap(APPEND, &[folder, subject, flags]);
 }
 
 #[test]

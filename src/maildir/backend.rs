@@ -399,6 +399,12 @@ fn pass_user(
             }
             (Some(record), _) => {
                 // A mailbox the disk does not show yet (replicated, or made by the CLI).
+                if paired.iter().any(|(f, _)| f.mailbox == record.name) {
+                    // Its name is still another mailbox's folder, which this pass renames
+                    // away (a rename, then a new mailbox under the old name): it stays owed,
+                    // and the next pass makes its folder.
+                    continue;
+                }
                 let folder = LiveFolder::create(&root, &record.name)?;
                 report.folders_made += 1;
                 paired.push((empty_folder(&record.name, folder.dir()), mirror.clone()));
@@ -639,13 +645,13 @@ fn from_disk(
         if let Some(indexed) = live.get(&uid) {
             if indexed.digest == Digest::of(&bytes) && !mirror.files.contains_key(&uid) {
                 // Our own delivery, cut short before it was settled (a crash).
-                adopted.push(MirrorEdit::File {
+                adopted.push(MirrorEdit::Held {
                     uid,
+                    digest: indexed.digest,
                     row: FileRow {
                         base: message.basename.clone(),
                         disk_flags: sorted(&message.flags),
-                    }
-                    .into(),
+                    },
                 });
                 continue;
             }
@@ -792,12 +798,33 @@ fn import_batch(
     batch: Vec<NewMessage>,
     report: &mut PassReport,
 ) -> Result<(), BackendError> {
-    let sizes: Vec<u64> = batch.iter().map(|m| m.bytes.len() as u64).collect();
-    for (outcome, size) in store.append(user, mailbox, batch)?.into_iter().zip(sizes) {
-        if !outcome.skipped {
-            report.imported += 1;
-            report.imported_bytes += size;
+    let sizes: Vec<(u64, Option<String>)> = batch
+        .iter()
+        .map(|m| (m.bytes.len() as u64, m.source.clone()))
+        .collect();
+    let mut moved = Vec::new();
+    for (outcome, (size, source)) in store.append(user, mailbox, batch)?.into_iter().zip(sizes) {
+        if outcome.skipped {
+            continue;
         }
+        report.imported += 1;
+        report.imported_bytes += size;
+        if let (true, Some(base)) = (outcome.renumbered, source) {
+            // The index could not take the file's UID (it had given it, or a later one, to
+            // other mail): the message lives at a new UID, and the file, whose UID the index
+            // does not hold, must not stand for it. It is delivered again at the new UID and
+            // this file removed, as a clash would move it.
+            moved.push(MirrorEdit::File {
+                uid: outcome.uid,
+                row: None,
+            });
+            moved.push(MirrorEdit::OweRemoval { base });
+            report.renumbered += 1;
+        }
+    }
+    if !moved.is_empty() {
+        let guid = store.mailbox(user, mailbox)?.guid;
+        store.mirror_settle(user, guid, &moved, None)?;
     }
     Ok(())
 }
@@ -867,12 +894,13 @@ fn to_disk(
                 match locked.set_flags(&row.base, &flags) {
                     Ok(true) => {
                         report.flags_to_disk += 1;
-                        edits.push(MirrorEdit::File {
+                        edits.push(MirrorEdit::Held {
                             uid: *uid,
-                            row: Some(FileRow {
+                            digest: message.digest,
+                            row: FileRow {
                                 base: row.base.clone(),
                                 disk_flags: flags,
-                            }),
+                            },
                         });
                     }
                     // Gone since the scan: the next pass sees the expunge.
@@ -892,12 +920,13 @@ fn to_disk(
             Ok(placed) => {
                 report.delivered += 1;
                 report.delivered_bytes += bytes.len() as u64;
-                edits.push(MirrorEdit::File {
+                edits.push(MirrorEdit::Held {
                     uid: *uid,
-                    row: Some(FileRow {
+                    digest: message.digest,
+                    row: FileRow {
                         base: placed.base,
                         disk_flags: flags,
-                    }),
+                    },
                 });
             }
             Err(LiveError::BelowNext { next, .. }) => {

@@ -24,7 +24,7 @@ use super::tables::{
 };
 use super::tx::{decode, decode_message, encode, Tx};
 use super::Store;
-use crate::model::{FlagName, FlagOp, MailboxGuid, MailboxRecord, MessageRecord};
+use crate::model::{Digest, FlagName, FlagOp, MailboxGuid, MailboxRecord, MessageRecord};
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -74,6 +74,18 @@ pub struct MailboxMirror {
 pub enum MirrorEdit {
     /// The file that holds the message at `uid` now (or none).
     File { uid: u32, row: Option<FileRow> },
+    /// The file `row` was placed (delivered, adopted or renamed) for the message `digest` at
+    /// `uid`. Recorded only if that message is still at `uid` when the edit is settled: a
+    /// write that came meanwhile (a peer's move or clash) may have taken it away, and then
+    /// the file holds mail the index has elsewhere, so it is owed a removal instead.
+    Held {
+        uid: u32,
+        digest: Digest,
+        row: FileRow,
+    },
+    /// The file `base` holds mail the index keeps under another UID (an import the index
+    /// could not give the file's UID): it is owed a removal.
+    OweRemoval { base: String },
     /// A file owed a removal is gone.
     Unlinked { base: String },
     /// The folder as it now stands (or gone).
@@ -203,13 +215,15 @@ impl Store {
         Ok(out)
     }
 
-    /// Every mailbox of `user` the index or the disk knows of: live ones, and deleted ones
-    /// whose folder has not been removed yet.
+    /// Every mailbox of `user` the index or the disk knows of: live ones, deleted ones whose
+    /// folder has not been removed yet, and any still marked owed.
     pub fn user_mirror(&self, user: &str) -> Result<Vec<MailboxMirror>, StoreError> {
         let txn = self.read_txn()?;
         let (start, end) = keys::user_range(user);
         let mut guids = std::collections::BTreeSet::new();
-        for table in [MAILBOXES, MIRROR_FOLDERS] {
+        // Owed ones too: a mailbox made and deleted before any pass has neither a record nor
+        // a folder row, and only its owed mark says there is something to settle.
+        for table in [MAILBOXES, MIRROR_FOLDERS, MIRROR_OWED] {
             for item in txn
                 .open_table(table)?
                 .range(start.as_slice()..=end.as_slice())?
@@ -251,6 +265,7 @@ impl Store {
             let mut files = txn.open_table(MIRROR_FILES)?;
             let mut unlinks = txn.open_table(MIRROR_UNLINKS)?;
             let mut folders = txn.open_table(MIRROR_FOLDERS)?;
+            let messages = txn.open_table(MESSAGES)?;
             for edit in edits {
                 match edit {
                     MirrorEdit::File {
@@ -271,6 +286,24 @@ impl Store {
                             txn.open_table(MIRROR_HOMES)?
                                 .remove(home_key(&digest, user, guid, *uid).as_slice())?;
                         }
+                    }
+                    MirrorEdit::Held { uid, digest, row } => {
+                        let key = keys::message(user, guid, *uid);
+                        let there = match messages.get(key.as_slice())? {
+                            Some(v) => decode_message(v.value())?.1.digest == *digest,
+                            None => false,
+                        };
+                        if there {
+                            files.insert(key.as_slice(), encode(row)?.as_slice())?;
+                        } else {
+                            unlinks.insert(
+                                keys::source(user, guid, &row.base).as_slice(),
+                                [].as_slice(),
+                            )?;
+                        }
+                    }
+                    MirrorEdit::OweRemoval { base } => {
+                        unlinks.insert(keys::source(user, guid, base).as_slice(), [].as_slice())?;
                     }
                     MirrorEdit::Unlinked { base } => {
                         unlinks.remove(keys::source(user, guid, base).as_slice())?;
@@ -316,6 +349,17 @@ impl Store {
             let Some(mut message) = tx.get_message(user, guid, uid)? else {
                 return Ok(());
             };
+            // A write since the scan (a peer's move or clash) took the file away from this
+            // UID: the flags seen on it are not this message's; the next pass looks again.
+            let current = tx
+                .txn
+                .open_table(MIRROR_FILES)?
+                .get(keys::message(user, guid, uid).as_slice())?
+                .map(|v| decode::<FileRow>(v.value(), "a Maildir file row"))
+                .transpose()?;
+            if current.as_ref().map(|r| r.base.as_str()) != Some(row.base.as_str()) {
+                return Ok(());
+            }
             let stamp = tx.stamp();
             let mut changed = message.flags.apply(FlagOp::Add, added, stamp);
             changed |= message.flags.apply(FlagOp::Remove, removed, stamp);
@@ -349,12 +393,13 @@ impl Store {
                 if tx.get_message(user, guid, uid)?.is_none() {
                     continue;
                 }
-                present.push(uid);
                 let files = tx.txn.open_table(MIRROR_FILES)?;
                 let row = files.get(keys::message(user, guid, uid).as_slice())?;
-                if let Some(v) = row {
-                    bases.push(decode::<FileRow>(v.value(), "a Maildir file row")?.base);
-                }
+                // No file row any more: a write since the scan (a peer's move or clash) put
+                // other mail at this UID, which no file held yet; it is not expunged.
+                let Some(v) = row else { continue };
+                bases.push(decode::<FileRow>(v.value(), "a Maildir file row")?.base);
+                present.push(uid);
             }
             let n = tx.expunge_uids(user, &name, &mut record, &present)?;
             // The files are gone already: no removal is owed for them.

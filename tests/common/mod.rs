@@ -703,3 +703,4 @@ impl Drop for InProcessServer {
 pub mod cluster;
 pub mod dovecot;
 pub mod node;
+pub mod replica;
