@@ -174,6 +174,8 @@ impl World {
         let data = tmp.path().join("data");
         let text = format!("{}/mail/%u/Maildir", tmp.path().display());
         let template = Template::parse(&text).expect("template");
+        // The store reads a live Maildir's bodies from its files.
+        merkmail::maildir::backend::install();
         let store = Store::init_maildir(&data, "n1", &text).expect("init_maildir");
         store
             .append(USER, "INBOX", vec![new_message(message("first", 0), 0)])

@@ -802,29 +802,19 @@ fn import_batch(
         .iter()
         .map(|m| (m.bytes.len() as u64, m.source.clone()))
         .collect();
-    let mut moved = Vec::new();
     for (outcome, (size, source)) in store.append(user, mailbox, batch)?.into_iter().zip(sizes) {
         if outcome.skipped {
             continue;
         }
         report.imported += 1;
         report.imported_bytes += size;
-        if let (true, Some(base)) = (outcome.renumbered, source) {
-            // The index could not take the file's UID (it had given it, or a later one, to
-            // other mail): the message lives at a new UID, and the file, whose UID the index
-            // does not hold, must not stand for it. It is delivered again at the new UID and
-            // this file removed, as a clash would move it.
-            moved.push(MirrorEdit::File {
-                uid: outcome.uid,
-                row: None,
-            });
-            moved.push(MirrorEdit::OweRemoval { base });
+        if let (true, Some(_)) = (outcome.renumbered, source) {
+            // The index could not take the file's UID (another message holds it there): the
+            // message lives at a new UID. Its file still holds the body; the index → disk
+            // half delivers a copy at the new UID from it and then removes it, as for a file
+            // listed at another UID than the index's.
             report.renumbered += 1;
         }
-    }
-    if !moved.is_empty() {
-        let guid = store.mailbox(user, mailbox)?.guid;
-        store.mirror_settle(user, guid, &moved, None)?;
     }
     Ok(())
 }

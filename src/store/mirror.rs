@@ -295,6 +295,7 @@ impl Store {
                         };
                         if there {
                             files.insert(key.as_slice(), encode(row)?.as_slice())?;
+                            found_home(&txn, digest, user, guid, *uid)?;
                         } else {
                             unlinks.insert(
                                 keys::source(user, guid, &row.base).as_slice(),
