@@ -449,3 +449,51 @@ impl Store {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::store::{NewMessage, Store};
+
+    fn msg(i: u32, uid: u32, source: &str) -> NewMessage {
+        NewMessage {
+            bytes: format!("Subject: {i}\r\n\r\nbody {i}\r\n").into_bytes(),
+            uid: Some(uid),
+            source: Some(source.to_string()),
+            ..NewMessage::default()
+        }
+    }
+
+    /// A file the mail server numbered below the index's UIDNEXT (its UID went to a replicated
+    /// message meanwhile) is taken in at a new UID, and the disk must follow: the old file is
+    /// owed a removal and no file row claims it at the new UID, so the mirror delivers it there.
+    #[test]
+    fn a_file_taken_in_at_a_new_uid_moves_on_disk_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::init_maildir(dir.path(), "n", "/srv/%u/Maildir").expect("init");
+        let out = store
+            .append("u", "INBOX", vec![msg(1, 4, "1.M1P1.host")])
+            .expect("append");
+        assert_eq!((out[0].uid, out[0].renumbered), (4, false));
+        let out = store
+            .append("u", "INBOX", vec![msg(2, 4, "2.M2P2.host")])
+            .expect("append");
+        assert_eq!((out[0].uid, out[0].renumbered), (5, true));
+        let guid = store.mailbox("u", "INBOX").expect("mailbox").guid;
+        let mirror = store.mailbox_mirror("u", guid).expect("mirror");
+        assert_eq!(
+            mirror.files.get(&4).map(|r| r.base.as_str()),
+            Some("1.M1P1.host"),
+            "a file that kept its UID is settled where it is"
+        );
+        assert!(
+            !mirror.files.contains_key(&5),
+            "no file holds UID 5 yet: the mirror owes a delivery"
+        );
+        assert_eq!(mirror.unlinks, vec!["2.M2P2.host".to_string()]);
+        // Taking the same file in again changes nothing (the source is known).
+        let again = store
+            .append("u", "INBOX", vec![msg(2, 4, "2.M2P2.host")])
+            .expect("append");
+        assert!(again[0].skipped);
+    }
+}
