@@ -473,13 +473,6 @@ impl Store {
                         disk_flags: message.flags.iter().map(|f| f.to_string()).collect(),
                     };
                     tx.file_found(user, guid, uid, &row)?;
-                    if renumbered {
-                        // The mail server lists the file under the UID it gave it, which the
-                        // index cannot keep: the message moves on disk too. The file is owed a
-                        // removal and the mirror delivers the message at `uid`, so that the
-                        // server's clients see what the index (and every peer) holds.
-                        tx.file_leaves(user, guid, uid)?;
-                    }
                 }
                 tx.counters.messages += 1;
                 tx.counters.message_bytes += entry.size;
