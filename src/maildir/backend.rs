@@ -643,8 +643,13 @@ fn from_disk(
             continue;
         };
         if let Some(indexed) = live.get(&uid) {
-            if indexed.digest == Digest::of(&bytes) && !mirror.files.contains_key(&uid) {
-                // Our own delivery, cut short before it was settled (a crash).
+            let row_gone = mirror
+                .files
+                .get(&uid)
+                .is_none_or(|row| !on_disk.contains(row.base.as_str()));
+            if indexed.digest == Digest::of(&bytes) && row_gone {
+                // Our own delivery (or re-delivery at a new UID), cut short before it was
+                // settled (a crash): the file is the one the index expects.
                 adopted.push(MirrorEdit::Held {
                     uid,
                     digest: indexed.digest,

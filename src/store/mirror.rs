@@ -276,13 +276,13 @@ impl Store {
                             keys::message(user, guid, *uid).as_slice(),
                             encode(row)?.as_slice(),
                         )?;
-                        if let Some(digest) = digest_at(&txn, user, guid, *uid)? {
+                        if let Some(digest) = digest_at(&messages, user, guid, *uid)? {
                             found_home(&txn, &digest, user, guid, *uid)?;
                         }
                     }
                     MirrorEdit::File { uid, row: None } => {
                         files.remove(keys::message(user, guid, *uid).as_slice())?;
-                        if let Some(digest) = digest_at(&txn, user, guid, *uid)? {
+                        if let Some(digest) = digest_at(&messages, user, guid, *uid)? {
                             txn.open_table(MIRROR_HOMES)?
                                 .remove(home_key(&digest, user, guid, *uid).as_slice())?;
                         }
@@ -415,15 +415,12 @@ impl Store {
 
 /// The digest of the message at `uid`, if there is one.
 fn digest_at(
-    txn: &redb::WriteTransaction,
+    messages: &impl ReadableTable<&'static [u8], &'static [u8]>,
     user: &str,
     guid: MailboxGuid,
     uid: u32,
 ) -> Result<Option<crate::model::Digest>, StoreError> {
-    match txn
-        .open_table(MESSAGES)?
-        .get(keys::message(user, guid, uid).as_slice())?
-    {
+    match messages.get(keys::message(user, guid, uid).as_slice())? {
         Some(v) => Ok(Some(decode_message(v.value())?.1.digest)),
         None => Ok(None),
     }
