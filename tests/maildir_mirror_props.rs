@@ -140,23 +140,12 @@ fn disk_files(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The folder directories on disk: the root and each `.Name` below it.
+/// The folder directories on disk: the root and each `.Name` below it that is a folder.
 fn disk_folders(root: &Path) -> Vec<PathBuf> {
-    let mut out = vec![root.to_path_buf()];
-    if let Ok(entries) = std::fs::read_dir(root) {
-        let mut more: Vec<PathBuf> = entries
-            .filter_map(Result::ok)
-            .filter(|e| {
-                let name = e.file_name();
-                let name = name.to_string_lossy();
-                name.starts_with('.') && !name.starts_with("..") && e.path().join("cur").is_dir()
-            })
-            .map(|e| e.path())
-            .collect();
-        more.sort();
-        out.extend(more);
-    }
-    out
+    merkmail::maildir::backend::folder_dirs(root)
+        .into_iter()
+        .filter(|d| d == root || d.join("cur").is_dir())
+        .collect()
 }
 
 struct World {

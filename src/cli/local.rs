@@ -111,48 +111,41 @@ pub(super) fn compact(data: &Data, json: bool, out: &mut impl Write) -> Result<E
     Ok(ExitCode::SUCCESS)
 }
 
-/// `import-maildir`: a Maildir++ tree into `user`'s mail.
-pub(super) fn import(
+/// Which way `import-maildir` and `export-maildir` move mail.
+#[derive(Clone, Copy)]
+pub(super) enum Transfer {
+    /// A Maildir++ tree into `user`'s mail.
+    Import,
+    /// `user`'s mail as a Maildir++ tree that Dovecot reads.
+    Export,
+}
+
+/// `import-maildir` or `export-maildir`, with a progress meter on stderr (none with `quiet`).
+pub(super) fn transfer(
+    way: Transfer,
     data: &Data,
-    user: &str,
-    path: &Path,
+    (user, path): (&str, &Path),
     quiet: bool,
     out: &mut impl Write,
 ) -> Result<ExitCode> {
     let store = open(data)?;
-    let report = metered("import", quiet, |progress| {
-        crate::maildir::import(&store, user, path, progress)
-            .with_context(|| format!("importing {}", path.display()))
-    })?;
-    writeln!(out, "{report}")?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Runs `work` with a progress meter labelled `verb` on stderr (none with `quiet`).
-fn metered<T>(
-    verb: &'static str,
-    quiet: bool,
-    work: impl FnOnce(&mut dyn FnMut(crate::model::Progress)) -> Result<T>,
-) -> Result<T> {
+    let verb = match way {
+        Transfer::Import => "import",
+        Transfer::Export => "export",
+    };
     let mut meter = Meter::start(Label::new(verb, "messages"), quiet);
-    let done = work(&mut meter.observer())?;
+    let report = {
+        let progress = &mut meter.observer();
+        match way {
+            Transfer::Import => crate::maildir::import(&store, user, path, progress)
+                .with_context(|| format!("importing {}", path.display()))?
+                .to_string(),
+            Transfer::Export => crate::maildir::export(&store, user, path, progress)
+                .with_context(|| format!("exporting to {}", path.display()))?
+                .to_string(),
+        }
+    };
     meter.finish();
-    Ok(done)
-}
-
-/// `export-maildir`: `user`'s mail as a Maildir++ tree that Dovecot reads.
-pub(super) fn export(
-    data: &Data,
-    user: &str,
-    path: &Path,
-    quiet: bool,
-    out: &mut impl Write,
-) -> Result<ExitCode> {
-    let store = open(data)?;
-    let report = metered("export", quiet, |progress| {
-        crate::maildir::export(&store, user, path, progress)
-            .with_context(|| format!("exporting to {}", path.display()))
-    })?;
     writeln!(out, "{report}")?;
     Ok(ExitCode::SUCCESS)
 }

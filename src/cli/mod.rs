@@ -56,13 +56,25 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             user,
             path,
             quiet,
-        } => local::import(&data, &user, &path, quiet, &mut out)?,
+        } => local::transfer(
+            local::Transfer::Import,
+            &data,
+            (&user, &path),
+            quiet,
+            &mut out,
+        )?,
         Command::ExportMaildir {
             data,
             user,
             path,
             quiet,
-        } => local::export(&data, &user, &path, quiet, &mut out)?,
+        } => local::transfer(
+            local::Transfer::Export,
+            &data,
+            (&user, &path),
+            quiet,
+            &mut out,
+        )?,
         Command::Mailbox(MailboxCommand::Create { target, user, name }) => {
             mail::run(&target, Request::CreateMailbox { user, name }, &mut out)?
         }

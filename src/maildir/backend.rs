@@ -195,22 +195,8 @@ pub fn fingerprint(root: &Path) -> Fingerprint {
             out.push((path, m.mtime(), m.mtime_nsec(), m.size()));
         }
     };
-    let mut dirs = vec![root.to_path_buf()];
-    if let Ok(entries) = std::fs::read_dir(root) {
-        let mut names: Vec<PathBuf> = entries
-            .filter_map(Result::ok)
-            .filter(|e| {
-                let n = e.file_name();
-                let n = n.to_string_lossy();
-                n.starts_with('.') && n != "." && n != ".." && !n.starts_with("..")
-            })
-            .map(|e| e.path())
-            .collect();
-        names.sort();
-        dirs.extend(names);
-    }
     note(root.join("subscriptions"));
-    for dir in dirs {
+    for dir in folder_dirs(root) {
         note(dir.clone());
         note(dir.join("cur"));
         note(dir.join("new"));
@@ -259,6 +245,26 @@ pub fn install() {
         let template = Template::parse(template).map_err(|e| e.to_string())?;
         Ok(std::sync::Arc::new(Files(template)))
     });
+}
+
+/// The folder directories of the Maildir at `root`: the root (INBOX), then each `.Name`
+/// below it in name order (`..DOVECOT-TRASHED` and the like left out).
+pub fn folder_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut dirs = vec![root.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(root) {
+        let mut names: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .filter(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                n.starts_with('.') && !n.starts_with("..") && n != "."
+            })
+            .map(|e| e.path())
+            .collect();
+        names.sort();
+        dirs.extend(names);
+    }
+    dirs
 }
 
 /// The store's template, checked.
