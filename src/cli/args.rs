@@ -320,25 +320,21 @@ pub enum Command {
     ///
     /// Flags come from the ':2,' suffix; a dovecot-uidlist's UIDVALIDITY and UIDs are kept.
     /// Running it again imports nothing twice.
-    ImportMaildir {
-        #[command(flatten)]
-        data: Data,
-        user: String,
-        path: PathBuf,
-        /// No progress on stderr.
-        #[arg(long, short)]
-        quiet: bool,
-    },
+    ImportMaildir(TransferArgs),
     /// Export a user's mail as a Maildir++ tree that Dovecot reads, UIDs and UIDVALIDITY kept.
-    ExportMaildir {
-        #[command(flatten)]
-        data: Data,
-        user: String,
-        path: PathBuf,
-        /// No progress on stderr.
-        #[arg(long, short)]
-        quiet: bool,
-    },
+    ExportMaildir(TransferArgs),
+}
+
+/// `import-maildir`'s and `export-maildir`'s arguments.
+#[derive(Args)]
+pub struct TransferArgs {
+    #[command(flatten)]
+    pub(super) data: Data,
+    pub(super) user: String,
+    pub(super) path: PathBuf,
+    /// No progress on stderr.
+    #[arg(long, short)]
+    pub(super) quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -416,8 +412,8 @@ impl Command {
             | Command::Tree { .. }
             | Command::Verify { .. }
             | Command::Compact { .. }
-            | Command::ImportMaildir { .. }
-            | Command::ExportMaildir { .. } => None,
+            | Command::ImportMaildir(_)
+            | Command::ExportMaildir(_) => None,
         }
     }
 }

@@ -10,7 +10,6 @@ use crate::model::MailboxGuid;
 use crate::store::Store;
 use anyhow::{Context, Result};
 use std::io::Write;
-use std::path::Path;
 use std::process::ExitCode;
 
 /// `init`: a new, empty store for `node_id`; with `maildir`, the index of a live Maildir tree.
@@ -123,12 +122,11 @@ pub(super) enum Transfer {
 /// `import-maildir` or `export-maildir`, with a progress meter on stderr (none with `quiet`).
 pub(super) fn transfer(
     way: Transfer,
-    data: &Data,
-    (user, path): (&str, &Path),
-    quiet: bool,
+    args: &super::args::TransferArgs,
     out: &mut impl Write,
 ) -> Result<ExitCode> {
-    let store = open(data)?;
+    let (user, path, quiet) = (args.user.as_str(), args.path.as_path(), args.quiet);
+    let store = open(&args.data)?;
     let verb = match way {
         Transfer::Import => "import",
         Transfer::Export => "export",

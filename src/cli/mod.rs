@@ -51,30 +51,8 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             quiet,
         } => local::verify(&data, bodies, quiet, &mut out)?,
         Command::Compact { data, json } => local::compact(&data, json, &mut out)?,
-        Command::ImportMaildir {
-            data,
-            user,
-            path,
-            quiet,
-        } => local::transfer(
-            local::Transfer::Import,
-            &data,
-            (&user, &path),
-            quiet,
-            &mut out,
-        )?,
-        Command::ExportMaildir {
-            data,
-            user,
-            path,
-            quiet,
-        } => local::transfer(
-            local::Transfer::Export,
-            &data,
-            (&user, &path),
-            quiet,
-            &mut out,
-        )?,
+        Command::ImportMaildir(args) => local::transfer(local::Transfer::Import, &args, &mut out)?,
+        Command::ExportMaildir(args) => local::transfer(local::Transfer::Export, &args, &mut out)?,
         Command::Mailbox(MailboxCommand::Create { target, user, name }) => {
             mail::run(&target, Request::CreateMailbox { user, name }, &mut out)?
         }
