@@ -366,14 +366,7 @@ impl World {
                 .expect("list")
                 .into_iter()
                 .map(|m| {
-                    let mut flags: Vec<String> = m
-                        .record
-                        .flags
-                        .live()
-                        .map(|f| f.to_string())
-                        .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
-                        .collect();
-                    flags.sort();
+                    let flags = merkmail::maildir::backend::flags_of(&m.record);
                     (m.uid, (m.record.digest, flags))
                 })
                 .collect();

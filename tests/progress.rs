@@ -142,18 +142,24 @@ fn imported() -> Store {
     s
 }
 
+/// `import-maildir` or `export-maildir` of alice's mail and the Maildir at `path`, with a
+/// progress line at every report.
+fn transfer(verb: &str, s: &Store, path: &std::path::Path) -> std::process::Output {
+    run_every_report(&[
+        verb,
+        "--data",
+        s.data(),
+        "alice",
+        path.to_str().expect("utf-8"),
+    ])
+}
+
 #[test]
 fn import_prints_a_line_per_batch_and_the_final_counts_last() {
     let s = Store::init();
     let mail = s.tmp.path().join("mail");
     maildir(&mail, (INBOX, WORK));
-    let out = run_every_report(&[
-        "import-maildir",
-        "--data",
-        s.data(),
-        "alice",
-        mail.to_str().expect("utf-8"),
-    ]);
+    let out = transfer("import-maildir", &s, &mail);
     let lines = stderr_lines(&out);
     assert_lines(&lines, "import", "messages", TOTAL.into());
     // One line before the first batch, one per batch (INBOX: 500, 1000, 1100; Work: 1130).
@@ -180,13 +186,7 @@ fn import_prints_a_line_per_batch_and_the_final_counts_last() {
 fn export_and_verify_report_progress_and_quiet_prints_none() {
     let s = imported();
     let out_dir = s.tmp.path().join("out");
-    let out = run_every_report(&[
-        "export-maildir",
-        "--data",
-        s.data(),
-        "alice",
-        out_dir.to_str().expect("utf-8"),
-    ]);
+    let out = transfer("export-maildir", &s, &out_dir);
     let lines = stderr_lines(&out);
     assert_lines(&lines, "export", "messages", SMALL_TOTAL.into());
     // A line before the first message and one after each.

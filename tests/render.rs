@@ -17,7 +17,6 @@ const NASTY: &str = "http://evil\"quote\\back\nline<b>/";
 
 fn view() -> StatusView {
     StatusView {
-        maildir: None,
         node: "alpha".into(),
         version: "0.1.0".into(),
         now_ms: NOW,
@@ -57,6 +56,7 @@ fn view() -> StatusView {
                 ..unreachable_peer(NASTY)
             },
         ],
+        maildir: None,
     }
 }
 

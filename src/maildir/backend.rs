@@ -312,7 +312,8 @@ pub fn settle_owed(store: &Store, template: &Template) -> Result<PassReport, Bac
     Ok(report)
 }
 
-fn flags_of(record: &crate::model::MessageRecord) -> Vec<String> {
+/// A message's flags as its Maildir file name shows them, sorted (`\\Recent` has no letter).
+pub fn flags_of(record: &crate::model::MessageRecord) -> Vec<String> {
     let mut flags: Vec<String> = record
         .flags
         .live()
