@@ -763,44 +763,20 @@ fn parse_flags(
     message: &ScannedMessage,
     report: &mut PassReport,
 ) -> Vec<FlagName> {
-    let mut out = Vec::new();
-    for name in names {
-        match FlagName::parse(name) {
-            Ok(f) => out.push(f),
-            Err(e) => problem(
-                report,
-                message.path.display(),
-                format!("flag left out: {e}"),
-            ),
-        }
-    }
-    out
+    crate::maildir::import::parse_flag_names(names, &mut |why| {
+        problem(report, message.path.display(), why)
+    })
 }
 
 /// Reads a message file for import; a file that vanished or was cut short is left for the
 /// next pass (and reported), not taken.
 fn read_message(message: &ScannedMessage, report: &mut PassReport) -> Option<Vec<u8>> {
-    let bytes = match std::fs::read(&message.path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => {
-            problem(report, message.path.display(), format!("cannot read: {e}"));
-            return None;
-        }
-    };
-    let said = crate::maildir::import::size_field(&message.basename);
-    if let Some(said) = said.filter(|s| *s != bytes.len() as u64) {
-        problem(
-            report,
-            message.path.display(),
-            format!(
-                "holds {} bytes but its name says S={said}: not taken as mail",
-                bytes.len()
-            ),
-        );
+    if !message.path.exists() {
         return None;
     }
-    Some(bytes)
+    crate::maildir::import::read_scanned(message)
+        .map_err(|why| problem(report, message.path.display(), why))
+        .ok()
 }
 
 fn import_batch(

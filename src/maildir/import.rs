@@ -3,7 +3,7 @@
 //! Each batch is one store transaction and records which files it imported, so a kill at any
 //! moment leaves whole messages only, and running the import again adds only what is missing.
 
-use super::{scan, MaildirError};
+use super::{scan, MaildirError, ScannedMessage};
 use crate::model::{FlagName, MailboxGuid, Progress};
 use crate::store::{NewMessage, Store, StoreError};
 use std::fmt;
@@ -89,38 +89,18 @@ pub fn import(
         let mut batch_bytes = 0;
         for message in &folder.messages {
             handled += 1;
-            let bytes = match std::fs::read(&message.path) {
+            // A file that vanished or cannot be read is reported, not fatal: the rest of the
+            // mail still comes in, and a re-run picks the file up.
+            let bytes = match read_scanned(message) {
                 Ok(bytes) => bytes,
-                Err(e) => {
-                    // A file that vanished or cannot be read is reported, not fatal: the rest
-                    // of the mail still comes in, and a re-run picks the file up.
-                    report
-                        .skipped
-                        .push((message.path.clone(), format!("cannot read: {e}")));
+                Err(why) => {
+                    report.skipped.push((message.path.clone(), why));
                     continue;
                 }
             };
-            // Dovecot names a file with its size (",S=<bytes>"): a file of another size was cut
-            // short or changed after delivery, and is not taken as mail.
-            if let Some(said) = size_field(&message.basename).filter(|s| *s != bytes.len() as u64) {
-                report.skipped.push((
-                    message.path.clone(),
-                    format!(
-                        "the file holds {} bytes but its name says S={said}: truncated or changed, not imported",
-                        bytes.len()
-                    ),
-                ));
-                continue;
-            }
-            let mut flags = Vec::new();
-            for flag in &message.flags {
-                match FlagName::parse(flag) {
-                    Ok(f) => flags.push(f),
-                    Err(e) => report
-                        .skipped
-                        .push((message.path.clone(), format!("flag left out: {e}"))),
-                }
-            }
+            let flags = parse_flag_names(&message.flags, &mut |why| {
+                report.skipped.push((message.path.clone(), why));
+            });
             batch_bytes += bytes.len();
             read += bytes.len() as u64;
             batch.push(NewMessage {
@@ -173,6 +153,36 @@ fn commit(
         }
     }
     Ok(())
+}
+
+/// A scanned file's bytes, or why they are not taken as mail: the file cannot be read, or it
+/// is not the size its name states (Dovecot names a file with its size, ",S=<bytes>": a file of
+/// another size was cut short or changed after delivery).
+pub(crate) fn read_scanned(message: &ScannedMessage) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(&message.path).map_err(|e| format!("cannot read: {e}"))?;
+    match size_field(&message.basename).filter(|s| *s != bytes.len() as u64) {
+        Some(said) => Err(format!(
+            "the file holds {} bytes but its name says S={said}: truncated or changed, not imported",
+            bytes.len()
+        )),
+        None => Ok(bytes),
+    }
+}
+
+/// Flag names from a file's name as merkmail's flags; each one that is not a valid flag is
+/// left out and handed to `left_out` with the reason.
+pub(crate) fn parse_flag_names(
+    names: &[String],
+    left_out: &mut dyn FnMut(String),
+) -> Vec<FlagName> {
+    let mut flags = Vec::new();
+    for flag in names {
+        match FlagName::parse(flag) {
+            Ok(f) => flags.push(f),
+            Err(e) => left_out(format!("flag left out: {e}")),
+        }
+    }
+    flags
 }
 
 /// The size a Maildir file's base name states (",S=<bytes>"), if it states one.
