@@ -26,10 +26,6 @@ use crate::maildir::{MaildirError, INBOX};
 use crate::model::{Digest, FlagName, MailboxGuid};
 use crate::store::{FileRow, FolderRow, MailboxMirror, MirrorEdit, NewMessage, Store, StoreError};
 
-/// Messages imported per transaction, and the bytes after which a batch is cut short.
-const BATCH_MESSAGES: usize = 500;
-const BATCH_BYTES: usize = 32 << 20;
-
 /// Why a pass stopped. What it did before stays done and settled; the rest is still owed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -625,8 +621,7 @@ fn from_disk(
         .as_ref()
         .map_or(1, |u| u.effective_next_uid());
 
-    let mut batch: Vec<NewMessage> = Vec::new();
-    let mut batch_bytes = 0;
+    let mut batch = crate::maildir::import::Batch::default();
     let mut adopted: Vec<MirrorEdit> = Vec::new();
     for message in &folder.messages {
         let Some(uid) = message.uid else { continue };
@@ -672,9 +667,8 @@ fn from_disk(
             store.renumber_message(user, guid, uid, disk_next)?;
             report.renumbered += 1;
         }
-        batch_bytes += bytes.len();
         let flags = parse_flags(&message.flags, message, report);
-        batch.push(NewMessage {
+        let full = batch.push(NewMessage {
             bytes,
             flags,
             internal_date: message.internal_date,
@@ -683,20 +677,14 @@ fn from_disk(
             source: Some(message.basename.clone()),
             ..NewMessage::default()
         });
-        if batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_BYTES {
-            import_batch(
-                store,
-                user,
-                &record.name,
-                std::mem::take(&mut batch),
-                report,
-            )?;
-            batch_bytes = 0;
+        if let Some(full) = full {
+            import_batch(store, user, &record.name, full, report)?;
             wrote = true;
         }
     }
-    if !batch.is_empty() {
-        import_batch(store, user, &record.name, batch, report)?;
+    let rest = batch.rest();
+    if !rest.is_empty() {
+        import_batch(store, user, &record.name, rest, report)?;
         wrote = true;
     }
     if !adopted.is_empty() {

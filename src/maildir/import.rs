@@ -85,8 +85,7 @@ pub fn import(
             .and_then(|g| g.parse::<MailboxGuid>().ok());
         let prepared =
             store.prepare_import(user, &folder.mailbox, uidvalidity, folder.subscribed, guid)?;
-        let mut batch: Vec<NewMessage> = Vec::new();
-        let mut batch_bytes = 0;
+        let mut batch = Batch::default();
         for message in &folder.messages {
             handled += 1;
             // A file that vanished or cannot be read is reported, not fatal: the rest of the
@@ -101,9 +100,8 @@ pub fn import(
             let flags = parse_flag_names(&message.flags, &mut |why| {
                 report.skipped.push((message.path.clone(), why));
             });
-            batch_bytes += bytes.len();
             read += bytes.len() as u64;
-            batch.push(NewMessage {
+            let full = batch.push(NewMessage {
                 bytes,
                 flags,
                 internal_date: message.internal_date,
@@ -111,19 +109,12 @@ pub fn import(
                 source: Some(message.basename.clone()),
                 ..NewMessage::default()
             });
-            if batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_BYTES {
-                commit(
-                    store,
-                    user,
-                    &folder.mailbox,
-                    std::mem::take(&mut batch),
-                    &mut report,
-                )?;
-                batch_bytes = 0;
+            if let Some(full) = full {
+                commit(store, user, &folder.mailbox, full, &mut report)?;
                 progress(Progress::of(handled, total, read));
             }
         }
-        commit(store, user, &folder.mailbox, batch, &mut report)?;
+        commit(store, user, &folder.mailbox, batch.rest(), &mut report)?;
         progress(Progress::of(handled, total, read));
         if let (true, Some(uidlist)) = (prepared.keep_uids, &folder.uidlist) {
             store.raise_uidnext(user, &folder.mailbox, uidlist.effective_next_uid())?;
@@ -153,6 +144,29 @@ fn commit(
         }
     }
     Ok(())
+}
+
+/// Messages gathered for one append transaction: at most `BATCH_MESSAGES` of them, cut short
+/// once they pass `BATCH_BYTES`, so memory stays bounded on a large Maildir.
+#[derive(Default)]
+pub(crate) struct Batch {
+    messages: Vec<NewMessage>,
+    bytes: usize,
+}
+
+impl Batch {
+    /// Adds a message; returns the batch to append now when it is full.
+    pub(crate) fn push(&mut self, message: NewMessage) -> Option<Vec<NewMessage>> {
+        self.bytes += message.bytes.len();
+        self.messages.push(message);
+        (self.messages.len() >= BATCH_MESSAGES || self.bytes >= BATCH_BYTES).then(|| self.rest())
+    }
+
+    /// What is gathered (maybe nothing), leaving the batch empty.
+    pub(crate) fn rest(&mut self) -> Vec<NewMessage> {
+        self.bytes = 0;
+        std::mem::take(&mut self.messages)
+    }
 }
 
 /// A scanned file's bytes, or why they are not taken as mail: the file cannot be read, or it
