@@ -605,3 +605,56 @@ fn human_without_peers_works() {
     assert!(text.contains("no peers configured"));
     assert!(!text.contains("PEER"));
 }
+
+#[test]
+fn a_live_maildir_shows_its_passes_in_every_rendering() {
+    let v = StatusView {
+        peers: Vec::new(),
+        maildir: Some(merkmail::status::MaildirView {
+            template: "/srv/vmail/%u/Maildir".into(),
+            passes_total: 12,
+            failed_passes_total: 1,
+            last_pass_ms: Some(NOW - 2_000),
+            imported_total: 30,
+            delivered_total: 7,
+            owed_mailboxes: 2,
+            problems: vec!["UID 27 not delivered: all 26 keyword letters are taken".into()],
+        }),
+        ..view()
+    };
+    // The terminal view shows it even with no peers (its section comes before theirs).
+    let text = human(&v);
+    assert!(
+        text.lines().any(|l| l.starts_with("maildir ")
+            && l.ends_with("/srv/vmail/%u/Maildir: 12 passes (1 failed), last 2.0s ago; 30 taken in, 7 delivered; 2 mailboxes owed")),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.trim_start().starts_with("problem")
+            && l.ends_with("all 26 keyword letters are taken")),
+        "{text}"
+    );
+    let families = parse(&metrics(&v));
+    assert_eq!(
+        value(&families, "merkmail_maildir_passes_total", &[]),
+        Some(12.0)
+    );
+    assert_eq!(
+        value(&families, "merkmail_maildir_owed_mailboxes", &[]),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(&families, "merkmail_maildir_problems", &[]),
+        Some(1.0)
+    );
+    let json = serde_json::to_value(&v).expect("json");
+    assert_eq!(json["maildir"]["delivered_total"], 7);
+    // A store that holds its own mail shows none of it.
+    let plain = view();
+    assert!(!human(&plain).contains("maildir"));
+    assert!(!metrics(&plain).contains("merkmail_maildir"));
+    assert!(serde_json::to_value(&plain)
+        .expect("json")
+        .get("maildir")
+        .is_none());
+}

@@ -51,6 +51,22 @@ fn columns(out: &mut String, indent: &str, rows: &[Vec<String>]) {
 }
 
 /// `merkmail status`: the same facts as [`page`](super::page) as aligned plain text for a terminal.
+/// A live Maildir's passes in one line.
+fn maildir(now: u64, m: &super::MaildirView) -> String {
+    let last = m.last_pass_ms.map_or("none yet".to_string(), |t| {
+        format!("last {} ago", duration(now.saturating_sub(t)))
+    });
+    format!(
+        "{}: {} passes ({} failed), {last}; {} taken in, {} delivered; {} mailboxes owed",
+        term(&m.template),
+        m.passes_total,
+        m.failed_passes_total,
+        m.imported_total,
+        m.delivered_total,
+        m.owed_mailboxes
+    )
+}
+
 pub fn human(v: &StatusView) -> String {
     let now = v.now_ms;
     let mut o = String::new();
@@ -62,7 +78,7 @@ pub fn human(v: &StatusView) -> String {
         duration(v.uptime_s.saturating_mul(1000)),
         utc(now)
     );
-    let facts = [
+    let mut facts = vec![
         vec!["root".to_string(), term(&v.root)],
         vec!["store".to_string(), store_counts(v)],
         vec![
@@ -81,6 +97,13 @@ pub fn human(v: &StatusView) -> String {
             ),
         ],
     ];
+    // A live-Maildir store: its passes, and what they could not do.
+    if let Some(m) = &v.maildir {
+        facts.push(vec!["maildir".to_string(), maildir(now, m)]);
+        for p in &m.problems {
+            facts.push(vec!["  problem".to_string(), term(p)]);
+        }
+    }
     columns(&mut o, "", &facts);
 
     if v.peers.is_empty() {
@@ -159,24 +182,6 @@ pub fn human(v: &StatusView) -> String {
             ]);
         }
         columns(&mut o, "  ", &rows);
-    }
-    if let Some(m) = &v.maildir {
-        let last = m.last_pass_ms.map_or("none yet".to_string(), |t| {
-            format!("last {} ago", duration(now.saturating_sub(t)))
-        });
-        let _ = writeln!(
-            o,
-            "maildir: {}: {} passes ({} failed), {last}; {} taken in, {} delivered; {} mailboxes owed",
-            term(&m.template),
-            m.passes_total,
-            m.failed_passes_total,
-            m.imported_total,
-            m.delivered_total,
-            m.owed_mailboxes
-        );
-        for p in &m.problems {
-            let _ = writeln!(o, "  problem: {}", term(p));
-        }
     }
     o
 }
