@@ -158,14 +158,7 @@ impl Store {
         let db = builder()
             .create(&file)
             .map_err(|e| StoreError::from_open(e, dir))?;
-        let txn = db.begin_write()?;
-        {
-            let mut meta = txn.open_table(META)?;
-            meta.insert("format", FORMAT_VERSION.to_be_bytes().as_slice())?;
-            meta.insert("node_id", node_id.as_bytes())?;
-            tables::create_all(&txn)?;
-        }
-        txn.commit()?;
+        Self::write_new(&db, node_id)?;
         Self::from_db(db, dir, Some(file))
     }
 
@@ -188,6 +181,12 @@ impl Store {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(|e| StoreError::from_open(e, Path::new(":memory:")))?;
+        Self::write_new(&db, node_id)?;
+        Self::from_db(db, Path::new(":memory:"), None)
+    }
+
+    /// A new store's first transaction: its format, its node id and every table.
+    fn write_new(db: &Database, node_id: &str) -> Result<(), StoreError> {
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
@@ -196,7 +195,7 @@ impl Store {
             tables::create_all(&txn)?;
         }
         txn.commit()?;
-        Self::from_db(db, Path::new(":memory:"), None)
+        Ok(())
     }
 
     fn from_db(db: Database, dir: &Path, file: Option<PathBuf>) -> Result<Store, StoreError> {
