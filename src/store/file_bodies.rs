@@ -135,16 +135,14 @@ impl BodyStore for FileBodies {
         digest: &Digest,
         bytes: &[u8],
     ) -> Result<bool, StoreError> {
-        let current = txn
-            .open_table(BODY_REFS)?
-            .get(digest.0.as_slice())?
-            .map(|v| v.value());
+        // Counted like a body found on disk; only its bytes differ: spooled until a file
+        // holds them.
         let new = self.acquire_on_disk(txn, digest, bytes.len() as u64)?;
-        if current.is_none() && !has_home(txn, digest)? {
+        if new && !has_home(txn, digest)? {
             // No file holds it yet: spooled until its delivery is settled.
             txn.open_table(BODIES)?.insert(digest.0.as_slice(), bytes)?;
             self.inner.count_written(bytes.len() as u64);
-        } else if current.is_some() && unmark_damaged(txn, digest)? {
+        } else if !new && unmark_damaged(txn, digest)? {
             txn.open_table(BODIES)?.insert(digest.0.as_slice(), bytes)?;
             self.inner.count_written(bytes.len() as u64);
         }
