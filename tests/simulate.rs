@@ -286,6 +286,20 @@ fn uid_clash_resolved_by_two_pairs_loses_no_expunge_and_duplicates_nothing() {
     }
 }
 
+/// Three empty in-memory stores, "a", "b" and "c".
+fn three_stores() -> Vec<merkmail::store::Store> {
+    ["a", "b", "c"]
+        .iter()
+        .map(|id| merkmail::store::Store::in_memory(id).expect("store"))
+        .collect()
+}
+
+/// A session from `x` with `y` that must end with equal roots.
+fn sync(x: &merkmail::store::Store, y: &merkmail::store::Store) {
+    let r = merkmail::sync::run(x, 5, false, merkmail::sync::in_process(y)).expect("session");
+    assert!(r.equal_after, "{r:?}");
+}
+
 /// Found by the simulation (seeds 26, 423, 48 after the identity fix): two mailboxes created
 /// with one name during a split merge into the larger GUID; a third replica that still holds
 /// the smaller one (and took mail in it meanwhile) moves its messages there, without copying
@@ -293,18 +307,9 @@ fn uid_clash_resolved_by_two_pairs_loses_no_expunge_and_duplicates_nothing() {
 #[test]
 fn a_replica_holding_a_merged_mailbox_moves_its_mail_into_the_winner() {
     use merkmail::model::Digest;
-    use merkmail::store::Store;
-    use merkmail::sync::{in_process, run};
-    let stores: Vec<Store> = ["a", "b", "c"]
-        .iter()
-        .map(|id| Store::in_memory(id).expect("store"))
-        .collect();
+    let stores = three_stores();
     let [a, b, c] = &stores[..] else {
         unreachable!()
-    };
-    let sync = |x: &Store, y: &Store| {
-        let r = run(x, 5, false, in_process(y)).expect("session");
-        assert!(r.equal_after, "{r:?}");
     };
     let ga = a.create_mailbox("u", "Box").expect("create");
     let gb = b.create_mailbox("u", "Box").expect("create");
@@ -485,18 +490,9 @@ fn an_empty_mailbox_made_on_a_replica_that_has_not_caught_up_never_imposes_its_u
 #[test]
 fn mail_below_a_replicas_uidnext_is_renumbered_on_every_replica() {
     use merkmail::model::Digest;
-    use merkmail::store::Store;
-    use merkmail::sync::{in_process, run};
-    let stores: Vec<Store> = ["a", "b", "c"]
-        .iter()
-        .map(|id| Store::in_memory(id).expect("store"))
-        .collect();
+    let stores = three_stores();
     let [a, b, c] = &stores[..] else {
         unreachable!()
-    };
-    let sync = |x: &Store, y: &Store| {
-        let r = run(x, 5, false, in_process(y)).expect("session");
-        assert!(r.equal_after, "{r:?}");
     };
     let m = random_ops::msg("below");
     let digest = Digest::of(&m.bytes);
