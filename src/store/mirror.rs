@@ -83,9 +83,6 @@ pub enum MirrorEdit {
         digest: Digest,
         row: FileRow,
     },
-    /// The file `base` holds mail the index keeps under another UID (an import the index
-    /// could not give the file's UID): it is owed a removal.
-    OweRemoval { base: String },
     /// A file owed a removal is gone.
     Unlinked { base: String },
     /// The folder as it now stands (or gone).
@@ -302,9 +299,6 @@ impl Store {
                                 [].as_slice(),
                             )?;
                         }
-                    }
-                    MirrorEdit::OweRemoval { base } => {
-                        unlinks.insert(keys::source(user, guid, base).as_slice(), [].as_slice())?;
                     }
                     MirrorEdit::Unlinked { base } => {
                         unlinks.remove(keys::source(user, guid, base).as_slice())?;
