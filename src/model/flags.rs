@@ -164,13 +164,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn st(ms: u64) -> Stamp {
-        Stamp {
-            ms,
-            counter: 0,
-            node: 1,
-        }
-    }
+    use crate::model::stamp::test_stamp as st;
 
     #[test]
     fn parsing() {

@@ -154,16 +154,10 @@ fn agrees(outcome: &MailboxOutcome, incoming: &MailboxSide) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{FlagSet, MailboxGuid, MailboxRecord, Md5, MessageRecord, Stamp};
+    use crate::model::{FlagSet, MailboxGuid, MailboxRecord, Md5, MessageRecord};
     use std::convert::Infallible;
 
-    fn st(ms: u64) -> Stamp {
-        Stamp {
-            ms,
-            counter: 0,
-            node: 1,
-        }
-    }
+    use crate::model::stamp::test_stamp as st;
 
     fn record(uidvalidity: u32, uidnext: u32) -> MailboxRecord {
         MailboxRecord {

@@ -105,6 +105,16 @@ impl Hlc {
     }
 }
 
+/// A stamp at `ms` from node 1: the model's unit tests build their histories from these.
+#[cfg(test)]
+pub(crate) fn test_stamp(ms: u64) -> Stamp {
+    Stamp {
+        ms,
+        counter: 0,
+        node: 1,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
