@@ -128,9 +128,10 @@ async fn rescan_changed(
     let store = Arc::clone(&node.store);
     let t = template.clone();
     let users = tokio::task::spawn_blocking(move || -> Vec<String> {
-        let mut users: BTreeSet<String> = t.users().unwrap_or_default().into_iter().collect();
-        users.extend(store.users().unwrap_or_default());
-        users.into_iter().collect()
+        backend::known_users(&store, &t)
+            .unwrap_or_default()
+            .into_iter()
+            .collect()
     })
     .await
     .unwrap_or_default();
@@ -161,11 +162,10 @@ async fn pass(
         let report = backend::pass(&store, &t, one.as_deref());
         let users: Vec<String> = match &one {
             Some(u) => vec![u.clone()],
-            None => {
-                let mut all: BTreeSet<String> = t.users().unwrap_or_default().into_iter().collect();
-                all.extend(store.users().unwrap_or_default());
-                all.into_iter().collect()
-            }
+            None => backend::known_users(&store, &t)
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
         };
         let prints: Vec<(String, Fingerprint)> = users
             .into_iter()
@@ -201,15 +201,7 @@ async fn pass(
                     "Maildir pass"
                 );
                 // What the disk gave is journaled: ship it now.
-                if report.imported
-                    + report.flags_from_disk
-                    + report.expunged_on_disk
-                    + report.folders_found
-                    + report.folders_gone
-                    + report.subscriptions_from_disk
-                    + report.renumbered
-                    > 0
-                {
+                if report.journaled() {
                     for p in &node.peers {
                         p.wake_ship.notify_one();
                     }

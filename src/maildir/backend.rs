@@ -155,22 +155,29 @@ pub struct PassReport {
 }
 
 impl PassReport {
-    /// Whether the pass changed anything on either side.
-    pub fn changed(&self) -> bool {
+    /// Whether the pass made local writes that the journal ships to peers (what it took
+    /// from the Maildirs, and the messages it moved to new UIDs).
+    pub fn journaled(&self) -> bool {
         self.imported
             + self.flags_from_disk
             + self.expunged_on_disk
             + self.folders_found
             + self.folders_gone
             + self.subscriptions_from_disk
-            + self.delivered
-            + self.flags_to_disk
-            + self.unlinked
-            + self.folders_made
-            + self.folders_removed
-            + self.folders_renamed
             + self.renumbered
             > 0
+    }
+
+    /// Whether the pass changed anything on either side.
+    pub fn changed(&self) -> bool {
+        self.journaled()
+            || self.delivered
+                + self.flags_to_disk
+                + self.unlinked
+                + self.folders_made
+                + self.folders_removed
+                + self.folders_renamed
+                > 0
     }
 }
 
@@ -268,6 +275,15 @@ pub fn template_of(store: &Store) -> Result<Option<Template>, BackendError> {
     store.maildir_template().map(Template::parse).transpose()
 }
 
+/// Every user whose Maildir the template's directory holds or whom the store knows.
+pub fn known_users(store: &Store, template: &Template) -> Result<BTreeSet<String>, BackendError> {
+    Ok(template
+        .users()?
+        .into_iter()
+        .chain(store.users()?)
+        .collect())
+}
+
 /// Brings every user's Maildir (or only `only`) and the index in step, both ways.
 pub fn pass(
     store: &Store,
@@ -279,11 +295,7 @@ pub fn pass(
             crate::model::validate_user(user).map_err(StoreError::from)?;
             BTreeSet::from([user.to_string()])
         }
-        None => template
-            .users()?
-            .into_iter()
-            .chain(store.users()?)
-            .collect(),
+        None => known_users(store, template)?,
     };
     let mut report = PassReport::default();
     for user in users {
@@ -1012,7 +1024,13 @@ fn sync_subscriptions(store: &Store, root: &Path, user: &str) -> Result<(), Back
         .filter(|m| m.subscribed && m.name != INBOX)
         .map(|m| m.name)
         .collect();
-    let text = std::fs::read_to_string(root.join("subscriptions")).unwrap_or_default();
+    let path = root.join("subscriptions");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        // Unreadable is not empty: rewriting it could drop the server's subscriptions.
+        Err(e) => return Err(MaildirError::io(&path, "read")(e).into()),
+    };
     let (have, _) = crate::maildir::folder::parse_subscriptions(&text);
     let have: BTreeSet<String> = have.into_iter().filter(|n| n != INBOX).collect();
     if have != wanted {

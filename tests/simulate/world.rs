@@ -359,11 +359,7 @@ impl World {
                 "the cluster did not settle within {SETTLE_ROUNDS} rounds: roots {roots:?}"
             ));
         }
-        let stores: Vec<(String, Rc<Store>)> = self
-            .peers
-            .iter()
-            .filter_map(|p| p.store.as_ref().map(|s| (p.id.clone(), Rc::clone(s))))
-            .collect();
+        let stores = self.live_stores();
         let view: Vec<(&str, &Store)> = stores.iter().map(|(n, s)| (n.as_str(), &**s)).collect();
         let found = self.oracle.check(&view);
         self.violations.extend(found);
@@ -380,6 +376,14 @@ impl World {
         }
     }
 
+    /// The stores of the peers that are up, with their ids.
+    fn live_stores(&self) -> Vec<(String, Rc<Store>)> {
+        self.peers
+            .iter()
+            .filter_map(|p| p.store.as_ref().map(|s| (p.id.clone(), Rc::clone(s))))
+            .collect()
+    }
+
     fn log(&mut self, line: String) {
         let t = self.now - EPOCH_MS;
         self.trace.push(format!("[{} t={t}] {line}", self.step));
@@ -388,11 +392,7 @@ impl World {
     /// IMAP clients on every peer look at every mailbox; what they must never see is a
     /// violation ([`ClientViews`]).
     fn look(&mut self) {
-        let stores: Vec<(String, Rc<Store>)> = self
-            .peers
-            .iter()
-            .filter_map(|p| p.store.as_ref().map(|s| (p.id.clone(), Rc::clone(s))))
-            .collect();
+        let stores = self.live_stores();
         let view: Vec<(&str, &Store)> = stores.iter().map(|(n, s)| (n.as_str(), &**s)).collect();
         let found = self.views.look(&view, &self.oracle);
         // SIM_WATCH=label (with SIM_TRACE): where that message is live, whenever it changes.
