@@ -245,3 +245,100 @@ fn a_27th_keyword_keeps_the_mail_and_says_so() {
         out.stdout_str()
     );
 }
+
+/// Sets the mtimes of a folder's directories and index files to a minute ago: the folder
+/// has been quiet for a while.
+fn age(dir: &Path) {
+    let then = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    for name in ["cur", "new", "dovecot-uidlist", "dovecot-keywords"] {
+        if let Ok(file) = fs::File::open(dir.join(name)) {
+            file.set_modified(then).expect("set mtime");
+        }
+    }
+}
+
+#[test]
+fn a_scan_reads_only_the_folders_that_changed() {
+    let (store, root, _) = live();
+    let folders: Vec<PathBuf> = ["INBOX", ".Lists", ".Archive"]
+        .iter()
+        .map(|name| {
+            if *name == "INBOX" {
+                root.clone()
+            } else {
+                root.join(name)
+            }
+        })
+        .collect();
+    for (n, dir) in folders.iter().enumerate() {
+        for sub in ["cur", "new", "tmp"] {
+            fs::create_dir_all(dir.join(sub)).expect("mkdir");
+        }
+        for i in 0..3 {
+            fs::write(
+                dir.join(format!("new/17000000{n}{i}.mda.host")),
+                format!("Subject: {n}.{i}\r\n\r\nbody\r\n"),
+            )
+            .expect("w");
+        }
+    }
+    let first = store.run(&["scan"], &["--json"]).ok().json();
+    assert_eq!(
+        (first["imported"].as_u64(), first["folders_read"].as_u64()),
+        (Some(9), Some(3)),
+        "{first}"
+    );
+    // Changed a moment ago: not trusted yet, so each folder is read once more and its print
+    // is kept only once the change is old enough.
+    folders.iter().for_each(|d| age(d));
+    let kept = store.run(&["scan"], &["--json"]).ok().json();
+    assert_eq!(kept["folders_read"], 3, "{kept}");
+    let idle = store.run(&["scan"], &["--json"]).ok().json();
+    assert_eq!(
+        (idle["folders"].as_u64(), idle["folders_read"].as_u64()),
+        (Some(3), Some(0)),
+        "an idle scan reads no folder: {idle}"
+    );
+
+    // The server marks a message in Lists seen (new/ → cur/ with the flag): only Lists is
+    // read, and the flag is taken in.
+    let lists = root.join(".Lists");
+    let name = files_in(&lists.join("new"))
+        .into_iter()
+        .next()
+        .expect("a file in Lists");
+    fs::rename(
+        lists.join("new").join(&name),
+        lists.join("cur").join(format!("{name}:2,S")),
+    )
+    .expect("rename");
+    let one = store.run(&["scan"], &["--json"]).ok().json();
+    assert_eq!(
+        (
+            one["folders_read"].as_u64(),
+            one["flags_from_disk"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{one}"
+    );
+    // A local change owes the disk its folder: that folder alone is read.
+    age(&root.join(".Lists"));
+    store.run(&["scan"], &[]).ok();
+    store
+        .run(&["flags"], &["carol", "Archive", "1", "--add", "\\Flagged"])
+        .ok();
+    let archive = files_in(&root.join(".Archive/cur"));
+    assert!(archive.iter().any(|n| n.ends_with(":2,F")), "{archive:?}");
+    // The command brought the folder in step itself, a moment ago: the next scan reads that
+    // folder (its change is too recent to trust its print) and no other.
+    let after = store.run(&["scan"], &["--json"]).ok().json();
+    assert_eq!(
+        (
+            after["folders_read"].as_u64(),
+            after["flags_to_disk"].as_u64()
+        ),
+        (Some(1), Some(0)),
+        "{after}"
+    );
+    store.run(&["verify"], &[]).ok();
+}

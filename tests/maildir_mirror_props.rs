@@ -78,6 +78,9 @@ enum Op {
         pick: usize,
     },
     Pass,
+    /// Time passes: every folder's directories and files look changed 10 s before now, so a
+    /// pass may trust their prints and leave an unchanged folder unread.
+    Age,
     /// The store dropped and opened again (a restart) before the next pass.
     Reopen,
 }
@@ -97,6 +100,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<usize>(), any::<u8>()).prop_map(|(pick, flags)| Op::DiskFlags { pick, flags }),
         1 => any::<usize>().prop_map(|pick| Op::Unlink { pick }),
         3 => Just(Op::Pass),
+        3 => Just(Op::Age),
         2 => Just(Op::Reopen),
     ]
 }
@@ -283,6 +287,7 @@ impl World {
             Op::Pass => {
                 self.pass();
             }
+            Op::Age => age(&self.root),
             Op::Reopen => {
                 drop(self.store.take());
                 self.store = Some(Store::open(&self.data).expect("reopen"));
@@ -378,6 +383,19 @@ impl World {
     }
 }
 
+/// Sets the mtime of every folder's cur/, new/, uidlist and keywords file to 10 s before
+/// now: what they look like once the last change is no longer recent.
+fn age(root: &Path) {
+    let then = std::time::SystemTime::now() - std::time::Duration::from_secs(10);
+    for dir in disk_folders(root) {
+        for name in ["cur", "new", "dovecot-uidlist", "dovecot-keywords"] {
+            if let Ok(file) = std::fs::File::open(dir.join(name)) {
+                file.set_modified(then).expect("set mtime");
+            }
+        }
+    }
+}
+
 fn new_message(bytes: Vec<u8>, n: u16) -> NewMessage {
     NewMessage {
         bytes,
@@ -403,6 +421,15 @@ proptest! {
         world.apply(&Op::Reopen);
         let report = world.pass();
         prop_assert!(!report.changed(), "a pass after a restart changed {:?}", report);
+        world.check()?;
+        // Once nothing changed for a while, a pass reads no folder: the first one after the
+        // quiet keeps the prints, the next leaves every folder unread.
+        world.apply(&Op::Age);
+        world.pass();
+        let idle = world.pass();
+        prop_assert!(!idle.changed(), "an idle pass changed {:?}", idle);
+        prop_assert_eq!(idle.folders_read, 0, "an idle pass read folders: {:?}", idle);
+        prop_assert!(idle.folders > 0);
         world.check()?;
     }
 }

@@ -345,7 +345,11 @@ pub(super) struct ScanReport(pub(super) crate::maildir::backend::PassReport);
 impl Printed for ScanReport {
     fn human(&self, out: &mut dyn Write) -> io::Result<()> {
         let r = &self.0;
-        writeln!(out, "scanned {} user(s), {} folder(s)", r.users, r.folders)?;
+        writeln!(
+            out,
+            "scanned {} user(s), {} folder(s), {} of them read (the others showed no change)",
+            r.users, r.folders, r.folders_read
+        )?;
         writeln!(
             out,
             "from the Maildirs: {} message(s) taken in ({}), {} flag change(s), {} expunge(s), {} folder(s) new or renamed, {} gone, {} subscription change(s)",
@@ -359,7 +363,7 @@ impl Printed for ScanReport {
         )?;
         writeln!(
             out,
-            "into the Maildirs: {} message(s) delivered ({}), {} flag change(s), {} file(s) removed, {} folder(s) made, {} renamed, {} removed, {} message(s) renumbered",
+            "into the Maildirs: {} message(s) delivered ({}), {} flag change(s), {} file(s) removed, {} folder(s) made, {} renamed, {} removed ({} kept for mail delivered after the delete), {} message(s) renumbered",
             r.delivered,
             human_size(r.delivered_bytes),
             r.flags_to_disk,
@@ -367,6 +371,7 @@ impl Printed for ScanReport {
             r.folders_made,
             r.folders_renamed,
             r.folders_removed,
+            r.folders_kept,
             r.renumbered
         )?;
         for problem in &r.problems {

@@ -1,13 +1,14 @@
 //! The live Maildir beside `serve` (a store made with `init --maildir`): a first pass at
 //! start, then a pass for a user whenever inotify says their Maildir changed or the index
-//! owes it something, and a safety-net pass every `rescan_interval_s` that skips a user
-//! whose directories show no change (maildir::backend::fingerprint).
+//! owes it something, and a safety-net pass every `rescan_interval_s`. A pass reads only the
+//! folders whose directories changed since index and disk last agreed (the folder prints of
+//! maildir::backend), so the safety net costs a few stats per folder when all is quiet.
 
 use super::node::Node;
-use crate::maildir::backend::{self, Fingerprint, PassReport, Template};
+use crate::maildir::backend::{self, PassReport, Template};
 use crate::status::MaildirView;
 use notify::{RecursiveMode, Watcher};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,7 +42,7 @@ pub async fn run(node: Arc<Node>, template: Template) {
             None
         }
     };
-    let mut seen: HashMap<String, Fingerprint> = HashMap::new();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
     let started = Instant::now();
     let first = pass(&node, &template, None, &mut seen).await;
     watch_roots(watcher.as_mut(), &template, &seen);
@@ -84,7 +85,7 @@ pub async fn run(node: Arc<Node>, template: Template) {
         }
         if Instant::now() >= next_rescan {
             next_rescan = Instant::now() + rescan;
-            rescan_changed(&node, &template, &mut seen).await;
+            pass(&node, &template, None, &mut seen).await;
         }
         watch_roots(watcher.as_mut(), &template, &seen);
     }
@@ -93,13 +94,9 @@ pub async fn run(node: Arc<Node>, template: Template) {
 /// Watches every user's Maildir root that has been passed over, once. A Maildir made while
 /// the watch on the parent was being set up (a user that arrived from a peer: mkdir of the
 /// root, then cur/ new/ tmp/ at once) can have directories the recursive watch missed.
-fn watch_roots(
-    watcher: Option<&mut Watching>,
-    template: &Template,
-    seen: &HashMap<String, Fingerprint>,
-) {
+fn watch_roots(watcher: Option<&mut Watching>, template: &Template, seen: &BTreeSet<String>) {
     let Some(w) = watcher else { return };
-    for user in seen.keys() {
+    for user in seen {
         if w.roots.contains(user) {
             continue;
         }
@@ -119,41 +116,13 @@ struct Watching {
     roots: BTreeSet<String>,
 }
 
-/// The safety net: a pass for every user whose fingerprint moved since their last pass.
-async fn rescan_changed(
-    node: &Arc<Node>,
-    template: &Template,
-    seen: &mut HashMap<String, Fingerprint>,
-) {
-    let store = Arc::clone(&node.store);
-    let t = template.clone();
-    let users = tokio::task::spawn_blocking(move || -> Vec<String> {
-        backend::known_users(&store, &t)
-            .unwrap_or_default()
-            .into_iter()
-            .collect()
-    })
-    .await
-    .unwrap_or_default();
-    for user in users {
-        let root = template.root(&user);
-        let now = tokio::task::spawn_blocking(move || backend::fingerprint(&root))
-            .await
-            .unwrap_or_default();
-        if seen.get(&user) != Some(&now) {
-            tracing::debug!(%user, "rescan: the Maildir changed unseen");
-            pass(node, template, Some(user), seen).await;
-        }
-    }
-}
-
-/// One pass (all users, or one) on the blocking pool; remembers each user's fingerprint as
-/// it stood after the pass, so that the events the pass itself caused are skipped.
+/// One pass (all users, or one) on the blocking pool; remembers the users it looked at, so
+/// their Maildirs are watched.
 async fn pass(
     node: &Arc<Node>,
     template: &Template,
     user: Option<String>,
-    seen: &mut HashMap<String, Fingerprint>,
+    seen: &mut BTreeSet<String>,
 ) -> Option<PassReport> {
     let store = Arc::clone(&node.store);
     let t = template.clone();
@@ -167,17 +136,10 @@ async fn pass(
                 .into_iter()
                 .collect(),
         };
-        let prints: Vec<(String, Fingerprint)> = users
-            .into_iter()
-            .map(|u| {
-                let f = backend::fingerprint(&t.root(&u));
-                (u, f)
-            })
-            .collect();
-        (report, prints)
+        (report, users)
     })
     .await;
-    let (report, prints) = match result {
+    let (report, users) = match result {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "the Maildir pass failed");
@@ -187,7 +149,7 @@ async fn pass(
     record(node, &report);
     match report {
         Ok(report) => {
-            seen.extend(prints);
+            seen.extend(users);
             if report.changed() {
                 tracing::info!(
                     user = user.as_deref().unwrap_or("*"),

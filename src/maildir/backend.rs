@@ -21,10 +21,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::maildir::live::{self, LiveError, LiveFolder};
-use crate::maildir::scan::{scan, ScannedFolder, ScannedMessage};
+use crate::maildir::scan::{list, scan, scan_folder, ScannedFolder, ScannedMessage};
 use crate::maildir::{MaildirError, INBOX};
 use crate::model::{Digest, FlagName, MailboxGuid};
-use crate::store::{FileRow, FolderRow, MailboxMirror, MirrorEdit, NewMessage, Store, StoreError};
+use crate::store::{
+    FileRow, FolderRow, FolderState, MailboxMirror, MirrorEdit, NewMessage, Store, StoreError,
+};
 
 /// Why a pass stopped. What it did before stays done and settled; the rest is still owed.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +133,9 @@ impl Template {
 pub struct PassReport {
     pub users: u64,
     pub folders: u64,
+    /// Folders read in full (the others showed no change since index and disk last agreed,
+    /// and the index owed them nothing).
+    pub folders_read: u64,
     /// disk → index
     pub imported: u64,
     pub imported_bytes: u64,
@@ -146,6 +151,9 @@ pub struct PassReport {
     pub unlinked: u64,
     pub folders_made: u64,
     pub folders_removed: u64,
+    /// Folders of deleted mailboxes kept because they hold mail the index does not know
+    /// (delivered after the delete): forgotten, so the next pass imports them anew.
+    pub folders_kept: u64,
     pub folders_renamed: u64,
     /// Messages given a new UID so as not to reuse one the server gave out.
     pub renumbered: u64,
@@ -176,37 +184,63 @@ impl PassReport {
                 + self.unlinked
                 + self.folders_made
                 + self.folders_removed
+                + self.folders_kept
                 + self.folders_renamed
                 > 0
     }
 }
 
-/// What a user's Maildir looks like from its directories alone: the mtime and size of the
-/// root, of every folder's cur/ and new/, and of every uidlist and subscriptions file. Any
-/// change a mail server makes (a file in, out, or renamed; a folder made or gone; a UID
-/// given) moves one of them, so an equal fingerprint means nothing to scan: an idle pass
-/// costs a few stats per folder.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Fingerprint(Vec<(PathBuf, i64, i64, u64)>);
+/// What a folder looks like from its directories alone: inode, mtime and size of its cur/
+/// and new/, its uidlist and its keywords file. Any change a
+/// mail server makes to the folder (a file in, out, or renamed; a UID given; a keyword
+/// registered) moves one of them, so a folder whose print equals the one kept when index and
+/// disk last agreed needs no reading: an idle pass costs a few stats per folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FolderPrint {
+    stats: Vec<u8>,
+    /// Whether a change could hide in it: a directory changed so recently (within
+    /// [`RACY`] of the moment it was taken) that a second change in the same clock tick
+    /// would leave the same mtime. Such a print is not kept.
+    racy: bool,
+}
 
-/// The fingerprint of the Maildir at `root` (empty if it does not exist).
-pub fn fingerprint(root: &Path) -> Fingerprint {
-    use std::os::unix::fs::MetadataExt;
-    let mut out = Vec::new();
-    let mut note = |path: PathBuf| {
-        if let Ok(m) = std::fs::metadata(&path) {
-            out.push((path, m.mtime(), m.mtime_nsec(), m.size()));
+/// How recent a change must be for a print not to be trusted (coarse file-system clocks,
+/// a server on another clock).
+const RACY: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl FolderPrint {
+    fn of(dir: &Path) -> FolderPrint {
+        use std::os::unix::fs::MetadataExt;
+        let now = std::time::SystemTime::now();
+        let mut stats = Vec::with_capacity(4 * 32);
+        let mut racy = false;
+        // Not the folder's own directory: Dovecot's index files come and go there on every
+        // SELECT, and a folder made anew has new cur/ and new/ inodes anyway.
+        for path in [
+            dir.join("cur"),
+            dir.join("new"),
+            dir.join("dovecot-uidlist"),
+            dir.join("dovecot-keywords"),
+        ] {
+            match std::fs::metadata(&path) {
+                Ok(m) => {
+                    stats.extend_from_slice(&m.ino().to_le_bytes());
+                    stats.extend_from_slice(&m.mtime().to_le_bytes());
+                    stats.extend_from_slice(&m.mtime_nsec().to_le_bytes());
+                    stats.extend_from_slice(&m.size().to_le_bytes());
+                    racy |= m.modified().map_or(true, |t| t + RACY > now);
+                }
+                Err(_) => stats.extend_from_slice(&[0xff; 32]),
+            }
         }
-    };
-    note(root.join("subscriptions"));
-    for dir in folder_dirs(root) {
-        note(dir.clone());
-        note(dir.join("cur"));
-        note(dir.join("new"));
-        note(dir.join("dovecot-uidlist"));
-        note(dir.join("dovecot-keywords"));
+        FolderPrint { stats, racy }
     }
-    Fingerprint(out)
+
+    /// The print to keep once index and disk agree, if the folder showed no change between
+    /// `self` (taken before it was read) and `after` (taken when the pass was done with it).
+    fn to_keep(&self, after: &FolderPrint) -> Option<Vec<u8>> {
+        (!self.racy && self == after).then(|| self.stats.clone())
+    }
 }
 
 /// The files of the Maildirs a template names, as the store reads bodies from them.
@@ -361,19 +395,37 @@ fn pass_user(
         // A user that arrived from a peer: their Maildir is made for them.
         live::make_root(&root)?;
     }
-    let mut disk = scan(&root)?;
-    if number_unlisted(&disk)? {
-        disk = scan(&root)?;
-    }
-    let mut mirrors = store.user_mirror(user)?;
-    let mut paired: Vec<(ScannedFolder, MailboxMirror)> = Vec::new();
+    let listing = list(&root)?;
+    let mut states = store.user_folders(user)?;
     let mut taken: HashSet<MailboxGuid> = HashSet::new();
 
-    for folder in disk {
+    // Only the folders that changed since index and disk last agreed, or that the index owes
+    // something, are read.
+    let mut read: Vec<(ScannedFolder, FolderPrint)> = Vec::new();
+    for (mailbox, dir) in &listing.folders {
         report.folders += 1;
-        let found = pair_for(&mirrors, &folder, &taken);
-        let mirror = match found {
-            Some(i) => renamed_on_disk(store, user, &mirrors[i], &folder, report)?,
+        let subscribed = listing.subscriptions.contains(mailbox);
+        let mut print = FolderPrint::of(dir);
+        if let Some(state) = unchanged(&states, &taken, mailbox, subscribed, &print) {
+            taken.insert(state.guid);
+            continue;
+        }
+        let mut folder = scan_folder(mailbox.clone(), dir.clone(), subscribed)?;
+        if number_unlisted(&folder)? {
+            print = FolderPrint::of(dir);
+            folder = scan_folder(mailbox.clone(), dir.clone(), subscribed)?;
+        }
+        report.folders_read += 1;
+        read.push((folder, print));
+    }
+
+    let mut paired: Vec<(ScannedFolder, FolderPrint, MailboxMirror)> = Vec::new();
+    for (folder, print) in read {
+        let mirror = match pair_for(&states, &folder, &taken) {
+            Some(i) => {
+                let mirror = store.mailbox_mirror(user, states[i].guid)?;
+                renamed_on_disk(store, user, &mirror, &folder, report)?
+            }
             None => {
                 // A folder the index has never seen: the server made it.
                 let guid = folder
@@ -390,60 +442,92 @@ fn pass_user(
                     guid,
                 )?;
                 report.folders_found += 1;
-                let m = store.mailbox_mirror(user, prepared.guid)?;
-                mirrors.push(m.clone());
-                m
+                let mirror = store.mailbox_mirror(user, prepared.guid)?;
+                states.push(FolderState {
+                    guid: mirror.guid,
+                    record: mirror.record.clone(),
+                    folder: mirror.folder.clone(),
+                    owed: mirror.owed,
+                    print: None,
+                });
+                mirror
             }
         };
         taken.insert(mirror.guid);
-        paired.push((folder, mirror));
+        paired.push((folder, print, mirror));
     }
 
-    for mirror in mirrors.iter().filter(|m| !taken.contains(&m.guid)) {
-        match (&mirror.record, &mirror.folder) {
+    for state in states.iter().filter(|s| !taken.contains(&s.guid)) {
+        match (&state.record, &state.folder) {
             (Some(record), Some(folder)) if record.name == folder.name => {
                 // Its folder is gone from disk: the server deleted the mailbox.
+                let mirror = store.mailbox_mirror(user, state.guid)?;
                 if record.name == INBOX {
                     let made = LiveFolder::open(&root)?;
-                    paired.push((empty_folder(INBOX, made.dir()), mirror.clone()));
+                    let print = FolderPrint::of(made.dir());
+                    paired.push((empty_folder(INBOX, made.dir()), print, mirror));
                     continue;
                 }
                 store.delete_mailbox(user, &record.name)?;
                 report.folders_gone += 1;
-                settle_gone(store, user, mirror)?;
+                settle_gone(store, user, &mirror)?;
             }
             (Some(record), _) => {
                 // A mailbox the disk does not show yet (replicated, or made by the CLI).
-                if paired.iter().any(|(f, _)| f.mailbox == record.name) {
+                if paired.iter().any(|(f, _, _)| f.mailbox == record.name)
+                    || listing.folders.iter().any(|(name, _)| *name == record.name)
+                {
                     // Its name is still another mailbox's folder, which this pass renames
                     // away (a rename, then a new mailbox under the old name): it stays owed,
                     // and the next pass makes its folder.
                     continue;
                 }
+                let mirror = store.mailbox_mirror(user, state.guid)?;
                 let folder = LiveFolder::create(&root, &record.name)?;
                 report.folders_made += 1;
-                paired.push((empty_folder(&record.name, folder.dir()), mirror.clone()));
+                let print = FolderPrint::of(folder.dir());
+                paired.push((empty_folder(&record.name, folder.dir()), print, mirror));
             }
-            (None, _) => settle_gone(store, user, mirror)?,
+            (None, _) => settle_gone(store, user, &store.mailbox_mirror(user, state.guid)?)?,
         }
     }
 
     // disk → index for every folder first, then the subscriptions file, then index → disk:
     // a folder row (with its subscription) is settled only after the file shows it.
     let mut owed = Vec::new();
-    for (folder, mirror) in paired {
-        if let Some(next) = from_disk_folder(store, &root, user, folder, mirror, report)? {
-            owed.push(next);
+    for (folder, print, mirror) in paired {
+        if let Some((dir, mirror)) = from_disk_folder(store, &root, user, folder, mirror, report)? {
+            owed.push((dir, print, mirror));
         }
     }
     sync_subscriptions(store, &root, user)?;
-    for (dir, mirror) in owed {
+    for (dir, print, mirror) in owed {
         let Some(record) = mirror.record.clone() else {
             continue;
         };
-        to_disk(store, user, &dir, &record, &mirror, report)?;
+        to_disk(store, user, &dir, &record, &mirror, &print, report)?;
     }
     Ok(())
+}
+
+/// The index's mailbox for a folder that needs no reading: the one whose folder it was when
+/// they last agreed, owed nothing, under the same name and subscription, with the same print.
+fn unchanged<'a>(
+    states: &'a [FolderState],
+    taken: &HashSet<MailboxGuid>,
+    mailbox: &str,
+    subscribed: bool,
+    print: &FolderPrint,
+) -> Option<&'a FolderState> {
+    states.iter().find(|s| {
+        !taken.contains(&s.guid)
+            && s.owed.is_none()
+            && s.print.as_deref() == Some(print.stats.as_slice())
+            && s.record.as_ref().is_some_and(|r| r.name == mailbox)
+            && s.folder.as_ref().is_some_and(|f| {
+                f.name == mailbox && (f.subscribed == subscribed || mailbox == INBOX)
+            })
+    })
 }
 
 /// A folder paired by its GUID under another name: the server renamed it. The mailbox
@@ -512,11 +596,11 @@ fn empty_folder(mailbox: &str, dir: &Path) -> ScannedFolder {
 /// server renamed (same GUID in the uidlist), else a mailbox of that name the disk has not
 /// shown yet.
 fn pair_for(
-    mirrors: &[MailboxMirror],
+    mirrors: &[FolderState],
     folder: &ScannedFolder,
     taken: &HashSet<MailboxGuid>,
 ) -> Option<usize> {
-    let free = |m: &&MailboxMirror| !taken.contains(&m.guid);
+    let free = |m: &&FolderState| !taken.contains(&m.guid);
     let by_folder = mirrors
         .iter()
         .position(|m| free(&m) && m.folder.as_ref().is_some_and(|f| f.name == folder.mailbox));
@@ -543,17 +627,13 @@ fn pair_for(
 
 /// Numbers files no one has numbered yet, under the uidlist lock, as Dovecot would. Returns
 /// whether any got a UID.
-fn number_unlisted(disk: &[ScannedFolder]) -> Result<bool, BackendError> {
-    let mut any = false;
-    for folder in disk {
-        if folder.messages.iter().all(|m| m.uid.is_some()) {
-            continue;
-        }
-        let live = LiveFolder::open(&folder.dir)?;
-        let mut locked = live.lock()?;
-        any |= !locked.number_unlisted()?.numbered.is_empty();
+fn number_unlisted(folder: &ScannedFolder) -> Result<bool, BackendError> {
+    if folder.messages.iter().all(|m| m.uid.is_some()) {
+        return Ok(false);
     }
-    Ok(any)
+    let live = LiveFolder::open(&folder.dir)?;
+    let mut locked = live.lock()?;
+    Ok(!locked.number_unlisted()?.numbered.is_empty())
 }
 
 /// A folder's disk → index half (and a rename or removal the index asks for). Returns the
@@ -703,12 +783,19 @@ fn from_disk(
         store.mirror_settle(user, guid, &adopted, None)?;
         wrote = true;
     }
-    let gone: Vec<u32> = mirror
+    let mut gone: Vec<u32> = mirror
         .files
         .iter()
         .filter(|(uid, row)| live.contains_key(uid) && !on_disk.contains(row.base.as_str()))
         .map(|(uid, _)| *uid)
         .collect();
+    if !gone.is_empty() {
+        // A file renamed while the folder was read (a flag change, new/ → cur/) can be
+        // missing from the listing without being gone: the directories are listed once
+        // more, and only what is missing from both listings is an expunge.
+        let still = live::base_names(&folder.dir)?;
+        gone.retain(|uid| !still.contains(mirror.files[uid].base.as_str()));
+    }
     if !gone.is_empty() {
         report.expunged_on_disk += store.disk_expunged(user, guid, &gone)? as u64;
         wrote = true;
@@ -815,6 +902,7 @@ fn to_disk(
     dir: &Path,
     record: &crate::model::MailboxRecord,
     mirror: &MailboxMirror,
+    print: &FolderPrint,
     report: &mut PassReport,
 ) -> Result<(), BackendError> {
     let guid = mirror.guid;
@@ -933,6 +1021,14 @@ fn to_disk(
         subscribed: record.subscribed,
         uidvalidity: record.uidvalidity,
     })));
+    // Kept only if the folder showed no change while the pass worked on it (nothing written
+    // by either side): then the next pass may leave it unread.
+    let kept = if owed_still {
+        None
+    } else {
+        print.to_keep(&FolderPrint::of(dir))
+    };
+    edits.push(MirrorEdit::Print(kept));
     let token = if owed_still { None } else { mirror.owed };
     store.mirror_settle(user, guid, &edits, token)?;
     Ok(())
@@ -1007,6 +1103,7 @@ fn remove_folder(
             format!("mailbox deleted, but the folder holds {unknown} message(s) the index does not know: kept, to be imported"),
         );
         // Forget the folder: the next pass finds it as a new one and imports that mail.
+        report.folders_kept += 1;
         return Ok(settle_gone(store, user, mirror)?);
     }
     if live::remove_folder(root, &folder.mailbox)? {

@@ -729,6 +729,28 @@ pub(crate) fn find_base(dir: &Path, base: &str) -> Result<Option<PathBuf>, LiveE
     Ok(None)
 }
 
+/// The base names of every file in a folder's cur/ and new/ (names only: no stat).
+pub fn base_names(dir: &Path) -> Result<HashSet<String>, LiveError> {
+    let mut out = HashSet::new();
+    for sub in ["cur", "new"] {
+        let sub_dir = dir.join(sub);
+        let entries = match fs::read_dir(&sub_dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(&sub_dir, "read directory")(e).into()),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io(&sub_dir, "read directory"))?;
+            if let Some(name) = entry.file_name().to_str() {
+                if let Some(base) = name.split(':').next() {
+                    out.insert(base.to_string());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Makes the Maildir root `root` (and any missing directory above it), each directory made
 /// with the owner and mode of the nearest one that exists: a user that arrives from a peer
 /// gets a Maildir the mail server can read.

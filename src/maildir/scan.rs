@@ -61,12 +61,38 @@ fn is_ignored_root_file(name: &str) -> bool {
         || name.starts_with("courierimap")
 }
 
+/// The folders of a Maildir++ tree, listed but not read: what [`list`] finds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    /// INBOX first, then the folders by mailbox name: (mailbox, directory).
+    pub folders: Vec<(String, PathBuf)>,
+    /// The mailboxes `subscriptions` names.
+    pub subscriptions: BTreeSet<String>,
+    /// Root-level entries left out, with the reason (reported under INBOX by [`scan`]).
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
 /// Lists every folder of the Maildir++ tree at `root`. INBOX comes first (always present, as in
 /// IMAP, even when the root has no cur/ of its own), then the folders by name. Fails if `root` is
 /// missing, unreadable, or does not look like a Maildir (no cur/ or new/, and no `.Folder` that
 /// has one); unreadable directories inside fail the scan too, rather than import part of a
 /// folder. Other problems are reported per entry in `skipped`, root-level ones under INBOX.
 pub fn scan(root: &Path) -> Result<Vec<ScannedFolder>, MaildirError> {
+    let mut listing = list(root)?;
+    let mut folders = Vec::new();
+    for (mailbox, dir) in std::mem::take(&mut listing.folders) {
+        let subscribed = listing.subscriptions.contains(&mailbox);
+        folders.push(scan_folder(mailbox, dir, subscribed)?);
+    }
+    if let Some(inbox) = folders.first_mut() {
+        inbox.skipped.append(&mut listing.skipped);
+    }
+    Ok(folders)
+}
+
+/// The folders of the Maildir++ tree at `root`, as [`scan`] finds them, without reading any
+/// folder's mail: a readdir of the root, a stat per entry and the subscriptions file.
+pub fn list(root: &Path) -> Result<Listing, MaildirError> {
     let meta = fs::metadata(root).map_err(|e| MaildirError::NotMaildir {
         path: root.to_path_buf(),
         problem: format!("cannot stat: {e}"),
@@ -78,32 +104,38 @@ pub fn scan(root: &Path) -> Result<Vec<ScannedFolder>, MaildirError> {
         });
     }
 
-    let mut root_skipped: Vec<(PathBuf, String)> = Vec::new();
+    let mut skipped: Vec<(PathBuf, String)> = Vec::new();
     let mut has_inbox = false;
     let mut folder_dirs: Vec<(String, PathBuf)> = Vec::new();
     for entry in read_dir_sorted(root)? {
         let path = root.join(&entry);
         let Some(name) = entry.to_str() else {
-            root_skipped.push((path, "name is not UTF-8".into()));
+            skipped.push((path, "name is not UTF-8".into()));
             continue;
         };
-        let kind = fs::symlink_metadata(&path).map_err(MaildirError::io(&path, "stat"))?;
+        let kind = match fs::symlink_metadata(&path) {
+            Ok(kind) => kind,
+            // Gone between the readdir and the stat (a folder renamed or deleted meanwhile):
+            // the next look sees the tree as it is then.
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(MaildirError::io(&path, "stat")(e)),
+        };
         if name == "cur" || name == "new" {
             if kind.is_dir() {
                 has_inbox = true;
             } else {
-                root_skipped.push((path, "cur/ or new/ is not a directory".into()));
+                skipped.push((path, "cur/ or new/ is not a directory".into()));
             }
         } else if name.starts_with('.') {
             if kind.file_type().is_symlink() {
                 // Following it could read mail from outside the tree being imported.
-                root_skipped.push((path, "folder is a symbolic link; not followed".into()));
+                skipped.push((path, "folder is a symbolic link; not followed".into()));
             } else if kind.is_dir() {
                 folder_dirs.push((name.to_string(), path));
             }
             // Other dot-files (.customflags, editor droppings) are not folders: ignored.
         } else if !is_ignored_root_file(name) {
-            root_skipped.push((path, "not part of a Maildir++ tree; ignored".into()));
+            skipped.push((path, "not part of a Maildir++ tree; ignored".into()));
         }
     }
     let is_mailbox_dir = |p: &Path| p.join("cur").is_dir() || p.join("new").is_dir();
@@ -114,36 +146,34 @@ pub fn scan(root: &Path) -> Result<Vec<ScannedFolder>, MaildirError> {
         });
     }
 
-    let subscriptions = read_subscriptions(root, &mut root_skipped)?;
+    let subscriptions = read_subscriptions(root, &mut skipped)?;
 
-    let mut folders = Vec::new();
-    let mut inbox = scan_folder(INBOX.to_string(), root.to_path_buf())?;
-    inbox.skipped.append(&mut root_skipped);
-    let mut other: Vec<ScannedFolder> = Vec::new();
+    let mut other: Vec<(String, PathBuf)> = Vec::new();
     for (name, path) in folder_dirs {
         let mailbox = match mailbox_name_from_dir(&name) {
             Ok(m) => m,
             Err(e) => {
-                inbox.skipped.push((path, e.to_string()));
+                skipped.push((path, e.to_string()));
                 continue;
             }
         };
         if !is_mailbox_dir(&path) {
-            inbox.skipped.push((
+            skipped.push((
                 path,
                 format!("folder {mailbox:?} has neither cur/ nor new/; not a mailbox"),
             ));
             continue;
         }
-        other.push(scan_folder(mailbox, path)?);
+        other.push((mailbox, path));
     }
-    other.sort_by(|a, b| a.mailbox.cmp(&b.mailbox));
-    folders.push(inbox);
+    other.sort();
+    let mut folders = vec![(INBOX.to_string(), root.to_path_buf())];
     folders.extend(other);
-    for folder in &mut folders {
-        folder.subscribed = subscriptions.contains(&folder.mailbox);
-    }
-    Ok(folders)
+    Ok(Listing {
+        folders,
+        subscriptions,
+        skipped,
+    })
 }
 
 /// Directory entries sorted by name, so every scan sees them in the same order.
@@ -209,8 +239,13 @@ pub fn unix_seconds(time: SystemTime) -> i64 {
     }
 }
 
-/// Scans one folder directory (cur/ and new/, its uidlist and keywords).
-fn scan_folder(mailbox: String, dir: PathBuf) -> Result<ScannedFolder, MaildirError> {
+/// Scans one folder directory (cur/ and new/, its uidlist and keywords), as [`scan`] does for
+/// each folder [`list`] finds.
+pub fn scan_folder(
+    mailbox: String,
+    dir: PathBuf,
+    subscribed: bool,
+) -> Result<ScannedFolder, MaildirError> {
     let mut skipped = Vec::new();
 
     let uidlist_path = dir.join("dovecot-uidlist");
@@ -271,7 +306,13 @@ fn scan_folder(mailbox: String, dir: PathBuf) -> Result<ScannedFolder, MaildirEr
             if file_name.starts_with('.') {
                 continue;
             }
-            let meta = fs::symlink_metadata(&path).map_err(MaildirError::io(&path, "stat"))?;
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(meta) => meta,
+                // Renamed (a flag change, new/ → cur/) or expunged since the readdir: left
+                // for the next look, which the directory's new mtime asks for.
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(MaildirError::io(&path, "stat")(e)),
+            };
             if !meta.file_type().is_file() {
                 skipped.push((
                     path,
@@ -328,7 +369,7 @@ fn scan_folder(mailbox: String, dir: PathBuf) -> Result<ScannedFolder, MaildirEr
         mailbox,
         dir,
         uidlist,
-        subscribed: false,
+        subscribed,
         messages,
         skipped,
     })

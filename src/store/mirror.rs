@@ -7,7 +7,9 @@
 //!   last agreed (the base of a three-way comparison: a flag that differs from it on disk was
 //!   changed by the mail server, one that differs from it in the index came from a peer);
 //! - the files the index no longer has and the disk still owes a removal;
-//! - per mailbox, the folder as it was when they last agreed (name, subscription);
+//! - per mailbox, the folder as it was when they last agreed (name, subscription), and what
+//!   its directories looked like then (a print the Maildir side makes and reads: a folder
+//!   whose print has not moved, and that the index owes nothing, needs no reading);
 //! - the mailboxes whose records changed since their folder was last brought in step: the
 //!   durable outbox. It is written in the same transaction as the change, so a crash between
 //!   the commit and the disk work leaves the work owed, never forgotten.
@@ -20,7 +22,7 @@ use super::file_bodies::home_key;
 use super::keys;
 use super::tables::{
     MAILBOXES, MESSAGES, META, MIRROR_FILES, MIRROR_FOLDERS, MIRROR_HOMES, MIRROR_OWED,
-    MIRROR_UNLINKS,
+    MIRROR_PRINTS, MIRROR_UNLINKS,
 };
 use super::tx::{decode, decode_message, encode, Tx};
 use super::Store;
@@ -69,6 +71,20 @@ pub struct MailboxMirror {
     pub owed: Option<OwedToken>,
 }
 
+/// What the index says of one mailbox's folder, without its messages: enough to tell whether
+/// the folder needs a look at all.
+#[derive(Clone, Debug)]
+pub struct FolderState {
+    pub guid: MailboxGuid,
+    /// `None` when the mailbox was deleted.
+    pub record: Option<MailboxRecord>,
+    pub folder: Option<FolderRow>,
+    pub owed: Option<OwedToken>,
+    /// The print of the folder's directories when index and disk last agreed, if one was
+    /// kept (see [`MirrorEdit::Print`]).
+    pub print: Option<Vec<u8>>,
+}
+
 /// One thing the Maildir side settled, recorded by [`Store::mirror_settle`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MirrorEdit {
@@ -85,8 +101,11 @@ pub enum MirrorEdit {
     },
     /// A file owed a removal is gone.
     Unlinked { base: String },
-    /// The folder as it now stands (or gone).
+    /// The folder as it now stands (or gone; its print goes with it).
     Folder(Option<FolderRow>),
+    /// What the folder's directories look like now that index and disk agree, or `None`
+    /// when that is not known (the next pass reads the folder).
+    Print(Option<Vec<u8>>),
 }
 
 impl Tx<'_> {
@@ -237,6 +256,47 @@ impl Store {
             .collect()
     }
 
+    /// [`FolderState`] of every mailbox [`Store::user_mirror`] would list, without reading
+    /// their messages: what a pass needs to skip folders that show no change.
+    pub fn user_folders(&self, user: &str) -> Result<Vec<FolderState>, StoreError> {
+        let txn = self.read_txn()?;
+        let (start, end) = keys::user_range(user);
+        let mut states: BTreeMap<MailboxGuid, FolderState> = BTreeMap::new();
+        for (n, table) in [MAILBOXES, MIRROR_FOLDERS, MIRROR_OWED, MIRROR_PRINTS]
+            .into_iter()
+            .enumerate()
+        {
+            for item in txn
+                .open_table(table)?
+                .range(start.as_slice()..=end.as_slice())?
+            {
+                let (k, v) = item?;
+                let (_, guid, _) = keys::split_mailbox_prefix(k.value())
+                    .ok_or_else(|| StoreError::Corrupt("malformed mailbox key".into()))?;
+                let state = states.entry(guid).or_insert_with(|| FolderState {
+                    guid,
+                    record: None,
+                    folder: None,
+                    owed: None,
+                    print: None,
+                });
+                match n {
+                    0 => state.record = Some(decode::<MailboxRecord>(v.value(), "a mailbox")?),
+                    1 => {
+                        state.folder = Some(decode::<FolderRow>(v.value(), "a Maildir folder row")?)
+                    }
+                    2 => state.owed = Some(owed_token(v.value())?),
+                    _ => state.print = Some(v.value().to_vec()),
+                }
+            }
+        }
+        // A print alone (its mailbox and folder rows gone) says nothing to settle.
+        Ok(states
+            .into_values()
+            .filter(|s| s.record.is_some() || s.folder.is_some() || s.owed.is_some())
+            .collect())
+    }
+
     /// What the index says of one mailbox that its folder must show.
     pub fn mailbox_mirror(
         &self,
@@ -262,6 +322,7 @@ impl Store {
             let mut files = txn.open_table(MIRROR_FILES)?;
             let mut unlinks = txn.open_table(MIRROR_UNLINKS)?;
             let mut folders = txn.open_table(MIRROR_FOLDERS)?;
+            let mut prints = txn.open_table(MIRROR_PRINTS)?;
             let messages = txn.open_table(MESSAGES)?;
             for edit in edits {
                 match edit {
@@ -309,8 +370,14 @@ impl Store {
                             encode(row)?.as_slice(),
                         )?;
                     }
-                    MirrorEdit::Folder(None) => {
-                        folders.remove(keys::mailbox(user, guid).as_slice())?;
+                    MirrorEdit::Folder(None) | MirrorEdit::Print(None) => {
+                        if matches!(edit, MirrorEdit::Folder(None)) {
+                            folders.remove(keys::mailbox(user, guid).as_slice())?;
+                        }
+                        prints.remove(keys::mailbox(user, guid).as_slice())?;
+                    }
+                    MirrorEdit::Print(Some(print)) => {
+                        prints.insert(keys::mailbox(user, guid).as_slice(), print.as_slice())?;
                     }
                 }
             }
@@ -460,6 +527,12 @@ fn by_uid<T>(
     Ok(out)
 }
 
+fn owed_token(value: &[u8]) -> Result<OwedToken, StoreError> {
+    <[u8; 12]>::try_from(value)
+        .map(OwedToken)
+        .map_err(|_| StoreError::Corrupt("malformed owed-mailbox mark".into()))
+}
+
 fn mailbox_mirror_in(
     txn: &redb::ReadTransaction,
     user: &str,
@@ -498,9 +571,7 @@ fn mailbox_mirror_in(
         None => None,
     };
     let owed = match txn.open_table(MIRROR_OWED)?.get(key.as_slice())? {
-        Some(v) => Some(OwedToken(<[u8; 12]>::try_from(v.value()).map_err(
-            |_| StoreError::Corrupt("malformed owed-mailbox mark".into()),
-        )?)),
+        Some(v) => Some(owed_token(v.value())?),
         None => None,
     };
     Ok(MailboxMirror {

@@ -75,6 +75,11 @@ pub const MIRROR_FOLDERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("
 /// mailboxes whose folder must be brought in step.
 pub const MIRROR_OWED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mirror_owed");
 
+/// user 00 guid → bytes the Maildir side gives no meaning here: what a mailbox's folder
+/// directories looked like when index and disk last agreed, so a pass can leave a folder
+/// that shows no change unread.
+pub const MIRROR_PRINTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mirror_prints");
+
 /// digest:32 ++ user 00 guid uid:u32be → empty: the messages whose file on disk holds each
 /// body (a live-Maildir store reads bodies from them; store/file_bodies.rs).
 pub const MIRROR_HOMES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mirror_homes");
@@ -106,6 +111,7 @@ pub fn create_all(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(MIRROR_UNLINKS)?;
     txn.open_table(MIRROR_FOLDERS)?;
     txn.open_table(MIRROR_OWED)?;
+    txn.open_table(MIRROR_PRINTS)?;
     txn.open_table(MIRROR_HOMES)?;
     txn.open_table(MIRROR_BODY_SIZES)?;
     Ok(())
