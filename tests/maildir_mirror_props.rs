@@ -433,3 +433,47 @@ proptest! {
         world.check()?;
     }
 }
+
+/// A batch of deliveries cut short after its files were renamed into cur/ but before their
+/// uidlist lines were written (a crash): the next pass numbers the files as Dovecot would,
+/// which can put one at another UID than the index's when the index's UIDs have a gap. The
+/// file is still ours, found by its digest: adopted and re-delivered at the index's UID,
+/// never imported as a second message.
+#[test]
+fn a_batch_cut_short_before_its_uidlist_lines_is_adopted_not_imported_twice() {
+    let world = World::new();
+    let store = world.store();
+    let bodies: Vec<Vec<u8>> = ["a", "b", "c"].iter().map(|t| message(t, 1)).collect();
+    let outcomes = store
+        .append(
+            USER,
+            "INBOX",
+            bodies
+                .iter()
+                .enumerate()
+                .map(|(n, b)| new_message(b.clone(), n as u16))
+                .collect(),
+        )
+        .expect("append");
+    let uids: Vec<u32> = outcomes.iter().map(|o| o.uid).collect();
+    assert_eq!(uids, [2, 3, 4]);
+    // "b" is expunged before any delivery: the index waits to deliver UIDs 2 and 4.
+    store.expunge(USER, "INBOX", &[3]).expect("expunge");
+    // What the crash left: "a" and "c" in cur/ under names we give, with no uidlist line.
+    for (n, body) in [(1, &bodies[0]), (3, &bodies[2])] {
+        let name = format!("1700000100.M{n}P4242Q{n}.testhost,S={}:2,", body.len());
+        std::fs::write(world.root.join("cur").join(name), body).expect("write");
+    }
+    world.settle().expect("settles");
+    world.check().expect("the Maildir equals the index");
+    let live: Vec<(String, u32)> = world.indexed();
+    assert_eq!(
+        live,
+        [
+            ("INBOX".to_string(), 1),
+            ("INBOX".to_string(), 2),
+            ("INBOX".to_string(), 4)
+        ],
+        "each message once, at the index's UIDs"
+    );
+}

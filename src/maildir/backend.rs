@@ -244,11 +244,47 @@ impl FolderPrint {
 }
 
 /// The files of the Maildirs a template names, as the store reads bodies from them.
-struct Files(Template);
+struct Files {
+    template: Template,
+    /// Where each file of the last few folders read from is (base name → path): a body read
+    /// costs an open, not a listing of its folder.
+    names: std::sync::Mutex<std::collections::VecDeque<(PathBuf, HashMap<String, PathBuf>)>>,
+}
+
+/// Folders whose file names [`Files`] keeps at once.
+const NAME_CACHE_FOLDERS: usize = 4;
+
+impl Files {
+    /// The path of the file `base` in `dir` as last listed, listing the folder again if
+    /// `fresh` or if it is not among the folders kept.
+    fn lookup(&self, dir: &Path, base: &str, fresh: bool) -> std::io::Result<Option<PathBuf>> {
+        let mut names = self
+            .names
+            .lock()
+            .map_err(|_| std::io::Error::other("the file-name cache is poisoned"))?;
+        let at = names.iter().position(|(d, _)| d == dir);
+        let at = match at {
+            Some(i) if !fresh => i,
+            _ => {
+                if let Some(i) = at {
+                    names.remove(i);
+                }
+                let listing =
+                    live::file_names(dir).map_err(|e| std::io::Error::other(e.to_string()))?;
+                if names.len() >= NAME_CACHE_FOLDERS {
+                    names.pop_front();
+                }
+                names.push_back((dir.to_path_buf(), listing));
+                names.len() - 1
+            }
+        };
+        Ok(names[at].1.get(base).cloned())
+    }
+}
 
 impl crate::store::MailFiles for Files {
     fn read(&self, user: &str, mailbox: &str, base: &str) -> std::io::Result<Option<Vec<u8>>> {
-        let root = self.0.root(user);
+        let root = self.template.root(user);
         let dir = if mailbox == INBOX {
             root
         } else {
@@ -257,21 +293,19 @@ impl crate::store::MailFiles for Files {
                 Err(_) => return Ok(None),
             }
         };
-        let path = match live::find_base(&dir, base) {
-            Ok(Some(p)) => p,
-            Ok(None) => return Ok(None),
-            Err(e) => return Err(std::io::Error::other(e.to_string())),
-        };
-        match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            // Renamed (a flag change) or expunged between the lookup and the read.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match live::find_base(&dir, base)
-            {
-                Ok(Some(p)) => std::fs::read(p).map(Some),
-                _ => Ok(None),
-            },
-            Err(e) => Err(e),
+        // The name last listed first; if the file was renamed (a flag change) or is not
+        // listed yet, the folder is listed again, once.
+        for fresh in [false, true] {
+            let Some(path) = self.lookup(&dir, base, fresh)? else {
+                continue;
+            };
+            match std::fs::read(&path) {
+                Ok(bytes) => return Ok(Some(bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
         }
+        Ok(None)
     }
 }
 
@@ -280,7 +314,10 @@ impl crate::store::MailFiles for Files {
 pub fn install() {
     crate::store::install_mail_files(|template| {
         let template = Template::parse(template).map_err(|e| e.to_string())?;
-        Ok(std::sync::Arc::new(Files(template)))
+        Ok(std::sync::Arc::new(Files {
+            template,
+            names: Default::default(),
+        }))
     });
 }
 
@@ -715,6 +752,7 @@ fn from_disk(
 
     let mut batch = crate::maildir::import::Batch::default();
     let mut adopted: Vec<MirrorEdit> = Vec::new();
+    let mut adopted_at: HashSet<u32> = HashSet::new();
     for message in &folder.messages {
         let Some(uid) = message.uid else { continue };
         if owed_unlink.contains(message.basename.as_str()) {
@@ -736,24 +774,46 @@ fn from_disk(
         let Some(bytes) = read_message(message, report) else {
             continue;
         };
-        if let Some(indexed) = live.get(&uid) {
-            let row_gone = mirror
+        let digest = Digest::of(&bytes);
+        let row_gone = |uid: &u32| {
+            mirror
                 .files
-                .get(&uid)
-                .is_none_or(|row| !on_disk.contains(row.base.as_str()));
-            if indexed.digest == Digest::of(&bytes) && row_gone {
-                // Our own delivery (or re-delivery at a new UID), cut short before it was
-                // settled (a crash): the file is the one the index expects.
-                adopted.push(MirrorEdit::Held {
-                    uid,
-                    digest: indexed.digest,
-                    row: FileRow {
-                        base: message.basename.clone(),
-                        disk_flags: sorted(&message.flags),
-                    },
-                });
-                continue;
-            }
+                .get(uid)
+                .is_none_or(|row| !on_disk.contains(row.base.as_str()))
+        };
+        // Our own delivery (or re-delivery at a new UID), cut short before it was settled (a
+        // crash): the file is the one the index expects. Found at its UID, or — a batch cut
+        // short between its renames and its uidlist line, numbered since at another UID — by
+        // its digest among the messages still waiting for a file (only for files we named:
+        // the server's mail is never taken for ours).
+        let waiting_at = live
+            .get(&uid)
+            .filter(|indexed| indexed.digest == digest && row_gone(&uid))
+            .map(|_| uid)
+            .or_else(|| {
+                live::is_our_base(&message.basename)
+                    .then(|| {
+                        live.iter()
+                            .find(|(at, m)| {
+                                m.digest == digest && row_gone(at) && !adopted_at.contains(*at)
+                            })
+                            .map(|(at, _)| *at)
+                    })
+                    .flatten()
+            });
+        if let Some(at) = waiting_at {
+            adopted_at.insert(at);
+            adopted.push(MirrorEdit::Held {
+                uid: at,
+                digest,
+                row: FileRow {
+                    base: message.basename.clone(),
+                    disk_flags: sorted(&message.flags),
+                },
+            });
+            continue;
+        }
+        if live.contains_key(&uid) {
             // The server gave this UID to other mail before our delivery got there: its
             // clients saw the server's message at it, so ours moves up.
             store.renumber_message(user, guid, uid, disk_next)?;
@@ -793,8 +853,8 @@ fn from_disk(
         // A file renamed while the folder was read (a flag change, new/ → cur/) can be
         // missing from the listing without being gone: the directories are listed once
         // more, and only what is missing from both listings is an expunge.
-        let still = live::base_names(&folder.dir)?;
-        gone.retain(|uid| !still.contains(mirror.files[uid].base.as_str()));
+        let still = live::file_names(&folder.dir)?;
+        gone.retain(|uid| !still.contains_key(mirror.files[uid].base.as_str()));
     }
     if !gone.is_empty() {
         report.expunged_on_disk += store.disk_expunged(user, guid, &gone)? as u64;
@@ -930,23 +990,29 @@ fn to_disk(
         edits.push(MirrorEdit::Unlinked { base: base.clone() });
     }
     let mut owed_still = false;
+    // Where the uidlist lists each file the index knows (one map, not a search per message).
+    let listed: HashMap<String, u32> = locked
+        .uidlist()
+        .entries
+        .iter()
+        .map(|(uid, base)| (base.clone(), *uid))
+        .collect();
+    let mut pending = Pending::default();
     for (n, (uid, message)) in mirror.messages.iter().enumerate() {
         if n % 256 == 255 {
             locked.touch()?;
         }
         let flags = flags_of(message);
-        let listed_at = mirror.files.get(uid).and_then(|row| {
-            locked
-                .uidlist()
-                .entries
-                .iter()
-                .find(|(_, base)| *base == row.base)
-                .map(|(u, _)| *u)
-        });
+        let listed_at = mirror
+            .files
+            .get(uid)
+            .and_then(|row| listed.get(&row.base).copied());
         if let (Some(row), Some(listed)) = (mirror.files.get(uid), listed_at.filter(|at| at != uid))
         {
             // The file is listed at another UID: a copy is delivered at the index's UID, then
             // the old file goes (IMAP clients see an expunge and a new UID above it).
+            owed_still |=
+                pending.flush(store, (user, guid, dir), &mut locked, &mut edits, report)?;
             let at = (guid, *uid);
             match redeliver(store, user, &mut locked, at, row, message, &flags, report)? {
                 Some(edit) => edits.push(edit),
@@ -982,39 +1048,13 @@ fn to_disk(
             continue;
         }
         let bytes = store.body(&message.digest)?;
-        match locked.deliver_at(&bytes, &flags, message.internal_date, Some(*uid)) {
-            Ok(placed) => {
-                report.delivered += 1;
-                report.delivered_bytes += bytes.len() as u64;
-                edits.push(MirrorEdit::Held {
-                    uid: *uid,
-                    digest: message.digest,
-                    row: FileRow {
-                        base: placed.base,
-                        disk_flags: flags,
-                    },
-                });
-            }
-            Err(LiveError::BelowNext { next, .. }) => {
-                // The folder gave this UID (or a later one) to other mail: a client may have
-                // seen its UIDNEXT past it. The message moves up, on every replica.
-                store.renumber_message(user, guid, *uid, next)?;
-                report.renumbered += 1;
-                owed_still = true;
-            }
-            Err(e @ (LiveError::KeywordsFull { .. } | LiveError::UnstorableFlag { .. })) => {
-                // Never dropped: it stays in the index (and replicates); the disk lacks it
-                // until an operator frees a keyword.
-                problem(
-                    report,
-                    dir.display(),
-                    format!("UID {uid} not delivered: {e}"),
-                );
-                owed_still = true;
-            }
-            Err(e) => return Err(e.into()),
+        pending.push(*uid, message, flags, bytes);
+        if pending.full() {
+            owed_still |=
+                pending.flush(store, (user, guid, dir), &mut locked, &mut edits, report)?;
         }
     }
+    owed_still |= pending.flush(store, (user, guid, dir), &mut locked, &mut edits, report)?;
     drop(locked);
     edits.push(MirrorEdit::Folder(Some(FolderRow {
         name: record.name.clone(),
@@ -1032,6 +1072,101 @@ fn to_disk(
     let token = if owed_still { None } else { mirror.owed };
     store.mirror_settle(user, guid, &edits, token)?;
     Ok(())
+}
+
+/// Deliveries gathered for one [`LockedFolder::deliver_all`]: a batch is flushed to disk at
+/// once, so a replicated folder costs a few flushes per batch rather than three per message.
+#[derive(Default)]
+struct Pending {
+    items: Vec<Waiting>,
+    bytes: usize,
+}
+
+/// A message waiting in a [`Pending`] batch: UID, digest, flags, INTERNALDATE, bytes.
+type Waiting = (u32, Digest, Vec<String>, i64, Vec<u8>);
+
+/// Messages (and bytes) a batch of deliveries holds at most.
+const BATCH_MESSAGES: usize = 256;
+const BATCH_BYTES: usize = 32 << 20;
+
+impl Pending {
+    fn push(
+        &mut self,
+        uid: u32,
+        message: &crate::model::MessageRecord,
+        flags: Vec<String>,
+        bytes: Vec<u8>,
+    ) {
+        self.bytes += bytes.len();
+        self.items
+            .push((uid, message.digest, flags, message.internal_date, bytes));
+    }
+
+    fn full(&self) -> bool {
+        self.items.len() >= BATCH_MESSAGES || self.bytes >= BATCH_BYTES
+    }
+
+    /// Delivers what is gathered; returns whether some of it must wait for a later pass.
+    fn flush(
+        &mut self,
+        store: &Store,
+        (user, guid, dir): (&str, MailboxGuid, &Path),
+        locked: &mut live::LockedFolder<'_>,
+        edits: &mut Vec<MirrorEdit>,
+        report: &mut PassReport,
+    ) -> Result<bool, BackendError> {
+        if self.items.is_empty() {
+            return Ok(false);
+        }
+        let items = std::mem::take(&mut self.items);
+        self.bytes = 0;
+        let batch: Vec<live::Delivery<'_>> = items
+            .iter()
+            .map(|(uid, _, flags, date, bytes)| live::Delivery {
+                bytes,
+                flags,
+                internal_date: *date,
+                uid: *uid,
+            })
+            .collect();
+        let results = locked.deliver_all(&batch)?;
+        let mut owed_still = false;
+        for ((uid, digest, flags, _, bytes), result) in items.iter().zip(results) {
+            match result {
+                Ok(placed) => {
+                    report.delivered += 1;
+                    report.delivered_bytes += bytes.len() as u64;
+                    edits.push(MirrorEdit::Held {
+                        uid: *uid,
+                        digest: *digest,
+                        row: FileRow {
+                            base: placed.base,
+                            disk_flags: flags.clone(),
+                        },
+                    });
+                }
+                Err(LiveError::BelowNext { next, .. }) => {
+                    // The folder gave this UID (or a later one) to other mail: a client may
+                    // have seen its UIDNEXT past it. The message moves up, on every replica.
+                    store.renumber_message(user, guid, *uid, next)?;
+                    report.renumbered += 1;
+                    owed_still = true;
+                }
+                Err(e @ (LiveError::KeywordsFull { .. } | LiveError::UnstorableFlag { .. })) => {
+                    // Never dropped: it stays in the index (and replicates); the disk lacks it
+                    // until an operator frees a keyword.
+                    problem(
+                        report,
+                        dir.display(),
+                        format!("UID {uid} not delivered: {e}"),
+                    );
+                    owed_still = true;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(owed_still)
+    }
 }
 
 /// Delivers a copy of the file `row` names at `uid` and removes the old file. Returns the new

@@ -8,7 +8,7 @@
 //! its `:2,` flags before its UID line is written; everything made takes the owner, group and
 //! mode of the directory it is made in.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -134,6 +134,28 @@ fn sync_dir(dir: &Path) -> Result<(), MaildirError> {
         .map_err(io(dir, "sync directory"))
 }
 
+/// Flushes newly written files to stable storage: one `syncfs` of their file system (one
+/// journal commit for the whole batch, where a `fsync` per file costs one each), or, where
+/// that is refused, a `fsync` of each file.
+fn flush_files<'a>(dir: &Path, files: impl Iterator<Item = &'a Path>) -> Result<(), MaildirError> {
+    let handle = File::open(dir).map_err(io(dir, "open directory"))?;
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: syncfs only reads the descriptor, which `handle` keeps open for the call.
+        if unsafe { libc::syncfs(handle.as_raw_fd()) } == 0 {
+            return Ok(());
+        }
+    }
+    drop(handle);
+    for path in files {
+        File::open(path)
+            .and_then(|f| f.sync_all())
+            .map_err(io(path, "sync"))?;
+    }
+    Ok(())
+}
+
 /// Writes `bytes` into a new file in `tmp_dir`, flushes it and renames it over `final_path`,
 /// with `owner`. The mtime is made later than the old file's, because Dovecot notices some of
 /// its files (dovecot-keywords) by an mtime of one-second resolution.
@@ -175,6 +197,15 @@ pub struct LiveFolder {
     dir: PathBuf,
     owner: Owner,
     settings: LockSettings,
+}
+
+/// One message for [`LockedFolder::deliver_all`].
+#[derive(Clone, Copy, Debug)]
+pub struct Delivery<'a> {
+    pub bytes: &'a [u8],
+    pub flags: &'a [String],
+    pub internal_date: i64,
+    pub uid: u32,
 }
 
 /// A message that got its UID: its base name (the uidlist key) and where its file is.
@@ -566,14 +597,113 @@ impl LockedFolder<'_> {
         internal_date: i64,
         wanted: Option<u32>,
     ) -> Result<Numbered, LiveError> {
-        let next = self.next_uids(1)?;
-        if let Some(uid) = wanted.filter(|uid| *uid < next) {
-            return Err(LiveError::BelowNext {
-                folder: self.folder.dir.clone(),
-                uid,
-                next,
-            });
+        let uid = match wanted {
+            Some(uid) => uid,
+            None => self.next_uids(1)?,
+        };
+        let mut placed = self.deliver_all(&[Delivery {
+            bytes,
+            flags,
+            internal_date,
+            uid,
+        }])?;
+        match placed.pop() {
+            Some(result) => result,
+            // deliver_all answers every message it is given.
+            None => Err(LiveError::Lock(LockError::Lost {
+                path: self.lock.path().to_path_buf(),
+            })),
         }
+    }
+
+    /// Delivers many messages at their UIDs (ascending) at the cost of a few: each is checked
+    /// (its UID not below the folder's next nor the one before it in the batch, its flags
+    /// storable, its keywords registered) and written to tmp/; then the file system is flushed
+    /// once, the files are renamed into cur/ with their `:2,` flags, cur/ is flushed, and
+    /// their UIDs are appended to the uidlist in one write. Returns one result per message: a
+    /// refused one ([`LiveError::BelowNext`], [`LiveError::UnstorableFlag`],
+    /// [`LiveError::KeywordsFull`]) wrote nothing. An error of the folder itself (I/O, the
+    /// lock) is the outer error; files already renamed then wait for the next numbering.
+    pub fn deliver_all(
+        &mut self,
+        batch: &[Delivery<'_>],
+    ) -> Result<Vec<Result<Numbered, LiveError>>, LiveError> {
+        let mut next = self.next_uids(batch.len())?;
+        let mut results: Vec<Result<Numbered, LiveError>> = Vec::with_capacity(batch.len());
+        let mut written: Vec<(usize, PathBuf, String, String, u64)> = Vec::new();
+        let host = hostname().replace('/', "\\057").replace(':', "\\072");
+        for (n, item) in batch.iter().enumerate() {
+            if item.uid < next {
+                results.push(Err(LiveError::BelowNext {
+                    folder: self.folder.dir.clone(),
+                    uid: item.uid,
+                    next,
+                }));
+                continue;
+            }
+            let info = match self.info_for(item.flags) {
+                Ok(info) => info,
+                Err(e @ (LiveError::UnstorableFlag { .. } | LiveError::KeywordsFull { .. })) => {
+                    results.push(Err(e));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            next = item.uid.saturating_add(1);
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            let size = item.bytes.len() as u64;
+            let vsize = virtual_size(item.bytes);
+            let base = format!(
+                "{}.M{}P{}Q{}.{host},S={size},W={vsize}",
+                now.as_secs(),
+                now.subsec_micros(),
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            );
+            let tmp = self.folder.dir.join("tmp").join(&base);
+            let mut file = self.folder.owner.create_file(&tmp)?;
+            file.write_all(item.bytes).map_err(io(&tmp, "write"))?;
+            let mtime = u64::try_from(item.internal_date)
+                .ok()
+                .map(|s| UNIX_EPOCH + Duration::from_secs(s));
+            if let Some(mtime) = mtime {
+                file.set_modified(mtime).map_err(io(&tmp, "set mtime"))?;
+            }
+            // Placeholder until the batch is flushed and renamed.
+            results.push(Ok(Numbered {
+                uid: item.uid,
+                base: base.clone(),
+                path: tmp.clone(),
+            }));
+            written.push((n, tmp, base, info, vsize));
+        }
+        if written.is_empty() {
+            return Ok(results);
+        }
+        let tmp_dir = self.folder.dir.join("tmp");
+        flush_files(&tmp_dir, written.iter().map(|(_, tmp, ..)| tmp.as_path()))?;
+        let cur = self.folder.dir.join("cur");
+        let mut lines = Vec::with_capacity(written.len());
+        for (n, tmp, base, info, vsize) in &written {
+            let path = cur.join(format!("{base}:{info}"));
+            fs::rename(tmp, &path).map_err(io(&path, "rename into cur"))?;
+            let item = &batch[*n];
+            let size = item.bytes.len() as u64;
+            lines.push((item.uid, Some(size), Some(*vsize), base.clone()));
+            if let Some(Ok(placed)) = results.get_mut(*n) {
+                placed.path = path;
+            }
+        }
+        sync_dir(&cur)?;
+        self.append(&lines)?;
+        Ok(results)
+    }
+
+    /// The `:2,` part of a file name with exactly `flags`: system flags by letter, keywords by
+    /// their letter in `dovecot-keywords` (registered there if new).
+    fn info_for(&self, flags: &[String]) -> Result<String, LiveError> {
         let mut keywords_wanted = Vec::new();
         for flag in flags {
             if is_system_flag_syntax(flag) {
@@ -596,39 +726,7 @@ impl LockedFolder<'_> {
         if let Some((flag, problem)) = dropped.into_iter().next() {
             return Err(LiveError::UnstorableFlag { flag, problem });
         }
-        let uid = wanted.unwrap_or(next);
-
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let host = hostname().replace('/', "\\057").replace(':', "\\072");
-        let size = bytes.len() as u64;
-        let vsize = virtual_size(bytes);
-        let base = format!(
-            "{}.M{}P{}Q{}.{host},S={size},W={vsize}",
-            now.as_secs(),
-            now.subsec_micros(),
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let dir = &self.folder.dir;
-        let tmp = dir.join("tmp").join(&base);
-        let mut file = self.folder.owner.create_file(&tmp)?;
-        file.write_all(bytes).map_err(io(&tmp, "write"))?;
-        let mtime = u64::try_from(internal_date)
-            .ok()
-            .map(|s| UNIX_EPOCH + Duration::from_secs(s));
-        if let Some(mtime) = mtime {
-            file.set_modified(mtime).map_err(io(&tmp, "set mtime"))?;
-        }
-        file.sync_all().map_err(io(&tmp, "sync"))?;
-        drop(file);
-        let cur = dir.join("cur");
-        let path = cur.join(format!("{base}:{info}"));
-        fs::rename(&tmp, &path).map_err(io(&path, "rename into cur"))?;
-        sync_dir(&cur)?;
-        self.append(&[(uid, Some(size), Some(vsize), base.clone())])?;
-        Ok(Numbered { uid, base, path })
+        Ok(info)
     }
 
     /// The file with base name `base`, in cur/ or new/ (`None` if there is none).
@@ -729,10 +827,26 @@ pub(crate) fn find_base(dir: &Path, base: &str) -> Result<Option<PathBuf>, LiveE
     Ok(None)
 }
 
-/// The base names of every file in a folder's cur/ and new/ (names only: no stat).
-pub fn base_names(dir: &Path) -> Result<HashSet<String>, LiveError> {
-    let mut out = HashSet::new();
-    for sub in ["cur", "new"] {
+/// Whether a base name is one [`LockedFolder::deliver_all`] made: `<secs>.M<usecs>P<pid>Q<n>.`
+/// and the host. Dovecot's own names have no `Q` part.
+pub fn is_our_base(base: &str) -> bool {
+    let Some(id) = base.split('.').nth(1) else {
+        return false;
+    };
+    let Some(rest) = id.strip_prefix('M') else {
+        return false;
+    };
+    let mut parts = rest.split(['P', 'Q']);
+    let digits =
+        |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    digits(parts.next()) && digits(parts.next()) && digits(parts.next()) && parts.next().is_none()
+}
+
+/// Every file in a folder's cur/ and new/ by base name (names only: no stat). A base name in
+/// both keeps its cur/ file, the one Dovecot already knows.
+pub fn file_names(dir: &Path) -> Result<HashMap<String, PathBuf>, LiveError> {
+    let mut out = HashMap::new();
+    for sub in ["new", "cur"] {
         let sub_dir = dir.join(sub);
         let entries = match fs::read_dir(&sub_dir) {
             Ok(e) => e,
@@ -741,10 +855,13 @@ pub fn base_names(dir: &Path) -> Result<HashSet<String>, LiveError> {
         };
         for entry in entries {
             let entry = entry.map_err(io(&sub_dir, "read directory"))?;
-            if let Some(name) = entry.file_name().to_str() {
-                if let Some(base) = name.split(':').next() {
-                    out.insert(base.to_string());
-                }
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with('.') {
+                continue;
+            }
+            if let Some(base) = name.split(':').next().filter(|b| !b.is_empty()) {
+                out.insert(base.to_string(), entry.path());
             }
         }
     }
@@ -889,6 +1006,67 @@ mod tests {
             report.numbered[0].uid, 4,
             "an old name still gets a UID above all listed"
         );
+    }
+
+    #[test]
+    fn a_batch_is_delivered_at_its_uids_in_order_or_refused_one_by_one() {
+        let root = root("batch");
+        let folder = LiveFolder::open(&root).expect("open");
+        let mut locked = folder.lock().expect("lock");
+        let seen = s(&["\\Seen"]);
+        let bad = s(&["\\Recent"]);
+        let item = |bytes: &'static [u8], flags: &'static [String], uid| Delivery {
+            bytes,
+            flags,
+            internal_date: 1_600_000_000,
+            uid,
+        };
+        let (seen, bad): (&'static [String], &'static [String]) = (Vec::leak(seen), Vec::leak(bad));
+        let results = locked
+            .deliver_all(&[
+                item(b"one\n", seen, 3),
+                item(b"two\n", bad, 5),
+                item(b"three\n", &[], 7),
+                item(b"four\n", &[], 6),
+            ])
+            .expect("deliver");
+        let uids: Vec<Result<u32, String>> = results
+            .iter()
+            .map(|r| r.as_ref().map(|n| n.uid).map_err(|e| e.to_string()))
+            .collect();
+        assert_eq!(uids[0], Ok(3));
+        assert!(
+            uids[1].is_err(),
+            "an unstorable flag refuses that message only"
+        );
+        assert_eq!(uids[2], Ok(7));
+        assert!(
+            matches!(
+                results[3],
+                Err(LiveError::BelowNext {
+                    uid: 6,
+                    next: 8,
+                    ..
+                })
+            ),
+            "{:?}",
+            results[3]
+        );
+        drop(locked);
+        let text = fs::read_to_string(root.join("dovecot-uidlist")).expect("read");
+        let lines: Vec<&str> = text.lines().skip(1).collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].starts_with("3 S4 W5 :") && lines[1].starts_with("7 S6 W7 :"));
+        let placed: Vec<&Numbered> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        for n in &placed {
+            assert!(n.path.starts_with(root.join("cur")) && n.path.is_file());
+            assert!(is_our_base(&n.base), "{}", n.base);
+        }
+        assert!(placed[0].path.to_string_lossy().ends_with(":2,S"));
+        assert_eq!(fs::read_dir(root.join("tmp")).expect("tmp").count(), 0);
+        assert!(!is_our_base("1700000000.M1P2.host,S=3"));
+        assert!(!is_our_base("1700000000.mda.host"));
+        assert!(!is_our_base("1700000000.M1PxQ2.host"));
     }
 
     #[test]
