@@ -55,9 +55,7 @@ pub async fn check(node: &Arc<Node>, peer: &Arc<Peer>, trigger: Trigger) -> bool
     }
     let Some(cancel) = claimed else {
         peer.contact(true);
-        // The peer's session covers this check's purpose, except an overflowed journal's:
-        // only a session this node runs clears that.
-        if overflowed() {
+        if retry_after_skip(trigger, overflowed()) {
             retry_soon(peer);
         }
         peer.record(RunView {
@@ -225,6 +223,16 @@ async fn journal_first(node: &Arc<Node>, peer: &Arc<Peer>) {
 }
 
 /// Wakes the peer's checker again in a few seconds.
+/// Whether a check skipped because the peer is in a session with this node is tried again
+/// once that session is over. A periodic check's purpose is covered by the peer's session. A
+/// check with a cause (start-up, the journal asking for the clash rules, a peer back, a
+/// retry) is not: the peer's session may have begun before that cause, or end without equal
+/// roots (cut off, killed). Nor is an overflowed journal's: only a session this node runs
+/// clears it.
+fn retry_after_skip(trigger: Trigger, overflowed: bool) -> bool {
+    overflowed || trigger != Trigger::Interval
+}
+
 fn retry_soon(peer: &Arc<Peer>) {
     let wake = Arc::clone(&peer.wake_check);
     tokio::spawn(async move {
@@ -267,5 +275,24 @@ impl CheckError {
             CheckError::Hello(_) | CheckError::Session(DriveError::Transport(_)) => false,
             CheckError::Session(_) | CheckError::Task(_) => true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_skipped_check_with_a_cause_is_tried_again() {
+        for trigger in [
+            Trigger::Startup,
+            Trigger::Journal,
+            Trigger::PeerBack,
+            Trigger::Retry,
+        ] {
+            assert!(retry_after_skip(trigger, false), "{trigger:?}");
+        }
+        assert!(!retry_after_skip(Trigger::Interval, false));
+        assert!(retry_after_skip(Trigger::Interval, true));
     }
 }
