@@ -477,3 +477,84 @@ fn a_batch_cut_short_before_its_uidlist_lines_is_adopted_not_imported_twice() {
         "each message once, at the index's UIDs"
     );
 }
+
+/// Two servers that both held mail in INBOX before they were replicated, under their own
+/// UIDVALIDITYs: the side with more messages wins, and the other side's folder is rebuilt
+/// under the winner's UIDVALIDITY, every message once on both, at the same UIDs.
+#[test]
+fn a_folder_whose_uidvalidity_lost_is_rebuilt_under_the_winners() {
+    use merkmail::sync::responder::answer;
+    use merkmail::sync::wire::{decode_request, encode};
+    merkmail::maildir::backend::install();
+    let tmp = common::scratch_dir();
+    let make = |side: &str, uidvalidity: u32, subjects: &[&str]| {
+        let text = format!("{}/{side}/%u/Maildir", tmp.path().display());
+        let template = Template::parse(&text).expect("template");
+        let root = template.root(USER);
+        for sub in ["cur", "new", "tmp"] {
+            std::fs::create_dir_all(root.join(sub)).expect("mkdir");
+        }
+        let mut uidlist = format!(
+            "3 V{uidvalidity} N{} G{:032x}\n",
+            subjects.len() + 1,
+            uidvalidity
+        );
+        for (i, subject) in subjects.iter().enumerate() {
+            let base = format!("17000000{i:02}.{side}{i}.host");
+            let body = message(subject, i as u16);
+            std::fs::write(root.join("cur").join(format!("{base}:2,S")), body).expect("w");
+            uidlist.push_str(&format!("{} :{base}\n", i + 1));
+        }
+        std::fs::write(root.join("dovecot-uidlist"), uidlist).expect("uidlist");
+        let data = tmp.path().join(format!("{side}-data"));
+        let store = Store::init_maildir(&data, side, &text).expect("init");
+        pass(&store, &template, None).expect("first pass");
+        (store, template, root)
+    };
+    let (a, ta, ra) = make("a", 100, &["a1", "a2", "a3"]);
+    let (b, tb, rb) = make("b", 200, &["b1"]);
+    let mut rebuilt = 0;
+    for _ in 0..4 {
+        merkmail::sync::run(&a, 4, false, |bytes| {
+            let round = decode_request(&bytes).map_err(|e| e.to_string())?;
+            answer(&b, &round)
+                .map(|reply| encode(&reply))
+                .map_err(|e| e.to_string())
+        })
+        .expect("a session");
+        for (store, template) in [(&a, &ta), (&b, &tb)] {
+            rebuilt += pass(store, template, None).expect("pass").folders_rebuilt;
+        }
+    }
+    assert_eq!(rebuilt, 1, "B's INBOX rebuilt once");
+    let mut views = Vec::new();
+    for (store, template, root) in [(&a, &ta, &ra), (&b, &tb, &rb)] {
+        let text = std::fs::read_to_string(root.join("dovecot-uidlist")).expect("uidlist");
+        let list = merkmail::maildir::parse_uidlist(&text).expect("parses");
+        assert_eq!(
+            list.uidvalidity, 100,
+            "the side with more messages wins: {text}"
+        );
+        let folders = scan(root).expect("scan");
+        let on_disk: BTreeMap<u32, Digest> = folders[0]
+            .messages
+            .iter()
+            .map(|m| {
+                let bytes = std::fs::read(&m.path).expect("read");
+                (m.uid.expect("listed"), Digest::of(&bytes))
+            })
+            .collect();
+        let index: BTreeMap<u32, Digest> = store
+            .list_messages(USER, Some("INBOX"))
+            .expect("list")
+            .into_iter()
+            .map(|m| (m.uid, m.record.digest))
+            .collect();
+        assert_eq!(on_disk, index, "the Maildir is the index");
+        assert_eq!(index.len(), 4, "every message once: {index:?}");
+        let disk = merkmail::maildir::backend::verify(store, template).expect("verify");
+        assert!(disk.mismatches.is_empty(), "{:?}", disk.mismatches);
+        views.push(index);
+    }
+    assert_eq!(views[0], views[1], "the same UIDs on both sides");
+}

@@ -363,7 +363,7 @@ impl Printed for ScanReport {
         )?;
         writeln!(
             out,
-            "into the Maildirs: {} message(s) delivered ({}), {} flag change(s), {} file(s) removed, {} folder(s) made, {} renamed, {} removed ({} kept for mail delivered after the delete), {} message(s) renumbered",
+            "into the Maildirs: {} message(s) delivered ({}), {} flag change(s), {} file(s) removed, {} folder(s) made, {} renamed, {} removed ({} kept for mail delivered after the delete), {} rebuilt under a peer's UIDVALIDITY, {} message(s) renumbered",
             r.delivered,
             human_size(r.delivered_bytes),
             r.flags_to_disk,
@@ -372,6 +372,7 @@ impl Printed for ScanReport {
             r.folders_renamed,
             r.folders_removed,
             r.folders_kept,
+            r.folders_rebuilt,
             r.renumbered
         )?;
         for problem in &r.problems {

@@ -154,6 +154,9 @@ pub struct PassReport {
     /// Folders of deleted mailboxes kept because they hold mail the index does not know
     /// (delivered after the delete): forgotten, so the next pass imports them anew.
     pub folders_kept: u64,
+    /// Folders holding mail under another UIDVALIDITY than their mailbox (a peer's won),
+    /// rebuilt under the mailbox's.
+    pub folders_rebuilt: u64,
     pub folders_renamed: u64,
     /// Messages given a new UID so as not to reuse one the server gave out.
     pub renumbered: u64,
@@ -185,6 +188,7 @@ impl PassReport {
                 + self.folders_made
                 + self.folders_removed
                 + self.folders_kept
+                + self.folders_rebuilt
                 + self.folders_renamed
                 > 0
     }
@@ -971,16 +975,7 @@ fn to_disk(
     if locked.uidlist().uidvalidity != record.uidvalidity
         && !locked.adopt_identity(record.uidvalidity, &guid.to_hex())?
     {
-        problem(
-            report,
-            dir.display(),
-            format!(
-                "the folder holds mail under UIDVALIDITY {} but the mailbox has {}; left as it is",
-                locked.uidlist().uidvalidity,
-                record.uidvalidity
-            ),
-        );
-        return Ok(());
+        return rebuild(store, (user, dir), record, mirror, &mut locked, report);
     }
     let mut edits = Vec::new();
     for base in &mirror.unlinks {
@@ -1069,6 +1064,143 @@ fn to_disk(
         print.to_keep(&FolderPrint::of(dir))
     };
     edits.push(MirrorEdit::Print(kept));
+    let token = if owed_still { None } else { mirror.owed };
+    store.mirror_settle(user, guid, &edits, token)?;
+    Ok(())
+}
+
+/// The folder holds mail under another UIDVALIDITY than its mailbox: a peer's UIDVALIDITY
+/// won (the side with more messages, docs/PROTOCOL.md "The IMAP promises"), and the index
+/// replaced this side's placements with the winner's. The folder is rebuilt to match: the
+/// files the index let go are removed, the ones it keeps are renamed to its flags, the
+/// missing ones are written, and then the uidlist is written anew under the mailbox's
+/// UIDVALIDITY and GUID, listing every file at the index's UID. Mail Dovecot delivered
+/// meanwhile is listed nowhere and is numbered by the next pass. Dovecot sees the new
+/// UIDVALIDITY and its clients resynchronise, as after any UIDVALIDITY change.
+fn rebuild(
+    store: &Store,
+    (user, dir): (&str, &Path),
+    record: &crate::model::MailboxRecord,
+    mirror: &MailboxMirror,
+    locked: &mut live::LockedFolder<'_>,
+    report: &mut PassReport,
+) -> Result<(), BackendError> {
+    let guid = mirror.guid;
+    let was = locked.uidlist().uidvalidity;
+    let mut edits = Vec::new();
+    for base in &mirror.unlinks {
+        if locked.unlink(base)? {
+            report.unlinked += 1;
+        }
+        edits.push(MirrorEdit::Unlinked { base: base.clone() });
+    }
+    let on_disk = live::file_names(dir)?;
+    let mut entries: Vec<(u32, String)> = Vec::new();
+    let mut owed_still = false;
+    let mut missing: Vec<Waiting> = Vec::new();
+    let place = |missing: &mut Vec<Waiting>,
+                 locked: &mut live::LockedFolder<'_>,
+                 entries: &mut Vec<(u32, String)>,
+                 edits: &mut Vec<MirrorEdit>,
+                 report: &mut PassReport|
+     -> Result<bool, BackendError> {
+        let items = std::mem::take(missing);
+        let batch: Vec<live::Delivery<'_>> = items
+            .iter()
+            .map(|(uid, _, flags, date, bytes)| live::Delivery {
+                bytes,
+                flags,
+                internal_date: *date,
+                uid: *uid,
+            })
+            .collect();
+        let mut short = false;
+        for ((uid, digest, flags, _, bytes), placed) in
+            items.iter().zip(locked.place_files(&batch)?)
+        {
+            match placed {
+                Ok(placed) => {
+                    report.delivered += 1;
+                    report.delivered_bytes += bytes.len() as u64;
+                    entries.push((*uid, placed.base.clone()));
+                    edits.push(MirrorEdit::Held {
+                        uid: *uid,
+                        digest: *digest,
+                        row: FileRow {
+                            base: placed.base,
+                            disk_flags: flags.clone(),
+                        },
+                    });
+                }
+                Err(e @ (LiveError::KeywordsFull { .. } | LiveError::UnstorableFlag { .. })) => {
+                    problem(
+                        report,
+                        dir.display(),
+                        format!("UID {uid} not delivered: {e}"),
+                    );
+                    short = true;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(short)
+    };
+    let mut held = 0usize;
+    for (uid, message) in &mirror.messages {
+        let flags = flags_of(message);
+        let Some(row) = mirror
+            .files
+            .get(uid)
+            .filter(|row| on_disk.contains_key(&row.base))
+        else {
+            let bytes = store.body(&message.digest)?;
+            held += bytes.len();
+            missing.push((*uid, message.digest, flags, message.internal_date, bytes));
+            if missing.len() >= BATCH_MESSAGES || held >= BATCH_BYTES {
+                held = 0;
+                owed_still |= place(&mut missing, locked, &mut entries, &mut edits, report)?;
+            }
+            continue;
+        };
+        let mut disk_flags = row.disk_flags.clone();
+        if sorted(&row.disk_flags) != flags {
+            match locked.set_flags(&row.base, &flags) {
+                Ok(true) => {
+                    report.flags_to_disk += 1;
+                    disk_flags = flags;
+                }
+                Ok(false) => owed_still = true,
+                Err(e @ (LiveError::KeywordsFull { .. } | LiveError::UnstorableFlag { .. })) => {
+                    problem(report, dir.display(), format!("UID {uid}: {e}"));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        entries.push((*uid, row.base.clone()));
+        edits.push(MirrorEdit::Held {
+            uid: *uid,
+            digest: message.digest,
+            row: FileRow {
+                base: row.base.clone(),
+                disk_flags,
+            },
+        });
+    }
+    owed_still |= place(&mut missing, locked, &mut entries, &mut edits, report)?;
+    locked.rebuild(record.uidvalidity, &guid.to_hex(), entries, record.uidnext)?;
+    report.folders_rebuilt += 1;
+    tracing::warn!(
+        folder = %dir.display(),
+        was,
+        now = record.uidvalidity,
+        "the folder was rebuilt under the mailbox's UIDVALIDITY (a peer's won); its IMAP clients resynchronise"
+    );
+    edits.push(MirrorEdit::Folder(Some(FolderRow {
+        name: record.name.clone(),
+        subscribed: record.subscribed,
+        uidvalidity: record.uidvalidity,
+    })));
+    edits.push(MirrorEdit::Print(None));
     let token = if owed_still { None } else { mirror.owed };
     store.mirror_settle(user, guid, &edits, token)?;
     Ok(())

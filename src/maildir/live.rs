@@ -628,12 +628,44 @@ impl LockedFolder<'_> {
         &mut self,
         batch: &[Delivery<'_>],
     ) -> Result<Vec<Result<Numbered, LiveError>>, LiveError> {
-        let mut next = self.next_uids(batch.len())?;
+        let results = self.write_files(batch, true)?;
+        let lines: Vec<(u32, Option<u64>, Option<u64>, String)> = results
+            .iter()
+            .zip(batch)
+            .filter_map(|(r, item)| {
+                let placed = r.as_ref().ok()?;
+                let size = item.bytes.len() as u64;
+                Some((
+                    item.uid,
+                    Some(size),
+                    Some(virtual_size(item.bytes)),
+                    placed.base.clone(),
+                ))
+            })
+            .collect();
+        self.append(&lines)?;
+        Ok(results)
+    }
+
+    /// Writes each message's file into cur/ (tmp/ first, one flush for all, then the renames
+    /// and a flush of cur/), and returns where each went, without a uidlist line. With
+    /// `below_next` a UID below the folder's next (or the one before it in the batch) is
+    /// refused.
+    fn write_files(
+        &mut self,
+        batch: &[Delivery<'_>],
+        below_next: bool,
+    ) -> Result<Vec<Result<Numbered, LiveError>>, LiveError> {
+        let mut next = if below_next {
+            self.next_uids(batch.len())?
+        } else {
+            0
+        };
         let mut results: Vec<Result<Numbered, LiveError>> = Vec::with_capacity(batch.len());
-        let mut written: Vec<(usize, PathBuf, String, String, u64)> = Vec::new();
+        let mut written: Vec<(usize, PathBuf, String)> = Vec::new();
         let host = hostname().replace('/', "\\057").replace(':', "\\072");
         for (n, item) in batch.iter().enumerate() {
-            if item.uid < next {
+            if below_next && item.uid < next {
                 results.push(Err(LiveError::BelowNext {
                     folder: self.folder.dir.clone(),
                     uid: item.uid,
@@ -671,34 +703,75 @@ impl LockedFolder<'_> {
             if let Some(mtime) = mtime {
                 file.set_modified(mtime).map_err(io(&tmp, "set mtime"))?;
             }
-            // Placeholder until the batch is flushed and renamed.
+            let path = self.folder.dir.join("cur").join(format!("{base}:{info}"));
             results.push(Ok(Numbered {
                 uid: item.uid,
-                base: base.clone(),
-                path: tmp.clone(),
+                base,
+                path,
             }));
-            written.push((n, tmp, base, info, vsize));
+            written.push((n, tmp, info));
         }
         if written.is_empty() {
             return Ok(results);
         }
         let tmp_dir = self.folder.dir.join("tmp");
-        flush_files(&tmp_dir, written.iter().map(|(_, tmp, ..)| tmp.as_path()))?;
-        let cur = self.folder.dir.join("cur");
-        let mut lines = Vec::with_capacity(written.len());
-        for (n, tmp, base, info, vsize) in &written {
-            let path = cur.join(format!("{base}:{info}"));
-            fs::rename(tmp, &path).map_err(io(&path, "rename into cur"))?;
-            let item = &batch[*n];
-            let size = item.bytes.len() as u64;
-            lines.push((item.uid, Some(size), Some(*vsize), base.clone()));
-            if let Some(Ok(placed)) = results.get_mut(*n) {
-                placed.path = path;
+        flush_files(&tmp_dir, written.iter().map(|(_, tmp, _)| tmp.as_path()))?;
+        for (n, tmp, _) in &written {
+            if let Some(Ok(placed)) = results.get(*n) {
+                fs::rename(tmp, &placed.path).map_err(io(&placed.path, "rename into cur"))?;
             }
         }
-        sync_dir(&cur)?;
-        self.append(&lines)?;
+        sync_dir(&self.folder.dir.join("cur"))?;
         Ok(results)
+    }
+
+    /// Writes each message's file into cur/ as [`LockedFolder::deliver_all`] does, but lists
+    /// none of them: for [`LockedFolder::rebuild`], which lists them with the rest.
+    pub fn place_files(
+        &mut self,
+        batch: &[Delivery<'_>],
+    ) -> Result<Vec<Result<Numbered, LiveError>>, LiveError> {
+        self.write_files(batch, false)
+    }
+
+    /// Gives a folder that holds mail another UIDVALIDITY and GUID: the uidlist is written
+    /// anew (renamed into place) listing exactly `entries` (UID, base name), with at least
+    /// `next` as its next UID. This is what a replica does when a peer's UIDVALIDITY won
+    /// (docs/PROTOCOL.md, "The IMAP promises"): the server sees the new UIDVALIDITY and its
+    /// clients resynchronise. Files listed nowhere are numbered by the next pass, as new mail.
+    pub fn rebuild(
+        &mut self,
+        uidvalidity: u32,
+        guid: &str,
+        mut entries: Vec<(u32, String)>,
+        next: u32,
+    ) -> Result<(), LiveError> {
+        if !self.lock.is_ours() {
+            return Err(LockError::Lost {
+                path: self.lock.path().to_path_buf(),
+            }
+            .into());
+        }
+        entries.sort();
+        entries.dedup_by_key(|(uid, _)| *uid);
+        let next = entries
+            .last()
+            .map_or(next, |(uid, _)| next.max(uid.saturating_add(1)));
+        let list = UidList {
+            uidvalidity,
+            next_uid: next.max(1),
+            guid: Some(guid.to_string()),
+            entries,
+        };
+        replace_file(
+            &self.folder.owner,
+            &self.folder.dir.join("tmp"),
+            &self.uidlist_path,
+            crate::maildir::format_uidlist(&list).as_bytes(),
+        )?;
+        self.listed = list.entries.iter().map(|(_, b)| b.clone()).collect();
+        self.uidlist = list;
+        Ok(())
     }
 
     /// The `:2,` part of a file name with exactly `flags`: system flags by letter, keywords by
