@@ -25,7 +25,8 @@ use crate::maildir::scan::{list, scan, scan_folder, ScannedFolder, ScannedMessag
 use crate::maildir::{MaildirError, INBOX};
 use crate::model::{Digest, FlagName, MailboxGuid};
 use crate::store::{
-    FileRow, FolderRow, FolderState, MailboxMirror, MirrorEdit, NewMessage, Store, StoreError,
+    DiskFlags, FileRow, FolderRow, FolderState, MailboxMirror, MirrorEdit, NewMessage, Store,
+    StoreError,
 };
 
 /// Why a pass stopped. What it did before stays done and settled; the rest is still owed.
@@ -757,6 +758,7 @@ fn from_disk(
     let mut batch = crate::maildir::import::Batch::default();
     let mut adopted: Vec<MirrorEdit> = Vec::new();
     let mut adopted_at: HashSet<u32> = HashSet::new();
+    let mut flag_changes: Vec<DiskFlags> = Vec::new();
     for message in &folder.messages {
         let Some(uid) = message.uid else { continue };
         if owed_unlink.contains(message.basename.as_str()) {
@@ -770,8 +772,7 @@ fn from_disk(
                 tracing::debug!(path = %message.path.display(), disk = uid, index = known, "a file at another UID than the index's");
             }
             if sorted(&message.flags) != sorted(&row.disk_flags) {
-                flags_from_disk(store, user, guid, known, message, row, report)?;
-                wrote = true;
+                flag_changes.push(flags_from_disk(known, message, row, report));
             }
             continue;
         }
@@ -819,7 +820,10 @@ fn from_disk(
         }
         if live.contains_key(&uid) {
             // The server gave this UID to other mail before our delivery got there: its
-            // clients saw the server's message at it, so ours moves up.
+            // clients saw the server's message at it, so ours moves up (after the flag
+            // changes seen so far, which name messages by their UIDs before the move).
+            store.disk_flags_changed(user, guid, &flag_changes)?;
+            report.flags_from_disk += std::mem::take(&mut flag_changes).len() as u64;
             store.renumber_message(user, guid, uid, disk_next)?;
             report.renumbered += 1;
         }
@@ -845,6 +849,11 @@ fn from_disk(
     }
     if !adopted.is_empty() {
         store.mirror_settle(user, guid, &adopted, None)?;
+        wrote = true;
+    }
+    if !flag_changes.is_empty() {
+        store.disk_flags_changed(user, guid, &flag_changes)?;
+        report.flags_from_disk += flag_changes.len() as u64;
         wrote = true;
     }
     let mut gone: Vec<u32> = mirror
@@ -874,16 +883,13 @@ fn from_disk(
     Ok(wrote)
 }
 
+/// A file's flags as they changed on disk since index and disk last agreed.
 fn flags_from_disk(
-    store: &Store,
-    user: &str,
-    guid: MailboxGuid,
     uid: u32,
     message: &ScannedMessage,
     row: &FileRow,
     report: &mut PassReport,
-) -> Result<(), BackendError> {
-    let parse = |names: &[String], report: &mut PassReport| parse_flags(names, message, report);
+) -> DiskFlags {
     let now: Vec<String> = sorted(&message.flags);
     let before: Vec<String> = sorted(&row.disk_flags);
     let added: Vec<String> = now
@@ -896,15 +902,15 @@ fn flags_from_disk(
         .filter(|f| !now.contains(f))
         .cloned()
         .collect();
-    let added = parse(&added, report);
-    let removed = parse(&removed, report);
-    let row = FileRow {
-        base: row.base.clone(),
-        disk_flags: now,
-    };
-    store.disk_flags_changed(user, guid, uid, &added, &removed, &row)?;
-    report.flags_from_disk += 1;
-    Ok(())
+    DiskFlags {
+        uid,
+        added: parse_flags(&added, message, report),
+        removed: parse_flags(&removed, message, report),
+        row: FileRow {
+            base: row.base.clone(),
+            disk_flags: now,
+        },
+    }
 }
 
 /// The flags of a file's name as merkmail's; one that is not a valid flag is left out and

@@ -85,6 +85,17 @@ pub struct FolderState {
     pub print: Option<Vec<u8>>,
 }
 
+/// A mail server's flag change on one message, seen on disk (see
+/// [`Store::disk_flags_changed`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskFlags {
+    pub uid: u32,
+    pub added: Vec<FlagName>,
+    pub removed: Vec<FlagName>,
+    /// The file's agreed state from now on.
+    pub row: FileRow,
+}
+
 /// One thing the Maildir side settled, recorded by [`Store::mirror_settle`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MirrorEdit {
@@ -394,41 +405,45 @@ impl Store {
         Ok(())
     }
 
-    /// A mail server's flag change, seen on disk, made a local write: `added` set and
-    /// `removed` cleared on the message at `uid`, each with a fresh stamp, in one transaction
-    /// that also records `row` as the file's agreed state. Flags a peer changed meanwhile
-    /// (the index's other flags) are left as they are.
+    /// A mail server's flag changes in one folder, seen on disk, made local writes in one
+    /// transaction: for each, `added` set and `removed` cleared on the message at its UID,
+    /// each with a fresh stamp, and `row` recorded as the file's agreed state. Flags a peer
+    /// changed meanwhile (the index's other flags) are left as they are.
     pub fn disk_flags_changed(
         &self,
         user: &str,
         guid: MailboxGuid,
-        uid: u32,
-        added: &[FlagName],
-        removed: &[FlagName],
-        row: &FileRow,
+        changes: &[DiskFlags],
     ) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
         self.write(|tx| {
-            let Some(mut message) = tx.get_message(user, guid, uid)? else {
-                return Ok(());
-            };
-            // A write since the scan (a peer's move or clash) took the file away from this
-            // UID: the flags seen on it are not this message's; the next pass looks again.
-            let current = tx
-                .txn
-                .open_table(MIRROR_FILES)?
-                .get(keys::message(user, guid, uid).as_slice())?
-                .map(|v| decode::<FileRow>(v.value(), "a Maildir file row"))
-                .transpose()?;
-            if current.as_ref().map(|r| r.base.as_str()) != Some(row.base.as_str()) {
-                return Ok(());
+            for change in changes {
+                let uid = change.uid;
+                let Some(mut message) = tx.get_message(user, guid, uid)? else {
+                    continue;
+                };
+                // A write since the scan (a peer's move or clash) took the file away from
+                // this UID: the flags seen on it are not this message's; the next pass looks
+                // again.
+                let current = tx
+                    .txn
+                    .open_table(MIRROR_FILES)?
+                    .get(keys::message(user, guid, uid).as_slice())?
+                    .map(|v| decode::<FileRow>(v.value(), "a Maildir file row"))
+                    .transpose()?;
+                if current.as_ref().map(|r| r.base.as_str()) != Some(change.row.base.as_str()) {
+                    continue;
+                }
+                let stamp = tx.stamp();
+                let mut changed = message.flags.apply(FlagOp::Add, &change.added, stamp);
+                changed |= message.flags.apply(FlagOp::Remove, &change.removed, stamp);
+                if changed {
+                    tx.put_message(user, guid, uid, &message)?;
+                }
+                tx.file_found(user, guid, uid, &change.row)?;
             }
-            let stamp = tx.stamp();
-            let mut changed = message.flags.apply(FlagOp::Add, added, stamp);
-            changed |= message.flags.apply(FlagOp::Remove, removed, stamp);
-            if changed {
-                tx.put_message(user, guid, uid, &message)?;
-            }
-            tx.file_found(user, guid, uid, row)?;
             Ok(())
         })
     }

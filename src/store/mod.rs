@@ -28,7 +28,9 @@ pub use journal::{
     InboundApplied, InboundStats, JournalRecord, PeerJournal, SenderJournal, APPLY_GROUP,
     DEFAULT_JOURNAL_BOUND,
 };
-pub use mirror::{FileRow, FolderRow, FolderState, MailboxMirror, MirrorEdit, OwedToken};
+pub use mirror::{
+    DiskFlags, FileRow, FolderRow, FolderState, MailboxMirror, MirrorEdit, OwedToken,
+};
 pub use ops::{
     inbox_uidvalidity, AppendOutcome, Counters, MailboxInfo, MessageInfo, NewMessage,
     PreparedMailbox,
