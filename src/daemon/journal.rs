@@ -138,6 +138,9 @@ pub async fn apply(node: Arc<Node>) {
                 tokio::task::spawn_blocking(move || store.journal_apply_inbound(1_000)).await;
             match done {
                 Ok(Ok(applied)) => {
+                    if applied.applied > 0 {
+                        node.wake_mirror.notify_one();
+                    }
                     for sender in &applied.check_with {
                         match node
                             .peers

@@ -64,6 +64,8 @@ pub async fn run(node: Arc<Node>, template: Template) {
             _ = changed.wake.notified() => {
                 tokio::time::sleep(SETTLE).await;
             }
+            // The journal applied a peer's changes: they are owed to the disk now.
+            _ = node.wake_mirror.notified() => {}
             _ = tokio::time::sleep(OWED_POLL) => {}
         }
         let users: BTreeSet<String> = match changed.users.lock() {

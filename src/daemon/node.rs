@@ -142,6 +142,8 @@ pub struct Node {
     pub acked: watch::Sender<u64>,
     /// Wakes the inbound journal's applier.
     pub wake_apply: Notify,
+    /// Wakes the live Maildir's writer: the index changed and owes its folders something.
+    pub wake_mirror: Notify,
     /// `sync`-mode writes that timed out waiting for every peer.
     pub sync_fallbacks: AtomicU64,
     /// What the live Maildir's passes did (daemon/maildir.rs; `None` for a store that holds
@@ -185,6 +187,7 @@ impl Node {
             shutdown: watch::channel(false).0,
             acked: watch::channel(0).0,
             wake_apply: Notify::new(),
+            wake_mirror: Notify::new(),
             sync_fallbacks: AtomicU64::new(0),
             maildir: Mutex::new(None),
         }))

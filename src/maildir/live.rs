@@ -134,20 +134,25 @@ fn sync_dir(dir: &Path) -> Result<(), MaildirError> {
         .map_err(io(dir, "sync directory"))
 }
 
-/// Flushes newly written files to stable storage: one `syncfs` of their file system (one
-/// journal commit for the whole batch, where a `fsync` per file costs one each), or, where
-/// that is refused, a `fsync` of each file.
-fn flush_files<'a>(dir: &Path, files: impl Iterator<Item = &'a Path>) -> Result<(), MaildirError> {
-    let handle = File::open(dir).map_err(io(dir, "open directory"))?;
+/// Batches smaller than this are flushed file by file: `syncfs` writes back every dirty page
+/// of the file system, which on a busy server costs more than a few `fsync`s.
+const SYNCFS_FROM: usize = 16;
+
+/// Flushes newly written files to stable storage: a `fsync` of each for a few files; for a
+/// batch, one `syncfs` of their file system (one journal commit for the whole batch, where a
+/// `fsync` per file costs one each), or, where that is refused, a `fsync` of each file.
+fn flush_files(dir: &Path, files: &[&Path]) -> Result<(), MaildirError> {
     #[cfg(target_os = "linux")]
-    {
+    if files.len() >= SYNCFS_FROM {
         use std::os::fd::AsRawFd;
+        let handle = File::open(dir).map_err(io(dir, "open directory"))?;
         // SAFETY: syncfs only reads the descriptor, which `handle` keeps open for the call.
         if unsafe { libc::syncfs(handle.as_raw_fd()) } == 0 {
             return Ok(());
         }
     }
-    drop(handle);
+    #[cfg(not(target_os = "linux"))]
+    let _ = dir;
     for path in files {
         File::open(path)
             .and_then(|f| f.sync_all())
@@ -715,7 +720,8 @@ impl LockedFolder<'_> {
             return Ok(results);
         }
         let tmp_dir = self.folder.dir.join("tmp");
-        flush_files(&tmp_dir, written.iter().map(|(_, tmp, _)| tmp.as_path()))?;
+        let paths: Vec<&Path> = written.iter().map(|(_, tmp, _)| tmp.as_path()).collect();
+        flush_files(&tmp_dir, &paths)?;
         for (n, tmp, _) in &written {
             if let Some(Ok(placed)) = results.get(*n) {
                 fs::rename(tmp, &placed.path).map_err(io(&placed.path, "rename into cur"))?;
