@@ -1103,55 +1103,12 @@ fn rebuild(
     let on_disk = live::file_names(dir)?;
     let mut entries: Vec<(u32, String)> = Vec::new();
     let mut owed_still = false;
-    let mut missing: Vec<Waiting> = Vec::new();
-    let place = |missing: &mut Vec<Waiting>,
-                 locked: &mut live::LockedFolder<'_>,
-                 entries: &mut Vec<(u32, String)>,
-                 edits: &mut Vec<MirrorEdit>,
-                 report: &mut PassReport|
-     -> Result<bool, BackendError> {
-        let items = std::mem::take(missing);
-        let batch: Vec<live::Delivery<'_>> = items
-            .iter()
-            .map(|(uid, _, flags, date, bytes)| live::Delivery {
-                bytes,
-                flags,
-                internal_date: *date,
-                uid: *uid,
-            })
-            .collect();
-        let mut short = false;
-        for ((uid, digest, flags, _, bytes), placed) in
-            items.iter().zip(locked.place_files(&batch)?)
-        {
-            match placed {
-                Ok(placed) => {
-                    report.delivered += 1;
-                    report.delivered_bytes += bytes.len() as u64;
-                    entries.push((*uid, placed.base.clone()));
-                    edits.push(MirrorEdit::Held {
-                        uid: *uid,
-                        digest: *digest,
-                        row: FileRow {
-                            base: placed.base,
-                            disk_flags: flags.clone(),
-                        },
-                    });
-                }
-                Err(e @ (LiveError::KeywordsFull { .. } | LiveError::UnstorableFlag { .. })) => {
-                    problem(
-                        report,
-                        dir.display(),
-                        format!("UID {uid} not delivered: {e}"),
-                    );
-                    short = true;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(short)
+    // The missing files are written but listed by the rebuilt uidlist, not appended.
+    let mut pending = Pending {
+        unlisted: Some(Vec::new()),
+        ..Pending::default()
     };
-    let mut held = 0usize;
+    let at = (user, guid, dir);
     for (uid, message) in &mirror.messages {
         let flags = flags_of(message);
         let Some(row) = mirror
@@ -1159,12 +1116,9 @@ fn rebuild(
             .get(uid)
             .filter(|row| on_disk.contains_key(&row.base))
         else {
-            let bytes = store.body(&message.digest)?;
-            held += bytes.len();
-            missing.push((*uid, message.digest, flags, message.internal_date, bytes));
-            if missing.len() >= BATCH_MESSAGES || held >= BATCH_BYTES {
-                held = 0;
-                owed_still |= place(&mut missing, locked, &mut entries, &mut edits, report)?;
+            pending.push(*uid, message, flags, store.body(&message.digest)?);
+            if pending.full() {
+                owed_still |= pending.flush(store, at, locked, &mut edits, report)?;
             }
             continue;
         };
@@ -1192,7 +1146,8 @@ fn rebuild(
             },
         });
     }
-    owed_still |= place(&mut missing, locked, &mut entries, &mut edits, report)?;
+    owed_still |= pending.flush(store, at, locked, &mut edits, report)?;
+    entries.extend(pending.unlisted.take().unwrap_or_default());
     locked.rebuild(record.uidvalidity, &guid.to_hex(), entries, record.uidnext)?;
     report.folders_rebuilt += 1;
     tracing::warn!(
@@ -1218,6 +1173,9 @@ fn rebuild(
 struct Pending {
     items: Vec<Waiting>,
     bytes: usize,
+    /// `Some` when the files are to be written but not appended to the uidlist (a folder
+    /// being rebuilt): where each went, (UID, base name), for the new uidlist.
+    unlisted: Option<Vec<(u32, String)>>,
 }
 
 /// A message waiting in a [`Pending`] batch: UID, digest, flags, INTERNALDATE, bytes.
@@ -1267,11 +1225,17 @@ impl Pending {
                 uid: *uid,
             })
             .collect();
-        let results = locked.deliver_all(&batch)?;
+        let results = match self.unlisted {
+            Some(_) => locked.place_files(&batch)?,
+            None => locked.deliver_all(&batch)?,
+        };
         let mut owed_still = false;
         for ((uid, digest, flags, _, bytes), result) in items.iter().zip(results) {
             match result {
                 Ok(placed) => {
+                    if let Some(unlisted) = &mut self.unlisted {
+                        unlisted.push((*uid, placed.base.clone()));
+                    }
                     report.delivered += 1;
                     report.delivered_bytes += bytes.len() as u64;
                     edits.push(MirrorEdit::Held {
