@@ -114,7 +114,8 @@ const RECORDS_PER_REQUEST: usize = 50_000;
 /// Change groups travel in Apply rounds of about this many encoded bytes (a group is never
 /// split): what the peer decodes and applies in one transaction.
 const APPLY_BATCH_BYTES: usize = 4 << 20;
-/// This side applies its groups in transactions of about this many changes (a group whole).
+/// Each side applies the groups in transactions of about this many changes (a group whole):
+/// this side's, and the peer's Apply rounds.
 const LOCAL_APPLY_CHANGES: usize = 4_096;
 /// About how many message records (both sides' estimates) one chunk plans at once; a user
 /// larger than this is a chunk of its own.

@@ -53,18 +53,23 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Queues the next Apply: groups in rounds of about APPLY_BATCH_BYTES (each group whole,
-    /// since its guard covers all its changes); at least one Apply, whose answer carries the
-    /// peer's root.
+    /// Queues the next Apply: groups in rounds of about APPLY_BATCH_BYTES and at most about
+    /// LOCAL_APPLY_CHANGES changes (each group whole, since its guard covers all its changes:
+    /// the peer applies a round in one transaction, which holds what it writes in memory
+    /// until it commits); at least one Apply, whose answer carries the peer's root.
     pub(super) fn queue_apply(&mut self) {
         let mut groups = Vec::new();
-        let mut bytes = 0usize;
+        let (mut bytes, mut changes) = (0usize, 0usize);
         while !self.remote_groups.is_empty() {
             let size = encode(&self.remote_groups[0]).len();
-            if !groups.is_empty() && bytes + size > APPLY_BATCH_BYTES {
+            let n = self.remote_groups[0].changes.len();
+            if !groups.is_empty()
+                && (bytes + size > APPLY_BATCH_BYTES || changes + n > LOCAL_APPLY_CHANGES)
+            {
                 break;
             }
             bytes += size;
+            changes += n;
             groups.push(self.remote_groups.remove(0));
         }
         if !groups.is_empty() || !self.applied_once {
