@@ -639,6 +639,9 @@ mod tests {
         assert_eq!(c.check_interval_s, 60);
         assert_eq!(c.limits.max_items, 50);
         assert_eq!(c.limits.max_body_bytes, 1 << 20);
+        assert_eq!(c.cache_mb, None, "the store's default cache");
+        let c = valid("data_dir='/d'\nlisten='127.0.0.1:1'\ncache_mb=64").expect("valid");
+        assert_eq!(c.cache_mb, Some(64));
     }
 
     #[test]
@@ -648,6 +651,7 @@ mod tests {
             ("data_dir='/d'\nlisten='127.0.0.1:1'\nmode='eventually'", "mode"),
             ("data_dir='/d'\nlisten='127.0.0.1:1'\ncheck_interval_s=0", "check_interval_s"),
             ("data_dir='/d'\nlisten='127.0.0.1:1'\ncheck_jitter=2.0", "check_jitter"),
+            ("data_dir='/d'\nlisten='127.0.0.1:1'\ncache_mb=0", "cache_mb"),
             ("listen='127.0.0.1:1'", "data_dir"),
             ("data_dir='/d'", "listen"),
             ("data_dir='/d'\nlisten='127.0.0.1:1'\nnode_id='a b'", "node_id"),
