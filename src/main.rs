@@ -49,7 +49,7 @@ fn quiet_on_closed_stdout() {
 /// message bodies) are mapped and unmapped on their own, so their memory goes back to the
 /// system when they are freed. glibc otherwise raises its mapping threshold to the largest
 /// buffer freed so far and serves the next ones from its heaps, which keep what they once
-/// held: a receiving `serve` peaked 25 MB higher during an initial copy of 100 000 messages
+/// held: a receiving `serve` peaked 24 MiB higher during an initial copy of 100 000 messages
 /// (docs/PERFORMANCE.md, "Memory of `serve` and `sync`").
 fn large_allocations_go_back() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
