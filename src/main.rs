@@ -6,6 +6,7 @@ use merkmail::cli::{self, Cli};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    large_allocations_go_back();
     let mut cli = Cli::parse();
     cli.command.resolve();
     if !matches!(cli.command, cli::Command::Serve(_)) {
@@ -41,6 +42,21 @@ fn quiet_on_closed_stdout() {
     // is started, so nothing can be racing on the signal disposition.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Buffers of a megabyte or more (a session's request and answer bodies, 8 MiB batches of
+/// message bodies) are mapped and unmapped on their own, so their memory goes back to the
+/// system when they are freed. glibc otherwise raises its mapping threshold to the largest
+/// buffer freed so far and serves the next ones from its heaps, which keep what they once
+/// held: a receiving `serve` peaked 24 MiB higher during an initial copy of 100 000 messages
+/// (docs/PERFORMANCE.md, "Memory of `serve` and `sync`").
+fn large_allocations_go_back() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a tunable of the allocator; this runs before any thread is
+    // started. A refusal (0) leaves glibc's default, which is merely larger.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
 

@@ -367,6 +367,7 @@ proptest! {
         on_b in prop::collection::vec(arb_op(), 0..15),
         a_starts in any::<bool>(),
         window in any::<u8>(),
+        chunk_budget in prop::option::of(1u64..100),
     ) {
         let a = Store::in_memory("a").expect("store");
         let b = Store::in_memory("b").expect("store");
@@ -384,7 +385,16 @@ proptest! {
         let (pre_a, sides_a) = mailboxes(&a, &all);
         let (pre_b, sides_b) = mailboxes(&b, &all);
         let (x, y) = if a_starts { (&a, &b) } else { (&b, &a) };
-        sync_to_equal(x, y, window)?;
+        match chunk_budget {
+            None => sync_to_equal(x, y, window)?,
+            // Small chunks: users planned and applied apart, one session after another.
+            Some(budget) => {
+                let r = chunked(x, y, budget, window);
+                let r = if r.equal_after { r } else { chunked(x, y, budget, window.wrapping_add(1)) };
+                prop_assert!(r.equal_after, "not equal after: {:?}", r);
+                prop_assert!(x.verify().expect("verify").is_ok() && y.verify().expect("verify").is_ok());
+            }
+        }
         let after = live(&a);
         prop_assert_eq!(&after, &live(&b));
         // No mail lost: every message live on a side before the sync is live afterwards (in
@@ -547,4 +557,96 @@ fn large_transfers_fall_back_to_body_batches() {
     assert!(r.bytes_sent + r.bytes_received < 64 << 10, "{r:?}");
     assert_converged(&a, &b, &["u", "v"]);
     assert_eq!(sync(&a, &b).rounds, 1);
+}
+
+/// A session from `local` with `peer` that plans about `budget` message records per chunk,
+/// driven round by round as the driver does.
+fn chunked(local: &Store, peer: &Store, budget: u64, window: u8) -> SyncReport {
+    use merkmail::sync::wire::{decode_reply, encode};
+    let mut session = merkmail::sync::Session::new(local, window, false).expect("session");
+    session.set_chunk_budget(budget);
+    let mut send = in_process(peer);
+    let mut rounds = 0;
+    while let Some(round) = session.next_round().expect("round") {
+        rounds += 1;
+        assert!(rounds < 1_000, "the session does not end");
+        let answer = send(encode(&round)).expect("answer");
+        session
+            .receive(decode_reply(&answer).expect("decode"))
+            .expect("receive");
+    }
+    session.report
+}
+
+/// `users` users (u0, u1, …), each with 60 messages in three mailboxes, every body its own.
+fn users_with_mail(store: &Store, users: usize) -> Vec<String> {
+    let names: Vec<String> = (0..users).map(|i| format!("u{i}")).collect();
+    for u in &names {
+        for mailbox in ["INBOX", "Sent", "Archive"] {
+            if mailbox != "INBOX" {
+                store.create_mailbox(u, mailbox).expect("create");
+            }
+            let mail = (0..20)
+                .map(|i| msg(&format!("{u} {mailbox} {i}")))
+                .collect();
+            store.append(u, mailbox, mail).expect("append");
+        }
+    }
+    names
+}
+
+/// Issue 13: what the initiator plans at once is bounded by its chunk (whole users of about
+/// the budget's records), not by the store: 2 users or 8, either direction, the largest plan
+/// holds the same 120 records, the chunks grow instead, and every body is written once.
+#[test]
+fn an_initial_copy_is_planned_in_chunks_bounded_whatever_the_store_size() {
+    for users in [2usize, 8] {
+        for push in [false, true] {
+            let (full, empty) = stores();
+            let names = users_with_mail(&full, users);
+            let held = full.body_bytes_written();
+            // 130: two users of 60 records fit, a third does not.
+            let r = if push {
+                chunked(&full, &empty, 130, 3)
+            } else {
+                chunked(&empty, &full, 130, 3)
+            };
+            assert!(r.equal_after, "{r:?}");
+            assert_eq!(r.plan_chunks, users as u64 / 2, "{r:?}");
+            assert_eq!(r.largest_plan_messages, 120, "{r:?}");
+            assert_eq!(r.copied_to_peer + r.copied_from_peer, 60 * users as u64);
+            assert_eq!(empty.body_bytes_written(), held, "a body written twice");
+            assert_eq!(empty.staged_bodies().expect("staged"), 0);
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            assert_converged(&full, &empty, &refs);
+        }
+    }
+    // With the default budget the same copy is one chunk holding every record.
+    let (full, empty) = stores();
+    users_with_mail(&full, 8);
+    let r = sync(&empty, &full);
+    assert!(r.equal_after, "{r:?}");
+    assert_eq!((r.plan_chunks, r.largest_plan_messages), (1, 480), "{r:?}");
+}
+
+/// A dry run over several chunks counts what every chunk would copy and changes nothing.
+#[test]
+fn a_chunked_dry_run_counts_every_chunk_and_changes_nothing() {
+    let (full, empty) = stores();
+    users_with_mail(&full, 5);
+    let mut session = merkmail::sync::Session::new(&empty, 3, true).expect("session");
+    session.set_chunk_budget(60);
+    let mut send = in_process(&full);
+    while let Some(round) = session.next_round().expect("round") {
+        let answer = send(merkmail::sync::wire::encode(&round)).expect("answer");
+        session
+            .receive(merkmail::sync::wire::decode_reply(&answer).expect("decode"))
+            .expect("receive");
+    }
+    let r = session.report;
+    assert_eq!((r.plan_chunks, r.copied_from_peer), (5, 300), "{r:?}");
+    assert_eq!(
+        empty.root().expect("root"),
+        Store::in_memory("x").expect("store").root().expect("root")
+    );
 }

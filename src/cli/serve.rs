@@ -44,6 +44,7 @@ pub(super) fn serve(args: ServeArgs) -> Result<ExitCode> {
     let (Some(dir), Some(listen)) = (config.data_dir.clone(), config.listen.clone()) else {
         bail!("{origin}: data_dir and listen are required");
     };
+    crate::store::set_cache_mb(config.cache_mb.unwrap_or(0));
     let store = open_store(&dir, config.node_id.as_deref(), &origin)?;
     store.set_quick_repair(config.quick_repair);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -138,6 +138,8 @@ pub struct Config {
     /// after a crash opens at once instead of walking the whole file; costs a second fsync
     /// per commit.
     pub quick_repair: bool,
+    /// redb's page cache, MiB (none: `store::DEFAULT_CACHE_MB`); MERKMAIL_CACHE_MB wins.
+    pub cache_mb: Option<usize>,
     pub limits: LimitsConfig,
 }
 
@@ -165,6 +167,7 @@ impl Default for Config {
             tombstone_retention_days: None,
             shutdown_timeout_ms: 10_000,
             quick_repair: false,
+            cache_mb: None,
             limits: LimitsConfig::default(),
         }
     }
@@ -371,6 +374,11 @@ impl Config {
         if let Some(id) = &self.node_id {
             if let Err(e) = crate::store::validate_node_id(id) {
                 return bad("node_id", e.to_string());
+            }
+        }
+        if let Some(mb) = self.cache_mb {
+            if !(1..=65_536).contains(&mb) {
+                return bad("cache_mb", format!("{mb} is not 1 to 65536 (MiB)"));
             }
         }
         if self.data_dir.is_none() {
@@ -631,6 +639,9 @@ mod tests {
         assert_eq!(c.check_interval_s, 60);
         assert_eq!(c.limits.max_items, 50);
         assert_eq!(c.limits.max_body_bytes, 1 << 20);
+        assert_eq!(c.cache_mb, None, "the store's default cache");
+        let c = valid("data_dir='/d'\nlisten='127.0.0.1:1'\ncache_mb=64").expect("valid");
+        assert_eq!(c.cache_mb, Some(64));
     }
 
     #[test]
@@ -640,6 +651,7 @@ mod tests {
             ("data_dir='/d'\nlisten='127.0.0.1:1'\nmode='eventually'", "mode"),
             ("data_dir='/d'\nlisten='127.0.0.1:1'\ncheck_interval_s=0", "check_interval_s"),
             ("data_dir='/d'\nlisten='127.0.0.1:1'\ncheck_jitter=2.0", "check_jitter"),
+            ("data_dir='/d'\nlisten='127.0.0.1:1'\ncache_mb=0", "cache_mb"),
             ("listen='127.0.0.1:1'", "data_dir"),
             ("data_dir='/d'", "listen"),
             ("data_dir='/d'\nlisten='127.0.0.1:1'\nnode_id='a b'", "node_id"),

@@ -45,7 +45,7 @@ use crate::model::{Hlc, Stamp};
 use rand::{Rng, SeedableRng};
 use redb::{Database, ReadableDatabase};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tables::{META, TREE};
@@ -111,17 +111,36 @@ pub fn node_tag(node_id: &str) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
-/// redb's page cache: 1 GiB by default, which an import fills with the pages it writes
-/// (peak memory grew with the data imported). 128 MiB keeps the tree's hot pages and the
-/// recent records; MERKMAIL_CACHE_MB overrides it.
-const DEFAULT_CACHE_MB: usize = 128;
+/// redb's page cache: 1 GiB by redb's default, which an import fills with the pages it
+/// writes (peak memory grew with the data imported); 128 MiB made a serving process peak at
+/// 300–370 MB during an initial copy (cached bodies, and the allocator's share). 32 MiB keeps
+/// the tree's hot pages and the recent records (docs/PERFORMANCE.md, "Memory of `serve` and
+/// `sync`"). The config key `cache_mb` ([`set_cache_mb`]) and MERKMAIL_CACHE_MB, which wins,
+/// override it.
+pub const DEFAULT_CACHE_MB: usize = 32;
 
-fn builder() -> redb::Builder {
-    let mb = std::env::var("MERKMAIL_CACHE_MB")
+/// The cache size a configuration chose (0: none), for the stores this process opens next.
+static CONFIGURED_CACHE_MB: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets redb's page cache, in MiB, for the stores this process opens from now on (and the
+/// reopening after an I/O failure); MERKMAIL_CACHE_MB still wins. 0 restores the default.
+pub fn set_cache_mb(mb: usize) {
+    CONFIGURED_CACHE_MB.store(mb, Ordering::Relaxed);
+}
+
+/// The page cache a store opened now gets, in MiB: MERKMAIL_CACHE_MB, else the configured
+/// size, else [`DEFAULT_CACHE_MB`].
+pub fn cache_mb() -> usize {
+    std::env::var("MERKMAIL_CACHE_MB")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|mb| *mb > 0)
-        .unwrap_or(DEFAULT_CACHE_MB);
+        .or(Some(CONFIGURED_CACHE_MB.load(Ordering::Relaxed)).filter(|mb| *mb > 0))
+        .unwrap_or(DEFAULT_CACHE_MB)
+}
+
+fn builder() -> redb::Builder {
+    let mb = cache_mb();
     let mut b = Database::builder();
     b.set_cache_size(mb << 20);
     // Called only when the file was not closed cleanly: say so, and how far the repair got,

@@ -9,9 +9,10 @@ use crate::model::{no_progress, Progress};
 use std::time::Instant;
 use thiserror::Error;
 
-/// A session never needs more rounds than this to find and apply its differences (the tree is
-/// 14 levels deep), body batches aside; more means a peer that keeps the session going, and
-/// it is cut off.
+/// A session never needs more rounds than this per chunk to find and apply its differences
+/// (the tree is 14 levels deep), body batches and Apply rounds aside (both bounded by the
+/// plan); more means a peer that keeps the session going, and it is cut off. The chunks are
+/// bounded too: each takes at least one user that differs.
 pub const MAX_ROUNDS: u64 = 64;
 
 /// Why a session did not finish. `E` is the transport's own error, kept as it is so the
@@ -53,16 +54,23 @@ pub fn run_with_progress<E>(
     let mut session = Session::new(local, window, dry_run)?;
     let mut rounds = 0u64;
     let mut protocol_rounds = 0u64;
+    let mut chunk = session.chunk();
     let (mut sent, mut received) = (0u64, 0u64);
     while let Some(round) = session.next_round()? {
         rounds += 1;
-        // Body batches are bounded by the plan (they carry what it found); the cap is on the
-        // rounds that find differences.
-        let carries_bodies = round
-            .requests
-            .iter()
-            .all(|r| matches!(r, Request::Bodies { .. } | Request::PutBodies { .. }));
-        if !carries_bodies {
+        if session.chunk() != chunk {
+            chunk = session.chunk();
+            protocol_rounds = 0;
+        }
+        // Body batches and Apply rounds are bounded by the plan (they carry what it found);
+        // the cap is on the rounds that find differences.
+        let carries_plan = round.requests.iter().all(|r| {
+            matches!(
+                r,
+                Request::Bodies { .. } | Request::PutBodies { .. } | Request::Apply { .. }
+            )
+        });
+        if !carries_plan {
             protocol_rounds += 1;
         }
         if protocol_rounds > MAX_ROUNDS {

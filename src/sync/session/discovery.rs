@@ -269,6 +269,7 @@ impl Session<'_> {
         w.remote_node = Some(m.node);
         w.prefix_ok = prefix_ok;
         let (uidvalidity, uidnext) = learn_record(w, key.1, m.state, local.as_ref(), window)?;
+        w.remote_next = uidnext;
         let need_record = w.need_record;
         match &local {
             Some(l) if l.uidvalidity == uidvalidity => {
@@ -343,8 +344,12 @@ impl Session<'_> {
         } else {
             // A mailbox below a node the peer lacks: the peer may hold a tombstone.
             w.remote_known = true;
+            w.remote_count = node.as_ref().map(|s| s.count);
             w.remote_node = node.map(|s| s.hash);
             w.full = true;
+        }
+        if let Some(r) = &record {
+            w.remote_next = r.uidnext;
         }
         w.remote_record = record;
         w.remote_tombstone = tombstone;

@@ -9,6 +9,14 @@
 //! remotely → compare roots. Each phase has its own file: `discovery` (roots, top levels,
 //! users, mailboxes, the UID-tree descent), `records` (bucket runs, records and tombstones),
 //! `plan` (the merge and both sides' change groups), `transfer` (bodies both ways, the applies).
+//!
+//! **Chunks.** What a session holds grows with the records it plans, so it plans, transfers and
+//! applies a bounded share of the difference at a time: discovery runs once, then the users whose
+//! mailboxes differ are taken in chunks of about [`MESSAGES_PER_CHUNK`] messages (a user is never
+//! split: the clash rules that span mailboxes — one name under two GUIDs, merged-into chains —
+//! stay within one user), each chunk asked for its records, planned, transferred and applied on
+//! both sides before the next one's records are asked for. Memory is then bounded by the chunk
+//! (or by the largest user), not by the store.
 
 mod discovery;
 mod plan;
@@ -66,6 +74,10 @@ pub struct SyncReport {
     /// sides, since that side's IMAP clients never look below the UIDNEXT they saw. (The
     /// name is from when they were copied there.)
     pub late_copies: u64,
+    /// Chunks the difference was planned and applied in (see the module's doc), and the most
+    /// message records (both sides') one chunk's plan held at once.
+    pub plan_chunks: u64,
+    pub largest_plan_messages: u64,
     pub duration_ms: u64,
     pub equal_after: bool,
     pub dry_run: bool,
@@ -87,6 +99,10 @@ impl SyncReport {
         self.flag_updates += earlier.flag_updates;
         self.uid_clashes_renumbered += earlier.uid_clashes_renumbered;
         self.mailboxes_changed += earlier.mailboxes_changed;
+        self.plan_chunks += earlier.plan_chunks;
+        self.largest_plan_messages = self
+            .largest_plan_messages
+            .max(earlier.largest_plan_messages);
         self.duration_ms += earlier.duration_ms;
     }
 }
@@ -95,8 +111,15 @@ type Key = (String, MailboxGuid);
 
 /// UIDs asked for in one Records question (the peer accepts up to `wire::MAX_ITEMS`).
 const RECORDS_PER_REQUEST: usize = 50_000;
-/// Change groups travel in Apply rounds of about this many encoded bytes.
-const APPLY_BATCH_BYTES: usize = 16 << 20;
+/// Change groups travel in Apply rounds of about this many encoded bytes (a group is never
+/// split): what the peer decodes and applies in one transaction.
+const APPLY_BATCH_BYTES: usize = 4 << 20;
+/// Each side applies the groups in transactions of about this many changes (a group whole):
+/// this side's, and the peer's Apply rounds.
+const LOCAL_APPLY_CHANGES: usize = 4_096;
+/// About how many message records (both sides' estimates) one chunk plans at once; a user
+/// larger than this is a chunk of its own.
+pub const MESSAGES_PER_CHUNK: u64 = 20_000;
 
 #[derive(Clone, Debug)]
 enum Ask {
@@ -146,6 +169,10 @@ struct Work {
     /// The peer holds this GUID, and its first 4 bytes name no other mailbox of the user on
     /// either side: questions and groups name it by that prefix.
     prefix_ok: bool,
+    /// The peer's UIDNEXT and (when it said) its message count: what bounds the records a
+    /// whole mailbox or a tail brings (for the chunks).
+    remote_next: u32,
+    remote_count: Option<u64>,
 }
 
 impl Work {
@@ -154,6 +181,31 @@ impl Work {
             || (self.tail && uid >= self.limit)
             || self.uids.contains(&uid)
             || self.ranges.iter().any(|(a, b)| (*a..=*b).contains(&uid))
+    }
+
+    /// At most how many records the peer's answers and our side bring into the plan for this
+    /// mailbox (`local_count`: our mailbox's messages), never more than what decides a chunk.
+    fn estimate(&self, local_count: u64) -> u64 {
+        let cap = MESSAGES_PER_CHUNK;
+        if self.full {
+            let remote = match (&self.remote_record, self.remote_count) {
+                (None, _) => 0,
+                (Some(_), Some(n)) => n,
+                (Some(_), None) => u64::from(self.remote_next.saturating_sub(1)),
+            };
+            return local_count.saturating_add(remote);
+        }
+        let ranges: u64 = self
+            .ranges
+            .iter()
+            .map(|(a, b)| (u64::from(*b) - u64::from(*a) + 1).min(cap))
+            .sum();
+        let tail = if self.tail && self.remote_next > self.local_next {
+            u64::from(self.remote_next - self.limit.min(self.remote_next))
+        } else {
+            0
+        };
+        2 * (self.uids.len() as u64 + ranges.min(cap) + tail.min(cap))
     }
 }
 
@@ -186,8 +238,18 @@ pub struct Session<'a> {
     waiting: BTreeMap<Digest, u64>,
     /// Bodies that came with records (staged already).
     prefetched: BTreeSet<Digest>,
+    /// Bodies held here in another mailbox than the one whose change takes them.
+    held_elsewhere: BTreeSet<Digest>,
     applied_once: bool,
     local_applied: bool,
+    /// The chunk being planned: its users, and the records their mailboxes were estimated to
+    /// bring; the mailboxes of the users left for later chunks (found by discovery, records
+    /// not asked yet); the chunk's budget; messages copied in the chunks before.
+    admitted: BTreeSet<String>,
+    chunk_estimate: u64,
+    later: BTreeMap<Key, Work>,
+    chunk_budget: u64,
+    copied_before: u64,
     pub report: SyncReport,
 }
 
@@ -214,8 +276,14 @@ impl<'a> Session<'a> {
             bad: BTreeSet::new(),
             waiting: BTreeMap::new(),
             prefetched: BTreeSet::new(),
+            held_elsewhere: BTreeSet::new(),
             applied_once: false,
             local_applied: false,
+            admitted: BTreeSet::new(),
+            chunk_estimate: 0,
+            later: BTreeMap::new(),
+            chunk_budget: MESSAGES_PER_CHUNK,
+            copied_before: 0,
             report: SyncReport {
                 dry_run,
                 ..SyncReport::default()
@@ -226,14 +294,26 @@ impl<'a> Session<'a> {
         Ok(s)
     }
 
-    /// How far the session has come, in messages copied either way: before the plan, the
-    /// messages whose bodies came with their records (the total is not known yet); after it,
-    /// of the messages the plan copies, those whose bodies have moved (or needed no move);
-    /// all of them once the applies are done. `bytes` is left to the driver, which sees them.
+    /// Plans at most about `messages` records per chunk (tests; the default is
+    /// [`MESSAGES_PER_CHUNK`]). Call it before the first round.
+    pub fn set_chunk_budget(&mut self, messages: u64) {
+        self.chunk_budget = messages.max(1);
+    }
+
+    /// The chunk under way, counted from 0: the driver bounds the rounds of each.
+    pub fn chunk(&self) -> u64 {
+        self.report.plan_chunks
+    }
+
+    /// How far the session has come, in messages copied either way: before a chunk's plan,
+    /// those of the chunks before and the messages whose bodies came with their records;
+    /// after it, of the messages the plans so far copy, those whose bodies have moved (or
+    /// needed no move); all of them once the applies are done. The total is known once the
+    /// last chunk is planned. `bytes` is left to the driver, which sees them.
     pub fn progress(&self) -> Progress {
         if self.phase == Phase::Discover {
             return Progress {
-                done: self.prefetched.len() as u64,
+                done: self.copied_before + self.prefetched.len() as u64,
                 total: None,
                 bytes: 0,
             };
@@ -244,7 +324,41 @@ impl<'a> Session<'a> {
             Phase::Done => total,
             _ => total.saturating_sub(self.waiting.values().sum()),
         };
-        Progress::of(done, total, 0)
+        if self.later.is_empty() {
+            Progress::of(done, total, 0)
+        } else {
+            Progress {
+                done,
+                total: None,
+                bytes: 0,
+            }
+        }
+    }
+
+    /// A chunk is over (applied on both sides, or planned in a dry run): the session is done,
+    /// or the next chunk starts with the users left for later.
+    fn finish_chunk(&mut self) -> Result<(), SessionError> {
+        self.report.plan_chunks += 1;
+        if self.later.is_empty() {
+            self.phase = Phase::Done;
+            return Ok(());
+        }
+        self.work = std::mem::take(&mut self.later);
+        self.admitted.clear();
+        self.chunk_estimate = 0;
+        self.prefetched.clear();
+        self.held_elsewhere.clear();
+        self.local_groups.clear();
+        self.remote_groups.clear();
+        self.fetch.clear();
+        self.push.clear();
+        self.waiting.clear();
+        self.bad.clear();
+        self.applied_once = false;
+        self.local_applied = false;
+        self.copied_before = self.report.copied_from_peer + self.report.copied_to_peer;
+        self.phase = Phase::Discover;
+        Ok(())
     }
 
     /// These bodies have moved: the messages that wait for them count as copied.

@@ -2,7 +2,7 @@
 //! rules (one name under two GUIDs, mailboxes merged into others), and turn each outcome into
 //! this side's change groups and the peer's wire groups, with the bodies each side lacks.
 
-use super::{Key, Phase, Session, SessionError};
+use super::{Key, Phase, Session, SessionError, Work};
 use crate::merkle::{NodeHash, NodeKey};
 use crate::model::{
     absorb, merge_into, merge_mailbox, Digest, MailboxGuid, MailboxOutcome, MailboxRecord,
@@ -148,12 +148,33 @@ fn merge_same_names(users: &BTreeSet<String>, outcomes: &mut Outcomes) {
 }
 
 impl Session<'_> {
-    /// Merges every differing mailbox, resolves name clashes, and prepares both sides' changes.
+    /// [`Session::finish_chunk`], then the next chunk's first questions (if there is one).
+    fn finish_chunk_then_advance(&mut self) -> Result<(), SessionError> {
+        self.finish_chunk()?;
+        if self.phase == Phase::Done {
+            return Ok(());
+        }
+        self.advance()
+    }
+
+    /// Merges every differing mailbox of the chunk, resolves name clashes, and prepares both sides' changes.
     pub(super) fn plan(&mut self) -> Result<(), SessionError> {
         if self.work.is_empty() {
             // Roots differed but no mailbox does: only possible if the peer changed meanwhile.
             self.phase = Phase::Done;
             return Ok(());
+        }
+        // The users not in this chunk wait for the next one (a mailbox the peer never
+        // described is planned as before: there is nothing to ask for it).
+        let admitted = &self.admitted;
+        let (chunk, later): (BTreeMap<Key, Work>, BTreeMap<Key, Work>) =
+            std::mem::take(&mut self.work)
+                .into_iter()
+                .partition(|(k, w)| admitted.contains(&k.0) || !w.remote_known);
+        self.work = chunk;
+        self.later.extend(later);
+        if self.work.is_empty() {
+            return self.finish_chunk_then_advance();
         }
         let mut sides = self.pairs()?;
         let mut outcomes: Outcomes = sides
@@ -167,13 +188,23 @@ impl Session<'_> {
         }
         merge_same_names(&users, &mut outcomes);
         self.follow_forwards(&mut sides, &mut outcomes)?;
+        let held: usize = sides
+            .values()
+            .map(|p| p.local.messages.len() + p.remote.messages.len())
+            .sum();
+        self.report.largest_plan_messages = self.report.largest_plan_messages.max(held as u64);
         self.plan_changes(&sides, &outcomes);
+        drop(sides);
+        drop(outcomes);
+        for w in self.work.values_mut() {
+            // The peer's side is in the groups now.
+            w.remote_side = None;
+        }
         self.inline_pushed()?;
         self.deletions_last();
         if self.dry_run {
             self.report.equal_after = false;
-            self.phase = Phase::Done;
-            return Ok(());
+            return self.finish_chunk_then_advance();
         }
         self.phase = Phase::Transfer;
         self.advance()
@@ -409,7 +440,7 @@ impl Session<'_> {
                 counts_changed += 1;
             }
         }
-        self.report.mailboxes_changed = counts_changed;
+        self.report.mailboxes_changed += counts_changed;
     }
 
     /// One mailbox's change groups for both sides, and the bodies each lacks; returns whether
@@ -477,14 +508,17 @@ impl Session<'_> {
         let local_digests: BTreeSet<Digest> = local.messages.values().map(|m| m.digest).collect();
         let (replica, prefetched) = (self.local, &self.prefetched);
         let mut fetch = Vec::new();
+        let held_elsewhere = &mut self.held_elsewhere;
         let planned = changes_for(user, local, outcome, |m| {
             // A body held anywhere here is enough: the store frees bodies only at the end
-            // of a transaction, so one moving between mailboxes is never lost meanwhile.
-            if !local_digests.contains(&m.digest)
-                && !prefetched.contains(&m.digest)
-                && !replica.has_body(&m.digest).unwrap_or(false)
-            {
-                fetch.push((m.digest, m.size));
+            // of a transaction, so one moving between mailboxes is never lost meanwhile
+            // (`apply_local` pins it when the groups take more than one transaction).
+            if !local_digests.contains(&m.digest) && !prefetched.contains(&m.digest) {
+                if replica.has_body(&m.digest).unwrap_or(false) {
+                    held_elsewhere.insert(m.digest);
+                } else {
+                    fetch.push((m.digest, m.size));
+                }
             }
             // Bodies travel apart from the changes (staged first), in bounded batches.
             None

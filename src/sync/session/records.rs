@@ -3,7 +3,7 @@
 //! that build the peer's side of each mailbox.
 
 use super::{protocol, Ask, Key, Session, SessionError, RECORDS_PER_REQUEST};
-use crate::merkle::BUCKET_SHIFT;
+use crate::merkle::{NodeKey, BUCKET_SHIFT};
 use crate::model::{Digest, MessageRecord, Tombstone};
 use crate::sync::responder::runs_of;
 use crate::sync::wire::{
@@ -50,9 +50,41 @@ fn remote_message(
 }
 
 impl Session<'_> {
-    /// Asks for the records of every mailbox whose descent is over: whole mailboxes outright,
-    /// the others with the differing UIDs found (see [`Session::flush`]).
+    /// Takes into the chunk the users of the mailboxes whose descent is over, in order, while
+    /// the records they bring fit the chunk's budget (the first always fits); the others
+    /// wait for a later chunk.
+    fn admit(&mut self) -> Result<(), SessionError> {
+        let mut users: BTreeMap<String, u64> = BTreeMap::new();
+        for (key, w) in &self.work {
+            if w.outstanding > 0 || w.records_asked || !w.remote_known {
+                continue;
+            }
+            if self.admitted.contains(&key.0) {
+                continue;
+            }
+            let local = self.local.node(&NodeKey::Mailbox {
+                user: key.0.clone(),
+                guid: key.1,
+            })?;
+            let est = w.estimate(local.map_or(0, |v| v.count));
+            *users.entry(key.0.clone()).or_default() += est;
+        }
+        for (user, est) in users {
+            if self.admitted.is_empty()
+                || self.chunk_estimate.saturating_add(est) <= self.chunk_budget
+            {
+                self.chunk_estimate = self.chunk_estimate.saturating_add(est);
+                self.admitted.insert(user);
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks for the records of every mailbox of the chunk's users whose descent is over:
+    /// whole mailboxes outright, the others with the differing UIDs found (see
+    /// [`Session::flush`]).
     pub(super) fn ask_records(&mut self) -> Result<(), SessionError> {
+        self.admit()?;
         let mut asks = Vec::new();
         let mut keys = Vec::new();
         for (key, w) in &mut self.work {
@@ -61,7 +93,11 @@ impl Session<'_> {
             } else {
                 GuidRef::Full(key.1)
             };
-            if w.outstanding > 0 || w.records_asked || !w.remote_known {
+            if w.outstanding > 0
+                || w.records_asked
+                || !w.remote_known
+                || !self.admitted.contains(&key.0)
+            {
                 continue;
             }
             w.records_asked = true;

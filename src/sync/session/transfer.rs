@@ -2,7 +2,7 @@
 //! this side's groups once every fetched body is staged, the peer's in Apply rounds whose
 //! last answer carries its new root.
 
-use super::{protocol, Ask, Phase, Session, SessionError, APPLY_BATCH_BYTES};
+use super::{protocol, Ask, Phase, Session, SessionError, APPLY_BATCH_BYTES, LOCAL_APPLY_CHANGES};
 use crate::model::Digest;
 use crate::model::{Change, ChangeGroup, Progress};
 use crate::sync::wire::{encode, Request, BODY_BATCH_BYTES};
@@ -53,18 +53,23 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Queues the next Apply: groups in rounds of about APPLY_BATCH_BYTES (each group whole,
-    /// since its guard covers all its changes); at least one Apply, whose answer carries the
-    /// peer's root.
+    /// Queues the next Apply: groups in rounds of about APPLY_BATCH_BYTES and at most about
+    /// LOCAL_APPLY_CHANGES changes (each group whole, since its guard covers all its changes:
+    /// the peer applies a round in one transaction, which holds what it writes in memory
+    /// until it commits); at least one Apply, whose answer carries the peer's root.
     pub(super) fn queue_apply(&mut self) {
         let mut groups = Vec::new();
-        let mut bytes = 0usize;
+        let (mut bytes, mut changes) = (0usize, 0usize);
         while !self.remote_groups.is_empty() {
             let size = encode(&self.remote_groups[0]).len();
-            if !groups.is_empty() && bytes + size > APPLY_BATCH_BYTES {
+            let n = self.remote_groups[0].changes.len();
+            if !groups.is_empty()
+                && (bytes + size > APPLY_BATCH_BYTES || changes + n > LOCAL_APPLY_CHANGES)
+            {
                 break;
             }
             bytes += size;
+            changes += n;
             groups.push(self.remote_groups.remove(0));
         }
         if !groups.is_empty() || !self.applied_once {
@@ -129,7 +134,7 @@ impl Session<'_> {
         self.report.stale_mailboxes += stale;
         self.report.equal_after = self.local.root()?.hash.0 == root;
         if self.remote_groups.is_empty() {
-            self.phase = Phase::Done;
+            self.finish_chunk()?;
         }
         Ok(())
     }
@@ -145,10 +150,60 @@ impl Session<'_> {
                     |c| matches!(c, Change::Message { record, .. } if bad.contains(&record.digest)),
                 )
             });
-        self.report.body_mismatches = self.bad.len() as u64;
+        self.report.body_mismatches += self.bad.len() as u64;
         self.report.stale_mailboxes += dropped.len() as u64;
-        let applied = self.local.apply_groups(&kept)?;
-        self.report.stale_mailboxes += applied.iter().filter(|ok| !**ok).count() as u64;
+        // In transactions of a bounded size: what one holds in memory until its commit does
+        // not grow with the copy. Each group is guarded on its own.
+        let mut slices = Vec::new();
+        let mut rest = &kept[..];
+        while !rest.is_empty() {
+            let (mut n, mut changes) = (0, 0);
+            while n < rest.len()
+                && (n == 0 || changes + rest[n].changes.len() <= LOCAL_APPLY_CHANGES)
+            {
+                changes += rest[n].changes.len();
+                n += 1;
+            }
+            let (slice, after) = rest.split_at(n);
+            slices.push(slice);
+            rest = after;
+        }
+        if slices.len() > 1 {
+            self.pin_held_elsewhere()?;
+        }
+        for slice in slices {
+            let applied = self.local.apply_groups(slice)?;
+            self.report.stale_mailboxes += applied.iter().filter(|ok| !**ok).count() as u64;
+        }
+        Ok(())
+    }
+
+    /// A body held here that one mailbox's change takes while another's lets it go (a move
+    /// between mailboxes, one mail delivered to two users) must outlive the transaction that
+    /// lets it go when the two land in different transactions: it is staged (a reference held
+    /// by a staging mark, no bytes written again), and the taking change inherits the mark.
+    fn pin_held_elsewhere(&mut self) -> Result<(), SessionError> {
+        let digests: Vec<Digest> = std::mem::take(&mut self.held_elsewhere)
+            .into_iter()
+            .collect();
+        let mut batch = Vec::new();
+        let mut bytes = 0u64;
+        for d in digests {
+            // One that rotted or went meanwhile cannot be pinned; its change fails its
+            // checks as it would have anyway.
+            let Some(body) = self.local.sound_body(&d)? else {
+                continue;
+            };
+            bytes += body.len() as u64;
+            batch.push(body);
+            if bytes >= BODY_BATCH_BYTES {
+                self.local.stage_bodies(&std::mem::take(&mut batch))?;
+                bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            self.local.stage_bodies(&batch)?;
+        }
         Ok(())
     }
 }
