@@ -251,13 +251,15 @@ impl FolderPrint {
 /// The files of the Maildirs a template names, as the store reads bodies from them.
 struct Files {
     template: Template,
-    /// Where each file of the last few folders read from is (base name → path): a body read
+    /// Where each file of the folders read from lately is (base name → path): a body read
     /// costs an open, not a listing of its folder.
     names: std::sync::Mutex<std::collections::VecDeque<(PathBuf, HashMap<String, PathBuf>)>>,
 }
 
-/// Folders whose file names [`Files`] keeps at once.
-const NAME_CACHE_FOLDERS: usize = 4;
+/// File names [`Files`] keeps at most (about 100 bytes each), over as many folders as fit: a
+/// session reads bodies in the order its plan names them, across every folder of a user, so
+/// keeping only the last few folders would list a folder again for almost every body.
+const NAME_CACHE_FILES: usize = 400_000;
 
 impl Files {
     /// The path of the file `base` in `dir` as last listed, listing the folder again if
@@ -276,8 +278,12 @@ impl Files {
                 }
                 let listing =
                     live::file_names(dir).map_err(|e| std::io::Error::other(e.to_string()))?;
-                if names.len() >= NAME_CACHE_FOLDERS {
-                    names.pop_front();
+                let mut held: usize = names.iter().map(|(_, n)| n.len()).sum();
+                while held + listing.len() > NAME_CACHE_FILES {
+                    let Some((_, oldest)) = names.pop_front() else {
+                        break;
+                    };
+                    held -= oldest.len();
                 }
                 names.push_back((dir.to_path_buf(), listing));
                 names.len() - 1
