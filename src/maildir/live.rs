@@ -961,6 +961,15 @@ pub fn make_root(root: &Path) -> Result<(), LiveError> {
         })?;
     }
     let owner = Owner::of(at)?;
+    if owner.uid == 0 && !missing.is_empty() {
+        // Dovecot refuses to run as root: it will not be able to write its index or take the
+        // uidlist lock in a Maildir root owns, and its clients see a stale view.
+        tracing::warn!(
+            maildir = %root.display(),
+            above = %at.display(),
+            "making a Maildir owned by root, like the directory above it; Dovecot's mail user cannot write there: chown the directory above to the mail user"
+        );
+    }
     for dir in missing.iter().rev() {
         owner.make_dir(dir)?;
     }
