@@ -51,8 +51,9 @@ pub struct Oracle {
     /// Appends made on a peer that was then removed from the cluster, which no other peer
     /// held live at that moment: they went with it.
     pub gone_with_peer: BTreeSet<Digest>,
-    /// Expunges made on a removed peer whose message another peer still held live then: the
-    /// expunge may have gone with it.
+    /// Expunges made on a removed peer that no other peer held then (no writer's tombstone
+    /// of that message in that mailbox): the expunge went with it. The message may still
+    /// reach the others (an append waiting in one's inbound journal: seed 120420).
     pub expunges_gone_with_peer: BTreeSet<Digest>,
 }
 
@@ -86,7 +87,15 @@ impl Oracle {
             }
         }
         for (digest, x) in &self.expunged {
-            if x.peer == peer && live.contains(digest) {
+            let held = others.iter().any(|store| {
+                store.mailbox_side(&x.user, x.guid, None).is_ok_and(|side| {
+                    side.expunged
+                        .values()
+                        .flatten()
+                        .any(|t| t.digest == *digest && t.origin.is_some())
+                })
+            });
+            if x.peer == peer && !held {
                 self.expunges_gone_with_peer.insert(*digest);
             }
         }
