@@ -552,3 +552,15 @@ fn a_uidvalidity_reset_does_not_lose_a_message_the_loser_held_higher_up() {
     let out = simulate_as_found(280);
     assert!(out.violations.is_empty(), "{:?}", out.violations);
 }
+
+/// Issue 14, the simulation's own bug (seed 120420): a peer appends and expunges a message,
+/// then is removed from the cluster before shipping the expunge, while the append waits
+/// unapplied in another peer's inbound journal. The expunge went with the removed peer and
+/// the message arrives later: the oracle must not call that a resurrection (only an expunge
+/// some other peer holds a tombstone of is still owed).
+#[test]
+fn an_expunge_that_went_with_a_removed_peer_is_not_owed() {
+    let out = simulate(120420, STEPS);
+    assert_eq!(out.faults.peers_removed, 1, "{:?}", out.faults);
+    assert!(out.violations.is_empty(), "{:?}", out.violations);
+}
