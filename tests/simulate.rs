@@ -100,12 +100,22 @@ struct Sweep {
     session_errors: BTreeMap<String, u64>,
 }
 
-/// The kind of a violation or error: its text up to the first ':' (numbers dropped).
+/// The kind of a violation or error: its text up to the first ':', numbers dropped and
+/// digests and GUIDs (long hexadecimal words) shown as '…'.
 fn kind(text: &str) -> String {
     let head = text.split(':').next().unwrap_or(text);
-    head.chars()
-        .map(|c| if c.is_ascii_digit() { '#' } else { c })
-        .collect()
+    head.split(' ')
+        .map(|word| {
+            if word.len() >= 16 && word.chars().all(|c| c.is_ascii_hexdigit()) {
+                "…".to_string()
+            } else {
+                word.chars()
+                    .map(|c| if c.is_ascii_digit() { '#' } else { c })
+                    .collect()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Runs `count` seeds from `start`.
