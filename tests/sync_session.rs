@@ -525,6 +525,49 @@ fn a_mailbox_that_changes_during_the_session_is_left_for_the_next_one() {
     );
 }
 
+/// Found by the simulation ("a mailbox position out of range", 11–16 per 300 seeds): the
+/// peer names differing mailboxes by their position in the GUID list the question carried;
+/// the session read them against its own list at the time of the answer, which a writer here
+/// had changed meanwhile (a mailbox deleted shifts the positions: out of range, or, worse,
+/// the peer's description attached to another mailbox). The positions now index the list
+/// that was sent.
+#[test]
+fn a_mailbox_deleted_here_between_question_and_answer_does_not_shift_the_peers_positions() {
+    use merkmail::sync::wire::Request;
+    let (a, b) = stores();
+    for name in ["M0", "M1", "M2", "M3", "M4"] {
+        a.create_mailbox("u", name).expect("create");
+    }
+    assert!(sync(&a, &b).equal_after);
+    // The mailbox last in the list (largest GUID) differs; the first is deleted on `a` while
+    // its question about the user is on the way.
+    let mut boxes = a.list_mailboxes("u").expect("list");
+    boxes.sort_by_key(|m| m.guid);
+    let (first, last) = (boxes[0].name.clone(), boxes[boxes.len() - 1].name.clone());
+    b.append("u", &last, vec![msg("new")]).expect("append");
+    let mut peer = in_process(&b);
+    let mut deleted = false;
+    let r = run(&a, 9, false, |bytes: Vec<u8>| {
+        let round = merkmail::sync::wire::decode_request(&bytes).map_err(|e| e.to_string())?;
+        let users = round
+            .requests
+            .iter()
+            .any(|r| matches!(r, Request::Users { .. }));
+        let reply = peer(bytes)?;
+        if users && !deleted {
+            deleted = true;
+            a.delete_mailbox("u", &first).map_err(|e| e.to_string())?;
+        }
+        Ok::<_, String>(reply)
+    })
+    .expect("the session reads the answer against the list it sent");
+    assert!(deleted, "the session asked about the user's mailboxes");
+    assert_eq!(r.copied_from_peer, 1, "{r:?}");
+    assert!(sync(&a, &b).equal_after);
+    assert_converged(&a, &b, &["u"]);
+    assert!(a.verify().expect("verify").is_ok() && b.verify().expect("verify").is_ok());
+}
+
 /// More than one 8 MiB batch of bodies each way: bodies beyond the inline budget come as
 /// records and are fetched with Bodies; pushed bodies beyond one batch go in PutBodies
 /// rounds ahead of the Apply (wire v3 keeps both paths for large transfers).

@@ -166,9 +166,19 @@ fn merge_records(a: &MailboxRecord, b: &MailboxRecord) -> MailboxRecord {
 /// missing on one side or the UIDVALIDITYs differ; otherwise the compared UIDs suffice.
 pub fn merge_mailbox(a: &MailboxSide, b: &MailboxSide) -> MailboxOutcome {
     let mut out = merge_sides(a, b);
-    // Every UID lies below UIDNEXT. A side read over several rounds can break that (the peer
-    // took a message after telling its record, before listing its messages: found by the
-    // simulation); the outcome mends it rather than plan a change the store refuses.
+    uidnext_above_every_uid(&mut out);
+    // The outcome a session takes instead when a merged mailbox's messages cannot move (the
+    // mailbox it merged into was deleted) must hold the same invariant.
+    if let Some(forward) = &mut out.forward {
+        uidnext_above_every_uid(&mut forward.survive);
+    }
+    out
+}
+
+/// Every UID lies below UIDNEXT. A side read over several rounds can break that (the peer
+/// took a message after telling its record, before listing its messages: found by the
+/// simulation); the outcome mends it rather than plan a change the store refuses.
+fn uidnext_above_every_uid(out: &mut MailboxOutcome) {
     if let Some(record) = &mut out.record {
         let top = [
             out.messages.keys().next_back(),
@@ -180,7 +190,6 @@ pub fn merge_mailbox(a: &MailboxSide, b: &MailboxSide) -> MailboxOutcome {
         .map_or(0, |uid| uid.saturating_add(1));
         record.uidnext = record.uidnext.max(top);
     }
-    out
 }
 
 fn merge_sides(a: &MailboxSide, b: &MailboxSide) -> MailboxOutcome {
@@ -775,6 +784,49 @@ mod tests {
         assert_eq!(out.messages.keys().copied().collect::<Vec<_>>(), vec![10]);
         assert_eq!(out.stats.renumbered, 0);
         assert_eq!(out.messages[&10].digest, Digest([5; 32]));
+    }
+
+    /// Found by the simulation (seed 80641, finding 13 of docs/RELIABILITY.md): a mailbox
+    /// the other side knows merged into one a writer deleted, read over two rounds (its
+    /// record told before the peer took a message at UID 3, its messages listed after). The
+    /// outcome a session falls back on when the messages cannot move (`Forward::survive`)
+    /// kept UIDNEXT 3, so the store refused the whole apply ("message UID 3 is not in 1..3").
+    #[test]
+    fn a_surviving_merged_mailbox_keeps_every_uid_below_uidnext() {
+        let a = side(
+            3,
+            vec![
+                (1, msg(5, 1, &[])),
+                (2, msg(6, 2, &[])),
+                (3, msg(7, 3, &[])),
+            ],
+            vec![],
+        );
+        let b = MailboxSide {
+            tombstone: Some(MailboxTombstone {
+                guid: MailboxGuid([1; 16]),
+                name: "Box".into(),
+                stamp: st(50, 2),
+                merged_into: Some(MailboxGuid([2; 16])),
+            }),
+            ..Default::default()
+        };
+        for out in [merge_mailbox(&a, &b), merge_mailbox(&b, &a)] {
+            let survive = &out.forward.as_ref().expect("a forward").survive;
+            assert_eq!(survive.messages.len(), 3);
+            assert_eq!(survive.record.as_ref().map(|r| r.uidnext), Some(4));
+        }
+        // Without a merge, the mailbox that survives its delete is mended alike.
+        let plain = MailboxSide {
+            tombstone: Some(MailboxTombstone {
+                merged_into: None,
+                stamp: st(0, 2),
+                ..b.tombstone.clone().expect("tombstone")
+            }),
+            ..Default::default()
+        };
+        let out = merge_mailbox(&a, &plain);
+        assert_eq!(out.record.as_ref().map(|r| r.uidnext), Some(4));
     }
 
     #[test]

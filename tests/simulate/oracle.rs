@@ -26,6 +26,8 @@ pub struct Expunged {
     pub user: String,
     pub guid: MailboxGuid,
     pub uid: u32,
+    /// The peer whose writer expunged it.
+    pub peer: String,
 }
 
 /// Everything the writers did that the final state must reflect. Bodies are unique per
@@ -46,6 +48,13 @@ pub struct Oracle {
     pub deleted_mailboxes: BTreeMap<(String, MailboxGuid), u64>,
     /// Same-name merges seen so far: (user, GUID) → the GUIDs it was merged into.
     pub merges: BTreeMap<(String, MailboxGuid), BTreeSet<MailboxGuid>>,
+    /// Appends made on a peer that was then removed from the cluster, which no other peer
+    /// held live at that moment: they went with it.
+    pub gone_with_peer: BTreeSet<Digest>,
+    /// Expunges made on a removed peer that no other peer held then (no writer's tombstone
+    /// of that message in that mailbox): the expunge went with it. The message may still
+    /// reach the others (an append waiting in one's inbound journal: seed 120420).
+    pub expunges_gone_with_peer: BTreeSet<Digest>,
 }
 
 impl Oracle {
@@ -56,10 +65,40 @@ impl Oracle {
     fn removed(&self, digest: &Digest, a: &Appended, peers: &[(&str, &Store)]) -> bool {
         self.expunged.contains_key(digest)
             || self.deleted_with_mailbox.contains(digest)
+            || self.gone_with_peer.contains(digest)
             || self
                 .merged_chain(&a.user, a.guid, peers)
                 .iter()
                 .any(|g| self.deleted_mailboxes.contains_key(&(a.user.clone(), *g)))
+    }
+
+    /// Peer `peer` is removed from the cluster while every other peer (`others`) is up: what
+    /// only it knew is no longer expected (see the two fields).
+    pub fn peer_removed(&mut self, peer: &str, others: &[&Store]) {
+        let mut live = BTreeSet::new();
+        for store in others {
+            if let Ok(l) = live_messages(store) {
+                live.extend(l.into_keys());
+            }
+        }
+        for (digest, a) in &self.appended {
+            if a.peer == peer && !live.contains(digest) {
+                self.gone_with_peer.insert(*digest);
+            }
+        }
+        for (digest, x) in &self.expunged {
+            let held = others.iter().any(|store| {
+                store.mailbox_side(&x.user, x.guid, None).is_ok_and(|side| {
+                    side.expunged
+                        .values()
+                        .flatten()
+                        .any(|t| t.digest == *digest && t.origin.is_some())
+                })
+            });
+            if x.peer == peer && !held {
+                self.expunges_gone_with_peer.insert(*digest);
+            }
+        }
     }
 
     /// Notes the merges the peers' mailbox tombstones show for every mailbox the writers used.
@@ -186,6 +225,9 @@ impl Oracle {
                 }
             }
             for (digest, x) in &self.expunged {
+                if self.expunges_gone_with_peer.contains(digest) {
+                    continue;
+                }
                 // Finding 4 (by design): a mailbox a writer deleted drops its expunges, and
                 // comes back with what a peer that changed it later holds. Also when the
                 // mailbox was merged (in turn) into the one deleted.

@@ -5,11 +5,12 @@
 
 use super::oracle::{Appended, ClientViews, Oracle};
 use super::random_ops::{msg, BOXES, USERS};
+use merkmail::daemon::tombstones::Purge;
 use merkmail::model::{Digest, FlagName, FlagOp, MailboxGuid};
 use merkmail::store::{Store, StoreError};
 use merkmail::sync::journal_wire::{decode_batch, encode_batch};
 use merkmail::sync::responder::answer;
-use merkmail::sync::wire::{decode_request, encode};
+use merkmail::sync::wire::{decode_request, encode, Reply};
 use merkmail::sync::{run, DriveError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -53,6 +54,15 @@ pub struct Settings {
     pub journal_bound: u64,
     pub batch_entries: usize,
     pub skew_ms: u64,
+    /// How long a tombstone is kept at least (simulated ms; the daemon's
+    /// `tombstone_retention`). Each peer runs the daemon's purge rule every quarter of it.
+    /// `None`: tombstones are kept for ever (the simulation as it ran before issue 14).
+    pub retention_ms: Option<u64>,
+    /// Per step: a peer stops for longer than the retention, then comes back with its store.
+    pub outage: f64,
+    /// Per step: a peer is removed from every other peer's configuration (at most one per
+    /// run) and never comes back with its store.
+    pub removal: f64,
 }
 
 impl Settings {
@@ -71,7 +81,20 @@ impl Settings {
             journal_bound: [6, 40, 100_000][rng.random_range(0..3)],
             batch_entries: rng.random_range(1..=16),
             skew_ms: rng.random_range(0..=400),
+            retention_ms: None,
+            outage: 0.0,
+            removal: 0.0,
         }
+    }
+
+    /// The tombstone-forgetting scenarios (issue 14), drawn from their own generator so that
+    /// a seed without them replays exactly as it did before they existed.
+    fn draw_forgetting(&mut self, rng: &mut StdRng) {
+        let calm = self.crash == 0.0 && self.partition == 0.0 && self.drop == 0.0;
+        let pick = |rng: &mut StdRng, hi: f64| if calm { 0.0 } else { rng.random_range(0.0..hi) };
+        self.retention_ms = Some(rng.random_range(150..=1_500));
+        self.outage = pick(rng, 0.006);
+        self.removal = pick(rng, 0.002);
     }
 }
 
@@ -90,6 +113,12 @@ pub struct Faults {
     pub crashes_before_apply: u64,
     /// Crashes of a session's initiator in the middle of the session.
     pub crashes_mid_session: u64,
+    /// Peers stopped on purpose for longer than the retention (long outages).
+    pub long_outages: u64,
+    /// Restarts after being down longer than the retention (long outages and crashes).
+    pub outages_past_retention: u64,
+    /// Peers removed from every other peer's configuration (never back with their store).
+    pub peers_removed: u64,
 }
 
 impl Faults {
@@ -102,6 +131,9 @@ impl Faults {
         self.crashes += o.crashes;
         self.crashes_before_apply += o.crashes_before_apply;
         self.crashes_mid_session += o.crashes_mid_session;
+        self.long_outages += o.long_outages;
+        self.outages_past_retention += o.outages_past_retention;
+        self.peers_removed += o.peers_removed;
     }
 }
 
@@ -135,6 +167,18 @@ pub struct Activity {
     pub client_looks: u64,
     /// Messages sessions renumbered because one side's UIDNEXT had passed them.
     pub renumbered_below_uidnext: u64,
+    /// Passes of the tombstone purge rule (every peer, every quarter of the retention).
+    pub purge_passes: u64,
+    /// Message and mailbox tombstones the rule forgot.
+    pub tombstones_purged: u64,
+    pub mailbox_tombstones_purged: u64,
+    /// Tombstones past their retention that a pass kept because some configured peer was
+    /// not known to hold them, summed over passes (a tombstone held for three passes counts
+    /// three times), and the most one pass held.
+    pub tombstones_held_back: u64,
+    pub held_back_peak: u64,
+    /// Passes that held something back for a peer that was down at the time.
+    pub held_back_for_a_down_peer: u64,
 }
 
 impl Activity {
@@ -160,6 +204,12 @@ impl Activity {
         self.uidvalidity_changes += o.uidvalidity_changes;
         self.client_looks += o.client_looks;
         self.renumbered_below_uidnext += o.renumbered_below_uidnext;
+        self.purge_passes += o.purge_passes;
+        self.tombstones_purged += o.tombstones_purged;
+        self.mailbox_tombstones_purged += o.mailbox_tombstones_purged;
+        self.tombstones_held_back += o.tombstones_held_back;
+        self.held_back_peak = self.held_back_peak.max(o.held_back_peak);
+        self.held_back_for_a_down_peer += o.held_back_for_a_down_peer;
     }
 }
 
@@ -185,9 +235,23 @@ struct Peer {
     store: Option<Rc<Store>>,
     clock: Arc<AtomicU64>,
     skew_ms: u64,
-    /// The step at which a crashed peer comes back.
+    /// The step at which a crashed peer comes back, and the time before which it does not
+    /// (a long outage).
     down_until: u64,
+    down_until_ms: u64,
+    /// When it went down (simulated ms), to count outages past the retention.
+    down_since_ms: u64,
     incarnation: u64,
+    /// Removed from every other peer's configuration: never comes back.
+    removed: bool,
+    /// The peers this one has configured (indices).
+    configured: BTreeSet<usize>,
+    /// The daemon's tombstone rule, in memory (a restart starts it afresh): its memory of
+    /// due tombstones, per peer the horizon (this peer's clock, ms; `None` since the start),
+    /// and when its next pass is due (this peer's clock).
+    purge: Purge,
+    horizons: Vec<Option<u64>>,
+    next_purge_ms: u64,
 }
 
 enum Packet {
@@ -217,6 +281,8 @@ pub struct World {
     seed: u64,
     settings: Settings,
     rng: StdRng,
+    /// Decides the forgetting scenarios (long outages, removals) apart from `rng`.
+    aside: StdRng,
     now: u64,
     step: u64,
     peers: Vec<Peer>,
@@ -260,9 +326,16 @@ fn scratch() -> std::io::Result<tempfile::TempDir> {
 }
 
 impl World {
-    pub fn new(seed: u64, steps: usize) -> Result<World, String> {
+    /// A run of `seed`; `forgetting: false` runs a seed as it ran before the forgetting scenarios existed
+    /// (tombstones kept for ever, no long outage, no removal): the reduced seeds of earlier
+    /// findings replay exactly.
+    pub fn with(seed: u64, steps: usize, forgetting: bool) -> Result<World, String> {
         let mut rng = StdRng::seed_from_u64(seed);
-        let settings = Settings::draw(&mut rng, steps);
+        let mut settings = Settings::draw(&mut rng, steps);
+        let mut aside = StdRng::seed_from_u64(seed ^ 0x7f0e_6e77_1a9e_5eed);
+        if forgetting {
+            settings.draw_forgetting(&mut aside);
+        }
         let dir = scratch().map_err(|e| format!("cannot make a temporary directory: {e}"))?;
         let mut peers = Vec::new();
         for k in 0..settings.peers {
@@ -282,7 +355,14 @@ impl World {
                 clock,
                 skew_ms: rng.random_range(0..=settings.skew_ms),
                 down_until: 0,
+                down_until_ms: 0,
+                down_since_ms: 0,
                 incarnation: 0,
+                removed: false,
+                configured: (0..settings.peers).filter(|&j| j != k).collect(),
+                purge: Purge::default(),
+                horizons: vec![None; settings.peers],
+                next_purge_ms: 0,
             });
         }
         let mut world = World {
@@ -290,6 +370,7 @@ impl World {
             side: vec![0; settings.peers],
             settings,
             rng,
+            aside,
             now: EPOCH_MS,
             step: 0,
             peers,
@@ -435,9 +516,10 @@ impl World {
     }
 
     fn register(&mut self, k: usize) -> Result<(), String> {
-        let others: Vec<String> = (0..self.peers.len())
-            .filter(|&j| j != k)
-            .map(|j| self.peers[j].url.clone())
+        let others: Vec<String> = self.peers[k]
+            .configured
+            .iter()
+            .map(|&j| self.peers[j].url.clone())
             .collect();
         let store = self.store(k).ok_or("register: peer down")?;
         store
@@ -453,11 +535,159 @@ impl World {
         }
     }
 
+    /// Two distinct peers, neither removed.
     fn pair(&mut self) -> (usize, usize) {
-        let n = self.peers.len();
+        let present = self.present();
+        let n = present.len();
         let i = self.rng.random_range(0..n);
         let j = (i + self.rng.random_range(1..n)) % n;
-        (i, j)
+        (present[i], present[j])
+    }
+
+    /// The peers not removed from the cluster (at least two: a removal leaves two or more).
+    fn present(&self) -> Vec<usize> {
+        (0..self.peers.len())
+            .filter(|&k| !self.peers[k].removed)
+            .collect()
+    }
+
+    /// Peer `k`'s clock (what its store stamps with and its daemon reads).
+    fn clock(&self, k: usize) -> u64 {
+        self.now + self.peers[k].skew_ms
+    }
+
+    /// Every peer that is up and whose purge is due runs the daemon's tombstone rule: the
+    /// tombstones older than the retention, forgotten once every configured peer's horizon
+    /// is past the time they were first seen due (docs/PROTOCOL.md "Forgetting tombstones").
+    fn purge_due(&mut self) {
+        for k in 0..self.peers.len() {
+            let Some(retention) = self.settings.retention_ms else {
+                return;
+            };
+            let now = self.clock(k);
+            if self.peers[k].next_purge_ms > now {
+                continue;
+            }
+            let Some(s) = self.store(k) else { continue };
+            self.peers[k].next_purge_ms = now + (retention / 4).max(1);
+            let aged = match s.tombstones_older_than(now.saturating_sub(retention)) {
+                Ok(aged) => aged,
+                Err(e) => {
+                    let id = self.peers[k].id.clone();
+                    self.violation(format!("error: {id}: tombstones_older_than: {e}"));
+                    continue;
+                }
+            };
+            let configured: Vec<usize> = self.peers[k].configured.iter().copied().collect();
+            let horizons: Vec<Option<u64>> = configured
+                .iter()
+                .map(|&j| self.peers[k].horizons[j])
+                .collect();
+            let decision = self.peers[k].purge.pass(aged, now, &horizons);
+            self.activity.purge_passes += 1;
+            let waiting = self.peers[k].purge.waiting() as u64;
+            self.activity.tombstones_held_back += waiting;
+            self.activity.held_back_peak = self.activity.held_back_peak.max(waiting);
+            if configured
+                .iter()
+                .zip(&decision.held_back)
+                .any(|(&j, h)| h.tombstones > 0 && self.peers[j].store.is_none())
+            {
+                self.activity.held_back_for_a_down_peer += 1;
+            }
+            if decision.forget.is_empty() {
+                continue;
+            }
+            match s.forget_tombstones(&decision.forget) {
+                Ok(p) => {
+                    self.activity.tombstones_purged += p.tombstones;
+                    self.activity.mailbox_tombstones_purged += p.mailbox_tombstones;
+                    let line = format!(
+                        "purge {}: forgot {} tombstone(s), {} mailbox tombstone(s); {waiting} held back",
+                        self.peers[k].id, p.tombstones, p.mailbox_tombstones
+                    );
+                    self.log(line);
+                }
+                Err(e) => {
+                    let id = self.peers[k].id.clone();
+                    self.violation(format!("error: {id}: forget_tombstones: {e}"));
+                }
+            }
+        }
+    }
+
+    /// A peer stops for longer than the retention (an outage), then comes back with its
+    /// store as it was.
+    fn long_outage(&mut self) {
+        let present = self.present();
+        let k = present[self.aside.random_range(0..present.len())];
+        let Some(retention) = self.settings.retention_ms else {
+            return;
+        };
+        if self.peers[k].store.is_none() || self.in_session == Some(k) {
+            return;
+        }
+        let factor = self.aside.random_range(1.2..3.0);
+        let down_ms = (retention as f64 * factor) as u64;
+        self.peers[k].store = None;
+        self.peers[k].down_until = self.step;
+        self.peers[k].down_until_ms = self.now + down_ms;
+        self.peers[k].down_since_ms = self.now;
+        self.faults.long_outages += 1;
+        let line = format!("outage {} (down {down_ms} ms)", self.peers[k].id);
+        self.log(line);
+    }
+
+    /// A peer is taken out of the cluster: stopped, and removed from every other peer's
+    /// configuration (each restarts its daemon with the new list, so its purge rule starts
+    /// afresh and no longer waits for it). It never comes back with its store
+    /// (docs/CONFIG.md). What only it held goes with it: the oracle stops expecting its
+    /// appends that no other peer holds, and its writers' expunges that some other peer
+    /// holds live.
+    fn remove_peer(&mut self) {
+        let present = self.present();
+        if present.len() <= 2 || self.peers.iter().any(|p| p.removed) {
+            return;
+        }
+        let r = present[self.aside.random_range(0..present.len())];
+        // Only while every other peer is up, so that the oracle can see what went with it.
+        if self.in_session.is_some()
+            || present
+                .iter()
+                .any(|&k| k != r && self.peers[k].store.is_none())
+        {
+            return;
+        }
+        let others: Vec<(String, Rc<Store>)> = present
+            .iter()
+            .filter(|&&k| k != r)
+            .filter_map(|&k| {
+                self.peers[k]
+                    .store
+                    .as_ref()
+                    .map(|s| (self.peers[k].id.clone(), Rc::clone(s)))
+            })
+            .collect();
+        let view: Vec<&Store> = others.iter().map(|(_, s)| &**s).collect();
+        let id = self.peers[r].id.clone();
+        self.oracle.peer_removed(&id, &view);
+        drop(view);
+        drop(others);
+        self.peers[r].store = None;
+        self.peers[r].removed = true;
+        self.faults.peers_removed += 1;
+        self.owed.retain(|&(i, j)| i != r && j != r);
+        for k in present.into_iter().filter(|&k| k != r) {
+            self.peers[k].configured.remove(&r);
+            self.peers[k].purge = Purge::default();
+            self.peers[k].horizons = vec![None; self.peers.len()];
+            if self.peers[k].store.is_some() {
+                if let Err(e) = self.register(k) {
+                    self.violation(e);
+                }
+            }
+        }
+        self.log(format!("remove {id} from every configuration"));
     }
 
     /// One step of the active phase (also run between a session's messages).
@@ -467,6 +697,7 @@ impl World {
         self.tick(ms);
         self.deliver_due();
         self.restart_due();
+        self.purge_due();
         let r = self.rng.random_range(0..100u32);
         let n = self.peers.len();
         match r {
@@ -502,6 +733,12 @@ impl World {
         if self.rng.random_bool(self.settings.partition) {
             self.partition_or_heal();
         }
+        if self.aside.random_bool(self.settings.outage) {
+            self.long_outage();
+        }
+        if self.aside.random_bool(self.settings.removal) {
+            self.remove_peer();
+        }
         self.look();
     }
 
@@ -532,6 +769,8 @@ impl World {
         self.peers[k].store = None;
         let down = self.rng.random_range(0..=30);
         self.peers[k].down_until = self.step + down;
+        self.peers[k].down_until_ms = 0;
+        self.peers[k].down_since_ms = self.now;
         self.faults.crashes += 1;
         self.log(format!("crash {} (down {down} steps)", self.peers[k].id));
         if down == 0 {
@@ -541,7 +780,12 @@ impl World {
 
     fn restart_due(&mut self) {
         for k in 0..self.peers.len() {
-            if self.peers[k].store.is_none() && self.peers[k].down_until <= self.step {
+            let p = &self.peers[k];
+            if p.store.is_none()
+                && !p.removed
+                && p.down_until <= self.step
+                && p.down_until_ms <= self.now
+            {
                 self.restart(k);
             }
         }
@@ -550,7 +794,16 @@ impl World {
     /// Reopens a crashed peer's store (what redb kept), checks it, and starts it as the
     /// daemon would: peers registered, a check owed with every peer.
     fn restart(&mut self, k: usize) {
+        let down = self.now.saturating_sub(self.peers[k].down_since_ms);
+        if self.settings.retention_ms.is_some_and(|r| down > r) {
+            self.faults.outages_past_retention += 1;
+        }
+        let n = self.peers.len();
         let p = &mut self.peers[k];
+        // The daemon's purge rule lives in memory: it starts afresh.
+        p.purge = Purge::default();
+        p.horizons = vec![None; n];
+        p.next_purge_ms = 0;
         p.incarnation += 1;
         let seed = self
             .seed
@@ -588,10 +841,9 @@ impl World {
         }
         let id = self.peers[k].id.clone();
         self.log(format!("restart {id}"));
-        for j in 0..self.peers.len() {
-            if j != k {
-                self.owed.insert((k, j));
-            }
+        let configured: Vec<usize> = self.peers[k].configured.iter().copied().collect();
+        for j in configured {
+            self.owed.insert((k, j));
         }
     }
 
@@ -676,7 +928,7 @@ impl World {
             }
             Packet::Round { bytes } => {
                 self.activity.round_replays += 1;
-                let _ = self.respond(p.to, &bytes);
+                let _ = self.respond(p.from, p.to, &bytes);
             }
         }
     }
@@ -789,8 +1041,10 @@ impl World {
         }
     }
 
-    /// The responder of `j` answers one round.
-    fn respond(&mut self, j: usize, bytes: &[u8]) -> Result<Vec<u8>, String> {
+    /// The responder of `j` answers one round of `i`'s. When the round's root equalled its
+    /// own, `j`'s tombstone horizon for `i` moves to the time before it read its store (as
+    /// the daemon's `roots_equal` hook does).
+    fn respond(&mut self, i: usize, j: usize, bytes: &[u8]) -> Result<Vec<u8>, String> {
         let Some(s) = self.store(j) else {
             return Err("the peer is down".into());
         };
@@ -801,8 +1055,19 @@ impl World {
                 return Err(e.to_string());
             }
         };
+        let at_ms = self.clock(j);
         match answer(&*s, &round) {
-            Ok(reply) => Ok(encode(&reply)),
+            Ok(reply) => {
+                let equal = reply
+                    .replies
+                    .iter()
+                    .any(|r| matches!(r, Reply::Root { equal: true, .. }));
+                if equal && self.peers[j].configured.contains(&i) {
+                    let h = &mut self.peers[j].horizons[i];
+                    *h = Some(h.map_or(at_ms, |h| h.max(at_ms)));
+                }
+                Ok(encode(&reply))
+            }
             Err(e) => {
                 self.activity.responder_errors += 1;
                 if matches!(e, StoreError::Corrupt(_)) {
@@ -861,12 +1126,12 @@ impl World {
                 },
             );
         }
-        let mut reply = self.respond(j, &bytes)?;
+        let mut reply = self.respond(i, j, &bytes)?;
         if !self.quiet && self.rng.random_bool(self.settings.duplicate) {
             // A retry whose first answer was lost: the responder answers the same round again,
             // and the initiator sees the second answer.
             self.faults.duplicates += 1;
-            reply = self.respond(j, &bytes)?;
+            reply = self.respond(i, j, &bytes)?;
         }
         self.meanwhile();
         if self.crash_pending == Some(i) {
@@ -904,6 +1169,9 @@ impl World {
         self.store(j)?;
         let url = self.peers[j].url.clone();
         let head_at_start = local.journal_head().ok()?;
+        // The check's start on the initiator's clock: its tombstone horizon for the peer
+        // moves there when the session ends with equal roots.
+        let at_ms = self.clock(i);
         let window = self.rng.random_range(0..32u8);
         self.activity.sessions += 1;
         self.in_session = Some(i);
@@ -915,6 +1183,10 @@ impl World {
                 self.activity.renumbered_below_uidnext += report.late_copies;
                 if report.equal_after {
                     self.activity.sessions_equal += 1;
+                    if self.peers[i].configured.contains(&j) {
+                        let h = &mut self.peers[i].horizons[j];
+                        *h = Some(h.map_or(at_ms, |h| h.max(at_ms)));
+                    }
                     if let Err(e) = local.journal_merkle_done(&url, head_at_start) {
                         self.violation(format!("error: {pi}: journal_merkle_done: {e}"));
                     }
@@ -1053,6 +1325,7 @@ impl World {
                             user: user.to_string(),
                             guid: m.guid,
                             uid: m.uid,
+                            peer: id.clone(),
                         },
                     );
                     self.activity.expunges += 1;
@@ -1158,6 +1431,7 @@ impl World {
     fn roots(&self) -> Vec<(String, String)> {
         self.peers
             .iter()
+            .filter(|p| !p.removed)
             .map(|p| {
                 let root = p
                     .store
@@ -1177,17 +1451,18 @@ impl World {
         self.log("settle".into());
         self.side = vec![0; self.peers.len()];
         for k in 0..self.peers.len() {
-            if self.peers[k].store.is_none() {
+            if self.peers[k].store.is_none() && !self.peers[k].removed {
                 self.restart(k);
             }
         }
         self.deliver_due();
         let n = self.peers.len();
+        let present = self.present();
         for _ in 0..SETTLE_ROUNDS {
             self.activity.settle_rounds += 1;
             self.tick(1_000);
-            for i in 0..n {
-                for j in 0..n {
+            for &i in &present {
+                for &j in &present {
                     if i == j {
                         continue;
                     }
@@ -1217,8 +1492,8 @@ impl World {
             for (i, j) in owed {
                 self.session(i, j);
             }
-            for i in 0..n {
-                for j in i + 1..n {
+            for (x, &i) in present.iter().enumerate() {
+                for &j in &present[x + 1..] {
                     self.session(i, j);
                 }
             }
@@ -1235,7 +1510,7 @@ impl World {
         if roots.windows(2).any(|w| w[0].1 != w[1].1) || !self.queue.is_empty() {
             return false;
         }
-        self.peers.iter().all(|p| {
+        self.peers.iter().filter(|p| !p.removed).all(|p| {
             p.store.as_ref().is_some_and(|s| {
                 s.journal_peers()
                     .is_ok_and(|peers| peers.iter().all(|(_, j)| j.depth == 0))

@@ -143,6 +143,7 @@ impl Session<'_> {
         match &key {
             NodeKey::Top { level, index } if *level == TOP_LEAF_LEVEL && remote => {
                 let mut names = Vec::new();
+                let mut sent = Vec::new();
                 let mut users = Vec::new();
                 for (child, _) in self.local.children(&key)? {
                     let NodeKey::User { user, .. } = child else {
@@ -155,9 +156,13 @@ impl Session<'_> {
                         mailboxes: mbs.iter().map(|(_, v)| self.fp(&v.hash)).collect(),
                     });
                     names.push(user);
+                    sent.push(mbs.iter().map(|(g, _)| *g).collect());
                 }
                 let bucket = *index;
-                self.ask(Ask::Users(bucket, names), Request::Users { bucket, users });
+                self.ask(
+                    Ask::Users(bucket, names, sent),
+                    Request::Users { bucket, users },
+                );
             }
             NodeKey::Top { .. } if remote => {
                 let node = wire_key(&key);
@@ -193,6 +198,7 @@ impl Session<'_> {
         &mut self,
         bucket: u16,
         listed: &[String],
+        sent: &[Vec<MailboxGuid>],
         users: Vec<UserDiff>,
     ) -> Result<(), SessionError> {
         let mut seen = BTreeSet::new();
@@ -201,23 +207,30 @@ impl Session<'_> {
             if !seen.insert(user.clone()) {
                 return Err(protocol(format!("user {user:?} answered twice")));
             }
-            self.take_user(user, d.listing, d.mailboxes)?;
+            let at = listed.iter().position(|u| *u == user);
+            let sent = at.and_then(|i| sent.get(i)).map(Vec::as_slice);
+            self.take_user(user, sent, d.listing, d.mailboxes)?;
         }
         Ok(())
     }
 
     /// One user's differing mailboxes, and (when the peer listed its GUIDs because they
-    /// differ from ours) the mailboxes of ours it lacks.
+    /// differ from ours) the mailboxes of ours it lacks. Without a listing the peer names
+    /// mailboxes by their position in the GUID list we `sent` with the question, not in ours
+    /// now: a writer here may have created or deleted one since, which would shift the
+    /// positions (and attach the peer's description of one mailbox to another).
     fn take_user(
         &mut self,
         user: String,
+        sent: Option<&[MailboxGuid]>,
         listing: Option<Vec<MailboxGuid>>,
         mailboxes: Vec<MailboxDiff>,
     ) -> Result<(), SessionError> {
         let ours = user_mailboxes(self.local, &user)?;
-        let names: Vec<MailboxGuid> = match &listing {
-            None => ours.iter().map(|(g, _)| *g).collect(),
-            Some(list) => list.clone(),
+        let names: Vec<MailboxGuid> = match (&listing, sent) {
+            (Some(list), _) => list.clone(),
+            (None, Some(sent)) => sent.to_vec(),
+            (None, None) => ours.iter().map(|(g, _)| *g).collect(),
         };
         let all: BTreeSet<MailboxGuid> = ours
             .iter()

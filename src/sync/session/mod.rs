@@ -125,8 +125,10 @@ pub const MESSAGES_PER_CHUNK: u64 = 20_000;
 enum Ask {
     Root,
     Children(NodeKey),
-    /// A user bucket, with the users we listed in it (the answer names them by position).
-    Users(u16, Vec<String>),
+    /// A user bucket, with the users we listed in it (the answer names them by position) and,
+    /// per user, the mailbox GUIDs we listed (the answer names mailboxes by position in that
+    /// list, which our own writes may have changed by the time it arrives).
+    Users(u16, Vec<String>, Vec<Vec<MailboxGuid>>),
     Mailbox(Key),
     UidChildren(Key, NodeKey),
     /// Records, with the buckets compared in the same question.
@@ -453,8 +455,8 @@ impl<'a> Session<'a> {
             (Ask::Children(node), Reply::Children { children }) => {
                 self.compare_top(&node, &children)
             }
-            (Ask::Users(bucket, listed), Reply::Users { users }) => {
-                self.take_users(bucket, &listed, users)
+            (Ask::Users(bucket, listed, sent), Reply::Users { users }) => {
+                self.take_users(bucket, &listed, &sent, users)
             }
             (
                 Ask::Mailbox(key),
