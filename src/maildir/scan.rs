@@ -288,7 +288,7 @@ fn scan_folder(mailbox: String, dir: PathBuf) -> Result<ScannedFolder, MaildirEr
                 skipped.push((
                     path.clone(),
                     format!(
-                        "keyword letter {c:?} is not in dovecot-keywords; that keyword is dropped"
+                        "keyword letter {c:?} names no keyword in dovecot-keywords; that keyword is dropped"
                     ),
                 ));
             }
