@@ -46,24 +46,38 @@ fn seeds_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds")
 }
 
-#[test]
-fn every_seed_passes_its_check() {
+/// Runs every file of `dir/<target>/` through the target's check; how many ran.
+fn replay_all(dir: &Path) -> usize {
     let mut seen = 0;
     for (target, check) in TARGETS {
-        let dir = seeds_dir().join(target);
+        let dir = dir.join(target);
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
             .map(|e| e.expect("dir entry").path())
             .collect();
         files.sort();
-        assert!(!files.is_empty(), "no seeds for {target}");
+        assert!(!files.is_empty(), "nothing in {}", dir.display());
         for file in files {
-            let data = std::fs::read(&file).expect("read seed");
+            let data = std::fs::read(&file).expect("read input");
             check(&data);
             seen += 1;
         }
     }
-    assert!(seen >= TARGETS.len());
+    seen
+}
+
+#[test]
+fn every_seed_passes_its_check() {
+    assert!(replay_all(&seeds_dir()) >= TARGETS.len());
+}
+
+/// The corpus the long runs left, minimized (`scripts/fuzz --cmin`, docs/RELIABILITY.md §3):
+/// every input the targets kept still passes, so a change that breaks what they reached
+/// fails here, without nightly.
+#[test]
+fn every_minimized_corpus_input_passes_its_check() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus-min");
+    assert!(replay_all(&dir) >= TARGETS.len());
 }
 
 /// Everything a store holds that its public API shows (mail, tree root, counters, journals),
