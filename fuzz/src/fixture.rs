@@ -4,13 +4,22 @@
 //!
 //! Shared by the fuzz crate and `tests/fuzz_regressions.rs` (which includes this file by
 //! path), so a regression test replays an input against exactly the store the target used.
+//!
+//! Building a store for every input cost more than the check itself (a redb database, its
+//! tables, the fixture's commit, and the allocator state redb writes when the database is
+//! dropped: about half of each input in the `http` target). So each thread builds the store
+//! once and [`Store::rewind`]s it before every input; [`Reused::fresh`] checks that the rewind
+//! brought back the root and the counters the store had when it was built.
 
+use merkmail::merkle::NodeValue;
 use merkmail::model::Change;
 use merkmail::model::{
     inbox_guid, FlagName, FlagSet, MailboxGuid, MailboxRecord, MailboxTombstone, Stamp, Tombstone,
 };
-use merkmail::store::{Store, StoreError};
+use merkmail::store::{Counters, Mark, Store, StoreError};
 use merkmail::sync::wire::record_with_body;
+use std::cell::RefCell;
+use std::sync::Arc;
 
 /// The fixture's node id.
 pub const NODE: &str = "fuzz-a";
@@ -137,4 +146,57 @@ pub fn store() -> Result<Store, StoreError> {
     let store = Store::in_memory(NODE)?;
     store.apply(&changes())?;
     Ok(store)
+}
+
+/// A store built once and put back before every use.
+pub struct Reused {
+    store: Arc<Store>,
+    mark: RefCell<Mark>,
+    built: (NodeValue, Counters),
+}
+
+impl Reused {
+    /// Marks `store` as it is now: what every [`Reused::fresh`] returns to.
+    pub fn new(store: Store) -> Result<Reused, StoreError> {
+        let built = (store.root()?, store.counters()?);
+        let mark = store.mark()?;
+        Ok(Reused {
+            store: Arc::new(store),
+            mark: RefCell::new(mark),
+            built,
+        })
+    }
+
+    /// The store, rewound to the state it was built in. Panics if the rewind failed or did not
+    /// bring back the root and the counters (then the inputs would no longer start equal).
+    pub fn fresh(&self) -> &Arc<Store> {
+        self.store
+            .rewind(&mut self.mark.borrow_mut())
+            .expect("rewind");
+        let now = (
+            self.store.root().expect("root"),
+            self.store.counters().expect("counters"),
+        );
+        assert_eq!(
+            now, self.built,
+            "the rewound store differs from the one built"
+        );
+        &self.store
+    }
+}
+
+thread_local! {
+    static FIXTURE: Reused = Reused::new(store().expect("fixture")).expect("mark the fixture");
+    static EMPTY: Reused =
+        Reused::new(Store::in_memory("fuzz-ops").expect("empty store")).expect("mark it");
+}
+
+/// Runs `f` on the fixture as [`store`] builds it (this thread's, rewound).
+pub fn with_fixture<T>(f: impl FnOnce(&Arc<Store>) -> T) -> T {
+    FIXTURE.with(|r| f(r.fresh()))
+}
+
+/// Runs `f` on an empty in-memory store with node id `fuzz-ops` (this thread's, rewound).
+pub fn with_empty<T>(f: impl FnOnce(&Arc<Store>) -> T) -> T {
+    EMPTY.with(|r| f(r.fresh()))
 }

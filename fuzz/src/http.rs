@@ -1,5 +1,6 @@
 //! Every request the server accepts, through the real router: the input is an HTTP request in
-//! a loose text form, sent over 127.0.0.1 to `net::server::run` serving a fresh fixture store.
+//! a loose text form, sent over 127.0.0.1 to `net::server::run` (started for this input) serving
+//! the fixture store as built (`fixture::with_fixture`).
 //!
 //! Checked: the server answers (no panic, no dropped connection, within the deadline), never
 //! with a 500; an answer in 4xx, and any GET or HEAD, leaves the root and the counters as they
@@ -144,7 +145,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
-/// Sends the request `data` describes to a server over a fresh fixture store, and checks the
+/// Sends the request `data` describes to a server over the fixture store as built, and checks the
 /// answer and the store.
 pub fn check(data: &[u8]) {
     let Some(req) = parse(data) else {
@@ -152,7 +153,7 @@ pub fn check(data: &[u8]) {
     };
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let store = Arc::new(fixture::store().expect("fixture"));
+    let store = fixture::with_fixture(Arc::clone);
     let before = (
         store.root().expect("root"),
         store.counters().expect("counters"),

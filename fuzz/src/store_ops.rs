@@ -556,9 +556,12 @@ fn listed(model: &Model) -> Model {
     m
 }
 
-/// Runs the operations `data` encodes against a fresh store and the model.
+/// Runs the operations `data` encodes against an empty store and the model.
 pub fn check(data: &[u8]) {
-    let store = Store::in_memory("fuzz-ops").expect("store");
+    crate::fixture::with_empty(|store| run_all(store, data));
+}
+
+fn run_all(store: &Store, data: &[u8]) {
     let mut model = Model::default();
     for (i, op) in decode(data).iter().enumerate() {
         let before = (
@@ -566,7 +569,7 @@ pub fn check(data: &[u8]) {
             store.counters().expect("counters"),
         );
         let expected = expect(&model, op);
-        let got = run(&store, &model, op);
+        let got = run(store, &model, op);
         let after = (
             store.root().expect("root"),
             store.counters().expect("counters"),
@@ -597,7 +600,7 @@ pub fn check(data: &[u8]) {
             (Err(()), Ok(got)) => panic!("op {i} {op:?} should have been refused, gave {got:?}"),
             (Ok((want, _)), Err(e)) => panic!("op {i} {op:?} should have given {want:?}: {e}"),
         }
-        assert_eq!(observe(&store), listed(&model), "after op {i} {op:?}");
+        assert_eq!(observe(store), listed(&model), "after op {i} {op:?}");
         assert_eq!(after.1, model.counters(), "counters after op {i} {op:?}");
     }
     let report = store.verify().expect("verify runs");

@@ -1,6 +1,6 @@
 //! The peer-to-peer decoders and what stands behind them: a session round answered by the
 //! responder, a peer's replies driving this node's session, and a journal batch stored and
-//! applied. Each check starts from a fresh fixture store.
+//! applied. Each check starts from the fixture store as built (`fixture::with_fixture`).
 
 use crate::fixture;
 use merkmail::sync::journal_wire::{decode_batch, encode_batch};
@@ -31,19 +31,20 @@ pub fn round_request(data: &[u8]) {
     };
     let again = decode_request(&encode(&round)).expect("a decoded round re-encodes");
     assert_eq!(again, round, "decode(encode(round)) != round");
-    let store = fixture::store().expect("fixture");
-    let before = store.root().expect("root");
-    match answer(&store, &round) {
-        Ok(reply) => {
-            let back = decode_reply(&encode(&reply)).expect("our own reply decodes");
-            assert_eq!(back, reply, "decode(encode(reply)) != reply");
+    fixture::with_fixture(|store| {
+        let before = store.root().expect("root");
+        match answer(store.as_ref(), &round) {
+            Ok(reply) => {
+                let back = decode_reply(&encode(&reply)).expect("our own reply decodes");
+                assert_eq!(back, reply, "decode(encode(reply)) != reply");
+            }
+            Err(e) => {
+                let after = store.root().expect("root");
+                assert_eq!(before, after, "a refused round ({e}) changed the store");
+            }
         }
-        Err(e) => {
-            let after = store.root().expect("root");
-            assert_eq!(before, after, "a refused round ({e}) changed the store");
-        }
-    }
-    verified(&store, "answering a round");
+        verified(store, "answering a round");
+    });
 }
 
 /// A peer's answers, as the initiator receives them: `data` is a sequence of replies, each a
@@ -51,29 +52,30 @@ pub fn round_request(data: &[u8]) {
 /// is answered by the next reply; the session may end with an error at any point, but never
 /// panics, and the store verifies afterwards.
 pub fn session_replies(data: &[u8]) {
-    let store = fixture::store().expect("fixture");
-    let mut session = Session::new(&store, WINDOW, false).expect("session");
-    let mut rest = data;
-    for _ in 0..MAX_ROUNDS {
-        match session.next_round() {
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => break,
+    fixture::with_fixture(|store| {
+        let mut session = Session::new(store.as_ref(), WINDOW, false).expect("session");
+        let mut rest = data;
+        for _ in 0..MAX_ROUNDS {
+            match session.next_round() {
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+            let Some((reply, tail)) = split_frame(rest) else {
+                break;
+            };
+            rest = tail;
+            let Ok(reply) = decode_reply(reply) else {
+                break;
+            };
+            let again = decode_reply(&encode(&reply)).expect("a decoded reply re-encodes");
+            assert_eq!(again, reply, "decode(encode(reply)) != reply");
+            if session.receive(reply).is_err() {
+                break;
+            }
         }
-        let Some((reply, tail)) = split_frame(rest) else {
-            break;
-        };
-        rest = tail;
-        let Ok(reply) = decode_reply(reply) else {
-            break;
-        };
-        let again = decode_reply(&encode(&reply)).expect("a decoded reply re-encodes");
-        assert_eq!(again, reply, "decode(encode(reply)) != reply");
-        if session.receive(reply).is_err() {
-            break;
-        }
-    }
-    drop(session);
-    verified(&store, "a session with a hostile peer");
+        drop(session);
+        verified(store, "a session with a hostile peer");
+    });
 }
 
 /// One frame of [`session_replies`]' input: a 2-byte big-endian length, then the bytes.
@@ -92,27 +94,28 @@ pub fn journal_batch(data: &[u8]) {
     };
     let again = decode_batch(&encode_batch(&batch)).expect("a decoded batch re-encodes");
     assert_eq!(again, batch, "decode(encode(batch)) != batch");
-    let store = fixture::store().expect("fixture");
-    let before = (
-        store.root().expect("root"),
-        store.counters().expect("counters"),
-    );
-    match store.journal_receive(&batch) {
-        Ok(_) => {
-            for _ in 0..MAX_APPLY_CALLS {
-                match store.journal_apply_inbound(8) {
-                    Ok(applied) if applied.remaining > 0 => {}
-                    Ok(_) | Err(_) => break,
+    fixture::with_fixture(|store| {
+        let before = (
+            store.root().expect("root"),
+            store.counters().expect("counters"),
+        );
+        match store.journal_receive(&batch) {
+            Ok(_) => {
+                for _ in 0..MAX_APPLY_CALLS {
+                    match store.journal_apply_inbound(8) {
+                        Ok(applied) if applied.remaining > 0 => {}
+                        Ok(_) | Err(_) => break,
+                    }
                 }
             }
+            Err(e) => {
+                let after = (
+                    store.root().expect("root"),
+                    store.counters().expect("counters"),
+                );
+                assert_eq!(before, after, "a refused batch ({e}) changed the store");
+            }
         }
-        Err(e) => {
-            let after = (
-                store.root().expect("root"),
-                store.counters().expect("counters"),
-            );
-            assert_eq!(before, after, "a refused batch ({e}) changed the store");
-        }
-    }
-    verified(&store, "applying a journal batch");
+        verified(store, "applying a journal batch");
+    });
 }

@@ -19,7 +19,9 @@ pub struct ParsedName {
     /// System flags (canonical spelling, e.g. `\Seen`) and keywords, in flag-letter order,
     /// without duplicates.
     pub flags: Vec<String>,
-    /// Letters 'a'..='z' present in the name that dovecot-keywords does not name; the keyword
+    /// Letters 'a'..='z' present in the name that dovecot-keywords does not name, or names
+    /// with something that is not a keyword (`\\See`, a name with a space or a control
+    /// character: [`check_keyword`] refuses it, and it could not be written back); the keyword
     /// is lost, as it is for Dovecot.
     pub unknown_keyword_letters: Vec<char>,
     /// Other letters in the flag field that mean nothing to IMAP (e.g. Maildir's 'P' "passed");
@@ -56,8 +58,11 @@ pub fn parse_filename(file_name: &str, keywords: &[(u8, String)]) -> ParsedName 
         } else if c.is_ascii_lowercase() {
             let idx = (c as u8) - b'a';
             match keywords.iter().find(|(i, _)| *i == idx) {
-                Some((_, name)) => parsed.flags.push(name.clone()),
-                None => parsed.unknown_keyword_letters.push(c),
+                Some((_, name)) if check_keyword(name).is_ok() => parsed.flags.push(name.clone()),
+                // The slot stays taken in dovecot-keywords (we never reuse its letter), but
+                // what it holds is not a keyword: a `\\See` there would be read as a flag
+                // that no file name can carry.
+                Some(_) | None => parsed.unknown_keyword_letters.push(c),
             }
         } else {
             parsed.ignored_letters.push(c);

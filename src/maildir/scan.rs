@@ -329,7 +329,7 @@ pub fn scan_folder(
                 skipped.push((
                     path.clone(),
                     format!(
-                        "keyword letter {c:?} is not in dovecot-keywords; that keyword is dropped"
+                        "keyword letter {c:?} names no keyword in dovecot-keywords; that keyword is dropped"
                     ),
                 ));
             }

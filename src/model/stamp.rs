@@ -7,14 +7,47 @@ use std::fmt;
 ///
 /// The node tag breaks ties between stamps minted on different servers in the same
 /// millisecond, so every replica picks the same winner without talking to the others.
+///
+/// Decoding refuses a stamp past [`Stamp::MAX_MS`]: [`Stamp::to_bytes`] (hashes, index keys)
+/// would saturate it while postcard keeps all 64 bits, so one stamp would be two (the fuzz
+/// target `wire_request` found a peer's expunge whose origin indexed one way and was stored
+/// another, docs/RELIABILITY.md §3). Stamps minted here never pass it (the clock clamps).
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
+#[serde(try_from = "RawStamp")]
 pub struct Stamp {
-    /// Milliseconds since the Unix epoch; only the low 48 bits are meaningful.
+    /// Milliseconds since the Unix epoch, at most [`Stamp::MAX_MS`] (48 bits).
     pub ms: u64,
     pub counter: u16,
     pub node: u32,
+}
+
+/// A stamp as encoded, before [`Stamp`]'s bound is checked.
+#[derive(Deserialize)]
+struct RawStamp {
+    ms: u64,
+    counter: u16,
+    node: u32,
+}
+
+impl TryFrom<RawStamp> for Stamp {
+    type Error = String;
+
+    fn try_from(raw: RawStamp) -> Result<Stamp, String> {
+        if raw.ms > Stamp::MAX_MS {
+            return Err(format!(
+                "a stamp's milliseconds {} exceed 48 bits ({})",
+                raw.ms,
+                Stamp::MAX_MS
+            ));
+        }
+        Ok(Stamp {
+            ms: raw.ms,
+            counter: raw.counter,
+            node: raw.node,
+        })
+    }
 }
 
 impl Stamp {
@@ -74,11 +107,16 @@ impl Hlc {
         self.last
     }
 
-    /// A new stamp, strictly greater than every stamp issued or observed before.
+    /// A new stamp, strictly greater than every stamp issued or observed before — except at
+    /// the very end of the 48-bit range ([`Stamp::MAX_MS`] with the counter spent, which only
+    /// a peer's stamp can bring the clock to), where it stays: a stamp past it could not be
+    /// decoded again.
     pub fn tick(&mut self, now_ms: u64) -> Stamp {
         let now_ms = now_ms.min(Stamp::MAX_MS);
         let (ms, counter) = if now_ms > self.last.ms {
             (now_ms, 0)
+        } else if self.last.counter == u16::MAX && self.last.ms >= Stamp::MAX_MS {
+            (Stamp::MAX_MS, u16::MAX)
         } else if self.last.counter == u16::MAX {
             // The counter is spent for this millisecond: borrow the next one.
             (self.last.ms + 1, 0)
@@ -174,6 +212,33 @@ mod tests {
                 node: 1
             }
         );
+    }
+
+    #[test]
+    fn a_stamp_past_48_bits_does_not_decode_and_the_clock_never_mints_one() {
+        let at = |ms| Stamp {
+            ms,
+            counter: 7,
+            node: 3,
+        };
+        let last = postcard::to_allocvec(&at(Stamp::MAX_MS)).expect("encode");
+        assert_eq!(
+            postcard::from_bytes::<Stamp>(&last).expect("decodes"),
+            at(Stamp::MAX_MS)
+        );
+        for ms in [Stamp::MAX_MS + 1, u64::MAX] {
+            let bytes = postcard::to_allocvec(&at(ms)).expect("encode");
+            assert!(postcard::from_bytes::<Stamp>(&bytes).is_err(), "{ms}");
+        }
+        let mut hlc = Hlc::new(1, Stamp::ZERO);
+        hlc.observe(Stamp {
+            ms: u64::MAX,
+            counter: u16::MAX,
+            node: 9,
+        });
+        for _ in 0..3 {
+            assert!(hlc.tick(u64::MAX).ms <= Stamp::MAX_MS);
+        }
     }
 
     proptest! {

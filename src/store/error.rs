@@ -165,7 +165,13 @@ macro_rules! from_redb {
         }
     )*};
 }
-from_redb!(TransactionError, TableError, CommitError, CompactionError);
+from_redb!(
+    TransactionError,
+    TableError,
+    CommitError,
+    CompactionError,
+    SavepointError
+);
 
 impl From<redb::Error> for StoreError {
     fn from(e: redb::Error) -> StoreError {

@@ -65,6 +65,13 @@ pub struct Compacted {
     pub after: u64,
 }
 
+/// A state of the store to return to ([`Store::mark`], [`Store::rewind`]); fuzzing only.
+#[doc(hidden)]
+pub struct Mark {
+    savepoint: redb::Savepoint,
+    hlc: Hlc,
+}
+
 /// An open store. One process at a time may hold a store open (redb locks the file).
 pub struct Store {
     /// `None` only while a reopen after an I/O failure has not succeeded yet.
@@ -338,6 +345,45 @@ impl Store {
             None => rand::random(),
         };
         crate::model::MailboxGuid(bytes)
+    }
+
+    /// Fuzzing and tests only: remembers the store as it is now, for [`Store::rewind`]. While
+    /// a [`Mark`] lives, pages freed by later writes are kept (redb's ephemeral savepoint), so
+    /// rewind often: a rewind frees them. Never use it in a server.
+    #[doc(hidden)]
+    pub fn mark(&self) -> Result<Mark, StoreError> {
+        let hlc = *self
+            .hlc
+            .lock()
+            .map_err(|_| StoreError::Corrupt("clock lock poisoned".into()))?;
+        let txn = self.begin_write()?;
+        let savepoint = txn.ephemeral_savepoint()?;
+        txn.abort()?;
+        Ok(Mark { savepoint, hlc })
+    }
+
+    /// Fuzzing and tests only: puts the store back as it was at `mark` (every table, the
+    /// clock), so that a fuzz target can start each input from the same store without building
+    /// it again (docs/RELIABILITY.md §3). Never use it in a server.
+    ///
+    /// The mark is then taken anew, on the same state: the pages that writes since the old
+    /// one freed (the restoring commit's too) can be reused only once no savepoint older than
+    /// them is left, and without this the freed-page list grew with every rewind, and with it
+    /// the time and memory of the next.
+    #[doc(hidden)]
+    pub fn rewind(&self, mark: &mut Mark) -> Result<(), StoreError> {
+        let mut hlc = self
+            .hlc
+            .lock()
+            .map_err(|_| StoreError::Corrupt("clock lock poisoned".into()))?;
+        let mut txn = self.begin_write()?;
+        txn.restore_savepoint(&mark.savepoint)?;
+        txn.commit()?;
+        *hlc = mark.hlc;
+        let txn = self.begin_write()?;
+        mark.savepoint = txn.ephemeral_savepoint()?;
+        txn.abort()?;
+        Ok(())
     }
 
     /// Benchmarks only: switch tree maintenance off to measure what it costs. A store
