@@ -889,21 +889,9 @@ pub(crate) fn find_base(dir: &Path, base: &str) -> Result<Option<PathBuf>, LiveE
         if plain.is_file() {
             return Ok(Some(plain));
         }
-        let entries = match fs::read_dir(&sub_dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(e) => return Err(io(&sub_dir, "read directory")(e).into()),
-        };
-        for entry in entries {
-            let entry = entry.map_err(io(&sub_dir, "read directory"))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name.split(':').next() == Some(base) {
-                return Ok(Some(entry.path()));
-            }
-        }
     }
-    Ok(None)
+    // Otherwise, with whatever info it has: a listing of both.
+    Ok(file_names(dir)?.remove(base))
 }
 
 /// Whether a base name is one [`LockedFolder::deliver_all`] made: `<secs>.M<usecs>P<pid>Q<n>.`
