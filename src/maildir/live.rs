@@ -763,12 +763,17 @@ impl LockedFolder<'_> {
         let next = entries
             .last()
             .map_or(next, |(uid, _)| next.max(uid.saturating_add(1)));
-        let list = UidList {
+        self.install_uidlist(UidList {
             uidvalidity,
             next_uid: next.max(1),
             guid: Some(guid.to_string()),
             entries,
-        };
+        })
+    }
+
+    /// Writes `list` as the folder's uidlist (a new file renamed into place) and reads it as
+    /// ours from now on.
+    fn install_uidlist(&mut self, list: UidList) -> Result<(), LiveError> {
         replace_file(
             &self.folder.owner,
             &self.folder.dir.join("tmp"),
@@ -862,20 +867,12 @@ impl LockedFolder<'_> {
                 return Ok(false);
             }
         }
-        let list = UidList {
+        self.install_uidlist(UidList {
             uidvalidity,
             next_uid: 1,
             guid: Some(guid.to_string()),
             entries: Vec::new(),
-        };
-        replace_file(
-            &self.folder.owner,
-            &self.folder.dir.join("tmp"),
-            &self.uidlist_path,
-            crate::maildir::format_uidlist(&list).as_bytes(),
-        )?;
-        self.uidlist = list;
-        self.listed.clear();
+        })?;
         Ok(true)
     }
 }
