@@ -989,13 +989,7 @@ fn to_disk(
     {
         return rebuild(store, (user, dir), record, mirror, &mut locked, report);
     }
-    let mut edits = Vec::new();
-    for base in &mirror.unlinks {
-        if locked.unlink(base)? {
-            report.unlinked += 1;
-        }
-        edits.push(MirrorEdit::Unlinked { base: base.clone() });
-    }
+    let mut edits = unlink_owed(&mut locked, mirror, report)?;
     let mut owed_still = false;
     // Where the uidlist lists each file the index knows (one map, not a search per message).
     let listed: HashMap<String, u32> = locked
@@ -1099,13 +1093,7 @@ fn rebuild(
 ) -> Result<(), BackendError> {
     let guid = mirror.guid;
     let was = locked.uidlist().uidvalidity;
-    let mut edits = Vec::new();
-    for base in &mirror.unlinks {
-        if locked.unlink(base)? {
-            report.unlinked += 1;
-        }
-        edits.push(MirrorEdit::Unlinked { base: base.clone() });
-    }
+    let mut edits = unlink_owed(locked, mirror, report)?;
     let on_disk = live::file_names(dir)?;
     let mut entries: Vec<(u32, String)> = Vec::new();
     let mut owed_still = false;
@@ -1171,6 +1159,22 @@ fn rebuild(
     let token = if owed_still { None } else { mirror.owed };
     store.mirror_settle(user, guid, &edits, token)?;
     Ok(())
+}
+
+/// Removes the files the index owes a removal; returns the edits that settle them.
+fn unlink_owed(
+    locked: &mut live::LockedFolder<'_>,
+    mirror: &MailboxMirror,
+    report: &mut PassReport,
+) -> Result<Vec<MirrorEdit>, BackendError> {
+    let mut edits = Vec::new();
+    for base in &mirror.unlinks {
+        if locked.unlink(base)? {
+            report.unlinked += 1;
+        }
+        edits.push(MirrorEdit::Unlinked { base: base.clone() });
+    }
+    Ok(edits)
 }
 
 /// Deliveries gathered for one [`LockedFolder::deliver_all`]: a batch is flushed to disk at

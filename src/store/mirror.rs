@@ -246,66 +246,16 @@ impl Store {
     /// folder has not been removed yet, and any still marked owed.
     pub fn user_mirror(&self, user: &str) -> Result<Vec<MailboxMirror>, StoreError> {
         let txn = self.read_txn()?;
-        let (start, end) = keys::user_range(user);
-        let mut guids = std::collections::BTreeSet::new();
-        // Owed ones too: a mailbox made and deleted before any pass has neither a record nor
-        // a folder row, and only its owed mark says there is something to settle.
-        for table in [MAILBOXES, MIRROR_FOLDERS, MIRROR_OWED] {
-            for item in txn
-                .open_table(table)?
-                .range(start.as_slice()..=end.as_slice())?
-            {
-                let (k, _) = item?;
-                let (_, guid, _) = keys::split_mailbox_prefix(k.value())
-                    .ok_or_else(|| StoreError::Corrupt("malformed mailbox key".into()))?;
-                guids.insert(guid);
-            }
-        }
-        guids
+        folder_states_in(&txn, user)?
             .into_iter()
-            .map(|guid| mailbox_mirror_in(&txn, user, guid))
+            .map(|state| mailbox_mirror_in(&txn, user, state.guid))
             .collect()
     }
 
     /// [`FolderState`] of every mailbox [`Store::user_mirror`] would list, without reading
     /// their messages: what a pass needs to skip folders that show no change.
     pub fn user_folders(&self, user: &str) -> Result<Vec<FolderState>, StoreError> {
-        let txn = self.read_txn()?;
-        let (start, end) = keys::user_range(user);
-        let mut states: BTreeMap<MailboxGuid, FolderState> = BTreeMap::new();
-        for (n, table) in [MAILBOXES, MIRROR_FOLDERS, MIRROR_OWED, MIRROR_PRINTS]
-            .into_iter()
-            .enumerate()
-        {
-            for item in txn
-                .open_table(table)?
-                .range(start.as_slice()..=end.as_slice())?
-            {
-                let (k, v) = item?;
-                let (_, guid, _) = keys::split_mailbox_prefix(k.value())
-                    .ok_or_else(|| StoreError::Corrupt("malformed mailbox key".into()))?;
-                let state = states.entry(guid).or_insert_with(|| FolderState {
-                    guid,
-                    record: None,
-                    folder: None,
-                    owed: None,
-                    print: None,
-                });
-                match n {
-                    0 => state.record = Some(decode::<MailboxRecord>(v.value(), "a mailbox")?),
-                    1 => {
-                        state.folder = Some(decode::<FolderRow>(v.value(), "a Maildir folder row")?)
-                    }
-                    2 => state.owed = Some(owed_token(v.value())?),
-                    _ => state.print = Some(v.value().to_vec()),
-                }
-            }
-        }
-        // A print alone (its mailbox and folder rows gone) says nothing to settle.
-        Ok(states
-            .into_values()
-            .filter(|s| s.record.is_some() || s.folder.is_some() || s.owed.is_some())
-            .collect())
+        folder_states_in(&self.read_txn()?, user)
     }
 
     /// What the index says of one mailbox that its folder must show.
@@ -540,6 +490,49 @@ fn by_uid<T>(
         out.push((uid, decode_row(v.value())?));
     }
     Ok(out)
+}
+
+/// Every mailbox of `user` the index or the disk knows of — live ones, deleted ones whose
+/// folder has not been removed yet, and any still marked owed (a mailbox made and deleted
+/// before any pass has neither a record nor a folder row, and only its owed mark says there is
+/// something to settle) — with its rows, in GUID order.
+fn folder_states_in(
+    txn: &redb::ReadTransaction,
+    user: &str,
+) -> Result<Vec<FolderState>, StoreError> {
+    let (start, end) = keys::user_range(user);
+    let mut states: BTreeMap<MailboxGuid, FolderState> = BTreeMap::new();
+    for (n, table) in [MAILBOXES, MIRROR_FOLDERS, MIRROR_OWED, MIRROR_PRINTS]
+        .into_iter()
+        .enumerate()
+    {
+        for item in txn
+            .open_table(table)?
+            .range(start.as_slice()..=end.as_slice())?
+        {
+            let (k, v) = item?;
+            let (_, guid, _) = keys::split_mailbox_prefix(k.value())
+                .ok_or_else(|| StoreError::Corrupt("malformed mailbox key".into()))?;
+            let state = states.entry(guid).or_insert_with(|| FolderState {
+                guid,
+                record: None,
+                folder: None,
+                owed: None,
+                print: None,
+            });
+            match n {
+                0 => state.record = Some(decode::<MailboxRecord>(v.value(), "a mailbox")?),
+                1 => state.folder = Some(decode::<FolderRow>(v.value(), "a Maildir folder row")?),
+                2 => state.owed = Some(owed_token(v.value())?),
+                _ => state.print = Some(v.value().to_vec()),
+            }
+        }
+    }
+    // A print alone (its mailbox and folder rows gone) says nothing to settle.
+    Ok(states
+        .into_values()
+        .filter(|s| s.record.is_some() || s.folder.is_some() || s.owed.is_some())
+        .collect())
 }
 
 fn owed_token(value: &[u8]) -> Result<OwedToken, StoreError> {
