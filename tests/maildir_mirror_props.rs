@@ -10,17 +10,25 @@
 //! in the name and its bytes; no file, folder or UID the index lacks; each folder's
 //! UIDVALIDITY is its mailbox's; and `verify` is ok.
 //!
+//! The same property holds for passes driven by a real inotify watcher, as `serve` runs them
+//! (src/maildir/watch.rs): a folder followed since index and disk last agreed is looked at
+//! only in the files the watcher named.
+//!
 //! `PROPTEST_CASES=500 cargo test --test maildir_mirror_props` runs more cases.
 
 mod common;
 
-use merkmail::maildir::backend::{pass, Template};
+use merkmail::maildir::backend::{pass, pass_watched, PassReport, Template};
 use merkmail::maildir::scan;
+use merkmail::maildir::watch::{News, Tracking, Watched};
 use merkmail::model::{Digest, FlagName, FlagOp};
 use merkmail::store::{NewMessage, Store};
+use notify::Watcher;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 const USER: &str = "carol";
 const NAMES: [&str; 4] = ["INBOX", "Lists", "Work", "Lists/Sub"];
@@ -159,6 +167,79 @@ struct World {
     template: Template,
     store: Option<Store>,
     dropped: usize,
+    /// Passes driven by an inotify watcher, as `serve` runs them, when set.
+    watch: Option<Watch>,
+}
+
+/// A real inotify watcher on the Maildirs' parent, gathering reports as `serve` does, and
+/// the folders it has followed. A barrier file (`barrier-N` in the parent) lets a pass wait
+/// until every report of what happened before it has arrived: one watcher's reports come
+/// in order.
+struct Watch {
+    _watcher: notify::RecommendedWatcher,
+    news: Arc<Mutex<News>>,
+    barrier: Arc<AtomicU64>,
+    sent: u64,
+    tracking: Mutex<Tracking>,
+    parent: PathBuf,
+    /// Folders looked at only in the files the watcher named, over the whole run.
+    named: AtomicU64,
+}
+
+impl Watch {
+    fn new(template: &Template) -> Watch {
+        let parent = template.parent().to_path_buf();
+        std::fs::create_dir_all(&parent).expect("the Maildirs' parent");
+        let news = Arc::new(Mutex::new(News::default()));
+        let barrier = Arc::new(AtomicU64::new(0));
+        let (n, b, t) = (Arc::clone(&news), Arc::clone(&barrier), template.clone());
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if let Ok(e) = &event {
+                    let mark = e.paths.iter().find_map(|p| {
+                        p.file_name()?
+                            .to_str()?
+                            .strip_prefix("barrier-")?
+                            .parse::<u64>()
+                            .ok()
+                    });
+                    if let Some(mark) = mark {
+                        b.fetch_max(mark, Ordering::SeqCst);
+                        return;
+                    }
+                }
+                n.lock().expect("news").note(&t, event);
+            })
+            .expect("a watcher");
+        watcher
+            .watch(&parent, notify::RecursiveMode::Recursive)
+            .expect("watch the parent");
+        Watch {
+            _watcher: watcher,
+            news,
+            barrier,
+            sent: 0,
+            tracking: Mutex::new(Tracking::default()),
+            parent,
+            named: AtomicU64::new(0),
+        }
+    }
+
+    /// Waits until the watcher has reported everything done before now.
+    fn catch_up(&mut self) {
+        self.sent += 1;
+        let path = self.parent.join(format!("barrier-{}", self.sent));
+        std::fs::write(&path, b"").expect("barrier");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.barrier.load(Ordering::SeqCst) < self.sent {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the watcher did not report the barrier"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        std::fs::remove_file(&path).expect("remove the barrier");
+    }
 }
 
 impl World {
@@ -181,17 +262,56 @@ impl World {
             template,
             store: Some(store),
             dropped: 0,
+            watch: None,
         };
-        world.pass();
+        world.pass_all();
         world
+    }
+
+    /// A world whose passes a real inotify watcher drives, as `serve`'s do.
+    fn watched() -> World {
+        let mut world = World::new();
+        world.watch = Some(Watch::new(&world.template));
+        world
+    }
+
+    /// A pass over every user with no watcher (the CLI's `scan`, the safety net).
+    fn pass_all(&self) -> PassReport {
+        pass(self.store(), &self.template, None).expect("a pass")
     }
 
     fn store(&self) -> &Store {
         self.store.as_ref().expect("the store is open")
     }
 
-    fn pass(&self) -> merkmail::maildir::backend::PassReport {
-        pass(self.store(), &self.template, None).expect("a pass")
+    /// A pass: with a watcher, driven by what it reported (once it has caught up), as
+    /// `serve` passes over a user; without, a plain pass.
+    fn pass(&mut self) -> PassReport {
+        let Some(watch) = self.watch.as_mut() else {
+            return self.pass_all();
+        };
+        watch.catch_up();
+        let news = std::mem::take(&mut *watch.news.lock().expect("news"));
+        let mut tracking = watch.tracking.lock().expect("tracking");
+        if news.lost {
+            tracking.clear();
+        }
+        let touched = news.users.get(USER).cloned().unwrap_or_default();
+        let store = self.store.as_ref().expect("the store is open");
+        let report = pass_watched(
+            store,
+            &self.template,
+            USER,
+            Watched {
+                tracking: &mut tracking,
+                touched,
+            },
+        )
+        .expect("a watched pass");
+        watch
+            .named
+            .fetch_add(report.folders_named, Ordering::SeqCst);
+        report
     }
 
     /// The index's messages, in a stable order: (mailbox, uid).
@@ -291,13 +411,17 @@ impl World {
             Op::Reopen => {
                 drop(self.store.take());
                 self.store = Some(Store::open(&self.data).expect("reopen"));
+                // A restart follows no folder: its watcher starts anew.
+                if let Some(watch) = &self.watch {
+                    watch.tracking.lock().expect("tracking").clear();
+                }
             }
         }
     }
 
     /// Passes until one changes nothing and nothing is owed (bounded: a renumbered message is
     /// delivered on the pass after the one that moved it).
-    fn settle(&self) -> Result<(), TestCaseError> {
+    fn settle(&mut self) -> Result<(), TestCaseError> {
         for _ in 0..8 {
             let report = self.pass();
             let owed = self.store().owed_mailboxes().expect("owed");
@@ -432,6 +556,96 @@ proptest! {
         prop_assert!(idle.folders > 0);
         world.check()?;
     }
+
+    #[test]
+    fn with_a_watcher_after_random_changes_and_passes_the_maildir_equals_the_index(
+        ops in proptest::collection::vec(op(), 1..40)
+    ) {
+        let mut world = World::watched();
+        for op in &ops {
+            world.apply(op);
+        }
+        world.settle()?;
+        world.check()?;
+        // Settled, every folder is followed: a pass with nothing reported looks at none.
+        let idle = world.pass();
+        prop_assert!(!idle.changed(), "an idle pass changed {:?}", idle);
+        prop_assert_eq!(
+            idle.folders_read + idle.folders_named,
+            0,
+            "an idle watched pass looked at folders: {:?}",
+            idle
+        );
+        world.check()?;
+    }
+}
+
+/// With a watcher, a followed folder is looked at only in the files it named: a file
+/// dropped by an MDA, a flag renamed by the server and a flag changed in the index each
+/// cost a look at one folder and no full read, and our own renames come back as names that
+/// change nothing.
+#[test]
+fn a_watched_pass_looks_only_at_the_files_the_watcher_named() {
+    let mut world = World::watched();
+    world.settle().expect("settles");
+    let first = world.pass();
+    assert_eq!(first.folders_read + first.folders_named, 0, "{first:?}");
+
+    world.apply(&Op::Drop {
+        folder: 0,
+        body: 7,
+        flags: None,
+    });
+    let r = world.pass();
+    assert_eq!(
+        (r.imported, r.folders_named, r.folders_read),
+        (1, 1, 0),
+        "{r:?}"
+    );
+    world.settle().expect("settles");
+
+    let files = disk_files(&world.root);
+    let dropped = files
+        .iter()
+        .position(|p| p.to_string_lossy().contains(".prop"))
+        .expect("the dropped file");
+    world.apply(&Op::DiskFlags {
+        pick: dropped,
+        flags: 0b10,
+    });
+    let r = world.pass();
+    assert_eq!(
+        (r.flags_from_disk, r.folders_named, r.folders_read),
+        (1, 1, 0),
+        "{r:?}"
+    );
+    world.settle().expect("settles");
+
+    world.apply(&Op::Flag {
+        pick: 0,
+        flag: 0,
+        add: true,
+    });
+    let r = world.pass();
+    assert_eq!(
+        (r.flags_to_disk, r.folders_named, r.folders_read),
+        (1, 1, 0),
+        "{r:?}"
+    );
+    let echo = world.pass();
+    assert!(
+        !echo.changed(),
+        "our own rename changed something: {echo:?}"
+    );
+    assert_eq!(echo.folders_read, 0, "{echo:?}");
+    let idle = world.pass();
+    assert_eq!(idle.folders_read + idle.folders_named, 0, "{idle:?}");
+    world.check().expect("the Maildir equals the index");
+    let named = world
+        .watch
+        .as_ref()
+        .map_or(0, |w| w.named.load(Ordering::SeqCst));
+    assert!(named >= 3, "{named}");
 }
 
 /// A batch of deliveries cut short after its files were renamed into cur/ but before their
@@ -441,7 +655,7 @@ proptest! {
 /// never imported as a second message.
 #[test]
 fn a_batch_cut_short_before_its_uidlist_lines_is_adopted_not_imported_twice() {
-    let world = World::new();
+    let mut world = World::new();
     let store = world.store();
     let bodies: Vec<Vec<u8>> = ["a", "b", "c"].iter().map(|t| message(t, 1)).collect();
     let outcomes = store

@@ -1,11 +1,14 @@
 //! The live Maildir beside `serve` (a store made with `init --maildir`): a first pass at
 //! start, then a pass for a user whenever inotify says their Maildir changed or the index
-//! owes it something, and a safety-net pass every `rescan_interval_s`. A pass reads only the
-//! folders whose directories changed since index and disk last agreed (the folder prints of
-//! maildir::backend), so the safety net costs a few stats per folder when all is quiet.
+//! owes it something, and a safety-net pass every `rescan_interval_s`. A pass driven by
+//! inotify looks only at the files it named in the folders it has followed since index and
+//! disk last agreed on them (maildir::watch); the safety net reads only the folders whose
+//! directories changed since index and disk last agreed (the folder prints of
+//! maildir::backend), so it costs a few stats per folder when all is quiet.
 
 use super::node::Node;
 use crate::maildir::backend::{self, PassReport, Template};
+use crate::maildir::watch::{News, Touched, Tracking, Watched};
 use crate::status::MaildirView;
 use notify::{RecursiveMode, Watcher};
 use std::collections::BTreeSet;
@@ -20,10 +23,10 @@ const OWED_POLL: Duration = Duration::from_millis(100);
 /// How long a burst of file events is gathered before a pass (a delivery is several events).
 const SETTLE: Duration = Duration::from_millis(30);
 
-/// Users whose Maildir inotify saw change, for the next pass.
+/// What inotify saw change since the last passes, by user.
 #[derive(Default)]
 struct Changed {
-    users: Mutex<BTreeSet<String>>,
+    news: Mutex<News>,
     wake: Notify,
 }
 
@@ -43,6 +46,8 @@ pub async fn run(node: Arc<Node>, template: Template) {
         }
     };
     let mut seen: BTreeSet<String> = BTreeSet::new();
+    // Folders followed only while the watcher runs.
+    let tracking = Arc::new(Mutex::new(Tracking::default()));
     let started = Instant::now();
     let first = pass(&node, &template, None, &mut seen).await;
     watch_roots(watcher.as_mut(), &template, &seen);
@@ -68,12 +73,26 @@ pub async fn run(node: Arc<Node>, template: Template) {
             _ = node.wake_mirror.notified() => {}
             _ = tokio::time::sleep(OWED_POLL) => {}
         }
-        let users: BTreeSet<String> = match changed.users.lock() {
-            Ok(mut u) => std::mem::take(&mut *u),
-            Err(_) => BTreeSet::new(),
+        let news = match changed.news.lock() {
+            Ok(mut n) => std::mem::take(&mut *n),
+            Err(_) => News {
+                lost: true,
+                ..News::default()
+            },
         };
-        for user in users {
-            pass(&node, &template, Some(user), &mut seen).await;
+        if news.lost {
+            tracing::warn!("the Maildir watcher lost events; passing over every user in full");
+            if let Ok(mut t) = tracking.lock() {
+                t.clear();
+            }
+            pass(&node, &template, None, &mut seen).await;
+        }
+        for (user, touched) in news.users {
+            if watcher.is_some() {
+                pass_watched(&node, &template, &tracking, user, touched, &mut seen).await;
+            } else {
+                pass(&node, &template, Some(user), &mut seen).await;
+            }
         }
         let store = Arc::clone(&node.store);
         let owed = tokio::task::spawn_blocking(move || store.owed_mailboxes())
@@ -83,7 +102,12 @@ pub async fn run(node: Arc<Node>, template: Template) {
             .unwrap_or_default();
         let owed_users: BTreeSet<String> = owed.into_iter().map(|(u, _)| u).collect();
         for user in owed_users {
-            pass(&node, &template, Some(user), &mut seen).await;
+            if watcher.is_some() {
+                let nothing = Touched::default();
+                pass_watched(&node, &template, &tracking, user, nothing, &mut seen).await;
+            } else {
+                pass(&node, &template, Some(user), &mut seen).await;
+            }
         }
         if Instant::now() >= next_rescan {
             next_rescan = Instant::now() + rescan;
@@ -148,13 +172,63 @@ async fn pass(
             return None;
         }
     };
+    after_pass(node, user.as_deref(), report, users, seen)
+}
+
+/// One user's pass driven by the watcher (maildir::watch), on the blocking pool.
+async fn pass_watched(
+    node: &Arc<Node>,
+    template: &Template,
+    tracking: &Arc<Mutex<Tracking>>,
+    user: String,
+    touched: Touched,
+    seen: &mut BTreeSet<String>,
+) -> Option<PassReport> {
+    let store = Arc::clone(&node.store);
+    let t = template.clone();
+    let tracking = Arc::clone(tracking);
+    let one = user.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut tracked = match tracking.lock() {
+            Ok(t) => t,
+            Err(poisoned) => {
+                let mut t = poisoned.into_inner();
+                t.clear();
+                t
+            }
+        };
+        let watched = Watched {
+            tracking: &mut tracked,
+            touched,
+        };
+        backend::pass_watched(&store, &t, &one, watched)
+    })
+    .await;
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "the Maildir pass failed");
+            return None;
+        }
+    };
+    after_pass(node, Some(&user), report, vec![user.clone()], seen)
+}
+
+/// Records a pass for /status, logs what it changed and wakes the journal's shipping.
+fn after_pass(
+    node: &Arc<Node>,
+    user: Option<&str>,
+    report: Result<PassReport, backend::BackendError>,
+    users: Vec<String>,
+    seen: &mut BTreeSet<String>,
+) -> Option<PassReport> {
     record(node, &report);
     match report {
         Ok(report) => {
             seen.extend(users);
             if report.changed() {
                 tracing::info!(
-                    user = user.as_deref().unwrap_or("*"),
+                    user = user.unwrap_or("*"),
                     imported = report.imported,
                     flags_from_disk = report.flags_from_disk,
                     expunged_on_disk = report.expunged_on_disk,
@@ -174,7 +248,7 @@ async fn pass(
             Some(report)
         }
         Err(e) => {
-            tracing::warn!(user = user.as_deref().unwrap_or("*"), error = %e, "Maildir pass failed; what it owes stays owed and is retried");
+            tracing::warn!(user = user.unwrap_or("*"), error = %e, "Maildir pass failed; what it owes stays owed and is retried");
             None
         }
     }
@@ -218,36 +292,13 @@ fn record(node: &Node, report: &Result<PassReport, backend::BackendError>) {
 /// user whose Maildir it is in.
 fn watch(template: &Template, changed: Arc<Changed>) -> notify::Result<Watching> {
     let parent: PathBuf = template.parent().to_path_buf();
-    let base = parent.clone();
     let t = template.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        let mut any = false;
-        for path in &event.paths {
-            let Ok(rest) = path.strip_prefix(&base) else {
-                continue;
-            };
-            let Some(user) = rest.components().next() else {
-                continue;
-            };
-            let user = user.as_os_str().to_string_lossy();
-            // Only users' Maildirs: other entries beside them (files, a data directory) are
-            // none of ours.
-            if crate::model::validate_user(&user).is_err() || !t.root(&user).is_dir() {
-                continue;
-            }
-            // Files in tmp/ are not mail yet, and our own lock files come and go.
-            if rest.components().any(|c| c.as_os_str() == "tmp")
-                || path.extension().is_some_and(|e| e == "lock")
-            {
-                continue;
-            }
-            if let Ok(mut users) = changed.users.lock() {
-                users.insert(user.into_owned());
-                any = true;
-            }
-        }
-        if any {
+        let wanted = match changed.news.lock() {
+            Ok(mut news) => news.note(&t, event),
+            Err(_) => true,
+        };
+        if wanted {
             changed.wake.notify_one();
         }
     })?;

@@ -21,7 +21,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::maildir::live::{self, LiveError, LiveFolder};
-use crate::maildir::scan::{list, scan, scan_folder, ScannedFolder, ScannedMessage};
+use crate::maildir::scan::{list, scan, scan_folder, scan_names, ScannedFolder, ScannedMessage};
+use crate::maildir::watch::Watched;
 use crate::maildir::{MaildirError, INBOX};
 use crate::model::{Digest, FlagName, MailboxGuid};
 use crate::store::{
@@ -137,6 +138,9 @@ pub struct PassReport {
     /// Folders read in full (the others showed no change since index and disk last agreed,
     /// and the index owed them nothing).
     pub folders_read: u64,
+    /// Folders looked at only in the files a file watcher named (`serve`; see
+    /// src/maildir/watch.rs).
+    pub folders_named: u64,
     /// disk → index
     pub imported: u64,
     pub imported_bytes: u64,
@@ -381,9 +385,26 @@ pub fn pass(
     };
     let mut report = PassReport::default();
     for user in users {
-        pass_user(store, template, &user, &mut report)?;
+        pass_user(store, template, &user, &mut report, None)?;
         report.users += 1;
     }
+    Ok(report)
+}
+
+/// A pass over one user driven by a file watcher (src/maildir/watch.rs): a folder the
+/// watcher has followed since index and disk last agreed on it is looked at only in the
+/// files it named, or not at all if it named none and the index owes it nothing. The other
+/// folders are read as [`pass`] reads them.
+pub fn pass_watched(
+    store: &Store,
+    template: &Template,
+    user: &str,
+    mut watched: Watched<'_>,
+) -> Result<PassReport, BackendError> {
+    crate::model::validate_user(user).map_err(StoreError::from)?;
+    let mut report = PassReport::default();
+    pass_user(store, template, user, &mut report, Some(&mut watched))?;
+    report.users += 1;
     Ok(report)
 }
 
@@ -396,7 +417,7 @@ pub fn settle_owed(store: &Store, template: &Template) -> Result<PassReport, Bac
         .collect();
     let mut report = PassReport::default();
     for user in users {
-        pass_user(store, template, &user, &mut report)?;
+        pass_user(store, template, &user, &mut report, None)?;
         report.users += 1;
     }
     Ok(report)
@@ -433,6 +454,7 @@ fn pass_user(
     template: &Template,
     user: &str,
     report: &mut PassReport,
+    mut watched: Option<&mut Watched<'_>>,
 ) -> Result<(), BackendError> {
     let root = template.root(user);
     if !root.is_dir() {
@@ -443,35 +465,81 @@ fn pass_user(
         // A user that arrived from a peer: their Maildir is made for them.
         live::make_root(&root)?;
     }
+    let started = std::time::Instant::now();
     let listing = list(&root)?;
     let mut states = store.user_folders(user)?;
     let mut taken: HashSet<MailboxGuid> = HashSet::new();
+    if let Some(w) = watched.as_deref_mut() {
+        if w.touched.tree {
+            // A folder made, renamed or removed: no folder of the tree is taken on trust.
+            w.tracking.forget_under(&root);
+        }
+    }
 
     // Only the folders that changed since index and disk last agreed, or that the index owes
-    // something, are read.
-    let mut read: Vec<(ScannedFolder, FolderPrint)> = Vec::new();
+    // something, are read; a folder the watcher followed, only in the files it named.
+    let mut read: Vec<(ScannedFolder, FolderPrint, Scope)> = Vec::new();
     for (mailbox, dir) in &listing.folders {
         report.folders += 1;
         let subscribed = listing.subscriptions.contains(mailbox);
         let mut print = FolderPrint::of(dir);
+        if let Some(w) = watched.as_deref_mut() {
+            let trusted = w.tracking.is_tracked(dir) && !w.touched.whole.contains(dir);
+            let names = w.touched.files.remove(dir);
+            // Tracked again only once this pass has settled it.
+            w.tracking.forget(dir);
+            let state = agreed(&states, &taken, mailbox, subscribed);
+            if let (true, Some(state)) = (trusted, state) {
+                if names.is_none() && state.owed.is_none() {
+                    taken.insert(state.guid);
+                    w.tracking.track(dir);
+                    continue;
+                }
+                let names = names.unwrap_or_default();
+                let (folder, bases) = read_named(mailbox, dir, subscribed, &names)?;
+                report.folders_named += 1;
+                read.push((folder, print, Scope::Bases(bases)));
+                continue;
+            }
+        }
         if let Some(state) = unchanged(&states, &taken, mailbox, subscribed, &print) {
             taken.insert(state.guid);
+            if let Some(w) = watched.as_deref_mut() {
+                w.tracking.track(dir);
+            }
             continue;
         }
+        let t = std::time::Instant::now();
         let mut folder = scan_folder(mailbox.clone(), dir.clone(), subscribed)?;
         if number_unlisted(&folder)? {
             print = FolderPrint::of(dir);
             folder = scan_folder(mailbox.clone(), dir.clone(), subscribed)?;
         }
         report.folders_read += 1;
-        read.push((folder, print));
+        tracing::debug!(user, mailbox = %folder.mailbox, files = folder.messages.len(), us = t.elapsed().as_micros() as u64, "folder read");
+        read.push((folder, print, Scope::All));
     }
 
-    let mut paired: Vec<(ScannedFolder, FolderPrint, MailboxMirror)> = Vec::new();
-    for (folder, print) in read {
+    let mut paired: Vec<(ScannedFolder, FolderPrint, MailboxMirror, Scope)> = Vec::new();
+    for (mut folder, mut print, mut scope) in read {
         let mirror = match pair_for(&states, &folder, &taken) {
             Some(i) => {
                 let mirror = store.mailbox_mirror(user, states[i].guid)?;
+                if let Scope::Bases(bases) = &scope {
+                    if !uids_agree(&folder, &mirror, bases) {
+                        // The uidlist says other UIDs than the index for files no one named
+                        // (the server rebuilt it): the folder is read in full after all.
+                        tracing::info!(user, mailbox = %folder.mailbox, "the uidlist moved files the watcher did not name; reading the folder in full");
+                        print = FolderPrint::of(&folder.dir);
+                        folder = scan_folder(
+                            folder.mailbox.clone(),
+                            folder.dir.clone(),
+                            folder.subscribed,
+                        )?;
+                        report.folders_read += 1;
+                        scope = Scope::All;
+                    }
+                }
                 renamed_on_disk(store, user, &mirror, &folder, report)?
             }
             None => {
@@ -502,7 +570,7 @@ fn pass_user(
             }
         };
         taken.insert(mirror.guid);
-        paired.push((folder, print, mirror));
+        paired.push((folder, print, mirror, scope));
     }
 
     for state in states.iter().filter(|s| !taken.contains(&s.guid)) {
@@ -513,7 +581,7 @@ fn pass_user(
                 if record.name == INBOX {
                     let made = LiveFolder::open(&root)?;
                     let print = FolderPrint::of(made.dir());
-                    paired.push((empty_folder(INBOX, made.dir()), print, mirror));
+                    paired.push((empty_folder(INBOX, made.dir()), print, mirror, Scope::All));
                     continue;
                 }
                 store.delete_mailbox(user, &record.name)?;
@@ -522,7 +590,7 @@ fn pass_user(
             }
             (Some(record), _) => {
                 // A mailbox the disk does not show yet (replicated, or made by the CLI).
-                if paired.iter().any(|(f, _, _)| f.mailbox == record.name)
+                if paired.iter().any(|(f, _, _, _)| f.mailbox == record.name)
                     || listing.folders.iter().any(|(name, _)| *name == record.name)
                 {
                     // Its name is still another mailbox's folder, which this pass renames
@@ -534,7 +602,12 @@ fn pass_user(
                 let folder = LiveFolder::create(&root, &record.name)?;
                 report.folders_made += 1;
                 let print = FolderPrint::of(folder.dir());
-                paired.push((empty_folder(&record.name, folder.dir()), print, mirror));
+                paired.push((
+                    empty_folder(&record.name, folder.dir()),
+                    print,
+                    mirror,
+                    Scope::All,
+                ));
             }
             (None, _) => settle_gone(store, user, &store.mailbox_mirror(user, state.guid)?)?,
         }
@@ -542,20 +615,123 @@ fn pass_user(
 
     // disk → index for every folder first, then the subscriptions file, then index → disk:
     // a folder row (with its subscription) is settled only after the file shows it.
+    let read_us = started.elapsed().as_micros() as u64;
     let mut owed = Vec::new();
-    for (folder, print, mirror) in paired {
-        if let Some((dir, mirror)) = from_disk_folder(store, &root, user, folder, mirror, report)? {
-            owed.push((dir, print, mirror));
+    for (folder, print, mirror, scope) in paired {
+        let listed = listing.folders.iter().any(|(_, d)| *d == folder.dir);
+        if let Some((dir, mirror)) =
+            from_disk_folder(store, &root, user, folder, mirror, &scope, report)?
+        {
+            owed.push((dir, print, mirror, listed));
         }
     }
+    let from_us = started.elapsed().as_micros() as u64 - read_us;
     sync_subscriptions(store, &root, user)?;
-    for (dir, print, mirror) in owed {
+    for (dir, print, mirror, listed) in owed {
         let Some(record) = mirror.record.clone() else {
             continue;
         };
-        to_disk(store, user, &dir, &record, &mirror, &print, report)?;
+        let settled = to_disk(store, user, &dir, &record, &mirror, &print, report)?;
+        // Followed from here on only if it was there when the pass began: the watch on a
+        // folder made just now may have started after some of its changes.
+        if let Some(w) = watched.as_deref_mut() {
+            if settled && listed {
+                w.tracking.track(&dir);
+            }
+        }
     }
+    let total_us = started.elapsed().as_micros() as u64;
+    tracing::debug!(
+        user,
+        read_us,
+        from_disk_us = from_us,
+        to_disk_us = total_us - read_us - from_us,
+        total_us,
+        "user pass"
+    );
     Ok(())
+}
+
+/// Which files of a folder a pass looked at.
+enum Scope {
+    /// Every file (a full read).
+    All,
+    /// Only these base names (the files a watcher named); the others are where index and
+    /// disk last agreed.
+    Bases(BTreeSet<String>),
+}
+
+impl Scope {
+    /// Whether the pass looked at the files of base name `base`.
+    fn covers(&self, base: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Bases(bases) => bases.contains(base),
+        }
+    }
+}
+
+/// The index's mailbox for a folder under the same name and subscription as when index and
+/// disk last agreed (whatever its print).
+fn agreed<'a>(
+    states: &'a [FolderState],
+    taken: &HashSet<MailboxGuid>,
+    mailbox: &str,
+    subscribed: bool,
+) -> Option<&'a FolderState> {
+    states.iter().find(|s| {
+        !taken.contains(&s.guid)
+            && s.record.as_ref().is_some_and(|r| r.name == mailbox)
+            && s.folder.as_ref().is_some_and(|f| {
+                f.name == mailbox && (f.subscribed == subscribed || mailbox == INBOX)
+            })
+    })
+}
+
+/// A folder looked at only in the files a watcher named (and its uidlist and keywords),
+/// numbering any that no one has numbered yet, as a full read does.
+fn read_named(
+    mailbox: &str,
+    dir: &Path,
+    subscribed: bool,
+    names: &BTreeSet<String>,
+) -> Result<(ScannedFolder, BTreeSet<String>), BackendError> {
+    let (folder, bases) = scan_names(mailbox.to_string(), dir.to_path_buf(), subscribed, names)?;
+    if !number_unlisted(&folder)? {
+        return Ok((folder, bases));
+    }
+    Ok(scan_names(
+        mailbox.to_string(),
+        dir.to_path_buf(),
+        subscribed,
+        names,
+    )?)
+}
+
+/// Whether the uidlist still lists every file the index knows, that the watcher did not
+/// name, at the index's UID, under the mailbox's UIDVALIDITY: what a folder looked at only
+/// in some files must show for the others to be taken as unchanged.
+fn uids_agree(folder: &ScannedFolder, mirror: &MailboxMirror, named: &BTreeSet<String>) -> bool {
+    let Some(list) = &folder.uidlist else {
+        return mirror.files.is_empty();
+    };
+    if mirror
+        .record
+        .as_ref()
+        .is_some_and(|r| r.uidvalidity != list.uidvalidity)
+    {
+        return false;
+    }
+    let listed: HashMap<&str, u32> = list
+        .entries
+        .iter()
+        .map(|(uid, base)| (base.as_str(), *uid))
+        .collect();
+    mirror
+        .files
+        .iter()
+        .filter(|(_, row)| !named.contains(&row.base))
+        .all(|(uid, row)| listed.get(row.base.as_str()) == Some(uid))
 }
 
 /// The index's mailbox for a folder that needs no reading: the one whose folder it was when
@@ -692,6 +868,7 @@ fn from_disk_folder(
     user: &str,
     folder: ScannedFolder,
     mirror: MailboxMirror,
+    scope: &Scope,
     report: &mut PassReport,
 ) -> Result<Option<(PathBuf, MailboxMirror)>, BackendError> {
     let guid = mirror.guid;
@@ -710,7 +887,7 @@ fn from_disk_folder(
             dir = root.to_path_buf();
         }
     }
-    let wrote = from_disk(store, user, &folder, &mirror, report)?;
+    let wrote = from_disk(store, user, &folder, &mirror, scope, report)?;
     let mirror = if wrote {
         store.mailbox_mirror(user, guid)?
     } else {
@@ -726,6 +903,7 @@ fn from_disk(
     user: &str,
     folder: &ScannedFolder,
     mirror: &MailboxMirror,
+    scope: &Scope,
     report: &mut PassReport,
 ) -> Result<bool, BackendError> {
     let guid = mirror.guid;
@@ -756,6 +934,9 @@ fn from_disk(
         .iter()
         .map(|m| m.basename.as_str())
         .collect();
+    // Whether a file the index knows is on disk: for a folder looked at only in some files,
+    // the others are where index and disk last agreed.
+    let present = |base: &str| on_disk.contains(base) || !scope.covers(base);
     let disk_next = folder
         .uidlist
         .as_ref()
@@ -790,7 +971,7 @@ fn from_disk(
             mirror
                 .files
                 .get(uid)
-                .is_none_or(|row| !on_disk.contains(row.base.as_str()))
+                .is_none_or(|row| !present(row.base.as_str()))
         };
         // Our own delivery (or re-delivery at a new UID), cut short before it was settled (a
         // crash): the file is the one the index expects. Found at its UID, or — a batch cut
@@ -865,7 +1046,7 @@ fn from_disk(
     let mut gone: Vec<u32> = mirror
         .files
         .iter()
-        .filter(|(uid, row)| live.contains_key(uid) && !on_disk.contains(row.base.as_str()))
+        .filter(|(uid, row)| live.contains_key(uid) && !present(row.base.as_str()))
         .map(|(uid, _)| *uid)
         .collect();
     if !gone.is_empty() {
@@ -980,14 +1161,15 @@ fn to_disk(
     mirror: &MailboxMirror,
     print: &FolderPrint,
     report: &mut PassReport,
-) -> Result<(), BackendError> {
+) -> Result<bool, BackendError> {
     let guid = mirror.guid;
     let folder = LiveFolder::open(dir)?;
     let mut locked = folder.lock()?;
     if locked.uidlist().uidvalidity != record.uidvalidity
         && !locked.adopt_identity(record.uidvalidity, &guid.to_hex())?
     {
-        return rebuild(store, (user, dir), record, mirror, &mut locked, report);
+        rebuild(store, (user, dir), record, mirror, &mut locked, report)?;
+        return Ok(false);
     }
     let mut edits = unlink_owed(&mut locked, mirror, report)?;
     let mut owed_still = false;
@@ -1024,7 +1206,7 @@ fn to_disk(
         }
         if let Some(row) = mirror.files.get(uid) {
             if sorted(&row.disk_flags) != flags {
-                match locked.set_flags(&row.base, &flags) {
+                match locked.set_flags(&row.base, &row.disk_flags, &flags) {
                     Ok(true) => {
                         report.flags_to_disk += 1;
                         edits.push(MirrorEdit::Held {
@@ -1072,7 +1254,7 @@ fn to_disk(
     edits.push(MirrorEdit::Print(kept));
     let token = if owed_still { None } else { mirror.owed };
     store.mirror_settle(user, guid, &edits, token)?;
-    Ok(())
+    Ok(!owed_still)
 }
 
 /// The folder holds mail under another UIDVALIDITY than its mailbox: a peer's UIDVALIDITY
@@ -1118,7 +1300,7 @@ fn rebuild(
         };
         let mut disk_flags = row.disk_flags.clone();
         if sorted(&row.disk_flags) != flags {
-            match locked.set_flags(&row.base, &flags) {
+            match locked.set_flags(&row.base, &row.disk_flags, &flags) {
                 Ok(true) => {
                     report.flags_to_disk += 1;
                     disk_flags = flags;

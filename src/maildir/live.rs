@@ -18,7 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::maildir::lock::{hostname, DotLock, LockError, LockSettings};
 use crate::maildir::name::{
-    check_keyword, format_info, format_keywords_file, is_system_flag_syntax, system_flag_letter,
+    check_keyword, format_info, format_keywords_file, is_system_flag_syntax, parse_filename,
+    system_flag_letter,
 };
 use crate::maildir::{
     folder_dir_name, parse_keywords_file, parse_uidlist, MaildirError, UidList, MAX_KEYWORDS,
@@ -819,22 +820,68 @@ impl LockedFolder<'_> {
     }
 
     /// Renames the file with base name `base` into cur/ with exactly `flags` in its `:2,`
-    /// part (Dovecot's flag change). Returns false, changing nothing, if no such file exists.
-    pub fn set_flags(&mut self, base: &str, flags: &[String]) -> Result<bool, LiveError> {
-        let Some(path) = self.find(base)? else {
-            return Ok(false);
-        };
+    /// part (Dovecot's flag change), if its name still shows `from` (the flags index and disk
+    /// last agreed on). Returns false, changing nothing, if there is no such file, or if its
+    /// name shows other flags: the server changed them since, and the next pass reads the
+    /// file and merges both changes instead of overwriting the server's.
+    pub fn set_flags(
+        &mut self,
+        base: &str,
+        from: &[String],
+        flags: &[String],
+    ) -> Result<bool, LiveError> {
         let wanted: Vec<&String> = flags.iter().filter(|f| !is_system_flag_syntax(f)).collect();
         let keywords = self.register_keywords(&wanted)?;
         let (info, dropped) = format_info(flags, &keywords);
         if let Some((flag, problem)) = dropped.into_iter().next() {
             return Err(LiveError::UnstorableFlag { flag, problem });
         }
+        let Some(path) = self.find_showing(base, from, &keywords)? else {
+            return Ok(false);
+        };
         let target = self.folder.dir.join("cur").join(format!("{base}:{info}"));
         if target != path {
             fs::rename(&path, &target).map_err(io(&target, "rename"))?;
         }
         Ok(true)
+    }
+
+    /// The file with base name `base` if its name shows exactly the flags `from`: tried
+    /// first under the names they are written as (a stat each), then in a listing of the
+    /// folder (the letters in another order).
+    fn find_showing(
+        &self,
+        base: &str,
+        from: &[String],
+        keywords: &[(u8, String)],
+    ) -> Result<Option<PathBuf>, LiveError> {
+        let dir = &self.folder.dir;
+        let (was, _) = format_info(from, keywords);
+        let mut names = vec![
+            dir.join("cur").join(format!("{base}:{was}")),
+            dir.join("new").join(format!("{base}:{was}")),
+        ];
+        if from.is_empty() {
+            names.push(dir.join("new").join(base));
+            names.push(dir.join("cur").join(base));
+        }
+        for name in names {
+            if name.is_file() {
+                return Ok(Some(name));
+            }
+        }
+        let Some(path) = file_names(dir)?.remove(base) else {
+            return Ok(None);
+        };
+        let shown = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(|n| parse_filename(n, keywords).flags);
+        let mut shown = shown.unwrap_or_default();
+        let mut from = from.to_vec();
+        shown.sort();
+        from.sort();
+        Ok((shown == from).then_some(path))
     }
 
     /// Removes the file with base name `base` (an expunge). Returns whether there was one.

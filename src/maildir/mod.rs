@@ -31,6 +31,7 @@ pub mod name;
 pub mod scan;
 pub mod uidlist;
 pub mod utf7;
+pub mod watch;
 pub mod write;
 
 use std::path::PathBuf;

@@ -247,7 +247,132 @@ pub fn scan_folder(
     subscribed: bool,
 ) -> Result<ScannedFolder, MaildirError> {
     let mut skipped = Vec::new();
+    let (uidlist, keywords) = read_headers(&dir, &mut skipped)?;
+    let uid_of = uids_of(uidlist.as_ref());
 
+    // cur/ first: when a base name is in both, the cur/ file is the one Dovecot already knows.
+    let mut messages: Vec<ScannedMessage> = Vec::new();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    for sub in ["cur", "new"] {
+        let sub_dir = dir.join(sub);
+        if !sub_dir.is_dir() {
+            continue;
+        }
+        for entry in read_dir_sorted(&sub_dir)? {
+            let path = sub_dir.join(&entry);
+            let Some(file_name) = entry.to_str() else {
+                skipped.push((path, "file name is not UTF-8".into()));
+                continue;
+            };
+            let found = Found {
+                keywords: &keywords,
+                uid_of: &uid_of,
+            };
+            if let Some(message) = found.message(path, file_name, &mut seen, &mut skipped)? {
+                messages.push(message);
+            }
+        }
+    }
+    sort_messages(&mut messages);
+    Ok(ScannedFolder {
+        mailbox,
+        dir,
+        uidlist,
+        subscribed,
+        messages,
+        skipped,
+    })
+}
+
+/// Scans only the named files of one folder (`cur/NAME` or `new/NAME`, as a file watcher
+/// reported them), with its uidlist and keywords read in full: what a folder whose other
+/// files are known to be unchanged needs. A named file that is gone is simply absent; a base
+/// name none of whose named files exists is looked up once in a listing of cur/ and new/ (it
+/// was renamed again, and the watcher has not reported the new name yet). Returns the folder
+/// and the base names looked at: for those, a base absent from the messages is gone.
+pub fn scan_names(
+    mailbox: String,
+    dir: PathBuf,
+    subscribed: bool,
+    names: &BTreeSet<String>,
+) -> Result<(ScannedFolder, BTreeSet<String>), MaildirError> {
+    let mut skipped = Vec::new();
+    let (uidlist, keywords) = read_headers(&dir, &mut skipped)?;
+    let uid_of = uids_of(uidlist.as_ref());
+    let found = Found {
+        keywords: &keywords,
+        uid_of: &uid_of,
+    };
+    let mut bases: BTreeSet<String> = BTreeSet::new();
+    let mut paths: Vec<(PathBuf, String)> = Vec::new();
+    // cur/ first, as in a full scan.
+    for sub in ["cur/", "new/"] {
+        for name in names.iter().filter_map(|n| n.strip_prefix(sub)) {
+            if name.is_empty() || name.starts_with('.') || name.contains('/') {
+                continue;
+            }
+            let base = name.split(':').next().unwrap_or(name);
+            if base.is_empty() {
+                continue;
+            }
+            bases.insert(base.to_string());
+            paths.push((dir.join(sub).join(name), name.to_string()));
+        }
+    }
+    let mut messages: Vec<ScannedMessage> = Vec::new();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    for (path, name) in paths {
+        if let Some(message) = found.message(path, &name, &mut seen, &mut skipped)? {
+            messages.push(message);
+        }
+    }
+    let missing: Vec<&String> = bases.iter().filter(|b| !seen.contains(*b)).collect();
+    if !missing.is_empty() {
+        let mut listed: HashMap<String, (PathBuf, String)> = HashMap::new();
+        // new/ first, so that cur/ wins for a base name in both.
+        for sub in ["new", "cur"] {
+            let sub_dir = dir.join(sub);
+            if !sub_dir.is_dir() {
+                continue;
+            }
+            for entry in read_dir_sorted(&sub_dir)? {
+                let Some(name) = entry.to_str() else { continue };
+                let base = name.split(':').next().unwrap_or(name);
+                if !name.starts_with('.') && !base.is_empty() {
+                    listed.insert(base.to_string(), (sub_dir.join(name), name.to_string()));
+                }
+            }
+        }
+        for base in missing {
+            let Some((path, name)) = listed.remove(base.as_str()) else {
+                continue;
+            };
+            if let Some(message) = found.message(path, &name, &mut seen, &mut skipped)? {
+                messages.push(message);
+            }
+        }
+    }
+    sort_messages(&mut messages);
+    let folder = ScannedFolder {
+        mailbox,
+        dir,
+        uidlist,
+        subscribed,
+        messages,
+        skipped,
+    };
+    Ok((folder, bases))
+}
+
+/// A folder's keywords by index, as `dovecot-keywords` lists them.
+type Keywords = Vec<(u8, String)>;
+
+/// A folder's uidlist and keywords, each `None`/empty (with the reason in `skipped`) if it
+/// cannot be used.
+fn read_headers(
+    dir: &Path,
+    skipped: &mut Vec<(PathBuf, String)>,
+) -> Result<(Option<UidList>, Keywords), MaildirError> {
     let uidlist_path = dir.join("dovecot-uidlist");
     let uidlist = match read_optional(&uidlist_path)? {
         None => None,
@@ -268,11 +393,6 @@ pub fn scan_folder(
             },
         },
     };
-    let uid_of: HashMap<&str, u32> = uidlist
-        .iter()
-        .flat_map(|l| l.entries.iter().map(|(uid, base)| (base.as_str(), *uid)))
-        .collect();
-
     let keywords_path = dir.join("dovecot-keywords");
     let keywords = match read_optional(&keywords_path)? {
         None => Vec::new(),
@@ -287,75 +407,19 @@ pub fn scan_folder(
             }
         },
     };
+    Ok((uidlist, keywords))
+}
 
-    // cur/ first: when a base name is in both, the cur/ file is the one Dovecot already knows.
-    let mut messages: Vec<ScannedMessage> = Vec::new();
-    let mut seen: BTreeSet<String> = BTreeSet::new();
-    for sub in ["cur", "new"] {
-        let sub_dir = dir.join(sub);
-        if !sub_dir.is_dir() {
-            continue;
-        }
-        for entry in read_dir_sorted(&sub_dir)? {
-            let path = sub_dir.join(&entry);
-            let Some(file_name) = entry.to_str() else {
-                skipped.push((path, "file name is not UTF-8".into()));
-                continue;
-            };
-            // Maildir readers skip dot-files: they are not messages (often half-written ones).
-            if file_name.starts_with('.') {
-                continue;
-            }
-            let meta = match fs::symlink_metadata(&path) {
-                Ok(meta) => meta,
-                // Renamed (a flag change, new/ → cur/) or expunged since the readdir: left
-                // for the next look, which the directory's new mtime asks for.
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(MaildirError::io(&path, "stat")(e)),
-            };
-            if !meta.file_type().is_file() {
-                skipped.push((
-                    path,
-                    "not a regular file (directory or symbolic link)".into(),
-                ));
-                continue;
-            }
-            let parsed = parse_filename(file_name, &keywords);
-            if parsed.basename.is_empty() {
-                skipped.push((path, "empty base name".into()));
-                continue;
-            }
-            for c in &parsed.unknown_keyword_letters {
-                skipped.push((
-                    path.clone(),
-                    format!(
-                        "keyword letter {c:?} names no keyword in dovecot-keywords; that keyword is dropped"
-                    ),
-                ));
-            }
-            let mut uid = uid_of.get(parsed.basename.as_str()).copied();
-            if !seen.insert(parsed.basename.clone()) {
-                skipped.push((
-                    path.clone(),
-                    "base name already seen in this folder; listed without a UID".into(),
-                ));
-                uid = None;
-            }
-            let modified = meta
-                .modified()
-                .map_err(MaildirError::io(&path, "read mtime"))?;
-            messages.push(ScannedMessage {
-                path,
-                basename: parsed.basename,
-                uid,
-                flags: parsed.flags,
-                internal_date: unix_seconds(modified),
-                size: meta.len(),
-            });
-        }
-    }
-    // Known UIDs first in UID order (`None` sorts before `Some`, hence the key), then the new
-    // mail in a stable order.
+fn uids_of(uidlist: Option<&UidList>) -> HashMap<&str, u32> {
+    uidlist
+        .iter()
+        .flat_map(|l| l.entries.iter().map(|(uid, base)| (base.as_str(), *uid)))
+        .collect()
+}
+
+/// Known UIDs first in UID order (`None` sorts before `Some`, hence the key), then the new
+/// mail in a stable order.
+fn sort_messages(messages: &mut [ScannedMessage]) {
     messages.sort_by(|a, b| {
         (a.uid.is_none(), a.uid, &a.basename, &a.path).cmp(&(
             b.uid.is_none(),
@@ -364,15 +428,75 @@ pub fn scan_folder(
             &b.path,
         ))
     });
+}
 
-    Ok(ScannedFolder {
-        mailbox,
-        dir,
-        uidlist,
-        subscribed,
-        messages,
-        skipped,
-    })
+/// What a folder's files are read against: its keywords and the UIDs its uidlist gives.
+struct Found<'a> {
+    keywords: &'a [(u8, String)],
+    uid_of: &'a HashMap<&'a str, u32>,
+}
+
+impl Found<'_> {
+    /// The message a file in cur/ or new/ holds, or `None` (with the reason in `skipped`
+    /// when it is worth one) for what is not a message, or is gone since it was listed.
+    fn message(
+        &self,
+        path: PathBuf,
+        file_name: &str,
+        seen: &mut BTreeSet<String>,
+        skipped: &mut Vec<(PathBuf, String)>,
+    ) -> Result<Option<ScannedMessage>, MaildirError> {
+        // Maildir readers skip dot-files: they are not messages (often half-written ones).
+        if file_name.starts_with('.') {
+            return Ok(None);
+        }
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            // Renamed (a flag change, new/ → cur/) or expunged since the readdir: left
+            // for the next look, which the directory's new mtime asks for.
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(MaildirError::io(&path, "stat")(e)),
+        };
+        if !meta.file_type().is_file() {
+            skipped.push((
+                path,
+                "not a regular file (directory or symbolic link)".into(),
+            ));
+            return Ok(None);
+        }
+        let parsed = parse_filename(file_name, self.keywords);
+        if parsed.basename.is_empty() {
+            skipped.push((path, "empty base name".into()));
+            return Ok(None);
+        }
+        for c in &parsed.unknown_keyword_letters {
+            skipped.push((
+                path.clone(),
+                format!(
+                    "keyword letter {c:?} names no keyword in dovecot-keywords; that keyword is dropped"
+                ),
+            ));
+        }
+        let mut uid = self.uid_of.get(parsed.basename.as_str()).copied();
+        if !seen.insert(parsed.basename.clone()) {
+            skipped.push((
+                path.clone(),
+                "base name already seen in this folder; listed without a UID".into(),
+            ));
+            uid = None;
+        }
+        let modified = meta
+            .modified()
+            .map_err(MaildirError::io(&path, "read mtime"))?;
+        Ok(Some(ScannedMessage {
+            path,
+            basename: parsed.basename,
+            uid,
+            flags: parsed.flags,
+            internal_date: unix_seconds(modified),
+            size: meta.len(),
+        }))
+    }
 }
 
 #[cfg(test)]

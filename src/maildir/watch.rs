@@ -1,0 +1,326 @@
+//! What a file watcher's reports say about the Maildirs, for passes that read only what
+//! changed (docs/MAILDIR.md, "Passes driven by the watcher").
+//!
+//! A folder is *tracked* once a pass has left index and disk agreeing on it while the watcher
+//! was running: from then on every change to it reaches the watcher, so the next pass needs
+//! to look only at the files the watcher named, not at the whole folder. A folder stops being
+//! tracked when its pass did not settle it, when anything but its files changed (its
+//! keywords, a folder made, renamed or removed, the subscriptions), and for every folder when
+//! the watcher lost events (its queue overflowed). The periodic safety-net pass does not rely
+//! on any of this: it compares each folder's print, as a pass without a watcher does.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Component, Path, PathBuf};
+
+use super::backend::Template;
+
+/// What one reported path means for the Maildirs of a template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Touch {
+    /// A file in a folder's cur/ or new/: `name` is `cur/FILE` or `new/FILE`.
+    File { folder: PathBuf, name: String },
+    /// The folder's uidlist: UIDs given out (by the server, or by a pass).
+    Uidlist { folder: PathBuf },
+    /// Something of the folder that is not one file (its keywords, cur/ or new/ themselves):
+    /// the folder is read in full.
+    Folder { folder: PathBuf },
+    /// Something of the user's tree that is not inside one folder (a folder made, renamed or
+    /// removed, the subscriptions, the Maildir itself): the user's folders are read as a pass
+    /// without a watcher would.
+    Tree,
+}
+
+/// The user and the meaning of a path a watcher reported, or `None` when the path means
+/// nothing to a pass (tmp/, lock files, Dovecot's own index files, paths outside a user's
+/// Maildir).
+pub fn touch_of(template: &Template, path: &Path) -> Option<(String, Touch)> {
+    let rest = path.strip_prefix(template.parent()).ok()?;
+    let user = match rest.components().next()? {
+        Component::Normal(u) => u.to_str()?.to_string(),
+        _ => return None,
+    };
+    crate::model::validate_user(&user).ok()?;
+    let root = template.root(&user);
+    let Ok(inside) = path.strip_prefix(&root) else {
+        // Above the Maildir (the user's directory itself): the Maildir may have been made or
+        // removed with it.
+        return root.starts_with(path).then_some((user, Touch::Tree));
+    };
+    let parts: Vec<&str> = inside
+        .components()
+        .map(|c| match c {
+            Component::Normal(p) => p.to_str(),
+            _ => None,
+        })
+        .collect::<Option<Vec<&str>>>()?;
+    let touch = match parts.as_slice() {
+        [] | [".." | "."] => Touch::Tree,
+        [folder] if folder.starts_with('.') => Touch::Tree,
+        [folder, rest @ ..] if folder.starts_with('.') && *folder != ".." => {
+            in_folder(root.join(folder), rest)?
+        }
+        rest => in_folder(root.clone(), rest)?,
+    };
+    Some((user, touch))
+}
+
+/// Within one folder's directory; `None` for what says nothing about the mail.
+fn in_folder(folder: PathBuf, rest: &[&str]) -> Option<Touch> {
+    Some(match rest {
+        ["tmp", ..] => return None,
+        [sub @ ("cur" | "new"), name] => Touch::File {
+            name: format!("{sub}/{name}"),
+            folder,
+        },
+        ["cur" | "new", ..] => Touch::Folder { folder },
+        ["dovecot-uidlist"] => Touch::Uidlist { folder },
+        ["dovecot-keywords"] => Touch::Folder { folder },
+        [name] if is_ignored(name) => return None,
+        // The subscriptions, or anything unknown: the tree's business.
+        _ => Touch::Tree,
+    })
+}
+
+/// Files that come and go without saying anything about the mail: lock files, Dovecot's
+/// index and cache files, its UIDVALIDITY file, a folder's `maildirfolder` mark, tmp/.
+fn is_ignored(name: &str) -> bool {
+    name.ends_with(".lock")
+        || name.starts_with("dovecot.")
+        || name.starts_with("dovecot-uidvalidity")
+        || name == "maildirfolder"
+}
+
+/// What the watcher reported for one user since their last pass.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Per folder directory, the files named (`cur/FILE`, `new/FILE`); a folder present with
+    /// no name had its uidlist change.
+    pub files: HashMap<PathBuf, BTreeSet<String>>,
+    /// Folders to read in full.
+    pub whole: HashSet<PathBuf>,
+    /// The user's tree changed outside any folder's files.
+    pub tree: bool,
+}
+
+impl Touched {
+    pub fn add(&mut self, touch: Touch) {
+        match touch {
+            Touch::File { folder, name } => {
+                self.files.entry(folder).or_default().insert(name);
+            }
+            Touch::Uidlist { folder } => {
+                self.files.entry(folder).or_default();
+            }
+            Touch::Folder { folder } => {
+                self.whole.insert(folder);
+            }
+            Touch::Tree => self.tree = true,
+        }
+    }
+}
+
+/// What the watcher reported since the passes last took it.
+#[derive(Debug, Default)]
+pub struct News {
+    pub users: BTreeMap<String, Touched>,
+    /// The watcher lost events (its queue overflowed, or it failed): no folder may be taken
+    /// as followed any more, and every user is passed over as without a watcher.
+    pub lost: bool,
+}
+
+impl News {
+    /// Takes in one report of the watcher; returns whether a pass is wanted.
+    pub fn note(&mut self, template: &Template, event: notify::Result<notify::Event>) -> bool {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::warn!(error = %e, "the Maildir watcher failed");
+                self.lost = true;
+                return true;
+            }
+        };
+        if event.need_rescan() {
+            self.lost = true;
+            return true;
+        }
+        // Reads, and changes of owner, mode or times, change no mail (a `chown -R` of the
+        // tree would otherwise name every file).
+        if matches!(
+            event.kind,
+            notify::EventKind::Access(_)
+                | notify::EventKind::Modify(notify::event::ModifyKind::Metadata(_))
+        ) {
+            return false;
+        }
+        let mut any = false;
+        for path in &event.paths {
+            if let Some((user, touch)) = touch_of(template, path) {
+                self.users.entry(user).or_default().add(touch);
+                any = true;
+            }
+        }
+        any
+    }
+}
+
+/// The folders a watcher has followed since index and disk last agreed on them.
+#[derive(Debug, Default)]
+pub struct Tracking {
+    tracked: HashSet<PathBuf>,
+}
+
+impl Tracking {
+    pub fn is_tracked(&self, folder: &Path) -> bool {
+        self.tracked.contains(folder)
+    }
+
+    pub fn track(&mut self, folder: &Path) {
+        self.tracked.insert(folder.to_path_buf());
+    }
+
+    pub fn forget(&mut self, folder: &Path) {
+        self.tracked.remove(folder);
+    }
+
+    /// Forgets every folder under `root` (one user's tree changed shape).
+    pub fn forget_under(&mut self, root: &Path) {
+        self.tracked.retain(|f| !f.starts_with(root));
+    }
+
+    /// Forgets every folder (the watcher lost events).
+    pub fn clear(&mut self) {
+        self.tracked.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.tracked.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tracked.is_empty()
+    }
+}
+
+/// What a pass driven by the watcher gets: the folders followed, and what changed for the
+/// user it passes over.
+pub struct Watched<'a> {
+    pub tracking: &'a mut Tracking,
+    pub touched: Touched,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t() -> Template {
+        Template::parse("/srv/vmail/%u/Maildir").expect("template")
+    }
+
+    fn touch(path: &str) -> Option<(String, Touch)> {
+        touch_of(&t(), Path::new(path))
+    }
+
+    #[test]
+    fn each_kind_of_path_is_told_apart() {
+        let root = PathBuf::from("/srv/vmail/ann/Maildir");
+        let ann = |t: Touch| Some(("ann".to_string(), t));
+        assert_eq!(
+            touch("/srv/vmail/ann/Maildir/cur/1.M1.h:2,S"),
+            ann(Touch::File {
+                folder: root.clone(),
+                name: "cur/1.M1.h:2,S".into()
+            })
+        );
+        assert_eq!(
+            touch("/srv/vmail/ann/Maildir/.Sent/new/2.M2.h"),
+            ann(Touch::File {
+                folder: root.join(".Sent"),
+                name: "new/2.M2.h".into()
+            })
+        );
+        assert_eq!(
+            touch("/srv/vmail/ann/Maildir/.Sent/dovecot-uidlist"),
+            ann(Touch::Uidlist {
+                folder: root.join(".Sent")
+            })
+        );
+        assert_eq!(
+            touch("/srv/vmail/ann/Maildir/dovecot-keywords"),
+            ann(Touch::Folder {
+                folder: root.clone()
+            })
+        );
+        assert_eq!(
+            touch("/srv/vmail/ann/Maildir/.Sent/cur"),
+            ann(Touch::Folder {
+                folder: root.join(".Sent")
+            })
+        );
+        assert_eq!(touch("/srv/vmail/ann/Maildir/.Sent"), ann(Touch::Tree));
+        assert_eq!(
+            touch("/srv/vmail/ann/Maildir/subscriptions"),
+            ann(Touch::Tree)
+        );
+        assert_eq!(touch("/srv/vmail/ann/Maildir"), ann(Touch::Tree));
+        assert_eq!(touch("/srv/vmail/ann"), ann(Touch::Tree));
+        assert_eq!(touch("/srv/vmail/ann/Maildir/.a.b/cur"), {
+            ann(Touch::Folder {
+                folder: root.join(".a.b"),
+            })
+        });
+    }
+
+    #[test]
+    fn what_says_nothing_about_mail_is_left_out() {
+        for path in [
+            "/srv/vmail/ann/Maildir/tmp/1.M1.h",
+            "/srv/vmail/ann/Maildir/.Sent/tmp/1.M1.h",
+            "/srv/vmail/ann/Maildir/dovecot-uidlist.lock",
+            "/srv/vmail/ann/Maildir/.Sent/dovecot-uidlist.lock",
+            "/srv/vmail/ann/Maildir/dovecot.index.log",
+            "/srv/vmail/ann/Maildir/.Sent/dovecot.index.cache",
+            "/srv/vmail/ann/Maildir/dovecot.list.index.log",
+            "/srv/vmail/ann/Maildir/dovecot-uidvalidity.5f3a",
+            "/srv/vmail/ann/Maildir/.Sent/maildirfolder",
+            "/srv/vmail/ann/other/file",
+            "/srv/elsewhere/x",
+        ] {
+            assert_eq!(touch(path), None, "{path}");
+        }
+    }
+
+    #[test]
+    fn touched_gathers_names_by_folder() {
+        let mut t = Touched::default();
+        let f = PathBuf::from("/m/.A");
+        t.add(Touch::File {
+            folder: f.clone(),
+            name: "cur/x".into(),
+        });
+        t.add(Touch::File {
+            folder: f.clone(),
+            name: "new/y".into(),
+        });
+        t.add(Touch::Uidlist {
+            folder: PathBuf::from("/m"),
+        });
+        assert_eq!(t.files[&f].len(), 2);
+        assert!(t.files[Path::new("/m")].is_empty());
+        assert!(!t.tree && t.whole.is_empty());
+        t.add(Touch::Tree);
+        assert!(t.tree);
+    }
+
+    #[test]
+    fn forgetting_a_tree_forgets_only_its_folders() {
+        let mut tr = Tracking::default();
+        tr.track(Path::new("/v/ann/Maildir"));
+        tr.track(Path::new("/v/ann/Maildir/.Sent"));
+        tr.track(Path::new("/v/bob/Maildir"));
+        tr.forget_under(Path::new("/v/ann/Maildir"));
+        assert!(!tr.is_tracked(Path::new("/v/ann/Maildir/.Sent")));
+        assert!(tr.is_tracked(Path::new("/v/bob/Maildir")));
+        tr.clear();
+        assert!(tr.is_empty());
+    }
+}
