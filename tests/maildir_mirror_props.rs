@@ -772,3 +772,61 @@ fn a_folder_whose_uidvalidity_lost_is_rebuilt_under_the_winners() {
     }
     assert_eq!(views[0], views[1], "the same UIDs on both sides");
 }
+
+/// An INBOX with no mail says nothing: Dovecot makes one at a user's first login (with a
+/// uidlist of its own UIDVALIDITY and GUID), and a pass makes one with the Maildir of a user
+/// arriving from a peer, whose INBOX may reach the index a transaction after their other
+/// mailboxes (an initial copy applies a user in several). Taken as a mailbox of this side's
+/// own, it would clash with the peer's INBOX by name and be merged with it, renumbering the
+/// peer's mail. It is left alone, and pairs with the index's INBOX when that comes.
+#[test]
+fn an_empty_inbox_on_disk_waits_for_the_index_inbox() {
+    let tmp = common::scratch_dir();
+    let text = format!("{}/mail/%u/Maildir", tmp.path().display());
+    let template = Template::parse(&text).expect("template");
+    merkmail::maildir::backend::install();
+    let store = Store::init_maildir(&tmp.path().join("data"), "n1", &text).expect("init");
+    let root = template.root("erin");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(root.join(sub)).expect("an empty Maildir");
+    }
+    std::fs::write(
+        root.join("dovecot-uidlist"),
+        "3 V1234 N1 G0123456789abcdef0123456789abcdef\n",
+    )
+    .expect("the login's uidlist");
+    let head = store.journal_head().expect("journal");
+    for _ in 0..2 {
+        let r = pass(&store, &template, None).expect("a pass");
+        assert_eq!(r.folders_found, 0, "{r:?}");
+    }
+    assert!(
+        store.list_mailboxes("erin").map_or(true, |m| m.is_empty()),
+        "an empty INBOX became a mailbox"
+    );
+    assert_eq!(
+        store.journal_head().expect("journal"),
+        head,
+        "a pass journaled a write"
+    );
+
+    store
+        .append("erin", "INBOX", vec![new_message(message("peer", 1), 1)])
+        .expect("the index's INBOX");
+    let r = pass(&store, &template, None).expect("a pass");
+    assert_eq!((r.delivered, r.folders_found), (1, 0), "{r:?}");
+    let inbox = store
+        .list_mailboxes("erin")
+        .expect("mailboxes")
+        .into_iter()
+        .find(|m| m.name == "INBOX")
+        .expect("INBOX");
+    let folder = scan::scan_folder("INBOX".into(), root, false).expect("scan INBOX");
+    let list = folder.uidlist.expect("a uidlist");
+    assert_eq!(
+        (list.uidvalidity, list.guid),
+        (inbox.uidvalidity, Some(inbox.guid.to_hex())),
+        "the INBOX folder took the index's identity"
+    );
+    assert_eq!(folder.messages.len(), 1);
+}

@@ -236,6 +236,8 @@ fn after_pass(
                     flags_to_disk = report.flags_to_disk,
                     unlinked = report.unlinked,
                     renumbered = report.renumbered,
+                    folders_read = report.folders_read,
+                    folders_named = report.folders_named,
                     "Maildir pass"
                 );
                 // What the disk gave is journaled: ship it now.

@@ -542,6 +542,18 @@ fn pass_user(
                 }
                 renamed_on_disk(store, user, &mirror, &folder, report)?
             }
+            None if folder.mailbox == INBOX
+                && folder.messages.is_empty()
+                && folder.uidlist.as_ref().is_none_or(|l| l.entries.is_empty()) =>
+            {
+                // An INBOX with no mail says nothing: every IMAP user has one, and this pass
+                // makes one with the Maildir of a user arriving from a peer, whose INBOX
+                // may reach the index a transaction after their other mailboxes. Made a
+                // mailbox of its own here, it would clash with the peer's INBOX by name
+                // and be merged with it, renumbering the peer's mail. It pairs with the
+                // index's INBOX when one comes.
+                continue;
+            }
             None => {
                 // A folder the index has never seen: the server made it.
                 let guid = folder
@@ -1544,8 +1556,14 @@ fn remove_folder(
 /// Subscriptions, three ways: a folder whose subscription changed on disk was handled per
 /// folder (a local write); now the file is written if it differs from the index.
 fn sync_subscriptions(store: &Store, root: &Path, user: &str) -> Result<(), BackendError> {
-    let wanted: BTreeSet<String> = store
-        .list_mailboxes(user)?
+    let mailboxes = match store.list_mailboxes(user) {
+        Ok(m) => m,
+        // A user the index does not know yet (their Maildir holds only an empty INBOX):
+        // nothing to say about their subscriptions.
+        Err(StoreError::UnknownUser(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let wanted: BTreeSet<String> = mailboxes
         .into_iter()
         .filter(|m| m.subscribed && m.name != INBOX)
         .map(|m| m.name)
