@@ -18,7 +18,7 @@
 
 mod common;
 
-use merkmail::maildir::backend::{pass, pass_watched, PassReport, Template};
+use merkmail::maildir::backend::{pass, pass_following, pass_watched, PassReport, Template};
 use merkmail::maildir::scan;
 use merkmail::maildir::watch::{News, Tracking, Watched};
 use merkmail::model::{Digest, FlagName, FlagOp};
@@ -184,6 +184,9 @@ struct Watch {
     parent: PathBuf,
     /// Folders looked at only in the files the watcher named, over the whole run.
     named: AtomicU64,
+    /// The next pass is the first after a restart: over every user, by the prints, as
+    /// `serve`'s first pass is.
+    restarted: bool,
 }
 
 impl Watch {
@@ -222,6 +225,7 @@ impl Watch {
             tracking: Mutex::new(Tracking::default()),
             parent,
             named: AtomicU64::new(0),
+            restarted: false,
         }
     }
 
@@ -298,6 +302,9 @@ impl World {
         }
         let touched = news.users.get(USER).cloned().unwrap_or_default();
         let store = self.store.as_ref().expect("the store is open");
+        if std::mem::take(&mut watch.restarted) {
+            return pass_following(store, &self.template, &mut tracking).expect("a first pass");
+        }
         let report = pass_watched(
             store,
             &self.template,
@@ -305,6 +312,7 @@ impl World {
             Watched {
                 tracking: &mut tracking,
                 touched,
+                trust: true,
             },
         )
         .expect("a watched pass");
@@ -412,8 +420,9 @@ impl World {
                 drop(self.store.take());
                 self.store = Some(Store::open(&self.data).expect("reopen"));
                 // A restart follows no folder: its watcher starts anew.
-                if let Some(watch) = &self.watch {
+                if let Some(watch) = &mut self.watch {
                     watch.tracking.lock().expect("tracking").clear();
+                    watch.restarted = true;
                 }
             }
         }

@@ -49,7 +49,8 @@ pub async fn run(node: Arc<Node>, template: Template) {
     // Folders followed only while the watcher runs.
     let tracking = Arc::new(Mutex::new(Tracking::default()));
     let started = Instant::now();
-    let first = pass(&node, &template, None, &mut seen).await;
+    let following = watcher.as_ref().map(|_| &tracking);
+    let first = pass(&node, &template, None, &mut seen, following).await;
     watch_roots(watcher.as_mut(), &template, &seen);
     if let Some(r) = first {
         tracing::info!(
@@ -85,13 +86,13 @@ pub async fn run(node: Arc<Node>, template: Template) {
             if let Ok(mut t) = tracking.lock() {
                 t.clear();
             }
-            pass(&node, &template, None, &mut seen).await;
+            pass(&node, &template, None, &mut seen, following).await;
         }
         for (user, touched) in news.users {
             if watcher.is_some() {
                 pass_watched(&node, &template, &tracking, user, touched, &mut seen).await;
             } else {
-                pass(&node, &template, Some(user), &mut seen).await;
+                pass(&node, &template, Some(user), &mut seen, None).await;
             }
         }
         let store = Arc::clone(&node.store);
@@ -106,12 +107,12 @@ pub async fn run(node: Arc<Node>, template: Template) {
                 let nothing = Touched::default();
                 pass_watched(&node, &template, &tracking, user, nothing, &mut seen).await;
             } else {
-                pass(&node, &template, Some(user), &mut seen).await;
+                pass(&node, &template, Some(user), &mut seen, None).await;
             }
         }
         if Instant::now() >= next_rescan {
             next_rescan = Instant::now() + rescan;
-            pass(&node, &template, None, &mut seen).await;
+            pass(&node, &template, None, &mut seen, following).await;
         }
         watch_roots(watcher.as_mut(), &template, &seen);
     }
@@ -149,12 +150,24 @@ async fn pass(
     template: &Template,
     user: Option<String>,
     seen: &mut BTreeSet<String>,
+    tracking: Option<&Arc<Mutex<Tracking>>>,
 ) -> Option<PassReport> {
     let store = Arc::clone(&node.store);
     let t = template.clone();
     let one = user.clone();
+    let tracking = tracking.map(Arc::clone);
     let result = tokio::task::spawn_blocking(move || {
-        let report = backend::pass(&store, &t, one.as_deref());
+        let report = match (&one, tracking) {
+            // Every user, with the watcher running: folders left agreeing are followed.
+            (None, Some(tracking)) => {
+                let mut tracked = match tracking.lock() {
+                    Ok(t) => t,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                backend::pass_following(&store, &t, &mut tracked)
+            }
+            _ => backend::pass(&store, &t, one.as_deref()),
+        };
         let users: Vec<String> = match &one {
             Some(u) => vec![u.clone()],
             None => backend::known_users(&store, &t)
@@ -200,6 +213,7 @@ async fn pass_watched(
         let watched = Watched {
             tracking: &mut tracked,
             touched,
+            trust: true,
         };
         backend::pass_watched(&store, &t, &one, watched)
     })

@@ -408,6 +408,28 @@ pub fn pass_watched(
     Ok(report)
 }
 
+/// [`pass`] over every user for `serve`, with the watcher running: it goes by the prints as
+/// [`pass`] does, and then follows every folder it left agreeing with the index (read in
+/// full, or with an unchanged print), so that the passes the watcher drives look at those
+/// only in the files it names.
+pub fn pass_following(
+    store: &Store,
+    template: &Template,
+    tracking: &mut crate::maildir::watch::Tracking,
+) -> Result<PassReport, BackendError> {
+    let mut report = PassReport::default();
+    for user in known_users(store, template)? {
+        let mut watched = Watched {
+            tracking: &mut *tracking,
+            touched: Default::default(),
+            trust: false,
+        };
+        pass_user(store, template, &user, &mut report, Some(&mut watched))?;
+        report.users += 1;
+    }
+    Ok(report)
+}
+
 /// Brings the mailboxes the index owes to the disk in step (the users they belong to).
 pub fn settle_owed(store: &Store, template: &Template) -> Result<PassReport, BackendError> {
     let users: BTreeSet<String> = store
@@ -484,7 +506,7 @@ fn pass_user(
         let subscribed = listing.subscriptions.contains(mailbox);
         let mut print = FolderPrint::of(dir);
         if let Some(w) = watched.as_deref_mut() {
-            let trusted = w.tracking.is_tracked(dir) && !w.touched.whole.contains(dir);
+            let trusted = w.trust && w.tracking.is_tracked(dir) && !w.touched.whole.contains(dir);
             let names = w.touched.files.remove(dir);
             // Tracked again only once this pass has settled it.
             w.tracking.forget(dir);
@@ -631,9 +653,15 @@ fn pass_user(
     let mut owed = Vec::new();
     for (folder, print, mirror, scope) in paired {
         let listed = listing.folders.iter().any(|(_, d)| *d == folder.dir);
-        if let Some((dir, mirror)) =
+        if let Some((dir, mirror, agrees)) =
             from_disk_folder(store, &root, user, folder, mirror, &scope, report)?
         {
+            if agrees {
+                if let Some(w) = watched.as_deref_mut() {
+                    w.tracking.track(&dir);
+                }
+                continue;
+            }
             owed.push((dir, print, mirror, listed));
         }
     }
@@ -873,7 +901,8 @@ fn number_unlisted(folder: &ScannedFolder) -> Result<bool, BackendError> {
 }
 
 /// A folder's disk → index half (and a rename or removal the index asks for). Returns the
-/// folder's directory and the index's view after it, for the index → disk half.
+/// folder's directory and the index's view after it, for the index → disk half, and whether
+/// that half has nothing to do (a followed folder that still agrees with the index).
 fn from_disk_folder(
     store: &Store,
     root: &Path,
@@ -882,7 +911,7 @@ fn from_disk_folder(
     mirror: MailboxMirror,
     scope: &Scope,
     report: &mut PassReport,
-) -> Result<Option<(PathBuf, MailboxMirror)>, BackendError> {
+) -> Result<Option<(PathBuf, MailboxMirror, bool)>, BackendError> {
     let guid = mirror.guid;
     let Some(record) = mirror.record.clone() else {
         remove_folder(store, root, user, &folder, &mirror, report)?;
@@ -900,12 +929,17 @@ fn from_disk_folder(
         }
     }
     let wrote = from_disk(store, user, &folder, &mirror, scope, report)?;
+    if !wrote && mirror.owed.is_none() && dir == folder.dir && matches!(scope, Scope::Bases(_)) {
+        // A followed folder whose named files showed nothing new, owed nothing: index and
+        // disk still agree, and the index → disk half has nothing to do.
+        return Ok(Some((dir, mirror, true)));
+    }
     let mirror = if wrote {
         store.mailbox_mirror(user, guid)?
     } else {
         mirror
     };
-    Ok(Some((dir, mirror)))
+    Ok(Some((dir, mirror, false)))
 }
 
 /// disk → index: what the server did to this folder becomes local writes. Returns whether

@@ -206,6 +206,9 @@ impl Tracking {
 pub struct Watched<'a> {
     pub tracking: &'a mut Tracking,
     pub touched: Touched,
+    /// Whether folders followed may go unread (a pass the watcher drives); `false` for the
+    /// first pass and the safety net, which go by the prints and only start following.
+    pub trust: bool,
 }
 
 #[cfg(test)]
