@@ -849,7 +849,10 @@ mod tests {
         assert_eq!(out.messages.keys().copied().collect::<Vec<_>>(), vec![7]);
         assert_eq!((out.stats.moves_redone, out.stats.renumbered), (0, 0));
         assert!(
-            out.messages[&7].flags.live().any(|f| f.as_str() == "\\Seen"),
+            out.messages[&7]
+                .flags
+                .live()
+                .any(|f| f.as_str() == "\\Seen"),
             "the copy's flags merge into the destination"
         );
         // A writer's expunge at that UID still wins.
