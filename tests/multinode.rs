@@ -1401,6 +1401,79 @@ fn an_apply_above_uidnext_leaves_a_sound_store() {
     }
 }
 
+/// A peer's change stamped far ahead of this node's clock (a clock set a day wrong, or a
+/// hostile peer's stamp near `Stamp::MAX_MS`, year 10889) is not applied: the round is
+/// answered, the group reported not applied, and nothing changes (docs/PROTOCOL.md,
+/// "Clocks"). The same change stamped in the past is applied.
+#[test]
+fn a_change_stamped_far_ahead_of_the_clock_is_not_applied() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (mail, s) = lone_peer_server(tmp.path());
+    s.append(ALICE, "INBOX", &[&mail.file("p1")], None);
+    let guid: MailboxGuid = guid_of(&s.mailboxes(ALICE), "INBOX")
+        .parse()
+        .expect("a GUID");
+    let root = s.root();
+    let now_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    let good = Mail::bytes("p9");
+    let changes = |appended_ms: u64, flag_ms: u64| {
+        let (expect, mut mailbox) = mailbox_state(&s, ALICE, guid);
+        mailbox.uidnext = mailbox.uidnext.max(51);
+        let mut message = new_message(guid, 50, &good, good.clone());
+        if let Change::Message { record, .. } = &mut message {
+            record.appended.ms = appended_ms;
+            let seen = merkmail::model::FlagName::parse("\\Seen").expect("flag");
+            record.flags = FlagSet::initial(
+                &[seen],
+                Stamp {
+                    ms: flag_ms,
+                    counter: 0,
+                    node: 9,
+                },
+            );
+        }
+        apply_round(
+            guid,
+            expect,
+            vec![
+                Change::Mailbox {
+                    user: ALICE.into(),
+                    record: mailbox,
+                },
+                message,
+            ],
+        )
+    };
+    let applied = |r: &Raw| -> Vec<bool> {
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        match decode_reply(&r.body).expect("reply").replies.as_slice() {
+            [Reply::Applied { applied, .. }] => applied.clone(),
+            other => panic!("unexpected reply {other:?}"),
+        }
+    };
+    let past = 1_700_000_000_000;
+    for (what, appended, flag) in [
+        ("an append stamped a day ahead", now_ms + 86_400_000, past),
+        ("a flag stamped in year 10889", past, Stamp::MAX_MS),
+    ] {
+        let r = round(&s, &changes(appended, flag));
+        assert_eq!(applied(&r), [false], "{what}");
+        still_fine(&s, &root, what);
+    }
+    // The control: stamped in the past, the same change applies.
+    let r = round(&s, &changes(past, past));
+    assert_eq!(applied(&r), [true], "stamped in the past");
+    assert_ne!(s.root(), root);
+    let listed = by_mailbox(&s.list(ALICE));
+    assert!(listed["INBOX"]
+        .iter()
+        .any(|m| m.uid == 50 && m.flags.iter().any(|f| f == "\\Seen")));
+    verify(&s.stop());
+}
+
 fn round_path(s: &Server, method: &str, path: &str, body: &[u8]) -> Raw {
     // `/v1/sync/start` is an admin route: it wants the admin token, the rest the peer token.
     let token = match (path, &s.admin) {

@@ -574,3 +574,16 @@ fn an_expunge_that_went_with_a_removed_peer_is_not_owed() {
     assert_eq!(out.faults.peers_removed, 1, "{:?}", out.faults);
     assert!(out.violations.is_empty(), "{:?}", out.violations);
 }
+
+/// Issue 14, finding 14 (seed 120772): p0 moved a message from UID 5 to 7 in a UID clash; its
+/// journal brought p2 the move tombstone at 5 but not the copy at 7, and p0 was removed, the
+/// copy at 7 with it. The move tombstone then took the copies p1 and p3 held at 5: the
+/// message was lost everywhere. A move tombstone now takes nothing by itself: where the
+/// merge does not hold its destination, the move is made again (`moves_redone`).
+#[test]
+fn a_removed_peers_move_tombstone_takes_no_mail() {
+    let out = simulate(120772, STEPS);
+    assert_eq!(out.faults.peers_removed, 1, "{:?}", out.faults);
+    assert!(out.violations.is_empty(), "{:?}", out.violations);
+    assert!(out.activity.moves_redone > 0, "{:?}", out.activity);
+}

@@ -47,6 +47,7 @@ pub(super) fn serve(args: ServeArgs) -> Result<ExitCode> {
     crate::store::set_cache_mb(config.cache_mb.unwrap_or(0));
     let store = open_store(&dir, config.node_id.as_deref(), &origin)?;
     store.set_quick_repair(config.quick_repair);
+    store.set_max_clock_skew(config.max_clock_skew_ms());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -140,6 +140,10 @@ pub struct Config {
     pub quick_repair: bool,
     /// redb's page cache, MiB (none: `store::DEFAULT_CACHE_MB`); MERKMAIL_CACHE_MB wins.
     pub cache_mb: Option<usize>,
+    /// How far ahead of this node's clock a peer's stamp may be (`10m`, `90s`; none:
+    /// `model::DEFAULT_MAX_CLOCK_SKEW_MS`, ten minutes). A change stamped further ahead is
+    /// not applied until this node's clock comes within it (docs/PROTOCOL.md, "Clocks").
+    pub max_clock_skew: Option<Retention>,
     pub limits: LimitsConfig,
 }
 
@@ -168,6 +172,7 @@ impl Default for Config {
             shutdown_timeout_ms: 10_000,
             quick_repair: false,
             cache_mb: None,
+            max_clock_skew: None,
             limits: LimitsConfig::default(),
         }
     }
@@ -582,6 +587,14 @@ impl Config {
     }
 
     /// The tombstone retention, from whichever key gave it (validated), else 30 days.
+    /// How far ahead of this node's clock a peer's stamp may be, ms.
+    pub fn max_clock_skew_ms(&self) -> u64 {
+        self.max_clock_skew.map_or(
+            crate::model::DEFAULT_MAX_CLOCK_SKEW_MS,
+            Retention::as_millis,
+        )
+    }
+
     pub fn tombstone_retention(&self) -> Retention {
         match (self.tombstone_retention, self.tombstone_retention_days) {
             (Some(r), _) => r,
@@ -765,6 +778,18 @@ mod tests {
         });
         c.validate("flags").expect("valid");
         assert_eq!(c.tombstone_retention().to_string(), "5s");
+    }
+
+    #[test]
+    fn max_clock_skew_is_a_duration_of_ten_minutes_unless_set() {
+        let base = "data_dir='/d'\nlisten='127.0.0.1:1'\n";
+        assert_eq!(valid(base).expect("defaults").max_clock_skew_ms(), 600_000);
+        let c = valid(&format!("{base}max_clock_skew='90s'")).expect("90s");
+        assert_eq!(c.max_clock_skew_ms(), 90_000);
+        for bad in ["0s", "10", "ten minutes"] {
+            let e = valid(&format!("{base}max_clock_skew='{bad}'")).expect_err(bad);
+            assert!(e.contains("max_clock_skew"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! store to apply verbatim. Their postcard encodings are part of the wire protocol
 //! (docs/PROTOCOL.md): change them only with a wire version bump.
 
-use super::{MailboxGuid, MailboxRecord, MailboxTombstone, MessageRecord, Tombstone};
+use super::{MailboxGuid, MailboxRecord, MailboxTombstone, MessageRecord, Stamp, Tombstone};
 
 /// One replicated change, to be applied verbatim.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -47,6 +47,27 @@ impl Change {
             | Change::Expunge { user, guid, .. }
             | Change::Remove { user, guid, .. } => (user, *guid),
             Change::DeleteMailbox { user, tombstone } => (user, tombstone.guid),
+        }
+    }
+
+    /// Every stamp the change would store: the record's name, subscription and last change;
+    /// a message's append and flag stamps; a tombstone's stamp and origin. What a peer's clock
+    /// put into it, checked against this node's before it is applied ([`super::first_ahead`]).
+    pub fn stamps(&self) -> Vec<Stamp> {
+        match self {
+            Change::Mailbox { record, .. } => vec![
+                record.name_stamp,
+                record.subscribed_stamp,
+                record.last_change,
+            ],
+            Change::Message { record, .. } => std::iter::once(record.appended)
+                .chain(record.flags.entries().map(|(_, state)| state.stamp))
+                .collect(),
+            Change::Expunge { tombstone, .. } => std::iter::once(tombstone.stamp)
+                .chain(tombstone.origin)
+                .collect(),
+            Change::DeleteMailbox { tombstone, .. } => vec![tombstone.stamp],
+            Change::Remove { .. } => Vec::new(),
         }
     }
 

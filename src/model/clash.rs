@@ -31,6 +31,12 @@ pub struct ClashStats {
     /// clients may have seen its UIDNEXT and never look below it); in `renumbered` too when
     /// it moves (not when the same append is live higher up already).
     pub late_copies: u64,
+    /// Messages one side held at a UID where the other side has a move tombstone of the
+    /// same body, and whose destination this merge does not hold: given a new UID on both
+    /// sides, as a late copy is (in `renumbered` too). A move tombstone alone never takes a
+    /// message; where the merge holds the destination, the message stays there instead
+    /// (finding 14 of docs/RELIABILITY.md).
+    pub moves_redone: u64,
 }
 
 /// The state both replicas must end in, for the compared UIDs and any new ones.
@@ -307,6 +313,8 @@ fn merge_messages(a: &MailboxSide, b: &MailboxSide, mut record: MailboxRecord) -
         origin: Some(m.appended),
     };
     let mut pending: Vec<(u32, MessageRecord)> = Vec::new();
+    // Identities held where the other side has a move tombstone of them.
+    let mut after_move: std::collections::BTreeSet<Identity> = Default::default();
     let uids: std::collections::BTreeSet<u32> = a
         .messages
         .keys()
@@ -345,8 +353,23 @@ fn merge_messages(a: &MailboxSide, b: &MailboxSide, mut record: MailboxRecord) -
                 if let Some(k) = killed(m) {
                     // A writer expunged this message (here or where a clash moved it).
                     push_tomb(&mut expunged, uid, kill_tomb(m, k));
+                } else if tombs
+                    .iter()
+                    .any(|t| t.digest == m.digest && t.origin.is_some())
+                {
+                    // A writer expunged this body at this UID on the other side: it wins.
                 } else if tombs.iter().any(|t| t.digest == m.digest) {
-                    // Expunged on the other side, or moved up from here: the tombstone wins.
+                    // The other side moved it up from here. A move tombstone is no kill: it
+                    // wins only where the message lives on, and where it went is in this
+                    // merge whenever the other side still holds it there (this side holds
+                    // the identity here, so not there: that UID differs and is compared),
+                    // so the wait below keeps it there. Otherwise the move's destination is
+                    // gone (its only holder was removed, or a journal brought the tombstone
+                    // without the copy): the move is made again, from both UIDNEXTs, as for
+                    // a late copy. Never a UID under the tombstone side's UIDNEXT, never lost.
+                    after_move.insert(m.identity());
+                    push_tomb(&mut expunged, uid, Tombstone::moved(m.digest, m.appended));
+                    pending.push((uid, m.clone()));
                 } else if let Some(latest) = tombs.iter().map(|t| t.stamp).max() {
                     // The other side expunged a different message under this UID: this one is
                     // new mail and needs a UID the other side never used.
@@ -376,6 +399,10 @@ fn merge_messages(a: &MailboxSide, b: &MailboxSide, mut record: MailboxRecord) -
         highest.insert(m.identity(), *uid);
     }
     let mut waiting: BTreeMap<Identity, (u32, MessageRecord)> = BTreeMap::new();
+    let mut sources: BTreeMap<Identity, u32> = BTreeMap::new();
+    for (_, m) in &pending {
+        *sources.entry(m.identity()).or_default() += 1;
+    }
     for (old, m) in pending {
         match highest.get(&m.identity()) {
             Some(&at) if at > old => {
@@ -391,6 +418,11 @@ fn merge_messages(a: &MailboxSide, b: &MailboxSide, mut record: MailboxRecord) -
             },
         }
     }
+    // A move whose destination this merge does not hold is made again.
+    out.stats.moves_redone = after_move
+        .iter()
+        .filter(|id| waiting.contains_key(id) && sources.get(id) == Some(&1))
+        .count() as u64;
     let mut pending: Vec<(u32, MessageRecord)> = waiting.into_values().collect();
     out.stats.renumbered = pending.len() as u64;
     record.uidnext = renumber(&mut pending, record.uidnext, &mut out.messages);
@@ -786,6 +818,57 @@ mod tests {
         assert_eq!(out.messages[&10].digest, Digest([5; 32]));
     }
 
+    /// Finding 14 of docs/RELIABILITY.md (seed 120772): p0 moved a message from UID 5 to 7;
+    /// a journal brought p2 the move tombstone at 5 without the copy at 7, and p0 was then
+    /// removed. A move tombstone alone must not take the copy the others hold at 5: the move
+    /// is made again (above both UIDNEXTs, never at 5 under p2's UIDNEXT), in either order.
+    #[test]
+    fn a_move_tombstone_without_its_destination_takes_no_mail() {
+        let p1 = side(6, vec![(5, msg(5, 1, &[("\\Seen", true, 2)]))], vec![]);
+        let mut p2 = side(8, vec![], vec![]);
+        push_tomb(
+            &mut p2.expunged,
+            5,
+            Tombstone::moved(Digest([5; 32]), st(1, 5)),
+        );
+        for out in [merge_mailbox(&p1, &p2), merge_mailbox(&p2, &p1)] {
+            assert_eq!(out.messages.keys().copied().collect::<Vec<_>>(), vec![8]);
+            assert_eq!(out.messages[&8].identity(), p1.messages[&5].identity());
+            assert_eq!(out.stats.moves_redone, 1);
+            assert_eq!(out.stats.renumbered, 1);
+            assert_eq!(
+                out.expunged[&5],
+                vec![Tombstone::moved(Digest([5; 32]), st(1, 5))]
+            );
+            assert_eq!(out.record.map(|r| r.uidnext), Some(9));
+        }
+        // With the destination in the merge the message stays there, moved once only.
+        let mut p0 = p2.clone();
+        p0.messages.insert(7, msg(5, 1, &[]));
+        let out = merge_mailbox(&p1, &p0);
+        assert_eq!(out.messages.keys().copied().collect::<Vec<_>>(), vec![7]);
+        assert_eq!((out.stats.moves_redone, out.stats.renumbered), (0, 0));
+        assert!(
+            out.messages[&7]
+                .flags
+                .live()
+                .any(|f| f.as_str() == "\\Seen"),
+            "the copy's flags merge into the destination"
+        );
+        // A writer's expunge at that UID still wins.
+        let mut w = side(8, vec![], vec![]);
+        push_tomb(
+            &mut w.expunged,
+            5,
+            Tombstone {
+                digest: Digest([5; 32]),
+                stamp: st(3, 5),
+                origin: Some(st(9, 9)),
+            },
+        );
+        assert!(merge_mailbox(&p1, &w).messages.is_empty());
+    }
+
     /// Found by the simulation (seed 80641, finding 13 of docs/RELIABILITY.md): a mailbox
     /// the other side knows merged into one a writer deleted, read over two rounds (its
     /// record told before the peer took a message at UID 3, its messages listed after). The
@@ -1099,7 +1182,9 @@ mod tests {
             for s in [&a, &b] {
                 let other = if std::ptr::eq(s, &a) { &b } else { &a };
                 for (uid, m) in &s.messages {
-                    let expunged_there = other.expunged.get(uid).is_some_and(|ts| ts.iter().any(|t| t.digest == m.digest));
+                    // Only a writer's expunge takes a message at its UID: a move tombstone
+                    // alone never does (finding 14).
+                    let expunged_there = other.expunged.get(uid).is_some_and(|ts| ts.iter().any(|t| t.digest == m.digest && t.origin.is_some()));
                     let killed = kills.contains(&m.identity());
                     if !expunged_there && !killed {
                         // Live once, at this UID or above it (a clash only moves mail up). The

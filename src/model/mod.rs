@@ -31,5 +31,5 @@ pub use names::{is_node_id, validate_user, MailboxName, NameError, INBOX};
 pub use plan::{changes_for, ChangeCounts};
 pub use progress::{no_progress, Progress};
 pub use record::{MailboxRecord, MailboxTombstone, MessageRecord, Tombstone, UserRecord};
-pub use stamp::{Hlc, Stamp};
+pub use stamp::{first_ahead, Hlc, Stamp, StampAhead, DEFAULT_MAX_CLOCK_SKEW_MS};
 pub use uidset::{UidBound, UidSelection, UidSet, UidSetError};

@@ -85,6 +85,58 @@ impl fmt::Display for Stamp {
     }
 }
 
+/// How far ahead of this node's clock a peer's stamp may be, by default (`max_clock_skew`,
+/// docs/CONFIG.md): ten minutes, far more than clocks kept by NTP drift apart, far less than
+/// a clock set wrong by hand (a day, a year) or a hostile peer's (up to [`Stamp::MAX_MS`]).
+pub const DEFAULT_MAX_CLOCK_SKEW_MS: u64 = 10 * 60 * 1000;
+
+/// A peer's stamp further ahead of this node's clock than the allowed skew: the change that
+/// carries it is not applied, and the clock does not move (docs/PROTOCOL.md, "Clocks").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StampAhead {
+    pub stamp: Stamp,
+    /// This node's clock, ms since the epoch, when the stamp was met.
+    pub now_ms: u64,
+    pub max_skew_ms: u64,
+}
+
+impl StampAhead {
+    /// How far ahead of this node's clock the stamp is, ms.
+    pub fn ahead_ms(&self) -> u64 {
+        self.stamp.ms.saturating_sub(self.now_ms)
+    }
+}
+
+impl fmt::Display for StampAhead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "stamp {} is {} ms ahead of this node's clock (max_clock_skew {} ms)",
+            self.stamp,
+            self.ahead_ms(),
+            self.max_skew_ms
+        )
+    }
+}
+
+/// The first of `stamps` more than `max_skew_ms` ahead of `now_ms`, if any. A stamp exactly
+/// `max_skew_ms` ahead is allowed.
+pub fn first_ahead(
+    stamps: impl IntoIterator<Item = Stamp>,
+    now_ms: u64,
+    max_skew_ms: u64,
+) -> Option<StampAhead> {
+    let limit = now_ms.saturating_add(max_skew_ms);
+    stamps
+        .into_iter()
+        .find(|s| s.ms > limit)
+        .map(|stamp| StampAhead {
+            stamp,
+            now_ms,
+            max_skew_ms,
+        })
+}
+
 /// A hybrid logical clock. It never reads the wall clock itself: callers pass `now_ms`,
 /// which keeps this module pure and lets tests drive time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -239,6 +291,31 @@ mod tests {
         for _ in 0..3 {
             assert!(hlc.tick(u64::MAX).ms <= Stamp::MAX_MS);
         }
+    }
+
+    #[test]
+    fn a_stamp_may_be_ahead_by_the_skew_and_no_more() {
+        let at = |ms| Stamp {
+            ms,
+            counter: 0,
+            node: 2,
+        };
+        let (now, max) = (1_000_000, 600_000);
+        let past = [at(0), at(now), at(now + max)];
+        assert_eq!(
+            first_ahead(past, now, max),
+            None,
+            "behind, now, exactly at the bound"
+        );
+        let ahead = first_ahead([at(5), at(now + max + 1), at(Stamp::MAX_MS)], now, max)
+            .expect("one past the bound");
+        assert_eq!(ahead.stamp, at(now + max + 1), "the first one past it");
+        assert_eq!(ahead.ahead_ms(), max + 1);
+        let poisoned = first_ahead([at(Stamp::MAX_MS)], now, max).expect("year 10889");
+        assert_eq!(poisoned.ahead_ms(), Stamp::MAX_MS - now);
+        assert!(poisoned.to_string().contains("max_clock_skew 600000 ms"));
+        // A clock near the end of time saturates rather than wrapping.
+        assert_eq!(first_ahead([at(Stamp::MAX_MS)], u64::MAX, max), None);
     }
 
     proptest! {

@@ -88,6 +88,8 @@ pub struct Store {
     tree_enabled: bool,
     /// redb's quick-repair on every write ([`Store::set_quick_repair`]).
     quick_repair: AtomicBool,
+    /// How far ahead of this node's clock a peer's stamp may be ([`Store::set_max_clock_skew`]).
+    max_clock_skew_ms: AtomicU64,
     /// The Maildir template of a live-Maildir store (store/mirror.rs), from META.
     maildir: Option<String>,
     /// Set only by [`Store::simulate_environment`]: the clock and the source of fresh mailbox
@@ -302,6 +304,7 @@ impl Store {
             bodies,
             tree_enabled: true,
             quick_repair: AtomicBool::new(false),
+            max_clock_skew_ms: AtomicU64::new(crate::model::DEFAULT_MAX_CLOCK_SKEW_MS),
             maildir,
             simulated: None,
         })
@@ -469,6 +472,7 @@ impl Store {
                     journal,
                     self.maildir.is_some(),
                 )?;
+                tx.max_clock_skew_ms = self.max_clock_skew_ms.load(Ordering::Relaxed);
                 let out = f(&mut tx)?;
                 if self.tree_enabled {
                     let mut dirty = std::mem::take(&mut tx.dirty);
@@ -610,6 +614,14 @@ impl Store {
     /// here (docs/PERFORMANCE.md, "Daemon"). Off by default; `quick_repair` in the config.
     pub fn set_quick_repair(&self, on: bool) {
         self.quick_repair.store(on, Ordering::Relaxed);
+    }
+
+    /// How far ahead of this node's clock a stamp in a peer's change may be (`max_clock_skew`
+    /// in the config; [`crate::model::DEFAULT_MAX_CLOCK_SKEW_MS`] unless set). A session's
+    /// change group or a journal entry that carries a stamp further ahead is not applied and
+    /// does not move the clock (docs/PROTOCOL.md, "Clocks").
+    pub fn set_max_clock_skew(&self, ms: u64) {
+        self.max_clock_skew_ms.store(ms, Ordering::Relaxed);
     }
 
     pub(crate) fn read_txn(&self) -> Result<redb::ReadTransaction, StoreError> {

@@ -292,7 +292,8 @@ impl Tx<'_> {
 impl Store {
     /// Applies groups of changes in one transaction. A group whose mailbox no longer has the
     /// expected hash is skipped (a stale plan is never half-applied; the next session picks
-    /// it up), and so is one that would delete a merged mailbox before its mail moved out.
+    /// it up), and so is one that would delete a merged mailbox before its mail moved out,
+    /// or that carries a stamp too far ahead of this node's clock ([`Store::set_max_clock_skew`]).
     /// Returns which groups were applied.
     pub fn apply_groups(&self, groups: &[ChangeGroup]) -> Result<Vec<bool>, StoreError> {
         self.write_replicated(|tx| {
@@ -314,6 +315,14 @@ impl Store {
                 if current.truncated(group.window) != group.expect
                     || tx.group_strands_mail(group)?
                 {
+                    applied.push(false);
+                    continue;
+                }
+                // A stamp from a clock far ahead of ours: skipped like a stale group (the
+                // other side may apply its own; the next session merges again), and applied
+                // once our clock is within the skew of it. The clock does not move.
+                if let Some(ahead) = tx.ahead(&group.changes) {
+                    tracing::warn!(user = %group.user, guid = %group.guid, stamp = %ahead.stamp, ahead_ms = ahead.ahead_ms(), max_clock_skew_ms = ahead.max_skew_ms, "a change group carries a stamp too far ahead of this node's clock: not applied (a peer's clock, or this node's, is wrong)");
                     applied.push(false);
                     continue;
                 }
@@ -393,5 +402,118 @@ impl Store {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::merkle::NodeHash;
+    use crate::model::{Change, ChangeGroup, Stamp};
+    use crate::store::{NewMessage, Store};
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+
+    const NOW: u64 = 1_800_000_000_000;
+    const DAY: u64 = 86_400_000;
+
+    /// A store whose clock reads `ms`.
+    fn store_at(dir: &std::path::Path, node: &str, ms: u64) -> Store {
+        let mut store = Store::init(dir, node).expect("init");
+        store.simulate_environment(Arc::new(AtomicU64::new(ms)), 1);
+        store
+    }
+
+    fn clock_of(store: &Store) -> Stamp {
+        store.hlc.lock().map(|h| h.last()).expect("clock")
+    }
+
+    /// A peer whose clock runs a day ahead (or a hostile one, up to year 10889): its changes
+    /// are not applied here, by a session or by the journal, and this node's clock does not
+    /// follow it; within the allowed skew the same change applies.
+    #[test]
+    fn a_change_stamped_past_the_clock_skew_is_not_applied_and_the_clock_stays() {
+        let (da, db) = (
+            tempfile::tempdir().expect("a"),
+            tempfile::tempdir().expect("b"),
+        );
+        let a = store_at(da.path(), "a", NOW + DAY);
+        let b = store_at(db.path(), "b", NOW);
+        a.journal_register_peers(&["b".into()], 1_000)
+            .expect("register");
+        let body = b"Subject: ahead\r\n\r\nfrom tomorrow\r\n".to_vec();
+        a.append(
+            "u",
+            "INBOX",
+            vec![NewMessage {
+                bytes: body.clone(),
+                ..NewMessage::default()
+            }],
+        )
+        .expect("append");
+        let (root, clock) = (b.root().expect("root"), clock_of(&b));
+
+        // The journal: the entry is received, then left to a Merkle session with its sender.
+        let batch = a.journal_batch("b", 100, 1 << 20).expect("batch");
+        assert!(!batch.entries.is_empty());
+        b.journal_receive(&batch).expect("receive");
+        let out = b.journal_apply_inbound(100).expect("apply");
+        assert_eq!((out.applied, out.remaining), (0, 0), "{out:?}");
+        assert_eq!(out.stats.clashes, out.dropped, "{out:?}");
+        assert!(out.check_with.contains("a"), "{out:?}");
+        assert_eq!(b.root().expect("root"), root, "nothing changed");
+        assert_eq!(clock_of(&b), clock, "the clock did not move");
+
+        // A session's group: skipped as a stale one would be.
+        let record = a.mailbox("u", "INBOX").expect("inbox");
+        let message = a.message("u", "INBOX", 1).expect("message").record;
+        // The guard: INBOX as B holds it now (absent at first; made by a local write below).
+        let expect = || {
+            b.node(&crate::merkle::NodeKey::Mailbox {
+                user: "u".into(),
+                guid: record.guid,
+            })
+            .expect("node")
+            .map_or(NodeHash::EMPTY, |v| v.hash)
+            .truncated(0)
+        };
+        let group = |message: &crate::model::MessageRecord| ChangeGroup {
+            user: "u".into(),
+            guid: record.guid,
+            window: 0,
+            expect: expect(),
+            changes: vec![
+                Change::Mailbox {
+                    user: "u".into(),
+                    record: record.clone(),
+                },
+                Change::Message {
+                    user: "u".into(),
+                    guid: record.guid,
+                    uid: 1,
+                    record: message.clone(),
+                    body: Some(body.clone()),
+                },
+            ],
+        };
+        assert_eq!(b.apply_groups(&[group(&message)]).expect("apply"), [false]);
+        let mut poisoned = message.clone();
+        poisoned.appended.ms = Stamp::MAX_MS;
+        assert_eq!(b.apply_groups(&[group(&poisoned)]).expect("apply"), [false]);
+        assert_eq!(b.root().expect("root"), root, "nothing changed");
+        assert_eq!(clock_of(&b), clock, "the clock did not move");
+        // A local change here is stamped by this node's clock, not the peer's.
+        b.create_mailbox("u", "Here").expect("create");
+        assert!(clock_of(&b).ms < NOW + DAY, "{}", clock_of(&b));
+
+        // Allowed two days of skew, the day-ahead group applies; the poisoned one still not.
+        b.set_max_clock_skew(2 * DAY);
+        assert_eq!(b.apply_groups(&[group(&poisoned)]).expect("apply"), [false]);
+        assert_eq!(b.apply_groups(&[group(&message)]).expect("apply"), [true]);
+        assert_eq!(b.message("u", "INBOX", 1).expect("applied").record, message);
+        assert!(
+            clock_of(&b).ms >= NOW + DAY,
+            "the clock follows a stamp it accepted"
+        );
+        assert!(b.verify().expect("verify").is_ok());
     }
 }

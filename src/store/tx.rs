@@ -42,6 +42,8 @@ pub(crate) struct Tx<'t> {
     pub leaving: Vec<(crate::model::Digest, String, String, String)>,
     hlc: Hlc,
     now_ms: u64,
+    /// How far ahead of `now_ms` a peer's stamp may be ([`Tx::ahead`]).
+    pub max_clock_skew_ms: u64,
 }
 
 /// What one transaction touched in one mailbox.
@@ -112,12 +114,24 @@ impl<'t> Tx<'t> {
             leaving: Vec::new(),
             hlc,
             now_ms,
+            max_clock_skew_ms: crate::model::DEFAULT_MAX_CLOCK_SKEW_MS,
         })
     }
 
     /// A fresh stamp for a change made in this transaction.
     pub fn stamp(&mut self) -> Stamp {
         self.hlc.tick(self.now_ms)
+    }
+
+    /// The first stamp among `changes` (a peer's) further ahead of this node's clock than
+    /// the allowed skew: such changes are not applied, so the clock never follows a broken
+    /// or hostile peer's into the future.
+    pub fn ahead(&self, changes: &[crate::model::Change]) -> Option<crate::model::StampAhead> {
+        crate::model::first_ahead(
+            changes.iter().flat_map(crate::model::Change::stamps),
+            self.now_ms,
+            self.max_clock_skew_ms,
+        )
     }
 
     /// Moves the clock past a stamp that came from elsewhere.

@@ -167,6 +167,9 @@ pub struct Activity {
     pub client_looks: u64,
     /// Messages sessions renumbered because one side's UIDNEXT had passed them.
     pub renumbered_below_uidnext: u64,
+    /// Messages sessions moved again because the other side held only a move tombstone of
+    /// them, its destination gone (finding 14).
+    pub moves_redone: u64,
     /// Passes of the tombstone purge rule (every peer, every quarter of the retention).
     pub purge_passes: u64,
     /// Message and mailbox tombstones the rule forgot.
@@ -204,6 +207,7 @@ impl Activity {
         self.uidvalidity_changes += o.uidvalidity_changes;
         self.client_looks += o.client_looks;
         self.renumbered_below_uidnext += o.renumbered_below_uidnext;
+        self.moves_redone += o.moves_redone;
         self.purge_passes += o.purge_passes;
         self.tombstones_purged += o.tombstones_purged;
         self.mailbox_tombstones_purged += o.mailbox_tombstones_purged;
@@ -1181,6 +1185,7 @@ impl World {
         let equal = match result {
             Ok(report) => {
                 self.activity.renumbered_below_uidnext += report.late_copies;
+                self.activity.moves_redone += report.moves_redone;
                 if report.equal_after {
                     self.activity.sessions_equal += 1;
                     if self.peers[i].configured.contains(&j) {

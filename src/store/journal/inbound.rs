@@ -34,7 +34,8 @@ pub struct InboundStats {
     /// Mailboxes created, renamed, resubscribed, deleted, or whose UIDNEXT moved.
     pub mailboxes_changed: u64,
     /// Entries the clash rules could not settle alone (UIDVALIDITY differs, a name held by
-    /// another GUID, a deleted mailbox brought back, an outcome the sender must adopt too).
+    /// another GUID, a deleted mailbox brought back, an outcome the sender must adopt too),
+    /// and entries carrying a stamp too far ahead of this node's clock.
     pub clashes: u64,
     /// Entries that could not be applied at all (malformed, a body missing or wrong).
     pub invalid: u64,
@@ -158,6 +159,14 @@ fn apply_keys(tx: &mut Tx<'_>, keys: &[Vec<u8>]) -> Result<Vec<Verdict>, StoreEr
         validate_user(&entry.user)?;
         match tx.decide(&inbound, &sender, &entry)? {
             EntryDecision::Apply(changes, counts) => {
+                if let Some(ahead) = tx.ahead(&changes) {
+                    // A stamp from a clock far ahead of ours: left to a session, which
+                    // applies it once our clock is within the skew of it; the clock stays.
+                    tracing::warn!(sender = %sender, user = %entry.user, guid = %entry.guid, stamp = %ahead.stamp, ahead_ms = ahead.ahead_ms(), max_clock_skew_ms = ahead.max_skew_ms, "journal entry carries a stamp too far ahead of this node's clock: not applied, left to a Merkle session (the sender's clock, or this node's, is wrong)");
+                    tx.owe_check(&sender)?;
+                    verdicts.push(Verdict::Clash);
+                    continue;
+                }
                 let before = tx.fixes;
                 for change in &changes {
                     tx.apply_change(change)?;

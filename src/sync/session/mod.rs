@@ -74,6 +74,10 @@ pub struct SyncReport {
     /// sides, since that side's IMAP clients never look below the UIDNEXT they saw. (The
     /// name is from when they were copied there.)
     pub late_copies: u64,
+    /// Messages one side held where the other had only a move tombstone of them, the move's
+    /// destination nowhere in the session: moved again, on both sides (docs/PROTOCOL.md,
+    /// the clash table).
+    pub moves_redone: u64,
     /// Chunks the difference was planned and applied in (see the module's doc), and the most
     /// message records (both sides') one chunk's plan held at once.
     pub plan_chunks: u64,

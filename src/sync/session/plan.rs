@@ -594,5 +594,6 @@ impl Session<'_> {
         r.flag_updates += local.flag_updates + remote.flag_updates;
         r.uid_clashes_renumbered += outcome.stats.uid_clashes;
         r.late_copies += outcome.stats.late_copies;
+        r.moves_redone += outcome.stats.moves_redone;
     }
 }
