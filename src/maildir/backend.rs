@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use crate::maildir::fault::{self, PassPoint};
 use crate::maildir::live::{self, LiveError, LiveFolder};
 use crate::maildir::scan::{list, scan, scan_folder, ScannedFolder, ScannedMessage};
 use crate::maildir::{MaildirError, INBOX};
@@ -621,10 +622,12 @@ fn settle_gone(store: &Store, user: &str, mirror: &MailboxMirror) -> Result<(), 
         .iter()
         .map(|base| MirrorEdit::Unlinked { base: base.clone() })
         .collect();
-    edits.extend(mirror.files.keys().map(|uid| MirrorEdit::File {
-        uid: *uid,
-        row: None,
-    }));
+    edits.extend(
+        mirror
+            .files
+            .keys()
+            .map(|uid| MirrorEdit::NoFile { uid: *uid }),
+    );
     edits.push(MirrorEdit::Folder(None));
     store.mirror_settle(user, mirror.guid, &edits, mirror.owed)
 }
@@ -681,7 +684,12 @@ fn number_unlisted(folder: &ScannedFolder) -> Result<bool, BackendError> {
     }
     let live = LiveFolder::open(&folder.dir)?;
     let mut locked = live.lock()?;
-    Ok(!locked.number_unlisted()?.numbered.is_empty())
+    let numbered = !locked.number_unlisted()?.numbered.is_empty();
+    drop(locked);
+    if numbered {
+        fault::reached(PassPoint::Numbered);
+    }
+    Ok(numbered)
 }
 
 /// A folder's disk → index half (and a rename or removal the index asks for). Returns the
@@ -712,6 +720,7 @@ fn from_disk_folder(
     }
     let wrote = from_disk(store, user, &folder, &mirror, report)?;
     let mirror = if wrote {
+        fault::reached(PassPoint::Imported);
         store.mailbox_mirror(user, guid)?
     } else {
         mirror
@@ -1057,6 +1066,7 @@ fn to_disk(
     }
     owed_still |= pending.flush(store, (user, guid, dir), &mut locked, &mut edits, report)?;
     drop(locked);
+    fault::reached(PassPoint::Placed);
     edits.push(MirrorEdit::Folder(Some(FolderRow {
         name: record.name.clone(),
         subscribed: record.subscribed,
@@ -1305,12 +1315,16 @@ fn redeliver(
             report.delivered += 1;
             report.delivered_bytes += bytes.len() as u64;
             report.unlinked += 1;
-            Ok(Some(MirrorEdit::File {
+            // Held, not a plain file row: a peer's write may move the message away before the
+            // pass settles (the lock keeps Dovecot out, not the daemon's other threads), and
+            // then the copy holds mail the index has elsewhere and is owed a removal.
+            Ok(Some(MirrorEdit::Held {
                 uid,
-                row: Some(FileRow {
+                digest: message.digest,
+                row: FileRow {
                     base: placed.base,
                     disk_flags: flags.to_vec(),
-                }),
+                },
             }))
         }
         Err(LiveError::BelowNext { next, .. }) => {

@@ -634,6 +634,7 @@ impl LockedFolder<'_> {
         batch: &[Delivery<'_>],
     ) -> Result<Vec<Result<Numbered, LiveError>>, LiveError> {
         let results = self.write_files(batch, true)?;
+        crate::maildir::fault::reached(crate::maildir::fault::PassPoint::Renamed);
         let lines: Vec<(u32, Option<u64>, Option<u64>, String)> = results
             .iter()
             .zip(batch)
