@@ -11,6 +11,10 @@
 //!
 //! The moment of each kill is found by watching the disk (files in B's folder, UIDs in A's
 //! uidlist), not by sleeping; where the kill landed is printed, never asserted (it is timing).
+//! Four more kills land exactly between two steps of a pass: `serve` kills itself there
+//! (`MERKMAIL_FAULT`, src/maildir/fault.rs): after numbering files, after importing them,
+//! between a delivery batch's renames and its uidlist lines, and after the deliveries before
+//! the pass settles them.
 //! `scripts/dovecot-crash-loop` runs the ignored loop with many kill points.
 //!
 //! Needs Dovecot (dovecot-core, dovecot-imapd) and python3: skipped with a message when they
@@ -280,6 +284,68 @@ fn imap_appends_on_b_racing_replicated_mail_lose_nothing() {
     for side in [&a, &b] {
         side.node.assert_verifies("after the race");
     }
+}
+
+/// B's merkmail kills itself (`MERKMAIL_FAULT`, src/maildir/fault.rs) at `fault` while its
+/// pass places 300 replicated messages (two delivery batches: 256, then 44), is started again,
+/// and both sides converge with every message once.
+fn apply_killed_at(name: &str, fault: &str) {
+    let Some((mut a, mut b)) = sides_with(name, FIVE_SECOND_CHECKS) else {
+        return;
+    };
+    const N: usize = 300;
+    a.node.start();
+    append_many(&a, "INBOX", "bulk", N);
+    poll("A imports what its Dovecot took", CONVERGE, || {
+        indexed(&a) == Some(N as u64)
+    });
+    b.node.run_until_fault(fault, CONVERGE);
+    eprintln!(
+        "{name}: B killed at {fault} with {} of {N} files in its INBOX",
+        files_in(&b.dovecot.maildir())
+    );
+    b.node.start();
+    converged_and_sound(&mut a, &mut b, &[("INBOX", "bulk", N)], name);
+}
+
+/// A's merkmail kills itself at `fault` during its first pass over 600 files an MDA dropped
+/// into INBOX, is started again, and both sides converge with every message once.
+fn scan_killed_at(name: &str, fault: &str) {
+    let Some((mut a, mut b)) = sides_with(name, FIVE_SECOND_CHECKS) else {
+        return;
+    };
+    const N: usize = 600;
+    drop_files(&a, &a.dovecot.maildir(), "mda", N);
+    b.node.start();
+    a.node.run_until_fault(fault, CONVERGE);
+    eprintln!(
+        "{name}: A killed at {fault} with {} of {N} UIDs in its uidlist; its index holds {:?}",
+        common::replica::uidlist_uids(&a.dovecot.maildir()).len(),
+        common::run(&["stats", "--data", &a.node.data(), "--json"], None).json()["messages"]
+            .as_u64()
+    );
+    a.node.start();
+    converged_and_sound(&mut a, &mut b, &[("INBOX", "mda", N)], name);
+}
+
+#[test]
+fn sigkill_between_a_batchs_renames_and_its_uidlist_lines() {
+    apply_killed_at("fault-renamed", "renamed@2");
+}
+
+#[test]
+fn sigkill_after_deliveries_before_the_pass_settles_them() {
+    apply_killed_at("fault-placed", "placed@1");
+}
+
+#[test]
+fn sigkill_after_numbering_before_the_import() {
+    scan_killed_at("fault-numbered", "numbered@1");
+}
+
+#[test]
+fn sigkill_after_the_import_before_the_pass_settles_the_folder() {
+    scan_killed_at("fault-imported", "imported@1");
 }
 
 /// Many kill points: `DOVECOT_CRASH_KILLS` rounds (default 6), each killing B during a

@@ -6,6 +6,7 @@
 
 use super::node::Node;
 use crate::maildir::backend::{self, PassReport, Template};
+use crate::maildir::fault::{self, Fault};
 use crate::status::MaildirView;
 use notify::{RecursiveMode, Watcher};
 use std::collections::BTreeSet;
@@ -43,8 +44,9 @@ pub async fn run(node: Arc<Node>, template: Template) {
         }
     };
     let mut seen: BTreeSet<String> = BTreeSet::new();
+    let faults = Faults::from_env();
     let started = Instant::now();
-    let first = pass(&node, &template, None, &mut seen).await;
+    let first = pass(&node, &template, None, &mut seen, &faults).await;
     watch_roots(watcher.as_mut(), &template, &seen);
     if let Some(r) = first {
         tracing::info!(
@@ -73,7 +75,7 @@ pub async fn run(node: Arc<Node>, template: Template) {
             Err(_) => BTreeSet::new(),
         };
         for user in users {
-            pass(&node, &template, Some(user), &mut seen).await;
+            pass(&node, &template, Some(user), &mut seen, &faults).await;
         }
         let store = Arc::clone(&node.store);
         let owed = tokio::task::spawn_blocking(move || store.owed_mailboxes())
@@ -83,11 +85,11 @@ pub async fn run(node: Arc<Node>, template: Template) {
             .unwrap_or_default();
         let owed_users: BTreeSet<String> = owed.into_iter().map(|(u, _)| u).collect();
         for user in owed_users {
-            pass(&node, &template, Some(user), &mut seen).await;
+            pass(&node, &template, Some(user), &mut seen, &faults).await;
         }
         if Instant::now() >= next_rescan {
             next_rescan = Instant::now() + rescan;
-            pass(&node, &template, None, &mut seen).await;
+            pass(&node, &template, None, &mut seen, &faults).await;
         }
         watch_roots(watcher.as_mut(), &template, &seen);
     }
@@ -125,12 +127,14 @@ async fn pass(
     template: &Template,
     user: Option<String>,
     seen: &mut BTreeSet<String>,
+    faults: &Faults,
 ) -> Option<PassReport> {
     let store = Arc::clone(&node.store);
     let t = template.clone();
     let one = user.clone();
+    let faults = faults.clone();
     let result = tokio::task::spawn_blocking(move || {
-        let report = backend::pass(&store, &t, one.as_deref());
+        let report = faults.around(|| backend::pass(&store, &t, one.as_deref()));
         let users: Vec<String> = match &one {
             Some(u) => vec![u.clone()],
             None => backend::known_users(&store, &t)
@@ -177,6 +181,62 @@ async fn pass(
             tracing::warn!(user = user.as_deref().unwrap_or("*"), error = %e, "Maildir pass failed; what it owes stays owed and is retried");
             None
         }
+    }
+}
+
+/// A crash on purpose, for the crash tests: `MERKMAIL_FAULT=<point>[@<n>]` makes `serve`
+/// SIGKILL itself the n-th time a pass reaches that point (maildir::fault), so a test can
+/// crash exactly between two steps of a pass instead of after a delay.
+#[derive(Clone, Default)]
+struct Faults {
+    armed: Option<(Fault, Arc<std::sync::atomic::AtomicU32>)>,
+}
+
+impl Faults {
+    fn from_env() -> Faults {
+        let Ok(text) = std::env::var("MERKMAIL_FAULT") else {
+            return Faults::default();
+        };
+        match Fault::parse(&text) {
+            Ok(f) => {
+                tracing::warn!(
+                    point = f.point.name(),
+                    nth = f.nth,
+                    "MERKMAIL_FAULT: this process kills itself when a Maildir pass gets there"
+                );
+                Faults {
+                    armed: Some((f, Arc::default())),
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "ignored");
+                Faults::default()
+            }
+        }
+    }
+
+    /// Runs a pass, with the armed point (if any) watched on this thread.
+    fn around<R>(&self, pass: impl FnOnce() -> R) -> R {
+        let Some((f, count)) = self.armed.clone() else {
+            return pass();
+        };
+        fault::with_hook(
+            move |point| {
+                let reached = count.fetch_add(
+                    u32::from(point == f.point),
+                    std::sync::atomic::Ordering::SeqCst,
+                );
+                if point == f.point && reached + 1 == f.nth {
+                    tracing::warn!(point = point.name(), "MERKMAIL_FAULT reached: SIGKILL");
+                    // SAFETY: kill(2) on our own pid has no memory effects; SIGKILL ends the
+                    // process at once, as an operator's `kill -9` or the OOM killer would.
+                    unsafe {
+                        libc::kill(libc::getpid(), libc::SIGKILL);
+                    }
+                }
+            },
+            pass,
+        )
     }
 }
 

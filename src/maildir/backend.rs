@@ -1066,7 +1066,9 @@ fn to_disk(
     }
     owed_still |= pending.flush(store, (user, guid, dir), &mut locked, &mut edits, report)?;
     drop(locked);
-    fault::reached(PassPoint::Placed);
+    if !edits.is_empty() {
+        fault::reached(PassPoint::Placed);
+    }
     edits.push(MirrorEdit::Folder(Some(FolderRow {
         name: record.name.clone(),
         subscribed: record.subscribed,

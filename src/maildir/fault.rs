@@ -19,10 +19,12 @@ pub enum PassPoint {
     /// A folder's disk → index writes (new mail, flag changes, expunges seen on disk) are
     /// committed; its index → disk half has not begun and its print is not kept.
     Imported,
-    /// A batch of deliveries is renamed into `cur/`; its uidlist lines are not written yet.
+    /// A batch of deliveries (one message at least) is renamed into `cur/`; its uidlist lines
+    /// are not written yet.
     Renamed,
-    /// A folder's disk work (unlinks, flag renames, deliveries) is done and its lock released;
-    /// the pass has not recorded it in the index (no file row, no print, still owed).
+    /// A folder's disk work (unlinks, flag renames, deliveries: at least one) is done and its
+    /// lock released; the pass has not recorded it in the index (no file row, no print, still
+    /// owed).
     Placed,
 }
 

@@ -634,7 +634,9 @@ impl LockedFolder<'_> {
         batch: &[Delivery<'_>],
     ) -> Result<Vec<Result<Numbered, LiveError>>, LiveError> {
         let results = self.write_files(batch, true)?;
-        crate::maildir::fault::reached(crate::maildir::fault::PassPoint::Renamed);
+        if results.iter().any(Result::is_ok) {
+            crate::maildir::fault::reached(crate::maildir::fault::PassPoint::Renamed);
+        }
         let lines: Vec<(u32, Option<u64>, Option<u64>, String)> = results
             .iter()
             .zip(batch)
