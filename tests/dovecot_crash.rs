@@ -24,8 +24,8 @@ mod common;
 
 use common::node::poll;
 use common::replica::{
-    append_many, assert_uidlist_ascending, messages, same_view_within, sides, sides_with,
-    unique_subjects, Side, APPEND_MANY,
+    append_many, assert_uidlist_ascending, messages, same_view_within, sides, unique_subjects,
+    Side, APPEND_MANY,
 };
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -33,9 +33,6 @@ use std::time::{Duration, Instant};
 
 /// Generous: a few hundred messages cross, and both IMAP views are fetched whole each poll.
 const CONVERGE: Duration = Duration::from_secs(60);
-
-/// Config lines for nodes that also compare roots every 5 s (see the racing test).
-const FIVE_SECOND_CHECKS: &str = "check_interval_s = 5\nbackoff_max_s = 1\n";
 
 /// Message files in a Maildir folder (`cur/` and `new/`).
 fn files_in(folder: &Path) -> usize {
@@ -187,10 +184,11 @@ fn sigkill_during_a_large_replicated_apply_then_every_message_once() {
 
 #[test]
 fn sigkill_during_a_first_scan_then_every_message_once() {
-    // Checks every 5 s: B made its own empty INBOX (UIDVALIDITY from the user name) before A's
+    // Hourly checks: B made its own empty INBOX (UIDVALIDITY from the user name) before A's
     // arrived with Dovecot's; the journal leaves that difference to a Merkle session, which
-    // with hourly checks sometimes never came within a minute (see the report of h-crash).
-    let Some((mut a, mut b)) = sides_with("crash-scan", FIVE_SECOND_CHECKS) else {
+    // the journal's check asks for (a check skipped while the peer's own session runs is
+    // tried again 2 s later), not the interval.
+    let Some((mut a, mut b)) = sides("crash-scan") else {
         return;
     };
     const INBOX_N: usize = 600;
@@ -225,11 +223,10 @@ fn sigkill_during_a_first_scan_then_every_message_once() {
 
 #[test]
 fn imap_appends_on_b_racing_replicated_mail_lose_nothing() {
-    // Checks every 5 s: a check the journal asked for (an entry left to the clash rules) is
-    // skipped while the peer's own session runs, and that session may have begun before the
-    // entry; with hourly checks the two stores can then stay apart (see the report of
-    // h-crash). The interval check heals it; the mirror is what this test is about.
-    let Some((mut a, mut b)) = sides_with("crash-race", FIVE_SECOND_CHECKS) else {
+    // Hourly checks: a check the journal asks for (an entry left to the clash rules) and
+    // skipped while the peer's own session runs is tried again 2 s later, so the two stores
+    // meet without the interval.
+    let Some((mut a, mut b)) = sides("crash-race") else {
         return;
     };
     const N: usize = 60;
@@ -290,7 +287,7 @@ fn imap_appends_on_b_racing_replicated_mail_lose_nothing() {
 /// pass places 300 replicated messages (two delivery batches: 256, then 44), is started again,
 /// and both sides converge with every message once.
 fn apply_killed_at(name: &str, fault: &str) {
-    let Some((mut a, mut b)) = sides_with(name, FIVE_SECOND_CHECKS) else {
+    let Some((mut a, mut b)) = sides(name) else {
         return;
     };
     const N: usize = 300;
@@ -311,7 +308,7 @@ fn apply_killed_at(name: &str, fault: &str) {
 /// A's merkmail kills itself at `fault` during its first pass over 600 files an MDA dropped
 /// into INBOX, is started again, and both sides converge with every message once.
 fn scan_killed_at(name: &str, fault: &str) {
-    let Some((mut a, mut b)) = sides_with(name, FIVE_SECOND_CHECKS) else {
+    let Some((mut a, mut b)) = sides(name) else {
         return;
     };
     const N: usize = 600;
@@ -380,7 +377,7 @@ fn many_kill_points() {
 }
 
 fn apply_killed_after(name: &str, delay: Duration) {
-    let Some((mut a, mut b)) = sides_with(name, FIVE_SECOND_CHECKS) else {
+    let Some((mut a, mut b)) = sides(name) else {
         return;
     };
     const N: usize = 300;
@@ -408,7 +405,7 @@ fn apply_killed_after(name: &str, delay: Duration) {
 }
 
 fn scan_killed_after(name: &str, delay: Duration) {
-    let Some((mut a, mut b)) = sides_with(name, FIVE_SECOND_CHECKS) else {
+    let Some((mut a, mut b)) = sides(name) else {
         return;
     };
     const N: usize = 600;
