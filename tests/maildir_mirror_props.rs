@@ -662,3 +662,34 @@ fn a_redelivered_copy_whose_message_moved_during_the_pass_is_removed_not_kept() 
     let disk = merkmail::maildir::backend::verify(world.store(), &world.template).expect("verify");
     assert!(disk.mismatches.is_empty(), "{:?}", disk.mismatches);
 }
+
+/// Found in tests/dovecot_crash.rs under load: Dovecot makes a folder as `cur/`, `new/`,
+/// `tmp/`, then `maildirfolder`. A pass that came in between (woken by the first `mkdir`) made
+/// the missing directories itself, Dovecot's own `mkdir` then failed, and its IMAP client's
+/// CREATE answered "Mailbox already exists". A folder the index has never seen that is not
+/// whole yet and changed in the last 2 s is left alone until it is whole.
+#[test]
+fn a_folder_the_server_is_making_is_left_alone_until_it_is_whole() {
+    let world = World::new();
+    let dir = world.root.join(".Lists");
+    std::fs::create_dir_all(dir.join("cur")).expect("mkdir");
+    let report = world.pass();
+    assert_eq!(report.folders_being_made, 1, "{report:?}");
+    for made in ["new", "tmp", "dovecot-uidlist"] {
+        assert!(!dir.join(made).exists(), "the pass made {made}");
+    }
+    let names = |world: &World| -> Vec<String> {
+        let mailboxes = world.store().list_mailboxes(USER).expect("mailboxes");
+        let mut names: Vec<String> = mailboxes.into_iter().map(|m| m.name).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(&world), ["INBOX"]);
+    for sub in ["new", "tmp"] {
+        std::fs::create_dir(dir.join(sub)).expect("mkdir");
+    }
+    std::fs::write(dir.join("maildirfolder"), "").expect("maildirfolder");
+    world.settle().expect("settles");
+    assert_eq!(names(&world), ["INBOX", "Lists"]);
+    world.check().expect("the Maildir equals the index");
+}

@@ -160,6 +160,8 @@ pub struct PassReport {
     /// rebuilt under the mailbox's.
     pub folders_rebuilt: u64,
     pub folders_renamed: u64,
+    /// Folders left for the next pass because the server was making them (`being_made`).
+    pub folders_being_made: u64,
     /// Messages given a new UID so as not to reuse one the server gave out.
     pub renumbered: u64,
     /// What the pass could not do, with the reason (it stays owed, or is left for an
@@ -192,6 +194,7 @@ impl PassReport {
                 + self.folders_kept
                 + self.folders_rebuilt
                 + self.folders_renamed
+                + self.folders_being_made
                 > 0
     }
 }
@@ -453,6 +456,11 @@ fn pass_user(
     let mut read: Vec<(ScannedFolder, FolderPrint)> = Vec::new();
     for (mailbox, dir) in &listing.folders {
         report.folders += 1;
+        if being_made(mailbox, dir, &states) {
+            // Not read, not paired: a mailbox of that name the index holds stays owed.
+            report.folders_being_made += 1;
+            continue;
+        }
         let subscribed = listing.subscriptions.contains(mailbox);
         let mut print = FolderPrint::of(dir);
         if let Some(state) = unchanged(&states, &taken, mailbox, subscribed, &print) {
@@ -557,6 +565,34 @@ fn pass_user(
         to_disk(store, user, &dir, &record, &mirror, &print, report)?;
     }
     Ok(())
+}
+
+/// Whether the server is making this folder right now: one the index has never seen, that
+/// lacks `cur/`, `new/`, `tmp/` or `maildirfolder` (Dovecot makes them in that order), and
+/// whose directory changed in the last 2 s. Opening it would make what is missing
+/// (`LiveFolder::open`), and the server's own `mkdir` would then fail: its IMAP client's
+/// CREATE answers "Mailbox already exists" (seen in tests/dovecot_crash.rs under load). The
+/// server's next `mkdir` wakes the next pass. An old folder that lacks one of them (made by
+/// hand, or by an older server) is taken as before, and completed.
+fn being_made(mailbox: &str, dir: &Path, states: &[FolderState]) -> bool {
+    if mailbox == INBOX
+        || states
+            .iter()
+            .any(|s| s.folder.as_ref().is_some_and(|f| f.name == mailbox))
+    {
+        return false;
+    }
+    let whole = ["cur", "new", "tmp"]
+        .iter()
+        .all(|sub| dir.join(sub).is_dir())
+        && dir.join("maildirfolder").exists();
+    if whole {
+        return false;
+    }
+    let now = std::time::SystemTime::now();
+    std::fs::metadata(dir)
+        .and_then(|m| m.modified())
+        .map_or(true, |t| t + RACY > now)
 }
 
 /// The index's mailbox for a folder that needs no reading: the one whose folder it was when
