@@ -11,6 +11,10 @@
 //!
 //! The moment of each kill is found by watching the disk (files in B's folder, UIDs in A's
 //! uidlist), not by sleeping; where the kill landed is printed, never asserted (it is timing).
+//! Four more kills land exactly between two steps of a pass: `serve` kills itself there
+//! (`MERKMAIL_FAULT`, src/maildir/fault.rs): after numbering files, after importing them,
+//! between a delivery batch's renames and its uidlist lines, and after the deliveries before
+//! the pass settles them.
 //! `scripts/dovecot-crash-loop` runs the ignored loop with many kill points.
 //!
 //! Needs Dovecot (dovecot-core, dovecot-imapd) and python3: skipped with a message when they
@@ -20,8 +24,8 @@ mod common;
 
 use common::node::poll;
 use common::replica::{
-    append_many, assert_uidlist_ascending, messages, same_view_within, sides, sides_with,
-    unique_subjects, Side, APPEND_MANY,
+    append_many, assert_uidlist_ascending, messages, same_view_within, sides, unique_subjects,
+    Side, APPEND_MANY,
 };
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -29,9 +33,6 @@ use std::time::{Duration, Instant};
 
 /// Generous: a few hundred messages cross, and both IMAP views are fetched whole each poll.
 const CONVERGE: Duration = Duration::from_secs(60);
-
-/// Config lines for nodes that also compare roots every 5 s (see the racing test).
-const FIVE_SECOND_CHECKS: &str = "check_interval_s = 5\nbackoff_max_s = 1\n";
 
 /// Message files in a Maildir folder (`cur/` and `new/`).
 fn files_in(folder: &Path) -> usize {
@@ -183,10 +184,11 @@ fn sigkill_during_a_large_replicated_apply_then_every_message_once() {
 
 #[test]
 fn sigkill_during_a_first_scan_then_every_message_once() {
-    // Checks every 5 s: B made its own empty INBOX (UIDVALIDITY from the user name) before A's
+    // Hourly checks: B made its own empty INBOX (UIDVALIDITY from the user name) before A's
     // arrived with Dovecot's; the journal leaves that difference to a Merkle session, which
-    // with hourly checks sometimes never came within a minute (see the report of h-crash).
-    let Some((mut a, mut b)) = sides_with("crash-scan", FIVE_SECOND_CHECKS) else {
+    // the journal's check asks for (a check skipped while the peer's own session runs is
+    // tried again 2 s later), not the interval.
+    let Some((mut a, mut b)) = sides("crash-scan") else {
         return;
     };
     const INBOX_N: usize = 600;
@@ -221,11 +223,10 @@ fn sigkill_during_a_first_scan_then_every_message_once() {
 
 #[test]
 fn imap_appends_on_b_racing_replicated_mail_lose_nothing() {
-    // Checks every 5 s: a check the journal asked for (an entry left to the clash rules) is
-    // skipped while the peer's own session runs, and that session may have begun before the
-    // entry; with hourly checks the two stores can then stay apart (see the report of
-    // h-crash). The interval check heals it; the mirror is what this test is about.
-    let Some((mut a, mut b)) = sides_with("crash-race", FIVE_SECOND_CHECKS) else {
+    // Hourly checks: a check the journal asks for (an entry left to the clash rules) and
+    // skipped while the peer's own session runs is tried again 2 s later, so the two stores
+    // meet without the interval.
+    let Some((mut a, mut b)) = sides("crash-race") else {
         return;
     };
     const N: usize = 60;
@@ -282,6 +283,68 @@ fn imap_appends_on_b_racing_replicated_mail_lose_nothing() {
     }
 }
 
+/// B's merkmail kills itself (`MERKMAIL_FAULT`, src/maildir/fault.rs) at `fault` while its
+/// pass places 300 replicated messages (two delivery batches: 256, then 44), is started again,
+/// and both sides converge with every message once.
+fn apply_killed_at(name: &str, fault: &str) {
+    let Some((mut a, mut b)) = sides(name) else {
+        return;
+    };
+    const N: usize = 300;
+    a.node.start();
+    append_many(&a, "INBOX", "bulk", N);
+    poll("A imports what its Dovecot took", CONVERGE, || {
+        indexed(&a) == Some(N as u64)
+    });
+    b.node.run_until_fault(fault, CONVERGE);
+    eprintln!(
+        "{name}: B killed at {fault} with {} of {N} files in its INBOX",
+        files_in(&b.dovecot.maildir())
+    );
+    b.node.start();
+    converged_and_sound(&mut a, &mut b, &[("INBOX", "bulk", N)], name);
+}
+
+/// A's merkmail kills itself at `fault` during its first pass over 600 files an MDA dropped
+/// into INBOX, is started again, and both sides converge with every message once.
+fn scan_killed_at(name: &str, fault: &str) {
+    let Some((mut a, mut b)) = sides(name) else {
+        return;
+    };
+    const N: usize = 600;
+    drop_files(&a, &a.dovecot.maildir(), "mda", N);
+    b.node.start();
+    a.node.run_until_fault(fault, CONVERGE);
+    eprintln!(
+        "{name}: A killed at {fault} with {} of {N} UIDs in its uidlist; its index holds {:?}",
+        common::replica::uidlist_uids(&a.dovecot.maildir()).len(),
+        common::run(&["stats", "--data", &a.node.data(), "--json"], None).json()["messages"]
+            .as_u64()
+    );
+    a.node.start();
+    converged_and_sound(&mut a, &mut b, &[("INBOX", "mda", N)], name);
+}
+
+#[test]
+fn sigkill_between_a_batchs_renames_and_its_uidlist_lines() {
+    apply_killed_at("fault-renamed", "renamed@2");
+}
+
+#[test]
+fn sigkill_after_deliveries_before_the_pass_settles_them() {
+    apply_killed_at("fault-placed", "placed@1");
+}
+
+#[test]
+fn sigkill_after_numbering_before_the_import() {
+    scan_killed_at("fault-numbered", "numbered@1");
+}
+
+#[test]
+fn sigkill_after_the_import_before_the_pass_settles_the_folder() {
+    scan_killed_at("fault-imported", "imported@1");
+}
+
 /// Many kill points: `DOVECOT_CRASH_KILLS` rounds (default 6), each killing B during a
 /// replicated apply or A during a first scan after a pseudo-random delay from the moment the
 /// disk shows the work began (seeded by `DOVECOT_CRASH_SEED`), then the same checks as above.
@@ -314,7 +377,7 @@ fn many_kill_points() {
 }
 
 fn apply_killed_after(name: &str, delay: Duration) {
-    let Some((mut a, mut b)) = sides_with(name, FIVE_SECOND_CHECKS) else {
+    let Some((mut a, mut b)) = sides(name) else {
         return;
     };
     const N: usize = 300;
@@ -342,7 +405,7 @@ fn apply_killed_after(name: &str, delay: Duration) {
 }
 
 fn scan_killed_after(name: &str, delay: Duration) {
-    let Some((mut a, mut b)) = sides_with(name, FIVE_SECOND_CHECKS) else {
+    let Some((mut a, mut b)) = sides(name) else {
         return;
     };
     const N: usize = 600;

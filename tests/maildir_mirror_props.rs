@@ -839,3 +839,138 @@ fn an_empty_inbox_on_disk_waits_for_the_index_inbox() {
     );
     assert_eq!(folder.messages.len(), 1);
 }
+
+/// Found racing IMAP APPENDs in tests/dovecot_crash.rs: a file the server numbered at a UID
+/// the index had meanwhile given to replicated mail is imported at a new UID, and a pass then
+/// re-delivers a copy there and removes the server's file. While the pass works on the disk,
+/// another thread of the daemon (a journal apply, a Merkle session's clash rules) may move
+/// that message again. The pass used to record the copy at the UID it was made for whatever
+/// the index then held, leaving a file row at a UID with no message: the copy stayed on disk,
+/// listed at that UID, the message was delivered once more at its new UID, and the mail server
+/// showed it twice. The copy must be owed a removal instead, like any delivery the index moved
+/// meanwhile.
+#[test]
+fn a_redelivered_copy_whose_message_moved_during_the_pass_is_removed_not_kept() {
+    use merkmail::maildir::fault::{with_hook, PassPoint};
+    use std::cell::Cell;
+    use std::io::Write;
+    use std::rc::Rc;
+
+    let mut world = World::new();
+    // The server's mail, numbered by the server at UID 2 (a file in cur/ and its uidlist line).
+    let server_mail = message("server", 9);
+    let base = "1700000300.M1P77.imap";
+    std::fs::write(
+        world.root.join("cur").join(format!("{base}:2,")),
+        &server_mail,
+    )
+    .expect("write");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(world.root.join("dovecot-uidlist"))
+        .and_then(|mut f| f.write_all(format!("2 :{base}\n").as_bytes()))
+        .expect("list it at UID 2");
+    // The index took it at UID 4, as an import does when UID 2 went to other mail meanwhile:
+    // its file row names the file the server lists at 2.
+    world
+        .store()
+        .append(
+            USER,
+            "INBOX",
+            vec![NewMessage {
+                uid: Some(4),
+                exact_uid: true,
+                source: Some(base.to_string()),
+                ..new_message(server_mail.clone(), 9)
+            }],
+        )
+        .expect("import at 4");
+
+    let guid = world
+        .store()
+        .list_mailboxes(USER)
+        .expect("mailboxes")
+        .into_iter()
+        .find(|m| m.name == "INBOX")
+        .expect("INBOX")
+        .guid;
+    let store = Rc::new(world.store.take().expect("open"));
+    let moved_to = Rc::new(Cell::new(None));
+    let report = {
+        let (store_in_hook, moved) = (Rc::clone(&store), Rc::clone(&moved_to));
+        let digest = Digest::of(&server_mail);
+        with_hook(
+            move |point| {
+                if point != PassPoint::Placed || moved.get().is_some() {
+                    return;
+                }
+                // The disk work is done and the pass has not settled it: a peer's write moves
+                // the server's message up, as a clash rule would.
+                let at = store_in_hook
+                    .list_messages(USER, Some("INBOX"))
+                    .expect("list")
+                    .into_iter()
+                    .find(|m| m.record.digest == digest)
+                    .expect("the server's mail is indexed")
+                    .uid;
+                let to = store_in_hook
+                    .renumber_message(USER, guid, at, 0)
+                    .expect("move");
+                moved.set(Some((at, to)));
+            },
+            || pass(&store, &world.template, None).expect("the pass"),
+        )
+    };
+    world.store = Some(
+        Rc::try_unwrap(store)
+            .ok()
+            .expect("the hook let go of the store"),
+    );
+    assert_eq!(
+        moved_to.get(),
+        Some((4, Some(5))),
+        "the server's mail was re-delivered at 4 and moved to 5 before the pass settled: {report:?}"
+    );
+    assert_eq!(report.delivered, 1, "the copy at 4: {report:?}");
+    world.settle().expect("settles");
+    world
+        .check()
+        .expect("the Maildir equals the index: the copy at 4 is gone");
+    assert_eq!(
+        world.indexed(),
+        [("INBOX".to_string(), 1), ("INBOX".to_string(), 5)]
+    );
+    let disk = merkmail::maildir::backend::verify(world.store(), &world.template).expect("verify");
+    assert!(disk.mismatches.is_empty(), "{:?}", disk.mismatches);
+}
+
+/// Found in tests/dovecot_crash.rs under load: Dovecot makes a folder as `cur/`, `new/`,
+/// `tmp/`, then `maildirfolder`. A pass that came in between (woken by the first `mkdir`) made
+/// the missing directories itself, Dovecot's own `mkdir` then failed, and its IMAP client's
+/// CREATE answered "Mailbox already exists". A folder the index has never seen that is not
+/// whole yet and changed in the last 2 s is left alone until it is whole.
+#[test]
+fn a_folder_the_server_is_making_is_left_alone_until_it_is_whole() {
+    let mut world = World::new();
+    let dir = world.root.join(".Lists");
+    std::fs::create_dir_all(dir.join("cur")).expect("mkdir");
+    let report = world.pass();
+    assert_eq!(report.folders_being_made, 1, "{report:?}");
+    for made in ["new", "tmp", "dovecot-uidlist"] {
+        assert!(!dir.join(made).exists(), "the pass made {made}");
+    }
+    let names = |world: &World| -> Vec<String> {
+        let mailboxes = world.store().list_mailboxes(USER).expect("mailboxes");
+        let mut names: Vec<String> = mailboxes.into_iter().map(|m| m.name).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(&world), ["INBOX"]);
+    for sub in ["new", "tmp"] {
+        std::fs::create_dir(dir.join(sub)).expect("mkdir");
+    }
+    std::fs::write(dir.join("maildirfolder"), "").expect("maildirfolder");
+    world.settle().expect("settles");
+    assert_eq!(names(&world), ["INBOX", "Lists"]);
+    world.check().expect("the Maildir equals the index");
+}

@@ -375,6 +375,13 @@ impl Printed for ScanReport {
             r.folders_rebuilt,
             r.renumbered
         )?;
+        if r.folders_being_made > 0 {
+            writeln!(
+                out,
+                "{} folder(s) left for the next pass: the mail server was making them",
+                r.folders_being_made
+            )?;
+        }
         for problem in &r.problems {
             writeln!(out, "problem: {problem}")?;
         }

@@ -8,6 +8,7 @@
 
 use super::node::Node;
 use crate::maildir::backend::{self, PassReport, Template};
+use crate::maildir::fault::{self, Fault};
 use crate::maildir::watch::{News, Touched, Tracking, Watched};
 use crate::status::MaildirView;
 use notify::{RecursiveMode, Watcher};
@@ -46,11 +47,12 @@ pub async fn run(node: Arc<Node>, template: Template) {
         }
     };
     let mut seen: BTreeSet<String> = BTreeSet::new();
+    let faults = Faults::from_env();
     // Folders followed only while the watcher runs.
     let tracking = Arc::new(Mutex::new(Tracking::default()));
     let started = Instant::now();
     let following = watcher.as_ref().map(|_| &tracking);
-    let first = pass(&node, &template, None, &mut seen, following).await;
+    let first = pass(&node, &template, None, &mut seen, following, &faults).await;
     watch_roots(watcher.as_mut(), &template, &seen);
     if let Some(r) = first {
         tracing::info!(
@@ -86,13 +88,16 @@ pub async fn run(node: Arc<Node>, template: Template) {
             if let Ok(mut t) = tracking.lock() {
                 t.clear();
             }
-            pass(&node, &template, None, &mut seen, following).await;
+            pass(&node, &template, None, &mut seen, following, &faults).await;
         }
         for (user, touched) in news.users {
             if watcher.is_some() {
-                pass_watched(&node, &template, &tracking, user, touched, &mut seen).await;
+                pass_watched(
+                    &node, &template, &tracking, user, touched, &mut seen, &faults,
+                )
+                .await;
             } else {
-                pass(&node, &template, Some(user), &mut seen, None).await;
+                pass(&node, &template, Some(user), &mut seen, None, &faults).await;
             }
         }
         let store = Arc::clone(&node.store);
@@ -105,14 +110,17 @@ pub async fn run(node: Arc<Node>, template: Template) {
         for user in owed_users {
             if watcher.is_some() {
                 let nothing = Touched::default();
-                pass_watched(&node, &template, &tracking, user, nothing, &mut seen).await;
+                pass_watched(
+                    &node, &template, &tracking, user, nothing, &mut seen, &faults,
+                )
+                .await;
             } else {
-                pass(&node, &template, Some(user), &mut seen, None).await;
+                pass(&node, &template, Some(user), &mut seen, None, &faults).await;
             }
         }
         if Instant::now() >= next_rescan {
             next_rescan = Instant::now() + rescan;
-            pass(&node, &template, None, &mut seen, following).await;
+            pass(&node, &template, None, &mut seen, following, &faults).await;
         }
         watch_roots(watcher.as_mut(), &template, &seen);
     }
@@ -151,13 +159,15 @@ async fn pass(
     user: Option<String>,
     seen: &mut BTreeSet<String>,
     tracking: Option<&Arc<Mutex<Tracking>>>,
+    faults: &Faults,
 ) -> Option<PassReport> {
     let store = Arc::clone(&node.store);
     let t = template.clone();
     let one = user.clone();
     let tracking = tracking.map(Arc::clone);
+    let faults = faults.clone();
     let result = tokio::task::spawn_blocking(move || {
-        let report = match (&one, tracking) {
+        let report = faults.around(|| match (&one, tracking) {
             // Every user, with the watcher running: folders left agreeing are followed.
             (None, Some(tracking)) => {
                 let mut tracked = match tracking.lock() {
@@ -167,7 +177,7 @@ async fn pass(
                 backend::pass_following(&store, &t, &mut tracked)
             }
             _ => backend::pass(&store, &t, one.as_deref()),
-        };
+        });
         let users: Vec<String> = match &one {
             Some(u) => vec![u.clone()],
             None => backend::known_users(&store, &t)
@@ -196,11 +206,13 @@ async fn pass_watched(
     user: String,
     touched: Touched,
     seen: &mut BTreeSet<String>,
+    faults: &Faults,
 ) -> Option<PassReport> {
     let store = Arc::clone(&node.store);
     let t = template.clone();
     let tracking = Arc::clone(tracking);
     let one = user.clone();
+    let faults = faults.clone();
     let result = tokio::task::spawn_blocking(move || {
         let mut tracked = match tracking.lock() {
             Ok(t) => t,
@@ -215,7 +227,7 @@ async fn pass_watched(
             touched,
             trust: true,
         };
-        backend::pass_watched(&store, &t, &one, watched)
+        faults.around(|| backend::pass_watched(&store, &t, &one, watched))
     })
     .await;
     let report = match result {
@@ -267,6 +279,62 @@ fn after_pass(
             tracing::warn!(user = user.unwrap_or("*"), error = %e, "Maildir pass failed; what it owes stays owed and is retried");
             None
         }
+    }
+}
+
+/// A crash on purpose, for the crash tests: `MERKMAIL_FAULT=<point>[@<n>]` makes `serve`
+/// SIGKILL itself the n-th time a pass reaches that point (maildir::fault), so a test can
+/// crash exactly between two steps of a pass instead of after a delay.
+#[derive(Clone, Default)]
+struct Faults {
+    armed: Option<(Fault, Arc<std::sync::atomic::AtomicU32>)>,
+}
+
+impl Faults {
+    fn from_env() -> Faults {
+        let Ok(text) = std::env::var("MERKMAIL_FAULT") else {
+            return Faults::default();
+        };
+        match Fault::parse(&text) {
+            Ok(f) => {
+                tracing::warn!(
+                    point = f.point.name(),
+                    nth = f.nth,
+                    "MERKMAIL_FAULT: this process kills itself when a Maildir pass gets there"
+                );
+                Faults {
+                    armed: Some((f, Arc::default())),
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "ignored");
+                Faults::default()
+            }
+        }
+    }
+
+    /// Runs a pass, with the armed point (if any) watched on this thread.
+    fn around<R>(&self, pass: impl FnOnce() -> R) -> R {
+        let Some((f, count)) = self.armed.clone() else {
+            return pass();
+        };
+        fault::with_hook(
+            move |point| {
+                let reached = count.fetch_add(
+                    u32::from(point == f.point),
+                    std::sync::atomic::Ordering::SeqCst,
+                );
+                if point == f.point && reached + 1 == f.nth {
+                    tracing::warn!(point = point.name(), "MERKMAIL_FAULT reached: SIGKILL");
+                    // SAFETY: kill(2) on our own pid has no memory effects; SIGKILL ends the
+                    // process at once, as an operator's `kill -9` or the OOM killer would.
+                    unsafe {
+                        libc::kill(libc::getpid(), libc::SIGKILL);
+                    }
+                }
+            },
+            pass,
+        )
     }
 }
 

@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use crate::maildir::fault::{self, PassPoint};
 use crate::maildir::live::{self, LiveError, LiveFolder};
 use crate::maildir::scan::{list, scan, scan_folder, scan_names, ScannedFolder, ScannedMessage};
 use crate::maildir::watch::Watched;
@@ -163,6 +164,8 @@ pub struct PassReport {
     /// rebuilt under the mailbox's.
     pub folders_rebuilt: u64,
     pub folders_renamed: u64,
+    /// Folders left for the next pass because the server was making them (`being_made`).
+    pub folders_being_made: u64,
     /// Messages given a new UID so as not to reuse one the server gave out.
     pub renumbered: u64,
     /// What the pass could not do, with the reason (it stays owed, or is left for an
@@ -195,6 +198,7 @@ impl PassReport {
                 + self.folders_kept
                 + self.folders_rebuilt
                 + self.folders_renamed
+                + self.folders_being_made
                 > 0
     }
 }
@@ -503,6 +507,11 @@ fn pass_user(
     let mut read: Vec<(ScannedFolder, FolderPrint, Scope)> = Vec::new();
     for (mailbox, dir) in &listing.folders {
         report.folders += 1;
+        if being_made(mailbox, dir, &states) {
+            // Not read, not paired: a mailbox of that name the index holds stays owed.
+            report.folders_being_made += 1;
+            continue;
+        }
         let subscribed = listing.subscriptions.contains(mailbox);
         let mut print = FolderPrint::of(dir);
         if let Some(w) = watched.as_deref_mut() {
@@ -774,6 +783,34 @@ fn uids_agree(folder: &ScannedFolder, mirror: &MailboxMirror, named: &BTreeSet<S
         .all(|(uid, row)| listed.get(row.base.as_str()) == Some(uid))
 }
 
+/// Whether the server is making this folder right now: one the index has never seen, that
+/// lacks `cur/`, `new/`, `tmp/` or `maildirfolder` (Dovecot makes them in that order), and
+/// whose directory changed in the last 2 s. Opening it would make what is missing
+/// (`LiveFolder::open`), and the server's own `mkdir` would then fail: its IMAP client's
+/// CREATE answers "Mailbox already exists" (seen in tests/dovecot_crash.rs under load). The
+/// server's next `mkdir` wakes the next pass. An old folder that lacks one of them (made by
+/// hand, or by an older server) is taken as before, and completed.
+fn being_made(mailbox: &str, dir: &Path, states: &[FolderState]) -> bool {
+    if mailbox == INBOX
+        || states
+            .iter()
+            .any(|s| s.folder.as_ref().is_some_and(|f| f.name == mailbox))
+    {
+        return false;
+    }
+    let whole = ["cur", "new", "tmp"]
+        .iter()
+        .all(|sub| dir.join(sub).is_dir())
+        && dir.join("maildirfolder").exists();
+    if whole {
+        return false;
+    }
+    let now = std::time::SystemTime::now();
+    std::fs::metadata(dir)
+        .and_then(|m| m.modified())
+        .map_or(true, |t| t + RACY > now)
+}
+
 /// The index's mailbox for a folder that needs no reading: the one whose folder it was when
 /// they last agreed, owed nothing, under the same name and subscription, with the same print.
 fn unchanged<'a>(
@@ -837,10 +874,12 @@ fn settle_gone(store: &Store, user: &str, mirror: &MailboxMirror) -> Result<(), 
         .iter()
         .map(|base| MirrorEdit::Unlinked { base: base.clone() })
         .collect();
-    edits.extend(mirror.files.keys().map(|uid| MirrorEdit::File {
-        uid: *uid,
-        row: None,
-    }));
+    edits.extend(
+        mirror
+            .files
+            .keys()
+            .map(|uid| MirrorEdit::NoFile { uid: *uid }),
+    );
     edits.push(MirrorEdit::Folder(None));
     store.mirror_settle(user, mirror.guid, &edits, mirror.owed)
 }
@@ -897,7 +936,12 @@ fn number_unlisted(folder: &ScannedFolder) -> Result<bool, BackendError> {
     }
     let live = LiveFolder::open(&folder.dir)?;
     let mut locked = live.lock()?;
-    Ok(!locked.number_unlisted()?.numbered.is_empty())
+    let numbered = !locked.number_unlisted()?.numbered.is_empty();
+    drop(locked);
+    if numbered {
+        fault::reached(PassPoint::Numbered);
+    }
+    Ok(numbered)
 }
 
 /// A folder's disk → index half (and a rename or removal the index asks for). Returns the
@@ -935,6 +979,7 @@ fn from_disk_folder(
         return Ok(Some((dir, mirror, true)));
     }
     let mirror = if wrote {
+        fault::reached(PassPoint::Imported);
         store.mailbox_mirror(user, guid)?
     } else {
         mirror
@@ -1285,6 +1330,9 @@ fn to_disk(
     }
     owed_still |= pending.flush(store, (user, guid, dir), &mut locked, &mut edits, report)?;
     drop(locked);
+    if !edits.is_empty() {
+        fault::reached(PassPoint::Placed);
+    }
     edits.push(MirrorEdit::Folder(Some(FolderRow {
         name: record.name.clone(),
         subscribed: record.subscribed,
@@ -1533,12 +1581,16 @@ fn redeliver(
             report.delivered += 1;
             report.delivered_bytes += bytes.len() as u64;
             report.unlinked += 1;
-            Ok(Some(MirrorEdit::File {
+            // Held, not a plain file row: a peer's write may move the message away before the
+            // pass settles (the lock keeps Dovecot out, not the daemon's other threads), and
+            // then the copy holds mail the index has elsewhere and is owed a removal.
+            Ok(Some(MirrorEdit::Held {
                 uid,
-                row: Some(FileRow {
+                digest: message.digest,
+                row: FileRow {
                     base: placed.base,
                     disk_flags: flags.to_vec(),
-                }),
+                },
             }))
         }
         Err(LiveError::BelowNext { next, .. }) => {

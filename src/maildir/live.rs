@@ -42,8 +42,9 @@ pub enum LiveError {
     /// A flag cannot be written in a Maildir file name. Nothing was written.
     #[error("flag {flag:?} cannot be stored in a Maildir name: {problem}")]
     UnstorableFlag { flag: String, problem: String },
-    /// The uidlist does not end with a line end, so an appended line would merge with a
-    /// half-written one. Nothing was appended.
+    /// The uidlist holds no line end at all (its header is torn), so an appended line would
+    /// merge with a half-written one. Nothing was appended. (A torn last line after a whole
+    /// header is cut off under the lock instead: see `LockedFolder::lock`.)
     #[error("{}: does not end with a line end; refusing to append", path.display())]
     UnterminatedUidlist { path: PathBuf },
     /// A delivery asked for a UID below the folder's next one: appending it would make the
@@ -384,11 +385,9 @@ impl LockedFolder<'_> {
             Err(e) => return Err(io(&self.uidlist_path, "read")(e).into()),
         };
         let list = match text {
-            Some(text) => {
+            Some(mut text) => {
                 if !text.ends_with('\n') {
-                    return Err(LiveError::UnterminatedUidlist {
-                        path: self.uidlist_path.clone(),
-                    });
+                    self.cut_torn_line(&mut text)?;
                 }
                 parse_uidlist(&text)?
             }
@@ -396,6 +395,41 @@ impl LockedFolder<'_> {
         };
         self.listed = list.entries.iter().map(|(_, b)| b.clone()).collect();
         self.uidlist = list;
+        Ok(())
+    }
+
+    /// A uidlist that does not end with a line end, read under the lock: a writer (Dovecot
+    /// or us) died in the middle of an append. A SIGKILL can cut a write of more than a page
+    /// short, at a page boundary. Nobody took the torn line's UID: Dovecot skips a last line
+    /// without its end, and we number nothing from a file we cannot parse. Left there, the
+    /// next append (Dovecot's own: it appends after whatever the file ends with) would merge
+    /// two lines into one that names the wrong file. So the torn line is cut off, under the
+    /// lock, and its file is numbered again like any unlisted file. A file with no complete
+    /// line at all (a torn header) is refused: there is nothing to keep.
+    fn cut_torn_line(&self, text: &mut String) -> Result<(), LiveError> {
+        let path = &self.uidlist_path;
+        let Some(keep) = text.rfind('\n').map(|at| at + 1) else {
+            return Err(LiveError::UnterminatedUidlist { path: path.clone() });
+        };
+        if !self.lock.is_ours() {
+            return Err(LockError::Lost {
+                path: self.lock.path().to_path_buf(),
+            }
+            .into());
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io(path, "open to cut a torn line"))?;
+        file.set_len(keep as u64)
+            .map_err(io(path, "cut a torn line"))?;
+        file.sync_all().map_err(io(path, "sync"))?;
+        tracing::warn!(
+            uidlist = %path.display(),
+            torn = %text[keep..].escape_debug(),
+            "the uidlist ended in a torn line (a writer died mid-append); cut off under the lock"
+        );
+        text.truncate(keep);
         Ok(())
     }
 
@@ -635,6 +669,9 @@ impl LockedFolder<'_> {
         batch: &[Delivery<'_>],
     ) -> Result<Vec<Result<Numbered, LiveError>>, LiveError> {
         let results = self.write_files(batch, true)?;
+        if results.iter().any(Result::is_ok) {
+            crate::maildir::fault::reached(crate::maildir::fault::PassPoint::Renamed);
+        }
         let lines: Vec<(u32, Option<u64>, Option<u64>, String)> = results
             .iter()
             .zip(batch)
@@ -1208,6 +1245,49 @@ mod tests {
             text.starts_with("3 V5 N40 G0123456789abcdef0123456789abcdef\n7 :gone\n40 S1 :1.a\n")
         );
         assert!(parse_uidlist(&text).is_ok());
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_off_under_the_lock_and_its_file_numbered_again() {
+        // A SIGKILL cut an append short at a page boundary: the last line has no end. Dovecot
+        // would append after it and merge two lines (checked with Dovecot 2.3: `2 S1` torn,
+        // then its own `2 :b` made `2 S12 :b`).
+        let root = root("torn");
+        let folder = LiveFolder::open(&root).expect("open");
+        fs::write(root.join("cur/1700000001.a.host:2,"), "a").expect("w");
+        fs::write(root.join("cur/1700000002.b.host:2,"), "b").expect("w");
+        let header = "3 V5 N1 G0123456789abcdef0123456789abcdef\n";
+        fs::write(
+            root.join("dovecot-uidlist"),
+            format!("{header}1 :1700000001.a.host\n2 S1 :1700000002.b"),
+        )
+        .expect("w");
+        let mut locked = folder.lock().expect("the lock, with the torn line cut off");
+        let numbered = locked.number_unlisted().expect("number");
+        assert_eq!(
+            numbered
+                .numbered
+                .iter()
+                .map(|n| (n.uid, n.base.as_str()))
+                .collect::<Vec<_>>(),
+            [(2, "1700000002.b.host")]
+        );
+        drop(locked);
+        let text = fs::read_to_string(root.join("dovecot-uidlist")).expect("read");
+        assert_eq!(
+            text,
+            format!("{header}1 :1700000001.a.host\n2 S1 :1700000002.b.host\n")
+        );
+        // A torn header leaves nothing to keep: refused, and the file is left as it is.
+        fs::write(root.join("dovecot-uidlist"), "3 V5 N1").expect("w");
+        assert!(matches!(
+            folder.lock(),
+            Err(LiveError::UnterminatedUidlist { .. })
+        ));
+        assert_eq!(
+            fs::read_to_string(root.join("dovecot-uidlist")).expect("read"),
+            "3 V5 N1"
+        );
     }
 
     #[test]

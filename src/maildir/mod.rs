@@ -13,6 +13,7 @@
 //! - [`write`]: [`MaildirWriter`], which exports into an empty directory;
 //! - [`lock`]: Dovecot's dotlocks (`dovecot-uidlist.lock`), taken and judged as Dovecot does;
 //! - [`live`]: writing into a Maildir Dovecot serves: numbering and delivery under that lock;
+//! - [`fault`]: named points inside a pass, where a test crashes the process or acts;
 //! - [`import`](mod@import) and [`export`](mod@export): the glue between these and the store.
 //!
 //! **Invariant**: nothing read from disk (file names, uidlist, keyword and subscription files)
@@ -23,6 +24,7 @@
 
 pub mod backend;
 pub mod export;
+pub mod fault;
 pub mod folder;
 pub mod import;
 pub mod live;

@@ -82,12 +82,13 @@ fn in_folder(folder: PathBuf, rest: &[&str]) -> Option<Touch> {
 }
 
 /// Files that come and go without saying anything about the mail: lock files, Dovecot's
-/// index and cache files, its UIDVALIDITY file, a folder's `maildirfolder` mark, tmp/.
+/// index and cache files, its UIDVALIDITY file. (A folder's `maildirfolder` mark is the last
+/// thing Dovecot makes of a new folder: the tree's business, so that the pass that left the
+/// half-made folder alone looks again.)
 fn is_ignored(name: &str) -> bool {
     name.ends_with(".lock")
         || name.starts_with("dovecot.")
         || name.starts_with("dovecot-uidvalidity")
-        || name == "maildirfolder"
 }
 
 /// What the watcher reported for one user since their last pass.
@@ -284,7 +285,6 @@ mod tests {
             "/srv/vmail/ann/Maildir/.Sent/dovecot.index.cache",
             "/srv/vmail/ann/Maildir/dovecot.list.index.log",
             "/srv/vmail/ann/Maildir/dovecot-uidvalidity.5f3a",
-            "/srv/vmail/ann/Maildir/.Sent/maildirfolder",
             "/srv/vmail/ann/other/file",
             "/srv/elsewhere/x",
         ] {

@@ -184,6 +184,9 @@ impl BodyStore for FileBodies {
                 txn.open_table(BODIES)?
                     .insert(digest.0.as_slice(), bytes.as_slice())?;
                 self.inner.count_written(bytes.len() as u64);
+                // A good copy: an earlier mark (a move that found its file gone) no longer
+                // holds.
+                super::body::unmark_damaged(txn, digest)?;
             }
             found => {
                 // The file is gone or changed: a peer has the body; the checker fetches it.

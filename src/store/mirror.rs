@@ -99,12 +99,14 @@ pub struct DiskFlags {
 /// One thing the Maildir side settled, recorded by [`Store::mirror_settle`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MirrorEdit {
-    /// The file that holds the message at `uid` now (or none).
-    File { uid: u32, row: Option<FileRow> },
-    /// The file `row` was placed (delivered, adopted or renamed) for the message `digest` at
-    /// `uid`. Recorded only if that message is still at `uid` when the edit is settled: a
-    /// write that came meanwhile (a peer's move or clash) may have taken it away, and then
-    /// the file holds mail the index has elsewhere, so it is owed a removal instead.
+    /// No file holds the message at `uid` any more (its folder is gone).
+    NoFile { uid: u32 },
+    /// The file `row` was placed (delivered, re-delivered, adopted or renamed) for the message
+    /// `digest` at `uid`. Recorded only if that message is still at `uid` when the edit is
+    /// settled: a write that came meanwhile (a peer's move or clash) may have taken it away,
+    /// and then the file holds mail the index has elsewhere, so it is owed a removal instead.
+    /// There is no unchecked way to record a file: a pass works from what it read before
+    /// its disk work, and the daemon's other threads write meanwhile.
     Held {
         uid: u32,
         digest: Digest,
@@ -279,6 +281,10 @@ impl Store {
         owed: Option<OwedToken>,
     ) -> Result<(), StoreError> {
         let txn = self.begin_write()?;
+        // Files placed for a message that moved away meanwhile, whose bytes may be the only
+        // ones left on this side: (digest, base).
+        let mut strays: Vec<(crate::model::Digest, String)> = Vec::new();
+        let mut stray_folder: Option<String> = None;
         {
             let mut files = txn.open_table(MIRROR_FILES)?;
             let mut unlinks = txn.open_table(MIRROR_UNLINKS)?;
@@ -287,19 +293,7 @@ impl Store {
             let messages = txn.open_table(MESSAGES)?;
             for edit in edits {
                 match edit {
-                    MirrorEdit::File {
-                        uid,
-                        row: Some(row),
-                    } => {
-                        files.insert(
-                            keys::message(user, guid, *uid).as_slice(),
-                            encode(row)?.as_slice(),
-                        )?;
-                        if let Some(digest) = digest_at(&messages, user, guid, *uid)? {
-                            found_home(&txn, &digest, user, guid, *uid)?;
-                        }
-                    }
-                    MirrorEdit::File { uid, row: None } => {
+                    MirrorEdit::NoFile { uid } => {
                         files.remove(keys::message(user, guid, *uid).as_slice())?;
                         if let Some(digest) = digest_at(&messages, user, guid, *uid)? {
                             txn.open_table(MIRROR_HOMES)?
@@ -320,6 +314,7 @@ impl Store {
                                 keys::source(user, guid, &row.base).as_slice(),
                                 [].as_slice(),
                             )?;
+                            strays.push((*digest, row.base.clone()));
                         }
                     }
                     MirrorEdit::Unlinked { base } => {
@@ -342,6 +337,20 @@ impl Store {
                     }
                 }
             }
+            if !strays.is_empty() {
+                // The folder as this settle leaves it (the pass may have renamed it).
+                stray_folder = match edits.iter().find_map(|e| match e {
+                    MirrorEdit::Folder(Some(row)) => Some(row.name.clone()),
+                    _ => None,
+                }) {
+                    Some(name) => Some(name),
+                    None => folders
+                        .get(keys::mailbox(user, guid).as_slice())?
+                        .map(|v| decode::<FolderRow>(v.value(), "a Maildir folder row"))
+                        .transpose()?
+                        .map(|row| row.name),
+                };
+            }
             if let Some(OwedToken(token)) = owed {
                 let mut table = txn.open_table(MIRROR_OWED)?;
                 let key = keys::mailbox(user, guid);
@@ -349,6 +358,15 @@ impl Store {
                 if current.as_deref() == Some(token.as_slice()) {
                     table.remove(key.as_slice())?;
                 }
+            }
+        }
+        if let Some(folder) = &stray_folder {
+            // The message moved while its file was being placed, and the move could not keep
+            // its body from the file it had then (a re-delivery removes that one): the bytes
+            // are kept from the stray before it goes, if nothing else holds them.
+            for (digest, base) in &strays {
+                self.bodies
+                    .keep_from_file(&txn, digest, (user, folder, base))?;
             }
         }
         txn.commit()?;

@@ -174,6 +174,44 @@ impl Node {
         ));
     }
 
+    /// Starts `serve` with `MERKMAIL_FAULT=fault` (src/maildir/fault.rs) and waits (bounded)
+    /// until the fault point kills it: the process must end by SIGKILL, by its own hand.
+    #[track_caller]
+    pub fn run_until_fault(&mut self, fault: &str, within: Duration) {
+        use std::os::unix::process::ExitStatusExt;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open log");
+        let mut cmd = super::command(["serve", "--config", &self.config.display().to_string()]);
+        cmd.env("MERKMAIL_LOG", self.setup.level)
+            .env("MERKMAIL_FAULT", fault)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        let mut proc = ChildGuard::spawn(cmd);
+        let status = proc.wait_timeout(within).unwrap_or_else(|| {
+            panic!(
+                "{}: MERKMAIL_FAULT={fault} never came within {within:?}; log:\n{}",
+                self.name,
+                self.log_tail()
+            )
+        });
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "{}: MERKMAIL_FAULT={fault} should end it by SIGKILL: {status:?}; log:\n{}",
+            self.name,
+            self.log_tail()
+        );
+        assert!(
+            self.log().contains("MERKMAIL_FAULT reached"),
+            "{}: killed, but not at the fault",
+            self.name
+        );
+    }
+
     /// Starts the node on another port with no peers: cut off from the cluster, as in a
     /// network split (nobody knows where it listens). Returns its URL.
     pub fn start_isolated(&mut self) -> String {
