@@ -1030,6 +1030,33 @@ fn stats_shows_the_files_size_beside_the_mails() {
     );
 }
 
+#[test]
+fn space_says_where_the_files_bytes_go_per_table() {
+    let s = populated();
+    let stats = s.stats();
+    let json = s.run(&["space"], &["--json"]).ok().json();
+    assert_eq!(u64_field(&json, "mail_bytes"), u64_field(&stats, "bytes"));
+    let file = u64_field(&json, "file_bytes");
+    let allocated = u64_field(&json, "allocated_bytes");
+    assert!(allocated > 0 && allocated <= file, "{json}");
+    assert_eq!(u64_field(&json, "unallocated_bytes"), file - allocated);
+    let tables = json["tables"].as_array().expect("tables");
+    let rows = |name: &str| {
+        tables
+            .iter()
+            .find(|t| t["name"] == name)
+            .map(|t| u64_field(t, "rows"))
+    };
+    // Four messages, three distinct bodies (bob's is alice's first), each counted once.
+    assert_eq!(rows("messages"), Some(4), "{json}");
+    assert_eq!(rows("body_refs"), Some(3), "{json}");
+    // Only tables that hold something are listed.
+    assert!(tables.iter().all(|t| u64_field(t, "rows") > 0), "{json}");
+    let plain = s.run(&["space"], &[]).ok().stdout_str();
+    assert!(plain.starts_with("mail "), "{plain}");
+    assert!(plain.lines().any(|l| l.starts_with("messages ")), "{plain}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Known bugs in src/, each with the input that shows it. Ignored so the suite stays green;
 // run them with `cargo test --test cli -- --ignored`, and drop the `ignore` once fixed.

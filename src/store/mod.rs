@@ -15,6 +15,7 @@ mod ops;
 mod purge;
 mod read;
 mod replica;
+mod space;
 mod tables;
 mod tx;
 mod verify;
@@ -37,6 +38,7 @@ pub use ops::{
 };
 pub use purge::{AgedTombstone, Purged, TombstoneKey};
 pub use read::uid_ranges;
+pub use space::{Space, TableSpace};
 pub use verify::sound_body_of;
 pub use verify::{BodyProgress, BodyReport, BodyUse, DamagedBody, VerifyReport};
 
