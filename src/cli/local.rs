@@ -138,6 +138,7 @@ pub(super) fn transfer(
 ) -> Result<ExitCode> {
     let (user, path, quiet) = (args.user.as_str(), args.path.as_path(), args.quiet);
     let store = open(&args.data)?;
+    let size = store.file_size()?;
     let verb = match way {
         Transfer::Import => "import",
         Transfer::Export => "export",
@@ -155,6 +156,12 @@ pub(super) fn transfer(
         }
     };
     meter.finish();
+    // An import that grew the file leaves it up to half unused (redb doubles it).
+    if matches!(way, Transfer::Import) {
+        store
+            .compact_if_grown(size)
+            .with_context(|| format!("compacting the store in {}", args.data.data.display()))?;
+    }
     writeln!(out, "{report}")?;
     Ok(ExitCode::SUCCESS)
 }

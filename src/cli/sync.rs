@@ -32,6 +32,7 @@ pub(super) fn sync(args: &SyncArgs, out: &mut impl Write) -> Result<ExitCode> {
         Location::Data(dir) => {
             let config = target.client_config()?;
             let store = Store::open(dir)?;
+            let size = store.file_size()?;
             // There is no other server here, so the peer's token may come from --token too.
             let token = peer_token.as_deref().or(target.token.as_deref());
             let label = Label::new("sync", "messages")
@@ -47,6 +48,10 @@ pub(super) fn sync(args: &SyncArgs, out: &mut impl Write) -> Result<ExitCode> {
             )
             .with_context(|| format!("reconciling with {peer}"))?;
             meter.finish();
+            // A copy that grew the file leaves it up to half unused (redb doubles it).
+            store
+                .compact_if_grown(size)
+                .with_context(|| format!("compacting the store in {}", dir.display()))?;
             report
         }
     };

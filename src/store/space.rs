@@ -77,6 +77,8 @@ impl Store {
             table(&txn, TOMBSTONES)?,
             table(&txn, MAILBOX_TOMBSTONES)?,
             table(&txn, BODIES)?,
+            table(&txn, BODY_PIECES)?,
+            table(&txn, BODY_TAILS)?,
             table(&txn, BODY_REFS)?,
             table(&txn, STAGED)?,
             table(&txn, DAMAGED)?,
