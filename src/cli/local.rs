@@ -138,7 +138,7 @@ pub(super) fn transfer(
 ) -> Result<ExitCode> {
     let (user, path, quiet) = (args.user.as_str(), args.path.as_path(), args.quiet);
     let store = open(&args.data)?;
-    let size = store.file_size()?;
+    let was_empty = store.counters()?.messages == 0;
     let verb = match way {
         Transfer::Import => "import",
         Transfer::Export => "export",
@@ -156,10 +156,10 @@ pub(super) fn transfer(
         }
     };
     meter.finish();
-    // An import that grew the file leaves it up to half unused (redb doubles it).
+    // A first import leaves the file up to half unused (redb doubles it).
     if matches!(way, Transfer::Import) {
         store
-            .compact_if_grown(size)
+            .compact_after_first_fill(was_empty)
             .with_context(|| format!("compacting the store in {}", args.data.data.display()))?;
     }
     writeln!(out, "{report}")?;

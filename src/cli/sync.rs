@@ -32,7 +32,7 @@ pub(super) fn sync(args: &SyncArgs, out: &mut impl Write) -> Result<ExitCode> {
         Location::Data(dir) => {
             let config = target.client_config()?;
             let store = Store::open(dir)?;
-            let size = store.file_size()?;
+            let was_empty = store.counters()?.messages == 0;
             // There is no other server here, so the peer's token may come from --token too.
             let token = peer_token.as_deref().or(target.token.as_deref());
             let label = Label::new("sync", "messages")
@@ -48,9 +48,9 @@ pub(super) fn sync(args: &SyncArgs, out: &mut impl Write) -> Result<ExitCode> {
             )
             .with_context(|| format!("reconciling with {peer}"))?;
             meter.finish();
-            // A copy that grew the file leaves it up to half unused (redb doubles it).
+            // An initial copy leaves the file up to half unused (redb doubles it).
             store
-                .compact_if_grown(size)
+                .compact_after_first_fill(was_empty && !*dry_run)
                 .with_context(|| format!("compacting the store in {}", dir.display()))?;
             report
         }

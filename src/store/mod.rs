@@ -656,15 +656,21 @@ impl Store {
         Ok(Compacted { before, after })
     }
 
-    /// After a command that filled the store (an import, a copy into it): compacts it if its
-    /// file grew from `before` bytes. redb doubles a file whenever it needs room (up to 4 GiB),
-    /// so a freshly filled file holds up to as much unused space as used; compaction gives
-    /// that back (docs/PERFORMANCE.md, "Replica size"). Offline, like [`Store::compact`].
-    pub fn compact_if_grown(&self, before: Option<u64>) -> Result<Option<Compacted>, StoreError> {
-        match (before, self.file_size()?) {
-            (Some(before), Some(now)) if now > before => Ok(Some(self.compact()?)),
-            _ => Ok(None),
+    /// After a command that filled an empty store (an initial copy, a first import): compacts
+    /// it if `was_empty` (it held no mail when the command began) and it holds mail now.
+    /// redb doubles a file whenever it needs room (up to 4 GiB), so a freshly filled file
+    /// holds up to as much unused space as used; compaction gives that back. Only after a
+    /// first fill: a compacted file is full, so the next write doubles it again, and
+    /// compacting after every command that grows a store made a four-user import three
+    /// times slower (docs/PERFORMANCE.md, "Replica size"). Offline, like [`Store::compact`].
+    pub fn compact_after_first_fill(
+        &self,
+        was_empty: bool,
+    ) -> Result<Option<Compacted>, StoreError> {
+        if !was_empty || self.file.is_none() || self.counters()?.messages == 0 {
+            return Ok(None);
         }
+        Ok(Some(self.compact()?))
     }
 
     /// Remembers that redb latched an I/O failure, so that the next access reopens it.
