@@ -5,8 +5,8 @@
 //! digest, the messages whose file is on disk) through [`MailFiles`], which the Maildir side
 //! provides. A body that no file holds yet (replicated, or appended through merkmail, and not
 //! delivered into the Maildir yet) is kept in the body tables (BODY_PIECES, BODY_TAILS) until
-//! its delivery is settled: the spool the mirror delivers from. So after replication settles, the redb file holds the index and
-//! not the mail.
+//! its delivery is settled: the spool the mirror delivers from. So after replication settles,
+//! the redb file holds the index and not the mail.
 
 use super::body::{
     assemble, count_ref, counted_bodies, forget_unreferenced, has_bytes, put_bytes, remove_bytes,

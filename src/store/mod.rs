@@ -176,10 +176,11 @@ fn builder() -> redb::Builder {
 }
 
 /// Format 2 → 3: moves every body from BODIES into pieces (store/body.rs), in transactions
-/// of about 64 MiB, and drops staging marks that carry their body inline (an older merkmail's: they
-/// hold no reference, and a later session sends the body again). The format is written with
-/// the last transaction, so a crash part-way leaves format 2 with some bodies moved, and the
-/// next open moves the rest. Records, reference counts and the tree are untouched.
+/// of about 64 MiB, and drops staging marks that carry their body inline (an older
+/// merkmail's: they hold no reference, and a later session sends the body again). The format
+/// is written with the last transaction, so a crash part-way leaves format 2 with some bodies
+/// moved, and the next open moves the rest. Records, reference counts and the tree are
+/// untouched.
 fn upgrade_bodies(db: &Database, dir: &Path) -> Result<(), StoreError> {
     use redb::{ReadableTable, ReadableTableMetadata};
     const MOVE_BYTES: u64 = 64 << 20;
