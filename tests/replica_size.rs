@@ -41,12 +41,6 @@ fn a_session_writes_each_body_once_on_both_sides_and_leaves_nothing_staged() {
     assert!(report.equal_after);
     assert_eq!(b.body_bytes_written(), held, "B wrote a body twice");
     assert_eq!(b.staged_bodies().expect("staged"), 0);
-    // B staged the bodies without waiting for the disk; its applies were durable.
-    let (durable, soon) = b.commits();
-    assert!(
-        soon >= 1 && durable >= 1,
-        "{durable} durable, {soon} not waited for"
-    );
     assert_eq!(mail_bytes(&b), mail_bytes(&a));
 
     // C fetches: the session's own side stages the bodies it asks for.
@@ -54,6 +48,12 @@ fn a_session_writes_each_body_once_on_both_sides_and_leaves_nothing_staged() {
     let report = run(&c, 7, false, in_process(&a)).expect("session");
     assert!(report.equal_after);
     assert_eq!(c.body_bytes_written(), held, "C wrote a body twice");
+    // C staged the bodies it fetched without waiting for the disk; its applies were durable.
+    let (durable, soon) = c.commits();
+    assert!(
+        soon >= 1 && durable >= 1,
+        "{durable} durable, {soon} not waited for"
+    );
     assert_eq!(c.staged_bodies().expect("staged"), 0);
     assert_eq!(a.body_bytes_written(), written_by_import, "A wrote bodies");
 
@@ -184,7 +184,11 @@ fn bodies_are_kept_in_pieces_that_each_fill_one_page() {
     let pieces = table("body_pieces");
     assert_eq!(pieces.rows, whole);
     assert_eq!(pieces.leaf_pages, whole, "one page per piece: {pieces:?}");
-    assert_eq!(pieces.fragmented_bytes, 0, "{pieces:?}");
+    // Every leaf is full to the byte: what is not filled is in the branch pages.
+    assert!(
+        pieces.fragmented_bytes < pieces.branch_pages * PIECE as u64,
+        "{pieces:?}"
+    );
     assert_eq!(table("body_tails").rows, expected.len() as u64);
     assert_eq!(table("bodies").rows, 0);
 

@@ -243,8 +243,8 @@ impl Printed for SpaceReport {
         }
         writeln!(
             out,
-            "{:<20} {:>9} {:>8} {:>13} {:>13} {:>11} {:>12}  {}",
-            "table", "rows", "pages", "page bytes", "stored", "metadata", "fragmented", "× mail"
+            "{:<20} {:>9} {:>8} {:>13} {:>13} {:>11} {:>12}  × mail",
+            "table", "rows", "pages", "page bytes", "stored", "metadata", "fragmented"
         )?;
         for t in &self.tables {
             writeln!(
