@@ -203,3 +203,45 @@ fn bodies_are_kept_in_pieces_that_each_fill_one_page() {
     assert_eq!(v.bodies_checked, expected.len() as u64);
     assert!(v.damaged.is_empty());
 }
+
+/// An initial copy into an empty store ends compacted (what `sync --data` does), and a
+/// store that held mail before is left alone.
+#[test]
+fn an_initial_copy_into_an_empty_store_is_compacted_and_only_that() {
+    let dirs = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let a = Store::in_memory("a").expect("store");
+    a.append("u", "INBOX", mail(400)).expect("append");
+    let b = Store::init(dirs.0.path(), "b").expect("init");
+    let was_empty = b.counters().expect("counters").messages == 0;
+    assert!(
+        run(&b, 7, false, in_process(&a))
+            .expect("session")
+            .equal_after
+    );
+    let done = b
+        .compact_after_first_fill(was_empty)
+        .expect("compact")
+        .expect("an initial copy is compacted");
+    assert!(done.after <= done.before, "{done:?}");
+    let space = b.space().expect("space");
+    let free = space.file_bytes.expect("a file") - space.allocated_pages * space.page_size;
+    assert!(
+        free * 20 <= done.after,
+        "{free} bytes unallocated: {space:?}"
+    );
+    assert!(b.verify().expect("verify").is_ok());
+
+    // More mail later: not an initial copy, not compacted.
+    let c = Store::init(dirs.1.path(), "c").expect("init");
+    c.append("u", "INBOX", mail(5)).expect("append");
+    let was_empty = c.counters().expect("counters").messages == 0;
+    assert!(
+        run(&c, 7, false, in_process(&a))
+            .expect("session")
+            .equal_after
+    );
+    assert_eq!(c.compact_after_first_fill(was_empty).expect("no-op"), None);
+}

@@ -138,7 +138,6 @@ pub(super) fn transfer(
 ) -> Result<ExitCode> {
     let (user, path, quiet) = (args.user.as_str(), args.path.as_path(), args.quiet);
     let store = open(&args.data)?;
-    let was_empty = store.counters()?.messages == 0;
     let verb = match way {
         Transfer::Import => "import",
         Transfer::Export => "export",
@@ -156,13 +155,6 @@ pub(super) fn transfer(
         }
     };
     meter.finish();
-    // A first import leaves the file up to half unused (redb doubles it).
-    // The import is done either way: a compaction that fails is worth a warning only.
-    if matches!(way, Transfer::Import) {
-        if let Err(e) = store.compact_after_first_fill(was_empty) {
-            tracing::warn!(error = %e, store = %args.data.data.display(), "the store could not be compacted after its first import; `merkmail compact` gives its unused room back");
-        }
-    }
     writeln!(out, "{report}")?;
     Ok(ExitCode::SUCCESS)
 }

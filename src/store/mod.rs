@@ -657,13 +657,14 @@ impl Store {
         Ok(Compacted { before, after })
     }
 
-    /// After a command that filled an empty store (an initial copy, a first import): compacts
-    /// it if `was_empty` (it held no mail when the command began) and it holds mail now.
-    /// redb doubles a file whenever it needs room (up to 4 GiB), so a freshly filled file
-    /// holds up to as much unused space as used; compaction gives that back. Only after a
-    /// first fill: a compacted file is full, so the next write doubles it again, and
-    /// compacting after every command that grows a store made a four-user import three
-    /// times slower (docs/PERFORMANCE.md, "Replica size"). Offline, like [`Store::compact`].
+    /// After an initial copy into an empty store: compacts it if `was_empty` (it held no mail
+    /// when the copy began) and it holds mail now. redb doubles a file whenever it needs room
+    /// (up to 4 GiB), so a freshly filled file holds up to as much unused space as used;
+    /// compaction gives that back. Only after a copy that filled the store in one go: a
+    /// compacted file is full, so the next write doubles it again. Compacting after every
+    /// import that grew the store made a four-user import three times slower, and compacting
+    /// after the first one only left the file larger than none (docs/PERFORMANCE.md,
+    /// "Replica size"). Offline, like [`Store::compact`].
     pub fn compact_after_first_fill(
         &self,
         was_empty: bool,
