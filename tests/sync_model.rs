@@ -4,7 +4,7 @@
 //! byte.
 
 use merkmail::merkle::{entry_hash, Dirty, MemoryTree, NodeHash, NodeKey, NodeValue};
-use merkmail::model::{Change, ChangeGroup};
+use merkmail::model::{Change, ChangeGroup, CheckedBody};
 use merkmail::model::{
     Digest, FlagName, FlagOp, FlagSet, MailboxGuid, MailboxName, MailboxRecord, MailboxSide,
     MailboxTombstone, Md5, MessageRecord, Stamp, Tombstone,
@@ -317,10 +317,10 @@ impl Replica for Model {
             .ok_or_else(|| corrupt(format!("body {digest} is not held")))
     }
 
-    fn stage_bodies(&self, bodies: &[Vec<u8>]) -> Result<usize, StoreError> {
+    fn stage_bodies(&self, bodies: &[CheckedBody<'_>]) -> Result<usize, StoreError> {
         self.write(|state, _| {
             for b in bodies {
-                state.staged.insert(Digest::of(b), b.clone());
+                state.staged.insert(*b.digest(), b.bytes().to_vec());
             }
             Ok(bodies.len())
         })

@@ -309,6 +309,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Where the store file's bytes go: each table's rows, pages and bytes (redb's own
+    /// accounting), and the file's free pages; needs the store offline, like `compact`.
+    Space {
+        #[command(flatten)]
+        data: Data,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print counts: users, mailboxes, messages, bytes, tombstones, tree depth.
     Stats {
         #[command(flatten)]
@@ -412,6 +421,7 @@ impl Command {
             | Command::Tree { .. }
             | Command::Verify { .. }
             | Command::Compact { .. }
+            | Command::Space { .. }
             | Command::ImportMaildir(_)
             | Command::ExportMaildir(_) => None,
         }

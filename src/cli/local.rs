@@ -110,6 +110,17 @@ pub(super) fn compact(data: &Data, json: bool, out: &mut impl Write) -> Result<E
     Ok(ExitCode::SUCCESS)
 }
 
+/// `space`: where the store file's bytes go, per table.
+pub(super) fn space(data: &Data, json: bool, out: &mut impl Write) -> Result<ExitCode> {
+    let store = open(data)?;
+    let space = store
+        .space()
+        .with_context(|| format!("reading the store in {}", data.data.display()))?;
+    let mail = store.counters()?.message_bytes;
+    print::print(&print::SpaceReport::of(space, mail), json, out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Which way `import-maildir` and `export-maildir` move mail.
 #[derive(Clone, Copy)]
 pub(super) enum Transfer {

@@ -51,6 +51,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             quiet,
         } => local::verify(&data, bodies, quiet, &mut out)?,
         Command::Compact { data, json } => local::compact(&data, json, &mut out)?,
+        Command::Space { data, json } => local::space(&data, json, &mut out)?,
         Command::ImportMaildir(args) => local::transfer(local::Transfer::Import, &args, &mut out)?,
         Command::ExportMaildir(args) => local::transfer(local::Transfer::Export, &args, &mut out)?,
         Command::Mailbox(MailboxCommand::Create { target, user, name }) => {

@@ -2,7 +2,7 @@
 //! (`--json`). tests/cli.rs and tests/http.rs hold these bytes to account.
 
 use crate::net::json::{MailboxView, MessageView, StatsView};
-use crate::store::{BodyReport, Compacted, VerifyReport};
+use crate::store::{BodyReport, Compacted, Space, VerifyReport};
 use crate::sync::SyncReport;
 use serde::Serialize;
 use std::fmt::Display;
@@ -163,6 +163,104 @@ impl Printed for CompactReport {
             human_size(before),
             human_size(after)
         )
+    }
+}
+
+/// What `space` prints: the file, the mail it holds, and each table that holds anything.
+#[derive(Serialize)]
+pub(super) struct SpaceReport {
+    pub(super) file_bytes: Option<u64>,
+    pub(super) mail_bytes: u64,
+    pub(super) page_size: u64,
+    pub(super) allocated_bytes: u64,
+    /// The file's bytes redb neither uses nor counts: free pages kept for reuse, and its
+    /// own regions' headers.
+    pub(super) unallocated_bytes: Option<u64>,
+    pub(super) tables: Vec<TableLine>,
+}
+
+#[derive(Serialize)]
+pub(super) struct TableLine {
+    pub(super) name: String,
+    pub(super) rows: u64,
+    pub(super) pages: u64,
+    pub(super) page_bytes: u64,
+    pub(super) stored_bytes: u64,
+    pub(super) metadata_bytes: u64,
+    pub(super) fragmented_bytes: u64,
+}
+
+impl SpaceReport {
+    pub(super) fn of(space: Space, mail_bytes: u64) -> SpaceReport {
+        let allocated_bytes = space.allocated_pages * space.page_size;
+        SpaceReport {
+            file_bytes: space.file_bytes,
+            mail_bytes,
+            page_size: space.page_size,
+            allocated_bytes,
+            unallocated_bytes: space.file_bytes.map(|f| f.saturating_sub(allocated_bytes)),
+            tables: space
+                .tables
+                .into_iter()
+                .filter(|t| t.rows > 0)
+                .map(|t| TableLine {
+                    name: t.name,
+                    rows: t.rows,
+                    pages: t.leaf_pages + t.branch_pages,
+                    page_bytes: t.stored_bytes + t.metadata_bytes + t.fragmented_bytes,
+                    stored_bytes: t.stored_bytes,
+                    metadata_bytes: t.metadata_bytes,
+                    fragmented_bytes: t.fragmented_bytes,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `space`: a table, one line per table, sizes in bytes and as a share of the mail.
+impl Printed for SpaceReport {
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        let times = |b: u64| {
+            if self.mail_bytes == 0 {
+                String::new()
+            } else {
+                // For a person to read; f64's precision is ample for it.
+                format!("{:.3} ×", b as f64 / self.mail_bytes as f64)
+            }
+        };
+        writeln!(out, "mail               {:>14} bytes", self.mail_bytes)?;
+        if let Some(file) = self.file_bytes {
+            writeln!(out, "file               {file:>14} bytes  {}", times(file))?;
+        }
+        writeln!(
+            out,
+            "allocated pages    {:>14} bytes  {}",
+            self.allocated_bytes,
+            times(self.allocated_bytes)
+        )?;
+        if let Some(free) = self.unallocated_bytes {
+            writeln!(out, "not allocated      {free:>14} bytes  {}", times(free))?;
+        }
+        writeln!(
+            out,
+            "{:<20} {:>9} {:>8} {:>13} {:>13} {:>11} {:>12}  × mail",
+            "table", "rows", "pages", "page bytes", "stored", "metadata", "fragmented"
+        )?;
+        for t in &self.tables {
+            writeln!(
+                out,
+                "{:<20} {:>9} {:>8} {:>13} {:>13} {:>11} {:>12}  {}",
+                t.name,
+                t.rows,
+                t.pages,
+                t.page_bytes,
+                t.stored_bytes,
+                t.metadata_bytes,
+                t.fragmented_bytes,
+                times(t.page_bytes)
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -32,6 +32,7 @@ pub(super) fn sync(args: &SyncArgs, out: &mut impl Write) -> Result<ExitCode> {
         Location::Data(dir) => {
             let config = target.client_config()?;
             let store = Store::open(dir)?;
+            let was_empty = store.counters()?.messages == 0;
             // There is no other server here, so the peer's token may come from --token too.
             let token = peer_token.as_deref().or(target.token.as_deref());
             let label = Label::new("sync", "messages")
@@ -47,6 +48,11 @@ pub(super) fn sync(args: &SyncArgs, out: &mut impl Write) -> Result<ExitCode> {
             )
             .with_context(|| format!("reconciling with {peer}"))?;
             meter.finish();
+            // An initial copy leaves the file up to half unused (redb doubles it). The copy
+            // is done either way: a compaction that fails is worth a warning, not a failure.
+            if let Err(e) = store.compact_after_first_fill(was_empty && !*dry_run) {
+                tracing::warn!(error = %e, store = %dir.display(), "the store could not be compacted after the initial copy; `merkmail compact` gives its unused room back");
+            }
             report
         }
     };

@@ -92,6 +92,37 @@ impl Md5 {
     }
 }
 
+/// A body's bytes with their digest, hashed once, when it was made: what staging takes, so
+/// that a body checked against the digest it was asked for is not hashed again to be
+/// stored. The two cannot be set apart: the only ways to make one hash the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckedBody<'a> {
+    digest: Digest,
+    bytes: &'a [u8],
+}
+
+impl<'a> CheckedBody<'a> {
+    pub fn new(bytes: &'a [u8]) -> CheckedBody<'a> {
+        CheckedBody {
+            digest: Digest::of(bytes),
+            bytes,
+        }
+    }
+
+    /// The bytes, if they hash to `expected`.
+    pub fn matching(bytes: &'a [u8], expected: &Digest) -> Option<CheckedBody<'a>> {
+        Some(CheckedBody::new(bytes)).filter(|b| b.digest == *expected)
+    }
+
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+}
+
 /// INBOX's GUID is derived from the user name, so two servers that each created the same
 /// user's INBOX on their own hold one mailbox and reconcile it instead of duplicating it.
 pub fn inbox_guid(user: &str) -> MailboxGuid {

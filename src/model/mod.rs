@@ -21,7 +21,7 @@ pub use clash::{
     absorb, merge_into, merge_mailbox, ClashStats, Forward, MailboxOutcome, MailboxSide,
 };
 pub use flags::{parse_flag_list, FlagError, FlagName, FlagOp, FlagSet, FlagState, SYSTEM_FLAGS};
-pub use ids::{inbox_guid, Digest, MailboxGuid, Md5};
+pub use ids::{inbox_guid, CheckedBody, Digest, MailboxGuid, Md5};
 pub use inbound::{decide_entry, EntryClash, EntryDecision};
 pub use journal::{
     BatchError, JournalBatch, ShippedEntry, JOURNAL_WIRE_VERSION, MAX_BATCH_BODIES,

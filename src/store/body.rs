@@ -6,7 +6,7 @@
 //! from any change that brings the same body along) or it is freed.
 
 use super::error::StoreError;
-use super::tables::{BODIES, BODY_REFS, DAMAGED};
+use super::tables::{BODY_PIECES, BODY_REFS, BODY_TAILS, DAMAGED};
 use crate::model::Digest;
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -192,6 +192,122 @@ pub(super) fn counted_bodies<V: redb::Value + 'static>(
     Ok(out)
 }
 
+/// redb's page size: its default, which merkmail never changes (a store's pages keep the
+/// size they were made with).
+const PAGE: usize = 4096;
+/// A BODY_PIECES key: the digest, then the piece's number (u32, big-endian).
+const PIECE_KEY: usize = 36;
+/// How many bytes of a body one BODY_PIECES row holds: what fills one redb page exactly. A
+/// leaf holding one row spends 4 bytes on its header and 4 + 4 on the key's and value's
+/// lengths; two pieces never fit one page, so every piece gets a page of its own and no
+/// page is larger.
+///
+/// Why pieces: redb gives a leaf that holds a value larger than a page a run of pages of the
+/// next power of two (8, 16, 32 KiB …). Whole bodies under their digest took 1.49 × the mail
+/// for a corpus of real-sized mail, and the runs of different sizes left free space that
+/// later runs could not reuse (docs/PERFORMANCE.md, "Replica size"). Pieces fill their pages;
+/// the tails, all smaller than a page, share leaves like any small rows.
+pub const PIECE: usize = PAGE - 4 - 8 - PIECE_KEY;
+
+fn piece_key(digest: &Digest, piece: u32) -> [u8; PIECE_KEY] {
+    let mut k = [0u8; PIECE_KEY];
+    k[..32].copy_from_slice(&digest.0);
+    k[32..].copy_from_slice(&piece.to_be_bytes());
+    k
+}
+
+/// Stores a body's bytes under its digest (in place of any held there): whole pieces in
+/// BODY_PIECES, the rest in BODY_TAILS.
+pub(super) fn put_bytes(
+    txn: &WriteTransaction,
+    digest: &Digest,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    remove_bytes(txn, digest)?;
+    let mut pieces = txn.open_table(BODY_PIECES)?;
+    let whole = bytes.len() / PIECE;
+    for (i, piece) in bytes.chunks_exact(PIECE).enumerate() {
+        let n = u32::try_from(i)
+            .map_err(|_| StoreError::Invalid(format!("body {digest} is too large to store")))?;
+        pieces.insert(piece_key(digest, n).as_slice(), piece)?;
+    }
+    txn.open_table(BODY_TAILS)?
+        .insert(digest.0.as_slice(), &bytes[whole * PIECE..])?;
+    Ok(())
+}
+
+/// Removes a body's bytes; returns their length if it was held.
+pub(super) fn remove_bytes(
+    txn: &WriteTransaction,
+    digest: &Digest,
+) -> Result<Option<u64>, StoreError> {
+    let Some(tail) = txn
+        .open_table(BODY_TAILS)?
+        .remove(digest.0.as_slice())?
+        .map(|v| v.value().len() as u64)
+    else {
+        return Ok(None);
+    };
+    let mut pieces = txn.open_table(BODY_PIECES)?;
+    let (start, end) = (piece_key(digest, 0), piece_key(digest, u32::MAX));
+    let mut n = 0u64;
+    for item in pieces.extract_from_if(start.as_slice()..=end.as_slice(), |_, _| true)? {
+        item?;
+        n += 1;
+    }
+    Ok(Some(n * PIECE as u64 + tail))
+}
+
+/// Whether a body's bytes are held.
+pub(super) fn has_bytes(
+    tails: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    digest: &Digest,
+) -> Result<bool, StoreError> {
+    Ok(tails.get(digest.0.as_slice())?.is_some())
+}
+
+/// A held body's bytes, put back together from its pieces and tail.
+pub(super) fn assemble(
+    pieces: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    tails: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    digest: &Digest,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let Some(tail) = tails.get(digest.0.as_slice())? else {
+        return Ok(None);
+    };
+    let tail = tail.value();
+    let (start, end) = (piece_key(digest, 0), piece_key(digest, u32::MAX));
+    let mut bytes = Vec::new();
+    for (i, item) in pieces.range(start.as_slice()..=end.as_slice())?.enumerate() {
+        let (k, v) = item?;
+        if k.value().get(32..) != Some(piece_key(digest, i as u32)[32..].as_ref())
+            || v.value().len() != PIECE
+        {
+            return Err(StoreError::Corrupt(format!(
+                "body {digest}: piece {i} is missing or malformed"
+            )));
+        }
+        if i == 0 {
+            bytes.reserve_exact(PIECE * 4 + tail.len());
+        }
+        bytes.extend_from_slice(v.value());
+    }
+    bytes.extend_from_slice(tail);
+    Ok(Some(bytes))
+}
+
+/// A held body's bytes, in a write transaction.
+pub(super) fn get_bytes(
+    txn: &WriteTransaction,
+    digest: &Digest,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    assemble(
+        &txn.open_table(BODY_PIECES)?,
+        &txn.open_table(BODY_TAILS)?,
+        digest,
+    )
+}
+
 /// Bodies inside the redb file itself: the default.
 #[derive(Default)]
 pub struct RedbBodies {
@@ -210,7 +326,7 @@ impl RedbBodies {
         digest: &Digest,
         bytes: &[u8],
     ) -> Result<(), StoreError> {
-        txn.open_table(BODIES)?.insert(digest.0.as_slice(), bytes)?;
+        put_bytes(txn, digest, bytes)?;
         self.written
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         Ok(())
@@ -268,16 +384,15 @@ impl BodyStore for RedbBodies {
         if !forget_unreferenced(txn, digest)? {
             return Ok(None);
         }
-        let mut bodies = txn.open_table(BODIES)?;
-        let freed = bodies
-            .remove(digest.0.as_slice())?
-            .map(|v| v.value().len() as u64);
-        Ok(freed)
+        remove_bytes(txn, digest)
     }
 
     fn read(&self, txn: &ReadTransaction, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
-        let bodies = txn.open_table(BODIES)?;
-        Ok(bodies.get(digest.0.as_slice())?.map(|v| v.value().to_vec()))
+        assemble(
+            &txn.open_table(BODY_PIECES)?,
+            &txn.open_table(BODY_TAILS)?,
+            digest,
+        )
     }
 
     fn holds(&self, txn: &ReadTransaction, digest: &Digest) -> Result<bool, StoreError> {
@@ -288,8 +403,8 @@ impl BodyStore for RedbBodies {
     }
 
     fn references(&self, txn: &ReadTransaction) -> Result<Vec<(Digest, u64)>, StoreError> {
-        let out = counted_bodies(txn, BODIES, "bytes")?;
-        let bodies = txn.open_table(BODIES)?;
+        let out = counted_bodies(txn, BODY_TAILS, "bytes")?;
+        let bodies = txn.open_table(BODY_TAILS)?;
         if bodies.len()? != out.len() as u64 {
             return Err(StoreError::Corrupt(format!(
                 "{} bodies stored but {} have reference counts",
@@ -306,7 +421,7 @@ impl BodyStore for RedbBodies {
         digest: &Digest,
         bytes: &[u8],
     ) -> Result<bool, StoreError> {
-        if txn.open_table(BODIES)?.get(digest.0.as_slice())?.is_none() {
+        if !has_bytes(&txn.open_table(BODY_TAILS)?, digest)? {
             return Ok(false);
         }
         self.insert(txn, digest, bytes)?;
@@ -315,23 +430,140 @@ impl BodyStore for RedbBodies {
     }
 
     fn count(&self, txn: &ReadTransaction) -> Result<u64, StoreError> {
-        Ok(txn.open_table(BODIES)?.len()?)
+        Ok(txn.open_table(BODY_TAILS)?.len()?)
     }
 
     fn for_each(&self, txn: &ReadTransaction, f: &mut BodyVisitor<'_>) -> Result<(), StoreError> {
-        let bodies = txn.open_table(BODIES)?;
-        for item in bodies.iter()? {
-            let (k, v) = item?;
+        let pieces = txn.open_table(BODY_PIECES)?;
+        let tails = txn.open_table(BODY_TAILS)?;
+        for item in tails.iter()? {
+            let (k, _) = item?;
             let digest: [u8; 32] = k
                 .value()
                 .try_into()
                 .map_err(|_| StoreError::Corrupt("malformed body key".into()))?;
-            f(Digest(digest), v.value())?;
+            let digest = Digest(digest);
+            let bytes = assemble(&pieces, &tails, &digest)?
+                .ok_or_else(|| StoreError::Corrupt(format!("body {digest} vanished")))?;
+            f(digest, &bytes)?;
         }
         Ok(())
     }
 
     fn bytes_written(&self) -> u64 {
         self.written.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tables::{BODIES, META, STAGED};
+    use crate::store::{NewMessage, Store, DB_FILE};
+    use redb::ReadableDatabase;
+
+    /// Puts a store back the way format 2 kept bodies: each whole in BODIES, and a staging
+    /// mark of an older merkmail with its bytes inline (no reference held).
+    fn downgrade_to_format_2(file: &std::path::Path, inline: &[u8]) {
+        let db = redb::Database::open(file).expect("open redb");
+        let txn = db.begin_write().expect("write");
+        {
+            let digests: Vec<Digest> = txn
+                .open_table(BODY_TAILS)
+                .expect("tails")
+                .iter()
+                .expect("iter")
+                .map(|i| Digest(i.expect("item").0.value().try_into().expect("digest")))
+                .collect();
+            for d in digests {
+                let bytes = get_bytes(&txn, &d).expect("get").expect("held");
+                remove_bytes(&txn, &d).expect("remove");
+                txn.open_table(BODIES)
+                    .expect("bodies")
+                    .insert(d.0.as_slice(), bytes.as_slice())
+                    .expect("insert");
+            }
+            let mut mark = 1u64.to_be_bytes().to_vec();
+            mark.extend_from_slice(inline);
+            txn.open_table(STAGED)
+                .expect("staged")
+                .insert(Digest::of(inline).0.as_slice(), mark.as_slice())
+                .expect("mark");
+            txn.open_table(META)
+                .expect("meta")
+                .insert("format", 2u32.to_be_bytes().as_slice())
+                .expect("format");
+        }
+        txn.commit().expect("commit");
+    }
+
+    #[test]
+    fn a_format_2_store_has_its_bodies_moved_into_pieces_when_opened() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bodies: Vec<Vec<u8>> = [10, PIECE, 3 * PIECE + 5]
+            .iter()
+            .map(|&n| {
+                let mut b = format!("Subject: {n}\r\n\r\n").into_bytes();
+                b.resize(n.max(b.len()), b'y');
+                b
+            })
+            .collect();
+        let root = {
+            let store = Store::init(dir.path(), "n").expect("init");
+            let msgs = bodies
+                .iter()
+                .map(|b| NewMessage {
+                    bytes: b.clone(),
+                    ..NewMessage::default()
+                })
+                .collect();
+            store.append("u", "INBOX", msgs).expect("append");
+            store.root().expect("root")
+        };
+        let file = dir.path().join(DB_FILE);
+        downgrade_to_format_2(&file, b"an old inline mark");
+        {
+            let db = redb::Database::open(&file).expect("open redb");
+            let txn = db.begin_read().expect("read");
+            assert_eq!(
+                txn.open_table(BODIES).expect("bodies").len().expect("len"),
+                3
+            );
+            assert_eq!(
+                txn.open_table(BODY_TAILS)
+                    .expect("tails")
+                    .len()
+                    .expect("len"),
+                0
+            );
+        }
+
+        let store = Store::open(dir.path()).expect("the upgrade opens it");
+        assert_eq!(store.root().expect("root"), root, "the tree is untouched");
+        for (uid, b) in (1u32..).zip(&bodies) {
+            assert_eq!(&store.fetch("u", "INBOX", uid).expect("fetch"), b);
+        }
+        assert_eq!(
+            store.staged_bodies().expect("staged"),
+            0,
+            "the inline mark went"
+        );
+        let report = store.verify().expect("verify");
+        assert!(report.is_ok(), "{:?}", report.problems);
+        let space = store.space().expect("space");
+        let rows = |name: &str| space.tables.iter().find(|t| t.name == name).map(|t| t.rows);
+        assert_eq!(rows("bodies"), Some(0));
+        assert_eq!(rows("body_tails"), Some(3));
+        assert_eq!(rows("body_pieces"), Some(4));
+        drop(store);
+        let db = redb::Database::open(&file).expect("open redb");
+        let txn = db.begin_read().expect("read");
+        let format = txn
+            .open_table(META)
+            .expect("meta")
+            .get("format")
+            .expect("get")
+            .map(|v| v.value().to_vec());
+        assert_eq!(format, Some(3u32.to_be_bytes().to_vec()));
     }
 }

@@ -4,18 +4,19 @@
 //! any store. The bytes are read from a file that holds the message (MIRROR_HOMES names, per
 //! digest, the messages whose file is on disk) through [`MailFiles`], which the Maildir side
 //! provides. A body that no file holds yet (replicated, or appended through merkmail, and not
-//! delivered into the Maildir yet) is kept in BODIES until its delivery is settled: the spool
-//! the mirror delivers from. So after replication settles, the redb file holds the index and
-//! not the mail.
+//! delivered into the Maildir yet) is kept in the body tables (BODY_PIECES, BODY_TAILS) until
+//! its delivery is settled: the spool the mirror delivers from. So after replication settles,
+//! the redb file holds the index and not the mail.
 
 use super::body::{
-    count_ref, counted_bodies, forget_unreferenced, unmark_damaged, BodyStore, BodyVisitor,
-    RedbBodies,
+    assemble, count_ref, counted_bodies, forget_unreferenced, has_bytes, put_bytes, remove_bytes,
+    unmark_damaged, BodyStore, BodyVisitor, RedbBodies,
 };
 use super::error::StoreError;
 use super::keys;
 use super::tables::{
-    BODIES, BODY_REFS, MAILBOXES, MIRROR_BODY_SIZES, MIRROR_FILES, MIRROR_FOLDERS, MIRROR_HOMES,
+    BODY_PIECES, BODY_REFS, BODY_TAILS, MAILBOXES, MIRROR_BODY_SIZES, MIRROR_FILES, MIRROR_FOLDERS,
+    MIRROR_HOMES,
 };
 use super::tx::decode;
 use crate::model::{Digest, MailboxGuid, MailboxRecord};
@@ -140,10 +141,10 @@ impl BodyStore for FileBodies {
         let new = self.acquire_on_disk(txn, digest, bytes.len() as u64)?;
         if new && !has_home(txn, digest)? {
             // No file holds it yet: spooled until its delivery is settled.
-            txn.open_table(BODIES)?.insert(digest.0.as_slice(), bytes)?;
+            put_bytes(txn, digest, bytes)?;
             self.inner.count_written(bytes.len() as u64);
         } else if !new && unmark_damaged(txn, digest)? {
-            txn.open_table(BODIES)?.insert(digest.0.as_slice(), bytes)?;
+            put_bytes(txn, digest, bytes)?;
             self.inner.count_written(bytes.len() as u64);
         }
         Ok(new)
@@ -173,16 +174,13 @@ impl BodyStore for FileBodies {
             .open_table(BODY_REFS)?
             .get(digest.0.as_slice())?
             .is_some_and(|v| v.value() > 0);
-        if !referenced
-            || has_home(txn, digest)?
-            || txn.open_table(BODIES)?.get(digest.0.as_slice())?.is_some()
+        if !referenced || has_home(txn, digest)? || has_bytes(&txn.open_table(BODY_TAILS)?, digest)?
         {
             return Ok(());
         }
         match self.files.read(user, mailbox, base) {
             Ok(Some(bytes)) if Digest::of(&bytes) == *digest => {
-                txn.open_table(BODIES)?
-                    .insert(digest.0.as_slice(), bytes.as_slice())?;
+                put_bytes(txn, digest, &bytes)?;
                 self.inner.count_written(bytes.len() as u64);
                 // A good copy: an earlier mark (a move that found its file gone) no longer
                 // holds.
@@ -219,7 +217,7 @@ impl BodyStore for FileBodies {
         if !forget_unreferenced(txn, digest)? {
             return Ok(None);
         }
-        txn.open_table(BODIES)?.remove(digest.0.as_slice())?;
+        remove_bytes(txn, digest)?;
         let size = txn
             .open_table(MIRROR_BODY_SIZES)?
             .remove(digest.0.as_slice())?
@@ -228,8 +226,13 @@ impl BodyStore for FileBodies {
     }
 
     fn read(&self, txn: &ReadTransaction, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
-        if let Some(v) = txn.open_table(BODIES)?.get(digest.0.as_slice())? {
-            return Ok(Some(v.value().to_vec()));
+        let spooled = assemble(
+            &txn.open_table(BODY_PIECES)?,
+            &txn.open_table(BODY_TAILS)?,
+            digest,
+        )?;
+        if spooled.is_some() {
+            return Ok(spooled);
         }
         self.read_from_files(
             &txn.open_table(MIRROR_HOMES)?,
@@ -262,7 +265,7 @@ impl BodyStore for FileBodies {
             return Ok(false);
         }
         // The good copy is spooled; the next delivery or read uses it.
-        txn.open_table(BODIES)?.insert(digest.0.as_slice(), bytes)?;
+        put_bytes(txn, digest, bytes)?;
         self.inner.count_written(bytes.len() as u64);
         unmark_damaged(txn, digest)?;
         Ok(true)

@@ -471,7 +471,7 @@ fn digest_at(
 }
 
 /// A file on disk now holds the body: it is the body's home, and a spooled copy is no
-/// longer needed (unless a session staged it and may still take it from BODIES).
+/// longer needed (unless a session staged it and may still take it from the spool).
 fn found_home(
     txn: &redb::WriteTransaction,
     digest: &crate::model::Digest,
@@ -486,8 +486,7 @@ fn found_home(
         .get(digest.0.as_slice())?
         .is_some();
     if !staged {
-        txn.open_table(super::tables::BODIES)?
-            .remove(digest.0.as_slice())?;
+        super::body::remove_bytes(txn, digest)?;
     }
     Ok(())
 }

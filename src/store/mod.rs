@@ -15,12 +15,13 @@ mod ops;
 mod purge;
 mod read;
 mod replica;
+mod space;
 mod tables;
 mod tx;
 mod verify;
 
 pub use body::DamagedMark;
-pub use body::{BodyStore, RedbBodies};
+pub use body::{BodyStore, RedbBodies, PIECE};
 pub use error::StoreError;
 pub use file_bodies::{install_mail_files, MailFiles, MailFilesFor};
 pub use identity::IdentityFixes;
@@ -37,6 +38,7 @@ pub use ops::{
 };
 pub use purge::{AgedTombstone, Purged, TombstoneKey};
 pub use read::uid_ranges;
+pub use space::{Space, TableSpace};
 pub use verify::sound_body_of;
 pub use verify::{BodyProgress, BodyReport, BodyUse, DamagedBody, VerifyReport};
 
@@ -56,7 +58,10 @@ pub const DB_FILE: &str = "merkmail.redb";
 /// Bumped whenever the on-disk layout changes incompatibly.
 /// Format 2 (merkmail 0.4): tombstones name the identity a writer expunged, and the table
 /// IDENTITIES indexes message identities; a format 1 store is upgraded when it is opened.
-pub const FORMAT_VERSION: u32 = 2;
+/// Format 3 (merkmail 0.5): bodies are kept in page-sized pieces (BODY_PIECES, BODY_TAILS)
+/// instead of whole in BODIES, and staging marks carry the MD5 and size checked at staging;
+/// a format 2 store's bodies are moved when it is opened ([`upgrade_bodies`]).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// What [`Store::compact`] did: the file's size in bytes before and after.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +97,10 @@ pub struct Store {
     max_clock_skew_ms: AtomicU64,
     /// The Maildir template of a live-Maildir store (store/mirror.rs), from META.
     maildir: Option<String>,
+    /// Commits made by this handle: durable ones, and those made durable by a later one
+    /// ([`Store::write_replicated_soon`]): what the tests hold the staging path to.
+    durable_commits: AtomicU64,
+    soon_commits: AtomicU64,
     /// Set only by [`Store::simulate_environment`]: the clock and the source of fresh mailbox
     /// GUIDs a simulation drives (otherwise the system clock and the thread's RNG).
     simulated: Option<Box<Simulated>>,
@@ -168,6 +177,70 @@ fn builder() -> redb::Builder {
     b
 }
 
+/// Format 2 → 3: moves every body from BODIES into pieces (store/body.rs), in transactions
+/// of about 64 MiB, and drops staging marks that carry their body inline (an older
+/// merkmail's: they hold no reference, and a later session sends the body again). The format
+/// is written with the last transaction, so a crash part-way leaves format 2 with some bodies
+/// moved, and the next open moves the rest. Records, reference counts and the tree are
+/// untouched.
+fn upgrade_bodies(db: &Database, dir: &Path) -> Result<(), StoreError> {
+    use redb::{ReadableTable, ReadableTableMetadata};
+    const MOVE_BYTES: u64 = 64 << 20;
+    let started = std::time::Instant::now();
+    let total = db.begin_read()?.open_table(tables::BODIES)?.len()?;
+    if total > 0 {
+        tracing::info!(store = %dir.display(), bodies = total, "upgrading the store to format {FORMAT_VERSION}: moving bodies into pieces");
+    }
+    loop {
+        let txn = db.begin_write()?;
+        let done = {
+            let mut bodies = txn.open_table(tables::BODIES)?;
+            let mut moved = 0u64;
+            let mut keys = Vec::new();
+            for item in bodies.iter()? {
+                let (k, v) = item?;
+                let digest = <[u8; 32]>::try_from(k.value())
+                    .map_err(|_| StoreError::Corrupt("malformed body key".into()))?;
+                body::put_bytes(&txn, &crate::model::Digest(digest), v.value())?;
+                moved += v.value().len() as u64;
+                keys.push(k.value().to_vec());
+                if moved >= MOVE_BYTES {
+                    break;
+                }
+            }
+            for k in &keys {
+                bodies.remove(k.as_slice())?;
+            }
+            bodies.is_empty()?
+        };
+        if done {
+            let mut staged = txn.open_table(tables::STAGED)?;
+            let inline: Vec<Vec<u8>> = staged
+                .iter()?
+                .filter_map(|item| match item {
+                    Ok((k, v)) if v.value().len() != 8 => Some(Ok(k.value().to_vec())),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<_, _>>()?;
+            for k in inline {
+                staged.remove(k.as_slice())?;
+            }
+            drop(staged);
+            txn.open_table(META)?
+                .insert("format", FORMAT_VERSION.to_be_bytes().as_slice())?;
+        }
+        txn.commit()?;
+        if done {
+            break;
+        }
+    }
+    if total > 0 {
+        tracing::info!(store = %dir.display(), bodies = total, ms = started.elapsed().as_millis() as u64, "store upgraded to format {FORMAT_VERSION}");
+    }
+    Ok(())
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -240,13 +313,13 @@ impl Store {
                 .and_then(|v| <[u8; 4]>::try_from(v.value()).ok())
                 .map(u32::from_be_bytes)
                 .ok_or_else(|| StoreError::NotAStore(dir.to_path_buf()))?;
-            if format != FORMAT_VERSION && format != 1 {
+            if !(1..=FORMAT_VERSION).contains(&format) {
                 return Err(StoreError::Format {
                     dir: dir.to_path_buf(),
                     found: format,
                 });
             }
-            upgrade = format == 1;
+            upgrade = format;
             let node_id = meta
                 .get("node_id")?
                 .and_then(|v| String::from_utf8(v.value().to_vec()).ok())
@@ -266,6 +339,7 @@ impl Store {
         // Stores made before the journal (or before the per-user expunge index) lack tables:
         // add them, empty.
         let has_journal = db.begin_read()?.open_table(tables::JOURNAL_SENDERS).is_ok()
+            && db.begin_read()?.open_table(tables::BODY_TAILS).is_ok()
             && db.begin_read()?.open_table(tables::USER_KILLS).is_ok()
             && db
                 .begin_read()?
@@ -276,16 +350,19 @@ impl Store {
             tables::create_all(&txn)?;
             txn.commit()?;
         }
-        if upgrade {
-            tracing::info!(store = %dir.display(), "upgrading the store from format 1 to {FORMAT_VERSION}: indexing message identities");
+        if upgrade == 1 {
+            tracing::info!(store = %dir.display(), "upgrading the store from format 1 to 2: indexing message identities");
             let started = std::time::Instant::now();
             let txn = db.begin_write()?;
             tables::create_all(&txn)?;
             let indexed = identity::rebuild(&txn)?;
             txn.open_table(META)?
-                .insert("format", FORMAT_VERSION.to_be_bytes().as_slice())?;
+                .insert("format", 2u32.to_be_bytes().as_slice())?;
             txn.commit()?;
-            tracing::info!(store = %dir.display(), messages = indexed, ms = started.elapsed().as_millis() as u64, "store upgraded to format {FORMAT_VERSION}");
+            tracing::info!(store = %dir.display(), messages = indexed, ms = started.elapsed().as_millis() as u64, "store upgraded to format 2");
+        }
+        if upgrade < FORMAT_VERSION {
+            upgrade_bodies(&db, dir)?;
         }
         let tag = node_tag(&node_id);
         let bodies: Box<dyn BodyStore> = match &maildir {
@@ -305,6 +382,8 @@ impl Store {
             tree_enabled: true,
             quick_repair: AtomicBool::new(false),
             max_clock_skew_ms: AtomicU64::new(crate::model::DEFAULT_MAX_CLOCK_SKEW_MS),
+            durable_commits: AtomicU64::new(0),
+            soon_commits: AtomicU64::new(0),
             maildir,
             simulated: None,
         })
@@ -450,9 +529,31 @@ impl Store {
         self.write_with(false, f)
     }
 
+    /// Like [`Store::write_replicated`], committed without waiting for the disk (redb's
+    /// `Durability::None`): for what a crash may lose without harm, because a later durable
+    /// commit of this store makes it durable too and nothing depends on it before that.
+    /// Staged bodies are such: a change that takes one commits durably, and a session that
+    /// dies before then sends the body again. A crash rolls the store back to the last
+    /// durable commit, whole transactions at a time.
+    pub(crate) fn write_replicated_soon<T>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.write_txn(false, false, f)
+    }
+
     fn write_with<T>(
         &self,
         journal: bool,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.write_txn(journal, true, f)
+    }
+
+    fn write_txn<T>(
+        &self,
+        journal: bool,
+        durable: bool,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         // Writers are serialised by redb anyway; holding the clock for the whole transaction
@@ -461,7 +562,11 @@ impl Store {
             .hlc
             .lock()
             .map_err(|_| StoreError::Corrupt("clock lock poisoned".into()))?;
-        let txn = self.begin_write()?;
+        let mut txn = self.begin_write()?;
+        if !durable {
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| StoreError::from(redb::Error::from(e)))?;
+        }
         let result = (|| {
             let (out, new_hlc) = {
                 let mut tx = Tx::open(
@@ -487,6 +592,12 @@ impl Store {
         match result {
             Ok((out, new_hlc)) => {
                 *hlc = new_hlc;
+                let commits = if durable {
+                    &self.durable_commits
+                } else {
+                    &self.soon_commits
+                };
+                commits.fetch_add(1, Ordering::Relaxed);
                 Ok(out)
             }
             Err(e) => {
@@ -514,6 +625,15 @@ impl Store {
         self.bodies.bytes_written()
     }
 
+    /// Commits this handle made through the write path: (durable, made durable by a later
+    /// commit). Staging bodies commits the second way (no wait for the disk).
+    pub fn commits(&self) -> (u64, u64) {
+        (
+            self.durable_commits.load(Ordering::Relaxed),
+            self.soon_commits.load(Ordering::Relaxed),
+        )
+    }
+
     /// How many bodies are staged: sent ahead by a session and not taken by a change yet.
     pub fn staged_bodies(&self) -> Result<u64, StoreError> {
         let txn = self.read_txn()?;
@@ -539,6 +659,24 @@ impl Store {
         db.compact()?;
         let after = self.file_size()?.unwrap_or(0);
         Ok(Compacted { before, after })
+    }
+
+    /// After an initial copy into an empty store: compacts it if `was_empty` (it held no mail
+    /// when the copy began) and it holds mail now. redb doubles a file whenever it needs room
+    /// (up to 4 GiB), so a freshly filled file holds up to as much unused space as used;
+    /// compaction gives that back. Only after a copy that filled the store in one go: a
+    /// compacted file is full, so the next write doubles it again. Compacting after every
+    /// import that grew the store made a four-user import three times slower, and compacting
+    /// after the first one only left the file larger than none (docs/PERFORMANCE.md,
+    /// "Replica size"). Offline, like [`Store::compact`].
+    pub fn compact_after_first_fill(
+        &self,
+        was_empty: bool,
+    ) -> Result<Option<Compacted>, StoreError> {
+        if !was_empty || self.file.is_none() || self.counters()?.messages == 0 {
+            return Ok(None);
+        }
+        Ok(Some(self.compact()?))
     }
 
     /// Remembers that redb latched an I/O failure, so that the next access reopens it.

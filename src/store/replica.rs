@@ -7,27 +7,46 @@ use super::keys;
 use super::tx::{encode, Tx};
 use super::Store;
 use crate::model::{
-    validate_user, Change, ChangeGroup, Digest, MailboxGuid, MailboxName, Md5, MessageRecord,
-    UserRecord,
+    validate_user, Change, ChangeGroup, CheckedBody, Digest, MailboxGuid, MailboxName, Md5,
+    MessageRecord, UserRecord,
 };
 use redb::ReadableTable;
 use std::collections::BTreeSet;
 
-/// What a STAGED value says: a mark is the time it was staged (8 bytes), and its body sits in
-/// BODIES with one reference held by the mark; a store written by an earlier merkmail may
-/// still hold marks with the bytes after the time (and no reference), which are read too, so
-/// the store format stays 2.
-pub(super) enum StagedMark {
-    Held,
-    Inline(Vec<u8>),
+/// What a STAGED value says: the time the body was staged, and (format 3) the MD5 and size
+/// of its bytes, checked when it was staged. The body itself is held with one reference
+/// that the mark holds.
+pub(super) struct StagedMark {
+    pub(super) at_ms: u64,
+    /// `None` for a mark written by format 2 (the time only): the change that takes the body
+    /// reads it back to check it.
+    pub(super) checked: Option<(Md5, u64)>,
 }
 
 impl StagedMark {
-    pub(super) fn decode(value: &[u8]) -> StagedMark {
-        match value.get(8..) {
-            Some(bytes) if !bytes.is_empty() => StagedMark::Inline(bytes.to_vec()),
-            _ => StagedMark::Held,
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut v = self.at_ms.to_be_bytes().to_vec();
+        if let Some((md5, size)) = self.checked {
+            v.extend_from_slice(&md5.0);
+            v.extend_from_slice(&size.to_be_bytes());
         }
+        v
+    }
+
+    pub(super) fn decode(value: &[u8]) -> Result<StagedMark, StoreError> {
+        let word = |b: &[u8]| <[u8; 8]>::try_from(b).ok().map(u64::from_be_bytes);
+        let malformed = || StoreError::Corrupt("malformed staging mark".into());
+        let at_ms = value.get(..8).and_then(word).ok_or_else(malformed)?;
+        let checked = match value.len() {
+            8 => None,
+            32 => {
+                let md5 = <[u8; 16]>::try_from(&value[8..24]).map_err(|_| malformed())?;
+                let size = word(&value[24..32]).ok_or_else(malformed)?;
+                Some((Md5(md5), size))
+            }
+            _ => return Err(malformed()),
+        };
+        Ok(StagedMark { at_ms, checked })
     }
 }
 
@@ -64,11 +83,10 @@ impl Tx<'_> {
         uid: u32,
         guid: MailboxGuid,
     ) -> Result<(), StoreError> {
-        let bodies = self.txn.open_table(super::tables::BODIES)?;
-        let Some(held) = bodies.get(record.digest.0.as_slice())? else {
+        let Some(bytes) = super::body::get_bytes(self.txn, &record.digest)? else {
             return Ok(()); // add_ref says what is wrong
         };
-        let bytes = held.value();
+        let bytes = bytes.as_slice();
         // Size and MD5 first: when they agree, the body is the record's (it is held under
         // the record's digest, hashed when it was stored), and no digest is computed again.
         if bytes.len() as u64 == record.size && Md5::of(bytes) == record.md5 {
@@ -154,11 +172,26 @@ impl Tx<'_> {
                                 .txn
                                 .open_table(super::tables::STAGED)?
                                 .remove(record.digest.0.as_slice())?
-                                .map(|v| StagedMark::decode(v.value()));
+                                .map(|v| StagedMark::decode(v.value()))
+                                .transpose()?;
                             match staged {
-                                // The body is in BODIES already, and the staging mark's
-                                // reference becomes this message's: nothing is written again.
-                                Some(StagedMark::Held) => {
+                                // The body is held already, and the staging mark's reference
+                                // becomes this message's: nothing is written again. Its MD5
+                                // and size were taken when it was staged, so it is not read
+                                // back either.
+                                Some(StagedMark {
+                                    checked: Some((md5, size)),
+                                    ..
+                                }) => {
+                                    if size != record.size || md5 != record.md5 {
+                                        return Err(StoreError::Invalid(format!(
+                                            "body for UID {uid} of mailbox {guid} does not match its size or MD5 (record digest {})",
+                                            record.digest
+                                        )));
+                                    }
+                                }
+                                // A format 2 mark (the time only): the body is read back.
+                                Some(StagedMark { checked: None, .. }) => {
                                     self.check_held(record, *uid, *guid)?;
                                     // An older merkmail's mark of an empty body is 8 bytes
                                     // too, and holds no reference: the body is stored now.
@@ -169,20 +202,10 @@ impl Tx<'_> {
                                         }
                                     }
                                 }
-                                // A mark left by an older merkmail holds the bytes itself.
-                                Some(StagedMark::Inline(bytes))
-                                    if Digest::of(&bytes) == record.digest =>
-                                {
-                                    check_body(record, &bytes, *uid, *guid)?;
-                                    if self.bodies.acquire(self.txn, &record.digest, &bytes)? {
-                                        self.counters.bodies += 1;
-                                        self.counters.body_bytes += record.size;
-                                    }
-                                }
                                 // Neither sent nor staged: the store must hold it. A plan
                                 // made before a writer released the last copy finds none:
                                 // a stale plan (found by the simulation), not damage.
-                                _ => {
+                                None => {
                                     self.check_held(record, *uid, *guid)?;
                                     self.bodies.add_ref(self.txn, &record.digest).map_err(
                                         |e| match e {
@@ -339,26 +362,26 @@ impl Store {
     /// of their bytes; a later change with no body takes its body from here. Staged bodies
     /// nobody took within an hour are dropped (a session that died half-way).
     ///
-    /// A staged body goes straight into BODIES, once, and its staging mark in STAGED holds one
-    /// reference to it; the change that takes it inherits that reference. Writing it to a
-    /// staging table and copying it later wrote every replicated body twice, and redb keeps
-    /// the freed pages in the file (docs/PERFORMANCE.md, "Replica size").
-    pub fn stage_bodies(&self, bodies: &[Vec<u8>]) -> Result<usize, StoreError> {
+    /// A staged body is stored once, and its staging mark in STAGED holds one reference to
+    /// it; the change that takes it inherits that reference. Writing it to a staging table
+    /// and copying it later wrote every replicated body twice, and redb keeps the freed pages
+    /// in the file (docs/PERFORMANCE.md, "Replica size"). The mark keeps the body's MD5 and
+    /// size, taken here from the bytes at hand, so the change that takes the body checks its
+    /// record against them without reading the body back.
+    pub fn stage_bodies(&self, bodies: &[CheckedBody<'_>]) -> Result<usize, StoreError> {
         const KEEP_MS: u64 = 3_600_000;
-        self.write_replicated(|tx| {
+        // Not waited for on disk: the change that takes a staged body commits durably, and
+        // a crash before then loses only what the next session sends again. A session's
+        // body batches were most of its fsyncs (docs/PERFORMANCE.md, "Throughput").
+        self.write_replicated_soon(|tx| {
             let now = tx.now_ms();
             let mut staged = tx.txn.open_table(super::tables::STAGED)?;
             let mut expired = Vec::new();
             for item in staged.iter()? {
                 let (k, v) = item?;
-                let at = v
-                    .value()
-                    .get(..8)
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(u64::from_be_bytes);
+                let at = StagedMark::decode(v.value()).ok().map(|m| m.at_ms);
                 if at.is_none_or(|at| at + KEEP_MS <= now) {
-                    let held = matches!(StagedMark::decode(v.value()), StagedMark::Held);
-                    expired.push((k.value().to_vec(), held));
+                    expired.push((k.value().to_vec(), at.is_some()));
                 }
             }
             for (key, held) in expired {
@@ -371,23 +394,19 @@ impl Store {
                     tx.released.insert(digest);
                 }
             }
-            for bytes in bodies {
-                let digest = Digest::of(bytes);
-                let previous = staged
-                    .insert(digest.0.as_slice(), now.to_be_bytes().as_slice())?
-                    .map(|v| StagedMark::decode(v.value()));
-                match previous {
-                    // Staged again: the mark's time is refreshed, its reference stays.
-                    Some(StagedMark::Held) => {}
-                    // An old mark with the bytes inline, or none: the mark takes a reference
-                    // (storing the body if it is not held; a held one that rotted gets these
-                    // good bytes, which hash to the digest by construction).
-                    Some(StagedMark::Inline(_)) | None => {
-                        if tx.bodies.acquire(tx.txn, &digest, bytes)? {
-                            tx.counters.bodies += 1;
-                            tx.counters.body_bytes += bytes.len() as u64;
-                        }
-                    }
+            for body in bodies {
+                let (digest, bytes) = (*body.digest(), body.bytes());
+                let mark = StagedMark {
+                    at_ms: now,
+                    checked: Some((Md5::of(bytes), bytes.len() as u64)),
+                };
+                let previous = staged.insert(digest.0.as_slice(), mark.encode().as_slice())?;
+                // Staged again: the mark is refreshed, its reference stays. Otherwise the mark
+                // takes a reference (storing the body if it is not held; a held one that
+                // rotted gets these good bytes, which hash to the digest by construction).
+                if previous.is_none() && tx.bodies.acquire(tx.txn, &digest, bytes)? {
+                    tx.counters.bodies += 1;
+                    tx.counters.body_bytes += bytes.len() as u64;
                 }
             }
             Ok(bodies.len())

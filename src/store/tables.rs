@@ -18,14 +18,23 @@ pub const TOMBSTONES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tomb
 /// user 00 guid → postcard(MailboxTombstone)
 pub const MAILBOX_TOMBSTONES: TableDefinition<&[u8], &[u8]> =
     TableDefinition::new("mailbox_tombstones");
-/// digest → raw message bytes (single-instance storage)
+/// Format 2 and earlier: digest → raw message bytes. Opening such a store moves them into
+/// BODY_PIECES and BODY_TAILS (format 3); the table is then empty.
 pub const BODIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bodies");
+/// digest:32 piece:u32be → [`super::body::PIECE`] bytes of the body, from its start: each
+/// row fills one redb page exactly (single-instance storage; store/body.rs says why).
+pub const BODY_PIECES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("body_pieces");
+/// digest → the body's bytes after its last whole piece (all of a small body; empty for a
+/// body of whole pieces). A body is held in the table iff it has a row here.
+pub const BODY_TAILS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("body_tails");
 /// digest → number of live messages that use the body
 pub const BODY_REFS: TableDefinition<&[u8], u64> = TableDefinition::new("body_refs");
-/// digest → staged-at ms (u64be): bodies a peer sent ahead of the changes that use them. The
-/// body itself is in BODIES and the mark holds one of its references, which the change that
-/// takes it inherits (store/replica.rs). Marks written by an earlier merkmail carry the raw
-/// bytes after the time instead, and hold no reference; both are read.
+/// digest → staged-at ms (u64be) ‖ MD5 (16) ‖ size (u64be): bodies a peer sent ahead of the
+/// changes that use them, with what was checked when they were staged. The body itself is
+/// held (BODY_PIECES, BODY_TAILS) and the mark holds one of its references, which the change
+/// that takes it inherits (store/replica.rs). Marks written by format 2 are 8 bytes (the time
+/// only: the change reads the body to check it); format 2's marks with the bytes inline are
+/// turned into held ones when the store is upgraded.
 pub const STAGED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("staged_bodies");
 /// digest → postcard(DamagedMark): held bodies whose bytes no longer match their digest (bit
 /// rot), found by `verify --bodies` or on a read; the daemon's checker replaces them from a
@@ -98,6 +107,8 @@ pub fn create_all(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(USER_KILLS)?;
     txn.open_table(MAILBOX_TOMBSTONES)?;
     txn.open_table(BODIES)?;
+    txn.open_table(BODY_PIECES)?;
+    txn.open_table(BODY_TAILS)?;
     txn.open_table(BODY_REFS)?;
     txn.open_table(TREE)?;
     txn.open_table(SOURCES)?;

@@ -367,11 +367,12 @@ impl Store {
         // expires (store/replica.rs).
         for item in txn.open_table(super::tables::STAGED)?.iter()? {
             let (k, v) = item?;
-            if let (super::replica::StagedMark::Held, Ok(digest)) = (
+            match (
                 super::replica::StagedMark::decode(v.value()),
                 <[u8; 32]>::try_from(k.value()),
             ) {
-                *refs.entry(Digest(digest)).or_default() += 1;
+                (Ok(_), Ok(digest)) => *refs.entry(Digest(digest)).or_default() += 1,
+                _ => report.problems.push("a malformed staging mark".into()),
             }
         }
         // Bodies: every referenced body is held, with the right count, and nothing else is.
@@ -519,17 +520,11 @@ mod tests {
     fn rot(store: &Store, digest: &Digest) {
         let txn = store.begin_write().expect("txn");
         {
-            let mut bodies = txn.open_table(BODIES).expect("bodies");
-            let mut bytes = bodies
-                .get(digest.0.as_slice())
+            let mut bytes = crate::store::body::get_bytes(&txn, digest)
                 .expect("get")
-                .expect("held")
-                .value()
-                .to_vec();
+                .expect("held");
             bytes[0] ^= 0x20;
-            bodies
-                .insert(digest.0.as_slice(), bytes.as_slice())
-                .expect("insert");
+            crate::store::body::put_bytes(&txn, digest, &bytes).expect("put");
         }
         txn.commit().expect("commit");
     }
@@ -735,7 +730,7 @@ mod tests {
         }
         // Staged ahead (as a session's PutBodies does), then a record with the wrong MD5.
         target
-            .stage_bodies(std::slice::from_ref(&body))
+            .stage_bodies(&[crate::model::CheckedBody::new(&body)])
             .expect("stage");
         let staged = Change::Message {
             user: "alice".into(),

@@ -4,7 +4,7 @@
 
 use crate::merkle::{NodeHash, NodeKey, NodeValue};
 use crate::model::ChangeGroup;
-use crate::model::{Digest, MailboxGuid, MailboxSide};
+use crate::model::{CheckedBody, Digest, MailboxGuid, MailboxSide};
 use crate::store::{sound_body_of, uid_ranges, Store, StoreError};
 use std::collections::BTreeSet;
 
@@ -78,7 +78,7 @@ pub trait Replica {
     }
 
     /// Keeps bodies sent ahead of the changes that use them; returns how many were kept.
-    fn stage_bodies(&self, bodies: &[Vec<u8>]) -> Result<usize, StoreError>;
+    fn stage_bodies(&self, bodies: &[CheckedBody<'_>]) -> Result<usize, StoreError>;
 
     /// Applies change groups in one transaction, each only if its mailbox still has the hash
     /// it expects; returns which groups were applied.
@@ -140,7 +140,7 @@ impl Replica for Store {
         Store::body(self, digest)
     }
 
-    fn stage_bodies(&self, bodies: &[Vec<u8>]) -> Result<usize, StoreError> {
+    fn stage_bodies(&self, bodies: &[CheckedBody<'_>]) -> Result<usize, StoreError> {
         Store::stage_bodies(self, bodies)
     }
 

@@ -10,7 +10,8 @@ use super::wire::{
 };
 use crate::merkle::{NodeHash, NodeKey, NodeValue, BUCKET_SHIFT, TOP_LEAF_LEVEL, UID_ROOT_LEVEL};
 use crate::model::{
-    validate_user, Change, ChangeGroup, MailboxGuid, MailboxSide, MessageRecord, Tombstone,
+    validate_user, Change, ChangeGroup, CheckedBody, MailboxGuid, MailboxSide, MessageRecord,
+    Tombstone,
 };
 use crate::store::StoreError;
 use std::collections::{BTreeMap, BTreeSet};
@@ -746,9 +747,13 @@ pub fn answer(store: &dyn Replica, round: &RoundRequest) -> Result<RoundReply, S
                 }
                 Reply::Bodies { bodies }
             }
-            Request::PutBodies { bodies } => Reply::Staged {
-                count: store.stage_bodies(bodies)? as u64,
-            },
+            Request::PutBodies { bodies } => {
+                let checked: Vec<CheckedBody<'_>> =
+                    bodies.iter().map(|b| CheckedBody::new(b)).collect();
+                Reply::Staged {
+                    count: store.stage_bodies(&checked)? as u64,
+                }
+            }
             Request::Apply { groups } => apply_reply(store, groups, w)?,
         });
     }

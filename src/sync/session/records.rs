@@ -4,7 +4,7 @@
 
 use super::{protocol, Ask, Key, Session, SessionError, RECORDS_PER_REQUEST};
 use crate::merkle::{NodeKey, BUCKET_SHIFT};
-use crate::model::{Digest, MessageRecord, Tombstone};
+use crate::model::{CheckedBody, MessageRecord, Tombstone};
 use crate::sync::responder::runs_of;
 use crate::sync::wire::{
     digest_prefix, from_gaps, record_with_body, run_hash, to_gaps, BucketRuns, Fp, GuidRef,
@@ -328,12 +328,13 @@ impl Session<'_> {
     /// Bodies that came with their records: staged now (checked by construction: the
     /// record's digest is the body's), never fetched again.
     fn stage_inline(&mut self, bodies: &[Vec<u8>]) -> Result<(), SessionError> {
-        for b in bodies {
-            self.report.body_bytes_received += b.len() as u64;
-            self.prefetched.insert(Digest::of(b));
+        let checked: Vec<CheckedBody<'_>> = bodies.iter().map(|b| CheckedBody::new(b)).collect();
+        for b in &checked {
+            self.report.body_bytes_received += b.bytes().len() as u64;
+            self.prefetched.insert(*b.digest());
         }
-        if !self.dry_run && !bodies.is_empty() {
-            self.local.stage_bodies(bodies)?;
+        if !self.dry_run && !checked.is_empty() {
+            self.local.stage_bodies(&checked)?;
         }
         Ok(())
     }

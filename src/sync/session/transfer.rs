@@ -3,8 +3,8 @@
 //! last answer carries its new root.
 
 use super::{protocol, Ask, Phase, Session, SessionError, APPLY_BATCH_BYTES, LOCAL_APPLY_CHANGES};
-use crate::model::Digest;
 use crate::model::{Change, ChangeGroup, Progress};
+use crate::model::{CheckedBody, Digest};
 use crate::sync::wire::{encode, Request, BODY_BATCH_BYTES};
 use std::collections::BTreeMap;
 
@@ -99,14 +99,18 @@ impl Session<'_> {
         bodies: Vec<Option<Vec<u8>>>,
     ) -> Result<(), SessionError> {
         let mut good = Vec::new();
-        for (d, b) in digests.into_iter().zip(bodies) {
-            match b {
-                Some(bytes) if Digest::of(&bytes) == d => {
-                    self.report.body_bytes_received += bytes.len() as u64;
-                    good.push(bytes);
+        for (d, b) in digests.iter().zip(&bodies) {
+            // Hashed once: the check against the digest asked for is also the staging key.
+            match b
+                .as_deref()
+                .and_then(|bytes| CheckedBody::matching(bytes, d))
+            {
+                Some(body) => {
+                    self.report.body_bytes_received += body.bytes().len() as u64;
+                    good.push(body);
                 }
-                _ => {
-                    self.bad.insert(d);
+                None => {
+                    self.bad.insert(*d);
                 }
             }
         }
@@ -197,12 +201,16 @@ impl Session<'_> {
             bytes += body.len() as u64;
             batch.push(body);
             if bytes >= BODY_BATCH_BYTES {
-                self.local.stage_bodies(&std::mem::take(&mut batch))?;
+                let checked: Vec<CheckedBody<'_>> =
+                    batch.iter().map(|b| CheckedBody::new(b)).collect();
+                self.local.stage_bodies(&checked)?;
+                batch.clear();
                 bytes = 0;
             }
         }
         if !batch.is_empty() {
-            self.local.stage_bodies(&batch)?;
+            let checked: Vec<CheckedBody<'_>> = batch.iter().map(|b| CheckedBody::new(b)).collect();
+            self.local.stage_bodies(&checked)?;
         }
         Ok(())
     }
