@@ -820,15 +820,8 @@ fn unchanged<'a>(
     subscribed: bool,
     print: &FolderPrint,
 ) -> Option<&'a FolderState> {
-    states.iter().find(|s| {
-        !taken.contains(&s.guid)
-            && s.owed.is_none()
-            && s.print.as_deref() == Some(print.stats.as_slice())
-            && s.record.as_ref().is_some_and(|r| r.name == mailbox)
-            && s.folder.as_ref().is_some_and(|f| {
-                f.name == mailbox && (f.subscribed == subscribed || mailbox == INBOX)
-            })
-    })
+    agreed(states, taken, mailbox, subscribed)
+        .filter(|s| s.owed.is_none() && s.print.as_deref() == Some(print.stats.as_slice()))
 }
 
 /// A folder paired by its GUID under another name: the server renamed it. The mailbox
