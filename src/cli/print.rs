@@ -327,6 +327,15 @@ impl Printed for SyncReport {
                 ),
             ));
         }
+        if r.moves_redone > 0 {
+            lines.push((
+                "moves redone",
+                format!(
+                    "{} (a copy where the other side had moved the message away: moved again)",
+                    r.moves_redone
+                ),
+            ));
+        }
         if r.stale_mailboxes > 0 || r.body_mismatches > 0 {
             lines.push((
                 "left for later",

@@ -89,7 +89,8 @@ pub struct SyncReport {
 
 impl SyncReport {
     /// Adds what an earlier session of the same sync moved and cost (round trips, bytes, copies,
-    /// expunges, flag updates, clashes, changed mailboxes, time); the outcome fields
+    /// expunges, flag updates, clashes, late copies and moves redone, changed mailboxes,
+    /// time); the outcome fields
     /// (`equal_after`, stale mailboxes, mismatches) stay this session's.
     pub fn add_work_of(&mut self, earlier: &SyncReport) {
         self.rounds += earlier.rounds;
@@ -102,6 +103,8 @@ impl SyncReport {
         self.expunged += earlier.expunged;
         self.flag_updates += earlier.flag_updates;
         self.uid_clashes_renumbered += earlier.uid_clashes_renumbered;
+        self.late_copies += earlier.late_copies;
+        self.moves_redone += earlier.moves_redone;
         self.mailboxes_changed += earlier.mailboxes_changed;
         self.plan_chunks += earlier.plan_chunks;
         self.largest_plan_messages = self
@@ -520,5 +523,41 @@ impl<'a> Session<'a> {
             }
             Phase::Done => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SyncReport;
+
+    #[test]
+    fn the_work_of_an_earlier_session_adds_up_and_the_outcome_stays_this_ones() {
+        let earlier = SyncReport {
+            rounds: 3,
+            uid_clashes_renumbered: 1,
+            late_copies: 2,
+            moves_redone: 4,
+            stale_mailboxes: 5,
+            equal_after: false,
+            ..SyncReport::default()
+        };
+        let mut now = SyncReport {
+            rounds: 1,
+            late_copies: 1,
+            moves_redone: 1,
+            equal_after: true,
+            ..SyncReport::default()
+        };
+        now.add_work_of(&earlier);
+        assert_eq!(
+            (
+                now.rounds,
+                now.uid_clashes_renumbered,
+                now.late_copies,
+                now.moves_redone
+            ),
+            (4, 1, 3, 5)
+        );
+        assert_eq!((now.stale_mailboxes, now.equal_after), (0, true));
     }
 }
