@@ -85,9 +85,7 @@ pub async fn run(node: Arc<Node>, template: Template) {
         };
         if news.lost {
             tracing::warn!("the Maildir watcher lost events; passing over every user in full");
-            if let Ok(mut t) = tracking.lock() {
-                t.clear();
-            }
+            followed(&tracking).clear();
             pass(&node, &template, None, &mut seen, following, &faults).await;
         }
         for (user, touched) in news.users {
@@ -169,13 +167,7 @@ async fn pass(
     let result = tokio::task::spawn_blocking(move || {
         let report = faults.around(|| match (&one, tracking) {
             // Every user, with the watcher running: folders left agreeing are followed.
-            (None, Some(tracking)) => {
-                let mut tracked = match tracking.lock() {
-                    Ok(t) => t,
-                    Err(poisoned) => poisoned.into_inner(),
-                };
-                backend::pass_following(&store, &t, &mut tracked)
-            }
+            (None, Some(tracking)) => backend::pass_following(&store, &t, &mut followed(&tracking)),
             _ => backend::pass(&store, &t, one.as_deref()),
         });
         let users: Vec<String> = match &one {
@@ -198,6 +190,16 @@ async fn pass(
     after_pass(node, user.as_deref(), report, users, seen)
 }
 
+/// The folders followed; none, if a pass panicked while it held them (what it was doing to
+/// them is unknown).
+fn followed(tracking: &Mutex<Tracking>) -> std::sync::MutexGuard<'_, Tracking> {
+    tracking.lock().unwrap_or_else(|poisoned| {
+        let mut t = poisoned.into_inner();
+        t.clear();
+        t
+    })
+}
+
 /// One user's pass driven by the watcher (maildir::watch), on the blocking pool.
 async fn pass_watched(
     node: &Arc<Node>,
@@ -214,14 +216,7 @@ async fn pass_watched(
     let one = user.clone();
     let faults = faults.clone();
     let result = tokio::task::spawn_blocking(move || {
-        let mut tracked = match tracking.lock() {
-            Ok(t) => t,
-            Err(poisoned) => {
-                let mut t = poisoned.into_inner();
-                t.clear();
-                t
-            }
-        };
+        let mut tracked = followed(&tracking);
         let watched = Watched {
             tracking: &mut tracked,
             touched,

@@ -993,27 +993,7 @@ pub fn is_our_base(base: &str) -> bool {
 /// Every file in a folder's cur/ and new/ by base name (names only: no stat). A base name in
 /// both keeps its cur/ file, the one Dovecot already knows.
 pub fn file_names(dir: &Path) -> Result<HashMap<String, PathBuf>, LiveError> {
-    let mut out = HashMap::new();
-    for sub in ["new", "cur"] {
-        let sub_dir = dir.join(sub);
-        let entries = match fs::read_dir(&sub_dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(e) => return Err(io(&sub_dir, "read directory")(e).into()),
-        };
-        for entry in entries {
-            let entry = entry.map_err(io(&sub_dir, "read directory"))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name.starts_with('.') {
-                continue;
-            }
-            if let Some(base) = name.split(':').next().filter(|b| !b.is_empty()) {
-                out.insert(base.to_string(), entry.path());
-            }
-        }
-    }
-    Ok(out)
+    Ok(crate::maildir::scan::names_by_base(dir)?)
 }
 
 /// Makes the Maildir root `root` (and any missing directory above it), each directory made

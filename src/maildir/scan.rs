@@ -328,23 +328,16 @@ pub fn scan_names(
     }
     let missing: Vec<&String> = bases.iter().filter(|b| !seen.contains(*b)).collect();
     if !missing.is_empty() {
-        let mut listed: HashMap<String, (PathBuf, String)> = HashMap::new();
-        // new/ first, so that cur/ wins for a base name in both.
-        for sub in ["new", "cur"] {
-            let sub_dir = dir.join(sub);
-            if !sub_dir.is_dir() {
-                continue;
-            }
-            for entry in read_dir_sorted(&sub_dir)? {
-                let Some(name) = entry.to_str() else { continue };
-                let base = name.split(':').next().unwrap_or(name);
-                if !name.starts_with('.') && !base.is_empty() {
-                    listed.insert(base.to_string(), (sub_dir.join(name), name.to_string()));
-                }
-            }
-        }
+        let mut listed = names_by_base(&dir)?;
         for base in missing {
-            let Some((path, name)) = listed.remove(base.as_str()) else {
+            let Some(path) = listed.remove(base.as_str()) else {
+                continue;
+            };
+            let Some(name) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_string)
+            else {
                 continue;
             };
             if let Some(message) = found.message(path, &name, &mut seen, &mut skipped)? {
@@ -362,6 +355,33 @@ pub fn scan_names(
         skipped,
     };
     Ok((folder, bases))
+}
+
+/// Every file in a folder's cur/ and new/ by base name (names only: no stat). A base name in
+/// both keeps its cur/ file, the one Dovecot already knows; a directory that is missing lists
+/// nothing.
+pub fn names_by_base(dir: &Path) -> Result<HashMap<String, PathBuf>, MaildirError> {
+    let mut out = HashMap::new();
+    for sub in ["new", "cur"] {
+        let sub_dir = dir.join(sub);
+        let entries = match fs::read_dir(&sub_dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(MaildirError::io(&sub_dir, "read directory")(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(MaildirError::io(&sub_dir, "read directory"))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with('.') {
+                continue;
+            }
+            if let Some(base) = name.split(':').next().filter(|b| !b.is_empty()) {
+                out.insert(base.to_string(), entry.path());
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A folder's keywords by index, as `dovecot-keywords` lists them.
