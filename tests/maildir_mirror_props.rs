@@ -974,3 +974,77 @@ fn a_folder_the_server_is_making_is_left_alone_until_it_is_whole() {
     assert_eq!(names(&world), ["INBOX", "Lists"]);
     world.check().expect("the Maildir equals the index");
 }
+
+/// A pass reads a mailbox's owed mark, a peer's change is applied (no local stamp issued,
+/// the clock standing still), then the pass settles from what it read: the change's mark
+/// stays, so the next pass brings it to the disk.
+#[test]
+fn a_settle_from_an_older_read_leaves_the_mark_of_an_applied_change() {
+    merkmail::maildir::backend::install();
+    let dir = tempfile::tempdir().expect("dir");
+    let template = format!("{}/%u/Maildir", dir.path().display());
+    let mut store = Store::init_maildir(&dir.path().join("data"), "a", &template).expect("init");
+    store.simulate_environment(Arc::new(AtomicU64::new(1_800_000_000_000)), 1);
+    store
+        .append(
+            "u",
+            "INBOX",
+            vec![NewMessage {
+                bytes: b"Subject: one\r\n\r\nhere\r\n".to_vec(),
+                ..NewMessage::default()
+            }],
+        )
+        .expect("append");
+    let mut inbox = store.mailbox("u", "INBOX").expect("inbox");
+    let guid = inbox.guid;
+    let read = store.mailbox_mirror("u", guid).expect("mirror");
+    assert!(read.owed.is_some());
+
+    // A peer's message, stamped before this node's clock: applying it issues no stamp.
+    let bytes = b"Subject: two\r\n\r\nfrom the peer\r\n".to_vec();
+    let stamp = merkmail::model::Stamp {
+        ms: 1_800_000_000_000 - 1_000,
+        counter: 0,
+        node: 7,
+    };
+    let record = merkmail::model::MessageRecord {
+        md5: merkmail::model::Md5::of(&bytes),
+        digest: Digest::of(&bytes),
+        size: bytes.len() as u64,
+        internal_date: 0,
+        flags: merkmail::model::FlagSet::initial(&[], stamp),
+        appended: stamp,
+    };
+    store
+        .apply(&[
+            merkmail::model::Change::Mailbox {
+                user: "u".into(),
+                record: {
+                    inbox.uidnext = 3;
+                    inbox
+                },
+            },
+            merkmail::model::Change::Message {
+                user: "u".into(),
+                guid,
+                uid: 2,
+                record,
+                body: Some(bytes),
+            },
+        ])
+        .expect("apply");
+
+    store
+        .mirror_settle("u", guid, &[], read.owed)
+        .expect("settle");
+    assert_eq!(
+        store.owed_mailboxes().expect("owed"),
+        vec![("u".to_string(), guid)],
+        "the applied change is still owed to the disk"
+    );
+    let again = store.mailbox_mirror("u", guid).expect("mirror");
+    store
+        .mirror_settle("u", guid, &[], again.owed)
+        .expect("settle");
+    assert!(store.owed_mailboxes().expect("owed").is_empty());
+}

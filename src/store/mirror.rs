@@ -197,7 +197,12 @@ impl Tx<'_> {
         if self.owed.is_empty() {
             return Ok(());
         }
-        let token = self.hlc_last().to_bytes();
+        // A fresh stamp, not the clock's last one: a transaction that only applies a peer's
+        // changes stamps nothing, and its mark must still differ from the one a pass read
+        // before it, or that pass, settling from what it read, would clear this write's
+        // mark too and leave its disk work undone (seen at 100 000 messages: a move applied
+        // by a session never reached the folder).
+        let token = self.stamp().to_bytes();
         let mut owed = self.txn.open_table(MIRROR_OWED)?;
         for (user, guid) in std::mem::take(&mut self.owed) {
             owed.insert(keys::mailbox(&user, guid).as_slice(), token.as_slice())?;

@@ -4,8 +4,8 @@
 
 use super::{inbound_key, split_inbound, Bytes, SenderJournal, SenderState};
 use crate::model::{
-    decide_entry, validate_user, ChangeCounts, Digest, EntryDecision, JournalBatch, MailboxGuid,
-    MailboxSide, ShippedEntry,
+    decide_entry, validate_user, ChangeCounts, Digest, EntryClash, EntryDecision, JournalBatch,
+    MailboxGuid, MailboxSide, ShippedEntry,
 };
 use crate::store::error::StoreError;
 use crate::store::read::{side_in, uid_ranges};
@@ -95,7 +95,7 @@ impl Tx<'_> {
         entry: &ShippedEntry,
     ) -> Result<EntryDecision, StoreError> {
         let local = self.side_at(&entry.user, entry.guid, &entry.touched_uids())?;
-        decide_entry(&local, entry, |name| {
+        let decision = decide_entry(&local, entry, |name| -> Result<bool, StoreError> {
             for m in self.user_mailboxes(&entry.user)? {
                 if m.guid != entry.guid
                     && m.name == name
@@ -105,7 +105,45 @@ impl Tx<'_> {
                 }
             }
             Ok(false)
-        })
+        })?;
+        if matches!(decision, EntryDecision::Clash(EntryClash::SenderChanges))
+            && tracing::enabled!(tracing::Level::DEBUG)
+        {
+            log_disagreement(&local, entry);
+        }
+        Ok(decision)
+    }
+}
+
+/// At debug level, where this replica's side of an entry's mailbox differs from the entry:
+/// what an operator needs to tell why an entry was left to a Merkle session.
+fn log_disagreement(local: &MailboxSide, entry: &ShippedEntry) {
+    let incoming = entry.side();
+    let uidnexts = (
+        local.record.as_ref().map(|r| r.uidnext),
+        incoming.record.as_ref().map(|r| r.uidnext),
+    );
+    for uid in entry.touched_uids() {
+        let here = local.messages.get(&uid);
+        let there = incoming.messages.get(&uid);
+        let same = match (here, there) {
+            (Some(a), Some(b)) => a.digest == b.digest && a.flags == b.flags,
+            (None, None) => true,
+            _ => false,
+        };
+        if !same || local.expunged.contains_key(&uid) != incoming.expunged.contains_key(&uid) {
+            tracing::debug!(
+                user = %entry.user,
+                guid = %entry.guid,
+                uid,
+                here = ?here.map(|m| (m.digest, &m.flags)),
+                there = ?there.map(|m| (m.digest, &m.flags)),
+                tombstones_here = ?local.expunged.get(&uid),
+                tombstones_there = ?incoming.expunged.get(&uid),
+                ?uidnexts,
+                "entry and this replica differ at a UID"
+            );
+        }
     }
 }
 
