@@ -139,11 +139,6 @@ impl<'t> Tx<'t> {
         self.hlc.observe(stamp);
     }
 
-    /// The last stamp the clock gave out or saw.
-    pub fn hlc_last(&self) -> crate::model::Stamp {
-        self.hlc.last()
-    }
-
     pub fn now_ms(&self) -> u64 {
         self.now_ms
     }
