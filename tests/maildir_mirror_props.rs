@@ -291,6 +291,12 @@ impl World {
     /// A pass: with a watcher, driven by what it reported (once it has caught up), as
     /// `serve` passes over a user; without, a plain pass.
     fn pass(&mut self) -> PassReport {
+        self.pass_hiding("\u{0}")
+    }
+
+    /// A pass as [`World::pass`], with the watcher's reports of files whose names contain
+    /// `hide` left out, as if they had not arrived yet.
+    fn pass_hiding(&mut self, hide: &str) -> PassReport {
         let Some(watch) = self.watch.as_mut() else {
             return self.pass_all();
         };
@@ -300,7 +306,10 @@ impl World {
         if news.lost {
             tracking.clear();
         }
-        let touched = news.users.get(USER).cloned().unwrap_or_default();
+        let mut touched = news.users.get(USER).cloned().unwrap_or_default();
+        for names in touched.files.values_mut() {
+            names.retain(|name| !name.contains(hide));
+        }
         let store = self.store.as_ref().expect("the store is open");
         if std::mem::take(&mut watch.restarted) {
             return pass_following(store, &self.template, &mut tracking).expect("a first pass");
@@ -655,6 +664,35 @@ fn a_watched_pass_looks_only_at_the_files_the_watcher_named() {
         .as_ref()
         .map_or(0, |w| w.named.load(Ordering::SeqCst));
     assert!(named >= 3, "{named}");
+}
+
+/// Two files dropped into a followed folder, the watcher's report of the first not arrived
+/// yet when a pass runs: the pass numbers both (as Dovecot numbers every file it finds), and
+/// takes both, so the index takes their UIDs in order. Taking only the named one would give
+/// a replica the later UID first, and the earlier one, arriving after, would have to move up
+/// there (RFC 9051: no new message below a UIDNEXT clients may have seen).
+#[test]
+fn a_watched_pass_takes_every_file_numbered_past_the_index_named_or_not() {
+    let mut world = World::watched();
+    world.settle().expect("settles");
+    let before = world.indexed().len();
+    for body in [11, 12] {
+        world.apply(&Op::Drop {
+            folder: 0,
+            body,
+            flags: None,
+        });
+    }
+    // Named in order, M11 (dropped first) takes the lower UID.
+    let r = world.pass_hiding(".M11P");
+    assert_eq!(
+        (r.imported, r.folders_named, r.folders_read),
+        (2, 1, 0),
+        "{r:?}"
+    );
+    assert_eq!(world.indexed().len(), before + 2);
+    world.settle().expect("settles");
+    world.check().expect("the Maildir equals the index");
 }
 
 /// A batch of deliveries cut short after its files were renamed into cur/ but before their

@@ -527,7 +527,8 @@ fn pass_user(
                     continue;
                 }
                 let names = names.unwrap_or_default();
-                let (folder, bases) = read_named(mailbox, dir, subscribed, &names)?;
+                let uidnext = state.record.as_ref().map_or(1, |r| r.uidnext);
+                let (folder, bases) = read_named((mailbox, dir), subscribed, &names, uidnext)?;
                 report.folders_named += 1;
                 read.push((folder, print, Scope::Bases(bases)));
                 continue;
@@ -739,22 +740,30 @@ fn agreed<'a>(
 
 /// A folder looked at only in the files a watcher named (and its uidlist and keywords),
 /// numbering any that no one has numbered yet, as a full read does.
+/// The named files of a followed folder, numbered if the server has not yet, with every
+/// file the uidlist lists at or above `uidnext` (the index's UIDNEXT): a file numbered but
+/// not yet named (this pass numbers every unlisted file, the server numbers what its clients
+/// see) is taken with them, so that the index takes UIDs in order.
 fn read_named(
-    mailbox: &str,
-    dir: &Path,
+    (mailbox, dir): (&str, &Path),
     subscribed: bool,
     names: &BTreeSet<String>,
+    uidnext: u32,
 ) -> Result<(ScannedFolder, BTreeSet<String>), BackendError> {
-    let (folder, bases) = scan_names(mailbox.to_string(), dir.to_path_buf(), subscribed, names)?;
+    let scan = || {
+        scan_names(
+            mailbox.to_string(),
+            dir.to_path_buf(),
+            subscribed,
+            names,
+            uidnext,
+        )
+    };
+    let (folder, bases) = scan()?;
     if !number_unlisted(&folder)? {
         return Ok((folder, bases));
     }
-    Ok(scan_names(
-        mailbox.to_string(),
-        dir.to_path_buf(),
-        subscribed,
-        names,
-    )?)
+    Ok(scan()?)
 }
 
 /// Whether the uidlist still lists every file the index knows, that the watcher did not

@@ -290,11 +290,17 @@ pub fn scan_folder(
 /// name none of whose named files exists is looked up once in a listing of cur/ and new/ (it
 /// was renamed again, and the watcher has not reported the new name yet). Returns the folder
 /// and the base names looked at: for those, a base absent from the messages is gone.
+///
+/// Every file the uidlist lists at `listed_from` or above is looked at too, named or not: the
+/// server (or this pass) numbered it, and a pass that took only the named ones would take a
+/// later UID before an earlier one, which a replica that already shows the later one must
+/// then move up.
 pub fn scan_names(
     mailbox: String,
     dir: PathBuf,
     subscribed: bool,
     names: &BTreeSet<String>,
+    listed_from: u32,
 ) -> Result<(ScannedFolder, BTreeSet<String>), MaildirError> {
     let mut skipped = Vec::new();
     let (uidlist, keywords) = read_headers(&dir, &mut skipped)?;
@@ -304,6 +310,14 @@ pub fn scan_names(
         uid_of: &uid_of,
     };
     let mut bases: BTreeSet<String> = BTreeSet::new();
+    if let Some(list) = &uidlist {
+        bases.extend(
+            list.entries
+                .iter()
+                .filter(|(uid, _)| *uid >= listed_from)
+                .map(|(_, base)| base.clone()),
+        );
+    }
     let mut paths: Vec<(PathBuf, String)> = Vec::new();
     // cur/ first, as in a full scan.
     for sub in ["cur/", "new/"] {
