@@ -1446,8 +1446,12 @@ fn unlink_owed(
     report: &mut PassReport,
 ) -> Result<Vec<MirrorEdit>, BackendError> {
     let mut edits = Vec::new();
-    for base in &mirror.unlinks {
-        if locked.unlink(base)? {
+    for (base, removed) in mirror
+        .unlinks
+        .iter()
+        .zip(locked.unlink_all(&mirror.unlinks)?)
+    {
+        if removed {
             report.unlinked += 1;
         }
         edits.push(MirrorEdit::Unlinked { base: base.clone() });

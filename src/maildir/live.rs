@@ -921,6 +921,42 @@ impl LockedFolder<'_> {
         Ok((shown == from).then_some(path))
     }
 
+    /// Removes the files with these base names (expunges); returns, for each, whether there
+    /// was one. A file is looked for under its plain names first (a stat each); the others,
+    /// whose names carry flags, are found in one listing of the folder for them all, not one
+    /// per file: a folder of 11 000 files takes a few milliseconds to list, and a round of
+    /// replicated expunges named 75 files in one folder.
+    pub fn unlink_all(&mut self, bases: &[String]) -> Result<Vec<bool>, LiveError> {
+        let mut listing: Option<HashMap<String, PathBuf>> = None;
+        let mut out = Vec::with_capacity(bases.len());
+        for base in bases {
+            let plain = ["cur", "new"]
+                .iter()
+                .map(|sub| self.folder.dir.join(sub).join(base))
+                .find(|p| p.is_file());
+            let path = match plain {
+                Some(path) => Some(path),
+                None => {
+                    let names = match &mut listing {
+                        Some(names) => names,
+                        None => listing.insert(file_names(&self.folder.dir)?),
+                    };
+                    names.remove(base.as_str())
+                }
+            };
+            let removed = match path {
+                Some(path) => match fs::remove_file(&path) {
+                    Ok(()) => true,
+                    Err(e) if e.kind() == ErrorKind::NotFound => false,
+                    Err(e) => return Err(io(&path, "remove")(e).into()),
+                },
+                None => false,
+            };
+            out.push(removed);
+        }
+        Ok(out)
+    }
+
     /// Removes the file with base name `base` (an expunge). Returns whether there was one.
     pub fn unlink(&mut self, base: &str) -> Result<bool, LiveError> {
         let Some(path) = self.find(base)? else {
@@ -1085,6 +1121,34 @@ mod tests {
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
+    }
+
+    /// Expunges of files with and without flags in their names, in cur/ and new/, one of them
+    /// already gone: each is removed, the gone one reported so, other files left alone.
+    #[test]
+    fn unlink_all_removes_each_named_base_wherever_its_flags_put_it() {
+        let root = root("unlink-all");
+        let folder = LiveFolder::open(&root).expect("open");
+        for name in [
+            "new/1.plain.host",
+            "cur/2.flagged.host,S=3:2,FS",
+            "cur/3.bare.host:2,",
+            "cur/4.kept.host:2,S",
+        ] {
+            fs::write(root.join(name), "x\n").expect("write");
+        }
+        let mut locked = folder.lock().expect("lock");
+        let removed = locked
+            .unlink_all(&s(&[
+                "1.plain.host",
+                "2.flagged.host,S=3",
+                "3.bare.host",
+                "5.gone.host",
+            ]))
+            .expect("unlink");
+        assert_eq!(removed, [true, true, true, false]);
+        let left = file_names(&root).expect("list");
+        assert_eq!(left.keys().collect::<Vec<_>>(), ["4.kept.host"]);
     }
 
     #[test]
