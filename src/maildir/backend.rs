@@ -974,7 +974,18 @@ fn from_disk_folder(
             dir = root.to_path_buf();
         }
     }
-    let wrote = from_disk(store, user, &folder, &mirror, scope, report)?;
+    // Renamed just now: the files were read under the old name, and a file that came after
+    // the read (a delivery racing the rename) would be found under neither name and left
+    // unimported behind a print that shows no change. Read again where the folder is now.
+    let moved;
+    let (read, scope) = if dir != folder.dir && dir.is_dir() {
+        moved = scan_folder(record.name.clone(), dir.clone(), folder.subscribed)?;
+        report.folders_read += 1;
+        (&moved, &Scope::All)
+    } else {
+        (&folder, scope)
+    };
+    let wrote = from_disk(store, user, read, &mirror, scope, report)?;
     if !wrote && mirror.owed.is_none() && dir == folder.dir && matches!(scope, Scope::Bases(_)) {
         // A followed folder whose named files showed nothing new, owed nothing: index and
         // disk still agree, and the index → disk half has nothing to do.
