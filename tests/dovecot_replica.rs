@@ -1,7 +1,8 @@
 //! Two real Dovecots, each with `merkmail serve` beside it on a live Maildir (`init
 //! --maildir`), peered over loopback: what IMAP clients (Python's imaplib over `doveadm exec
 //! imap`) do on either side shows on the other — folders, UIDVALIDITY, UIDs, flags and bytes —
-//! and a split where both sides took mail heals with every message there once.
+//! a split where both sides took mail heals with every message there once, and mail both
+//! sides took before they were first paired renumbers nothing of the fuller side.
 //!
 //! Needs Dovecot (dovecot-core, dovecot-imapd) and python3: skipped with a message when they
 //! are missing, and failed when `CI=true` (.ci/run installs them).
