@@ -175,6 +175,55 @@ fn two_mailboxes_of_one_name_merge_into_the_one_made_first() {
     }
 }
 
+/// Replicas that ranked one name by different rules (an older merkmail's "larger GUID" and
+/// this one) can each hold a merge tombstone pointing at the other's mailbox: A merged g2 into
+/// g1, B merged g1 into g2, each stamped after the mailbox it keeps last changed. Following the
+/// merges leads round in a circle, to no writer's delete: the mail of both must survive in one
+/// mailbox, not go with a merge tombstone taken for a delete.
+#[test]
+fn a_cycle_of_merge_tombstones_loses_no_mail() {
+    use merkmail::model::{Change, MailboxGuid, MailboxTombstone, Stamp};
+    let g1 = MailboxGuid::from_time(1_700_000_000, 0, [1; 8]);
+    let g2 = MailboxGuid::from_time(1_700_000_001, 0, [2; 8]);
+    let (a, b) = stores();
+    for (store, keep, gone, body) in [(&a, g1, g2, "kept by a"), (&b, g2, g1, "kept by b")] {
+        store
+            .prepare_import("u", "Lists", Some(7), false, Some(keep))
+            .expect("Lists");
+        store.append("u", "Lists", vec![msg(body)]).expect("append");
+        let later = store.mailbox("u", "Lists").expect("Lists").last_change.ms + 1;
+        store
+            .apply(&[Change::DeleteMailbox {
+                user: "u".to_string(),
+                tombstone: MailboxTombstone {
+                    guid: gone,
+                    name: "Lists".to_string(),
+                    stamp: Stamp {
+                        ms: later,
+                        counter: 0,
+                        node: 9,
+                    },
+                    merged_into: Some(keep),
+                },
+            }])
+            .expect("the merge tombstone");
+    }
+    for _ in 0..3 {
+        if sync(&a, &b).equal_after {
+            break;
+        }
+    }
+    assert_converged(&a, &b, &["u"]);
+    let after = view(&a, "u");
+    let lists: Vec<_> = after.keys().filter(|(m, _)| m == "Lists").collect();
+    assert_eq!(lists.len(), 2, "both messages kept: {after:?}");
+    assert_eq!(
+        a.list_mailboxes("u").expect("list").len(),
+        2,
+        "INBOX and one Lists"
+    );
+}
+
 #[test]
 fn a_deleted_mailbox_stays_deleted_unless_changed_after() {
     let (a, b) = stores();
