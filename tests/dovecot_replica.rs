@@ -1,7 +1,8 @@
 //! Two real Dovecots, each with `merkmail serve` beside it on a live Maildir (`init
 //! --maildir`), peered over loopback: what IMAP clients (Python's imaplib over `doveadm exec
 //! imap`) do on either side shows on the other — folders, UIDVALIDITY, UIDs, flags and bytes —
-//! and a split where both sides took mail heals with every message there once.
+//! a split where both sides took mail heals with every message there once, and mail both
+//! sides took before they were first paired renumbers nothing of the fuller side.
 //!
 //! Needs Dovecot (dovecot-core, dovecot-imapd) and python3: skipped with a message when they
 //! are missing, and failed when `CI=true` (.ci/run installs them).
@@ -162,5 +163,74 @@ ok(m.uid("STORE", "2", "+FLAGS", r"(\Answered)"))
     b.node.stop();
     for side in [&a, &b] {
         side.node.assert_verifies("after the split healed");
+    }
+}
+
+/// Both servers took mail before merkmail first paired them: a new replica's Dovecot already
+/// delivered into the user's INBOX and made `Sent` (empty) at the user's first login there.
+/// Each INBOX is the user's one INBOX (the GUID derived from the user, whatever Dovecot's
+/// uidlist says), so A's, holding more, keeps its UIDVALIDITY and UIDs and B's message comes
+/// in above them; of the two `Sent`s, A's was made first and wins, whatever the bytes of the
+/// GUIDs (before, the larger GUID won: half the time B's empty `Sent`, renumbering A's).
+#[test]
+fn mail_on_both_sides_before_the_first_session_renumbers_nothing_of_the_fuller_side() {
+    let Some((mut a, mut b)) = sides("replica-first") else {
+        return;
+    };
+    append(&a, "INBOX", "a-1", "");
+    append(&a, "INBOX", "a-2", r"(\Seen)");
+    append(&a, "INBOX", "a-3", "");
+    a.dovecot.imap(r#"ok(m.create("Sent"))"#, &[]);
+    append(&a, "Sent", "sent-1", r"(\Seen)");
+    append(&a, "Sent", "sent-2", r"(\Seen)");
+    let before = a.dovecot.imap_view();
+    append(&b, "INBOX", "b-1", "");
+    b.dovecot.imap(r#"ok(m.create("Sent"))"#, &[]);
+    // B's `Sent` gets the larger GUID bytes (its nanoseconds' low byte 0xff: still a valid
+    // time, a little later), so the old rule would have kept it.
+    let uidlist = b.dovecot.maildir().join(".Sent/dovecot-uidlist");
+    let text = std::fs::read_to_string(&uidlist).expect("B's Sent uidlist");
+    let at = text.find(" G").expect("a GUID in the header") + 2;
+    std::fs::write(&uidlist, format!("{}ff{}", &text[..at], &text[at + 2..])).expect("write");
+
+    a.node.start();
+    b.node.start();
+    let view = same_view(&a, &b, "after the first session");
+    eprintln!("after the first session: {view}");
+    for folder in ["INBOX", "Sent"] {
+        assert_eq!(
+            view[folder][0], before[folder][0],
+            "{folder}: A's UIDVALIDITY stays"
+        );
+        for message in messages(&before, folder) {
+            assert!(
+                messages(&view, folder).contains(&message),
+                "{folder}: A's {message} stays at its UID"
+            );
+        }
+    }
+    assert_eq!(
+        a.dovecot.uids_and_subjects("INBOX"),
+        [
+            (1, "a-1".to_string()),
+            (2, "a-2".to_string()),
+            (3, "a-3".to_string()),
+            (4, "b-1".to_string())
+        ]
+    );
+    assert_eq!(messages(&view, "Sent").len(), 2);
+
+    for side in [&a, &b] {
+        side.dovecot.doveadm(&["force-resync", "*"]);
+    }
+    assert_eq!(
+        same_view(&a, &b, "after force-resync"),
+        view,
+        "force-resync changed the IMAP view"
+    );
+    a.node.stop();
+    b.node.stop();
+    for side in [&a, &b] {
+        side.node.assert_verifies("after the first session");
     }
 }

@@ -44,17 +44,23 @@ fn env_u64(name: &str) -> Option<u64> {
 
 /// Runs one seed with every scenario; a panic inside is reported as a violation of that seed.
 fn simulate(seed: u64, steps: usize) -> Outcome {
-    simulate_with(seed, steps, true)
+    simulate_with(seed, steps, true, true)
 }
 
 /// Runs one seed as it ran before the tombstone-forgetting scenarios (issue 14) existed: the
 /// seeds of earlier findings replay exactly.
 fn simulate_as_found(seed: u64) -> Outcome {
-    simulate_with(seed, STEPS, false)
+    simulate_with(seed, STEPS, false, false)
 }
 
-fn simulate_with(seed: u64, steps: usize, forgetting: bool) -> Outcome {
-    let run = std::panic::catch_unwind(|| match World::with(seed, steps, forgetting) {
+/// Runs one seed as it ran before logins made folders of their own (issue 12, item 6): the
+/// seeds found in sessions 6 and 7 replay exactly.
+fn simulate_before_autocreate(seed: u64) -> Outcome {
+    simulate_with(seed, STEPS, true, false)
+}
+
+fn simulate_with(seed: u64, steps: usize, forgetting: bool, autocreate: bool) -> Outcome {
+    let run = std::panic::catch_unwind(|| match World::with(seed, steps, forgetting, autocreate) {
         Ok(world) => world.run(),
         Err(e) => panic!("cannot set up the simulation: {e}"),
     });
@@ -131,8 +137,10 @@ fn sweep_seeds(start: u64, count: u64, steps: usize) -> Sweep {
     // SIM_AS_FOUND=1: without the forgetting scenarios, as seeds ran before issue 14 (the
     // replay commands of earlier findings).
     let forgetting = std::env::var_os("SIM_AS_FOUND").is_none();
+    // SIM_NO_AUTOCREATE=1: without the folders logins make (the seeds of sessions 6 and 7).
+    let autocreate = forgetting && std::env::var_os("SIM_NO_AUTOCREATE").is_none();
     for seed in start..start + count {
-        let out = simulate_with(seed, steps, forgetting);
+        let out = simulate_with(seed, steps, forgetting, autocreate);
         if std::env::var_os("SIM_TRACE").is_some() {
             for line in &out.trace {
                 eprintln!("{line}");
@@ -570,7 +578,7 @@ fn a_uidvalidity_reset_does_not_lose_a_message_the_loser_held_higher_up() {
 /// some other peer holds a tombstone of is still owed).
 #[test]
 fn an_expunge_that_went_with_a_removed_peer_is_not_owed() {
-    let out = simulate(120420, STEPS);
+    let out = simulate_before_autocreate(120420);
     assert_eq!(out.faults.peers_removed, 1, "{:?}", out.faults);
     assert!(out.violations.is_empty(), "{:?}", out.violations);
 }
@@ -582,7 +590,7 @@ fn an_expunge_that_went_with_a_removed_peer_is_not_owed() {
 /// merge does not hold its destination, the move is made again (`moves_redone`).
 #[test]
 fn a_removed_peers_move_tombstone_takes_no_mail() {
-    let out = simulate(120772, STEPS);
+    let out = simulate_before_autocreate(120772);
     assert_eq!(out.faults.peers_removed, 1, "{:?}", out.faults);
     assert!(out.violations.is_empty(), "{:?}", out.violations);
     assert!(out.activity.moves_redone > 0, "{:?}", out.activity);

@@ -133,6 +133,98 @@ fn every_clash_kind_converges() {
 }
 
 #[test]
+fn two_mailboxes_of_one_name_merge_into_the_one_made_first() {
+    use merkmail::model::MailboxGuid;
+    // A's Sent, a Dovecot folder made in 2023 that holds mail; B's, made empty by Dovecot at
+    // the user's first login on B in 2026. B's GUID has the larger bytes: under the old rule
+    // ("larger GUID wins") A's three messages moved into B's Sent at new UIDs, and A's IMAP
+    // clients had to resynchronise the folder.
+    let older = MailboxGuid::from_time(1_700_000_000, 0, [0; 8]);
+    let newer = MailboxGuid::from_time(1_790_000_000, 999_999_999, [0xff; 8]);
+    assert!(newer > older);
+    for newer_holds_mail in [false, true] {
+        let (a, b) = stores();
+        a.prepare_import("u", "Sent", Some(1_700_000_000), false, Some(older))
+            .expect("A's Sent");
+        a.append("u", "Sent", vec![msg("s1"), msg("s2"), msg("s3")])
+            .expect("append");
+        b.prepare_import("u", "Sent", Some(1_790_000_000), false, Some(newer))
+            .expect("B's Sent");
+        if newer_holds_mail {
+            b.append("u", "Sent", vec![msg("sent on b")])
+                .expect("append");
+        }
+        let before = view(&a, "u");
+        let r = sync(&b, &a);
+        let r = if r.equal_after { r } else { sync(&a, &b) };
+        assert!(r.equal_after, "{r:?}");
+        assert_converged(&a, &b, &["u"]);
+        for store in [&a, &b] {
+            let sent = store.mailbox("u", "Sent").expect("Sent");
+            assert_eq!((sent.guid, sent.uidvalidity), (older, 1_700_000_000));
+            assert_eq!(store.list_mailboxes("u").expect("list").len(), 2);
+        }
+        let after = view(&a, "u");
+        for (at, message) in &before {
+            assert_eq!(after.get(at), Some(message), "A's {at:?} unchanged");
+        }
+        // B's message (when it had one) came in as new mail above A's UIDs.
+        let extra: Vec<_> = after.keys().filter(|k| !before.contains_key(k)).collect();
+        assert_eq!(extra.len(), usize::from(newer_holds_mail), "{after:?}");
+        assert!(extra.iter().all(|(m, uid)| m == "Sent" && *uid > 3));
+    }
+}
+
+/// Replicas that ranked one name by different rules (an older merkmail's "larger GUID" and
+/// this one) can each hold a merge tombstone pointing at the other's mailbox: A merged g2 into
+/// g1, B merged g1 into g2, each stamped after the mailbox it keeps last changed. Following the
+/// merges leads round in a circle, to no writer's delete: the mail of both must survive in one
+/// mailbox, not go with a merge tombstone taken for a delete.
+#[test]
+fn a_cycle_of_merge_tombstones_loses_no_mail() {
+    use merkmail::model::{Change, MailboxGuid, MailboxTombstone, Stamp};
+    let g1 = MailboxGuid::from_time(1_700_000_000, 0, [1; 8]);
+    let g2 = MailboxGuid::from_time(1_700_000_001, 0, [2; 8]);
+    let (a, b) = stores();
+    for (store, keep, gone, body) in [(&a, g1, g2, "kept by a"), (&b, g2, g1, "kept by b")] {
+        store
+            .prepare_import("u", "Lists", Some(7), false, Some(keep))
+            .expect("Lists");
+        store.append("u", "Lists", vec![msg(body)]).expect("append");
+        let later = store.mailbox("u", "Lists").expect("Lists").last_change.ms + 1;
+        store
+            .apply(&[Change::DeleteMailbox {
+                user: "u".to_string(),
+                tombstone: MailboxTombstone {
+                    guid: gone,
+                    name: "Lists".to_string(),
+                    stamp: Stamp {
+                        ms: later,
+                        counter: 0,
+                        node: 9,
+                    },
+                    merged_into: Some(keep),
+                },
+            }])
+            .expect("the merge tombstone");
+    }
+    for _ in 0..3 {
+        if sync(&a, &b).equal_after {
+            break;
+        }
+    }
+    assert_converged(&a, &b, &["u"]);
+    let after = view(&a, "u");
+    let lists: Vec<_> = after.keys().filter(|(m, _)| m == "Lists").collect();
+    assert_eq!(lists.len(), 2, "both messages kept: {after:?}");
+    assert_eq!(
+        a.list_mailboxes("u").expect("list").len(),
+        2,
+        "INBOX and one Lists"
+    );
+}
+
+#[test]
 fn a_deleted_mailbox_stays_deleted_unless_changed_after() {
     let (a, b) = stores();
     a.create_mailbox("u", "Gone").expect("create");

@@ -580,14 +580,17 @@ fn pass_user(
             {
                 // An INBOX with no mail says nothing: every IMAP user has one, and this pass
                 // makes one with the Maildir of a user arriving from a peer, whose INBOX
-                // may reach the index a transaction after their other mailboxes. Made a
-                // mailbox of its own here, it would clash with the peer's INBOX by name
-                // and be merged with it, renumbering the peer's mail. It pairs with the
-                // index's INBOX when one comes.
+                // may reach the index a transaction after their other mailboxes. It pairs
+                // with the index's INBOX when one comes. (Made here, it would have the
+                // user's INBOX GUID, as every INBOX has, but this side's UIDVALIDITY: a
+                // record to journal and a difference a session settles by reading both
+                // INBOXes in full, for nothing.)
                 continue;
             }
             None => {
-                // A folder the index has never seen: the server made it.
+                // A folder the index has never seen: the server made it. Its uidlist's GUID
+                // becomes the mailbox's, except for INBOX, which has the GUID derived from
+                // the user (`Store::prepare_import`).
                 let guid = folder
                     .uidlist
                     .as_ref()

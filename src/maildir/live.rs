@@ -434,15 +434,21 @@ impl LockedFolder<'_> {
     }
 
     fn create_uidlist(&self) -> Result<UidList, LiveError> {
-        let uidvalidity = SystemTime::now()
+        let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
-            .max(1);
-        let guid: [u8; 16] = rand::random();
+            .unwrap_or(Duration::ZERO);
+        let uidvalidity = u32::try_from(now.as_secs()).unwrap_or(u32::MAX).max(1);
+        // Dovecot's layout, with the time the folder got its identity: the same-name rule
+        // ranks mailboxes by it (`MailboxGuid::from_time`).
+        let guid = crate::model::MailboxGuid::from_time(
+            u32::try_from(now.as_secs()).unwrap_or(u32::MAX),
+            now.subsec_nanos(),
+            rand::random(),
+        );
         let list = UidList {
             uidvalidity,
             next_uid: 1,
-            guid: Some(hex::encode(guid)),
+            guid: Some(guid.to_hex()),
             entries: Vec::new(),
         };
         let dir = &self.folder.dir;

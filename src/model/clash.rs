@@ -502,10 +502,44 @@ fn reset_merge(
     out
 }
 
+/// Where a mailbox stands when two mailboxes of one user end with the same name: the one
+/// with the larger rank wins ([`same_name_winner`]). The rank is a total order on what never
+/// changes over a mailbox's life and every replica holds alike (the user and the GUID), so
+/// every pair of replicas picks the same winner, whatever else each holds and whenever they
+/// meet; a rule on counts or stamps could not promise that, and two replicas that merged
+/// each mailbox into the other would strand the mail of both.
+///
+/// In order: the user's INBOX GUID first (the INBOX every server makes); then the mailbox
+/// made first, by the creation time its GUID carries ([`MailboxGuid::created`]: Dovecot's
+/// GUIDs and merkmail's own), so a folder Dovecot made empty on a new replica at a user's
+/// first login, or made again on a second side during a split, gives way to the one that
+/// held the mail; a GUID with no creation time (a random one from an older merkmail) counts
+/// as older than any that has one; then the larger GUID (the rule before, kept among GUIDs
+/// of older versions).
+pub fn same_name_rank(
+    user: &str,
+    guid: MailboxGuid,
+) -> (bool, std::cmp::Reverse<(u32, u32)>, MailboxGuid) {
+    (
+        guid == super::ids::inbox_guid(user),
+        std::cmp::Reverse(guid.created().unwrap_or((0, 0))),
+        guid,
+    )
+}
+
+/// The mailbox that wins among `guids` of `user` that ended with the same name (the largest
+/// [`same_name_rank`]), or `None` for none.
+pub fn same_name_winner(
+    user: &str,
+    guids: impl IntoIterator<Item = MailboxGuid>,
+) -> Option<MailboxGuid> {
+    guids.into_iter().max_by_key(|g| same_name_rank(user, *g))
+}
+
 /// Two mailboxes of one user ended with the same name under different GUIDs (both created
-/// "Archive" during a split). The larger GUID wins; the other's messages move into it as new
-/// mail with fresh UIDs, and its GUID is tombstoned as merged into the winner. `loser` must
-/// hold the whole mailbox.
+/// "Archive" during a split). The winner is [`same_name_winner`]'s; the other's messages move
+/// into it as new mail with fresh UIDs, and its GUID is tombstoned as merged into the winner.
+/// `loser` must hold the whole mailbox.
 pub fn merge_into(
     winner: &mut MailboxOutcome,
     loser: &mut MailboxOutcome,
@@ -1034,7 +1068,7 @@ mod tests {
     }
 
     #[test]
-    fn same_name_other_guid_merges_into_the_larger_guid() {
+    fn same_name_other_guid_merges_into_the_winner() {
         let mut w = merge_mailbox(
             &side(3, vec![(1, msg(1, 1, &[])), (2, msg(2, 1, &[]))], vec![]),
             &MailboxSide::default(),
@@ -1220,6 +1254,76 @@ mod tests {
             let again = merge_mailbox(&side, &side);
             prop_assert_eq!(again.messages, out.messages);
             prop_assert_eq!(again.record, out.record);
+        }
+    }
+
+    /// A GUID made at `secs`.`nanos` in Dovecot's layout, unique by `n`.
+    fn made_at(secs: u32, nanos: u32, n: u8) -> MailboxGuid {
+        MailboxGuid::from_time(secs, nanos, [n; 8])
+    }
+
+    #[test]
+    fn the_mailbox_made_first_wins_a_name_whatever_the_guids_bytes() {
+        // A's Sent, made in 2023; B's, made empty by Dovecot at a login in 2026, with larger
+        // bytes (the old rule, "larger GUID wins", kept B's and renumbered A's mail).
+        let old = made_at(1_700_000_000, 5, 0x00);
+        let new = made_at(1_790_000_000, 999_999_999, 0xff);
+        assert!(new > old, "the old rule would pick the new one");
+        assert_eq!(same_name_winner("u", [old, new]), Some(old));
+        assert_eq!(same_name_winner("u", [new, old]), Some(old));
+        // In the same second, by the nanoseconds; at the same instant, the larger GUID.
+        let a = made_at(1_700_000_000, 1, 0xff);
+        let b = made_at(1_700_000_000, 2, 0x00);
+        assert_eq!(same_name_winner("u", [a, b]), Some(a));
+        let c = made_at(1_700_000_000, 1, 0x01);
+        assert_eq!(same_name_winner("u", [a, c]), Some(a));
+        // A GUID with no creation time (an older merkmail's random one) counts as older than
+        // any with one; among such GUIDs the larger wins, as before.
+        let legacy = MailboxGuid([0xf0; 16]);
+        let legacy2 = MailboxGuid([0xf1; 16]);
+        assert_eq!(legacy.created(), None);
+        assert_eq!(same_name_winner("u", [old, legacy]), Some(legacy));
+        assert_eq!(same_name_winner("u", [legacy, legacy2]), Some(legacy2));
+        // The user's INBOX GUID before all.
+        let inbox = crate::model::inbox_guid("u");
+        assert_eq!(same_name_winner("u", [legacy2, inbox, old]), Some(inbox));
+        assert_eq!(same_name_winner("u", []), None);
+    }
+
+    fn arb_guid() -> impl Strategy<Value = MailboxGuid> {
+        prop_oneof![
+            // Dovecot's layout, a few seconds apart so that ties happen.
+            (1_700_000_000u32..1_700_000_004, 0u32..3, 0u8..4)
+                .prop_map(|(s, n, u)| made_at(s, n, u)),
+            any::<[u8; 16]>().prop_map(MailboxGuid),
+            Just(crate::model::inbox_guid("u")),
+        ]
+    }
+
+    proptest! {
+        /// The winner of a name does not depend on the order in which mailboxes are met, nor
+        /// on how they are grouped (three replicas meeting pairwise pick the winner a session
+        /// seeing all three would), and it is one of them: the rank is a total order on the
+        /// GUIDs, so same-name merges form no cycle.
+        #[test]
+        fn the_same_name_winner_is_a_total_order(a in arb_guid(), b in arb_guid(), c in arb_guid()) {
+            let all = same_name_winner("u", [a, b, c]);
+            prop_assert_eq!(all, same_name_winner("u", [c, a, b]));
+            let ab = same_name_winner("u", [a, b]).expect("two");
+            prop_assert_eq!(same_name_winner("u", [ab, c]), all);
+            let bc = same_name_winner("u", [b, c]).expect("two");
+            prop_assert_eq!(same_name_winner("u", [a, bc]), all);
+            prop_assert!(all == Some(a) || all == Some(b) || all == Some(c));
+            if a != b {
+                prop_assert_ne!(same_name_rank("u", a), same_name_rank("u", b));
+            }
+            // The older of two GUIDs that carry a time wins (unless one is INBOX's).
+            let inbox = crate::model::inbox_guid("u");
+            if let (Some(ta), Some(tb), false) = (a.created(), b.created(), a == inbox || b == inbox) {
+                if ta < tb {
+                    prop_assert_eq!(ab, a);
+                }
+            }
         }
     }
 }

@@ -123,6 +123,33 @@ impl<'a> CheckedBody<'a> {
     }
 }
 
+impl MailboxGuid {
+    /// A GUID laid out as Dovecot's `guid_128_generate` lays one out: the creation time's
+    /// nanoseconds (little-endian, below 10^9), its seconds since the epoch (little-endian),
+    /// then 8 bytes that make it unique (Dovecot: its pid and a hash of its host name). A
+    /// mailbox's creation time is then a property of its GUID, which never changes and which
+    /// every replica holds alike: the same-name rule ranks mailboxes by it
+    /// ([`crate::model::same_name_rank`]). `nanos` is taken modulo 10^9.
+    pub fn from_time(secs: u32, nanos: u32, unique: [u8; 8]) -> MailboxGuid {
+        let mut out = [0u8; 16];
+        out[..4].copy_from_slice(&(nanos % 1_000_000_000).to_le_bytes());
+        out[4..8].copy_from_slice(&secs.to_le_bytes());
+        out[8..].copy_from_slice(&unique);
+        MailboxGuid(out)
+    }
+
+    /// The creation time (seconds, nanoseconds) this GUID carries in Dovecot's layout
+    /// ([`MailboxGuid::from_time`]), or `None` when its first four bytes are no nanosecond
+    /// count (10^9 or more): a GUID of another layout, such as the random ones older merkmail
+    /// versions made (about 77 % of them are told apart this way) or INBOX's derived one.
+    pub fn created(&self) -> Option<(u32, u32)> {
+        let g = self.0;
+        let nanos = u32::from_le_bytes([g[0], g[1], g[2], g[3]]);
+        let secs = u32::from_le_bytes([g[4], g[5], g[6], g[7]]);
+        (nanos < 1_000_000_000).then_some((secs, nanos))
+    }
+}
+
 /// INBOX's GUID is derived from the user name, so two servers that each created the same
 /// user's INBOX on their own hold one mailbox and reconcile it instead of duplicating it.
 pub fn inbox_guid(user: &str) -> MailboxGuid {
@@ -141,6 +168,23 @@ mod tests {
     fn inbox_guid_depends_only_on_the_user() {
         assert_eq!(inbox_guid("alice"), inbox_guid("alice"));
         assert_ne!(inbox_guid("alice"), inbox_guid("bob"));
+    }
+
+    #[test]
+    fn a_guid_carries_its_creation_time_in_dovecots_layout() {
+        // Dovecot 2.3's GUID of a folder made at 2023-11-14 22:13:20.5 UTC: nanoseconds and
+        // seconds little-endian, then pid and host hash.
+        let dovecot: MailboxGuid = "0065cd1d00f153654d2f0000a1b2c3d4".parse().expect("hex");
+        assert_eq!(dovecot.created(), Some((1_700_000_000, 500_000_000)));
+        for (secs, nanos) in [(0, 0), (1_700_000_000, 999_999_999), (u32::MAX, 1)] {
+            let g = MailboxGuid::from_time(secs, nanos, [7; 8]);
+            assert_eq!(g.created(), Some((secs, nanos)));
+        }
+        assert_eq!(
+            MailboxGuid::from_time(5, 1_000_000_001, [0; 8]).created(),
+            Some((5, 1))
+        );
+        assert_eq!(MailboxGuid([0xff; 16]).created(), None);
     }
 
     #[test]

@@ -18,7 +18,8 @@ mod uidset;
 
 pub use change::{Change, ChangeGroup};
 pub use clash::{
-    absorb, merge_into, merge_mailbox, ClashStats, Forward, MailboxOutcome, MailboxSide,
+    absorb, merge_into, merge_mailbox, same_name_rank, same_name_winner, ClashStats, Forward,
+    MailboxOutcome, MailboxSide,
 };
 pub use flags::{parse_flag_list, FlagError, FlagName, FlagOp, FlagSet, FlagState, SYSTEM_FLAGS};
 pub use ids::{inbox_guid, CheckedBody, Digest, MailboxGuid, Md5};

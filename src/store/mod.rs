@@ -417,16 +417,24 @@ impl Store {
         }
     }
 
-    /// A fresh, random mailbox GUID.
+    /// A fresh mailbox GUID in Dovecot's layout: the time it was made, then 8 random bytes
+    /// (and random nanoseconds below the clock's millisecond), so that the same-name rule can
+    /// tell which of two mailboxes was made first (`MailboxGuid::from_time`).
     pub(crate) fn new_guid(&self) -> crate::model::MailboxGuid {
-        let bytes = match &self.simulated {
+        let bytes: [u8; 12] = match &self.simulated {
             Some(sim) => match sim.guids.lock() {
                 Ok(mut rng) => rng.random(),
                 Err(poisoned) => poisoned.into_inner().random(),
             },
             None => rand::random(),
         };
-        crate::model::MailboxGuid(bytes)
+        let mut unique = [0u8; 8];
+        unique.copy_from_slice(&bytes[..8]);
+        let below_ms = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) % 1_000_000;
+        let ms = self.now_ms();
+        let secs = u32::try_from(ms / 1000).unwrap_or(u32::MAX);
+        let nanos = (ms % 1000) as u32 * 1_000_000 + below_ms;
+        crate::model::MailboxGuid::from_time(secs, nanos, unique)
     }
 
     /// Fuzzing and tests only: remembers the store as it is now, for [`Store::rewind`]. While

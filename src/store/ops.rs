@@ -186,6 +186,35 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// The user's INBOX, made if the user has none. A user can exist without one: a peer's
+    /// records create the user with the first mailbox they bring, and the INBOX may come a
+    /// transaction later (an initial copy applies a large user in several). An INBOX made
+    /// here has the GUID and UIDVALIDITY derived from the user, as [`Tx::ensure_user`]
+    /// gives it, whatever a Maildir's uidlist says: every server then makes the same INBOX,
+    /// and two INBOXes that took mail on both sides reconcile as one mailbox (by UID, or by
+    /// the UIDVALIDITY rule) instead of clashing by name, where one would be merged into the
+    /// other and its mail renumbered. The caller has ensured the user.
+    fn ensure_inbox(&mut self, user: &str) -> Result<MailboxRecord, StoreError> {
+        if let Some(record) = self.find_mailbox(user, &MailboxName::inbox())? {
+            return Ok(record);
+        }
+        let guid = inbox_guid(user);
+        // Its tombstone (a same-name merge into an INBOX that is gone too) gives way, as a
+        // replicated record brought back does.
+        if self
+            .mailbox_tombstones
+            .remove(keys::mailbox(user, guid).as_slice())?
+            .is_some()
+        {
+            self.counters.mailbox_tombstones -= 1;
+        }
+        let stamp = self.stamp();
+        let inbox = MailboxName::inbox().to_string();
+        self.add_mailbox(user, guid, inbox, inbox_uidvalidity(user), true, stamp)?;
+        self.get_mailbox(user, guid)?
+            .ok_or_else(|| unknown_mailbox(user, &MailboxName::inbox()))
+    }
+
     /// Writes a new, empty mailbox (UIDNEXT 1, every stamp `stamp`) and counts it.
     fn add_mailbox(
         &mut self,
@@ -224,7 +253,11 @@ impl Tx<'_> {
         name: &MailboxName,
     ) -> Result<Option<MailboxRecord>, StoreError> {
         if name.is_inbox() {
-            return self.get_mailbox(user, inbox_guid(user));
+            if let Some(record) = self.get_mailbox(user, inbox_guid(user))? {
+                return Ok(Some(record));
+            }
+            // An INBOX under another GUID (made by an older merkmail, which took a Maildir's
+            // or a random one) is still the user's INBOX: the name search below finds it.
         }
         Ok(self
             .user_mailboxes(user)?
@@ -242,6 +275,7 @@ impl Tx<'_> {
         validate_user(user)?;
         if name.is_inbox() && create_inbox {
             self.ensure_user(user)?;
+            return self.ensure_inbox(user);
         } else if !self.user_exists(user)? {
             return Err(StoreError::UnknownUser(user.to_string()));
         }
@@ -283,7 +317,7 @@ impl Store {
         let name = MailboxName::parse(name)?;
         validate_user(user)?;
         self.write(|tx| {
-            let existed = tx.user_exists(user)?;
+            let existed = tx.user_exists(user)? && tx.find_mailbox(user, &name)?.is_some();
             tx.ensure_user(user)?;
             if name.is_inbox() {
                 return if existed {
@@ -292,7 +326,7 @@ impl Store {
                         mailbox: name.to_string(),
                     })
                 } else {
-                    Ok(inbox_guid(user))
+                    Ok(tx.ensure_inbox(user)?.guid)
                 };
             }
             if tx.find_mailbox(user, &name)?.is_some() {
@@ -554,6 +588,8 @@ impl Store {
     ///
     /// A new mailbox takes `guid` (a Dovecot mailbox GUID from the source) when the user has no
     /// mailbox or tombstone with it, so servers importing the same Maildir agree on the GUID.
+    /// INBOX never does: a new INBOX has the GUID derived from the user (`ensure_inbox`), so
+    /// that servers agree on it whatever their Maildirs say.
     pub fn prepare_import(
         &self,
         user: &str,
@@ -568,6 +604,8 @@ impl Store {
             tx.ensure_user(user)?;
             let mut record = match tx.find_mailbox(user, &name)? {
                 Some(record) => record,
+                // The uidlist's GUID is not taken for INBOX: see `ensure_inbox`.
+                None if name.is_inbox() => tx.ensure_inbox(user)?,
                 None => {
                     let stamp = tx.stamp();
                     let guid = match guid {
@@ -685,15 +723,20 @@ impl Store {
             return Err(StoreError::UnknownUser(user.to_string()));
         }
         let table = txn.open_table(MAILBOXES)?;
-        let found = if name.is_inbox() {
+        let derived = if name.is_inbox() {
             table
                 .get(keys::mailbox(user, inbox_guid(user)).as_slice())?
                 .map(|v| decode(v.value(), "a mailbox"))
                 .transpose()?
         } else {
-            mailboxes_of(&table, user)?
+            None
+        };
+        // Without the derived INBOX, an INBOX under another GUID (an older merkmail's).
+        let found = match derived {
+            Some(record) => Some(record),
+            None => mailboxes_of(&table, user)?
                 .into_iter()
-                .find(|m| m.name == name.as_str())
+                .find(|m| m.name == name.as_str()),
         };
         found.ok_or_else(|| unknown_mailbox(user, &name))
     }

@@ -2,7 +2,7 @@
 //! settled: equal roots, `verify` clean, no acknowledged mail lost or duplicated, no expunged
 //! mail back.
 
-use merkmail::model::{Digest, MailboxGuid};
+use merkmail::model::{same_name_rank, Digest, MailboxGuid};
 use merkmail::store::Store;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -322,7 +322,9 @@ struct ClientView {
 ///   UIDNEXT that peer exposed under the same UIDVALIDITY (its clients never see it);
 /// - `uidvalidity-imposed-by-empty-side`: a mailbox that held mail on a peer changed its
 ///   UIDVALIDITY to one under which no peer has ever held mail in that mailbox (an empty
-///   side imposed its own, and the full side's clients must resynchronise for nothing).
+///   side imposed its own, and the full side's clients must resynchronise for nothing);
+/// - `merged-into-a-lower-rank`: a mailbox that held mail was merged into another of its name
+///   that the same-name rule (`model::same_name_rank`: the one made first) ranks below it.
 #[derive(Default)]
 pub struct ClientViews {
     views: BTreeMap<(String, String, MailboxGuid), ClientView>,
@@ -331,6 +333,8 @@ pub struct ClientViews {
     /// Looks taken and UIDVALIDITY changes seen on a mailbox holding mail (for the report).
     pub looks: u64,
     pub uidvalidity_changes: u64,
+    /// Mailboxes holding mail at a look that a same-name merge took away by the next.
+    pub full_merges: u64,
 }
 
 /// One mailbox as a peer shows it now.
@@ -386,6 +390,31 @@ impl ClientViews {
                     continue;
                 }
             };
+            // A mailbox that held mail and is gone, merged into another of its name: the
+            // winner must be the one the same-name rule ranks higher (the one made first), on
+            // every peer alike; its clients see the name's new identity.
+            let gone: Vec<(String, MailboxGuid, String, u64)> = self
+                .views
+                .iter()
+                .filter(|((p, u, g), v)| {
+                    p == peer && v.count > 0 && !now.contains_key(&(u.clone(), *g))
+                })
+                .map(|((_, u, g), v)| (u.clone(), *g, v.name.clone(), v.count))
+                .collect();
+            for (user, guid, name, count) in gone {
+                let Ok(side) = store.mailbox_side(&user, guid, Some(&BTreeSet::new())) else {
+                    continue;
+                };
+                let Some(into) = side.tombstone.and_then(|t| t.merged_into) else {
+                    continue;
+                };
+                self.full_merges += 1;
+                if same_name_rank(&user, into) < same_name_rank(&user, guid) {
+                    violations.push(format!(
+                        "merged-into-a-lower-rank: {peer}: {user}/{name} ({guid}, {count} message(s)) merged into {into}, which the same-name rule ranks below it"
+                    ));
+                }
+            }
             // A mailbox gone from the peer: its clients drop what they cached.
             self.views
                 .retain(|(p, u, g), _| p != peer || now.contains_key(&(u.clone(), *g)));

@@ -165,6 +165,12 @@ pub struct Activity {
     pub uidvalidity_changes: u64,
     /// Looks at every peer's mailboxes by the IMAP-promise checks.
     pub client_looks: u64,
+    /// Mailboxes holding mail that a same-name merge took away, as the looks saw them.
+    pub full_merges: u64,
+    /// Logins that had the late user's Dovecot make `Lists` with a GUID of its own (Dovecot's
+    /// layout, this peer's clock) where the peer did not hold it yet: the same name under
+    /// several GUIDs, some empty.
+    pub folders_autocreated: u64,
     /// Messages sessions renumbered because one side's UIDNEXT had passed them.
     pub renumbered_below_uidnext: u64,
     /// Messages sessions moved again because the other side held only a move tombstone of
@@ -206,6 +212,8 @@ impl Activity {
         self.logins += o.logins;
         self.uidvalidity_changes += o.uidvalidity_changes;
         self.client_looks += o.client_looks;
+        self.full_merges += o.full_merges;
+        self.folders_autocreated += o.folders_autocreated;
         self.renumbered_below_uidnext += o.renumbered_below_uidnext;
         self.moves_redone += o.moves_redone;
         self.purge_passes += o.purge_passes;
@@ -287,6 +295,8 @@ pub struct World {
     rng: StdRng,
     /// Decides the forgetting scenarios (long outages, removals) apart from `rng`.
     aside: StdRng,
+    /// Whether logins make folders of their own ([`World::login`]).
+    autocreate: bool,
     now: u64,
     step: u64,
     peers: Vec<Peer>,
@@ -332,8 +342,14 @@ fn scratch() -> std::io::Result<tempfile::TempDir> {
 impl World {
     /// A run of `seed`; `forgetting: false` runs a seed as it ran before the forgetting scenarios existed
     /// (tombstones kept for ever, no long outage, no removal): the reduced seeds of earlier
-    /// findings replay exactly.
-    pub fn with(seed: u64, steps: usize, forgetting: bool) -> Result<World, String> {
+    /// findings replay exactly. `autocreate: false` leaves out the folders logins make
+    /// ([`World::login`]), as seeds ran before issue 12's item 6.
+    pub fn with(
+        seed: u64,
+        steps: usize,
+        forgetting: bool,
+        autocreate: bool,
+    ) -> Result<World, String> {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut settings = Settings::draw(&mut rng, steps);
         let mut aside = StdRng::seed_from_u64(seed ^ 0x7f0e_6e77_1a9e_5eed);
@@ -375,6 +391,7 @@ impl World {
             settings,
             rng,
             aside,
+            autocreate,
             now: EPOCH_MS,
             step: 0,
             peers,
@@ -450,6 +467,7 @@ impl World {
         self.violations.extend(found);
         self.activity.uidvalidity_changes = self.views.uidvalidity_changes;
         self.activity.client_looks = self.views.looks;
+        self.activity.full_merges = self.views.full_merges;
         Outcome {
             seed: self.seed,
             settings: self.settings.clone(),
@@ -1403,14 +1421,34 @@ impl World {
     /// a GUID for, with a UIDVALIDITY from its own clock, which the store adopts while the
     /// mailbox is pristine here (`prepare_import`, as a scan does). On a peer that has not
     /// caught up the mailbox is empty, and its UIDVALIDITY (later, so larger) must not win.
+    ///
+    /// A third of the logins make `Lists` instead, with a GUID this peer's Dovecot makes now
+    /// (Dovecot's layout: its clock's time, then its own bytes), as Dovecot autocreates Sent
+    /// or Trash: where the peer does not hold `Lists` yet, the same name now has several
+    /// GUIDs across peers, some empty, some filled by writers later, and the same-name rule
+    /// must keep the one made first everywhere alike.
     fn login(&mut self, k: usize, s: &Store) {
-        let folder = self.rng.random_bool(0.5);
-        let (mailbox, guid) = if folder {
-            (DOVECOT_FOLDER, Some(DOVECOT_FOLDER_GUID))
-        } else {
-            ("INBOX", None)
-        };
         let clock = self.now + self.peers[k].skew_ms;
+        let kind = if self.autocreate {
+            self.rng.random_range(0..3)
+        } else {
+            // As before: the same draws, so that earlier seeds replay.
+            2 * u32::from(!self.rng.random_bool(0.5))
+        };
+        let (mailbox, guid) = match kind {
+            0 => (DOVECOT_FOLDER, Some(DOVECOT_FOLDER_GUID)),
+            1 => {
+                let secs = u32::try_from(clock / 1000).unwrap_or(u32::MAX);
+                let nanos = (clock % 1000) as u32 * 1_000_000 + self.rng.random_range(0..1_000_000);
+                let mut unique = [0u8; 8];
+                unique[0] = k as u8;
+                unique[1..].copy_from_slice(&self.rng.random::<[u8; 7]>());
+                self.activity.folders_autocreated += 1;
+                ("Lists", Some(MailboxGuid::from_time(secs, nanos, unique)))
+            }
+            _ => ("INBOX", None),
+        };
+        let folder = mailbox != "INBOX";
         let uidvalidity = u32::try_from(clock / 1000)
             .unwrap_or(u32::MAX)
             .wrapping_add(k as u32 * 101);

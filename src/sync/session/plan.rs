@@ -8,7 +8,7 @@ use crate::model::{
     absorb, merge_into, merge_mailbox, Digest, MailboxGuid, MailboxOutcome, MailboxRecord,
     MailboxSide, MessageRecord,
 };
-use crate::model::{changes_for, Change, ChangeCounts, ChangeGroup};
+use crate::model::{changes_for, same_name_winner, Change, ChangeCounts, ChangeGroup};
 use crate::sync::responder::normalize;
 use crate::sync::wire::{group_stamp, ApplyGroup, GuidRef, WireChange, BODY_BATCH_BYTES};
 use std::collections::{BTreeMap, BTreeSet};
@@ -122,8 +122,8 @@ fn to_wire(group: ChangeGroup, remote: &MailboxSide) -> ApplyGroup {
     }
 }
 
-/// Same name under two GUIDs, both known whole by now: the larger GUID wins and the smaller
-/// one's messages merge into it.
+/// Same name under two GUIDs, both known whole by now: the winner is
+/// `model::same_name_winner`'s (the mailbox made first) and the others' messages merge into it.
 fn merge_same_names(users: &BTreeSet<String>, outcomes: &mut Outcomes) {
     for user in users {
         let mut names: BTreeMap<String, Vec<MailboxGuid>> = BTreeMap::new();
@@ -132,13 +132,14 @@ fn merge_same_names(users: &BTreeSet<String>, outcomes: &mut Outcomes) {
                 names.entry(r.name.clone()).or_default().push(*guid);
             }
         }
-        for mut guids in names.into_values().filter(|g| g.len() > 1) {
-            guids.sort();
-            let Some(winner) = guids.pop() else { continue };
-            for loser in guids {
+        for guids in names.into_values().filter(|g| g.len() > 1) {
+            let Some(winner) = same_name_winner(user, guids.iter().copied()) else {
+                continue;
+            };
+            for loser in guids.into_iter().filter(|g| *g != winner) {
                 let mut lo = outcomes.remove(&(user.clone(), loser)).unwrap_or_default();
                 if let Some(wo) = outcomes.get_mut(&(user.clone(), winner)) {
-                    tracing::info!(user = %user, from = %loser, into = %winner, messages = lo.messages.len(), "two mailboxes share a name: merging into the larger GUID");
+                    tracing::info!(user = %user, from = %loser, into = %winner, messages = lo.messages.len(), "two mailboxes share a name: merging into the one made first");
                     merge_into(wo, &mut lo, loser);
                 }
                 outcomes.insert((user.clone(), loser), lo);
@@ -267,8 +268,8 @@ impl Session<'_> {
         names
     }
 
-    /// Same name under two GUIDs: the larger GUID wins (added to the plan if it is equal on
-    /// both sides); the loser must be known whole. Returns whether some loser is not, after
+    /// Same name under two GUIDs: `model::same_name_winner` picks the winner (added to the
+    /// plan if it is equal on both sides); the loser must be known whole. Returns whether some loser is not, after
     /// marking it to be asked for whole.
     fn ask_losers_whole(
         &mut self,
@@ -280,7 +281,7 @@ impl Session<'_> {
         for user in users {
             let names = self.names_of(user, outcomes);
             for guids in names.values().filter(|g| g.len() > 1) {
-                let Some(&winner) = guids.iter().next_back() else {
+                let Some(winner) = same_name_winner(user, guids.iter().copied()) else {
                     continue;
                 };
                 for loser in guids.iter().filter(|g| **g != winner) {
@@ -339,12 +340,16 @@ impl Session<'_> {
                         .tombstone
                 }
             };
-            let changed_after = forward
-                .survive
-                .record
-                .as_ref()
-                .is_some_and(|r| end.as_ref().is_none_or(|t| r.last_change > t.stamp));
-            if changed_after {
+            // A chain that ends at no writer's delete but at another merge survives too: a
+            // cycle of merges (g1 into g2 on one replica, g2 into g1 on another: replicas that
+            // ranked a name by different rules, an older merkmail's and this one) or a chain
+            // longer than 16 steps. No one deleted the mail; the same-name rule merges the
+            // mailboxes again in a later session.
+            let survives = forward.survive.record.as_ref().is_some_and(|r| {
+                end.as_ref()
+                    .is_none_or(|t| t.merged_into.is_some() || r.last_change > t.stamp)
+            });
+            if survives {
                 outcomes.insert(key, *forward.survive);
             } else if let Some(o) = outcomes.get_mut(&key) {
                 // The delete wins: the messages go with it, explicitly (`reset`).
