@@ -4,7 +4,7 @@
 
 use super::replica::Replica;
 use super::session::{Session, SessionError, SyncReport};
-use super::wire::{decode_reply, encode, Reply, Request};
+use super::wire::{decode_reply, encode, Reply, Request, RoundReply, RoundRequest, WireError};
 use crate::model::{no_progress, Progress};
 use std::time::Instant;
 use thiserror::Error;
@@ -42,6 +42,12 @@ pub fn run<E>(
 
 /// [`run`], telling `progress` after every round how far the session has come
 /// ([`Session::progress`]) and how many bytes have moved both ways so far, bodies included.
+///
+/// Body rounds overlap: while the session takes one round's answer (hashes and stages a batch
+/// of bodies) on a second thread, the next body round travels and the peer reads and sends its
+/// bodies ([`Session::next_round_ahead`]); at most two rounds are in flight, so at most two
+/// batches are held. Every other round waits for the answer before it. `send` is only ever
+/// called from the calling thread, one round at a time.
 pub fn run_with_progress<E>(
     local: &dyn Replica,
     window: u8,
@@ -50,17 +56,81 @@ pub fn run_with_progress<E>(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<SyncReport, DriveError<E>> {
     let started = Instant::now();
-    let mut moved = 0u64;
     let mut session = Session::new(local, window, dry_run)?;
-    let mut rounds = 0u64;
-    let mut protocol_rounds = 0u64;
-    let mut chunk = session.chunk();
-    let (mut sent, mut received) = (0u64, 0u64);
-    while let Some(round) = session.next_round()? {
-        rounds += 1;
-        if session.chunk() != chunk {
-            chunk = session.chunk();
-            protocol_rounds = 0;
+    let mut count = Counts {
+        chunk: session.chunk(),
+        ..Counts::default()
+    };
+    // An answer come back and not yet taken by the session.
+    let mut in_hand: Option<Vec<u8>> = None;
+    loop {
+        let round = match in_hand {
+            Some(_) => session.next_round_ahead()?,
+            None => session.next_round()?,
+        };
+        let Some(round) = round else {
+            match in_hand.take() {
+                Some(answer) => {
+                    count.take(&mut session, answer, progress)?;
+                    continue;
+                }
+                None => break,
+            }
+        };
+        let bytes = encode(&round);
+        count.asked(&session, &round, bytes.len() as u64)?;
+        let answer = match in_hand.take() {
+            None => send(bytes).map_err(DriveError::Transport)?,
+            Some(earlier) => {
+                count.rounds_ahead += 1;
+                let (taken, answer) = std::thread::scope(|s| {
+                    let session = &mut session;
+                    let taker = s.spawn(move || taken(session, earlier));
+                    let answer = send(bytes);
+                    (taker.join(), answer)
+                });
+                let taken = taken.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+                count.took(&session, taken, progress);
+                answer.map_err(DriveError::Transport)?
+            }
+        };
+        count.moved += answer.len() as u64;
+        in_hand = Some(answer);
+    }
+    let mut report = session.report;
+    report.rounds = count.rounds;
+    report.rounds_ahead = count.rounds_ahead;
+    report.bytes_sent = count.sent;
+    report.bytes_received = count.received;
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// What the driver counts: rounds (those that find differences per chunk, for the cap), body
+/// rounds asked ahead, metadata bytes each way, and every byte moved (for progress).
+#[derive(Default)]
+struct Counts {
+    rounds: u64,
+    protocol_rounds: u64,
+    rounds_ahead: u64,
+    chunk: u64,
+    sent: u64,
+    received: u64,
+    moved: u64,
+}
+
+impl Counts {
+    /// A round about to be sent: counted, and cut off past [`MAX_ROUNDS`].
+    fn asked<E>(
+        &mut self,
+        session: &Session<'_>,
+        round: &RoundRequest,
+        len: u64,
+    ) -> Result<(), DriveError<E>> {
+        self.rounds += 1;
+        if session.chunk() != self.chunk {
+            self.chunk = session.chunk();
+            self.protocol_rounds = 0;
         }
         // Body batches and Apply rounds are bounded by the plan (they carry what it found);
         // the cap is on the rounds that find differences.
@@ -71,32 +141,77 @@ pub fn run_with_progress<E>(
             )
         });
         if !carries_plan {
-            protocol_rounds += 1;
+            self.protocol_rounds += 1;
         }
-        if protocol_rounds > MAX_ROUNDS {
+        if self.protocol_rounds > MAX_ROUNDS {
             return Err(DriveError::TooManyRounds);
         }
         let body_out: u64 = round.requests.iter().map(Request::body_len).sum();
-        let bytes = encode(&round);
-        let bytes_len = bytes.len();
-        sent += (bytes.len() as u64).saturating_sub(body_out);
-        let answer = send(bytes).map_err(DriveError::Transport)?;
-        let reply = decode_reply(&answer)?;
-        let body_in: u64 = reply.replies.iter().map(Reply::body_len).sum();
-        received += (answer.len() as u64).saturating_sub(body_in);
-        moved += (bytes_len + answer.len()) as u64;
+        self.sent += len.saturating_sub(body_out);
+        self.moved += len;
+        Ok(())
+    }
+
+    /// Takes an answer on this thread, telling `progress` as it goes.
+    fn take<E>(
+        &mut self,
+        session: &mut Session<'_>,
+        answer: Vec<u8>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(), DriveError<E>> {
+        let (reply, taken) = decoded(answer)?;
+        let moved = self.moved;
         session.receive_observed(reply, &mut |p| progress(Progress { bytes: moved, ..p }))?;
+        self.took(session, taken, progress);
+        Ok(())
+    }
+
+    /// An answer has been taken: its metadata bytes counted, progress told.
+    fn took(&mut self, session: &Session<'_>, taken: Taken, progress: &mut dyn FnMut(Progress)) {
+        self.received += taken.len.saturating_sub(taken.body_in);
         progress(Progress {
-            bytes: moved,
+            bytes: self.moved,
             ..session.progress()
         });
     }
-    let mut report = session.report;
-    report.rounds = rounds;
-    report.bytes_sent = sent;
-    report.bytes_received = received;
-    report.duration_ms = started.elapsed().as_millis() as u64;
-    Ok(report)
+}
+
+/// An answer's size, and how much of it was message bodies.
+struct Taken {
+    len: u64,
+    body_in: u64,
+}
+
+/// Why an answer could not be taken: what [`DriveError`] says of it, without the transport's
+/// error type (an answer is taken on another thread than the transport's).
+enum Untaken {
+    Session(SessionError),
+    Decode(WireError),
+}
+
+impl<E> From<Untaken> for DriveError<E> {
+    fn from(e: Untaken) -> Self {
+        match e {
+            Untaken::Session(e) => DriveError::Session(e),
+            Untaken::Decode(e) => DriveError::Decode(e),
+        }
+    }
+}
+
+/// An answer decoded, with its size and how much of it was bodies.
+fn decoded(answer: Vec<u8>) -> Result<(RoundReply, Taken), Untaken> {
+    let len = answer.len() as u64;
+    let reply = decode_reply(&answer).map_err(Untaken::Decode)?;
+    let body_in: u64 = reply.replies.iter().map(Reply::body_len).sum();
+    Ok((reply, Taken { len, body_in }))
+}
+
+/// Takes an answer on the driver's second thread (no progress told there: the driver tells it
+/// once the thread is done).
+fn taken(session: &mut Session<'_>, answer: Vec<u8>) -> Result<Taken, Untaken> {
+    let (reply, taken) = decoded(answer)?;
+    session.receive(reply).map_err(Untaken::Session)?;
+    Ok(taken)
 }
 
 /// A transport that answers from another replica in the same process (tests, benchmarks).
