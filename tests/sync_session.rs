@@ -802,54 +802,74 @@ fn body_rounds_are_asked_ahead_two_in_flight_at_most() {
     assert_eq!(sequential.rounds, rounds);
 }
 
-/// The driver overlaps the same rounds over a transport: `rounds_ahead` counts them, the
-/// rounds and metadata bytes are those of a session run one round at a time, and nothing is
-/// staged twice or left staged.
+/// The driver overlaps the same rounds over a transport, both ways: `rounds_ahead` counts
+/// them (all body rounds but the first: fetched batches taken while the next travels, batches
+/// to send read while the one before travels), the rounds and metadata bytes are those of a
+/// session run one round at a time, and nothing is written twice or left staged.
 #[test]
 fn the_driver_overlaps_body_rounds_and_counts_them() {
     use merkmail::sync::wire::{decode_request, Request};
-    let (empty, full) = stores();
-    megabytes(&full, "m", 40);
-    let held = full.body_bytes_written();
-    let mut peer = in_process(&full);
-    let mut bodies_rounds = 0u64;
-    let r = run(&empty, 3, false, |bytes: Vec<u8>| {
-        let asked = decode_request(&bytes).map_err(|e| e.to_string())?;
-        bodies_rounds += asked
-            .requests
-            .iter()
-            .filter(|r| matches!(r, Request::Bodies { .. }))
-            .count() as u64;
-        peer(bytes)
-    })
-    .expect("session");
-    assert!(r.equal_after, "{r:?}");
-    assert!(bodies_rounds >= 4, "{bodies_rounds} Bodies rounds");
-    assert_eq!(r.rounds_ahead, bodies_rounds - 1, "{r:?}");
-    assert_eq!(empty.body_bytes_written(), held, "a body written twice");
-    assert_eq!(empty.staged_bodies().expect("staged"), 0);
-    assert_converged(&empty, &full, &["u"]);
+    for push in [false, true] {
+        let (empty, full) = stores();
+        megabytes(&full, "m", 40);
+        let held = full.body_bytes_written();
+        let (local, peer) = if push {
+            (&full, &empty)
+        } else {
+            (&empty, &full)
+        };
+        let mut answer = in_process(peer);
+        let mut body_rounds = 0u64;
+        let r = run(local, 3, false, |bytes: Vec<u8>| {
+            let asked = decode_request(&bytes).map_err(|e| e.to_string())?;
+            body_rounds += asked
+                .requests
+                .iter()
+                .filter(|r| matches!(r, Request::Bodies { .. } | Request::PutBodies { .. }))
+                .count() as u64;
+            answer(bytes)
+        })
+        .expect("session");
+        assert!(r.equal_after, "{r:?}");
+        assert!(body_rounds >= 4, "{body_rounds} body rounds (push: {push})");
+        assert_eq!(r.rounds_ahead, body_rounds - 1, "{r:?}");
+        assert_eq!(empty.body_bytes_written(), held, "a body written twice");
+        assert_eq!(empty.staged_bodies().expect("staged"), 0);
+        assert_converged(&empty, &full, &["u"]);
 
-    let (empty2, full2) = stores();
-    megabytes(&full2, "m", 40);
-    let sequential = chunked(
-        &empty2,
-        &full2,
-        merkmail::sync::session::MESSAGES_PER_CHUNK,
-        3,
-    );
-    assert_eq!(
-        (
-            r.rounds,
-            r.bytes_sent,
-            r.bytes_received,
-            r.body_bytes_received
-        ),
-        (
-            sequential.rounds,
-            sequential.bytes_sent,
-            sequential.bytes_received,
-            sequential.body_bytes_received
-        )
-    );
+        let (empty2, full2) = stores();
+        megabytes(&full2, "m", 40);
+        let sequential = if push {
+            chunked(
+                &full2,
+                &empty2,
+                merkmail::sync::session::MESSAGES_PER_CHUNK,
+                3,
+            )
+        } else {
+            chunked(
+                &empty2,
+                &full2,
+                merkmail::sync::session::MESSAGES_PER_CHUNK,
+                3,
+            )
+        };
+        assert_eq!(
+            (
+                r.rounds,
+                r.bytes_sent,
+                r.bytes_received,
+                r.body_bytes_sent,
+                r.body_bytes_received
+            ),
+            (
+                sequential.rounds,
+                sequential.bytes_sent,
+                sequential.bytes_received,
+                sequential.body_bytes_sent,
+                sequential.body_bytes_received
+            ),
+            "push: {push}"
+        );
+    }
 }

@@ -43,11 +43,12 @@ pub fn run<E>(
 /// [`run`], telling `progress` after every round how far the session has come
 /// ([`Session::progress`]) and how many bytes have moved both ways so far, bodies included.
 ///
-/// Body rounds overlap: while the session takes one round's answer (hashes and stages a batch
-/// of bodies) on a second thread, the next body round travels and the peer reads and sends its
-/// bodies ([`Session::next_round_ahead`]); at most two rounds are in flight, so at most two
-/// batches are held. Every other round waits for the answer before it. `send` is only ever
-/// called from the calling thread, one round at a time.
+/// Body rounds overlap: while one travels (and the peer reads and sends, or stages, its
+/// bodies), a scoped second thread has the session take the answer before it (hash and stage
+/// a batch of fetched bodies) and ask the next body round ahead (read the next batch of bodies
+/// to send) ([`Session::next_round_ahead`]). At most two rounds are in flight, so at most two
+/// batches each way are held. Every other round waits for the answer before it. `send` is
+/// only ever called from the calling thread, one round at a time.
 pub fn run_with_progress<E>(
     local: &dyn Replica,
     window: u8,
@@ -61,38 +62,44 @@ pub fn run_with_progress<E>(
         chunk: session.chunk(),
         ..Counts::default()
     };
-    // An answer come back and not yet taken by the session.
+    // A round asked ahead and not sent yet; an answer come back and not taken yet.
+    let mut ahead: Option<RoundRequest> = None;
     let mut in_hand: Option<Vec<u8>> = None;
     loop {
-        let round = match in_hand {
-            Some(_) => session.next_round_ahead()?,
-            None => session.next_round()?,
-        };
-        let Some(round) = round else {
-            match in_hand.take() {
-                Some(answer) => {
+        let round = match ahead.take() {
+            Some(round) => {
+                count.rounds_ahead += 1;
+                round
+            }
+            None => {
+                if let Some(answer) = in_hand.take() {
                     count.take(&mut session, answer, progress)?;
-                    continue;
                 }
-                None => break,
+                match session.next_round()? {
+                    Some(round) => round,
+                    None => break,
+                }
             }
         };
         let bytes = encode(&round);
         count.asked(&session, &round, bytes.len() as u64)?;
-        let answer = match in_hand.take() {
-            None => send(bytes).map_err(DriveError::Transport)?,
-            Some(earlier) => {
-                count.rounds_ahead += 1;
-                let (taken, answer) = std::thread::scope(|s| {
-                    let session = &mut session;
-                    let taker = s.spawn(move || taken(session, earlier));
-                    let answer = send(bytes);
-                    (taker.join(), answer)
-                });
-                let taken = taken.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        let answer = if in_hand.is_some() || session.may_ask_ahead() {
+            let earlier = in_hand.take();
+            let (meanwhile, answer) = std::thread::scope(|s| {
+                let session = &mut session;
+                let worker = s.spawn(move || meanwhile(session, earlier));
+                let answer = send(bytes);
+                (worker.join(), answer)
+            });
+            let (taken, next) =
+                meanwhile.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            if let Some(taken) = taken {
                 count.took(&session, taken, progress);
-                answer.map_err(DriveError::Transport)?
             }
+            ahead = next;
+            answer.map_err(DriveError::Transport)?
+        } else {
+            send(bytes).map_err(DriveError::Transport)?
         };
         count.moved += answer.len() as u64;
         in_hand = Some(answer);
@@ -104,6 +111,20 @@ pub fn run_with_progress<E>(
     report.bytes_received = count.received;
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// What the second thread does while a round travels: takes the answer before it, if one is
+/// in hand, then asks the next body round ahead if the session may.
+fn meanwhile(
+    session: &mut Session<'_>,
+    earlier: Option<Vec<u8>>,
+) -> Result<(Option<Taken>, Option<RoundRequest>), Untaken> {
+    let taken = match earlier {
+        Some(answer) => Some(taken(session, answer)?),
+        None => None,
+    };
+    let next = session.next_round_ahead().map_err(Untaken::Session)?;
+    Ok((taken, next))
 }
 
 /// What the driver counts: rounds (those that find differences per chunk, for the cap), body

@@ -426,15 +426,19 @@ impl<'a> Session<'a> {
     /// this side applies only once it has taken them). At most [`ROUNDS_IN_FLIGHT`] rounds
     /// are in flight; once the answers are in, [`Session::next_round`] goes on.
     pub fn next_round_ahead(&mut self) -> Result<Option<RoundRequest>, SessionError> {
-        let more_bodies = !self.fetch.is_empty() || !self.push.is_empty();
-        if self.phase != Phase::Transfer
-            || !more_bodies
-            || !self.next.is_empty()
-            || self.asked.len() >= ROUNDS_IN_FLIGHT
-        {
+        if !self.may_ask_ahead() {
             return Ok(None);
         }
         self.next_round()
+    }
+
+    /// Whether [`Session::next_round_ahead`] would ask a round now.
+    pub fn may_ask_ahead(&self) -> bool {
+        let more_bodies = !self.fetch.is_empty() || !self.push.is_empty();
+        self.phase == Phase::Transfer
+            && more_bodies
+            && self.next.is_empty()
+            && self.asked.len() < ROUNDS_IN_FLIGHT
     }
 
     /// Rounds asked whose answers have not been taken yet.
