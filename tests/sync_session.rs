@@ -611,10 +611,19 @@ fn large_transfers_fall_back_to_body_batches() {
 /// driven one round at a time (the driver overlaps body rounds), counting rounds and metadata
 /// bytes as the driver does.
 fn chunked(local: &Store, peer: &Store, budget: u64, window: u8) -> SyncReport {
+    one_at_a_time(local, budget, window, in_process(peer))
+}
+
+/// [`chunked`] over any transport.
+fn one_at_a_time(
+    local: &Store,
+    budget: u64,
+    window: u8,
+    mut send: impl FnMut(Vec<u8>) -> Result<Vec<u8>, String>,
+) -> SyncReport {
     use merkmail::sync::wire::{decode_reply, encode, Reply, Request};
     let mut session = merkmail::sync::Session::new(local, window, false).expect("session");
     session.set_chunk_budget(budget);
-    let mut send = in_process(peer);
     let (mut rounds, mut sent, mut received) = (0, 0u64, 0u64);
     while let Some(round) = session.next_round().expect("round") {
         rounds += 1;
@@ -870,6 +879,51 @@ fn the_driver_overlaps_body_rounds_and_counts_them() {
                 sequential.body_bytes_received
             ),
             "push: {push}"
+        );
+    }
+}
+
+/// A measurement, run by hand (`cargo test --test sync_session -- --ignored --nocapture
+/// slow_peer`; docs/PERFORMANCE.md, "Session 9"): an 80 MiB pull from a peer that takes 50 ms
+/// to answer each round (a slow link: the wait uses no CPU, so the machine's load hardly
+/// moves it), one round at a time and through the driver, which takes each batch of bodies
+/// while the next one travels. Prints both wall times; asserts only what the two did.
+#[test]
+#[ignore]
+fn slow_peer_pull_one_at_a_time_and_overlapped() {
+    use std::time::{Duration, Instant};
+    const DELAY: Duration = Duration::from_millis(50);
+    fn slow(peer: &Store) -> impl FnMut(Vec<u8>) -> Result<Vec<u8>, String> + '_ {
+        let mut answer = in_process(peer);
+        move |bytes| {
+            std::thread::sleep(DELAY);
+            answer(bytes)
+        }
+    }
+    let budget = merkmail::sync::session::MESSAGES_PER_CHUNK;
+    for overlapped in [false, true, false, true] {
+        let (empty, full) = stores();
+        megabytes(&full, "m", 80);
+        let started = Instant::now();
+        let r = if overlapped {
+            run(&empty, 3, false, slow(&full)).expect("session")
+        } else {
+            one_at_a_time(&empty, budget, 3, slow(&full))
+        };
+        let took = started.elapsed();
+        assert!(r.equal_after, "{r:?}");
+        assert_eq!(r.copied_from_peer, 80);
+        assert_eq!(r.rounds_ahead > 0, overlapped, "{r:?}");
+        eprintln!(
+            "slow peer, 80 MiB pull, {} rounds ({} ahead): {} {:.0} ms",
+            r.rounds,
+            r.rounds_ahead,
+            if overlapped {
+                "overlapped"
+            } else {
+                "one at a time"
+            },
+            took.as_secs_f64() * 1e3
         );
     }
 }
