@@ -1,5 +1,5 @@
 //! Progress on stderr for the long commands (`import-maildir`, `export-maildir`, `verify`,
-//! `sync --data`), tested against the real binary with stderr a pipe (so: plain lines). With
+//! `sync --data`, `scan`), tested against the real binary with stderr a pipe (so: plain lines). With
 //! `MERKMAIL_PROGRESS_INTERVAL_MS=0` every report the work makes prints a line, so what the
 //! lines say depends on the work and not on the clock; the last line carries the final counts.
 //! `--quiet` prints none, and stdout (`--json` too) never holds a progress line.
@@ -220,6 +220,44 @@ fn export_and_verify_report_progress_and_quiet_prints_none() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// A live-Maildir store's first scan takes in every user's mail: a line before the first
+/// user and one after each, the last with every user done and the bytes taken in; `--quiet`
+/// prints none, and `--json` stays clean.
+#[test]
+fn a_first_scan_reports_users_done_and_bytes() {
+    let s = Store::uninitialised();
+    let users = s.tmp.path().join("mail");
+    maildir(&users.join("alice/Maildir"), SMALL);
+    maildir(&users.join("bob/Maildir"), (5, 0));
+    // The folders must not look half-made (changed in the last 2 s; docs/MAILDIR.md).
+    std::thread::sleep(Duration::from_millis(2_100));
+    let template = format!("{}/%u/Maildir", users.display());
+    s.run(&["init"], &["--node-id", "a", "--maildir", &template])
+        .ok();
+    let out = run_every_report(&["scan", "--data", s.data(), "--json"]);
+    let lines = stderr_lines(&out);
+    assert_lines(&lines, "scan", "users", 2);
+    let done: Vec<u64> = lines.iter().map(|l| counts(l, "scan", "users").0).collect();
+    assert_eq!(done, [0, 1, 2], "{lines:?}");
+    let bytes = total_bytes(SMALL_TOTAL + 5);
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.contains(&format!(", {:.1} kB, ", bytes as f64 / 1000.0))),
+        "the last line does not carry the bytes taken in ({bytes}): {lines:?}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("the --json report alone on stdout");
+    assert_eq!(report["imported"], SMALL_TOTAL + 5, "{report}");
+
+    let out = run_every_report(&["scan", "--data", s.data(), "-q"]);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `merkmail serve --data DIR` on a loopback port: the guard and its URL.

@@ -11,8 +11,8 @@ use merkmail::model::{
 };
 use merkmail::store::{Store, StoreError};
 use merkmail::sync::{in_process, run, Replica, SyncReport};
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 
 type MessageKey = (String, MailboxGuid, u32);
 
@@ -36,7 +36,7 @@ struct State {
 /// reach (reference counts, the identity index, purging).
 #[derive(Default)]
 struct Model {
-    state: RefCell<State>,
+    state: Mutex<State>,
 }
 
 fn invalid(msg: impl Into<String>) -> StoreError {
@@ -176,7 +176,7 @@ impl Model {
         &self,
         f: impl FnOnce(&mut State, &mut Dirty) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut next = self.state.borrow().clone();
+        let mut next = self.state.lock().expect("model lock").clone();
         let mut dirty = Dirty::default();
         let out = f(&mut next, &mut dirty)?;
         let mut tree = MemoryTree {
@@ -186,29 +186,35 @@ impl Model {
         };
         let Ok(()) = dirty.flush(&mut tree);
         (next.mailboxes, next.entries, next.nodes) = (tree.mailboxes, tree.entries, tree.nodes);
-        *self.state.borrow_mut() = next;
+        *self.state.lock().expect("model lock") = next;
         Ok(out)
     }
 
     fn messages(&self) -> BTreeMap<MessageKey, MessageRecord> {
-        self.state.borrow().messages.clone()
+        self.state.lock().expect("model lock").messages.clone()
     }
 
     fn mailboxes(&self) -> BTreeMap<(String, MailboxGuid), MailboxRecord> {
-        self.state.borrow().mailboxes.clone()
+        self.state.lock().expect("model lock").mailboxes.clone()
     }
 }
 
 impl Replica for Model {
     fn node(&self, key: &NodeKey) -> Result<Option<NodeValue>, StoreError> {
-        Ok(self.state.borrow().nodes.get(&key.encode()).copied())
+        Ok(self
+            .state
+            .lock()
+            .expect("model lock")
+            .nodes
+            .get(&key.encode())
+            .copied())
     }
 
     fn children(&self, key: &NodeKey) -> Result<Vec<(NodeKey, NodeValue)>, StoreError> {
         let Some((start, end)) = key.children_range() else {
             return Ok(Vec::new());
         };
-        let state = self.state.borrow();
+        let state = self.state.lock().expect("model lock");
         state
             .nodes
             .range(start..=end)
@@ -232,7 +238,7 @@ impl Replica for Model {
             level,
             index,
         };
-        let state = self.state.borrow();
+        let state = self.state.lock().expect("model lock");
         let range = node(0).encode()..=node(u32::MAX).encode();
         state
             .nodes
@@ -253,7 +259,7 @@ impl Replica for Model {
         let first = bucket << merkmail::merkle::BUCKET_SHIFT;
         let last = first | ((1 << merkmail::merkle::BUCKET_SHIFT) - 1);
         let range = (user.to_string(), guid, first)..=(user.to_string(), guid, last);
-        let state = self.state.borrow();
+        let state = self.state.lock().expect("model lock");
         Ok(state
             .entries
             .range(range)
@@ -267,7 +273,7 @@ impl Replica for Model {
         guid: MailboxGuid,
         ranges: &[(u32, u32)],
     ) -> Result<MailboxSide, StoreError> {
-        let state = self.state.borrow();
+        let state = self.state.lock().expect("model lock");
         let key = (user.to_string(), guid);
         let mut side = MailboxSide {
             record: state.mailboxes.get(&key).cloned(),
@@ -290,7 +296,7 @@ impl Replica for Model {
     }
 
     fn mailbox_names(&self, user: &str) -> Result<Vec<(String, MailboxGuid)>, StoreError> {
-        let state = self.state.borrow();
+        let state = self.state.lock().expect("model lock");
         let mut names: Vec<(String, MailboxGuid)> = state
             .mailboxes
             .iter()
@@ -305,12 +311,18 @@ impl Replica for Model {
     }
 
     fn has_body(&self, digest: &Digest) -> Result<bool, StoreError> {
-        Ok(self.state.borrow().bodies.contains_key(digest))
+        Ok(self
+            .state
+            .lock()
+            .expect("model lock")
+            .bodies
+            .contains_key(digest))
     }
 
     fn body(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
         self.state
-            .borrow()
+            .lock()
+            .expect("model lock")
             .bodies
             .get(digest)
             .cloned()

@@ -700,22 +700,41 @@ fn large_transfers_fall_back_to_body_batches() {
 }
 
 /// A session from `local` with `peer` that plans about `budget` message records per chunk,
-/// driven round by round as the driver does.
+/// driven one round at a time (the driver overlaps body rounds), counting rounds and metadata
+/// bytes as the driver does.
 fn chunked(local: &Store, peer: &Store, budget: u64, window: u8) -> SyncReport {
-    use merkmail::sync::wire::{decode_reply, encode};
+    one_at_a_time(local, budget, window, in_process(peer))
+}
+
+/// [`chunked`] over any transport.
+fn one_at_a_time(
+    local: &Store,
+    budget: u64,
+    window: u8,
+    mut send: impl FnMut(Vec<u8>) -> Result<Vec<u8>, String>,
+) -> SyncReport {
+    use merkmail::sync::wire::{decode_reply, encode, Reply, Request};
     let mut session = merkmail::sync::Session::new(local, window, false).expect("session");
     session.set_chunk_budget(budget);
-    let mut send = in_process(peer);
-    let mut rounds = 0;
+    let (mut rounds, mut sent, mut received) = (0, 0u64, 0u64);
     while let Some(round) = session.next_round().expect("round") {
         rounds += 1;
         assert!(rounds < 1_000, "the session does not end");
-        let answer = send(encode(&round)).expect("answer");
-        session
-            .receive(decode_reply(&answer).expect("decode"))
-            .expect("receive");
+        let bytes = encode(&round);
+        let body_out: u64 = round.requests.iter().map(Request::body_len).sum();
+        sent += bytes.len() as u64 - body_out;
+        let answer = send(bytes).expect("answer");
+        let reply = decode_reply(&answer).expect("decode");
+        let body_in: u64 = reply.replies.iter().map(Reply::body_len).sum();
+        received += answer.len() as u64 - body_in;
+        session.receive(reply).expect("receive");
     }
-    session.report
+    SyncReport {
+        rounds,
+        bytes_sent: sent,
+        bytes_received: received,
+        ..session.report
+    }
 }
 
 /// `users` users (u0, u1, …), each with 60 messages in three mailboxes, every body its own.
@@ -789,4 +808,214 @@ fn a_chunked_dry_run_counts_every_chunk_and_changes_nothing() {
         empty.root().expect("root"),
         Store::in_memory("x").expect("store").root().expect("root")
     );
+}
+
+/// `store` gets `n` messages of 1 MiB in its INBOX of user "u" (each body its own).
+fn megabytes(store: &Store, tag: &str, n: usize) {
+    let big = |i: usize| NewMessage {
+        bytes: format!("Subject: {tag} {i}\r\n\r\n{}\r\n", "y".repeat(1 << 20)).into_bytes(),
+        internal_date: 1_700_000_000,
+        ..Default::default()
+    };
+    store
+        .append("u", "INBOX", (0..n).map(big).collect())
+        .expect("append");
+}
+
+/// Issue 13, item 3: a pull's body rounds are asked ahead while the answer before is taken,
+/// never more than two rounds in flight (two batches held), only body rounds, and the
+/// session asks exactly the rounds it would one at a time.
+#[test]
+fn body_rounds_are_asked_ahead_two_in_flight_at_most() {
+    use merkmail::sync::session::ROUNDS_IN_FLIGHT;
+    use merkmail::sync::wire::{decode_reply, decode_request, encode, Request};
+    use std::collections::VecDeque;
+    let (empty, full) = stores();
+    megabytes(&full, "m", 40);
+    let mut session = merkmail::sync::Session::new(&empty, 3, false).expect("session");
+    let mut send = in_process(&full);
+    let mut answers: VecDeque<Vec<u8>> = VecDeque::new();
+    let (mut rounds, mut ahead, mut most) = (0u64, 0u64, 0usize);
+    let mut bodies_rounds = 0u64;
+    let mut ask = |round: merkmail::sync::wire::RoundRequest, answers: &mut VecDeque<Vec<u8>>| {
+        let bytes = encode(&round);
+        let asked = decode_request(&bytes).expect("request");
+        let n = asked
+            .requests
+            .iter()
+            .filter(|r| matches!(r, Request::Bodies { .. }))
+            .count() as u64;
+        answers.push_back(send(bytes).expect("answer"));
+        n
+    };
+    loop {
+        assert!(rounds < 1_000, "the session does not end");
+        // As far ahead as the session lets while answers wait.
+        while !answers.is_empty() {
+            let Some(round) = session.next_round_ahead().expect("round") else {
+                break;
+            };
+            assert!(
+                round
+                    .requests
+                    .iter()
+                    .all(|r| matches!(r, Request::Bodies { .. } | Request::Apply { .. })),
+                "only body rounds (the last with its Apply) go ahead: {:?}",
+                round.requests.len()
+            );
+            rounds += 1;
+            ahead += 1;
+            bodies_rounds += ask(round, &mut answers);
+        }
+        most = most.max(session.in_flight());
+        assert_eq!(session.in_flight(), answers.len());
+        if let Some(answer) = answers.pop_front() {
+            session
+                .receive(decode_reply(&answer).expect("decode"))
+                .expect("receive");
+            continue;
+        }
+        let Some(round) = session.next_round().expect("round") else {
+            break;
+        };
+        rounds += 1;
+        bodies_rounds += ask(round, &mut answers);
+    }
+    let r = session.report;
+    assert!(r.equal_after, "{r:?}");
+    assert_eq!(r.copied_from_peer, 40);
+    // 40 MiB: 8 MiB rode with the records, the rest in Bodies rounds of at most 8 MiB, all
+    // but the first asked ahead.
+    assert!(bodies_rounds >= 4, "{bodies_rounds} Bodies rounds");
+    assert_eq!(ahead, bodies_rounds - 1);
+    assert_eq!(most, ROUNDS_IN_FLIGHT);
+    assert_converged(&empty, &full, &["u"]);
+
+    // One round at a time, the same copy asks the same number of rounds.
+    let (empty2, full2) = stores();
+    megabytes(&full2, "m", 40);
+    let sequential = chunked(
+        &empty2,
+        &full2,
+        merkmail::sync::session::MESSAGES_PER_CHUNK,
+        3,
+    );
+    assert_eq!(sequential.rounds, rounds);
+}
+
+/// The driver overlaps the same rounds over a transport, both ways: `rounds_ahead` counts
+/// them (all body rounds but the first: fetched batches taken while the next travels, batches
+/// to send read while the one before travels), the rounds and metadata bytes are those of a
+/// session run one round at a time, and nothing is written twice or left staged.
+#[test]
+fn the_driver_overlaps_body_rounds_and_counts_them() {
+    use merkmail::sync::wire::{decode_request, Request};
+    for push in [false, true] {
+        let (empty, full) = stores();
+        megabytes(&full, "m", 40);
+        let held = full.body_bytes_written();
+        let (local, peer) = if push {
+            (&full, &empty)
+        } else {
+            (&empty, &full)
+        };
+        let mut answer = in_process(peer);
+        let mut body_rounds = 0u64;
+        let r = run(local, 3, false, |bytes: Vec<u8>| {
+            let asked = decode_request(&bytes).map_err(|e| e.to_string())?;
+            body_rounds += asked
+                .requests
+                .iter()
+                .filter(|r| matches!(r, Request::Bodies { .. } | Request::PutBodies { .. }))
+                .count() as u64;
+            answer(bytes)
+        })
+        .expect("session");
+        assert!(r.equal_after, "{r:?}");
+        assert!(body_rounds >= 4, "{body_rounds} body rounds (push: {push})");
+        assert_eq!(r.rounds_ahead, body_rounds - 1, "{r:?}");
+        assert_eq!(empty.body_bytes_written(), held, "a body written twice");
+        assert_eq!(empty.staged_bodies().expect("staged"), 0);
+        assert_converged(&empty, &full, &["u"]);
+
+        let (empty2, full2) = stores();
+        megabytes(&full2, "m", 40);
+        let sequential = if push {
+            chunked(
+                &full2,
+                &empty2,
+                merkmail::sync::session::MESSAGES_PER_CHUNK,
+                3,
+            )
+        } else {
+            chunked(
+                &empty2,
+                &full2,
+                merkmail::sync::session::MESSAGES_PER_CHUNK,
+                3,
+            )
+        };
+        assert_eq!(
+            (
+                r.rounds,
+                r.bytes_sent,
+                r.bytes_received,
+                r.body_bytes_sent,
+                r.body_bytes_received
+            ),
+            (
+                sequential.rounds,
+                sequential.bytes_sent,
+                sequential.bytes_received,
+                sequential.body_bytes_sent,
+                sequential.body_bytes_received
+            ),
+            "push: {push}"
+        );
+    }
+}
+
+/// A measurement, run by hand (`cargo test --test sync_session -- --ignored --nocapture
+/// slow_peer`; docs/PERFORMANCE.md, "Session 9"): an 80 MiB pull from a peer that takes 50 ms
+/// to answer each round (a slow link: the wait uses no CPU, so the machine's load hardly
+/// moves it), one round at a time and through the driver, which takes each batch of bodies
+/// while the next one travels. Prints both wall times; asserts only what the two did.
+#[test]
+#[ignore]
+fn slow_peer_pull_one_at_a_time_and_overlapped() {
+    use std::time::{Duration, Instant};
+    const DELAY: Duration = Duration::from_millis(50);
+    fn slow(peer: &Store) -> impl FnMut(Vec<u8>) -> Result<Vec<u8>, String> + '_ {
+        let mut answer = in_process(peer);
+        move |bytes| {
+            std::thread::sleep(DELAY);
+            answer(bytes)
+        }
+    }
+    let budget = merkmail::sync::session::MESSAGES_PER_CHUNK;
+    for overlapped in [false, true, false, true] {
+        let (empty, full) = stores();
+        megabytes(&full, "m", 80);
+        let started = Instant::now();
+        let r = if overlapped {
+            run(&empty, 3, false, slow(&full)).expect("session")
+        } else {
+            one_at_a_time(&empty, budget, 3, slow(&full))
+        };
+        let took = started.elapsed();
+        assert!(r.equal_after, "{r:?}");
+        assert_eq!(r.copied_from_peer, 80);
+        assert_eq!(r.rounds_ahead > 0, overlapped, "{r:?}");
+        eprintln!(
+            "slow peer, 80 MiB pull, {} rounds ({} ahead): {} {:.0} ms",
+            r.rounds,
+            r.rounds_ahead,
+            if overlapped {
+                "overlapped"
+            } else {
+                "one at a time"
+            },
+            took.as_secs_f64() * 1e3
+        );
+    }
 }

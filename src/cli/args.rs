@@ -140,6 +140,9 @@ pub enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// No progress on stderr.
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Create, rename, delete or list a user's mailboxes.
     #[command(subcommand)]

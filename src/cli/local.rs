@@ -45,6 +45,7 @@ pub(super) fn scan(
     data: &Data,
     user: Option<&str>,
     json: bool,
+    quiet: bool,
     out: &mut impl Write,
 ) -> Result<ExitCode> {
     let store = open(data)?;
@@ -54,7 +55,9 @@ pub(super) fn scan(
             data.data.display()
         );
     };
-    let report = backend::pass(&store, &template, user)?;
+    let mut meter = Meter::start(Label::new("scan", "users"), quiet);
+    let report = backend::pass_with_progress(&store, &template, user, &mut meter.observer())?;
+    meter.finish();
     print::print(&print::ScanReport(report), json, out)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -36,7 +36,12 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             node_id,
             maildir,
         } => local::init(&data, &node_id, maildir.as_deref(), &mut out)?,
-        Command::Scan { data, user, json } => local::scan(&data, user.as_deref(), json, &mut out)?,
+        Command::Scan {
+            data,
+            user,
+            json,
+            quiet,
+        } => local::scan(&data, user.as_deref(), json, quiet, &mut out)?,
         Command::Status { url, ca, json } => status::status(&url, ca.as_deref(), json, &mut out)?,
         Command::Sync(args) => sync::sync(&args, &mut out)?,
         Command::Tree {

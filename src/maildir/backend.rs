@@ -380,6 +380,18 @@ pub fn pass(
     template: &Template,
     only: Option<&str>,
 ) -> Result<PassReport, BackendError> {
+    pass_with_progress(store, template, only, &mut crate::model::no_progress)
+}
+
+/// [`pass`], telling `progress` before the first user and after each one: users done of the
+/// users found, and the bytes of mail moved so far (imported from the disk and delivered to
+/// it). A store's first scan takes in every message there, user by user.
+pub fn pass_with_progress(
+    store: &Store,
+    template: &Template,
+    only: Option<&str>,
+    progress: &mut dyn FnMut(crate::model::Progress),
+) -> Result<PassReport, BackendError> {
     let users: BTreeSet<String> = match only {
         Some(user) => {
             crate::model::validate_user(user).map_err(StoreError::from)?;
@@ -388,9 +400,17 @@ pub fn pass(
         None => known_users(store, template)?,
     };
     let mut report = PassReport::default();
+    let total = users.len() as u64;
+    let moved = |r: &PassReport| r.imported_bytes + r.delivered_bytes;
+    progress(crate::model::Progress::of(0, total, 0));
     for user in users {
         pass_user(store, template, &user, &mut report, None)?;
         report.users += 1;
+        progress(crate::model::Progress::of(
+            report.users,
+            total,
+            moved(&report),
+        ));
     }
     Ok(report)
 }

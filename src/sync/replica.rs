@@ -14,7 +14,10 @@ use std::collections::BTreeSet;
 /// The session is a state machine over this trait and does no other I/O, so a test can hand
 /// it a model in memory instead of a store. Errors are the store's: a model reports the same
 /// kinds of failure (`Invalid` for a change it refuses, `Corrupt` for state that cannot be).
-pub trait Replica {
+///
+/// `Sync`: the driver lets the session take one answer (stage a batch of bodies) on another
+/// thread while the next round travels (`driver::run_with_progress`).
+pub trait Replica: Sync {
     /// One stored node, if it is not empty.
     fn node(&self, key: &NodeKey) -> Result<Option<NodeValue>, StoreError>;
 

@@ -32,7 +32,7 @@ use crate::model::{no_progress, ChangeGroup, Progress};
 use crate::model::{Digest, MailboxGuid, MailboxRecord, MailboxSide, MailboxTombstone};
 use crate::store::StoreError;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use thiserror::Error;
 
 /// Why a session stopped early. Nothing is half-applied: local changes are committed per
@@ -54,6 +54,9 @@ fn protocol(msg: impl Into<String>) -> SessionError {
 #[serde(default)]
 pub struct SyncReport {
     pub rounds: u64,
+    /// Body rounds sent while the answer to the round before was being taken (staged): the
+    /// driver's overlap ([`Session::next_round_ahead`]).
+    pub rounds_ahead: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub body_bytes_sent: u64,
@@ -94,6 +97,7 @@ impl SyncReport {
     /// (`equal_after`, stale mailboxes, mismatches) stay this session's.
     pub fn add_work_of(&mut self, earlier: &SyncReport) {
         self.rounds += earlier.rounds;
+        self.rounds_ahead += earlier.rounds_ahead;
         self.bytes_sent += earlier.bytes_sent;
         self.bytes_received += earlier.bytes_received;
         self.body_bytes_sent += earlier.body_bytes_sent;
@@ -127,6 +131,11 @@ const LOCAL_APPLY_CHANGES: usize = 4_096;
 /// About how many message records (both sides' estimates) one chunk plans at once; a user
 /// larger than this is a chunk of its own.
 pub const MESSAGES_PER_CHUNK: u64 = 20_000;
+/// At most this many rounds are asked and not yet answered: a body round may be asked before
+/// the answer to the one before it is taken ([`Session::next_round_ahead`]), so the peer reads
+/// and sends the next batch of bodies while this side hashes and stages the last one. Each
+/// round in flight holds one batch of about `wire::BODY_BATCH_BYTES`.
+pub const ROUNDS_IN_FLIGHT: usize = 2;
 
 #[derive(Clone, Debug)]
 enum Ask {
@@ -234,7 +243,9 @@ pub struct Session<'a> {
     dry_run: bool,
     phase: Phase,
     next: Vec<(Ask, Request)>,
-    asked: Vec<Ask>,
+    /// The questions of the rounds asked and not yet answered, oldest first: one round, or up
+    /// to [`ROUNDS_IN_FLIGHT`] body rounds ([`Session::next_round_ahead`]).
+    asked: VecDeque<Vec<Ask>>,
     work: BTreeMap<Key, Work>,
     local_groups: Vec<ChangeGroup>,
     remote_groups: Vec<ApplyGroup>,
@@ -276,7 +287,7 @@ impl<'a> Session<'a> {
             dry_run,
             phase: Phase::Discover,
             next: Vec::new(),
-            asked: Vec::new(),
+            asked: VecDeque::new(),
             work: BTreeMap::new(),
             local_groups: Vec::new(),
             remote_groups: Vec::new(),
@@ -400,7 +411,7 @@ impl<'a> Session<'a> {
         }
         let (asks, requests): (Vec<Ask>, Vec<Request>) =
             std::mem::take(&mut self.next).into_iter().unzip();
-        self.asked = asks;
+        self.asked.push_back(asks);
         Ok(Some(RoundRequest {
             version: WIRE_VERSION,
             window: self.window,
@@ -408,7 +419,34 @@ impl<'a> Session<'a> {
         }))
     }
 
-    /// Takes the peer's answer to the last round.
+    /// The next round, asked before the answers to the rounds in flight are taken, or `None`
+    /// when it has to wait for them. Only a round of bodies is asked ahead: while bodies are
+    /// left to move either way, the next batch does not depend on any answer (the Apply that
+    /// may ride with the last batch is answered after the batches before it, in order, and
+    /// this side applies only once it has taken them). At most [`ROUNDS_IN_FLIGHT`] rounds
+    /// are in flight; once the answers are in, [`Session::next_round`] goes on.
+    pub fn next_round_ahead(&mut self) -> Result<Option<RoundRequest>, SessionError> {
+        if !self.may_ask_ahead() {
+            return Ok(None);
+        }
+        self.next_round()
+    }
+
+    /// Whether [`Session::next_round_ahead`] would ask a round now.
+    pub fn may_ask_ahead(&self) -> bool {
+        let more_bodies = !self.fetch.is_empty() || !self.push.is_empty();
+        self.phase == Phase::Transfer
+            && more_bodies
+            && self.next.is_empty()
+            && self.asked.len() < ROUNDS_IN_FLIGHT
+    }
+
+    /// Rounds asked whose answers have not been taken yet.
+    pub fn in_flight(&self) -> usize {
+        self.asked.len()
+    }
+
+    /// Takes the peer's answer to the oldest round in flight.
     pub fn receive(&mut self, reply: RoundReply) -> Result<(), SessionError> {
         self.receive_observed(reply, &mut no_progress)
     }
@@ -420,7 +458,10 @@ impl<'a> Session<'a> {
         reply: RoundReply,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(), SessionError> {
-        let asked = std::mem::take(&mut self.asked);
+        let asked = self
+            .asked
+            .pop_front()
+            .ok_or_else(|| protocol("an answer to no question"))?;
         if reply.replies.len() != asked.len() {
             return Err(protocol(format!(
                 "{} answers to {} questions",
