@@ -1115,3 +1115,46 @@ fn a_file_dropped_into_a_folder_before_its_rename_is_imported() {
     world.settle().expect("settles");
     world.check().expect("the Maildir equals the index");
 }
+
+/// A mailbox deleted in the index while mail lands in its folder, and another renamed onto
+/// its name: the folder is kept for that mail, moved aside to `Lists-<hex>` so the rename
+/// can happen, and imported as a mailbox of its own; nothing is lost and the passes settle
+/// (found by the property tests: the rename failed on every pass).
+#[test]
+fn a_kept_folder_makes_way_for_a_rename_onto_its_name() {
+    let mut world = World::new();
+    world.apply(&Op::Create { name: 2 });
+    world.apply(&Op::Create { name: 1 });
+    world.pass();
+    world.apply(&Op::Delete { name: 1 });
+    world.apply(&Op::Rename { from: 2, to: 1 });
+    let folders = disk_folders(&world.root);
+    let lists = folders
+        .iter()
+        .position(|d| d.ends_with(".Lists"))
+        .expect("Lists on disk");
+    world.apply(&Op::Drop {
+        folder: lists,
+        body: 0,
+        flags: None,
+    });
+    world.settle().expect("settles");
+    world.check().expect("the Maildir equals the index");
+    let names: Vec<String> = world
+        .store()
+        .list_mailboxes(USER)
+        .expect("mailboxes")
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert!(names.contains(&"Lists".to_string()), "{names:?}");
+    let aside = names
+        .iter()
+        .find(|n| n.starts_with("Lists-"))
+        .expect("the kept folder, moved aside");
+    assert!(
+        world.indexed().contains(&(aside.clone(), 1)),
+        "the dropped mail is in {aside}: {:?}",
+        world.indexed()
+    );
+}

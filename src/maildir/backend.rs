@@ -684,6 +684,9 @@ fn pass_user(
     // a folder row (with its subscription) is settled only after the file shows it.
     let read_us = started.elapsed().as_micros() as u64;
     let mut owed = Vec::new();
+    // The folders of deleted mailboxes first: one kept for mail the index does not know is
+    // then known to no mailbox when another is renamed onto its name.
+    paired.sort_by_key(|(_, _, mirror, _)| mirror.record.is_some());
     for (folder, print, mirror, scope) in paired {
         let listed = listing.folders.iter().any(|(_, d)| *d == folder.dir);
         if let Some((dir, mirror, agrees)) =
@@ -989,6 +992,7 @@ fn from_disk_folder(
     let mut dir = folder.dir.clone();
     if let Some(row) = mirror.folder.as_ref().filter(|row| row.name != record.name) {
         // Renamed in the index (a peer, or the CLI): the folder follows.
+        make_way(store, (root, user), guid, &record.name, report)?;
         if live::rename_folder(root, &row.name, &record.name)? {
             report.folders_renamed += 1;
         }
@@ -1021,6 +1025,49 @@ fn from_disk_folder(
         mirror
     };
     Ok(Some((dir, mirror, false)))
+}
+
+/// Before a mailbox's folder is renamed to `name`: a folder of that name that no other
+/// mailbox of the index holds (one kept because it held mail the index did not know when its
+/// mailbox was deleted, or one the server made that no pass has taken yet) is moved aside to
+/// `<name>-<8 hex digits>`, dsync's way with a name conflict, and is taken as a new mailbox
+/// by the next pass. Without it the rename failed on every pass, and the user's Maildir
+/// stopped following the index. A folder another mailbox holds is left alone (the rename
+/// then fails, as before).
+fn make_way(
+    store: &Store,
+    (root, user): (&Path, &str),
+    guid: MailboxGuid,
+    name: &str,
+    report: &mut PassReport,
+) -> Result<(), BackendError> {
+    if name == INBOX {
+        return Ok(());
+    }
+    let dir = root.join(crate::maildir::folder_dir_name(name)?);
+    if !dir.exists() {
+        return Ok(());
+    }
+    let held = store.user_folders(user)?.iter().any(|s| {
+        s.guid != guid && s.record.is_some() && s.folder.as_ref().is_some_and(|f| f.name == name)
+    });
+    if held {
+        return Ok(());
+    }
+    let aside = (0..16)
+        .map(|_| format!("{name}-{:08x}", rand::random::<u32>()))
+        .find(|n| crate::maildir::folder_dir_name(n).is_ok_and(|d| !root.join(d).exists()));
+    let Some(aside) = aside else {
+        return Ok(());
+    };
+    if live::rename_folder(root, name, &aside)? {
+        problem(
+            report,
+            dir.display(),
+            format!("a mailbox is renamed to {name:?}, whose folder no mailbox holds: moved aside to {aside:?}, to be imported as a new mailbox"),
+        );
+    }
+    Ok(())
 }
 
 /// disk → index: what the server did to this folder becomes local writes. Returns whether
