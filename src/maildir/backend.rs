@@ -992,7 +992,11 @@ fn from_disk_folder(
     let mut dir = folder.dir.clone();
     if let Some(row) = mirror.folder.as_ref().filter(|row| row.name != record.name) {
         // Renamed in the index (a peer, or the CLI): the folder follows.
-        make_way(store, (root, user), guid, &record.name, report)?;
+        if !make_way(store, (root, user), guid, &record.name, report)? {
+            // Another mailbox's folder has the name, and that mailbox is renamed away in
+            // this pass (a chain of renames): this one follows in the next pass, still owed.
+            return Ok(None);
+        }
         if live::rename_folder(root, &row.name, &record.name)? {
             report.folders_renamed += 1;
         }
@@ -1032,33 +1036,34 @@ fn from_disk_folder(
 /// mailbox was deleted, or one the server made that no pass has taken yet) is moved aside to
 /// `<name>-<8 hex digits>`, dsync's way with a name conflict, and is taken as a new mailbox
 /// by the next pass. Without it the rename failed on every pass, and the user's Maildir
-/// stopped following the index. A folder another mailbox holds is left alone (the rename
-/// then fails, as before).
+/// stopped following the index. Returns false when another mailbox holds the folder (it is
+/// being renamed away: Lists → Work and Lists/Sub's folder → Lists/Sub/Sub, then Work →
+/// Lists/Sub): the rename waits for a later pass.
 fn make_way(
     store: &Store,
     (root, user): (&Path, &str),
     guid: MailboxGuid,
     name: &str,
     report: &mut PassReport,
-) -> Result<(), BackendError> {
+) -> Result<bool, BackendError> {
     if name == INBOX {
-        return Ok(());
+        return Ok(true);
     }
     let dir = root.join(crate::maildir::folder_dir_name(name)?);
     if !dir.exists() {
-        return Ok(());
+        return Ok(true);
     }
     let held = store.user_folders(user)?.iter().any(|s| {
         s.guid != guid && s.record.is_some() && s.folder.as_ref().is_some_and(|f| f.name == name)
     });
     if held {
-        return Ok(());
+        return Ok(false);
     }
     let aside = (0..16)
         .map(|_| format!("{name}-{:08x}", rand::random::<u32>()))
         .find(|n| crate::maildir::folder_dir_name(n).is_ok_and(|d| !root.join(d).exists()));
     let Some(aside) = aside else {
-        return Ok(());
+        return Ok(true);
     };
     if live::rename_folder(root, name, &aside)? {
         problem(
@@ -1067,7 +1072,7 @@ fn make_way(
             format!("a mailbox is renamed to {name:?}, whose folder no mailbox holds: moved aside to {aside:?}, to be imported as a new mailbox"),
         );
     }
-    Ok(())
+    Ok(true)
 }
 
 /// disk → index: what the server did to this folder becomes local writes. Returns whether
