@@ -611,6 +611,23 @@ fn pass_user(
                 // A folder the index has never seen: the server made it. Its uidlist's GUID
                 // becomes the mailbox's, except for INBOX, which has the GUID derived from
                 // the user (`Store::prepare_import`).
+                let claimed = folder.mailbox != INBOX
+                    && states.iter().any(|s| {
+                        s.record.as_ref().is_some_and(|r| r.name == folder.mailbox)
+                            && s.folder.as_ref().is_some_and(|f| f.name != folder.mailbox)
+                    });
+                if claimed {
+                    // Its name is a mailbox's whose folder is elsewhere, renamed onto this
+                    // name in the index (a folder kept for mail the index did not know when
+                    // its mailbox was deleted, say): taken by that name, its mail would go
+                    // into that mailbox, and the rename would find the name taken. Moved
+                    // aside first, and taken as a mailbox of its own.
+                    if let Some(aside) = move_aside(&root, &folder.mailbox, report)? {
+                        let dir = root.join(crate::maildir::folder_dir_name(&aside)?);
+                        folder = scan_folder(aside, dir, folder.subscribed)?;
+                        print = FolderPrint::of(&folder.dir);
+                    }
+                }
                 let guid = folder
                     .uidlist
                     .as_ref()
@@ -1059,20 +1076,34 @@ fn make_way(
     if held {
         return Ok(false);
     }
+    move_aside(root, name, report)?;
+    Ok(true)
+}
+
+/// Renames the folder `name`, which no mailbox holds but whose name a mailbox is renamed to,
+/// to `<name>-<8 hex digits>` (a name no folder has), dsync's way with a name conflict; it is
+/// taken as a new mailbox under that name. Returns the new name, or `None` if no free name
+/// was found or the folder was gone.
+fn move_aside(
+    root: &Path,
+    name: &str,
+    report: &mut PassReport,
+) -> Result<Option<String>, BackendError> {
     let aside = (0..16)
         .map(|_| format!("{name}-{:08x}", rand::random::<u32>()))
         .find(|n| crate::maildir::folder_dir_name(n).is_ok_and(|d| !root.join(d).exists()));
     let Some(aside) = aside else {
-        return Ok(true);
+        return Ok(None);
     };
-    if live::rename_folder(root, name, &aside)? {
-        problem(
-            report,
-            dir.display(),
-            format!("a mailbox is renamed to {name:?}, whose folder no mailbox holds: moved aside to {aside:?}, to be imported as a new mailbox"),
-        );
+    if !live::rename_folder(root, name, &aside)? {
+        return Ok(None);
     }
-    Ok(true)
+    problem(
+        report,
+        root.join(crate::maildir::folder_dir_name(name)?).display(),
+        format!("a mailbox is renamed to {name:?}, whose folder no mailbox holds: moved aside to {aside:?}, to be imported as a new mailbox"),
+    );
+    Ok(Some(aside))
 }
 
 /// disk → index: what the server did to this folder becomes local writes. Returns whether
