@@ -587,3 +587,15 @@ fn a_removed_peers_move_tombstone_takes_no_mail() {
     assert!(out.violations.is_empty(), "{:?}", out.violations);
     assert!(out.activity.moves_redone > 0, "{:?}", out.activity);
 }
+
+/// Issue 14, finding 15 (seed 135891): a session merged `ben/Trips` (GUID 42ac…) into the
+/// other `ben/Trips` (c94f…) while a writer appended to 42ac, so on p0 the loser's delete was
+/// stale and the winner's group, which moves the loser's mail in, applied alone: three
+/// messages in both mailboxes and no merge tombstone. A rename of the winner elsewhere then
+/// parted the names, and no rule folded them (`duplicated-after-renumbering`). A store now
+/// applies a merge's two groups together or neither.
+#[test]
+fn a_merge_is_not_half_applied_when_the_losers_delete_is_stale() {
+    let out = simulate(135891, STEPS);
+    assert!(out.violations.is_empty(), "{:?}", out.violations);
+}

@@ -274,6 +274,78 @@ impl Tx<'_> {
 }
 
 impl Tx<'_> {
+    /// Whether a group's mailbox still has the hash the session saw.
+    fn guard_holds(&self, group: &ChangeGroup) -> Result<bool, StoreError> {
+        let key = crate::merkle::NodeKey::Mailbox {
+            user: group.user.clone(),
+            guid: group.guid,
+        }
+        .encode();
+        let current = match self.tree.get(key.as_slice())? {
+            Some(v) => {
+                crate::merkle::NodeValue::decode(v.value())
+                    .ok_or_else(|| StoreError::Corrupt("malformed tree node".into()))?
+                    .hash
+            }
+            None => crate::merkle::NodeHash::EMPTY,
+        };
+        Ok(current.truncated(group.window) == group.expect)
+    }
+
+    /// The winners of same-name merges that must wait, as (user, GUID), read before any
+    /// group of the call applies. A merge is two groups: the winner's, which moves the
+    /// loser's mail in, and the loser's, which deletes it as `merged_into` the winner. The
+    /// second waits while the first is stale (`group_strands_mail`); this is the other way
+    /// round: when the loser is live here and its delete is stale (a writer changed it since
+    /// the session read it), the winner's group waits too. Applying it alone would leave the
+    /// loser's mail in both mailboxes with nothing that says it merged; if the two names then
+    /// part (a rename of the winner elsewhere) no merge rule ever folds them (finding 15 of
+    /// docs/RELIABILITY.md). Followed along chains within the call (a winner whose own group
+    /// deletes it as merged into a third).
+    fn merges_held_back<'g>(
+        &self,
+        groups: &'g [ChangeGroup],
+    ) -> Result<BTreeSet<(&'g str, MailboxGuid)>, StoreError> {
+        let mut merges = Vec::new();
+        for group in groups {
+            for change in &group.changes {
+                let Change::DeleteMailbox { user, tombstone } = change else {
+                    continue;
+                };
+                let Some(into) = tombstone.merged_into.filter(|g| *g != tombstone.guid) else {
+                    continue;
+                };
+                if *user != group.user || tombstone.guid != group.guid {
+                    continue;
+                }
+                let stale = self.get_mailbox(user, tombstone.guid)?.is_some()
+                    && !self.guard_holds(group)?;
+                merges.push((group.user.as_str(), group.guid, into, stale));
+            }
+        }
+        let mut held: BTreeSet<(&str, MailboxGuid)> = merges
+            .iter()
+            .filter(|m| m.3)
+            .map(|&(user, _, into, _)| (user, into))
+            .collect();
+        // A held winner that is itself merged on holds its own winner back (each pass adds
+        // at least one, or stops).
+        for _ in 0..merges.len() {
+            let more: Vec<(&str, MailboxGuid)> = merges
+                .iter()
+                .filter(|&&(user, guid, into, _)| {
+                    held.contains(&(user, guid)) && !held.contains(&(user, into))
+                })
+                .map(|&(user, _, into, _)| (user, into))
+                .collect();
+            if more.is_empty() {
+                break;
+            }
+            held.extend(more);
+        }
+        Ok(held)
+    }
+
     /// Whether a group deletes a mailbox as merged into another while a message in it has
     /// not reached any other mailbox here (`Tx::merged_delete_strands_mail`): such a group is
     /// skipped like a stale one, and the next session moves the message first.
@@ -316,26 +388,16 @@ impl Store {
     /// Applies groups of changes in one transaction. A group whose mailbox no longer has the
     /// expected hash is skipped (a stale plan is never half-applied; the next session picks
     /// it up), and so is one that would delete a merged mailbox before its mail moved out,
-    /// or that carries a stamp too far ahead of this node's clock ([`Store::set_max_clock_skew`]).
+    /// one that moves a merged mailbox's mail into its winner while that mailbox's delete
+    /// (in the same call) is stale here ([`Tx::merges_held_back`]), or that carries a stamp too far ahead of this node's clock ([`Store::set_max_clock_skew`]).
     /// Returns which groups were applied.
     pub fn apply_groups(&self, groups: &[ChangeGroup]) -> Result<Vec<bool>, StoreError> {
         self.write_replicated(|tx| {
+            let held = tx.merges_held_back(groups)?;
             let mut applied = Vec::with_capacity(groups.len());
             for group in groups {
-                let key = crate::merkle::NodeKey::Mailbox {
-                    user: group.user.clone(),
-                    guid: group.guid,
-                }
-                .encode();
-                let current = match tx.tree.get(key.as_slice())? {
-                    Some(v) => {
-                        crate::merkle::NodeValue::decode(v.value())
-                            .ok_or_else(|| StoreError::Corrupt("malformed tree node".into()))?
-                            .hash
-                    }
-                    None => crate::merkle::NodeHash::EMPTY,
-                };
-                if current.truncated(group.window) != group.expect
+                if held.contains(&(group.user.as_str(), group.guid))
+                    || !tx.guard_holds(group)?
                     || tx.group_strands_mail(group)?
                 {
                     applied.push(false);

@@ -2,6 +2,7 @@
 //! this side's groups once every fetched body is staged, the peer's in Apply rounds whose
 //! last answer carries its new root.
 
+use super::plan::bound_to;
 use super::{protocol, Ask, Phase, Session, SessionError, APPLY_BATCH_BYTES, LOCAL_APPLY_CHANGES};
 use crate::model::{Change, ChangeGroup, Progress};
 use crate::model::{CheckedBody, Digest};
@@ -65,6 +66,7 @@ impl Session<'_> {
             let n = self.remote_groups[0].changes.len();
             if !groups.is_empty()
                 && (bytes + size > APPLY_BATCH_BYTES || changes + n > LOCAL_APPLY_CHANGES)
+                && !bound_to(&groups, &self.remote_groups[0])
             {
                 break;
             }
@@ -162,8 +164,11 @@ impl Session<'_> {
         let mut rest = &kept[..];
         while !rest.is_empty() {
             let (mut n, mut changes) = (0, 0);
+            // A merge's delete stays with its winner's group (`merge_order`).
             while n < rest.len()
-                && (n == 0 || changes + rest[n].changes.len() <= LOCAL_APPLY_CHANGES)
+                && (n == 0
+                    || changes + rest[n].changes.len() <= LOCAL_APPLY_CHANGES
+                    || bound_to(&rest[..n], &rest[n]))
             {
                 changes += rest[n].changes.len();
                 n += 1;
