@@ -469,6 +469,16 @@ impl Session<'_> {
         self.wait_for(&push);
         self.push.extend(push);
         self.count(&lc, &rc, outcome);
+        // Our UIDVALIDITY changes (the peer's side won the conflict): only on a state of the
+        // peer's that its own group's guard confirms, so the peer gets a group even when it
+        // has nothing to change (`take_applied`, finding 16 of docs/RELIABILITY.md).
+        let confirm = !local_changes.is_empty()
+            && pair.remote.record.is_some()
+            && matches!((&pair.local.record, &outcome.record),
+                (Some(l), Some(o)) if l.uidvalidity != o.uidvalidity);
+        if confirm {
+            self.confirm.insert(key.clone());
+        }
         if !local_changes.is_empty() {
             self.local_groups.push(ChangeGroup {
                 user: key.0.clone(),
@@ -478,7 +488,7 @@ impl Session<'_> {
                 changes: local_changes,
             });
         }
-        if !remote_changes.is_empty() {
+        if !remote_changes.is_empty() || confirm {
             let mut group = to_wire(
                 ChangeGroup {
                     user: key.0.clone(),
