@@ -573,3 +573,15 @@ fn stamp_past_48_bits_from_a_peer_is_refused() {
         "{decoded:?}"
     );
 }
+
+/// Found by `wire_request` (issue 14, session 8) after 1 129 526 runs: an Apply group for
+/// alice's INBOX whose changes end with a `Next` of UIDNEXT 1. A message at or above UIDNEXT
+/// was refused, but a record applied after the messages could lower UIDNEXT under them, and
+/// `verify` found "UID 1 is not below UIDNEXT 1" for every message of INBOX. The store now
+/// checks every mailbox a group touched once its changes are in, and refuses the round.
+/// The input is the crash artifact as libFuzzer wrote it.
+#[test]
+fn uidnext_below_held_uids_from_a_peer_is_refused() {
+    let data = include_bytes!("../fuzz/regressions/wire_request-uidnext-below-uids");
+    wire::round_request(data);
+}

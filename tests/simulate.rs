@@ -595,3 +595,93 @@ fn a_removed_peers_move_tombstone_takes_no_mail() {
     assert!(out.violations.is_empty(), "{:?}", out.violations);
     assert!(out.activity.moves_redone > 0, "{:?}", out.activity);
 }
+
+/// Issue 14, finding 15 (seed 135891): a session merged `ben/Trips` (GUID 42ac…) into the
+/// other `ben/Trips` (c94f…) while a writer appended to 42ac, so on p0 the loser's delete was
+/// stale and the winner's group, which moves the loser's mail in, applied alone: three
+/// messages in both mailboxes and no merge tombstone. A rename of the winner elsewhere then
+/// parted the names, and no rule folded them (`duplicated-after-renumbering`). A store now
+/// applies a merge's two groups together or neither.
+#[test]
+fn a_merge_is_not_half_applied_when_the_losers_delete_is_stale() {
+    let out = simulate(135891, STEPS);
+    assert!(out.violations.is_empty(), "{:?}", out.violations);
+}
+
+/// Issue 14, finding 16 (seed 151407): a session reads the peer's mailbox record in one
+/// round and its messages in a later one. The responder here is an empty INBOX under
+/// UIDVALIDITY X when its record is read; then its Dovecot makes INBOX again under X + 1 (a
+/// login, as the simulation's) and mail arrives. The torn view (record under X, one
+/// message) ties the initiator's one message, the larger value X wins, and the initiator's
+/// clients would have resynchronised to X, under which no replica ever held mail. The
+/// responder's group is stale (its guard is the record's hash); the initiator's group that
+/// takes the peer's UIDVALIDITY now waits for that guard and is stale with it.
+#[test]
+fn a_torn_read_of_the_peer_never_imposes_a_uidvalidity_no_replica_held_mail_under() {
+    use merkmail::store::Store;
+    use merkmail::sync::responder::answer;
+    use merkmail::sync::wire::{decode_request, encode};
+    use merkmail::sync::{in_process, run};
+    let x = u32::MAX - 10;
+    let mut torn = 0;
+    for after in 1..8 {
+        let a = Store::in_memory("a").expect("store");
+        let b = Store::in_memory("b").expect("store");
+        a.append("u", "INBOX", vec![random_ops::msg("1")])
+            .expect("append");
+        let held = a.mailbox("u", "INBOX").expect("inbox").uidvalidity;
+        assert!(held < x);
+        b.prepare_import("u", "INBOX", Some(x), true, None)
+            .expect("b's Dovecot makes INBOX");
+        assert_eq!(b.mailbox("u", "INBOX").expect("inbox").uidvalidity, x);
+        let mut rounds = 0;
+        let report = run(&a, 1, false, |bytes: Vec<u8>| {
+            let round = decode_request(&bytes).map_err(|e| e.to_string())?;
+            let reply = answer(&b, &round).map_err(|e| e.to_string())?;
+            rounds += 1;
+            if rounds == after {
+                b.prepare_import("u", "INBOX", Some(x + 1), true, None)
+                    .map_err(|e| e.to_string())?;
+                b.append("u", "INBOX", vec![random_ops::msg("2")])
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(encode(&reply))
+        })
+        .unwrap_or_else(|e| panic!("write after round {after}: {e}"));
+        let now = a.mailbox("u", "INBOX").expect("inbox").uidvalidity;
+        assert_ne!(now, x, "write after round {after}: {report:?}");
+        if rounds < after {
+            // The session was over before the write: b's empty INBOX took a's UIDVALIDITY.
+            assert_eq!(b.mailbox("u", "INBOX").expect("inbox").uidvalidity, held);
+            continue;
+        }
+        if now == held && report.stale_mailboxes > 0 {
+            torn += 1;
+        }
+        // The next session settles it under a UIDVALIDITY that held mail: b's (equal
+        // counts, the larger value), unless a's had won already.
+        let again = run(&a, 2, false, in_process(&b)).expect("session");
+        assert!(again.equal_after, "{again:?}");
+        for s in [&a, &b] {
+            let inbox = s.mailbox("u", "INBOX").expect("inbox");
+            assert!(
+                [held, x + 1].contains(&inbox.uidvalidity),
+                "write after round {after}: {}",
+                inbox.uidvalidity
+            );
+            assert_eq!(s.list_messages("u", Some("INBOX")).expect("list").len(), 2);
+            assert!(s.verify().expect("verify").is_ok());
+        }
+    }
+    assert!(
+        torn > 0,
+        "no write landed between the record and the messages"
+    );
+}
+
+/// The seed of finding 16 replays clean.
+#[test]
+fn a_torn_read_in_the_simulation_imposes_no_uidvalidity() {
+    let out = simulate(151407, STEPS);
+    assert!(out.violations.is_empty(), "{:?}", out.violations);
+}

@@ -776,4 +776,105 @@ mod tests {
         let report = store.verify().expect("verify");
         assert!(report.is_ok(), "{:?}", report.problems);
     }
+
+    /// Finding 15 of docs/RELIABILITY.md (seed 135891), the other way round from finding 9:
+    /// the loser's delete is stale here (a writer appended to it after the session read it)
+    /// while the winner's group is not. Applying the winner's group alone put the loser's
+    /// mail in both mailboxes with no merge tombstone to fold them; a rename of the winner
+    /// elsewhere then kept both copies for ever. A merge applies whole or not at all, in
+    /// whichever order its groups come.
+    #[test]
+    fn a_merge_whose_losers_delete_is_stale_moves_nothing() {
+        use crate::merkle::{NodeHash, NodeKey};
+        use crate::model::{Change, ChangeGroup};
+        let store = Store::in_memory("n").expect("store");
+        let lists = store.create_mailbox("u", "Lists").expect("create");
+        let trips = store.create_mailbox("u", "Trips").expect("create");
+        let uids: Vec<u32> = append_n(&store, "Lists", 2);
+        let records: Vec<MessageRecord> = uids
+            .iter()
+            .map(|u| store.message("u", "Lists", *u).expect("m").record)
+            .collect();
+        let expect = |guid: MailboxGuid| {
+            store
+                .node(&NodeKey::Mailbox {
+                    user: "u".into(),
+                    guid,
+                })
+                .expect("node")
+                .map_or(NodeHash::EMPTY, |v| v.hash)
+                .truncated(0)
+        };
+        let mut winner = store.mailbox("u", "Trips").expect("trips");
+        winner.uidnext = 10;
+        let into_trips = |expect: [u8; 4]| ChangeGroup {
+            user: "u".into(),
+            guid: trips,
+            window: 0,
+            expect,
+            changes: std::iter::once(Change::Mailbox {
+                user: "u".into(),
+                record: winner.clone(),
+            })
+            .chain(records.iter().zip(5..).map(|(r, uid)| Change::Message {
+                user: "u".into(),
+                guid: trips,
+                uid,
+                record: r.clone(),
+                body: None,
+            }))
+            .collect(),
+        };
+        let delete_lists = |expect: [u8; 4]| ChangeGroup {
+            user: "u".into(),
+            guid: lists,
+            window: 0,
+            expect,
+            changes: vec![Change::DeleteMailbox {
+                user: "u".into(),
+                tombstone: MailboxTombstone {
+                    guid: lists,
+                    name: "Lists".into(),
+                    stamp: winner.name_stamp,
+                    merged_into: Some(trips),
+                },
+            }],
+        };
+        let live = |name: &str| -> Vec<Digest> {
+            store
+                .list_messages("u", Some(name))
+                .map(|l| l.into_iter().map(|m| m.record.digest).collect())
+                .unwrap_or_default()
+        };
+        let both: Vec<Digest> = records.iter().map(|r| r.digest).collect();
+        // The session read Lists before a writer's append: its delete is stale, and the
+        // winner's group waits with it, in either order.
+        let (stale_lists, fresh_trips) = (expect(lists), expect(trips));
+        store
+            .append("u", "Lists", vec![msg(7)])
+            .expect("a writer's append");
+        assert_ne!(expect(lists), stale_lists);
+        for order in [true, false] {
+            let mut groups = vec![into_trips(fresh_trips), delete_lists(stale_lists)];
+            if !order {
+                groups.reverse();
+            }
+            let applied = store.apply_groups(&groups).expect("apply");
+            assert_eq!(applied, vec![false, false]);
+            assert!(live("Trips").is_empty());
+            assert_eq!(live("Lists").len(), 3);
+        }
+        // A plain delete of another mailbox, stale too, holds back nothing.
+        let mut plain = delete_lists(stale_lists);
+        if let Change::DeleteMailbox { tombstone, .. } = &mut plain.changes[0] {
+            tombstone.merged_into = None;
+        }
+        let applied = store
+            .apply_groups(&[into_trips(fresh_trips), plain])
+            .expect("apply");
+        assert_eq!(applied, vec![true, false]);
+        assert_eq!(live("Trips"), both);
+        let report = store.verify().expect("verify");
+        assert!(report.is_ok(), "{:?}", report.problems);
+    }
 }

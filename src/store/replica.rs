@@ -274,6 +274,114 @@ impl Tx<'_> {
 }
 
 impl Tx<'_> {
+    /// Every mailbox a record or message of `changes` touched still holds its live messages
+    /// below its UIDNEXT (what `verify` checks). A message is refused when it comes at or
+    /// above UIDNEXT (`apply_change`), but a record applied after it could lower UIDNEXT
+    /// under mail already held: a peer's group whose last `Next` said 1 left INBOX's UIDs
+    /// 1–6 above it (found by the `wire_request` fuzz target, session 8). Refused, with the
+    /// whole transaction: a session never plans it (`uidnext_above_every_uid`).
+    fn uids_below_uidnext(&self, changes: &[Change]) -> Result<(), StoreError> {
+        let touched: BTreeSet<(&str, MailboxGuid)> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Mailbox { user, record } => Some((user.as_str(), record.guid)),
+                Change::Message { user, guid, .. } => Some((user.as_str(), *guid)),
+                _ => None,
+            })
+            .collect();
+        for (user, guid) in touched {
+            let Some(mailbox) = self.get_mailbox(user, guid)? else {
+                continue;
+            };
+            let (start, end) = keys::uid_range(user, guid, mailbox.uidnext, u32::MAX);
+            if let Some(item) = self
+                .messages
+                .range(start.as_slice()..=end.as_slice())?
+                .next()
+            {
+                let (k, _) = item?;
+                let uid = keys::split_message(k.value()).map_or(0, |(_, _, uid)| uid);
+                return Err(StoreError::Invalid(format!(
+                    "message UID {uid} is not below the UIDNEXT {} of mailbox {guid} of {user:?}",
+                    mailbox.uidnext
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a group's mailbox still has the hash the session saw.
+    fn guard_holds(&self, group: &ChangeGroup) -> Result<bool, StoreError> {
+        let key = crate::merkle::NodeKey::Mailbox {
+            user: group.user.clone(),
+            guid: group.guid,
+        }
+        .encode();
+        let current = match self.tree.get(key.as_slice())? {
+            Some(v) => {
+                crate::merkle::NodeValue::decode(v.value())
+                    .ok_or_else(|| StoreError::Corrupt("malformed tree node".into()))?
+                    .hash
+            }
+            None => crate::merkle::NodeHash::EMPTY,
+        };
+        Ok(current.truncated(group.window) == group.expect)
+    }
+
+    /// The winners of same-name merges that must wait, as (user, GUID), read before any
+    /// group of the call applies. A merge is two groups: the winner's, which moves the
+    /// loser's mail in, and the loser's, which deletes it as `merged_into` the winner. The
+    /// second waits while the first is stale (`group_strands_mail`); this is the other way
+    /// round: when the loser is live here and its delete is stale (a writer changed it since
+    /// the session read it), the winner's group waits too. Applying it alone would leave the
+    /// loser's mail in both mailboxes with nothing that says it merged; if the two names then
+    /// part (a rename of the winner elsewhere) no merge rule ever folds them (finding 15 of
+    /// docs/RELIABILITY.md). Followed along chains within the call (a winner whose own group
+    /// deletes it as merged into a third).
+    fn merges_held_back<'g>(
+        &self,
+        groups: &'g [ChangeGroup],
+    ) -> Result<BTreeSet<(&'g str, MailboxGuid)>, StoreError> {
+        let mut merges = Vec::new();
+        for group in groups {
+            for change in &group.changes {
+                let Change::DeleteMailbox { user, tombstone } = change else {
+                    continue;
+                };
+                let Some(into) = tombstone.merged_into.filter(|g| *g != tombstone.guid) else {
+                    continue;
+                };
+                if *user != group.user || tombstone.guid != group.guid {
+                    continue;
+                }
+                let stale = self.get_mailbox(user, tombstone.guid)?.is_some()
+                    && !self.guard_holds(group)?;
+                merges.push((group.user.as_str(), group.guid, into, stale));
+            }
+        }
+        let mut held: BTreeSet<(&str, MailboxGuid)> = merges
+            .iter()
+            .filter(|m| m.3)
+            .map(|&(user, _, into, _)| (user, into))
+            .collect();
+        // A held winner that is itself merged on holds its own winner back (each pass adds
+        // at least one, or stops).
+        for _ in 0..merges.len() {
+            let more: Vec<(&str, MailboxGuid)> = merges
+                .iter()
+                .filter(|&&(user, guid, into, _)| {
+                    held.contains(&(user, guid)) && !held.contains(&(user, into))
+                })
+                .map(|&(user, _, into, _)| (user, into))
+                .collect();
+            if more.is_empty() {
+                break;
+            }
+            held.extend(more);
+        }
+        Ok(held)
+    }
+
     /// Whether a group deletes a mailbox as merged into another while a message in it has
     /// not reached any other mailbox here (`Tx::merged_delete_strands_mail`): such a group is
     /// skipped like a stale one, and the next session moves the message first.
@@ -316,26 +424,16 @@ impl Store {
     /// Applies groups of changes in one transaction. A group whose mailbox no longer has the
     /// expected hash is skipped (a stale plan is never half-applied; the next session picks
     /// it up), and so is one that would delete a merged mailbox before its mail moved out,
-    /// or that carries a stamp too far ahead of this node's clock ([`Store::set_max_clock_skew`]).
+    /// one that moves a merged mailbox's mail into its winner while that mailbox's delete
+    /// (in the same call) is stale here ([`Tx::merges_held_back`]), or that carries a stamp too far ahead of this node's clock ([`Store::set_max_clock_skew`]).
     /// Returns which groups were applied.
     pub fn apply_groups(&self, groups: &[ChangeGroup]) -> Result<Vec<bool>, StoreError> {
         self.write_replicated(|tx| {
+            let held = tx.merges_held_back(groups)?;
             let mut applied = Vec::with_capacity(groups.len());
             for group in groups {
-                let key = crate::merkle::NodeKey::Mailbox {
-                    user: group.user.clone(),
-                    guid: group.guid,
-                }
-                .encode();
-                let current = match tx.tree.get(key.as_slice())? {
-                    Some(v) => {
-                        crate::merkle::NodeValue::decode(v.value())
-                            .ok_or_else(|| StoreError::Corrupt("malformed tree node".into()))?
-                            .hash
-                    }
-                    None => crate::merkle::NodeHash::EMPTY,
-                };
-                if current.truncated(group.window) != group.expect
+                if held.contains(&(group.user.as_str(), group.guid))
+                    || !tx.guard_holds(group)?
                     || tx.group_strands_mail(group)?
                 {
                     applied.push(false);
@@ -352,6 +450,7 @@ impl Store {
                 for change in &group.changes {
                     tx.apply_change(change)?;
                 }
+                tx.uids_below_uidnext(&group.changes)?;
                 applied.push(true);
             }
             Ok(applied)
@@ -419,7 +518,7 @@ impl Store {
             for change in changes {
                 tx.apply_change(change)?;
             }
-            Ok(())
+            tx.uids_below_uidnext(changes)
         })
     }
 }
@@ -534,5 +633,72 @@ mod tests {
             "the clock follows a stamp it accepted"
         );
         assert!(b.verify().expect("verify").is_ok());
+    }
+
+    /// A peer's record applied after the messages it brings may not lower UIDNEXT under mail
+    /// held (the `wire_request` fuzz target's finding of session 8): the whole apply is
+    /// refused and the store stays as it was, whether the mail came in the same changes or
+    /// was there before.
+    #[test]
+    fn a_record_that_lowers_uidnext_under_held_mail_is_refused() {
+        let store = Store::in_memory("n").expect("store");
+        let uids: Vec<u32> = store
+            .append(
+                "u",
+                "INBOX",
+                vec![NewMessage {
+                    bytes: b"Subject: 1\r\n\r\none\r\n".to_vec(),
+                    ..NewMessage::default()
+                }],
+            )
+            .expect("append")
+            .iter()
+            .map(|o| o.uid)
+            .collect();
+        let held = store.message("u", "INBOX", uids[0]).expect("m").record;
+        let record = store.mailbox("u", "INBOX").expect("inbox");
+        let root = store.root().expect("root");
+        let lowered = |uidnext: u32| Change::Mailbox {
+            user: "u".into(),
+            record: crate::model::MailboxRecord {
+                uidnext,
+                ..record.clone()
+            },
+        };
+        let raised = lowered(10);
+        let copy = Change::Message {
+            user: "u".into(),
+            guid: record.guid,
+            uid: 5,
+            record: held.clone(),
+            body: None,
+        };
+        // Mail held before: a record with UIDNEXT 1 is refused.
+        assert!(store.apply(&[lowered(1)]).is_err());
+        // Mail brought by the same changes, then the record lowered under it.
+        assert!(store
+            .apply(&[raised.clone(), copy.clone(), lowered(5)])
+            .is_err());
+        // Through a guarded group too (a peer's Apply round).
+        let expect = store
+            .node(&crate::merkle::NodeKey::Mailbox {
+                user: "u".into(),
+                guid: record.guid,
+            })
+            .expect("node")
+            .map_or(NodeHash::EMPTY, |v| v.hash)
+            .truncated(0);
+        let group = ChangeGroup {
+            user: "u".into(),
+            guid: record.guid,
+            window: 0,
+            expect,
+            changes: vec![raised.clone(), copy.clone(), lowered(2)],
+        };
+        assert!(store.apply_groups(std::slice::from_ref(&group)).is_err());
+        assert_eq!(store.root().expect("root"), root);
+        // UIDNEXT above every UID: applied.
+        store.apply(&[raised, copy, lowered(6)]).expect("apply");
+        assert!(store.verify().expect("verify").is_ok());
     }
 }

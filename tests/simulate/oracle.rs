@@ -276,7 +276,11 @@ fn merged_into(store: &Store, user: &str, guid: MailboxGuid) -> Option<MailboxGu
 pub struct Place {
     pub user: String,
     pub mailbox: String,
+    /// The mailbox's GUID (its first bytes, in hex): two mailboxes may share a name for a while.
+    pub guid: String,
     pub uid: u32,
+    /// The append stamp: two placements of one body with different stamps are two appends.
+    pub appended: String,
 }
 
 /// Every live message of a store by digest.
@@ -293,7 +297,9 @@ pub fn live_messages(
             live.entry(m.record.digest).or_default().push(Place {
                 user: user.clone(),
                 mailbox: m.mailbox,
+                guid: hex(&m.guid.0),
                 uid: m.uid,
+                appended: format!("{:?}", m.record.appended),
             });
         }
     }

@@ -317,6 +317,8 @@ pub struct World {
     views: ClientViews,
     /// The last line SIM_WATCH logged.
     watched: Option<String>,
+    /// The last line SIM_WATCH_BOX logged.
+    watched_box: Option<String>,
     faults: Faults,
     activity: Activity,
     violations: Vec<String>,
@@ -408,6 +410,7 @@ impl World {
             oracle: Oracle::default(),
             views: ClientViews::default(),
             watched: None,
+            watched_box: None,
             faults: Faults::default(),
             activity: Activity::default(),
             violations: Vec::new(),
@@ -514,6 +517,31 @@ impl World {
             let line = format!("watch {label}: {}", places.join("; "));
             if self.watched.as_ref() != Some(&line) {
                 self.watched = Some(line.clone());
+                self.log(line);
+            }
+        }
+        // SIM_WATCH_BOX=user/mailbox (with SIM_TRACE): that mailbox's record on every peer
+        // (GUID, UIDVALIDITY, UIDNEXT, live messages), whenever it changes.
+        if let Some(watch) = std::env::var_os("SIM_WATCH_BOX").and_then(|l| l.into_string().ok()) {
+            let (user, mailbox) = watch.split_once('/').unwrap_or((watch.as_str(), "INBOX"));
+            let records: Vec<String> = view
+                .iter()
+                .map(|(n, s)| match s.mailbox(user, mailbox) {
+                    Ok(m) => {
+                        let live = s.list_messages(user, Some(mailbox)).map_or(0, |l| l.len());
+                        format!(
+                            "{n}: {} uidvalidity {} uidnext {} live {live}",
+                            super::oracle::hex(&m.guid.0),
+                            m.uidvalidity,
+                            m.uidnext
+                        )
+                    }
+                    Err(e) => format!("{n}: {e}"),
+                })
+                .collect();
+            let line = format!("watch {watch}: {}", records.join("; "));
+            if self.watched_box.as_ref() != Some(&line) {
+                self.watched_box = Some(line.clone());
                 self.log(line);
             }
         }

@@ -152,7 +152,9 @@ enum Ask {
     Full(Key),
     Bodies(Vec<Digest>),
     PutBodies(Vec<Digest>),
-    Apply,
+    /// An Apply, with the mailboxes of its groups in order (the answer says per group
+    /// whether it applied).
+    Apply(Vec<(String, GuidRef)>),
 }
 
 #[derive(Debug, Default)]
@@ -262,6 +264,11 @@ pub struct Session<'a> {
     held_elsewhere: BTreeSet<Digest>,
     applied_once: bool,
     local_applied: bool,
+    /// Mailboxes whose group here takes the peer's UIDVALIDITY: it waits for the peer's
+    /// group for the same mailbox to pass its guard (`confirm`), held in `deferred` until
+    /// the answer that says so (finding 16 of docs/RELIABILITY.md).
+    confirm: BTreeSet<Key>,
+    deferred: Vec<ChangeGroup>,
     /// The chunk being planned: its users, and the records their mailboxes were estimated to
     /// bring; the mailboxes of the users left for later chunks (found by discovery, records
     /// not asked yet); the chunk's budget; messages copied in the chunks before.
@@ -299,6 +306,8 @@ impl<'a> Session<'a> {
             held_elsewhere: BTreeSet::new(),
             applied_once: false,
             local_applied: false,
+            confirm: BTreeSet::new(),
+            deferred: Vec::new(),
             admitted: BTreeSet::new(),
             chunk_estimate: 0,
             later: BTreeMap::new(),
@@ -376,6 +385,8 @@ impl<'a> Session<'a> {
         self.bad.clear();
         self.applied_once = false;
         self.local_applied = false;
+        self.confirm.clear();
+        self.deferred.clear();
         self.copied_before = self.report.copied_from_peer + self.report.copied_to_peer;
         self.phase = Phase::Discover;
         Ok(())
@@ -540,8 +551,8 @@ impl<'a> Session<'a> {
                 self.moved(&digests);
                 Ok(())
             }
-            (Ask::Apply, Reply::Applied { applied, root }) => {
-                self.take_applied(&applied, root, progress)
+            (Ask::Apply(sent), Reply::Applied { applied, root }) => {
+                self.take_applied(&sent, &applied, root, progress)
             }
             (ask, _) => Err(protocol(format!("an answer of the wrong kind to {ask:?}"))),
         }

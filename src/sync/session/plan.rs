@@ -474,6 +474,16 @@ impl Session<'_> {
         self.wait_for(&push);
         self.push.extend(push);
         self.count(&lc, &rc, outcome);
+        // Our UIDVALIDITY changes (the peer's side won the conflict): only on a state of the
+        // peer's that its own group's guard confirms, so the peer gets a group even when it
+        // has nothing to change (`take_applied`, finding 16 of docs/RELIABILITY.md).
+        let confirm = !local_changes.is_empty()
+            && pair.remote.record.is_some()
+            && matches!((&pair.local.record, &outcome.record),
+                (Some(l), Some(o)) if l.uidvalidity != o.uidvalidity);
+        if confirm {
+            self.confirm.insert(key.clone());
+        }
         if !local_changes.is_empty() {
             self.local_groups.push(ChangeGroup {
                 user: key.0.clone(),
@@ -483,7 +493,7 @@ impl Session<'_> {
                 changes: local_changes,
             });
         }
-        if !remote_changes.is_empty() {
+        if !remote_changes.is_empty() || confirm {
             let mut group = to_wire(
                 ChangeGroup {
                     user: key.0.clone(),
@@ -541,18 +551,15 @@ impl Session<'_> {
     }
 
     /// Deletions last, so a body moving out of a deleted mailbox is still referenced when
-    /// the mailbox that receives it takes its reference.
+    /// the mailbox that receives it takes its reference; a mailbox deleted as merged into
+    /// another comes right after its winner's group instead (which takes the references as
+    /// well), so that the two land in one transaction: a store applies a merge's two groups
+    /// together or neither (`Store::apply_groups`, finding 15 of docs/RELIABILITY.md).
     fn deletions_last(&mut self) {
-        self.local_groups.sort_by_key(|g| {
-            g.changes
-                .iter()
-                .any(|c| matches!(c, Change::DeleteMailbox { .. }))
-        });
-        self.remote_groups.sort_by_key(|g| {
-            g.changes
-                .iter()
-                .any(|c| matches!(c, WireChange::DeleteMailbox(..)))
-        });
+        let local = merge_order(&self.local_groups);
+        self.local_groups = reorder(std::mem::take(&mut self.local_groups), &local);
+        let remote = merge_order(&self.remote_groups);
+        self.remote_groups = reorder(std::mem::take(&mut self.remote_groups), &remote);
     }
 
     /// When all the bodies the peer lacks fit in one batch, they travel inside the changes
@@ -600,5 +607,152 @@ impl Session<'_> {
         r.uid_clashes_renumbered += outcome.stats.uid_clashes;
         r.late_copies += outcome.stats.late_copies;
         r.moves_redone += outcome.stats.moves_redone;
+    }
+}
+
+/// A change group as the apply order sees it: whose mailbox, and whether it deletes it as
+/// merged into another.
+pub(super) trait Grouped {
+    fn user(&self) -> &str;
+    /// Whether this group is for mailbox `guid`.
+    fn is_for(&self, guid: &MailboxGuid) -> bool;
+    /// `Some(merged_into)` for a group that deletes its mailbox (`Some(None)`: a writer's
+    /// delete).
+    fn deletes(&self) -> Option<Option<MailboxGuid>>;
+
+    /// The winner of the merge this group deletes its mailbox for.
+    fn merged_into(&self) -> Option<MailboxGuid> {
+        self.deletes().flatten()
+    }
+
+    /// Whether this group deletes its mailbox as merged into one `winner` is for.
+    fn follows(&self, winner: &impl Grouped) -> bool {
+        self.user() == winner.user() && self.merged_into().is_some_and(|w| winner.is_for(&w))
+    }
+}
+
+impl Grouped for ChangeGroup {
+    fn user(&self) -> &str {
+        &self.user
+    }
+    fn is_for(&self, guid: &MailboxGuid) -> bool {
+        self.guid == *guid
+    }
+    fn deletes(&self) -> Option<Option<MailboxGuid>> {
+        self.changes.iter().find_map(|c| match c {
+            Change::DeleteMailbox { tombstone, .. } => Some(tombstone.merged_into),
+            _ => None,
+        })
+    }
+}
+
+impl Grouped for ApplyGroup {
+    fn user(&self) -> &str {
+        &self.user
+    }
+    fn is_for(&self, guid: &MailboxGuid) -> bool {
+        self.guid.names(guid)
+    }
+    fn deletes(&self) -> Option<Option<MailboxGuid>> {
+        self.changes.iter().find_map(|c| match c {
+            WireChange::DeleteMailbox(t) => Some(t.merged_into),
+            _ => None,
+        })
+    }
+}
+
+/// The order to apply groups in (positions into `groups`): every group that deletes nothing
+/// in its order, each followed by the groups that delete a mailbox merged into its mailbox
+/// (and theirs in turn), then the other deletions.
+pub(super) fn merge_order<G: Grouped>(groups: &[G]) -> Vec<usize> {
+    let merged: Vec<usize> = (0..groups.len())
+        .filter(|&i| groups[i].merged_into().is_some())
+        .collect();
+    let mut placed = vec![false; groups.len()];
+    let mut order = Vec::with_capacity(groups.len());
+    let starts = (0..groups.len())
+        .filter(|&i| groups[i].deletes().is_none())
+        .chain((0..groups.len()).filter(|&i| groups[i].deletes().is_some()));
+    for start in starts {
+        let mut stack = vec![start];
+        while let Some(i) = stack.pop() {
+            if std::mem::replace(&mut placed[i], true) {
+                continue;
+            }
+            order.push(i);
+            stack.extend(
+                merged
+                    .iter()
+                    .rev()
+                    .copied()
+                    .filter(|&j| !placed[j] && groups[j].follows(&groups[i])),
+            );
+        }
+    }
+    order
+}
+
+/// `groups` in `order` (a permutation of its positions).
+fn reorder<G>(groups: Vec<G>, order: &[usize]) -> Vec<G> {
+    let mut slots: Vec<Option<G>> = groups.into_iter().map(Some).collect();
+    order
+        .iter()
+        .filter_map(|&i| slots.get_mut(i)?.take())
+        .collect()
+}
+
+/// Whether `next` must land in the same transaction as `before` (the groups of the current
+/// one): it deletes a mailbox merged into one a group there is for.
+pub(super) fn bound_to<G: Grouped>(before: &[G], next: &G) -> bool {
+    next.merged_into().is_some() && before.iter().any(|g| next.follows(g))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{MailboxTombstone, Stamp};
+
+    fn group(user: &str, guid: u8, deletes: Option<Option<u8>>) -> ChangeGroup {
+        ChangeGroup {
+            user: user.into(),
+            guid: MailboxGuid([guid; 16]),
+            window: 0,
+            expect: [0; 4],
+            changes: deletes
+                .map(|into| Change::DeleteMailbox {
+                    user: user.into(),
+                    tombstone: MailboxTombstone {
+                        guid: MailboxGuid([guid; 16]),
+                        name: "x".into(),
+                        stamp: Stamp::ZERO,
+                        merged_into: into.map(|g| MailboxGuid([g; 16])),
+                    },
+                })
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// A merged mailbox's delete follows its winner's group (and a chain of merges follows
+    /// in turn), other deletes come last, and a transaction never ends between a winner and
+    /// the merge's delete.
+    #[test]
+    fn a_merges_delete_follows_its_winner_and_other_deletes_come_last() {
+        let groups = vec![
+            group("u", 1, Some(None)),    // a writer's delete
+            group("u", 2, Some(Some(3))), // merged into 3
+            group("u", 3, None),          // the winner
+            group("u", 4, Some(Some(2))), // merged into 2, which merged into 3
+            group("v", 5, Some(Some(3))), // another user's: not bound to u's 3
+            group("u", 6, None),
+        ];
+        let order = merge_order(&groups);
+        assert_eq!(order, vec![2, 1, 3, 5, 0, 4]);
+        let ordered = reorder(groups, &order);
+        assert!(bound_to(&ordered[..1], &ordered[1]));
+        assert!(bound_to(&ordered[..2], &ordered[2]));
+        assert!(!bound_to(&ordered[..3], &ordered[3]));
+        assert!(!bound_to(&ordered[..4], &ordered[4]));
+        assert!(!bound_to(&ordered[..5], &ordered[5]));
     }
 }

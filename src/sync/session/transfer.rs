@@ -2,10 +2,11 @@
 //! this side's groups once every fetched body is staged, the peer's in Apply rounds whose
 //! last answer carries its new root.
 
+use super::plan::bound_to;
 use super::{protocol, Ask, Phase, Session, SessionError, APPLY_BATCH_BYTES, LOCAL_APPLY_CHANGES};
 use crate::model::{Change, ChangeGroup, Progress};
 use crate::model::{CheckedBody, Digest};
-use crate::sync::wire::{encode, Request, BODY_BATCH_BYTES};
+use crate::sync::wire::{encode, GuidRef, Request, BODY_BATCH_BYTES};
 use std::collections::BTreeMap;
 
 /// Takes the next batch of about `BODY_BATCH_BYTES` (at least one body) off the queue.
@@ -65,6 +66,7 @@ impl Session<'_> {
             let n = self.remote_groups[0].changes.len();
             if !groups.is_empty()
                 && (bytes + size > APPLY_BATCH_BYTES || changes + n > LOCAL_APPLY_CHANGES)
+                && !bound_to(&groups, &self.remote_groups[0])
             {
                 break;
             }
@@ -74,7 +76,9 @@ impl Session<'_> {
         }
         if !groups.is_empty() || !self.applied_once {
             self.applied_once = true;
-            self.next.push((Ask::Apply, Request::Apply { groups }));
+            let sent = groups.iter().map(|g| (g.user.clone(), g.guid)).collect();
+            self.next
+                .push((Ask::Apply(sent), Request::Apply { groups }));
         }
     }
 
@@ -121,8 +125,15 @@ impl Session<'_> {
     /// The peer's answer to an Apply: this side applies its own groups with the first one
     /// (every fetched body has been staged by now: Bodies answers come first), then the
     /// roots are compared.
+    ///
+    /// A group here that takes the peer's UIDVALIDITY waits for the answer about the peer's
+    /// group for the same mailbox: it applies only if that group passed its guard, i.e. the
+    /// peer's mailbox was still what the session read when the record came (its record and
+    /// its messages come in different rounds; a write between them gives a torn view, whose
+    /// UIDVALIDITY winner no replica may hold mail under). Otherwise it is stale here too.
     pub(super) fn take_applied(
         &mut self,
+        sent: &[(String, GuidRef)],
         applied: &[bool],
         root: [u8; 32],
         progress: &mut dyn FnMut(Progress),
@@ -136,8 +147,28 @@ impl Session<'_> {
         }
         let stale = applied.iter().filter(|ok| !**ok).count() as u64;
         self.report.stale_mailboxes += stale;
+        let mut confirmed = Vec::new();
+        for ((user, guid), ok) in sent.iter().zip(applied) {
+            let (now, rest): (Vec<ChangeGroup>, Vec<ChangeGroup>) =
+                std::mem::take(&mut self.deferred)
+                    .into_iter()
+                    .partition(|g| g.user == *user && guid.names(&g.guid));
+            self.deferred = rest;
+            if *ok {
+                confirmed.extend(now);
+            } else {
+                self.report.stale_mailboxes += now.len() as u64;
+            }
+        }
+        if !confirmed.is_empty() {
+            let done = self.local.apply_groups(&confirmed)?;
+            self.report.stale_mailboxes += done.iter().filter(|ok| !**ok).count() as u64;
+        }
         self.report.equal_after = self.local.root()?.hash.0 == root;
         if self.remote_groups.is_empty() {
+            // A group whose peer group never came back applied is stale.
+            self.report.stale_mailboxes += self.deferred.len() as u64;
+            self.deferred.clear();
             self.finish_chunk()?;
         }
         Ok(())
@@ -156,14 +187,21 @@ impl Session<'_> {
             });
         self.report.body_mismatches += self.bad.len() as u64;
         self.report.stale_mailboxes += dropped.len() as u64;
+        let (deferred, kept): (Vec<ChangeGroup>, Vec<ChangeGroup>) = kept
+            .into_iter()
+            .partition(|g| self.confirm.contains(&(g.user.clone(), g.guid)));
+        self.deferred = deferred;
         // In transactions of a bounded size: what one holds in memory until its commit does
         // not grow with the copy. Each group is guarded on its own.
         let mut slices = Vec::new();
         let mut rest = &kept[..];
         while !rest.is_empty() {
             let (mut n, mut changes) = (0, 0);
+            // A merge's delete stays with its winner's group (`merge_order`).
             while n < rest.len()
-                && (n == 0 || changes + rest[n].changes.len() <= LOCAL_APPLY_CHANGES)
+                && (n == 0
+                    || changes + rest[n].changes.len() <= LOCAL_APPLY_CHANGES
+                    || bound_to(&rest[..n], &rest[n]))
             {
                 changes += rest[n].changes.len();
                 n += 1;
