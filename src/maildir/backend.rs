@@ -259,12 +259,17 @@ impl FolderPrint {
 /// The files of the Maildirs a template names, as the store reads bodies from them.
 struct Files {
     template: Template,
-    /// Where each file of the folders read from lately is (base name → path): a body read
-    /// costs an open, not a listing of its folder.
-    names: std::sync::Mutex<std::collections::VecDeque<(PathBuf, HashMap<String, PathBuf>)>>,
+    /// Where each file of the folders read from lately is (base name → its name under the
+    /// folder, `cur/…` or `new/…`): a body read costs an open, not a listing of its folder.
+    names: std::sync::Mutex<std::collections::VecDeque<(PathBuf, FolderNames)>>,
 }
 
-/// File names [`Files`] keeps at most (about 100 bytes each), over as many folders as fit: a
+/// A folder's files by base name, each with its path under the folder. Not the full path:
+/// with it, 100 000 names took 21 MB of a sending `serve`'s heap at its peak, 11 MB without
+/// (docs/PERFORMANCE.md, "Session 10").
+type FolderNames = HashMap<Box<str>, Box<str>>;
+
+/// File names [`Files`] keeps at most (about 110 bytes each), over as many folders as fit: a
 /// session reads bodies in the order its plan names them, across every folder of a user, so
 /// keeping only the last few folders would list a folder again for almost every body.
 const NAME_CACHE_FILES: usize = 400_000;
@@ -284,8 +289,14 @@ impl Files {
                 if let Some(i) = at {
                     names.remove(i);
                 }
-                let listing =
-                    live::file_names(dir).map_err(|e| std::io::Error::other(e.to_string()))?;
+                let listing: FolderNames = live::file_names(dir)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?
+                    .into_iter()
+                    .filter_map(|(base, path)| {
+                        let under = path.strip_prefix(dir).ok()?.to_str()?;
+                        Some((base.into_boxed_str(), under.into()))
+                    })
+                    .collect();
                 let mut held: usize = names.iter().map(|(_, n)| n.len()).sum();
                 while held + listing.len() > NAME_CACHE_FILES {
                     let Some((_, oldest)) = names.pop_front() else {
@@ -297,7 +308,7 @@ impl Files {
                 names.len() - 1
             }
         };
-        Ok(names[at].1.get(base).cloned())
+        Ok(names[at].1.get(base).map(|under| dir.join(&**under)))
     }
 }
 
