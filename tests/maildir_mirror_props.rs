@@ -331,6 +331,20 @@ impl World {
         report
     }
 
+    /// An MDA's drop (body 0, no flags) into the folder whose directory ends with `suffix`.
+    fn drop_into(&mut self, suffix: &str) {
+        let folders = disk_folders(&self.root);
+        let folder = folders
+            .iter()
+            .position(|d| d.ends_with(suffix))
+            .unwrap_or_else(|| panic!("no folder {suffix} on disk: {folders:?}"));
+        self.apply(&Op::Drop {
+            folder,
+            body: 0,
+            flags: None,
+        });
+    }
+
     /// The index's messages, in a stable order: (mailbox, uid).
     fn indexed(&self) -> Vec<(String, u32)> {
         match self.store().list_messages(USER, None) {
@@ -1097,16 +1111,7 @@ fn a_file_dropped_into_a_folder_before_its_rename_is_imported() {
     world.apply(&Op::Create { name: 3 });
     world.pass();
     world.apply(&Op::Rename { from: 3, to: 2 });
-    let folders = disk_folders(&world.root);
-    let sub = folders
-        .iter()
-        .position(|d| d.ends_with(".Lists.Sub"))
-        .expect("Lists/Sub on disk");
-    world.apply(&Op::Drop {
-        folder: sub,
-        body: 0,
-        flags: None,
-    });
+    world.drop_into(".Lists.Sub");
     let r = world.pass();
     assert_eq!((r.imported, r.folders_renamed), (1, 1), "{r:?}");
     assert!(world.indexed().contains(&("Work".to_string(), 1)));
@@ -1128,16 +1133,7 @@ fn a_kept_folder_makes_way_for_a_rename_onto_its_name() {
     world.pass();
     world.apply(&Op::Delete { name: 1 });
     world.apply(&Op::Rename { from: 2, to: 1 });
-    let folders = disk_folders(&world.root);
-    let lists = folders
-        .iter()
-        .position(|d| d.ends_with(".Lists"))
-        .expect("Lists on disk");
-    world.apply(&Op::Drop {
-        folder: lists,
-        body: 0,
-        flags: None,
-    });
+    world.drop_into(".Lists");
     world.settle().expect("settles");
     world.check().expect("the Maildir equals the index");
     let names: Vec<String> = world
@@ -1185,16 +1181,7 @@ fn a_kept_folder_found_after_a_rename_onto_its_name_is_moved_aside() {
     world.apply(&Op::Create { name: 1 });
     world.pass();
     world.apply(&Op::Delete { name: 1 });
-    let folders = disk_folders(&world.root);
-    let lists = folders
-        .iter()
-        .position(|d| d.ends_with(".Lists"))
-        .expect("Lists on disk");
-    world.apply(&Op::Drop {
-        folder: lists,
-        body: 0,
-        flags: None,
-    });
+    world.drop_into(".Lists");
     world.apply(&Op::Create { name: 2 });
     world.pass();
     world.apply(&Op::Rename { from: 2, to: 1 });
