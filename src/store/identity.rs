@@ -463,6 +463,19 @@ mod tests {
     use super::*;
     use crate::store::{NewMessage, Store};
 
+    /// The guard a session puts on a group for user u's mailbox `guid`: its node's hash as
+    /// this store holds it now, cut to the window 0 prefix.
+    fn guard_of(store: &Store, guid: MailboxGuid) -> [u8; 4] {
+        store
+            .node(&crate::merkle::NodeKey::Mailbox {
+                user: "u".into(),
+                guid,
+            })
+            .expect("node")
+            .map_or(crate::merkle::NodeHash::EMPTY, |v| v.hash)
+            .truncated(0)
+    }
+
     /// Appends `n` distinct messages to `mailbox` of user `u`; returns their UIDs in order.
     fn append_n(store: &Store, mailbox: &str, n: u32) -> Vec<u32> {
         store
@@ -683,7 +696,6 @@ mod tests {
     /// expunge stored in the same group first, or a copy already in the winner, lets it go.
     #[test]
     fn a_merged_mailbox_is_not_dropped_before_its_mail_has_moved() {
-        use crate::merkle::{NodeHash, NodeKey};
         use crate::model::{Change, ChangeGroup};
         let store = Store::in_memory("n").expect("store");
         let lists = store.create_mailbox("u", "Lists").expect("create");
@@ -691,16 +703,7 @@ mod tests {
         let uids: Vec<u32> = append_n(&store, "Lists", 2);
         let kept = store.message("u", "Lists", uids[0]).expect("m").record;
         let expunged = store.message("u", "Lists", uids[1]).expect("m").record;
-        let expect = |guid: MailboxGuid| {
-            store
-                .node(&NodeKey::Mailbox {
-                    user: "u".into(),
-                    guid,
-                })
-                .expect("node")
-                .map_or(NodeHash::EMPTY, |v| v.hash)
-                .truncated(0)
-        };
+        let expect = |guid: MailboxGuid| guard_of(&store, guid);
         let mut winner = store.mailbox("u", "Trips").expect("trips");
         winner.uidnext = 10;
         let into_trips = |expect: [u8; 4]| ChangeGroup {
@@ -785,7 +788,6 @@ mod tests {
     /// whichever order its groups come.
     #[test]
     fn a_merge_whose_losers_delete_is_stale_moves_nothing() {
-        use crate::merkle::{NodeHash, NodeKey};
         use crate::model::{Change, ChangeGroup};
         let store = Store::in_memory("n").expect("store");
         let lists = store.create_mailbox("u", "Lists").expect("create");
@@ -795,16 +797,7 @@ mod tests {
             .iter()
             .map(|u| store.message("u", "Lists", *u).expect("m").record)
             .collect();
-        let expect = |guid: MailboxGuid| {
-            store
-                .node(&NodeKey::Mailbox {
-                    user: "u".into(),
-                    guid,
-                })
-                .expect("node")
-                .map_or(NodeHash::EMPTY, |v| v.hash)
-                .truncated(0)
-        };
+        let expect = |guid: MailboxGuid| guard_of(&store, guid);
         let mut winner = store.mailbox("u", "Trips").expect("trips");
         winner.uidnext = 10;
         let into_trips = |expect: [u8; 4]| ChangeGroup {
