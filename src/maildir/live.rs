@@ -936,11 +936,7 @@ impl LockedFolder<'_> {
         let mut listing: Option<HashMap<String, PathBuf>> = None;
         let mut out = Vec::with_capacity(bases.len());
         for base in bases {
-            let plain = ["cur", "new"]
-                .iter()
-                .map(|sub| self.folder.dir.join(sub).join(base))
-                .find(|p| p.is_file());
-            let path = match plain {
+            let path = match plain_file(&self.folder.dir, base) {
                 Some(path) => Some(path),
                 None => {
                     let names = match &mut listing {
@@ -965,14 +961,7 @@ impl LockedFolder<'_> {
 
     /// Removes the file with base name `base` (an expunge). Returns whether there was one.
     pub fn unlink(&mut self, base: &str) -> Result<bool, LiveError> {
-        let Some(path) = self.find(base)? else {
-            return Ok(false);
-        };
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io(&path, "remove")(e).into()),
-        }
+        Ok(self.unlink_all(&[base.to_string()])?.contains(&true))
     }
 
     /// Gives a folder that holds no message and has given out no UID another UIDVALIDITY and
@@ -1005,16 +994,20 @@ impl LockedFolder<'_> {
 
 /// The file with base name `base` in `dir`'s cur/ or new/.
 pub(crate) fn find_base(dir: &Path, base: &str) -> Result<Option<PathBuf>, LiveError> {
-    for sub in ["cur", "new"] {
-        let sub_dir = dir.join(sub);
-        // The common names first: no suffix (new/) or the `:2,` info (cur/).
-        let plain = sub_dir.join(base);
-        if plain.is_file() {
-            return Ok(Some(plain));
-        }
+    if let Some(path) = plain_file(dir, base) {
+        return Ok(Some(path));
     }
     // Otherwise, with whatever info it has: a listing of both.
     Ok(file_names(dir)?.remove(base))
+}
+
+/// The file of base name `base` under its plain name (no `:2,` info), in cur/ or new/: a
+/// stat each, the common case of a file no one has flagged yet.
+fn plain_file(dir: &Path, base: &str) -> Option<PathBuf> {
+    ["cur", "new"]
+        .iter()
+        .map(|sub| dir.join(sub).join(base))
+        .find(|p| p.is_file())
 }
 
 /// Whether a base name is one [`LockedFolder::deliver_all`] made: `<secs>.M<usecs>P<pid>Q<n>.`
