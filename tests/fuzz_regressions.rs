@@ -557,6 +557,22 @@ fn keyword_line_holding_a_system_flag_name_is_no_keyword() {
     assert_eq!(parsed.unknown_keyword_letters, ['a', 'b']);
 }
 
+/// Found by `maildir_name` in 481 436 runs (session 10): a `dovecot-keywords` file ending in
+/// `0 <name>\r` with no final newline read as the keyword `<name>\r`, which a rewrite (`\r\n`
+/// is a line end) read back without the `\r`. A keyword name with a control character is no
+/// keyword now (Dovecot's are IMAP atoms). The input is the crash artifact as libFuzzer wrote
+/// it.
+#[test]
+fn keyword_name_with_a_control_character_is_no_keyword() {
+    maildir::names(include_bytes!(
+        "../fuzz/regressions/maildir_name-keyword-cr-at-end"
+    ));
+    // A CRLF line end is a line end; a '\r' at the end of the file, or a bell, is not.
+    let keywords = merkmail::maildir::parse_keywords_file("0 Junk\r\n1 b\u{7}d\n2 Work\r");
+    let keywords = keywords.into_iter().map(|(_, k)| k).collect::<Vec<_>>();
+    assert_eq!(keywords, ["Junk"]);
+}
+
 /// Found by `wire_request` in 140 619 runs (the first run after the targets were made
 /// faster): a round's expunge of alice's UID 1 with an origin stamp whose milliseconds were
 /// past 48 bits. `Stamp::to_bytes` saturates such a stamp in the identity index key while the

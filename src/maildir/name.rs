@@ -139,7 +139,13 @@ pub fn parse_keywords_file(text: &str) -> Vec<(u8, String)> {
         let Some((idx, name)) = line.split_once(' ') else {
             continue;
         };
-        if idx.is_empty() || !idx.bytes().all(|b| b.is_ascii_digit()) || name.is_empty() {
+        // A keyword is an IMAP atom: a control character (a '\r' left at the end of a file
+        // with no final newline, say) makes no keyword, and would not survive a rewrite.
+        if idx.is_empty()
+            || !idx.bytes().all(|b| b.is_ascii_digit())
+            || name.is_empty()
+            || name.chars().any(char::is_control)
+        {
             continue;
         }
         let Ok(idx) = idx.parse::<u8>() else {
