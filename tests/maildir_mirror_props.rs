@@ -697,7 +697,17 @@ fn a_watched_pass_takes_every_file_numbered_past_the_index_named_or_not() {
             flags: None,
         });
     }
-    // Named in order, M11 (dropped first) takes the lower UID.
+    // The server numbers both (a client looked), M11 (dropped first) at the lower UID.
+    let dir = disk_folders(&world.root)[0].clone();
+    let live = merkmail::maildir::live::LiveFolder::open(&dir).expect("open");
+    let numbered = live
+        .lock()
+        .expect("lock")
+        .number_unlisted()
+        .expect("number")
+        .numbered;
+    assert_eq!(numbered.len(), 2);
+    // The watcher has named only M12 so far: both are taken, in UID order.
     let r = world.pass_hiding(".M11P");
     assert_eq!(
         (r.imported, r.folders_named, r.folders_read),
@@ -705,6 +715,59 @@ fn a_watched_pass_takes_every_file_numbered_past_the_index_named_or_not() {
         "{r:?}"
     );
     assert_eq!(world.indexed().len(), before + 2);
+    world.settle().expect("settles");
+    world.check().expect("the Maildir equals the index");
+}
+
+/// Files no one has numbered yet: a watched pass numbers only the ones the watcher named (it
+/// does not list the folder, which at 10 000 files costs more than the rest of the pass); a
+/// file not named yet is numbered when it is, above every UID the index took meanwhile. No
+/// UID is taken below the index's UIDNEXT either way.
+#[test]
+fn a_watched_pass_numbers_only_the_files_named() {
+    let mut world = World::watched();
+    world.settle().expect("settles");
+    let before = world.indexed().len();
+    for body in [11, 12] {
+        world.apply(&Op::Drop {
+            folder: 0,
+            body,
+            flags: None,
+        });
+    }
+    let r = world.pass_hiding(".M11P");
+    assert_eq!(
+        (r.imported, r.folders_named, r.folders_read),
+        (1, 1, 0),
+        "{r:?}"
+    );
+    let first: BTreeSet<(String, u32)> = world.indexed().into_iter().collect();
+    assert_eq!(first.len(), before + 1);
+    let top = first.iter().map(|(_, uid)| *uid).max().unwrap_or(0);
+    // M11's report arrives now (`pass_hiding` dropped the first): it is moved into cur/, as a
+    // server's first look at it does.
+    let dir = disk_folders(&world.root)[0].clone();
+    let m11 = std::fs::read_dir(dir.join("new"))
+        .expect("new/")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.contains(".M11P"))
+        .expect("M11 in new/");
+    std::fs::rename(
+        dir.join("new").join(&m11),
+        dir.join("cur").join(format!("{m11}:2,")),
+    )
+    .expect("rename");
+    let r = world.pass();
+    assert_eq!((r.imported, r.folders_read), (1, 0), "{r:?}");
+    let later: Vec<u32> = world
+        .indexed()
+        .into_iter()
+        .filter(|m| !first.contains(m))
+        .map(|(_, uid)| uid)
+        .collect();
+    assert_eq!(later.len(), 1);
+    assert!(later[0] > top, "M11 at {later:?}, below the index's {top}");
     world.settle().expect("settles");
     world.check().expect("the Maildir equals the index");
 }
@@ -1197,4 +1260,186 @@ fn a_kept_folder_found_after_a_rename_onto_its_name_is_moved_aside() {
         "the dropped mail, moved aside: {:?}",
         world.indexed()
     );
+}
+
+/// A live-Maildir store for the store-level tests below, with `u`'s INBOX settled (nothing
+/// owed).
+fn settled_store(dir: &Path) -> (Store, merkmail::model::MailboxGuid) {
+    merkmail::maildir::backend::install();
+    let template = format!("{}/%u/Maildir", dir.display());
+    let store = Store::init_maildir(&dir.join("data"), "a", &template).expect("init");
+    store
+        .append("u", "INBOX", vec![new_message(message("first", 0), 0)])
+        .expect("append");
+    let guid = store.mailbox("u", "INBOX").expect("inbox").guid;
+    let read = store.mailbox_mirror("u", guid).expect("mirror");
+    store
+        .mirror_settle(
+            "u",
+            guid,
+            &[merkmail::store::MirrorEdit::OwedUids(
+                read.owed_uids.clone(),
+            )],
+            read.owed,
+        )
+        .expect("settle");
+    assert!(store.owed_mailboxes().expect("owed").is_empty());
+    (store, guid)
+}
+
+/// A write marks the messages it changed, by UID; the index → disk half can look at those
+/// only, and settles each unless a write changed it again after it was read.
+#[test]
+fn the_owed_uids_name_what_writes_changed_and_settle_one_by_one() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (store, guid) = settled_store(dir.path());
+    let uids: Vec<u32> = store
+        .append(
+            "u",
+            "INBOX",
+            vec![
+                new_message(message("a", 1), 1),
+                new_message(message("b", 2), 2),
+            ],
+        )
+        .expect("append")
+        .iter()
+        .map(|o| o.uid)
+        .collect();
+    let read = store
+        .mailbox_mirror_at("u", guid, &BTreeSet::new())
+        .expect("mirror");
+    assert!(!read.whole);
+    assert!(read.owed.is_some_and(|t| t.complete()));
+    let owed: Vec<u32> = read.owed_uids.iter().map(|(uid, _)| *uid).collect();
+    assert_eq!(owed, uids, "the appended UIDs, and only them");
+    let listed: Vec<u32> = read.messages.iter().map(|(uid, _)| *uid).collect();
+    assert_eq!(listed, uids, "the rows read are the owed ones");
+
+    // The second message changes again before the first read is settled.
+    store
+        .set_flags("u", "INBOX", uids[1], FlagOp::Add, &[flag("\\Seen")])
+        .expect("flags");
+    store
+        .mirror_settle(
+            "u",
+            guid,
+            &[merkmail::store::MirrorEdit::OwedUids(
+                read.owed_uids.clone(),
+            )],
+            read.owed,
+        )
+        .expect("settle");
+    let again = store.mailbox_mirror("u", guid).expect("mirror");
+    let still: Vec<u32> = again.owed_uids.iter().map(|(uid, _)| *uid).collect();
+    assert_eq!(
+        still,
+        vec![uids[1]],
+        "the first is settled, the second changed since"
+    );
+    assert!(again.owed.is_some(), "and the mailbox stays owed");
+}
+
+/// What a pass found on disk goes into the index without marking the mailbox owed: the disk
+/// shows it already. A message that must take another UID than its file's does mark it.
+#[test]
+fn a_change_found_on_disk_leaves_its_mailbox_unowed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (store, guid) = settled_store(dir.path());
+    let found = |n: u16, uid: u32| NewMessage {
+        uid: Some(uid),
+        exact_uid: true,
+        source: Some(format!("1700000000.M{n}P1.host")),
+        ..new_message(message("found", n), n)
+    };
+    let outcomes = store
+        .append_found("u", "INBOX", vec![found(1, 5), found(2, 6)])
+        .expect("append_found");
+    assert!(outcomes.iter().all(|o| !o.renumbered && !o.skipped));
+    assert!(
+        store.owed_mailboxes().expect("owed").is_empty(),
+        "imported at their own UIDs: nothing owed"
+    );
+    let gone = store.disk_expunged("u", guid, &[5]).expect("expunged");
+    assert_eq!(gone, 1);
+    assert!(store.owed_mailboxes().expect("owed").is_empty());
+
+    // UID 6 is taken: the file's message goes elsewhere, and a file must be written there.
+    let outcomes = store
+        .append_found("u", "INBOX", vec![found(3, 6)])
+        .expect("append_found");
+    assert!(outcomes[0].renumbered);
+    assert_eq!(
+        store.owed_mailboxes().expect("owed"),
+        vec![("u".to_string(), guid)]
+    );
+}
+
+fn flag(name: &str) -> FlagName {
+    FlagName::parse(name).expect("flag")
+}
+
+/// A store of format 3 recorded no owed UIDs: its marks are taken as not naming every change
+/// when it is opened (format 4), so the next pass looks at every message of such a mailbox,
+/// once; the marks written after that name their UIDs again.
+#[test]
+fn a_format_3_mark_is_taken_as_not_naming_every_change() {
+    use redb::{ReadableDatabase, ReadableTable};
+    let dir = tempfile::tempdir().expect("dir");
+    let (store, guid) = settled_store(dir.path());
+    store
+        .append("u", "INBOX", vec![new_message(message("late", 3), 3)])
+        .expect("append");
+    drop(store);
+    let file = dir.path().join("data").join(merkmail::store::DB_FILE);
+    {
+        let owed: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("mirror_owed");
+        let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+        let db = redb::Database::open(&file).expect("open redb");
+        let marks: Vec<(Vec<u8>, Vec<u8>)> = db
+            .begin_read()
+            .expect("read")
+            .open_table(owed)
+            .expect("owed")
+            .iter()
+            .expect("iter")
+            .map(|i| {
+                let (k, v) = i.expect("item");
+                (k.value().to_vec(), v.value().to_vec())
+            })
+            .collect();
+        assert_eq!(marks.len(), 1);
+        let txn = db.begin_write().expect("write");
+        {
+            let mut table = txn.open_table(owed).expect("owed");
+            for (k, v) in &marks {
+                assert_eq!(v.len(), 13, "a format 4 mark: a stamp and a byte");
+                table.insert(k.as_slice(), &v[..12]).expect("insert");
+            }
+            txn.open_table(meta)
+                .expect("meta")
+                .insert("format", 3u32.to_be_bytes().as_slice())
+                .expect("format");
+        }
+        txn.commit().expect("commit");
+    }
+    let store = Store::open(&dir.path().join("data")).expect("open");
+    let read = store.mailbox_mirror("u", guid).expect("mirror");
+    assert!(read.owed.is_some_and(|t| !t.complete()), "{:?}", read.owed);
+    store
+        .append("u", "INBOX", vec![new_message(message("later", 4), 4)])
+        .expect("append");
+    let again = store.mailbox_mirror("u", guid).expect("mirror");
+    assert!(
+        again.owed.is_some_and(|t| !t.complete()),
+        "a later write keeps the mark incomplete until it is settled"
+    );
+    store
+        .mirror_settle("u", guid, &[], again.owed)
+        .expect("settle");
+    store
+        .append("u", "INBOX", vec![new_message(message("last", 5), 5)])
+        .expect("append");
+    let last = store.mailbox_mirror("u", guid).expect("mirror");
+    assert!(last.owed.is_some_and(|t| t.complete()));
 }

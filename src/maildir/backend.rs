@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use crate::maildir::fault::{self, PassPoint};
 use crate::maildir::live::{self, LiveError, LiveFolder};
 use crate::maildir::scan::{list, scan, scan_folder, scan_names, ScannedFolder, ScannedMessage};
-use crate::maildir::watch::Watched;
+use crate::maildir::watch::{UidlistMark, Watched};
 use crate::maildir::{MaildirError, INBOX};
 use crate::model::{Digest, FlagName, MailboxGuid};
 use crate::store::{
@@ -249,6 +249,25 @@ impl FolderPrint {
         FolderPrint { stats, racy }
     }
 
+    /// The uidlist's inode and size in this print, if the folder had one.
+    fn uidlist(&self) -> Option<UidlistMark> {
+        // The third of the four stats: inode, mtime, mtime_nsec, size, 8 bytes each.
+        let stat = self.stats.get(64..96)?;
+        if stat.iter().all(|b| *b == 0xff) {
+            return None;
+        }
+        let word = |at: usize| {
+            stat.get(at..at + 8)?
+                .try_into()
+                .ok()
+                .map(u64::from_le_bytes)
+        };
+        Some(UidlistMark {
+            inode: word(0)?,
+            size: word(24)?,
+        })
+    }
+
     /// The print to keep once index and disk agree, if the folder showed no change between
     /// `self` (taken before it was read) and `after` (taken when the pass was done with it).
     fn to_keep(&self, after: &FolderPrint) -> Option<Vec<u8>> {
@@ -275,6 +294,15 @@ type FolderNames = HashMap<Box<str>, Box<str>>;
 const NAME_CACHE_FILES: usize = 400_000;
 
 impl Files {
+    /// Whether the names of `dir` are kept.
+    fn holds(&self, dir: &Path) -> std::io::Result<bool> {
+        let names = self
+            .names
+            .lock()
+            .map_err(|_| std::io::Error::other("the file-name cache is poisoned"))?;
+        Ok(names.iter().any(|(d, _)| d == dir))
+    }
+
     /// The path of the file `base` in `dir` as last listed, listing the folder again if
     /// `fresh` or if it is not among the folders kept.
     fn lookup(&self, dir: &Path, base: &str, fresh: bool) -> std::io::Result<Option<PathBuf>> {
@@ -326,6 +354,18 @@ impl crate::store::MailFiles for Files {
         // The name last listed first; if the file was renamed (a flag change) or is not
         // listed yet, the folder is listed again, once.
         for fresh in [false, true] {
+            if fresh || !self.holds(&dir)? {
+                // Before a listing: where a delivery that no flag has touched yet is (an
+                // MDA's in new/, a client's APPEND without flags in cur/). Listing a folder of
+                // 10 000 files for each new message cost a sender more than its pass.
+                for name in [format!("new/{base}"), format!("cur/{base}:2,")] {
+                    match std::fs::read(dir.join(name)) {
+                        Ok(bytes) => return Ok(Some(bytes)),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
             let Some(path) = self.lookup(&dir, base, fresh)? else {
                 continue;
             };
@@ -535,7 +575,10 @@ fn pass_user(
 
     // Only the folders that changed since index and disk last agreed, or that the index owes
     // something, are read; a folder the watcher followed, only in the files it named.
-    let mut read: Vec<(ScannedFolder, FolderPrint, Scope)> = Vec::new();
+    // With each, whether its uidlist was only appended to since index and disk last agreed
+    // on a followed folder the index owes nothing: then only the index rows at the UIDs of
+    // the files named are needed.
+    let mut read: Vec<(ScannedFolder, FolderPrint, Scope, bool)> = Vec::new();
     for (mailbox, dir) in &listing.folders {
         report.folders += 1;
         if being_made(mailbox, dir, &states) {
@@ -548,27 +591,34 @@ fn pass_user(
         if let Some(w) = watched.as_deref_mut() {
             let trusted = w.trust && w.tracking.is_tracked(dir) && !w.touched.whole.contains(dir);
             let names = w.touched.files.remove(dir);
+            let mark = w.tracking.uidlist(dir);
             // Tracked again only once this pass has settled it.
             w.tracking.forget(dir);
             let state = agreed(&states, &taken, mailbox, subscribed);
             if let (true, Some(state)) = (trusted, state) {
                 if names.is_none() && state.owed.is_none() {
                     taken.insert(state.guid);
-                    w.tracking.track(dir);
+                    w.tracking.track(dir, mark);
                     continue;
                 }
                 let names = names.unwrap_or_default();
                 let uidnext = state.record.as_ref().map_or(1, |r| r.uidnext);
                 let (folder, bases) = read_named((mailbox, dir), subscribed, &names, uidnext)?;
                 report.folders_named += 1;
-                read.push((folder, print, Scope::Bases(bases)));
+                // Owed something, the index must say which messages (a mark written since
+                // format 4, not one from before).
+                let appended = state.owed.is_none_or(|t| t.complete())
+                    && mark
+                        .zip(FolderPrint::of(dir).uidlist())
+                        .is_some_and(|(was, now)| was.appended_to(&now));
+                read.push((folder, print, Scope::Bases(bases), appended));
                 continue;
             }
         }
         if let Some(state) = unchanged(&states, &taken, mailbox, subscribed, &print) {
             taken.insert(state.guid);
             if let Some(w) = watched.as_deref_mut() {
-                w.tracking.track(dir);
+                w.tracking.track(dir, print.uidlist());
             }
             continue;
         }
@@ -580,15 +630,27 @@ fn pass_user(
         }
         report.folders_read += 1;
         tracing::debug!(user, mailbox = %folder.mailbox, files = folder.messages.len(), us = t.elapsed().as_micros() as u64, "folder read");
-        read.push((folder, print, Scope::All));
+        read.push((folder, print, Scope::All, false));
     }
 
     let mut paired: Vec<(ScannedFolder, FolderPrint, MailboxMirror, Scope)> = Vec::new();
-    for (mut folder, mut print, mut scope) in read {
+    for (mut folder, mut print, mut scope, appended) in read {
         let mirror = match pair_for(&states, &folder, &taken) {
             Some(i) => {
-                let mirror = store.mailbox_mirror(user, states[i].guid)?;
-                if let Scope::Bases(bases) = &scope {
+                let guid = states[i].guid;
+                let part = match &scope {
+                    Scope::Bases(bases) if appended => {
+                        partial_mirror(store, user, guid, &folder, bases)?
+                    }
+                    _ => None,
+                };
+                // Else the whole mailbox, and the uidlist must still list every file no one
+                // named where the index has it.
+                let mirror = match part {
+                    Some(mirror) => mirror,
+                    None => store.mailbox_mirror(user, guid)?,
+                };
+                if let (Scope::Bases(bases), true) = (&scope, mirror.whole) {
                     if !uids_agree(&folder, &mirror, bases) {
                         // The uidlist says other UIDs than the index for files no one named
                         // (the server rebuilt it): the folder is read in full after all.
@@ -722,7 +784,7 @@ fn pass_user(
         {
             if agrees {
                 if let Some(w) = watched.as_deref_mut() {
-                    w.tracking.track(&dir);
+                    w.tracking.track(&dir, print.uidlist());
                 }
                 continue;
             }
@@ -740,7 +802,7 @@ fn pass_user(
         // folder made just now may have started after some of its changes.
         if let Some(w) = watched.as_deref_mut() {
             if settled && listed {
-                w.tracking.track(&dir);
+                w.tracking.track(&dir, print.uidlist());
             }
         }
     }
@@ -814,10 +876,105 @@ fn read_named(
         )
     };
     let (folder, bases) = scan()?;
-    if !number_unlisted(&folder)? {
+    if !number_named(&folder)? {
         return Ok((folder, bases));
     }
     Ok(scan()?)
+}
+
+/// [`number_unlisted`] for the files a watcher named, without listing the folder.
+fn number_named(folder: &ScannedFolder) -> Result<bool, BackendError> {
+    let paths: Vec<PathBuf> = folder
+        .messages
+        .iter()
+        .filter(|m| m.uid.is_none())
+        .map(|m| m.path.clone())
+        .collect();
+    if paths.is_empty() {
+        return Ok(false);
+    }
+    let live = LiveFolder::open(&folder.dir)?;
+    let mut locked = live.lock()?;
+    let numbered = !locked.number_these(&paths)?.numbered.is_empty();
+    drop(locked);
+    if numbered {
+        fault::reached(PassPoint::Numbered);
+    }
+    Ok(numbered)
+}
+
+/// The index rows a followed folder's pass needs, at the UIDs the uidlist gives the files
+/// named (the uidlist only grew since index and disk last agreed, and the index owes the
+/// folder nothing, so every other file is where both last agreed). `None` when the rows say
+/// otherwise and the whole mailbox must be read: a file named that the index holds at another
+/// UID than the uidlist's, or one merkmail delivered (after a crash it may be a delivery the
+/// index waits for at another UID).
+fn partial_mirror(
+    store: &Store,
+    user: &str,
+    guid: MailboxGuid,
+    folder: &ScannedFolder,
+    bases: &BTreeSet<String>,
+) -> Result<Option<MailboxMirror>, BackendError> {
+    let Some(list) = &folder.uidlist else {
+        return Ok(None);
+    };
+    let mut uid_of: HashMap<&str, u32> = HashMap::new();
+    for (uid, base) in &list.entries {
+        if bases.contains(base) {
+            // A base listed twice: the later line is the one Dovecot reads.
+            uid_of.insert(base.as_str(), *uid);
+        }
+    }
+    if folder.messages.iter().any(|m| m.uid.is_none()) {
+        return Ok(None);
+    }
+    let uids: BTreeSet<u32> = uid_of.values().copied().collect();
+    let mirror = store.mailbox_mirror_at(user, guid, &uids)?;
+    if mirror.record.as_ref().map(|r| r.uidvalidity) != Some(list.uidvalidity)
+        || mirror.owed.is_some_and(|t| !t.complete())
+    {
+        return Ok(None);
+    }
+    let held_elsewhere = uid_of.iter().any(|(base, uid)| {
+        mirror
+            .files
+            .get(uid)
+            .is_some_and(|row| row.base.as_str() != *base)
+    });
+    let ours_unplaced = folder.messages.iter().any(|m| {
+        live::is_our_base(&m.basename)
+            && m.uid
+                .and_then(|uid| mirror.files.get(&uid))
+                .is_none_or(|row| row.base != m.basename)
+    });
+    if held_elsewhere || ours_unplaced {
+        return Ok(None);
+    }
+    Ok(Some(mirror))
+}
+
+/// A mailbox's mirror read again after the pass wrote: the same rows (and the owed ones as they
+/// are now) if it was read in part and the index still says which messages it owes, else
+/// whole.
+fn reload(
+    store: &Store,
+    user: &str,
+    mirror: &MailboxMirror,
+) -> Result<MailboxMirror, BackendError> {
+    if !mirror.whole {
+        let asked: BTreeSet<u32> = mirror
+            .messages
+            .iter()
+            .map(|(uid, _)| *uid)
+            .chain(mirror.files.keys().copied())
+            .collect();
+        let again = store.mailbox_mirror_at(user, mirror.guid, &asked)?;
+        if again.owed.is_none_or(|t| t.complete()) {
+            return Ok(again);
+        }
+    }
+    Ok(store.mailbox_mirror(user, mirror.guid)?)
 }
 
 /// Whether the uidlist still lists every file the index knows, that the watcher did not
@@ -1045,14 +1202,22 @@ fn from_disk_folder(
         (&folder, scope)
     };
     let wrote = from_disk(store, user, read, &mirror, scope, report)?;
-    if !wrote && mirror.owed.is_none() && dir == folder.dir && matches!(scope, Scope::Bases(_)) {
-        // A followed folder whose named files showed nothing new, owed nothing: index and
-        // disk still agree, and the index → disk half has nothing to do.
-        return Ok(Some((dir, mirror, true)));
+    if mirror.owed.is_none() && dir == folder.dir && matches!(scope, Scope::Bases(_)) {
+        // A followed folder owed nothing: what its named files showed (if anything) went into
+        // the index without marking it owed (`Store::append_found`, `disk_flags_changed`,
+        // `disk_expunged` leave it unmarked when index and disk agree after them). Unless a
+        // write marked it meanwhile (a peer's, or one of ours that the disk does not show yet:
+        // a renumbering), index and disk still agree, and the index → disk half has nothing
+        // to do.
+        if !wrote || store.owed_token(user, guid)?.is_none() {
+            return Ok(Some((dir, mirror, true)));
+        }
+    }
+    if wrote {
+        fault::reached(PassPoint::Imported);
     }
     let mirror = if wrote {
-        fault::reached(PassPoint::Imported);
-        store.mailbox_mirror(user, guid)?
+        reload(store, user, &mirror)?
     } else {
         mirror
     };
@@ -1274,8 +1439,12 @@ fn from_disk(
         // A file renamed while the folder was read (a flag change, new/ → cur/) can be
         // missing from the listing without being gone: the directories are listed once
         // more, and only what is missing from both listings is an expunge.
-        let still = live::file_names(&folder.dir)?;
-        gone.retain(|uid| !still.contains_key(mirror.files[uid].base.as_str()));
+        let wanted: HashSet<&str> = gone
+            .iter()
+            .map(|uid| mirror.files[uid].base.as_str())
+            .collect();
+        let still = crate::maildir::scan::bases_present(&folder.dir, &wanted)?;
+        gone.retain(|uid| !still.contains(mirror.files[uid].base.as_str()));
     }
     if !gone.is_empty() {
         report.expunged_on_disk += store.disk_expunged(user, guid, &gone)? as u64;
@@ -1355,7 +1524,11 @@ fn import_batch(
         .iter()
         .map(|m| (m.bytes.len() as u64, m.source.clone()))
         .collect();
-    for (outcome, (size, source)) in store.append(user, mailbox, batch)?.into_iter().zip(sizes) {
+    for (outcome, (size, source)) in store
+        .append_found(user, mailbox, batch)?
+        .into_iter()
+        .zip(sizes)
+    {
         if outcome.skipped {
             continue;
         }
@@ -1389,6 +1562,13 @@ fn to_disk(
     if locked.uidlist().uidvalidity != record.uidvalidity
         && !locked.adopt_identity(record.uidvalidity, &guid.to_hex())?
     {
+        let whole;
+        let mirror = if mirror.whole {
+            mirror
+        } else {
+            whole = store.mailbox_mirror(user, guid)?;
+            &whole
+        };
         rebuild(store, (user, dir), record, mirror, &mut locked, report)?;
         return Ok(false);
     }
@@ -1477,6 +1657,9 @@ fn to_disk(
     };
     edits.push(MirrorEdit::Print(kept));
     let token = if owed_still { None } else { mirror.owed };
+    if !owed_still {
+        edits.push(MirrorEdit::OwedUids(mirror.owed_uids.clone()));
+    }
     store.mirror_settle(user, guid, &edits, token)?;
     Ok(!owed_still)
 }
@@ -1577,7 +1760,7 @@ fn unlink_owed(
     for (base, removed) in mirror
         .unlinks
         .iter()
-        .zip(locked.unlink_all(&mirror.unlinks)?)
+        .zip(locked.unlink_all_named(&mirror.unlinks, &mirror.unlink_flags)?)
     {
         if removed {
             report.unlinked += 1;

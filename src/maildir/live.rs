@@ -8,7 +8,7 @@
 //! its `:2,` flags before its UID line is written; everything made takes the owner, group and
 //! mode of the directory it is made in.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -526,39 +526,73 @@ impl LockedFolder<'_> {
             let dir = self.folder.dir.join(sub);
             for entry in fs::read_dir(&dir).map_err(io(&dir, "read directory"))? {
                 let entry = entry.map_err(io(&dir, "read directory"))?;
-                let path = entry.path();
-                let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-                    report.skipped.push(Unnumberable {
-                        path,
-                        reason: UnnumberableReason::NotUtf8,
-                    });
-                    continue;
-                };
-                // Dovecot ignores dot files in new/ and cur/.
-                if name.starts_with('.') {
-                    continue;
-                }
-                let base = name.split(':').next().unwrap_or("").to_string();
-                if base.is_empty() || self.listed.contains(&base) {
-                    continue;
-                }
-                if base.chars().any(char::is_control) {
-                    report.skipped.push(Unnumberable {
-                        path,
-                        reason: UnnumberableReason::ControlCharacter,
-                    });
-                    continue;
-                }
-                let Ok(meta) = fs::symlink_metadata(&path) else {
-                    // Moved (new/ → cur/) or expunged while we looked: the next pass sees it.
-                    continue;
-                };
-                if !meta.is_file() {
-                    continue;
-                }
-                found.push((base, path, meta.len()));
+                self.consider(entry.path(), &mut found, &mut report);
             }
         }
+        self.number(found, report)
+    }
+
+    /// [`LockedFolder::number_unlisted`] for the files at `paths` only (those a watcher
+    /// named): no listing of the folder, which at 10 000 files costs more than the rest of
+    /// a pass. A file no one named is numbered when it is named, or by the server.
+    pub fn number_these(&mut self, paths: &[PathBuf]) -> Result<NumberingReport, LiveError> {
+        let mut report = NumberingReport::default();
+        let mut found: Vec<(String, PathBuf, u64)> = Vec::new();
+        for path in paths {
+            self.consider(path.clone(), &mut found, &mut report);
+        }
+        self.number(found, report)
+    }
+
+    /// Adds the file at `path` to `found` if it is mail the uidlist does not list yet.
+    fn consider(
+        &self,
+        path: PathBuf,
+        found: &mut Vec<(String, PathBuf, u64)>,
+        report: &mut NumberingReport,
+    ) {
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+        else {
+            report.skipped.push(Unnumberable {
+                path,
+                reason: UnnumberableReason::NotUtf8,
+            });
+            return;
+        };
+        // Dovecot ignores dot files in new/ and cur/.
+        if name.starts_with('.') {
+            return;
+        }
+        let base = name.split(':').next().unwrap_or("").to_string();
+        if base.is_empty() || self.listed.contains(&base) {
+            return;
+        }
+        if base.chars().any(char::is_control) {
+            report.skipped.push(Unnumberable {
+                path,
+                reason: UnnumberableReason::ControlCharacter,
+            });
+            return;
+        }
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            // Moved (new/ → cur/) or expunged while we looked: the next pass sees it.
+            return;
+        };
+        if !meta.is_file() {
+            return;
+        }
+        found.push((base, path, meta.len()));
+    }
+
+    /// Numbers `found` (base, path, size) after the last UID, in Dovecot's order.
+    fn number(
+        &mut self,
+        mut found: Vec<(String, PathBuf, u64)>,
+        mut report: NumberingReport,
+    ) -> Result<NumberingReport, LiveError> {
         found.sort_by(|a, b| (name_time(&a.0), &a.0).cmp(&(name_time(&b.0), &b.0)));
         // The same base in new/ and cur/ (seen mid-move) gets one UID.
         found.dedup_by(|a, b| a.0 == b.0);
@@ -933,10 +967,32 @@ impl LockedFolder<'_> {
     /// per file: a folder of 11 000 files takes a few milliseconds to list, and a round of
     /// replicated expunges named 75 files in one folder.
     pub fn unlink_all(&mut self, bases: &[String]) -> Result<Vec<bool>, LiveError> {
+        self.unlink_all_named(bases, &BTreeMap::new())
+    }
+
+    /// [`LockedFolder::unlink_all`], with the flags each file's name showed when index and
+    /// disk last agreed, where known: a file with only system flags is then looked for under
+    /// the name they give first, and the folder is listed only for the others (at 10 000
+    /// files a listing cost a replica more than the rest of its pass).
+    pub fn unlink_all_named(
+        &mut self,
+        bases: &[String],
+        flags: &BTreeMap<String, Vec<String>>,
+    ) -> Result<Vec<bool>, LiveError> {
         let mut listing: Option<HashMap<String, PathBuf>> = None;
         let mut out = Vec::with_capacity(bases.len());
         for base in bases {
-            let path = match plain_file(&self.folder.dir, base) {
+            let named = flags
+                .get(base)
+                .filter(|f| f.iter().all(|f| is_system_flag_syntax(f)))
+                .and_then(|f| {
+                    let (info, dropped) = format_info(f, &[]);
+                    dropped
+                        .is_empty()
+                        .then(|| self.folder.dir.join("cur").join(format!("{base}:{info}")))
+                })
+                .filter(|p| p.is_file());
+            let path = match named.or_else(|| plain_file(&self.folder.dir, base)) {
                 Some(path) => Some(path),
                 None => {
                     let names = match &mut listing {
@@ -1148,6 +1204,49 @@ mod tests {
         assert_eq!(removed, [true, true, true, false]);
         let left = file_names(&root).expect("list");
         assert_eq!(left.keys().collect::<Vec<_>>(), ["4.kept.host"]);
+    }
+
+    /// The flags a file showed are a hint: where the file still has that name it is removed
+    /// without a listing; where its flags changed since (or it carries keywords, or no hint
+    /// is known) it is still found and removed; a gone file is reported so.
+    #[test]
+    fn unlink_all_named_finds_each_file_whether_its_flag_hint_holds_or_not() {
+        let root = root("unlink-named");
+        let folder = LiveFolder::open(&root).expect("open");
+        for name in [
+            "cur/1.hinted.host:2,S",
+            "cur/2.renamed.host:2,FS",
+            "cur/3.keyword.host:2,Sa",
+            "new/4.unhinted.host",
+            "cur/5.kept.host:2,S",
+        ] {
+            fs::write(root.join(name), "x\n").expect("write");
+        }
+        let hints: BTreeMap<String, Vec<String>> = [
+            ("1.hinted.host", vec!["\\Seen"]),
+            ("2.renamed.host", vec!["\\Seen"]),
+            ("3.keyword.host", vec!["\\Seen", "Junk"]),
+            ("6.gone.host", vec![]),
+        ]
+        .into_iter()
+        .map(|(b, f)| (b.to_string(), f.into_iter().map(str::to_string).collect()))
+        .collect();
+        let mut locked = folder.lock().expect("lock");
+        let removed = locked
+            .unlink_all_named(
+                &s(&[
+                    "1.hinted.host",
+                    "2.renamed.host",
+                    "3.keyword.host",
+                    "4.unhinted.host",
+                    "6.gone.host",
+                ]),
+                &hints,
+            )
+            .expect("unlink");
+        assert_eq!(removed, [true, true, true, true, false]);
+        let left = file_names(&root).expect("list");
+        assert_eq!(left.keys().collect::<Vec<_>>(), ["5.kept.host"]);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! else odd (a non-UTF-8 name, a symlink, a corrupt uidlist, an unknown keyword letter) is left
 //! out and reported in [`ScannedFolder::skipped`] with the reason.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -319,6 +319,7 @@ pub fn scan_names(
         );
     }
     let mut paths: Vec<(PathBuf, String)> = Vec::new();
+    let mut named: HashSet<&str> = HashSet::new();
     // cur/ first, as in a full scan.
     for sub in ["cur/", "new/"] {
         for name in names.iter().filter_map(|n| n.strip_prefix(sub)) {
@@ -330,6 +331,7 @@ pub fn scan_names(
                 continue;
             }
             bases.insert(base.to_string());
+            named.insert(base);
             paths.push((dir.join(sub).join(name), name.to_string()));
         }
     }
@@ -341,7 +343,15 @@ pub fn scan_names(
         }
     }
     let missing: Vec<&String> = bases.iter().filter(|b| !seen.contains(*b)).collect();
-    if !missing.is_empty() {
+    // A file named but gone was expunged or renamed (a flag change, new/ → cur/, whose new
+    // name the watcher names too): the caller's expunge looks again before it takes it as
+    // one. Only a file the uidlist lists that no one named yet is looked for in a listing.
+    let unnamed: Vec<&&String> = missing
+        .iter()
+        .filter(|b| !named.contains(b.as_str()))
+        .collect();
+    if !unnamed.is_empty() {
+        tracing::debug!(folder = %dir.display(), listed_from, unnamed = ?unnamed.iter().take(3).collect::<Vec<_>>(), n = unnamed.len(), "listing a followed folder for files the uidlist lists that no one named");
         let mut listed = names_by_base(&dir)?;
         for base in missing {
             let Some(path) = listed.remove(base.as_str()) else {
@@ -369,6 +379,32 @@ pub fn scan_names(
         skipped,
     };
     Ok((folder, bases))
+}
+
+/// Which of `wanted` (base names) a file in the folder's cur/ or new/ has (names only: no
+/// stat, and nothing kept of the others: at 10 000 files this is what a listing costs).
+pub fn bases_present(dir: &Path, wanted: &HashSet<&str>) -> Result<HashSet<String>, MaildirError> {
+    let mut out = HashSet::new();
+    if wanted.is_empty() {
+        return Ok(out);
+    }
+    for sub in ["new", "cur"] {
+        let sub_dir = dir.join(sub);
+        let entries = match fs::read_dir(&sub_dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(MaildirError::io(&sub_dir, "read directory")(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(MaildirError::io(&sub_dir, "read directory"))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(base) = name.split(':').next().filter(|b| wanted.contains(b)) {
+                out.insert(base.to_string());
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Every file in a folder's cur/ and new/ by base name (names only: no stat). A base name in

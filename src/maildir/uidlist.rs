@@ -125,7 +125,7 @@ pub fn parse_uidlist(text: &str) -> Result<UidList, MaildirError> {
 
     let v3 = version == "3";
     let mut prev_uid = 0u32;
-    let mut by_name: HashMap<String, usize> = HashMap::new();
+    let mut by_name: HashMap<&str, usize> = HashMap::new();
     for (n, line) in lines {
         let (uid_text, rest) = line
             .split_once(' ')
@@ -187,7 +187,7 @@ pub fn parse_uidlist(text: &str) -> Result<UidList, MaildirError> {
                 }
             }
         }
-        by_name.insert(base.to_string(), list.entries.len());
+        by_name.insert(base, list.entries.len());
         list.entries.push((uid, base.to_string()));
     }
     Ok(list)

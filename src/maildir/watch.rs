@@ -164,19 +164,44 @@ impl News {
     }
 }
 
-/// The folders a watcher has followed since index and disk last agreed on them.
+/// A uidlist file as it stood when index and disk last agreed on its folder: its inode and
+/// size. Dovecot (and merkmail) only ever append to a uidlist in place; any other change
+/// (a rebuild, a renumbering) writes a new file and renames it over the old one. So a uidlist
+/// with the same inode and at least the same size lists every file it listed then at the
+/// same UID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UidlistMark {
+    pub inode: u64,
+    pub size: u64,
+}
+
+impl UidlistMark {
+    /// Whether `now` is this uidlist with lines appended at most.
+    pub fn appended_to(&self, now: &UidlistMark) -> bool {
+        self.inode == now.inode && now.size >= self.size
+    }
+}
+
+/// The folders a watcher has followed since index and disk last agreed on them, each with its
+/// uidlist as it stood then (if it had one).
 #[derive(Debug, Default)]
 pub struct Tracking {
-    tracked: HashSet<PathBuf>,
+    tracked: HashMap<PathBuf, Option<UidlistMark>>,
 }
 
 impl Tracking {
     pub fn is_tracked(&self, folder: &Path) -> bool {
-        self.tracked.contains(folder)
+        self.tracked.contains_key(folder)
     }
 
-    pub fn track(&mut self, folder: &Path) {
-        self.tracked.insert(folder.to_path_buf());
+    /// The uidlist of a followed folder as it stood when index and disk last agreed on it.
+    pub fn uidlist(&self, folder: &Path) -> Option<UidlistMark> {
+        self.tracked.get(folder).copied().flatten()
+    }
+
+    /// Follows `folder` from here on; `uidlist` is its uidlist when index and disk agreed.
+    pub fn track(&mut self, folder: &Path, uidlist: Option<UidlistMark>) {
+        self.tracked.insert(folder.to_path_buf(), uidlist);
     }
 
     pub fn forget(&mut self, folder: &Path) {
@@ -185,7 +210,7 @@ impl Tracking {
 
     /// Forgets every folder under `root` (one user's tree changed shape).
     pub fn forget_under(&mut self, root: &Path) {
-        self.tracked.retain(|f| !f.starts_with(root));
+        self.tracked.retain(|f, _| !f.starts_with(root));
     }
 
     /// Forgets every folder (the watcher lost events).
@@ -309,9 +334,9 @@ mod tests {
     #[test]
     fn forgetting_a_tree_forgets_only_its_folders() {
         let mut tr = Tracking::default();
-        tr.track(Path::new("/v/ann/Maildir"));
-        tr.track(Path::new("/v/ann/Maildir/.Sent"));
-        tr.track(Path::new("/v/bob/Maildir"));
+        tr.track(Path::new("/v/ann/Maildir"), None);
+        tr.track(Path::new("/v/ann/Maildir/.Sent"), None);
+        tr.track(Path::new("/v/bob/Maildir"), None);
         tr.forget_under(Path::new("/v/ann/Maildir"));
         assert!(!tr.is_tracked(Path::new("/v/ann/Maildir/.Sent")));
         assert!(tr.is_tracked(Path::new("/v/bob/Maildir")));

@@ -564,6 +564,9 @@ mod tests {
             .get("format")
             .expect("get")
             .map(|v| v.value().to_vec());
-        assert_eq!(format, Some(3u32.to_be_bytes().to_vec()));
+        assert_eq!(
+            format,
+            Some(super::super::FORMAT_VERSION.to_be_bytes().to_vec())
+        );
     }
 }

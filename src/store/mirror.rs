@@ -22,7 +22,7 @@ use super::file_bodies::home_key;
 use super::keys;
 use super::tables::{
     MAILBOXES, MESSAGES, META, MIRROR_FILES, MIRROR_FOLDERS, MIRROR_HOMES, MIRROR_OWED,
-    MIRROR_PRINTS, MIRROR_UNLINKS,
+    MIRROR_OWED_UIDS, MIRROR_PRINTS, MIRROR_UNLINKS,
 };
 use super::tx::{decode, decode_message, encode, Tx};
 use super::Store;
@@ -54,7 +54,24 @@ pub struct FolderRow {
 
 /// Which write a mailbox's owed mark came from: settling with an older token leaves the mark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OwedToken([u8; 12]);
+pub struct OwedToken {
+    stamp: [u8; 12],
+    /// Whether the owed UIDs name every message changed since the folder last agreed with
+    /// the index (false for a mark from before format 4).
+    complete: bool,
+}
+
+impl OwedToken {
+    /// Whether the mailbox's owed UIDs ([`MailboxMirror::owed_uids`]) name every message
+    /// changed since its folder last agreed with the index: then the index → disk half need
+    /// look at those only.
+    pub fn complete(&self) -> bool {
+        self.complete
+    }
+}
+
+/// The write that last changed a message owed to the disk (see [`MailboxMirror::owed_uids`]).
+pub type UidToken = [u8; 12];
 
 /// Everything the index says of one mailbox that its folder must show.
 #[derive(Clone, Debug)]
@@ -67,8 +84,17 @@ pub struct MailboxMirror {
     pub files: BTreeMap<u32, FileRow>,
     /// Base names of files the disk still owes a removal.
     pub unlinks: Vec<String>,
+    /// For those of them whose name the index knew when it let them go, the flags it showed:
+    /// where to look first.
+    pub unlink_flags: BTreeMap<String, Vec<String>>,
     pub folder: Option<FolderRow>,
     pub owed: Option<OwedToken>,
+    /// The UIDs whose messages changed since the folder last agreed with the index, each with
+    /// the write that last changed it (settled by [`MirrorEdit::OwedUids`]).
+    pub owed_uids: Vec<(u32, UidToken)>,
+    /// Whether `messages` and `files` hold every message of the mailbox, or only those at the
+    /// UIDs [`Store::mailbox_mirror_at`] was asked for and the owed ones.
+    pub whole: bool,
 }
 
 /// What the index says of one mailbox's folder, without its messages: enough to tell whether
@@ -119,6 +145,9 @@ pub enum MirrorEdit {
     /// What the folder's directories look like now that index and disk agree, or `None`
     /// when that is not known (the next pass reads the folder).
     Print(Option<Vec<u8>>),
+    /// The disk shows these owed messages now: each is no longer owed, unless a write changed
+    /// it again since it was read (its token differs).
+    OwedUids(Vec<(u32, UidToken)>),
 }
 
 impl Tx<'_> {
@@ -126,6 +155,15 @@ impl Tx<'_> {
     pub(crate) fn owe_mirror(&mut self, user: &str, guid: MailboxGuid) {
         if self.mirror {
             self.owed.insert((user.to_string(), guid));
+        }
+    }
+
+    /// Notes that the message at `uid` changed (added, changed or removed): its mailbox's
+    /// folder no longer matches, in that message.
+    pub(crate) fn owe_message(&mut self, user: &str, guid: MailboxGuid, uid: u32) {
+        if self.mirror {
+            self.owed.insert((user.to_string(), guid));
+            self.owed_uids.insert((user.to_string(), guid, uid));
         }
     }
 
@@ -152,7 +190,7 @@ impl Tx<'_> {
         if let Some(row) = row {
             self.txn.open_table(MIRROR_UNLINKS)?.insert(
                 keys::source(user, guid, &row.base).as_slice(),
-                [].as_slice(),
+                encode(&row.disk_flags)?.as_slice(),
             )?;
             let folder = match self
                 .txn
@@ -192,6 +230,15 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// What this transaction changed in `guid` came from its folder as the disk shows it now
+    /// (a pass's import, flag change or expunge found on disk): index and disk agree on it, and
+    /// the mailbox is not marked owed for it. A mark an earlier write left stays.
+    pub(crate) fn settled_by_disk(&mut self, user: &str, guid: MailboxGuid) {
+        self.owed.remove(&(user.to_string(), guid));
+        self.owed_uids
+            .retain(|(u, g, _)| !(u.as_str() == user && *g == guid));
+    }
+
     /// At the end of the transaction: marks every mailbox it changed as owed to the disk.
     pub(crate) fn write_owed(&mut self) -> Result<(), StoreError> {
         if self.owed.is_empty() {
@@ -205,7 +252,20 @@ impl Tx<'_> {
         let token = self.stamp().to_bytes();
         let mut owed = self.txn.open_table(MIRROR_OWED)?;
         for (user, guid) in std::mem::take(&mut self.owed) {
-            owed.insert(keys::mailbox(&user, guid).as_slice(), token.as_slice())?;
+            let key = keys::mailbox(&user, guid);
+            // A mark that may not name every change stays so until a pass looks at every
+            // message and clears it.
+            let complete = match owed.get(key.as_slice())? {
+                Some(v) => owed_token(v.value())?.complete,
+                None => true,
+            };
+            let mut mark = token.to_vec();
+            mark.push(u8::from(complete));
+            owed.insert(key.as_slice(), mark.as_slice())?;
+        }
+        let mut uids = self.txn.open_table(MIRROR_OWED_UIDS)?;
+        for (user, guid, uid) in std::mem::take(&mut self.owed_uids) {
+            uids.insert(keys::message(&user, guid, uid).as_slice(), token.as_slice())?;
         }
         Ok(())
     }
@@ -275,6 +335,32 @@ impl Store {
         mailbox_mirror_in(&txn, user, guid)
     }
 
+    /// [`Store::mailbox_mirror`] with the messages and files at `uids` only (`whole` is
+    /// false): what a pass needs that looks at a few files of a folder the index owes nothing,
+    /// whose uidlist gives the UIDs of the files it names. A mailbox of 100 000 messages costs
+    /// as little as one of ten.
+    pub fn mailbox_mirror_at(
+        &self,
+        user: &str,
+        guid: MailboxGuid,
+        uids: &std::collections::BTreeSet<u32>,
+    ) -> Result<MailboxMirror, StoreError> {
+        let txn = self.read_txn()?;
+        mirror_rows_in(&txn, user, guid, Some(uids))
+    }
+
+    /// The mailbox's owed mark, if it has one (see [`Store::owed_mailboxes`]).
+    pub fn owed_token(
+        &self,
+        user: &str,
+        guid: MailboxGuid,
+    ) -> Result<Option<OwedToken>, StoreError> {
+        let txn = self.read_txn()?;
+        let owed = txn.open_table(MIRROR_OWED)?;
+        let token = owed.get(keys::mailbox(user, guid).as_slice())?;
+        token.map(|v| owed_token(v.value())).transpose()
+    }
+
     /// Records what the Maildir side settled for one mailbox, and clears its owed mark if no
     /// write came after `owed` was read. Changes no record and no tree node: nothing here is
     /// replicated.
@@ -334,8 +420,22 @@ impl Store {
                     MirrorEdit::Folder(None) | MirrorEdit::Print(None) => {
                         if matches!(edit, MirrorEdit::Folder(None)) {
                             folders.remove(keys::mailbox(user, guid).as_slice())?;
+                            // No folder, nothing owed to it.
+                            let (start, end) = keys::uid_range(user, guid, 0, u32::MAX);
+                            txn.open_table(MIRROR_OWED_UIDS)?
+                                .retain_in(start.as_slice()..=end.as_slice(), |_, _| false)?;
                         }
                         prints.remove(keys::mailbox(user, guid).as_slice())?;
+                    }
+                    MirrorEdit::OwedUids(settled) => {
+                        let mut owed_uids = txn.open_table(MIRROR_OWED_UIDS)?;
+                        for (uid, token) in settled {
+                            let key = keys::message(user, guid, *uid);
+                            let now = owed_uids.get(key.as_slice())?.map(|v| v.value().to_vec());
+                            if now.as_deref() == Some(token.as_slice()) {
+                                owed_uids.remove(key.as_slice())?;
+                            }
+                        }
                     }
                     MirrorEdit::Print(Some(print)) => {
                         prints.insert(keys::mailbox(user, guid).as_slice(), print.as_slice())?;
@@ -356,11 +456,14 @@ impl Store {
                         .map(|row| row.name),
                 };
             }
-            if let Some(OwedToken(token)) = owed {
+            if let Some(token) = owed {
                 let mut table = txn.open_table(MIRROR_OWED)?;
                 let key = keys::mailbox(user, guid);
-                let current = table.get(key.as_slice())?.map(|v| v.value().to_vec());
-                if current.as_deref() == Some(token.as_slice()) {
+                let current = table
+                    .get(key.as_slice())?
+                    .map(|v| owed_token(v.value()))
+                    .transpose()?;
+                if current.is_some_and(|c| c.stamp == token.stamp) {
                     table.remove(key.as_slice())?;
                 }
             }
@@ -392,6 +495,7 @@ impl Store {
             return Ok(());
         }
         self.write(|tx| {
+            let mut owes = false;
             for change in changes {
                 let uid = change.uid;
                 let Some(mut message) = tx.get_message(user, guid, uid)? else {
@@ -416,6 +520,11 @@ impl Store {
                     tx.put_message(user, guid, uid, &message)?;
                 }
                 tx.file_found(user, guid, uid, &change.row)?;
+                // A peer's change to other flags that the file does not show yet: still owed.
+                owes |= !shows_flags(&message, &change.row);
+            }
+            if !owes {
+                tx.settled_by_disk(user, guid);
             }
             Ok(())
         })
@@ -452,14 +561,33 @@ impl Store {
                 present.push(uid);
             }
             let n = tx.expunge_uids(user, &name, &mut record, &present)?;
-            // The files are gone already: no removal is owed for them.
+            // The files are gone already: no removal is owed for them, and nothing else.
             let mut unlinks = tx.txn.open_table(MIRROR_UNLINKS)?;
             for base in bases {
                 unlinks.remove(keys::source(user, guid, &base).as_slice())?;
             }
+            drop(unlinks);
+            tx.settled_by_disk(user, guid);
             Ok(n)
         })
     }
+}
+
+/// Whether a file whose name shows `row`'s flags shows every flag of `message` (`\Recent`
+/// has no letter in a Maildir name), and no other.
+fn shows_flags(message: &MessageRecord, row: &FileRow) -> bool {
+    let mut index: Vec<String> = message
+        .flags
+        .live()
+        .map(|f| f.to_string())
+        .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
+        .collect();
+    index.sort();
+    index.dedup();
+    let mut disk = row.disk_flags.clone();
+    disk.sort();
+    disk.dedup();
+    index == disk
 }
 
 /// The digest of the message at `uid`, if there is one.
@@ -557,10 +685,19 @@ fn folder_states_in(
         .collect())
 }
 
+/// A mark is a stamp and (format 4) whether the owed UIDs are complete.
 fn owed_token(value: &[u8]) -> Result<OwedToken, StoreError> {
-    <[u8; 12]>::try_from(value)
-        .map(OwedToken)
-        .map_err(|_| StoreError::Corrupt("malformed owed-mailbox mark".into()))
+    let malformed = || StoreError::Corrupt("malformed owed-mailbox mark".into());
+    let stamp = value
+        .get(..12)
+        .and_then(|s| <[u8; 12]>::try_from(s).ok())
+        .ok_or_else(malformed)?;
+    let complete = match value.get(12..) {
+        Some([]) => false,
+        Some([flag]) => *flag == 1,
+        _ => return Err(malformed()),
+    };
+    Ok(OwedToken { stamp, complete })
 }
 
 fn mailbox_mirror_in(
@@ -568,32 +705,83 @@ fn mailbox_mirror_in(
     user: &str,
     guid: MailboxGuid,
 ) -> Result<MailboxMirror, StoreError> {
+    mirror_rows_in(txn, user, guid, None)
+}
+
+/// A mailbox's mirror, with the rows of every message (`uids` `None`) or of those UIDs only.
+fn mirror_rows_in(
+    txn: &redb::ReadTransaction,
+    user: &str,
+    guid: MailboxGuid,
+    uids: Option<&std::collections::BTreeSet<u32>>,
+) -> Result<MailboxMirror, StoreError> {
     let key = keys::mailbox(user, guid);
     let record = match txn.open_table(MAILBOXES)?.get(key.as_slice())? {
         Some(v) => Some(decode::<MailboxRecord>(v.value(), "a mailbox")?),
         None => None,
     };
-    let messages = by_uid(&txn.open_table(MESSAGES)?, user, guid, |v| {
-        Ok(decode_message(v)?.1)
-    })?;
-    let files: BTreeMap<u32, FileRow> = by_uid(&txn.open_table(MIRROR_FILES)?, user, guid, |v| {
-        decode::<FileRow>(v, "a Maildir file row")
-    })?
-    .into_iter()
-    .collect();
+    let mut owed_uids: Vec<(u32, UidToken)> = Vec::new();
+    {
+        let (start, end) = keys::uid_range(user, guid, 0, u32::MAX);
+        for item in txn
+            .open_table(MIRROR_OWED_UIDS)?
+            .range(start.as_slice()..=end.as_slice())?
+        {
+            let (k, v) = item?;
+            let (_, _, uid) = keys::split_message(k.value())
+                .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
+            let token = <[u8; 12]>::try_from(v.value())
+                .map_err(|_| StoreError::Corrupt("malformed owed-message mark".into()))?;
+            owed_uids.push((uid, token));
+        }
+    }
+    let message_table = txn.open_table(MESSAGES)?;
+    let file_table = txn.open_table(MIRROR_FILES)?;
+    let decode_file = |v: &[u8]| decode::<FileRow>(v, "a Maildir file row");
+    let (messages, files): (Vec<(u32, MessageRecord)>, BTreeMap<u32, FileRow>) = match uids {
+        None => (
+            by_uid(&message_table, user, guid, |v| Ok(decode_message(v)?.1))?,
+            by_uid(&file_table, user, guid, decode_file)?
+                .into_iter()
+                .collect(),
+        ),
+        Some(uids) => {
+            let mut messages = Vec::new();
+            let mut files = BTreeMap::new();
+            let mut uids = uids.clone();
+            uids.extend(owed_uids.iter().map(|(uid, _)| *uid));
+            for uid in uids {
+                let at = keys::message(user, guid, uid);
+                if let Some(v) = message_table.get(at.as_slice())? {
+                    messages.push((uid, decode_message(v.value())?.1));
+                }
+                if let Some(v) = file_table.get(at.as_slice())? {
+                    files.insert(uid, decode_file(v.value())?);
+                }
+            }
+            (messages, files)
+        }
+    };
     let mut uend = key.clone();
     uend.push(0xff);
     let mut unlinks = Vec::new();
+    let mut unlink_flags = BTreeMap::new();
     for item in txn
         .open_table(MIRROR_UNLINKS)?
         .range(key.as_slice()..=uend.as_slice())?
     {
-        let (k, _) = item?;
+        let (k, v) = item?;
         let base = k
             .value()
             .get(key.len()..)
             .and_then(|b| std::str::from_utf8(b).ok())
             .ok_or_else(|| StoreError::Corrupt("malformed Maildir unlink key".into()))?;
+        // Empty: the flags are not known (a file placed for a message that moved meanwhile,
+        // or a row from before they were kept); the file is looked for by its base name.
+        if !v.value().is_empty() {
+            let flags = decode::<Vec<String>>(v.value(), "a Maildir unlink row")?;
+            unlink_flags.insert(base.to_string(), flags);
+        }
         unlinks.push(base.to_string());
     }
     let folder = match txn.open_table(MIRROR_FOLDERS)?.get(key.as_slice())? {
@@ -610,8 +798,11 @@ fn mailbox_mirror_in(
         messages,
         files,
         unlinks,
+        unlink_flags,
         folder,
         owed,
+        owed_uids,
+        whole: uids.is_none(),
     })
 }
 

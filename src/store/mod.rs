@@ -30,7 +30,7 @@ pub use journal::{
     DEFAULT_JOURNAL_BOUND,
 };
 pub use mirror::{
-    DiskFlags, FileRow, FolderRow, FolderState, MailboxMirror, MirrorEdit, OwedToken,
+    DiskFlags, FileRow, FolderRow, FolderState, MailboxMirror, MirrorEdit, OwedToken, UidToken,
 };
 pub use ops::{
     inbox_uidvalidity, AppendOutcome, Counters, MailboxInfo, MessageInfo, NewMessage,
@@ -61,7 +61,40 @@ pub const DB_FILE: &str = "merkmail.redb";
 /// Format 3 (merkmail 0.5): bodies are kept in page-sized pieces (BODY_PIECES, BODY_TAILS)
 /// instead of whole in BODIES, and staging marks carry the MD5 and size checked at staging;
 /// a format 2 store's bodies are moved when it is opened ([`upgrade_bodies`]).
-pub const FORMAT_VERSION: u32 = 3;
+/// Format 4 (merkmail 0.6): a live-Maildir store records, per mailbox owed to the disk, the
+/// UIDs changed since its folder last agreed with the index (MIRROR_OWED_UIDS), and its owed
+/// mark says whether those name every change; a format 3 store's marks are taken as not
+/// ([`upgrade_owed_marks`]), so their folders are looked at in full once.
+pub const FORMAT_VERSION: u32 = 4;
+
+/// Format 3 → 4: every owed mark (a stamp) gets the byte 0, "the owed UIDs may not name every
+/// change" (none were recorded before format 4): the next pass over such a folder looks at
+/// every message, as before, and the marks written after it say 1.
+fn upgrade_owed_marks(db: &Database) -> Result<(), StoreError> {
+    use redb::ReadableTable;
+    let txn = db.begin_write()?;
+    {
+        let mut owed = txn.open_table(tables::MIRROR_OWED)?;
+        let old: Vec<(Vec<u8>, Vec<u8>)> = owed
+            .iter()?
+            .filter_map(|item| match item {
+                Ok((k, v)) if v.value().len() == 12 => {
+                    Some(Ok((k.value().to_vec(), v.value().to_vec())))
+                }
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<_, _>>()?;
+        for (k, mut v) in old {
+            v.push(0);
+            owed.insert(k.as_slice(), v.as_slice())?;
+        }
+        txn.open_table(META)?
+            .insert("format", 4u32.to_be_bytes().as_slice())?;
+    }
+    txn.commit()?;
+    Ok(())
+}
 
 /// What [`Store::compact`] did: the file's size in bytes before and after.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,7 +222,7 @@ fn upgrade_bodies(db: &Database, dir: &Path) -> Result<(), StoreError> {
     let started = std::time::Instant::now();
     let total = db.begin_read()?.open_table(tables::BODIES)?.len()?;
     if total > 0 {
-        tracing::info!(store = %dir.display(), bodies = total, "upgrading the store to format {FORMAT_VERSION}: moving bodies into pieces");
+        tracing::info!(store = %dir.display(), bodies = total, "upgrading the store to format 3: moving bodies into pieces");
     }
     loop {
         let txn = db.begin_write()?;
@@ -228,7 +261,7 @@ fn upgrade_bodies(db: &Database, dir: &Path) -> Result<(), StoreError> {
             }
             drop(staged);
             txn.open_table(META)?
-                .insert("format", FORMAT_VERSION.to_be_bytes().as_slice())?;
+                .insert("format", 3u32.to_be_bytes().as_slice())?;
         }
         txn.commit()?;
         if done {
@@ -236,7 +269,7 @@ fn upgrade_bodies(db: &Database, dir: &Path) -> Result<(), StoreError> {
         }
     }
     if total > 0 {
-        tracing::info!(store = %dir.display(), bodies = total, ms = started.elapsed().as_millis() as u64, "store upgraded to format {FORMAT_VERSION}");
+        tracing::info!(store = %dir.display(), bodies = total, ms = started.elapsed().as_millis() as u64, "store upgraded to format 3");
     }
     Ok(())
 }
@@ -344,6 +377,10 @@ impl Store {
             && db
                 .begin_read()?
                 .open_table(tables::MIRROR_BODY_SIZES)
+                .is_ok()
+            && db
+                .begin_read()?
+                .open_table(tables::MIRROR_OWED_UIDS)
                 .is_ok();
         if !has_journal {
             let txn = db.begin_write()?;
@@ -361,8 +398,11 @@ impl Store {
             txn.commit()?;
             tracing::info!(store = %dir.display(), messages = indexed, ms = started.elapsed().as_millis() as u64, "store upgraded to format 2");
         }
-        if upgrade < FORMAT_VERSION {
+        if upgrade < 3 {
             upgrade_bodies(&db, dir)?;
+        }
+        if upgrade < 4 {
+            upgrade_owed_marks(&db)?;
         }
         let tag = node_tag(&node_id);
         let bodies: Box<dyn BodyStore> = match &maildir {

@@ -301,7 +301,7 @@ impl Tx<'_> {
             .remove(super::identity::live_key(user, guid, uid, &record).as_slice())?;
         self.dirty.mark_message(user, guid, uid);
         self.touch_message(user, guid, uid);
-        self.owe_mirror(user, guid);
+        self.owe_message(user, guid, uid);
         self.file_leaves(user, guid, uid, &record.digest)?;
         self.counters.messages -= 1;
         self.counters.message_bytes = self.counters.message_bytes.saturating_sub(record.size);
@@ -443,8 +443,35 @@ impl Store {
         mailbox: &str,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<AppendOutcome>, StoreError> {
+        self.append_with(user, mailbox, messages, false)
+    }
+
+    /// [`Store::append`] of messages a live Maildir's pass found in their files (each with its
+    /// `source`, the file's base name, and the UID the uidlist gives it). Placed at their own
+    /// UIDs, they leave index and disk agreeing, so the mailbox is not marked owed to the disk
+    /// for them (docs/MAILDIR.md, "What a pass owes the disk"): the pass needs no index → disk
+    /// half. One that must take another UID (another message holds its UID in the index)
+    /// leaves the mailbox owed, as does a mailbox this append makes.
+    pub fn append_found(
+        &self,
+        user: &str,
+        mailbox: &str,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        self.append_with(user, mailbox, messages, true)
+    }
+
+    fn append_with(
+        &self,
+        user: &str,
+        mailbox: &str,
+        messages: Vec<NewMessage>,
+        found: bool,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
         let name = MailboxName::parse(mailbox)?;
+        let all_found = found && messages.iter().all(|m| m.source.is_some());
         self.write(|tx| {
+            let existed = tx.user_exists(user)? && tx.find_mailbox(user, &name)?.is_some();
             let mut record = tx.resolve(user, &name, true)?;
             let guid = record.guid;
             let mut outcomes = Vec::with_capacity(messages.len());
@@ -539,6 +566,9 @@ impl Store {
             }
             if outcomes.iter().any(|o| !o.skipped) {
                 tx.put_mailbox(user, &record)?;
+            }
+            if all_found && existed && !outcomes.iter().any(|o| o.renumbered) {
+                tx.settled_by_disk(user, guid);
             }
             Ok(outcomes)
         })

@@ -75,14 +75,24 @@ pub const JOURNAL_SENDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("
 /// Live-Maildir stores only (store/mirror.rs): user 00 guid uid:u32be → postcard(FileRow),
 /// the file that holds each message and the flags its name showed when index and disk agreed.
 pub const MIRROR_FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mirror_files");
-/// user 00 guid base-name → empty: files the index no longer holds that the disk still owes
-/// a removal.
+/// user 00 guid base-name → postcard(Vec<String>) of the flags the file's name showed when
+/// index and disk last agreed (empty bytes: not known, a row from before format 4): files the
+/// index no longer holds that the disk still owes a removal. The flags let the removal look
+/// for `cur/<base>:2,<flags>` before it lists the folder.
 pub const MIRROR_UNLINKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mirror_unlinks");
 /// user 00 guid → postcard(FolderRow): each mailbox's folder as index and disk last agreed.
 pub const MIRROR_FOLDERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mirror_folders");
-/// user 00 guid → the stamp of the last write that changed the mailbox: the durable outbox of
-/// mailboxes whose folder must be brought in step.
+/// user 00 guid → the stamp of the last write that changed the mailbox, then (format 4) one
+/// byte, 1 if MIRROR_OWED_UIDS names every message changed since its folder last agreed with
+/// the index, 0 if not (a mark from before format 4): the durable outbox of mailboxes whose
+/// folder must be brought in step.
 pub const MIRROR_OWED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mirror_owed");
+
+/// user 00 guid uid:u32be → the stamp of the last write that changed the message at that UID
+/// (added, changed or removed) since its folder last agreed with the index: what the index →
+/// disk half of a pass must look at, so that it need not look at every message (format 4).
+pub const MIRROR_OWED_UIDS: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("mirror_owed_uids");
 
 /// user 00 guid → bytes the Maildir side gives no meaning here: what a mailbox's folder
 /// directories looked like when index and disk last agreed, so a pass can leave a folder
@@ -122,6 +132,7 @@ pub fn create_all(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(MIRROR_UNLINKS)?;
     txn.open_table(MIRROR_FOLDERS)?;
     txn.open_table(MIRROR_OWED)?;
+    txn.open_table(MIRROR_OWED_UIDS)?;
     txn.open_table(MIRROR_PRINTS)?;
     txn.open_table(MIRROR_HOMES)?;
     txn.open_table(MIRROR_BODY_SIZES)?;

@@ -37,6 +37,8 @@ pub(crate) struct Tx<'t> {
     /// transaction changes is owed to the disk (`owed`, written at the end).
     pub mirror: bool,
     pub owed: std::collections::BTreeSet<(String, MailboxGuid)>,
+    /// The messages this transaction changed in those mailboxes, by UID.
+    pub owed_uids: std::collections::BTreeSet<(String, MailboxGuid, u32)>,
     /// Files that stopped holding their message in this transaction: (digest, user,
     /// mailbox name, base name), for `BodyStore::keep_from_file` at the end.
     pub leaving: Vec<(crate::model::Digest, String, String, String)>,
@@ -111,6 +113,7 @@ impl<'t> Tx<'t> {
             touched: Default::default(),
             mirror,
             owed: Default::default(),
+            owed_uids: Default::default(),
             leaving: Vec::new(),
             hlc,
             now_ms,
@@ -276,7 +279,7 @@ impl<'t> Tx<'t> {
         }
         self.dirty.mark_message(user, guid, uid);
         self.touch_message(user, guid, uid);
-        self.owe_mirror(user, guid);
+        self.owe_message(user, guid, uid);
         Ok(())
     }
 }
