@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
-use merkmail::net::server::{counts_view, run, Hooks, JournalPosition};
+use merkmail::net::server::{counts_view, run, Hooks, JournalPosition, RoundRefused};
 use merkmail::net::{Limits, ServerState};
 use merkmail::status::{Mode, StatusView};
 use merkmail::store::Store;
@@ -73,7 +73,7 @@ impl Hooks for FuzzHooks {
         None
     }
 
-    fn session_round(&self, _from: &str) -> Result<(), String> {
+    fn session_round(&self, _from: &str) -> Result<(), RoundRefused> {
         Ok(())
     }
 

@@ -13,6 +13,10 @@ use tracing::{info, warn};
 
 /// One check of `peer`; returns whether the peer answered.
 pub async fn check(node: &Arc<Node>, peer: &Arc<Peer>, trigger: Trigger) -> bool {
+    // A live Maildir's mail is compared once the index has taken it in (Node::disk_ready).
+    if !node.wait_disk_ready().await {
+        return false;
+    }
     let at_ms = now_ms();
     let started = Instant::now();
     let other = match peer.node_id().await {

@@ -131,6 +131,11 @@ async fn idle(
 /// entries stored before a crash are applied now).
 pub async fn apply(node: Arc<Node>) {
     let mut shutdown = node.shutdown.subscribe();
+    // A peer's entries are stored as they come, and applied once the index has taken in the
+    // live Maildirs (Node::disk_ready).
+    if !node.wait_disk_ready().await {
+        return;
+    }
     loop {
         loop {
             let store = Arc::clone(&node.store);

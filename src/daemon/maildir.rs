@@ -53,6 +53,9 @@ pub async fn run(node: Arc<Node>, template: Template) {
     let started = Instant::now();
     let following = watcher.as_ref().map(|_| &tracking);
     let first = pass(&node, &template, None, &mut seen, following, &faults).await;
+    // Sessions and the peers' journal wait for this pass (Node::disk_ready); a pass that
+    // failed is retried below, and they wait no longer for it.
+    node.set_disk_ready();
     watch_roots(watcher.as_mut(), &template, &seen);
     if let Some(r) = first {
         tracing::info!(
@@ -88,13 +91,11 @@ pub async fn run(node: Arc<Node>, template: Template) {
             followed(&tracking).clear();
             pass(&node, &template, None, &mut seen, following, &faults).await;
         }
-        for (user, touched) in news.users {
-            if watcher.is_some() {
-                pass_watched(
-                    &node, &template, &tracking, user, touched, &mut seen, &faults,
-                )
-                .await;
-            } else {
+        if watcher.is_some() {
+            let users = news.users.into_iter().collect();
+            passes_watched(&node, &template, &tracking, users, &mut seen, &faults).await;
+        } else {
+            for user in news.users.into_keys() {
                 pass(&node, &template, Some(user), &mut seen, None, &faults).await;
             }
         }
@@ -105,14 +106,14 @@ pub async fn run(node: Arc<Node>, template: Template) {
             .and_then(Result::ok)
             .unwrap_or_default();
         let owed_users: BTreeSet<String> = owed.into_iter().map(|(u, _)| u).collect();
-        for user in owed_users {
-            if watcher.is_some() {
-                let nothing = Touched::default();
-                pass_watched(
-                    &node, &template, &tracking, user, nothing, &mut seen, &faults,
-                )
-                .await;
-            } else {
+        if watcher.is_some() {
+            let users = owed_users
+                .into_iter()
+                .map(|u| (u, Touched::default()))
+                .collect();
+            passes_watched(&node, &template, &tracking, users, &mut seen, &faults).await;
+        } else {
+            for user in owed_users {
                 pass(&node, &template, Some(user), &mut seen, None, &faults).await;
             }
         }
@@ -200,39 +201,63 @@ fn followed(tracking: &Mutex<Tracking>) -> std::sync::MutexGuard<'_, Tracking> {
     })
 }
 
-/// One user's pass driven by the watcher (maildir::watch), on the blocking pool.
-async fn pass_watched(
+/// How many users' passes driven by the watcher run at once: one per core, at most four.
+/// Users' Maildirs and index rows are disjoint, so their passes only meet at the store's
+/// commits; a change round that touched every user waits for the slowest user's pass instead
+/// of the sum of them all.
+fn parallel_passes() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
+/// The passes driven by the watcher (maildir::watch) for `users`, on the blocking pool, up to
+/// [`parallel_passes`] at once; returns when all are done, so that a user never has two
+/// passes at a time. Each pass holds only its own user's followed folders.
+async fn passes_watched(
     node: &Arc<Node>,
     template: &Template,
     tracking: &Arc<Mutex<Tracking>>,
-    user: String,
-    touched: Touched,
+    users: Vec<(String, Touched)>,
     seen: &mut BTreeSet<String>,
     faults: &Faults,
-) -> Option<PassReport> {
-    let store = Arc::clone(&node.store);
-    let t = template.clone();
-    let tracking = Arc::clone(tracking);
-    let one = user.clone();
-    let faults = faults.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let mut tracked = followed(&tracking);
-        let watched = Watched {
-            tracking: &mut tracked,
-            touched,
-            trust: true,
-        };
-        faults.around(|| backend::pass_watched(&store, &t, &one, watched))
-    })
-    .await;
-    let report = match result {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(error = %e, "the Maildir pass failed");
-            return None;
+) {
+    let gate = Arc::new(tokio::sync::Semaphore::new(parallel_passes()));
+    let mut running = tokio::task::JoinSet::new();
+    for (user, touched) in users {
+        let store = Arc::clone(&node.store);
+        let t = template.clone();
+        let tracking = Arc::clone(tracking);
+        let faults = faults.clone();
+        let gate = Arc::clone(&gate);
+        running.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            let one = user.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let root = t.root(&one);
+                let mut mine = followed(&tracking).take_under(&root);
+                let watched = Watched {
+                    tracking: &mut mine,
+                    touched,
+                    trust: true,
+                };
+                let report = faults.around(|| backend::pass_watched(&store, &t, &one, watched));
+                followed(&tracking).put_back(mine);
+                report
+            })
+            .await;
+            (user, result)
+        });
+    }
+    while let Some(joined) = running.join_next().await {
+        match joined {
+            Ok((user, Ok(report))) => {
+                after_pass(node, Some(&user), report, vec![user.clone()], seen);
+            }
+            Ok((user, Err(e))) => {
+                tracing::warn!(%user, error = %e, "the Maildir pass failed");
+            }
+            Err(e) => tracing::warn!(error = %e, "the Maildir pass failed"),
         }
-    };
-    after_pass(node, Some(&user), report, vec![user.clone()], seen)
+    }
 }
 
 /// Records a pass for /status, logs what it changed and wakes the journal's shipping.

@@ -78,7 +78,8 @@ impl Daemon {
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::error!(error = %e, "the store's Maildir template is unusable; the Maildirs are not kept in step")
+                tracing::error!(error = %e, "the store's Maildir template is unusable; the Maildirs are not kept in step");
+                node.set_disk_ready();
             }
         }
         Ok(Daemon { node, tasks })

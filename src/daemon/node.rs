@@ -5,7 +5,7 @@
 use super::config::{Config, PeerConfig};
 use crate::net::client::{ClientConfig, ClientError};
 use crate::net::peer_client::{PeerClient, PeerError};
-use crate::net::server::{counts_view, Hooks};
+use crate::net::server::{counts_view, Hooks, RoundRefused};
 use crate::status::{
     Direction, Mode, Outcome, PeerView, RepairedView, RunView, SessionView, StatusView, Trigger,
 };
@@ -149,11 +149,19 @@ pub struct Node {
     /// What the live Maildir's passes did (daemon/maildir.rs; `None` for a store that holds
     /// its own mail).
     pub maildir: Mutex<Option<crate::status::MaildirView>>,
+    /// True once the index has taken in the live Maildirs (the first pass since start is
+    /// done; at once for a store that holds its own mail). Until then no session runs and no
+    /// peer's journal is applied: either would compare or merge the peer's mail with an index
+    /// that does not yet show the mail this server's Dovecot took meanwhile, and could give
+    /// the peer's messages the UIDs that mail has (a UID clash that moves the fuller side's
+    /// mail, where the first pass would have seen mail on both sides).
+    pub disk_ready: watch::Sender<bool>,
 }
 
 impl Node {
     pub fn new(config: Config, store: Arc<Store>) -> Result<Arc<Node>, ClientError> {
         let node_id = store.node_id().to_string();
+        let holds_live_maildirs = store.maildir_template().is_some();
         let tls = config
             .tls_ca
             .as_deref()
@@ -190,7 +198,31 @@ impl Node {
             wake_mirror: Notify::new(),
             sync_fallbacks: AtomicU64::new(0),
             maildir: Mutex::new(None),
+            disk_ready: watch::channel(!holds_live_maildirs).0,
         }))
+    }
+
+    /// Marks the live Maildirs taken in (or given up on: a template that cannot be used).
+    pub fn set_disk_ready(&self) {
+        self.disk_ready.send_replace(true);
+    }
+
+    /// Waits until the live Maildirs are taken in; `false` if the node stops first.
+    pub async fn wait_disk_ready(&self) -> bool {
+        let mut ready = self.disk_ready.subscribe();
+        let mut shutdown = self.shutdown.subscribe();
+        loop {
+            if *ready.borrow_and_update() {
+                return true;
+            }
+            if *shutdown.borrow_and_update() {
+                return false;
+            }
+            tokio::select! {
+                changed = ready.changed() => if changed.is_err() { return false },
+                _ = shutdown.changed() => {}
+            }
+        }
     }
 
     pub fn stopping(&self) -> bool {
@@ -426,17 +458,22 @@ impl Hooks for Node {
         }
     }
 
-    fn session_round(&self, from: &str) -> Result<(), String> {
+    fn session_round(&self, from: &str) -> Result<(), RoundRefused> {
+        if !*self.disk_ready.borrow() {
+            return Err(RoundRefused::Starting {
+                node: self.node_id.clone(),
+            });
+        }
         {
             let mut sessions = lock(&self.sessions);
             if let Some(Active::Outgoing(cancel)) = sessions.get(from) {
                 if self.node_id.as_str() < from {
                     // Both sides started a session with each other: the smaller node id
                     // keeps its own; the other yields.
-                    return Err(format!(
-                        "{} is in a session with {from} already; retry later",
-                        self.node_id
-                    ));
+                    return Err(RoundRefused::InSession {
+                        node: self.node_id.clone(),
+                        with: from.to_string(),
+                    });
                 }
                 cancel.store(true, Ordering::SeqCst);
             }
@@ -554,7 +591,13 @@ mod tests {
         let a_out = a.begin_outgoing("b").expect("a starts");
         let b_out = b.begin_outgoing("a").expect("b starts");
         // b's round reaches a: a is smaller, keeps its session, b's round is refused.
-        assert!(a.session_round("b").is_err());
+        assert_eq!(
+            a.session_round("b"),
+            Err(RoundRefused::InSession {
+                node: "a".into(),
+                with: "b".into()
+            })
+        );
         assert!(!a_out.load(Ordering::SeqCst));
         // a's round reaches b: b is larger, stops its own session and serves a's.
         assert!(b.session_round("a").is_ok());
@@ -569,6 +612,42 @@ mod tests {
         // A node with no session with the caller serves it.
         let c = node("c");
         assert!(c.session_round("a").is_ok());
+    }
+
+    /// Until the live Maildirs are taken in, a peer's rounds are refused as "starting" (503,
+    /// not the tie's 409), and waiting ends when they are, or when the node stops.
+    #[test]
+    fn rounds_wait_for_the_live_maildirs_to_be_taken_in() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let a = node("a");
+        assert!(
+            *a.disk_ready.borrow(),
+            "a store of its own mail is ready at once"
+        );
+        a.disk_ready.send_replace(false);
+        assert_eq!(
+            a.session_round("b"),
+            Err(RoundRefused::Starting { node: "a".into() })
+        );
+        let waiter = Arc::clone(&a);
+        let waited = runtime.block_on(async move {
+            let wait = tokio::spawn(async move { waiter.wait_disk_ready().await });
+            tokio::task::yield_now().await;
+            a.set_disk_ready();
+            let ready = wait.await.expect("join");
+            (ready, a.session_round("b"))
+        });
+        assert_eq!(waited, (true, Ok(())));
+        let c = node("c");
+        c.disk_ready.send_replace(false);
+        c.shutdown.send_replace(true);
+        assert!(
+            !runtime.block_on(c.wait_disk_ready()),
+            "a stopping node waits no longer"
+        );
     }
 
     #[test]

@@ -341,7 +341,13 @@ impl Files {
 }
 
 impl crate::store::MailFiles for Files {
-    fn read(&self, user: &str, mailbox: &str, base: &str) -> std::io::Result<Option<Vec<u8>>> {
+    fn read(
+        &self,
+        user: &str,
+        mailbox: &str,
+        base: &str,
+        flags: &[String],
+    ) -> std::io::Result<Option<Vec<u8>>> {
         let root = self.template.root(user);
         let dir = if mailbox == INBOX {
             root
@@ -351,7 +357,17 @@ impl crate::store::MailFiles for Files {
                 Err(_) => return Ok(None),
             }
         };
-        // The name last listed first; if the file was renamed (a flag change) or is not
+        // The name its flags give first: a file whose flags changed is sent to peers again
+        // (the journal carries the whole message), and listing a folder of 10 000 files for
+        // each such body cost a sender a quarter of its time in a change round.
+        if let Some(name) = named_by_flags(&dir, base, flags) {
+            match std::fs::read(dir.join(name)) {
+                Ok(bytes) => return Ok(Some(bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Then the name last listed; if the file was renamed (a flag change) or is not
         // listed yet, the folder is listed again, once.
         for fresh in [false, true] {
             if fresh || !self.holds(&dir)? {
@@ -377,6 +393,26 @@ impl crate::store::MailFiles for Files {
         }
         Ok(None)
     }
+}
+
+/// The name under `dir` of the file `base` whose name shows `flags` (`cur/<base>:2,<letters>`),
+/// if it has any: keywords take their letters from the folder's `dovecot-keywords`. `None`
+/// for no flags (the caller looks in new/ and at `:2,` anyway) or flags no name can show.
+fn named_by_flags(dir: &Path, base: &str, flags: &[String]) -> Option<String> {
+    if flags.is_empty() {
+        return None;
+    }
+    let keywords = if flags
+        .iter()
+        .all(|f| crate::maildir::name::is_system_flag_syntax(f))
+    {
+        Vec::new()
+    } else {
+        let text = std::fs::read_to_string(dir.join("dovecot-keywords")).ok()?;
+        crate::maildir::parse_keywords_file(&text)
+    };
+    let (info, dropped) = crate::maildir::name::format_info(flags, &keywords);
+    dropped.is_empty().then(|| format!("cur/{base}:{info}"))
 }
 
 /// Lets the store open live-Maildir stores: their bodies are read from the Maildir files.
@@ -2121,5 +2157,65 @@ fn verify_folder(
                 file.path.display()
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MailFiles;
+
+    /// A body is read by the name its flags give, keywords through dovecot-keywords; a file
+    /// renamed since the folder was last listed, or named by a stale hint, is still found
+    /// (by a listing); a file that is gone reads as none.
+    #[test]
+    fn a_body_is_read_by_the_name_its_flags_give_and_found_without_them() {
+        let parent =
+            std::env::temp_dir().join(format!("merkmail-files-read-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&parent);
+        let dir = parent.join("ann/Maildir");
+        for sub in ["cur", "new", "tmp"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("mkdir");
+        }
+        std::fs::write(dir.join("dovecot-keywords"), "0 Junk\n").expect("keywords");
+        for (name, body) in [
+            ("cur/1.a.host:2,FS", "one\n"),
+            ("cur/2.b.host:2,Sa", "two\n"),
+            ("cur/3.c.host:2,RS", "three\n"),
+            ("new/4.d.host", "four\n"),
+        ] {
+            std::fs::write(dir.join(name), body).expect("write");
+        }
+        let template = format!("{}/%u/Maildir", parent.display());
+        let files = Files {
+            template: Template::parse(&template).expect("template"),
+            names: Default::default(),
+        };
+        let flags = |f: &[&str]| f.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let read = |base: &str, f: &[&str]| {
+            files
+                .read("ann", INBOX, base, &flags(f))
+                .expect("read")
+                .map(|b| String::from_utf8(b).expect("utf-8"))
+        };
+        assert_eq!(
+            read("1.a.host", &["\\Flagged", "\\Seen"]).as_deref(),
+            Some("one\n")
+        );
+        assert_eq!(
+            read("2.b.host", &["\\Seen", "Junk"]).as_deref(),
+            Some("two\n")
+        );
+        // A stale hint (the file's flags changed since) and none at all.
+        assert_eq!(read("3.c.host", &["\\Seen"]).as_deref(), Some("three\n"));
+        assert_eq!(read("4.d.host", &[]).as_deref(), Some("four\n"));
+        assert_eq!(read("5.gone.host", &["\\Seen"]), None);
+        assert_eq!(
+            named_by_flags(&dir, "2.b.host", &flags(&["Junk", "\\Seen"])).as_deref(),
+            Some("cur/2.b.host:2,Sa")
+        );
+        assert_eq!(named_by_flags(&dir, "4.d.host", &[]), None);
+        assert_eq!(named_by_flags(&dir, "x", &flags(&["Unknown"])), None);
+        let _ = std::fs::remove_dir_all(&parent);
     }
 }

@@ -217,6 +217,22 @@ impl Tracking {
     pub fn clear(&mut self) {
         self.tracked.clear();
     }
+
+    /// Takes the folders under `root` out (one user's, for a pass that runs beside other
+    /// users' passes); [`Tracking::put_back`] returns them. Folders not put back (a pass that
+    /// panicked) are no longer followed: their next pass goes by their prints.
+    pub fn take_under(&mut self, root: &Path) -> Tracking {
+        let (mine, rest) = std::mem::take(&mut self.tracked)
+            .into_iter()
+            .partition(|(f, _)| f.starts_with(root));
+        self.tracked = rest;
+        Tracking { tracked: mine }
+    }
+
+    /// Returns what [`Tracking::take_under`] took, as the pass left it.
+    pub fn put_back(&mut self, taken: Tracking) {
+        self.tracked.extend(taken.tracked);
+    }
 }
 
 /// What a pass driven by the watcher gets: the folders followed, and what changed for the
@@ -239,6 +255,33 @@ mod tests {
 
     fn touch(path: &str) -> Option<(String, Touch)> {
         touch_of(&t(), Path::new(path))
+    }
+
+    /// A user's followed folders go out with their pass and come back as it left them; no
+    /// other user's (not even one whose name starts the same) goes with them.
+    #[test]
+    fn one_users_followed_folders_are_taken_out_and_put_back() {
+        let mark = Some(UidlistMark { inode: 7, size: 70 });
+        let mut all = Tracking::default();
+        for f in [
+            "/srv/vmail/ann/Maildir",
+            "/srv/vmail/ann/Maildir/.Sent",
+            "/srv/vmail/anna/Maildir",
+        ] {
+            all.track(Path::new(f), mark);
+        }
+        let mut ann = all.take_under(&t().root("ann"));
+        assert!(ann.is_tracked(Path::new("/srv/vmail/ann/Maildir/.Sent")));
+        assert!(!ann.is_tracked(Path::new("/srv/vmail/anna/Maildir")));
+        assert!(!all.is_tracked(Path::new("/srv/vmail/ann/Maildir")));
+        assert!(all.is_tracked(Path::new("/srv/vmail/anna/Maildir")));
+        ann.forget(Path::new("/srv/vmail/ann/Maildir/.Sent"));
+        ann.track(Path::new("/srv/vmail/ann/Maildir/.Trash"), None);
+        all.put_back(ann);
+        assert!(all.is_tracked(Path::new("/srv/vmail/ann/Maildir")));
+        assert!(all.is_tracked(Path::new("/srv/vmail/ann/Maildir/.Trash")));
+        assert!(!all.is_tracked(Path::new("/srv/vmail/ann/Maildir/.Sent")));
+        assert_eq!(all.uidlist(Path::new("/srv/vmail/anna/Maildir")), mark);
     }
 
     #[test]

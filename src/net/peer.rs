@@ -16,7 +16,7 @@
 use super::client::ClientConfig;
 use super::error::{reply, ApiError, Reply};
 use super::routes::{self, BODY_PREFIX, NODE_HEADER, SYNC_CONTENT_TYPE};
-use super::server::ServerState;
+use super::server::{RoundRefused, ServerState};
 use super::sync::sync_with_peer_using;
 use crate::sync::journal_wire::{decode_batch, JournalWireError};
 use crate::sync::wire::{decode_request, encode};
@@ -166,9 +166,13 @@ pub async fn handle(
                 return Err(ApiError::method_not_allowed("POST"));
             }
             if let (Some(hooks), Some(from)) = (&state.hooks, node_header(headers)) {
-                hooks
-                    .session_round(&from)
-                    .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))?;
+                hooks.session_round(&from).map_err(|e| {
+                    let status = match e {
+                        RoundRefused::InSession { .. } => StatusCode::CONFLICT,
+                        RoundRefused::Starting { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                    };
+                    ApiError::new(status, e.to_string())
+                })?;
             }
             let round = decode_request(&body).map_err(|e| match e {
                 crate::sync::wire::WireError::TooMany(_) => {

@@ -74,6 +74,31 @@ pub struct JournalPosition {
 
 /// What the daemon (background checker, journal) offers the HTTP side. The server runs
 /// without one too (`merkmail serve` with no peers still has it; tests may leave it out).
+/// Why a session round is refused for now; the peer's session ends and retries later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoundRefused {
+    /// This node is in a session with that node already and wins the tie (409).
+    InSession { node: String, with: String },
+    /// This node's index has not taken in its live Maildirs yet (its first pass since it
+    /// started is running): a session now would compare the peer with an index that does not
+    /// show the mail this server holds (503).
+    Starting { node: String },
+}
+
+impl std::fmt::Display for RoundRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RoundRefused::InSession { node, with } => {
+                write!(f, "{node} is in a session with {with} already; retry later")
+            }
+            RoundRefused::Starting { node } => write!(
+                f,
+                "{node} is still taking in its Maildirs (its first pass since it started); retry shortly"
+            ),
+        }
+    }
+}
+
 pub trait Hooks: Send + Sync + 'static {
     /// The snapshot behind `GET /status`, `/metrics` and `/`.
     fn status(&self) -> crate::status::StatusView;
@@ -86,10 +111,10 @@ pub trait Hooks: Send + Sync + 'static {
     /// node's journal toward it stands (`None` when `from` is not a peer it can place). Also
     /// wakes the shipper toward it, so the journal goes first.
     fn journal_position(&self, from: &str) -> Option<JournalPosition>;
-    /// A session round from node `from` (header `x-merkmail-node`) is about to be answered.
-    /// `Err` (answered 409) when this node is itself in a session with that node and wins
-    /// the tie; the other side's session then ends and retries later.
-    fn session_round(&self, from: &str) -> Result<(), String>;
+    /// A session round from node `from` (header `x-merkmail-node`) is about to be answered,
+    /// unless this node refuses it for now: the other side's session then ends and retries
+    /// later.
+    fn session_round(&self, from: &str) -> Result<(), RoundRefused>;
     /// Node `from` sent its root in a session round and it equalled this node's, which was
     /// read after `at_ms` (ms since the epoch): the tombstone rule's evidence that the peer
     /// holds every expunge this node held then (daemon/tombstones.rs).

@@ -26,8 +26,15 @@ use std::sync::Arc;
 /// Reads the mail server's files (implemented by src/maildir/backend.rs).
 pub trait MailFiles: Send + Sync {
     /// The bytes of the file with base name `base` in `user`'s folder of `mailbox`, or `None`
-    /// if there is no such file.
-    fn read(&self, user: &str, mailbox: &str, base: &str) -> std::io::Result<Option<Vec<u8>>>;
+    /// if there is no such file. `flags` are the flags its name showed when index and disk
+    /// last agreed: where the file is can be told from them without listing the folder.
+    fn read(
+        &self,
+        user: &str,
+        mailbox: &str,
+        base: &str,
+        flags: &[String],
+    ) -> std::io::Result<Option<Vec<u8>>>;
 }
 
 /// How the store reaches the files of a template (`/srv/vmail/%u/Maildir`).
@@ -93,7 +100,8 @@ impl FileBodies {
             let Some(row) = files_t.get(message_key)? else {
                 continue;
             };
-            let base = decode::<super::FileRow>(row.value(), "a Maildir file row")?.base;
+            let row = decode::<super::FileRow>(row.value(), "a Maildir file row")?;
+            let (base, flags) = (row.base, row.disk_flags);
             let mkey = keys::mailbox(&user, guid);
             let name = match folders.get(mkey.as_slice())? {
                 Some(v) => decode::<super::FolderRow>(v.value(), "a Maildir folder row")?.name,
@@ -102,7 +110,7 @@ impl FileBodies {
                     None => continue,
                 },
             };
-            match self.files.read(&user, &name, &base) {
+            match self.files.read(&user, &name, &base, &flags) {
                 Ok(Some(bytes)) => return Ok(Some(bytes)),
                 Ok(None) => continue,
                 Err(e) => {
@@ -178,7 +186,7 @@ impl BodyStore for FileBodies {
         {
             return Ok(());
         }
-        match self.files.read(user, mailbox, base) {
+        match self.files.read(user, mailbox, base, &[]) {
             Ok(Some(bytes)) if Digest::of(&bytes) == *digest => {
                 put_bytes(txn, digest, &bytes)?;
                 self.inner.count_written(bytes.len() as u64);
