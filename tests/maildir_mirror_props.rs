@@ -948,7 +948,7 @@ fn an_empty_inbox_on_disk_waits_for_the_index_inbox() {
     let folder = scan::scan_folder("INBOX".into(), root, false).expect("scan INBOX");
     let list = folder.uidlist.expect("a uidlist");
     assert_eq!(
-        (list.uidvalidity, list.guid),
+        (list.uidvalidity, list.guid.clone()),
         (inbox.uidvalidity, Some(inbox.guid.to_hex())),
         "the INBOX folder took the index's identity"
     );

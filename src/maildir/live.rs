@@ -14,6 +14,7 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::maildir::lock::{hostname, DotLock, LockError, LockSettings};
@@ -21,9 +22,8 @@ use crate::maildir::name::{
     check_keyword, format_info, format_keywords_file, is_system_flag_syntax, parse_filename,
     system_flag_letter,
 };
-use crate::maildir::{
-    folder_dir_name, parse_keywords_file, parse_uidlist, MaildirError, UidList, MAX_KEYWORDS,
-};
+use crate::maildir::uidlist::parse_kept;
+use crate::maildir::{folder_dir_name, parse_keywords_file, MaildirError, UidList, MAX_KEYWORDS};
 
 /// Why a live write did not happen. Each variant leaves the folder as Dovecot can read it: at
 /// worst a file in tmp/ (Dovecot cleans those) or a file in cur/ without a UID (numbered next).
@@ -311,13 +311,12 @@ impl LiveFolder {
             folder: self,
             lock,
             uidlist_path,
-            uidlist: UidList {
+            uidlist: Arc::new(UidList {
                 uidvalidity: 0,
                 next_uid: 0,
                 guid: None,
                 entries: Vec::new(),
-            },
-            listed: HashSet::new(),
+            }),
         };
         locked.reread()?;
         Ok(locked)
@@ -330,8 +329,8 @@ pub struct LockedFolder<'a> {
     folder: &'a LiveFolder,
     lock: DotLock,
     uidlist_path: PathBuf,
-    uidlist: UidList,
-    listed: HashSet<String>,
+    /// Shared with the uidlists kept parsed (uidlist::parse_kept) until we append to it.
+    uidlist: Arc<UidList>,
 }
 
 /// The virtual size Dovecot records (`W`): the size with every bare LF counted as CRLF.
@@ -389,11 +388,10 @@ impl LockedFolder<'_> {
                 if !text.ends_with('\n') {
                     self.cut_torn_line(&mut text)?;
                 }
-                parse_uidlist(&text)?
+                parse_kept(&self.uidlist_path, &text)?
             }
-            None => self.create_uidlist()?,
+            None => Arc::new(self.create_uidlist()?),
         };
-        self.listed = list.entries.iter().map(|(_, b)| b.clone()).collect();
         self.uidlist = list;
         Ok(())
     }
@@ -497,9 +495,9 @@ impl LockedFolder<'_> {
         file.write_all(text.as_bytes())
             .map_err(io(path, "append"))?;
         file.sync_all().map_err(io(path, "sync"))?;
+        let list = Arc::make_mut(&mut self.uidlist);
         for (uid, _, _, base) in lines {
-            self.uidlist.entries.push((*uid, base.clone()));
-            self.listed.insert(base.clone());
+            list.entries.push((*uid, base.clone()));
         }
         Ok(())
     }
@@ -522,11 +520,12 @@ impl LockedFolder<'_> {
     pub fn number_unlisted(&mut self) -> Result<NumberingReport, LiveError> {
         let mut report = NumberingReport::default();
         let mut found: Vec<(String, PathBuf, u64)> = Vec::new();
+        let listed: HashSet<&str> = self.uidlist.entries.iter().map(|(_, b)| &**b).collect();
         for sub in ["new", "cur"] {
             let dir = self.folder.dir.join(sub);
             for entry in fs::read_dir(&dir).map_err(io(&dir, "read directory"))? {
                 let entry = entry.map_err(io(&dir, "read directory"))?;
-                self.consider(entry.path(), &mut found, &mut report);
+                self.consider(entry.path(), &listed, &mut found, &mut report);
             }
         }
         self.number(found, report)
@@ -538,8 +537,20 @@ impl LockedFolder<'_> {
     pub fn number_these(&mut self, paths: &[PathBuf]) -> Result<NumberingReport, LiveError> {
         let mut report = NumberingReport::default();
         let mut found: Vec<(String, PathBuf, u64)> = Vec::new();
+        // Which of the files named the uidlist lists: one look at each line, no set of them all.
+        let named: HashSet<&str> = paths
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str()?.split(':').next())
+            .collect();
+        let listed: HashSet<&str> = self
+            .uidlist
+            .entries
+            .iter()
+            .map(|(_, b)| &**b)
+            .filter(|b| named.contains(b))
+            .collect();
         for path in paths {
-            self.consider(path.clone(), &mut found, &mut report);
+            self.consider(path.clone(), &listed, &mut found, &mut report);
         }
         self.number(found, report)
     }
@@ -548,6 +559,7 @@ impl LockedFolder<'_> {
     fn consider(
         &self,
         path: PathBuf,
+        listed: &HashSet<&str>,
         found: &mut Vec<(String, PathBuf, u64)>,
         report: &mut NumberingReport,
     ) {
@@ -567,7 +579,7 @@ impl LockedFolder<'_> {
             return;
         }
         let base = name.split(':').next().unwrap_or("").to_string();
-        if base.is_empty() || self.listed.contains(&base) {
+        if base.is_empty() || listed.contains(base.as_str()) {
             return;
         }
         if base.chars().any(char::is_control) {
@@ -858,8 +870,7 @@ impl LockedFolder<'_> {
             &self.uidlist_path,
             crate::maildir::format_uidlist(&list).as_bytes(),
         )?;
-        self.listed = list.entries.iter().map(|(_, b)| b.clone()).collect();
-        self.uidlist = list;
+        self.uidlist = Arc::new(list);
         Ok(())
     }
 
@@ -1165,6 +1176,7 @@ pub fn write_subscriptions(root: &Path, names: &[String]) -> Result<(), LiveErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::maildir::parse_uidlist;
     use crate::maildir::scan;
 
     fn root(name: &str) -> PathBuf {

@@ -15,8 +15,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::maildir::folder::{mailbox_name_from_dir, parse_subscriptions};
 use crate::maildir::name::{parse_filename, parse_keywords_file};
-use crate::maildir::uidlist::{parse_uidlist, UidList};
+use crate::maildir::uidlist::{parse_kept, UidList};
 use crate::maildir::{MaildirError, INBOX};
+use std::sync::Arc;
 
 /// One folder found by [`scan`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +27,7 @@ pub struct ScannedFolder {
     /// The folder's directory (the root itself for INBOX).
     pub dir: PathBuf,
     /// The folder's dovecot-uidlist, if it has a readable one.
-    pub uidlist: Option<UidList>,
+    pub uidlist: Option<Arc<UidList>>,
     pub subscribed: bool,
     /// Sorted: messages with a UID by UID, then the others by base name, then by path.
     pub messages: Vec<ScannedMessage>,
@@ -248,7 +249,7 @@ pub fn scan_folder(
 ) -> Result<ScannedFolder, MaildirError> {
     let mut skipped = Vec::new();
     let (uidlist, keywords) = read_headers(&dir, &mut skipped)?;
-    let uid_of = uids_of(uidlist.as_ref());
+    let uid_of = uids_of(uidlist.as_deref());
 
     // cur/ first: when a base name is in both, the cur/ file is the one Dovecot already knows.
     let mut messages: Vec<ScannedMessage> = Vec::new();
@@ -304,11 +305,6 @@ pub fn scan_names(
 ) -> Result<(ScannedFolder, BTreeSet<String>), MaildirError> {
     let mut skipped = Vec::new();
     let (uidlist, keywords) = read_headers(&dir, &mut skipped)?;
-    let uid_of = uids_of(uidlist.as_ref());
-    let found = Found {
-        keywords: &keywords,
-        uid_of: &uid_of,
-    };
     let mut bases: BTreeSet<String> = BTreeSet::new();
     if let Some(list) = &uidlist {
         bases.extend(
@@ -335,6 +331,18 @@ pub fn scan_names(
             paths.push((dir.join(sub).join(name), name.to_string()));
         }
     }
+    // The UIDs of these bases only: a map of every line of an 11 000-line uidlist cost more
+    // than the rest of looking at a few files.
+    let uid_of: HashMap<&str, u32> = uidlist
+        .iter()
+        .flat_map(|l| l.entries.iter())
+        .filter(|(_, base)| bases.contains(base))
+        .map(|(uid, base)| (base.as_str(), *uid))
+        .collect();
+    let found = Found {
+        keywords: &keywords,
+        uid_of: &uid_of,
+    };
     let mut messages: Vec<ScannedMessage> = Vec::new();
     let mut seen: BTreeSet<String> = BTreeSet::new();
     for (path, name) in paths {
@@ -442,7 +450,7 @@ type Keywords = Vec<(u8, String)>;
 fn read_headers(
     dir: &Path,
     skipped: &mut Vec<(PathBuf, String)>,
-) -> Result<(Option<UidList>, Keywords), MaildirError> {
+) -> Result<(Option<Arc<UidList>>, Keywords), MaildirError> {
     let uidlist_path = dir.join("dovecot-uidlist");
     let uidlist = match read_optional(&uidlist_path)? {
         None => None,
@@ -454,7 +462,7 @@ fn read_headers(
                 ));
                 None
             }
-            Ok(text) => match parse_uidlist(&text) {
+            Ok(text) => match parse_kept(&uidlist_path, &text) {
                 Ok(list) => Some(list),
                 Err(e) => {
                     skipped.push((uidlist_path, format!("{e}; UIDs will be reassigned")));

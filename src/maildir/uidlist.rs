@@ -11,6 +11,8 @@
 //! that make Dovecot call a uidlist corrupted, so a file we accept is one Dovecot accepts.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::maildir::MaildirError;
 
@@ -193,6 +195,51 @@ pub fn parse_uidlist(text: &str) -> Result<UidList, MaildirError> {
     Ok(list)
 }
 
+/// A uidlist parsed from bytes with this BLAKE3 hash.
+struct Parsed {
+    hash: blake3::Hash,
+    list: Arc<UidList>,
+}
+
+/// Uidlists parsed lately, by path. A pass reads a folder's uidlist when it looks at the
+/// files named, again when it takes the lock to number or deliver, and the next pass reads
+/// it again: at 11 000 lines, parsing (and freeing) it each time was a third of a replica's
+/// work in a change round. Kept by the hash of the bytes, so a kept parse is only used for
+/// the very bytes it came from, whoever wrote the file and however.
+static PARSED: OnceLock<Mutex<HashMap<PathBuf, Parsed>>> = OnceLock::new();
+
+/// Lines kept parsed at most, over all folders (about 80 bytes each); past it the kept ones
+/// are dropped and kept anew.
+const PARSED_LINES: usize = 1_000_000;
+
+/// [`parse_uidlist`] of `text`, the bytes just read from the uidlist at `path`: the list
+/// parsed from the same bytes before, if kept, else parsed now and kept.
+pub fn parse_kept(path: &Path, text: &str) -> Result<Arc<UidList>, MaildirError> {
+    let hash = blake3::hash(text.as_bytes());
+    let kept = PARSED.get_or_init(Default::default);
+    let lock = || {
+        kept.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    if let Some(parsed) = lock().get(path).filter(|p| p.hash == hash) {
+        return Ok(Arc::clone(&parsed.list));
+    }
+    let list = Arc::new(parse_uidlist(text)?);
+    let mut kept = lock();
+    let held: usize = kept.values().map(|p| p.list.entries.len()).sum();
+    if held + list.entries.len() > PARSED_LINES {
+        kept.clear();
+    }
+    kept.insert(
+        path.to_path_buf(),
+        Parsed {
+            hash,
+            list: Arc::clone(&list),
+        },
+    );
+    Ok(list)
+}
+
 /// Writes a version 3 uidlist that Dovecot reads. Entries are written in the order given;
 /// Dovecot requires ascending UIDs, which [`crate::maildir::MaildirWriter`] guarantees.
 pub fn format_uidlist(list: &UidList) -> String {
@@ -211,6 +258,30 @@ pub fn format_uidlist(list: &UidList) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A kept parse is used only for the very bytes it came from: the same bytes give the
+    /// same list without parsing, an append or a rewrite is parsed anew, and each path keeps
+    /// its own.
+    #[test]
+    fn a_kept_parse_serves_only_the_same_bytes() {
+        let path = Path::new("/nonexistent/merkmail-kept/dovecot-uidlist");
+        let other = Path::new("/nonexistent/merkmail-kept/.Sent/dovecot-uidlist");
+        let v1 = "3 V1 N3 G0123456789abcdef0123456789abcdef\n1 :a\n2 :b\n";
+        let first = parse_kept(path, v1).expect("parse");
+        assert!(Arc::ptr_eq(&first, &parse_kept(path, v1).expect("again")));
+        let appended = format!("{v1}3 :c\n");
+        let grown = parse_kept(path, &appended).expect("appended");
+        assert_eq!(grown.entries.len(), 3);
+        assert!(!Arc::ptr_eq(&first, &grown));
+        // Same length, other bytes (a rewrite in place): parsed anew.
+        let rewritten = v1.replace(":b", ":x");
+        let parsed = parse_kept(path, &rewritten).expect("rewritten");
+        assert_eq!(parsed.entries[1].1, "x");
+        let elsewhere = parse_kept(other, &rewritten).expect("other path");
+        assert_eq!(*elsewhere, *parsed);
+        assert!(parse_kept(path, "3 V0 N1\n").is_err());
+        assert_eq!(*parse_kept(path, &rewritten).expect("still kept"), *parsed);
+    }
     use proptest::prelude::*;
 
     fn ok(text: &str) -> UidList {
