@@ -680,13 +680,9 @@ fn a_watched_pass_looks_only_at_the_files_the_watcher_named() {
     assert!(named >= 3, "{named}");
 }
 
-/// Two files dropped into a followed folder, the watcher's report of the first not arrived
-/// yet when a pass runs: the pass numbers both (as Dovecot numbers every file it finds), and
-/// takes both, so the index takes their UIDs in order. Taking only the named one would give
-/// a replica the later UID first, and the earlier one, arriving after, would have to move up
-/// there (RFC 9051: no new message below a UIDNEXT clients may have seen).
-#[test]
-fn a_watched_pass_takes_every_file_numbered_past_the_index_named_or_not() {
+/// A watched world that agrees with its disk, then two files (bodies 11 and 12) dropped
+/// into its first folder, M11 first; and how many messages the index held before.
+fn two_files_dropped() -> (World, usize) {
     let mut world = World::watched();
     world.settle().expect("settles");
     let before = world.indexed().len();
@@ -697,6 +693,17 @@ fn a_watched_pass_takes_every_file_numbered_past_the_index_named_or_not() {
             flags: None,
         });
     }
+    (world, before)
+}
+
+/// Two files dropped into a followed folder, the watcher's report of the first not arrived
+/// yet when a pass runs: the pass numbers both (as Dovecot numbers every file it finds), and
+/// takes both, so the index takes their UIDs in order. Taking only the named one would give
+/// a replica the later UID first, and the earlier one, arriving after, would have to move up
+/// there (RFC 9051: no new message below a UIDNEXT clients may have seen).
+#[test]
+fn a_watched_pass_takes_every_file_numbered_past_the_index_named_or_not() {
+    let (mut world, before) = two_files_dropped();
     // The server numbers both (a client looked), M11 (dropped first) at the lower UID.
     let dir = disk_folders(&world.root)[0].clone();
     let live = merkmail::maildir::live::LiveFolder::open(&dir).expect("open");
@@ -725,16 +732,7 @@ fn a_watched_pass_takes_every_file_numbered_past_the_index_named_or_not() {
 /// UID is taken below the index's UIDNEXT either way.
 #[test]
 fn a_watched_pass_numbers_only_the_files_named() {
-    let mut world = World::watched();
-    world.settle().expect("settles");
-    let before = world.indexed().len();
-    for body in [11, 12] {
-        world.apply(&Op::Drop {
-            folder: 0,
-            body,
-            flags: None,
-        });
-    }
+    let (mut world, before) = two_files_dropped();
     let r = world.pass_hiding(".M11P");
     assert_eq!(
         (r.imported, r.folders_named, r.folders_read),
@@ -1262,6 +1260,25 @@ fn a_kept_folder_found_after_a_rename_onto_its_name_is_moved_aside() {
     );
 }
 
+/// Settles what `read` (a mirror of u's INBOX) named as owed, as a pass that brought all of
+/// it to disk does.
+fn settle_owed_uids(
+    store: &Store,
+    guid: merkmail::model::MailboxGuid,
+    read: &merkmail::store::MailboxMirror,
+) {
+    store
+        .mirror_settle(
+            "u",
+            guid,
+            &[merkmail::store::MirrorEdit::OwedUids(
+                read.owed_uids.clone(),
+            )],
+            read.owed,
+        )
+        .expect("settle");
+}
+
 /// A live-Maildir store for the store-level tests below, with `u`'s INBOX settled (nothing
 /// owed).
 fn settled_store(dir: &Path) -> (Store, merkmail::model::MailboxGuid) {
@@ -1273,16 +1290,7 @@ fn settled_store(dir: &Path) -> (Store, merkmail::model::MailboxGuid) {
         .expect("append");
     let guid = store.mailbox("u", "INBOX").expect("inbox").guid;
     let read = store.mailbox_mirror("u", guid).expect("mirror");
-    store
-        .mirror_settle(
-            "u",
-            guid,
-            &[merkmail::store::MirrorEdit::OwedUids(
-                read.owed_uids.clone(),
-            )],
-            read.owed,
-        )
-        .expect("settle");
+    settle_owed_uids(&store, guid, &read);
     assert!(store.owed_mailboxes().expect("owed").is_empty());
     (store, guid)
 }
@@ -1320,16 +1328,7 @@ fn the_owed_uids_name_what_writes_changed_and_settle_one_by_one() {
     store
         .set_flags("u", "INBOX", uids[1], FlagOp::Add, &[flag("\\Seen")])
         .expect("flags");
-    store
-        .mirror_settle(
-            "u",
-            guid,
-            &[merkmail::store::MirrorEdit::OwedUids(
-                read.owed_uids.clone(),
-            )],
-            read.owed,
-        )
-        .expect("settle");
+    settle_owed_uids(&store, guid, &read);
     let again = store.mailbox_mirror("u", guid).expect("mirror");
     let still: Vec<u32> = again.owed_uids.iter().map(|(uid, _)| *uid).collect();
     assert_eq!(

@@ -396,22 +396,11 @@ pub fn bases_present(dir: &Path, wanted: &HashSet<&str>) -> Result<HashSet<Strin
     if wanted.is_empty() {
         return Ok(out);
     }
-    for sub in ["new", "cur"] {
-        let sub_dir = dir.join(sub);
-        let entries = match fs::read_dir(&sub_dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(e) => return Err(MaildirError::io(&sub_dir, "read directory")(e)),
-        };
-        for entry in entries {
-            let entry = entry.map_err(MaildirError::io(&sub_dir, "read directory"))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if let Some(base) = name.split(':').next().filter(|b| wanted.contains(b)) {
-                out.insert(base.to_string());
-            }
+    each_file_name(dir, |_, name| {
+        if let Some(base) = name.split(':').next().filter(|b| wanted.contains(b)) {
+            out.insert(base.to_string());
         }
-    }
+    })?;
     Ok(out)
 }
 
@@ -420,6 +409,20 @@ pub fn bases_present(dir: &Path, wanted: &HashSet<&str>) -> Result<HashSet<Strin
 /// nothing.
 pub fn names_by_base(dir: &Path) -> Result<HashMap<String, PathBuf>, MaildirError> {
     let mut out = HashMap::new();
+    each_file_name(dir, |sub_dir, name| {
+        if name.starts_with('.') {
+            return;
+        }
+        if let Some(base) = name.split(':').next().filter(|b| !b.is_empty()) {
+            out.insert(base.to_string(), sub_dir.join(name));
+        }
+    })?;
+    Ok(out)
+}
+
+/// Calls `f` with (`new/` or `cur/` directory, name) for every UTF-8 name in a folder's new/
+/// then cur/ (names only: no stat); a directory that is missing lists nothing.
+fn each_file_name(dir: &Path, mut f: impl FnMut(&Path, &str)) -> Result<(), MaildirError> {
     for sub in ["new", "cur"] {
         let sub_dir = dir.join(sub);
         let entries = match fs::read_dir(&sub_dir) {
@@ -430,16 +433,12 @@ pub fn names_by_base(dir: &Path) -> Result<HashMap<String, PathBuf>, MaildirErro
         for entry in entries {
             let entry = entry.map_err(MaildirError::io(&sub_dir, "read directory"))?;
             let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name.starts_with('.') {
-                continue;
-            }
-            if let Some(base) = name.split(':').next().filter(|b| !b.is_empty()) {
-                out.insert(base.to_string(), entry.path());
+            if let Some(name) = name.to_str() {
+                f(&sub_dir, name);
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// A folder's keywords by index, as `dovecot-keywords` lists them.
