@@ -346,3 +346,45 @@ fn a_scan_reads_only_the_folders_that_changed() {
     );
     store.run(&["verify"], &[]).ok();
 }
+
+/// `sync --data` on a live store: the Maildir's own new mail is taken in before the session
+/// (so it travels to the peer in that session), and what the peer had is written into the
+/// Maildir before the command returns; `verify` then holds, and the peer lists both.
+#[test]
+fn cli_sync_takes_in_the_maildir_first_and_writes_what_it_brought() {
+    let (store, root, _) = live();
+    fs::write(
+        root.join("new/1700000000.mda.host"),
+        "Subject: here\r\n\r\nleft by an MDA\r\n",
+    )
+    .expect("w");
+    let dir = common::scratch_dir();
+    let setup = common::node::Setup::http("peer-secret", "admin-secret");
+    let mut b = common::node::Node::new(dir.path(), "b", common::free_port(), &[], &setup, "");
+    b.init();
+    b.start();
+    let file = dir.path().join("there.eml");
+    fs::write(&file, "Subject: there\r\n\r\nfrom b\r\n").expect("w");
+    b.append("carol", "INBOX", &file);
+    let report = store
+        .run(
+            &["sync"],
+            &[
+                "--peer",
+                &b.url(),
+                "--peer-token",
+                "peer-secret",
+                "--json",
+                "-q",
+            ],
+        )
+        .ok()
+        .json();
+    assert_eq!(report["equal_after"], true, "{report}");
+    let files = files_in(&root.join("cur")).len() + files_in(&root.join("new")).len();
+    assert_eq!(files, 2, "the peer's message is in the Maildir too");
+    store.run(&["verify"], &[]).ok();
+    let listed = b.list("carol");
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    b.stop();
+}

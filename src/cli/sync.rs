@@ -32,6 +32,14 @@ pub(super) fn sync(args: &SyncArgs, out: &mut impl Write) -> Result<ExitCode> {
         Location::Data(dir) => {
             let config = target.client_config()?;
             let store = Store::open(dir)?;
+            // On live Maildirs the index first takes in what the mail server holds (as
+            // `serve` does before its first session: docs/MAILDIR.md), so the peer's mail is
+            // never placed at UIDs the server already gave its own.
+            let template = crate::maildir::backend::template_of(&store)?;
+            if let Some(template) = &template {
+                crate::maildir::backend::pass(&store, template, None)
+                    .context("taking in the Maildirs before the session")?;
+            }
             let was_empty = store.counters()?.messages == 0;
             // There is no other server here, so the peer's token may come from --token too.
             let token = peer_token.as_deref().or(target.token.as_deref());
@@ -48,6 +56,11 @@ pub(super) fn sync(args: &SyncArgs, out: &mut impl Write) -> Result<ExitCode> {
             )
             .with_context(|| format!("reconciling with {peer}"))?;
             meter.finish();
+            // What the session brought is written into the Maildirs now, as `serve` would.
+            if let Some(template) = &template {
+                crate::maildir::backend::settle_owed(&store, template)
+                    .context("writing what the session brought into the Maildirs")?;
+            }
             // An initial copy leaves the file up to half unused (redb doubles it). The copy
             // is done either way: a compaction that fails is worth a warning, not a failure.
             if let Err(e) = store.compact_after_first_fill(was_empty && !*dry_run) {
