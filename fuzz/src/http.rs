@@ -77,6 +77,10 @@ impl Hooks for FuzzHooks {
         Ok(())
     }
 
+    fn starting(&self) -> bool {
+        false
+    }
+
     fn roots_equal(&self, _from: &str, _at_ms: u64) {}
 
     fn is_peer(&self, _url: &str) -> Option<bool> {

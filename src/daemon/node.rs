@@ -458,8 +458,12 @@ impl Hooks for Node {
         }
     }
 
+    fn starting(&self) -> bool {
+        !*self.disk_ready.borrow()
+    }
+
     fn session_round(&self, from: &str) -> Result<(), RoundRefused> {
-        if !*self.disk_ready.borrow() {
+        if self.starting() {
             return Err(RoundRefused::Starting {
                 node: self.node_id.clone(),
             });
@@ -628,6 +632,7 @@ mod tests {
             "a store of its own mail is ready at once"
         );
         a.disk_ready.send_replace(false);
+        assert!(a.starting(), "POST /v1/sync/start is refused too");
         assert_eq!(
             a.session_round("b"),
             Err(RoundRefused::Starting { node: "a".into() })
@@ -638,9 +643,9 @@ mod tests {
             tokio::task::yield_now().await;
             a.set_disk_ready();
             let ready = wait.await.expect("join");
-            (ready, a.session_round("b"))
+            (ready, a.session_round("b"), a.starting())
         });
-        assert_eq!(waited, (true, Ok(())));
+        assert_eq!(waited, (true, Ok(()), false));
         let c = node("c");
         c.disk_ready.send_replace(false);
         c.shutdown.send_replace(true);

@@ -206,6 +206,15 @@ pub async fn handle(
             let start: StartRequest = serde_json::from_slice(&body)
                 .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
             if let Some(hooks) = &state.hooks {
+                if hooks.starting() {
+                    let refused = RoundRefused::Starting {
+                        node: hooks.node_id(),
+                    };
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        refused.to_string(),
+                    ));
+                }
                 if hooks.is_peer(&start.peer) == Some(false) {
                     return Err(ApiError::new(
                         StatusCode::FORBIDDEN,

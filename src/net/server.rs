@@ -124,6 +124,10 @@ pub trait Hooks: Send + Sync + 'static {
     fn is_peer(&self, url: &str) -> Option<bool>;
     /// This node's id, for `GET /v1/sync/hello` and journal acknowledgements.
     fn node_id(&self) -> String;
+    /// Whether this node's index has not taken in its live Maildirs yet (its first pass since
+    /// it started is running): it neither answers nor starts a session until it has
+    /// ([`RoundRefused::Starting`], 503).
+    fn starting(&self) -> bool;
 }
 
 /// The store's counters as the status snapshot shows them, for every builder of a snapshot
