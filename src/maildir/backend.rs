@@ -556,18 +556,8 @@ pub fn settle_owed(store: &Store, template: &Template) -> Result<PassReport, Bac
     Ok(report)
 }
 
-/// A message's flags as its Maildir file name shows them, sorted (`\\Recent` has no letter).
-pub fn flags_of(record: &crate::model::MessageRecord) -> Vec<String> {
-    let mut flags: Vec<String> = record
-        .flags
-        .live()
-        .map(|f| f.to_string())
-        // \Recent is the server's own business; it has no letter in a Maildir name.
-        .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
-        .collect();
-    flags.sort();
-    flags
-}
+/// A message's flags as its Maildir file name shows them (the index's own rule).
+pub use crate::store::file_flags as flags_of;
 
 fn sorted(flags: &[String]) -> Vec<String> {
     let mut v = flags.to_vec();

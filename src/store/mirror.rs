@@ -573,21 +573,25 @@ impl Store {
     }
 }
 
-/// Whether a file whose name shows `row`'s flags shows every flag of `message` (`\Recent`
-/// has no letter in a Maildir name), and no other.
-fn shows_flags(message: &MessageRecord, row: &FileRow) -> bool {
-    let mut index: Vec<String> = message
+/// A message's flags as its Maildir file name shows them, sorted (`\\Recent` has no letter).
+pub fn file_flags(record: &MessageRecord) -> Vec<String> {
+    let mut flags: Vec<String> = record
         .flags
         .live()
         .map(|f| f.to_string())
+        // \Recent is the server's own business; it has no letter in a Maildir name.
         .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
         .collect();
-    index.sort();
-    index.dedup();
+    flags.sort();
+    flags
+}
+
+/// Whether a file whose name shows `row`'s flags shows every flag of `message`, and no other.
+fn shows_flags(message: &MessageRecord, row: &FileRow) -> bool {
     let mut disk = row.disk_flags.clone();
     disk.sort();
     disk.dedup();
-    index == disk
+    file_flags(message) == disk
 }
 
 /// The digest of the message at `uid`, if there is one.
