@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::maildir::fault::{self, PassPoint};
 use crate::maildir::live::{self, LiveError, LiveFolder};
@@ -947,9 +948,9 @@ fn partial_mirror(
     };
     let mut uid_of: HashMap<&str, u32> = HashMap::new();
     for (uid, base) in &list.entries {
-        if bases.contains(base) {
+        if bases.contains(&**base) {
             // A base listed twice: the later line is the one Dovecot reads.
-            uid_of.insert(base.as_str(), *uid);
+            uid_of.insert(base, *uid);
         }
     }
     if folder.messages.iter().any(|m| m.uid.is_none()) {
@@ -1020,7 +1021,7 @@ fn uids_agree(folder: &ScannedFolder, mirror: &MailboxMirror, named: &BTreeSet<S
     let listed: HashMap<&str, u32> = list
         .entries
         .iter()
-        .map(|(uid, base)| (base.as_str(), *uid))
+        .map(|(uid, base)| (&**base, *uid))
         .collect();
     mirror
         .files
@@ -1601,11 +1602,11 @@ fn to_disk(
     let mut edits = unlink_owed(&mut locked, mirror, report)?;
     let mut owed_still = false;
     // Where the uidlist lists each file the index knows (one map, not a search per message).
-    let listed: HashMap<String, u32> = locked
+    let listed: HashMap<Arc<str>, u32> = locked
         .uidlist()
         .entries
         .iter()
-        .map(|(uid, base)| (base.clone(), *uid))
+        .map(|(uid, base)| (Arc::clone(base), *uid))
         .collect();
     let mut pending = Pending::default();
     for (n, (uid, message)) in mirror.messages.iter().enumerate() {
@@ -1616,7 +1617,7 @@ fn to_disk(
         let listed_at = mirror
             .files
             .get(uid)
-            .and_then(|row| listed.get(&row.base).copied());
+            .and_then(|row| listed.get(row.base.as_str()).copied());
         if let (Some(row), Some(listed)) = (mirror.files.get(uid), listed_at.filter(|at| at != uid))
         {
             // The file is listed at another UID: a copy is delivered at the index's UID, then

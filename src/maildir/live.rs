@@ -497,7 +497,7 @@ impl LockedFolder<'_> {
         file.sync_all().map_err(io(path, "sync"))?;
         let list = Arc::make_mut(&mut self.uidlist);
         for (uid, _, _, base) in lines {
-            list.entries.push((*uid, base.clone()));
+            list.entries.push((*uid, Arc::from(base.as_str())));
         }
         Ok(())
     }
@@ -857,7 +857,10 @@ impl LockedFolder<'_> {
             uidvalidity,
             next_uid: next.max(1),
             guid: Some(guid.to_string()),
-            entries,
+            entries: entries
+                .into_iter()
+                .map(|(uid, base)| (uid, Arc::from(base)))
+                .collect(),
         })
     }
 

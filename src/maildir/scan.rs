@@ -311,7 +311,7 @@ pub fn scan_names(
             list.entries
                 .iter()
                 .filter(|(uid, _)| *uid >= listed_from)
-                .map(|(_, base)| base.clone()),
+                .map(|(_, base)| base.to_string()),
         );
     }
     let mut paths: Vec<(PathBuf, String)> = Vec::new();
@@ -336,8 +336,8 @@ pub fn scan_names(
     let uid_of: HashMap<&str, u32> = uidlist
         .iter()
         .flat_map(|l| l.entries.iter())
-        .filter(|(_, base)| bases.contains(base))
-        .map(|(uid, base)| (base.as_str(), *uid))
+        .filter(|(_, base)| bases.contains(&**base))
+        .map(|(uid, base)| (&**base, *uid))
         .collect();
     let found = Found {
         keywords: &keywords,
@@ -490,7 +490,7 @@ fn read_headers(
 fn uids_of(uidlist: Option<&UidList>) -> HashMap<&str, u32> {
     uidlist
         .iter()
-        .flat_map(|l| l.entries.iter().map(|(uid, base)| (base.as_str(), *uid)))
+        .flat_map(|l| l.entries.iter().map(|(uid, base)| (&**base, *uid)))
         .collect()
 }
 

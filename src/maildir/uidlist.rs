@@ -24,7 +24,9 @@ pub struct UidList {
     /// The mailbox GUID as 32 hex digits, when the header has one.
     pub guid: Option<String>,
     /// (uid, base name) in file order; UIDs strictly increase. Base names stop before any ':'.
-    pub entries: Vec<(u32, String)>,
+    /// Shared, so that a list grown by a line (the kept parse of a file just appended to)
+    /// copies pointers, not every name.
+    pub entries: Vec<(u32, Arc<str>)>,
 }
 
 impl UidList {
@@ -126,8 +128,21 @@ pub fn parse_uidlist(text: &str) -> Result<UidList, MaildirError> {
     }
 
     let v3 = version == "3";
-    let mut prev_uid = 0u32;
     let mut by_name: HashMap<&str, usize> = HashMap::new();
+    push_entries(&mut list, v3, lines, &mut by_name)?;
+    Ok(list)
+}
+
+/// Adds the entry lines `lines` ((line number, text)) to `list`, checking each as Dovecot
+/// does. `by_name` indexes `list.entries` by base name (for a base listed twice, the later
+/// line wins).
+fn push_entries<'t>(
+    list: &mut UidList,
+    v3: bool,
+    lines: impl Iterator<Item = (usize, &'t str)>,
+    by_name: &mut HashMap<&'t str, usize>,
+) -> Result<(), MaildirError> {
+    let mut prev_uid = list.entries.last().map_or(0, |(uid, _)| *uid);
     for (n, line) in lines {
         let (uid_text, rest) = line
             .split_once(' ')
@@ -190,14 +205,30 @@ pub fn parse_uidlist(text: &str) -> Result<UidList, MaildirError> {
             }
         }
         by_name.insert(base, list.entries.len());
-        list.entries.push((uid, base.to_string()));
+        list.entries.push((uid, Arc::from(base)));
     }
-    Ok(list)
+    Ok(())
 }
 
-/// A uidlist parsed from bytes with this BLAKE3 hash.
+/// The entries a version 3 uidlist gained: `kept` parsed from the first bytes of the file,
+/// `tail` the whole lines after them. `None` when the tail cannot simply be added (it lists
+/// a base name again, or breaks a rule): the whole file is then parsed, for the rules' own
+/// answer and line numbers.
+fn appended(kept: &UidList, tail: &str) -> Option<UidList> {
+    let mut list = kept.clone();
+    let mut by_name = HashMap::new();
+    push_entries(&mut list, true, tail.lines().map(|l| (0, l)), &mut by_name).ok()?;
+    let again = kept
+        .entries
+        .iter()
+        .any(|(_, base)| by_name.contains_key(&**base));
+    (!again).then_some(list)
+}
+
+/// A uidlist parsed from `len` bytes with this BLAKE3 hash.
 struct Parsed {
     hash: blake3::Hash,
+    len: usize,
     list: Arc<UidList>,
 }
 
@@ -205,7 +236,9 @@ struct Parsed {
 /// files named, again when it takes the lock to number or deliver, and the next pass reads
 /// it again: at 11 000 lines, parsing (and freeing) it each time was a third of a replica's
 /// work in a change round. Kept by the hash of the bytes, so a kept parse is only used for
-/// the very bytes it came from, whoever wrote the file and however.
+/// the very bytes it came from, whoever wrote the file and however; a file that only grew
+/// (Dovecot and merkmail append lines in place) has only its new lines parsed, when its
+/// first bytes still hash as the kept ones did.
 static PARSED: OnceLock<Mutex<HashMap<PathBuf, Parsed>>> = OnceLock::new();
 
 /// Lines kept parsed at most, over all folders (about 80 bytes each); past it the kept ones
@@ -221,10 +254,27 @@ pub fn parse_kept(path: &Path, text: &str) -> Result<Arc<UidList>, MaildirError>
         kept.lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     };
-    if let Some(parsed) = lock().get(path).filter(|p| p.hash == hash) {
-        return Ok(Arc::clone(&parsed.list));
-    }
-    let list = Arc::new(parse_uidlist(text)?);
+    let grown = {
+        let kept = lock();
+        match kept.get(path) {
+            Some(parsed) if parsed.hash == hash => return Ok(Arc::clone(&parsed.list)),
+            Some(parsed)
+                if parsed.len > 0
+                    && parsed.len < text.len()
+                    && text.is_char_boundary(parsed.len)
+                    && text.starts_with("3 ")
+                    && text.as_bytes()[parsed.len - 1] == b'\n'
+                    && blake3::hash(&text.as_bytes()[..parsed.len]) == parsed.hash =>
+            {
+                Some((Arc::clone(&parsed.list), parsed.len))
+            }
+            _ => None,
+        }
+    };
+    let list = match grown.and_then(|(kept, len)| appended(&kept, &text[len..])) {
+        Some(list) => Arc::new(list),
+        None => Arc::new(parse_uidlist(text)?),
+    };
     let mut kept = lock();
     let held: usize = kept.values().map(|p| p.list.entries.len()).sum();
     if held + list.entries.len() > PARSED_LINES {
@@ -234,6 +284,7 @@ pub fn parse_kept(path: &Path, text: &str) -> Result<Arc<UidList>, MaildirError>
         path.to_path_buf(),
         Parsed {
             hash,
+            len: text.len(),
             list: Arc::clone(&list),
         },
     );
@@ -276,13 +327,33 @@ mod tests {
         // Same length, other bytes (a rewrite in place): parsed anew.
         let rewritten = v1.replace(":b", ":x");
         let parsed = parse_kept(path, &rewritten).expect("rewritten");
-        assert_eq!(parsed.entries[1].1, "x");
+        assert_eq!(&*parsed.entries[1].1, "x");
         let elsewhere = parse_kept(other, &rewritten).expect("other path");
         assert_eq!(*elsewhere, *parsed);
+        // Lines appended: only they are parsed, and the list is the one a whole parse gives,
+        // also when a base comes back at a later UID.
+        parse_kept(path, &appended).expect("kept again");
+        let again = format!("{appended}4 :a\n");
+        let grown_again = parse_kept(path, &again).expect("a base listed again");
+        assert_eq!(*grown_again, parse_uidlist(&again).expect("parse"));
+        assert_eq!(
+            pairs(&grown_again),
+            vec![(2, "b".into()), (3, "c".into()), (4, "a".into())]
+        );
+        let wrong = format!("{again}4 :d\n");
+        assert!(parse_kept(path, &wrong).is_err(), "a UID not ascending");
         assert!(parse_kept(path, "3 V0 N1\n").is_err());
         assert_eq!(*parse_kept(path, &rewritten).expect("still kept"), *parsed);
     }
     use proptest::prelude::*;
+
+    /// The entries as owned pairs, to compare with literals.
+    fn pairs(list: &UidList) -> Vec<(u32, String)> {
+        list.entries
+            .iter()
+            .map(|(uid, base)| (*uid, base.to_string()))
+            .collect()
+    }
 
     fn ok(text: &str) -> UidList {
         match parse_uidlist(text) {
@@ -301,7 +372,7 @@ mod tests {
         assert_eq!(l.next_uid, 25022);
         assert_eq!(l.guid.as_deref(), Some("3085f01b7f11094c501100008c4a11c1"));
         assert_eq!(
-            l.entries,
+            pairs(&l),
             vec![
                 (
                     25006,
@@ -312,21 +383,24 @@ mod tests {
             ]
         );
         let v1 = ok("1 1000 5\n1 a:2,S\n3 b\n");
-        assert_eq!((v1.uidvalidity, v1.next_uid, v1.guid), (1000, 5, None));
-        assert_eq!(v1.entries, vec![(1, "a".to_string()), (3, "b".to_string())]);
+        assert_eq!(
+            (v1.uidvalidity, v1.next_uid, v1.guid.clone()),
+            (1000, 5, None)
+        );
+        assert_eq!(pairs(&v1), vec![(1, "a".to_string()), (3, "b".to_string())]);
         // Unknown header fields are ignored; field order does not matter.
         let l = ok("3 N7 X123 V9\n");
         assert_eq!((l.uidvalidity, l.next_uid), (9, 7));
         // A file listed twice keeps its later UID.
         let l = ok("3 V1 N9\n1 :a\n2 :b\n5 :a\n");
-        assert_eq!(l.entries, vec![(2, "b".to_string()), (5, "a".to_string())]);
+        assert_eq!(pairs(&l), vec![(2, "b".to_string()), (5, "a".to_string())]);
         // Dovecot appends entries without rewriting N; the effective UIDNEXT follows them.
         let l = ok("3 V1 N1 G6823c909cdd00a6ba92e000083ecc375\n1 :a\n2 :b\n");
         assert_eq!((l.next_uid, l.effective_next_uid()), (1, 3));
         assert_eq!(ok("3 V1 N9\n1 :a\n").effective_next_uid(), 9);
         // Windows line ends are tolerated.
         assert_eq!(
-            ok("3 V1 N2\r\n1 :a\r\n").entries,
+            pairs(&ok("3 V1 N2\r\n1 :a\r\n")),
             vec![(1, "a".to_string())]
         );
     }
@@ -378,9 +452,10 @@ mod tests {
         )
             .prop_map(|(uidvalidity, guid, map)| {
                 let mut seen = std::collections::HashSet::new();
-                let entries: Vec<(u32, String)> = map
+                let entries: Vec<(u32, Arc<str>)> = map
                     .into_iter()
                     .filter(|(_, b)| seen.insert(b.clone()))
+                    .map(|(u, b)| (u, Arc::from(b)))
                     .collect();
                 let next_uid = entries.last().map_or(1, |(u, _)| u + 1);
                 UidList {
@@ -392,7 +467,44 @@ mod tests {
             })
     }
 
+    /// Entry lines, mostly good: ascending or not, a base listed again, now and then a line
+    /// Dovecot would call corrupt.
+    fn entry_lines() -> impl Strategy<Value = Vec<String>> {
+        prop::collection::vec(
+            prop_oneof![
+                8 => (1u32..60, "[a-e]{1,2}").prop_map(|(uid, base)| format!("{uid} :{base}")),
+                1 => (1u32..60, "[a-e]{1,2}").prop_map(|(uid, base)| format!("{uid} W7 :{base}:2,S")),
+                1 => prop_oneof![
+                    Just("x :a".to_string()),
+                    Just(String::new()),
+                    Just("5 a".to_string()),
+                    Just("6 :a/b".to_string()),
+                ],
+            ],
+            0..12,
+        )
+    }
+
     proptest! {
+        /// A uidlist read after lines were appended to it (whole lines, as every writer
+        /// appends) gives what parsing the whole file gives: the same list, or an error —
+        /// whether its first bytes were kept parsed or not.
+        #[test]
+        fn a_grown_uidlist_reads_as_a_whole_one(
+            first in entry_lines(),
+            more in entry_lines(),
+            n in 0u32..1_000_000,
+        ) {
+            let path = PathBuf::from(format!("/nonexistent/merkmail-grown/{n}/dovecot-uidlist"));
+            let head = "3 V7 N1 G0123456789abcdef0123456789abcdef\n";
+            let before: String = first.iter().map(|l| format!("{l}\n")).collect();
+            let after: String = more.iter().map(|l| format!("{l}\n")).collect();
+            let whole = format!("{head}{before}{after}");
+            let _ = parse_kept(&path, &format!("{head}{before}"));
+            let kept = parse_kept(&path, &whole).map(|l| (*l).clone()).ok();
+            prop_assert_eq!(kept, parse_uidlist(&whole).ok());
+        }
+
         #[test]
         fn format_then_parse_is_identity(list in uidlist_strategy()) {
             prop_assert_eq!(parse_uidlist(&format_uidlist(&list)).ok(), Some(list));

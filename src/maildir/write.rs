@@ -341,7 +341,11 @@ impl MaildirWriter {
             uidvalidity: open.uidvalidity,
             next_uid: open.uidnext,
             guid: open.guid.clone(),
-            entries: open.entries.into_iter().collect(),
+            entries: open
+                .entries
+                .into_iter()
+                .map(|(uid, base)| (uid, base.into()))
+                .collect(),
         };
         let tmp = open.dir.join("tmp");
         let pid = self.pid;
