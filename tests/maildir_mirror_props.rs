@@ -307,9 +307,7 @@ impl World {
             tracking.clear();
         }
         let mut touched = news.users.get(USER).cloned().unwrap_or_default();
-        for names in touched.files.values_mut() {
-            names.retain(|name| !name.contains(hide));
-        }
+        touched.leave_out(|name| name.contains(hide));
         let store = self.store.as_ref().expect("the store is open");
         if std::mem::take(&mut watch.restarted) {
             return pass_following(store, &self.template, &mut tracking).expect("a first pass");
@@ -678,6 +676,66 @@ fn a_watched_pass_looks_only_at_the_files_the_watcher_named() {
         .as_ref()
         .map_or(0, |w| w.named.load(Ordering::SeqCst));
     assert!(named >= 3, "{named}");
+}
+
+/// A followed folder's file unlinked by the server: the watcher's report of the unlink is
+/// proof enough, and the expunge costs no listing of the folder. A file renamed away whose
+/// new name has not been reported yet is not taken for an expunge: the folder is listed,
+/// the file found, and the next pass takes its new name.
+#[test]
+fn an_unlink_the_watcher_saw_is_an_expunge_without_a_listing() {
+    let mut world = World::watched();
+    for body in [21, 22] {
+        world.apply(&Op::Drop {
+            folder: 0,
+            body,
+            flags: None,
+        });
+    }
+    world.settle().expect("settles");
+    let before = world.indexed().len();
+    assert_eq!(before, 3);
+    world.apply(&Op::Unlink { pick: 0 });
+    let r = world.pass();
+    assert_eq!(
+        (
+            r.expunged_on_disk,
+            r.expunges_seen_unlinked,
+            r.folders_listed_for_expunges,
+            r.folders_read
+        ),
+        (1, 1, 0, 0),
+        "{r:?}"
+    );
+    assert_eq!(world.indexed().len(), before - 1);
+    world.settle().expect("settles");
+    world.check().expect("the Maildir equals the index");
+
+    // Renamed (a flag set by the server), the report of the new name held back.
+    let files = disk_files(&world.root);
+    let victim = files[0].clone();
+    let file = victim.file_name().and_then(|n| n.to_str()).expect("a name");
+    let base = file.split(':').next().expect("a base").to_string();
+    let renamed = victim
+        .parent()
+        .and_then(Path::parent)
+        .expect("a folder")
+        .join("cur")
+        .join(format!("{base}:2,DF"));
+    std::fs::rename(&victim, &renamed).expect("rename");
+    let r = world.pass_hiding(":2,DF");
+    assert_eq!(
+        (r.expunged_on_disk, r.folders_listed_for_expunges),
+        (0, 1),
+        "a rename taken for an expunge: {r:?}"
+    );
+    // The held-back report is gone with that pass; a later one names the file again.
+    std::fs::rename(&renamed, format!("{}S", renamed.display())).expect("rename again");
+    let r = world.pass();
+    assert_eq!((r.flags_from_disk, r.expunged_on_disk), (1, 0), "{r:?}");
+    assert_eq!(world.indexed().len(), before - 1);
+    world.settle().expect("settles");
+    world.check().expect("the Maildir equals the index");
 }
 
 /// A watched world that agrees with its disk, then two files (bodies 11 and 12) dropped

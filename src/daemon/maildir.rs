@@ -284,6 +284,7 @@ fn after_pass(
                     renumbered = report.renumbered,
                     folders_read = report.folders_read,
                     folders_named = report.folders_named,
+                    folders_listed_for_expunges = report.folders_listed_for_expunges,
                     "Maildir pass"
                 );
                 // What the disk gave is journaled: ship it now.

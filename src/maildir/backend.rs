@@ -148,6 +148,10 @@ pub struct PassReport {
     pub imported_bytes: u64,
     pub flags_from_disk: u64,
     pub expunged_on_disk: u64,
+    /// Of those, files whose unlink the watcher reported (no listing of their folder needed).
+    pub expunges_seen_unlinked: u64,
+    /// Folders listed to tell an expunge from a rename not reported yet.
+    pub folders_listed_for_expunges: u64,
     pub folders_found: u64,
     pub folders_gone: u64,
     pub subscriptions_from_disk: u64,
@@ -638,7 +642,8 @@ fn pass_user(
                     && mark
                         .zip(FolderPrint::of(dir).uidlist())
                         .is_some_and(|(was, now)| was.appended_to(&now));
-                read.push((folder, print, Scope::Bases(bases), appended));
+                let gone = w.touched.gone_bases(dir);
+                read.push((folder, print, Scope::Bases(bases, gone), appended));
                 continue;
             }
         }
@@ -666,7 +671,7 @@ fn pass_user(
             Some(i) => {
                 let guid = states[i].guid;
                 let part = match &scope {
-                    Scope::Bases(bases) if appended => {
+                    Scope::Bases(bases, _) if appended => {
                         partial_mirror(store, user, guid, &folder, bases)?
                     }
                     _ => None,
@@ -677,7 +682,7 @@ fn pass_user(
                     Some(mirror) => mirror,
                     None => store.mailbox_mirror(user, guid)?,
                 };
-                if let (Scope::Bases(bases), true) = (&scope, mirror.whole) {
+                if let (Scope::Bases(bases, _), true) = (&scope, mirror.whole) {
                     if !uids_agree(&folder, &mirror, bases) {
                         // The uidlist says other UIDs than the index for files no one named
                         // (the server rebuilt it): the folder is read in full after all.
@@ -850,8 +855,9 @@ enum Scope {
     /// Every file (a full read).
     All,
     /// Only these base names (the files a watcher named); the others are where index and
-    /// disk last agreed.
-    Bases(BTreeSet<String>),
+    /// disk last agreed. With the base names the watcher saw the last file of unlinked
+    /// (`watch::BaseNews::proves_gone`).
+    Bases(BTreeSet<String>, HashSet<String>),
 }
 
 impl Scope {
@@ -859,7 +865,15 @@ impl Scope {
     fn covers(&self, base: &str) -> bool {
         match self {
             Scope::All => true,
-            Scope::Bases(bases) => bases.contains(base),
+            Scope::Bases(bases, _) => bases.contains(base),
+        }
+    }
+
+    /// Whether the watcher saw the last file of base name `base` unlinked.
+    fn saw_unlinked(&self, base: &str) -> bool {
+        match self {
+            Scope::All => false,
+            Scope::Bases(_, gone) => gone.contains(base),
         }
     }
 }
@@ -1229,7 +1243,7 @@ fn from_disk_folder(
         (&folder, scope)
     };
     let wrote = from_disk(store, user, read, &mirror, scope, report)?;
-    if mirror.owed.is_none() && dir == folder.dir && matches!(scope, Scope::Bases(_)) {
+    if mirror.owed.is_none() && dir == folder.dir && matches!(scope, Scope::Bases(..)) {
         // A followed folder owed nothing: what its named files showed (if anything) went into
         // the index without marking it owed (`Store::append_found`, `disk_flags_changed`,
         // `disk_expunged` leave it unmarked when index and disk agree after them). Unless a
@@ -1462,17 +1476,24 @@ fn from_disk(
         .filter(|(uid, row)| live.contains_key(uid) && !present(row.base.as_str()))
         .map(|(uid, _)| *uid)
         .collect();
-    if !gone.is_empty() {
-        // A file renamed while the folder was read (a flag change, new/ → cur/) can be
-        // missing from the listing without being gone: the directories are listed once
-        // more, and only what is missing from both listings is an expunge.
-        let wanted: HashSet<&str> = gone
-            .iter()
-            .map(|uid| mirror.files[uid].base.as_str())
-            .collect();
+    // A file renamed while the folder was read (a flag change, new/ → cur/) can be missing
+    // from the listing without being gone: the directories are listed once more, and only
+    // what is missing from both listings is an expunge. A file the watcher saw unlinked
+    // (and whose base no later report names) needs no listing.
+    let wanted: HashSet<&str> = gone
+        .iter()
+        .map(|uid| mirror.files[uid].base.as_str())
+        .filter(|base| !scope.saw_unlinked(base))
+        .collect();
+    if !wanted.is_empty() {
+        report.folders_listed_for_expunges += 1;
         let still = crate::maildir::scan::bases_present(&folder.dir, &wanted)?;
         gone.retain(|uid| !still.contains(mirror.files[uid].base.as_str()));
     }
+    report.expunges_seen_unlinked += gone
+        .iter()
+        .filter(|uid| scope.saw_unlinked(&mirror.files[*uid].base))
+        .count() as u64;
     if !gone.is_empty() {
         report.expunged_on_disk += store.disk_expunged(user, guid, &gone)? as u64;
         wrote = true;

@@ -91,12 +91,79 @@ fn is_ignored(name: &str) -> bool {
         || name.starts_with("dovecot-uidvalidity")
 }
 
+/// What a report says happened to a file's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// The name was made (a delivery, a rename's new name), or something else happened to
+    /// it: it may be there.
+    Appeared,
+    /// The name was renamed away (to where, a later report may say).
+    RenamedAway,
+    /// The name was unlinked.
+    Unlinked,
+}
+
+impl Seen {
+    /// What an event of this kind says of the names it reports; `None` for a rename reported
+    /// with both its names, whose two halves were reported before it one by one.
+    pub fn of(kind: &notify::EventKind) -> Option<Seen> {
+        use notify::event::{ModifyKind, RenameMode};
+        match kind {
+            notify::EventKind::Remove(_) => Some(Seen::Unlinked),
+            notify::EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
+                Some(Seen::RenamedAway)
+            }
+            notify::EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => None,
+            // Made, renamed here, written, or a kind that says less: the name may be there.
+            _ => Some(Seen::Appeared),
+        }
+    }
+}
+
+/// What the reports since a folder's last pass said of the files of one base name: each
+/// name and what happened to it, in the order they came (one watcher reports in the order
+/// the kernel saw).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BaseNews {
+    seen: Vec<(String, Seen)>,
+}
+
+impl BaseNews {
+    /// Whether the reports prove that no file of the base is left: a name they did not see
+    /// appear went away (the file index and disk last agreed on: a base has one file in a
+    /// folder, and Dovecot renames a second one to a new base), every name that appeared
+    /// since went too, and the last report was an unlink (a name renamed away may arrive
+    /// under its new name in a report not taken yet; an unlinked one cannot).
+    pub fn proves_gone(&self) -> bool {
+        let mut appeared: BTreeSet<&str> = BTreeSet::new();
+        let mut agreed_went = false;
+        for (name, seen) in &self.seen {
+            match seen {
+                Seen::Appeared => {
+                    appeared.insert(name);
+                }
+                Seen::RenamedAway | Seen::Unlinked => {
+                    agreed_went |= !appeared.remove(name.as_str());
+                }
+            }
+        }
+        agreed_went
+            && appeared.is_empty()
+            && self
+                .seen
+                .last()
+                .is_some_and(|(_, seen)| *seen == Seen::Unlinked)
+    }
+}
+
 /// What the watcher reported for one user since their last pass.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Touched {
     /// Per folder directory, the files named (`cur/FILE`, `new/FILE`); a folder present with
     /// no name had its uidlist change.
     pub files: HashMap<PathBuf, BTreeSet<String>>,
+    /// Per folder directory and base name, what the reports said happened to its files.
+    pub bases: HashMap<PathBuf, HashMap<String, BaseNews>>,
     /// Folders to read in full.
     pub whole: HashSet<PathBuf>,
     /// The user's tree changed outside any folder's files.
@@ -104,9 +171,51 @@ pub struct Touched {
 }
 
 impl Touched {
+    /// Takes in a report whose kind says nothing of a name's fate (it may be there).
     pub fn add(&mut self, touch: Touch) {
+        self.saw(touch, Some(Seen::Appeared));
+    }
+
+    /// The base names of `folder` that the reports prove have no file left (see
+    /// [`BaseNews::proves_gone`]): an expunge of them needs no listing of the folder.
+    pub fn gone_bases(&self, folder: &Path) -> HashSet<String> {
+        self.bases
+            .get(folder)
+            .into_iter()
+            .flatten()
+            .filter(|(_, news)| news.proves_gone())
+            .map(|(base, _)| base.clone())
+            .collect()
+    }
+
+    /// Leaves out every report of a file whose name `hide` picks, as if it had not come yet.
+    pub fn leave_out(&mut self, hide: impl Fn(&str) -> bool) {
+        for names in self.files.values_mut() {
+            names.retain(|name| !hide(name));
+        }
+        for bases in self.bases.values_mut() {
+            for news in bases.values_mut() {
+                news.seen.retain(|(name, _)| !hide(name));
+            }
+        }
+    }
+
+    /// Takes in a report of `touch`; `seen` says what happened to a file's name (`None`:
+    /// the report names the file but says nothing new of it).
+    pub fn saw(&mut self, touch: Touch, seen: Option<Seen>) {
         match touch {
             Touch::File { folder, name } => {
+                if let Some(seen) = seen {
+                    let file = name.split_once('/').map_or(name.as_str(), |(_, f)| f);
+                    let base = file.split(':').next().unwrap_or(file).to_string();
+                    self.bases
+                        .entry(folder.clone())
+                        .or_default()
+                        .entry(base)
+                        .or_default()
+                        .seen
+                        .push((name.clone(), seen));
+                }
                 self.files.entry(folder).or_default().insert(name);
             }
             Touch::Uidlist { folder } => {
@@ -153,10 +262,11 @@ impl News {
         ) {
             return false;
         }
+        let seen = Seen::of(&event.kind);
         let mut any = false;
         for path in &event.paths {
             if let Some((user, touch)) = touch_of(template, path) {
-                self.users.entry(user).or_default().add(touch);
+                self.users.entry(user).or_default().saw(touch, seen);
                 any = true;
             }
         }
@@ -350,6 +460,107 @@ mod tests {
         ] {
             assert_eq!(touch(path), None, "{path}");
         }
+    }
+
+    /// The reports' word on a base: gone only when the agreed file went, every name seen
+    /// since went too, and the last report was an unlink.
+    #[test]
+    fn only_an_unlink_last_proves_a_file_gone() {
+        use Seen::{Appeared as A, RenamedAway as R, Unlinked as U};
+        let news = |seen: &[(&str, Seen)]| BaseNews {
+            seen: seen.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
+        };
+        for (case, seen, gone) in [
+            ("an expunge", vec![("cur/b:2,S", U)], true),
+            (
+                "a flag set, then an expunge",
+                vec![("cur/b:2,", R), ("cur/b:2,T", A), ("cur/b:2,T", U)],
+                true,
+            ),
+            (
+                "new/ to cur/, then an expunge",
+                vec![("new/b", R), ("cur/b:2,", A), ("cur/b:2,", U)],
+                true,
+            ),
+            (
+                "renamed away, new name not reported yet",
+                vec![("cur/b:2,", R)],
+                false,
+            ),
+            (
+                "renamed, new name reported",
+                vec![("cur/b:2,", R), ("cur/b:2,S", A)],
+                false,
+            ),
+            (
+                "delivered and expunged since the agreement (not the agreed file)",
+                vec![("new/b", A), ("new/b", U)],
+                false,
+            ),
+            (
+                "unlinked, then a file of the base again",
+                vec![("cur/b:2,", U), ("cur/b:2,", A)],
+                false,
+            ),
+            (
+                "a name written to, then unlinked",
+                vec![("cur/b:2,", A), ("cur/b:2,", U)],
+                false,
+            ),
+            (
+                "renamed away last, after an unlink",
+                vec![("cur/b:2,", U), ("new/b", R)],
+                false,
+            ),
+            ("nothing reported", vec![], false),
+        ] {
+            assert_eq!(news(&seen).proves_gone(), gone, "{case}");
+        }
+    }
+
+    /// Each kind of report says what it should of a name, and a report left out (not come
+    /// yet) proves nothing.
+    #[test]
+    fn reports_say_what_happened_to_a_name() {
+        use notify::event::{CreateKind, ModifyKind, RemoveKind, RenameMode};
+        use notify::{Event, EventKind};
+        let folder = PathBuf::from("/srv/vmail/ann/Maildir");
+        let mut news = News::default();
+        let event = |kind: EventKind, paths: &[&str]| {
+            let mut e = Event::new(kind);
+            for p in paths {
+                e = e.add_path(folder.join(p));
+            }
+            Ok(e)
+        };
+        let from = EventKind::Modify(ModifyKind::Name(RenameMode::From));
+        let to = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        let both = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        for e in [
+            event(from, &["cur/a:2,"]),
+            event(to, &["cur/a:2,S"]),
+            event(both, &["cur/a:2,", "cur/a:2,S"]),
+            event(EventKind::Remove(RemoveKind::File), &["cur/a:2,S"]),
+            event(EventKind::Create(CreateKind::File), &["new/b"]),
+            event(EventKind::Remove(RemoveKind::File), &["cur/c:2,"]),
+            event(from, &["cur/d:2,"]),
+        ] {
+            assert!(news.note(&t(), e));
+        }
+        let touched = &news.users["ann"];
+        let gone = touched.gone_bases(&folder);
+        assert_eq!(
+            gone,
+            HashSet::from(["a".to_string(), "c".to_string()]),
+            "{touched:?}"
+        );
+        let mut held_back = touched.clone();
+        held_back.leave_out(|name| name.ends_with(":2,S"));
+        assert_eq!(
+            held_back.gone_bases(&folder),
+            HashSet::from(["c".to_string()])
+        );
+        assert!(!held_back.files[&folder].contains("cur/a:2,S"));
     }
 
     #[test]
