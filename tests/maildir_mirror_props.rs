@@ -1432,6 +1432,79 @@ fn a_change_found_on_disk_leaves_its_mailbox_unowed() {
     );
 }
 
+/// What a pass found in one folder goes in with one commit; a part that the disk settles
+/// (flags, expunges) does not settle what another part of the same commit owes the disk (a
+/// message that had to take another UID than its file's).
+#[test]
+fn what_one_folder_showed_is_one_commit_and_settles_only_itself() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (store, guid) = settled_store(dir.path());
+    let found = |n: u16, uid: u32| NewMessage {
+        uid: Some(uid),
+        exact_uid: true,
+        source: Some(format!("1700000000.M{n}P1.host")),
+        ..new_message(message("found", n), n)
+    };
+    store
+        .append_found("u", "INBOX", vec![found(1, 5), found(2, 6), found(4, 7)])
+        .expect("append_found");
+    let seen = |base: &str, uid: u32| merkmail::store::DiskFlags {
+        uid,
+        added: vec![flag("\\Seen")],
+        removed: vec![],
+        row: merkmail::store::FileRow {
+            base: base.to_string(),
+            disk_flags: vec!["\\Seen".to_string()],
+        },
+    };
+    let (durable, _) = store.commits();
+    let out = store
+        .disk_found(
+            "u",
+            guid,
+            merkmail::store::FoundOnDisk {
+                mailbox: "INBOX".into(),
+                new: vec![found(3, 6)],
+                flags: vec![seen("1700000000.M1P1.host", 5)],
+                expunged: vec![7],
+            },
+        )
+        .expect("disk_found");
+    assert_eq!(store.commits().0, durable + 1, "one commit");
+    assert!(out.appended[0].renumbered, "{out:?}");
+    assert_eq!(out.expunged, 1);
+    let inbox = store.list_messages("u", Some("INBOX")).expect("messages");
+    assert!(inbox.iter().all(|m| m.uid != 7), "{inbox:?}");
+    assert!(
+        inbox
+            .iter()
+            .any(|m| m.uid == 5 && m.record.flags.live().any(|f| f.as_str() == "\\Seen")),
+        "{inbox:?}"
+    );
+    assert_eq!(
+        store.owed_mailboxes().expect("owed"),
+        vec![("u".to_string(), guid)],
+        "the renumbered message is owed to the disk, whatever the flags and expunge settled"
+    );
+
+    // Flags and expunges alone leave the mailbox as unowed as they found it.
+    let read = store.mailbox_mirror("u", guid).expect("mirror");
+    settle_owed_uids(&store, guid, &read);
+    store
+        .disk_found(
+            "u",
+            guid,
+            merkmail::store::FoundOnDisk {
+                mailbox: "INBOX".into(),
+                new: vec![],
+                flags: vec![seen("1700000000.M2P1.host", 6)],
+                expunged: vec![5],
+            },
+        )
+        .expect("disk_found");
+    assert!(store.owed_mailboxes().expect("owed").is_empty());
+}
+
 fn flag(name: &str) -> FlagName {
     FlagName::parse(name).expect("flag")
 }

@@ -28,8 +28,8 @@ use crate::maildir::watch::{UidlistMark, Watched};
 use crate::maildir::{MaildirError, INBOX};
 use crate::model::{Digest, FlagName, MailboxGuid};
 use crate::store::{
-    DiskFlags, FileRow, FolderRow, FolderState, MailboxMirror, MirrorEdit, NewMessage, Store,
-    StoreError,
+    AppendOutcome, DiskFlags, FileRow, FolderRow, FolderState, FoundOnDisk, MailboxMirror,
+    MirrorEdit, NewMessage, Store, StoreError,
 };
 
 /// Why a pass stopped. What it did before stays done and settled; the rest is still owed.
@@ -1456,18 +1456,8 @@ fn from_disk(
             wrote = true;
         }
     }
-    let rest = batch.rest();
-    if !rest.is_empty() {
-        import_batch(store, user, &record.name, rest, report)?;
-        wrote = true;
-    }
     if !adopted.is_empty() {
         store.mirror_settle(user, guid, &adopted, None)?;
-        wrote = true;
-    }
-    if !flag_changes.is_empty() {
-        store.disk_flags_changed(user, guid, &flag_changes)?;
-        report.flags_from_disk += flag_changes.len() as u64;
         wrote = true;
     }
     let mut gone: Vec<u32> = mirror
@@ -1490,14 +1480,29 @@ fn from_disk(
         let still = crate::maildir::scan::bases_present(&folder.dir, &wanted)?;
         gone.retain(|uid| !still.contains(mirror.files[uid].base.as_str()));
     }
-    report.expunges_seen_unlinked += gone
+    let seen_unlinked = gone
         .iter()
         .filter(|uid| scope.saw_unlinked(&mirror.files[*uid].base))
         .count() as u64;
-    if !gone.is_empty() {
-        report.expunged_on_disk += store.disk_expunged(user, guid, &gone)? as u64;
-        wrote = true;
-    }
+    // The last of the new files, the flag changes and the expunges: one transaction.
+    let rest = batch.rest();
+    let sizes = sizes_of(&rest);
+    let flagged = flag_changes.len() as u64;
+    wrote |= !rest.is_empty() || flagged > 0 || !gone.is_empty();
+    let found = store.disk_found(
+        user,
+        guid,
+        FoundOnDisk {
+            mailbox: record.name.clone(),
+            new: rest,
+            flags: flag_changes,
+            expunged: gone,
+        },
+    )?;
+    count_imports(found.appended, sizes, report);
+    report.flags_from_disk += flagged;
+    report.expunged_on_disk += found.expunged as u64;
+    report.expunges_seen_unlinked += seen_unlinked;
     if let Some(row) = &mirror.folder {
         if row.subscribed != folder.subscribed && folder.mailbox != INBOX {
             store.subscribe(user, &record.name, folder.subscribed)?;
@@ -1568,15 +1573,26 @@ fn import_batch(
     batch: Vec<NewMessage>,
     report: &mut PassReport,
 ) -> Result<(), BackendError> {
-    let sizes: Vec<(u64, Option<String>)> = batch
+    let sizes = sizes_of(&batch);
+    count_imports(store.append_found(user, mailbox, batch)?, sizes, report);
+    Ok(())
+}
+
+/// Each new message's size and source, for [`count_imports`].
+fn sizes_of(batch: &[NewMessage]) -> Vec<(u64, Option<String>)> {
+    batch
         .iter()
         .map(|m| (m.bytes.len() as u64, m.source.clone()))
-        .collect();
-    for (outcome, (size, source)) in store
-        .append_found(user, mailbox, batch)?
-        .into_iter()
-        .zip(sizes)
-    {
+        .collect()
+}
+
+/// Counts what an import of new messages (with their sizes and sources) did.
+fn count_imports(
+    outcomes: Vec<AppendOutcome>,
+    sizes: Vec<(u64, Option<String>)>,
+    report: &mut PassReport,
+) {
+    for (outcome, (size, source)) in outcomes.into_iter().zip(sizes) {
         if outcome.skipped {
             continue;
         }
@@ -1590,7 +1606,6 @@ fn import_batch(
             report.renumbered += 1;
         }
     }
-    Ok(())
 }
 
 /// index → disk, under the folder's uidlist lock: owed removals, flag renames and deliveries,

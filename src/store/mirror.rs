@@ -494,40 +494,7 @@ impl Store {
         if changes.is_empty() {
             return Ok(());
         }
-        self.write(|tx| {
-            let mut owes = false;
-            for change in changes {
-                let uid = change.uid;
-                let Some(mut message) = tx.get_message(user, guid, uid)? else {
-                    continue;
-                };
-                // A write since the scan (a peer's move or clash) took the file away from
-                // this UID: the flags seen on it are not this message's; the next pass looks
-                // again.
-                let current = tx
-                    .txn
-                    .open_table(MIRROR_FILES)?
-                    .get(keys::message(user, guid, uid).as_slice())?
-                    .map(|v| decode::<FileRow>(v.value(), "a Maildir file row"))
-                    .transpose()?;
-                if current.as_ref().map(|r| r.base.as_str()) != Some(change.row.base.as_str()) {
-                    continue;
-                }
-                let stamp = tx.stamp();
-                let mut changed = message.flags.apply(FlagOp::Add, &change.added, stamp);
-                changed |= message.flags.apply(FlagOp::Remove, &change.removed, stamp);
-                if changed {
-                    tx.put_message(user, guid, uid, &message)?;
-                }
-                tx.file_found(user, guid, uid, &change.row)?;
-                // A peer's change to other flags that the file does not show yet: still owed.
-                owes |= !shows_flags(&message, &change.row);
-            }
-            if !owes {
-                tx.settled_by_disk(user, guid);
-            }
-            Ok(())
-        })
+        self.write(|tx| disk_flags_in(tx, user, guid, changes))
     }
 
     /// Files the scanner found gone that the index still holds: the mail server expunged
@@ -541,36 +508,173 @@ impl Store {
         if uids.is_empty() {
             return Ok(0);
         }
+        self.write(|tx| disk_expunged_in(tx, user, guid, uids))
+    }
+
+    /// What a pass found in one folder, taken in with one transaction (one commit, where
+    /// three writes cost three): the files no one numbered before ([`Store::append_found`]),
+    /// the flag changes ([`Store::disk_flags_changed`]) and the expunges
+    /// ([`Store::disk_expunged`]), in that order, each settling only what it wrote itself.
+    /// Fails, changing nothing, where any of them would.
+    pub fn disk_found(
+        &self,
+        user: &str,
+        guid: MailboxGuid,
+        found: FoundOnDisk,
+    ) -> Result<FoundOutcome, StoreError> {
+        let FoundOnDisk {
+            mailbox,
+            new,
+            flags,
+            expunged,
+        } = found;
+        if new.is_empty() && flags.is_empty() && expunged.is_empty() {
+            return Ok(FoundOutcome::default());
+        }
+        let name = crate::model::MailboxName::parse(&mailbox)?;
         self.write(|tx| {
-            let Some(mut record) = tx.get_mailbox(user, guid)? else {
-                return Ok(0);
+            let appended = if new.is_empty() {
+                Vec::new()
+            } else {
+                tx.disk_part(user, guid, |tx| {
+                    super::ops::append_in(tx, user, &name, new, true)
+                })?
             };
-            let name = crate::model::MailboxName::parse(&record.name)?;
-            let mut present = Vec::new();
-            let mut bases = Vec::new();
-            for &uid in uids {
-                if tx.get_message(user, guid, uid)?.is_none() {
-                    continue;
-                }
-                let files = tx.txn.open_table(MIRROR_FILES)?;
-                let row = files.get(keys::message(user, guid, uid).as_slice())?;
-                // No file row any more: a write since the scan (a peer's move or clash) put
-                // other mail at this UID, which no file held yet; it is not expunged.
-                let Some(v) = row else { continue };
-                bases.push(decode::<FileRow>(v.value(), "a Maildir file row")?.base);
-                present.push(uid);
+            if !flags.is_empty() {
+                tx.disk_part(user, guid, |tx| disk_flags_in(tx, user, guid, &flags))?;
             }
-            let n = tx.expunge_uids(user, &name, &mut record, &present)?;
-            // The files are gone already: no removal is owed for them, and nothing else.
-            let mut unlinks = tx.txn.open_table(MIRROR_UNLINKS)?;
-            for base in bases {
-                unlinks.remove(keys::source(user, guid, &base).as_slice())?;
-            }
-            drop(unlinks);
-            tx.settled_by_disk(user, guid);
-            Ok(n)
+            let expunged = if expunged.is_empty() {
+                0
+            } else {
+                tx.disk_part(user, guid, |tx| disk_expunged_in(tx, user, guid, &expunged))?
+            };
+            Ok(FoundOutcome { appended, expunged })
         })
     }
+}
+
+/// What one pass found in one folder (see [`Store::disk_found`]).
+#[derive(Clone, Debug, Default)]
+pub struct FoundOnDisk {
+    /// The mailbox's name, as for [`Store::append_found`].
+    pub mailbox: String,
+    /// Messages in files no index row held, each with its `source`.
+    pub new: Vec<super::ops::NewMessage>,
+    pub flags: Vec<DiskFlags>,
+    /// UIDs whose files are gone.
+    pub expunged: Vec<u32>,
+}
+
+/// What [`Store::disk_found`] did: each new message's outcome, in order, and how many
+/// messages were expunged.
+#[derive(Clone, Debug, Default)]
+pub struct FoundOutcome {
+    pub appended: Vec<super::ops::AppendOutcome>,
+    pub expunged: usize,
+}
+
+impl Tx<'_> {
+    /// Runs `f`, one part of a transaction made of several disk-sourced writes to `guid`:
+    /// what `f` settles ([`Tx::settled_by_disk`]) is what `f` itself wrote, never a mark an
+    /// earlier part of the transaction left.
+    fn disk_part<T>(
+        &mut self,
+        user: &str,
+        guid: MailboxGuid,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let key = (user.to_string(), guid);
+        let owed_before = self.owed.contains(&key);
+        let uids_before: Vec<(String, MailboxGuid, u32)> = self
+            .owed_uids
+            .iter()
+            .filter(|(u, g, _)| u.as_str() == user && *g == guid)
+            .cloned()
+            .collect();
+        let out = f(self)?;
+        if owed_before {
+            self.owed.insert(key);
+        }
+        self.owed_uids.extend(uids_before);
+        Ok(out)
+    }
+}
+
+/// [`Store::disk_flags_changed`] within a transaction.
+fn disk_flags_in(
+    tx: &mut Tx<'_>,
+    user: &str,
+    guid: MailboxGuid,
+    changes: &[DiskFlags],
+) -> Result<(), StoreError> {
+    let mut owes = false;
+    for change in changes {
+        let uid = change.uid;
+        let Some(mut message) = tx.get_message(user, guid, uid)? else {
+            continue;
+        };
+        // A write since the scan (a peer's move or clash) took the file away from
+        // this UID: the flags seen on it are not this message's; the next pass looks
+        // again.
+        let current = tx
+            .txn
+            .open_table(MIRROR_FILES)?
+            .get(keys::message(user, guid, uid).as_slice())?
+            .map(|v| decode::<FileRow>(v.value(), "a Maildir file row"))
+            .transpose()?;
+        if current.as_ref().map(|r| r.base.as_str()) != Some(change.row.base.as_str()) {
+            continue;
+        }
+        let stamp = tx.stamp();
+        let mut changed = message.flags.apply(FlagOp::Add, &change.added, stamp);
+        changed |= message.flags.apply(FlagOp::Remove, &change.removed, stamp);
+        if changed {
+            tx.put_message(user, guid, uid, &message)?;
+        }
+        tx.file_found(user, guid, uid, &change.row)?;
+        // A peer's change to other flags that the file does not show yet: still owed.
+        owes |= !shows_flags(&message, &change.row);
+    }
+    if !owes {
+        tx.settled_by_disk(user, guid);
+    }
+    Ok(())
+}
+
+/// [`Store::disk_expunged`] within a transaction.
+fn disk_expunged_in(
+    tx: &mut Tx<'_>,
+    user: &str,
+    guid: MailboxGuid,
+    uids: &[u32],
+) -> Result<usize, StoreError> {
+    let Some(mut record) = tx.get_mailbox(user, guid)? else {
+        return Ok(0);
+    };
+    let name = crate::model::MailboxName::parse(&record.name)?;
+    let mut present = Vec::new();
+    let mut bases = Vec::new();
+    for &uid in uids {
+        if tx.get_message(user, guid, uid)?.is_none() {
+            continue;
+        }
+        let files = tx.txn.open_table(MIRROR_FILES)?;
+        let row = files.get(keys::message(user, guid, uid).as_slice())?;
+        // No file row any more: a write since the scan (a peer's move or clash) put
+        // other mail at this UID, which no file held yet; it is not expunged.
+        let Some(v) = row else { continue };
+        bases.push(decode::<FileRow>(v.value(), "a Maildir file row")?.base);
+        present.push(uid);
+    }
+    let n = tx.expunge_uids(user, &name, &mut record, &present)?;
+    // The files are gone already: no removal is owed for them, and nothing else.
+    let mut unlinks = tx.txn.open_table(MIRROR_UNLINKS)?;
+    for base in bases {
+        unlinks.remove(keys::source(user, guid, &base).as_slice())?;
+    }
+    drop(unlinks);
+    tx.settled_by_disk(user, guid);
+    Ok(n)
 }
 
 /// A message's flags as its Maildir file name shows them, sorted (`\\Recent` has no letter).

@@ -30,8 +30,8 @@ pub use journal::{
     DEFAULT_JOURNAL_BOUND,
 };
 pub use mirror::{
-    file_flags, DiskFlags, FileRow, FolderRow, FolderState, MailboxMirror, MirrorEdit, OwedToken,
-    UidToken,
+    file_flags, DiskFlags, FileRow, FolderRow, FolderState, FoundOnDisk, FoundOutcome,
+    MailboxMirror, MirrorEdit, OwedToken, UidToken,
 };
 pub use ops::{
     inbox_uidvalidity, AppendOutcome, Counters, MailboxInfo, MessageInfo, NewMessage,

@@ -469,109 +469,7 @@ impl Store {
         found: bool,
     ) -> Result<Vec<AppendOutcome>, StoreError> {
         let name = MailboxName::parse(mailbox)?;
-        let all_found = found && messages.iter().all(|m| m.source.is_some());
-        self.write(|tx| {
-            let existed = tx.user_exists(user)? && tx.find_mailbox(user, &name)?.is_some();
-            let mut record = tx.resolve(user, &name, true)?;
-            let guid = record.guid;
-            let mut outcomes = Vec::with_capacity(messages.len());
-            for message in messages {
-                if let Some(source) = &message.source {
-                    if let Some(uid) = tx
-                        .sources
-                        .get(keys::source(user, guid, source).as_slice())?
-                    {
-                        outcomes.push(AppendOutcome {
-                            uid: uid.value(),
-                            skipped: true,
-                            renumbered: false,
-                        });
-                        continue;
-                    }
-                }
-                let (uid, renumbered) = match message.uid {
-                    Some(wanted)
-                        if message.exact_uid
-                            && wanted > 0
-                            && wanted < u32::MAX
-                            && tx.get_message(user, guid, wanted)?.is_none() =>
-                    {
-                        (wanted, false)
-                    }
-                    Some(wanted) if wanted >= record.uidnext && wanted < u32::MAX => {
-                        (wanted, false)
-                    }
-                    Some(_) => (record.uidnext, true),
-                    None => (record.uidnext, false),
-                };
-                if uid == u32::MAX {
-                    return Err(StoreError::UidsExhausted {
-                        user: user.to_string(),
-                        mailbox: name.to_string(),
-                    });
-                }
-                let digest = Digest::of(&message.bytes);
-                let md5 = Md5::of(&message.bytes);
-                let n = outcomes.len() + 1;
-                if let Some(said) = message.digest.filter(|d| *d != digest) {
-                    return Err(StoreError::Invalid(format!(
-                        "message {n}: its bytes have the digest {digest}, not {said} as sent; nothing was appended"
-                    )));
-                }
-                if let Some(said) = message.md5.filter(|m| *m != md5) {
-                    return Err(StoreError::Invalid(format!(
-                        "message {n}: its bytes have the MD5 {md5}, not {said} as sent; nothing was appended"
-                    )));
-                }
-                let stamp = tx.stamp();
-                let entry = MessageRecord {
-                    md5,
-                    digest,
-                    size: message.bytes.len() as u64,
-                    internal_date: message.internal_date,
-                    flags: FlagSet::initial(&message.flags, stamp),
-                    appended: stamp,
-                };
-                // On a live Maildir a message the scanner found is held by its file.
-                let acquired = if tx.mirror && message.source.is_some() {
-                    tx.bodies
-                        .acquire_on_disk(tx.txn, &digest, message.bytes.len() as u64)?
-                } else {
-                    tx.bodies.acquire(tx.txn, &digest, &message.bytes)?
-                };
-                if acquired {
-                    tx.counters.bodies += 1;
-                    tx.counters.body_bytes += entry.size;
-                }
-                tx.put_message(user, guid, uid, &entry)?;
-                if let Some(source) = &message.source {
-                    tx.sources
-                        .insert(keys::source(user, guid, source).as_slice(), uid)?;
-                    // On a live Maildir the source is the file that holds the message.
-                    let row = super::mirror::FileRow {
-                        base: source.clone(),
-                        disk_flags: message.flags.iter().map(|f| f.to_string()).collect(),
-                    };
-                    tx.file_found(user, guid, uid, &row)?;
-                }
-                tx.counters.messages += 1;
-                tx.counters.message_bytes += entry.size;
-                record.uidnext = record.uidnext.max(uid + 1);
-                record.last_change = stamp;
-                outcomes.push(AppendOutcome {
-                    uid,
-                    skipped: false,
-                    renumbered,
-                });
-            }
-            if outcomes.iter().any(|o| !o.skipped) {
-                tx.put_mailbox(user, &record)?;
-            }
-            if all_found && existed && !outcomes.iter().any(|o| o.renumbered) {
-                tx.settled_by_disk(user, guid);
-            }
-            Ok(outcomes)
-        })
+        self.write(|tx| append_in(tx, user, &name, messages, found))
     }
 
     /// Changes one message's flags. Returns the flags set afterwards.
@@ -867,4 +765,113 @@ impl Store {
             None => Ok(Counters::default()),
         }
     }
+}
+
+/// [`Store::append`] (or, with `found`, [`Store::append_found`]) within a transaction.
+pub(crate) fn append_in(
+    tx: &mut Tx<'_>,
+    user: &str,
+    name: &MailboxName,
+    messages: Vec<NewMessage>,
+    found: bool,
+) -> Result<Vec<AppendOutcome>, StoreError> {
+    let all_found = found && messages.iter().all(|m| m.source.is_some());
+    let existed = tx.user_exists(user)? && tx.find_mailbox(user, &name)?.is_some();
+    let mut record = tx.resolve(user, &name, true)?;
+    let guid = record.guid;
+    let mut outcomes = Vec::with_capacity(messages.len());
+    for message in messages {
+        if let Some(source) = &message.source {
+            if let Some(uid) = tx
+                .sources
+                .get(keys::source(user, guid, source).as_slice())?
+            {
+                outcomes.push(AppendOutcome {
+                    uid: uid.value(),
+                    skipped: true,
+                    renumbered: false,
+                });
+                continue;
+            }
+        }
+        let (uid, renumbered) = match message.uid {
+            Some(wanted)
+                if message.exact_uid
+                    && wanted > 0
+                    && wanted < u32::MAX
+                    && tx.get_message(user, guid, wanted)?.is_none() =>
+            {
+                (wanted, false)
+            }
+            Some(wanted) if wanted >= record.uidnext && wanted < u32::MAX => (wanted, false),
+            Some(_) => (record.uidnext, true),
+            None => (record.uidnext, false),
+        };
+        if uid == u32::MAX {
+            return Err(StoreError::UidsExhausted {
+                user: user.to_string(),
+                mailbox: name.to_string(),
+            });
+        }
+        let digest = Digest::of(&message.bytes);
+        let md5 = Md5::of(&message.bytes);
+        let n = outcomes.len() + 1;
+        if let Some(said) = message.digest.filter(|d| *d != digest) {
+            return Err(StoreError::Invalid(format!(
+                "message {n}: its bytes have the digest {digest}, not {said} as sent; nothing was appended"
+            )));
+        }
+        if let Some(said) = message.md5.filter(|m| *m != md5) {
+            return Err(StoreError::Invalid(format!(
+                "message {n}: its bytes have the MD5 {md5}, not {said} as sent; nothing was appended"
+            )));
+        }
+        let stamp = tx.stamp();
+        let entry = MessageRecord {
+            md5,
+            digest,
+            size: message.bytes.len() as u64,
+            internal_date: message.internal_date,
+            flags: FlagSet::initial(&message.flags, stamp),
+            appended: stamp,
+        };
+        // On a live Maildir a message the scanner found is held by its file.
+        let acquired = if tx.mirror && message.source.is_some() {
+            tx.bodies
+                .acquire_on_disk(tx.txn, &digest, message.bytes.len() as u64)?
+        } else {
+            tx.bodies.acquire(tx.txn, &digest, &message.bytes)?
+        };
+        if acquired {
+            tx.counters.bodies += 1;
+            tx.counters.body_bytes += entry.size;
+        }
+        tx.put_message(user, guid, uid, &entry)?;
+        if let Some(source) = &message.source {
+            tx.sources
+                .insert(keys::source(user, guid, source).as_slice(), uid)?;
+            // On a live Maildir the source is the file that holds the message.
+            let row = super::mirror::FileRow {
+                base: source.clone(),
+                disk_flags: message.flags.iter().map(|f| f.to_string()).collect(),
+            };
+            tx.file_found(user, guid, uid, &row)?;
+        }
+        tx.counters.messages += 1;
+        tx.counters.message_bytes += entry.size;
+        record.uidnext = record.uidnext.max(uid + 1);
+        record.last_change = stamp;
+        outcomes.push(AppendOutcome {
+            uid,
+            skipped: false,
+            renumbered,
+        });
+    }
+    if outcomes.iter().any(|o| !o.skipped) {
+        tx.put_mailbox(user, &record)?;
+    }
+    if all_found && existed && !outcomes.iter().any(|o| o.renumbered) {
+        tx.settled_by_disk(user, guid);
+    }
+    Ok(outcomes)
 }
