@@ -776,8 +776,8 @@ pub(crate) fn append_in(
     found: bool,
 ) -> Result<Vec<AppendOutcome>, StoreError> {
     let all_found = found && messages.iter().all(|m| m.source.is_some());
-    let existed = tx.user_exists(user)? && tx.find_mailbox(user, &name)?.is_some();
-    let mut record = tx.resolve(user, &name, true)?;
+    let existed = tx.user_exists(user)? && tx.find_mailbox(user, name)?.is_some();
+    let mut record = tx.resolve(user, name, true)?;
     let guid = record.guid;
     let mut outcomes = Vec::with_capacity(messages.len());
     for message in messages {
