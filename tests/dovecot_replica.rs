@@ -61,9 +61,12 @@ ok(m.rename("Lists", "Archive"))
     // Dovecot's own save path, and a file an MDA drops into new/ with no UID, on A.
     a.dovecot
         .save("INBOX", b"Subject: saved\r\n\r\nby doveadm save\r\n");
+    // As an MDA delivers (the Maildir protocol): written in tmp/, then renamed into new/.
+    let writing = a.dovecot.maildir().join("tmp/1700000000.mda1.host");
     let dropped = a.dovecot.maildir().join("new/1700000000.mda1.host");
-    std::fs::write(&dropped, "Subject: dropped\r\n\r\nby an MDA\r\n").expect("drop");
-    a.dovecot.chown_like_maildir(&dropped);
+    std::fs::write(&writing, "Subject: dropped\r\n\r\nby an MDA\r\n").expect("drop");
+    a.dovecot.chown_like_maildir(&writing);
+    std::fs::rename(&writing, &dropped).expect("into new/");
     let view = same_view(&a, &b, "doveadm save and an MDA's file on A");
     assert_eq!(messages(&view, "INBOX").len(), 3, "{view}");
 

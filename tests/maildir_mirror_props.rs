@@ -730,9 +730,27 @@ fn an_unlink_the_watcher_saw_is_an_expunge_without_a_listing() {
         "a rename taken for an expunge: {r:?}"
     );
     // The held-back report is gone with that pass; a later one names the file again.
-    std::fs::rename(&renamed, format!("{}S", renamed.display())).expect("rename again");
+    let renamed = PathBuf::from(format!("{}S", renamed.display()));
+    std::fs::rename(renamed.with_file_name(format!("{base}:2,DF")), &renamed)
+        .expect("rename again");
     let r = world.pass();
     assert_eq!((r.flags_from_disk, r.expunged_on_disk), (1, 0), "{r:?}");
+    assert_eq!(world.indexed().len(), before - 1);
+    world.settle().expect("settles");
+    world.check().expect("the Maildir equals the index");
+
+    // A second name of the file (a hard link, as Dovecot unlinks when it finds one): the
+    // index follows the new name; the old one unlinked proves nothing, and no mail is lost.
+    let linked = renamed.with_file_name(format!("{base}:2,F"));
+    std::fs::hard_link(&renamed, &linked).expect("link");
+    world.pass();
+    std::fs::remove_file(&renamed).expect("unlink the first name");
+    let r = world.pass();
+    assert_eq!(
+        (r.expunged_on_disk, r.folders_listed_for_expunges),
+        (0, 1),
+        "a second name's unlink taken for an expunge: {r:?}"
+    );
     assert_eq!(world.indexed().len(), before - 1);
     world.settle().expect("settles");
     world.check().expect("the Maildir equals the index");

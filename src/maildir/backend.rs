@@ -855,9 +855,9 @@ enum Scope {
     /// Every file (a full read).
     All,
     /// Only these base names (the files a watcher named); the others are where index and
-    /// disk last agreed. With the base names the watcher saw the last file of unlinked
-    /// (`watch::BaseNews::proves_gone`).
-    Bases(BTreeSet<String>, HashSet<String>),
+    /// disk last agreed. With the base names the watcher saw the last file of unlinked, and
+    /// the names each had before (`watch::BaseNews::gone_before`).
+    Bases(BTreeSet<String>, HashMap<String, Vec<String>>),
 }
 
 impl Scope {
@@ -869,12 +869,23 @@ impl Scope {
         }
     }
 
-    /// Whether the watcher saw the last file of base name `base` unlinked.
-    fn saw_unlinked(&self, base: &str) -> bool {
-        match self {
-            Scope::All => false,
-            Scope::Bases(_, gone) => gone.contains(base),
-        }
+    /// Whether the watcher saw the last file of `row` unlinked: the last file of its base,
+    /// and among the names that base had before, the one index and disk agreed on (its flags
+    /// are the row's). A second name of the same file (a hard link Dovecot unlinks as a
+    /// duplicate) shows other flags, or flags that need dovecot-keywords to read, and proves
+    /// nothing: the folder is listed.
+    fn saw_unlinked(&self, row: &FileRow) -> bool {
+        let Scope::Bases(_, gone) = self else {
+            return false;
+        };
+        let agreed = sorted(&row.disk_flags);
+        gone.get(&row.base).is_some_and(|names| {
+            names.iter().any(|name| {
+                let file = name.split_once('/').map_or(name.as_str(), |(_, f)| f);
+                let parsed = crate::maildir::name::parse_filename(file, &[]);
+                parsed.unknown_keyword_letters.is_empty() && sorted(&parsed.flags) == agreed
+            })
+        })
     }
 }
 
@@ -1472,8 +1483,9 @@ fn from_disk(
     // (and whose base no later report names) needs no listing.
     let wanted: HashSet<&str> = gone
         .iter()
-        .map(|uid| mirror.files[uid].base.as_str())
-        .filter(|base| !scope.saw_unlinked(base))
+        .map(|uid| &mirror.files[uid])
+        .filter(|row| !scope.saw_unlinked(row))
+        .map(|row| row.base.as_str())
         .collect();
     if !wanted.is_empty() {
         report.folders_listed_for_expunges += 1;
@@ -1482,7 +1494,7 @@ fn from_disk(
     }
     let seen_unlinked = gone
         .iter()
-        .filter(|uid| scope.saw_unlinked(&mirror.files[*uid].base))
+        .filter(|uid| scope.saw_unlinked(&mirror.files[*uid]))
         .count() as u64;
     // The last of the new files, the flag changes and the expunges: one transaction.
     let rest = batch.rest();

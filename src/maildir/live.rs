@@ -610,10 +610,14 @@ impl LockedFolder<'_> {
         found.dedup_by(|a, b| a.0 == b.0);
         let first = self.next_uids(found.len())?;
         let mut lines = Vec::with_capacity(found.len());
-        for (i, (base, path, len)) in found.into_iter().enumerate() {
+        for (i, (base, path, _)) in found.into_iter().enumerate() {
             let uid = first + i as u32;
+            // Sizes only as the name gives them, as Dovecot's own sync numbers a file it
+            // finds: a size from a stat here would be the size of a file still being written
+            // by a writer that skipped tmp/, and Dovecot, trusting the line, then fails every
+            // read of the whole message ("Cached message size smaller than expected").
             let (s, w) = sizes_in_name(&base);
-            lines.push((uid, Some(s.unwrap_or(len)), w, base.clone()));
+            lines.push((uid, s, w, base.clone()));
             report.numbered.push(Numbered { uid, base, path });
         }
         self.append(&lines)?;
@@ -1298,7 +1302,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("3 V") && lines[0].contains(" N1 G"));
         assert_eq!(lines[1], "1 S3 :1700000001.y.host,S=3");
-        assert_eq!(lines[2], "2 S2 :1700000002.x.host");
+        assert_eq!(lines[2], "2 :1700000002.x.host");
         assert_eq!(lines[3], format!("3 S15 W18 :{}", delivered.base));
         assert_eq!(
             fs::read_to_string(root.join("dovecot-keywords")).expect("kw"),
@@ -1398,9 +1402,7 @@ mod tests {
         let next = locked.deliver(b"x", &[], 0).expect("deliver");
         assert_eq!(next.uid, 41);
         let text = fs::read_to_string(root.join("dovecot-uidlist")).expect("read");
-        assert!(
-            text.starts_with("3 V5 N40 G0123456789abcdef0123456789abcdef\n7 :gone\n40 S1 :1.a\n")
-        );
+        assert!(text.starts_with("3 V5 N40 G0123456789abcdef0123456789abcdef\n7 :gone\n40 :1.a\n"));
         assert!(parse_uidlist(&text).is_ok());
     }
 
@@ -1433,7 +1435,7 @@ mod tests {
         let text = fs::read_to_string(root.join("dovecot-uidlist")).expect("read");
         assert_eq!(
             text,
-            format!("{header}1 :1700000001.a.host\n2 S1 :1700000002.b.host\n")
+            format!("{header}1 :1700000001.a.host\n2 :1700000002.b.host\n")
         );
         // A torn header leaves nothing to keep: refused, and the file is left as it is.
         fs::write(root.join("dovecot-uidlist"), "3 V5 N1").expect("w");

@@ -135,24 +135,37 @@ impl BaseNews {
     /// since went too, and the last report was an unlink (a name renamed away may arrive
     /// under its new name in a report not taken yet; an unlinked one cannot).
     pub fn proves_gone(&self) -> bool {
+        !self.gone_before().is_empty()
+    }
+
+    /// When the reports prove that no file of the base is left ([`BaseNews::proves_gone`]),
+    /// the names they saw go that they had not seen appear: the names the base had before
+    /// (the caller checks that one of them is the file index and disk agreed on, and not a
+    /// second name of it: Dovecot unlinks a hard-linked duplicate). Empty otherwise.
+    pub fn gone_before(&self) -> Vec<&str> {
         let mut appeared: BTreeSet<&str> = BTreeSet::new();
-        let mut agreed_went = false;
+        let mut before: Vec<&str> = Vec::new();
         for (name, seen) in &self.seen {
             match seen {
                 Seen::Appeared => {
                     appeared.insert(name);
                 }
                 Seen::RenamedAway | Seen::Unlinked => {
-                    agreed_went |= !appeared.remove(name.as_str());
+                    if !appeared.remove(name.as_str()) {
+                        before.push(name);
+                    }
                 }
             }
         }
-        agreed_went
-            && appeared.is_empty()
-            && self
-                .seen
-                .last()
-                .is_some_and(|(_, seen)| *seen == Seen::Unlinked)
+        let last_unlinked = self
+            .seen
+            .last()
+            .is_some_and(|(_, seen)| *seen == Seen::Unlinked);
+        if appeared.is_empty() && last_unlinked {
+            before
+        } else {
+            Vec::new()
+        }
     }
 }
 
@@ -177,14 +190,22 @@ impl Touched {
     }
 
     /// The base names of `folder` that the reports prove have no file left (see
-    /// [`BaseNews::proves_gone`]): an expunge of them needs no listing of the folder.
-    pub fn gone_bases(&self, folder: &Path) -> HashSet<String> {
+    /// [`BaseNews::proves_gone`]), each with the names it had before the reports
+    /// ([`BaseNews::gone_before`]).
+    pub fn gone_bases(&self, folder: &Path) -> HashMap<String, Vec<String>> {
         self.bases
             .get(folder)
             .into_iter()
             .flatten()
-            .filter(|(_, news)| news.proves_gone())
-            .map(|(base, _)| base.clone())
+            .filter_map(|(base, news)| {
+                let before = news.gone_before();
+                (!before.is_empty()).then(|| {
+                    (
+                        base.clone(),
+                        before.into_iter().map(str::to_string).collect(),
+                    )
+                })
+            })
             .collect()
     }
 
@@ -551,14 +572,20 @@ mod tests {
         let gone = touched.gone_bases(&folder);
         assert_eq!(
             gone,
-            HashSet::from(["a".to_string(), "c".to_string()]),
+            HashMap::from([
+                ("a".to_string(), vec!["cur/a:2,".to_string()]),
+                ("c".to_string(), vec!["cur/c:2,".to_string()]),
+            ]),
             "{touched:?}"
         );
         let mut held_back = touched.clone();
         held_back.leave_out(|name| name.ends_with(":2,S"));
         assert_eq!(
-            held_back.gone_bases(&folder),
-            HashSet::from(["c".to_string()])
+            held_back
+                .gone_bases(&folder)
+                .into_keys()
+                .collect::<Vec<_>>(),
+            vec!["c".to_string()]
         );
         assert!(!held_back.files[&folder].contains("cur/a:2,S"));
     }
