@@ -1415,18 +1415,22 @@ fn the_owed_uids_name_what_writes_changed_and_settle_one_by_one() {
     assert!(again.owed.is_some(), "and the mailbox stays owed");
 }
 
+/// A message a pass found in file `1700000000.M<n>P1.host`, which the uidlist lists at `uid`.
+fn found(n: u16, uid: u32) -> NewMessage {
+    NewMessage {
+        uid: Some(uid),
+        exact_uid: true,
+        source: Some(format!("1700000000.M{n}P1.host")),
+        ..new_message(message("found", n), n)
+    }
+}
+
 /// What a pass found on disk goes into the index without marking the mailbox owed: the disk
 /// shows it already. A message that must take another UID than its file's does mark it.
 #[test]
 fn a_change_found_on_disk_leaves_its_mailbox_unowed() {
     let dir = tempfile::tempdir().expect("dir");
     let (store, guid) = settled_store(dir.path());
-    let found = |n: u16, uid: u32| NewMessage {
-        uid: Some(uid),
-        exact_uid: true,
-        source: Some(format!("1700000000.M{n}P1.host")),
-        ..new_message(message("found", n), n)
-    };
     let outcomes = store
         .append_found("u", "INBOX", vec![found(1, 5), found(2, 6)])
         .expect("append_found");
@@ -1457,12 +1461,6 @@ fn a_change_found_on_disk_leaves_its_mailbox_unowed() {
 fn what_one_folder_showed_is_one_commit_and_settles_only_itself() {
     let dir = tempfile::tempdir().expect("dir");
     let (store, guid) = settled_store(dir.path());
-    let found = |n: u16, uid: u32| NewMessage {
-        uid: Some(uid),
-        exact_uid: true,
-        source: Some(format!("1700000000.M{n}P1.host")),
-        ..new_message(message("found", n), n)
-    };
     store
         .append_found("u", "INBOX", vec![found(1, 5), found(2, 6), found(4, 7)])
         .expect("append_found");
