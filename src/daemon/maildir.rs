@@ -9,9 +9,9 @@
 use super::node::Node;
 use crate::maildir::backend::{self, PassReport, Template};
 use crate::maildir::fault::{self, Fault};
+use crate::maildir::inotify::DirWatcher;
 use crate::maildir::watch::{News, Touched, Tracking, Watched};
 use crate::status::MaildirView;
-use notify::{RecursiveMode, Watcher};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -135,7 +135,7 @@ fn watch_roots(watcher: Option<&mut Watching>, template: &Template, seen: &BTree
             continue;
         }
         let root = template.root(user);
-        match w.watcher.watch(&root, RecursiveMode::Recursive) {
+        match w.watcher.watch(&root) {
             Ok(()) => {
                 w.roots.insert(user.clone());
             }
@@ -146,7 +146,7 @@ fn watch_roots(watcher: Option<&mut Watching>, template: &Template, seen: &BTree
 
 /// The inotify watcher and the user roots it watches explicitly.
 struct Watching {
-    watcher: notify::RecommendedWatcher,
+    watcher: DirWatcher,
     roots: BTreeSet<String>,
 }
 
@@ -395,10 +395,10 @@ fn record(node: &Node, report: &Result<PassReport, backend::BackendError>) {
 
 /// Watches the directory that holds the users' Maildirs, recursively; each event names the
 /// user whose Maildir it is in.
-fn watch(template: &Template, changed: Arc<Changed>) -> notify::Result<Watching> {
+fn watch(template: &Template, changed: Arc<Changed>) -> std::io::Result<Watching> {
     let parent: PathBuf = template.parent().to_path_buf();
     let t = template.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+    let watcher = DirWatcher::new(move |event: notify::Result<notify::Event>| {
         let wanted = match changed.news.lock() {
             Ok(mut news) => news.note(&t, event),
             Err(_) => true,
@@ -407,8 +407,8 @@ fn watch(template: &Template, changed: Arc<Changed>) -> notify::Result<Watching>
             changed.wake.notify_one();
         }
     })?;
-    std::fs::create_dir_all(&parent).map_err(notify::Error::io)?;
-    watcher.watch(&parent, RecursiveMode::Recursive)?;
+    std::fs::create_dir_all(&parent)?;
+    watcher.watch(&parent)?;
     Ok(Watching {
         watcher,
         roots: BTreeSet::new(),

@@ -27,6 +27,7 @@ pub mod export;
 pub mod fault;
 pub mod folder;
 pub mod import;
+pub mod inotify;
 pub mod live;
 pub mod lock;
 pub mod name;
