@@ -601,3 +601,14 @@ fn uidnext_below_held_uids_from_a_peer_is_refused() {
     let data = include_bytes!("../fuzz/regressions/wire_request-uidnext-below-uids");
     wire::round_request(data);
 }
+
+/// Fuzzing `http` (session 11): a round whose first request staged bodies (`PutBodies`) and
+/// whose later request was refused answered 400 but kept the staged bodies (the store's body
+/// count grew from 5 to 9): a refused request must change nothing. The responder now takes
+/// back what the round staged when the round fails. The input is the crash artifact as
+/// libFuzzer wrote it.
+#[test]
+fn a_refused_round_keeps_no_body_it_staged() {
+    let data = include_bytes!("../fuzz/regressions/http-staged-bodies-kept-on-400");
+    http::check(data);
+}

@@ -468,6 +468,16 @@ impl Store {
     /// size, taken here from the bytes at hand, so the change that takes the body checks its
     /// record against them without reading the body back.
     pub fn stage_bodies(&self, bodies: &[CheckedBody<'_>]) -> Result<usize, StoreError> {
+        self.stage_bodies_marking(bodies).map(|_| bodies.len())
+    }
+
+    /// [`Store::stage_bodies`], returning the digests whose staging mark this call made (not
+    /// the ones it only refreshed): what [`Store::unstage_bodies`] takes back if the round
+    /// that sent them is refused.
+    pub fn stage_bodies_marking(
+        &self,
+        bodies: &[CheckedBody<'_>],
+    ) -> Result<Vec<Digest>, StoreError> {
         const KEEP_MS: u64 = 3_600_000;
         // Not waited for on disk: the change that takes a staged body commits durably, and
         // a crash before then loses only what the next session sends again. A session's
@@ -493,6 +503,7 @@ impl Store {
                     tx.released.insert(digest);
                 }
             }
+            let mut marked = Vec::new();
             for body in bodies {
                 let (digest, bytes) = (*body.digest(), body.bytes());
                 let mark = StagedMark {
@@ -503,12 +514,34 @@ impl Store {
                 // Staged again: the mark is refreshed, its reference stays. Otherwise the mark
                 // takes a reference (storing the body if it is not held; a held one that
                 // rotted gets these good bytes, which hash to the digest by construction).
-                if previous.is_none() && tx.bodies.acquire(tx.txn, &digest, bytes)? {
-                    tx.counters.bodies += 1;
-                    tx.counters.body_bytes += bytes.len() as u64;
+                if previous.is_none() {
+                    marked.push(digest);
+                    if tx.bodies.acquire(tx.txn, &digest, bytes)? {
+                        tx.counters.bodies += 1;
+                        tx.counters.body_bytes += bytes.len() as u64;
+                    }
                 }
             }
-            Ok(bodies.len())
+            Ok(marked)
+        })
+    }
+
+    /// Takes back the staging marks `digests` name (made by [`Store::stage_bodies_marking`]
+    /// for a round that was then refused: a refused request changes nothing). A body no
+    /// message holds goes with its mark; a mark a change took already is not there.
+    pub fn unstage_bodies(&self, digests: &[Digest]) -> Result<(), StoreError> {
+        if digests.is_empty() {
+            return Ok(());
+        }
+        self.write_replicated_soon(|tx| {
+            let mut staged = tx.txn.open_table(super::tables::STAGED)?;
+            for digest in digests {
+                if staged.remove(digest.0.as_slice())?.is_some() {
+                    tx.bodies.release(tx.txn, digest)?;
+                    tx.released.insert(*digest);
+                }
+            }
+            Ok(())
         })
     }
 

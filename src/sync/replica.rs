@@ -83,6 +83,18 @@ pub trait Replica: Sync {
     /// Keeps bodies sent ahead of the changes that use them; returns how many were kept.
     fn stage_bodies(&self, bodies: &[CheckedBody<'_>]) -> Result<usize, StoreError>;
 
+    /// [`Replica::stage_bodies`] for a round that may yet be refused: returns what
+    /// [`Replica::unstage_bodies`] takes back then (by default nothing: a replica whose
+    /// staging leaves no trace).
+    fn stage_bodies_marking(&self, bodies: &[CheckedBody<'_>]) -> Result<Vec<Digest>, StoreError> {
+        self.stage_bodies(bodies).map(|_| Vec::new())
+    }
+
+    /// Takes back what [`Replica::stage_bodies_marking`] staged.
+    fn unstage_bodies(&self, _digests: &[Digest]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Applies change groups in one transaction, each only if its mailbox still has the hash
     /// it expects; returns which groups were applied.
     fn apply_groups(&self, groups: &[ChangeGroup]) -> Result<Vec<bool>, StoreError>;
@@ -145,6 +157,14 @@ impl Replica for Store {
 
     fn stage_bodies(&self, bodies: &[CheckedBody<'_>]) -> Result<usize, StoreError> {
         Store::stage_bodies(self, bodies)
+    }
+
+    fn stage_bodies_marking(&self, bodies: &[CheckedBody<'_>]) -> Result<Vec<Digest>, StoreError> {
+        Store::stage_bodies_marking(self, bodies)
+    }
+
+    fn unstage_bodies(&self, digests: &[Digest]) -> Result<(), StoreError> {
+        Store::unstage_bodies(self, digests)
     }
 
     fn apply_groups(&self, groups: &[ChangeGroup]) -> Result<Vec<bool>, StoreError> {

@@ -10,8 +10,8 @@ use super::wire::{
 };
 use crate::merkle::{NodeHash, NodeKey, NodeValue, BUCKET_SHIFT, TOP_LEAF_LEVEL, UID_ROOT_LEVEL};
 use crate::model::{
-    validate_user, Change, ChangeGroup, CheckedBody, MailboxGuid, MailboxSide, MessageRecord,
-    Tombstone,
+    validate_user, Change, ChangeGroup, CheckedBody, Digest, MailboxGuid, MailboxSide,
+    MessageRecord, Tombstone,
 };
 use crate::store::StoreError;
 use std::collections::{BTreeMap, BTreeSet};
@@ -690,6 +690,23 @@ fn apply_reply(store: &dyn Replica, groups: &[ApplyGroup], w: u8) -> Result<Repl
 /// Answers a round. Questions that name nothing get empty answers; malformed names get an
 /// error (the HTTP layer answers 400) and change nothing.
 pub fn answer(store: &dyn Replica, round: &RoundRequest) -> Result<RoundReply, StoreError> {
+    let mut staged = Vec::new();
+    let answered = answer_each(store, round, &mut staged);
+    if answered.is_err() && !staged.is_empty() {
+        // A refused round changes nothing: the bodies it staged go again.
+        if let Err(e) = store.unstage_bodies(&staged) {
+            tracing::warn!(error = %e, bodies = staged.len(), "cannot take back the bodies a refused round staged; they expire within the hour");
+        }
+    }
+    answered
+}
+
+/// [`answer`]'s requests one by one; `staged` gathers the bodies their `PutBodies` staged.
+fn answer_each(
+    store: &dyn Replica,
+    round: &RoundRequest,
+    staged: &mut Vec<Digest>,
+) -> Result<RoundReply, StoreError> {
     let w = round.window;
     let mut budget = INLINE_BODY_BYTES;
     let mut replies = Vec::with_capacity(round.requests.len());
@@ -750,8 +767,9 @@ pub fn answer(store: &dyn Replica, round: &RoundRequest) -> Result<RoundReply, S
             Request::PutBodies { bodies } => {
                 let checked: Vec<CheckedBody<'_>> =
                     bodies.iter().map(|b| CheckedBody::new(b)).collect();
+                staged.extend(store.stage_bodies_marking(&checked)?);
                 Reply::Staged {
-                    count: store.stage_bodies(&checked)? as u64,
+                    count: checked.len() as u64,
                 }
             }
             Request::Apply { groups } => apply_reply(store, groups, w)?,
