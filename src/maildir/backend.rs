@@ -1481,21 +1481,21 @@ fn from_disk(
     // from the listing without being gone: the directories are listed once more, and only
     // what is missing from both listings is an expunge. A file the watcher saw unlinked
     // (and whose base no later report names) needs no listing.
+    let seen_unlinked: HashSet<u32> = gone
+        .iter()
+        .copied()
+        .filter(|uid| scope.saw_unlinked(&mirror.files[uid]))
+        .collect();
     let wanted: HashSet<&str> = gone
         .iter()
-        .map(|uid| &mirror.files[uid])
-        .filter(|row| !scope.saw_unlinked(row))
-        .map(|row| row.base.as_str())
+        .filter(|uid| !seen_unlinked.contains(uid))
+        .map(|uid| mirror.files[uid].base.as_str())
         .collect();
     if !wanted.is_empty() {
         report.folders_listed_for_expunges += 1;
         let still = crate::maildir::scan::bases_present(&folder.dir, &wanted)?;
         gone.retain(|uid| !still.contains(mirror.files[uid].base.as_str()));
     }
-    let seen_unlinked = gone
-        .iter()
-        .filter(|uid| scope.saw_unlinked(&mirror.files[*uid]))
-        .count() as u64;
     // The last of the new files, the flag changes and the expunges: one transaction.
     let rest = batch.rest();
     let sizes = sizes_of(&rest);
@@ -1514,7 +1514,7 @@ fn from_disk(
     count_imports(found.appended, sizes, report);
     report.flags_from_disk += flagged;
     report.expunged_on_disk += found.expunged as u64;
-    report.expunges_seen_unlinked += seen_unlinked;
+    report.expunges_seen_unlinked += seen_unlinked.len() as u64;
     if let Some(row) = &mirror.folder {
         if row.subscribed != folder.subscribed && folder.mailbox != INBOX {
             store.subscribe(user, &record.name, folder.subscribed)?;

@@ -248,29 +248,43 @@ const PARSED_LINES: usize = 1_000_000;
 /// [`parse_uidlist`] of `text`, the bytes just read from the uidlist at `path`: the list
 /// parsed from the same bytes before, if kept, else parsed now and kept.
 pub fn parse_kept(path: &Path, text: &str) -> Result<Arc<UidList>, MaildirError> {
-    let hash = blake3::hash(text.as_bytes());
     let kept = PARSED.get_or_init(Default::default);
     let lock = || {
         kept.lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     };
-    let grown = {
-        let kept = lock();
-        match kept.get(path) {
-            Some(parsed) if parsed.hash == hash => return Ok(Arc::clone(&parsed.list)),
-            Some(parsed)
-                if parsed.len > 0
-                    && parsed.len < text.len()
-                    && text.is_char_boundary(parsed.len)
-                    && text.starts_with("3 ")
-                    && text.as_bytes()[parsed.len - 1] == b'\n'
-                    && blake3::hash(&text.as_bytes()[..parsed.len]) == parsed.hash =>
-            {
-                Some((Arc::clone(&parsed.list), parsed.len))
+    let before = lock()
+        .get(path)
+        .map(|p| (p.hash, p.len, Arc::clone(&p.list)));
+    // One pass of the hash over the bytes: through the kept length first (where the file may
+    // only have grown since), then the rest.
+    let mut hasher = blake3::Hasher::new();
+    let mut grown = None;
+    if let Some((kept_hash, len, list)) = &before {
+        let bytes = text.as_bytes();
+        if *len > 0
+            && *len < text.len()
+            && text.is_char_boundary(*len)
+            && text.starts_with("3 ")
+            && bytes[*len - 1] == b'\n'
+        {
+            hasher.update(&bytes[..*len]);
+            if hasher.finalize() == *kept_hash {
+                grown = Some((Arc::clone(list), *len));
             }
-            _ => None,
+            hasher.update(&bytes[*len..]);
+        } else {
+            hasher.update(bytes);
         }
-    };
+    } else {
+        hasher.update(text.as_bytes());
+    }
+    let hash = hasher.finalize();
+    if let Some((kept_hash, _, list)) = before {
+        if kept_hash == hash {
+            return Ok(list);
+        }
+    }
     let list = match grown.and_then(|(kept, len)| appended(&kept, &text[len..])) {
         Some(list) => Arc::new(list),
         None => Arc::new(parse_uidlist(text)?),
