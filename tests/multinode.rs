@@ -1481,6 +1481,84 @@ fn a_change_stamped_far_ahead_of_the_clock_is_not_applied() {
     verify(&s.stop());
 }
 
+/// An Apply commits by itself, so a request after it that the responder refuses could not
+/// take it back: a round with a request after its Apply, or with two Applies, is refused
+/// (400) before anything in it runs, and changes nothing. Found while fixing fuzzing's bug 8
+/// (docs/RELIABILITY.md §3). The same Apply as the round's last request applies.
+#[test]
+fn a_round_with_anything_after_its_apply_is_refused_whole() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (mail, s) = lone_peer_server(tmp.path());
+    s.append(ALICE, "INBOX", &[&mail.file("p1")], None);
+    let guid: MailboxGuid = guid_of(&s.mailboxes(ALICE), "INBOX")
+        .parse()
+        .expect("a GUID");
+    let root = s.root();
+    let good = Mail::bytes("p9");
+    let apply = || {
+        let (expect, mut mailbox) = mailbox_state(&s, ALICE, guid);
+        mailbox.uidnext = mailbox.uidnext.max(51);
+        let group: merkmail::sync::wire::ApplyGroup = ChangeGroup {
+            user: ALICE.into(),
+            guid,
+            window: 0,
+            expect,
+            changes: vec![
+                Change::Mailbox {
+                    user: ALICE.into(),
+                    record: mailbox,
+                },
+                new_message(guid, 50, &good, good.clone()),
+            ],
+        }
+        .into();
+        Request::Apply {
+            groups: vec![group],
+        }
+    };
+    let root_bytes = |r: &str| -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&r[2 * i..2 * i + 2], 16).expect("a hex root");
+        }
+        out
+    };
+    for (what, requests) in [
+        (
+            "a Root question after the Apply",
+            vec![
+                apply(),
+                Request::Root {
+                    root: root_bytes(&root),
+                },
+            ],
+        ),
+        ("two Applies", vec![apply(), apply()]),
+    ] {
+        let r = round(&s, &encoded(requests));
+        assert_eq!(r.status, 400, "{what}: {}", r.head);
+        r.error();
+        still_fine(&s, &root, what);
+    }
+    // The control: the same Apply last in its round applies.
+    let r = round(
+        &s,
+        &encoded(vec![
+            Request::Root {
+                root: root_bytes(&root),
+            },
+            apply(),
+        ]),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    match decode_reply(&r.body).expect("reply").replies.as_slice() {
+        [Reply::Root { .. }, Reply::Applied { applied, .. }] => assert_eq!(applied, &[true]),
+        other => panic!("unexpected reply {other:?}"),
+    }
+    assert_ne!(s.root(), root);
+    verify(&s.stop());
+}
+
 fn round_path(s: &Server, method: &str, path: &str, body: &[u8]) -> Raw {
     // `/v1/sync/start` is an admin route: it wants the admin token, the rest the peer token.
     let token = match (path, &s.admin) {

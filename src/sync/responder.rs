@@ -687,9 +687,22 @@ fn apply_reply(store: &dyn Replica, groups: &[ApplyGroup], w: u8) -> Result<Repl
     })
 }
 
-/// Answers a round. Questions that name nothing get empty answers; malformed names get an
-/// error (the HTTP layer answers 400) and change nothing.
+/// Answers a round. Questions that name nothing get empty answers; malformed names, and an
+/// Apply anywhere but last, get an error (the HTTP layer answers 400) and change nothing.
 pub fn answer(store: &dyn Replica, round: &RoundRequest) -> Result<RoundReply, StoreError> {
+    // An Apply commits by itself, so a request after it that is refused could not take it
+    // back: a round carries at most one Apply, as its last request (as sessions send them).
+    let applies = round
+        .requests
+        .iter()
+        .filter(|r| matches!(r, Request::Apply { .. }))
+        .count();
+    let last_applies = matches!(round.requests.last(), Some(Request::Apply { .. }));
+    if applies > 1 || (applies == 1 && !last_applies) {
+        return Err(invalid(
+            "an Apply must be the last request of its round, and the only one",
+        ));
+    }
     let mut staged = Vec::new();
     let answered = answer_each(store, round, &mut staged);
     if answered.is_err() && !staged.is_empty() {
