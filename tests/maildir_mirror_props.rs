@@ -1589,3 +1589,109 @@ fn a_format_3_mark_is_taken_as_not_naming_every_change() {
     let last = store.mailbox_mirror("u", guid).expect("mirror");
     assert!(last.owed.is_some_and(|t| t.complete()));
 }
+
+/// A body replicated into a live-Maildir store is written once: the session's staging puts
+/// it in a spool file of its own beside the store (not into the redb file), the pass links
+/// that file into the folder (the delivered file is the spool's inode), and once the pass has
+/// settled the spool is empty and every delivered file has one name. A spool file that no row
+/// names (a crash between writing it and the commit) is removed when the store is opened; a
+/// named one stays and is delivered.
+#[test]
+fn a_replicated_body_is_spooled_as_a_file_and_linked_into_the_folder() {
+    use merkmail::sync::responder::answer;
+    use merkmail::sync::wire::{decode_request, encode};
+    use std::os::unix::fs::MetadataExt;
+    merkmail::maildir::backend::install();
+    let tmp = common::scratch_dir();
+    let side = |name: &str| {
+        let text = format!("{}/{name}/%u/Maildir", tmp.path().display());
+        let template = Template::parse(&text).expect("template");
+        let root = template.root(USER);
+        for sub in ["cur", "new", "tmp"] {
+            std::fs::create_dir_all(root.join(sub)).expect("mkdir");
+        }
+        let data = tmp.path().join(format!("{name}-data"));
+        let store = Store::init_maildir(&data, name, &text).expect("init");
+        (store, template, root, data)
+    };
+    let (a, ta, ra, _) = side("a");
+    let (b, tb, rb, b_data) = side("b");
+    let spool = b_data.join("spool");
+    let names = |dir: &Path| -> Vec<PathBuf> {
+        match std::fs::read_dir(dir) {
+            Ok(d) => d.map(|e| e.expect("entry").path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    };
+    for i in 0..12u16 {
+        let body = message(&format!("m{i}"), i);
+        std::fs::write(ra.join(format!("new/17000000{i:02}.mda{i}.host")), body).expect("w");
+    }
+    pass(&a, &ta, None).expect("A takes in its Maildir");
+    let sync = |a: &Store, b: &Store| {
+        merkmail::sync::run(a, 4, false, |bytes| {
+            let round = decode_request(&bytes).map_err(|e| e.to_string())?;
+            answer(b, &round)
+                .map(|reply| encode(&reply))
+                .map_err(|e| e.to_string())
+        })
+        .expect("a session")
+    };
+    assert!(sync(&a, &b).equal_after);
+
+    // Staged and applied, not delivered yet: one spool file per body, holding its bytes.
+    let spooled = names(&spool);
+    assert_eq!(spooled.len(), 12, "one spool file per body: {spooled:?}");
+    let inodes: BTreeSet<u64> = spooled
+        .iter()
+        .map(|p| std::fs::metadata(p).expect("stat").ino())
+        .collect();
+    for path in &spooled {
+        let bytes = std::fs::read(path).expect("read");
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        assert!(name.starts_with(&Digest::of(&bytes).to_string()), "{name}");
+    }
+
+    let report = pass(&b, &tb, None).expect("B delivers");
+    assert_eq!(report.delivered, 12);
+    assert!(names(&spool).is_empty(), "the spool empties once delivered");
+    let folders = scan(&rb).expect("scan");
+    assert_eq!(folders[0].messages.len(), 12);
+    for m in &folders[0].messages {
+        let meta = std::fs::metadata(&m.path).expect("stat");
+        assert!(
+            inodes.contains(&meta.ino()),
+            "{} was written again rather than linked",
+            m.path.display()
+        );
+        assert_eq!(meta.nlink(), 1, "{} keeps a second name", m.path.display());
+    }
+    let disk = merkmail::maildir::backend::verify(&b, &tb).expect("verify");
+    assert!(disk.mismatches.is_empty(), "{:?}", disk.mismatches);
+    assert!(b.verify().expect("verify").is_ok());
+
+    // A new body staged and applied, then the process "dies" before the pass, with an
+    // orphan spool file beside it (written, never named by a committed row).
+    std::fs::write(ra.join("new/1700000099.mda99.host"), message("late", 99)).expect("w");
+    pass(&a, &ta, None).expect("A takes it in");
+    assert!(sync(&a, &b).equal_after);
+    std::fs::write(spool.join("orphan.1.2.3"), b"never named").expect("orphan");
+    assert_eq!(names(&spool).len(), 2);
+    drop(b);
+    let b = Store::open(&b_data).expect("reopen");
+    let left = names(&spool);
+    assert_eq!(
+        left.len(),
+        1,
+        "the orphan goes, the named file stays: {left:?}"
+    );
+    assert_eq!(pass(&b, &tb, None).expect("pass").delivered, 1);
+    assert!(names(&spool).is_empty());
+    assert_eq!(scan(&rb).expect("scan")[0].messages.len(), 13);
+    let disk = merkmail::maildir::backend::verify(&b, &tb).expect("verify");
+    assert!(disk.mismatches.is_empty(), "{:?}", disk.mismatches);
+}

@@ -825,6 +825,7 @@ fn pass_user(
     }
     let from_us = started.elapsed().as_micros() as u64 - read_us;
     sync_subscriptions(store, &root, user)?;
+    let delivered_before = report.delivered;
     for (dir, print, mirror, listed) in owed {
         let Some(record) = mirror.record.clone() else {
             continue;
@@ -837,6 +838,11 @@ fn pass_user(
                 w.tracking.track(&dir, print.uidlist());
             }
         }
+    }
+    if report.delivered > delivered_before {
+        // The spool copies of what was delivered are no longer named: they go now.
+        let swept = store.sweep_spool()?;
+        tracing::debug!(user, files = swept, "spool swept");
     }
     let total_us = started.elapsed().as_micros() as u64;
     tracing::debug!(
@@ -1707,7 +1713,8 @@ fn to_disk(
             continue;
         }
         let bytes = store.body(&message.digest)?;
-        pending.push(*uid, message, flags, bytes);
+        let spooled = store.spooled_file(&message.digest)?;
+        pending.push(*uid, message, flags, bytes, spooled);
         if pending.full() {
             owed_still |=
                 pending.flush(store, (user, guid, dir), &mut locked, &mut edits, report)?;
@@ -1774,7 +1781,9 @@ fn rebuild(
             .get(uid)
             .filter(|row| on_disk.contains_key(&row.base))
         else {
-            pending.push(*uid, message, flags, store.body(&message.digest)?);
+            let bytes = store.body(&message.digest)?;
+            let spooled = store.spooled_file(&message.digest)?;
+            pending.push(*uid, message, flags, bytes, spooled);
             if pending.full() {
                 owed_still |= pending.flush(store, at, locked, &mut edits, report)?;
             }
@@ -1856,8 +1865,9 @@ struct Pending {
     unlisted: Option<Vec<(u32, String)>>,
 }
 
-/// A message waiting in a [`Pending`] batch: UID, digest, flags, INTERNALDATE, bytes.
-type Waiting = (u32, Digest, Vec<String>, i64, Vec<u8>);
+/// A message waiting in a [`Pending`] batch: UID, digest, flags, INTERNALDATE, bytes, and
+/// the spool file that holds the bytes alone, if any (linked rather than written again).
+type Waiting = (u32, Digest, Vec<String>, i64, Vec<u8>, Option<PathBuf>);
 
 /// Messages (and bytes) a batch of deliveries holds at most.
 const BATCH_MESSAGES: usize = 256;
@@ -1870,10 +1880,17 @@ impl Pending {
         message: &crate::model::MessageRecord,
         flags: Vec<String>,
         bytes: Vec<u8>,
+        spooled: Option<PathBuf>,
     ) {
         self.bytes += bytes.len();
-        self.items
-            .push((uid, message.digest, flags, message.internal_date, bytes));
+        self.items.push((
+            uid,
+            message.digest,
+            flags,
+            message.internal_date,
+            bytes,
+            spooled,
+        ));
     }
 
     fn full(&self) -> bool {
@@ -1896,11 +1913,12 @@ impl Pending {
         self.bytes = 0;
         let batch: Vec<live::Delivery<'_>> = items
             .iter()
-            .map(|(uid, _, flags, date, bytes)| live::Delivery {
+            .map(|(uid, _, flags, date, bytes, spooled)| live::Delivery {
                 bytes,
                 flags,
                 internal_date: *date,
                 uid: *uid,
+                link_from: spooled.as_deref(),
             })
             .collect();
         let results = match self.unlisted {
@@ -1908,7 +1926,7 @@ impl Pending {
             None => locked.deliver_all(&batch)?,
         };
         let mut owed_still = false;
-        for ((uid, digest, flags, _, bytes), result) in items.iter().zip(results) {
+        for ((uid, digest, flags, _, bytes, _), result) in items.iter().zip(results) {
             match result {
                 Ok(placed) => {
                     if let Some(unlisted) = &mut self.unlisted {

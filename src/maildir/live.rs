@@ -117,6 +117,40 @@ impl Owner {
         std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid)).map_err(io(path, "chown"))
     }
 
+    /// Makes `path` (must not exist) a second name of the file `source`, with this owner and
+    /// the mode of its directory, if it can: `None` (nothing made) when `source` has another
+    /// name already (a link made by another delivery: its owner may differ), is gone, or lives
+    /// on another file system. The caller then writes the bytes itself.
+    fn link_file(&self, source: &Path, path: &Path) -> Result<Option<File>, MaildirError> {
+        match fs::hard_link(source, path) {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::debug!(source = %source.display(), error = %e, "cannot link a spooled body; writing it");
+                return Ok(None);
+            }
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io(path, "open"))?;
+        let meta = file.metadata().map_err(io(path, "stat"))?;
+        // Exactly two names, the spool's and ours: no other delivery shares the file, so its
+        // owner and mode are ours to set. Otherwise (two deliveries of one body at once) this
+        // name goes and the bytes are written.
+        if meta.nlink() != 2 {
+            fs::remove_file(path).map_err(io(path, "remove"))?;
+            return Ok(None);
+        }
+        self.chown_file(&file, path)?;
+        if meta.mode() & 0o7777 != self.file_mode() {
+            file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
+                self.file_mode(),
+            ))
+            .map_err(io(path, "chmod"))?;
+        }
+        Ok(Some(file))
+    }
+
     /// Creates file `path` (must not exist) with this owner and the mode of its directory.
     fn create_file(&self, path: &Path) -> Result<File, MaildirError> {
         let file = OpenOptions::new()
@@ -213,6 +247,10 @@ pub struct Delivery<'a> {
     pub flags: &'a [String],
     pub internal_date: i64,
     pub uid: u32,
+    /// A file that holds exactly `bytes` and nothing else names but its own directory (the
+    /// store's spool): hard-linked into tmp/ instead of writing the bytes again, where the
+    /// file system allows it (the same one) and no other delivery linked it first.
+    pub link_from: Option<&'a Path>,
 }
 
 /// A message that got its UID: its base name (the uidlist key) and where its file is.
@@ -702,6 +740,7 @@ impl LockedFolder<'_> {
             flags,
             internal_date,
             uid,
+            link_from: None,
         }])?;
         match placed.pop() {
             Some(result) => result,
@@ -794,8 +833,18 @@ impl LockedFolder<'_> {
                 COUNTER.fetch_add(1, Ordering::Relaxed)
             );
             let tmp = self.folder.dir.join("tmp").join(&base);
-            let mut file = self.folder.owner.create_file(&tmp)?;
-            file.write_all(item.bytes).map_err(io(&tmp, "write"))?;
+            let file = match item.link_from {
+                Some(source) => self.folder.owner.link_file(source, &tmp)?,
+                None => None,
+            };
+            let file = match file {
+                Some(file) => file,
+                None => {
+                    let mut file = self.folder.owner.create_file(&tmp)?;
+                    file.write_all(item.bytes).map_err(io(&tmp, "write"))?;
+                    file
+                }
+            };
             let mtime = u64::try_from(item.internal_date)
                 .ok()
                 .map(|s| UNIX_EPOCH + Duration::from_secs(s));
@@ -1338,6 +1387,7 @@ mod tests {
             flags,
             internal_date: 1_600_000_000,
             uid,
+            link_from: None,
         };
         let (seen, bad): (&'static [String], &'static [String]) = (Vec::leak(seen), Vec::leak(bad));
         let results = locked
@@ -1558,6 +1608,78 @@ mod tests {
             let expected = if meta.is_dir() { 0o750 } else { 0o640 };
             assert_eq!(mode, expected, "{}", path.display());
         }
+    }
+
+    /// A spooled body is linked into tmp/ and renamed into cur/ (one inode, the folder's
+    /// owner and mode); a body whose spool file another delivery already linked is written
+    /// as a copy (that other link may belong to another user); a missing spool file is
+    /// written too.
+    #[test]
+    fn a_spooled_body_is_linked_unless_another_name_shares_it() {
+        let root = root("link");
+        fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o750))
+            .expect("chmod");
+        let spool = root.join("spool");
+        fs::create_dir_all(&spool).expect("spool");
+        let body = b"Subject: s\r\n\r\nspooled\r\n";
+        let (first, second) = (spool.join("first"), spool.join("second"));
+        for f in [&first, &second] {
+            fs::write(f, body).expect("w");
+            fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod");
+        }
+        // `second` has a name elsewhere already (another delivery's).
+        fs::hard_link(&second, root.join("elsewhere")).expect("link");
+        let folder = LiveFolder::create(&root, "Work").expect("create");
+        let mut locked = folder.lock().expect("lock");
+        let flags = s(&["\\Seen"]);
+        let item = |link_from: Option<&'static Path>| Delivery {
+            bytes: body,
+            flags: &flags,
+            internal_date: 1_600_000_000,
+            uid: 0,
+            link_from,
+        };
+        let first_p: &'static Path = Box::leak(first.clone().into_boxed_path());
+        let second_p: &'static Path = Box::leak(second.clone().into_boxed_path());
+        let gone: &'static Path = Box::leak(spool.join("gone").into_boxed_path());
+        let mut batch = Vec::new();
+        for (uid, from) in [(1, Some(first_p)), (2, Some(second_p)), (3, Some(gone))] {
+            let mut d = item(from);
+            d.uid = uid;
+            batch.push(d);
+        }
+        let placed: Vec<Numbered> = locked
+            .deliver_all(&batch)
+            .expect("deliver")
+            .into_iter()
+            .map(|r| r.expect("placed"))
+            .collect();
+        let want = Owner::of(&root).expect("owner");
+        let ino = |p: &Path| fs::metadata(p).expect("stat").ino();
+        assert_eq!(ino(&placed[0].path), ino(&first), "linked, not written");
+        assert_ne!(
+            ino(&placed[1].path),
+            ino(&second),
+            "a shared file is copied"
+        );
+        assert_eq!(
+            fs::metadata(&second).expect("stat").nlink(),
+            2,
+            "its links stay"
+        );
+        for p in &placed {
+            let meta = fs::metadata(&p.path).expect("stat");
+            assert_eq!(fs::read(&p.path).expect("read"), body);
+            assert_eq!((meta.uid(), meta.gid()), (want.uid, want.gid));
+            assert_eq!(meta.mode() & 0o777, 0o640, "{}", p.path.display());
+            assert_eq!(meta.mtime(), 1_600_000_000);
+        }
+        assert!(fs::read_dir(folder.dir().join("tmp"))
+            .expect("tmp")
+            .next()
+            .is_none());
+        let _ = fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -84,6 +84,32 @@ pub trait BodyStore: Send + Sync {
     /// Body bytes written since the store was opened, aborted transactions included: what
     /// the tests hold the replication path to (every body written once).
     fn bytes_written(&self) -> u64;
+    /// A file on disk now holds the body (a live Maildir's delivery or scan found it there):
+    /// a copy kept until then is no longer needed. The caller has checked that no session's
+    /// staging mark still wants the copy.
+    fn housed(&self, txn: &WriteTransaction, digest: &Digest) -> Result<(), StoreError> {
+        remove_bytes(txn, digest).map(|_| ())
+    }
+    /// Called by the store's write path just before a transaction commits: whatever the
+    /// transaction wrote outside redb that its rows point at must be on disk first.
+    fn before_commit(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// A file that holds the body's bytes alone, if this store keeps it in one (a live
+    /// Maildir's spool): a delivery may link it rather than write the bytes again.
+    fn spooled_file(
+        &self,
+        _txn: &ReadTransaction,
+        _digest: &Digest,
+    ) -> Result<Option<std::path::PathBuf>, StoreError> {
+        Ok(None)
+    }
+    /// Removes the files a store kept outside redb that no committed row names any more
+    /// (left by a crash, an aborted transaction, or a body since delivered). Runs in a write
+    /// transaction of its own, so no other writer is half-way. Returns how many went.
+    fn sweep(&self, _txn: &WriteTransaction) -> Result<u64, StoreError> {
+        Ok(0)
+    }
 }
 
 /// Why a body is marked damaged: when it was found, and what its bytes hash to now.

@@ -4,9 +4,18 @@
 //! any store. The bytes are read from a file that holds the message (MIRROR_HOMES names, per
 //! digest, the messages whose file is on disk) through [`MailFiles`], which the Maildir side
 //! provides. A body that no file holds yet (replicated, or appended through merkmail, and not
-//! delivered into the Maildir yet) is kept in the body tables (BODY_PIECES, BODY_TAILS) until
-//! its delivery is settled: the spool the mirror delivers from. So after replication settles,
-//! the redb file holds the index and not the mail.
+//! delivered into the Maildir yet) is kept as a file of its own in the spool directory
+//! (`spool/` beside the store; MIRROR_SPOOL names it) until its delivery is settled: the
+//! spool the mirror delivers from, by a hard link where it can, so that a replicated body is
+//! written once. (Stores before session 12 spooled into the body tables, BODY_PIECES and
+//! BODY_TAILS, which are still read, and still hold a repaired copy.) So after replication
+//! settles, the redb file holds the index and not the mail.
+//!
+//! Crash safety: a spool file is written before the row that names it commits, and flushed
+//! before that commit ([`BodyStore::before_commit`]); a file no committed row names (an
+//! aborted transaction, a crash before the commit, a body since delivered) is removed by
+//! [`BodyStore::sweep`], in a write transaction of its own, so never while a writer that may
+//! name it is half-way.
 
 use super::body::{
     assemble, count_ref, counted_bodies, forget_unreferenced, has_bytes, put_bytes, remove_bytes,
@@ -16,12 +25,15 @@ use super::error::StoreError;
 use super::keys;
 use super::tables::{
     BODY_PIECES, BODY_REFS, BODY_TAILS, MAILBOXES, MIRROR_BODY_SIZES, MIRROR_FILES, MIRROR_FOLDERS,
-    MIRROR_HOMES,
+    MIRROR_HOMES, MIRROR_SPOOL,
 };
 use super::tx::decode;
 use crate::model::{Digest, MailboxGuid, MailboxRecord};
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
-use std::sync::Arc;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Reads the mail server's files (implemented by src/maildir/backend.rs).
 pub trait MailFiles: Send + Sync {
@@ -64,16 +76,113 @@ pub(crate) fn home_key(digest: &Digest, user: &str, guid: MailboxGuid, uid: u32)
     k
 }
 
+/// The spool directory's name in the store's directory.
+pub(crate) const SPOOL_DIR: &str = "spool";
+
 pub struct FileBodies {
     inner: RedbBodies,
     files: Arc<dyn MailFiles>,
+    /// The spool directory (made when the first body is spooled).
+    spool: PathBuf,
+    /// Spool files written and not yet flushed: flushed before the next commit.
+    unflushed: Mutex<Vec<PathBuf>>,
+    /// Makes spool file names unique within this process (with its id and the time).
+    counter: AtomicU64,
+}
+
+fn spool_err(path: &Path, what: &str, e: std::io::Error) -> StoreError {
+    StoreError::io(
+        format!("cannot {what} the spool file {}", path.display()),
+        e,
+    )
 }
 
 impl FileBodies {
-    pub fn new(files: Arc<dyn MailFiles>) -> FileBodies {
+    /// Bodies in the Maildir files `files` reads, spooled in `spool` until delivered.
+    pub fn new(files: Arc<dyn MailFiles>, spool: PathBuf) -> FileBodies {
         FileBodies {
             inner: RedbBodies::default(),
             files,
+            spool,
+            unflushed: Mutex::new(Vec::new()),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    /// Writes `bytes` to a new spool file and names it as the body's spool copy (in place of
+    /// any earlier one, which the next sweep removes).
+    fn spool_put(
+        &self,
+        txn: &WriteTransaction,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        std::fs::create_dir_all(&self.spool)
+            .map_err(|e| spool_err(&self.spool, "make the directory of", e))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        // Unique without a look at the directory: a name is never reused, so a sweep can
+        // never remove a file a later row names.
+        let name = format!(
+            "{digest}.{}.{}.{}",
+            std::process::id(),
+            now.as_nanos(),
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = self.spool.join(&name);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| spool_err(&path, "create", e))?;
+        file.write_all(bytes)
+            .map_err(|e| spool_err(&path, "write", e))?;
+        self.unflushed
+            .lock()
+            .map_err(|_| StoreError::Corrupt("the spool's lock is poisoned".into()))?
+            .push(path);
+        txn.open_table(MIRROR_SPOOL)?
+            .insert(digest.0.as_slice(), name.as_str())?;
+        self.inner.count_written(bytes.len() as u64);
+        Ok(())
+    }
+
+    /// The body no longer needs its spool copy: the row goes now, the file at the next sweep.
+    fn spool_forget(&self, txn: &WriteTransaction, digest: &Digest) -> Result<(), StoreError> {
+        txn.open_table(MIRROR_SPOOL)?.remove(digest.0.as_slice())?;
+        Ok(())
+    }
+
+    /// The path of the body's spool copy, if a row names one.
+    fn spool_path(
+        &self,
+        spool: &impl ReadableTable<&'static [u8], &'static str>,
+        digest: &Digest,
+    ) -> Result<Option<PathBuf>, StoreError> {
+        Ok(spool
+            .get(digest.0.as_slice())?
+            .map(|name| self.spool.join(name.value())))
+    }
+
+    /// The bytes of the body's spool copy, if it has one and the file is there.
+    fn spool_read(
+        &self,
+        spool: &impl ReadableTable<&'static [u8], &'static str>,
+        digest: &Digest,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(path) = self.spool_path(spool, digest)? else {
+            return Ok(None);
+        };
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            // Gone (removed by hand, or lost with a disk): a file that holds it, if any, is
+            // read instead; with none, the checker repairs the body from a peer.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(%digest, path = %path.display(), "a spooled body's file is missing");
+                Ok(None)
+            }
+            Err(e) => Err(spool_err(&path, "read", e)),
         }
     }
 
@@ -149,8 +258,7 @@ impl BodyStore for FileBodies {
         let new = self.acquire_on_disk(txn, digest, bytes.len() as u64)?;
         if new && !has_home(txn, digest)? {
             // No file holds it yet: spooled until its delivery is settled.
-            put_bytes(txn, digest, bytes)?;
-            self.inner.count_written(bytes.len() as u64);
+            self.spool_put(txn, digest, bytes)?;
         } else if !new && unmark_damaged(txn, digest)? {
             put_bytes(txn, digest, bytes)?;
             self.inner.count_written(bytes.len() as u64);
@@ -182,7 +290,13 @@ impl BodyStore for FileBodies {
             .open_table(BODY_REFS)?
             .get(digest.0.as_slice())?
             .is_some_and(|v| v.value() > 0);
-        if !referenced || has_home(txn, digest)? || has_bytes(&txn.open_table(BODY_TAILS)?, digest)?
+        if !referenced
+            || has_home(txn, digest)?
+            || has_bytes(&txn.open_table(BODY_TAILS)?, digest)?
+            || txn
+                .open_table(MIRROR_SPOOL)?
+                .get(digest.0.as_slice())?
+                .is_some()
         {
             return Ok(());
         }
@@ -226,6 +340,7 @@ impl BodyStore for FileBodies {
             return Ok(None);
         }
         remove_bytes(txn, digest)?;
+        self.spool_forget(txn, digest)?;
         let size = txn
             .open_table(MIRROR_BODY_SIZES)?
             .remove(digest.0.as_slice())?
@@ -241,6 +356,9 @@ impl BodyStore for FileBodies {
         )?;
         if spooled.is_some() {
             return Ok(spooled);
+        }
+        if let Some(bytes) = self.spool_read(&txn.open_table(MIRROR_SPOOL)?, digest)? {
+            return Ok(Some(bytes));
         }
         self.read_from_files(
             &txn.open_table(MIRROR_HOMES)?,
@@ -272,8 +390,10 @@ impl BodyStore for FileBodies {
         {
             return Ok(false);
         }
-        // The good copy is spooled; the next delivery or read uses it.
+        // The good copy is spooled (in redb, which reads find first); the next delivery or
+        // read uses it.
         put_bytes(txn, digest, bytes)?;
+        self.spool_forget(txn, digest)?;
         self.inner.count_written(bytes.len() as u64);
         unmark_damaged(txn, digest)?;
         Ok(true)
@@ -300,4 +420,84 @@ impl BodyStore for FileBodies {
     fn bytes_written(&self) -> u64 {
         self.inner.bytes_written()
     }
+
+    fn housed(&self, txn: &WriteTransaction, digest: &Digest) -> Result<(), StoreError> {
+        remove_bytes(txn, digest)?;
+        self.spool_forget(txn, digest)
+    }
+
+    fn before_commit(&self) -> Result<(), StoreError> {
+        let written = std::mem::take(
+            &mut *self
+                .unflushed
+                .lock()
+                .map_err(|_| StoreError::Corrupt("the spool's lock is poisoned".into()))?,
+        );
+        if written.is_empty() {
+            return Ok(());
+        }
+        flush(&self.spool, &written)
+    }
+
+    fn spooled_file(
+        &self,
+        txn: &ReadTransaction,
+        digest: &Digest,
+    ) -> Result<Option<PathBuf>, StoreError> {
+        self.spool_path(&txn.open_table(MIRROR_SPOOL)?, digest)
+    }
+
+    fn sweep(&self, txn: &WriteTransaction) -> Result<u64, StoreError> {
+        let entries = match std::fs::read_dir(&self.spool) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(spool_err(&self.spool, "list", e)),
+        };
+        let named: std::collections::HashSet<String> = txn
+            .open_table(MIRROR_SPOOL)?
+            .iter()?
+            .map(|item| item.map(|(_, name)| name.value().to_string()))
+            .collect::<Result<_, _>>()?;
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry.map_err(|e| spool_err(&self.spool, "list", e))?;
+            let name = entry.file_name();
+            if named.contains(name.to_string_lossy().as_ref()) {
+                continue;
+            }
+            let path = entry.path();
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(spool_err(&path, "remove", e)),
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Puts freshly written spool files on disk: one `syncfs` of their file system (one journal
+/// commit for all of them), or, where that is refused, a `fsync` of each file and of the
+/// directory.
+fn flush(dir: &Path, files: &[PathBuf]) -> Result<(), StoreError> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let handle = std::fs::File::open(dir).map_err(|e| spool_err(dir, "open", e))?;
+        // SAFETY: syncfs only reads the descriptor, which `handle` keeps open for the call.
+        if unsafe { libc::syncfs(handle.as_raw_fd()) } == 0 {
+            return Ok(());
+        }
+    }
+    for path in files {
+        match std::fs::File::open(path).and_then(|f| f.sync_all()) {
+            Ok(()) => {}
+            // Written by a transaction that did not commit, and swept since.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(spool_err(path, "flush", e)),
+        }
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| spool_err(dir, "flush", e))
 }

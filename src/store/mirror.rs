@@ -224,7 +224,7 @@ impl Tx<'_> {
                 encode(row)?.as_slice(),
             )?;
             if let Some(message) = self.get_message(user, guid, uid)? {
-                found_home(self.txn, &message.digest, user, guid, uid)?;
+                found_home(self.txn, self.bodies, &message.digest, user, guid, uid)?;
             }
         }
         Ok(())
@@ -281,13 +281,40 @@ impl Store {
     ) -> Result<Store, StoreError> {
         let files = super::file_bodies::mail_files_for(template)?;
         let mut store = Store::init(dir, node_id)?;
-        store.bodies = Box::new(super::file_bodies::FileBodies::new(files));
+        store.bodies = Box::new(super::file_bodies::FileBodies::new(
+            files,
+            dir.join(super::file_bodies::SPOOL_DIR),
+        ));
         let txn = store.begin_write()?;
         txn.open_table(META)?
             .insert(MAILDIR_KEY, template.as_bytes())?;
         txn.commit()?;
         store.maildir = Some(template.to_string());
         Ok(store)
+    }
+
+    /// Removes the spool files no committed row names (left by a crash or an aborted
+    /// transaction, or by bodies delivered since): a live-Maildir store's pass calls it after
+    /// it delivered, and opening the store does. Runs in a write transaction of its own, so no
+    /// writer is half-way; returns how many files went (0 for a store that holds its mail).
+    pub fn sweep_spool(&self) -> Result<u64, StoreError> {
+        if self.maildir.is_none() {
+            return Ok(0);
+        }
+        let txn = self.begin_write()?;
+        let removed = self.bodies.sweep(&txn)?;
+        txn.abort()?;
+        Ok(removed)
+    }
+
+    /// The file that holds the body of `digest` alone (the spool's copy), if there is one: a
+    /// delivery may link it into a folder instead of writing the bytes again. The caller reads
+    /// and checks the bytes through [`Store::body`] as before.
+    pub fn spooled_file(
+        &self,
+        digest: &crate::model::Digest,
+    ) -> Result<Option<std::path::PathBuf>, StoreError> {
+        self.bodies.spooled_file(&self.read_txn()?, digest)
     }
 
     /// The Maildir template of a live-Maildir store (`None` for a store that holds its mail).
@@ -399,7 +426,7 @@ impl Store {
                         };
                         if there {
                             files.insert(key.as_slice(), encode(row)?.as_slice())?;
-                            found_home(&txn, digest, user, guid, *uid)?;
+                            found_home(&txn, self.bodies.as_ref(), digest, user, guid, *uid)?;
                         } else {
                             unlinks.insert(
                                 keys::source(user, guid, &row.base).as_slice(),
@@ -715,6 +742,7 @@ fn digest_at(
 /// longer needed (unless a session staged it and may still take it from the spool).
 fn found_home(
     txn: &redb::WriteTransaction,
+    bodies: &dyn super::body::BodyStore,
     digest: &crate::model::Digest,
     user: &str,
     guid: MailboxGuid,
@@ -727,7 +755,7 @@ fn found_home(
         .get(digest.0.as_slice())?
         .is_some();
     if !staged {
-        super::body::remove_bytes(txn, digest)?;
+        bodies.housed(txn, digest)?;
     }
     Ok(())
 }

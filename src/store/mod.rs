@@ -382,7 +382,8 @@ impl Store {
             && db
                 .begin_read()?
                 .open_table(tables::MIRROR_OWED_UIDS)
-                .is_ok();
+                .is_ok()
+            && db.begin_read()?.open_table(tables::MIRROR_SPOOL).is_ok();
         if !has_journal {
             let txn = db.begin_write()?;
             tables::create_all(&txn)?;
@@ -407,12 +408,13 @@ impl Store {
         }
         let tag = node_tag(&node_id);
         let bodies: Box<dyn BodyStore> = match &maildir {
-            Some(template) => Box::new(file_bodies::FileBodies::new(file_bodies::mail_files_for(
-                template,
-            )?)),
+            Some(template) => Box::new(file_bodies::FileBodies::new(
+                file_bodies::mail_files_for(template)?,
+                dir.join(file_bodies::SPOOL_DIR),
+            )),
             None => Box::<RedbBodies>::default(),
         };
-        Ok(Store {
+        let store = Store {
             db: RwLock::new(Some(db)),
             file,
             broken: AtomicBool::new(false),
@@ -427,7 +429,19 @@ impl Store {
             soon_commits: AtomicU64::new(0),
             maildir,
             simulated: None,
-        })
+        };
+        if store.maildir.is_some() {
+            match store.sweep_spool() {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(store = %dir.display(), files = n, "removed spool files no row names (left by a crash or by delivered bodies)")
+                }
+                Err(e) => {
+                    tracing::warn!(store = %dir.display(), error = %e, "cannot sweep the spool; the next pass tries again")
+                }
+            }
+        }
+        Ok(store)
     }
 
     pub fn node_id(&self) -> &str {
@@ -635,6 +649,8 @@ impl Store {
                 let new_hlc = tx.finish()?;
                 (out, new_hlc)
             };
+            // Bodies spooled outside redb reach the disk before the rows that name them.
+            self.bodies.before_commit()?;
             txn.commit()?;
             Ok((out, new_hlc))
         })();

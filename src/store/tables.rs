@@ -107,6 +107,11 @@ pub const MIRROR_HOMES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mi
 pub const MIRROR_BODY_SIZES: TableDefinition<&[u8], u64> =
     TableDefinition::new("mirror_body_sizes");
 
+/// digest:32 → file name: a live-Maildir store's body that no Maildir file holds yet, kept
+/// as a file of its own in the spool directory (`spool/` beside the store) until a delivery
+/// puts it in a folder (by a hard link where it can) and a pass sees it there.
+pub const MIRROR_SPOOL: TableDefinition<&[u8], &str> = TableDefinition::new("mirror_spool");
+
 /// Creates every table, so that read transactions on a new store find them all.
 pub fn create_all(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(USERS)?;
@@ -119,6 +124,7 @@ pub fn create_all(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(BODIES)?;
     txn.open_table(BODY_PIECES)?;
     txn.open_table(BODY_TAILS)?;
+    txn.open_table(MIRROR_SPOOL)?;
     txn.open_table(BODY_REFS)?;
     txn.open_table(TREE)?;
     txn.open_table(SOURCES)?;
