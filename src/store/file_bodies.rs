@@ -476,12 +476,17 @@ impl BodyStore for FileBodies {
     }
 }
 
-/// Puts freshly written spool files on disk: one `syncfs` of their file system (one journal
-/// commit for all of them), or, where that is refused, a `fsync` of each file and of the
-/// directory.
+/// Spool files fewer than this are flushed one by one: `syncfs` writes back every dirty page
+/// of the file system, which on a busy server (or beside a change round's other writers)
+/// costs more than a few `fsync`s.
+const SYNCFS_FROM: usize = 16;
+
+/// Puts freshly written spool files on disk: a `fsync` of each (and of the directory) for a
+/// few; for more, one `syncfs` of their file system (one journal commit for all of them), or,
+/// where that is refused, a `fsync` of each.
 fn flush(dir: &Path, files: &[PathBuf]) -> Result<(), StoreError> {
     #[cfg(target_os = "linux")]
-    {
+    if files.len() >= SYNCFS_FROM {
         use std::os::fd::AsRawFd;
         let handle = std::fs::File::open(dir).map_err(|e| spool_err(dir, "open", e))?;
         // SAFETY: syncfs only reads the descriptor, which `handle` keeps open for the call.
