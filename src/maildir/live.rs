@@ -950,7 +950,12 @@ impl LockedFolder<'_> {
                 keywords_wanted.push(flag);
             }
         }
-        let keywords = self.register_keywords(&keywords_wanted)?;
+        // System flags alone need no letters from dovecot-keywords (not read for each message).
+        let keywords = if keywords_wanted.is_empty() {
+            Vec::new()
+        } else {
+            self.register_keywords(&keywords_wanted)?
+        };
         let (info, dropped) = format_info(flags, &keywords);
         if let Some((flag, problem)) = dropped.into_iter().next() {
             return Err(LiveError::UnstorableFlag { flag, problem });

@@ -90,8 +90,9 @@ pub trait BodyStore: Send + Sync {
     fn housed(&self, txn: &WriteTransaction, digest: &Digest) -> Result<(), StoreError> {
         remove_bytes(txn, digest).map(|_| ())
     }
-    /// Called by the store's write path just before a transaction commits: whatever the
-    /// transaction wrote outside redb that its rows point at must be on disk first.
+    /// Called by the store just before a durable commit (which also makes every commit made
+    /// without waiting for the disk before it durable): whatever those transactions wrote
+    /// outside redb that their rows point at must be on disk first.
     fn before_commit(&self) -> Result<(), StoreError> {
         Ok(())
     }

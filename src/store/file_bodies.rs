@@ -12,7 +12,9 @@
 //! settles, the redb file holds the index and not the mail.
 //!
 //! Crash safety: a spool file is written before the row that names it commits, and flushed
-//! before that commit ([`BodyStore::before_commit`]); a file no committed row names (an
+//! before the first durable commit after it ([`BodyStore::before_commit`]: a staging commit
+//! does not wait for the disk, and becomes durable only with a later durable commit, which
+//! flushes the spool first; until then the kernel writes the files back on its own); a file no committed row names (an
 //! aborted transaction, a crash before the commit, a body since delivered) is removed by
 //! [`BodyStore::sweep`], in a write transaction of its own, so never while a writer that may
 //! name it is half-way.

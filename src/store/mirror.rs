@@ -504,6 +504,8 @@ impl Store {
                     .keep_from_file(&txn, digest, (user, folder, base))?;
             }
         }
+        // Durable: it would make earlier staging commits durable too, spool rows included.
+        self.before_durable_commit()?;
         txn.commit()?;
         Ok(())
     }

@@ -282,6 +282,16 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+impl Drop for Store {
+    /// A store closed with staging commits that no durable commit followed: redb may make
+    /// them durable as it closes, so the spool files they name are flushed first.
+    fn drop(&mut self) {
+        if let Err(e) = self.bodies.before_commit() {
+            tracing::warn!(store = %self.dir.display(), error = %e, "cannot flush the spool as the store closes");
+        }
+    }
+}
+
 impl Store {
     /// Creates a new, empty store in `dir` (created if missing).
     pub fn init(dir: &Path, node_id: &str) -> Result<Store, StoreError> {
@@ -446,6 +456,13 @@ impl Store {
 
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// Flushes what the body store keeps outside redb before a durable commit (see
+    /// [`BodyStore::before_commit`]); every durable commit outside [`Store::write_txn`] calls
+    /// it first.
+    pub(crate) fn before_durable_commit(&self) -> Result<(), StoreError> {
+        self.bodies.before_commit()
     }
 
     pub fn dir(&self) -> &Path {
@@ -649,8 +666,12 @@ impl Store {
                 let new_hlc = tx.finish()?;
                 (out, new_hlc)
             };
-            // Bodies spooled outside redb reach the disk before the rows that name them.
-            self.bodies.before_commit()?;
+            // Bodies spooled outside redb reach the disk before a durable commit makes the
+            // rows that name them durable (this transaction's, and those of the commits made
+            // without waiting for the disk before it: staging).
+            if durable {
+                self.bodies.before_commit()?;
+            }
             txn.commit()?;
             Ok((out, new_hlc))
         })();
