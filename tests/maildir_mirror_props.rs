@@ -1646,7 +1646,14 @@ fn a_replicated_body_is_spooled_as_a_file_and_linked_into_the_folder() {
         .iter()
         .map(|p| std::fs::metadata(p).expect("stat").ino())
         .collect();
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").mode() & 0o777;
+    assert_eq!(
+        mode(&spool),
+        0o700,
+        "mail waits where only merkmail reads it"
+    );
     for path in &spooled {
+        assert_eq!(mode(path), 0o600, "{}", path.display());
         let bytes = std::fs::read(path).expect("read");
         let name = path
             .file_name()

@@ -33,6 +33,7 @@ use super::tx::decode;
 use crate::model::{Digest, MailboxGuid, MailboxRecord};
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -119,7 +120,11 @@ impl FileBodies {
         digest: &Digest,
         bytes: &[u8],
     ) -> Result<(), StoreError> {
-        std::fs::create_dir_all(&self.spool)
+        // Mail: readable by the owner alone (the delivery gives the folder's owner and mode).
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.spool)
             .map_err(|e| spool_err(&self.spool, "make the directory of", e))?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -136,6 +141,7 @@ impl FileBodies {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|e| spool_err(&path, "create", e))?;
         file.write_all(bytes)
