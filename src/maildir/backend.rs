@@ -841,7 +841,7 @@ fn pass_user(
     }
     if report.delivered > delivered_before {
         // The spool copies of what was delivered are no longer named: they go now.
-        let swept = store.sweep_spool()?;
+        let swept = store.sweep_spool(false)?;
         tracing::debug!(user, files = swept, "spool swept");
     }
     let total_us = started.elapsed().as_micros() as u64;

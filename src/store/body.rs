@@ -105,10 +105,11 @@ pub trait BodyStore: Send + Sync {
     ) -> Result<Option<std::path::PathBuf>, StoreError> {
         Ok(None)
     }
-    /// Removes the files a store kept outside redb that no committed row names any more
-    /// (left by a crash, an aborted transaction, or a body since delivered). Runs in a write
-    /// transaction of its own, so no other writer is half-way. Returns how many went.
-    fn sweep(&self, _txn: &WriteTransaction) -> Result<u64, StoreError> {
+    /// Removes the files a store kept outside redb that no committed row names any more: those
+    /// of bodies let go since the last sweep, or (`everything`) every such file, also what a
+    /// crash or an aborted transaction left. Runs in a write transaction of its own, so no
+    /// other writer is half-way. Returns how many went.
+    fn sweep(&self, _txn: &WriteTransaction, _everything: bool) -> Result<u64, StoreError> {
         Ok(0)
     }
 }

@@ -87,8 +87,11 @@ pub struct FileBodies {
     files: Arc<dyn MailFiles>,
     /// The spool directory (made when the first body is spooled).
     spool: PathBuf,
-    /// Spool files written and not yet flushed: flushed before the next commit.
+    /// Spool files written and not yet flushed: flushed before the next durable commit.
     unflushed: Mutex<Vec<PathBuf>>,
+    /// Spool files whose row a transaction removed (digest, name): the next sweep removes
+    /// each that no committed row names (the transaction may have been aborted).
+    forgotten: Mutex<Vec<(Digest, String)>>,
     /// Makes spool file names unique within this process (with its id and the time).
     counter: AtomicU64,
 }
@@ -108,6 +111,7 @@ impl FileBodies {
             files,
             spool,
             unflushed: Mutex::new(Vec::new()),
+            forgotten: Mutex::new(Vec::new()),
             counter: AtomicU64::new(0),
         }
     }
@@ -150,15 +154,34 @@ impl FileBodies {
             .lock()
             .map_err(|_| StoreError::Corrupt("the spool's lock is poisoned".into()))?
             .push(path);
-        txn.open_table(MIRROR_SPOOL)?
-            .insert(digest.0.as_slice(), name.as_str())?;
+        let earlier = txn
+            .open_table(MIRROR_SPOOL)?
+            .insert(digest.0.as_slice(), name.as_str())?
+            .map(|old| old.value().to_string());
+        if let Some(old) = earlier {
+            self.forget_file(digest, old)?;
+        }
         self.inner.count_written(bytes.len() as u64);
         Ok(())
     }
 
     /// The body no longer needs its spool copy: the row goes now, the file at the next sweep.
     fn spool_forget(&self, txn: &WriteTransaction, digest: &Digest) -> Result<(), StoreError> {
-        txn.open_table(MIRROR_SPOOL)?.remove(digest.0.as_slice())?;
+        let removed = txn
+            .open_table(MIRROR_SPOOL)?
+            .remove(digest.0.as_slice())?
+            .map(|old| old.value().to_string());
+        if let Some(name) = removed {
+            self.forget_file(digest, name)?;
+        }
+        Ok(())
+    }
+
+    fn forget_file(&self, digest: &Digest, name: String) -> Result<(), StoreError> {
+        self.forgotten
+            .lock()
+            .map_err(|_| StoreError::Corrupt("the spool's lock is poisoned".into()))?
+            .push((*digest, name));
         Ok(())
     }
 
@@ -455,25 +478,47 @@ impl BodyStore for FileBodies {
         self.spool_path(&txn.open_table(MIRROR_SPOOL)?, digest)
     }
 
-    fn sweep(&self, txn: &WriteTransaction) -> Result<u64, StoreError> {
-        let entries = match std::fs::read_dir(&self.spool) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(spool_err(&self.spool, "list", e)),
-        };
-        let named: std::collections::HashSet<String> = txn
-            .open_table(MIRROR_SPOOL)?
-            .iter()?
-            .map(|item| item.map(|(_, name)| name.value().to_string()))
-            .collect::<Result<_, _>>()?;
-        let mut removed = 0;
-        for entry in entries {
-            let entry = entry.map_err(|e| spool_err(&self.spool, "list", e))?;
-            let name = entry.file_name();
-            if named.contains(name.to_string_lossy().as_ref()) {
-                continue;
+    fn sweep(&self, txn: &WriteTransaction, everything: bool) -> Result<u64, StoreError> {
+        let spool = txn.open_table(MIRROR_SPOOL)?;
+        let forgotten = std::mem::take(
+            &mut *self
+                .forgotten
+                .lock()
+                .map_err(|_| StoreError::Corrupt("the spool's lock is poisoned".into()))?,
+        );
+        let mut doomed = Vec::new();
+        if everything {
+            // A listing: also what a crash or an aborted transaction left. (Only when the
+            // store opens: a directory that once held an initial copy's 100 000 files lists
+            // slowly even when empty, since ext4 does not shrink directories.)
+            let entries = match std::fs::read_dir(&self.spool) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+                Err(e) => return Err(spool_err(&self.spool, "list", e)),
+            };
+            let named: std::collections::HashSet<String> = spool
+                .iter()?
+                .map(|item| item.map(|(_, name)| name.value().to_string()))
+                .collect::<Result<_, _>>()?;
+            for entry in entries {
+                let entry = entry.map_err(|e| spool_err(&self.spool, "list", e))?;
+                if !named.contains(entry.file_name().to_string_lossy().as_ref()) {
+                    doomed.push(entry.path());
+                }
             }
-            let path = entry.path();
+        } else {
+            for (digest, name) in forgotten {
+                // Still named: the transaction that let it go was aborted.
+                let named = spool
+                    .get(digest.0.as_slice())?
+                    .is_some_and(|now| now.value() == name);
+                if !named {
+                    doomed.push(self.spool.join(name));
+                }
+            }
+        }
+        let mut removed = 0;
+        for path in doomed {
             match std::fs::remove_file(&path) {
                 Ok(()) => removed += 1,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

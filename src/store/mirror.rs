@@ -293,16 +293,18 @@ impl Store {
         Ok(store)
     }
 
-    /// Removes the spool files no committed row names (left by a crash or an aborted
-    /// transaction, or by bodies delivered since): a live-Maildir store's pass calls it after
-    /// it delivered, and opening the store does. Runs in a write transaction of its own, so no
-    /// writer is half-way; returns how many files went (0 for a store that holds its mail).
-    pub fn sweep_spool(&self) -> Result<u64, StoreError> {
+    /// Removes the spool files of bodies let go since the last sweep (delivered, freed) that
+    /// no committed row names, or (`everything`) every spool file no committed row names,
+    /// also those a crash or an aborted transaction left: a live-Maildir store's pass sweeps
+    /// after it delivered, and opening the store sweeps everything. Runs in a write
+    /// transaction of its own, so no writer is half-way; returns how many files went (0 for a
+    /// store that holds its mail).
+    pub fn sweep_spool(&self, everything: bool) -> Result<u64, StoreError> {
         if self.maildir.is_none() {
             return Ok(0);
         }
         let txn = self.begin_write()?;
-        let removed = self.bodies.sweep(&txn)?;
+        let removed = self.bodies.sweep(&txn, everything)?;
         txn.abort()?;
         Ok(removed)
     }

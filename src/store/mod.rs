@@ -441,7 +441,7 @@ impl Store {
             simulated: None,
         };
         if store.maildir.is_some() {
-            match store.sweep_spool() {
+            match store.sweep_spool(true) {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::info!(store = %dir.display(), files = n, "removed spool files no row names (left by a crash or by delivered bodies)")
