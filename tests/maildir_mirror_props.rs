@@ -1702,3 +1702,87 @@ fn a_replicated_body_is_spooled_as_a_file_and_linked_into_the_folder() {
     let disk = merkmail::maildir::backend::verify(&b, &tb).expect("verify");
     assert!(disk.mismatches.is_empty(), "{:?}", disk.mismatches);
 }
+
+/// A transaction that wrote spool files and then failed leaves none behind: a replicated
+/// apply whose first message brought its body (spooled) and whose second message's body does
+/// not match its record is refused whole, and the spool holds nothing afterwards.
+#[test]
+fn a_refused_apply_leaves_no_spool_file() {
+    use merkmail::model::{Change, FlagSet, Md5, MessageRecord, Stamp};
+    merkmail::maildir::backend::install();
+    let tmp = common::scratch_dir();
+    let text = format!("{}/mail/%u/Maildir", tmp.path().display());
+    let template = Template::parse(&text).expect("template");
+    let root = template.root(USER);
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(root.join(sub)).expect("mkdir");
+    }
+    let data = tmp.path().join("data");
+    let store = Store::init_maildir(&data, "n1", &text).expect("init");
+    store.create_mailbox(USER, "Work").expect("a mailbox");
+    let mut inbox = store.mailbox(USER, "Work").expect("Work");
+    inbox.uidnext = 10;
+    let root_before = store.root().expect("root");
+    let message = |uid: u32, said: &[u8], sent: &[u8]| Change::Message {
+        user: USER.into(),
+        guid: inbox.guid,
+        uid,
+        record: MessageRecord {
+            md5: Md5::of(said),
+            digest: Digest::of(said),
+            size: said.len() as u64,
+            internal_date: 1_700_000_000,
+            flags: FlagSet::default(),
+            appended: Stamp {
+                ms: 1_700_000_000_000,
+                counter: uid as u16,
+                node: 9,
+            },
+        },
+        body: Some(sent.to_vec()),
+    };
+    let good = message(
+        3,
+        b"Subject: good\r\n\r\n1\r\n",
+        b"Subject: good\r\n\r\n1\r\n",
+    );
+    let bad = message(
+        4,
+        b"Subject: said\r\n\r\n2\r\n",
+        b"Subject: sent\r\n\r\n2\r\n",
+    );
+    let changes = vec![
+        Change::Mailbox {
+            user: USER.into(),
+            record: inbox.clone(),
+        },
+        good.clone(),
+        bad,
+    ];
+    assert!(
+        store.apply(&changes).is_err(),
+        "a body that is not its record's"
+    );
+    assert_eq!(store.root().expect("root"), root_before, "nothing applied");
+    let spool: Vec<_> = match std::fs::read_dir(data.join("spool")) {
+        Ok(d) => d.collect(),
+        Err(_) => Vec::new(),
+    };
+    assert!(spool.is_empty(), "the refused apply left {spool:?}");
+    // The good half alone applies, and its body waits in the spool.
+    store
+        .apply(&[
+            Change::Mailbox {
+                user: USER.into(),
+                record: inbox,
+            },
+            good,
+        ])
+        .expect("applies");
+    assert_eq!(
+        std::fs::read_dir(data.join("spool"))
+            .expect("spool")
+            .count(),
+        1
+    );
+}

@@ -96,6 +96,9 @@ pub trait BodyStore: Send + Sync {
     fn before_commit(&self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Called by the store's write path when a write transaction has ended: `committed`, or
+    /// failed and was aborted, so that what it wrote outside redb can go with it.
+    fn after_transaction(&self, _committed: bool) {}
     /// A file that holds the body's bytes alone, if this store keeps it in one (a live
     /// Maildir's spool): a delivery may link it rather than write the bytes again.
     fn spooled_file(

@@ -14,7 +14,8 @@
 //! Crash safety: a spool file is written before the row that names it commits, and flushed
 //! before the first durable commit after it ([`BodyStore::before_commit`]: a staging commit
 //! does not wait for the disk, and becomes durable only with a later durable commit, which
-//! flushes the spool first; until then the kernel writes the files back on its own); a file no committed row names (an
+//! flushes the spool first; until then the kernel writes the files back on its own); a
+//! transaction that fails removes the files it wrote ([`BodyStore::after_transaction`]); a file no committed row names (an
 //! aborted transaction, a crash before the commit, a body since delivered) is removed by
 //! [`BodyStore::sweep`], in a write transaction of its own, so never while a writer that may
 //! name it is half-way.
@@ -89,11 +90,19 @@ pub struct FileBodies {
     spool: PathBuf,
     /// Spool files written and not yet flushed: flushed before the next durable commit.
     unflushed: Mutex<Vec<PathBuf>>,
+    /// Spool files written by the transaction under way (write transactions take turns):
+    /// removed if it does not commit.
+    written: Mutex<Vec<PathBuf>>,
     /// Spool files whose row a transaction removed (digest, name): the next sweep removes
     /// each that no committed row names (the transaction may have been aborted).
     forgotten: Mutex<Vec<(Digest, String)>>,
     /// Makes spool file names unique within this process (with its id and the time).
     counter: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>, StoreError> {
+    m.lock()
+        .map_err(|_| StoreError::Corrupt("the spool's lock is poisoned".into()))
 }
 
 fn spool_err(path: &Path, what: &str, e: std::io::Error) -> StoreError {
@@ -111,6 +120,7 @@ impl FileBodies {
             files,
             spool,
             unflushed: Mutex::new(Vec::new()),
+            written: Mutex::new(Vec::new()),
             forgotten: Mutex::new(Vec::new()),
             counter: AtomicU64::new(0),
         }
@@ -148,12 +158,14 @@ impl FileBodies {
             .mode(0o600)
             .open(&path)
             .map_err(|e| spool_err(&path, "create", e))?;
-        file.write_all(bytes)
-            .map_err(|e| spool_err(&path, "write", e))?;
-        self.unflushed
-            .lock()
-            .map_err(|_| StoreError::Corrupt("the spool's lock is poisoned".into()))?
-            .push(path);
+        if let Err(e) = file.write_all(bytes) {
+            // A full disk, say: nothing of it stays.
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(spool_err(&path, "write", e));
+        }
+        lock(&self.written)?.push(path.clone());
+        lock(&self.unflushed)?.push(path);
         let earlier = txn
             .open_table(MIRROR_SPOOL)?
             .insert(digest.0.as_slice(), name.as_str())?
@@ -178,10 +190,7 @@ impl FileBodies {
     }
 
     fn forget_file(&self, digest: &Digest, name: String) -> Result<(), StoreError> {
-        self.forgotten
-            .lock()
-            .map_err(|_| StoreError::Corrupt("the spool's lock is poisoned".into()))?
-            .push((*digest, name));
+        lock(&self.forgotten)?.push((*digest, name));
         Ok(())
     }
 
@@ -457,13 +466,26 @@ impl BodyStore for FileBodies {
         self.spool_forget(txn, digest)
     }
 
+    fn after_transaction(&self, committed: bool) {
+        let Ok(mut written) = lock(&self.written) else {
+            return;
+        };
+        let written = std::mem::take(&mut *written);
+        if committed {
+            return;
+        }
+        // Named by no row: the transaction that wrote them did not commit.
+        for path in written {
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove the spool file of a transaction that did not commit; the store's next opening does");
+                }
+            }
+        }
+    }
+
     fn before_commit(&self) -> Result<(), StoreError> {
-        let written = std::mem::take(
-            &mut *self
-                .unflushed
-                .lock()
-                .map_err(|_| StoreError::Corrupt("the spool's lock is poisoned".into()))?,
-        );
+        let written = std::mem::take(&mut *lock(&self.unflushed)?);
         if written.is_empty() {
             return Ok(());
         }
@@ -480,12 +502,7 @@ impl BodyStore for FileBodies {
 
     fn sweep(&self, txn: &WriteTransaction, everything: bool) -> Result<u64, StoreError> {
         let spool = txn.open_table(MIRROR_SPOOL)?;
-        let forgotten = std::mem::take(
-            &mut *self
-                .forgotten
-                .lock()
-                .map_err(|_| StoreError::Corrupt("the spool's lock is poisoned".into()))?,
-        );
+        let forgotten = std::mem::take(&mut *lock(&self.forgotten)?);
         let mut doomed = Vec::new();
         if everything {
             // A listing: also what a crash or an aborted transaction left. (Only when the

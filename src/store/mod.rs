@@ -675,6 +675,7 @@ impl Store {
             txn.commit()?;
             Ok((out, new_hlc))
         })();
+        self.bodies.after_transaction(result.is_ok());
         match result {
             Ok((out, new_hlc)) => {
                 *hlc = new_hlc;
