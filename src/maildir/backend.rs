@@ -621,9 +621,6 @@ fn pass_user(
         let mut print = FolderPrint::of(dir);
         if let Some(w) = watched.as_deref_mut() {
             let trusted = w.trust && w.tracking.is_tracked(dir) && !w.touched.whole.contains(dir);
-            if trusted {
-                w.tracking.leave_out_made_here(dir, &mut w.touched);
-            }
             let names = w.touched.files.remove(dir);
             let mark = w.tracking.uidlist(dir);
             // Tracked again only once this pass has settled it.
@@ -833,15 +830,12 @@ fn pass_user(
         let Some(record) = mirror.record.clone() else {
             continue;
         };
-        let (settled, made) = to_disk(store, user, &dir, &record, &mirror, &print, report)?;
+        let settled = to_disk(store, user, &dir, &record, &mirror, &print, report)?;
         // Followed from here on only if it was there when the pass began: the watch on a
         // folder made just now may have started after some of its changes.
         if let Some(w) = watched.as_deref_mut() {
             if settled && listed {
                 w.tracking.track(&dir, print.uidlist());
-                // The watcher reports our own deliveries too: the next pass need not read
-                // them again (25 000 files after an initial copy's chunk).
-                w.tracking.made_here(&dir, made);
             }
         }
     }
@@ -1633,8 +1627,7 @@ fn count_imports(
 }
 
 /// index → disk, under the folder's uidlist lock: owed removals, flag renames and deliveries,
-/// then the mailbox is settled. Returns whether it was settled, and the files it delivered
-/// (`cur/FILE`).
+/// then the mailbox is settled.
 fn to_disk(
     store: &Store,
     user: &str,
@@ -1643,7 +1636,7 @@ fn to_disk(
     mirror: &MailboxMirror,
     print: &FolderPrint,
     report: &mut PassReport,
-) -> Result<(bool, Vec<String>), BackendError> {
+) -> Result<bool, BackendError> {
     let guid = mirror.guid;
     let folder = LiveFolder::open(dir)?;
     let mut locked = folder.lock()?;
@@ -1658,7 +1651,7 @@ fn to_disk(
             &whole
         };
         rebuild(store, (user, dir), record, mirror, &mut locked, report)?;
-        return Ok((false, Vec::new()));
+        return Ok(false);
     }
     let mut edits = unlink_owed(&mut locked, mirror, report)?;
     let mut owed_still = false;
@@ -1750,7 +1743,7 @@ fn to_disk(
         edits.push(MirrorEdit::OwedUids(mirror.owed_uids.clone()));
     }
     store.mirror_settle(user, guid, &edits, token)?;
-    Ok((!owed_still, pending.made))
+    Ok(!owed_still)
 }
 
 /// The folder holds mail under another UIDVALIDITY than its mailbox: a peer's UIDVALIDITY
@@ -1867,8 +1860,6 @@ fn unlink_owed(
 struct Pending {
     items: Vec<Waiting>,
     bytes: usize,
-    /// The files delivered so far (`cur/FILE`).
-    made: Vec<String>,
     /// `Some` when the files are to be written but not appended to the uidlist (a folder
     /// being rebuilt): where each went, (UID, base name), for the new uidlist.
     unlisted: Option<Vec<(u32, String)>>,
@@ -1940,9 +1931,6 @@ impl Pending {
                 Ok(placed) => {
                     if let Some(unlisted) = &mut self.unlisted {
                         unlisted.push((*uid, placed.base.clone()));
-                    }
-                    if let Some(file) = placed.path.file_name() {
-                        self.made.push(format!("cur/{}", file.to_string_lossy()));
                     }
                     report.delivered += 1;
                     report.delivered_bytes += bytes.len() as u64;

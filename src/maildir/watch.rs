@@ -221,49 +221,6 @@ impl Touched {
         }
     }
 
-    /// Leaves out the reports of `folder`'s files that a pass made there itself (`own`,
-    /// `cur/FILE`): a file whose every report since is that it appeared. A file of ours that
-    /// anything else happened to (renamed away or unlinked by the server, a second name for
-    /// its base) keeps all its reports.
-    /// The names left out are taken out of `own`.
-    pub fn leave_out_own(&mut self, folder: &Path, own: &mut HashSet<String>) {
-        if own.is_empty() {
-            return;
-        }
-        let Some(bases) = self.bases.get_mut(folder) else {
-            return;
-        };
-        let mut mine: Vec<String> = Vec::new();
-        let mut others: HashSet<String> = HashSet::new();
-        bases.retain(|base, news| {
-            let only_made = !news.seen.is_empty()
-                && news
-                    .seen
-                    .iter()
-                    .all(|(name, seen)| *seen == Seen::Appeared && own.contains(name));
-            if only_made {
-                mine.extend(news.seen.iter().map(|(name, _)| name.clone()));
-            } else {
-                others.insert(base.clone());
-            }
-            !only_made
-        });
-        // A file of ours that anything else happened to is ours no more: a later report of
-        // its name (the server renaming it back, say) is news.
-        own.retain(|name| {
-            let file = name.split_once('/').map_or(name.as_str(), |(_, f)| f);
-            !others.contains(file.split(':').next().unwrap_or(file))
-        });
-        if let Some(names) = self.files.get_mut(folder) {
-            for name in &mine {
-                names.remove(name);
-            }
-        }
-        for name in &mine {
-            own.remove(name);
-        }
-    }
-
     /// Takes in a report of `touch`; `seen` says what happened to a file's name (`None`:
     /// the report names the file but says nothing new of it).
     pub fn saw(&mut self, touch: Touch, seen: Option<Seen>) {
@@ -361,9 +318,6 @@ impl UidlistMark {
 #[derive(Debug, Default)]
 pub struct Tracking {
     tracked: HashMap<PathBuf, Option<UidlistMark>>,
-    /// Per followed folder, the files a pass made there itself (`cur/FILE`: its deliveries),
-    /// whose reports tell the next pass nothing it does not know.
-    own: HashMap<PathBuf, HashSet<String>>,
 }
 
 impl Tracking {
@@ -385,38 +339,14 @@ impl Tracking {
         self.tracked.remove(folder);
     }
 
-    /// Notes the files (`cur/FILE`) a pass made in `folder` itself, once index and disk agree
-    /// on them: the watcher's reports that they appeared are left out of the next pass
-    /// ([`Touched::leave_out_own`]).
-    pub fn made_here(&mut self, folder: &Path, names: impl IntoIterator<Item = String>) {
-        self.own
-            .entry(folder.to_path_buf())
-            .or_default()
-            .extend(names);
-    }
-
-    /// Leaves out of `touched` the reports that files noted by [`Tracking::made_here`] for
-    /// `folder` appeared ([`Touched::leave_out_own`]); a file stays noted until its report
-    /// came (the watcher may report a large delivery after the next pass began).
-    pub fn leave_out_made_here(&mut self, folder: &Path, touched: &mut Touched) {
-        if let Some(own) = self.own.get_mut(folder) {
-            touched.leave_out_own(folder, own);
-            if own.is_empty() {
-                self.own.remove(folder);
-            }
-        }
-    }
-
     /// Forgets every folder under `root` (one user's tree changed shape).
     pub fn forget_under(&mut self, root: &Path) {
         self.tracked.retain(|f, _| !f.starts_with(root));
-        self.own.retain(|f, _| !f.starts_with(root));
     }
 
     /// Forgets every folder (the watcher lost events).
     pub fn clear(&mut self) {
         self.tracked.clear();
-        self.own.clear();
     }
 
     /// Takes the folders under `root` out (one user's, for a pass that runs beside other
@@ -427,17 +357,12 @@ impl Tracking {
             .into_iter()
             .partition(|(f, _)| f.starts_with(root));
         self.tracked = rest;
-        let (own, rest) = std::mem::take(&mut self.own)
-            .into_iter()
-            .partition(|(f, _)| f.starts_with(root));
-        self.own = rest;
-        Tracking { tracked: mine, own }
+        Tracking { tracked: mine }
     }
 
     /// Returns what [`Tracking::take_under`] took, as the pass left it.
     pub fn put_back(&mut self, taken: Tracking) {
         self.tracked.extend(taken.tracked);
-        self.own.extend(taken.own);
     }
 }
 
@@ -612,72 +537,6 @@ mod tests {
         ] {
             assert_eq!(news(&seen).proves_gone(), gone, "{case}");
         }
-    }
-
-    /// A pass's own deliveries are left out of the next pass's reports only while all that
-    /// was reported of them is that they appeared: a file of ours the server renamed or
-    /// unlinked since keeps every report, and so do other files and other folders.
-    #[test]
-    fn only_reports_that_our_own_files_appeared_are_left_out() {
-        use Seen::{Appeared as A, RenamedAway as R, Unlinked as U};
-        let (f, g) = (
-            PathBuf::from("/m/u/Maildir"),
-            PathBuf::from("/m/u/Maildir/.Work"),
-        );
-        let mut t = Touched::default();
-        let report = |t: &mut Touched, folder: &PathBuf, name: &str, seen: Seen| {
-            t.saw(
-                Touch::File {
-                    folder: folder.clone(),
-                    name: name.to_string(),
-                },
-                Some(seen),
-            )
-        };
-        report(&mut t, &f, "cur/ours1:2,", A);
-        report(&mut t, &f, "cur/ours2:2,", A);
-        // The server set \Seen on ours2 and expunged ours3 right after our delivery.
-        report(&mut t, &f, "cur/ours2:2,", R);
-        report(&mut t, &f, "cur/ours2:2,S", A);
-        report(&mut t, &f, "cur/ours3:2,", A);
-        report(&mut t, &f, "cur/ours3:2,", U);
-        report(&mut t, &f, "new/theirs", A);
-        report(&mut t, &g, "cur/ours1:2,", A);
-        let mut own: HashSet<String> = [
-            "cur/ours1:2,",
-            "cur/ours2:2,",
-            "cur/ours3:2,",
-            "cur/late:2,",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect();
-        t.leave_out_own(&f, &mut own);
-        let mut left: Vec<&str> = own.iter().map(String::as_str).collect();
-        left.sort();
-        assert_eq!(
-            left,
-            ["cur/late:2,"],
-            "a file whose report has not come stays noted; one the server touched does not"
-        );
-        let names: Vec<&str> = t.files[&f].iter().map(String::as_str).collect();
-        assert_eq!(
-            names,
-            [
-                "cur/ours2:2,",
-                "cur/ours2:2,S",
-                "cur/ours3:2,",
-                "new/theirs"
-            ],
-            "only ours1 goes"
-        );
-        assert!(!t.bases[&f].contains_key("ours1"));
-        assert_eq!(
-            t.bases[&f]["ours3"].seen.last(),
-            Some(&("cur/ours3:2,".to_string(), U)),
-            "the unlink of ours3 is still reported"
-        );
-        assert_eq!(t.files[&g].len(), 1, "another folder keeps its reports");
     }
 
     /// Each kind of report says what it should of a name, and a report left out (not come
