@@ -1314,6 +1314,18 @@ fn the_peer_api_refuses_bad_input_and_changes_nothing() {
     verify(&s.stop());
 }
 
+/// [`lone_peer_server`] with one message in alice's INBOX: the server, the INBOX's GUID and
+/// the root.
+fn lone_peer_with_one_message(dir: &Path) -> (Server, MailboxGuid, String) {
+    let (mail, s) = lone_peer_server(dir);
+    s.append(ALICE, "INBOX", &[&mail.file("p1")], None);
+    let guid: MailboxGuid = guid_of(&s.mailboxes(ALICE), "INBOX")
+        .parse()
+        .expect("a GUID");
+    let root = s.root();
+    (s, guid, root)
+}
+
 /// A mailbox as a peer sees it: its node hash (window 0), which an Apply must `expect`, and
 /// its record.
 fn mailbox_state(s: &Server, user: &str, guid: MailboxGuid) -> ([u8; 4], MailboxRecord) {
@@ -1415,12 +1427,7 @@ fn an_apply_above_uidnext_leaves_a_sound_store() {
 #[test]
 fn a_change_stamped_far_ahead_of_the_clock_is_not_applied() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (mail, s) = lone_peer_server(tmp.path());
-    s.append(ALICE, "INBOX", &[&mail.file("p1")], None);
-    let guid: MailboxGuid = guid_of(&s.mailboxes(ALICE), "INBOX")
-        .parse()
-        .expect("a GUID");
-    let root = s.root();
+    let (s, guid, root) = lone_peer_with_one_message(tmp.path());
     let now_ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .expect("after 1970")
@@ -1488,12 +1495,7 @@ fn a_change_stamped_far_ahead_of_the_clock_is_not_applied() {
 #[test]
 fn a_round_with_anything_after_its_apply_is_refused_whole() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (mail, s) = lone_peer_server(tmp.path());
-    s.append(ALICE, "INBOX", &[&mail.file("p1")], None);
-    let guid: MailboxGuid = guid_of(&s.mailboxes(ALICE), "INBOX")
-        .parse()
-        .expect("a GUID");
-    let root = s.root();
+    let (s, guid, root) = lone_peer_with_one_message(tmp.path());
     let good = Mail::bytes("p9");
     let apply = || {
         let (expect, mut mailbox) = mailbox_state(&s, ALICE, guid);
