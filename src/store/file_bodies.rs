@@ -134,12 +134,6 @@ impl FileBodies {
         digest: &Digest,
         bytes: &[u8],
     ) -> Result<(), StoreError> {
-        // Mail: readable by the owner alone (the delivery gives the folder's owner and mode).
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.spool)
-            .map_err(|e| spool_err(&self.spool, "make the directory of", e))?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -152,12 +146,27 @@ impl FileBodies {
             self.counter.fetch_add(1, Ordering::Relaxed)
         );
         let path = self.spool.join(&name);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| spool_err(&path, "create", e))?;
+        // Mail: readable by the owner alone (the delivery gives the folder's owner and mode).
+        let create = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+        };
+        let mut file = match create() {
+            // The first body spooled (or the directory was removed): it is made, once.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&self.spool)
+                    .map_err(|e| spool_err(&self.spool, "make the directory of", e))?;
+                create()
+            }
+            other => other,
+        }
+        .map_err(|e| spool_err(&path, "create", e))?;
         if let Err(e) = file.write_all(bytes) {
             // A full disk, say: nothing of it stays.
             drop(file);
