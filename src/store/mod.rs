@@ -66,7 +66,23 @@ pub const DB_FILE: &str = "merkmail.redb";
 /// UIDs changed since its folder last agreed with the index (MIRROR_OWED_UIDS), and its owed
 /// mark says whether those name every change; a format 3 store's marks are taken as not
 /// ([`upgrade_owed_marks`]), so their folders are looked at in full once.
-pub const FORMAT_VERSION: u32 = 4;
+/// Format 5 (merkmail 0.7): a live-Maildir store spools a body no Maildir file holds yet as a
+/// file of its own (`spool/`, named by MIRROR_SPOOL) rather than in the body tables, which an
+/// older merkmail would not read; a format 4 store gets the (empty) table and goes on reading
+/// what it spooled in the body tables ([`upgrade_to_spool_files`]).
+pub const FORMAT_VERSION: u32 = 5;
+
+/// Format 4 → 5: the table MIRROR_SPOOL exists (made with the others when the store opens);
+/// what a format 4 store spooled in the body tables is still read from there, and goes as its
+/// delivery settles. Only the format number changes, so an older merkmail no longer opens it.
+fn upgrade_to_spool_files(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write()?;
+    txn.open_table(tables::MIRROR_SPOOL)?;
+    txn.open_table(META)?
+        .insert("format", 5u32.to_be_bytes().as_slice())?;
+    txn.commit()?;
+    Ok(())
+}
 
 /// Format 3 → 4: every owed mark (a stamp) gets the byte 0, "the owed UIDs may not name every
 /// change" (none were recorded before format 4): the next pass over such a folder looks at
@@ -415,6 +431,9 @@ impl Store {
         }
         if upgrade < 4 {
             upgrade_owed_marks(&db)?;
+        }
+        if upgrade < 5 {
+            upgrade_to_spool_files(&db)?;
         }
         let tag = node_tag(&node_id);
         let bodies: Box<dyn BodyStore> = match &maildir {
