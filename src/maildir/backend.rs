@@ -1712,9 +1712,7 @@ fn to_disk(
             }
             continue;
         }
-        let bytes = store.body(&message.digest)?;
-        let spooled = store.spooled_file(&message.digest)?;
-        pending.push(*uid, message, flags, bytes, spooled);
+        pending.push(store, *uid, message, flags)?;
         if pending.full() {
             owed_still |=
                 pending.flush(store, (user, guid, dir), &mut locked, &mut edits, report)?;
@@ -1781,9 +1779,7 @@ fn rebuild(
             .get(uid)
             .filter(|row| on_disk.contains_key(&row.base))
         else {
-            let bytes = store.body(&message.digest)?;
-            let spooled = store.spooled_file(&message.digest)?;
-            pending.push(*uid, message, flags, bytes, spooled);
+            pending.push(store, *uid, message, flags)?;
             if pending.full() {
                 owed_still |= pending.flush(store, at, locked, &mut edits, report)?;
             }
@@ -1865,32 +1861,43 @@ struct Pending {
     unlisted: Option<Vec<(u32, String)>>,
 }
 
-/// A message waiting in a [`Pending`] batch: UID, digest, flags, INTERNALDATE, bytes, and
-/// the spool file that holds the bytes alone, if any (linked rather than written again).
-type Waiting = (u32, Digest, Vec<String>, i64, Vec<u8>, Option<PathBuf>);
+/// A message waiting in a [`Pending`] batch.
+struct Waiting {
+    uid: u32,
+    digest: Digest,
+    flags: Vec<String>,
+    internal_date: i64,
+    bytes: Vec<u8>,
+    /// The spool file that holds the bytes alone, if any (linked rather than written again).
+    spooled: Option<PathBuf>,
+}
 
 /// Messages (and bytes) a batch of deliveries holds at most.
 const BATCH_MESSAGES: usize = 256;
 const BATCH_BYTES: usize = 32 << 20;
 
 impl Pending {
+    /// Gathers `message` for delivery at `uid`: its checked bytes, and its spool file if the
+    /// store keeps one.
     fn push(
         &mut self,
+        store: &Store,
         uid: u32,
         message: &crate::model::MessageRecord,
         flags: Vec<String>,
-        bytes: Vec<u8>,
-        spooled: Option<PathBuf>,
-    ) {
+    ) -> Result<(), BackendError> {
+        let bytes = store.body(&message.digest)?;
+        let spooled = store.spooled_file(&message.digest)?;
         self.bytes += bytes.len();
-        self.items.push((
+        self.items.push(Waiting {
             uid,
-            message.digest,
+            digest: message.digest,
             flags,
-            message.internal_date,
+            internal_date: message.internal_date,
             bytes,
             spooled,
-        ));
+        });
+        Ok(())
     }
 
     fn full(&self) -> bool {
@@ -1913,12 +1920,12 @@ impl Pending {
         self.bytes = 0;
         let batch: Vec<live::Delivery<'_>> = items
             .iter()
-            .map(|(uid, _, flags, date, bytes, spooled)| live::Delivery {
-                bytes,
-                flags,
-                internal_date: *date,
-                uid: *uid,
-                link_from: spooled.as_deref(),
+            .map(|w| live::Delivery {
+                bytes: &w.bytes,
+                flags: &w.flags,
+                internal_date: w.internal_date,
+                uid: w.uid,
+                link_from: w.spooled.as_deref(),
             })
             .collect();
         let results = match self.unlisted {
@@ -1926,7 +1933,17 @@ impl Pending {
             None => locked.deliver_all(&batch)?,
         };
         let mut owed_still = false;
-        for ((uid, digest, flags, _, bytes, _), result) in items.iter().zip(results) {
+        for (
+            Waiting {
+                uid,
+                digest,
+                flags,
+                bytes,
+                ..
+            },
+            result,
+        ) in items.iter().zip(results)
+        {
             match result {
                 Ok(placed) => {
                     if let Some(unlisted) = &mut self.unlisted {
