@@ -12,7 +12,7 @@ use crate::maildir::fault::{self, Fault};
 use crate::maildir::inotify::DirWatcher;
 use crate::maildir::watch::{News, Touched, Tracking, Watched};
 use crate::status::MaildirView;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,7 +37,8 @@ pub async fn run(node: Arc<Node>, template: Template) {
         template: template.as_str().to_string(),
         ..MaildirView::default()
     });
-    let mut shutdown = node.shutdown.subscribe();
+    // Subscribed before the first pass: a shutdown during it is seen by the loops after.
+    let shutdown = node.shutdown.subscribe();
     let changed = Arc::new(Changed::default());
     let mut watcher = match watch(&template, Arc::clone(&changed)) {
         Ok(w) => Some(w),
@@ -67,62 +68,237 @@ pub async fn run(node: Arc<Node>, template: Template) {
             "first pass over the Maildirs done"
         );
     }
+    match watcher {
+        Some(watching) => {
+            let mut watched = Loop {
+                node: &node,
+                template: &template,
+                changed: &changed,
+                tracking: &tracking,
+                watching,
+                seen,
+                faults,
+            };
+            watched.run(shutdown).await;
+        }
+        None => unwatched(&node, &template, &mut seen, &faults, shutdown).await,
+    }
+}
+
+/// Without a watcher: the owed users' passes as the index owes them (a replicated change
+/// wakes it, and a poll every [`OWED_POLL`] as a safety net), one user at a time, and the
+/// periodic rescan.
+async fn unwatched(
+    node: &Arc<Node>,
+    template: &Template,
+    seen: &mut BTreeSet<String>,
+    faults: &Faults,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let rescan = node.config.rescan_interval();
     let mut next_rescan = Instant::now() + rescan;
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
-            _ = changed.wake.notified() => {
-                tokio::time::sleep(SETTLE).await;
-            }
-            // The journal applied a peer's changes: they are owed to the disk now.
             _ = node.wake_mirror.notified() => {}
             _ = tokio::time::sleep(OWED_POLL) => {}
         }
-        let news = match changed.news.lock() {
-            Ok(mut n) => std::mem::take(&mut *n),
-            Err(_) => News {
-                lost: true,
-                ..News::default()
-            },
-        };
-        if news.lost {
-            tracing::warn!("the Maildir watcher lost events; passing over every user in full");
-            followed(&tracking).clear();
-            pass(&node, &template, None, &mut seen, following, &faults).await;
-        }
-        if watcher.is_some() {
-            let users = news.users.into_iter().collect();
-            passes_watched(&node, &template, &tracking, users, &mut seen, &faults).await;
-        } else {
-            for user in news.users.into_keys() {
-                pass(&node, &template, Some(user), &mut seen, None, &faults).await;
-            }
-        }
-        let store = Arc::clone(&node.store);
-        let owed = tokio::task::spawn_blocking(move || store.owed_mailboxes())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
-        let owed_users: BTreeSet<String> = owed.into_iter().map(|(u, _)| u).collect();
-        if watcher.is_some() {
-            let users = owed_users
-                .into_iter()
-                .map(|u| (u, Touched::default()))
-                .collect();
-            passes_watched(&node, &template, &tracking, users, &mut seen, &faults).await;
-        } else {
-            for user in owed_users {
-                pass(&node, &template, Some(user), &mut seen, None, &faults).await;
-            }
+        for user in owed_users(node).await {
+            pass(node, template, Some(user), seen, None, faults).await;
         }
         if Instant::now() >= next_rescan {
             next_rescan = Instant::now() + rescan;
-            pass(&node, &template, None, &mut seen, following, &faults).await;
+            pass(node, template, None, seen, None, faults).await;
         }
-        watch_roots(watcher.as_mut(), &template, &seen);
     }
+}
+
+/// The users whose Maildirs the index owes something (none, if the index cannot say now:
+/// the next poll asks again).
+async fn owed_users(node: &Arc<Node>) -> BTreeSet<String> {
+    let store = Arc::clone(&node.store);
+    tokio::task::spawn_blocking(move || store.owed_mailboxes())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(u, _)| u)
+        .collect()
+}
+
+/// The passes the watcher drives (maildir::watch): one per user at a time, up to
+/// [`parallel_passes`] at once, each started as soon as its user is ready — the file events
+/// reported for it have gathered for [`SETTLE`] since the first of them, or the index owes
+/// its Maildir something — without waiting for other users' passes to end. A user reported
+/// or owed while its pass runs is passed again when it ends. A full pass (the watcher lost
+/// events, or the periodic rescan) waits for the running passes and runs alone.
+struct Loop<'a> {
+    node: &'a Arc<Node>,
+    template: &'a Template,
+    changed: &'a Arc<Changed>,
+    tracking: &'a Arc<Mutex<Tracking>>,
+    watching: Watching,
+    seen: BTreeSet<String>,
+    faults: Faults,
+}
+
+/// A user's pass on the blocking pool: the user, and what the pass did.
+type PassDone = (String, Result<PassReport, backend::BackendError>);
+
+impl Loop<'_> {
+    async fn run(&mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let node = self.node;
+        let limit = parallel_passes();
+        let rescan = node.config.rescan_interval();
+        let mut next_rescan = Instant::now() + rescan;
+        let mut running: tokio::task::JoinSet<PassDone> = tokio::task::JoinSet::new();
+        // Whose pass each task is (a task that panicked returns no user).
+        let mut busy: std::collections::HashMap<tokio::task::Id, String> = Default::default();
+        // The users the index owes something, since when they are known to be owed.
+        let mut owed: BTreeMap<String, Instant> = BTreeMap::new();
+        let mut check_owed = true;
+        let mut next_owed_poll = Instant::now() + OWED_POLL;
+        loop {
+            let lost = news(self.changed).lost;
+            let full_due = lost || Instant::now() >= next_rescan;
+            if full_due && running.is_empty() {
+                if lost {
+                    news(self.changed).lost = false;
+                    tracing::warn!(
+                        "the Maildir watcher lost events; passing over every user in full"
+                    );
+                    followed(self.tracking).clear();
+                } else {
+                    next_rescan = Instant::now() + rescan;
+                }
+                let following = Some(self.tracking);
+                pass(
+                    node,
+                    self.template,
+                    None,
+                    &mut self.seen,
+                    following,
+                    &self.faults,
+                )
+                .await;
+                watch_roots(Some(&mut self.watching), self.template, &self.seen);
+                check_owed = true;
+                continue;
+            }
+            if check_owed {
+                check_owed = false;
+                let now = Instant::now();
+                for user in owed_users(node).await {
+                    owed.entry(user).or_insert(now);
+                }
+            }
+            let mut wake_at = next_owed_poll;
+            if !full_due {
+                let now = Instant::now();
+                let mut news = news(self.changed);
+                // The user waiting longest first: one whose Maildir keeps changing must not
+                // keep the others' passes waiting.
+                let mut ready: Vec<(Instant, String)> = news
+                    .since
+                    .iter()
+                    .filter(|(_, first)| **first + SETTLE <= now)
+                    .map(|(user, first)| (*first, user.clone()))
+                    .chain(owed.iter().map(|(user, since)| (*since, user.clone())))
+                    .collect();
+                ready.sort();
+                for (_, user) in ready {
+                    if running.len() >= limit {
+                        break;
+                    }
+                    if busy.values().any(|u| *u == user) {
+                        continue;
+                    }
+                    owed.remove(&user);
+                    let touched = news.take(&user);
+                    // (A user both reported and owed is in `ready` twice: started once.)
+                    let id = self.spawn(&mut running, user.clone(), touched);
+                    busy.insert(id, user);
+                }
+                if running.len() < limit {
+                    // The next user to be ready (one whose pass runs is looked at again when
+                    // it ends).
+                    for (user, first) in &news.since {
+                        if !busy.values().any(|u| u == user) {
+                            wake_at = wake_at.min(*first + SETTLE);
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    // The passes under way finish (each ends in a consistent state anyway).
+                    while running.join_next().await.is_some() {}
+                    return;
+                }
+                _ = self.changed.wake.notified() => {}
+                // The journal applied a peer's changes: they are owed to the disk now.
+                _ = node.wake_mirror.notified() => check_owed = true,
+                _ = tokio::time::sleep_until(wake_at.into()) => {
+                    if Instant::now() >= next_owed_poll {
+                        check_owed = true;
+                        next_owed_poll = Instant::now() + OWED_POLL;
+                    }
+                }
+                Some(joined) = running.join_next_with_id(), if !running.is_empty() => {
+                    match joined {
+                        Ok((id, (user, report))) => {
+                            busy.remove(&id);
+                            after_pass(node, Some(&user), report, vec![user.clone()], &mut self.seen);
+                        }
+                        Err(e) => {
+                            busy.remove(&e.id());
+                            tracing::warn!(error = %e, "the Maildir pass failed");
+                        }
+                    }
+                    watch_roots(Some(&mut self.watching), self.template, &self.seen);
+                }
+            }
+        }
+    }
+
+    /// Starts `user`'s pass over what was `touched`; it holds only its own user's followed
+    /// folders meanwhile.
+    fn spawn(
+        &self,
+        running: &mut tokio::task::JoinSet<PassDone>,
+        user: String,
+        touched: Touched,
+    ) -> tokio::task::Id {
+        let store = Arc::clone(&self.node.store);
+        let t = self.template.clone();
+        let tracking = Arc::clone(self.tracking);
+        let faults = self.faults.clone();
+        running
+            .spawn_blocking(move || {
+                let root = t.root(&user);
+                let mut mine = followed(&tracking).take_under(&root);
+                let watched = Watched {
+                    tracking: &mut mine,
+                    touched,
+                    trust: true,
+                };
+                let report = faults.around(|| backend::pass_watched(&store, &t, &user, watched));
+                followed(&tracking).put_back(mine);
+                (user, report)
+            })
+            .id()
+    }
+}
+
+/// What the watcher reported and no pass took yet (the lock poisoned by a panic in the
+/// watcher's callback: taken as lost events, so every user is read in full).
+fn news(changed: &Changed) -> std::sync::MutexGuard<'_, News> {
+    changed.news.lock().unwrap_or_else(|poisoned| {
+        let mut n = poisoned.into_inner();
+        n.lost = true;
+        n
+    })
 }
 
 /// Watches every user's Maildir root that has been passed over, once. A Maildir made while
@@ -207,57 +383,6 @@ fn followed(tracking: &Mutex<Tracking>) -> std::sync::MutexGuard<'_, Tracking> {
 /// of the sum of them all.
 fn parallel_passes() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
-}
-
-/// The passes driven by the watcher (maildir::watch) for `users`, on the blocking pool, up to
-/// [`parallel_passes`] at once; returns when all are done, so that a user never has two
-/// passes at a time. Each pass holds only its own user's followed folders.
-async fn passes_watched(
-    node: &Arc<Node>,
-    template: &Template,
-    tracking: &Arc<Mutex<Tracking>>,
-    users: Vec<(String, Touched)>,
-    seen: &mut BTreeSet<String>,
-    faults: &Faults,
-) {
-    let gate = Arc::new(tokio::sync::Semaphore::new(parallel_passes()));
-    let mut running = tokio::task::JoinSet::new();
-    for (user, touched) in users {
-        let store = Arc::clone(&node.store);
-        let t = template.clone();
-        let tracking = Arc::clone(tracking);
-        let faults = faults.clone();
-        let gate = Arc::clone(&gate);
-        running.spawn(async move {
-            let _permit = gate.acquire_owned().await;
-            let one = user.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                let root = t.root(&one);
-                let mut mine = followed(&tracking).take_under(&root);
-                let watched = Watched {
-                    tracking: &mut mine,
-                    touched,
-                    trust: true,
-                };
-                let report = faults.around(|| backend::pass_watched(&store, &t, &one, watched));
-                followed(&tracking).put_back(mine);
-                report
-            })
-            .await;
-            (user, result)
-        });
-    }
-    while let Some(joined) = running.join_next().await {
-        match joined {
-            Ok((user, Ok(report))) => {
-                after_pass(node, Some(&user), report, vec![user.clone()], seen);
-            }
-            Ok((user, Err(e))) => {
-                tracing::warn!(%user, error = %e, "the Maildir pass failed");
-            }
-            Err(e) => tracing::warn!(error = %e, "the Maildir pass failed"),
-        }
-    }
 }
 
 /// Records a pass for /status, logs what it changed and wakes the journal's shipping.

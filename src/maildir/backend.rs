@@ -25,7 +25,7 @@ use crate::maildir::fault::{self, PassPoint};
 use crate::maildir::live::{self, LiveError, LiveFolder};
 use crate::maildir::scan::{list, scan, scan_folder, scan_names, ScannedFolder, ScannedMessage};
 use crate::maildir::watch::{UidlistMark, Watched};
-use crate::maildir::{MaildirError, INBOX};
+use crate::maildir::{MaildirError, UidList, INBOX};
 use crate::model::{Digest, FlagName, MailboxGuid};
 use crate::store::{
     AppendOutcome, DiskFlags, FileRow, FolderRow, FolderState, FoundOnDisk, MailboxMirror,
@@ -1655,13 +1655,10 @@ fn to_disk(
     }
     let mut edits = unlink_owed(&mut locked, mirror, report)?;
     let mut owed_still = false;
-    // Where the uidlist lists each file the index knows (one map, not a search per message).
-    let listed: HashMap<Arc<str>, u32> = locked
-        .uidlist()
-        .entries
-        .iter()
-        .map(|(uid, base)| (Arc::clone(base), *uid))
-        .collect();
+    // Where the uidlist lists each file the index knows: nearly always at the index's UID,
+    // found by a binary search; a map of every line (a round touches a few files of folders
+    // of thousands) only once a file is not there.
+    let mut listed = Listed::default();
     let mut pending = Pending::default();
     for (n, (uid, message)) in mirror.messages.iter().enumerate() {
         if n % 256 == 255 {
@@ -1671,7 +1668,7 @@ fn to_disk(
         let listed_at = mirror
             .files
             .get(uid)
-            .and_then(|row| listed.get(row.base.as_str()).copied());
+            .and_then(|row| listed.uid_of(locked.uidlist(), *uid, &row.base));
         if let (Some(row), Some(listed)) = (mirror.files.get(uid), listed_at.filter(|at| at != uid))
         {
             // The file is listed at another UID: a copy is delivered at the index's UID, then
@@ -1742,6 +1739,36 @@ fn to_disk(
     }
     store.mirror_settle(user, guid, &edits, token)?;
     Ok(!owed_still)
+}
+
+/// Where a folder's uidlist lists a base name, asked for the files the index holds.
+#[derive(Default)]
+struct Listed {
+    /// Every line's base name and UID, made the first time a file is not at the UID asked.
+    all: Option<HashMap<Arc<str>, u32>>,
+}
+
+impl Listed {
+    /// The UID `list` gives `base`, if any; `expected` (the index's UID) is looked at first.
+    fn uid_of(&mut self, list: &UidList, expected: u32, base: &str) -> Option<u32> {
+        if let Ok(at) = list
+            .entries
+            .binary_search_by_key(&expected, |(uid, _)| *uid)
+        {
+            if &*list.entries[at].1 == base {
+                return Some(expected);
+            }
+        }
+        self.all
+            .get_or_insert_with(|| {
+                list.entries
+                    .iter()
+                    .map(|(uid, base)| (Arc::clone(base), *uid))
+                    .collect()
+            })
+            .get(base)
+            .copied()
+    }
 }
 
 /// The folder holds mail under another UIDVALIDITY than its mailbox: a peer's UIDVALIDITY
@@ -2238,6 +2265,28 @@ fn verify_folder(
 mod tests {
     use super::*;
     use crate::store::MailFiles;
+
+    /// A base name is found at the UID asked for by a search, and at any other UID (or
+    /// nowhere) by the map of every line, which is made only then.
+    #[test]
+    fn a_listed_base_is_found_at_its_uid_or_wherever_the_uidlist_has_it() {
+        let list = crate::maildir::uidlist::parse_uidlist(
+            "3 V7 N9 G0123456789abcdef0123456789abcdef\n2 :two\n5 :five\n8 :eight\n",
+        )
+        .expect("parse");
+        let mut listed = Listed::default();
+        assert_eq!(listed.uid_of(&list, 5, "five"), Some(5));
+        assert_eq!(listed.uid_of(&list, 2, "two"), Some(2));
+        assert!(
+            listed.all.is_none(),
+            "no map while every file is at its UID"
+        );
+        assert_eq!(listed.uid_of(&list, 3, "eight"), Some(8));
+        assert_eq!(listed.uid_of(&list, 5, "two"), Some(2));
+        assert_eq!(listed.uid_of(&list, 8, "nine"), None);
+        assert_eq!(listed.uid_of(&list, 4, "nine"), None);
+        assert!(listed.all.is_some());
+    }
 
     /// A body is read by the name its flags give, keywords through dovecot-keywords; a file
     /// renamed since the folder was last listed, or named by a stale hint, is still found

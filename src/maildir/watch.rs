@@ -254,6 +254,9 @@ impl Touched {
 #[derive(Debug, Default)]
 pub struct News {
     pub users: BTreeMap<String, Touched>,
+    /// When the first report now in `users` came, per user: its pass waits for the reports
+    /// that follow (a delivery is several) for a moment counted from then.
+    pub since: BTreeMap<String, std::time::Instant>,
     /// The watcher lost events (its queue overflowed, or it failed): no folder may be taken
     /// as followed any more, and every user is passed over as without a watcher.
     pub lost: bool,
@@ -287,11 +290,20 @@ impl News {
         let mut any = false;
         for path in &event.paths {
             if let Some((user, touch)) = touch_of(template, path) {
+                self.since
+                    .entry(user.clone())
+                    .or_insert_with(std::time::Instant::now);
                 self.users.entry(user).or_default().saw(touch, seen);
                 any = true;
             }
         }
         any
+    }
+
+    /// Takes what was reported for `user` (nothing, if nothing was).
+    pub fn take(&mut self, user: &str) -> Touched {
+        self.since.remove(user);
+        self.users.remove(user).unwrap_or_default()
     }
 }
 
