@@ -22,7 +22,7 @@ use crate::maildir::name::{
     check_keyword, format_info, format_keywords_file, is_system_flag_syntax, parse_filename,
     system_flag_letter,
 };
-use crate::maildir::uidlist::parse_kept;
+use crate::maildir::uidlist::{parse_kept_file, read_kept, KeptRead};
 use crate::maildir::{folder_dir_name, parse_keywords_file, MaildirError, UidList, MAX_KEYWORDS};
 
 /// Why a live write did not happen. Each variant leaves the folder as Dovecot can read it: at
@@ -416,17 +416,17 @@ impl LockedFolder<'_> {
     }
 
     fn reread(&mut self) -> Result<(), LiveError> {
-        let text = match fs::read_to_string(&self.uidlist_path) {
-            Ok(t) => Some(t),
-            Err(e) if e.kind() == ErrorKind::NotFound => None,
-            Err(e) => return Err(io(&self.uidlist_path, "read")(e).into()),
-        };
-        let list = match text {
-            Some(mut text) => {
+        let path = &self.uidlist_path;
+        let list = match read_kept(path).map_err(io(path, "read"))? {
+            Some(KeptRead::List(list)) => list,
+            Some(KeptRead::Whole(bytes, id)) => {
+                let mut text = String::from_utf8(bytes).map_err(|e| {
+                    io(path, "read")(std::io::Error::new(ErrorKind::InvalidData, e))
+                })?;
                 if !text.ends_with('\n') {
                     self.cut_torn_line(&mut text)?;
                 }
-                parse_kept(&self.uidlist_path, &text)?
+                parse_kept_file(&self.uidlist_path, &text, id)?
             }
             None => Arc::new(self.create_uidlist()?),
         };

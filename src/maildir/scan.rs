@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::maildir::folder::{mailbox_name_from_dir, parse_subscriptions};
 use crate::maildir::name::{parse_filename, parse_keywords_file};
-use crate::maildir::uidlist::{parse_kept, UidList};
+use crate::maildir::uidlist::{parse_kept_file, read_kept, KeptRead, UidList};
 use crate::maildir::{MaildirError, INBOX};
 use std::sync::Arc;
 
@@ -451,9 +451,15 @@ fn read_headers(
     skipped: &mut Vec<(PathBuf, String)>,
 ) -> Result<(Option<Arc<UidList>>, Keywords), MaildirError> {
     let uidlist_path = dir.join("dovecot-uidlist");
-    let uidlist = match read_optional(&uidlist_path)? {
+    let read = read_kept(&uidlist_path).map_err(|e| MaildirError::Io {
+        path: uidlist_path.clone(),
+        op: "read",
+        source: e,
+    })?;
+    let uidlist = match read {
         None => None,
-        Some(bytes) => match String::from_utf8(bytes) {
+        Some(KeptRead::List(list)) => Some(list),
+        Some(KeptRead::Whole(bytes, id)) => match String::from_utf8(bytes) {
             Err(_) => {
                 skipped.push((
                     uidlist_path,
@@ -461,7 +467,7 @@ fn read_headers(
                 ));
                 None
             }
-            Ok(text) => match parse_kept(&uidlist_path, &text) {
+            Ok(text) => match parse_kept_file(&uidlist_path, &text, id) {
                 Ok(list) => Some(list),
                 Err(e) => {
                     skipped.push((uidlist_path, format!("{e}; UIDs will be reassigned")));

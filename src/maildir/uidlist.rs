@@ -225,11 +225,27 @@ fn appended(kept: &UidList, tail: &str) -> Option<UidList> {
     (!again).then_some(list)
 }
 
+/// Which file a path named when it was read: its device and inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+/// A kept parse's last bytes (at most this many), read again and compared before only the
+/// lines after them are read ([`read_kept`]).
+const GUARD: usize = 4096;
+
 /// A uidlist parsed from `len` bytes with this BLAKE3 hash.
 struct Parsed {
     hash: blake3::Hash,
+    /// The hash's state after the `len` bytes, to go on over lines appended.
+    hasher: blake3::Hasher,
     len: usize,
     list: Arc<UidList>,
+    /// The file the bytes were read from and their last (up to [`GUARD`]) bytes, when they
+    /// were read through [`read_kept`], are version 3, and end with a line end.
+    file: Option<(FileId, Vec<u8>)>,
 }
 
 /// Uidlists parsed lately, by path. A pass reads a folder's uidlist when it looks at the
@@ -248,12 +264,45 @@ const PARSED_LINES: usize = 1_000_000;
 /// [`parse_uidlist`] of `text`, the bytes just read from the uidlist at `path`: the list
 /// parsed from the same bytes before, if kept, else parsed now and kept.
 pub fn parse_kept(path: &Path, text: &str) -> Result<Arc<UidList>, MaildirError> {
-    let kept = PARSED.get_or_init(Default::default);
-    let lock = || {
-        kept.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    };
-    let before = lock()
+    parse_with(path, text, None)
+}
+
+/// [`parse_kept`] of the bytes [`read_kept`] read whole from file `id`: kept with the file's
+/// identity, so that the next [`read_kept`] of it reads only what was appended.
+pub fn parse_kept_file(path: &Path, text: &str, id: FileId) -> Result<Arc<UidList>, MaildirError> {
+    parse_with(path, text, Some(id))
+}
+
+fn kept_lock() -> std::sync::MutexGuard<'static, HashMap<PathBuf, Parsed>> {
+    PARSED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The identity and last bytes to keep with `text` read from file `id`, if a later read may
+/// take only what is appended to it.
+fn file_of(text: &str, id: Option<FileId>) -> Option<(FileId, Vec<u8>)> {
+    let id = id?;
+    if !text.starts_with("3 ") || !text.ends_with('\n') {
+        return None;
+    }
+    let bytes = text.as_bytes();
+    Some((id, bytes[bytes.len().saturating_sub(GUARD)..].to_vec()))
+}
+
+/// Keeps `parsed` for `path`, dropping every kept parse first past [`PARSED_LINES`].
+fn keep(path: &Path, parsed: Parsed) {
+    let mut kept = kept_lock();
+    let held: usize = kept.values().map(|p| p.list.entries.len()).sum();
+    if held + parsed.list.entries.len() > PARSED_LINES {
+        kept.clear();
+    }
+    kept.insert(path.to_path_buf(), parsed);
+}
+
+fn parse_with(path: &Path, text: &str, id: Option<FileId>) -> Result<Arc<UidList>, MaildirError> {
+    let before = kept_lock()
         .get(path)
         .map(|p| (p.hash, p.len, Arc::clone(&p.list)));
     // One pass of the hash over the bytes: through the kept length first (where the file may
@@ -282,6 +331,11 @@ pub fn parse_kept(path: &Path, text: &str) -> Result<Arc<UidList>, MaildirError>
     let hash = hasher.finalize();
     if let Some((kept_hash, _, list)) = before {
         if kept_hash == hash {
+            if let Some(file) = file_of(text, id) {
+                if let Some(p) = kept_lock().get_mut(path) {
+                    p.file = Some(file);
+                }
+            }
             return Ok(list);
         }
     }
@@ -289,20 +343,98 @@ pub fn parse_kept(path: &Path, text: &str) -> Result<Arc<UidList>, MaildirError>
         Some(list) => Arc::new(list),
         None => Arc::new(parse_uidlist(text)?),
     };
-    let mut kept = lock();
-    let held: usize = kept.values().map(|p| p.list.entries.len()).sum();
-    if held + list.entries.len() > PARSED_LINES {
-        kept.clear();
-    }
-    kept.insert(
-        path.to_path_buf(),
+    keep(
+        path,
         Parsed {
             hash,
+            hasher,
             len: text.len(),
             list: Arc::clone(&list),
+            file: file_of(text, id),
         },
     );
     Ok(list)
+}
+
+/// What [`read_kept`] found at a uidlist's path.
+pub enum KeptRead {
+    /// The file read before, with whole lines appended at most: its list (only the lines
+    /// after the kept bytes were read, and parsed).
+    List(Arc<UidList>),
+    /// Any other file (new, replaced, cut short, in the middle of an append, or never read
+    /// through here): its bytes, read whole, for [`parse_kept_file`].
+    Whole(Vec<u8>, FileId),
+}
+
+/// Reads the uidlist at `path` (`None`: there is none). Dovecot and merkmail only append to
+/// a uidlist in place, and any other change writes a new file and renames it over the old one
+/// (a new inode; see `maildir::watch::UidlistMark`). So when the file is the one whose parse
+/// is kept, no shorter, and still holds the kept bytes' last 4 KiB where they were, only what
+/// follows them is read: a pass looks at a folder's uidlist up to three times, and at 7 000
+/// lines reading and hashing it whole each time was a tenth of a replica's work in a change
+/// round. Anything else (a cut, a torn last line, another file) is read whole.
+pub fn read_kept(path: &Path) -> std::io::Result<Option<KeptRead>> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    let id = FileId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
+    if let Some(list) = read_appended(path, &file, id, meta.len()) {
+        return Ok(Some(KeptRead::List(list)));
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(Some(KeptRead::Whole(bytes, id)))
+}
+
+/// The kept parse of file `id` at `path` (`size` bytes now) with the lines appended since,
+/// read from the kept bytes' last [`GUARD`] on; `None` when it is not that file any more,
+/// or the tail is not whole lines that simply add entries.
+fn read_appended(path: &Path, file: &std::fs::File, id: FileId, size: u64) -> Option<Arc<UidList>> {
+    use std::os::unix::fs::FileExt;
+    let (len, guard, hasher, list) = {
+        let kept = kept_lock();
+        let p = kept.get(path)?;
+        let (kept_id, guard) = p.file.as_ref()?;
+        if *kept_id != id || size < p.len as u64 {
+            return None;
+        }
+        (p.len, guard.clone(), p.hasher.clone(), Arc::clone(&p.list))
+    };
+    let from = len - guard.len();
+    let mut buf = vec![0u8; usize::try_from(size).ok()? - from];
+    file.read_exact_at(&mut buf, from as u64).ok()?;
+    if buf[..guard.len()] != guard[..] {
+        return None;
+    }
+    let tail = &buf[guard.len()..];
+    if tail.is_empty() {
+        return Some(list);
+    }
+    if tail.last() != Some(&b'\n') {
+        return None;
+    }
+    let grown = Arc::new(appended(&list, std::str::from_utf8(tail).ok()?)?);
+    let mut hasher = hasher;
+    hasher.update(tail);
+    keep(
+        path,
+        Parsed {
+            hash: hasher.finalize(),
+            hasher,
+            len: len + tail.len(),
+            list: Arc::clone(&grown),
+            file: Some((id, buf[buf.len().saturating_sub(GUARD)..].to_vec())),
+        },
+    );
+    Some(grown)
 }
 
 /// Writes a version 3 uidlist that Dovecot reads. Entries are written in the order given;
@@ -323,6 +455,88 @@ pub fn format_uidlist(list: &UidList) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A uidlist read before is read again from its kept last bytes on when the same file grew
+    /// by whole lines (a change in place before them is not seen: Dovecot never makes one);
+    /// a file replaced, cut short, changed within the kept last bytes, or ending in a torn line
+    /// is read whole.
+    #[test]
+    fn a_grown_uidlist_is_read_from_its_kept_end_and_anything_else_whole() {
+        let dir = std::env::temp_dir().join(format!("merkmail-read-kept-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("dovecot-uidlist");
+        let mut text = String::from("3 V1 N1 G0123456789abcdef0123456789abcdef\n");
+        for uid in 1..=200 {
+            text.push_str(&format!("{uid} :{uid}.M1P1.host,S=1000\n"));
+        }
+        std::fs::write(&path, &text).expect("write");
+        let read_whole = |path: &Path| match read_kept(path).expect("read") {
+            Some(KeptRead::Whole(bytes, id)) => (String::from_utf8(bytes).expect("utf-8"), id),
+            Some(KeptRead::List(_)) => panic!("read from the kept end, expected whole"),
+            None => panic!("no uidlist"),
+        };
+        let read_list = |path: &Path| match read_kept(path).expect("read") {
+            Some(KeptRead::List(list)) => list,
+            _ => panic!("read whole, expected from the kept end"),
+        };
+        let append = |line: &str| {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .expect("open");
+            f.write_all(line.as_bytes()).expect("append");
+        };
+        let (whole, id) = read_whole(&path);
+        let first = parse_kept_file(&path, &whole, id).expect("parse");
+        assert!(
+            Arc::ptr_eq(&first, &read_list(&path)),
+            "unchanged: the kept list"
+        );
+
+        append("201 :201.M1P1.host,S=1000\n");
+        let grown = read_list(&path);
+        assert_eq!(grown.entries.len(), 201);
+        assert_eq!(grown.entries[200], (201, Arc::from("201.M1P1.host,S=1000")));
+
+        // Before the kept last bytes, in place: not read again (the trust named above).
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[3] = b'7'; // V1 -> V7
+        std::fs::write(&path, &bytes).expect("write in place");
+        append("202 :202.M1P1.host,S=1000\n");
+        let trusted = read_list(&path);
+        assert_eq!((trusted.uidvalidity, trusted.entries.len()), (1, 202));
+
+        // A torn last line, then the file cut back shorter than what was kept: whole each
+        // time, and then the change in place is seen.
+        append("203 :203.M1");
+        let (torn, id) = read_whole(&path);
+        assert!(!torn.ends_with('\n'));
+        let last = torn.rfind('\n').expect("a line end");
+        let cut = &torn[..torn[..last].rfind('\n').expect("a line end") + 1];
+        std::fs::write(&path, cut).expect("cut");
+        let (again, id2) = read_whole(&path);
+        assert_eq!((again.as_str(), id2), (cut, id));
+        let reread = parse_kept_file(&path, &again, id2).expect("parse");
+        assert_eq!((reread.uidvalidity, reread.entries.len()), (7, 201));
+
+        // A change within the kept last bytes (same size): whole.
+        let mut bytes = again.clone().into_bytes();
+        let at = bytes.len() - 5;
+        bytes[at] = b'9';
+        std::fs::write(&path, &bytes).expect("write in place");
+        let (changed, id3) = read_whole(&path);
+        let list = parse_kept_file(&path, &changed, id3).expect("parse");
+
+        // Replaced by a rename (Dovecot's rewrite): another inode, whole.
+        let tmp = dir.join("dovecot-uidlist.lock");
+        std::fs::write(&tmp, format_uidlist(&list)).expect("write");
+        std::fs::rename(&tmp, &path).expect("rename");
+        let (_, id4) = read_whole(&path);
+        assert_ne!(id4, id3);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// A kept parse is used only for the very bytes it came from: the same bytes give the
     /// same list without parsing, an append or a rewrite is parsed anew, and each path keeps
