@@ -29,7 +29,7 @@ use crate::maildir::{MaildirError, UidList, INBOX};
 use crate::model::{Digest, FlagName, MailboxGuid};
 use crate::store::{
     AppendOutcome, DiskFlags, FileRow, FolderRow, FolderState, FoundOnDisk, MailboxMirror,
-    MirrorEdit, NewMessage, Store, StoreError,
+    MirrorEdit, MirrorSettle, NewMessage, Store, StoreError,
 };
 
 /// Why a pass stopped. What it did before stays done and settled; the rest is still owed.
@@ -826,19 +826,34 @@ fn pass_user(
     let from_us = started.elapsed().as_micros() as u64 - read_us;
     sync_subscriptions(store, &root, user)?;
     let delivered_before = report.delivered;
+    // The folders' settles, committed together (one commit per pass, not per folder; a crash
+    // before it leaves them owed, and the next pass finds their work done on disk), and the
+    // folders to follow once they are.
+    let mut settles = Settles::default();
     for (dir, print, mirror, listed) in owed {
         let Some(record) = mirror.record.clone() else {
             continue;
         };
-        let settled = to_disk(store, user, &dir, &record, &mirror, &print, report)?;
+        let settled = to_disk(
+            store,
+            user,
+            &dir,
+            &record,
+            &mirror,
+            &print,
+            report,
+            &mut settles.list,
+        )?;
         // Followed from here on only if it was there when the pass began: the watch on a
         // folder made just now may have started after some of its changes.
-        if let Some(w) = watched.as_deref_mut() {
-            if settled && listed {
-                w.tracking.track(&dir, print.uidlist());
-            }
+        if settled && listed {
+            settles.follow.push((dir, print.uidlist()));
+        }
+        if settles.edits() >= SETTLE_EDITS {
+            settles.commit(store, user, watched.as_deref_mut())?;
         }
     }
+    settles.commit(store, user, watched)?;
     if report.delivered > delivered_before {
         // The spool copies of what was delivered are no longer named: they go now.
         let swept = store.sweep_spool(false)?;
@@ -1626,8 +1641,44 @@ fn count_imports(
     }
 }
 
-/// index → disk, under the folder's uidlist lock: owed removals, flag renames and deliveries,
-/// then the mailbox is settled.
+/// Edits a pass gathers at most before it commits the folders' settles so far.
+const SETTLE_EDITS: usize = 8_192;
+
+/// The settles of the folders a pass brought to the disk, not committed yet, and the folders
+/// to follow once they are.
+#[derive(Default)]
+struct Settles {
+    list: Vec<MirrorSettle>,
+    follow: Vec<(PathBuf, Option<UidlistMark>)>,
+}
+
+impl Settles {
+    fn edits(&self) -> usize {
+        self.list.iter().map(|s| s.edits.len()).sum()
+    }
+
+    fn commit(
+        &mut self,
+        store: &Store,
+        user: &str,
+        watched: Option<&mut Watched<'_>>,
+    ) -> Result<(), BackendError> {
+        store.mirror_settle_all(user, &self.list)?;
+        self.list.clear();
+        let follow = std::mem::take(&mut self.follow);
+        if let Some(w) = watched {
+            for (dir, uidlist) in follow {
+                w.tracking.track(&dir, uidlist);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// index → disk, under the folder's uidlist lock: owed removals, flag renames and deliveries;
+/// the settle that records them goes into `settles`, which the caller commits. Returns whether
+/// the folder was left agreeing with the index.
+#[allow(clippy::too_many_arguments)]
 fn to_disk(
     store: &Store,
     user: &str,
@@ -1636,6 +1687,7 @@ fn to_disk(
     mirror: &MailboxMirror,
     print: &FolderPrint,
     report: &mut PassReport,
+    settles: &mut Vec<MirrorSettle>,
 ) -> Result<bool, BackendError> {
     let guid = mirror.guid;
     let folder = LiveFolder::open(dir)?;
@@ -1737,7 +1789,11 @@ fn to_disk(
     if !owed_still {
         edits.push(MirrorEdit::OwedUids(mirror.owed_uids.clone()));
     }
-    store.mirror_settle(user, guid, &edits, token)?;
+    settles.push(MirrorSettle {
+        guid,
+        edits,
+        owed: token,
+    });
     Ok(!owed_still)
 }
 

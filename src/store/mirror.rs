@@ -401,6 +401,40 @@ impl Store {
         owed: Option<OwedToken>,
     ) -> Result<(), StoreError> {
         let txn = self.begin_write()?;
+        self.settle_in(&txn, user, guid, edits, owed)?;
+        // Durable: it would make earlier staging commits durable too, spool rows included.
+        self.before_durable_commit()?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// [`Store::mirror_settle`] of several of `user`'s mailboxes in one transaction (one
+    /// commit where a pass over a user's folders made one per folder), in order.
+    pub fn mirror_settle_all(
+        &self,
+        user: &str,
+        settles: &[MirrorSettle],
+    ) -> Result<(), StoreError> {
+        if settles.is_empty() {
+            return Ok(());
+        }
+        let txn = self.begin_write()?;
+        for s in settles {
+            self.settle_in(&txn, user, s.guid, &s.edits, s.owed)?;
+        }
+        self.before_durable_commit()?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn settle_in(
+        &self,
+        txn: &redb::WriteTransaction,
+        user: &str,
+        guid: MailboxGuid,
+        edits: &[MirrorEdit],
+        owed: Option<OwedToken>,
+    ) -> Result<(), StoreError> {
         // Files placed for a message that moved away meanwhile, whose bytes may be the only
         // ones left on this side: (digest, base).
         let mut strays: Vec<(crate::model::Digest, String)> = Vec::new();
@@ -428,7 +462,7 @@ impl Store {
                         };
                         if there {
                             files.insert(key.as_slice(), encode(row)?.as_slice())?;
-                            found_home(&txn, self.bodies.as_ref(), digest, user, guid, *uid)?;
+                            found_home(txn, self.bodies.as_ref(), digest, user, guid, *uid)?;
                         } else {
                             unlinks.insert(
                                 keys::source(user, guid, &row.base).as_slice(),
@@ -503,12 +537,9 @@ impl Store {
             // are kept from the stray before it goes, if nothing else holds them.
             for (digest, base) in &strays {
                 self.bodies
-                    .keep_from_file(&txn, digest, (user, folder, base))?;
+                    .keep_from_file(txn, digest, (user, folder, base))?;
             }
         }
-        // Durable: it would make earlier staging commits durable too, spool rows included.
-        self.before_durable_commit()?;
-        txn.commit()?;
         Ok(())
     }
 
@@ -582,6 +613,15 @@ impl Store {
             Ok(FoundOutcome { appended, expunged })
         })
     }
+}
+
+/// What a pass settled in one mailbox ([`Store::mirror_settle_all`]): the arguments of a
+/// [`Store::mirror_settle`].
+#[derive(Clone, Debug)]
+pub struct MirrorSettle {
+    pub guid: MailboxGuid,
+    pub edits: Vec<MirrorEdit>,
+    pub owed: Option<OwedToken>,
 }
 
 /// What one pass found in one folder (see [`Store::disk_found`]).

@@ -31,7 +31,7 @@ pub use journal::{
 };
 pub use mirror::{
     file_flags, DiskFlags, FileRow, FolderRow, FolderState, FoundOnDisk, FoundOutcome,
-    MailboxMirror, MirrorEdit, OwedToken, UidToken,
+    MailboxMirror, MirrorEdit, MirrorSettle, OwedToken, UidToken,
 };
 pub use ops::{
     inbox_uidvalidity, AppendOutcome, Counters, MailboxInfo, MessageInfo, NewMessage,
