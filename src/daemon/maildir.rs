@@ -291,14 +291,18 @@ impl Loop<'_> {
     }
 }
 
-/// What the watcher reported and no pass took yet (the lock poisoned by a panic in the
-/// watcher's callback: taken as lost events, so every user is read in full).
+/// What the watcher reported and no pass took yet. A lock poisoned by a panic in the
+/// watcher's callback is taken as lost events (every user is read in full, once) and cleared.
 fn news(changed: &Changed) -> std::sync::MutexGuard<'_, News> {
-    changed.news.lock().unwrap_or_else(|poisoned| {
-        let mut n = poisoned.into_inner();
-        n.lost = true;
-        n
-    })
+    match changed.news.lock() {
+        Ok(news) => news,
+        Err(poisoned) => {
+            let mut news = poisoned.into_inner();
+            news.lost = true;
+            changed.news.clear_poison();
+            news
+        }
+    }
 }
 
 /// Watches every user's Maildir root that has been passed over, once. A Maildir made while
