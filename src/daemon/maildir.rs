@@ -195,39 +195,23 @@ impl Loop<'_> {
             }
             let mut wake_at = next_owed_poll;
             if !full_due {
-                let now = Instant::now();
                 let mut news = news(self.changed);
-                // The user waiting longest first: one whose Maildir keeps changing must not
-                // keep the others' passes waiting.
-                let mut ready: Vec<(Instant, String)> = news
-                    .since
-                    .iter()
-                    .filter(|(_, first)| **first + SETTLE <= now)
-                    .map(|(user, first)| (*first, user.clone()))
-                    .chain(owed.iter().map(|(user, since)| (*since, user.clone())))
-                    .collect();
-                ready.sort();
-                for (_, user) in ready {
-                    if running.len() >= limit {
-                        break;
-                    }
-                    if busy.values().any(|u| *u == user) {
-                        continue;
-                    }
+                let running_users: BTreeSet<String> = busy.values().cloned().collect();
+                let plan = plan_passes(
+                    &news.since,
+                    &owed,
+                    &running_users,
+                    limit.saturating_sub(running.len()),
+                    Instant::now(),
+                );
+                for user in plan.start {
                     owed.remove(&user);
                     let touched = news.take(&user);
-                    // (A user both reported and owed is in `ready` twice: started once.)
                     let id = self.spawn(&mut running, user.clone(), touched);
                     busy.insert(id, user);
                 }
-                if running.len() < limit {
-                    // The next user to be ready (one whose pass runs is looked at again when
-                    // it ends).
-                    for (user, first) in &news.since {
-                        if !busy.values().any(|u| u == user) {
-                            wake_at = wake_at.min(*first + SETTLE);
-                        }
-                    }
+                if let Some(at) = plan.next_ready {
+                    wake_at = wake_at.min(at);
                 }
             }
             tokio::select! {
@@ -289,6 +273,57 @@ impl Loop<'_> {
             })
             .id()
     }
+}
+
+/// Which users' passes to start now, and when the next one not started will be ready.
+#[derive(Debug, PartialEq, Eq)]
+struct PassPlan {
+    start: Vec<String>,
+    next_ready: Option<Instant>,
+}
+
+/// The passes to start: of the users whose reports came at least [`SETTLE`] ago (`since`:
+/// the first of each user's reports) or whom the index owes something (`owed`: since when
+/// that is known), those with no pass `running`, the one waiting longest first, at most
+/// `free` of them. `next_ready` is when the first user left waiting for its reports to
+/// gather will be ready, while a slot is free (a user whose pass runs, or who waits for a
+/// slot, is looked at again when a pass ends: waking for it sooner would only spin).
+fn plan_passes(
+    since: &BTreeMap<String, Instant>,
+    owed: &BTreeMap<String, Instant>,
+    running: &BTreeSet<String>,
+    free: usize,
+    now: Instant,
+) -> PassPlan {
+    let mut ready: Vec<(Instant, &String)> = since
+        .iter()
+        .filter(|(_, first)| **first + SETTLE <= now)
+        .map(|(user, first)| (*first, user))
+        .chain(owed.iter().map(|(user, at)| (*at, user)))
+        .filter(|(_, user)| !running.contains(*user))
+        .collect();
+    ready.sort();
+    let mut start: Vec<String> = Vec::new();
+    for (_, user) in ready {
+        if start.len() == free {
+            break;
+        }
+        // A user both reported and owed is in `ready` twice: started once.
+        if !start.contains(user) {
+            start.push(user.clone());
+        }
+    }
+    let next_ready = if start.len() < free {
+        since
+            .iter()
+            .filter(|(user, _)| !running.contains(*user) && !start.contains(*user))
+            .map(|(_, first)| *first + SETTLE)
+            .filter(|at| *at > now)
+            .min()
+    } else {
+        None
+    };
+    PassPlan { start, next_ready }
 }
 
 /// What the watcher reported and no pass took yet. A lock poisoned by a panic in the
@@ -542,4 +577,60 @@ fn watch(template: &Template, changed: Arc<Changed>) -> std::io::Result<Watching
         watcher,
         roots: BTreeSet::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users(list: &[(&str, Instant)]) -> BTreeMap<String, Instant> {
+        list.iter().map(|(u, at)| (u.to_string(), *at)).collect()
+    }
+
+    /// Reports gather for SETTLE from the first; owed users are ready at once; the user
+    /// waiting longest goes first; a user is started once, never beside its own running
+    /// pass, and no more than the free slots.
+    #[test]
+    fn passes_start_longest_waiting_first_within_the_free_slots() {
+        let t0 = Instant::now();
+        let now = t0 + SETTLE * 10;
+        let since = users(&[
+            ("ann", now - SETTLE * 2),
+            ("bob", now - SETTLE / 2),
+            ("cat", now - SETTLE * 5),
+            ("dan", now - SETTLE * 3),
+        ]);
+        let owed = users(&[("eve", now - SETTLE), ("ann", now - SETTLE * 9)]);
+        let running: BTreeSet<String> = ["dan".to_string()].into();
+        let plan = plan_passes(&since, &owed, &running, 8, now);
+        // ann (owed longest), cat, eve; dan runs; bob's reports are not 30 ms old yet.
+        assert_eq!(plan.start, ["ann", "cat", "eve"]);
+        assert_eq!(plan.next_ready, Some(now - SETTLE / 2 + SETTLE));
+
+        let plan = plan_passes(&since, &owed, &running, 2, now);
+        assert_eq!(plan.start, ["ann", "cat"]);
+        assert_eq!(
+            plan.next_ready, None,
+            "no slot free: the next pass to end wakes the loop"
+        );
+    }
+
+    /// A user whose pass runs, with reports that are long ready, never sets a wake-up in the
+    /// past (the loop would spin until that pass ends).
+    #[test]
+    fn a_running_users_reports_do_not_wake_the_loop() {
+        let now = Instant::now() + SETTLE * 10;
+        let since = users(&[("ann", now - SETTLE * 4)]);
+        let running: BTreeSet<String> = ["ann".to_string()].into();
+        let plan = plan_passes(&since, &BTreeMap::new(), &running, 3, now);
+        assert_eq!(
+            plan,
+            PassPlan {
+                start: vec![],
+                next_ready: None
+            }
+        );
+        let plan = plan_passes(&since, &BTreeMap::new(), &BTreeSet::new(), 3, now);
+        assert_eq!(plan.start, ["ann"]);
+    }
 }
