@@ -83,6 +83,8 @@ impl Hooks for FuzzHooks {
 
     fn roots_equal(&self, _from: &str, _at_ms: u64) {}
 
+    fn session_applied(&self) {}
+
     fn is_peer(&self, _url: &str) -> Option<bool> {
         Some(false)
     }

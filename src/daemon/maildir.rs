@@ -221,7 +221,7 @@ impl Loop<'_> {
                     return;
                 }
                 _ = self.changed.wake.notified() => {}
-                // The journal applied a peer's changes: they are owed to the disk now.
+                // The journal or a peer's session applied changes: they are owed to the disk.
                 _ = node.wake_mirror.notified() => check_owed = true,
                 _ = tokio::time::sleep_until(wake_at.into()) => {
                     if Instant::now() >= next_owed_poll {

@@ -452,6 +452,11 @@ impl Hooks for Node {
         })
     }
 
+    fn session_applied(&self) {
+        // A peer's session wrote here: the Maildir side need not wait for its owed poll.
+        self.wake_mirror.notify_one();
+    }
+
     fn roots_equal(&self, from: &str, at_ms: u64) {
         if let Some(peer) = self.peer_by_node(from) {
             peer.saw_equal_roots(at_ms);
@@ -584,6 +589,21 @@ mod tests {
             token: None,
         });
         Node::new(config, store).expect("node")
+    }
+
+    /// A peer's session round that applied something wakes the live-Maildir passes at once
+    /// (a stored permit), as the journal's applier does; before it, nothing is pending.
+    #[tokio::test]
+    async fn a_session_apply_wakes_the_maildir_passes() {
+        let n = node("a");
+        let wait = std::time::Duration::from_millis(50);
+        assert!(tokio::time::timeout(wait, n.wake_mirror.notified())
+            .await
+            .is_err());
+        n.session_applied();
+        let woken =
+            tokio::time::timeout(std::time::Duration::from_secs(5), n.wake_mirror.notified());
+        assert!(woken.await.is_ok());
     }
 
     /// Two nodes that start a session with each other at once: the smaller id keeps its own,

@@ -193,6 +193,12 @@ pub async fn handle(
             if let (true, Some(hooks), Some(from)) = (equal, &state.hooks, node_header(headers)) {
                 hooks.roots_equal(&from, at_ms);
             }
+            let applied = answer.replies.iter().any(|r| {
+                matches!(r, crate::sync::wire::Reply::Applied { applied, .. } if applied.contains(&true))
+            });
+            if let (true, Some(hooks)) = (applied, &state.hooks) {
+                hooks.session_applied();
+            }
             Ok(reply::bytes(
                 StatusCode::OK,
                 SYNC_CONTENT_TYPE,

@@ -119,6 +119,9 @@ pub trait Hooks: Send + Sync + 'static {
     /// read after `at_ms` (ms since the epoch): the tombstone rule's evidence that the peer
     /// holds every expunge this node held then (daemon/tombstones.rs).
     fn roots_equal(&self, from: &str, at_ms: u64);
+    /// A session round's Apply changed this node's store (some group passed its guard):
+    /// what it wrote may be owed to a live Maildir now.
+    fn session_applied(&self);
     /// Whether `url` is a configured peer (`POST /v1/sync/start` only reaches those).
     /// `None`: no peers are configured and any URL is allowed.
     fn is_peer(&self, url: &str) -> Option<bool>;
