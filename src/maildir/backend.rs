@@ -834,7 +834,7 @@ fn pass_user(
         let Some(record) = mirror.record.clone() else {
             continue;
         };
-        let settled = to_disk(
+        let done = to_disk(
             store,
             user,
             &dir,
@@ -843,7 +843,18 @@ fn pass_user(
             &print,
             report,
             &mut settles.list,
-        )?;
+        );
+        let settled = match done {
+            Ok(settled) => settled,
+            Err(e) => {
+                // The folders done before this one stay done: settled, as they would have been
+                // one by one (else a folder that fails on every pass keeps them owed too).
+                if let Err(also) = settles.commit(store, user, watched.as_deref_mut()) {
+                    tracing::warn!(user, error = %also, "cannot settle the folders done before a failed one; they stay owed");
+                }
+                return Err(e);
+            }
+        };
         // Followed from here on only if it was there when the pass began: the watch on a
         // folder made just now may have started after some of its changes.
         if settled && listed {
