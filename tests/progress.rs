@@ -11,8 +11,10 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-/// More than one import batch (500 messages) in INBOX, and a second folder.
-const INBOX: u32 = 1_100;
+/// The messages an import commits at most at once.
+const BATCH: u32 = merkmail::maildir::import::BATCH_MESSAGES as u32;
+/// More than two import batches in INBOX, and a second folder.
+const INBOX: u32 = 2 * BATCH + 100;
 const WORK: u32 = 30;
 const TOTAL: u32 = INBOX + WORK;
 /// For export, verify and sync (export writes and fsyncs every file): a smaller tree.
@@ -162,12 +164,17 @@ fn import_prints_a_line_per_batch_and_the_final_counts_last() {
     let out = transfer("import-maildir", &s, &mail);
     let lines = stderr_lines(&out);
     assert_lines(&lines, "import", "messages", TOTAL.into());
-    // One line before the first batch, one per batch (INBOX: 500, 1000, 1100; Work: 1130).
+    // One line before the first batch, one per batch (INBOX: two full ones and the rest;
+    // Work: all of it).
     let done: Vec<u64> = lines
         .iter()
         .map(|l| counts(l, "import", "messages").0)
         .collect();
-    assert_eq!(done, [0, 500, 1000, 1100, 1130], "{lines:?}");
+    assert_eq!(
+        done,
+        [0, BATCH, 2 * BATCH, INBOX, TOTAL].map(u64::from),
+        "{lines:?}"
+    );
     assert!(
         lines.last().is_some_and(
             |l| l.contains(&format!(", {:.0} kB, ", total_bytes(TOTAL) as f64 / 1000.0))
