@@ -697,7 +697,7 @@ fn pass_user(
                         scope = Scope::All;
                     }
                 }
-                renamed_on_disk(store, user, &mirror, &folder, report)?
+                renamed_on_disk(store, user, mirror, &folder, report)?
             }
             None if folder.mailbox == INBOX
                 && folder.messages.is_empty()
@@ -1133,16 +1133,16 @@ fn unchanged<'a>(
 fn renamed_on_disk(
     store: &Store,
     user: &str,
-    mirror: &MailboxMirror,
+    mirror: MailboxMirror,
     folder: &ScannedFolder,
     report: &mut PassReport,
 ) -> Result<MailboxMirror, BackendError> {
     let Some(record) = &mirror.record else {
-        return Ok(mirror.clone());
+        return Ok(mirror);
     };
     let was = mirror.folder.as_ref().map(|f| f.name.as_str());
     if record.name == folder.mailbox || was == Some(folder.mailbox.as_str()) || was.is_none() {
-        return Ok(mirror.clone());
+        return Ok(mirror);
     }
     match store.rename_mailbox(user, &record.name, &folder.mailbox) {
         Ok(()) => report.folders_found += 1,
@@ -1152,7 +1152,7 @@ fn renamed_on_disk(
                 folder.dir.display(),
                 format!("renamed on disk, but: {e}"),
             );
-            return Ok(mirror.clone());
+            return Ok(mirror);
         }
         Err(e) => return Err(e.into()),
     }

@@ -58,6 +58,7 @@ async fn journal(state: &ServerState, body: Bytes) -> Result<Reply, ApiError> {
             }
             _ => ApiError::bad_request(e.to_string()),
         })?;
+        drop(body); // the batch holds its own copy of the bodies
         let acked = store.journal_receive(&batch)?;
         Ok::<_, ApiError>((batch.from, acked))
     })
@@ -180,6 +181,7 @@ pub async fn handle(
                 }
                 _ => ApiError::bad_request(e.to_string()),
             })?;
+            drop(body); // the round holds its own copy of the bodies
             let at_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);

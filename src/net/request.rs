@@ -89,6 +89,11 @@ pub(crate) async fn read_body(
             if buf.len() + data.len() > limit {
                 return Err(ApiError::too_large(limit));
             }
+            if let Some(n) = declared.filter(|_| buf.len() + data.len() > buf.capacity()) {
+                // Past the first MiB the peer is sending what it declared: make room for all
+                // of it once, rather than doubling (an 8.5 MiB batch would take 16 MiB).
+                buf.reserve((n as usize).saturating_sub(buf.len()));
+            }
             buf.extend_from_slice(&data);
         }
     }
