@@ -40,6 +40,15 @@ pub(super) fn duration(ms: u64) -> String {
     }
 }
 
+/// The daemon's uptime, known in whole seconds: `under 1s`, then as [`duration`] (not `0ms`,
+/// which would claim a precision the count does not have).
+pub(super) fn uptime(s: u64) -> String {
+    match s {
+        0 => "under 1s".to_string(),
+        _ => duration(s.saturating_mul(1000)),
+    }
+}
+
 /// `3m 12s`, or `3m` when the smaller unit is zero.
 fn pair(big: u64, big_unit: &str, small: u64, small_unit: &str) -> String {
     if small == 0 {
@@ -242,6 +251,14 @@ mod tests {
                 (Some(now - 3 * 86_400_000), "3d ago"),
                 (Some(now + 40_000), "in 40s"),
             ],
+        );
+    }
+
+    #[test]
+    fn an_uptime_under_a_second_says_so() {
+        check(
+            uptime,
+            &[(0, "under 1s"), (1, "1.0s"), (42, "42s"), (192, "3m 12s")],
         );
     }
 

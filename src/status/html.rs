@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use super::format::{
     age, differences, duration, escape, fallbacks, mode, run_bytes, session, span, store_counts,
-    utc,
+    uptime, utc,
 };
 use super::{Outcome, PeerView, StatusView};
 
@@ -64,7 +64,7 @@ pub fn page(v: &StatusView) -> String {
     let down = v.peers.iter().filter(|p| !p.reachable).count();
     let mut facts: Vec<(&str, String)> = vec![
         ("version", html(&v.version)),
-        ("uptime", duration(v.uptime_s.saturating_mul(1000))),
+        ("uptime", uptime(v.uptime_s)),
         ("snapshot", utc(now)),
         ("root", format!("<code>{}</code>", html(&v.root))),
         ("store", store_counts(v)),

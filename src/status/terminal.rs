@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use super::format::{
     age, bytes, differences, duration, fallbacks, journal, mode, run_bytes, session, store_counts,
-    utc,
+    uptime, utc,
 };
 use super::StatusView;
 
@@ -75,7 +75,7 @@ pub fn human(v: &StatusView) -> String {
         "merkmail node {} (version {}), up {}, as of {}",
         term(&v.node),
         term(&v.version),
-        duration(v.uptime_s.saturating_mul(1000)),
+        uptime(v.uptime_s),
         utc(now)
     );
     let mut facts = vec![
