@@ -192,6 +192,63 @@ impl PassReport {
             > 0
     }
 
+    /// Adds what another pass (over other users) did to this report.
+    fn absorb(&mut self, other: PassReport) {
+        // Every field named, so that a new one cannot be forgotten here.
+        let PassReport {
+            users,
+            folders,
+            folders_read,
+            folders_named,
+            imported,
+            imported_bytes,
+            flags_from_disk,
+            expunged_on_disk,
+            expunges_seen_unlinked,
+            folders_listed_for_expunges,
+            folders_found,
+            folders_gone,
+            subscriptions_from_disk,
+            delivered,
+            delivered_bytes,
+            flags_to_disk,
+            unlinked,
+            folders_made,
+            folders_removed,
+            folders_kept,
+            folders_rebuilt,
+            folders_renamed,
+            folders_being_made,
+            renumbered,
+            problems,
+        } = other;
+        self.users += users;
+        self.folders += folders;
+        self.folders_read += folders_read;
+        self.folders_named += folders_named;
+        self.imported += imported;
+        self.imported_bytes += imported_bytes;
+        self.flags_from_disk += flags_from_disk;
+        self.expunged_on_disk += expunged_on_disk;
+        self.expunges_seen_unlinked += expunges_seen_unlinked;
+        self.folders_listed_for_expunges += folders_listed_for_expunges;
+        self.folders_found += folders_found;
+        self.folders_gone += folders_gone;
+        self.subscriptions_from_disk += subscriptions_from_disk;
+        self.delivered += delivered;
+        self.delivered_bytes += delivered_bytes;
+        self.flags_to_disk += flags_to_disk;
+        self.unlinked += unlinked;
+        self.folders_made += folders_made;
+        self.folders_removed += folders_removed;
+        self.folders_kept += folders_kept;
+        self.folders_rebuilt += folders_rebuilt;
+        self.folders_renamed += folders_renamed;
+        self.folders_being_made += folders_being_made;
+        self.renumbered += renumbered;
+        self.problems.extend(problems);
+    }
+
     /// Whether the pass changed anything on either side.
     pub fn changed(&self) -> bool {
         self.journaled()
@@ -477,34 +534,76 @@ pub fn pass(
 
 /// [`pass`], telling `progress` before the first user and after each one: users done of the
 /// users found, and the bytes of mail moved so far (imported from the disk and delivered to
-/// it). A store's first scan takes in every message there, user by user.
+/// it). A store's first scan takes in every message there, a user per core at a time (at most
+/// four; the store's one writer takes their transactions in turn, as it does for `serve`'s
+/// passes). After a user's pass fails no other user's starts; the error is returned once
+/// the passes running have ended.
 pub fn pass_with_progress(
     store: &Store,
     template: &Template,
     only: Option<&str>,
     progress: &mut dyn FnMut(crate::model::Progress),
 ) -> Result<PassReport, BackendError> {
-    let users: BTreeSet<String> = match only {
+    let users: Vec<String> = match only {
         Some(user) => {
             crate::model::validate_user(user).map_err(StoreError::from)?;
-            BTreeSet::from([user.to_string()])
+            vec![user.to_string()]
         }
-        None => known_users(store, template)?,
+        None => known_users(store, template)?.into_iter().collect(),
     };
     let mut report = PassReport::default();
     let total = users.len() as u64;
     let moved = |r: &PassReport| r.imported_bytes + r.delivered_bytes;
     progress(crate::model::Progress::of(0, total, 0));
-    for user in users {
-        pass_user(store, template, &user, &mut report, None)?;
-        report.users += 1;
-        progress(crate::model::Progress::of(
-            report.users,
-            total,
-            moved(&report),
-        ));
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get().min(4))
+        .min(users.len());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut failed = None;
+    std::thread::scope(|scope| {
+        let (done, finished) = std::sync::mpsc::channel();
+        for _ in 0..workers {
+            let (done, users, next, stop) = (done.clone(), &users, &next, &stop);
+            scope.spawn(move || {
+                use std::sync::atomic::Ordering::Relaxed;
+                while !stop.load(Relaxed) {
+                    let Some(user) = users.get(next.fetch_add(1, Relaxed)) else {
+                        return;
+                    };
+                    let mut one = PassReport::default();
+                    let outcome = pass_user(store, template, user, &mut one, None).map(|()| one);
+                    if outcome.is_err() {
+                        stop.store(true, Relaxed);
+                    }
+                    if done.send(outcome).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(done);
+        for outcome in finished {
+            match outcome {
+                Ok(one) => {
+                    report.absorb(one);
+                    report.users += 1;
+                    progress(crate::model::Progress::of(
+                        report.users,
+                        total,
+                        moved(&report),
+                    ));
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+    });
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(report),
     }
-    Ok(report)
 }
 
 /// A pass over one user driven by a file watcher (src/maildir/watch.rs): a folder the
