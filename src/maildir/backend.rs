@@ -537,7 +537,8 @@ pub fn pass(
 /// it). A store's first scan takes in every message there, a user per core at a time (at most
 /// four; the store's one writer takes their transactions in turn, as it does for `serve`'s
 /// passes). After a user's pass fails no other user's starts; the error is returned once
-/// the passes running have ended.
+/// the passes running have ended. With one user, or a fault hook on this thread (tests), the
+/// users go one after the other here.
 pub fn pass_with_progress(
     store: &Store,
     template: &Template,
@@ -558,6 +559,18 @@ pub fn pass_with_progress(
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get().min(4))
         .min(users.len());
+    if workers <= 1 || crate::maildir::fault::hooked() {
+        for user in &users {
+            pass_user(store, template, user, &mut report, None)?;
+            report.users += 1;
+            progress(crate::model::Progress::of(
+                report.users,
+                total,
+                moved(&report),
+            ));
+        }
+        return Ok(report);
+    }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let mut failed = None;

@@ -105,6 +105,12 @@ pub fn with_hook<R>(hook: impl Fn(PassPoint) + 'static, f: impl FnOnce() -> R) -
     f()
 }
 
+/// Whether this thread has a hook: a pass that would spread users over threads runs them
+/// here instead, one after the other, so that the hook sees every point.
+pub(crate) fn hooked() -> bool {
+    HOOK.with(|h| h.borrow().is_some())
+}
+
 /// Called by the pass at `point`.
 pub(crate) fn reached(point: PassPoint) {
     // Cloned out first: the hook may itself run code that reaches a point.
