@@ -554,8 +554,15 @@ pub fn pass_with_progress(
     };
     let mut report = PassReport::default();
     let total = users.len() as u64;
-    let moved = |r: &PassReport| r.imported_bytes + r.delivered_bytes;
-    progress(crate::model::Progress::of(0, total, 0));
+    // Users done of the users found, and the bytes of mail moved so far.
+    let mut tell = |r: &PassReport| {
+        progress(crate::model::Progress::of(
+            r.users,
+            total,
+            r.imported_bytes + r.delivered_bytes,
+        ))
+    };
+    tell(&report);
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get().min(4))
         .min(users.len());
@@ -563,11 +570,7 @@ pub fn pass_with_progress(
         for user in &users {
             pass_user(store, template, user, &mut report, None)?;
             report.users += 1;
-            progress(crate::model::Progress::of(
-                report.users,
-                total,
-                moved(&report),
-            ));
+            tell(&report);
         }
         return Ok(report);
     }
@@ -601,11 +604,7 @@ pub fn pass_with_progress(
                 Ok(one) => {
                     report.absorb(one);
                     report.users += 1;
-                    progress(crate::model::Progress::of(
-                        report.users,
-                        total,
-                        moved(&report),
-                    ));
+                    tell(&report);
                 }
                 Err(e) => {
                     failed.get_or_insert(e);
